@@ -1,0 +1,117 @@
+//! What can be asked of a runner, and the compensation message the bus carries.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{
+    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, TerminationReason,
+};
+use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+
+/// A request to change a runner. [`crate::decide`] turns it into events or refuses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command")]
+pub enum Command {
+    /// Open the stream for a queued job (a repeat is a no-op).
+    Request {
+        /// The job.
+        job: JobRef,
+        /// The runner attempt (from 1).
+        attempt: u32,
+        /// Its labels.
+        labels: Vec<String>,
+        /// The resolved instance spec.
+        spec: InstanceSpec,
+        /// The runner's deadlines.
+        deadlines: Deadlines,
+    },
+    /// Record the intent to launch, before calling RunInstances.
+    IntendLaunch {
+        /// Spot or on-demand.
+        market: Market,
+    },
+    /// RunInstances returned an instance for the pending intent.
+    RecordLaunch {
+        /// The intent's token.
+        client_token: ClientToken,
+        /// The instance.
+        instance_id: InstanceId,
+        /// Its type.
+        instance_type: String,
+        /// Its vCPUs.
+        vcpus: u32,
+    },
+    /// RunInstances refused the pending intent.
+    RejectLaunch {
+        /// The intent's token.
+        client_token: ClientToken,
+        /// Provider error code.
+        code: String,
+        /// Its class.
+        class: LaunchErrorClass,
+    },
+    /// The JIT config was handed to the instance.
+    RecordToken {
+        /// The runner's registered name.
+        runner_name: String,
+    },
+    /// `workflow_job` `in_progress` for this runner.
+    StartJob,
+    /// `workflow_job` `completed` for this runner's job.
+    CompleteJob {
+        /// `workflow_job.conclusion`.
+        conclusion: Option<String>,
+    },
+    /// Record a failure.
+    Fail {
+        /// At which step.
+        stage: FailureStage,
+        /// Why.
+        reason: String,
+    },
+    /// Issue the termination of the runner's instance.
+    Terminate {
+        /// Why.
+        reason: TerminationReason,
+    },
+    /// The instance is gone (or, with `None`, never existed).
+    ConfirmTerminated {
+        /// The instance confirmed gone.
+        instance_id: Option<InstanceId>,
+    },
+}
+
+impl Command {
+    /// The command's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Request { .. } => "Request",
+            Command::IntendLaunch { .. } => "IntendLaunch",
+            Command::RecordLaunch { .. } => "RecordLaunch",
+            Command::RejectLaunch { .. } => "RejectLaunch",
+            Command::RecordToken { .. } => "RecordToken",
+            Command::StartJob => "StartJob",
+            Command::CompleteJob { .. } => "CompleteJob",
+            Command::Fail { .. } => "Fail",
+            Command::Terminate { .. } => "Terminate",
+            Command::ConfirmTerminated { .. } => "ConfirmTerminated",
+        }
+    }
+}
+
+/// The compensation command put on the bus for a runner owed a termination.
+///
+/// `instance_id` is `None` while the launch intent is unresolved: the handler then
+/// looks the instance up by `client_token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateRunner {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its instance, when known.
+    pub instance_id: Option<InstanceId>,
+    /// The token of the launch that may have started it.
+    pub client_token: Option<ClientToken>,
+    /// Why.
+    pub reason: TerminationReason,
+    /// Since when the termination is owed.
+    pub owed_since: Timestamp,
+}

@@ -1,0 +1,213 @@
+//! `decide`: a command against the current state gives new events, or a refusal.
+
+use crate::command::Command;
+use crate::error::DomainError;
+use crate::event::RunnerEvent;
+use crate::ids::{ClientToken, Timestamp};
+use crate::state::{LaunchOutcome, RunnerState, is_terminal};
+
+/// Decides what `command` means for a runner in `state` at `now`.
+///
+/// `Ok(vec![])` means the command's effect is already recorded (a duplicate).
+/// Launch outcomes are accepted even after a failure or a completed job: an instance
+/// that exists must always be recorded, so that its termination is owed.
+pub fn decide(
+    state: &RunnerState,
+    command: Command,
+    now: Timestamp,
+) -> Result<Vec<RunnerEvent>, DomainError> {
+    let Some(request) = &state.request else {
+        return match command {
+            Command::Request {
+                job,
+                attempt,
+                labels,
+                spec,
+                deadlines,
+            } => Ok(vec![RunnerEvent::Requested {
+                at: now,
+                job,
+                attempt,
+                labels,
+                spec,
+                deadlines,
+            }]),
+            _ => Err(DomainError::NotRequested),
+        };
+    };
+    if is_terminal(state) {
+        return Err(DomainError::Terminal {
+            status: state.status(),
+        });
+    }
+    let at = now;
+    match command {
+        Command::Request { job, attempt, .. } => {
+            if job == request.job && attempt == request.attempt {
+                Ok(vec![])
+            } else {
+                Err(DomainError::RequestMismatch)
+            }
+        }
+        Command::IntendLaunch { market } => {
+            still_wanted(state)?;
+            match state.launch.as_ref().map(|l| (&l.client_token, &l.outcome)) {
+                Some((token, LaunchOutcome::Pending)) => Err(DomainError::LaunchUnresolved {
+                    client_token: token.clone(),
+                }),
+                Some((_, LaunchOutcome::Launched(instance))) => Err(DomainError::AlreadyLaunched {
+                    instance_id: instance.id.clone(),
+                }),
+                None | Some((_, LaunchOutcome::Rejected { .. })) => {
+                    let stream = state.stream_id().ok_or(DomainError::NotRequested)?;
+                    Ok(vec![RunnerEvent::LaunchIntended {
+                        at,
+                        client_token: ClientToken::derive(&stream, state.launch_attempts + 1),
+                        market,
+                    }])
+                }
+            }
+        }
+        Command::RecordLaunch {
+            client_token,
+            instance_id,
+            instance_type,
+            vcpus,
+        } => {
+            if let Some(instance) = state.instance() {
+                return if instance.id == instance_id {
+                    Ok(vec![])
+                } else {
+                    Err(DomainError::AlreadyLaunched {
+                        instance_id: instance.id.clone(),
+                    })
+                };
+            }
+            let market = pending_intent(state, &client_token)?;
+            Ok(vec![RunnerEvent::Launched {
+                at,
+                client_token,
+                instance_id,
+                instance_type,
+                vcpus,
+                market,
+            }])
+        }
+        Command::RejectLaunch {
+            client_token,
+            code,
+            class,
+        } => {
+            if let Some(instance) = state.instance() {
+                return Err(DomainError::AlreadyLaunched {
+                    instance_id: instance.id.clone(),
+                });
+            }
+            pending_intent(state, &client_token)?;
+            Ok(vec![RunnerEvent::LaunchRejected {
+                at,
+                client_token,
+                code,
+                class,
+            }])
+        }
+        Command::RecordToken { runner_name } => {
+            still_wanted(state)?;
+            if state.termination_requested.is_some() {
+                return Err(DomainError::TerminationRequested);
+            }
+            if state.instance().is_none() {
+                return Err(DomainError::NotLaunched);
+            }
+            match &state.runner_name {
+                Some(existing) if *existing == runner_name => Ok(vec![]),
+                Some(existing) => Err(DomainError::TokenAlreadyMinted {
+                    runner_name: existing.clone(),
+                }),
+                None => Ok(vec![RunnerEvent::TokenMinted { at, runner_name }]),
+            }
+        }
+        Command::StartJob => {
+            still_wanted(state)?;
+            if state.instance().is_none() {
+                return Err(DomainError::NotLaunched);
+            }
+            if state.job_started_at.is_some() {
+                return Ok(vec![]);
+            }
+            Ok(vec![RunnerEvent::JobStarted { at }])
+        }
+        Command::CompleteJob { conclusion } => {
+            if state.job_completed_at.is_some() {
+                return Ok(vec![]);
+            }
+            if state.failure.is_some() {
+                return Err(DomainError::AlreadyFailed);
+            }
+            Ok(vec![RunnerEvent::JobCompleted { at, conclusion }])
+        }
+        Command::Fail { stage, reason } => {
+            if state.failure.is_some() {
+                return Ok(vec![]);
+            }
+            if state.job_completed_at.is_some() {
+                return Err(DomainError::JobAlreadyCompleted);
+            }
+            Ok(vec![RunnerEvent::Failed { at, stage, reason }])
+        }
+        Command::Terminate { reason } => {
+            if !state.instance_may_be_alive() {
+                return Err(DomainError::NoInstance);
+            }
+            if state.termination_requested.is_some() {
+                return Ok(vec![]);
+            }
+            Ok(vec![RunnerEvent::TerminationRequested {
+                at,
+                reason,
+                instance_id: state.instance().map(|i| i.id.clone()),
+            }])
+        }
+        Command::ConfirmTerminated { instance_id } => {
+            let expected = state.instance().map(|i| i.id.clone());
+            if expected != instance_id {
+                return Err(DomainError::InstanceMismatch {
+                    expected,
+                    got: instance_id,
+                });
+            }
+            Ok(vec![RunnerEvent::Terminated { at, instance_id }])
+        }
+    }
+}
+
+/// Refuses work for a runner that has failed or whose job is over.
+fn still_wanted(state: &RunnerState) -> Result<(), DomainError> {
+    if state.failure.is_some() {
+        return Err(DomainError::AlreadyFailed);
+    }
+    if state.job_completed_at.is_some() {
+        return Err(DomainError::JobAlreadyCompleted);
+    }
+    Ok(())
+}
+
+/// The market of the pending intent with this token.
+fn pending_intent(
+    state: &RunnerState,
+    client_token: &ClientToken,
+) -> Result<crate::event::Market, DomainError> {
+    match &state.launch {
+        Some(launch) if launch.outcome == LaunchOutcome::Pending => {
+            if launch.client_token == *client_token {
+                Ok(launch.market)
+            } else {
+                Err(DomainError::ClientTokenMismatch {
+                    expected: launch.client_token.clone(),
+                    got: client_token.clone(),
+                })
+            }
+        }
+        _ => Err(DomainError::NoLaunchIntended),
+    }
+}

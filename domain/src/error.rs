@@ -1,0 +1,78 @@
+//! Every refusal of the decider, typed.
+
+use thiserror::Error;
+
+use crate::ids::{ClientToken, InstanceId};
+use crate::state::RunnerStatus;
+
+/// Why the decider refused a command (or an id could not be parsed).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum DomainError {
+    /// Not of the form `{owner}/{repo}#{job_id}#{attempt}`.
+    #[error("invalid stream id {0:?}: expected {{owner}}/{{repo}}#{{job_id}}#{{attempt}}")]
+    InvalidStreamId(String),
+    /// Only `Request` may open a stream.
+    #[error("the runner was never requested; only Request may open a stream")]
+    NotRequested,
+    /// A `Request` for another job or attempt on an existing stream.
+    #[error("the stream was requested for another job or attempt")]
+    RequestMismatch,
+    /// The stream is closed.
+    #[error("the runner is {status}: a closed stream takes no command")]
+    Terminal {
+        /// Its terminal status.
+        status: RunnerStatus,
+    },
+    /// The runner failed; only launch resolution and termination remain.
+    #[error("the runner has failed; only launch resolution and termination are accepted")]
+    AlreadyFailed,
+    /// The job completed; only launch resolution and termination remain.
+    #[error("the job has completed; only launch resolution and termination are accepted")]
+    JobAlreadyCompleted,
+    /// A termination was issued: no token may be handed to the instance.
+    #[error("a termination was requested for this runner")]
+    TerminationRequested,
+    /// A previous launch intent is unresolved (it may have started an instance).
+    #[error("launch {client_token} is unresolved; resolve it before another launch")]
+    LaunchUnresolved {
+        /// Its token.
+        client_token: ClientToken,
+    },
+    /// The stream already has its one instance.
+    #[error("the runner already has instance {instance_id}")]
+    AlreadyLaunched {
+        /// The instance.
+        instance_id: InstanceId,
+    },
+    /// A launch outcome without a pending intent.
+    #[error("no launch intent is pending")]
+    NoLaunchIntended,
+    /// A launch outcome for another intent.
+    #[error("launch outcome for token {got}, but the pending intent is {expected}")]
+    ClientTokenMismatch {
+        /// The pending intent's token.
+        expected: ClientToken,
+        /// The token given.
+        got: ClientToken,
+    },
+    /// The command needs a launched instance.
+    #[error("the runner has no launched instance")]
+    NotLaunched,
+    /// The JIT config was already minted under another name.
+    #[error("a JIT config was already minted for runner {runner_name}")]
+    TokenAlreadyMinted {
+        /// The existing runner name.
+        runner_name: String,
+    },
+    /// Nothing can be alive, so there is nothing to terminate.
+    #[error("no instance may be alive for this runner")]
+    NoInstance,
+    /// A termination confirmation for another instance.
+    #[error("termination confirmed for {got:?}, but the runner's instance is {expected:?}")]
+    InstanceMismatch {
+        /// The runner's instance (None: none recorded).
+        expected: Option<InstanceId>,
+        /// The instance given.
+        got: Option<InstanceId>,
+    },
+}

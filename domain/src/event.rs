@@ -1,0 +1,262 @@
+//! The runner events: the only facts jitr keeps.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientToken, InstanceId, JobRef, Timestamp};
+
+/// Where an instance is bought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    /// Spot capacity (tried first).
+    Spot,
+    /// On-demand capacity (the fallback).
+    OnDemand,
+}
+
+impl Market {
+    /// Lower-case name, as in logs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+            Market::OnDemand => "on-demand",
+        }
+    }
+}
+
+/// Why RunInstances refused a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LaunchErrorClass {
+    /// A vCPU or instance-count quota (`VcpuLimitExceeded`, `MaxSpotInstanceCountExceeded`).
+    Quota,
+    /// No capacity of that kind (`InsufficientInstanceCapacity`).
+    Capacity,
+    /// The API throttled the call (`RequestLimitExceeded`).
+    Throttled,
+    /// The request itself is wrong (bad AMI, subnet, instance type).
+    InvalidRequest,
+    /// Anything else.
+    Unknown,
+}
+
+/// The step at which a runner failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureStage {
+    /// No instance could be launched.
+    Launch,
+    /// The JIT runner config could not be minted or handed over.
+    Token,
+    /// The instance did not pick up its job within the boot timeout.
+    Boot,
+    /// The request was never launched within the boot timeout.
+    Stale,
+    /// The runner outlived its maximum age.
+    MaxAge,
+    /// The spot instance was reclaimed.
+    SpotInterrupted,
+    /// The instance was found alive with no stream wanting it.
+    Orphaned,
+}
+
+impl FailureStage {
+    /// Kebab-case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureStage::Launch => "launch",
+            FailureStage::Token => "token",
+            FailureStage::Boot => "boot",
+            FailureStage::Stale => "stale",
+            FailureStage::MaxAge => "max-age",
+            FailureStage::SpotInterrupted => "spot-interrupted",
+            FailureStage::Orphaned => "orphaned",
+        }
+    }
+}
+
+/// Why a termination is owed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum TerminationReason {
+    /// The runner failed while its instance may be alive.
+    Failure {
+        /// The failed step.
+        stage: FailureStage,
+    },
+    /// The job completed and the drain grace is over.
+    DrainGraceOver,
+    /// An operator (or the reaper) asked for it.
+    Operator,
+}
+
+/// What a runner's instance is to be: resolved from the job's labels at request time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// e.g. `c5.xlarge`.
+    pub instance_type: String,
+    /// vCPUs of that type (what the quota counts).
+    pub vcpus: u32,
+    /// The machine image (AMI id, or a simulator image name).
+    pub image: String,
+}
+
+/// The runner's deadlines, fixed when it is requested so that a replay needs no
+/// configuration to know them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    /// From the first launch intent (or the request, while nothing was launched) to
+    /// the job starting.
+    pub boot_timeout_ms: u64,
+    /// From the request to the instance being gone, whatever happens.
+    pub max_age_ms: u64,
+    /// After the job completed, how long the instance may take to shut itself down.
+    pub drain_grace_ms: u64,
+}
+
+impl Default for Deadlines {
+    /// 10 minutes to boot, 6 hours of age, 2 minutes of drain grace.
+    fn default() -> Self {
+        Deadlines {
+            boot_timeout_ms: 10 * 60_000,
+            max_age_ms: 6 * 3_600_000,
+            drain_grace_ms: 2 * 60_000,
+        }
+    }
+}
+
+/// One fact in a runner's life. Every event carries the moment it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum RunnerEvent {
+    /// A queued job wants a runner.
+    Requested {
+        /// When.
+        at: Timestamp,
+        /// The job.
+        job: JobRef,
+        /// The runner attempt for that job (from 1; the rebalancer opens new ones).
+        attempt: u32,
+        /// The job's `runs-on` labels.
+        labels: Vec<String>,
+        /// The instance to launch.
+        spec: InstanceSpec,
+        /// The runner's deadlines.
+        deadlines: Deadlines,
+    },
+    /// Written *before* RunInstances: the instance may exist from here on.
+    LaunchIntended {
+        /// When.
+        at: Timestamp,
+        /// The RunInstances idempotency token.
+        client_token: ClientToken,
+        /// Spot or on-demand.
+        market: Market,
+    },
+    /// RunInstances answered with an error: no instance exists for that intent.
+    LaunchRejected {
+        /// When.
+        at: Timestamp,
+        /// The intent's token.
+        client_token: ClientToken,
+        /// The provider's error code (e.g. `VcpuLimitExceeded`).
+        code: String,
+        /// Its class.
+        class: LaunchErrorClass,
+    },
+    /// RunInstances returned an instance.
+    Launched {
+        /// When.
+        at: Timestamp,
+        /// The intent's token.
+        client_token: ClientToken,
+        /// The instance.
+        instance_id: InstanceId,
+        /// Its type.
+        instance_type: String,
+        /// Its vCPUs.
+        vcpus: u32,
+        /// Its market.
+        market: Market,
+    },
+    /// A JIT runner config was minted and handed to the instance (the config itself
+    /// is a secret and never part of the log).
+    TokenMinted {
+        /// When.
+        at: Timestamp,
+        /// The runner's registered name.
+        runner_name: String,
+    },
+    /// The job started on this runner (`workflow_job` `in_progress`).
+    JobStarted {
+        /// When.
+        at: Timestamp,
+    },
+    /// The job completed (`workflow_job` `completed`).
+    JobCompleted {
+        /// When.
+        at: Timestamp,
+        /// `workflow_job.conclusion`, when given.
+        conclusion: Option<String>,
+    },
+    /// The runner failed.
+    Failed {
+        /// When.
+        at: Timestamp,
+        /// At which step.
+        stage: FailureStage,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// A termination was issued (compensation or reaper).
+    TerminationRequested {
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: TerminationReason,
+        /// The instance, when one is known.
+        instance_id: Option<InstanceId>,
+    },
+    /// The instance is confirmed gone, or (`instance_id: None`) confirmed never to
+    /// have existed.
+    Terminated {
+        /// When.
+        at: Timestamp,
+        /// The instance that is gone.
+        instance_id: Option<InstanceId>,
+    },
+}
+
+impl RunnerEvent {
+    /// When the event happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            RunnerEvent::Requested { at, .. }
+            | RunnerEvent::LaunchIntended { at, .. }
+            | RunnerEvent::LaunchRejected { at, .. }
+            | RunnerEvent::Launched { at, .. }
+            | RunnerEvent::TokenMinted { at, .. }
+            | RunnerEvent::JobStarted { at }
+            | RunnerEvent::JobCompleted { at, .. }
+            | RunnerEvent::Failed { at, .. }
+            | RunnerEvent::TerminationRequested { at, .. }
+            | RunnerEvent::Terminated { at, .. } => *at,
+        }
+    }
+
+    /// The event's type name, as serialised.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunnerEvent::Requested { .. } => "Requested",
+            RunnerEvent::LaunchIntended { .. } => "LaunchIntended",
+            RunnerEvent::LaunchRejected { .. } => "LaunchRejected",
+            RunnerEvent::Launched { .. } => "Launched",
+            RunnerEvent::TokenMinted { .. } => "TokenMinted",
+            RunnerEvent::JobStarted { .. } => "JobStarted",
+            RunnerEvent::JobCompleted { .. } => "JobCompleted",
+            RunnerEvent::Failed { .. } => "Failed",
+            RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
+            RunnerEvent::Terminated { .. } => "Terminated",
+        }
+    }
+}

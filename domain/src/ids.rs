@@ -1,0 +1,198 @@
+//! Identities: runner streams, jobs, instances, launch tokens, and time.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::DomainError;
+
+/// A moment, in milliseconds since the Unix epoch. The domain never reads a clock:
+/// every moment is passed in by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// This moment plus `ms` milliseconds (saturating).
+    pub fn plus_ms(self, ms: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
+
+    /// Milliseconds from `earlier` to `self`; zero when `earlier` is later.
+    pub fn millis_since(self, earlier: Timestamp) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    }
+}
+
+/// The GitHub workflow job a runner is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobRef {
+    /// Repository owner (user or organization login).
+    pub owner: String,
+    /// Repository name.
+    pub repo: String,
+    /// `workflow_job.id`.
+    pub job_id: u64,
+    /// `workflow_job.run_id`.
+    pub run_id: u64,
+}
+
+/// One runner attempt's event stream: `{owner}/{repo}#{job_id}#{attempt}`.
+///
+/// Deterministic, so a duplicate webhook for the same job lands on the same stream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// The stream of runner attempt `attempt` (from 1) for `job`.
+    pub fn for_job(job: &JobRef, attempt: u32) -> StreamId {
+        StreamId(format!(
+            "{}/{}#{}#{}",
+            job.owner, job.repo, job.job_id, attempt
+        ))
+    }
+
+    /// Parses and validates a stream id.
+    pub fn parse(text: &str) -> Result<StreamId, DomainError> {
+        let invalid = || DomainError::InvalidStreamId(text.to_owned());
+        let mut parts = text.split('#');
+        let (Some(repo), Some(job), Some(attempt), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let (owner, name) = repo.split_once('/').ok_or_else(invalid)?;
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !name_ok(owner) || !name_ok(name) {
+            return Err(invalid());
+        }
+        job.parse::<u64>().map_err(|_| invalid())?;
+        attempt.parse::<u32>().map_err(|_| invalid())?;
+        Ok(StreamId(text.to_owned()))
+    }
+
+    /// The textual form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The runner attempt number (the last component).
+    pub fn attempt(&self) -> u32 {
+        self.0
+            .rsplit('#')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl TryFrom<String> for StreamId {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        StreamId::parse(&value)
+    }
+}
+
+impl From<StreamId> for String {
+    fn from(value: StreamId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A cloud instance id (`i-…` on EC2, `sim-…` in the local simulator).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(pub String);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The idempotency token of one launch attempt (EC2 `ClientToken`, at most 64 ASCII
+/// characters). Derived from the stream and the attempt number, so a retried
+/// RunInstances can never start a second instance.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientToken(pub String);
+
+impl ClientToken {
+    /// The token of launch attempt `launch` (from 1) of `stream`.
+    pub fn derive(stream: &StreamId, launch: u32) -> ClientToken {
+        let digest = Sha256::new()
+            .chain_update(stream.as_str().as_bytes())
+            .chain_update(b"#launch#")
+            .chain_update(launch.to_be_bytes())
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        ClientToken(format!("jitr-{hex}"))
+    }
+}
+
+impl fmt::Display for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobRef {
+        JobRef {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id: 42,
+            run_id: 7,
+        }
+    }
+
+    #[test]
+    fn stream_id_is_deterministic_and_parses_back() {
+        let id = StreamId::for_job(&job(), 2);
+        assert_eq!(id.as_str(), "acme/widgets#42#2");
+        assert_eq!(StreamId::parse(id.as_str()), Ok(id.clone()));
+        assert_eq!(id.attempt(), 2);
+    }
+
+    #[test]
+    fn malformed_stream_ids_are_refused() {
+        for bad in [
+            "",
+            "acme#1#1",
+            "acme/widgets#x#1",
+            "acme/widgets#1",
+            "acme/wid gets#1#1",
+            "acme/widgets#1#1#1",
+        ] {
+            assert_eq!(
+                StreamId::parse(bad),
+                Err(DomainError::InvalidStreamId(bad.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn client_tokens_differ_per_attempt_and_fit_ec2() {
+        let id = StreamId::for_job(&job(), 1);
+        let a = ClientToken::derive(&id, 1);
+        let b = ClientToken::derive(&id, 2);
+        assert_ne!(a, b);
+        assert_eq!(a, ClientToken::derive(&id, 1));
+        assert!(a.0.len() <= 64 && a.0.is_ascii());
+    }
+}

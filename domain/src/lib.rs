@@ -1,0 +1,44 @@
+//! The runner decider: jitr's whole domain, pure.
+//!
+//! One event stream per runner attempt. [`decide`] turns a [`Command`] into
+//! [`RunnerEvent`]s or a typed [`DomainError`]; [`evolve`] folds events into a
+//! [`RunnerState`]; [`resume`] says what is still owed (a `Terminate` after a
+//! failure); [`is_terminal`] says whether the stream is closed. No I/O, no clock:
+//! every moment is a parameter.
+//!
+//! The guarantee: a runner is terminal only if no launch was ever intended or a
+//! `Terminated` was recorded. `Failed` or `JobCompleted` after a launch gives the
+//! non-terminal `Terminating` / `Draining`, and `resume` owes a `Terminate`.
+#![deny(missing_docs, unsafe_code)]
+
+mod command;
+mod decide;
+mod error;
+mod event;
+mod ids;
+mod resume;
+mod state;
+
+pub use command::{Command, TerminateRunner};
+pub use decide::decide;
+pub use error::DomainError;
+pub use event::{
+    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent, TerminationReason,
+};
+pub use ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+pub use resume::{MissedDeadline, missed_deadline, resume, terminate_runner, termination_owed};
+pub use state::{
+    Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, evolve,
+    fold, is_terminal,
+};
+
+/// Runs `decide` and folds its events: the state after the command, and the events.
+pub fn execute(
+    state: &RunnerState,
+    command: Command,
+    now: Timestamp,
+) -> Result<(RunnerState, Vec<RunnerEvent>), DomainError> {
+    let events = decide(state, command, now)?;
+    let next = events.iter().fold(state.clone(), evolve);
+    Ok((next, events))
+}

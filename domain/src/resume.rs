@@ -1,0 +1,121 @@
+//! `resume`: what is still owed to a runner at a given moment.
+
+use crate::command::{Command, TerminateRunner};
+use crate::event::{FailureStage, TerminationReason};
+use crate::ids::Timestamp;
+use crate::state::{RunnerState, is_terminal};
+
+/// A deadline of the runner that has passed while no failure was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissedDeadline {
+    /// The failure it stands for.
+    pub stage: FailureStage,
+    /// When it passed.
+    pub at: Timestamp,
+}
+
+/// The first deadline the runner has missed at `now`, if any (and not yet recorded
+/// as a failure). Completed jobs only have the drain grace, which owes a termination
+/// rather than a failure.
+pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDeadline> {
+    let request = state.request.as_ref()?;
+    if is_terminal(state) || state.failure.is_some() || state.job_completed_at.is_some() {
+        return None;
+    }
+    let d = request.deadlines;
+    let max_age = request.at.plus_ms(d.max_age_ms);
+    if now >= max_age {
+        return Some(MissedDeadline {
+            stage: FailureStage::MaxAge,
+            at: max_age,
+        });
+    }
+    if state.job_started_at.is_some() {
+        return None;
+    }
+    let (stage, from) = if state.instance_may_be_alive() {
+        (
+            FailureStage::Boot,
+            state.first_intent_at.unwrap_or(request.at),
+        )
+    } else {
+        (FailureStage::Stale, request.at)
+    };
+    let boot = from.plus_ms(d.boot_timeout_ms);
+    (now >= boot).then_some(MissedDeadline { stage, at: boot })
+}
+
+/// Since when a termination is owed at `now`, and why; `None` when none is.
+///
+/// A termination is owed while an instance may be alive and the runner has failed,
+/// has missed a deadline, was asked to terminate, or completed its job more than the
+/// drain grace ago.
+pub fn termination_owed(
+    state: &RunnerState,
+    now: Timestamp,
+) -> Option<(Timestamp, TerminationReason)> {
+    let request = state.request.as_ref()?;
+    if !state.instance_may_be_alive() {
+        return None;
+    }
+    let mut owed: Vec<(Timestamp, TerminationReason)> = Vec::new();
+    if let Some(failure) = &state.failure {
+        owed.push((
+            failure.at,
+            TerminationReason::Failure {
+                stage: failure.stage,
+            },
+        ));
+    } else if let Some(missed) = missed_deadline(state, now) {
+        owed.push((
+            missed.at,
+            TerminationReason::Failure {
+                stage: missed.stage,
+            },
+        ));
+    }
+    if let Some(requested) = state.termination_requested {
+        owed.push(requested);
+    }
+    if let Some(completed) = state.job_completed_at {
+        let grace_over = completed.plus_ms(request.deadlines.drain_grace_ms);
+        if now >= grace_over {
+            owed.push((grace_over, TerminationReason::DrainGraceOver));
+        }
+    }
+    owed.into_iter().min_by_key(|(at, _)| *at)
+}
+
+/// The commands still owed to the runner at `now`, in order: a `Fail` for a missed
+/// deadline, then a `Terminate` while an instance may be alive that nobody wants.
+///
+/// After a crash, running these (and confirming the termination) is what brings the
+/// runner to a terminal status.
+pub fn resume(state: &RunnerState, now: Timestamp) -> Vec<Command> {
+    if state.request.is_none() || is_terminal(state) {
+        return Vec::new();
+    }
+    let mut owed = Vec::new();
+    if let Some(missed) = missed_deadline(state, now) {
+        owed.push(Command::Fail {
+            stage: missed.stage,
+            reason: format!("{} deadline passed", missed.stage.as_str()),
+        });
+    }
+    if let Some((_, reason)) = termination_owed(state, now) {
+        owed.push(Command::Terminate { reason });
+    }
+    owed
+}
+
+/// The compensation message for a runner owed a termination at `now`.
+pub fn terminate_runner(state: &RunnerState, now: Timestamp) -> Option<TerminateRunner> {
+    let (owed_since, reason) = termination_owed(state, now)?;
+    Some(TerminateRunner {
+        stream: state.stream_id()?,
+        instance_id: state.instance().map(|i| i.id.clone()),
+        client_token: state.launch.as_ref().map(|l| l.client_token.clone()),
+        reason,
+        owed_since,
+    })
+}

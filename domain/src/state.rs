@@ -1,0 +1,363 @@
+//! A runner's state, folded from its events.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{
+    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent, TerminationReason,
+};
+use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+
+/// What the request said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRequest {
+    /// When the job was requested.
+    pub at: Timestamp,
+    /// The job.
+    pub job: JobRef,
+    /// The runner attempt for that job (from 1).
+    pub attempt: u32,
+    /// Its labels.
+    pub labels: Vec<String>,
+    /// The instance to launch.
+    pub spec: InstanceSpec,
+    /// The runner's deadlines.
+    pub deadlines: Deadlines,
+}
+
+/// A launched instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its id.
+    pub id: InstanceId,
+    /// Its type.
+    pub instance_type: String,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// Its market.
+    pub market: Market,
+    /// When RunInstances returned it.
+    pub launched_at: Timestamp,
+}
+
+/// How the latest launch intent was resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum LaunchOutcome {
+    /// Not yet: an instance may or may not exist.
+    Pending,
+    /// Refused: no instance exists for this intent.
+    Rejected {
+        /// Provider error code.
+        code: String,
+        /// Its class.
+        class: LaunchErrorClass,
+    },
+    /// An instance exists.
+    Launched(Instance),
+}
+
+/// The latest launch intent of a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Its idempotency token.
+    pub client_token: ClientToken,
+    /// Spot or on-demand.
+    pub market: Market,
+    /// When it was written.
+    pub intended_at: Timestamp,
+    /// How it was resolved.
+    pub outcome: LaunchOutcome,
+}
+
+/// The failure recorded on a runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// When.
+    pub at: Timestamp,
+    /// At which step.
+    pub stage: FailureStage,
+    /// Why.
+    pub reason: String,
+}
+
+/// A runner's status. `Draining` and `Terminating` are the non-terminal states of a
+/// runner that is done but whose instance may still be alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerStatus {
+    /// No event yet.
+    Unrequested,
+    /// Waiting for a launch (none intended, or the last one was rejected).
+    Requested,
+    /// A launch intent is unresolved: an instance may exist.
+    Launching,
+    /// The instance exists; no JIT config handed over yet.
+    Booting,
+    /// JIT config handed over; waiting for the job to start.
+    Ready,
+    /// The job runs.
+    Running,
+    /// The job completed; the instance may still be alive.
+    Draining,
+    /// Failed or asked to terminate; the instance may still be alive.
+    Terminating,
+    /// Terminal: the job completed and no instance is alive.
+    Completed,
+    /// Terminal: the runner failed (or was terminated) and no instance is alive.
+    Failed,
+}
+
+impl RunnerStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [RunnerStatus; 10] = [
+        RunnerStatus::Unrequested,
+        RunnerStatus::Requested,
+        RunnerStatus::Launching,
+        RunnerStatus::Booting,
+        RunnerStatus::Ready,
+        RunnerStatus::Running,
+        RunnerStatus::Draining,
+        RunnerStatus::Terminating,
+        RunnerStatus::Completed,
+        RunnerStatus::Failed,
+    ];
+
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerStatus::Unrequested => "unrequested",
+            RunnerStatus::Requested => "requested",
+            RunnerStatus::Launching => "launching",
+            RunnerStatus::Booting => "booting",
+            RunnerStatus::Ready => "ready",
+            RunnerStatus::Running => "running",
+            RunnerStatus::Draining => "draining",
+            RunnerStatus::Terminating => "terminating",
+            RunnerStatus::Completed => "completed",
+            RunnerStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether this status closes the stream.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunnerStatus::Completed | RunnerStatus::Failed)
+    }
+}
+
+impl fmt::Display for RunnerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the decider knows of one runner. Built only by [`evolve`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerState {
+    /// Number of events folded in (the stream's version).
+    pub version: u64,
+    /// The request, once made.
+    pub request: Option<RunnerRequest>,
+    /// Launch intents written so far.
+    pub launch_attempts: u32,
+    /// When the first launch was intended.
+    pub first_intent_at: Option<Timestamp>,
+    /// The latest launch intent.
+    pub launch: Option<Launch>,
+    /// The runner's name, once its JIT config was minted.
+    pub runner_name: Option<String>,
+    /// When the job started.
+    pub job_started_at: Option<Timestamp>,
+    /// When the job completed.
+    pub job_completed_at: Option<Timestamp>,
+    /// The job's conclusion.
+    pub conclusion: Option<String>,
+    /// The failure, if any.
+    pub failure: Option<Failure>,
+    /// When a termination was first issued, and why.
+    pub termination_requested: Option<(Timestamp, TerminationReason)>,
+    /// When the instance was confirmed gone.
+    pub terminated_at: Option<Timestamp>,
+}
+
+impl RunnerState {
+    /// The stream this state belongs to, once requested.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.request
+            .as_ref()
+            .map(|r| StreamId::for_job(&r.job, r.attempt))
+    }
+
+    /// The launched instance, if the latest intent produced one.
+    pub fn instance(&self) -> Option<&Instance> {
+        match &self.launch {
+            Some(Launch {
+                outcome: LaunchOutcome::Launched(instance),
+                ..
+            }) => Some(instance),
+            _ => None,
+        }
+    }
+
+    /// Whether an instance may be alive: a launch intent that was not rejected, and
+    /// no `Terminated` yet.
+    pub fn instance_may_be_alive(&self) -> bool {
+        self.terminated_at.is_none()
+            && matches!(
+                &self.launch,
+                Some(Launch {
+                    outcome: LaunchOutcome::Pending | LaunchOutcome::Launched(_),
+                    ..
+                })
+            )
+    }
+
+    /// The token of the pending launch intent, if one is unresolved.
+    pub fn pending_launch(&self) -> Option<&ClientToken> {
+        match &self.launch {
+            Some(Launch {
+                client_token,
+                outcome: LaunchOutcome::Pending,
+                ..
+            }) => Some(client_token),
+            _ => None,
+        }
+    }
+
+    /// The runner's status.
+    pub fn status(&self) -> RunnerStatus {
+        if self.request.is_none() {
+            return RunnerStatus::Unrequested;
+        }
+        if is_terminal(self) {
+            return if self.job_completed_at.is_some() {
+                RunnerStatus::Completed
+            } else {
+                RunnerStatus::Failed
+            };
+        }
+        if self.failure.is_some() || self.termination_requested.is_some() {
+            return RunnerStatus::Terminating;
+        }
+        if self.job_completed_at.is_some() {
+            return RunnerStatus::Draining;
+        }
+        if self.job_started_at.is_some() {
+            return RunnerStatus::Running;
+        }
+        if self.runner_name.is_some() {
+            return RunnerStatus::Ready;
+        }
+        match self.launch.as_ref().map(|l| &l.outcome) {
+            Some(LaunchOutcome::Pending) => RunnerStatus::Launching,
+            Some(LaunchOutcome::Launched(_)) => RunnerStatus::Booting,
+            None | Some(LaunchOutcome::Rejected { .. }) => RunnerStatus::Requested,
+        }
+    }
+}
+
+/// Whether the runner is closed: requested, and either its instance is confirmed
+/// gone, or it is failed/completed with no instance that may be alive.
+pub fn is_terminal(state: &RunnerState) -> bool {
+    state.request.is_some()
+        && (state.terminated_at.is_some()
+            || ((state.failure.is_some() || state.job_completed_at.is_some())
+                && !state.instance_may_be_alive()))
+}
+
+/// Folds one event into the state. Total: an event the decider would never have
+/// produced is still folded deterministically, never a panic.
+pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
+    state.version += 1;
+    match event {
+        RunnerEvent::Requested {
+            at,
+            job,
+            attempt,
+            labels,
+            spec,
+            deadlines,
+        } => {
+            if state.request.is_none() {
+                state.request = Some(RunnerRequest {
+                    at: *at,
+                    job: job.clone(),
+                    attempt: *attempt,
+                    labels: labels.clone(),
+                    spec: spec.clone(),
+                    deadlines: *deadlines,
+                });
+            }
+        }
+        RunnerEvent::LaunchIntended {
+            at,
+            client_token,
+            market,
+        } => {
+            state.launch_attempts += 1;
+            state.first_intent_at.get_or_insert(*at);
+            state.launch = Some(Launch {
+                client_token: client_token.clone(),
+                market: *market,
+                intended_at: *at,
+                outcome: LaunchOutcome::Pending,
+            });
+        }
+        RunnerEvent::LaunchRejected { code, class, .. } => {
+            if let Some(launch) = state.launch.as_mut() {
+                launch.outcome = LaunchOutcome::Rejected {
+                    code: code.clone(),
+                    class: *class,
+                };
+            }
+        }
+        RunnerEvent::Launched {
+            at,
+            instance_id,
+            instance_type,
+            vcpus,
+            market,
+            ..
+        } => {
+            if let Some(launch) = state.launch.as_mut() {
+                launch.outcome = LaunchOutcome::Launched(Instance {
+                    id: instance_id.clone(),
+                    instance_type: instance_type.clone(),
+                    vcpus: *vcpus,
+                    market: *market,
+                    launched_at: *at,
+                });
+            }
+        }
+        RunnerEvent::TokenMinted { runner_name, .. } => {
+            state.runner_name = Some(runner_name.clone());
+        }
+        RunnerEvent::JobStarted { at } => {
+            state.job_started_at.get_or_insert(*at);
+        }
+        RunnerEvent::JobCompleted { at, conclusion } => {
+            state.job_completed_at.get_or_insert(*at);
+            state.conclusion.clone_from(conclusion);
+        }
+        RunnerEvent::Failed { at, stage, reason } => {
+            state.failure.get_or_insert_with(|| Failure {
+                at: *at,
+                stage: *stage,
+                reason: reason.clone(),
+            });
+        }
+        RunnerEvent::TerminationRequested { at, reason, .. } => {
+            state.termination_requested.get_or_insert((*at, *reason));
+        }
+        RunnerEvent::Terminated { at, .. } => {
+            state.terminated_at.get_or_insert(*at);
+        }
+    }
+    state
+}
+
+/// Folds a whole history from the initial state.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a RunnerEvent>) -> RunnerState {
+    events.into_iter().fold(RunnerState::default(), evolve)
+}

@@ -1,0 +1,321 @@
+//! Property tests of DESIGN.md's four invariants, over random command sequences that
+//! include duplicates, out-of-order lifecycle inputs and resume-driven commands.
+
+use jitr_domain::*;
+use proptest::prelude::*;
+
+const T0: i64 = 1_780_000_000_000;
+
+fn job() -> JobRef {
+    JobRef {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+        job_id: 9,
+        run_id: 3,
+    }
+}
+
+/// Which token a launch outcome names.
+#[derive(Clone, Copy, Debug)]
+enum TokenChoice {
+    Pending,
+    Stale,
+}
+
+/// Which instance a command names.
+#[derive(Clone, Copy, Debug)]
+enum InstanceChoice {
+    Current,
+    Missing,
+    Other,
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Op {
+    Request(u32),
+    Intend(Market),
+    Launch(TokenChoice, u8),
+    Reject(TokenChoice),
+    Token(u8),
+    Start,
+    Complete,
+    Fail(FailureStage),
+    Terminate,
+    Confirm(InstanceChoice),
+    Resume,
+    RepeatLast,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let token = prop_oneof![3 => Just(TokenChoice::Pending), 1 => Just(TokenChoice::Stale)];
+    let instance = prop_oneof![
+        3 => Just(InstanceChoice::Current),
+        1 => Just(InstanceChoice::Missing),
+        1 => Just(InstanceChoice::Other)
+    ];
+    let stage = prop_oneof![
+        Just(FailureStage::Launch),
+        Just(FailureStage::Token),
+        Just(FailureStage::Boot),
+        Just(FailureStage::SpotInterrupted),
+    ];
+    let market = prop_oneof![Just(Market::Spot), Just(Market::OnDemand)];
+    prop_oneof![
+        2 => (1u32..=2).prop_map(Op::Request),
+        3 => market.prop_map(Op::Intend),
+        3 => (token.clone(), 0u8..2).prop_map(|(t, i)| Op::Launch(t, i)),
+        2 => token.prop_map(Op::Reject),
+        2 => (0u8..2).prop_map(Op::Token),
+        2 => Just(Op::Start),
+        2 => Just(Op::Complete),
+        1 => stage.prop_map(Op::Fail),
+        1 => Just(Op::Terminate),
+        1 => instance.prop_map(Op::Confirm),
+        2 => Just(Op::Resume),
+        2 => Just(Op::RepeatLast),
+    ]
+}
+
+/// A random history: steps with the seconds elapsed before each.
+fn history() -> impl Strategy<Value = Vec<(u16, Op)>> {
+    // The first step is nearly always a Request, so most histories get somewhere.
+    (
+        prop_oneof![9 => Just(Op::Request(1)), 1 => op()],
+        prop::collection::vec((0u16..900, op()), 0..40),
+    )
+        .prop_map(|(first, mut rest)| {
+            rest.insert(0, (0, first));
+            rest
+        })
+}
+
+fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
+    let token = |choice: TokenChoice| match (choice, state.pending_launch()) {
+        (TokenChoice::Pending, Some(t)) => t.clone(),
+        _ => ClientToken("jitr-stale".into()),
+    };
+    match op {
+        Op::Request(attempt) => vec![Command::Request {
+            job: job(),
+            attempt: *attempt,
+            labels: vec!["self-hosted".into()],
+            spec: InstanceSpec {
+                instance_type: "m5.large".into(),
+                vcpus: 2,
+                image: "ami-1".into(),
+            },
+            deadlines: Deadlines {
+                boot_timeout_ms: 300_000,
+                max_age_ms: 3_600_000,
+                drain_grace_ms: 60_000,
+            },
+        }],
+        Op::Intend(market) => vec![Command::IntendLaunch { market: *market }],
+        Op::Launch(choice, n) => vec![Command::RecordLaunch {
+            client_token: token(*choice),
+            instance_id: InstanceId(format!("i-{n}")),
+            instance_type: "m5.large".into(),
+            vcpus: 2,
+        }],
+        Op::Reject(choice) => vec![Command::RejectLaunch {
+            client_token: token(*choice),
+            code: "InsufficientInstanceCapacity".into(),
+            class: LaunchErrorClass::Capacity,
+        }],
+        Op::Token(n) => vec![Command::RecordToken {
+            runner_name: format!("runner-{n}"),
+        }],
+        Op::Start => vec![Command::StartJob],
+        Op::Complete => vec![Command::CompleteJob {
+            conclusion: Some("success".into()),
+        }],
+        Op::Fail(stage) => vec![Command::Fail {
+            stage: *stage,
+            reason: "random".into(),
+        }],
+        Op::Terminate => vec![Command::Terminate {
+            reason: TerminationReason::Operator,
+        }],
+        Op::Confirm(choice) => vec![Command::ConfirmTerminated {
+            instance_id: match choice {
+                InstanceChoice::Current => state.instance().map(|i| i.id.clone()),
+                InstanceChoice::Missing => None,
+                InstanceChoice::Other => Some(InstanceId("i-other".into())),
+            },
+        }],
+        Op::Resume => resume(state, now),
+        Op::RepeatLast => vec![],
+    }
+}
+
+/// Runs a history through the decider; returns every step's state and the log.
+struct Run {
+    log: Vec<RunnerEvent>,
+    state: RunnerState,
+    /// Commands applied twice in a row whose second application wrote events.
+    non_idempotent: Vec<String>,
+    /// States seen after each accepted step.
+    states: Vec<RunnerState>,
+}
+
+fn run(history: &[(u16, Op)]) -> Run {
+    let mut now = Timestamp(T0);
+    let mut state = RunnerState::default();
+    let mut log = Vec::new();
+    let mut states = Vec::new();
+    let mut non_idempotent = Vec::new();
+    let mut last: Vec<Command> = Vec::new();
+    for (elapsed, op) in history {
+        now = now.plus_ms(u64::from(*elapsed) * 1000);
+        let commands = match op {
+            Op::RepeatLast => last.clone(),
+            _ => command_for(op, &state, now),
+        };
+        for command in &commands {
+            if let Ok((next, events)) = execute(&state, command.clone(), now) {
+                log.extend(events.iter().cloned());
+                state = next;
+                states.push(state.clone());
+                // Invariant 4: the same input delivered again writes nothing.
+                if let Ok(again) = decide(&state, command.clone(), now) {
+                    if !again.is_empty() {
+                        non_idempotent.push(format!("{command:?} -> {again:?}"));
+                    }
+                }
+            }
+        }
+        last = commands;
+    }
+    Run {
+        log,
+        state,
+        non_idempotent,
+        states,
+    }
+}
+
+fn count(log: &[RunnerEvent], kind: &str) -> usize {
+    log.iter().filter(|e| e.kind() == kind).count()
+}
+
+/// Compensates the runner as the handlers would, far in the future: apply what
+/// `resume` owes, and confirm each owed termination as the cloud would.
+fn settle(mut state: RunnerState, mut log: Vec<RunnerEvent>) -> (RunnerState, Vec<RunnerEvent>) {
+    let now = Timestamp(T0 + 10 * 86_400_000);
+    for _ in 0..4 {
+        for command in resume(&state, now) {
+            let terminate = matches!(command, Command::Terminate { .. });
+            if let Ok((next, events)) = execute(&state, command, now) {
+                log.extend(events);
+                state = next;
+            }
+            if terminate {
+                let confirm = Command::ConfirmTerminated {
+                    instance_id: state.instance().map(|i| i.id.clone()),
+                };
+                let (next, events) = execute(&state, confirm, now).expect("confirm is accepted");
+                log.extend(events);
+                state = next;
+            }
+        }
+    }
+    (state, log)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Invariant 1: terminal ⇒ no instance may be alive (every `LaunchIntended` was
+    /// answered by a `LaunchRejected`, or a `Terminated` was written), judged from
+    /// the log itself; and a failure or completion
+    /// after a launch without `Terminated` is `Terminating` / `Draining`, owing a
+    /// termination.
+    #[test]
+    fn terminal_implies_no_live_instance(history in history()) {
+        let Run { log, state, states, .. } = run(&history);
+        for (i, s) in states.iter().enumerate() {
+            let prefix = &log[..s.version as usize];
+            if is_terminal(s) {
+                let unrejected = count(prefix, "LaunchIntended") - count(prefix, "LaunchRejected");
+                prop_assert!(
+                    unrejected == 0 || count(prefix, "Terminated") == 1,
+                    "terminal at step {i} with a possibly live instance: {prefix:?}"
+                );
+            }
+            if count(prefix, "Launched") == 1 && count(prefix, "Terminated") == 0 {
+                prop_assert!(!is_terminal(s));
+                if s.failure.is_some() || s.job_completed_at.is_some() {
+                    prop_assert!(matches!(
+                        s.status(),
+                        RunnerStatus::Terminating | RunnerStatus::Draining
+                    ));
+                }
+            }
+        }
+        // Whatever happened, settling what resume owes closes the stream.
+        if state.request.is_some() {
+            let (settled, settled_log) = settle(state, log);
+            prop_assert!(is_terminal(&settled), "not closed after settling: {settled_log:?}");
+            prop_assert!(
+                count(&settled_log, "Launched") == 0 || count(&settled_log, "Terminated") == 1
+            );
+        }
+    }
+
+    /// Invariant 2: at most one instance per stream; a `Launched` only for the
+    /// pending intent; a new `LaunchIntended` only once the previous one was rejected.
+    #[test]
+    fn at_most_one_instance_per_stream(history in history()) {
+        let Run { log, .. } = run(&history);
+        prop_assert!(count(&log, "Launched") <= 1);
+        let mut pending: Option<ClientToken> = None;
+        let mut launched = false;
+        for event in &log {
+            match event {
+                RunnerEvent::LaunchIntended { client_token, .. } => {
+                    prop_assert!(pending.is_none(), "intent while one is unresolved");
+                    prop_assert!(!launched, "intent after an instance exists");
+                    pending = Some(client_token.clone());
+                }
+                RunnerEvent::Launched { client_token, .. } => {
+                    prop_assert_eq!(pending.take(), Some(client_token.clone()));
+                    launched = true;
+                }
+                RunnerEvent::LaunchRejected { client_token, .. } => {
+                    prop_assert_eq!(pending.take(), Some(client_token.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Invariant 3: replaying the same events always yields the same state, also
+    /// after a round trip through the serialised form.
+    #[test]
+    fn replay_is_deterministic(history in history()) {
+        let Run { log, state, .. } = run(&history);
+        prop_assert_eq!(&fold(&log), &state);
+        let json = serde_json::to_string(&log).unwrap();
+        let back: Vec<RunnerEvent> = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(&fold(&back), &state);
+        prop_assert_eq!(state.version as usize, log.len());
+    }
+
+    /// Invariant 4: duplicate and out-of-order inputs never produce a second
+    /// instance or lose a `Terminated`: every command is idempotent, nothing follows
+    /// `Terminated`, and a closed stream stays closed.
+    #[test]
+    fn duplicates_and_reordering_are_harmless(history in history()) {
+        let Run { log, non_idempotent, states, .. } = run(&history);
+        prop_assert!(non_idempotent.is_empty(), "{non_idempotent:?}");
+        prop_assert!(count(&log, "Launched") <= 1);
+        if let Some(pos) = log.iter().position(|e| e.kind() == "Terminated") {
+            prop_assert_eq!(pos, log.len() - 1, "events after Terminated: {:?}", log);
+        }
+        if let Some(first_terminal) = states.iter().position(is_terminal) {
+            prop_assert!(states[first_terminal..].iter().all(is_terminal));
+            prop_assert_eq!(first_terminal, states.len() - 1, "a closed stream took a command");
+        }
+    }
+}
