@@ -1,1 +1,6 @@
-//! placeholder
+//! Shared pieces of jitr's cross-crate tests: runner history fixtures and the event
+//! store conformance suite every log adapter must pass.
+#![deny(missing_docs, unsafe_code)]
+
+pub mod conformance;
+pub mod fixtures;

@@ -1,0 +1,173 @@
+//! The event store port: the append contract every log adapter honours.
+
+use std::error::Error as StdError;
+
+use async_trait::async_trait;
+use jitr_domain::{InstanceId, RunnerEvent, RunnerState, RunnerStatus, StreamId, Timestamp};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Version of the serialised event form written by this build.
+pub const EVENT_SCHEMA: u32 = 1;
+
+/// Identifies one command's append, so a retried command writes nothing twice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(pub String);
+
+impl CommandId {
+    /// A command id from any text (a webhook delivery id, a message id, …).
+    pub fn new(id: impl Into<String>) -> Self {
+        CommandId(id.into())
+    }
+}
+
+/// What an accepted append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The events were written; the stream is now at `version`.
+    Appended {
+        /// The stream's version after the append.
+        version: u64,
+    },
+    /// The command id was seen before: nothing was written, and this is the first
+    /// append's outcome.
+    Duplicate {
+        /// The stream the first append wrote to.
+        stream: StreamId,
+        /// The version the first append produced.
+        version: u64,
+    },
+}
+
+/// One stored event with its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// The runner stream.
+    pub stream: StreamId,
+    /// 1-based sequence number in the stream (the stream's version after it).
+    pub seq: u64,
+    /// Global position across all streams: strictly increasing in commit order.
+    pub position: u64,
+    /// The event.
+    pub event: RunnerEvent,
+}
+
+/// A stream's head: its version and what the log knows of it without a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    /// The runner stream.
+    pub stream: StreamId,
+    /// Number of events.
+    pub version: u64,
+    /// The runner's status at that version.
+    pub status: RunnerStatus,
+    /// The launched instance, if any.
+    pub instance_id: Option<InstanceId>,
+    /// Whether the stream is open (not terminal).
+    pub open: bool,
+    /// When its last event happened.
+    pub updated_at: Timestamp,
+    /// The folded state at that version.
+    pub state: RunnerState,
+}
+
+/// A projection's saved progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Last global position folded in.
+    pub position: u64,
+    /// The projection's serialised read models at that position.
+    pub snapshot: Vec<u8>,
+}
+
+/// A boxed backend error.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why the event log did not do what was asked.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Another writer got there first: reload the stream, decide again, retry.
+    #[error(
+        "stream {stream} is at version {actual}, not the expected {expected}: reload and decide again"
+    )]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// The version the caller decided on.
+        expected: u64,
+        /// The version found.
+        actual: u64,
+    },
+    /// The log itself refused the write because it breaks an invariant (e.g. a
+    /// terminal head without `Terminated` while an instance may be alive).
+    #[error("the event log refused the write: {0}")]
+    Refused(String),
+    /// `append` was called with no events.
+    #[error("an append needs at least one event")]
+    NothingToAppend,
+    /// A stored event could not be read back.
+    #[error("stored event at position {position} of stream {stream} cannot be read: {reason}")]
+    Corrupt {
+        /// The stream, as stored.
+        stream: String,
+        /// Its global position.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend failed (I/O, locking, network).
+    #[error("event log unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+}
+
+/// The runner event log.
+///
+/// Contract (the conformance suite in `jitr-e2e` checks every adapter against it):
+/// - `append` writes all events or none. It succeeds only when the stream is at
+///   `expected_version` (0 for a new stream), else [`StoreError::Conflict`].
+/// - A `command_id` seen before returns [`AppendOutcome::Duplicate`] with the first
+///   outcome and writes nothing, whatever the expected version.
+/// - Global positions strictly increase in commit order: a reader that has seen
+///   position `p` never later sees a new event below `p`.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if it is at `expected_version`.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected_version: u64,
+        events: &[RunnerEvent],
+        command_id: &CommandId,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// Every event of one stream, in order (empty for an unknown stream).
+    async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events with a global position above `after`, in position order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The head of one stream.
+    async fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError>;
+
+    /// The stream whose runner launched `instance`.
+    async fn stream_of_instance(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<StreamId>, StoreError>;
+
+    /// Heads of all open (non-terminal) streams, without reading history.
+    async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError>;
+
+    /// The global position of the newest event (0 for an empty log).
+    async fn last_position(&self) -> Result<u64, StoreError>;
+}
+
+/// Where projections keep their progress.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint saved under `name`.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError>;
+    /// Saves (replaces) the checkpoint under `name`.
+    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+}

@@ -1,0 +1,484 @@
+//! The embedded event log: one SQLite file (WAL), the same append contract as DynamoDB.
+//!
+//! Tables: `events` (global `position`, `UNIQUE(stream, seq)`), `streams` (the head:
+//! version, status, folded state; partial indexes for open streams and instance ids),
+//! `commands` (command id → first outcome), `checkpoints`. A `CHECK` on `streams`
+//! refuses a closed head while an instance may be alive without `Terminated`, so
+//! the database refuses what the domain refuses. See ADR-0002.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jitr_domain::{
+    InstanceId, LaunchOutcome, RunnerEvent, RunnerState, RunnerStatus, StreamId, Timestamp, evolve,
+    is_terminal,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::event_store::{
+    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, RecordedEvent,
+    StoreError, StreamHead,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    position   INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    schema     INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    command_id TEXT    NOT NULL,
+    UNIQUE (stream, seq)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream            TEXT PRIMARY KEY,
+    version           INTEGER NOT NULL,
+    status            TEXT    NOT NULL,
+    instance_id       TEXT,
+    instance_possible INTEGER NOT NULL,
+    terminated        INTEGER NOT NULL,
+    open              INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    state             TEXT    NOT NULL,
+    CHECK (open = 1 OR terminated = 1 OR instance_possible = 0),
+    CHECK (status NOT IN ('completed', 'failed') OR open = 0)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS streams_open ON streams (stream) WHERE open = 1;
+CREATE INDEX IF NOT EXISTS streams_instance ON streams (instance_id) WHERE instance_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    version    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    snapshot BLOB    NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+"#;
+
+/// The SQLite event log. Cheap to clone; each clone shares one connection.
+/// Two `SqliteEventStore`s opened on the same file are two independent writers.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the log at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path).map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(SqliteEventStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The file behind this log.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection off the async executor.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Refused("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs raw SQL against the log, bypassing the domain: for tests that show the
+    /// database itself refuses an invariant-breaking write.
+    pub async fn execute_raw(&self, sql: &'static str) -> Result<usize, StoreError> {
+        self.with_conn(move |conn| conn.execute(sql, []).map_err(map_write_error))
+            .await
+    }
+}
+
+fn map_write_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Refused(msg.clone().unwrap_or_else(|| e.to_string()))
+        }
+        _ => unavailable(e),
+    }
+}
+
+fn append_blocking(
+    conn: &mut Connection,
+    stream: &StreamId,
+    expected_version: u64,
+    events: &[RunnerEvent],
+    command_id: &CommandId,
+) -> Result<AppendOutcome, StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::NothingToAppend);
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let earlier: Option<(String, u64)> = tx
+        .query_row(
+            "SELECT stream, version FROM commands WHERE command_id = ?1",
+            [&command_id.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    if let Some((first_stream, version)) = earlier {
+        let stream = StreamId::parse(&first_stream).map_err(|e| StoreError::Corrupt {
+            stream: first_stream,
+            position: 0,
+            reason: e.to_string(),
+        })?;
+        return Ok(AppendOutcome::Duplicate { stream, version });
+    }
+    let head: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT version, state FROM streams WHERE stream = ?1",
+            [stream.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let (actual, mut state) = match head {
+        Some((version, json)) => (
+            version,
+            serde_json::from_str::<RunnerState>(&json).map_err(|e| StoreError::Corrupt {
+                stream: stream.to_string(),
+                position: 0,
+                reason: format!("head state: {e}"),
+            })?,
+        ),
+        None => (0, RunnerState::default()),
+    };
+    if actual != expected_version {
+        return Err(StoreError::Conflict {
+            stream: stream.clone(),
+            expected: expected_version,
+            actual,
+        });
+    }
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (stream, seq, kind, schema, at, body, command_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(unavailable)?;
+        for (i, event) in events.iter().enumerate() {
+            let body = serde_json::to_string(event).map_err(unavailable)?;
+            insert
+                .execute(params![
+                    stream.as_str(),
+                    actual + i as u64 + 1,
+                    event.kind(),
+                    EVENT_SCHEMA,
+                    event.at().0,
+                    body,
+                    command_id.0,
+                ])
+                .map_err(map_write_error)?;
+            state = evolve(state, event);
+        }
+    }
+    let version = actual + events.len() as u64;
+    let instance_possible = matches!(
+        state.launch.as_ref().map(|l| &l.outcome),
+        Some(LaunchOutcome::Pending | LaunchOutcome::Launched(_))
+    );
+    let updated_at = events.last().map(|e| e.at().0).unwrap_or_default();
+    let state_json = serde_json::to_string(&state).map_err(unavailable)?;
+    tx.execute(
+        "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
+                              terminated, open, updated_at, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (stream) DO UPDATE SET
+             version = excluded.version, status = excluded.status,
+             instance_id = excluded.instance_id, instance_possible = excluded.instance_possible,
+             terminated = excluded.terminated, open = excluded.open,
+             updated_at = excluded.updated_at, state = excluded.state",
+        params![
+            stream.as_str(),
+            version,
+            state.status().as_str(),
+            state.instance().map(|i| i.id.0.as_str()),
+            instance_possible,
+            state.terminated_at.is_some(),
+            !is_terminal(&state),
+            updated_at,
+            state_json,
+        ],
+    )
+    .map_err(map_write_error)?;
+    tx.execute(
+        "INSERT INTO commands (command_id, stream, version) VALUES (?1, ?2, ?3)",
+        params![command_id.0, stream.as_str(), version],
+    )
+    .map_err(map_write_error)?;
+    tx.commit().map_err(map_write_error)?;
+    Ok(AppendOutcome::Appended { version })
+}
+
+fn recorded(
+    position: u64,
+    stream: String,
+    seq: u64,
+    schema: u32,
+    body: &str,
+) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |stream: &str, reason: String| StoreError::Corrupt {
+        stream: stream.to_owned(),
+        position,
+        reason,
+    };
+    if schema != EVENT_SCHEMA {
+        return Err(corrupt(
+            &stream,
+            format!("event schema {schema}; this build reads schema {EVENT_SCHEMA}"),
+        ));
+    }
+    let event = serde_json::from_str(body).map_err(|e| corrupt(&stream, e.to_string()))?;
+    let stream = StreamId::parse(&stream).map_err(|e| corrupt(&stream, e.to_string()))?;
+    Ok(RecordedEvent {
+        stream,
+        seq,
+        position,
+        event,
+    })
+}
+
+fn head_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u64, String, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_head(
+    (stream, version, state_json, updated_at): (String, u64, String, i64),
+) -> Result<StreamHead, StoreError> {
+    let state: RunnerState =
+        serde_json::from_str(&state_json).map_err(|e| StoreError::Corrupt {
+            stream: stream.clone(),
+            position: 0,
+            reason: format!("head state: {e}"),
+        })?;
+    let stream = StreamId::parse(&stream).map_err(|e| StoreError::Corrupt {
+        stream,
+        position: 0,
+        reason: e.to_string(),
+    })?;
+    let status: RunnerStatus = state.status();
+    Ok(StreamHead {
+        stream,
+        version,
+        status,
+        instance_id: state.instance().map(|i| i.id.clone()),
+        open: !is_terminal(&state),
+        updated_at: Timestamp(updated_at),
+        state,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected_version: u64,
+        events: &[RunnerEvent],
+        command_id: &CommandId,
+    ) -> Result<AppendOutcome, StoreError> {
+        let (stream, events, command_id) = (stream.clone(), events.to_vec(), command_id.clone());
+        self.with_conn(move |conn| {
+            append_blocking(conn, &stream, expected_version, &events, &command_id)
+        })
+        .await
+    }
+
+    async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.clone();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT position, seq, schema, body FROM events
+                     WHERE stream = ?1 ORDER BY seq",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([stream.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(unavailable)?;
+            rows.map(|row| {
+                let (position, seq, schema, body) = row.map_err(unavailable)?;
+                recorded(position, stream.to_string(), seq, schema, &body)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT position, stream, seq, schema, body FROM events
+                     WHERE position > ?1 ORDER BY position LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit as u64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            rows.map(|row| {
+                let (position, stream, seq, schema, body) = row.map_err(unavailable)?;
+                recorded(position, stream, seq, schema, &body)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
+        let stream = stream.clone();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT stream, version, state, updated_at FROM streams WHERE stream = ?1",
+                [stream.as_str()],
+                head_from_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(to_head)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn stream_of_instance(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<StreamId>, StoreError> {
+        let instance = instance.clone();
+        self.with_conn(move |conn| {
+            let found: Option<String> = conn
+                .query_row(
+                    "SELECT stream FROM streams WHERE instance_id = ?1",
+                    [&instance.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            found
+                .map(|s| {
+                    StreamId::parse(&s).map_err(|e| StoreError::Corrupt {
+                        stream: s.clone(),
+                        position: 0,
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT stream, version, state, updated_at FROM streams
+                     WHERE open = 1 ORDER BY stream",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([], head_from_row).map_err(unavailable)?;
+            rows.map(|row| to_head(row.map_err(unavailable)?)).collect()
+        })
+        .await
+    }
+
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT position, snapshot FROM checkpoints WHERE name = ?1",
+                [&name],
+                |r| {
+                    Ok(Checkpoint {
+                        position: r.get(0)?,
+                        snapshot: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let (name, checkpoint) = (name.to_owned(), checkpoint.clone());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO checkpoints (name, position, snapshot) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET
+                     position = excluded.position, snapshot = excluded.snapshot",
+                params![name, checkpoint.position, checkpoint.snapshot],
+            )
+            .map(|_| ())
+            .map_err(map_write_error)
+        })
+        .await
+    }
+}

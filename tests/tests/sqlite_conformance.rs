@@ -1,0 +1,53 @@
+//! The event store conformance suite against the SQLite adapter, plus the
+//! database-level refusal of a terminal head while an instance may be alive.
+
+use jitr_e2e::conformance::Backing;
+use jitr_e2e::event_store_conformance;
+use jitr_e2e::fixtures::{at, launched, stream};
+use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
+use tempfile::TempDir;
+
+/// A temporary directory holding one SQLite log file.
+struct SqliteBacking {
+    dir: TempDir,
+}
+
+impl SqliteBacking {
+    fn new() -> Self {
+        SqliteBacking {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+}
+
+impl Backing for SqliteBacking {
+    type Store = SqliteEventStore;
+    async fn open(&self) -> SqliteEventStore {
+        SqliteEventStore::open(self.dir.path().join("events.db")).expect("open log")
+    }
+}
+
+event_store_conformance!(SqliteBacking::new());
+
+#[tokio::test]
+async fn the_database_refuses_a_closed_head_with_a_live_instance() {
+    let backing = SqliteBacking::new();
+    let store = backing.open().await;
+    let (_, events) = launched(1, at(0));
+    store
+        .append(&stream(1), 0, &events, &CommandId::new("c1"))
+        .await
+        .unwrap();
+    // Bypass the domain: close the stream without a Terminated.
+    let err = store
+        .execute_raw("UPDATE streams SET open = 0, status = 'failed'")
+        .await;
+    assert!(matches!(err, Err(StoreError::Refused(_))), "{err:?}");
+    let head = store.head(&stream(1)).await.unwrap().unwrap();
+    assert!(head.open);
+    // A terminal status on an open head is refused too.
+    let err = store
+        .execute_raw("UPDATE streams SET status = 'completed'")
+        .await;
+    assert!(matches!(err, Err(StoreError::Refused(_))), "{err:?}");
+}
