@@ -99,9 +99,11 @@ pub enum RunnerStatus {
     Ready,
     /// The job runs.
     Running,
-    /// The job completed; the instance may still be alive.
+    /// The job completed; the instance may still be alive (also once its
+    /// termination was issued).
     Draining,
-    /// Failed or asked to terminate; the instance may still be alive.
+    /// Failed, or asked to terminate before its job completed; the instance may
+    /// still be alive.
     Terminating,
     /// Terminal: the job completed and no instance is alive.
     Completed,
@@ -237,11 +239,14 @@ impl RunnerState {
                 RunnerStatus::Failed
             };
         }
-        if self.failure.is_some() || self.termination_requested.is_some() {
+        if self.failure.is_some() {
             return RunnerStatus::Terminating;
         }
         if self.job_completed_at.is_some() {
             return RunnerStatus::Draining;
+        }
+        if self.termination_requested.is_some() {
+            return RunnerStatus::Terminating;
         }
         if self.job_started_at.is_some() {
             return RunnerStatus::Running;

@@ -1,1 +1,16 @@
-//! placeholder
+//! jitr's application services and operator tools, behind the `jitr` binary.
+//!
+//! - [`dispatch`]: one command against a runner stream (decide, append, retry on
+//!   conflict).
+//! - [`projector`]: folds the log into the runner views and issues compensation.
+//! - [`audit`], [`history`]: questions to the log.
+//! - [`demo`], [`bench`]: the embedded default at work, and its figures.
+#![deny(missing_docs, unsafe_code)]
+
+pub mod audit;
+pub mod bench;
+pub mod demo;
+pub mod dispatch;
+pub mod history;
+pub mod projector;
+pub mod report;

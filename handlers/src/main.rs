@@ -1,1 +1,284 @@
-fn main() {}
+//! The `jitr` command: operator tools over the runner event log.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use jitr_domain::Timestamp;
+use jitr_handlers::{audit, bench, demo, history};
+use jitr_infra::{EventStore, SqliteEventStore};
+
+/// The log file inside a data directory.
+const LOG_FILE: &str = "events.db";
+
+/// jitr: ephemeral GitHub Actions runners on EC2 that cannot leak instances.
+///
+/// Every runner's life is an event stream in a log (SQLite in the data directory
+/// on the embedded default). These commands ask the log questions.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the timeline of one runner.
+    ///
+    /// KEY is a runner stream id (`owner/repo#job_id#attempt`) or an instance id.
+    /// Exit status 2 when nothing in the log matches.
+    History {
+        /// The data directory holding the log.
+        #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A stream id or an instance id.
+        key: String,
+    },
+    /// Replay the whole log: runners by status, the fleet, and every runner owed a
+    /// termination.
+    ///
+    /// Exit status 1 when an instance has been owed a termination for longer than
+    /// --deadline (usable from cron and CI); 2 when the log cannot be read.
+    Audit {
+        /// The data directory holding the log.
+        #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+        data_dir: PathBuf,
+        /// Print JSON (the shape is `AuditReport`, versioned by its `schema` field).
+        #[arg(long)]
+        json: bool,
+        /// Judge the log as of this moment (RFC 3339) instead of now.
+        #[arg(long, value_parser = parse_moment)]
+        now: Option<Timestamp>,
+        /// How long a termination may stay owed before the audit fails.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
+    /// Write a demonstration log (the seed incident in miniature, compensated) and
+    /// print its audit.
+    Demo {
+        /// The data directory to write the log into.
+        #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+        data_dir: PathBuf,
+        /// Delete an existing log in the data directory first.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
+    ///
+    /// Build with --release for meaningful figures.
+    Bench {
+        /// Events to fold in memory.
+        #[arg(long, default_value_t = 1_000_000)]
+        fold_events: u64,
+        /// Events to write to SQLite and replay.
+        #[arg(long, default_value_t = 1_000_000)]
+        replay_events: u64,
+        /// Single-event appends to time.
+        #[arg(long, default_value_t = 20_000)]
+        appends: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_moment(text: &str) -> Result<Timestamp, String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{e}: expected e.g. 2026-05-04T04:22:00Z"))?;
+    Ok(to_timestamp(t))
+}
+
+fn to_timestamp(t: SystemTime) -> Timestamp {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Timestamp(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// The one place jitr reads the clock.
+fn now() -> Timestamp {
+    to_timestamp(SystemTime::now())
+}
+
+/// Opens an existing log for reading; never creates one.
+fn open_existing(data_dir: &Path) -> Result<SqliteEventStore> {
+    let path = data_dir.join(LOG_FILE);
+    if !path.is_file() {
+        bail!(
+            "no jitr log at {}: point --data-dir (or JITR_DATA_DIR) at a jitr data directory, \
+             or create one with `jitr demo --data-dir {}`",
+            path.display(),
+            data_dir.display()
+        );
+    }
+    SqliteEventStore::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "replaying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn run_audit(
+    store: &SqliteEventStore,
+    json: bool,
+    at: Timestamp,
+    deadline: Duration,
+) -> Result<ExitCode> {
+    let total = store.last_position().await?;
+    let bar = progress_bar(total, json && total < 100_000);
+    let (views, events) = audit::replay(store, |p| bar.set_position(p)).await?;
+    bar.finish_and_clear();
+    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    let report = audit::judge(&views, events, at, deadline_ms);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", audit::render(&report));
+    }
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::History {
+            data_dir,
+            json,
+            key,
+        } => {
+            let store = open_existing(&data_dir)?;
+            let Some(timeline) = history::timeline(&store, &key).await? else {
+                eprintln!(
+                    "jitr: no runner matches {key:?} in {}: give a stream id \
+                     (owner/repo#job_id#attempt) or an instance id; `jitr audit` lists runners",
+                    data_dir.join(LOG_FILE).display()
+                );
+                return Ok(ExitCode::from(2));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&timeline)?);
+            } else {
+                print!("{}", history::render(&timeline));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit {
+            data_dir,
+            json,
+            now: at,
+            deadline,
+        } => {
+            let store = open_existing(&data_dir)?;
+            run_audit(&store, json, at.unwrap_or_else(now), deadline).await
+        }
+        Cmd::Demo { data_dir, reset } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let path = data_dir.join(LOG_FILE);
+            if reset {
+                for suffix in ["", "-wal", "-shm"] {
+                    let file = PathBuf::from(format!("{}{suffix}", path.display()));
+                    if file.exists() {
+                        std::fs::remove_file(&file)
+                            .with_context(|| format!("removing {}", file.display()))?;
+                    }
+                }
+            }
+            let store = Arc::new(SqliteEventStore::open(&path)?);
+            if !demo::log_is_empty(&store).await? {
+                bail!(
+                    "{} already holds a log: pass --reset to replace it, or another --data-dir",
+                    path.display()
+                );
+            }
+            let at = now();
+            let summary = demo::run(Arc::clone(&store), at).await?;
+            println!(
+                "wrote {} runners to {}; the projector issued {} compensations\n",
+                summary.runners.len(),
+                path.display(),
+                summary.compensations
+            );
+            let code = run_audit(&store, false, at, Duration::from_secs(60)).await?;
+            println!(
+                "\nnext: jitr history --data-dir {} '{}'",
+                data_dir.display(),
+                summary.runners[1]
+            );
+            Ok(code)
+        }
+        Cmd::Bench {
+            fold_events,
+            replay_events,
+            appends,
+            json,
+        } => {
+            if cfg!(debug_assertions) {
+                eprintln!(
+                    "warning: a debug build; use `cargo run --release -p jitr-handlers -- bench`"
+                );
+            }
+            let dir = tempfile::tempdir().context("creating a scratch directory")?;
+            let sizes = bench::BenchSizes {
+                fold_events,
+                replay_events,
+                appends,
+            };
+            let report = bench::run(dir.path(), sizes, |stage| eprintln!("bench: {stage}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JITR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jitr: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jitr: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

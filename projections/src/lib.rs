@@ -1,1 +1,229 @@
-//! placeholder
+//! Read models folded from the runner event log, and the compensation policy.
+//!
+//! Pure: events and the current moment come in, views and owed commands come out.
+//! The projector service in `jitr-handlers` feeds it from the store and saves its
+//! checkpoint; nothing here does I/O.
+#![deny(missing_docs, unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use jitr_domain::{
+    FailureStage, InstanceId, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId,
+    TerminateRunner, TerminationReason, Timestamp, evolve, is_terminal, terminate_runner,
+    termination_owed,
+};
+use serde::{Deserialize, Serialize};
+
+/// What is kept of a closed runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedRunner {
+    /// `completed` or `failed`.
+    pub status: RunnerStatus,
+    /// The failed step, if it failed.
+    pub failure: Option<FailureStage>,
+    /// Its instance, if one was launched.
+    pub instance_id: Option<InstanceId>,
+    /// When it was requested.
+    pub requested_at: Option<Timestamp>,
+    /// When it closed.
+    pub closed_at: Timestamp,
+}
+
+/// The runner read models at one position of the log.
+///
+/// Open runners keep their whole folded state (what `resume` needs); closed ones a
+/// summary. Applying the same events in any number of batches, with snapshots in
+/// between, gives the same models as one rebuild from scratch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerViews {
+    /// Last global position folded in.
+    pub position: u64,
+    /// Open (non-terminal) runners.
+    pub open: BTreeMap<StreamId, RunnerState>,
+    /// Closed runners.
+    pub closed: BTreeMap<StreamId, ClosedRunner>,
+    /// Events for a stream that was already closed (the log should never have them).
+    pub after_close: u64,
+}
+
+/// Live instances and their vCPUs in one market.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketUsage {
+    /// Instances that may be alive.
+    pub instances: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+}
+
+/// The fleet: what may be running, per market.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// Spot.
+    pub spot: MarketUsage,
+    /// On-demand.
+    pub on_demand: MarketUsage,
+    /// Launch intents not yet resolved (an instance may exist, size unknown to EC2).
+    pub unresolved_launches: u32,
+}
+
+/// A runner whose instance may be alive although nobody wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenLeak {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its status.
+    pub status: RunnerStatus,
+    /// Its instance, when known.
+    pub instance_id: Option<InstanceId>,
+    /// The instance's vCPUs, when known.
+    pub vcpus: Option<u32>,
+    /// Since when its termination is owed.
+    pub owed_since: Timestamp,
+    /// Why.
+    pub reason: TerminationReason,
+    /// Whether a termination was already issued.
+    pub termination_requested: bool,
+}
+
+impl RunnerViews {
+    /// Folds one event at global `position`. Positions at or below the current one
+    /// were seen already and are skipped, so a redelivered feed is harmless.
+    pub fn apply(&mut self, position: u64, stream: &StreamId, event: &RunnerEvent) {
+        if position <= self.position {
+            return;
+        }
+        self.position = position;
+        if self.closed.contains_key(stream) {
+            self.after_close += 1;
+            return;
+        }
+        let state = self.open.remove(stream).unwrap_or_default();
+        let state = evolve(state, event);
+        if is_terminal(&state) {
+            self.closed.insert(
+                stream.clone(),
+                ClosedRunner {
+                    status: state.status(),
+                    failure: state.failure.as_ref().map(|f| f.stage),
+                    instance_id: state.instance().map(|i| i.id.clone()),
+                    requested_at: state.request.as_ref().map(|r| r.at),
+                    closed_at: event.at(),
+                },
+            );
+        } else {
+            self.open.insert(stream.clone(), state);
+        }
+    }
+
+    /// The status of one runner, if the log has it.
+    pub fn status(&self, stream: &StreamId) -> Option<RunnerStatus> {
+        self.open
+            .get(stream)
+            .map(RunnerState::status)
+            .or_else(|| self.closed.get(stream).map(|c| c.status))
+    }
+
+    /// How many runners are in each status (statuses with none are left out).
+    pub fn by_status(&self) -> BTreeMap<RunnerStatus, u64> {
+        let mut counts = BTreeMap::new();
+        for state in self.open.values() {
+            *counts.entry(state.status()).or_insert(0) += 1;
+        }
+        for closed in self.closed.values() {
+            *counts.entry(closed.status).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Instances that may be alive, per market.
+    pub fn fleet(&self) -> Fleet {
+        let mut fleet = Fleet::default();
+        for state in self.open.values() {
+            if !state.instance_may_be_alive() {
+                continue;
+            }
+            match state.instance() {
+                Some(instance) => {
+                    let usage = match instance.market {
+                        Market::Spot => &mut fleet.spot,
+                        Market::OnDemand => &mut fleet.on_demand,
+                    };
+                    usage.instances += 1;
+                    usage.vcpus += instance.vcpus;
+                }
+                None => fleet.unresolved_launches += 1,
+            }
+        }
+        fleet
+    }
+
+    /// Runners owed a termination at `now`, oldest debt first.
+    pub fn open_leaks(&self, now: Timestamp) -> Vec<OpenLeak> {
+        let mut leaks: Vec<OpenLeak> = self
+            .open
+            .iter()
+            .filter_map(|(stream, state)| {
+                let (owed_since, reason) = termination_owed(state, now)?;
+                Some(OpenLeak {
+                    stream: stream.clone(),
+                    status: state.status(),
+                    instance_id: state.instance().map(|i| i.id.clone()),
+                    vcpus: state.instance().map(|i| i.vcpus),
+                    owed_since,
+                    reason,
+                    termination_requested: state.termination_requested.is_some(),
+                })
+            })
+            .collect();
+        leaks.sort_by(|a, b| (a.owed_since, &a.stream).cmp(&(b.owed_since, &b.stream)));
+        leaks
+    }
+}
+
+/// Decides which `TerminateRunner` commands to put on the bus: one for every runner
+/// owed a termination, again every `reemit_after_ms` while it stays owed (the bus is
+/// at-least-once), and all of them again after a restart, since what was emitted is
+/// deliberately not persisted.
+#[derive(Clone, Debug)]
+pub struct CompensationPolicy {
+    reemit_after_ms: u64,
+    emitted: HashMap<StreamId, Timestamp>,
+}
+
+impl CompensationPolicy {
+    /// A policy that re-emits a still-owed command after `reemit_after_ms`.
+    pub fn new(reemit_after_ms: u64) -> Self {
+        CompensationPolicy {
+            reemit_after_ms,
+            emitted: HashMap::new(),
+        }
+    }
+
+    /// The commands due at `now`; each is taken as emitted.
+    pub fn due(&mut self, views: &RunnerViews, now: Timestamp) -> Vec<TerminateRunner> {
+        self.emitted.retain(|stream, _| {
+            views
+                .open
+                .get(stream)
+                .is_some_and(|s| termination_owed(s, now).is_some())
+        });
+        let mut due = Vec::new();
+        for state in views.open.values() {
+            let Some(command) = terminate_runner(state, now) else {
+                continue;
+            };
+            let fresh = match self.emitted.get(&command.stream) {
+                Some(last) => now.millis_since(*last) >= self.reemit_after_ms,
+                None => true,
+            };
+            if fresh {
+                self.emitted.insert(command.stream.clone(), now);
+                due.push(command);
+            }
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests;

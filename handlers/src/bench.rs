@@ -1,0 +1,248 @@
+//! `jitr bench`: the core's throughput and latency figures, printed.
+//!
+//! Run it in release mode: `cargo run --release -p jitr-handlers -- bench`.
+
+use std::time::{Duration, Instant};
+
+use jitr_domain::{
+    Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState,
+    StreamId, TerminationReason, Timestamp, execute, fold,
+};
+use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
+use serde::Serialize;
+
+use crate::audit::replay;
+
+/// Sizes of one benchmark run.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchSizes {
+    /// Events folded in memory.
+    pub fold_events: u64,
+    /// Events written to SQLite and replayed.
+    pub replay_events: u64,
+    /// Single appends timed.
+    pub appends: u64,
+}
+
+/// The figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Events folded in memory by `evolve`.
+    pub fold_events: u64,
+    /// `evolve` throughput, events/s.
+    pub fold_events_per_sec: f64,
+    /// Projection (`RunnerViews::apply`) throughput in memory, events/s.
+    pub views_events_per_sec: f64,
+    /// Events in the SQLite log replayed.
+    pub replay_events: u64,
+    /// Replay from SQLite into the runner views, events/s.
+    pub replay_events_per_sec: f64,
+    /// Single appends timed.
+    pub appends: u64,
+    /// Append latency median, µs.
+    pub append_p50_us: f64,
+    /// Append latency 99th percentile, µs.
+    pub append_p99_us: f64,
+    /// Append latency max, µs.
+    pub append_max_us: f64,
+}
+
+/// A whole runner life, eight events, as the decider writes it.
+pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) {
+    let job = JobRef {
+        owner: "bench".into(),
+        repo: "fleet".into(),
+        job_id,
+        run_id: job_id / 8,
+    };
+    let stream = StreamId::for_job(&job, 1);
+    let mut state = RunnerState::default();
+    let mut log = Vec::with_capacity(8);
+    let mut step = |state: &mut RunnerState, command: Command, secs: u64| {
+        let (next, events) = execute(state, command, start.plus_ms(secs * 1000))
+            .expect("the bench lifecycle is valid");
+        *state = next;
+        log.extend(events);
+    };
+    step(
+        &mut state,
+        Command::Request {
+            job,
+            attempt: 1,
+            labels: vec!["self-hosted".into(), "linux".into()],
+            spec: InstanceSpec {
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-bench".into(),
+            },
+            deadlines: Deadlines::default(),
+        },
+        0,
+    );
+    step(
+        &mut state,
+        Command::IntendLaunch {
+            market: Market::Spot,
+        },
+        1,
+    );
+    let client_token = state.pending_launch().cloned().expect("pending");
+    let instance_id = InstanceId(format!("i-{job_id:017x}"));
+    step(
+        &mut state,
+        Command::RecordLaunch {
+            client_token,
+            instance_id: instance_id.clone(),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+        },
+        3,
+    );
+    step(
+        &mut state,
+        Command::RecordToken {
+            runner_name: format!("jitr-bench-{job_id}"),
+        },
+        5,
+    );
+    step(&mut state, Command::StartJob, 40);
+    step(
+        &mut state,
+        Command::CompleteJob {
+            conclusion: Some("success".into()),
+        },
+        400,
+    );
+    step(
+        &mut state,
+        Command::Terminate {
+            reason: TerminationReason::DrainGraceOver,
+        },
+        520,
+    );
+    step(
+        &mut state,
+        Command::ConfirmTerminated {
+            instance_id: Some(instance_id),
+        },
+        525,
+    );
+    (stream, log)
+}
+
+fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// Runs the benchmarks in `dir` (a scratch directory for the SQLite logs).
+pub async fn run(
+    dir: &std::path::Path,
+    sizes: BenchSizes,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, StoreError> {
+    let t0 = Timestamp(1_777_868_520_000);
+
+    progress("fold: generating histories");
+    let histories: Vec<(StreamId, Vec<RunnerEvent>)> = (0..sizes.fold_events.div_ceil(8))
+        .map(|j| lifecycle(j, t0.plus_ms(j)))
+        .collect();
+    let fold_events: u64 = histories.iter().map(|(_, h)| h.len() as u64).sum();
+    progress("fold: evolve");
+    let start = Instant::now();
+    let mut closed = 0u64;
+    for (_, history) in &histories {
+        closed += u64::from(fold(history).terminated_at.is_some());
+    }
+    let fold_elapsed = start.elapsed();
+    assert_eq!(closed, histories.len() as u64, "every bench runner closes");
+    progress("fold: runner views");
+    let start = Instant::now();
+    let mut views = jitr_projections::RunnerViews::default();
+    let mut position = 0;
+    for (stream, history) in &histories {
+        for event in history {
+            position += 1;
+            views.apply(position, stream, event);
+        }
+    }
+    let views_elapsed = start.elapsed();
+    drop(histories);
+
+    progress("append: timing single appends");
+    let store = SqliteEventStore::open(dir.join("append-bench.db"))?;
+    let mut latencies = Vec::with_capacity(sizes.appends as usize);
+    let mut job = 0u64;
+    'outer: loop {
+        let (stream, history) = lifecycle(job, t0);
+        for (i, event) in history.iter().enumerate() {
+            if latencies.len() as u64 >= sizes.appends {
+                break 'outer;
+            }
+            let id = CommandId::new(format!("{stream}:{i}"));
+            let start = Instant::now();
+            store
+                .append(&stream, i as u64, std::slice::from_ref(event), &id)
+                .await?;
+            latencies.push(start.elapsed());
+        }
+        job += 1;
+    }
+    latencies.sort();
+
+    progress("replay: writing the log");
+    let store = SqliteEventStore::open(dir.join("replay-bench.db"))?;
+    let mut written = 0u64;
+    let mut job = 0u64;
+    while written < sizes.replay_events {
+        let (stream, history) = lifecycle(job, t0.plus_ms(job));
+        store
+            .append(&stream, 0, &history, &CommandId::new(stream.to_string()))
+            .await?;
+        written += history.len() as u64;
+        job += 1;
+    }
+    progress("replay: reading it back into the views");
+    let start = Instant::now();
+    let (_, replayed) = replay(&store, |_| {}).await?;
+    let replay_elapsed = start.elapsed();
+
+    Ok(BenchReport {
+        fold_events,
+        fold_events_per_sec: per_sec(fold_events, fold_elapsed),
+        views_events_per_sec: per_sec(fold_events, views_elapsed),
+        replay_events: replayed,
+        replay_events_per_sec: per_sec(replayed, replay_elapsed),
+        appends: latencies.len() as u64,
+        append_p50_us: percentile(&latencies, 0.50),
+        append_p99_us: percentile(&latencies, 0.99),
+        append_max_us: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
+    })
+}
+
+/// The figures as text.
+pub fn render(r: &BenchReport) -> String {
+    format!(
+        "fold (evolve, in memory)   {:>10} events  {:>12.0} events/s\n\
+         runner views (in memory)   {:>10} events  {:>12.0} events/s\n\
+         replay from SQLite → views {:>10} events  {:>12.0} events/s\n\
+         SQLite append (1 event)    {:>10} appends p50 {:.0} µs  p99 {:.0} µs  max {:.0} µs\n",
+        r.fold_events,
+        r.fold_events_per_sec,
+        r.fold_events,
+        r.views_events_per_sec,
+        r.replay_events,
+        r.replay_events_per_sec,
+        r.appends,
+        r.append_p50_us,
+        r.append_p99_us,
+        r.append_max_us
+    )
+}

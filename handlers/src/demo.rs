@@ -1,0 +1,252 @@
+//! `jitr demo`: writes a small runner log on the embedded default that shows the
+//! core at work: the seed incident in miniature, compensated.
+//!
+//! Until the local EC2 simulator exists, the demo confirms each termination itself
+//! where the compensation handler will call the compute port.
+
+use std::sync::Arc;
+
+use jitr_domain::{
+    Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, LaunchErrorClass, Market,
+    StreamId, Timestamp,
+};
+use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
+
+use crate::dispatch::{DispatchError, Dispatched, dispatch};
+use crate::projector::{Projector, ProjectorError};
+
+/// What the demo did.
+#[derive(Debug, Default)]
+pub struct DemoSummary {
+    /// Runner streams written.
+    pub runners: Vec<StreamId>,
+    /// Compensation commands the projector published.
+    pub compensations: usize,
+}
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A command was refused or not stored.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The projector failed.
+    #[error(transparent)]
+    Projector(#[from] ProjectorError),
+}
+
+struct Script<'a> {
+    store: &'a SqliteEventStore,
+    base: Timestamp,
+    step: u64,
+}
+
+impl Script<'_> {
+    async fn run(
+        &mut self,
+        stream: &StreamId,
+        command: Command,
+        secs: u64,
+    ) -> Result<Dispatched, DispatchError> {
+        self.step += 1;
+        let id = CommandId::new(format!("demo:{stream}:{}", self.step));
+        dispatch(
+            self.store,
+            stream,
+            command,
+            self.base.plus_ms(secs * 1000),
+            &id,
+        )
+        .await
+    }
+
+    async fn launch(
+        &mut self,
+        stream: &StreamId,
+        market: Market,
+        outcome: Result<&str, (&str, LaunchErrorClass)>,
+        secs: u64,
+    ) -> Result<(), DispatchError> {
+        let Dispatched::Appended { state, .. } = self
+            .run(stream, Command::IntendLaunch { market }, secs)
+            .await?
+        else {
+            unreachable!("a first launch intent always appends");
+        };
+        let client_token = state.pending_launch().cloned().expect("pending intent");
+        let command = match outcome {
+            Ok(instance) => Command::RecordLaunch {
+                client_token,
+                instance_id: InstanceId(instance.into()),
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+            },
+            Err((code, class)) => Command::RejectLaunch {
+                client_token,
+                code: code.into(),
+                class,
+            },
+        };
+        self.run(stream, command, secs + 2).await?;
+        Ok(())
+    }
+}
+
+/// Writes the demo log into `store`, ending at `now`, and compensates it.
+pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSummary, DemoError> {
+    let base = Timestamp(now.0 - 5 * 60_000);
+    let mut script = Script {
+        store: &store,
+        base,
+        step: 0,
+    };
+    let mut summary = DemoSummary::default();
+    let streams: Vec<StreamId> = (1..=6u64)
+        .map(|n| {
+            StreamId::for_job(
+                &JobRef {
+                    owner: "acme".into(),
+                    repo: "widgets".into(),
+                    job_id: n,
+                    run_id: 100,
+                },
+                1,
+            )
+        })
+        .collect();
+    for (i, stream) in streams.iter().enumerate() {
+        let n = i as u64 + 1;
+        script
+            .run(
+                stream,
+                Command::Request {
+                    job: JobRef {
+                        owner: "acme".into(),
+                        repo: "widgets".into(),
+                        job_id: n,
+                        run_id: 100,
+                    },
+                    attempt: 1,
+                    labels: vec!["self-hosted".into(), "linux".into(), "x64".into()],
+                    spec: InstanceSpec {
+                        instance_type: "c5.xlarge".into(),
+                        vcpus: 4,
+                        image: "ami-0jitrdemo".into(),
+                    },
+                    deadlines: Deadlines::default(),
+                },
+                n,
+            )
+            .await?;
+    }
+    let [s1, s2, s3, s4, s5, s6] = &streams[..] else {
+        unreachable!("six streams")
+    };
+    // 1: the happy path; its instance drains after the job and is terminated.
+    script
+        .launch(s1, Market::Spot, Ok("i-0demo000000000001"), 10)
+        .await?;
+    let name = |n: u64| Command::RecordToken {
+        runner_name: format!("jitr-acme-widgets-{n}-1"),
+    };
+    script.run(s1, name(1), 20).await?;
+    script.run(s1, Command::StartJob, 30).await?;
+    script
+        .run(
+            s1,
+            Command::CompleteJob {
+                conclusion: Some("success".into()),
+            },
+            60,
+        )
+        .await?;
+    // 2: the seed incident's leak: the JIT mint fails after RunInstances succeeded.
+    script
+        .launch(s2, Market::Spot, Ok("i-0demo000000000002"), 12)
+        .await?;
+    script
+        .run(
+            s2,
+            Command::Fail {
+                stage: FailureStage::Token,
+                reason: "generate-jitconfig answered 500".into(),
+            },
+            25,
+        )
+        .await?;
+    // 3: both markets refuse: no instance exists, the runner fails at once.
+    script
+        .launch(
+            s3,
+            Market::Spot,
+            Err(("MaxSpotInstanceCountExceeded", LaunchErrorClass::Quota)),
+            14,
+        )
+        .await?;
+    script
+        .launch(
+            s3,
+            Market::OnDemand,
+            Err(("VcpuLimitExceeded", LaunchErrorClass::Quota)),
+            18,
+        )
+        .await?;
+    script
+        .run(
+            s3,
+            Command::Fail {
+                stage: FailureStage::Launch,
+                reason: "spot and on-demand launch both failed".into(),
+            },
+            20,
+        )
+        .await?;
+    // 4: running; 5: booting.
+    script
+        .launch(s4, Market::OnDemand, Ok("i-0demo000000000004"), 16)
+        .await?;
+    script.run(s4, name(4), 40).await?;
+    script.run(s4, Command::StartJob, 70).await?;
+    script
+        .launch(s5, Market::Spot, Ok("i-0demo000000000005"), 200)
+        .await?;
+    // 6: scale-up crashed right after LaunchIntended: an instance may exist.
+    script
+        .run(
+            s6,
+            Command::IntendLaunch {
+                market: Market::Spot,
+            },
+            30,
+        )
+        .await?;
+    script
+        .run(
+            s6,
+            Command::Fail {
+                stage: FailureStage::Launch,
+                reason: "scale-up crashed after LaunchIntended".into(),
+            },
+            90,
+        )
+        .await?;
+
+    let (bus, mut commands) = InProcessBus::new();
+    let mut projector = Projector::start(Arc::clone(&store), Arc::new(bus), 60_000).await?;
+    summary.compensations += projector.tick(now).await?.len();
+    while let Ok(owed) = commands.try_recv() {
+        let confirm = Command::ConfirmTerminated {
+            instance_id: owed.instance_id.clone(),
+        };
+        let id = CommandId::new(format!("demo:terminated:{}", owed.stream));
+        dispatch(&*store, &owed.stream, confirm, now, &id).await?;
+    }
+    projector.catch_up().await?;
+    summary.runners = streams;
+    Ok(summary)
+}
+
+/// Whether the log already holds events.
+pub async fn log_is_empty(store: &SqliteEventStore) -> Result<bool, jitr_infra::StoreError> {
+    Ok(store.last_position().await? == 0)
+}

@@ -1,0 +1,99 @@
+//! `jitr history`: the timeline of one runner.
+
+use jitr_domain::{InstanceId, RunnerEvent, RunnerStatus, StreamId, fold};
+use jitr_infra::{EventStore, StoreError};
+use serde::Serialize;
+
+use crate::report::{describe, rfc3339};
+
+/// One runner's life, as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeline {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its status now.
+    pub status: RunnerStatus,
+    /// Its instance, if one was launched.
+    pub instance_id: Option<InstanceId>,
+    /// Every event, in order.
+    pub events: Vec<TimelineEntry>,
+}
+
+/// One event of a timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEntry {
+    /// Sequence in the stream.
+    pub seq: u64,
+    /// Global position in the log.
+    pub position: u64,
+    /// When, RFC 3339.
+    pub at: String,
+    /// The event as stored.
+    pub event: RunnerEvent,
+}
+
+/// The timeline of the runner named by `key`: a stream id, or an instance id.
+/// `None` when nothing in the log matches.
+pub async fn timeline<S: EventStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<Option<Timeline>, StoreError> {
+    let stream = match StreamId::parse(key) {
+        Ok(stream) => stream,
+        Err(_) => match store
+            .stream_of_instance(&InstanceId(key.to_owned()))
+            .await?
+        {
+            Some(stream) => stream,
+            None => return Ok(None),
+        },
+    };
+    let recorded = store.read_stream(&stream).await?;
+    if recorded.is_empty() {
+        return Ok(None);
+    }
+    let state = fold(recorded.iter().map(|r| &r.event));
+    Ok(Some(Timeline {
+        stream,
+        status: state.status(),
+        instance_id: state.instance().map(|i| i.id.clone()),
+        events: recorded
+            .into_iter()
+            .map(|r| TimelineEntry {
+                seq: r.seq,
+                position: r.position,
+                at: rfc3339(r.event.at()),
+                event: r.event,
+            })
+            .collect(),
+    }))
+}
+
+/// The timeline as text for people.
+pub fn render(timeline: &Timeline) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let instance = timeline
+        .instance_id
+        .as_ref()
+        .map_or_else(|| "no instance".to_string(), |i| i.to_string());
+    let _ = writeln!(
+        out,
+        "{}  {}  {}",
+        timeline.stream, timeline.status, instance
+    );
+    let start = timeline.events.first().map(|e| e.event.at());
+    for e in &timeline.events {
+        let offset = start.map_or(0, |s| e.event.at().millis_since(s));
+        let _ = writeln!(
+            out,
+            "  {:>3}  {}  +{:<9} {:<21} {}",
+            e.seq,
+            e.at,
+            format!("{:.1}s", offset as f64 / 1000.0),
+            e.event.kind(),
+            describe(&e.event)
+        );
+    }
+    out
+}

@@ -1,0 +1,82 @@
+//! Shared formatting for operator reports: moments and event details.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use jitr_domain::{RunnerEvent, TerminationReason, Timestamp};
+
+/// RFC 3339 (UTC, milliseconds) for a moment.
+pub fn rfc3339(at: Timestamp) -> String {
+    let ms = u64::try_from(at.0).unwrap_or(0);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A duration in milliseconds, for people (`1m 5s`).
+pub fn span(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs == 0 {
+        return format!("{ms}ms");
+    }
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Why a termination is owed, in words.
+pub fn reason(reason: &TerminationReason) -> String {
+    match reason {
+        TerminationReason::Failure { stage } => format!("failed ({})", stage.as_str()),
+        TerminationReason::DrainGraceOver => "drain grace over".into(),
+        TerminationReason::Operator => "operator request".into(),
+    }
+}
+
+/// One line describing what an event says (never a secret: the log holds none).
+pub fn describe(event: &RunnerEvent) -> String {
+    match event {
+        RunnerEvent::Requested {
+            job,
+            attempt,
+            labels,
+            spec,
+            ..
+        } => format!(
+            "job {} (run {}) attempt {attempt}, labels [{}], {} ({} vCPU) from {}",
+            job.job_id,
+            job.run_id,
+            labels.join(", "),
+            spec.instance_type,
+            spec.vcpus,
+            spec.image
+        ),
+        RunnerEvent::LaunchIntended {
+            client_token,
+            market,
+            ..
+        } => format!("{} launch, client token {client_token}", market.as_str()),
+        RunnerEvent::LaunchRejected { code, class, .. } => format!("{code} ({class:?})"),
+        RunnerEvent::Launched {
+            instance_id,
+            instance_type,
+            vcpus,
+            market,
+            ..
+        } => format!(
+            "{instance_id} {instance_type} ({vcpus} vCPU, {})",
+            market.as_str()
+        ),
+        RunnerEvent::TokenMinted { runner_name, .. } => format!("runner {runner_name}"),
+        RunnerEvent::JobStarted { .. } => String::new(),
+        RunnerEvent::JobCompleted { conclusion, .. } => conclusion.clone().unwrap_or_default(),
+        RunnerEvent::Failed { stage, reason, .. } => format!("{}: {reason}", stage.as_str()),
+        RunnerEvent::TerminationRequested {
+            reason: why,
+            instance_id,
+            ..
+        } => match instance_id {
+            Some(id) => format!("{id}: {}", reason(why)),
+            None => format!("look up by client token: {}", reason(why)),
+        },
+        RunnerEvent::Terminated { instance_id, .. } => match instance_id {
+            Some(id) => format!("{id} gone"),
+            None => "confirmed never launched".into(),
+        },
+    }
+}

@@ -1,0 +1,272 @@
+use jitr_domain::{
+    Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState, execute,
+};
+use proptest::prelude::*;
+
+use super::*;
+
+const T0: i64 = 1_777_868_520_000;
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp(T0 + secs * 1000)
+}
+
+fn job(id: u64) -> JobRef {
+    JobRef {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+        job_id: id,
+        run_id: 1,
+    }
+}
+
+fn stream(id: u64) -> StreamId {
+    StreamId::for_job(&job(id), 1)
+}
+
+/// What a runner goes through in these tests.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// Launched, job ran, completed, terminated.
+    Done,
+    /// Launched then failed: owes a termination.
+    FailedAfterLaunch,
+    /// Launched on-demand and running.
+    Running,
+    /// Completed, still draining.
+    Draining,
+    /// Never launched, failed.
+    FailedEarly,
+}
+
+fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
+    let mut state = RunnerState::default();
+    let mut log = Vec::new();
+    let mut step = |state: &mut RunnerState, command: Command, secs: i64| {
+        let (next, events) = execute(state, command, at(secs)).expect("accepted");
+        *state = next;
+        log.extend(events);
+    };
+    step(
+        &mut state,
+        Command::Request {
+            job: job(id),
+            attempt: 1,
+            labels: vec!["self-hosted".into()],
+            spec: InstanceSpec {
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-1".into(),
+            },
+            deadlines: Deadlines::default(),
+        },
+        0,
+    );
+    if matches!(path, Path::FailedEarly) {
+        step(
+            &mut state,
+            Command::Fail {
+                stage: FailureStage::Launch,
+                reason: "quota".into(),
+            },
+            1,
+        );
+        return log;
+    }
+    let market = if matches!(path, Path::Running) {
+        Market::OnDemand
+    } else {
+        Market::Spot
+    };
+    step(&mut state, Command::IntendLaunch { market }, 1);
+    let token = state.pending_launch().cloned().unwrap();
+    step(
+        &mut state,
+        Command::RecordLaunch {
+            client_token: token,
+            instance_id: InstanceId(format!("i-{id}")),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+        },
+        2,
+    );
+    if matches!(path, Path::FailedAfterLaunch) {
+        step(
+            &mut state,
+            Command::Fail {
+                stage: FailureStage::Token,
+                reason: "mint failed".into(),
+            },
+            3,
+        );
+        return log;
+    }
+    step(&mut state, Command::StartJob, 3);
+    if matches!(path, Path::Running) {
+        return log;
+    }
+    step(&mut state, Command::CompleteJob { conclusion: None }, 4);
+    if matches!(path, Path::Done) {
+        step(
+            &mut state,
+            Command::ConfirmTerminated {
+                instance_id: Some(InstanceId(format!("i-{id}"))),
+            },
+            5,
+        );
+    }
+    log
+}
+
+/// Interleaves several runners' histories into one feed with global positions.
+fn feed(runners: &[(u64, Path)]) -> Vec<(u64, StreamId, RunnerEvent)> {
+    let histories: Vec<(StreamId, Vec<RunnerEvent>)> = runners
+        .iter()
+        .map(|(id, path)| (stream(*id), history(*id, *path)))
+        .collect();
+    let mut out = Vec::new();
+    let longest = histories.iter().map(|(_, h)| h.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        for (s, h) in &histories {
+            if let Some(e) = h.get(i) {
+                out.push((out.len() as u64 + 1, s.clone(), e.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn mixed() -> Vec<(u64, Path)> {
+    vec![
+        (1, Path::Done),
+        (2, Path::FailedAfterLaunch),
+        (3, Path::Running),
+        (4, Path::Draining),
+        (5, Path::FailedEarly),
+    ]
+}
+
+#[test]
+fn views_show_statuses_fleet_and_leaks() {
+    let mut views = RunnerViews::default();
+    for (p, s, e) in feed(&mixed()) {
+        views.apply(p, &s, &e);
+    }
+    assert_eq!(views.status(&stream(1)), Some(RunnerStatus::Completed));
+    assert_eq!(views.status(&stream(2)), Some(RunnerStatus::Terminating));
+    assert_eq!(views.status(&stream(3)), Some(RunnerStatus::Running));
+    assert_eq!(views.status(&stream(4)), Some(RunnerStatus::Draining));
+    assert_eq!(views.status(&stream(5)), Some(RunnerStatus::Failed));
+    let fleet = views.fleet();
+    assert_eq!(
+        fleet.spot,
+        MarketUsage {
+            instances: 2,
+            vcpus: 8
+        }
+    );
+    assert_eq!(
+        fleet.on_demand,
+        MarketUsage {
+            instances: 1,
+            vcpus: 4
+        }
+    );
+    // Before the drain grace is over, only the failed runner owes a termination.
+    let leaks = views.open_leaks(at(10));
+    assert_eq!(leaks.len(), 1);
+    assert_eq!(leaks[0].stream, stream(2));
+    assert_eq!(leaks[0].owed_since, at(3));
+    // After it, the draining one too.
+    let later = views.open_leaks(at(4 + 120));
+    let streams: Vec<_> = later.iter().map(|l| l.stream.clone()).collect();
+    assert_eq!(streams, vec![stream(2), stream(4)]);
+}
+
+#[test]
+fn a_redelivered_feed_changes_nothing() {
+    let events = feed(&mixed());
+    let mut once = RunnerViews::default();
+    for (p, s, e) in &events {
+        once.apply(*p, s, e);
+    }
+    let mut twice = once.clone();
+    for (p, s, e) in &events {
+        twice.apply(*p, s, e);
+    }
+    assert_eq!(once, twice);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Folding the feed in random batches, with a snapshot round trip between
+    /// batches, equals one rebuild from scratch.
+    #[test]
+    fn incremental_equals_rebuild(
+        paths in prop::collection::vec(0usize..5, 1..12),
+        cuts in prop::collection::vec(1usize..8, 1..10),
+    ) {
+        let all = [Path::Done, Path::FailedAfterLaunch, Path::Running, Path::Draining, Path::FailedEarly];
+        let runners: Vec<(u64, Path)> =
+            paths.iter().enumerate().map(|(i, p)| (i as u64 + 1, all[*p])).collect();
+        let events = feed(&runners);
+        let mut rebuilt = RunnerViews::default();
+        for (p, s, e) in &events {
+            rebuilt.apply(*p, s, e);
+        }
+        let mut incremental = RunnerViews::default();
+        let mut rest = &events[..];
+        let mut cut = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*cut.next().unwrap()).min(rest.len());
+            for (p, s, e) in &rest[..n] {
+                incremental.apply(*p, s, e);
+            }
+            let json = serde_json::to_vec(&incremental).unwrap();
+            incremental = serde_json::from_slice(&json).unwrap();
+            rest = &rest[n..];
+        }
+        prop_assert_eq!(incremental, rebuilt);
+    }
+}
+
+#[test]
+fn compensation_is_emitted_once_then_again_only_when_due() {
+    let mut views = RunnerViews::default();
+    for (p, s, e) in feed(&mixed()) {
+        views.apply(p, &s, &e);
+    }
+    let mut policy = CompensationPolicy::new(60_000);
+    let first = policy.due(&views, at(10));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].stream, stream(2));
+    assert_eq!(first[0].instance_id, Some(InstanceId("i-2".into())));
+    assert!(policy.due(&views, at(20)).is_empty());
+    // Still owed a minute later: emitted again (at-least-once).
+    assert_eq!(policy.due(&views, at(70)).len(), 1);
+    // A restarted policy re-emits everything still owed.
+    let mut restarted = CompensationPolicy::new(60_000);
+    assert_eq!(restarted.due(&views, at(71)).len(), 1);
+}
+
+#[test]
+fn nothing_is_emitted_for_a_terminated_runner() {
+    let mut views = RunnerViews::default();
+    let mut events = feed(&[(2, Path::FailedAfterLaunch)]);
+    let next = events.len() as u64 + 1;
+    events.push((
+        next,
+        stream(2),
+        RunnerEvent::Terminated {
+            at: at(9),
+            instance_id: Some(InstanceId("i-2".into())),
+        },
+    ));
+    for (p, s, e) in &events {
+        views.apply(*p, s, e);
+    }
+    assert_eq!(views.status(&stream(2)), Some(RunnerStatus::Failed));
+    assert!(CompensationPolicy::new(0).due(&views, at(99)).is_empty());
+    assert!(views.open_leaks(at(99)).is_empty());
+}

@@ -1,0 +1,246 @@
+//! The core through the SQLite store and the projector: a failure or a completed job
+//! after launch is non-terminal until `Terminated`; compensation is emitted exactly
+//! once per debt, and again after a restart only for what is still owed.
+
+use std::sync::Arc;
+
+use jitr_domain::{Command, RunnerStatus, StreamId, TerminateRunner, TerminationReason, Timestamp};
+use jitr_e2e::fixtures::{at, fail_token, instance, launched, stream};
+use jitr_handlers::dispatch::{Dispatched, dispatch};
+use jitr_handlers::projector::Projector;
+use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteEventStore>,
+    bus: InProcessBus,
+    published: UnboundedReceiver<TerminateRunner>,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteEventStore::open(dir.path().join("events.db")).unwrap());
+        let (bus, published) = InProcessBus::new();
+        World {
+            _dir: dir,
+            store,
+            bus,
+            published,
+        }
+    }
+
+    async fn projector(&self) -> Projector<SqliteEventStore> {
+        Projector::start(Arc::clone(&self.store), Arc::new(self.bus.clone()), 60_000)
+            .await
+            .unwrap()
+    }
+
+    /// Runner `job` launched at `at(0)`.
+    async fn launch(&self, job: u64) {
+        let (_, events) = launched(job, at(0));
+        self.store
+            .append(
+                &stream(job),
+                0,
+                &events,
+                &CommandId::new(format!("launch-{job}")),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn command(&self, job: u64, command: Command, now: Timestamp) -> Dispatched {
+        let id = CommandId::new(format!("{job}-{}-{}", command.name(), now.0));
+        dispatch(&*self.store, &stream(job), command, now, &id)
+            .await
+            .unwrap()
+    }
+
+    /// What the compensation handler does once the instance is gone.
+    async fn terminated(&self, job: u64, now: Timestamp) {
+        let confirm = Command::ConfirmTerminated {
+            instance_id: Some(instance(job)),
+        };
+        self.command(job, confirm, now).await;
+    }
+
+    fn drain(&mut self) -> Vec<TerminateRunner> {
+        let mut out = Vec::new();
+        while let Ok(c) = self.published.try_recv() {
+            out.push(c);
+        }
+        out
+    }
+
+    async fn status(&self, job: u64) -> RunnerStatus {
+        self.store.head(&stream(job)).await.unwrap().unwrap().status
+    }
+}
+
+fn streams(commands: &[TerminateRunner]) -> Vec<StreamId> {
+    commands.iter().map(|c| c.stream.clone()).collect()
+}
+
+#[tokio::test]
+async fn failure_after_launch_is_terminating_until_terminated() {
+    let mut world = World::new();
+    let mut projector = world.projector().await;
+    world.launch(1).await;
+    world.command(1, fail_token(), at(5)).await;
+
+    projector.tick(at(6)).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Terminating);
+    assert_eq!(
+        projector.views().status(&stream(1)),
+        Some(RunnerStatus::Terminating)
+    );
+    // Ticks within the re-emit interval publish nothing more.
+    projector.tick(at(20)).await.unwrap();
+    projector.tick(at(30)).await.unwrap();
+    let published = world.drain();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let owed = &published[0];
+    assert_eq!(owed.stream, stream(1));
+    assert_eq!(owed.instance_id, Some(instance(1)));
+    assert_eq!(owed.owed_since, at(5));
+    // The log records that a compensation was issued.
+    let kinds: Vec<&str> = world
+        .store
+        .read_stream(&stream(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Requested",
+            "LaunchIntended",
+            "Launched",
+            "Failed",
+            "TerminationRequested"
+        ]
+    );
+
+    world.terminated(1, at(31)).await;
+    projector.tick(at(200)).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(
+        projector.views().status(&stream(1)),
+        Some(RunnerStatus::Failed)
+    );
+    assert!(projector.views().open_leaks(at(200)).is_empty());
+    assert!(world.drain().is_empty());
+}
+
+#[tokio::test]
+async fn completed_job_drains_then_completes_with_terminated() {
+    let mut world = World::new();
+    let mut projector = world.projector().await;
+    world.launch(2).await;
+    world.command(2, Command::StartJob, at(10)).await;
+    world
+        .command(
+            2,
+            Command::CompleteJob {
+                conclusion: Some("success".into()),
+            },
+            at(100),
+        )
+        .await;
+
+    projector.tick(at(101)).await.unwrap();
+    assert_eq!(world.status(2).await, RunnerStatus::Draining);
+    assert!(
+        world.drain().is_empty(),
+        "nothing owed within the drain grace"
+    );
+
+    projector.tick(at(100 + 120)).await.unwrap();
+    let published = world.drain();
+    assert_eq!(streams(&published), vec![stream(2)]);
+    assert_eq!(published[0].reason, TerminationReason::DrainGraceOver);
+    assert_eq!(world.status(2).await, RunnerStatus::Draining);
+
+    world.terminated(2, at(225)).await;
+    projector.tick(at(400)).await.unwrap();
+    assert_eq!(world.status(2).await, RunnerStatus::Completed);
+    assert!(world.drain().is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_projector_re_emits_what_is_still_owed_and_nothing_else() {
+    let mut world = World::new();
+    let mut first = world.projector().await;
+    // Runner 1 fails and is compensated before the crash.
+    world.launch(1).await;
+    world.command(1, fail_token(), at(5)).await;
+    first.tick(at(6)).await.unwrap();
+    assert_eq!(streams(&world.drain()), vec![stream(1)]);
+    world.terminated(1, at(7)).await;
+    // Runners 3, 4 fail; the projector publishes both and then crashes.
+    for job in [3, 4] {
+        world.launch(job).await;
+        world.command(job, fail_token(), at(8)).await;
+    }
+    first.tick(at(9)).await.unwrap();
+    assert_eq!(streams(&world.drain()), vec![stream(3), stream(4)]);
+    // Runner 5 fails while the projector is down; runner 3's instance is confirmed
+    // gone meanwhile; runner 6 runs normally.
+    drop(first);
+    world.launch(5).await;
+    world.command(5, fail_token(), at(10)).await;
+    world.terminated(3, at(11)).await;
+    world.launch(6).await;
+    world.command(6, Command::StartJob, at(12)).await;
+
+    let mut second = world.projector().await;
+    let emitted = second.tick(at(13)).await.unwrap();
+    assert_eq!(streams(&emitted), vec![stream(4), stream(5)]);
+    assert_eq!(streams(&world.drain()), vec![stream(4), stream(5)]);
+    assert_eq!(
+        second.views().status(&stream(1)),
+        Some(RunnerStatus::Failed)
+    );
+    assert_eq!(
+        second.views().status(&stream(3)),
+        Some(RunnerStatus::Failed)
+    );
+    assert_eq!(
+        second.views().status(&stream(6)),
+        Some(RunnerStatus::Running)
+    );
+
+    // Its views, resumed from the checkpoint, equal a rebuild from scratch.
+    second.catch_up().await.unwrap();
+    let (rebuilt, _) = jitr_handlers::audit::replay(&*world.store, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(&rebuilt, second.views());
+}
+
+#[tokio::test]
+async fn a_deadline_missed_without_any_event_is_failed_and_compensated() {
+    let mut world = World::new();
+    let mut projector = world.projector().await;
+    world.launch(7).await;
+    // No token, no job: the boot timeout (10 min from the launch intent) passes.
+    projector.tick(at(599)).await.unwrap();
+    assert!(world.drain().is_empty());
+    projector.tick(at(601)).await.unwrap();
+    let published = world.drain();
+    assert_eq!(streams(&published), vec![stream(7)]);
+    let kinds: Vec<&str> = world
+        .store
+        .read_stream(&stream(7))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    assert_eq!(&kinds[3..], ["Failed", "TerminationRequested"], "{kinds:?}");
+    assert_eq!(world.status(7).await, RunnerStatus::Terminating);
+}
