@@ -1,0 +1,164 @@
+//! The `jitr` binary's operator contract: output and exit statuses.
+
+use std::process::{Command, Output};
+
+use jitr_domain::{
+    Command as RunnerCommand, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market,
+    RunnerState, StreamId, Timestamp, execute,
+};
+use jitr_infra::{CommandId, EventStore, SqliteEventStore};
+
+const T0: i64 = 1_777_868_520_000;
+
+fn jitr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jitr"))
+        .args(args)
+        .output()
+        .expect("run jitr")
+}
+
+/// A log with one runner that failed after launch and was never compensated.
+async fn leaked_log(dir: &std::path::Path) -> StreamId {
+    let job = JobRef {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+        job_id: 77,
+        run_id: 1,
+    };
+    let stream = StreamId::for_job(&job, 1);
+    let mut state = RunnerState::default();
+    let mut log = Vec::new();
+    let mut step = |state: &mut RunnerState, command| {
+        let (next, events) = execute(state, command, Timestamp(T0)).unwrap();
+        *state = next;
+        log.extend(events);
+    };
+    step(
+        &mut state,
+        RunnerCommand::Request {
+            job,
+            attempt: 1,
+            labels: vec!["self-hosted".into()],
+            spec: InstanceSpec {
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-1".into(),
+            },
+            deadlines: Deadlines::default(),
+        },
+    );
+    step(
+        &mut state,
+        RunnerCommand::IntendLaunch {
+            market: Market::OnDemand,
+        },
+    );
+    let client_token = state.pending_launch().cloned().unwrap();
+    step(
+        &mut state,
+        RunnerCommand::RecordLaunch {
+            client_token,
+            instance_id: InstanceId("i-0leak".into()),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+        },
+    );
+    step(
+        &mut state,
+        RunnerCommand::Fail {
+            stage: FailureStage::Token,
+            reason: "mint failed".into(),
+        },
+    );
+    let store = SqliteEventStore::open(dir.join("events.db")).unwrap();
+    store
+        .append(&stream, 0, &log, &CommandId::new("seed"))
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn audit_fails_when_a_termination_is_owed_past_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    leaked_log(dir.path()).await;
+    let data_dir = dir.path().to_str().unwrap();
+    // 30 s after the failure: owed, but within the 60 s deadline.
+    let within = jitr(&[
+        "audit",
+        "--data-dir",
+        data_dir,
+        "--now",
+        "2026-05-04T04:22:30Z",
+    ]);
+    assert_eq!(within.status.code(), Some(0), "{within:?}");
+    // Two minutes after: past the deadline.
+    let past = jitr(&[
+        "audit",
+        "--data-dir",
+        data_dir,
+        "--json",
+        "--now",
+        "2026-05-04T04:24:00Z",
+    ]);
+    assert_eq!(past.status.code(), Some(1), "{past:?}");
+    let report: serde_json::Value = serde_json::from_slice(&past.stdout).unwrap();
+    assert_eq!(report["owed_past_deadline"], 1);
+    assert_eq!(report["owed"][0]["instance_id"], "i-0leak");
+    assert_eq!(report["owed"][0]["status"], "terminating");
+    assert_eq!(report["by_status"]["terminating"], 1);
+    assert_eq!(report["fleet"]["on_demand"]["vcpus"], 4);
+}
+
+#[tokio::test]
+async fn history_finds_a_runner_by_stream_or_instance_and_exits_2_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = leaked_log(dir.path()).await;
+    let data_dir = dir.path().to_str().unwrap();
+    for key in [stream.as_str(), "i-0leak"] {
+        let out = jitr(&["history", "--data-dir", data_dir, key]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.starts_with("acme/widgets#77#1  terminating  i-0leak"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Failed") && text.contains("token: mint failed"),
+            "{text}"
+        );
+    }
+    let json = jitr(&["history", "--data-dir", data_dir, "--json", "i-0leak"]);
+    let timeline: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 4);
+    assert_eq!(timeline["events"][2]["event"]["type"], "Launched");
+
+    let missing = jitr(&["history", "--data-dir", data_dir, "i-nothing"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no runner matches"));
+}
+
+#[test]
+fn a_missing_log_is_a_clear_error_not_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = jitr(&["audit", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no jitr log at"));
+    assert!(!dir.path().join("events.db").exists());
+}
+
+#[test]
+fn the_demo_compensates_everything_it_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let out = jitr(&["demo", "--data-dir", data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("no runner is owed a termination"), "{text}");
+    let again = jitr(&["demo", "--data-dir", data_dir.to_str().unwrap()]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a second demo must not mix logs"
+    );
+}
