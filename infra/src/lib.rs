@@ -5,11 +5,24 @@
 //! - [`CommandBus`]: compensation commands; [`InProcessBus`] in embedded mode.
 #![deny(missing_docs, unsafe_code)]
 
+mod aws;
 mod bus;
+mod compute;
+mod dynamodb;
+mod ec2;
 mod event_store;
 mod sqlite;
 
+pub use aws::AwsSettings;
+pub use aws_config::SdkConfig;
 pub use bus::{BusError, CommandBus, InProcessBus};
+pub use compute::{
+    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
+    classify, fallback_market,
+};
+pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
+pub use ec2::Ec2Compute;
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
     RecordedEvent, StoreError, StreamHead,

@@ -2,5 +2,6 @@
 //! store conformance suite every log adapter must pass.
 #![deny(missing_docs, unsafe_code)]
 
+pub mod aws;
 pub mod conformance;
 pub mod fixtures;

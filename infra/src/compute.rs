@@ -1,0 +1,270 @@
+//! The compute port: launching, finding and terminating runner instances.
+
+use async_trait::async_trait;
+use jitr_domain::{ClientToken, InstanceId, LaunchErrorClass, Market, StreamId, Timestamp};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::event_store::BoxError;
+
+/// Tag every jitr instance carries.
+pub const TAG_MANAGED_BY: &str = "managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "jitr";
+/// Tag naming the runner stream.
+pub const TAG_RUNNER: &str = "jitr:runner";
+/// Tag holding the launch's client token.
+pub const TAG_CLIENT_TOKEN: &str = "jitr:client-token";
+
+/// One launch: everything RunInstances needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The runner.
+    pub stream: StreamId,
+    /// The idempotency token of this launch intent.
+    pub client_token: ClientToken,
+    /// Spot or on-demand.
+    pub market: Market,
+    /// Instance type.
+    pub instance_type: String,
+    /// vCPUs of the type (used when the provider does not report them).
+    pub vcpus: u32,
+    /// Machine image.
+    pub image: String,
+    /// Boot script (base64 is the adapter's business), if any.
+    pub user_data: Option<String>,
+}
+
+/// What a launch started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchedInstance {
+    /// Its id.
+    pub instance_id: InstanceId,
+    /// Its type.
+    pub instance_type: String,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// Its market.
+    pub market: Market,
+}
+
+/// A launch the provider refused: no instance exists for it.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{code} ({class:?}): {message}")]
+pub struct LaunchError {
+    /// Provider error code, e.g. `VcpuLimitExceeded`.
+    pub code: String,
+    /// Its class.
+    pub class: LaunchErrorClass,
+    /// Provider message.
+    pub message: String,
+}
+
+impl LaunchError {
+    /// A refusal with `code`, classified.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        LaunchError {
+            class: classify(&code),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of a launch call.
+#[derive(Debug, Error)]
+pub enum LaunchFailure {
+    /// The provider answered with an error: no instance exists.
+    #[error("launch refused: {0}")]
+    Rejected(LaunchError),
+    /// No answer (timeout, connection lost, crash): an instance may exist; resolve
+    /// it by client token.
+    #[error("launch outcome unknown: {0}")]
+    Unknown(#[source] BoxError),
+}
+
+/// Classifies an EC2 (or simulator) error code.
+pub fn classify(code: &str) -> LaunchErrorClass {
+    match code {
+        "VcpuLimitExceeded"
+        | "MaxSpotInstanceCountExceeded"
+        | "InstanceLimitExceeded"
+        | "ReservationCapacityExceeded" => LaunchErrorClass::Quota,
+        "InsufficientInstanceCapacity"
+        | "InsufficientHostCapacity"
+        | "InsufficientCapacity"
+        | "InsufficientReservedInstanceCapacity"
+        | "SpotMaxPriceTooLow"
+        | "InsufficientFreeAddressesInSubnet"
+        | "CapacityNotAvailable" => LaunchErrorClass::Capacity,
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
+            LaunchErrorClass::Throttled
+        }
+        c if c.starts_with("Invalid")
+            || c.starts_with("Missing")
+            || c == "UnauthorizedOperation"
+            || c == "Unsupported"
+            || c == "IdempotentParameterMismatch"
+            || c == "OptInRequired" =>
+        {
+            LaunchErrorClass::InvalidRequest
+        }
+        _ => LaunchErrorClass::Unknown,
+    }
+}
+
+/// The market to try after `market` was refused with `error`, if any: spot falls
+/// back to on-demand on quota and capacity errors.
+pub fn fallback_market(market: Market, error: &LaunchError) -> Option<Market> {
+    match (market, error.class) {
+        (Market::Spot, LaunchErrorClass::Quota | LaunchErrorClass::Capacity) => {
+            Some(Market::OnDemand)
+        }
+        _ => None,
+    }
+}
+
+/// What terminating an instance found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TerminateOutcome {
+    /// The instance is shutting down (or terminated by this call).
+    Terminating,
+    /// The instance does not exist (any more).
+    AlreadyGone,
+}
+
+/// An instance's life-cycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Booting.
+    Pending,
+    /// Up.
+    Running,
+    /// Terminating.
+    ShuttingDown,
+    /// Stopping.
+    Stopping,
+    /// Stopped (still counts against nothing but storage; still jitr's to remove).
+    Stopped,
+    /// Gone.
+    Terminated,
+}
+
+impl InstanceState {
+    /// Parses an EC2 state name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            "terminated" => InstanceState::Terminated,
+            _ => return None,
+        })
+    }
+}
+
+/// An instance tagged `managed-by=jitr`, as the provider sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedInstance {
+    /// Its id.
+    pub instance_id: InstanceId,
+    /// The runner stream its tag names (None: tag missing or malformed).
+    pub stream: Option<StreamId>,
+    /// The client token its tag holds.
+    pub client_token: Option<ClientToken>,
+    /// Its state.
+    pub state: InstanceState,
+    /// When it was launched.
+    pub launched_at: Timestamp,
+    /// Its type.
+    pub instance_type: String,
+    /// Its market.
+    pub market: Market,
+}
+
+/// A compute call failed without an answer about the instance.
+#[derive(Debug, Error)]
+pub enum ComputeError {
+    /// The provider throttled the call.
+    #[error("compute throttled: {0}")]
+    Throttled(String),
+    /// Anything else.
+    #[error("compute unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+}
+
+/// Launches and removes runner instances. Every instance is tagged with
+/// [`TAG_MANAGED_BY`], [`TAG_RUNNER`] and [`TAG_CLIENT_TOKEN`].
+#[async_trait]
+pub trait Compute: Send + Sync {
+    /// Launches one instance; the same client token never starts a second one
+    /// (where the provider honours it).
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure>;
+
+    /// Terminates an instance; an unknown id is [`TerminateOutcome::AlreadyGone`].
+    async fn terminate(&self, instance: &InstanceId) -> Result<TerminateOutcome, ComputeError>;
+
+    /// Every jitr instance in any state but `terminated`.
+    async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError>;
+
+    /// The instance a launch with `token` started, if any (not `terminated`).
+    async fn find_by_client_token(
+        &self,
+        token: &ClientToken,
+    ) -> Result<Option<ManagedInstance>, ComputeError>;
+
+    /// The instance's current state (`None`: unknown or terminated).
+    async fn describe(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_classified() {
+        assert_eq!(classify("VcpuLimitExceeded"), LaunchErrorClass::Quota);
+        assert_eq!(
+            classify("MaxSpotInstanceCountExceeded"),
+            LaunchErrorClass::Quota
+        );
+        assert_eq!(classify("InstanceLimitExceeded"), LaunchErrorClass::Quota);
+        assert_eq!(
+            classify("InsufficientInstanceCapacity"),
+            LaunchErrorClass::Capacity
+        );
+        assert_eq!(
+            classify("RequestLimitExceeded"),
+            LaunchErrorClass::Throttled
+        );
+        assert_eq!(
+            classify("InvalidAMIID.NotFound"),
+            LaunchErrorClass::InvalidRequest
+        );
+        assert_eq!(classify("InternalError"), LaunchErrorClass::Unknown);
+    }
+
+    #[test]
+    fn spot_falls_back_to_on_demand_on_quota_and_capacity_only() {
+        let quota = LaunchError::new("MaxSpotInstanceCountExceeded", "");
+        let capacity = LaunchError::new("InsufficientInstanceCapacity", "");
+        let invalid = LaunchError::new("InvalidParameterValue", "");
+        assert_eq!(
+            fallback_market(Market::Spot, &quota),
+            Some(Market::OnDemand)
+        );
+        assert_eq!(
+            fallback_market(Market::Spot, &capacity),
+            Some(Market::OnDemand)
+        );
+        assert_eq!(fallback_market(Market::Spot, &invalid), None);
+        assert_eq!(fallback_market(Market::OnDemand, &quota), None);
+    }
+}

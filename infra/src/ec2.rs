@@ -1,0 +1,305 @@
+//! EC2 as the compute port.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, Instance, InstanceInterruptionBehavior, InstanceLifecycleType,
+    InstanceMarketOptionsRequest, InstanceType, MarketType, ResourceType, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification,
+};
+use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
+
+use crate::compute::{
+    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
+};
+
+/// States `list_managed` asks for: all but `terminated`.
+const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+/// The EC2 adapter.
+#[derive(Clone)]
+pub struct Ec2Compute {
+    client: Client,
+    subnets: Vec<String>,
+    page_size: Option<i32>,
+}
+
+impl Ec2Compute {
+    /// An adapter launching into `subnets` (spread by client token; empty: EC2's
+    /// default subnet).
+    pub fn new(config: &SdkConfig, subnets: Vec<String>) -> Self {
+        Ec2Compute {
+            client: Client::new(config),
+            subnets,
+            page_size: None,
+        }
+    }
+
+    /// Lists at most `n` instances per DescribeInstances page (5–1000).
+    pub fn with_page_size(mut self, n: i32) -> Self {
+        self.page_size = Some(n.clamp(5, 1000));
+        self
+    }
+
+    /// The subnet for a launch: fixed by its token, so a retry with the same token
+    /// sends the same parameters (EC2 refuses a token reused with others).
+    pub fn subnet_for(&self, token: &ClientToken) -> Option<&str> {
+        if self.subnets.is_empty() {
+            return None;
+        }
+        let mut h = DefaultHasher::new();
+        token.0.hash(&mut h);
+        let i = (h.finish() % self.subnets.len() as u64) as usize;
+        Some(&self.subnets[i])
+    }
+
+    async fn describe_where(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<ManagedInstance>, ComputeError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token.take());
+            if let Some(n) = self.page_size {
+                req = req.max_results(n);
+            }
+            let page = req
+                .send()
+                .await
+                .map_err(|e| compute_error(&e, e.to_string()))?;
+            for reservation in page.reservations() {
+                for instance in reservation.instances() {
+                    if let Some(m) = managed(instance) {
+                        if m.state != InstanceState::Terminated {
+                            out.push(m);
+                        }
+                    }
+                }
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
+        .build()
+}
+
+fn compute_error<E: ProvideErrorMetadata>(e: &E, fallback: String) -> ComputeError {
+    match e.code() {
+        Some("RequestLimitExceeded" | "Throttling") => {
+            ComputeError::Throttled(e.message().unwrap_or_default().to_owned())
+        }
+        _ => ComputeError::Unavailable(fallback.into()),
+    }
+}
+
+fn tag<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+fn managed(instance: &Instance) -> Option<ManagedInstance> {
+    let id = instance.instance_id()?;
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .and_then(|n| InstanceState::parse(n.as_str()))
+        .unwrap_or(InstanceState::Pending);
+    let market = match instance.instance_lifecycle() {
+        Some(InstanceLifecycleType::Spot) => Market::Spot,
+        _ => Market::OnDemand,
+    };
+    Some(ManagedInstance {
+        instance_id: InstanceId(id.to_owned()),
+        stream: tag(instance, TAG_RUNNER).and_then(|s| StreamId::parse(s).ok()),
+        client_token: tag(instance, TAG_CLIENT_TOKEN)
+            .map(|t| ClientToken(t.to_owned()))
+            .or_else(|| {
+                instance
+                    .client_token()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| ClientToken(t.to_owned()))
+            }),
+        state,
+        launched_at: Timestamp(
+            instance
+                .launch_time()
+                .and_then(|t| t.to_millis().ok())
+                .unwrap_or_default(),
+        ),
+        instance_type: instance
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        market,
+    })
+}
+
+#[async_trait]
+impl Compute for Ec2Compute {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key(TAG_MANAGED_BY).value(MANAGED_BY).build())
+            .tags(
+                Tag::builder()
+                    .key(TAG_RUNNER)
+                    .value(spec.stream.as_str())
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key(TAG_CLIENT_TOKEN)
+                    .value(&spec.client_token.0)
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key("Name")
+                    .value(format!("jitr {}", spec.stream))
+                    .build(),
+            )
+            .build();
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&spec.image)
+            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .client_token(&spec.client_token.0)
+            .tag_specifications(tags)
+            .set_subnet_id(self.subnet_for(&spec.client_token).map(str::to_owned))
+            .set_user_data(
+                spec.user_data
+                    .as_ref()
+                    .map(|u| aws_smithy_types::base64::encode(u.as_bytes())),
+            );
+        if spec.market == Market::Spot {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                // An error code is EC2's answer: nothing was launched. No code
+                // (timeout, dispatch failure) leaves the outcome unknown.
+                return Err(match e.code() {
+                    Some(code) => LaunchFailure::Rejected(LaunchError::new(
+                        code,
+                        e.message().unwrap_or_default(),
+                    )),
+                    None => LaunchFailure::Unknown(Box::new(e)),
+                });
+            }
+        };
+        let instance = out
+            .instances()
+            .first()
+            .ok_or_else(|| LaunchFailure::Unknown("RunInstances returned no instance".into()))?;
+        let instance_id = instance
+            .instance_id()
+            .ok_or_else(|| LaunchFailure::Unknown("RunInstances returned no instance id".into()))?;
+        let vcpus = instance
+            .cpu_options()
+            .and_then(|c| Some(c.core_count()? * c.threads_per_core().unwrap_or(1)))
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(spec.vcpus);
+        Ok(LaunchedInstance {
+            instance_id: InstanceId(instance_id.to_owned()),
+            instance_type: spec.instance_type.clone(),
+            vcpus,
+            market: spec.market,
+        })
+    }
+
+    async fn terminate(&self, instance: &InstanceId) -> Result<TerminateOutcome, ComputeError> {
+        match self
+            .client
+            .terminate_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(TerminateOutcome::Terminating),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => {
+                Ok(TerminateOutcome::AlreadyGone)
+            }
+            Err(e) => Err(compute_error(&e, e.to_string())),
+        }
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
+        self.describe_where(vec![
+            filter(&format!("tag:{TAG_MANAGED_BY}"), &[MANAGED_BY]),
+            filter("instance-state-name", &LIVE_STATES),
+        ])
+        .await
+    }
+
+    async fn find_by_client_token(
+        &self,
+        token: &ClientToken,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        let found = self
+            .describe_where(vec![
+                filter(&format!("tag:{TAG_CLIENT_TOKEN}"), &[&token.0]),
+                filter("instance-state-name", &LIVE_STATES),
+            ])
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn describe(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        match self
+            .client
+            .describe_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(managed)
+                .filter(|m| m.state != InstanceState::Terminated)),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
+            Err(e) => Err(compute_error(&e, e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Reaching the AWS-protocol server the tests run against (moto on loopback in CI).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use jitr_infra::{AwsSettings, SdkConfig};
+
+/// The emulator endpoint, from the SDK's standard `AWS_ENDPOINT_URL`.
+///
+/// Panics with instructions when it is not set: AWS tests never skip silently.
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set. These tests need an AWS-protocol server: \
+             run `bash .ci/run`, or start moto yourself \
+             (`moto_server -H 127.0.0.1 -p 5000`) and export AWS_ENDPOINT_URL=http://127.0.0.1:5000"
+        )
+    })
+}
+
+/// SDK configuration for the emulator (static test credentials, `us-east-1`).
+pub async fn config() -> SdkConfig {
+    AwsSettings::emulator(endpoint()).load().await
+}
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,76 @@
+//! The event store conformance suite against the DynamoDB adapter on moto, with a
+//! forced page size of 2 so every read crosses pages; plus the database-level
+//! refusal of a closed head whose instance may be alive.
+
+use jitr_e2e::conformance::Backing;
+use jitr_e2e::event_store_conformance;
+use jitr_e2e::fixtures::{at, launched, stream};
+use jitr_infra::{
+    CommandId, DynamoEventStore, EventStore, HeadWrite, SdkConfig, StoreError, TableSetup,
+};
+
+/// A fresh table on the emulator.
+struct DynamoBacking {
+    config: SdkConfig,
+    table: String,
+}
+
+impl DynamoBacking {
+    async fn new() -> Self {
+        let config = jitr_e2e::aws::config().await;
+        let table = jitr_e2e::aws::unique("jitr-events");
+        let store = DynamoEventStore::new(&config, &table);
+        assert_eq!(store.create_table().await.unwrap(), TableSetup::Created);
+        assert_eq!(store.create_table().await.unwrap(), TableSetup::Existed);
+        DynamoBacking { config, table }
+    }
+}
+
+impl Backing for DynamoBacking {
+    type Store = DynamoEventStore;
+    async fn open(&self) -> DynamoEventStore {
+        DynamoEventStore::new(&self.config, &self.table).with_page_size(2)
+    }
+}
+
+event_store_conformance!(DynamoBacking::new().await);
+
+#[tokio::test]
+async fn the_database_refuses_a_closed_head_with_a_live_instance() {
+    let backing = DynamoBacking::new().await;
+    let store = backing.open().await;
+    let (_, events) = launched(1, at(0));
+    store
+        .append(&stream(1), 0, &events, &CommandId::new("c1"))
+        .await
+        .unwrap();
+    let head = store.head(&stream(1)).await.unwrap().unwrap();
+    // Bypass the domain and the adapter's own check: close the stream with its
+    // instance possibly alive and no Terminated.
+    let closing = HeadWrite {
+        expected: 3,
+        version: 3,
+        status: "failed".into(),
+        instance_id: head.instance_id.map(|i| i.0),
+        instance_possible: true,
+        terminated: false,
+        open: false,
+        updated_at: at(9).0,
+        state: serde_json::to_string(&head.state).unwrap(),
+    };
+    let refused = store.put_head_unchecked(&stream(1), &closing).await;
+    assert!(
+        matches!(refused, Err(StoreError::Refused(_))),
+        "{refused:?}"
+    );
+    assert!(store.head(&stream(1)).await.unwrap().unwrap().open);
+    // The same write with Terminated recorded is accepted by the database.
+    let terminated = HeadWrite {
+        terminated: true,
+        ..closing
+    };
+    store
+        .put_head_unchecked(&stream(1), &terminated)
+        .await
+        .unwrap();
+}
