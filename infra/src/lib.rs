@@ -11,6 +11,7 @@ mod compute;
 mod dynamodb;
 mod ec2;
 mod event_store;
+mod fault;
 mod sqlite;
 
 pub use aws::AwsSettings;
@@ -27,4 +28,5 @@ pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
     RecordedEvent, StoreError, StreamHead,
 };
+pub use fault::{Fault, FaultyCompute};
 pub use sqlite::SqliteEventStore;

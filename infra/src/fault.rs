@@ -1,0 +1,154 @@
+//! Fault injection around a real compute adapter: the quota, capacity and
+//! throttling errors, latency and lost answers that an emulator cannot produce.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jitr_domain::{ClientToken, InstanceId, Market};
+
+use crate::compute::{
+    Compute, ComputeError, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    ManagedInstance, TerminateOutcome,
+};
+
+/// One injectable fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Refuse launches (in `market`, or any) with an error code; nothing starts.
+    RejectLaunch {
+        /// Only this market (None: both).
+        market: Option<Market>,
+        /// The provider error code, e.g. `VcpuLimitExceeded`.
+        code: String,
+    },
+    /// Let the launch happen, then lose its answer, as a crash or timeout right
+    /// after RunInstances would: the caller sees an unknown outcome.
+    LoseLaunchAnswer,
+    /// Throttle terminate calls.
+    ThrottleTerminate,
+    /// Delay every call.
+    Latency(Duration),
+}
+
+#[derive(Debug)]
+struct Rule {
+    fault: Fault,
+    remaining: Option<u32>,
+}
+
+/// Wraps a real [`Compute`] and injects faults into its calls.
+pub struct FaultyCompute<C> {
+    inner: C,
+    rules: Mutex<Vec<Rule>>,
+}
+
+impl<C: Compute> FaultyCompute<C> {
+    /// A wrapper injecting nothing yet.
+    pub fn new(inner: C) -> Self {
+        FaultyCompute {
+            inner,
+            rules: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Injects `fault` for the next `times` matching calls (None: until cleared).
+    pub fn inject(&self, fault: Fault, times: Option<u32>) {
+        self.lock().push(Rule {
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// Removes every fault.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The wrapped adapter.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the first fault matching `pick`, counting it down.
+    fn take(&self, pick: impl Fn(&Fault) -> bool) -> Option<Fault> {
+        let mut rules = self.lock();
+        let i = rules
+            .iter()
+            .position(|r| r.remaining != Some(0) && pick(&r.fault))?;
+        let rule = &mut rules[i];
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
+        let fault = rule.fault.clone();
+        rules.retain(|r| r.remaining != Some(0));
+        Some(fault)
+    }
+
+    async fn delay(&self) {
+        let latency = self.lock().iter().find_map(|r| match r.fault {
+            Fault::Latency(d) => Some(d),
+            _ => None,
+        });
+        if let Some(d) = latency {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+#[async_trait]
+impl<C: Compute> Compute for FaultyCompute<C> {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
+        self.delay().await;
+        let fault = self.take(|f| match f {
+            Fault::RejectLaunch { market, .. } => market.is_none_or(|m| m == spec.market),
+            Fault::LoseLaunchAnswer => true,
+            _ => false,
+        });
+        match fault {
+            Some(Fault::RejectLaunch { code, .. }) => Err(LaunchFailure::Rejected(
+                LaunchError::new(code, "injected by FaultyCompute"),
+            )),
+            Some(Fault::LoseLaunchAnswer) => {
+                let launched = self.inner.launch(spec).await?;
+                Err(LaunchFailure::Unknown(
+                    format!("injected: the answer for {} was lost", launched.instance_id).into(),
+                ))
+            }
+            _ => self.inner.launch(spec).await,
+        }
+    }
+
+    async fn terminate(&self, instance: &InstanceId) -> Result<TerminateOutcome, ComputeError> {
+        self.delay().await;
+        if self.take(|f| *f == Fault::ThrottleTerminate).is_some() {
+            return Err(ComputeError::Throttled("injected by FaultyCompute".into()));
+        }
+        self.inner.terminate(instance).await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
+        self.delay().await;
+        self.inner.list_managed().await
+    }
+
+    async fn find_by_client_token(
+        &self,
+        token: &ClientToken,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        self.delay().await;
+        self.inner.find_by_client_token(token).await
+    }
+
+    async fn describe(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        self.delay().await;
+        self.inner.describe(instance).await
+    }
+}

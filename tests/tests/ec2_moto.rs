@@ -1,0 +1,211 @@
+//! The EC2 adapter against moto: client token and tags on launch, paginated
+//! listing by tag, idempotent terminate; quota/capacity errors (which moto cannot
+//! produce) injected by the fault wrapper around the real adapter.
+
+use jitr_domain::{ClientToken, InstanceId, JobRef, LaunchErrorClass, Market, StreamId};
+use jitr_infra::{
+    Compute, Ec2Compute, Fault, FaultyCompute, InstanceState, LaunchFailure, LaunchSpec,
+    TerminateOutcome, fallback_market,
+};
+
+const AMI: &str = "ami-03cf127a";
+
+/// A stream no other test uses.
+fn stream(job: u64) -> StreamId {
+    let owner = jitr_e2e::aws::unique("ec2");
+    StreamId::for_job(
+        &JobRef {
+            owner,
+            repo: "widgets".into(),
+            job_id: job,
+            run_id: 1,
+        },
+        1,
+    )
+}
+
+fn spec(stream: &StreamId, market: Market) -> LaunchSpec {
+    LaunchSpec {
+        stream: stream.clone(),
+        client_token: ClientToken::derive(stream, 1),
+        market,
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+        image: AMI.into(),
+        user_data: Some("#!/bin/sh\necho jitr\n".into()),
+    }
+}
+
+async fn ec2() -> Ec2Compute {
+    Ec2Compute::new(&jitr_e2e::aws::config().await, vec![])
+}
+
+#[tokio::test]
+async fn launch_sends_the_client_token_and_tags() {
+    let ec2 = ec2().await;
+    let s = stream(1);
+    let launched = ec2.launch(&spec(&s, Market::Spot)).await.unwrap();
+    assert!(launched.instance_id.0.starts_with("i-"));
+    assert_eq!(launched.market, Market::Spot);
+    assert_eq!(launched.vcpus, 4);
+
+    let listed = ec2.list_managed().await.unwrap();
+    let mine = listed
+        .iter()
+        .find(|m| m.instance_id == launched.instance_id)
+        .expect("the instance is listed by its managed-by tag");
+    assert_eq!(mine.stream.as_ref(), Some(&s));
+    assert_eq!(mine.client_token, Some(ClientToken::derive(&s, 1)));
+    assert_eq!(mine.market, Market::Spot);
+    assert!(matches!(
+        mine.state,
+        InstanceState::Pending | InstanceState::Running
+    ));
+    assert!(mine.launched_at.0 > 0);
+
+    let found = ec2
+        .find_by_client_token(&ClientToken::derive(&s, 1))
+        .await
+        .unwrap()
+        .expect("found by client token");
+    assert_eq!(found.instance_id, launched.instance_id);
+    assert!(
+        ec2.find_by_client_token(&ClientToken::derive(&s, 2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn listing_paginates_and_leaves_out_terminated_instances() {
+    let ec2 = ec2().await.with_page_size(5);
+    let mut mine = Vec::new();
+    for job in 0..7 {
+        let s = stream(job);
+        mine.push(
+            ec2.launch(&spec(&s, Market::OnDemand))
+                .await
+                .unwrap()
+                .instance_id,
+        );
+    }
+    let listed: Vec<InstanceId> = ec2
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.instance_id)
+        .collect();
+    assert!(
+        mine.iter().all(|id| listed.contains(id)),
+        "7 across pages of 5"
+    );
+
+    assert_eq!(
+        ec2.terminate(&mine[0]).await.unwrap(),
+        TerminateOutcome::Terminating
+    );
+    let listed: Vec<InstanceId> = ec2
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.state != InstanceState::ShuttingDown)
+        .map(|m| m.instance_id)
+        .collect();
+    assert!(!listed.contains(&mine[0]));
+    assert!(mine[1..].iter().all(|id| listed.contains(id)));
+}
+
+#[tokio::test]
+async fn terminate_is_idempotent_and_unknown_ids_are_already_gone() {
+    let ec2 = ec2().await;
+    let launched = ec2
+        .launch(&spec(&stream(1), Market::OnDemand))
+        .await
+        .unwrap();
+    ec2.terminate(&launched.instance_id).await.unwrap();
+    // Twice is fine: still terminating, or already gone.
+    ec2.terminate(&launched.instance_id).await.unwrap();
+    assert_eq!(ec2.describe(&launched.instance_id).await.unwrap(), None);
+    assert_eq!(
+        ec2.terminate(&InstanceId("i-0123456789abcdef0".into()))
+            .await
+            .unwrap(),
+        TerminateOutcome::AlreadyGone
+    );
+}
+
+#[tokio::test]
+async fn injected_spot_quota_errors_drive_the_on_demand_fallback() {
+    let compute = FaultyCompute::new(ec2().await);
+    compute.inject(
+        Fault::RejectLaunch {
+            market: Some(Market::Spot),
+            code: "MaxSpotInstanceCountExceeded".into(),
+        },
+        Some(1),
+    );
+    let s = stream(1);
+    let refused = match compute.launch(&spec(&s, Market::Spot)).await {
+        Err(LaunchFailure::Rejected(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused.class, LaunchErrorClass::Quota);
+    let next = fallback_market(Market::Spot, &refused).expect("falls back");
+    assert_eq!(next, Market::OnDemand);
+    let mut on_demand = spec(&s, next);
+    on_demand.client_token = ClientToken::derive(&s, 2);
+    let launched = compute.launch(&on_demand).await.unwrap();
+    assert_eq!(launched.market, Market::OnDemand);
+    let seen = compute
+        .inner()
+        .describe(&launched.instance_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.market, Market::OnDemand, "not launched as spot");
+
+    // On-demand quota: classified, and nothing left to fall back to.
+    compute.inject(
+        Fault::RejectLaunch {
+            market: None,
+            code: "VcpuLimitExceeded".into(),
+        },
+        Some(1),
+    );
+    let refused = match compute.launch(&spec(&stream(2), Market::OnDemand)).await {
+        Err(LaunchFailure::Rejected(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        (refused.code.as_str(), refused.class),
+        ("VcpuLimitExceeded", LaunchErrorClass::Quota)
+    );
+    assert_eq!(fallback_market(Market::OnDemand, &refused), None);
+}
+
+#[tokio::test]
+async fn a_lost_launch_answer_leaves_an_instance_found_by_its_token() {
+    let compute = FaultyCompute::new(ec2().await);
+    compute.inject(Fault::LoseLaunchAnswer, Some(1));
+    let s = stream(1);
+    let outcome = compute.launch(&spec(&s, Market::Spot)).await;
+    assert!(
+        matches!(outcome, Err(LaunchFailure::Unknown(_))),
+        "{outcome:?}"
+    );
+    let found = compute
+        .find_by_client_token(&ClientToken::derive(&s, 1))
+        .await
+        .unwrap()
+        .expect("the instance exists although the answer was lost");
+    assert_eq!(found.stream, Some(s));
+    compute.inject(Fault::ThrottleTerminate, Some(1));
+    assert!(compute.terminate(&found.instance_id).await.is_err());
+    assert_eq!(
+        compute.terminate(&found.instance_id).await.unwrap(),
+        TerminateOutcome::Terminating
+    );
+}
