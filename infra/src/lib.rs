@@ -7,16 +7,21 @@
 
 mod aws;
 mod bus;
+mod cloudwatch;
 mod compute;
 mod dynamodb;
 mod ec2;
 mod event_store;
+mod eventbridge;
 mod fault;
 mod sqlite;
+mod sqs;
+mod ssm;
 
 pub use aws::AwsSettings;
 pub use aws_config::SdkConfig;
 pub use bus::{BusError, CommandBus, InProcessBus};
+pub use cloudwatch::{AlarmError, AlarmState, Alarms, DLQ_ALARM_THRESHOLD, NAMESPACE, emf_line};
 pub use compute::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
@@ -28,5 +33,10 @@ pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
     RecordedEvent, StoreError, StreamHead,
 };
+pub use eventbridge::{
+    BusSetup, EVENT_SOURCE, EventBridgeBus, TERMINATE_RUNNER, decode_terminate_runner,
+};
 pub use fault::{Fault, FaultyCompute};
 pub use sqlite::SqliteEventStore;
+pub use sqs::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage, QueuePair, SqsQueue};
+pub use ssm::{JitConfig, RunnerSecrets, SecretError, SsmSecrets};

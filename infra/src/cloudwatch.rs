@@ -1,0 +1,187 @@
+//! CloudWatch: the DLQ alarms, their states, and metrics as EMF log lines.
+
+use aws_config::SdkConfig;
+use aws_sdk_cloudwatch::Client;
+use aws_sdk_cloudwatch::error::ProvideErrorMetadata;
+use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Statistic};
+use jitr_domain::Timestamp;
+use serde_json::json;
+use thiserror::Error;
+
+use crate::event_store::BoxError;
+
+/// Metric namespace of jitr's own metrics.
+pub const NAMESPACE: &str = "jitr";
+/// A DLQ alarm fires above this many visible messages.
+pub const DLQ_ALARM_THRESHOLD: f64 = 5.0;
+
+/// CloudWatch failed.
+#[derive(Debug, Error)]
+#[error("cloudwatch: {0}")]
+pub struct AlarmError(#[source] pub BoxError);
+
+fn sdk_error<E: ProvideErrorMetadata>(what: &str, e: &E) -> AlarmError {
+    AlarmError(
+        format!(
+            "{what}: {}: {}",
+            e.code().unwrap_or("error"),
+            e.message().unwrap_or_default()
+        )
+        .into(),
+    )
+}
+
+/// An alarm's name and state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlarmState {
+    /// Alarm name.
+    pub name: String,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state: String,
+    /// The queue it watches.
+    pub queue: Option<String>,
+    /// Its threshold.
+    pub threshold: f64,
+}
+
+/// DLQ alarms.
+#[derive(Clone)]
+pub struct Alarms {
+    client: Client,
+}
+
+impl Alarms {
+    /// A client.
+    pub fn new(config: &SdkConfig) -> Self {
+        Alarms {
+            client: Client::new(config),
+        }
+    }
+
+    /// The alarm name for a dead-letter queue.
+    pub fn dlq_alarm_name(queue: &str) -> String {
+        format!("{queue}-depth")
+    }
+
+    /// Creates or updates the alarm on `queue`'s visible messages
+    /// (`ApproximateNumberOfMessagesVisible > 5` for one minute). Returns whether
+    /// it existed with this definition already.
+    pub async fn ensure_dlq_alarm(
+        &self,
+        queue: &str,
+        actions: &[String],
+    ) -> Result<bool, AlarmError> {
+        let name = Self::dlq_alarm_name(queue);
+        let existing = self.describe(&[name.clone()]).await?;
+        let unchanged = existing.first().is_some_and(|a| {
+            a.queue.as_deref() == Some(queue) && a.threshold == DLQ_ALARM_THRESHOLD
+        });
+        if unchanged {
+            return Ok(true);
+        }
+        self.client
+            .put_metric_alarm()
+            .alarm_name(&name)
+            .alarm_description(format!(
+                "jitr: messages are piling up in the dead-letter queue {queue}; \
+                 run `jitr doctor` and read their dead-letter reasons"
+            ))
+            .namespace("AWS/SQS")
+            .metric_name("ApproximateNumberOfMessagesVisible")
+            .dimensions(Dimension::builder().name("QueueName").value(queue).build())
+            .statistic(Statistic::Maximum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(DLQ_ALARM_THRESHOLD)
+            .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+            .treat_missing_data("notBreaching")
+            .set_alarm_actions(Some(actions.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("put alarm", &e))?;
+        Ok(false)
+    }
+
+    /// The named alarms that exist, with their states.
+    pub async fn describe(&self, names: &[String]) -> Result<Vec<AlarmState>, AlarmError> {
+        let out = self
+            .client
+            .describe_alarms()
+            .set_alarm_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("describe alarms", &e))?;
+        Ok(out
+            .metric_alarms()
+            .iter()
+            .map(|a| AlarmState {
+                name: a.alarm_name().unwrap_or_default().to_owned(),
+                state: a
+                    .state_value()
+                    .map_or(StateValue::InsufficientData.as_str(), |s| s.as_str())
+                    .to_owned(),
+                queue: a
+                    .dimensions()
+                    .iter()
+                    .find(|d| d.name() == Some("QueueName"))
+                    .and_then(|d| d.value())
+                    .map(str::to_owned),
+                threshold: a.threshold().unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// One metric line in CloudWatch's Embedded Metric Format: printed to stdout in
+/// Lambda, CloudWatch Logs turns it into metrics without an API call.
+pub fn emf_line(
+    at: Timestamp,
+    dimensions: &[(&str, &str)],
+    metrics: &[(&str, f64, &str)],
+) -> String {
+    let mut doc = serde_json::Map::new();
+    let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    doc.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": at.0,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [dimension_names],
+                "Metrics": metrics.iter().map(|(name, _, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+            }]
+        }),
+    );
+    for (k, v) in dimensions {
+        doc.insert((*k).into(), json!(v));
+    }
+    for (name, value, _) in metrics {
+        doc.insert((*name).into(), json!(value));
+    }
+    serde_json::Value::Object(doc).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_lines_follow_the_embedded_metric_format() {
+        let line = emf_line(
+            Timestamp(1_700_000_000_000),
+            &[("Market", "spot"), ("ErrorClass", "quota")],
+            &[("LaunchFailures", 1.0, "Count")],
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        let cw = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "jitr");
+        assert_eq!(cw["Dimensions"][0], json!(["Market", "ErrorClass"]));
+        assert_eq!(
+            cw["Metrics"][0],
+            json!({"Name": "LaunchFailures", "Unit": "Count"})
+        );
+        assert_eq!(v["Market"], "spot");
+        assert_eq!(v["LaunchFailures"], 1.0);
+    }
+}

@@ -1,0 +1,196 @@
+//! EventBridge as the command bus: `TerminateRunner` put on a bus; a rule routes it
+//! to the compensation handler (an SQS queue target, or a Lambda).
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_eventbridge::Client;
+use aws_sdk_eventbridge::error::ProvideErrorMetadata;
+use aws_sdk_eventbridge::types::{PutEventsRequestEntry, RuleState, Target};
+use jitr_domain::TerminateRunner;
+use serde::Deserialize;
+
+use crate::bus::{BusError, CommandBus};
+use crate::sqs::QueuePair;
+
+/// `source` of every event jitr puts on the bus.
+pub const EVENT_SOURCE: &str = "jitr";
+/// `detail-type` of a compensation command.
+pub const TERMINATE_RUNNER: &str = "TerminateRunner";
+
+fn bus_error(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{what}: {e}").into())
+}
+
+fn sdk_error<E: ProvideErrorMetadata>(what: &str, e: &E) -> BusError {
+    bus_error(
+        what,
+        format!(
+            "{}: {}",
+            e.code().unwrap_or("error"),
+            e.message().unwrap_or_default()
+        ),
+    )
+}
+
+/// Puts commands on an EventBridge bus.
+#[derive(Clone)]
+pub struct EventBridgeBus {
+    client: Client,
+    bus: String,
+}
+
+/// What `ensure` found or made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusSetup {
+    /// The bus existed before.
+    pub bus_existed: bool,
+    /// The rule's ARN.
+    pub rule_arn: String,
+}
+
+impl EventBridgeBus {
+    /// A bus client for `bus`.
+    pub fn new(config: &SdkConfig, bus: impl Into<String>) -> Self {
+        EventBridgeBus {
+            client: Client::new(config),
+            bus: bus.into(),
+        }
+    }
+
+    /// Creates the bus (unless it exists) and a rule `rule` routing
+    /// `TerminateRunner` commands to the queue `target`, with the queue policy
+    /// that lets EventBridge deliver to it.
+    pub async fn ensure(
+        config: &SdkConfig,
+        bus: &str,
+        rule: &str,
+        target: &QueuePair,
+    ) -> Result<(EventBridgeBus, BusSetup), BusError> {
+        let this = EventBridgeBus::new(config, bus);
+        let bus_existed = match this.client.create_event_bus().name(bus).send().await {
+            Ok(_) => false,
+            Err(e) if e.code() == Some("ResourceAlreadyExistsException") => true,
+            Err(e) => return Err(sdk_error("create bus", &e)),
+        };
+        let pattern =
+            format!(r#"{{"source":["{EVENT_SOURCE}"],"detail-type":["{TERMINATE_RUNNER}"]}}"#);
+        let rule_arn = this
+            .client
+            .put_rule()
+            .name(rule)
+            .event_bus_name(bus)
+            .event_pattern(pattern)
+            .state(RuleState::Enabled)
+            .description("jitr compensation commands to the compensation handler")
+            .send()
+            .await
+            .map_err(|e| sdk_error("put rule", &e))?
+            .rule_arn()
+            .unwrap_or_default()
+            .to_owned();
+        let target_entry = Target::builder()
+            .id("compensation-queue")
+            .arn(&target.arn)
+            .build()
+            .map_err(|e| bus_error("target", e))?;
+        let out = this
+            .client
+            .put_targets()
+            .rule(rule)
+            .event_bus_name(bus)
+            .targets(target_entry)
+            .send()
+            .await
+            .map_err(|e| sdk_error("put targets", &e))?;
+        if out.failed_entry_count() > 0 {
+            return Err(bus_error(
+                "put targets",
+                format!("{:?}", out.failed_entries()),
+            ));
+        }
+        let policy = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"jitr-eventbridge","Effect":"Allow","Principal":{{"Service":"events.amazonaws.com"}},"Action":"sqs:SendMessage","Resource":"{}","Condition":{{"ArnEquals":{{"aws:SourceArn":"{rule_arn}"}}}}}}]}}"#,
+            target.arn
+        );
+        aws_sdk_sqs::Client::new(config)
+            .set_queue_attributes()
+            .queue_url(&target.url)
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::Policy, policy)
+            .send()
+            .await
+            .map_err(|e| sdk_error("queue policy", &e))?;
+        Ok((
+            this,
+            BusSetup {
+                bus_existed,
+                rule_arn,
+            },
+        ))
+    }
+}
+
+#[async_trait]
+impl CommandBus for EventBridgeBus {
+    async fn publish(&self, commands: &[TerminateRunner]) -> Result<(), BusError> {
+        for batch in commands.chunks(10) {
+            let mut entries = Vec::with_capacity(batch.len());
+            for command in batch {
+                let detail = serde_json::to_string(command).map_err(|e| bus_error("encode", e))?;
+                entries.push(
+                    PutEventsRequestEntry::builder()
+                        .event_bus_name(&self.bus)
+                        .source(EVENT_SOURCE)
+                        .detail_type(TERMINATE_RUNNER)
+                        .detail(detail)
+                        .build(),
+                );
+            }
+            let out = self
+                .client
+                .put_events()
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk_error("put events", &e))?;
+            if out.failed_entry_count() > 0 {
+                let codes: Vec<&str> = out
+                    .entries()
+                    .iter()
+                    .filter_map(|e| e.error_code())
+                    .collect();
+                return Err(bus_error(
+                    "put events",
+                    format!("{} entries failed: {codes:?}", out.failed_entry_count()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The EventBridge envelope as delivered to a target (`account` is optional: an
+/// emulator may leave it out).
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    source: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    account: Option<String>,
+    detail: serde_json::Value,
+}
+
+/// Decodes a `TerminateRunner` from an EventBridge envelope (an SQS target's
+/// message body or a Lambda event).
+pub fn decode_terminate_runner(body: &str) -> Result<TerminateRunner, BusError> {
+    let envelope: Envelope =
+        serde_json::from_str(body).map_err(|e| bus_error("not an EventBridge envelope", e))?;
+    if envelope.source != EVENT_SOURCE || envelope.detail_type != TERMINATE_RUNNER {
+        return Err(bus_error(
+            "unexpected event",
+            format!("{} / {}", envelope.source, envelope.detail_type),
+        ));
+    }
+    serde_json::from_value(envelope.detail).map_err(|e| bus_error("TerminateRunner detail", e))
+}

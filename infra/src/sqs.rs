@@ -1,0 +1,336 @@
+//! SQS as the queue port: scale-up and lifecycle queues with dead-letter queues.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use thiserror::Error;
+
+use crate::event_store::BoxError;
+
+/// Message attribute carrying why a message was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "jitr-dead-letter-reason";
+
+/// A received message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// The queue's message id.
+    pub id: String,
+    /// Handle to ack or delay this receipt.
+    pub receipt: String,
+    /// The body.
+    pub body: String,
+    /// How many times it has been received (1 on first delivery).
+    pub receive_count: u32,
+    /// String message attributes.
+    pub attributes: HashMap<String, String>,
+}
+
+/// The queue failed.
+#[derive(Debug, Error)]
+#[error("queue {queue}: {source}")]
+pub struct QueueError {
+    /// The queue.
+    pub queue: String,
+    /// What failed.
+    #[source]
+    pub source: BoxError,
+}
+
+/// A work queue with a dead-letter queue.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends `body`, visible after `delay`; returns the message id.
+    async fn publish(
+        &self,
+        body: &str,
+        delay: Option<Duration>,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, QueueError>;
+    /// Long-polls up to `max` messages, waiting up to `wait`.
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError>;
+    /// Done with a message: delete it.
+    async fn ack(&self, message: &QueueMessage) -> Result<(), QueueError>;
+    /// Make the message visible again after `after` (back-off instead of a hot loop).
+    async fn retry_later(&self, message: &QueueMessage, after: Duration) -> Result<(), QueueError>;
+    /// A poison message: put it on the DLQ with `reason`, then delete it here.
+    async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError>;
+    /// Messages waiting in the dead-letter queue.
+    async fn dead_letter_depth(&self) -> Result<u64, QueueError>;
+}
+
+/// Names and URLs of one queue and its DLQ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuePair {
+    /// Main queue URL.
+    pub url: String,
+    /// Main queue ARN.
+    pub arn: String,
+    /// Dead-letter queue URL.
+    pub dlq_url: String,
+    /// Dead-letter queue name.
+    pub dlq_name: String,
+}
+
+/// An SQS queue and its DLQ.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    pair: QueuePair,
+}
+
+fn err(queue: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError {
+        queue: queue.to_owned(),
+        source: e.to_string().into(),
+    }
+}
+
+fn sdk_err<E: ProvideErrorMetadata>(queue: &str, e: &E) -> QueueError {
+    err(
+        queue,
+        format!(
+            "{}: {}",
+            e.code().unwrap_or("error"),
+            e.message().unwrap_or_default()
+        ),
+    )
+}
+
+impl SqsQueue {
+    /// Creates (or finds) `name` and `name-dlq`, with a redrive after
+    /// `max_receive_count` receives and `visibility` as the default visibility.
+    pub async fn ensure(
+        config: &SdkConfig,
+        name: &str,
+        max_receive_count: u32,
+        visibility: Duration,
+    ) -> Result<(SqsQueue, bool), QueueError> {
+        let client = Client::new(config);
+        let dlq_name = format!("{name}-dlq");
+        let existed = client.get_queue_url().queue_name(name).send().await.is_ok();
+        let dlq_url = client
+            .create_queue()
+            .queue_name(&dlq_name)
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+            .send()
+            .await
+            .map_err(|e| sdk_err(&dlq_name, &e))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let dlq_arn = Self::arn(&client, &dlq_url, &dlq_name).await?;
+        let redrive = format!(
+            r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{max_receive_count}"}}"#
+        );
+        let url = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().to_string(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_err(name, &e))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let arn = Self::arn(&client, &url, name).await?;
+        Ok((
+            SqsQueue {
+                client,
+                pair: QueuePair {
+                    url,
+                    arn,
+                    dlq_url,
+                    dlq_name,
+                },
+            },
+            existed,
+        ))
+    }
+
+    /// An existing queue pair.
+    pub fn from_pair(config: &SdkConfig, pair: QueuePair) -> Self {
+        SqsQueue {
+            client: Client::new(config),
+            pair,
+        }
+    }
+
+    /// The queue pair.
+    pub fn pair(&self) -> &QueuePair {
+        &self.pair
+    }
+
+    async fn arn(client: &Client, url: &str, name: &str) -> Result<String, QueueError> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sdk_err(name, &e))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| err(name, "no QueueArn attribute"))
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        body: &str,
+        delay: Option<Duration>,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, QueueError> {
+        let mut req = self.client.send_message().queue_url(url).message_body(body);
+        if let Some(delay) = delay {
+            req = req.delay_seconds(i32::try_from(delay.as_secs().min(900)).unwrap_or(900));
+        }
+        for (k, v) in attributes {
+            let value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(*v)
+                .build()
+                .map_err(|e| err(url, e))?;
+            req = req.message_attributes(*k, value);
+        }
+        let out = req.send().await.map_err(|e| sdk_err(url, &e))?;
+        Ok(out.message_id().unwrap_or_default().to_owned())
+    }
+
+    /// Messages visible in the main queue.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        self.count(&self.pair.url).await
+    }
+
+    async fn count(&self, url: &str) -> Result<u64, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| sdk_err(url, &e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Receives from the dead-letter queue (for inspection and tests).
+    pub async fn receive_dead_letters(
+        &self,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, QueueError> {
+        self.receive_from(&self.pair.dlq_url, max, wait).await
+    }
+
+    async fn receive_from(
+        &self,
+        url: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| sdk_err(url, &e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| QueueMessage {
+                id: m.message_id().unwrap_or_default().to_owned(),
+                receipt: m.receipt_handle().unwrap_or_default().to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+                attributes: m
+                    .message_attributes()
+                    .map(|attrs| {
+                        attrs
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn publish(
+        &self,
+        body: &str,
+        delay: Option<Duration>,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, QueueError> {
+        self.send(&self.pair.url, body, delay, attributes).await
+    }
+
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        self.receive_from(&self.pair.url, max, wait).await
+    }
+
+    async fn ack(&self, message: &QueueMessage) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.pair.url)
+            .receipt_handle(&message.receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&self.pair.url, &e))?;
+        Ok(())
+    }
+
+    async fn retry_later(&self, message: &QueueMessage, after: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.pair.url)
+            .receipt_handle(&message.receipt)
+            .visibility_timeout(i32::try_from(after.as_secs().min(43_200)).unwrap_or(43_200))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&self.pair.url, &e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError> {
+        let mut attributes: Vec<(&str, &str)> = message
+            .attributes
+            .iter()
+            .filter(|(k, _)| k.as_str() != DEAD_LETTER_REASON)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        attributes.push((DEAD_LETTER_REASON, reason));
+        self.send(&self.pair.dlq_url, &message.body, None, &attributes)
+            .await?;
+        self.ack(message).await
+    }
+
+    async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
+        self.count(&self.pair.dlq_url).await
+    }
+}

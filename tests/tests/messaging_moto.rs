@@ -1,0 +1,199 @@
+//! SQS (redrive to the DLQ, poison messages with a reason, visibility back-off),
+//! EventBridge → rule → SQS delivery, SSM JIT config hand-over, and the CloudWatch
+//! DLQ alarm, all against moto.
+
+use std::time::Duration;
+
+use jitr_domain::{
+    ClientToken, FailureStage, InstanceId, StreamId, TerminateRunner, TerminationReason,
+};
+use jitr_e2e::aws::{config, unique};
+use jitr_e2e::fixtures::at;
+use jitr_infra::{
+    Alarms, CommandBus, DEAD_LETTER_REASON, EventBridgeBus, JitConfig, Queue, RunnerSecrets,
+    SqsQueue, SsmSecrets, decode_terminate_runner,
+};
+
+#[tokio::test]
+async fn a_message_received_too_often_is_redriven_to_the_dlq() {
+    let config = config().await;
+    let (queue, existed) = SqsQueue::ensure(&config, &unique("scaleup"), 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!existed);
+    queue.publish(r#"{"job":1}"#, None, &[]).await.unwrap();
+    for expected in 1..=2 {
+        let got = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].receive_count, expected);
+    }
+    // The third receive exceeds maxReceiveCount = 2: the message moves to the DLQ.
+    assert!(
+        queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(queue.dead_letter_depth().await.unwrap(), 1);
+    let dead = queue
+        .receive_dead_letters(10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(dead[0].body, r#"{"job":1}"#);
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_the_dlq_with_its_reason() {
+    let config = config().await;
+    let (queue, _) = SqsQueue::ensure(&config, &unique("lifecycle"), 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queue
+        .publish("not json", None, &[("delivery", "d-1")])
+        .await
+        .unwrap();
+    let got = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        got[0].attributes.get("delivery").map(String::as_str),
+        Some("d-1")
+    );
+    let reason = "malformed workflow_job payload: expected value at line 1 column 1";
+    queue.dead_letter(&got[0], reason).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    let dead = queue
+        .receive_dead_letters(10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "not json");
+    assert_eq!(
+        dead[0]
+            .attributes
+            .get(DEAD_LETTER_REASON)
+            .map(String::as_str),
+        Some(reason)
+    );
+    assert_eq!(
+        dead[0].attributes.get("delivery").map(String::as_str),
+        Some("d-1")
+    );
+}
+
+#[tokio::test]
+async fn retry_later_hides_the_message_for_the_back_off() {
+    let config = config().await;
+    let (queue, _) = SqsQueue::ensure(&config, &unique("backoff"), 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queue.publish("quota", None, &[]).await.unwrap();
+    let got = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    queue
+        .retry_later(&got[0], Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty());
+    let again = queue.receive(1, Duration::from_secs(4)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].receive_count, 2);
+    queue.ack(&again[0]).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    // A delayed publish is invisible at first.
+    queue
+        .publish("later", Some(Duration::from_secs(2)), &[])
+        .await
+        .unwrap();
+    assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn terminate_runner_commands_travel_from_eventbridge_to_the_queue() {
+    let config = config().await;
+    let (queue, _) = SqsQueue::ensure(&config, &unique("compensation"), 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let bus_name = unique("jitr-bus");
+    let (bus, setup) = EventBridgeBus::ensure(&config, &bus_name, "jitr-terminate", queue.pair())
+        .await
+        .unwrap();
+    assert!(!setup.bus_existed);
+    assert!(setup.rule_arn.contains("jitr-terminate"));
+    let (_, again) = EventBridgeBus::ensure(&config, &bus_name, "jitr-terminate", queue.pair())
+        .await
+        .unwrap();
+    assert!(again.bus_existed);
+
+    let stream = StreamId::parse("acme/widgets#42#1").unwrap();
+    let command = TerminateRunner {
+        stream: stream.clone(),
+        instance_id: Some(InstanceId("i-0abc".into())),
+        client_token: Some(ClientToken::derive(&stream, 1)),
+        reason: TerminationReason::Failure {
+            stage: FailureStage::Token,
+        },
+        owed_since: at(5),
+    };
+    bus.publish(std::slice::from_ref(&command)).await.unwrap();
+    let mut received = Vec::new();
+    for _ in 0..5 {
+        received = queue.receive(10, Duration::from_secs(2)).await.unwrap();
+        if !received.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(received.len(), 1, "delivered through the rule's SQS target");
+    assert_eq!(decode_terminate_runner(&received[0].body).unwrap(), command);
+    assert!(
+        decode_terminate_runner(r#"{"source":"other","detail-type":"x","detail":{}}"#).is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_jit_config_is_a_secure_string_deleted_at_termination() {
+    let config = config().await;
+    let prefix = format!("/{}", unique("jitr"));
+    let secrets = SsmSecrets::new(&config, &prefix);
+    let instance = InstanceId("i-0123456789abcdef0".into());
+    let jit = JitConfig::new("eyJzZWNyZXQiOiJ0b2tlbiJ9");
+    assert!(
+        !format!("{jit:?}").contains("eyJ"),
+        "Debug must not leak the secret"
+    );
+    let name = secrets.put_jit_config(&instance, &jit).await.unwrap();
+    assert_eq!(name, format!("{prefix}/i-0123456789abcdef0/jit-config"));
+
+    let ssm = aws_sdk_ssm::Client::new(&config);
+    let stored = ssm
+        .get_parameter()
+        .name(&name)
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    let parameter = stored.parameter().unwrap();
+    assert_eq!(parameter.value(), Some(jit.expose()));
+    assert_eq!(parameter.r#type().map(|t| t.as_str()), Some("SecureString"));
+
+    secrets.delete_jit_config(&instance).await.unwrap();
+    secrets.delete_jit_config(&instance).await.unwrap();
+    assert!(ssm.get_parameter().name(&name).send().await.is_err());
+}
+
+#[tokio::test]
+async fn the_dlq_alarm_is_defined_once() {
+    let config = config().await;
+    let alarms = Alarms::new(&config);
+    let queue = unique("scaleup-dlq");
+    assert!(!alarms.ensure_dlq_alarm(&queue, &[]).await.unwrap());
+    assert!(
+        alarms.ensure_dlq_alarm(&queue, &[]).await.unwrap(),
+        "second run changes nothing"
+    );
+    let states = alarms
+        .describe(&[Alarms::dlq_alarm_name(&queue)])
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].queue.as_deref(), Some(queue.as_str()));
+    assert_eq!(states[0].threshold, 5.0);
+}
