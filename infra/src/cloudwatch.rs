@@ -72,7 +72,7 @@ impl Alarms {
         actions: &[String],
     ) -> Result<bool, AlarmError> {
         let name = Self::dlq_alarm_name(queue);
-        let existing = self.describe(&[name.clone()]).await?;
+        let existing = self.describe(std::slice::from_ref(&name)).await?;
         let unchanged = existing.first().is_some_and(|a| {
             a.queue.as_deref() == Some(queue) && a.threshold == DLQ_ALARM_THRESHOLD
         });
