@@ -4,6 +4,7 @@
 //!   conflict).
 //! - [`projector`]: folds the log into the runner views and issues compensation.
 //! - [`audit`], [`history`]: questions to the log.
+//! - [`init`]: the AWS resources.
 //! - [`demo`], [`bench`]: the embedded default at work, and its figures.
 #![deny(missing_docs, unsafe_code)]
 
@@ -12,5 +13,6 @@ pub mod bench;
 pub mod demo;
 pub mod dispatch;
 pub mod history;
+pub mod init;
 pub mod projector;
 pub mod report;

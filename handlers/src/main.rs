@@ -72,6 +72,29 @@ enum Cmd {
         #[arg(long)]
         reset: bool,
     },
+    /// Create jitr's AWS resources: the event table, the queues with their DLQs and
+    /// redrive, the command bus and its rule, the DLQ alarms.
+    ///
+    /// Idempotent: a second run finds everything and exits 0. Credentials and region
+    /// come from the standard AWS chain; the endpoint from --endpoint or
+    /// AWS_ENDPOINT_URL (e.g. moto on http://127.0.0.1:5000).
+    Init {
+        /// Prefix of every resource name.
+        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
+        prefix: String,
+        /// AWS endpoint (an emulator, or a VPC endpoint).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// AWS region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Receives before a message goes to its dead-letter queue.
+        #[arg(long, default_value_t = jitr_handlers::init::DEFAULT_MAX_RECEIVES)]
+        max_receives: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
     ///
     /// Build with --release for meaningful figures.
@@ -229,6 +252,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 summary.runners[1]
             );
             Ok(code)
+        }
+        Cmd::Init {
+            prefix,
+            endpoint,
+            region,
+            max_receives,
+            json,
+        } => {
+            let settings = jitr_infra::AwsSettings {
+                endpoint,
+                region,
+                static_credentials: None,
+            };
+            let config = settings.load().await;
+            let names = jitr_handlers::init::AwsNames::new(prefix);
+            let report = jitr_handlers::init::init(&config, &names, max_receives).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for r in &report {
+                    println!("{:<6} {:<70} {}", r.kind, r.name, r.setup);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench {
             fold_events,

@@ -162,3 +162,60 @@ fn the_demo_compensates_everything_it_leaks() {
         "a second demo must not mix logs"
     );
 }
+
+#[test]
+fn init_twice_against_the_emulator_changes_nothing_the_second_time() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL must point at moto: run `bash .ci/run`");
+    let prefix = format!("jitr-init-{}", std::process::id());
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_jitr"))
+            .args([
+                "init",
+                "--json",
+                "--prefix",
+                &prefix,
+                "--endpoint",
+                &endpoint,
+            ])
+            .args(["--region", "us-east-1"])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run jitr init")
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let kinds: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "table", "queue", "alarm", "queue", "alarm", "queue", "alarm", "bus"
+        ]
+    );
+    assert!(
+        first
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["setup"] == "created")
+    );
+
+    let second = run();
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert!(
+        second
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["setup"] == "unchanged"),
+        "{second:#}"
+    );
+}

@@ -10,6 +10,7 @@ mod bus;
 mod cloudwatch;
 mod compute;
 mod dynamodb;
+mod dynamodb_feed;
 mod ec2;
 mod event_store;
 mod eventbridge;
@@ -28,6 +29,7 @@ pub use compute::{
     classify, fallback_market,
 };
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
+pub use dynamodb_feed::LogNudges;
 pub use ec2::Ec2Compute;
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,

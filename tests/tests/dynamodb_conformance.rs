@@ -74,3 +74,30 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn appends_nudge_the_projector_through_dynamodb_streams() {
+    let backing = DynamoBacking::new().await;
+    let store = backing.open().await;
+    let mut nudges = jitr_infra::LogNudges::open(&backing.config, &backing.table)
+        .await
+        .unwrap();
+    assert_eq!(nudges.poll().await.unwrap(), 0, "nothing happened yet");
+    let (_, events) = launched(5, at(0));
+    store
+        .append(&stream(5), 0, &events, &CommandId::new("n1"))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for _ in 0..20 {
+        seen += nudges.poll().await.unwrap();
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen > 0, "the append produced change records");
+    // The nudge sends the projector to the feed, which has the events.
+    let feed = store.read_all(0, 100).await.unwrap();
+    assert_eq!(feed.len(), 3);
+}
