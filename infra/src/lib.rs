@@ -15,6 +15,7 @@ mod ec2;
 mod event_store;
 mod eventbridge;
 mod fault;
+mod github;
 mod sqlite;
 mod sqs;
 mod ssm;
@@ -39,6 +40,10 @@ pub use eventbridge::{
     BusSetup, EVENT_SOURCE, EventBridgeBus, TERMINATE_RUNNER, decode_terminate_runner,
 };
 pub use fault::{Fault, FaultyCompute};
+pub use github::{
+    API_VERSION, Clock, GITHUB_API, GitHub, GitHubApp, GitHubAppConfig, GitHubError, JitRequest,
+    JitRunner, QueuedJob, Runner, RunnerScope,
+};
 pub use sqlite::SqliteEventStore;
 pub use sqs::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage, QueuePair, SqsQueue};
 pub use ssm::{JitConfig, RunnerSecrets, SecretError, SsmSecrets};

@@ -1,0 +1,621 @@
+//! The GitHub App client: JWT (RS256) → installation token (cached until shortly
+//! before it expires) → JIT runner configs, runner listing and removal, and the
+//! queued jobs the rebalancer compares with live runners.
+//!
+//! Every request carries `Accept: application/vnd.github+json` and
+//! `X-GitHub-Api-Version`. Rate limits are respected: a `retry-after` (or an
+//! exhausted `x-ratelimit-remaining` with its `x-ratelimit-reset`) is waited out
+//! when short, and reported as [`GitHubError::RateLimited`] when not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::ssm::JitConfig;
+
+/// The REST API version jitr speaks.
+pub const API_VERSION: &str = "2022-11-28";
+/// GitHub.com's API.
+pub const GITHUB_API: &str = "https://api.github.com";
+/// A cached installation token is renewed this long before it expires.
+const TOKEN_MARGIN_SECS: i64 = 300;
+const PER_PAGE: usize = 100;
+
+/// Where a runner registers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "kebab-case")]
+pub enum RunnerScope {
+    /// A repository's runners.
+    Repo {
+        /// Owner.
+        owner: String,
+        /// Repository.
+        repo: String,
+    },
+    /// An organization's runners.
+    Org {
+        /// Organization login.
+        org: String,
+    },
+}
+
+impl RunnerScope {
+    fn runners_path(&self) -> String {
+        match self {
+            RunnerScope::Repo { owner, repo } => format!("/repos/{owner}/{repo}/actions/runners"),
+            RunnerScope::Org { org } => format!("/orgs/{org}/actions/runners"),
+        }
+    }
+}
+
+/// A JIT runner to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitRequest {
+    /// Repository or organization.
+    pub scope: RunnerScope,
+    /// The runner's name (unique within the scope).
+    pub name: String,
+    /// Runner group (1 is the default group).
+    pub runner_group_id: u64,
+    /// Labels (at least one).
+    pub labels: Vec<String>,
+    /// Work folder relative to the runner's install directory.
+    pub work_folder: String,
+}
+
+/// A registered JIT runner and its single-use config.
+#[derive(Clone, Debug)]
+pub struct JitRunner {
+    /// GitHub's runner id.
+    pub runner_id: u64,
+    /// Its name.
+    pub name: String,
+    /// The secret config for `run.sh --jitconfig`.
+    pub config: JitConfig,
+}
+
+/// A registered self-hosted runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    /// Runner id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// `online` / `offline`.
+    pub status: String,
+    /// Running a job.
+    pub busy: bool,
+    /// Label names.
+    pub labels: Vec<String>,
+}
+
+/// A workflow job waiting for a runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedJob {
+    /// Repository owner.
+    pub owner: String,
+    /// Repository.
+    pub repo: String,
+    /// Job id.
+    pub job_id: u64,
+    /// Run id.
+    pub run_id: u64,
+    /// `runs-on` labels.
+    pub labels: Vec<String>,
+    /// Job name.
+    pub name: String,
+}
+
+/// What went wrong talking to GitHub.
+#[derive(Debug, Error)]
+pub enum GitHubError {
+    /// 401: the JWT or token was refused (wrong app id or key, clock skew).
+    #[error(
+        "GitHub refused the credentials (401): {0}; check the app id, the private key and the clock"
+    )]
+    Unauthorized(String),
+    /// 403 without a rate limit: the app lacks a permission.
+    #[error("GitHub forbids this (403): {0}; check the app's permissions and installation")]
+    Forbidden(String),
+    /// 404.
+    #[error("not found on GitHub (404): {0}")]
+    NotFound(String),
+    /// 409 on generate-jitconfig: a runner with that name exists.
+    #[error("a runner with that name already exists (409): {0}")]
+    RunnerNameExists(String),
+    /// 422.
+    #[error("GitHub rejected the request (422): {0}")]
+    Invalid(String),
+    /// Rate limited for longer than the client waits.
+    #[error("GitHub rate limit: retry after {retry_after:?}")]
+    RateLimited {
+        /// How long until requests are allowed again.
+        retry_after: Duration,
+    },
+    /// 5xx after retries.
+    #[error("GitHub server error {status}: {body}")]
+    Server {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// Any other status.
+    #[error("GitHub answered {status}: {body}")]
+    Unexpected {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// No HTTP answer.
+    #[error("GitHub unreachable: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The answer was not what GitHub documents.
+    #[error("unexpected GitHub response: {0}")]
+    Decode(String),
+    /// The private key is unusable.
+    #[error("GitHub App private key: {0}")]
+    Key(String),
+}
+
+/// The GitHub calls jitr makes (the port; [`GitHubApp`] is the REST adapter).
+#[async_trait]
+pub trait GitHub: Send + Sync {
+    /// Registers a JIT runner and returns its config.
+    async fn generate_jit_config(
+        &self,
+        installation: u64,
+        request: &JitRequest,
+    ) -> Result<JitRunner, GitHubError>;
+    /// Removes a runner registration; `false` when it was already gone.
+    async fn delete_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, GitHubError>;
+    /// Every runner registered in a scope.
+    async fn list_runners(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+    ) -> Result<Vec<Runner>, GitHubError>;
+    /// Queued jobs across the installation's repositories.
+    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError>;
+}
+
+/// How the client reaches GitHub.
+#[derive(Clone, Debug)]
+pub struct GitHubAppConfig {
+    /// The App's id (or client id): the JWT issuer.
+    pub app_id: String,
+    /// The App's private key, PEM.
+    pub private_key_pem: String,
+    /// API base URL: `https://api.github.com`, or `https://HOST/api/v3` for GHES.
+    pub api_base: String,
+    /// Longest rate-limit pause the client waits out itself.
+    pub max_rate_limit_wait: Duration,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    expires_at: i64,
+}
+
+/// The moment source (seconds since the epoch); replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The GitHub App REST client.
+#[derive(Clone)]
+pub struct GitHubApp {
+    http: reqwest::Client,
+    config: GitHubAppConfig,
+    key: EncodingKey,
+    tokens: Arc<Mutex<HashMap<u64, CachedToken>>>,
+    paused_until: Arc<Mutex<i64>>,
+    clock: Clock,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iat: i64,
+    exp: i64,
+    iss: &'a str,
+}
+
+fn system_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn header(response: &Response, name: &str) -> Option<i64> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl GitHubApp {
+    /// A client for the App.
+    pub fn new(config: GitHubAppConfig) -> Result<Self, GitHubError> {
+        let key = EncodingKey::from_rsa_pem(config.private_key_pem.as_bytes())
+            .map_err(|e| GitHubError::Key(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("jitr/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(GitHubApp {
+            http,
+            config: GitHubAppConfig {
+                api_base: config.api_base.trim_end_matches('/').to_owned(),
+                ..config
+            },
+            key,
+            tokens: Arc::default(),
+            paused_until: Arc::default(),
+            clock: Arc::new(system_clock),
+        })
+    }
+
+    /// Replaces the clock (tests of token expiry and rate limits).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The App JWT: issued 60 s in the past (clock drift), valid 9 minutes.
+    pub fn app_jwt(&self) -> Result<String, GitHubError> {
+        let now = (self.clock)();
+        let claims = Claims {
+            iat: now - 60,
+            exp: now + 540,
+            iss: &self.config.app_id,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map_err(|e| GitHubError::Key(e.to_string()))
+    }
+
+    /// An installation token, from the cache while it has more than 5 minutes left.
+    pub async fn installation_token(&self, installation: u64) -> Result<String, GitHubError> {
+        let now = (self.clock)();
+        if let Some(cached) = self.lock_tokens().get(&installation) {
+            if cached.expires_at - TOKEN_MARGIN_SECS > now {
+                return Ok(cached.token.clone());
+            }
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            token: String,
+            expires_at: String,
+        }
+        let jwt = self.app_jwt()?;
+        let path = format!("/app/installations/{installation}/access_tokens");
+        let response = self.send(Method::POST, &path, &jwt, None).await?;
+        let body: TokenResponse = decode(response).await?;
+        let expires_at = humantime::parse_rfc3339(&body.expires_at)
+            .map_err(|e| GitHubError::Decode(format!("expires_at {:?}: {e}", body.expires_at)))?
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.lock_tokens().insert(
+            installation,
+            CachedToken {
+                token: body.token.clone(),
+                expires_at,
+            },
+        );
+        Ok(body.token)
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CachedToken>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One request with an installation token; a 401 drops the cached token and
+    /// retries once with a fresh one.
+    async fn call(
+        &self,
+        installation: u64,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, GitHubError> {
+        let token = self.installation_token(installation).await?;
+        match self.send(method.clone(), path, &token, body).await {
+            Err(GitHubError::Unauthorized(_)) => {
+                self.lock_tokens().remove(&installation);
+                let token = self.installation_token(installation).await?;
+                self.send(method, path, &token, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends one request, waiting out short rate limits and retrying 5xx twice.
+    async fn send(
+        &self,
+        method: Method,
+        path_or_url: &str,
+        bearer: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, GitHubError> {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.config.api_base)
+        };
+        let mut server_errors = 0;
+        let mut rate_limited = 0;
+        loop {
+            self.wait_for_rate_limit().await?;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(bearer)
+                .header("Accept", "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", API_VERSION);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            let remaining = header(&response, "x-ratelimit-remaining");
+            let reset = header(&response, "x-ratelimit-reset");
+            if remaining == Some(0) {
+                if let Some(reset) = reset {
+                    *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = reset;
+                }
+            }
+            if status.is_success() {
+                return Ok(response);
+            }
+            let retry_after = header(&response, "retry-after");
+            let limited = status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::FORBIDDEN
+                    && (retry_after.is_some() || remaining == Some(0)));
+            if limited {
+                let wait = retry_after
+                    .or_else(|| reset.map(|r| r - (self.clock)()))
+                    .unwrap_or(60)
+                    .max(1) as u64;
+                let wait = Duration::from_secs(wait);
+                rate_limited += 1;
+                if wait > self.config.max_rate_limit_wait || rate_limited > 2 {
+                    return Err(GitHubError::RateLimited { retry_after: wait });
+                }
+                tracing::warn!(?wait, %url, "GitHub rate limit: waiting");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status.is_server_error() && server_errors < 2 {
+                server_errors += 1;
+                tokio::time::sleep(Duration::from_millis(200 * server_errors)).await;
+                continue;
+            }
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text.clone());
+            let what = format!("{method} {path_or_url}: {message}");
+            return Err(match status.as_u16() {
+                401 => GitHubError::Unauthorized(what),
+                403 => GitHubError::Forbidden(what),
+                404 => GitHubError::NotFound(what),
+                409 => GitHubError::RunnerNameExists(what),
+                422 => GitHubError::Invalid(what),
+                s if status.is_server_error() => GitHubError::Server {
+                    status: s,
+                    body: text,
+                },
+                s => GitHubError::Unexpected {
+                    status: s,
+                    body: text,
+                },
+            });
+        }
+    }
+
+    async fn wait_for_rate_limit(&self) -> Result<(), GitHubError> {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = (self.clock)();
+        if until > now {
+            let wait = Duration::from_secs((until - now) as u64);
+            if wait > self.config.max_rate_limit_wait {
+                return Err(GitHubError::RateLimited { retry_after: wait });
+            }
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// GETs every page of a list (`per_page=100`, following `Link: rel="next"`),
+    /// collecting the array under `field`.
+    async fn get_all(
+        &self,
+        installation: u64,
+        path: &str,
+        field: &str,
+    ) -> Result<Vec<Value>, GitHubError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut next = Some(format!("{path}{separator}per_page={PER_PAGE}"));
+        let mut all = Vec::new();
+        while let Some(url) = next.take() {
+            let response = self.call(installation, Method::GET, &url, None).await?;
+            next = next_link(&response);
+            let page: Value = decode(response).await?;
+            let items = page
+                .get(field)
+                .and_then(Value::as_array)
+                .ok_or_else(|| GitHubError::Decode(format!("{path}: no {field:?} array")))?;
+            all.extend(items.iter().cloned());
+        }
+        Ok(all)
+    }
+}
+
+fn next_link(response: &Response) -> Option<String> {
+    let link = response.headers().get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, rel) = part.split_once(';')?;
+        rel.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+    })
+}
+
+async fn decode<T: for<'de> Deserialize<'de>>(response: Response) -> Result<T, GitHubError> {
+    let url = response.url().path().to_owned();
+    let text = response.text().await?;
+    serde_json::from_str(&text).map_err(|e| GitHubError::Decode(format!("{url}: {e}")))
+}
+
+fn labels(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|l| l.as_str().or_else(|| l.get("name").and_then(Value::as_str)))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl GitHub for GitHubApp {
+    async fn generate_jit_config(
+        &self,
+        installation: u64,
+        request: &JitRequest,
+    ) -> Result<JitRunner, GitHubError> {
+        let body = serde_json::json!({
+            "name": request.name,
+            "runner_group_id": request.runner_group_id,
+            "labels": request.labels,
+            "work_folder": request.work_folder,
+        });
+        let path = format!("{}/generate-jitconfig", request.scope.runners_path());
+        let response = self
+            .call(installation, Method::POST, &path, Some(&body))
+            .await?;
+        #[derive(Deserialize)]
+        struct Registered {
+            id: u64,
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct JitResponse {
+            runner: Registered,
+            encoded_jit_config: String,
+        }
+        let r: JitResponse = decode(response).await?;
+        Ok(JitRunner {
+            runner_id: r.runner.id,
+            name: r.runner.name,
+            config: JitConfig::new(r.encoded_jit_config),
+        })
+    }
+
+    async fn delete_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, GitHubError> {
+        let path = format!("{}/{runner_id}", scope.runners_path());
+        match self.call(installation, Method::DELETE, &path, None).await {
+            Ok(_) => Ok(true),
+            Err(GitHubError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_runners(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+    ) -> Result<Vec<Runner>, GitHubError> {
+        let runners = self
+            .get_all(installation, &scope.runners_path(), "runners")
+            .await?;
+        runners
+            .into_iter()
+            .map(|r| {
+                Ok(Runner {
+                    id: r["id"]
+                        .as_u64()
+                        .ok_or_else(|| GitHubError::Decode("runner without id".into()))?,
+                    name: r["name"].as_str().unwrap_or_default().to_owned(),
+                    status: r["status"].as_str().unwrap_or_default().to_owned(),
+                    busy: r["busy"].as_bool().unwrap_or(false),
+                    labels: labels(&r["labels"]),
+                })
+            })
+            .collect()
+    }
+
+    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError> {
+        let repos = self
+            .get_all(installation, "/installation/repositories", "repositories")
+            .await?;
+        let mut jobs = Vec::new();
+        for repo in repos {
+            let (Some(owner), Some(name)) =
+                (repo["owner"]["login"].as_str(), repo["name"].as_str())
+            else {
+                continue;
+            };
+            let runs = self
+                .get_all(
+                    installation,
+                    &format!("/repos/{owner}/{name}/actions/runs?status=queued"),
+                    "workflow_runs",
+                )
+                .await?;
+            for run in runs {
+                let Some(run_id) = run["id"].as_u64() else {
+                    continue;
+                };
+                let run_jobs = self
+                    .get_all(
+                        installation,
+                        &format!("/repos/{owner}/{name}/actions/runs/{run_id}/jobs?filter=latest"),
+                        "jobs",
+                    )
+                    .await?;
+                for job in run_jobs {
+                    if job["status"].as_str() != Some("queued") {
+                        continue;
+                    }
+                    let Some(job_id) = job["id"].as_u64() else {
+                        continue;
+                    };
+                    jobs.push(QueuedJob {
+                        owner: owner.to_owned(),
+                        repo: name.to_owned(),
+                        job_id,
+                        run_id,
+                        labels: labels(&job["labels"]),
+                        name: job["name"].as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(jobs)
+    }
+}

@@ -1,0 +1,543 @@
+//! The GitHub App client against a wiremock server that checks method, path,
+//! headers and body as GitHub documents them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use jitr_infra::{GitHub, GitHubApp, GitHubAppConfig, GitHubError, JitRequest, RunnerScope};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::json;
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
+const KEY: &str = include_str!("fixtures/test-app-key.pem");
+const PUBLIC_KEY: &str = include_str!("fixtures/test-app-key.pub.pem");
+const NOW: i64 = 1_800_000_000;
+const INSTALLATION: u64 = 42;
+
+/// Accepts only a valid App JWT: RS256 with the App's key, issuer = app id,
+/// issued before the client's clock, expiring after it, within 10 minutes.
+struct AppJwt(Arc<AtomicI64>);
+
+impl Match for AppJwt {
+    fn matches(&self, request: &Request) -> bool {
+        let Some(token) = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let key = DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&["12345"]);
+        validation.validate_exp = false;
+        let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation) else {
+            return false;
+        };
+        let now = self.0.load(Ordering::SeqCst);
+        let (iat, exp) = (data.claims["iat"].as_i64(), data.claims["exp"].as_i64());
+        matches!((iat, exp), (Some(iat), Some(exp)) if iat <= now && exp > now && exp - iat <= 600)
+    }
+}
+
+fn github_headers() -> (
+    wiremock::matchers::HeaderExactMatcher,
+    wiremock::matchers::HeaderExactMatcher,
+) {
+    (
+        header("accept", "application/vnd.github+json"),
+        header("x-github-api-version", "2022-11-28"),
+    )
+}
+
+struct World {
+    server: MockServer,
+    clock: Arc<AtomicI64>,
+}
+
+impl World {
+    async fn new() -> Self {
+        World {
+            server: MockServer::start().await,
+            clock: Arc::new(AtomicI64::new(NOW)),
+        }
+    }
+
+    fn client_at(&self, base: &str, max_wait: Duration) -> GitHubApp {
+        let clock = Arc::clone(&self.clock);
+        GitHubApp::new(GitHubAppConfig {
+            app_id: "12345".into(),
+            private_key_pem: KEY.into(),
+            api_base: base.into(),
+            max_rate_limit_wait: max_wait,
+        })
+        .unwrap()
+        .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)))
+    }
+
+    fn client(&self) -> GitHubApp {
+        self.client_at(&self.server.uri(), Duration::from_secs(5))
+    }
+
+    /// The installation token endpoint, expecting `times` calls.
+    async fn token_endpoint(&self, prefix: &str, token: &str, expires_at: &str, times: u64) {
+        let (accept, version) = github_headers();
+        Mock::given(method("POST"))
+            .and(path(format!(
+                "{prefix}/app/installations/{INSTALLATION}/access_tokens"
+            )))
+            .and(accept)
+            .and(version)
+            .and(header(
+                "user-agent",
+                concat!("jitr/", env!("CARGO_PKG_VERSION")),
+            ))
+            .and(AppJwt(Arc::clone(&self.clock)))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"token": token, "expires_at": expires_at})),
+            )
+            .expect(times)
+            .mount(&self.server)
+            .await;
+    }
+}
+
+fn repo() -> RunnerScope {
+    RunnerScope::Repo {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+    }
+}
+
+fn jit_request(scope: RunnerScope, group: u64) -> JitRequest {
+    JitRequest {
+        scope,
+        name: "jitr-acme-widgets-42-1".into(),
+        runner_group_id: group,
+        labels: vec!["self-hosted".into(), "linux".into()],
+        work_folder: "_work".into(),
+    }
+}
+
+fn jit_body(group: u64) -> serde_json::Value {
+    json!({
+        "name": "jitr-acme-widgets-42-1",
+        "runner_group_id": group,
+        "labels": ["self-hosted", "linux"],
+        "work_folder": "_work",
+    })
+}
+
+fn jit_created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "runner": {"id": 23, "name": "jitr-acme-widgets-42-1", "os": "unknown", "status": "offline", "busy": false, "labels": []},
+        "encoded_jit_config": "eyJqaXQiOiJ0cnVlIn0="
+    }))
+}
+
+#[tokio::test]
+async fn a_repository_jit_config_is_generated_with_a_cached_installation_token() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_one", "2027-01-15T09:00:00Z", 1)
+        .await;
+    let (accept, version) = github_headers();
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .and(header("authorization", "Bearer ghs_one"))
+        .and(accept)
+        .and(version)
+        .and(body_json(jit_body(1)))
+        .respond_with(jit_created())
+        .expect(2)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    for _ in 0..2 {
+        let runner = client
+            .generate_jit_config(INSTALLATION, &jit_request(repo(), 1))
+            .await
+            .unwrap();
+        assert_eq!(runner.runner_id, 23);
+        assert_eq!(runner.name, "jitr-acme-widgets-42-1");
+        assert_eq!(runner.config.expose(), "eyJqaXQiOiJ0cnVlIn0=");
+        assert!(!format!("{runner:?}").contains("eyJqaXQ"), "never printed");
+    }
+}
+
+#[tokio::test]
+async fn an_organization_jit_config_names_its_runner_group() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_org", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/orgs/acme/actions/runners/generate-jitconfig"))
+        .and(header("authorization", "Bearer ghs_org"))
+        .and(body_json(jit_body(7)))
+        .respond_with(jit_created())
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let org = RunnerScope::Org { org: "acme".into() };
+    world
+        .client()
+        .generate_jit_config(INSTALLATION, &jit_request(org, 7))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_installation_token_is_renewed_shortly_before_it_expires() {
+    let world = World::new().await;
+    // NOW is 2027-01-15T08:00:00Z; the token expires 10 minutes later.
+    world
+        .token_endpoint("", "ghs_short", "2027-01-15T08:10:00Z", 2)
+        .await;
+    let client = world.client();
+    assert_eq!(
+        client.installation_token(INSTALLATION).await.unwrap(),
+        "ghs_short"
+    );
+    // 6 minutes left: still cached.
+    world.clock.store(NOW + 240, Ordering::SeqCst);
+    assert_eq!(
+        client.installation_token(INSTALLATION).await.unwrap(),
+        "ghs_short"
+    );
+    // Under 5 minutes left: renewed (the endpoint's second call).
+    world.clock.store(NOW + 330, Ordering::SeqCst);
+    client.installation_token(INSTALLATION).await.unwrap();
+}
+
+#[tokio::test]
+async fn runners_are_listed_across_pages_and_deleted() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_list", "2027-01-15T09:00:00Z", 1)
+        .await;
+    let next = format!(
+        "<{}/repos/acme/widgets/actions/runners?per_page=100&page=2>; rel=\"next\", <{}/repos/acme/widgets/actions/runners?per_page=100&page=2>; rel=\"last\"",
+        world.server.uri(),
+        world.server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 2,
+            "runners": [{"id": 2, "name": "b", "os": "linux", "status": "offline", "busy": false, "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}]}]
+        })))
+        .with_priority(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .and(query_param("per_page", "100"))
+        .and(header("authorization", "Bearer ghs_list"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", next.as_str())
+                .set_body_json(json!({
+                    "total_count": 2,
+                    "runners": [{"id": 1, "name": "a", "os": "linux", "status": "online", "busy": true, "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}, {"id": 9, "name": "linux", "type": "custom"}]}]
+                })),
+        )
+        .with_priority(2)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/repos/acme/widgets/actions/runners/1"))
+        .and(header("authorization", "Bearer ghs_list"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/repos/acme/widgets/actions/runners/2"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})))
+        .mount(&world.server)
+        .await;
+
+    let client = world.client();
+    let runners = client.list_runners(INSTALLATION, &repo()).await.unwrap();
+    let names: Vec<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(runners[0].busy);
+    assert_eq!(runners[0].labels, ["self-hosted", "linux"]);
+    assert!(
+        client
+            .delete_runner(INSTALLATION, &repo(), 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !client
+            .delete_runner(INSTALLATION, &repo(), 2)
+            .await
+            .unwrap(),
+        "already gone"
+    );
+}
+
+#[tokio::test]
+async fn queued_jobs_are_gathered_from_the_installation_repositories() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_jobs", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/installation/repositories"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 1,
+            "repositories": [{"id": 1, "name": "widgets", "full_name": "acme/widgets", "owner": {"login": "acme"}}]
+        })))
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runs"))
+        .and(query_param("status", "queued"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 1, "workflow_runs": [{"id": 5, "status": "queued"}]
+        })))
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runs/5/jobs"))
+        .and(query_param("filter", "latest"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 2,
+            "jobs": [
+                {"id": 11, "run_id": 5, "status": "queued", "name": "build", "labels": ["self-hosted", "linux"]},
+                {"id": 12, "run_id": 5, "status": "in_progress", "name": "lint", "labels": ["self-hosted"]}
+            ]
+        })))
+        .mount(&world.server)
+        .await;
+    let jobs = world.client().list_queued_jobs(INSTALLATION).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (
+            jobs[0].owner.as_str(),
+            jobs[0].repo.as_str(),
+            jobs[0].job_id,
+            jobs[0].run_id
+        ),
+        ("acme", "widgets", 11, 5)
+    );
+    assert_eq!(jobs[0].labels, ["self-hosted", "linux"]);
+}
+
+async fn jit_error(status: u16, message: &str) -> GitHubError {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_err", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"message": message})))
+        .mount(&world.server)
+        .await;
+    world
+        .client()
+        .generate_jit_config(INSTALLATION, &jit_request(repo(), 1))
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn error_statuses_become_typed_errors() {
+    assert!(
+        matches!(jit_error(404, "Not Found").await, GitHubError::NotFound(m) if m.contains("Not Found"))
+    );
+    assert!(matches!(
+        jit_error(409, "Already exists - A runner with the name jitr-acme-widgets-42-1 already exists.").await,
+        GitHubError::RunnerNameExists(m) if m.contains("already exists")
+    ));
+    assert!(matches!(
+        jit_error(422, "Invalid input: object is missing required key: runner_group_id").await,
+        GitHubError::Invalid(m) if m.contains("runner_group_id")
+    ));
+    assert!(matches!(
+        jit_error(403, "Resource not accessible by integration").await,
+        GitHubError::Forbidden(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_401_drops_the_cached_token_and_retries_once() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_revoked", "2027-01-15T09:00:00Z", 2)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"})),
+        )
+        .expect(2)
+        .mount(&world.server)
+        .await;
+    let err = world
+        .client()
+        .generate_jit_config(INSTALLATION, &jit_request(repo(), 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitHubError::Unauthorized(m) if m.contains("Bad credentials")));
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_reported() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_5xx", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/repos/acme/widgets/actions/runners/7"))
+        .respond_with(ResponseTemplate::new(502).set_body_string("bad gateway"))
+        .expect(3)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/repos/acme/widgets/actions/runners/8"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/repos/acme/widgets/actions/runners/8"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let err = client
+        .delete_runner(INSTALLATION, &repo(), 7)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GitHubError::Server { status: 502, .. }),
+        "{err:?}"
+    );
+    assert!(
+        client
+            .delete_runner(INSTALLATION, &repo(), 8)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_out_a_long_rate_limit_is_reported() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_rl", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"message": "You have exceeded a secondary rate limit"})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(jit_created())
+        .with_priority(2)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", (NOW + 3600).to_string().as_str())
+                .set_body_json(json!({"message": "API rate limit exceeded"})),
+        )
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let started = Instant::now();
+    client
+        .generate_jit_config(INSTALLATION, &jit_request(repo(), 1))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited out retry-after"
+    );
+    let err = client
+        .list_runners(INSTALLATION, &repo())
+        .await
+        .unwrap_err();
+    match err {
+        GitHubError::RateLimited { retry_after } => {
+            assert_eq!(retry_after, Duration::from_secs(3600))
+        }
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    // Until the reset, the client refuses without calling GitHub.
+    let again = client
+        .list_runners(INSTALLATION, &repo())
+        .await
+        .unwrap_err();
+    assert!(matches!(again, GitHubError::RateLimited { .. }));
+}
+
+#[tokio::test]
+async fn an_enterprise_server_base_url_prefixes_every_path() {
+    let world = World::new().await;
+    world
+        .token_endpoint("/api/v3", "ghs_ghes", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/api/v3/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .and(header("authorization", "Bearer ghs_ghes"))
+        .respond_with(jit_created())
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let client = world.client_at(
+        &format!("{}/api/v3/", world.server.uri()),
+        Duration::from_secs(5),
+    );
+    client
+        .generate_jit_config(INSTALLATION, &jit_request(repo(), 1))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_malformed_private_key_is_a_clear_error() {
+    let err = GitHubApp::new(GitHubAppConfig {
+        app_id: "1".into(),
+        private_key_pem: "not a key".into(),
+        api_base: "https://api.github.com".into(),
+        max_rate_limit_wait: Duration::from_secs(1),
+    })
+    .err()
+    .expect("refused");
+    assert!(matches!(err, GitHubError::Key(_)));
+}
