@@ -1,0 +1,627 @@
+//! The embedded default's cloud: a local EC2 simulator and a local GitHub stand-in,
+//! persisted in `cloud.db` in the data directory. They are the outside world: their
+//! instances and registrations outlive a jitr restart, as real ones would.
+//!
+//! The simulator behaves as EC2 does where it matters to jitr: vCPU quotas per
+//! market (`VcpuLimitExceeded`, `MaxSpotInstanceCountExceeded`), spot capacity
+//! (`InsufficientInstanceCapacity`), client-token idempotency (which moto lacks),
+//! boot and shutdown times, `InvalidInstanceID.NotFound` as "already gone".
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::compute::{
+    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    ManagedInstance, TerminateOutcome,
+};
+use crate::github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
+use crate::ssm::JitConfig;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS instances (
+    id             TEXT PRIMARY KEY,
+    stream         TEXT    NOT NULL,
+    client_token   TEXT    NOT NULL UNIQUE,
+    market         TEXT    NOT NULL,
+    instance_type  TEXT    NOT NULL,
+    vcpus          INTEGER NOT NULL,
+    launched_at    INTEGER NOT NULL,
+    terminating_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS gh_runners (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope  TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    UNIQUE (scope, name)
+);
+CREATE TABLE IF NOT EXISTS gh_jobs (
+    owner  TEXT    NOT NULL,
+    repo   TEXT    NOT NULL,
+    job_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    name   TEXT    NOT NULL,
+    labels TEXT    NOT NULL,
+    status TEXT    NOT NULL,
+    PRIMARY KEY (owner, repo, job_id)
+);
+"#;
+
+/// A moment source in milliseconds; the simulator never reads a clock itself
+/// when given one (deterministic scenarios).
+pub type SimClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> SimClock {
+    Arc::new(|| {
+        Timestamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        )
+    })
+}
+
+/// A manually advanced clock, for deterministic runs.
+#[derive(Clone, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    /// Starts at `at`.
+    pub fn new(at: Timestamp) -> Self {
+        ManualClock(Arc::new(AtomicI64::new(at.0)))
+    }
+    /// Moves forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms as i64, Ordering::SeqCst);
+    }
+    /// Sets the moment.
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.0, Ordering::SeqCst);
+    }
+    /// The moment.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+    /// As a [`SimClock`].
+    pub fn clock(&self) -> SimClock {
+        let inner = Arc::clone(&self.0);
+        Arc::new(move || Timestamp(inner.load(Ordering::SeqCst)))
+    }
+}
+
+/// The simulated account's limits and timings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimSettings {
+    /// Standard on-demand vCPU quota.
+    pub on_demand_vcpus: u32,
+    /// Spot vCPU quota.
+    pub spot_vcpus: u32,
+    /// Spot instances the region can supply at once (None: as many as the quota).
+    pub spot_capacity: Option<u32>,
+    /// From launch to `running`.
+    pub boot_ms: u64,
+    /// From terminate to `terminated` (the vCPUs stay counted meanwhile).
+    pub shutdown_ms: u64,
+}
+
+impl Default for SimSettings {
+    /// 32 on-demand and 32 spot vCPUs, as the seed incident's account; 20 s boot,
+    /// 5 s shutdown.
+    fn default() -> Self {
+        SimSettings {
+            on_demand_vcpus: 32,
+            spot_vcpus: 32,
+            spot_capacity: None,
+            boot_ms: 20_000,
+            shutdown_ms: 5_000,
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, ComputeError> {
+    let conn = Connection::open(path).map_err(|e| ComputeError::Unavailable(Box::new(e)))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| ComputeError::Unavailable(Box::new(e)))?;
+    Ok(conn)
+}
+
+fn sql_err(e: rusqlite::Error) -> ComputeError {
+    ComputeError::Unavailable(Box::new(e))
+}
+
+/// The simulated EC2.
+#[derive(Clone)]
+pub struct SimCloud {
+    conn: Arc<Mutex<Connection>>,
+    settings: SimSettings,
+    clock: SimClock,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A row of the instances table.
+struct Row {
+    id: String,
+    stream: String,
+    client_token: String,
+    market: Market,
+    instance_type: String,
+    vcpus: u32,
+    launched_at: i64,
+    terminating_at: Option<i64>,
+}
+
+fn market_name(m: Market) -> &'static str {
+    m.as_str()
+}
+
+fn parse_market(s: &str) -> Market {
+    if s == "spot" {
+        Market::Spot
+    } else {
+        Market::OnDemand
+    }
+}
+
+impl SimCloud {
+    /// Opens (creating) the simulated cloud in `path`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        settings: SimSettings,
+        clock: SimClock,
+    ) -> Result<Self, ComputeError> {
+        let conn = open(path.as_ref())?;
+        let count: i64 = conn
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        Ok(SimCloud {
+            conn: Arc::new(Mutex::new(conn)),
+            settings,
+            clock,
+            next_id: Arc::new(AtomicU64::new(count as u64 + 1)),
+        })
+    }
+
+    /// The limits in force.
+    pub fn settings(&self) -> &SimSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self, row: &Row, now: i64) -> InstanceState {
+        match row.terminating_at {
+            Some(t) if now >= t + self.settings.shutdown_ms as i64 => InstanceState::Terminated,
+            Some(_) => InstanceState::ShuttingDown,
+            None if now < row.launched_at + self.settings.boot_ms as i64 => InstanceState::Pending,
+            None => InstanceState::Running,
+        }
+    }
+
+    fn rows(
+        &self,
+        conn: &Connection,
+        filter: &str,
+        arg: Option<&str>,
+    ) -> Result<Vec<Row>, ComputeError> {
+        let sql = format!(
+            "SELECT id, stream, client_token, market, instance_type, vcpus, launched_at, terminating_at
+             FROM instances {filter} ORDER BY launched_at, id"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+        let map = |r: &rusqlite::Row<'_>| {
+            Ok(Row {
+                id: r.get(0)?,
+                stream: r.get(1)?,
+                client_token: r.get(2)?,
+                market: parse_market(&r.get::<_, String>(3)?),
+                instance_type: r.get(4)?,
+                vcpus: r.get(5)?,
+                launched_at: r.get(6)?,
+                terminating_at: r.get(7)?,
+            })
+        };
+        let rows = match arg {
+            Some(a) => stmt.query_map([a], map),
+            None => stmt.query_map([], map),
+        }
+        .map_err(sql_err)?;
+        rows.collect::<Result<_, _>>().map_err(sql_err)
+    }
+
+    fn to_managed(&self, row: &Row, now: i64) -> ManagedInstance {
+        ManagedInstance {
+            instance_id: InstanceId(row.id.clone()),
+            stream: StreamId::parse(&row.stream).ok(),
+            client_token: Some(ClientToken(row.client_token.clone())),
+            state: self.state(row, now),
+            launched_at: Timestamp(row.launched_at),
+            instance_type: row.instance_type.clone(),
+            market: row.market,
+        }
+    }
+
+    /// vCPUs counted against `market`'s quota now (every state but terminated).
+    pub fn vcpus_in_use(&self, market: Market) -> Result<u32, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "WHERE market = ?1", Some(market_name(market)))?
+            .iter()
+            .filter(|r| self.state(r, now) != InstanceState::Terminated)
+            .map(|r| r.vcpus)
+            .sum())
+    }
+
+    /// Reclaims a spot instance, as AWS does with two minutes' notice (here: none).
+    pub fn interrupt(&self, instance: &InstanceId) -> Result<bool, ComputeError> {
+        let now = (self.clock)().0 - self.settings.shutdown_ms as i64;
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE instances SET terminating_at = ?2 WHERE id = ?1 AND terminating_at IS NULL",
+                params![instance.0, now],
+            )
+            .map_err(sql_err)?;
+        Ok(changed == 1)
+    }
+}
+
+#[async_trait]
+impl Compute for SimCloud {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        let unknown = |e: ComputeError| LaunchFailure::Unknown(Box::new(e));
+        // Client-token idempotency: the same token returns the same instance.
+        if let Some(existing) = self
+            .rows(&conn, "WHERE client_token = ?1", Some(&spec.client_token.0))
+            .map_err(unknown)?
+            .into_iter()
+            .next()
+        {
+            if existing.instance_type != spec.instance_type || existing.market != spec.market {
+                return Err(LaunchFailure::Rejected(LaunchError::new(
+                    "IdempotentParameterMismatch",
+                    "client token reused with other parameters",
+                )));
+            }
+            return Ok(LaunchedInstance {
+                instance_id: InstanceId(existing.id),
+                instance_type: existing.instance_type,
+                vcpus: existing.vcpus,
+                market: existing.market,
+            });
+        }
+        if spec.image.is_empty() {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                "InvalidAMIID.Malformed",
+                "empty image id",
+            )));
+        }
+        let live: Vec<Row> = self
+            .rows(&conn, "WHERE market = ?1", Some(market_name(spec.market)))
+            .map_err(unknown)?
+            .into_iter()
+            .filter(|r| self.state(r, now) != InstanceState::Terminated)
+            .collect();
+        let used: u32 = live.iter().map(|r| r.vcpus).sum();
+        let (quota, code) = match spec.market {
+            Market::Spot => (self.settings.spot_vcpus, "MaxSpotInstanceCountExceeded"),
+            Market::OnDemand => (self.settings.on_demand_vcpus, "VcpuLimitExceeded"),
+        };
+        if used + spec.vcpus > quota {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                code,
+                format!(
+                    "{} vCPUs in use of a {quota} vCPU {} quota; {} more requested",
+                    used,
+                    spec.market.as_str(),
+                    spec.vcpus
+                ),
+            )));
+        }
+        if spec.market == Market::Spot
+            && self
+                .settings
+                .spot_capacity
+                .is_some_and(|cap| live.len() as u32 >= cap)
+        {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                "InsufficientInstanceCapacity",
+                "no spot capacity for this instance type",
+            )));
+        }
+        let id = format!("sim-{:017x}", self.next_id.fetch_add(1, Ordering::SeqCst));
+        conn.execute(
+            "INSERT INTO instances (id, stream, client_token, market, instance_type, vcpus, launched_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                spec.stream.as_str(),
+                spec.client_token.0,
+                market_name(spec.market),
+                spec.instance_type,
+                spec.vcpus,
+                now
+            ],
+        )
+        .map_err(|e| unknown(sql_err(e)))?;
+        Ok(LaunchedInstance {
+            instance_id: InstanceId(id),
+            instance_type: spec.instance_type.clone(),
+            vcpus: spec.vcpus,
+            market: spec.market,
+        })
+    }
+
+    async fn terminate(&self, instance: &InstanceId) -> Result<TerminateOutcome, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        let Some(row) = self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
+            .into_iter()
+            .next()
+        else {
+            return Ok(TerminateOutcome::AlreadyGone);
+        };
+        if self.state(&row, now) == InstanceState::Terminated {
+            return Ok(TerminateOutcome::AlreadyGone);
+        }
+        if row.terminating_at.is_none() {
+            conn.execute(
+                "UPDATE instances SET terminating_at = ?2 WHERE id = ?1",
+                params![instance.0, now],
+            )
+            .map_err(sql_err)?;
+        }
+        Ok(TerminateOutcome::Terminating)
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "", None)?
+            .iter()
+            .map(|r| self.to_managed(r, now))
+            .filter(|m| m.state != InstanceState::Terminated)
+            .collect())
+    }
+
+    async fn find_by_client_token(
+        &self,
+        token: &ClientToken,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "WHERE client_token = ?1", Some(&token.0))?
+            .iter()
+            .map(|r| self.to_managed(r, now))
+            .find(|m| m.state != InstanceState::Terminated))
+    }
+
+    async fn describe(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
+            .iter()
+            .map(|r| self.to_managed(r, now))
+            .find(|m| m.state != InstanceState::Terminated))
+    }
+}
+
+/// The local GitHub stand-in: JIT configs, runner registrations, queued jobs.
+#[derive(Clone)]
+pub struct SimGitHub {
+    conn: Arc<Mutex<Connection>>,
+    failures: Arc<Mutex<Vec<u16>>>,
+}
+
+fn scope_key(scope: &RunnerScope) -> String {
+    match scope {
+        RunnerScope::Repo { owner, repo } => format!("repo:{owner}/{repo}"),
+        RunnerScope::Org { org } => format!("org:{org}"),
+    }
+}
+
+fn gh_sql(e: rusqlite::Error) -> GitHubError {
+    GitHubError::Decode(format!("local GitHub stand-in: {e}"))
+}
+
+impl SimGitHub {
+    /// Opens (creating) the stand-in in `path` (shared with [`SimCloud`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ComputeError> {
+        Ok(SimGitHub {
+            conn: Arc::new(Mutex::new(open(path.as_ref())?)),
+            failures: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the next JIT mints answer with these HTTP statuses (e.g. 500: the
+    /// seed incident's mint failure after RunInstances).
+    pub fn fail_next_mints(&self, statuses: &[u16]) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(statuses);
+    }
+
+    /// Records a job as queued (what a `workflow_job` `queued` webhook announces).
+    pub fn queue_job(&self, job: &QueuedJob) -> Result<(), GitHubError> {
+        self.lock()
+            .execute(
+                "INSERT INTO gh_jobs (owner, repo, job_id, run_id, name, labels, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')
+                 ON CONFLICT (owner, repo, job_id) DO UPDATE SET status = 'queued'",
+                params![
+                    job.owner,
+                    job.repo,
+                    job.job_id,
+                    job.run_id,
+                    job.name,
+                    job.labels.join(",")
+                ],
+            )
+            .map(|_| ())
+            .map_err(gh_sql)
+    }
+
+    /// Moves a job on (`in_progress`, `completed`).
+    pub fn set_job_status(
+        &self,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+        status: &str,
+    ) -> Result<(), GitHubError> {
+        self.lock()
+            .execute(
+                "UPDATE gh_jobs SET status = ?4 WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
+                params![owner, repo, job_id, status],
+            )
+            .map(|_| ())
+            .map_err(gh_sql)
+    }
+}
+
+#[async_trait]
+impl GitHub for SimGitHub {
+    async fn generate_jit_config(
+        &self,
+        _installation: u64,
+        request: &JitRequest,
+    ) -> Result<JitRunner, GitHubError> {
+        let injected = {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            (!failures.is_empty()).then(|| failures.remove(0))
+        };
+        if let Some(status) = injected {
+            return Err(GitHubError::Server {
+                status,
+                body: "injected by the local GitHub stand-in".into(),
+            });
+        }
+        if request.labels.is_empty() {
+            return Err(GitHubError::Invalid(
+                "labels: at least one is required".into(),
+            ));
+        }
+        let conn = self.lock();
+        let scope = scope_key(&request.scope);
+        let inserted = conn.execute(
+            "INSERT INTO gh_runners (scope, name, labels) VALUES (?1, ?2, ?3)",
+            params![scope, request.name, request.labels.join(",")],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(GitHubError::RunnerNameExists(format!(
+                    "a runner named {} exists in {scope}",
+                    request.name
+                )));
+            }
+            Err(e) => return Err(gh_sql(e)),
+        }
+        let id = conn.last_insert_rowid() as u64;
+        Ok(JitRunner {
+            runner_id: id,
+            name: request.name.clone(),
+            config: JitConfig::new(format!("sim-jit-{id}-{}", request.name)),
+        })
+    }
+
+    async fn delete_runner(
+        &self,
+        _installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, GitHubError> {
+        let deleted = self
+            .lock()
+            .execute(
+                "DELETE FROM gh_runners WHERE scope = ?1 AND id = ?2",
+                params![scope_key(scope), runner_id],
+            )
+            .map_err(gh_sql)?;
+        Ok(deleted == 1)
+    }
+
+    async fn list_runners(
+        &self,
+        _installation: u64,
+        scope: &RunnerScope,
+    ) -> Result<Vec<Runner>, GitHubError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name, labels FROM gh_runners WHERE scope = ?1 ORDER BY id")
+            .map_err(gh_sql)?;
+        let rows = stmt
+            .query_map([scope_key(scope)], |r| {
+                Ok(Runner {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: "online".into(),
+                    busy: false,
+                    labels: r
+                        .get::<_, String>(2)?
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .map_err(gh_sql)?;
+        rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
+    async fn list_queued_jobs(&self, _installation: u64) -> Result<Vec<QueuedJob>, GitHubError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT owner, repo, job_id, run_id, name, labels FROM gh_jobs
+                 WHERE status = 'queued' ORDER BY owner, repo, job_id",
+            )
+            .map_err(gh_sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(QueuedJob {
+                    owner: r.get(0)?,
+                    repo: r.get(1)?,
+                    job_id: r.get(2)?,
+                    run_id: r.get(3)?,
+                    name: r.get(4)?,
+                    labels: r
+                        .get::<_, String>(5)?
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .map_err(gh_sql)?;
+        rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+}

@@ -1,0 +1,255 @@
+//! The embedded default's simulated cloud: EC2's quota, capacity and idempotency
+//! behaviour, boot and shutdown, persistence; and the local GitHub stand-in.
+
+use jitr_domain::{ClientToken, JobRef, LaunchErrorClass, Market, StreamId, Timestamp};
+use jitr_infra::{
+    Compute, GitHub, GitHubError, InstanceState, JitRequest, LaunchFailure, LaunchSpec,
+    ManualClock, QueuedJob, RunnerScope, SimCloud, SimGitHub, SimSettings, TerminateOutcome,
+};
+
+const T0: Timestamp = Timestamp(1_777_868_520_000);
+
+fn spec(job: u64, market: Market) -> LaunchSpec {
+    let stream = StreamId::for_job(
+        &JobRef {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id: job,
+            run_id: 1,
+        },
+        1,
+    );
+    LaunchSpec {
+        client_token: ClientToken::derive(&stream, 1),
+        stream,
+        market,
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+        image: "ami-sim".into(),
+        user_data: None,
+    }
+}
+
+fn cloud(dir: &std::path::Path, settings: SimSettings) -> (SimCloud, ManualClock) {
+    let clock = ManualClock::new(T0);
+    let cloud = SimCloud::open(dir.join("cloud.db"), settings, clock.clock()).unwrap();
+    (cloud, clock)
+}
+
+fn refusal(
+    outcome: Result<jitr_infra::LaunchedInstance, LaunchFailure>,
+) -> (String, LaunchErrorClass) {
+    match outcome {
+        Err(LaunchFailure::Rejected(e)) => (e.code, e.class),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_vcpu_quota_refuses_launches_until_an_instance_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, clock) = cloud(dir.path(), SimSettings::default());
+    let mut launched = Vec::new();
+    for job in 0..8 {
+        launched.push(cloud.launch(&spec(job, Market::OnDemand)).await.unwrap());
+    }
+    assert_eq!(cloud.vcpus_in_use(Market::OnDemand).unwrap(), 32);
+    assert_eq!(
+        refusal(cloud.launch(&spec(8, Market::OnDemand)).await),
+        ("VcpuLimitExceeded".into(), LaunchErrorClass::Quota)
+    );
+    // Spot has its own quota.
+    cloud.launch(&spec(9, Market::Spot)).await.unwrap();
+
+    assert_eq!(
+        cloud.terminate(&launched[0].instance_id).await.unwrap(),
+        TerminateOutcome::Terminating
+    );
+    // Still counted while shutting down.
+    assert_eq!(
+        refusal(cloud.launch(&spec(8, Market::OnDemand)).await).1,
+        LaunchErrorClass::Quota
+    );
+    clock.advance(5_000);
+    assert_eq!(cloud.vcpus_in_use(Market::OnDemand).unwrap(), 28);
+    cloud.launch(&spec(8, Market::OnDemand)).await.unwrap();
+    assert_eq!(
+        cloud.terminate(&launched[0].instance_id).await.unwrap(),
+        TerminateOutcome::AlreadyGone
+    );
+}
+
+#[tokio::test]
+async fn spot_quota_and_capacity_have_their_own_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SimSettings {
+        spot_vcpus: 8,
+        spot_capacity: Some(1),
+        ..SimSettings::default()
+    };
+    let (cloud, _) = cloud(dir.path(), settings);
+    cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    assert_eq!(
+        refusal(cloud.launch(&spec(2, Market::Spot)).await),
+        (
+            "InsufficientInstanceCapacity".into(),
+            LaunchErrorClass::Capacity
+        )
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let (cloud, _) = self::cloud(
+        other_dir.path(),
+        SimSettings {
+            spot_vcpus: 4,
+            ..SimSettings::default()
+        },
+    );
+    cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    assert_eq!(
+        refusal(cloud.launch(&spec(2, Market::Spot)).await),
+        (
+            "MaxSpotInstanceCountExceeded".into(),
+            LaunchErrorClass::Quota
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_same_client_token_never_starts_a_second_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, _) = cloud(dir.path(), SimSettings::default());
+    let first = cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    let again = cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    assert_eq!(first.instance_id, again.instance_id);
+    assert_eq!(cloud.list_managed().await.unwrap().len(), 1);
+    let mut other = spec(1, Market::Spot);
+    other.market = Market::OnDemand;
+    assert_eq!(
+        refusal(cloud.launch(&other).await).1,
+        LaunchErrorClass::InvalidRequest
+    );
+}
+
+#[tokio::test]
+async fn instances_boot_shut_down_and_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, clock) = cloud(dir.path(), SimSettings::default());
+    let launched = cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    let seen = cloud
+        .describe(&launched.instance_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.state, InstanceState::Pending);
+    assert_eq!(seen.stream, Some(spec(1, Market::Spot).stream));
+    clock.advance(20_000);
+    let seen = cloud
+        .describe(&launched.instance_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.state, InstanceState::Running);
+
+    // A new process on the same data directory sees the same cloud.
+    let reopened = SimCloud::open(
+        dir.path().join("cloud.db"),
+        SimSettings::default(),
+        clock.clock(),
+    )
+    .unwrap();
+    let found = reopened
+        .find_by_client_token(&spec(1, Market::Spot).client_token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.instance_id, launched.instance_id);
+    let second = reopened.launch(&spec(2, Market::Spot)).await.unwrap();
+    assert_ne!(
+        second.instance_id, launched.instance_id,
+        "ids are not reused"
+    );
+
+    reopened.terminate(&launched.instance_id).await.unwrap();
+    assert_eq!(
+        reopened
+            .describe(&launched.instance_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        InstanceState::ShuttingDown
+    );
+    clock.advance(5_000);
+    assert_eq!(
+        reopened.describe(&launched.instance_id).await.unwrap(),
+        None
+    );
+    assert!(reopened.interrupt(&second.instance_id).unwrap());
+    assert_eq!(reopened.list_managed().await.unwrap(), vec![]);
+}
+
+fn jit(name: &str) -> JitRequest {
+    JitRequest {
+        scope: RunnerScope::Repo {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+        },
+        name: name.into(),
+        runner_group_id: 1,
+        labels: vec!["self-hosted".into()],
+        work_folder: "_work".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_github_stand_in_registers_runners_and_queues_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let github = SimGitHub::open(dir.path().join("cloud.db")).unwrap();
+    let runner = github.generate_jit_config(1, &jit("r1")).await.unwrap();
+    assert!(matches!(
+        github.generate_jit_config(1, &jit("r1")).await,
+        Err(GitHubError::RunnerNameExists(_))
+    ));
+    github.fail_next_mints(&[500]);
+    assert!(matches!(
+        github.generate_jit_config(1, &jit("r2")).await,
+        Err(GitHubError::Server { status: 500, .. })
+    ));
+    github.generate_jit_config(1, &jit("r2")).await.unwrap();
+    let scope = jit("x").scope;
+    let names: Vec<String> = github
+        .list_runners(1, &scope)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["r1", "r2"]);
+    assert!(
+        github
+            .delete_runner(1, &scope, runner.runner_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !github
+            .delete_runner(1, &scope, runner.runner_id)
+            .await
+            .unwrap()
+    );
+
+    let job = QueuedJob {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+        job_id: 11,
+        run_id: 5,
+        labels: vec!["self-hosted".into(), "linux".into()],
+        name: "build".into(),
+    };
+    github.queue_job(&job).unwrap();
+    assert_eq!(github.list_queued_jobs(1).await.unwrap(), vec![job]);
+    github
+        .set_job_status("acme", "widgets", 11, "in_progress")
+        .unwrap();
+    assert!(github.list_queued_jobs(1).await.unwrap().is_empty());
+}
