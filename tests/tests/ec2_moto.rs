@@ -209,3 +209,29 @@ async fn a_lost_launch_answer_leaves_an_instance_found_by_its_token() {
         TerminateOutcome::Terminating
     );
 }
+
+#[tokio::test]
+async fn launches_spread_over_subnets_and_a_retry_keeps_its_subnet() {
+    let ec2 = Ec2Compute::new(
+        &jitr_e2e::aws::config().await,
+        vec!["subnet-a".into(), "subnet-b".into(), "subnet-c".into()],
+    );
+    let s = stream(1);
+    let mut used = std::collections::BTreeSet::new();
+    for launch in 1..=60 {
+        let token = ClientToken::derive(&s, launch);
+        let subnet = ec2.subnet_for(&token).unwrap();
+        assert_eq!(
+            ec2.subnet_for(&token),
+            Some(subnet),
+            "same token, same subnet"
+        );
+        used.insert(subnet.to_owned());
+    }
+    assert_eq!(used.len(), 3);
+    assert_eq!(
+        Ec2Compute::new(&jitr_e2e::aws::config().await, vec![])
+            .subnet_for(&ClientToken::derive(&s, 1)),
+        None
+    );
+}
