@@ -44,6 +44,8 @@ pub const FEED_INDEX: &str = "feed";
 pub const OPEN_INDEX: &str = "open-runners";
 /// GSI serving `stream_of_instance`.
 pub const INSTANCE_INDEX: &str = "by-instance";
+/// GSI serving `stream_of_runner`.
+pub const RUNNER_INDEX: &str = "by-runner";
 /// Checkpoint snapshots are split into chunks below DynamoDB's 400 KB item limit.
 const CHUNK_BYTES: usize = 300 * 1024;
 /// Bounded retries for throttling, transaction conflicts and feed-counter races.
@@ -124,6 +126,8 @@ pub struct HeadWrite {
     pub status: String,
     /// Launched instance.
     pub instance_id: Option<String>,
+    /// Registered runner name.
+    pub runner_name: Option<String>,
     /// Whether an instance may have been started (an unrejected launch intent).
     pub instance_possible: bool,
     /// Whether `Terminated` was recorded.
@@ -147,6 +151,7 @@ impl HeadWrite {
             version: state.version,
             status: state.status().as_str().to_owned(),
             instance_id: state.instance().map(|i| i.id.0.clone()),
+            runner_name: state.runner_name.clone(),
             instance_possible: matches!(
                 state.launch.as_ref().map(|l| &l.outcome),
                 Some(LaunchOutcome::Pending | LaunchOutcome::Launched(_))
@@ -168,6 +173,7 @@ impl HeadWrite {
             ("#term".to_owned(), "terminated".to_owned()),
             ("#open".to_owned(), "open_flag".to_owned()),
             ("#iid".to_owned(), "instance_id".to_owned()),
+            ("#rn".to_owned(), "runner_name".to_owned()),
         ]);
         let mut values: Item = HashMap::from([
             (":v".to_owned(), n(self.version)),
@@ -204,6 +210,13 @@ impl HeadWrite {
                 values.insert(":iid".into(), s(id));
             }
             None => remove.push("#iid"),
+        }
+        match &self.runner_name {
+            Some(name) => {
+                set.push("#rn = :rn");
+                values.insert(":rn".into(), s(name));
+            }
+            None => remove.push("#rn"),
         }
         let mut expression = format!("SET {}", set.join(", "));
         if !remove.is_empty() {
@@ -317,9 +330,11 @@ impl DynamoEventStore {
             .attribute_definitions(attr("pos", ScalarAttributeType::N)?)
             .attribute_definitions(attr("open_flag", ScalarAttributeType::S)?)
             .attribute_definitions(attr("instance_id", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("runner_name", ScalarAttributeType::S)?)
             .global_secondary_indexes(index(FEED_INDEX, "feed", Some("pos"))?)
             .global_secondary_indexes(index(OPEN_INDEX, "open_flag", Some("pk"))?)
             .global_secondary_indexes(index(INSTANCE_INDEX, "instance_id", None)?)
+            .global_secondary_indexes(index(RUNNER_INDEX, "runner_name", None)?)
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
@@ -468,6 +483,35 @@ impl DynamoEventStore {
         })
     }
 
+    /// The stream of the head found by `attribute = value` on a single-key GSI.
+    async fn stream_by_index(
+        &self,
+        index: &'static str,
+        attribute: &'static str,
+        value: &str,
+    ) -> Result<Option<StreamId>, StoreError> {
+        let items = self
+            .query_all(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(index)
+                        .key_condition_expression("#a = :v")
+                        .expression_attribute_names("#a", attribute)
+                        .expression_attribute_values(":v", s(value))
+                },
+                Some(1),
+            )
+            .await?;
+        match items.first().and_then(|i| i.get("pk")) {
+            Some(AttributeValue::S(pk)) => {
+                Ok(Some(StreamId::parse(pk).map_err(|e| corrupt(pk, e))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn duplicate(&self, command_id: &CommandId) -> Result<Option<AppendOutcome>, StoreError> {
         let Some(item) = self.get(&command_pk(command_id), "CMD").await? else {
             return Ok(None);
@@ -594,25 +638,13 @@ impl EventStore for DynamoEventStore {
         &self,
         instance: &InstanceId,
     ) -> Result<Option<StreamId>, StoreError> {
-        let items = self
-            .query_all(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .index_name(INSTANCE_INDEX)
-                        .key_condition_expression("instance_id = :i")
-                        .expression_attribute_values(":i", s(&instance.0))
-                },
-                Some(1),
-            )
-            .await?;
-        match items.first().and_then(|i| i.get("pk")) {
-            Some(AttributeValue::S(pk)) => {
-                Ok(Some(StreamId::parse(pk).map_err(|e| corrupt(pk, e))?))
-            }
-            _ => Ok(None),
-        }
+        self.stream_by_index(INSTANCE_INDEX, "instance_id", &instance.0)
+            .await
+    }
+
+    async fn stream_of_runner(&self, runner_name: &str) -> Result<Option<StreamId>, StoreError> {
+        self.stream_by_index(RUNNER_INDEX, "runner_name", runner_name)
+            .await
     }
 
     async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError> {

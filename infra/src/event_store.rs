@@ -156,6 +156,9 @@ pub trait EventStore: Send + Sync {
         instance: &InstanceId,
     ) -> Result<Option<StreamId>, StoreError>;
 
+    /// The stream whose runner registered under `runner_name` (from `TokenMinted`).
+    async fn stream_of_runner(&self, runner_name: &str) -> Result<Option<StreamId>, StoreError>;
+
     /// Heads of all open (non-terminal) streams, without reading history.
     async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError>;
 

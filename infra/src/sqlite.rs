@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS streams (
     version           INTEGER NOT NULL,
     status            TEXT    NOT NULL,
     instance_id       TEXT,
+    runner_name       TEXT,
     instance_possible INTEGER NOT NULL,
     terminated        INTEGER NOT NULL,
     open              INTEGER NOT NULL,
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS streams (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS streams_open ON streams (stream) WHERE open = 1;
 CREATE INDEX IF NOT EXISTS streams_instance ON streams (instance_id) WHERE instance_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS streams_runner ON streams (runner_name) WHERE runner_name IS NOT NULL;
 CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY,
     stream     TEXT    NOT NULL,
@@ -89,6 +91,7 @@ impl SqliteEventStore {
             .map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(unavailable)?;
+        migrate(&conn)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -118,12 +121,71 @@ impl SqliteEventStore {
         .map_err(unavailable)?
     }
 
+    /// The stream whose head has `column = value` (an indexed column).
+    async fn stream_where(
+        &self,
+        column: &'static str,
+        value: String,
+    ) -> Result<Option<StreamId>, StoreError> {
+        self.with_conn(move |conn| {
+            let found: Option<String> = conn
+                .query_row(
+                    &format!("SELECT stream FROM streams WHERE {column} = ?1"),
+                    [&value],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            found
+                .map(|s| {
+                    StreamId::parse(&s).map_err(|e| StoreError::Corrupt {
+                        stream: s.clone(),
+                        position: 0,
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
     /// Runs raw SQL against the log, bypassing the domain: for tests that show the
     /// database itself refuses an invariant-breaking write.
     pub async fn execute_raw(&self, sql: &'static str) -> Result<usize, StoreError> {
         self.with_conn(move |conn| conn.execute(sql, []).map_err(map_write_error))
             .await
     }
+}
+
+/// Brings a log written by an older build up to this schema.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_streams: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'streams'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+        > 0;
+    if !has_streams {
+        return Ok(());
+    }
+    let has_runner: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('streams') WHERE name = 'runner_name'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+        > 0;
+    if !has_runner {
+        conn.execute_batch(
+            "ALTER TABLE streams ADD COLUMN runner_name TEXT;
+             UPDATE streams SET runner_name = json_extract(state, '$.runner_name');",
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 fn map_write_error(e: rusqlite::Error) -> StoreError {
@@ -224,13 +286,14 @@ fn append_blocking(
     let state_json = serde_json::to_string(&state).map_err(unavailable)?;
     tx.execute(
         "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
-                              terminated, open, updated_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                              terminated, open, updated_at, state, runner_name)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (stream) DO UPDATE SET
              version = excluded.version, status = excluded.status,
              instance_id = excluded.instance_id, instance_possible = excluded.instance_possible,
              terminated = excluded.terminated, open = excluded.open,
-             updated_at = excluded.updated_at, state = excluded.state",
+             updated_at = excluded.updated_at, state = excluded.state,
+             runner_name = excluded.runner_name",
         params![
             stream.as_str(),
             version,
@@ -241,6 +304,7 @@ fn append_blocking(
             !is_terminal(&state),
             updated_at,
             state_json,
+            state.runner_name.as_deref(),
         ],
     )
     .map_err(map_write_error)?;
@@ -398,27 +462,12 @@ impl EventStore for SqliteEventStore {
         &self,
         instance: &InstanceId,
     ) -> Result<Option<StreamId>, StoreError> {
-        let instance = instance.clone();
-        self.with_conn(move |conn| {
-            let found: Option<String> = conn
-                .query_row(
-                    "SELECT stream FROM streams WHERE instance_id = ?1",
-                    [&instance.0],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            found
-                .map(|s| {
-                    StreamId::parse(&s).map_err(|e| StoreError::Corrupt {
-                        stream: s.clone(),
-                        position: 0,
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-        })
-        .await
+        self.stream_where("instance_id", instance.0.clone()).await
+    }
+
+    async fn stream_of_runner(&self, runner_name: &str) -> Result<Option<StreamId>, StoreError> {
+        self.stream_where("runner_name", runner_name.to_owned())
+            .await
     }
 
     async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError> {

@@ -298,6 +298,24 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
         Some(stream(42))
     );
     assert_eq!(store.stream_of_instance(&instance(41)).await.unwrap(), None);
+    // Runner names registered by TokenMinted are indexed too.
+    let (state, mut events) = launched(43, at(0));
+    events.extend(
+        run(
+            &state,
+            [Command::RecordToken {
+                runner_name: "jitr-runner-43".into(),
+            }],
+            at(1),
+        )
+        .1,
+    );
+    append_all(&store, &stream(43), 0, &events, "43").await;
+    assert_eq!(
+        store.stream_of_runner("jitr-runner-43").await.unwrap(),
+        Some(stream(43))
+    );
+    assert_eq!(store.stream_of_runner("someone-else").await.unwrap(), None);
     let closed = store.head(&stream(42)).await.unwrap().unwrap();
     assert_eq!(closed.status, RunnerStatus::Completed);
     assert!(!closed.open);

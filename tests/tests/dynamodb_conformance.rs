@@ -52,6 +52,7 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
         version: 3,
         status: "failed".into(),
         instance_id: head.instance_id.map(|i| i.0),
+        runner_name: None,
         instance_possible: true,
         terminated: false,
         open: false,
