@@ -16,6 +16,7 @@ mod event_store;
 mod eventbridge;
 mod fault;
 mod github;
+mod local_queue;
 mod sim;
 mod sqlite;
 mod sqs;
@@ -45,7 +46,8 @@ pub use github::{
     API_VERSION, Clock, GITHUB_API, GitHub, GitHubApp, GitHubAppConfig, GitHubError, JitRequest,
     JitRunner, QueuedJob, Runner, RunnerScope,
 };
-pub use sim::{ManualClock, SimClock, SimCloud, SimGitHub, SimSettings, system_clock};
+pub use local_queue::LocalQueue;
+pub use sim::{ManualClock, SimClock, SimCloud, SimGitHub, SimSecrets, SimSettings, system_clock};
 pub use sqlite::SqliteEventStore;
 pub use sqs::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage, QueuePair, SqsQueue};
 pub use ssm::{JitConfig, RunnerSecrets, SecretError, SsmSecrets};

@@ -22,7 +22,7 @@ use crate::compute::{
     ManagedInstance, TerminateOutcome,
 };
 use crate::github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
-use crate::ssm::JitConfig;
+use crate::ssm::{JitConfig, RunnerSecrets, SecretError};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (
@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS gh_runners (
     name   TEXT NOT NULL,
     labels TEXT NOT NULL,
     UNIQUE (scope, name)
+);
+CREATE TABLE IF NOT EXISTS jit_configs (
+    instance TEXT PRIMARY KEY,
+    config   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gh_jobs (
     owner  TEXT    NOT NULL,
@@ -623,5 +627,62 @@ impl GitHub for SimGitHub {
             })
             .map_err(gh_sql)?;
         rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+}
+
+/// Where simulated instances pick up their JIT config (SSM's stand-in).
+#[derive(Clone)]
+pub struct SimSecrets {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SimSecrets {
+    /// Opens (creating) the store in `path` (shared with [`SimCloud`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ComputeError> {
+        Ok(SimSecrets {
+            conn: Arc::new(Mutex::new(open(path.as_ref())?)),
+        })
+    }
+
+    /// Whether a config is waiting for `instance`.
+    pub fn has_config(&self, instance: &InstanceId) -> bool {
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .query_row(
+                "SELECT 1 FROM jit_configs WHERE instance = ?1",
+                [&instance.0],
+                |_| Ok(()),
+            )
+            .is_ok()
+    }
+}
+
+#[async_trait]
+impl RunnerSecrets for SimSecrets {
+    async fn put_jit_config(
+        &self,
+        instance: &InstanceId,
+        config: &JitConfig,
+    ) -> Result<String, SecretError> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute(
+                "INSERT INTO jit_configs (instance, config) VALUES (?1, ?2)
+                 ON CONFLICT (instance) DO UPDATE SET config = excluded.config",
+                params![instance.0, config.expose()],
+            )
+            .map_err(|e| SecretError(Box::new(e)))?;
+        Ok(format!("sim:{}", instance.0))
+    }
+
+    async fn delete_jit_config(&self, instance: &InstanceId) -> Result<(), SecretError> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute("DELETE FROM jit_configs WHERE instance = ?1", [&instance.0])
+            .map_err(|e| SecretError(Box::new(e)))?;
+        Ok(())
     }
 }

@@ -253,3 +253,73 @@ async fn the_github_stand_in_registers_runners_and_queues_jobs() {
         .unwrap();
     assert!(github.list_queued_jobs(1).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_local_queue_redrives_dead_letters_and_backs_off_like_sqs() {
+    use jitr_infra::{LocalQueue, Queue};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let queue = LocalQueue::open(
+        dir.path().join("queues.db"),
+        "scaleup",
+        2,
+        Duration::from_secs(30),
+        clock.clock(),
+    )
+    .unwrap();
+    queue
+        .publish("job-1", None, &[("delivery", "d1")])
+        .await
+        .unwrap();
+    for expected in 1..=2 {
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].receive_count, expected);
+        assert_eq!(
+            got[0].attributes.get("delivery").map(String::as_str),
+            Some("d1")
+        );
+        assert!(
+            queue.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+            "invisible"
+        );
+        clock.advance(30_000);
+    }
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(queue.dead_letter_depth().await.unwrap(), 1);
+    assert!(
+        queue.dead_letters().unwrap()[0]
+            .1
+            .contains("received 2 times")
+    );
+
+    queue.publish("poison", None, &[]).await.unwrap();
+    let got = queue.receive(1, Duration::ZERO).await.unwrap();
+    queue
+        .dead_letter(&got[0], "malformed payload")
+        .await
+        .unwrap();
+    assert_eq!(queue.dead_letter_depth().await.unwrap(), 2);
+
+    queue
+        .publish("quota", Some(Duration::from_secs(5)), &[])
+        .await
+        .unwrap();
+    assert!(
+        queue.receive(1, Duration::ZERO).await.unwrap().is_empty(),
+        "delayed"
+    );
+    clock.advance(5_000);
+    let got = queue.receive(1, Duration::ZERO).await.unwrap();
+    queue
+        .retry_later(&got[0], Duration::from_secs(60))
+        .await
+        .unwrap();
+    clock.advance(59_000);
+    assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty());
+    clock.advance(1_000);
+    let got = queue.receive(1, Duration::ZERO).await.unwrap();
+    queue.ack(&got[0]).await.unwrap();
+    assert_eq!(queue.depth().unwrap(), 0);
+}
