@@ -3,6 +3,8 @@
 //! - [`dispatch`]: one command against a runner stream (decide, append, retry on
 //!   conflict).
 //! - [`projector`]: folds the log into the runner views and issues compensation.
+//! - [`webhook`], [`scaleup`], [`lifecycle`], [`compensation`], [`reaper`]: the
+//!   runner lifecycle, over [`ports::Ports`].
 //! - [`audit`], [`history`]: questions to the log.
 //! - [`init`]: the AWS resources.
 //! - [`demo`], [`bench`]: the embedded default at work, and its figures.
@@ -10,9 +12,16 @@
 
 pub mod audit;
 pub mod bench;
+pub mod compensation;
 pub mod demo;
 pub mod dispatch;
 pub mod history;
 pub mod init;
+pub mod lifecycle;
+pub mod policy;
+pub mod ports;
 pub mod projector;
+pub mod reaper;
 pub mod report;
+pub mod scaleup;
+pub mod webhook;

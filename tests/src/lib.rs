@@ -5,3 +5,4 @@
 pub mod aws;
 pub mod conformance;
 pub mod fixtures;
+pub mod world;

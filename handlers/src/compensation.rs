@@ -1,0 +1,173 @@
+//! Compensation: a `TerminateRunner` command becomes a terminated instance and a
+//! `Terminated` event; the JIT config and the GitHub registration go with it.
+//! Idempotent: repeating it (the bus is at-least-once) changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitr_domain::{Command, TerminateRunner, Timestamp, is_terminal};
+use jitr_infra::{CommandId, InstanceState};
+
+use crate::dispatch::{DispatchError, dispatch};
+use crate::policy::RunnerPolicy;
+use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
+
+/// How long an unresolved launch may stay unfound by its token before it counts
+/// as never launched.
+const INTENT_SETTLE_MS: u64 = 30_000;
+
+/// The compensation handler.
+pub struct Compensation {
+    ports: Ports,
+    policy: Arc<RunnerPolicy>,
+    /// Crash injection for recovery tests.
+    pub crash: CrashSwitch,
+}
+
+impl Compensation {
+    /// A handler over `ports`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+        Compensation {
+            ports,
+            policy,
+            crash: CrashSwitch::default(),
+        }
+    }
+
+    async fn record(
+        &self,
+        command: &TerminateRunner,
+        what: Command,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let id = CommandId::new(format!(
+            "compensation:{}:{}:{}",
+            command.stream,
+            what.name(),
+            command.owed_since.0
+        ));
+        match dispatch(&*self.ports.store, &command.stream, what, now, &id).await {
+            Ok(_) | Err(DispatchError::Refused(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Terminates the runner's instance and records it.
+    pub async fn handle(
+        &self,
+        command: &TerminateRunner,
+        now: Timestamp,
+    ) -> Result<Outcome, HandlerError> {
+        let stream = &command.stream;
+        let Some(head) = self.ports.store.head(stream).await? else {
+            return Ok(Outcome::Done(format!("{stream}: unknown stream")));
+        };
+        if is_terminal(&head.state) {
+            return Ok(Outcome::Done(format!(
+                "{stream} is already {}",
+                head.status
+            )));
+        }
+        let mut state = head.state;
+        if let Some(token) = state.pending_launch().cloned() {
+            // The launch's outcome was never recorded: find it by its token.
+            match self.ports.compute.find_by_client_token(&token).await? {
+                Some(found) => {
+                    let spec = state.request.as_ref().map(|r| r.spec.clone());
+                    let record = Command::RecordLaunch {
+                        client_token: token,
+                        instance_id: found.instance_id,
+                        instance_type: found.instance_type,
+                        vcpus: spec.map_or(0, |s| s.vcpus),
+                    };
+                    self.record(command, record, now).await?;
+                }
+                None => {
+                    let intended = state.launch.as_ref().map_or(now, |l| l.intended_at);
+                    if now.millis_since(intended) < INTENT_SETTLE_MS {
+                        return Ok(Outcome::RetryAfter(
+                            Duration::from_secs(10),
+                            format!("{stream}: launch unresolved, looking again"),
+                        ));
+                    }
+                    self.record(
+                        command,
+                        Command::ConfirmTerminated { instance_id: None },
+                        now,
+                    )
+                    .await?;
+                    return Ok(Outcome::Done(format!("{stream}: never launched")));
+                }
+            }
+            state = self
+                .ports
+                .store
+                .head(stream)
+                .await?
+                .map(|h| h.state)
+                .unwrap_or(state);
+        }
+        if state.termination_requested.is_none() {
+            self.record(
+                command,
+                Command::Terminate {
+                    reason: command.reason,
+                },
+                now,
+            )
+            .await?;
+        }
+        let Some(instance) = state.instance().cloned() else {
+            self.record(
+                command,
+                Command::ConfirmTerminated { instance_id: None },
+                now,
+            )
+            .await?;
+            return Ok(Outcome::Done(format!("{stream}: no instance")));
+        };
+        self.ports.compute.terminate(&instance.id).await?;
+        self.crash.check(CrashPoint::AfterTerminateInstances)?;
+        // Shutting down is irreversible: the instance is gone for jitr's purposes.
+        let seen = self.ports.compute.describe(&instance.id).await?;
+        if seen.as_ref().is_some_and(|m| {
+            !matches!(
+                m.state,
+                InstanceState::ShuttingDown | InstanceState::Terminated
+            )
+        }) {
+            return Ok(Outcome::RetryAfter(
+                Duration::from_secs(5),
+                format!("{stream}: {} not shutting down yet", instance.id),
+            ));
+        }
+        self.record(
+            command,
+            Command::ConfirmTerminated {
+                instance_id: Some(instance.id.clone()),
+            },
+            now,
+        )
+        .await?;
+        if let Err(e) = self.ports.secrets.delete_jit_config(&instance.id).await {
+            tracing::warn!(%stream, error = %e, "JIT config not deleted");
+        }
+        if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
+            let scope = self.policy.scope_for(&request.job.owner, &request.job.repo);
+            let installation = self.policy.installation_id;
+            if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
+                for runner in runners.iter().filter(|r| &r.name == name) {
+                    let _ = self
+                        .ports
+                        .github
+                        .delete_runner(installation, &scope, runner.id)
+                        .await;
+                }
+            }
+        }
+        Ok(Outcome::Done(format!(
+            "{stream}: {} terminated",
+            instance.id
+        )))
+    }
+}

@@ -1,0 +1,192 @@
+//! What jitr launches for which job, and the deadlines and limits that apply.
+
+use std::time::Duration;
+
+use jitr_domain::{Deadlines, InstanceSpec, StreamId};
+use jitr_infra::RunnerScope;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Jobs carrying all of `labels` get this instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRule {
+    /// Labels the job must carry (besides the required one).
+    pub labels: Vec<String>,
+    /// The instance.
+    pub spec: InstanceSpec,
+}
+
+/// Where runners register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Registration {
+    /// In the job's repository.
+    Repository,
+    /// In an organization (runner groups apply).
+    Organization {
+        /// Organization login.
+        org: String,
+    },
+}
+
+/// The runner policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerPolicy {
+    /// A job must carry this label for jitr to serve it.
+    pub required_label: String,
+    /// First matching rule wins; `default_spec` otherwise.
+    pub rules: Vec<LabelRule>,
+    /// The instance for jobs no rule matches.
+    pub default_spec: InstanceSpec,
+    /// Deadlines recorded in each runner's `Requested`.
+    pub deadlines: Deadlines,
+    /// Where runners register.
+    pub registration: Registration,
+    /// Runner group (1 is the default group).
+    pub runner_group_id: u64,
+    /// The runner's work folder.
+    pub work_folder: String,
+    /// The GitHub App installation (when a webhook does not name one).
+    pub installation_id: u64,
+    /// Deliveries of one job before scale-up gives up (then `Failed` + DLQ).
+    pub max_launch_attempts: u32,
+    /// Repositories served (`owner/repo`); empty: all.
+    pub allowlist: Vec<String>,
+    /// The reaper leaves instances younger than this alone.
+    pub reaper_grace_ms: u64,
+}
+
+impl Default for RunnerPolicy {
+    /// `self-hosted` jobs get a `c5.xlarge` (4 vCPU) from `ami-jitr-runner`; 10 min
+    /// boot timeout, 6 h max age, 2 min drain grace; repository runners in the
+    /// default group; 5 launch attempts; a 2-minute reaper grace.
+    fn default() -> Self {
+        RunnerPolicy {
+            required_label: "self-hosted".into(),
+            rules: Vec::new(),
+            default_spec: InstanceSpec {
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-jitr-runner".into(),
+            },
+            deadlines: Deadlines::default(),
+            registration: Registration::Repository,
+            runner_group_id: 1,
+            work_folder: "_work".into(),
+            installation_id: 1,
+            max_launch_attempts: 5,
+            allowlist: Vec::new(),
+            reaper_grace_ms: 120_000,
+        }
+    }
+}
+
+impl RunnerPolicy {
+    /// The instance for a job's labels; `None` when jitr does not serve the job.
+    pub fn spec_for(&self, labels: &[String]) -> Option<InstanceSpec> {
+        let has = |l: &str| labels.iter().any(|x| x.eq_ignore_ascii_case(l));
+        if !has(&self.required_label) {
+            return None;
+        }
+        Some(
+            self.rules
+                .iter()
+                .find(|r| r.labels.iter().all(|l| has(l)))
+                .map_or_else(|| self.default_spec.clone(), |r| r.spec.clone()),
+        )
+    }
+
+    /// Whether the repository is served.
+    pub fn allows(&self, owner: &str, repo: &str) -> bool {
+        self.allowlist.is_empty()
+            || self
+                .allowlist
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&format!("{owner}/{repo}")))
+    }
+
+    /// Where the runner of a job in `owner/repo` registers.
+    pub fn scope_for(&self, owner: &str, repo: &str) -> RunnerScope {
+        match &self.registration {
+            Registration::Repository => RunnerScope::Repo {
+                owner: owner.into(),
+                repo: repo.into(),
+            },
+            Registration::Organization { org } => RunnerScope::Org { org: org.clone() },
+        }
+    }
+
+    /// How long to wait before retrying a launch refused for quota or capacity,
+    /// after `receives` deliveries: 15 s doubling, at most 5 minutes.
+    pub fn launch_backoff(&self, receives: u32) -> Duration {
+        Duration::from_secs((15u64 << receives.saturating_sub(1).min(5)).min(300))
+    }
+}
+
+/// The runner's registered name: `jitr-{job_id}-{attempt}-{6 hex of the stream}`
+/// (short, unique, and the same on every retry).
+pub fn runner_name(stream: &StreamId, job_id: u64) -> String {
+    let digest = Sha256::digest(stream.as_str().as_bytes());
+    let hash: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
+    format!("jitr-{job_id}-{}-{hash}", stream.attempt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_choose_the_instance() {
+        let mut policy = RunnerPolicy::default();
+        policy.rules.push(LabelRule {
+            labels: vec!["large".into()],
+            spec: InstanceSpec {
+                instance_type: "c5.4xlarge".into(),
+                vcpus: 16,
+                image: "ami-big".into(),
+            },
+        });
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(policy.spec_for(&labels(&["ubuntu-latest"])), None);
+        assert_eq!(
+            policy
+                .spec_for(&labels(&["self-hosted", "linux"]))
+                .unwrap()
+                .vcpus,
+            4
+        );
+        assert_eq!(
+            policy
+                .spec_for(&labels(&["Self-Hosted", "large"]))
+                .unwrap()
+                .instance_type,
+            "c5.4xlarge"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let p = RunnerPolicy::default();
+        let secs: Vec<u64> = (1..=7).map(|n| p.launch_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [15, 30, 60, 120, 240, 300, 300]);
+    }
+
+    #[test]
+    fn runner_names_are_short_stable_and_distinct() {
+        let a = StreamId::parse("acme/widgets#42#1").unwrap();
+        let b = StreamId::parse("acme/widgets#42#2").unwrap();
+        assert_eq!(runner_name(&a, 42), runner_name(&a, 42));
+        assert_ne!(runner_name(&a, 42), runner_name(&b, 42));
+        assert!(runner_name(&a, 42).starts_with("jitr-42-1-"));
+        assert!(runner_name(&a, 42).len() <= 64);
+    }
+
+    #[test]
+    fn the_allowlist_limits_repositories() {
+        let mut p = RunnerPolicy::default();
+        assert!(p.allows("acme", "widgets"));
+        p.allowlist = vec!["acme/widgets".into()];
+        assert!(p.allows("ACME", "widgets"));
+        assert!(!p.allows("acme", "gadgets"));
+    }
+}

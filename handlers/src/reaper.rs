@@ -1,0 +1,287 @@
+//! The reaper: sweeps the instances tagged by jitr against the log, whatever the
+//! log's statuses say. Cost per sweep is O(live instances + open streams): it lists
+//! instances and open heads, never history.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use jitr_domain::{
+    Command, FailureStage, InstanceId, StreamId, TerminationReason, Timestamp, is_terminal, resume,
+    terminate_runner,
+};
+use jitr_infra::{CommandId, InstanceState, ManagedInstance};
+use serde::Serialize;
+
+use crate::compensation::Compensation;
+use crate::dispatch::{DispatchError, dispatch};
+use crate::policy::RunnerPolicy;
+use crate::ports::{HandlerError, Ports};
+
+/// What one sweep found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepReport {
+    /// Instances tagged `managed-by=jitr` that are not shutting down.
+    pub instances_seen: usize,
+    /// Instances terminated with no stream that wants them (no tag, unknown
+    /// stream, closed stream, or not the stream's instance), and why.
+    pub orphans_terminated: Vec<(InstanceId, String)>,
+    /// Runners whose owed termination the sweep carried out.
+    pub compensated: Vec<StreamId>,
+    /// Runners whose instance was found gone without `Terminated`.
+    pub found_gone: Vec<StreamId>,
+    /// GitHub registrations of closed or unknown jitr runners removed.
+    pub registrations_removed: usize,
+}
+
+/// The reaper.
+pub struct Reaper {
+    ports: Ports,
+    policy: Arc<RunnerPolicy>,
+    compensation: Arc<Compensation>,
+}
+
+impl Reaper {
+    /// A reaper over `ports`, compensating through `compensation`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, compensation: Arc<Compensation>) -> Self {
+        Reaper {
+            ports,
+            policy,
+            compensation,
+        }
+    }
+
+    async fn record(
+        &self,
+        stream: &StreamId,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let id = CommandId::new(format!("reaper:{stream}:{}:{}", command.name(), now.0));
+        match dispatch(&*self.ports.store, stream, command, now, &id).await {
+            Ok(_) | Err(DispatchError::Refused(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn orphan(
+        &self,
+        report: &mut SweepReport,
+        instance: &ManagedInstance,
+        why: String,
+    ) -> Result<(), HandlerError> {
+        tracing::warn!(instance = %instance.instance_id, reason = %why, "reaping orphan instance");
+        self.ports.compute.terminate(&instance.instance_id).await?;
+        if let Err(e) = self
+            .ports
+            .secrets
+            .delete_jit_config(&instance.instance_id)
+            .await
+        {
+            tracing::warn!(instance = %instance.instance_id, error = %e, "JIT config not deleted");
+        }
+        report
+            .orphans_terminated
+            .push((instance.instance_id.clone(), why));
+        Ok(())
+    }
+
+    /// One sweep at `now`.
+    pub async fn sweep(&self, now: Timestamp) -> Result<SweepReport, HandlerError> {
+        let mut report = SweepReport::default();
+        let instances: Vec<ManagedInstance> = self
+            .ports
+            .compute
+            .list_managed()
+            .await?
+            .into_iter()
+            .filter(|i| {
+                !matches!(
+                    i.state,
+                    InstanceState::ShuttingDown | InstanceState::Terminated
+                )
+            })
+            .collect();
+        report.instances_seen = instances.len();
+        let grace = self.policy.reaper_grace_ms;
+        let mut live: HashMap<InstanceId, ManagedInstance> = HashMap::new();
+        let mut owed: HashSet<StreamId> = HashSet::new();
+        for instance in instances {
+            live.insert(instance.instance_id.clone(), instance.clone());
+            if now.millis_since(instance.launched_at) < grace {
+                continue;
+            }
+            let Some(stream) = instance.stream.clone() else {
+                self.orphan(&mut report, &instance, "no jitr:runner tag".into())
+                    .await?;
+                continue;
+            };
+            let Some(head) = self.ports.store.head(&stream).await? else {
+                self.orphan(
+                    &mut report,
+                    &instance,
+                    format!("{stream} is unknown to the log"),
+                )
+                .await?;
+                continue;
+            };
+            if is_terminal(&head.state) {
+                self.orphan(
+                    &mut report,
+                    &instance,
+                    format!("{stream} is {}", head.status),
+                )
+                .await?;
+                continue;
+            }
+            let mut state = head.state;
+            if let (Some(token), Some(theirs)) =
+                (state.pending_launch().cloned(), &instance.client_token)
+            {
+                if &token == theirs {
+                    let vcpus = state.request.as_ref().map_or(0, |r| r.spec.vcpus);
+                    let record = Command::RecordLaunch {
+                        client_token: token,
+                        instance_id: instance.instance_id.clone(),
+                        instance_type: instance.instance_type.clone(),
+                        vcpus,
+                    };
+                    self.record(&stream, record, now).await?;
+                    state = self
+                        .ports
+                        .store
+                        .head(&stream)
+                        .await?
+                        .map(|h| h.state)
+                        .unwrap_or(state);
+                }
+            }
+            match state.instance() {
+                Some(mine) if mine.id == instance.instance_id => {}
+                _ => {
+                    self.orphan(
+                        &mut report,
+                        &instance,
+                        format!("not the instance of {stream}"),
+                    )
+                    .await?;
+                    continue;
+                }
+            }
+            if !resume(&state, now).is_empty() {
+                owed.insert(stream);
+            }
+        }
+
+        // Open runners: owed terminations, and instances gone without `Terminated`.
+        for head in self.ports.store.open_streams().await? {
+            let stream = head.stream.clone();
+            let mut state = head.state;
+            if let Some(instance) = state.instance().cloned() {
+                if state.instance_may_be_alive()
+                    && !live.contains_key(&instance.id)
+                    && now.millis_since(instance.launched_at) >= grace
+                {
+                    if state.failure.is_none() && state.job_completed_at.is_none() {
+                        let fail = Command::Fail {
+                            stage: FailureStage::SpotInterrupted,
+                            reason: format!("{} disappeared", instance.id),
+                        };
+                        self.record(&stream, fail, now).await?;
+                    }
+                    let confirm = Command::ConfirmTerminated {
+                        instance_id: Some(instance.id.clone()),
+                    };
+                    self.record(&stream, confirm, now).await?;
+                    report.found_gone.push(stream);
+                    continue;
+                }
+            }
+            if !owed.contains(&stream) && resume(&state, now).is_empty() {
+                continue;
+            }
+            for command in resume(&state, now) {
+                if let Command::Fail { .. } = command {
+                    self.record(&stream, command, now).await?;
+                }
+            }
+            state = self
+                .ports
+                .store
+                .head(&stream)
+                .await?
+                .map(|h| h.state)
+                .unwrap_or(state);
+            if let Some(terminate) = terminate_runner(&state, now) {
+                self.compensation.handle(&terminate, now).await?;
+                report.compensated.push(stream);
+            } else if state.failure.is_some() && !is_terminal(&state) {
+                // Failed with an unresolved launch: compensation resolves it.
+                let terminate = jitr_domain::TerminateRunner {
+                    stream: stream.clone(),
+                    instance_id: None,
+                    client_token: state.launch.as_ref().map(|l| l.client_token.clone()),
+                    reason: TerminationReason::Operator,
+                    owed_since: now,
+                };
+                self.compensation.handle(&terminate, now).await?;
+                report.compensated.push(stream);
+            }
+        }
+        report.registrations_removed = self.sweep_registrations().await;
+        Ok(report)
+    }
+
+    /// Removes GitHub registrations named by jitr whose stream is closed or unknown.
+    async fn sweep_registrations(&self) -> usize {
+        let mut scopes = Vec::new();
+        for head in self.ports.store.open_streams().await.unwrap_or_default() {
+            if let Some(r) = &head.state.request {
+                let scope = self.policy.scope_for(&r.job.owner, &r.job.repo);
+                if !scopes.contains(&scope) {
+                    scopes.push(scope);
+                }
+            }
+        }
+        if let crate::policy::Registration::Organization { org } = &self.policy.registration {
+            let scope = jitr_infra::RunnerScope::Org { org: org.clone() };
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        let installation = self.policy.installation_id;
+        let mut removed = 0;
+        for scope in scopes {
+            let Ok(runners) = self.ports.github.list_runners(installation, &scope).await else {
+                continue;
+            };
+            for runner in runners
+                .iter()
+                .filter(|r| r.name.starts_with("jitr-") && !r.busy)
+            {
+                let open = match self.ports.store.stream_of_runner(&runner.name).await {
+                    Ok(Some(stream)) => self
+                        .ports
+                        .store
+                        .head(&stream)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|h| h.open),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if !open
+                    && self
+                        .ports
+                        .github
+                        .delete_runner(installation, &scope, runner.id)
+                        .await
+                        .unwrap_or(false)
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}

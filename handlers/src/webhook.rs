@@ -1,0 +1,277 @@
+//! The webhook endpoint's logic: authenticate a GitHub delivery, validate it, and
+//! route `workflow_job` events to the scale-up or lifecycle queue.
+//!
+//! Status codes: 401 missing or bad signature, 400 malformed body, 413 body above
+//! the limit, 202 enqueued, 200 for what jitr deliberately ignores (the reason is
+//! in the body). The same logic serves `jitr serve` (axum) and `jitr lambda webhook`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use hmac::{Hmac, Mac};
+use jitr_infra::Queue;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::policy::RunnerPolicy;
+
+/// Largest body accepted by default (a `workflow_job` delivery is a few KB).
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Delivery ids remembered for de-duplication.
+const REMEMBERED_DELIVERIES: usize = 10_000;
+
+/// A `workflow_job` event, as the queues carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// `queued`, `in_progress`, `completed`.
+    pub action: String,
+    /// GitHub App installation id.
+    pub installation: u64,
+    /// Repository owner.
+    pub owner: String,
+    /// Repository name.
+    pub repo: String,
+    /// `workflow_job.id`.
+    pub job_id: u64,
+    /// `workflow_job.run_id`.
+    pub run_id: u64,
+    /// `workflow_job.labels`.
+    pub labels: Vec<String>,
+    /// The runner that took the job (`in_progress`, `completed`).
+    pub runner_name: Option<String>,
+    /// `workflow_job.conclusion` (`completed`).
+    pub conclusion: Option<String>,
+    /// The runner attempt for this job (1 from webhooks; the rebalancer opens more).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+struct Owner {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    name: String,
+    owner: Owner,
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct WorkflowJob {
+    id: u64,
+    run_id: u64,
+    #[serde(default)]
+    labels: Vec<String>,
+    runner_name: Option<String>,
+    conclusion: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WorkflowJobEvent {
+    action: String,
+    workflow_job: WorkflowJob,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+/// The headers the endpoint reads.
+#[derive(Clone, Debug, Default)]
+pub struct Delivery<'a> {
+    /// `X-GitHub-Event`.
+    pub event: Option<&'a str>,
+    /// `X-GitHub-Delivery`.
+    pub id: Option<&'a str>,
+    /// `X-Hub-Signature-256`.
+    pub signature: Option<&'a str>,
+}
+
+/// The answer to GitHub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// A short text saying what happened.
+    pub body: String,
+}
+
+impl Reply {
+    fn new(status: u16, body: impl Into<String>) -> Self {
+        Reply {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
+/// The webhook handler.
+pub struct Webhook {
+    secret: Vec<u8>,
+    max_body: usize,
+    policy: Arc<RunnerPolicy>,
+    scaleup: Arc<dyn Queue>,
+    lifecycle: Arc<dyn Queue>,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+/// The `X-Hub-Signature-256` value GitHub sends for `body` under `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn signature_valid(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&expected).is_ok()
+}
+
+impl Webhook {
+    /// A handler verifying deliveries with `secret`.
+    pub fn new(
+        secret: impl Into<Vec<u8>>,
+        max_body: usize,
+        policy: Arc<RunnerPolicy>,
+        scaleup: Arc<dyn Queue>,
+        lifecycle: Arc<dyn Queue>,
+    ) -> Self {
+        Webhook {
+            secret: secret.into(),
+            max_body,
+            policy,
+            scaleup,
+            lifecycle,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// The body size limit.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// Records a delivery id; `false` when it was seen already.
+    fn first_delivery(&self, id: &str) -> bool {
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *guard;
+        if !set.insert(id.to_owned()) {
+            return false;
+        }
+        order.push_back(id.to_owned());
+        if order.len() > REMEMBERED_DELIVERIES {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn forget_delivery(&self, id: &str) {
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.remove(id);
+    }
+
+    /// Handles one delivery.
+    pub async fn handle(&self, delivery: Delivery<'_>, body: &[u8]) -> Reply {
+        if body.len() > self.max_body {
+            return Reply::new(
+                413,
+                format!(
+                    "body of {} bytes exceeds {} bytes",
+                    body.len(),
+                    self.max_body
+                ),
+            );
+        }
+        let Some(signature) = delivery.signature else {
+            return Reply::new(401, "missing X-Hub-Signature-256");
+        };
+        if !signature_valid(&self.secret, body, signature) {
+            return Reply::new(401, "bad signature");
+        }
+        match delivery.event {
+            Some("workflow_job") => {}
+            Some("ping") => return Reply::new(200, "pong"),
+            Some(other) => return Reply::new(200, format!("ignored: event {other}")),
+            None => return Reply::new(400, "missing X-GitHub-Event"),
+        }
+        let Some(id) = delivery.id.filter(|id| !id.is_empty()) else {
+            return Reply::new(400, "missing X-GitHub-Delivery");
+        };
+        let event: WorkflowJobEvent = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => return Reply::new(400, format!("malformed workflow_job payload: {e}")),
+        };
+        let queue = match event.action.as_str() {
+            "queued" => &self.scaleup,
+            "in_progress" | "completed" => &self.lifecycle,
+            other => return Reply::new(200, format!("ignored: action {other}")),
+        };
+        let (owner, repo) = (event.repository.owner.login, event.repository.name);
+        if !self.policy.allows(&owner, &repo) {
+            return Reply::new(
+                200,
+                format!("ignored: {owner}/{repo} is not in the allowlist"),
+            );
+        }
+        if event.action == "queued" && self.policy.spec_for(&event.workflow_job.labels).is_none() {
+            return Reply::new(
+                200,
+                format!(
+                    "ignored: labels {:?} lack {:?}",
+                    event.workflow_job.labels, self.policy.required_label
+                ),
+            );
+        }
+        if !self.first_delivery(id) {
+            return Reply::new(200, format!("duplicate delivery {id}"));
+        }
+        let message = JobMessage {
+            delivery: id.to_owned(),
+            action: event.action,
+            installation: event
+                .installation
+                .map_or(self.policy.installation_id, |i| i.id),
+            owner,
+            repo,
+            job_id: event.workflow_job.id,
+            run_id: event.workflow_job.run_id,
+            labels: event.workflow_job.labels,
+            runner_name: event.workflow_job.runner_name.filter(|n| !n.is_empty()),
+            conclusion: event.workflow_job.conclusion,
+            attempt: 1,
+        };
+        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        match queue.publish(&body, None, &[("delivery", id)]).await {
+            Ok(_) => Reply::new(
+                202,
+                format!("{} job {} enqueued", message.action, message.job_id),
+            ),
+            Err(e) => {
+                // Let GitHub redeliver: forget the id so the retry is not a duplicate.
+                self.forget_delivery(id);
+                tracing::error!(error = %e, delivery = id, "enqueue failed");
+                Reply::new(503, "queue unavailable; redeliver later")
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The runner lifecycle through the real handlers on the embedded default: the
+//! seed incident's acceptance criteria, duplicates, and crash recovery.
+
+use jitr_domain::{ClientToken, Market, RunnerStatus, StreamId};
+use jitr_e2e::world::World;
+use jitr_handlers::ports::{CrashPoint, HandlerError, Outcome};
+use jitr_infra::{Compute, EventStore, LaunchSpec, SimSettings};
+
+fn kinds(events: &[jitr_infra::RecordedEvent]) -> Vec<&'static str> {
+    events.iter().map(|r| r.event.kind()).collect()
+}
+
+#[tokio::test]
+async fn a_queued_job_gets_an_instance_and_a_runner_then_drains_and_completes() {
+    let mut world = World::new(SimSettings::default(), 4);
+    let outcome = world.queued(1).await.unwrap();
+    assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    let instance = world.instance(1).await.unwrap();
+    assert_eq!(world.live_instances().await.len(), 1);
+
+    world.advance(30);
+    world.lifecycle("in_progress", 1).await;
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    world.advance(300);
+    world.lifecycle("completed", 1).await;
+    assert_eq!(world.status(1).await, RunnerStatus::Draining);
+    // The drain grace passes: the projector owes the termination, compensation does it.
+    world.advance(121);
+    let compensated = world.project_and_compensate().await;
+    assert_eq!(compensated.len(), 1);
+    assert_eq!(compensated[0].instance_id, Some(instance));
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    assert!(world.live_instances().await.is_empty());
+    world.assert_no_leak().await;
+}
+
+/// Seed criterion (a): the JIT mint fails after RunInstances → the instance is
+/// terminated, and the stream reaches `failed` only after `Terminated`.
+#[tokio::test]
+async fn a_jit_mint_failure_after_run_instances_terminates_the_instance() {
+    let mut world = World::new(SimSettings::default(), 4);
+    world.github.fail_next_mints(&[500]);
+    let outcome = world.queued(1).await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("termination owed")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        world.status(1).await,
+        RunnerStatus::Terminating,
+        "not failed yet"
+    );
+    assert_eq!(world.live_instances().await.len(), 1);
+
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert!(world.live_instances().await.is_empty());
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(
+        kinds(&events),
+        [
+            "Requested",
+            "LaunchIntended",
+            "Launched",
+            "Failed",
+            "TerminationRequested",
+            "Terminated"
+        ]
+    );
+    world.assert_no_leak().await;
+}
+
+/// Seed criterion (b): jitr-tagged instances whose stream is failed, completed or
+/// missing are terminated by one reaper pass.
+#[tokio::test]
+async fn one_reaper_pass_terminates_instances_of_closed_or_missing_streams() {
+    let world = World::new(SimSettings::default(), 4);
+    // A stream that failed (JIT mint refused), a completed one, and one never logged.
+    let mut world = world;
+    world.github.fail_next_mints(&[500]);
+    world.queued(10).await.unwrap();
+    world.queued(11).await.unwrap();
+    world.lifecycle("completed", 11).await;
+    world.advance(200);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(10).await, RunnerStatus::Failed);
+    assert_eq!(world.status(11).await, RunnerStatus::Completed);
+    // Strays: instances started for these closed streams after they closed (a
+    // late RunInstances), and one for a stream the log never saw.
+    let stray = |job: u64, launch: u32| {
+        let stream = world.stream(job);
+        LaunchSpec {
+            client_token: ClientToken::derive(&stream, launch),
+            stream,
+            market: Market::Spot,
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            image: "ami-sim".into(),
+            user_data: None,
+        }
+    };
+    world.cloud.launch(&stray(10, 7)).await.unwrap();
+    world.cloud.launch(&stray(11, 7)).await.unwrap();
+    world.cloud.launch(&stray(99, 1)).await.unwrap();
+    assert_eq!(world.live_instances().await.len(), 3);
+    world.advance(121);
+    let report = world.reap().await;
+    assert_eq!(report.orphans_terminated.len(), 3, "{report:?}");
+    assert!(world.live_instances().await.is_empty());
+    world.assert_no_leak().await;
+}
+
+/// Seed criterion (d): 16 instances pin a 32-vCPU quota with the incident's
+/// status mix; one reaper cycle leaves exactly the 5 legitimate ones, and a new
+/// launch succeeds.
+#[tokio::test]
+async fn one_reaper_cycle_frees_the_quota_the_incident_pinned() {
+    // Spot is exhausted (MaxSpotInstanceCountExceeded), on-demand holds 32 vCPUs.
+    let settings = SimSettings {
+        spot_vcpus: 0,
+        ..SimSettings::default()
+    };
+    let world = World::new(settings, 2);
+    for job in 1..=16 {
+        let outcome = world.queued(job).await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::Done(_)),
+            "job {job}: {outcome:?}"
+        );
+    }
+    assert_eq!(world.cloud.vcpus_in_use(Market::OnDemand).unwrap(), 32);
+    // The 17th job finds the quota full.
+    let blocked = world.queued(17).await.unwrap();
+    assert!(matches!(blocked, Outcome::RetryAfter(..)), "{blocked:?}");
+
+    // 1 running, 4 pending (ready, waiting for their job), 10 failed after launch
+    // (their compensation never ran: the bus was down), 1 completed.
+    world.lifecycle("in_progress", 1).await;
+    for job in 6..=15 {
+        let fail = jitr_domain::Command::Fail {
+            stage: jitr_domain::FailureStage::Token,
+            reason: "runner agent never came up".into(),
+        };
+        jitr_handlers::dispatch::dispatch(
+            &*world.store,
+            &world.stream(job),
+            fail,
+            world.now(),
+            &jitr_infra::CommandId::new(format!("fail-{job}")),
+        )
+        .await
+        .unwrap();
+    }
+    world.lifecycle("in_progress", 16).await;
+    world.lifecycle("completed", 16).await;
+    world.advance(180);
+
+    let report = world.reap().await;
+    assert_eq!(report.compensated.len(), 11, "{report:?}");
+    let live = world.live_instances().await;
+    let mut live_streams: Vec<StreamId> = live.iter().filter_map(|m| m.stream.clone()).collect();
+    live_streams.sort();
+    let mut legit: Vec<StreamId> = (1..=5).map(|j| world.stream(j)).collect();
+    legit.sort();
+    assert_eq!(live_streams, legit);
+    for job in 6..=15 {
+        assert_eq!(world.status(job).await, RunnerStatus::Failed);
+    }
+    assert_eq!(world.status(16).await, RunnerStatus::Completed);
+
+    world.advance(5);
+    assert_eq!(world.cloud.vcpus_in_use(Market::OnDemand).unwrap(), 10);
+    let retried = world
+        .scaleup
+        .handle(&world.message("queued", 17, None), 2, world.now())
+        .await
+        .unwrap();
+    assert!(matches!(retried, Outcome::Done(_)), "{retried:?}");
+    assert_eq!(world.status(17).await, RunnerStatus::Ready);
+    world.assert_no_leak().await;
+}
+
+#[tokio::test]
+async fn the_same_job_delivered_five_times_concurrently_gets_one_instance() {
+    let world = World::new(SimSettings::default(), 4);
+    let message = world.message("queued", 1, None);
+    let now = world.now();
+    let outcomes = futures_join5(&world, &message, now).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(world.live_instances().await.len(), 1);
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(
+        kinds(&events).iter().filter(|k| **k == "Launched").count(),
+        1
+    );
+    assert_eq!(
+        kinds(&events)
+            .iter()
+            .filter(|k| **k == "LaunchIntended")
+            .count(),
+        1
+    );
+}
+
+async fn futures_join5(
+    world: &World,
+    message: &jitr_handlers::webhook::JobMessage,
+    now: jitr_domain::Timestamp,
+) -> Vec<Result<Outcome, HandlerError>> {
+    let h = || world.scaleup.handle(message, 1, now);
+    let (a, b, c, d, e) = tokio::join!(h(), h(), h(), h(), h());
+    vec![a, b, c, d, e]
+}
+
+#[tokio::test]
+async fn out_of_order_and_unknown_lifecycle_events_are_recorded_or_ignored() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    // completed before in_progress: draining; the late in_progress is ignored.
+    world.lifecycle("completed", 1).await;
+    assert_eq!(world.status(1).await, RunnerStatus::Draining);
+    let late = world.lifecycle("in_progress", 1).await;
+    assert!(
+        matches!(&late, Outcome::Done(m) if m.contains("ignored")),
+        "{late:?}"
+    );
+    // A runner jitr does not know.
+    let unknown = world
+        .lifecycle
+        .handle(
+            &world.message("in_progress", 5, Some("github-hosted-1")),
+            world.now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&unknown, Outcome::Done(m) if m.contains("not one of jitr's")));
+    // A job cancelled while queued: its idle runner drains.
+    world.queued(2).await.unwrap();
+    world
+        .lifecycle
+        .handle(&world.message("completed", 2, None), world.now())
+        .await
+        .unwrap();
+    assert_eq!(world.status(2).await, RunnerStatus::Draining);
+}
+
+#[tokio::test]
+async fn a_job_taken_by_another_jitr_runner_moves_that_runner() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    // Job 2 runs on job 1's runner (same labels): the runner that took it moves.
+    let runner_of_1 = world.runner_name(1).await.unwrap();
+    world
+        .lifecycle
+        .handle(
+            &world.message("in_progress", 2, Some(&runner_of_1)),
+            world.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    assert_eq!(world.status(2).await, RunnerStatus::Ready);
+}
+
+#[tokio::test]
+async fn quota_refusals_back_off_then_give_up_to_the_dlq_with_a_reason() {
+    let settings = SimSettings {
+        spot_vcpus: 0,
+        on_demand_vcpus: 0,
+        ..SimSettings::default()
+    };
+    let world = World::new(settings, 4);
+    let message = world.message("queued", 1, None);
+    let first = world
+        .scaleup
+        .handle(&message, 1, world.now())
+        .await
+        .unwrap();
+    match first {
+        Outcome::RetryAfter(delay, reason) => {
+            assert_eq!(delay.as_secs(), 15);
+            assert!(reason.contains("VcpuLimitExceeded"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(
+        kinds(&events),
+        [
+            "Requested",
+            "LaunchIntended",
+            "LaunchRejected",
+            "LaunchIntended",
+            "LaunchRejected"
+        ]
+    );
+    let last = world
+        .scaleup
+        .handle(&message, 5, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&last, Outcome::DeadLetter(r) if r.contains("after 5 attempts")),
+        "{last:?}"
+    );
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+}
+
+/// Crash injection at every step boundary of scale-up and compensation: after a
+/// restart and one reaper cycle, no live instance lacks an open stream that owns
+/// it, and every closed stream with an instance has its `Terminated`.
+#[tokio::test]
+async fn crashes_at_every_step_boundary_leave_no_leak() {
+    for point in [
+        CrashPoint::AfterLaunchIntended,
+        CrashPoint::AfterRunInstances,
+        CrashPoint::AfterLaunched,
+        CrashPoint::AfterTokenMinted,
+    ] {
+        let world = World::new(SimSettings::default(), 4);
+        world.scaleup.crash.arm(point);
+        let crashed = world.queued(1).await;
+        assert!(
+            matches!(crashed, Err(HandlerError::Crashed(p)) if p == point),
+            "{point:?}"
+        );
+        let mut world = world.restart();
+        world.advance(180);
+        world.reap().await;
+        world.assert_no_leak().await;
+        // The message comes back: the runner is completed, with one instance.
+        let again = world
+            .scaleup
+            .handle(&world.message("queued", 1, None), 2, world.now())
+            .await
+            .unwrap();
+        assert!(matches!(again, Outcome::Done(_)), "{point:?}: {again:?}");
+        let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+        assert_eq!(
+            kinds(&events).iter().filter(|k| **k == "Launched").count(),
+            1,
+            "{point:?}: {:?}",
+            kinds(&events)
+        );
+        assert_eq!(world.live_instances().await.len(), 1, "{point:?}");
+        // Left alone past every deadline, it is still cleaned up.
+        world.advance(7 * 3600);
+        world.project_and_compensate().await;
+        world.reap().await;
+        assert!(world.live_instances().await.is_empty(), "{point:?}");
+        world.assert_no_leak().await;
+    }
+
+    // Compensation crashes after TerminateInstances, before `Terminated`.
+    let mut world = World::new(SimSettings::default(), 4);
+    world.github.fail_next_mints(&[500]);
+    world.queued(1).await.unwrap();
+    world
+        .compensation
+        .crash
+        .arm(CrashPoint::AfterTerminateInstances);
+    let owed = {
+        let mut projector = jitr_handlers::projector::Projector::start(
+            world.store.clone(),
+            std::sync::Arc::new(jitr_infra::InProcessBus::new().0),
+            60_000,
+        )
+        .await
+        .unwrap();
+        projector.catch_up().await.unwrap();
+        jitr_projections::CompensationPolicy::new(60_000).due(projector.views(), world.now())
+    };
+    let crashed = world.compensation.handle(&owed[0], world.now()).await;
+    assert!(matches!(crashed, Err(HandlerError::Crashed(_))));
+    assert_eq!(world.status(1).await, RunnerStatus::Terminating);
+    world = world.restart();
+    world.advance(180);
+    world.reap().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+    world.project_and_compensate().await;
+    world.assert_no_leak().await;
+}
