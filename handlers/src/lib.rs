@@ -22,6 +22,7 @@ pub mod policy;
 pub mod ports;
 pub mod projector;
 pub mod reaper;
+pub mod rebalancer;
 pub mod report;
 pub mod scaleup;
 pub mod webhook;

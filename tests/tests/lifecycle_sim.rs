@@ -384,3 +384,63 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
     world.project_and_compensate().await;
     world.assert_no_leak().await;
 }
+
+#[tokio::test]
+async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
+    use jitr_handlers::rebalancer::Rebalancer;
+    use jitr_infra::{LocalQueue, Queue, QueuedJob};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let world = World::new(SimSettings::default(), 4);
+    let queue = Arc::new(
+        LocalQueue::open(
+            world.dir.path().join("queues.db"),
+            "scaleup",
+            5,
+            Duration::from_secs(60),
+            world.clock.clock(),
+        )
+        .unwrap(),
+    );
+    let rebalancer = Rebalancer::new(world.ports.clone(), world.policy.clone(), queue.clone());
+    let queued = |job_id: u64| QueuedJob {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+        job_id,
+        run_id: 1000 + job_id,
+        labels: vec!["self-hosted".into(), "linux".into()],
+        name: "build".into(),
+    };
+    // Job 1 is served; job 2's webhook was lost; job 3's runner failed.
+    for job in 1..=3 {
+        world.github.queue_job(&queued(job)).unwrap();
+    }
+    world.queued(1).await.unwrap();
+    world.github.fail_next_mints(&[500]);
+    world.queued(3).await.unwrap();
+    let report = rebalancer.tick(world.now()).await.unwrap();
+    assert_eq!(report.queued_jobs, 3);
+    let requested: Vec<String> = report.requested.iter().map(|s| s.to_string()).collect();
+    assert_eq!(requested, ["acme/widgets#2#1", "acme/widgets#3#2"]);
+
+    // The requests go through scale-up like any queued job.
+    for message in queue.receive(10, Duration::ZERO).await.unwrap() {
+        let job: jitr_handlers::webhook::JobMessage = serde_json::from_str(&message.body).unwrap();
+        world.scaleup.handle(&job, 1, world.now()).await.unwrap();
+    }
+    assert_eq!(world.status(2).await, RunnerStatus::Ready);
+    let second = StreamId::parse("acme/widgets#3#2").unwrap();
+    assert_eq!(
+        world.store.head(&second).await.unwrap().unwrap().status,
+        RunnerStatus::Ready
+    );
+    assert!(
+        rebalancer
+            .tick(world.now())
+            .await
+            .unwrap()
+            .requested
+            .is_empty()
+    );
+}

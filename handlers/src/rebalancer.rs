@@ -1,0 +1,133 @@
+//! The rebalancer: GitHub's queued jobs against jitr's open runners. A queued job
+//! with no runner that can still take it (its webhook was lost, or its runner
+//! failed) gets a new runner attempt; the drift is reported.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jitr_domain::{JobRef, StreamId, Timestamp};
+use jitr_infra::{GitHubError, Queue, QueueError};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::policy::RunnerPolicy;
+use crate::ports::Ports;
+use crate::webhook::JobMessage;
+
+/// Attempts probed per job when looking for its latest runner.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// What one rebalancer pass found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RebalanceReport {
+    /// Queued jobs jitr serves.
+    pub queued_jobs: usize,
+    /// Queued jobs with no runner that can take them, and the attempt requested.
+    pub requested: Vec<StreamId>,
+}
+
+/// Why a pass stopped.
+#[derive(Debug, Error)]
+pub enum RebalanceError {
+    /// GitHub did not answer.
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    /// The log failed.
+    #[error(transparent)]
+    Store(#[from] jitr_infra::StoreError),
+    /// The scale-up queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// The rebalancer.
+pub struct Rebalancer {
+    ports: Ports,
+    policy: Arc<RunnerPolicy>,
+    scaleup: Arc<dyn Queue>,
+}
+
+impl Rebalancer {
+    /// A rebalancer requesting runners on `scaleup`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, scaleup: Arc<dyn Queue>) -> Self {
+        Rebalancer {
+            ports,
+            policy,
+            scaleup,
+        }
+    }
+
+    /// One pass at `now`.
+    pub async fn tick(&self, now: Timestamp) -> Result<RebalanceReport, RebalanceError> {
+        let jobs = self
+            .ports
+            .github
+            .list_queued_jobs(self.policy.installation_id)
+            .await?;
+        let mut serving: HashMap<(String, String, u64), bool> = HashMap::new();
+        for head in self.ports.store.open_streams().await? {
+            if let Some(request) = &head.state.request {
+                let able = head.state.failure.is_none()
+                    && head.state.job_completed_at.is_none()
+                    && head.state.termination_requested.is_none();
+                let key = (
+                    request.job.owner.clone(),
+                    request.job.repo.clone(),
+                    request.job.job_id,
+                );
+                *serving.entry(key).or_default() |= able;
+            }
+        }
+        let mut report = RebalanceReport::default();
+        for job in jobs {
+            if !self.policy.allows(&job.owner, &job.repo)
+                || self.policy.spec_for(&job.labels).is_none()
+            {
+                continue;
+            }
+            report.queued_jobs += 1;
+            let key = (job.owner.clone(), job.repo.clone(), job.job_id);
+            if serving.get(&key).copied().unwrap_or(false) {
+                continue;
+            }
+            let job_ref = JobRef {
+                owner: job.owner.clone(),
+                repo: job.repo.clone(),
+                job_id: job.job_id,
+                run_id: job.run_id,
+            };
+            let mut attempt = 1;
+            while attempt < MAX_ATTEMPTS
+                && self
+                    .ports
+                    .store
+                    .head(&StreamId::for_job(&job_ref, attempt))
+                    .await?
+                    .is_some_and(|h| !h.open || h.state.failure.is_some())
+            {
+                attempt += 1;
+            }
+            let stream = StreamId::for_job(&job_ref, attempt);
+            let message = JobMessage {
+                delivery: format!("rebalancer:{stream}:{}", now.0),
+                action: "queued".into(),
+                installation: self.policy.installation_id,
+                owner: job.owner,
+                repo: job.repo,
+                job_id: job.job_id,
+                run_id: job.run_id,
+                labels: job.labels,
+                runner_name: None,
+                conclusion: None,
+                attempt,
+            };
+            let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+            self.scaleup
+                .publish(&body, None, &[("delivery", &message.delivery)])
+                .await?;
+            tracing::warn!(%stream, "queued job without a runner: requesting one");
+            report.requested.push(stream);
+        }
+        Ok(report)
+    }
+}
