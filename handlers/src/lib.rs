@@ -25,4 +25,5 @@ pub mod reaper;
 pub mod rebalancer;
 pub mod report;
 pub mod scaleup;
+pub mod serve;
 pub mod webhook;

@@ -72,6 +72,64 @@ enum Cmd {
         #[arg(long)]
         reset: bool,
     },
+    /// Run jitr: the webhook endpoint and every handler in one process.
+    ///
+    /// With no AWS configuration it runs on the embedded default: the event log in
+    /// DATA_DIR/events.db, a simulated EC2 and GitHub in DATA_DIR/cloud.db, local
+    /// queues in DATA_DIR/queues.db. Stops cleanly on SIGTERM or Ctrl-C.
+    Serve {
+        /// The data directory.
+        #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "JITR_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The GitHub App's webhook secret (generated and printed when unset).
+        #[arg(long, env = "JITR_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// After a job completes, how long its instance may take to shut down.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        drain_grace: Duration,
+        /// From launch to the job starting.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        boot_timeout: Duration,
+        /// Reaper and rebalancer period.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        sweep_interval: Duration,
+        /// Simulated on-demand vCPU quota.
+        #[arg(long, default_value_t = 32)]
+        on_demand_vcpus: u32,
+        /// Simulated spot vCPU quota.
+        #[arg(long, default_value_t = 32)]
+        spot_vcpus: u32,
+        /// Simulated boot time.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        sim_boot: Duration,
+    },
+    /// Send a signed `workflow_job` webhook, as GitHub would (to try `jitr serve`).
+    SendWebhook {
+        /// The endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhook")]
+        url: String,
+        /// The webhook secret.
+        #[arg(long, env = "JITR_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// `queued`, `in_progress` or `completed`.
+        #[arg(long, default_value = "queued")]
+        action: String,
+        /// Repository as owner/name.
+        #[arg(long, default_value = "acme/widgets")]
+        repo: String,
+        /// The workflow job id.
+        #[arg(long)]
+        job: u64,
+        /// Labels (comma separated).
+        #[arg(long, default_value = "self-hosted,linux")]
+        labels: String,
+        /// The runner that took the job (in_progress, completed).
+        #[arg(long)]
+        runner: Option<String>,
+    },
     /// Create jitr's AWS resources: the event table, the queues with their DLQs and
     /// redrive, the command bus and its rule, the DLQ alarms.
     ///
@@ -253,6 +311,118 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(code)
         }
+        Cmd::Serve {
+            data_dir,
+            listen,
+            webhook_secret,
+            drain_grace,
+            boot_timeout,
+            sweep_interval,
+            on_demand_vcpus,
+            spot_vcpus,
+            sim_boot,
+        } => {
+            use jitr_handlers::serve;
+            let generated = webhook_secret.is_none();
+            let secret = webhook_secret.unwrap_or_else(|| {
+                use rand::Rng;
+                let bytes: [u8; 24] = rand::rng().random();
+                hex::encode(bytes)
+            });
+            let mut policy = jitr_handlers::policy::RunnerPolicy::default();
+            policy.deadlines.drain_grace_ms = drain_grace.as_millis() as u64;
+            policy.deadlines.boot_timeout_ms = boot_timeout.as_millis() as u64;
+            let settings = jitr_infra::SimSettings {
+                on_demand_vcpus,
+                spot_vcpus,
+                boot_ms: sim_boot.as_millis() as u64,
+                ..jitr_infra::SimSettings::default()
+            };
+            let cadence = serve::Cadence {
+                sweep: sweep_interval,
+                ..serve::Cadence::default()
+            };
+            let assembly = serve::embedded(
+                &data_dir,
+                policy,
+                settings,
+                secret.clone().into_bytes(),
+                cadence,
+            )?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let url = serve::describe(listener.local_addr()?);
+            println!(
+                "jitr serve: listening on {url} (embedded default in {})",
+                data_dir.display()
+            );
+            println!(
+                "  event log {}/events.db, simulated EC2 and GitHub {}/cloud.db",
+                data_dir.display(),
+                data_dir.display()
+            );
+            if generated {
+                println!(
+                    "  webhook secret (generated; set JITR_WEBHOOK_SECRET to choose one): {secret}"
+                );
+            }
+            println!("  try: jitr send-webhook --url {url}/webhook --secret <secret> --job 1");
+            println!("  then: jitr audit --data-dir {}", data_dir.display());
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                eprintln!("jitr serve: shutting down");
+                let _ = stop_tx.send(true);
+            });
+            serve::run(assembly, listener, stop).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SendWebhook {
+            url,
+            secret,
+            action,
+            repo,
+            job,
+            labels,
+            runner,
+        } => {
+            let (owner, name) = repo.split_once('/').context("--repo must be owner/name")?;
+            let labels: Vec<String> = labels.split(',').map(|l| l.trim().to_owned()).collect();
+            let body = jitr_handlers::webhook::sample_payload(
+                &action,
+                owner,
+                name,
+                job,
+                &labels,
+                runner.as_deref(),
+            );
+            let delivery = format!("jitr-cli-{}-{job}-{}", action, std::process::id());
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("X-GitHub-Event", "workflow_job")
+                .header("X-GitHub-Delivery", &delivery)
+                .header(
+                    "X-Hub-Signature-256",
+                    jitr_handlers::webhook::sign(secret.as_bytes(), body.as_bytes()),
+                )
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("posting to {url}"))?;
+            let status = response.status();
+            println!(
+                "{} {}",
+                status.as_u16(),
+                response.text().await.unwrap_or_default()
+            );
+            Ok(if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Cmd::Init {
             prefix,
             endpoint,
@@ -302,6 +472,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

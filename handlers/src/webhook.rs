@@ -275,3 +275,49 @@ impl Webhook {
         }
     }
 }
+
+/// A `workflow_job` delivery body shaped as GitHub sends it (the fields jitr reads,
+/// plus the ones around them), for `jitr send-webhook` and tests.
+pub fn sample_payload(
+    action: &str,
+    owner: &str,
+    repo: &str,
+    job_id: u64,
+    labels: &[String],
+    runner_name: Option<&str>,
+) -> String {
+    let status = match action {
+        "in_progress" => "in_progress",
+        "completed" => "completed",
+        _ => "queued",
+    };
+    serde_json::json!({
+        "action": action,
+        "workflow_job": {
+            "id": job_id,
+            "run_id": job_id / 10 + 1,
+            "run_attempt": 1,
+            "name": "build",
+            "status": status,
+            "conclusion": if action == "completed" { Some("success") } else { None },
+            "labels": labels,
+            "runner_id": runner_name.map(|_| 1),
+            "runner_name": runner_name,
+            "runner_group_id": runner_name.map(|_| 1),
+            "runner_group_name": runner_name.map(|_| "Default"),
+            "head_sha": "0000000000000000000000000000000000000000",
+            "workflow_name": "ci",
+            "steps": []
+        },
+        "repository": {
+            "id": 1,
+            "name": repo,
+            "full_name": format!("{owner}/{repo}"),
+            "private": true,
+            "owner": { "login": owner, "id": 1, "type": "Organization" }
+        },
+        "installation": { "id": 1 },
+        "sender": { "login": "octocat", "id": 1, "type": "User" }
+    })
+    .to_string()
+}

@@ -1,0 +1,261 @@
+//! `jitr serve` on the embedded default, over HTTP: signed webhooks in, runners out.
+
+use std::time::{Duration, Instant};
+
+use jitr_domain::{RunnerStatus, StreamId};
+use jitr_handlers::policy::RunnerPolicy;
+use jitr_handlers::serve::{self, Cadence};
+use jitr_handlers::webhook::{sample_payload, sign};
+use jitr_infra::{EventStore, SimSettings, SqliteEventStore};
+
+const SECRET: &str = "it-is-a-secret";
+
+struct Server {
+    url: String,
+    dir: tempfile::TempDir,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
+    http: reqwest::Client,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy = RunnerPolicy::default();
+    policy.deadlines.drain_grace_ms = 500;
+    let assembly = serve::embedded(
+        dir.path(),
+        policy,
+        SimSettings::default(),
+        SECRET.as_bytes().to_vec(),
+        Cadence {
+            projector: Duration::from_millis(50),
+            sweep: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve::run(assembly, listener, stopped));
+    Server {
+        url,
+        dir,
+        stop,
+        task,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Server {
+    async fn post(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &str,
+        signature: Option<String>,
+    ) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(format!("{}/webhook", self.url))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("X-Hub-Signature-256", signature);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn job(&self, action: &str, job: u64, runner: Option<&str>) -> (u16, String) {
+        let labels = vec!["self-hosted".to_string(), "linux".to_string()];
+        let body = sample_payload(action, "acme", "widgets", job, &labels, runner);
+        let delivery = format!("{action}-{job}");
+        self.post(
+            "workflow_job",
+            &delivery,
+            &body,
+            Some(sign(SECRET.as_bytes(), body.as_bytes())),
+        )
+        .await
+    }
+
+    fn store(&self) -> SqliteEventStore {
+        SqliteEventStore::open(self.dir.path().join("events.db")).unwrap()
+    }
+
+    /// Waits (up to `limit`) until the runner of `job` satisfies `done`.
+    async fn wait_for(
+        &self,
+        job: u64,
+        limit: Duration,
+        done: impl Fn(&jitr_infra::StreamHead) -> bool,
+    ) -> Duration {
+        let stream = StreamId::parse(&format!("acme/widgets#{job}#1")).unwrap();
+        let store = self.store();
+        let started = Instant::now();
+        loop {
+            if let Some(head) = store.head(&stream).await.unwrap() {
+                if done(&head) {
+                    return started.elapsed();
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "runner of job {job} not there within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("graceful shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_queued_webhook_gets_a_runner_within_two_seconds_and_completed_terminates_it() {
+    let server = start().await;
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    let (status, body) = server.job("queued", 42, None).await;
+    assert_eq!((status, body.as_str()), (202, "queued job 42 enqueued"));
+    let took = server
+        .wait_for(42, Duration::from_secs(2), |h| {
+            h.state.runner_name.is_some()
+        })
+        .await;
+    assert!(took < Duration::from_secs(2), "TokenMinted after {took:?}");
+    let head = server
+        .store()
+        .head(&StreamId::parse("acme/widgets#42#1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.instance_id.as_ref().unwrap().0.starts_with("sim-"));
+    let runner = head.state.runner_name.clone().unwrap();
+
+    assert_eq!(server.job("in_progress", 42, Some(&runner)).await.0, 202);
+    assert_eq!(server.job("completed", 42, Some(&runner)).await.0, 202);
+    server
+        .wait_for(42, Duration::from_secs(5), |h| {
+            h.status == RunnerStatus::Completed
+        })
+        .await;
+    let events = server.store().read_stream(&head.stream).await.unwrap();
+    assert_eq!(events.last().unwrap().event.kind(), "Terminated");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_status_codes() {
+    let server = start().await;
+    let labels = vec!["self-hosted".to_string()];
+    let body = sample_payload("queued", "acme", "widgets", 1, &labels, None);
+    // Missing and bad signatures.
+    assert_eq!(server.post("workflow_job", "d1", &body, None).await.0, 401);
+    assert_eq!(
+        server
+            .post(
+                "workflow_job",
+                "d2",
+                &body,
+                Some(sign(b"wrong", body.as_bytes()))
+            )
+            .await
+            .0,
+        401
+    );
+    // Signed but malformed.
+    let bad = r#"{"action":"queued","workflow_job":{}}"#;
+    let (status, text) = server
+        .post(
+            "workflow_job",
+            "d3",
+            bad,
+            Some(sign(SECRET.as_bytes(), bad.as_bytes())),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("malformed"));
+    // Oversized.
+    let huge = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        server
+            .post(
+                "workflow_job",
+                "d4",
+                &huge,
+                Some(sign(SECRET.as_bytes(), huge.as_bytes()))
+            )
+            .await
+            .0,
+        413
+    );
+    // Ignored: other events, other labels, waiting.
+    let ping = "{}";
+    assert_eq!(
+        server
+            .post(
+                "ping",
+                "d5",
+                ping,
+                Some(sign(SECRET.as_bytes(), ping.as_bytes()))
+            )
+            .await
+            .0,
+        200
+    );
+    let hosted = sample_payload(
+        "queued",
+        "acme",
+        "widgets",
+        2,
+        &["ubuntu-latest".to_string()],
+        None,
+    );
+    let (status, text) = server
+        .post(
+            "workflow_job",
+            "d6",
+            &hosted,
+            Some(sign(SECRET.as_bytes(), hosted.as_bytes())),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(text.starts_with("ignored"), "{text}");
+    // A redelivery of the same delivery id is a duplicate.
+    assert_eq!(
+        server
+            .post(
+                "workflow_job",
+                "d7",
+                &body,
+                Some(sign(SECRET.as_bytes(), body.as_bytes()))
+            )
+            .await
+            .0,
+        202
+    );
+    let (status, text) = server
+        .post(
+            "workflow_job",
+            "d7",
+            &body,
+            Some(sign(SECRET.as_bytes(), body.as_bytes())),
+        )
+        .await;
+    assert_eq!((status, text.contains("duplicate")), (200, true));
+    server.shutdown().await;
+}
