@@ -21,6 +21,10 @@ impl AwsNames {
             prefix: prefix.into(),
         }
     }
+    /// The prefix (also the `jitr:deployment` tag of the instances).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     /// The event log table.
     pub fn events_table(&self) -> String {
         format!("{}-events", self.prefix)

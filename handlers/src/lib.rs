@@ -15,6 +15,7 @@ pub mod bench;
 pub mod compensation;
 pub mod demo;
 pub mod dispatch;
+pub mod doctor;
 pub mod history;
 pub mod init;
 pub mod lifecycle;

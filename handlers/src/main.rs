@@ -130,6 +130,30 @@ enum Cmd {
         #[arg(long)]
         runner: Option<String>,
     },
+    /// Check what an operator checks first: dead-letter queues (warns above 5
+    /// messages), alarm states, instances against open runners, configuration.
+    ///
+    /// Exit status 0 when all is well, 1 on a warning, 2 when a check failed.
+    Doctor {
+        /// The embedded default's data directory.
+        #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+        data_dir: PathBuf,
+        /// Check the AWS deployment instead.
+        #[arg(long)]
+        aws: bool,
+        /// Prefix of the AWS resource names.
+        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
+        prefix: String,
+        /// AWS endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// AWS region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create jitr's AWS resources: the event table, the queues with their DLQs and
     /// redrive, the command bus and its rule, the DLQ alarms.
     ///
@@ -423,6 +447,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Doctor {
+            data_dir,
+            aws,
+            prefix,
+            endpoint,
+            region,
+            json,
+        } => {
+            let report = if aws {
+                doctor_aws(prefix, endpoint, region).await
+            } else {
+                doctor_embedded(&data_dir).await
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
         Cmd::Init {
             prefix,
             endpoint,
@@ -473,6 +517,114 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn doctor_embedded(data_dir: &Path) -> jitr_handlers::doctor::DoctorReport {
+    use jitr_handlers::doctor::{DoctorReport, Level};
+    let mut report = DoctorReport::default();
+    if !data_dir.join(LOG_FILE).is_file() {
+        report.config(
+            Level::Error,
+            format!(
+                "no jitr log in {}: point --data-dir at a jitr data directory",
+                data_dir.display()
+            ),
+        );
+        return report;
+    }
+    let clock = jitr_infra::system_clock();
+    let queues = data_dir.join("queues.db");
+    if queues.is_file() {
+        for name in ["scaleup", "lifecycle"] {
+            match jitr_infra::LocalQueue::open(
+                &queues,
+                name,
+                10,
+                Duration::from_secs(60),
+                clock.clone(),
+            ) {
+                Ok(queue) => {
+                    let reasons: Vec<String> = queue
+                        .dead_letters()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .rev()
+                        .take(3)
+                        .map(|(_, reason)| reason)
+                        .collect();
+                    report.dead_letters(name, &queue, &reasons).await;
+                }
+                Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
+            }
+        }
+    } else {
+        report.config(Level::Ok, "no local queues yet (jitr serve creates them)");
+    }
+    let cloud = data_dir.join("cloud.db");
+    match (
+        SqliteEventStore::open(data_dir.join(LOG_FILE)),
+        cloud.is_file(),
+    ) {
+        (Ok(store), true) => {
+            match jitr_infra::SimCloud::open(&cloud, jitr_infra::SimSettings::default(), clock) {
+                Ok(sim) => report.drift(&store, &sim, now(), 120_000).await,
+                Err(e) => report.config(Level::Error, format!("simulated cloud: {e}")),
+            }
+        }
+        (Ok(_), false) => {
+            report.config(Level::Ok, "no simulated cloud yet (jitr serve creates it)")
+        }
+        (Err(e), _) => report.config(Level::Error, format!("event log: {e}")),
+    }
+    report
+}
+
+async fn doctor_aws(
+    prefix: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+) -> jitr_handlers::doctor::DoctorReport {
+    use jitr_handlers::doctor::{DoctorReport, Level};
+    let mut report = DoctorReport::default();
+    let config = jitr_infra::AwsSettings {
+        endpoint,
+        region,
+        static_credentials: None,
+    }
+    .load()
+    .await;
+    let names = jitr_handlers::init::AwsNames::new(prefix);
+    let mut alarm_names = Vec::new();
+    for name in names.queues() {
+        match jitr_infra::SqsQueue::find(&config, &name).await {
+            Ok(Some(queue)) => {
+                alarm_names.push(jitr_infra::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
+                report.dead_letters(&name, &queue, &[]).await;
+            }
+            Ok(None) => report.config(
+                Level::Warn,
+                format!("queue {name} or its DLQ is missing: run `jitr init`"),
+            ),
+            Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
+        }
+    }
+    match jitr_infra::Alarms::new(&config)
+        .describe(&alarm_names)
+        .await
+    {
+        Ok(states) => report.alarms(&alarm_names, &states),
+        Err(e) => report.config(Level::Error, format!("alarms: {e}")),
+    }
+    let store = jitr_infra::DynamoEventStore::new(&config, names.events_table());
+    let compute = jitr_infra::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+    report.drift(&store, &compute, now(), 120_000).await;
+    if std::env::var("JITR_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) {
+        report.config(
+            Level::Warn,
+            "JITR_WEBHOOK_SECRET is not set: the webhook handler cannot verify deliveries",
+        );
+    }
+    report
 }
 
 async fn shutdown_signal() {

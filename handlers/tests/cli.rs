@@ -219,3 +219,103 @@ fn init_twice_against_the_emulator_changes_nothing_the_second_time() {
         "{second:#}"
     );
 }
+
+async fn dead_letter(queue: &dyn jitr_infra::Queue, n: usize) {
+    for i in 0..n {
+        queue.publish(&format!("job {i}"), None, &[]).await.unwrap();
+        let got = queue
+            .receive(1, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        queue
+            .dead_letter(&got[0], "malformed workflow_job payload")
+            .await
+            .unwrap();
+    }
+}
+
+/// Seed criterion (c), embedded: a DLQ holding 6 messages makes doctor warn and
+/// exit non-zero; 5 is still fine.
+#[tokio::test]
+async fn doctor_warns_about_a_dead_letter_queue_above_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    assert_eq!(
+        jitr(&["demo", "--data-dir", data_dir]).status.code(),
+        Some(0)
+    );
+    let queue = jitr_infra::LocalQueue::open(
+        dir.path().join("queues.db"),
+        "scaleup",
+        10,
+        std::time::Duration::from_secs(60),
+        jitr_infra::system_clock(),
+    )
+    .unwrap();
+    dead_letter(&queue, 5).await;
+    let fine = jitr(&["doctor", "--data-dir", data_dir]);
+    assert_eq!(
+        fine.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fine.stdout)
+    );
+    dead_letter(&queue, 1).await;
+    let warned = jitr(&["doctor", "--data-dir", data_dir]);
+    let text = String::from_utf8_lossy(&warned.stdout);
+    assert_eq!(warned.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("6 messages in the dead-letter queue of scaleup"),
+        "{text}"
+    );
+    assert!(text.contains("malformed workflow_job payload"), "{text}");
+}
+
+/// Seed criterion (c), on AWS (moto): the same through SQS, with the alarms that
+/// `jitr init` created.
+#[tokio::test]
+async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL must point at moto: run `bash .ci/run`");
+    let prefix = format!("jitr-doctor-{}", std::process::id());
+    let aws = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jitr"))
+            .args(args)
+            .args([
+                "--prefix",
+                &prefix,
+                "--endpoint",
+                &endpoint,
+                "--region",
+                "us-east-1",
+            ])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("JITR_WEBHOOK_SECRET", "set")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(aws(&["init"]).status.code(), Some(0));
+    let healthy = aws(&["doctor", "--aws"]);
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&healthy.stdout)
+    );
+    let config = jitr_infra::AwsSettings::emulator(&endpoint).load().await;
+    let queue = jitr_infra::SqsQueue::find(&config, &format!("{prefix}-scaleup"))
+        .await
+        .unwrap()
+        .unwrap();
+    dead_letter(&queue, 6).await;
+    let warned = aws(&["doctor", "--aws"]);
+    let text = String::from_utf8_lossy(&warned.stdout);
+    assert_eq!(warned.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "6 messages in the dead-letter queue of {prefix}-scaleup"
+        )),
+        "{text}"
+    );
+}

@@ -13,6 +13,9 @@ pub const TAG_MANAGED_BY: &str = "managed-by";
 pub const MANAGED_BY: &str = "jitr";
 /// Tag naming the runner stream.
 pub const TAG_RUNNER: &str = "jitr:runner";
+/// Tag naming the jitr deployment (its resource prefix), so that two deployments
+/// in one account never reap each other's instances.
+pub const TAG_DEPLOYMENT: &str = "jitr:deployment";
 /// Tag holding the launch's client token.
 pub const TAG_CLIENT_TOKEN: &str = "jitr:client-token";
 

@@ -15,7 +15,8 @@ use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use crate::compute::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
-    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
+    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
+    TerminateOutcome,
 };
 
 /// States `list_managed` asks for: all but `terminated`.
@@ -27,6 +28,7 @@ pub struct Ec2Compute {
     client: Client,
     subnets: Vec<String>,
     page_size: Option<i32>,
+    deployment: Option<String>,
 }
 
 impl Ec2Compute {
@@ -37,7 +39,14 @@ impl Ec2Compute {
             client: Client::new(config),
             subnets,
             page_size: None,
+            deployment: None,
         }
+    }
+
+    /// Tags launches with [`TAG_DEPLOYMENT`] = `name` and lists only those.
+    pub fn with_deployment(mut self, name: impl Into<String>) -> Self {
+        self.deployment = Some(name.into());
+        self
     }
 
     /// Lists at most `n` instances per DescribeInstances page (5–1000).
@@ -159,7 +168,7 @@ fn managed(instance: &Instance) -> Option<ManagedInstance> {
 #[async_trait]
 impl Compute for Ec2Compute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
-        let tags = TagSpecification::builder()
+        let mut tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(Tag::builder().key(TAG_MANAGED_BY).value(MANAGED_BY).build())
             .tags(
@@ -179,8 +188,11 @@ impl Compute for Ec2Compute {
                     .key("Name")
                     .value(format!("jitr {}", spec.stream))
                     .build(),
-            )
-            .build();
+            );
+        if let Some(deployment) = &self.deployment {
+            tags = tags.tags(Tag::builder().key(TAG_DEPLOYMENT).value(deployment).build());
+        }
+        let tags = tags.build();
         let mut req = self
             .client
             .run_instances()
@@ -261,11 +273,14 @@ impl Compute for Ec2Compute {
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
-        self.describe_where(vec![
+        let mut filters = vec![
             filter(&format!("tag:{TAG_MANAGED_BY}"), &[MANAGED_BY]),
             filter("instance-state-name", &LIVE_STATES),
-        ])
-        .await
+        ];
+        if let Some(deployment) = &self.deployment {
+            filters.push(filter(&format!("tag:{TAG_DEPLOYMENT}"), &[deployment]));
+        }
+        self.describe_where(filters).await
     }
 
     async fn find_by_client_token(

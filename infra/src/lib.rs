@@ -28,8 +28,8 @@ pub use bus::{BusError, CommandBus, InProcessBus};
 pub use cloudwatch::{AlarmError, AlarmState, Alarms, DLQ_ALARM_THRESHOLD, NAMESPACE, emf_line};
 pub use compute::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
-    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
-    classify, fallback_market,
+    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
+    TerminateOutcome, classify, fallback_market,
 };
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;

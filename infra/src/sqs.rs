@@ -156,6 +156,42 @@ impl SqsQueue {
         ))
     }
 
+    /// The existing queue `name` and its `name-dlq`; `None` when either is missing.
+    pub async fn find(config: &SdkConfig, name: &str) -> Result<Option<SqsQueue>, QueueError> {
+        let client = Client::new(config);
+        let dlq_name = format!("{name}-dlq");
+        let url = |n: String| {
+            let client = client.clone();
+            async move {
+                match client.get_queue_url().queue_name(&n).send().await {
+                    Ok(out) => Ok(out.queue_url().map(str::to_owned)),
+                    Err(e)
+                        if e.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
+                            || e.code() == Some("QueueDoesNotExist") =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(sdk_err(&n, &e)),
+                }
+            }
+        };
+        let (Some(url), Some(dlq_url)) =
+            (url(name.to_owned()).await?, url(dlq_name.clone()).await?)
+        else {
+            return Ok(None);
+        };
+        let arn = Self::arn(&client, &url, name).await?;
+        Ok(Some(SqsQueue {
+            client,
+            pair: QueuePair {
+                url,
+                arn,
+                dlq_url,
+                dlq_name,
+            },
+        }))
+    }
+
     /// An existing queue pair.
     pub fn from_pair(config: &SdkConfig, pair: QueuePair) -> Self {
         SqsQueue {

@@ -119,6 +119,24 @@ async fn listing_paginates_and_leaves_out_terminated_instances() {
 }
 
 #[tokio::test]
+async fn a_deployment_lists_only_its_own_instances() {
+    let config = jitr_e2e::aws::config().await;
+    let a = jitr_e2e::aws::unique("deploy-a");
+    let mine = Ec2Compute::new(&config, vec![]).with_deployment(&a);
+    let other = Ec2Compute::new(&config, vec![]).with_deployment(jitr_e2e::aws::unique("deploy-b"));
+    let launched = mine.launch(&spec(&stream(1), Market::Spot)).await.unwrap();
+    other.launch(&spec(&stream(2), Market::Spot)).await.unwrap();
+    let listed: Vec<InstanceId> = mine
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.instance_id)
+        .collect();
+    assert_eq!(listed, vec![launched.instance_id]);
+}
+
+#[tokio::test]
 async fn terminate_is_idempotent_and_unknown_ids_are_already_gone() {
     let ec2 = ec2().await;
     let launched = ec2
