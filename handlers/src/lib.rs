@@ -11,6 +11,7 @@
 #![deny(missing_docs, unsafe_code)]
 
 pub mod audit;
+pub mod aws_mode;
 pub mod bench;
 pub mod compensation;
 pub mod demo;
@@ -18,6 +19,7 @@ pub mod dispatch;
 pub mod doctor;
 pub mod history;
 pub mod init;
+pub mod lambda;
 pub mod lifecycle;
 pub mod policy;
 pub mod ports;

@@ -130,6 +130,18 @@ enum Cmd {
         #[arg(long)]
         runner: Option<String>,
     },
+    /// Run one handler under the AWS Lambda runtime.
+    ///
+    /// HANDLER is webhook (function URL), scaleup / lifecycle (SQS, partial batch
+    /// failures), projector (DynamoDB Streams), compensate (EventBridge or SQS),
+    /// reaper / rebalancer (scheduled). Configuration comes from the environment:
+    /// JITR_PREFIX, JITR_WEBHOOK_SECRET, JITR_GITHUB_APP_ID, JITR_GITHUB_PRIVATE_KEY
+    /// (see the README). Logs are JSON.
+    Lambda {
+        /// Which handler.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(jitr_handlers::lambda::HANDLERS))]
+        handler: String,
+    },
     /// Check what an operator checks first: dead-letter queues (warns above 5
     /// messages), alarm states, instances against open runners, configuration.
     ///
@@ -447,6 +459,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Lambda { handler } => {
+            run_lambda(handler).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Doctor {
             data_dir,
             aws,
@@ -627,6 +643,203 @@ async fn doctor_aws(
     report
 }
 
+async fn run_lambda(handler: String) -> Result<()> {
+    use jitr_handlers::lambda;
+    use jitr_handlers::ports::Outcome;
+    use lambda_runtime::{LambdaEvent, service_fn};
+    use serde_json::Value;
+    let setup =
+        Arc::new(jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings::default()).await?);
+    let err = |e: String| lambda_runtime::Error::from(e);
+    match handler.as_str() {
+        "webhook" => {
+            if setup.secret.is_empty() {
+                bail!("JITR_WEBHOOK_SECRET is not set: the webhook cannot verify deliveries");
+            }
+            let hook = Arc::new(jitr_handlers::webhook::Webhook::new(
+                setup.secret.clone(),
+                jitr_handlers::webhook::DEFAULT_MAX_BODY,
+                setup.policy.clone(),
+                setup.scaleup.clone(),
+                setup.lifecycle.clone(),
+            ));
+            lambda_runtime::run(service_fn(
+                move |event: LambdaEvent<
+                    aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest,
+                >| {
+                    let hook = hook.clone();
+                    async move {
+                        Ok::<_, lambda_runtime::Error>(lambda::webhook(&hook, event.payload).await)
+                    }
+                },
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        "scaleup" | "lifecycle" => {
+            let scaleup = Arc::new(jitr_handlers::scaleup::ScaleUp::new(
+                setup.ports.clone(),
+                setup.policy.clone(),
+            ));
+            let lifecycle = Arc::new(jitr_handlers::lifecycle::Lifecycle::new(
+                setup.ports.clone(),
+            ));
+            let queue: Arc<dyn jitr_infra::Queue> = if handler == "scaleup" {
+                setup.scaleup.clone()
+            } else {
+                setup.lifecycle.clone()
+            };
+            let is_scaleup = handler == "scaleup";
+            lambda_runtime::run(service_fn(
+                move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+                    let (scaleup, lifecycle, queue) =
+                        (scaleup.clone(), lifecycle.clone(), queue.clone());
+                    async move {
+                        let response =
+                            lambda::process_batch(&*queue, &event.payload.records, |m| {
+                                let (scaleup, lifecycle) = (scaleup.clone(), lifecycle.clone());
+                                async move {
+                                    let job = match serde_json::from_str::<
+                                        jitr_handlers::webhook::JobMessage,
+                                    >(&m.body)
+                                    {
+                                        Ok(job) => job,
+                                        Err(e) => {
+                                            return Ok(Outcome::DeadLetter(format!(
+                                                "undecodable job message: {e}"
+                                            )));
+                                        }
+                                    };
+                                    if is_scaleup {
+                                        scaleup.handle(&job, m.receive_count, now()).await
+                                    } else {
+                                        lifecycle.handle(&job, now()).await
+                                    }
+                                }
+                            })
+                            .await;
+                        Ok::<_, lambda_runtime::Error>(response)
+                    }
+                },
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        "projector" => {
+            let projector = Arc::new(tokio::sync::Mutex::new(
+                jitr_handlers::projector::Projector::start(
+                    setup.store.clone(),
+                    setup.bus.clone(),
+                    60_000,
+                )
+                .await?,
+            ));
+            lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+                let projector = projector.clone();
+                async move {
+                    // Each stream record is a nudge: read the feed from the checkpoint.
+                    let published = projector
+                        .lock()
+                        .await
+                        .tick(now())
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    Ok::<_, lambda_runtime::Error>(
+                        serde_json::json!({ "published": published.len() }),
+                    )
+                }
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        "compensate" => {
+            let compensation = Arc::new(jitr_handlers::compensation::Compensation::new(
+                setup.ports.clone(),
+                setup.policy.clone(),
+            ));
+            let queue: Arc<dyn jitr_infra::Queue> = setup.compensation.clone();
+            lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+                let (compensation, queue) = (compensation.clone(), queue.clone());
+                async move {
+                    let bodies = lambda::compensation_bodies(&event.payload);
+                    if bodies.iter().all(|(record, _)| record.is_some()) && !bodies.is_empty() {
+                        let records: Vec<_> = bodies.into_iter().filter_map(|(r, _)| r).collect();
+                        let response = lambda::process_batch(&*queue, &records, |m| {
+                            let compensation = compensation.clone();
+                            async move {
+                                match jitr_infra::decode_terminate_runner(&m.body) {
+                                    Ok(command) => compensation.handle(&command, now()).await,
+                                    Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
+                                }
+                            }
+                        })
+                        .await;
+                        return Ok::<_, lambda_runtime::Error>(serde_json::to_value(response)?);
+                    }
+                    for (_, body) in bodies {
+                        let command = jitr_infra::decode_terminate_runner(&body)
+                            .map_err(|e| err(e.to_string()))?;
+                        match compensation
+                            .handle(&command, now())
+                            .await
+                            .map_err(|e| err(e.to_string()))?
+                        {
+                            Outcome::Done(_) => {}
+                            // Fail the invocation: EventBridge retries it.
+                            other => return Err(err(format!("{other:?}"))),
+                        }
+                    }
+                    Ok(Value::Null)
+                }
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        "reaper" | "rebalancer" => {
+            let compensation = Arc::new(jitr_handlers::compensation::Compensation::new(
+                setup.ports.clone(),
+                setup.policy.clone(),
+            ));
+            let reaper = Arc::new(jitr_handlers::reaper::Reaper::new(
+                setup.ports.clone(),
+                setup.policy.clone(),
+                compensation,
+            ));
+            let rebalancer = Arc::new(jitr_handlers::rebalancer::Rebalancer::new(
+                setup.ports.clone(),
+                setup.policy.clone(),
+                setup.scaleup.clone(),
+            ));
+            let is_reaper = handler == "reaper";
+            lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+                let (reaper, rebalancer) = (reaper.clone(), rebalancer.clone());
+                async move {
+                    let report = if is_reaper {
+                        serde_json::to_value(
+                            reaper.sweep(now()).await.map_err(|e| err(e.to_string()))?,
+                        )?
+                    } else {
+                        serde_json::to_value(
+                            rebalancer
+                                .tick(now())
+                                .await
+                                .map_err(|e| err(e.to_string()))?,
+                        )?
+                    };
+                    Ok::<_, lambda_runtime::Error>(report)
+                }
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        other => bail!(
+            "unknown handler {other:?}: one of {}",
+            lambda::HANDLERS.join(", ")
+        ),
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -651,14 +864,26 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JITR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JITR_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Cmd::Lambda { .. }) {
+            "info"
+        } else {
+            "warn"
+        })
+    });
+    if matches!(cli.command, Cmd::Lambda { .. }) {
+        // CloudWatch Logs reads one JSON object per line.
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,173 @@
+//! The AWS deployment's wiring, from environment variables (the same for
+//! `jitr serve --aws` and every `jitr lambda` handler).
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `JITR_PREFIX` | resource name prefix (as `jitr init --prefix`) | `jitr` |
+//! | `JITR_WEBHOOK_SECRET` | the GitHub App's webhook secret | required for the webhook |
+//! | `JITR_GITHUB_APP_ID` | GitHub App id (JWT issuer) | required |
+//! | `JITR_GITHUB_PRIVATE_KEY` or `JITR_GITHUB_PRIVATE_KEY_FILE` | the App's PEM key | required |
+//! | `JITR_GITHUB_API` | API base (GHES: `https://HOST/api/v3`) | `https://api.github.com` |
+//! | `JITR_INSTALLATION_ID` | App installation | `1` |
+//! | `JITR_IMAGE`, `JITR_INSTANCE_TYPE`, `JITR_VCPUS` | default runner instance | `ami-jitr-runner`, `c5.xlarge`, `4` |
+//! | `JITR_SUBNETS` | comma-separated subnets to spread launches over | EC2's default |
+//! | `JITR_SSM_PREFIX` | where JIT configs are handed over | `/jitr/runners` |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitr_infra::{
+    AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, GitHubApp, GitHubAppConfig,
+    SdkConfig, SqsQueue, SsmSecrets,
+};
+use thiserror::Error;
+
+use crate::init::AwsNames;
+use crate::policy::RunnerPolicy;
+use crate::ports::Ports;
+
+/// The AWS deployment could not be wired.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// A required variable is unset.
+    #[error("{0} is not set: {1}")]
+    Missing(&'static str, &'static str),
+    /// A variable is set to something unusable.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+    /// A resource `jitr init` creates is missing.
+    #[error("{0} does not exist: run `jitr init --prefix {1}`")]
+    NotInitialised(String, String),
+    /// AWS answered with an error.
+    #[error("{0}")]
+    Aws(String),
+}
+
+/// Everything wired to AWS.
+pub struct AwsSetup {
+    /// SDK configuration.
+    pub config: SdkConfig,
+    /// Resource names.
+    pub names: AwsNames,
+    /// The log.
+    pub store: Arc<DynamoEventStore>,
+    /// Ports.
+    pub ports: Ports,
+    /// Policy.
+    pub policy: Arc<RunnerPolicy>,
+    /// Queued jobs.
+    pub scaleup: Arc<SqsQueue>,
+    /// Lifecycle events.
+    pub lifecycle: Arc<SqsQueue>,
+    /// Compensation commands delivered by the bus rule.
+    pub compensation: Arc<SqsQueue>,
+    /// The command bus.
+    pub bus: Arc<EventBridgeBus>,
+    /// Webhook secret (empty when unset).
+    pub secret: Vec<u8>,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn github_from_env() -> Result<GitHubApp, SetupError> {
+    let app_id = var("JITR_GITHUB_APP_ID").ok_or(SetupError::Missing(
+        "JITR_GITHUB_APP_ID",
+        "the GitHub App's id, from its settings page",
+    ))?;
+    let key = match (
+        var("JITR_GITHUB_PRIVATE_KEY"),
+        var("JITR_GITHUB_PRIVATE_KEY_FILE"),
+    ) {
+        (Some(pem), _) => pem,
+        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+            SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY_FILE", format!("{path}: {e}"))
+        })?,
+        (None, None) => {
+            return Err(SetupError::Missing(
+                "JITR_GITHUB_PRIVATE_KEY",
+                "the GitHub App's private key (PEM), or JITR_GITHUB_PRIVATE_KEY_FILE with its path",
+            ));
+        }
+    };
+    GitHubApp::new(GitHubAppConfig {
+        app_id,
+        private_key_pem: key,
+        api_base: var("JITR_GITHUB_API").unwrap_or_else(|| jitr_infra::GITHUB_API.into()),
+        max_rate_limit_wait: Duration::from_secs(60),
+    })
+    .map_err(|e| SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY", e.to_string()))
+}
+
+/// The policy from the environment (defaults otherwise).
+pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
+    let mut policy = RunnerPolicy::default();
+    if let Some(image) = var("JITR_IMAGE") {
+        policy.default_spec.image = image;
+    }
+    if let Some(t) = var("JITR_INSTANCE_TYPE") {
+        policy.default_spec.instance_type = t;
+    }
+    if let Some(v) = var("JITR_VCPUS") {
+        policy.default_spec.vcpus = v
+            .parse()
+            .map_err(|_| SetupError::Invalid("JITR_VCPUS", format!("{v:?} is not a number")))?;
+    }
+    if let Some(i) = var("JITR_INSTALLATION_ID") {
+        policy.installation_id = i.parse().map_err(|_| {
+            SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))
+        })?;
+    }
+    Ok(policy)
+}
+
+/// Wires the AWS deployment named by `JITR_PREFIX`.
+pub async fn from_env(settings: AwsSettings) -> Result<AwsSetup, SetupError> {
+    let config = settings.load().await;
+    let names = AwsNames::new(var("JITR_PREFIX").unwrap_or_else(|| "jitr".into()));
+    let find = |name: String| {
+        let config = config.clone();
+        let prefix = names.prefix().to_owned();
+        async move {
+            SqsQueue::find(&config, &name)
+                .await
+                .map_err(|e| SetupError::Aws(e.to_string()))?
+                .map(Arc::new)
+                .ok_or(SetupError::NotInitialised(format!("queue {name}"), prefix))
+        }
+    };
+    let scaleup = find(names.scaleup_queue()).await?;
+    let lifecycle = find(names.lifecycle_queue()).await?;
+    let compensation = find(names.compensation_queue()).await?;
+    let store = Arc::new(DynamoEventStore::new(&config, names.events_table()));
+    let subnets = var("JITR_SUBNETS")
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ports = Ports {
+        store: store.clone(),
+        compute: Arc::new(Ec2Compute::new(&config, subnets).with_deployment(names.prefix())),
+        github: Arc::new(github_from_env()?),
+        secrets: Arc::new(SsmSecrets::new(
+            &config,
+            var("JITR_SSM_PREFIX").unwrap_or_else(|| "/jitr/runners".into()),
+        )),
+    };
+    Ok(AwsSetup {
+        bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
+        policy: Arc::new(policy_from_env()?),
+        secret: var("JITR_WEBHOOK_SECRET").unwrap_or_default().into_bytes(),
+        config,
+        names,
+        store,
+        ports,
+        scaleup,
+        lifecycle,
+        compensation,
+    })
+}

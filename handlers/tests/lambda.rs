@@ -1,0 +1,172 @@
+//! The Lambda adapters: SQS partial batch failures and the function-URL webhook.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use jitr_handlers::lambda::{compensation_bodies, process_batch};
+use jitr_handlers::policy::RunnerPolicy;
+use jitr_handlers::ports::Outcome;
+use jitr_handlers::webhook::{Webhook, sample_payload, sign};
+use jitr_infra::{LocalQueue, ManualClock, Queue};
+use serde_json::json;
+
+fn queue(dir: &std::path::Path, clock: &ManualClock) -> LocalQueue {
+    LocalQueue::open(
+        dir.join("q.db"),
+        "scaleup",
+        5,
+        Duration::from_secs(30),
+        clock.clock(),
+    )
+    .unwrap()
+}
+
+/// An SQS batch as Lambda delivers it, for messages received from `queue`.
+async fn batch(queue: &LocalQueue, bodies: &[&str]) -> Vec<SqsMessage> {
+    for body in bodies {
+        queue.publish(body, None, &[]).await.unwrap();
+    }
+    let received = queue.receive(10, Duration::ZERO).await.unwrap();
+    let records: Vec<serde_json::Value> = received
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.id,
+                "receiptHandle": m.receipt,
+                "body": m.body,
+                "attributes": { "ApproximateReceiveCount": m.receive_count.to_string() },
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+            })
+        })
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    event.records
+}
+
+#[tokio::test]
+async fn a_batch_reports_only_the_messages_to_retry_and_dead_letters_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(jitr_domain::Timestamp(1_700_000_000_000));
+    let q = queue(dir.path(), &clock);
+    let records = batch(&q, &["ok", "retry", "poison", "crash"]).await;
+    let response = process_batch(&q, &records, |m| async move {
+        match m.body.as_str() {
+            "ok" => Ok(Outcome::Done("fine".into())),
+            "retry" => Ok(Outcome::RetryAfter(Duration::from_secs(60), "quota".into())),
+            "poison" => Ok(Outcome::DeadLetter("malformed".into())),
+            _ => Err(jitr_handlers::ports::HandlerError::Crashed(
+                jitr_handlers::ports::CrashPoint::AfterLaunched,
+            )),
+        }
+    })
+    .await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            records[1].message_id.as_deref().unwrap(),
+            records[3].message_id.as_deref().unwrap()
+        ]
+    );
+    assert_eq!(
+        q.dead_letters().unwrap(),
+        vec![("poison".to_string(), "malformed".to_string())]
+    );
+    // The retried message got its back-off as visibility.
+    clock.advance(30_000);
+    let visible: Vec<String> = q
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(!visible.contains(&"retry".to_string()), "{visible:?}");
+    clock.advance(30_000);
+    let visible: Vec<String> = q
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(visible.contains(&"retry".to_string()), "{visible:?}");
+}
+
+#[tokio::test]
+async fn the_function_url_webhook_verifies_and_enqueues() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(jitr_domain::Timestamp(1_700_000_000_000));
+    let scaleup: Arc<dyn Queue> = Arc::new(queue(dir.path(), &clock));
+    let lifecycle: Arc<dyn Queue> = Arc::new(
+        LocalQueue::open(
+            dir.path().join("q.db"),
+            "lifecycle",
+            5,
+            Duration::from_secs(30),
+            clock.clock(),
+        )
+        .unwrap(),
+    );
+    let hook = Webhook::new(
+        "s",
+        1 << 20,
+        Arc::new(RunnerPolicy::default()),
+        scaleup.clone(),
+        lifecycle,
+    );
+    let body = sample_payload(
+        "queued",
+        "acme",
+        "widgets",
+        5,
+        &["self-hosted".to_string()],
+        None,
+    );
+    let request = |signature: String, base64: bool| -> LambdaFunctionUrlRequest {
+        let encoded = if base64 {
+            aws_smithy_types::base64::encode(body.as_bytes())
+        } else {
+            body.clone()
+        };
+        serde_json::from_value(json!({
+            "version": "2.0",
+            "rawPath": "/",
+            "headers": {
+                "x-github-event": "workflow_job",
+                "x-github-delivery": format!("d-{base64}-{}", signature.len()),
+                "x-hub-signature-256": signature,
+            },
+            "requestContext": { "timeEpoch": 0, "http": { "method": "POST", "path": "/" } },
+            "body": encoded,
+            "isBase64Encoded": base64,
+        }))
+        .unwrap()
+    };
+    let ok =
+        jitr_handlers::lambda::webhook(&hook, request(sign(b"s", body.as_bytes()), true)).await;
+    assert_eq!(ok.status_code, 202, "{:?}", ok.body);
+    let bad =
+        jitr_handlers::lambda::webhook(&hook, request(sign(b"x", body.as_bytes()), false)).await;
+    assert_eq!(bad.status_code, 401);
+    assert_eq!(scaleup.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+}
+
+#[test]
+fn compensation_accepts_an_eventbridge_event_or_an_sqs_batch() {
+    let direct = json!({"detail-type": "TerminateRunner", "source": "jitr", "detail": {}});
+    let bodies = compensation_bodies(&direct);
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].0.is_none());
+    let sqs = json!({"Records": [{"messageId": "m1", "body": "{\"x\":1}", "attributes": {}, "messageAttributes": {}}]});
+    let bodies = compensation_bodies(&sqs);
+    assert_eq!(bodies[0].1, "{\"x\":1}");
+    assert!(bodies[0].0.is_some());
+}
