@@ -105,6 +105,16 @@ enum Cmd {
         /// Simulated boot time.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         sim_boot: Duration,
+        /// Run on AWS (DynamoDB, EC2, SQS, EventBridge, SSM, the GitHub App),
+        /// configured from JITR_* variables; see the README.
+        #[arg(long)]
+        aws: bool,
+        /// AWS endpoint (with --aws).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// AWS region (with --aws).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Send a signed `workflow_job` webhook, as GitHub would (to try `jitr serve`).
     SendWebhook {
@@ -357,8 +367,55 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             on_demand_vcpus,
             spot_vcpus,
             sim_boot,
+            aws,
+            endpoint,
+            region,
         } => {
             use jitr_handlers::serve;
+            if aws {
+                let setup = jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings {
+                    endpoint,
+                    region,
+                    static_credentials: None,
+                })
+                .await?;
+                if setup.secret.is_empty() {
+                    bail!(
+                        "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
+                    );
+                }
+                let assembly = serve::Assembly {
+                    store: setup.store.clone(),
+                    ports: setup.ports.clone(),
+                    policy: setup.policy.clone(),
+                    secret: setup.secret.clone(),
+                    scaleup_queue: setup.scaleup.clone(),
+                    lifecycle_queue: setup.lifecycle.clone(),
+                    bus: setup.bus.clone(),
+                    compensation_source: serve::CompensationSource::Queue(
+                        setup.compensation.clone(),
+                    ),
+                    cadence: serve::Cadence {
+                        projector: Duration::from_secs(1),
+                        sweep: sweep_interval,
+                    },
+                };
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                println!(
+                    "jitr serve: listening on {} (AWS deployment {})",
+                    serve::describe(listener.local_addr()?),
+                    setup.names.prefix()
+                );
+                let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = stop_tx.send(true);
+                });
+                serve::run(assembly, listener, stop).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let generated = webhook_secret.is_none();
             let secret = webhook_secret.unwrap_or_else(|| {
                 use rand::Rng;

@@ -1,0 +1,242 @@
+//! The runner lifecycle on the AWS adapters against moto (DynamoDB, EC2 behind the
+//! fault wrapper, SSM, SQS, EventBridge) and GitHub on wiremock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitr_domain::{Market, RunnerStatus, StreamId, Timestamp};
+use jitr_handlers::compensation::Compensation;
+use jitr_handlers::init::{AwsNames, init};
+use jitr_handlers::policy::RunnerPolicy;
+use jitr_handlers::ports::{Outcome, Ports};
+use jitr_handlers::projector::Projector;
+use jitr_handlers::scaleup::ScaleUp;
+use jitr_handlers::webhook::JobMessage;
+use jitr_infra::{
+    Compute, DynamoEventStore, Ec2Compute, EventBridgeBus, EventStore, Fault, FaultyCompute,
+    GitHubApp, GitHubAppConfig, InstanceState, Queue, SqsQueue, SsmSecrets,
+    decode_terminate_runner,
+};
+use serde_json::json;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &str = include_str!("../../infra/tests/fixtures/test-app-key.pem");
+
+struct Aws {
+    _github: MockServer,
+    store: Arc<DynamoEventStore>,
+    compute: Arc<FaultyCompute<Ec2Compute>>,
+    ports: Ports,
+    policy: Arc<RunnerPolicy>,
+    compensation_queue: SqsQueue,
+    bus: Arc<EventBridgeBus>,
+}
+
+async fn aws() -> Aws {
+    let config = jitr_e2e::aws::config().await;
+    let names = AwsNames::new(jitr_e2e::aws::unique("jitr"));
+    init(&config, &names, 5).await.unwrap();
+    let github = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/app/installations/\d+/access_tokens$"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"token": "ghs_moto", "expires_at": "2099-01-01T00:00:00Z"})),
+        )
+        .mount(&github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/broken/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(ResponseTemplate::new(500).set_body_string("mint failed"))
+        .mount(&github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "runner": {"id": 9, "name": "jitr"}, "encoded_jit_config": "secret"
+        })))
+        .mount(&github)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/repos/acme/.*/actions/runners$"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"total_count": 0, "runners": []})),
+        )
+        .mount(&github)
+        .await;
+    let app = GitHubApp::new(GitHubAppConfig {
+        app_id: "1".into(),
+        private_key_pem: KEY.into(),
+        api_base: github.uri(),
+        max_rate_limit_wait: Duration::from_secs(1),
+    })
+    .unwrap();
+    let store = Arc::new(DynamoEventStore::new(&config, names.events_table()));
+    let compute = Arc::new(FaultyCompute::new(
+        Ec2Compute::new(&config, vec![]).with_deployment(names.prefix()),
+    ));
+    let ports = Ports {
+        store: store.clone(),
+        compute: compute.clone(),
+        github: Arc::new(app),
+        secrets: Arc::new(SsmSecrets::new(&config, format!("/{}", names.prefix()))),
+    };
+    let mut policy = RunnerPolicy::default();
+    policy.default_spec.image = "ami-03cf127a".into();
+    Aws {
+        _github: github,
+        store,
+        compute,
+        ports,
+        policy: Arc::new(policy),
+        compensation_queue: SqsQueue::find(&config, &names.compensation_queue())
+            .await
+            .unwrap()
+            .unwrap(),
+        bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
+    }
+}
+
+fn queued(repo: &str, job_id: u64) -> JobMessage {
+    JobMessage {
+        delivery: format!("d-{repo}-{job_id}"),
+        action: "queued".into(),
+        installation: 1,
+        owner: "acme".into(),
+        repo: repo.into(),
+        job_id,
+        run_id: 1,
+        labels: vec!["self-hosted".into()],
+        runner_name: None,
+        conclusion: None,
+        attempt: 1,
+    }
+}
+
+fn now() -> Timestamp {
+    jitr_handlers::serve::now()
+}
+
+async fn live(aws: &Aws) -> Vec<jitr_infra::ManagedInstance> {
+    aws.compute
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| {
+            !matches!(
+                m.state,
+                InstanceState::ShuttingDown | InstanceState::Terminated
+            )
+        })
+        .collect()
+}
+
+/// Seed criterion (a) on AWS: the JIT mint fails after RunInstances; the
+/// projector's TerminateRunner travels EventBridge → SQS to compensation, which
+/// terminates the EC2 instance; only then is the runner `failed`.
+#[tokio::test]
+async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
+    let aws = aws().await;
+    let scaleup = ScaleUp::new(aws.ports.clone(), aws.policy.clone());
+    let outcome = scaleup
+        .handle(&queued("broken", 1), 1, now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("termination owed")),
+        "{outcome:?}"
+    );
+    let stream = StreamId::parse("acme/broken#1#1").unwrap();
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Terminating);
+    assert_eq!(live(&aws).await.len(), 1);
+
+    let mut projector = Projector::start(aws.store.clone(), aws.bus.clone(), 60_000)
+        .await
+        .unwrap();
+    let published = projector.tick(now()).await.unwrap();
+    assert_eq!(published.len(), 1);
+    let mut delivered = Vec::new();
+    for _ in 0..10 {
+        delivered = aws
+            .compensation_queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        if !delivered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        delivered.len(),
+        1,
+        "TerminateRunner reached the compensation queue"
+    );
+    let command = decode_terminate_runner(&delivered[0].body).unwrap();
+    let compensation = Compensation::new(aws.ports.clone(), aws.policy.clone());
+    let done = compensation.handle(&command, now()).await.unwrap();
+    assert!(matches!(done, Outcome::Done(_)), "{done:?}");
+    aws.compensation_queue.ack(&delivered[0]).await.unwrap();
+
+    assert!(live(&aws).await.is_empty());
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Failed);
+    let kinds: Vec<&str> = aws
+        .store
+        .read_stream(&stream)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["TerminationRequested", "Terminated"]
+    );
+}
+
+/// Five concurrent deliveries of one job on DynamoDB: one instance (moto itself
+/// would happily start five for one client token), on-demand after spot's quota.
+#[tokio::test]
+async fn five_concurrent_deliveries_on_dynamodb_start_one_instance() {
+    let aws = aws().await;
+    aws.compute.inject(
+        Fault::RejectLaunch {
+            market: Some(Market::Spot),
+            code: "MaxSpotInstanceCountExceeded".into(),
+        },
+        None,
+    );
+    let scaleup = ScaleUp::new(aws.ports.clone(), aws.policy.clone());
+    let message = queued("widgets", 7);
+    let at = now();
+    let h = || scaleup.handle(&message, 1, at);
+    let (a, b, c, d, e) = tokio::join!(h(), h(), h(), h(), h());
+    for outcome in [a, b, c, d, e] {
+        outcome.unwrap();
+    }
+    let instances = live(&aws).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0].market, Market::OnDemand);
+    let stream = StreamId::parse("acme/widgets#7#1").unwrap();
+    let events = aws.store.read_stream(&stream).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|r| r.event.kind() == "Launched")
+            .count(),
+        1
+    );
+    // Whichever deliveries were still waiting for the launch finish the runner.
+    scaleup.handle(&message, 2, now()).await.unwrap();
+    assert_eq!(
+        aws.store.head(&stream).await.unwrap().unwrap().status,
+        RunnerStatus::Ready
+    );
+}
