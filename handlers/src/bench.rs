@@ -8,6 +8,7 @@ use jitr_domain::{
     Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState,
     StreamId, TerminationReason, Timestamp, execute, fold,
 };
+
 use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
 use serde::Serialize;
 
@@ -245,4 +246,143 @@ pub fn render(r: &BenchReport) -> String {
         r.append_p99_us,
         r.append_max_us
     )
+}
+
+/// The leak window measured in `serve` on the simulator.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakWindowReport {
+    /// Runners failed after launch.
+    pub runners: usize,
+    /// Failure recorded → `Terminated` recorded, median, ms.
+    pub p50_ms: u64,
+    /// 99th percentile, ms.
+    pub p99_ms: u64,
+    /// Worst, ms.
+    pub max_ms: u64,
+    /// Signed `queued` webhook → `TokenMinted`, median, ms.
+    pub webhook_to_token_p50_ms: u64,
+}
+
+fn percentile_ms(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs `jitr serve` (embedded) in this process, sends `runners` signed `queued`
+/// webhooks, fails every runner once it is ready (a `Failed` written to the log,
+/// as any handler would), and measures how long each instance stays owed a
+/// termination: from `Failed` to `Terminated`, both as recorded in the log.
+pub async fn leak_window(
+    dir: &std::path::Path,
+    runners: usize,
+) -> Result<LeakWindowReport, crate::serve::ServeError> {
+    use crate::dispatch::dispatch;
+    use crate::serve::{self, Cadence};
+    use crate::webhook::{sample_payload, sign};
+    use jitr_domain::{FailureStage, RunnerStatus};
+    use jitr_infra::SimSettings;
+
+    let secret = b"bench-secret".to_vec();
+    let settings = SimSettings {
+        on_demand_vcpus: 4 * runners as u32 + 4,
+        spot_vcpus: 4 * runners as u32 + 4,
+        ..SimSettings::default()
+    };
+    let assembly = serve::embedded(
+        dir,
+        crate::policy::RunnerPolicy::default(),
+        settings,
+        secret.clone(),
+        Cadence::default(),
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/webhook", listener.local_addr()?);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve::run(assembly, listener, stop));
+    let store = SqliteEventStore::open(dir.join("events.db"))?;
+    let http = reqwest::Client::new();
+    let labels = vec!["self-hosted".to_string(), "linux".to_string()];
+    let mut to_token = Vec::new();
+    let mut streams = Vec::new();
+    for job in 1..=runners as u64 {
+        let body = sample_payload("queued", "bench", "fleet", job, &labels, None);
+        let sent = Instant::now();
+        let _ = http
+            .post(&url)
+            .header("X-GitHub-Event", "workflow_job")
+            .header("X-GitHub-Delivery", format!("bench-{job}"))
+            .header("X-Hub-Signature-256", sign(&secret, body.as_bytes()))
+            .body(body)
+            .send()
+            .await;
+        let stream = StreamId::parse(&format!("bench/fleet#{job}#1")).expect("valid");
+        loop {
+            if store
+                .head(&stream)
+                .await?
+                .is_some_and(|h| h.status == RunnerStatus::Ready)
+            {
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        to_token.push(sent.elapsed().as_millis() as u64);
+        streams.push(stream);
+    }
+    for (i, stream) in streams.iter().enumerate() {
+        let fail = Command::Fail {
+            stage: FailureStage::Boot,
+            reason: "bench: runner agent did not come up".into(),
+        };
+        let _ = dispatch(
+            &store,
+            stream,
+            fail,
+            crate::serve::now(),
+            &CommandId::new(format!("bench-fail-{i}")),
+        )
+        .await;
+        // Spread the failures over the projector's ticks.
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut windows = Vec::new();
+    for stream in &streams {
+        loop {
+            let events = store.read_stream(stream).await?;
+            let failed = events
+                .iter()
+                .find(|r| r.event.kind() == "Failed")
+                .map(|r| r.event.at());
+            let terminated = events
+                .iter()
+                .find(|r| r.event.kind() == "Terminated")
+                .map(|r| r.event.at());
+            if let (Some(f), Some(t)) = (failed, terminated) {
+                windows.push(t.millis_since(f));
+                break;
+            }
+            if Instant::now() > deadline {
+                windows.push(u64::MAX);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    windows.sort_unstable();
+    to_token.sort_unstable();
+    Ok(LeakWindowReport {
+        runners,
+        p50_ms: percentile_ms(&windows, 0.5),
+        p99_ms: percentile_ms(&windows, 0.99),
+        max_ms: windows.last().copied().unwrap_or(0),
+        webhook_to_token_p50_ms: percentile_ms(&to_token, 0.5),
+    })
 }

@@ -215,6 +215,10 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Measure the leak window in `serve` instead: this many runners fail
+        /// after launch; prints failure → Terminated p50/p99.
+        #[arg(long)]
+        leak_window: Option<usize>,
     },
 }
 
@@ -569,7 +573,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             replay_events,
             appends,
             json,
+            leak_window,
         } => {
+            if let Some(runners) = leak_window {
+                let dir = tempfile::tempdir().context("creating a scratch directory")?;
+                let report = bench::leak_window(dir.path(), runners).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!(
+                        "leak window (Failed -> Terminated) over {} runners: p50 {} ms, p99 {} ms, max {} ms; webhook -> TokenMinted p50 {} ms",
+                        report.runners,
+                        report.p50_ms,
+                        report.p99_ms,
+                        report.max_ms,
+                        report.webhook_to_token_p50_ms
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if cfg!(debug_assertions) {
                 eprintln!(
                     "warning: a debug build; use `cargo run --release -p jitr-handlers -- bench`"
