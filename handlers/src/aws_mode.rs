@@ -12,6 +12,7 @@
 //! | `JITR_IMAGE`, `JITR_INSTANCE_TYPE`, `JITR_VCPUS` | default runner instance | `ami-jitr-runner`, `c5.xlarge`, `4` |
 //! | `JITR_SUBNETS` | comma-separated subnets to spread launches over | EC2's default |
 //! | `JITR_SSM_PREFIX` | where JIT configs are handed over | `/jitr/runners` |
+//! | `JITR_ALLOWLIST` | comma-separated `owner/repo` served | all |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +114,13 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
         policy.default_spec.vcpus = v
             .parse()
             .map_err(|_| SetupError::Invalid("JITR_VCPUS", format!("{v:?} is not a number")))?;
+    }
+    if let Some(list) = var("JITR_ALLOWLIST") {
+        policy.allowlist = list
+            .split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
     }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {

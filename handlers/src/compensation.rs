@@ -149,6 +149,7 @@ impl Compensation {
             now,
         )
         .await?;
+        crate::metrics::compensation_latency(now, now.millis_since(command.owed_since));
         if let Err(e) = self.ports.secrets.delete_jit_config(&instance.id).await {
             tracing::warn!(%stream, error = %e, "JIT config not deleted");
         }

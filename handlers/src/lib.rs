@@ -21,6 +21,7 @@ pub mod history;
 pub mod init;
 pub mod lambda;
 pub mod lifecycle;
+pub mod metrics;
 pub mod policy;
 pub mod ports;
 pub mod projector;

@@ -105,6 +105,9 @@ enum Cmd {
         /// Simulated boot time.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         sim_boot: Duration,
+        /// Serve only these repositories (owner/repo, repeatable; default: all).
+        #[arg(long = "allow-repo")]
+        allow_repos: Vec<String>,
         /// Run on AWS (DynamoDB, EC2, SQS, EventBridge, SSM, the GitHub App),
         /// configured from JITR_* variables; see the README.
         #[arg(long)]
@@ -371,6 +374,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             on_demand_vcpus,
             spot_vcpus,
             sim_boot,
+            allow_repos,
             aws,
             endpoint,
             region,
@@ -429,6 +433,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut policy = jitr_handlers::policy::RunnerPolicy::default();
             policy.deadlines.drain_grace_ms = drain_grace.as_millis() as u64;
             policy.deadlines.boot_timeout_ms = boot_timeout.as_millis() as u64;
+            policy.allowlist = allow_repos;
             let settings = jitr_infra::SimSettings {
                 on_demand_vcpus,
                 spot_vcpus,

@@ -228,6 +228,7 @@ impl Reaper {
             }
         }
         report.registrations_removed = self.sweep_registrations().await;
+        crate::metrics::orphans_reaped(now, report.orphans_terminated.len());
         Ok(report)
     }
 

@@ -128,6 +128,7 @@ impl Rebalancer {
             tracing::warn!(%stream, "queued job without a runner: requesting one");
             report.requested.push(stream);
         }
+        crate::metrics::drift(now, report.requested.len());
         Ok(report)
     }
 }

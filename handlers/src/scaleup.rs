@@ -203,6 +203,7 @@ impl ScaleUp {
                     };
                     match self.ports.compute.launch(&launch_spec).await {
                         Ok(launched) => {
+                            crate::metrics::launch(now, market.as_str(), "ok");
                             self.crash.check(CrashPoint::AfterRunInstances)?;
                             let record = Command::RecordLaunch {
                                 client_token: token.clone(),
@@ -216,6 +217,11 @@ impl ScaleUp {
                         }
                         Err(LaunchFailure::Rejected(e)) => {
                             tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
+                            crate::metrics::launch(
+                                now,
+                                market.as_str(),
+                                &format!("{:?}", e.class).to_lowercase(),
+                            );
                             let reject = Command::RejectLaunch {
                                 client_token: token.clone(),
                                 code: e.code.clone(),

@@ -1,0 +1,48 @@
+//! Operational metrics as CloudWatch Embedded Metric Format lines: printed to
+//! stdout under Lambda (CloudWatch Logs turns them into metrics, no API call),
+//! logged at debug level elsewhere.
+
+use jitr_domain::Timestamp;
+use jitr_infra::emf_line;
+
+/// Emits one metric with its dimensions.
+pub fn emit(at: Timestamp, name: &str, value: f64, unit: &str, dimensions: &[(&str, &str)]) {
+    let line = emf_line(at, dimensions, &[(name, value, unit)]);
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        println!("{line}");
+    } else {
+        tracing::debug!(target: "jitr::metrics", "{line}");
+    }
+}
+
+/// A launch's outcome, by market and error class (`ok` when it succeeded).
+pub fn launch(at: Timestamp, market: &str, outcome: &str) {
+    emit(
+        at,
+        "Launches",
+        1.0,
+        "Count",
+        &[("Market", market), ("Outcome", outcome)],
+    );
+}
+
+/// Instances the reaper found with no stream wanting them.
+pub fn orphans_reaped(at: Timestamp, count: usize) {
+    emit(at, "OrphansReaped", count as f64, "Count", &[]);
+}
+
+/// From a termination being owed to `Terminated`.
+pub fn compensation_latency(at: Timestamp, ms: u64) {
+    emit(at, "CompensationLatency", ms as f64, "Milliseconds", &[]);
+}
+
+/// Queued jobs found without a runner by the rebalancer.
+pub fn drift(at: Timestamp, jobs_without_runner: usize) {
+    emit(
+        at,
+        "JobsWithoutRunner",
+        jobs_without_runner as f64,
+        "Count",
+        &[],
+    );
+}
