@@ -3,7 +3,15 @@
 # Usage: bash bench/webhook-throughput.sh [path/to/jitr] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-JITR="${1:-${CARGO_TARGET_DIR:-$HOME/.cache/jitr-target}/release/jitr}"
+JITR="${1:-}"
+if [ -z "$JITR" ]; then
+  for dir in "${CARGO_TARGET_DIR:-}" "$HOME/.cache/jitr-target" target; do
+    for profile in release debug; do
+      [ -n "$dir" ] && [ -x "$dir/$profile/jitr" ] && { JITR="$dir/$profile/jitr"; break 2; }
+    done
+  done
+fi
+[ -x "${JITR:-}" ] || { echo "no jitr binary found: cargo build -p jitr-handlers, or pass its path" >&2; exit 2; }
 SECONDS_TO_RUN="${2:-10}"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
 DATA=$(mktemp -d)
