@@ -8,7 +8,7 @@ use std::time::Duration;
 use jitr_domain::{Command, TerminateRunner, Timestamp, is_terminal};
 use jitr_infra::{CommandId, InstanceState};
 
-use crate::dispatch::{DispatchError, dispatch};
+use crate::dispatch::{DispatchError, current_state, dispatch};
 use crate::policy::RunnerPolicy;
 use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
 
@@ -99,13 +99,7 @@ impl Compensation {
                     return Ok(Outcome::Done(format!("{stream}: never launched")));
                 }
             }
-            state = self
-                .ports
-                .store
-                .head(stream)
-                .await?
-                .map(|h| h.state)
-                .unwrap_or(state);
+            state = current_state(&*self.ports.store, stream).await?;
         }
         if state.termination_requested.is_none() {
             self.record(

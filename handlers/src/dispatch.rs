@@ -80,3 +80,15 @@ pub async fn dispatch<S: EventStore + ?Sized>(
         attempts: MAX_CONFLICT_RETRIES,
     })
 }
+
+/// The runner's current state (the initial state for a stream not yet written).
+pub async fn current_state<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &StreamId,
+) -> Result<RunnerState, StoreError> {
+    Ok(store
+        .head(stream)
+        .await?
+        .map(|h| h.state)
+        .unwrap_or_default())
+}

@@ -13,7 +13,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsMessa
 use jitr_infra::{Queue, QueueMessage};
 use serde_json::Value;
 
-use crate::ports::{HandlerError, Outcome};
+use crate::ports::{HandlerError, Outcome, settle};
 use crate::webhook::{Delivery, Webhook};
 
 /// The Lambda handlers `jitr lambda` can run.
@@ -58,34 +58,8 @@ where
     let mut failures = Vec::new();
     for record in records {
         let message = message(record);
-        let failed = match handle(message.clone()).await {
-            Ok(Outcome::Done(info)) => {
-                tracing::info!(id = %message.id, %info, "done");
-                false
-            }
-            Ok(Outcome::RetryAfter(delay, info)) => {
-                tracing::info!(id = %message.id, %info, ?delay, "retry later");
-                if let Err(e) = queue.retry_later(&message, delay).await {
-                    tracing::error!(error = %e, "visibility change failed");
-                }
-                true
-            }
-            Ok(Outcome::DeadLetter(reason)) => {
-                tracing::error!(id = %message.id, %reason, "to the dead-letter queue");
-                match queue.dead_letter(&message, &reason).await {
-                    Ok(()) => false,
-                    Err(e) => {
-                        tracing::error!(error = %e, "dead-lettering failed");
-                        true
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(id = %message.id, error = %e, "failed; the queue redelivers");
-                true
-            }
-        };
-        if failed {
+        let outcome = handle(message.clone()).await;
+        if settle(queue, &message, outcome, "lambda", false).await {
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = message.id;
             failures.push(failure);

@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jitr_infra::{Compute, ComputeError, EventStore, GitHub, RunnerSecrets, StoreError};
+use jitr_infra::{
+    Compute, ComputeError, EventStore, GitHub, Queue, QueueMessage, RunnerSecrets, StoreError,
+};
 use thiserror::Error;
 
 use crate::dispatch::DispatchError;
@@ -83,4 +85,49 @@ impl CrashSwitch {
         }
         Ok(())
     }
+}
+
+/// Acts on a handler's outcome for a queued message: done → acknowledged (when
+/// `ack_done`; Lambda deletes it itself), retry → made visible again after the
+/// back-off, poison → dead-lettered with its reason, error → retried in 5 s.
+/// Returns whether the message stays on the queue for another delivery.
+pub async fn settle(
+    queue: &dyn Queue,
+    message: &QueueMessage,
+    outcome: Result<Outcome, HandlerError>,
+    what: &str,
+    ack_done: bool,
+) -> bool {
+    let (result, stays) = match outcome {
+        Ok(Outcome::Done(info)) => {
+            tracing::info!(handler = what, id = %message.id, %info, "done");
+            let result = if ack_done {
+                queue.ack(message).await
+            } else {
+                Ok(())
+            };
+            (result, false)
+        }
+        Ok(Outcome::RetryAfter(delay, info)) => {
+            tracing::info!(handler = what, id = %message.id, %info, ?delay, "retry later");
+            (queue.retry_later(message, delay).await, true)
+        }
+        Ok(Outcome::DeadLetter(reason)) => {
+            tracing::error!(handler = what, id = %message.id, %reason, "to the dead-letter queue");
+            let result = queue.dead_letter(message, &reason).await;
+            let stays = result.is_err();
+            (result, stays)
+        }
+        Err(e) => {
+            tracing::error!(handler = what, id = %message.id, error = %e, "failed; will retry");
+            (
+                queue.retry_later(message, Duration::from_secs(5)).await,
+                true,
+            )
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(handler = what, error = %e, "queue operation failed");
+    }
+    stays
 }

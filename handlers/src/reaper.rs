@@ -13,7 +13,7 @@ use jitr_infra::{CommandId, InstanceState, ManagedInstance};
 use serde::Serialize;
 
 use crate::compensation::Compensation;
-use crate::dispatch::{DispatchError, dispatch};
+use crate::dispatch::{DispatchError, current_state, dispatch};
 use crate::policy::RunnerPolicy;
 use crate::ports::{HandlerError, Ports};
 
@@ -146,13 +146,7 @@ impl Reaper {
                         vcpus,
                     };
                     self.record(&stream, record, now).await?;
-                    state = self
-                        .ports
-                        .store
-                        .head(&stream)
-                        .await?
-                        .map(|h| h.state)
-                        .unwrap_or(state);
+                    state = current_state(&*self.ports.store, &stream).await?;
                 }
             }
             match state.instance() {
@@ -204,13 +198,7 @@ impl Reaper {
                     self.record(&stream, command, now).await?;
                 }
             }
-            state = self
-                .ports
-                .store
-                .head(&stream)
-                .await?
-                .map(|h| h.state)
-                .unwrap_or(state);
+            state = current_state(&*self.ports.store, &stream).await?;
             if let Some(terminate) = terminate_runner(&state, now) {
                 self.compensation.handle(&terminate, now).await?;
                 report.compensated.push(stream);

@@ -16,7 +16,7 @@ use jitr_domain::{
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec, fallback_market};
 
-use crate::dispatch::{DispatchError, Dispatched, dispatch};
+use crate::dispatch::{DispatchError, Dispatched, current_state, dispatch};
 use crate::policy::{RunnerPolicy, runner_name};
 use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
 use crate::webhook::JobMessage;
@@ -55,13 +55,7 @@ impl ScaleUp {
     }
 
     async fn state(&self, stream: &StreamId) -> Result<RunnerState, HandlerError> {
-        Ok(self
-            .ports
-            .store
-            .head(stream)
-            .await?
-            .map(|h| h.state)
-            .unwrap_or_default())
+        Ok(current_state(&*self.ports.store, stream).await?)
     }
 
     async fn fail(

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use jitr_domain::{TerminateRunner, Timestamp};
 use jitr_infra::{
-    CheckpointStore, CommandBus, EventStore, InProcessBus, LocalQueue, Queue, QueueMessage,
-    SimCloud, SimGitHub, SimSecrets, SimSettings, SqliteEventStore, system_clock,
+    CheckpointStore, CommandBus, EventStore, InProcessBus, LocalQueue, Queue, SimCloud, SimGitHub,
+    SimSecrets, SimSettings, SqliteEventStore, system_clock,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::compensation::Compensation;
 use crate::lifecycle::Lifecycle;
 use crate::policy::RunnerPolicy;
-use crate::ports::{HandlerError, Outcome, Ports};
+use crate::ports::{HandlerError, Outcome, Ports, settle};
 use crate::projector::Projector;
 use crate::reaper::Reaper;
 use crate::rebalancer::Rebalancer;
@@ -158,35 +158,6 @@ pub fn embedded(
     })
 }
 
-async fn settle(
-    queue: &dyn Queue,
-    message: &QueueMessage,
-    outcome: Result<Outcome, HandlerError>,
-    what: &str,
-) {
-    let result = match outcome {
-        Ok(Outcome::Done(info)) => {
-            tracing::info!(handler = what, %info, "done");
-            queue.ack(message).await
-        }
-        Ok(Outcome::RetryAfter(delay, info)) => {
-            tracing::info!(handler = what, %info, ?delay, "retry later");
-            queue.retry_later(message, delay).await
-        }
-        Ok(Outcome::DeadLetter(reason)) => {
-            tracing::error!(handler = what, %reason, "to the dead-letter queue");
-            queue.dead_letter(message, &reason).await
-        }
-        Err(e) => {
-            tracing::error!(handler = what, error = %e, "failed; will retry");
-            queue.retry_later(message, Duration::from_secs(5)).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::error!(handler = what, error = %e, "queue operation failed");
-    }
-}
-
 async fn consume<F, Fut>(
     queue: Arc<dyn Queue>,
     what: &'static str,
@@ -214,7 +185,7 @@ async fn consume<F, Fut>(
                 Ok(job) => handle(job, message.receive_count).await,
                 Err(e) => Ok(Outcome::DeadLetter(format!("undecodable job message: {e}"))),
             };
-            settle(&*queue, &message, outcome, what).await;
+            settle(&*queue, &message, outcome, what, true).await;
         }
     }
 }
@@ -356,7 +327,7 @@ where
                                 Ok(command) => compensation.handle(&command, now()).await,
                                 Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
                             };
-                            settle(&*queue, &message, outcome, "compensation").await;
+                            settle(&*queue, &message, outcome, "compensation", true).await;
                         }
                     }
                 });

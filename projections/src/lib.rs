@@ -225,5 +225,7 @@ impl CompensationPolicy {
     }
 }
 
+pub mod accounting;
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,364 @@
+//! Leak accounting over history: for every runner, when its termination became
+//! owed and when its instance was gone, so that an audit can say how many
+//! vCPU-minutes were burned by instances nobody wanted, and how fast compensation
+//! was. Folded event by event (O(1) per event, one small record per runner).
+
+use std::collections::HashMap;
+
+use jitr_domain::{
+    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId, Timestamp, evolve,
+    is_terminal, termination_owed,
+};
+use serde::Serialize;
+
+/// One runner's account.
+#[derive(Clone, Debug, Default)]
+pub struct RunnerAccount {
+    /// Folded state (up to the accounting horizon).
+    pub state: RunnerState,
+    /// When the termination became owed, fixed when `Terminated` arrived.
+    pub owed_since_at_close: Option<Timestamp>,
+    /// When the instance was confirmed gone.
+    pub terminated_at: Option<Timestamp>,
+}
+
+impl RunnerAccount {
+    fn apply(&mut self, event: &RunnerEvent) {
+        if let RunnerEvent::Terminated { at, .. } = event {
+            if self.terminated_at.is_none() && self.state.instance_may_be_alive() {
+                self.owed_since_at_close = termination_owed(&self.state, *at).map(|(t, _)| t);
+                self.terminated_at = Some(*at);
+            }
+        }
+        self.state = evolve(std::mem::take(&mut self.state), event);
+    }
+
+    /// Since when a termination is (or was) owed, judged at `until`.
+    pub fn owed_since(&self, until: Timestamp) -> Option<Timestamp> {
+        match self.terminated_at {
+            Some(_) => self.owed_since_at_close,
+            None => termination_owed(&self.state, until).map(|(t, _)| t),
+        }
+    }
+
+    /// The end of the instance's life as far as the account knows: `Terminated`,
+    /// or `until` while it may still be alive.
+    pub fn gone_at(&self, until: Timestamp) -> Option<Timestamp> {
+        self.state.launch.as_ref()?;
+        match self.terminated_at {
+            Some(t) => Some(t),
+            None if self.state.instance_may_be_alive() => Some(until),
+            None => None,
+        }
+    }
+
+    /// vCPUs the instance holds (the request's, while the launch is unresolved).
+    pub fn vcpus(&self) -> u32 {
+        self.state
+            .instance()
+            .map(|i| i.vcpus)
+            .or_else(|| self.state.request.as_ref().map(|r| r.spec.vcpus))
+            .unwrap_or(0)
+    }
+}
+
+/// Accounts of every runner in a log.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    /// By stream.
+    pub runners: HashMap<StreamId, RunnerAccount>,
+    /// Events folded.
+    pub events: u64,
+    /// Events skipped because they happened after the horizon.
+    pub after_horizon: u64,
+}
+
+/// Distribution of a duration, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Distribution {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Worst.
+    pub max: u64,
+}
+
+impl Distribution {
+    /// The distribution of `samples`.
+    pub fn of(mut samples: Vec<u64>) -> Self {
+        samples.sort_unstable();
+        let at = |p: f64| -> u64 {
+            if samples.is_empty() {
+                0
+            } else {
+                samples[((samples.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Distribution {
+            count: samples.len() as u64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: samples.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What a window of history cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LeakFigures {
+    /// vCPU-minutes of instances orphaned: owed a termination for longer than the
+    /// grace, until gone.
+    pub orphan_vcpu_minutes: f64,
+    /// vCPU-minutes owed within the grace (compensation at work).
+    pub owed_vcpu_minutes: f64,
+    /// Runners whose instance was an orphan for some of the window.
+    pub orphans: u64,
+    /// From owed to `Terminated`, for terminations in the window.
+    pub compensation_latency_ms: Distribution,
+}
+
+fn overlap(a: (i64, i64), b: (i64, i64)) -> i64 {
+    (a.1.min(b.1) - a.0.max(b.0)).max(0)
+}
+
+impl Ledger {
+    /// Folds one event, unless it happened after `horizon`.
+    pub fn apply(&mut self, stream: &StreamId, event: &RunnerEvent, horizon: Option<Timestamp>) {
+        if horizon.is_some_and(|h| event.at() > h) {
+            self.after_horizon += 1;
+            return;
+        }
+        self.events += 1;
+        self.runners.entry(stream.clone()).or_default().apply(event);
+    }
+
+    /// Leak figures for `[since, until)`, an instance counting as orphaned from
+    /// `grace_ms` after its termination became owed.
+    pub fn figures(&self, since: Timestamp, until: Timestamp, grace_ms: u64) -> LeakFigures {
+        let window = (since.0, until.0);
+        let mut figures = LeakFigures::default();
+        let mut latencies = Vec::new();
+        for account in self.runners.values() {
+            let (Some(owed), Some(gone)) = (account.owed_since(until), account.gone_at(until))
+            else {
+                continue;
+            };
+            let orphan_from = owed.plus_ms(grace_ms).0.min(gone.0);
+            let vcpus = f64::from(account.vcpus());
+            let owed_ms = overlap((owed.0, orphan_from), window);
+            let orphan_ms = overlap((orphan_from, gone.0), window);
+            figures.owed_vcpu_minutes += vcpus * owed_ms as f64 / 60_000.0;
+            figures.orphan_vcpu_minutes += vcpus * orphan_ms as f64 / 60_000.0;
+            if orphan_ms > 0 {
+                figures.orphans += 1;
+            }
+            if let Some(t) = account.terminated_at {
+                if t >= since && t < until {
+                    latencies.push(t.millis_since(owed));
+                }
+            }
+        }
+        figures.compensation_latency_ms = Distribution::of(latencies);
+        figures
+    }
+
+    /// Runners by status at the horizon.
+    pub fn by_status(&self) -> HashMap<RunnerStatus, u64> {
+        let mut counts = HashMap::new();
+        for a in self.runners.values() {
+            *counts.entry(a.state.status()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Failed runners by failure stage.
+    pub fn failures(&self) -> HashMap<FailureStage, u64> {
+        let mut counts = HashMap::new();
+        for a in self.runners.values() {
+            if let Some(f) = &a.state.failure {
+                *counts.entry(f.stage).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Instances that may be alive at the horizon, and their vCPUs, per market.
+    pub fn live(&self) -> Vec<(StreamId, Option<String>, Market, u32)> {
+        let mut live: Vec<_> = self
+            .runners
+            .iter()
+            .filter(|(_, a)| a.state.instance_may_be_alive() && !is_terminal(&a.state))
+            .filter_map(|(s, a)| {
+                let market = a
+                    .state
+                    .instance()
+                    .map(|i| i.market)
+                    .or_else(|| a.state.launch.as_ref().map(|l| l.market))?;
+                Some((
+                    s.clone(),
+                    a.state.instance().map(|i| i.id.0.clone()),
+                    market,
+                    a.vcpus(),
+                ))
+            })
+            .collect();
+        live.sort();
+        live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jitr_domain::{
+        Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market, RunnerState,
+        execute,
+    };
+
+    use super::*;
+
+    const T0: i64 = 1_777_868_520_000;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp(T0 + secs * 1000)
+    }
+
+    /// A runner launched at 0 s; then `then` at the given seconds.
+    fn runner(id: u64, then: &[(i64, Command)]) -> (StreamId, Vec<RunnerEvent>) {
+        let job = JobRef {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id: id,
+            run_id: 1,
+        };
+        let mut state = RunnerState::default();
+        let mut log = Vec::new();
+        let mut step = |state: &mut RunnerState, command: Command, secs: i64| {
+            let (next, events) = execute(state, command, at(secs)).unwrap();
+            *state = next;
+            log.extend(events);
+        };
+        step(
+            &mut state,
+            Command::Request {
+                job: job.clone(),
+                attempt: 1,
+                labels: vec![],
+                spec: InstanceSpec {
+                    instance_type: "c5.xlarge".into(),
+                    vcpus: 4,
+                    image: "ami".into(),
+                },
+                deadlines: Deadlines::default(),
+            },
+            0,
+        );
+        step(
+            &mut state,
+            Command::IntendLaunch {
+                market: Market::Spot,
+            },
+            0,
+        );
+        let token = state.pending_launch().cloned().unwrap();
+        step(
+            &mut state,
+            Command::RecordLaunch {
+                client_token: token,
+                instance_id: InstanceId(format!("i-{id}")),
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+            },
+            0,
+        );
+        for (secs, command) in then {
+            step(&mut state, command.clone(), *secs);
+        }
+        (StreamId::for_job(&job, 1), log)
+    }
+
+    fn ledger(runners: &[(StreamId, Vec<RunnerEvent>)], horizon: Option<Timestamp>) -> Ledger {
+        let mut ledger = Ledger::default();
+        for (stream, events) in runners {
+            for e in events {
+                ledger.apply(stream, e, horizon);
+            }
+        }
+        ledger
+    }
+
+    fn fail(secs: i64) -> (i64, Command) {
+        (
+            secs,
+            Command::Fail {
+                stage: FailureStage::Token,
+                reason: "x".into(),
+            },
+        )
+    }
+
+    fn terminated(secs: i64, id: u64) -> (i64, Command) {
+        (
+            secs,
+            Command::ConfirmTerminated {
+                instance_id: Some(InstanceId(format!("i-{id}"))),
+            },
+        )
+    }
+
+    #[test]
+    fn owed_then_orphaned_vcpu_minutes_and_compensation_latency() {
+        let runners = [
+            // Failed at 10 s, terminated at 130 s: owed 10–70 s, orphaned 70–130 s.
+            runner(1, &[fail(10), terminated(130, 1)]),
+            // Completed at 20 s and never terminated: owed from 140 s (drain grace).
+            runner(2, &[(20, Command::CompleteJob { conclusion: None })]),
+            // Healthy, running: nothing owed.
+            runner(3, &[(5, Command::StartJob)]),
+        ];
+        let ledger = ledger(&runners, None);
+        let figures = ledger.figures(at(0), at(300), 60_000);
+        // 4 vCPU × (1 min + 1 min) owed, 4 vCPU × (1 min + 100 s) orphaned.
+        assert!(
+            (figures.owed_vcpu_minutes - 8.0).abs() < 1e-9,
+            "{figures:?}"
+        );
+        assert!((figures.orphan_vcpu_minutes - (4.0 + 4.0 * 100.0 / 60.0)).abs() < 1e-9);
+        assert_eq!(figures.orphans, 2);
+        assert_eq!(figures.compensation_latency_ms.count, 1);
+        assert_eq!(figures.compensation_latency_ms.max, 120_000);
+
+        // A window clips the figures.
+        let clipped = ledger.figures(at(100), at(130), 60_000);
+        assert!(
+            (clipped.orphan_vcpu_minutes - 4.0 * 60.0 / 60.0).abs() < 1e-9,
+            "{clipped:?}"
+        );
+    }
+
+    #[test]
+    fn a_horizon_rebuilds_the_past() {
+        let runners = [runner(1, &[fail(10), terminated(130, 1)])];
+        let before = ledger(&runners, Some(at(100)));
+        assert_eq!(before.live().len(), 1, "still alive at 100 s");
+        assert_eq!(before.after_horizon, 1);
+        let after = ledger(&runners, Some(at(200)));
+        assert!(after.live().is_empty());
+        assert_eq!(after.failures().get(&FailureStage::Token), Some(&1));
+    }
+
+    #[test]
+    fn distributions_take_percentiles() {
+        let d = Distribution::of((1..=100).collect());
+        assert_eq!(
+            (d.count, d.p50, d.p90, d.p99, d.max),
+            (100, 51, 90, 99, 100)
+        );
+        assert_eq!(Distribution::of(vec![]), Distribution::default());
+    }
+}
