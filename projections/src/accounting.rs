@@ -336,7 +336,7 @@ mod tests {
         // A window clips the figures.
         let clipped = ledger.figures(at(100), at(130), 60_000);
         assert!(
-            (clipped.orphan_vcpu_minutes - 4.0 * 60.0 / 60.0).abs() < 1e-9,
+            (clipped.orphan_vcpu_minutes - 4.0 * 30.0 / 60.0).abs() < 1e-9,
             "{clipped:?}"
         );
     }
