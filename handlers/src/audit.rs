@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use jitr_domain::{InstanceId, RunnerStatus, StreamId, TerminationReason, Timestamp};
+use jitr_domain::{InstanceId, Market, RunnerStatus, StreamId, TerminationReason, Timestamp};
 use jitr_infra::{EventStore, StoreError};
+use jitr_projections::accounting::{LeakFigures, Ledger};
 use jitr_projections::{Fleet, RunnerViews};
 use serde::Serialize;
 
@@ -39,6 +40,45 @@ pub struct AuditReport {
     pub deadline_ms: u64,
     /// Events found after their stream had closed (should be 0).
     pub events_after_close: u64,
+    /// The history the log holds: first and last event, RFC 3339 (empty log: none).
+    pub log_covers: Option<(String, String)>,
+    /// The window the leak figures cover, RFC 3339.
+    pub window: (String, String),
+    /// An instance counts as orphaned this long after its termination became owed.
+    pub orphan_grace_ms: u64,
+    /// What the window cost: orphan and owed vCPU-minutes, compensation latency.
+    pub leaks: LeakFigures,
+    /// Failed runners by failure stage.
+    pub failures: BTreeMap<String, u64>,
+    /// Instances that may be alive at `as_of`, per the log.
+    pub live_instances: Vec<LiveInstance>,
+}
+
+/// An instance the log says may be alive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveInstance {
+    /// The runner.
+    pub stream: StreamId,
+    /// The instance (none while its launch is unresolved).
+    pub instance_id: Option<String>,
+    /// Its market.
+    pub market: Market,
+    /// Its vCPUs.
+    pub vcpus: u32,
+}
+
+/// What an audit judges.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditWindow {
+    /// Start of the leak figures' window (None: the first event).
+    pub since: Option<Timestamp>,
+    /// The moment judged: the end of the window, and the horizon of the replay
+    /// (events after it are not folded, which rebuilds the fleet as it was).
+    pub as_of: Timestamp,
+    /// How long a termination may stay owed before the audit fails.
+    pub deadline_ms: u64,
+    /// How long after being owed an instance counts as orphaned.
+    pub orphan_grace_ms: u64,
 }
 
 /// A runner whose instance may be alive although nobody wants it.
@@ -71,29 +111,58 @@ impl AuditReport {
     }
 }
 
-/// Replays the whole log into fresh views; `progress` hears each page's last
-/// position.
-pub async fn replay<S: EventStore + ?Sized>(
-    store: &S,
-    mut progress: impl FnMut(u64),
-) -> Result<(RunnerViews, u64), StoreError> {
-    let mut views = RunnerViews::default();
-    let mut events = 0u64;
-    loop {
-        let page = store.read_all(views.position, FEED_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        let last = last.position;
-        for r in &page {
-            views.apply(r.position, &r.stream, &r.event);
-        }
-        events += page.len() as u64;
-        progress(last);
-    }
-    Ok((views, events))
+/// A replayed log: views, leak ledger, and what it covered.
+pub struct Replay {
+    /// Runner views at the horizon.
+    pub views: RunnerViews,
+    /// Leak accounting at the horizon.
+    pub ledger: Ledger,
+    /// Events folded.
+    pub events: u64,
+    /// First and last event moments seen (all of the log).
+    pub covers: Option<(Timestamp, Timestamp)>,
 }
 
-/// Judges replayed views at `now`.
-pub fn judge(views: &RunnerViews, events: u64, now: Timestamp, deadline_ms: u64) -> AuditReport {
+/// Replays the whole log up to `horizon` (None: everything); `progress` hears
+/// each page's last position.
+pub async fn replay<S: EventStore + ?Sized>(
+    store: &S,
+    horizon: Option<Timestamp>,
+    mut progress: impl FnMut(u64),
+) -> Result<Replay, StoreError> {
+    let mut views = RunnerViews::default();
+    let mut ledger = Ledger::default();
+    let mut events = 0u64;
+    let mut after = 0;
+    let mut covers: Option<(Timestamp, Timestamp)> = None;
+    loop {
+        let page = store.read_all(after, FEED_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            let at = r.event.at();
+            covers = Some(covers.map_or((at, at), |(a, b)| (a.min(at), b.max(at))));
+            ledger.apply(&r.stream, &r.event, horizon);
+            if horizon.is_some_and(|h| at > h) {
+                continue;
+            }
+            views.apply(r.position, &r.stream, &r.event);
+            events += 1;
+        }
+        progress(after);
+    }
+    Ok(Replay {
+        views,
+        ledger,
+        events,
+        covers,
+    })
+}
+
+/// Judges a replay for `window`.
+pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
+    let now = window.as_of;
+    let views = &replay.views;
     let owed: Vec<OwedTermination> = views
         .open_leaks(now)
         .into_iter()
@@ -108,22 +177,50 @@ pub fn judge(views: &RunnerViews, events: u64, now: Timestamp, deadline_ms: u64)
                 owed_since: rfc3339(leak.owed_since),
                 owed_for_ms,
                 termination_requested: leak.termination_requested,
-                past_deadline: owed_for_ms > deadline_ms,
+                past_deadline: owed_for_ms > window.deadline_ms,
             }
         })
         .collect();
+    let since = window
+        .since
+        .or(replay.covers.map(|(first, _)| first))
+        .unwrap_or(now);
+    let leaks = replay.ledger.figures(since, now, window.orphan_grace_ms);
+    let failures = replay
+        .ledger
+        .failures()
+        .into_iter()
+        .map(|(stage, n)| (stage.as_str().to_owned(), n))
+        .collect();
+    let live_instances = replay
+        .ledger
+        .live()
+        .into_iter()
+        .map(|(stream, instance_id, market, vcpus)| LiveInstance {
+            stream,
+            instance_id,
+            market,
+            vcpus,
+        })
+        .collect();
     AuditReport {
-        schema: 1,
+        schema: 2,
         as_of: rfc3339(now),
         as_of_ms: now.0,
-        events,
+        events: replay.events,
         runners: (views.open.len() + views.closed.len()) as u64,
         by_status: views.by_status(),
         fleet: views.fleet(),
         owed_past_deadline: owed.iter().filter(|o| o.past_deadline).count() as u64,
         owed,
-        deadline_ms,
+        deadline_ms: window.deadline_ms,
         events_after_close: views.after_close,
+        log_covers: replay.covers.map(|(a, b)| (rfc3339(a), rfc3339(b))),
+        window: (rfc3339(since), rfc3339(now)),
+        orphan_grace_ms: window.orphan_grace_ms,
+        leaks,
+        failures,
+        live_instances,
     }
 }
 
@@ -186,6 +283,37 @@ pub fn render(report: &AuditReport) -> String {
                 }
             );
         }
+    }
+    let l = &report.leaks;
+    let c = &l.compensation_latency_ms;
+    let _ = writeln!(
+        out,
+        "\nleaks {} .. {}\n  orphan vCPU-minutes {:.1} ({} runners; orphaned {} after owed)\n  owed vCPU-minutes within the grace {:.1}\n  compensation latency: {} terminations, p50 {} p90 {} p99 {} max {}",
+        report.window.0,
+        report.window.1,
+        l.orphan_vcpu_minutes,
+        l.orphans,
+        span(report.orphan_grace_ms),
+        l.owed_vcpu_minutes,
+        c.count,
+        span(c.p50),
+        span(c.p90),
+        span(c.p99),
+        span(c.max)
+    );
+    if !report.failures.is_empty() {
+        let failures: Vec<String> = report
+            .failures
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "  failures by stage: {}", failures.join(", "));
+    }
+    if let Some((first, last)) = &report.log_covers {
+        let _ = writeln!(
+            out,
+            "\nthe log covers {first} .. {last} (history is never deleted)"
+        );
     }
     if report.events_after_close > 0 {
         let _ = writeln!(

@@ -212,7 +212,7 @@ pub async fn run(
     }
     progress("replay: reading it back into the views");
     let start = Instant::now();
-    let (_, replayed) = replay(&store, |_| {}).await?;
+    let replayed = replay(&store, None, |_| {}).await?.events;
     let replay_elapsed = start.elapsed();
 
     Ok(BenchReport {

@@ -61,6 +61,20 @@ enum Cmd {
         /// How long a termination may stay owed before the audit fails.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         deadline: Duration,
+        /// Start of the window the leak figures cover (RFC 3339; default: the
+        /// first event).
+        #[arg(long, value_parser = parse_moment)]
+        since: Option<Timestamp>,
+        /// End of the window (RFC 3339; default: now).
+        #[arg(long, value_parser = parse_moment, conflicts_with = "as_of")]
+        until: Option<Timestamp>,
+        /// Rebuild everything as it was at this moment (RFC 3339): live instances,
+        /// vCPUs per market, statuses.
+        #[arg(long, value_parser = parse_moment)]
+        as_of: Option<Timestamp>,
+        /// An instance counts as orphaned this long after its termination became owed.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        orphan_grace: Duration,
     },
     /// Write a demonstration log (the seed incident in miniature, compensated) and
     /// print its audit.
@@ -275,15 +289,14 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
 async fn run_audit(
     store: &SqliteEventStore,
     json: bool,
-    at: Timestamp,
-    deadline: Duration,
+    window: audit::AuditWindow,
+    horizon: Option<Timestamp>,
 ) -> Result<ExitCode> {
     let total = store.last_position().await?;
     let bar = progress_bar(total, json && total < 100_000);
-    let (views, events) = audit::replay(store, |p| bar.set_position(p)).await?;
+    let replayed = audit::replay(store, horizon, |p| bar.set_position(p)).await?;
     bar.finish_and_clear();
-    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-    let report = audit::judge(&views, events, at, deadline_ms);
+    let report = audit::judge(&replayed, window);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -324,9 +337,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
             now: at,
             deadline,
+            since,
+            until,
+            as_of,
+            orphan_grace,
         } => {
             let store = open_existing(&data_dir)?;
-            run_audit(&store, json, at.unwrap_or_else(now), deadline).await
+            let moment = as_of.or(until).or(at).unwrap_or_else(now);
+            let window = audit::AuditWindow {
+                since,
+                as_of: moment,
+                deadline_ms: deadline.as_millis() as u64,
+                orphan_grace_ms: orphan_grace.as_millis() as u64,
+            };
+            let horizon = as_of.or(until);
+            run_audit(&store, json, window, horizon).await
         }
         Cmd::Demo { data_dir, reset } => {
             std::fs::create_dir_all(&data_dir)
@@ -356,7 +381,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 path.display(),
                 summary.compensations
             );
-            let code = run_audit(&store, false, at, Duration::from_secs(60)).await?;
+            let window = audit::AuditWindow {
+                since: None,
+                as_of: at,
+                deadline_ms: audit::DEFAULT_DEADLINE_MS,
+                orphan_grace_ms: audit::DEFAULT_DEADLINE_MS,
+            };
+            let code = run_audit(&store, false, window, None).await?;
             println!(
                 "\nnext: jitr history --data-dir {} '{}'",
                 data_dir.display(),

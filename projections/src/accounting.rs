@@ -138,7 +138,7 @@ impl Ledger {
         self.runners.entry(stream.clone()).or_default().apply(event);
     }
 
-    /// Leak figures for `[since, until)`, an instance counting as orphaned from
+    /// Leak figures for `[since, until]`, an instance counting as orphaned from
     /// `grace_ms` after its termination became owed.
     pub fn figures(&self, since: Timestamp, until: Timestamp, grace_ms: u64) -> LeakFigures {
         let window = (since.0, until.0);
@@ -159,7 +159,7 @@ impl Ledger {
                 figures.orphans += 1;
             }
             if let Some(t) = account.terminated_at {
-                if t >= since && t < until {
+                if t >= since && t <= until {
                     latencies.push(t.millis_since(owed));
                 }
             }
