@@ -30,4 +30,5 @@ pub mod rebalancer;
 pub mod report;
 pub mod scaleup;
 pub mod serve;
+pub mod simulate;
 pub mod webhook;

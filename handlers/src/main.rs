@@ -169,6 +169,27 @@ enum Cmd {
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(jitr_handlers::lambda::HANDLERS))]
         handler: String,
     },
+    /// Run a deterministic scenario on the local simulator through the real
+    /// handlers, and report jobs served, orphans, orphan vCPU-minutes, peak vCPUs,
+    /// launch refusals, compensation latency and when the quota was free again.
+    Simulate {
+        /// The scenario.
+        #[arg(long, value_enum)]
+        scenario: jitr_handlers::simulate::Scenario,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Turn compensation and the reaper off (what would leak without them).
+        #[arg(long)]
+        without_compensation: bool,
+        /// Keep the simulated log here (for `jitr audit` / `history`); default: a
+        /// scratch directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check what an operator checks first: dead-letter queues (warns above 5
     /// messages), alarm states, instances against open runners, configuration.
     ///
@@ -555,6 +576,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Simulate {
+            scenario,
+            seed,
+            without_compensation,
+            data_dir,
+            json,
+        } => {
+            let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+            let dir = match &data_dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d)?;
+                    if d.join(LOG_FILE).exists() {
+                        bail!(
+                            "{} already holds a log: simulate into an empty --data-dir",
+                            d.display()
+                        );
+                    }
+                    d.clone()
+                }
+                None => scratch.path().to_path_buf(),
+            };
+            let report =
+                jitr_handlers::simulate::run(&dir, scenario, seed, !without_compensation).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", jitr_handlers::simulate::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Lambda { handler } => {
             run_lambda(handler).await?;
@@ -981,10 +1032,11 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("JITR_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Cmd::Lambda { .. }) {
-            "info"
-        } else {
-            "warn"
+        tracing_subscriber::EnvFilter::new(match cli.command {
+            Cmd::Lambda { .. } => "info",
+            // A simulation's report says what happened; its handlers' logs are noise.
+            Cmd::Simulate { .. } => "off",
+            _ => "warn",
         })
     });
     if matches!(cli.command, Cmd::Lambda { .. }) {

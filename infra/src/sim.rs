@@ -268,6 +268,18 @@ impl SimCloud {
             .sum())
     }
 
+    /// The instances that were alive (launched, not yet told to terminate) at `at`:
+    /// the simulator's own record, to check the log's reconstruction against.
+    pub fn alive_at(&self, at: Timestamp) -> Result<Vec<InstanceId>, ComputeError> {
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "", None)?
+            .into_iter()
+            .filter(|r| r.launched_at <= at.0 && r.terminating_at.is_none_or(|t| t > at.0))
+            .map(|r| InstanceId(r.id))
+            .collect())
+    }
+
     /// Reclaims a spot instance, as AWS does with two minutes' notice (here: none).
     pub fn interrupt(&self, instance: &InstanceId) -> Result<bool, ComputeError> {
         let now = (self.clock)().0 - self.settings.shutdown_ms as i64;
@@ -436,6 +448,7 @@ impl Compute for SimCloud {
 pub struct SimGitHub {
     conn: Arc<Mutex<Connection>>,
     failures: Arc<Mutex<Vec<u16>>>,
+    failure_rate: Arc<Mutex<Option<(f64, u64)>>>,
 }
 
 fn scope_key(scope: &RunnerScope) -> String {
@@ -455,6 +468,7 @@ impl SimGitHub {
         Ok(SimGitHub {
             conn: Arc::new(Mutex::new(open(path.as_ref())?)),
             failures: Arc::default(),
+            failure_rate: Arc::default(),
         })
     }
 
@@ -469,6 +483,12 @@ impl SimGitHub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend_from_slice(statuses);
+    }
+
+    /// Makes a fraction `rate` of JIT mints fail with 500, chosen by a generator
+    /// seeded with `seed` (deterministic runs).
+    pub fn fail_mints_at_rate(&self, rate: f64, seed: u64) {
+        *self.failure_rate.lock().unwrap_or_else(|p| p.into_inner()) = Some((rate, seed));
     }
 
     /// Records a job as queued (what a `workflow_job` `queued` webhook announces).
@@ -520,6 +540,17 @@ impl GitHub for SimGitHub {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             (!failures.is_empty()).then(|| failures.remove(0))
         };
+        let injected = injected.or_else(|| {
+            let mut rate = self.failure_rate.lock().unwrap_or_else(|p| p.into_inner());
+            let (p, state) = rate.as_mut()?;
+            // SplitMix64: a tiny deterministic generator.
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 11) as f64 / (1u64 << 53) as f64 <= *p).then_some(500)
+        });
         if let Some(status) = injected {
             return Err(GitHubError::Server {
                 status,

@@ -1,0 +1,448 @@
+//! `jitr simulate`: deterministic scenarios on the local simulator, driven through
+//! the real handlers, queues, store and projector, with a manual clock.
+//!
+//! GitHub's side is played by the driver: queued jobs arrive as webhooks; a job
+//! starts on its runner 30 s after the runner is ready and completes after its
+//! duration. `--without-compensation` turns the projector's compensation and the
+//! reaper off, to show what the same run leaks without them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitr_domain::{JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp};
+use jitr_infra::{
+    EventStore, InProcessBus, LocalQueue, ManualClock, Queue, QueuedJob, SimCloud, SimGitHub,
+    SimSecrets, SimSettings, SqliteEventStore,
+};
+use jitr_projections::accounting::Distribution;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::audit;
+use crate::compensation::Compensation;
+use crate::lifecycle::Lifecycle;
+use crate::policy::RunnerPolicy;
+use crate::ports::{CrashPoint, HandlerError, Outcome, Ports, settle};
+use crate::projector::Projector;
+use crate::reaper::Reaper;
+use crate::rebalancer::Rebalancer;
+use crate::scaleup::ScaleUp;
+use crate::serve::ServeError;
+use crate::webhook::JobMessage;
+
+/// The scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// A release burst against a 32-vCPU quota: spot quota exhausted, on-demand
+    /// quota hit, a quarter of the JIT mints failing after launch.
+    SeedIncident,
+    /// Scale-up crashes at random step boundaries.
+    CrashStorm,
+    /// A third of the `queued` webhooks never arrive: the rebalancer must heal.
+    LostWebhooks,
+    /// Every webhook delivered five times.
+    DuplicateStorm,
+}
+
+/// A run's figures (`--json` prints exactly this).
+#[derive(Clone, Debug, Serialize)]
+pub struct SimulationReport {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Seed.
+    pub seed: u64,
+    /// Whether compensation and the reaper ran.
+    pub compensation: bool,
+    /// Jobs in the burst.
+    pub jobs: u64,
+    /// Jobs that ran to completion on a jitr runner.
+    pub jobs_served: u64,
+    /// Runners whose instance was orphaned (owed a termination past the grace).
+    pub orphans_found: u64,
+    /// vCPU-minutes those orphans burned.
+    pub orphan_vcpu_minutes: f64,
+    /// Peak vCPUs in use per market.
+    pub peak_vcpus: BTreeMap<String, u32>,
+    /// Launches refused, by error code.
+    pub launch_failures_by_code: BTreeMap<String, u64>,
+    /// From owed to `Terminated`.
+    pub compensation_latency_ms: Distribution,
+    /// After the last job completed, how long until no instance held the quota
+    /// (None: never, within the run).
+    pub quota_free_after_ms: Option<u64>,
+    /// Simulated time the run covered.
+    pub simulated_ms: u64,
+    /// Instances still alive at the end.
+    pub instances_alive_at_end: usize,
+}
+
+struct Job {
+    message: JobMessage,
+    duration_ms: u64,
+    started: Option<(String, Timestamp)>,
+    completed: bool,
+}
+
+const T0: Timestamp = Timestamp(1_777_868_520_000);
+const STEP_MS: u64 = 1_000;
+const LIMIT_MS: u64 = 3 * 3_600_000;
+
+/// Runs `scenario` in `dir` (which keeps the log, cloud and queues afterwards).
+pub async fn run(
+    dir: &Path,
+    scenario: Scenario,
+    seed: u64,
+    compensation: bool,
+) -> Result<SimulationReport, ServeError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let clock = ManualClock::new(T0);
+    let now = || clock.now();
+    let settings = SimSettings {
+        on_demand_vcpus: 32,
+        spot_vcpus: if scenario == Scenario::SeedIncident {
+            8
+        } else {
+            32
+        },
+        spot_capacity: None,
+        boot_ms: 20_000,
+        shutdown_ms: 5_000,
+    };
+    let store = Arc::new(SqliteEventStore::open(dir.join("events.db"))?);
+    let cloud_db = dir.join("cloud.db");
+    let cloud = SimCloud::open(&cloud_db, settings, clock.clock())?;
+    let github = SimGitHub::open(&cloud_db)?;
+    if scenario == Scenario::SeedIncident {
+        github.fail_mints_at_rate(0.25, seed);
+    }
+    let ports = Ports {
+        store: store.clone(),
+        compute: Arc::new(cloud.clone()),
+        github: Arc::new(github.clone()),
+        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
+    };
+    let mut policy = RunnerPolicy::default();
+    policy.deadlines.drain_grace_ms = 30_000;
+    policy.max_launch_attempts = 20;
+    let policy = Arc::new(policy);
+    let queues = dir.join("queues.db");
+    let scaleup_queue: Arc<dyn Queue> = Arc::new(LocalQueue::open(
+        &queues,
+        "scaleup",
+        25,
+        Duration::from_secs(60),
+        clock.clock(),
+    )?);
+    let lifecycle_queue: Arc<dyn Queue> = Arc::new(LocalQueue::open(
+        &queues,
+        "lifecycle",
+        25,
+        Duration::from_secs(30),
+        clock.clock(),
+    )?);
+    let scaleup = ScaleUp::new(ports.clone(), policy.clone());
+    let lifecycle = Lifecycle::new(ports.clone());
+    let compensator = Arc::new(Compensation::new(ports.clone(), policy.clone()));
+    let reaper = Reaper::new(ports.clone(), policy.clone(), compensator.clone());
+    let rebalancer = Rebalancer::new(ports.clone(), policy.clone(), scaleup_queue.clone());
+    let (bus, mut published) = InProcessBus::new();
+    let mut projector = Projector::start(store.clone(), Arc::new(bus), 60_000).await?;
+
+    // The burst: 24 jobs of 4 vCPUs in the first two minutes; 96 vCPUs wanted
+    // against 8 spot and 32 on-demand.
+    let count = 24u64;
+    let mut jobs: Vec<Job> = (1..=count)
+        .map(|n| Job {
+            message: JobMessage {
+                delivery: format!("sim-{n}"),
+                action: "queued".into(),
+                installation: 1,
+                owner: "acme".into(),
+                repo: "release".into(),
+                job_id: 5_000 + n,
+                run_id: 900,
+                labels: vec!["self-hosted".into(), "linux".into()],
+                runner_name: None,
+                conclusion: None,
+                attempt: 1,
+            },
+            duration_ms: rng.random_range(3..=10) * 60_000,
+            started: None,
+            completed: false,
+        })
+        .collect();
+    let arrivals: Vec<u64> = jobs.iter().map(|_| rng.random_range(0..120_000)).collect();
+    let mut peak: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last_completion: Option<Timestamp> = None;
+    let mut quota_free_at: Option<Timestamp> = None;
+    let mut elapsed = 0u64;
+    while elapsed <= LIMIT_MS {
+        let t = now();
+        // GitHub: queued webhooks arrive (or get lost), possibly several times.
+        for (job, arrival) in jobs.iter().zip(&arrivals) {
+            if *arrival / STEP_MS != elapsed / STEP_MS {
+                continue;
+            }
+            github
+                .queue_job(&QueuedJob {
+                    owner: job.message.owner.clone(),
+                    repo: job.message.repo.clone(),
+                    job_id: job.message.job_id,
+                    run_id: job.message.run_id,
+                    labels: job.message.labels.clone(),
+                    name: "build".into(),
+                })
+                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+            let copies = match scenario {
+                Scenario::DuplicateStorm => 5,
+                Scenario::LostWebhooks if rng.random_bool(1.0 / 3.0) => 0,
+                _ => 1,
+            };
+            let body = serde_json::to_string(&job.message).expect("serialisable");
+            for _ in 0..copies {
+                scaleup_queue.publish(&body, None, &[]).await?;
+            }
+        }
+        // jitr: scale-up and lifecycle consumers.
+        for message in scaleup_queue.receive(10, Duration::ZERO).await? {
+            let job: JobMessage = match serde_json::from_str(&message.body) {
+                Ok(j) => j,
+                Err(e) => {
+                    settle(
+                        &*scaleup_queue,
+                        &message,
+                        Ok(Outcome::DeadLetter(e.to_string())),
+                        "sim",
+                        true,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            if scenario == Scenario::CrashStorm && rng.random_bool(0.3) {
+                let points = [
+                    CrashPoint::AfterLaunchIntended,
+                    CrashPoint::AfterRunInstances,
+                    CrashPoint::AfterLaunched,
+                    CrashPoint::AfterTokenMinted,
+                ];
+                scaleup.crash.arm(points[rng.random_range(0..points.len())]);
+            }
+            let outcome = scaleup.handle(&job, message.receive_count, t).await;
+            if let Err(HandlerError::Crashed(point)) = &outcome {
+                tracing::debug!(?point, "simulated crash; the message comes back");
+            }
+            settle(&*scaleup_queue, &message, outcome, "sim scale-up", true).await;
+        }
+        for message in lifecycle_queue.receive(10, Duration::ZERO).await? {
+            let outcome = match serde_json::from_str::<JobMessage>(&message.body) {
+                Ok(job) => lifecycle.handle(&job, t).await,
+                Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
+            };
+            settle(&*lifecycle_queue, &message, outcome, "sim lifecycle", true).await;
+        }
+        // GitHub: jobs start on a ready runner of theirs and complete.
+        for job in jobs.iter_mut() {
+            if job.completed {
+                continue;
+            }
+            let job_ref = JobRef {
+                owner: job.message.owner.clone(),
+                repo: job.message.repo.clone(),
+                job_id: job.message.job_id,
+                run_id: job.message.run_id,
+            };
+            match &job.started {
+                None => {
+                    for attempt in 1..=8 {
+                        let Some(head) = store.head(&StreamId::for_job(&job_ref, attempt)).await?
+                        else {
+                            break;
+                        };
+                        let ready_since = match head.status {
+                            RunnerStatus::Ready => head.updated_at,
+                            _ => continue,
+                        };
+                        if t.millis_since(ready_since) >= 30_000 {
+                            let runner = head
+                                .state
+                                .runner_name
+                                .clone()
+                                .expect("ready runners have names");
+                            let mut m = job.message.clone();
+                            m.action = "in_progress".into();
+                            m.delivery = format!("{}-start", m.delivery);
+                            m.runner_name = Some(runner.clone());
+                            lifecycle_queue
+                                .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                                .await?;
+                            github
+                                .set_job_status(&m.owner, &m.repo, m.job_id, "in_progress")
+                                .map_err(|e| {
+                                    ServeError::Io(std::io::Error::other(e.to_string()))
+                                })?;
+                            job.started = Some((runner, t));
+                            break;
+                        }
+                    }
+                }
+                Some((runner, started)) if t.millis_since(*started) >= job.duration_ms => {
+                    let mut m = job.message.clone();
+                    m.action = "completed".into();
+                    m.delivery = format!("{}-done", m.delivery);
+                    m.runner_name = Some(runner.clone());
+                    m.conclusion = Some("success".into());
+                    lifecycle_queue
+                        .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                        .await?;
+                    github
+                        .set_job_status(&m.owner, &m.repo, m.job_id, "completed")
+                        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+                    job.completed = true;
+                    last_completion = Some(t);
+                }
+                Some(_) => {}
+            }
+        }
+        // jitr: projector and compensation, reaper and rebalancer every minute.
+        if compensation {
+            projector.tick(t).await?;
+            while let Ok(command) = published.try_recv() {
+                if let Err(e) = compensator.handle(&command, t).await {
+                    tracing::debug!(error = %e, "simulated compensation failed");
+                }
+            }
+        } else {
+            projector.catch_up().await?;
+            while published.try_recv().is_ok() {}
+        }
+        if elapsed % 60_000 == 0 {
+            if compensation {
+                let _ = reaper.sweep(t).await;
+            }
+            let _ = rebalancer.tick(t).await;
+        }
+        for market in [Market::Spot, Market::OnDemand] {
+            let used = cloud.vcpus_in_use(market)?;
+            let entry = peak.entry(market.as_str().to_owned()).or_default();
+            *entry = (*entry).max(used);
+        }
+        let all_done = jobs.iter().all(|j| j.completed);
+        if all_done && quota_free_at.is_none() {
+            let used = cloud.vcpus_in_use(Market::Spot)? + cloud.vcpus_in_use(Market::OnDemand)?;
+            if used == 0 {
+                quota_free_at = Some(t);
+            }
+        }
+        if all_done && (quota_free_at.is_some() || elapsed >= LIMIT_MS) {
+            break;
+        }
+        if all_done
+            && !compensation
+            && last_completion.is_some_and(|l| t.millis_since(l) > 15 * 60_000)
+        {
+            break;
+        }
+        clock.advance(STEP_MS);
+        elapsed += STEP_MS;
+    }
+
+    let end = now();
+    let replayed = audit::replay(&*store, Some(end), |_| {}).await?;
+    let figures = replayed.ledger.figures(T0, end, 60_000);
+    let mut launch_failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            if let RunnerEvent::LaunchRejected { code, .. } = &r.event {
+                *launch_failures.entry(code.clone()).or_default() += 1;
+            }
+        }
+    }
+    let alive = jitr_infra::Compute::list_managed(&cloud)
+        .await?
+        .into_iter()
+        .filter(|m| m.state != jitr_infra::InstanceState::ShuttingDown)
+        .count();
+    let served = jobs.iter().filter(|j| j.completed).count() as u64;
+    Ok(SimulationReport {
+        scenario,
+        seed,
+        compensation,
+        jobs: count,
+        jobs_served: served,
+        orphans_found: figures.orphans,
+        orphan_vcpu_minutes: (figures.orphan_vcpu_minutes * 100.0).round() / 100.0,
+        peak_vcpus: peak,
+        launch_failures_by_code: launch_failures,
+        compensation_latency_ms: figures.compensation_latency_ms,
+        quota_free_after_ms: match (last_completion, quota_free_at) {
+            (Some(l), Some(f)) => Some(f.millis_since(l)),
+            _ => None,
+        },
+        simulated_ms: end.millis_since(T0),
+        instances_alive_at_end: alive,
+    })
+}
+
+/// The report for people.
+pub fn render(r: &SimulationReport) -> String {
+    let c = &r.compensation_latency_ms;
+    let failures: Vec<String> = r
+        .launch_failures_by_code
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let peaks: Vec<String> = r
+        .peak_vcpus
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    format!(
+        "scenario {:?} (seed {}), compensation {}\n\
+         jobs served            {}/{}\n\
+         orphans found          {}\n\
+         orphan vCPU-minutes    {:.2}\n\
+         peak vCPUs             {}\n\
+         launch refusals        {}\n\
+         compensation latency   {} terminations, p50 {} ms, p99 {} ms, max {} ms\n\
+         quota free again       {}\n\
+         instances alive at end {}\n\
+         simulated time         {} s\n",
+        r.scenario,
+        r.seed,
+        if r.compensation {
+            "on"
+        } else {
+            "OFF (ablation)"
+        },
+        r.jobs_served,
+        r.jobs,
+        r.orphans_found,
+        r.orphan_vcpu_minutes,
+        peaks.join(", "),
+        if failures.is_empty() {
+            "none".into()
+        } else {
+            failures.join(", ")
+        },
+        c.count,
+        c.p50,
+        c.p99,
+        c.max,
+        r.quota_free_after_ms
+            .map_or("never, within the run".into(), |ms| format!(
+                "{} s after the last job",
+                ms / 1000
+            )),
+        r.instances_alive_at_end,
+        r.simulated_ms / 1000,
+    )
+}

@@ -1,0 +1,95 @@
+//! `jitr simulate`: the seed incident with and without compensation, and the
+//! audit's reconstruction of the past against the simulator's own record.
+
+use jitr_domain::{InstanceId, Timestamp};
+use jitr_handlers::audit;
+use jitr_handlers::simulate::{Scenario, run};
+use jitr_infra::{ManualClock, SimCloud, SimSettings, SqliteEventStore};
+
+const T0: i64 = 1_777_868_520_000;
+
+#[tokio::test]
+async fn the_seed_incident_leaks_nothing_with_compensation_and_leaks_without() {
+    let with = tempfile::tempdir().unwrap();
+    let report = run(with.path(), Scenario::SeedIncident, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(report.jobs_served, report.jobs, "{report:?}");
+    assert_eq!(report.orphans_found, 0, "{report:?}");
+    assert_eq!(report.orphan_vcpu_minutes, 0.0);
+    assert!(
+        report
+            .launch_failures_by_code
+            .contains_key("MaxSpotInstanceCountExceeded")
+    );
+    assert!(
+        report
+            .launch_failures_by_code
+            .contains_key("VcpuLimitExceeded")
+    );
+    assert!(
+        report.compensation_latency_ms.count > 0,
+        "mint failures were compensated"
+    );
+    assert!(
+        report.quota_free_after_ms.is_some_and(|ms| ms <= 60_000),
+        "quota free within one reaper cycle: {report:?}"
+    );
+    assert_eq!(report.peak_vcpus.get("on-demand"), Some(&32));
+
+    let without = tempfile::tempdir().unwrap();
+    let ablation = run(without.path(), Scenario::SeedIncident, 1, false)
+        .await
+        .unwrap();
+    assert!(ablation.orphans_found > 0, "{ablation:?}");
+    assert!(ablation.orphan_vcpu_minutes > 0.0);
+    assert!(
+        ablation.jobs_served < ablation.jobs,
+        "the pinned quota starves the release"
+    );
+}
+
+#[tokio::test]
+async fn the_other_scenarios_serve_every_job_without_orphans() {
+    for scenario in [
+        Scenario::CrashStorm,
+        Scenario::LostWebhooks,
+        Scenario::DuplicateStorm,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let report = run(dir.path(), scenario, 7, true).await.unwrap();
+        assert_eq!(report.jobs_served, report.jobs, "{scenario:?}: {report:?}");
+        assert_eq!(report.orphan_vcpu_minutes, 0.0, "{scenario:?}: {report:?}");
+        assert_eq!(report.instances_alive_at_end, 0, "{scenario:?}");
+    }
+}
+
+#[tokio::test]
+async fn audit_as_of_matches_the_simulators_record_of_live_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), Scenario::SeedIncident, 3, true)
+        .await
+        .unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let cloud = SimCloud::open(
+        dir.path().join("cloud.db"),
+        SimSettings::default(),
+        ManualClock::new(Timestamp(T0)).clock(),
+    )
+    .unwrap();
+    for secs in [90.5, 400.5, 800.5] {
+        let at = Timestamp(T0 + (secs * 1000.0) as i64);
+        let replayed = audit::replay(&store, Some(at), |_| {}).await.unwrap();
+        let mut from_log: Vec<InstanceId> = replayed
+            .ledger
+            .live()
+            .into_iter()
+            .filter_map(|(_, id, _, _)| id.map(InstanceId))
+            .collect();
+        from_log.sort();
+        let mut from_cloud = cloud.alive_at(at).unwrap();
+        from_cloud.sort();
+        assert!(!from_cloud.is_empty(), "instances were running at {secs} s");
+        assert_eq!(from_log, from_cloud, "at {secs} s");
+    }
+}
