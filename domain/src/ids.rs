@@ -82,6 +82,15 @@ impl StreamId {
         &self.0
     }
 
+    /// The workflow job id (the middle component).
+    pub fn job_id(&self) -> u64 {
+        self.0
+            .split('#')
+            .nth(1)
+            .and_then(|j| j.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The runner attempt number (the last component).
     pub fn attempt(&self) -> u32 {
         self.0
@@ -167,6 +176,7 @@ mod tests {
         assert_eq!(id.as_str(), "acme/widgets#42#2");
         assert_eq!(StreamId::parse(id.as_str()), Ok(id.clone()));
         assert_eq!(id.attempt(), 2);
+        assert_eq!(id.job_id(), 42);
     }
 
     #[test]

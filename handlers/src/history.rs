@@ -32,41 +32,59 @@ pub struct TimelineEntry {
     pub event: RunnerEvent,
 }
 
-/// The timeline of the runner named by `key`: a stream id, or an instance id.
-/// `None` when nothing in the log matches.
-pub async fn timeline<S: EventStore + ?Sized>(
+/// The timelines of the runners named by `key`: a stream id (one runner), an
+/// instance id (its runner), or a workflow job id (every runner attempt for that
+/// job, found by reading the log's feed). Empty when nothing matches.
+pub async fn timelines<S: EventStore + ?Sized>(
     store: &S,
     key: &str,
-) -> Result<Option<Timeline>, StoreError> {
-    let stream = match StreamId::parse(key) {
-        Ok(stream) => stream,
-        Err(_) => match store
+) -> Result<Vec<Timeline>, StoreError> {
+    let streams: Vec<StreamId> = if let Ok(stream) = StreamId::parse(key) {
+        vec![stream]
+    } else if let Ok(job_id) = key.parse::<u64>() {
+        let mut found = std::collections::BTreeSet::new();
+        let mut after = 0;
+        loop {
+            let page = store.read_all(after, crate::projector::FEED_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            found.extend(
+                page.into_iter()
+                    .filter(|r| r.stream.job_id() == job_id)
+                    .map(|r| r.stream),
+            );
+        }
+        found.into_iter().collect()
+    } else {
+        store
             .stream_of_instance(&InstanceId(key.to_owned()))
             .await?
-        {
-            Some(stream) => stream,
-            None => return Ok(None),
-        },
-    };
-    let recorded = store.read_stream(&stream).await?;
-    if recorded.is_empty() {
-        return Ok(None);
-    }
-    let state = fold(recorded.iter().map(|r| &r.event));
-    Ok(Some(Timeline {
-        stream,
-        status: state.status(),
-        instance_id: state.instance().map(|i| i.id.clone()),
-        events: recorded
             .into_iter()
-            .map(|r| TimelineEntry {
-                seq: r.seq,
-                position: r.position,
-                at: rfc3339(r.event.at()),
-                event: r.event,
-            })
-            .collect(),
-    }))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let recorded = store.read_stream(&stream).await?;
+        if recorded.is_empty() {
+            continue;
+        }
+        let state = fold(recorded.iter().map(|r| &r.event));
+        out.push(Timeline {
+            stream,
+            status: state.status(),
+            instance_id: state.instance().map(|i| i.id.clone()),
+            events: recorded
+                .into_iter()
+                .map(|r| TimelineEntry {
+                    seq: r.seq,
+                    position: r.position,
+                    at: rfc3339(r.event.at()),
+                    event: r.event,
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// The timeline as text for people.

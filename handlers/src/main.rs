@@ -31,7 +31,8 @@ struct Cli {
 enum Cmd {
     /// Print the timeline of one runner.
     ///
-    /// KEY is a runner stream id (`owner/repo#job_id#attempt`) or an instance id.
+    /// KEY is a runner stream id (`owner/repo#job_id#attempt`), an instance id, or
+    /// a workflow job id (every runner attempt for the job).
     /// Exit status 2 when nothing in the log matches.
     History {
         /// The data directory holding the log.
@@ -40,7 +41,7 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// A stream id or an instance id.
+        /// A stream id, an instance id or a job id.
         key: String,
     },
     /// Replay the whole log: runners by status, the fleet, and every runner owed a
@@ -338,18 +339,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             key,
         } => {
             let store = open_existing(&data_dir)?;
-            let Some(timeline) = history::timeline(&store, &key).await? else {
+            let timelines = history::timelines(&store, &key).await?;
+            if timelines.is_empty() {
                 eprintln!(
                     "jitr: no runner matches {key:?} in {}: give a stream id \
-                     (owner/repo#job_id#attempt) or an instance id; `jitr audit` lists runners",
+                     (owner/repo#job_id#attempt), an instance id or a job id; `jitr audit` lists runners",
                     data_dir.join(LOG_FILE).display()
                 );
                 return Ok(ExitCode::from(2));
-            };
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&timeline)?);
+                // One runner: its timeline; a job with several attempts: a list.
+                match timelines.as_slice() {
+                    [one] => println!("{}", serde_json::to_string_pretty(one)?),
+                    many => println!("{}", serde_json::to_string_pretty(many)?),
+                }
             } else {
-                print!("{}", history::render(&timeline));
+                for timeline in &timelines {
+                    print!("{}", history::render(timeline));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -115,7 +115,7 @@ async fn history_finds_a_runner_by_stream_or_instance_and_exits_2_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let stream = leaked_log(dir.path()).await;
     let data_dir = dir.path().to_str().unwrap();
-    for key in [stream.as_str(), "i-0leak"] {
+    for key in [stream.as_str(), "i-0leak", "77"] {
         let out = jitr(&["history", "--data-dir", data_dir, key]);
         assert_eq!(out.status.code(), Some(0));
         let text = String::from_utf8(out.stdout).unwrap();
