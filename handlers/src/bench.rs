@@ -386,3 +386,156 @@ pub async fn leak_window(
         webhook_to_token_p50_ms: percentile_ms(&to_token, 0.5),
     })
 }
+
+/// Writes a log of about `events` events for audit benchmarks: whole runner
+/// lives, one in eight failed after launch and compensated late (so the audit
+/// has leak figures to compute).
+pub async fn write_history(dir: &std::path::Path, events: u64) -> Result<u64, StoreError> {
+    let store = SqliteEventStore::open(dir.join("events.db"))?;
+    let t0 = Timestamp(1_777_868_520_000);
+    let mut written = 0u64;
+    let mut job = 0u64;
+    while written < events {
+        let start = t0.plus_ms(job * 7_000);
+        let (stream, history) = if job % 8 == 7 {
+            failed_late(job, start)
+        } else {
+            lifecycle(job, start)
+        };
+        store
+            .append(&stream, 0, &history, &CommandId::new(stream.to_string()))
+            .await?;
+        written += history.len() as u64;
+        job += 1;
+    }
+    Ok(written)
+}
+
+/// A runner that failed after launch and was terminated 90 s later.
+fn failed_late(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) {
+    let (stream, mut history) = lifecycle(job_id, start);
+    history.truncate(3);
+    let mut state = fold(&history);
+    for (secs, command) in [
+        (
+            20,
+            Command::Fail {
+                stage: jitr_domain::FailureStage::Token,
+                reason: "bench".into(),
+            },
+        ),
+        (
+            110,
+            Command::ConfirmTerminated {
+                instance_id: state.instance().map(|i| i.id.clone()),
+            },
+        ),
+    ] {
+        let (next, events) =
+            execute(&state, command, start.plus_ms(secs * 1000)).expect("valid bench history");
+        state = next;
+        history.extend(events);
+    }
+    (stream, history)
+}
+
+/// Reaper sweep cost as history grows at a constant number of live runners.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReaperScaling {
+    /// Live runners during every sweep.
+    pub live_runners: usize,
+    /// (closed runners in the log, median sweep time in µs).
+    pub sweeps: Vec<(u64, f64)>,
+    /// Largest median over smallest median.
+    pub worst_ratio: f64,
+}
+
+/// Measures the reaper's sweep with `live` live runners on the simulator while
+/// the log's history of closed runners grows through `histories`.
+pub async fn reaper_scaling(
+    dir: &std::path::Path,
+    live: usize,
+    histories: &[u64],
+) -> Result<ReaperScaling, crate::serve::ServeError> {
+    use crate::compensation::Compensation;
+    use crate::policy::RunnerPolicy;
+    use crate::ports::Ports;
+    use crate::reaper::Reaper;
+    use crate::scaleup::ScaleUp;
+    use jitr_infra::{ManualClock, SimCloud, SimGitHub, SimSecrets, SimSettings};
+    use std::sync::Arc;
+
+    let t0 = Timestamp(1_777_868_520_000);
+    let clock = ManualClock::new(t0);
+    let store = Arc::new(SqliteEventStore::open(dir.join("events.db"))?);
+    let cloud_db = dir.join("cloud.db");
+    let settings = SimSettings {
+        on_demand_vcpus: 4 * live as u32 + 4,
+        spot_vcpus: 4 * live as u32 + 4,
+        ..SimSettings::default()
+    };
+    let ports = Ports {
+        store: store.clone(),
+        compute: Arc::new(SimCloud::open(&cloud_db, settings, clock.clock())?),
+        github: Arc::new(SimGitHub::open(&cloud_db)?),
+        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
+    };
+    let policy = Arc::new(RunnerPolicy::default());
+    let scaleup = ScaleUp::new(ports.clone(), policy.clone());
+    for n in 0..live as u64 {
+        let job = crate::webhook::JobMessage {
+            delivery: format!("live-{n}"),
+            action: "queued".into(),
+            installation: 1,
+            owner: "bench".into(),
+            repo: "live".into(),
+            job_id: 1_000_000_000 + n,
+            run_id: 1,
+            labels: vec!["self-hosted".into()],
+            runner_name: None,
+            conclusion: None,
+            attempt: 1,
+        };
+        scaleup
+            .handle(&job, 1, clock.now())
+            .await
+            .map_err(|e| crate::serve::ServeError::Io(std::io::Error::other(e.to_string())))?;
+    }
+    clock.advance(180_000);
+    let reaper = Reaper::new(
+        ports.clone(),
+        policy.clone(),
+        Arc::new(Compensation::new(ports, policy)),
+    );
+    let mut closed = 0u64;
+    let mut sweeps = Vec::new();
+    for &target in histories {
+        while closed < target {
+            let (stream, history) = lifecycle(closed, t0);
+            store
+                .append(&stream, 0, &history, &CommandId::new(stream.to_string()))
+                .await?;
+            closed += 1;
+        }
+        let mut times = Vec::new();
+        for _ in 0..15 {
+            let start = Instant::now();
+            let report = reaper
+                .sweep(clock.now())
+                .await
+                .map_err(|e| crate::serve::ServeError::Io(std::io::Error::other(e.to_string())))?;
+            times.push(start.elapsed());
+            assert_eq!(report.instances_seen, live, "the live fleet stays the same");
+        }
+        times.sort();
+        sweeps.push((closed, times[times.len() / 2].as_secs_f64() * 1e6));
+    }
+    let medians: Vec<f64> = sweeps.iter().map(|(_, m)| *m).collect();
+    let min = medians.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = medians.iter().copied().fold(0.0, f64::max);
+    Ok(ReaperScaling {
+        live_runners: live,
+        sweeps,
+        worst_ratio: max / min.max(1e-9),
+    })
+}

@@ -258,6 +258,17 @@ enum Cmd {
         /// after launch; prints failure → Terminated p50/p99.
         #[arg(long)]
         leak_window: Option<usize>,
+        /// Write a log of --events events into this data directory (for timing
+        /// `jitr audit` on it), instead of benchmarking.
+        #[arg(long)]
+        write_history: Option<PathBuf>,
+        /// Events for --write-history.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Measure the reaper's sweep at 50 live runners as the history of closed
+        /// runners grows 1× → 10× → 100× (from 1,000).
+        #[arg(long)]
+        reaper: bool,
     },
 }
 
@@ -669,7 +680,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             appends,
             json,
             leak_window,
+            write_history,
+            events,
+            reaper,
         } => {
+            if let Some(dir) = write_history {
+                std::fs::create_dir_all(&dir)?;
+                if dir.join(LOG_FILE).exists() {
+                    bail!("{} already holds a log", dir.display());
+                }
+                let written = bench::write_history(&dir, events).await?;
+                println!("wrote {written} events to {}", dir.join(LOG_FILE).display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if reaper {
+                let dir = tempfile::tempdir().context("creating a scratch directory")?;
+                let report =
+                    bench::reaper_scaling(dir.path(), 50, &[1_000, 10_000, 100_000]).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    for (closed, median) in &report.sweeps {
+                        println!(
+                            "reaper sweep, {} live runners, {closed:>7} closed in the log: median {median:.0} µs",
+                            report.live_runners
+                        );
+                    }
+                    println!("worst / best median: {:.2}", report.worst_ratio);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(runners) = leak_window {
                 let dir = tempfile::tempdir().context("creating a scratch directory")?;
                 let report = bench::leak_window(dir.path(), runners).await?;
