@@ -52,6 +52,67 @@ pub struct AuditReport {
     pub failures: BTreeMap<String, u64>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
+    /// The log checked against the cloud (`--live`).
+    pub live_check: Option<LiveCheck>,
+}
+
+/// The log against what the cloud runs now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LiveCheck {
+    /// Instances tagged by jitr that no open runner owns (leaks the log cannot see).
+    pub unknown_instances: Vec<String>,
+    /// Runners whose instance is gone although no `Terminated` was recorded.
+    pub gone_without_terminated: Vec<StreamId>,
+}
+
+/// Compares the log's live instances with the cloud's. Instances launched less
+/// than `grace_ms` ago are left out (their `Launched` may not be written yet).
+pub fn cross_check(
+    report: &AuditReport,
+    cloud: &[jitr_infra::ManagedInstance],
+    now: Timestamp,
+    grace_ms: u64,
+) -> LiveCheck {
+    use std::collections::HashSet;
+    let cloud_live: Vec<&jitr_infra::ManagedInstance> = cloud
+        .iter()
+        .filter(|m| {
+            !matches!(
+                m.state,
+                jitr_infra::InstanceState::ShuttingDown | jitr_infra::InstanceState::Terminated
+            )
+        })
+        .collect();
+    let log_ids: HashSet<&str> = report
+        .live_instances
+        .iter()
+        .filter_map(|l| l.instance_id.as_deref())
+        .collect();
+    let cloud_ids: HashSet<&str> = cloud_live
+        .iter()
+        .map(|m| m.instance_id.0.as_str())
+        .collect();
+    let mut unknown: Vec<String> = cloud_live
+        .iter()
+        .filter(|m| !log_ids.contains(m.instance_id.0.as_str()))
+        .filter(|m| now.millis_since(m.launched_at) >= grace_ms)
+        .map(|m| m.instance_id.0.clone())
+        .collect();
+    unknown.sort();
+    let gone = report
+        .live_instances
+        .iter()
+        .filter(|l| {
+            l.instance_id
+                .as_deref()
+                .is_some_and(|id| !cloud_ids.contains(id))
+        })
+        .map(|l| l.stream.clone())
+        .collect();
+    LiveCheck {
+        unknown_instances: unknown,
+        gone_without_terminated: gone,
+    }
 }
 
 /// An instance the log says may be alive.
@@ -105,9 +166,14 @@ pub struct OwedTermination {
 }
 
 impl AuditReport {
-    /// Whether the log shows an instance owed a termination past the deadline.
+    /// Whether an instance is owed a termination past the deadline, or (with
+    /// `--live`) runs unknown to the log.
     pub fn failed(&self) -> bool {
         self.owed_past_deadline > 0
+            || self
+                .live_check
+                .as_ref()
+                .is_some_and(|c| !c.unknown_instances.is_empty())
     }
 }
 
@@ -221,6 +287,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         leaks,
         failures,
         live_instances,
+        live_check: None,
     }
 }
 
@@ -308,6 +375,28 @@ pub fn render(report: &AuditReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  failures by stage: {}", failures.join(", "));
+    }
+    if let Some(check) = &report.live_check {
+        if check.unknown_instances.is_empty() && check.gone_without_terminated.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nlive check: the cloud runs exactly what the log says"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\nlive check: {} instances unknown to the log: {}\n            {} runners whose instance is gone without Terminated: {}",
+                check.unknown_instances.len(),
+                check.unknown_instances.join(", "),
+                check.gone_without_terminated.len(),
+                check
+                    .gone_without_terminated
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if let Some((first, last)) = &report.log_covers {
         let _ = writeln!(

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use jitr_domain::Timestamp;
 use jitr_handlers::{audit, bench, demo, history};
-use jitr_infra::{EventStore, SqliteEventStore};
+use jitr_infra::SqliteEventStore;
 
 /// The log file inside a data directory.
 const LOG_FILE: &str = "events.db";
@@ -76,6 +76,22 @@ enum Cmd {
         /// An instance counts as orphaned this long after its termination became owed.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         orphan_grace: Duration,
+        /// Also check the log against the instances the cloud runs now (the
+        /// simulator in the data directory, or EC2 with --aws).
+        #[arg(long)]
+        live: bool,
+        /// Audit the AWS deployment (DynamoDB log, EC2) instead of a data directory.
+        #[arg(long)]
+        aws: bool,
+        /// Prefix of the AWS resource names (with --aws).
+        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
+        prefix: String,
+        /// AWS endpoint (with --aws).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// AWS region (with --aws).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Write a demonstration log (the seed incident in miniature, compensated) and
     /// print its audit.
@@ -319,17 +335,21 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-async fn run_audit(
-    store: &SqliteEventStore,
+async fn run_audit<S: jitr_infra::EventStore>(
+    store: &S,
     json: bool,
     window: audit::AuditWindow,
     horizon: Option<Timestamp>,
+    cloud: Option<Vec<jitr_infra::ManagedInstance>>,
 ) -> Result<ExitCode> {
     let total = store.last_position().await?;
     let bar = progress_bar(total, json && total < 100_000);
     let replayed = audit::replay(store, horizon, |p| bar.set_position(p)).await?;
     bar.finish_and_clear();
-    let report = audit::judge(&replayed, window);
+    let mut report = audit::judge(&replayed, window);
+    if let Some(cloud) = cloud {
+        report.live_check = Some(audit::cross_check(&report, &cloud, window.as_of, 120_000));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -381,8 +401,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             until,
             as_of,
             orphan_grace,
+            live,
+            aws,
+            prefix,
+            endpoint,
+            region,
         } => {
-            let store = open_existing(&data_dir)?;
             let moment = as_of.or(until).or(at).unwrap_or_else(now);
             let window = audit::AuditWindow {
                 since,
@@ -391,7 +415,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 orphan_grace_ms: orphan_grace.as_millis() as u64,
             };
             let horizon = as_of.or(until);
-            run_audit(&store, json, window, horizon).await
+            if aws {
+                let config = jitr_infra::AwsSettings {
+                    endpoint,
+                    region,
+                    static_credentials: None,
+                }
+                .load()
+                .await;
+                let names = jitr_handlers::init::AwsNames::new(prefix);
+                let store = jitr_infra::DynamoEventStore::new(&config, names.events_table());
+                let compute =
+                    jitr_infra::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+                let cloud = if live {
+                    Some(jitr_infra::Compute::list_managed(&compute).await?)
+                } else {
+                    None
+                };
+                return run_audit(&store, json, window, horizon, cloud).await;
+            }
+            let store = open_existing(&data_dir)?;
+            let cloud = if live {
+                let cloud_db = data_dir.join("cloud.db");
+                if !cloud_db.is_file() {
+                    bail!(
+                        "--live: no simulated cloud at {} (jitr serve creates it)",
+                        cloud_db.display()
+                    );
+                }
+                let sim = jitr_infra::SimCloud::open(
+                    &cloud_db,
+                    jitr_infra::SimSettings::default(),
+                    jitr_infra::system_clock(),
+                )?;
+                Some(jitr_infra::Compute::list_managed(&sim).await?)
+            } else {
+                None
+            };
+            run_audit(&store, json, window, horizon, cloud).await
         }
         Cmd::Demo { data_dir, reset } => {
             std::fs::create_dir_all(&data_dir)
@@ -427,7 +488,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 deadline_ms: audit::DEFAULT_DEADLINE_MS,
                 orphan_grace_ms: audit::DEFAULT_DEADLINE_MS,
             };
-            let code = run_audit(&store, false, window, None).await?;
+            let code = run_audit(&*store, false, window, None, None).await?;
             println!(
                 "\nnext: jitr history --data-dir {} '{}'",
                 data_dir.display(),

@@ -319,3 +319,69 @@ async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn audit_live_lists_instances_the_log_does_not_know() {
+    use jitr_infra::Compute;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("sim");
+    let data = data_dir.to_str().unwrap();
+    let sim = jitr(&[
+        "simulate",
+        "--scenario",
+        "duplicate-storm",
+        "--seed",
+        "3",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(sim.status.code(), Some(0), "{sim:?}");
+    let clean = jitr(&["audit", "--data-dir", data, "--live", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert_eq!(clean.status.code(), Some(0), "{report:#}");
+    assert_eq!(
+        report["live_check"]["unknown_instances"],
+        serde_json::json!([])
+    );
+
+    // An instance started behind jitr's back (a stray RunInstances).
+    let cloud = jitr_infra::SimCloud::open(
+        data_dir.join("cloud.db"),
+        jitr_infra::SimSettings::default(),
+        jitr_infra::system_clock(),
+    )
+    .unwrap();
+    let stream = StreamId::parse("acme/ghost#1#1").unwrap();
+    let stray = cloud
+        .launch(&jitr_infra::LaunchSpec {
+            client_token: jitr_domain::ClientToken::derive(&stream, 1),
+            stream,
+            market: Market::Spot,
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            image: "ami".into(),
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    // Judge a moment well after the launch grace.
+    let later = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+    )
+    .to_string();
+    let leaked = jitr(&[
+        "audit",
+        "--data-dir",
+        data,
+        "--live",
+        "--json",
+        "--now",
+        &later,
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&leaked.stdout).unwrap();
+    assert_eq!(leaked.status.code(), Some(1), "{report:#}");
+    assert_eq!(
+        report["live_check"]["unknown_instances"],
+        serde_json::json!([stray.instance_id.0])
+    );
+}
