@@ -189,40 +189,60 @@ pub struct Replay {
     pub covers: Option<(Timestamp, Timestamp)>,
 }
 
-/// Replays the whole log up to `horizon` (None: everything); `progress` hears
-/// each page's last position.
+impl Replay {
+    fn empty() -> Self {
+        Replay {
+            views: RunnerViews::default(),
+            ledger: Ledger::default(),
+            events: 0,
+            covers: None,
+        }
+    }
+
+    /// Folds one event (in global position order), unless it is past `horizon`.
+    fn fold(&mut self, r: &jitr_infra::RecordedEvent, horizon: Option<Timestamp>) {
+        let at = r.event.at();
+        self.covers = Some(
+            self.covers
+                .map_or((at, at), |(a, b)| (a.min(at), b.max(at))),
+        );
+        self.ledger.apply(&r.stream, &r.event, horizon);
+        if horizon.is_some_and(|h| at > h) {
+            return;
+        }
+        self.views.apply(r.position, &r.stream, &r.event);
+        self.events += 1;
+    }
+}
+
+/// Replays the whole log up to `horizon` (None: everything), page by page from
+/// the feed; `progress` hears each page's last position.
 pub async fn replay<S: EventStore + ?Sized>(
     store: &S,
     horizon: Option<Timestamp>,
     mut progress: impl FnMut(u64),
 ) -> Result<Replay, StoreError> {
-    let mut views = RunnerViews::default();
-    let mut ledger = Ledger::default();
-    let mut events = 0u64;
+    let mut replay = Replay::empty();
     let mut after = 0;
-    let mut covers: Option<(Timestamp, Timestamp)> = None;
     loop {
         let page = store.read_all(after, FEED_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for r in &page {
-            let at = r.event.at();
-            covers = Some(covers.map_or((at, at), |(a, b)| (a.min(at), b.max(at))));
-            ledger.apply(&r.stream, &r.event, horizon);
-            if horizon.is_some_and(|h| at > h) {
-                continue;
-            }
-            views.apply(r.position, &r.stream, &r.event);
-            events += 1;
+            replay.fold(r, horizon);
         }
         progress(after);
     }
-    Ok(Replay {
-        views,
-        ledger,
-        events,
-        covers,
-    })
+    Ok(replay)
+}
+
+/// Replays events already read (e.g. by a parallel scan), in position order.
+pub fn replay_events(events: &[jitr_infra::RecordedEvent], horizon: Option<Timestamp>) -> Replay {
+    let mut replay = Replay::empty();
+    for r in events {
+        replay.fold(r, horizon);
+    }
+    replay
 }
 
 /// Judges a replay for `window`.

@@ -346,6 +346,15 @@ async fn run_audit<S: jitr_infra::EventStore>(
     let bar = progress_bar(total, json && total < 100_000);
     let replayed = audit::replay(store, horizon, |p| bar.set_position(p)).await?;
     bar.finish_and_clear();
+    print_audit(replayed, json, window, cloud)
+}
+
+fn print_audit(
+    replayed: audit::Replay,
+    json: bool,
+    window: audit::AuditWindow,
+    cloud: Option<Vec<jitr_infra::ManagedInstance>>,
+) -> Result<ExitCode> {
     let mut report = audit::judge(&replayed, window);
     if let Some(cloud) = cloud {
         report.live_check = Some(audit::cross_check(&report, &cloud, window.as_of, 120_000));

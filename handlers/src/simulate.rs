@@ -40,7 +40,7 @@ pub enum Scenario {
     /// A release burst against a 32-vCPU quota: spot quota exhausted, on-demand
     /// quota hit, a quarter of the JIT mints failing after launch.
     SeedIncident,
-    /// Scale-up crashes at random step boundaries.
+    /// Scale-up and compensation crash at random step boundaries.
     CrashStorm,
     /// A third of the `queued` webhooks never arrive: the rebalancer must heal.
     LostWebhooks,
@@ -312,6 +312,9 @@ pub async fn run(
         if compensation {
             projector.tick(t).await?;
             while let Ok(command) = published.try_recv() {
+                if scenario == Scenario::CrashStorm && rng.random_bool(0.3) {
+                    compensator.crash.arm(CrashPoint::AfterTerminateInstances);
+                }
                 if let Err(e) = compensator.handle(&command, t).await {
                     tracing::debug!(error = %e, "simulated compensation failed");
                 }
