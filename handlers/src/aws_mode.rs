@@ -130,10 +130,10 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
     Ok(policy)
 }
 
-/// Wires the AWS deployment named by `JITR_PREFIX`.
-pub async fn from_env(settings: AwsSettings) -> Result<AwsSetup, SetupError> {
+/// Wires the AWS deployment whose resources are named from `prefix`.
+pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsSetup, SetupError> {
     let config = settings.load().await;
-    let names = AwsNames::new(var("JITR_PREFIX").unwrap_or_else(|| "jitr".into()));
+    let names = AwsNames::new(prefix);
     let find = |name: String| {
         let config = config.clone();
         let prefix = names.prefix().to_owned();

@@ -27,6 +27,30 @@ struct Cli {
     command: Cmd,
 }
 
+/// Which AWS deployment, and where to reach it.
+#[derive(clap::Args, Debug)]
+struct AwsTarget {
+    /// Prefix of the AWS resource names (as given to `jitr init`).
+    #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
+    prefix: String,
+    /// AWS endpoint (an emulator, or a VPC endpoint; else AWS_ENDPOINT_URL).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// AWS region (else the standard chain).
+    #[arg(long)]
+    region: Option<String>,
+}
+
+impl AwsTarget {
+    fn settings(&self) -> jitr_infra::AwsSettings {
+        jitr_infra::AwsSettings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            static_credentials: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Print the timeline of one runner.
@@ -83,15 +107,8 @@ enum Cmd {
         /// Audit the AWS deployment (DynamoDB log, EC2) instead of a data directory.
         #[arg(long)]
         aws: bool,
-        /// Prefix of the AWS resource names (with --aws).
-        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
-        prefix: String,
-        /// AWS endpoint (with --aws).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// AWS region (with --aws).
-        #[arg(long)]
-        region: Option<String>,
+        #[command(flatten)]
+        target: AwsTarget,
     },
     /// Write a demonstration log (the seed incident in miniature, compensated) and
     /// print its audit.
@@ -143,12 +160,8 @@ enum Cmd {
         /// configured from JITR_* variables; see the README.
         #[arg(long)]
         aws: bool,
-        /// AWS endpoint (with --aws).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// AWS region (with --aws).
-        #[arg(long)]
-        region: Option<String>,
+        #[command(flatten)]
+        target: AwsTarget,
     },
     /// Send a signed `workflow_job` webhook, as GitHub would (to try `jitr serve`).
     SendWebhook {
@@ -218,15 +231,8 @@ enum Cmd {
         /// Check the AWS deployment instead.
         #[arg(long)]
         aws: bool,
-        /// Prefix of the AWS resource names.
-        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
-        prefix: String,
-        /// AWS endpoint.
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// AWS region.
-        #[arg(long)]
-        region: Option<String>,
+        #[command(flatten)]
+        target: AwsTarget,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -238,15 +244,8 @@ enum Cmd {
     /// come from the standard AWS chain; the endpoint from --endpoint or
     /// AWS_ENDPOINT_URL (e.g. moto on http://127.0.0.1:5000).
     Init {
-        /// Prefix of every resource name.
-        #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
-        prefix: String,
-        /// AWS endpoint (an emulator, or a VPC endpoint).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// AWS region.
-        #[arg(long)]
-        region: Option<String>,
+        #[command(flatten)]
+        target: AwsTarget,
         /// Receives before a message goes to its dead-letter queue.
         #[arg(long, default_value_t = jitr_handlers::init::DEFAULT_MAX_RECEIVES)]
         max_receives: u32,
@@ -412,9 +411,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             orphan_grace,
             live,
             aws,
-            prefix,
-            endpoint,
-            region,
+            target,
         } => {
             let moment = as_of.or(until).or(at).unwrap_or_else(now);
             let window = audit::AuditWindow {
@@ -425,14 +422,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let horizon = as_of.or(until);
             if aws {
-                let config = jitr_infra::AwsSettings {
-                    endpoint,
-                    region,
-                    static_credentials: None,
-                }
-                .load()
-                .await;
-                let names = jitr_handlers::init::AwsNames::new(prefix);
+                let config = target.settings().load().await;
+                let names = jitr_handlers::init::AwsNames::new(target.prefix);
                 let store = jitr_infra::DynamoEventStore::new(&config, names.events_table());
                 let compute =
                     jitr_infra::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
@@ -517,17 +508,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             sim_boot,
             allow_repos,
             aws,
-            endpoint,
-            region,
+            target,
         } => {
             use jitr_handlers::serve;
             if aws {
-                let setup = jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings {
-                    endpoint,
-                    region,
-                    static_credentials: None,
-                })
-                .await?;
+                let setup =
+                    jitr_handlers::aws_mode::from_env(target.settings(), &target.prefix).await?;
                 if setup.secret.is_empty() {
                     bail!(
                         "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
@@ -703,13 +689,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Doctor {
             data_dir,
             aws,
-            prefix,
-            endpoint,
-            region,
+            target,
             json,
         } => {
             let report = if aws {
-                doctor_aws(prefix, endpoint, region).await
+                doctor_aws(&target).await
             } else {
                 doctor_embedded(&data_dir).await
             };
@@ -721,19 +705,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Cmd::Init {
-            prefix,
-            endpoint,
-            region,
+            target,
             max_receives,
             json,
         } => {
-            let settings = jitr_infra::AwsSettings {
-                endpoint,
-                region,
-                static_credentials: None,
-            };
-            let config = settings.load().await;
-            let names = jitr_handlers::init::AwsNames::new(prefix);
+            let config = target.settings().load().await;
+            let names = jitr_handlers::init::AwsNames::new(target.prefix);
             let report = jitr_handlers::init::init(&config, &names, max_receives).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -879,21 +856,11 @@ async fn doctor_embedded(data_dir: &Path) -> jitr_handlers::doctor::DoctorReport
     report
 }
 
-async fn doctor_aws(
-    prefix: String,
-    endpoint: Option<String>,
-    region: Option<String>,
-) -> jitr_handlers::doctor::DoctorReport {
+async fn doctor_aws(target: &AwsTarget) -> jitr_handlers::doctor::DoctorReport {
     use jitr_handlers::doctor::{DoctorReport, Level};
     let mut report = DoctorReport::default();
-    let config = jitr_infra::AwsSettings {
-        endpoint,
-        region,
-        static_credentials: None,
-    }
-    .load()
-    .await;
-    let names = jitr_handlers::init::AwsNames::new(prefix);
+    let config = target.settings().load().await;
+    let names = jitr_handlers::init::AwsNames::new(target.prefix.clone());
     let mut alarm_names = Vec::new();
     for name in names.queues() {
         match jitr_infra::SqsQueue::find(&config, &name).await {
@@ -932,8 +899,10 @@ async fn run_lambda(handler: String) -> Result<()> {
     use jitr_handlers::ports::Outcome;
     use lambda_runtime::{LambdaEvent, service_fn};
     use serde_json::Value;
-    let setup =
-        Arc::new(jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings::default()).await?);
+    let prefix = std::env::var("JITR_PREFIX").unwrap_or_else(|_| "jitr".into());
+    let setup = Arc::new(
+        jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings::default(), &prefix).await?,
+    );
     let err = |e: String| lambda_runtime::Error::from(e);
     match handler.as_str() {
         "webhook" => {

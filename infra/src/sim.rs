@@ -256,6 +256,21 @@ impl SimCloud {
         }
     }
 
+    /// The first instance matching `filter` that is not terminated.
+    fn first_alive(
+        &self,
+        filter: &str,
+        arg: &str,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, filter, Some(arg))?
+            .iter()
+            .map(|r| self.to_managed(r, now))
+            .find(|m| m.state != InstanceState::Terminated))
+    }
+
     /// vCPUs counted against `market`'s quota now (every state but terminated).
     pub fn vcpus_in_use(&self, market: Market) -> Result<u32, ComputeError> {
         let now = (self.clock)().0;
@@ -420,26 +435,14 @@ impl Compute for SimCloud {
         &self,
         token: &ClientToken,
     ) -> Result<Option<ManagedInstance>, ComputeError> {
-        let now = (self.clock)().0;
-        let conn = self.lock();
-        Ok(self
-            .rows(&conn, "WHERE client_token = ?1", Some(&token.0))?
-            .iter()
-            .map(|r| self.to_managed(r, now))
-            .find(|m| m.state != InstanceState::Terminated))
+        self.first_alive("WHERE client_token = ?1", &token.0)
     }
 
     async fn describe(
         &self,
         instance: &InstanceId,
     ) -> Result<Option<ManagedInstance>, ComputeError> {
-        let now = (self.clock)().0;
-        let conn = self.lock();
-        Ok(self
-            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
-            .iter()
-            .map(|r| self.to_managed(r, now))
-            .find(|m| m.state != InstanceState::Terminated))
+        self.first_alive("WHERE id = ?1", &instance.0)
     }
 }
 
