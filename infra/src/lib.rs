@@ -1,8 +1,14 @@
 //! Ports (traits) and adapters.
 //!
-//! - [`EventStore`] / [`CheckpointStore`]: the runner event log; [`SqliteEventStore`]
-//!   is the embedded adapter (DynamoDB follows with the same conformance suite).
-//! - [`CommandBus`]: compensation commands; [`InProcessBus`] in embedded mode.
+//! - [`EventStore`] / [`CheckpointStore`]: the runner event log — [`SqliteEventStore`]
+//!   (embedded) and [`DynamoEventStore`] (AWS, with [`LogNudges`] from its stream),
+//!   both held to one conformance suite (`tests/src/conformance.rs`).
+//! - [`Compute`]: [`Ec2Compute`], [`SimCloud`], and [`FaultyCompute`] around either.
+//! - [`GitHub`]: [`GitHubApp`] (REST) and [`SimGitHub`].
+//! - [`RunnerSecrets`]: [`SsmSecrets`] and [`SimSecrets`].
+//! - [`Queue`]: [`SqsQueue`] and [`LocalQueue`].
+//! - [`CommandBus`]: [`EventBridgeBus`] and [`InProcessBus`].
+//! - [`Alarms`] and EMF metric lines ([`emf_line`]).
 #![deny(missing_docs, unsafe_code)]
 
 mod aws;
