@@ -74,15 +74,8 @@ pub fn cross_check(
     grace_ms: u64,
 ) -> LiveCheck {
     use std::collections::HashSet;
-    let cloud_live: Vec<&jitr_infra::ManagedInstance> = cloud
-        .iter()
-        .filter(|m| {
-            !matches!(
-                m.state,
-                jitr_infra::InstanceState::ShuttingDown | jitr_infra::InstanceState::Terminated
-            )
-        })
-        .collect();
+    let cloud_live: Vec<&jitr_infra::ManagedInstance> =
+        cloud.iter().filter(|m| m.state.is_live()).collect();
     let log_ids: HashSet<&str> = report
         .live_instances
         .iter()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{Command, TerminateRunner, Timestamp, is_terminal};
-use jitr_infra::{CommandId, InstanceState};
+use jitr_infra::CommandId;
 
 use crate::dispatch::{DispatchError, current_state, dispatch};
 use crate::policy::RunnerPolicy;
@@ -124,12 +124,7 @@ impl Compensation {
         self.crash.check(CrashPoint::AfterTerminateInstances)?;
         // Shutting down is irreversible: the instance is gone for jitr's purposes.
         let seen = self.ports.compute.describe(&instance.id).await?;
-        if seen.as_ref().is_some_and(|m| {
-            !matches!(
-                m.state,
-                InstanceState::ShuttingDown | InstanceState::Terminated
-            )
-        }) {
+        if seen.as_ref().is_some_and(|m| m.state.is_live()) {
             return Ok(Outcome::RetryAfter(
                 Duration::from_secs(5),
                 format!("{stream}: {} not shutting down yet", instance.id),

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use jitr_domain::{InstanceId, Timestamp};
-use jitr_infra::{AlarmState, Compute, DLQ_ALARM_THRESHOLD, EventStore, InstanceState, Queue};
+use jitr_infra::{AlarmState, Compute, DLQ_ALARM_THRESHOLD, EventStore, Queue};
 use serde::Serialize;
 
 /// How serious a finding is.
@@ -132,15 +132,7 @@ impl DoctorReport {
         };
         let owned: HashSet<InstanceId> =
             open.iter().filter_map(|h| h.instance_id.clone()).collect();
-        let live: Vec<_> = instances
-            .iter()
-            .filter(|i| {
-                !matches!(
-                    i.state,
-                    InstanceState::ShuttingDown | InstanceState::Terminated
-                )
-            })
-            .collect();
+        let live: Vec<_> = instances.iter().filter(|i| i.state.is_live()).collect();
         let strays: Vec<String> = live
             .iter()
             .filter(|i| {

@@ -9,7 +9,7 @@ use jitr_domain::{
     Command, FailureStage, InstanceId, StreamId, TerminationReason, Timestamp, is_terminal, resume,
     terminate_runner,
 };
-use jitr_infra::{CommandId, InstanceState, ManagedInstance};
+use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
 
 use crate::compensation::Compensation;
@@ -94,12 +94,7 @@ impl Reaper {
             .list_managed()
             .await?
             .into_iter()
-            .filter(|i| {
-                !matches!(
-                    i.state,
-                    InstanceState::ShuttingDown | InstanceState::Terminated
-                )
-            })
+            .filter(|i| i.state.is_live())
             .collect();
         report.instances_seen = instances.len();
         let grace = self.policy.reaper_grace_ms;

@@ -372,7 +372,7 @@ pub async fn run(
     let alive = jitr_infra::Compute::list_managed(&cloud)
         .await?
         .into_iter()
-        .filter(|m| m.state != jitr_infra::InstanceState::ShuttingDown)
+        .filter(|m| m.state.is_live())
         .count();
     let served = jobs.iter().filter(|j| j.completed).count() as u64;
     Ok(SimulationReport {

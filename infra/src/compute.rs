@@ -156,6 +156,15 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// Pending, running, stopping or stopped: not (being) terminated. Shutting
+    /// down is irreversible, so jitr counts such an instance as gone.
+    pub fn is_live(self) -> bool {
+        !matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
+    }
+
     /// Parses an EC2 state name.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {

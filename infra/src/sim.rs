@@ -461,6 +461,14 @@ fn scope_key(scope: &RunnerScope) -> String {
     }
 }
 
+/// Labels as the stand-in stores them (comma separated).
+fn split_labels(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn gh_sql(e: rusqlite::Error) -> GitHubError {
     GitHubError::Decode(format!("local GitHub stand-in: {e}"))
 }
@@ -623,12 +631,7 @@ impl GitHub for SimGitHub {
                     name: r.get(1)?,
                     status: "online".into(),
                     busy: false,
-                    labels: r
-                        .get::<_, String>(2)?
-                        .split(',')
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
+                    labels: split_labels(&r.get::<_, String>(2)?),
                 })
             })
             .map_err(gh_sql)?;
@@ -651,12 +654,7 @@ impl GitHub for SimGitHub {
                     job_id: r.get(2)?,
                     run_id: r.get(3)?,
                     name: r.get(4)?,
-                    labels: r
-                        .get::<_, String>(5)?
-                        .split(',')
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
+                    labels: split_labels(&r.get::<_, String>(5)?),
                 })
             })
             .map_err(gh_sql)?;

@@ -112,7 +112,7 @@ impl SqsQueue {
     ) -> Result<(SqsQueue, bool), QueueError> {
         let client = Client::new(config);
         let dlq_name = format!("{name}-dlq");
-        let existed = client.get_queue_url().queue_name(name).send().await.is_ok();
+        let existed = Self::queue_url(&client, name).await?.is_some();
         let dlq_url = client
             .create_queue()
             .queue_name(&dlq_name)
@@ -160,24 +160,10 @@ impl SqsQueue {
     pub async fn find(config: &SdkConfig, name: &str) -> Result<Option<SqsQueue>, QueueError> {
         let client = Client::new(config);
         let dlq_name = format!("{name}-dlq");
-        let url = |n: String| {
-            let client = client.clone();
-            async move {
-                match client.get_queue_url().queue_name(&n).send().await {
-                    Ok(out) => Ok(out.queue_url().map(str::to_owned)),
-                    Err(e)
-                        if e.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
-                            || e.code() == Some("QueueDoesNotExist") =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(sdk_err(&n, &e)),
-                }
-            }
-        };
-        let (Some(url), Some(dlq_url)) =
-            (url(name.to_owned()).await?, url(dlq_name.clone()).await?)
-        else {
+        let (Some(url), Some(dlq_url)) = (
+            Self::queue_url(&client, name).await?,
+            Self::queue_url(&client, &dlq_name).await?,
+        ) else {
             return Ok(None);
         };
         let arn = Self::arn(&client, &url, name).await?;
@@ -190,6 +176,22 @@ impl SqsQueue {
                 dlq_name,
             },
         }))
+    }
+
+    /// The URL of queue `name`; `None` when it does not exist.
+    async fn queue_url(client: &Client, name: &str) -> Result<Option<String>, QueueError> {
+        match client.get_queue_url().queue_name(name).send().await {
+            Ok(out) => Ok(out.queue_url().map(str::to_owned)),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_err(name, &e)),
+        }
     }
 
     /// An existing queue pair.

@@ -15,8 +15,8 @@ use jitr_handlers::reaper::{Reaper, SweepReport};
 use jitr_handlers::scaleup::ScaleUp;
 use jitr_handlers::webhook::JobMessage;
 use jitr_infra::{
-    Compute, EventStore, InProcessBus, InstanceState, ManagedInstance, ManualClock, SimCloud,
-    SimGitHub, SimSecrets, SimSettings, SqliteEventStore,
+    Compute, EventStore, InProcessBus, ManagedInstance, ManualClock, SimCloud, SimGitHub,
+    SimSecrets, SimSettings, SqliteEventStore,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -236,12 +236,7 @@ impl World {
             .await
             .unwrap()
             .into_iter()
-            .filter(|m| {
-                !matches!(
-                    m.state,
-                    InstanceState::ShuttingDown | InstanceState::Terminated
-                )
-            })
+            .filter(|m| m.state.is_live())
             .collect()
     }
 

@@ -14,8 +14,7 @@ use jitr_handlers::scaleup::ScaleUp;
 use jitr_handlers::webhook::JobMessage;
 use jitr_infra::{
     Compute, DynamoEventStore, Ec2Compute, EventBridgeBus, EventStore, Fault, FaultyCompute,
-    GitHubApp, GitHubAppConfig, InstanceState, Queue, SqsQueue, SsmSecrets,
-    decode_terminate_runner,
+    GitHubApp, GitHubAppConfig, Queue, SqsQueue, SsmSecrets, decode_terminate_runner,
 };
 use serde_json::json;
 use wiremock::matchers::{method, path, path_regex};
@@ -128,12 +127,7 @@ async fn live(aws: &Aws) -> Vec<jitr_infra::ManagedInstance> {
         .await
         .unwrap()
         .into_iter()
-        .filter(|m| {
-            !matches!(
-                m.state,
-                InstanceState::ShuttingDown | InstanceState::Terminated
-            )
-        })
+        .filter(|m| m.state.is_live())
         .collect()
 }
 
