@@ -8,15 +8,16 @@ use crate::state::{LaunchOutcome, RunnerState, is_terminal};
 
 /// Decides what `command` means for a runner in `state` at `now`.
 ///
-/// `Ok(vec![])` means the command's effect is already recorded (a duplicate).
-/// Launch outcomes are accepted even after a failure or a completed job: an instance
-/// that exists must always be recorded, so that its termination is owed.
+/// `Ok(vec![])` means the command's effect is already recorded: a true repeat (see
+/// [`is_repeat`]), answered so even on a closed stream. Launch outcomes are
+/// accepted even after a failure or a completed job: an instance that exists must
+/// always be recorded, so that its termination is owed.
 pub fn decide(
     state: &RunnerState,
     command: Command,
     now: Timestamp,
 ) -> Result<Vec<RunnerEvent>, DomainError> {
-    let Some(request) = &state.request else {
+    if state.request.is_none() {
         return match command {
             Command::Request {
                 job,
@@ -35,6 +36,9 @@ pub fn decide(
             _ => Err(DomainError::NotRequested),
         };
     };
+    if is_repeat(state, &command) {
+        return Ok(vec![]);
+    }
     if is_terminal(state) {
         return Err(DomainError::Terminal {
             status: state.status(),
@@ -42,13 +46,7 @@ pub fn decide(
     }
     let at = now;
     match command {
-        Command::Request { job, attempt, .. } => {
-            if job == request.job && attempt == request.attempt {
-                Ok(vec![])
-            } else {
-                Err(DomainError::RequestMismatch)
-            }
-        }
+        Command::Request { .. } => Err(DomainError::RequestMismatch),
         Command::IntendLaunch { market } => {
             still_wanted(state)?;
             match state.launch.as_ref().map(|l| (&l.client_token, &l.outcome)) {
@@ -75,13 +73,9 @@ pub fn decide(
             vcpus,
         } => {
             if let Some(instance) = state.instance() {
-                return if instance.id == instance_id {
-                    Ok(vec![])
-                } else {
-                    Err(DomainError::AlreadyLaunched {
-                        instance_id: instance.id.clone(),
-                    })
-                };
+                return Err(DomainError::AlreadyLaunched {
+                    instance_id: instance.id.clone(),
+                });
             }
             let market = pending_intent(state, &client_token)?;
             Ok(vec![RunnerEvent::Launched {
@@ -120,7 +114,6 @@ pub fn decide(
                 return Err(DomainError::NotLaunched);
             }
             match &state.runner_name {
-                Some(existing) if *existing == runner_name => Ok(vec![]),
                 Some(existing) => Err(DomainError::TokenAlreadyMinted {
                     runner_name: existing.clone(),
                 }),
@@ -132,24 +125,15 @@ pub fn decide(
             if state.instance().is_none() {
                 return Err(DomainError::NotLaunched);
             }
-            if state.job_started_at.is_some() {
-                return Ok(vec![]);
-            }
             Ok(vec![RunnerEvent::JobStarted { at }])
         }
         Command::CompleteJob { conclusion } => {
-            if state.job_completed_at.is_some() {
-                return Ok(vec![]);
-            }
             if state.failure.is_some() {
                 return Err(DomainError::AlreadyFailed);
             }
             Ok(vec![RunnerEvent::JobCompleted { at, conclusion }])
         }
         Command::Fail { stage, reason } => {
-            if state.failure.is_some() {
-                return Ok(vec![]);
-            }
             if state.job_completed_at.is_some() {
                 return Err(DomainError::JobAlreadyCompleted);
             }
@@ -158,9 +142,6 @@ pub fn decide(
         Command::Terminate { reason } => {
             if !state.instance_may_be_alive() {
                 return Err(DomainError::NoInstance);
-            }
-            if state.termination_requested.is_some() {
-                return Ok(vec![]);
             }
             Ok(vec![RunnerEvent::TerminationRequested {
                 at,
@@ -177,6 +158,47 @@ pub fn decide(
                 });
             }
             Ok(vec![RunnerEvent::Terminated { at, instance_id }])
+        }
+    }
+}
+
+/// Whether `command`'s effect is already recorded in `state`, so that it writes
+/// nothing. These are the idempotent commands and what makes each a repeat:
+///
+/// | command | a repeat when |
+/// |---|---|
+/// | `Request` | the stream was requested for the same job and attempt |
+/// | `RecordLaunch` | the same instance is recorded |
+/// | `RejectLaunch` | the latest intent, with the same token, was rejected |
+/// | `RecordToken` | the same runner name is recorded |
+/// | `StartJob` / `CompleteJob` | the job's start / completion is recorded |
+/// | `Fail` | a failure is recorded (the first one stands) |
+/// | `Terminate` | a termination was requested |
+/// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none) |
+///
+/// `IntendLaunch` is never a repeat: each one is a new launch.
+pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
+    let Some(request) = &state.request else {
+        return false;
+    };
+    match command {
+        Command::Request { job, attempt, .. } => *job == request.job && *attempt == request.attempt,
+        Command::IntendLaunch { .. } => false,
+        Command::RecordLaunch { instance_id, .. } => {
+            state.instance().is_some_and(|i| i.id == *instance_id)
+        }
+        Command::RejectLaunch { client_token, .. } => matches!(
+            &state.launch,
+            Some(launch) if launch.client_token == *client_token
+                && matches!(launch.outcome, LaunchOutcome::Rejected { .. })
+        ),
+        Command::RecordToken { runner_name } => state.runner_name.as_ref() == Some(runner_name),
+        Command::StartJob => state.job_started_at.is_some(),
+        Command::CompleteJob { .. } => state.job_completed_at.is_some(),
+        Command::Fail { .. } => state.failure.is_some(),
+        Command::Terminate { .. } => state.termination_requested.is_some(),
+        Command::ConfirmTerminated { instance_id } => {
+            state.terminated_at.is_some() && state.instance().map(|i| &i.id) == instance_id.as_ref()
         }
     }
 }

@@ -76,3 +76,52 @@ pub enum DomainError {
         got: Option<InstanceId>,
     },
 }
+
+impl DomainError {
+    /// A stable name for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::InvalidStreamId(_) => "InvalidStreamId",
+            DomainError::NotRequested => "NotRequested",
+            DomainError::RequestMismatch => "RequestMismatch",
+            DomainError::Terminal { .. } => "Terminal",
+            DomainError::AlreadyFailed => "AlreadyFailed",
+            DomainError::JobAlreadyCompleted => "JobAlreadyCompleted",
+            DomainError::TerminationRequested => "TerminationRequested",
+            DomainError::LaunchUnresolved { .. } => "LaunchUnresolved",
+            DomainError::AlreadyLaunched { .. } => "AlreadyLaunched",
+            DomainError::NoLaunchIntended => "NoLaunchIntended",
+            DomainError::ClientTokenMismatch { .. } => "ClientTokenMismatch",
+            DomainError::NotLaunched => "NotLaunched",
+            DomainError::TokenAlreadyMinted { .. } => "TokenAlreadyMinted",
+            DomainError::NoInstance => "NoInstance",
+            DomainError::InstanceMismatch { .. } => "InstanceMismatch",
+        }
+    }
+}
+
+/// Whether refusing `command` with `error` only means that the runner moved on
+/// before the command arrived, so that the command's purpose is moot:
+///
+/// - the runner is closed, failed, or its job completed (any command but
+///   `RecordLaunch`: an instance found for a closed runner is a leak to report);
+/// - a termination was asked for before the JIT config was recorded;
+/// - another delivery of the job intended or made the launch first (`IntendLaunch`);
+/// - nothing may be alive to terminate (`Terminate`).
+///
+/// Every other refusal is a bug or a broken input (another instance, another
+/// token, another job on the stream) and must be reported, never ignored.
+pub fn is_benign_refusal(command: &crate::Command, error: &DomainError) -> bool {
+    use crate::Command;
+    match error {
+        DomainError::Terminal { .. }
+        | DomainError::AlreadyFailed
+        | DomainError::JobAlreadyCompleted => !matches!(command, Command::RecordLaunch { .. }),
+        DomainError::TerminationRequested => matches!(command, Command::RecordToken { .. }),
+        DomainError::LaunchUnresolved { .. } | DomainError::AlreadyLaunched { .. } => {
+            matches!(command, Command::IntendLaunch { .. })
+        }
+        DomainError::NoInstance => matches!(command, Command::Terminate { .. }),
+        _ => false,
+    }
+}

@@ -91,6 +91,15 @@ impl StreamId {
             .unwrap_or(0)
     }
 
+    /// The name the runner registers with GitHub:
+    /// `jitr-{job_id}-{attempt}-{6 hex digits of the stream id}`; short, unique per
+    /// stream, and the same on every retry.
+    pub fn runner_name(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        let hash: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
+        format!("jitr-{}-{}-{hash}", self.job_id(), self.attempt())
+    }
+
     /// The runner attempt number (the last component).
     pub fn attempt(&self) -> u32 {
         self.0
@@ -194,6 +203,16 @@ mod tests {
                 Err(DomainError::InvalidStreamId(bad.into()))
             );
         }
+    }
+
+    #[test]
+    fn runner_names_are_short_stable_and_distinct() {
+        let a = StreamId::for_job(&job(), 1);
+        let b = StreamId::for_job(&job(), 2);
+        assert_eq!(a.runner_name(), a.runner_name());
+        assert_ne!(a.runner_name(), b.runner_name());
+        assert!(a.runner_name().starts_with("jitr-42-1-"));
+        assert!(a.runner_name().len() <= 64);
     }
 
     #[test]

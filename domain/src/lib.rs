@@ -16,16 +16,22 @@ mod decide;
 mod error;
 mod event;
 mod ids;
+mod launch;
 mod resume;
 mod state;
 
 pub use command::{Command, TerminateRunner};
-pub use decide::decide;
-pub use error::DomainError;
+pub use decide::{decide, is_repeat};
+pub use error::{DomainError, is_benign_refusal};
 pub use event::{
     Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent, TerminationReason,
 };
 pub use ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+pub use launch::{
+    FoundInstance, INTENT_LOOK_AGAIN_MS, INTENT_SETTLE_MS, IntentResolution, MAX_LAUNCH_BACKOFF_MS,
+    NOT_LAUNCHED, NextLaunch, Refusal, fallback_market, launch_backoff_ms, next_launch,
+    record_launch, resolve_pending_launch,
+};
 pub use resume::{MissedDeadline, missed_deadline, resume, terminate_runner, termination_owed};
 pub use state::{
     Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, evolve,

@@ -215,6 +215,16 @@ impl RunnerState {
             )
     }
 
+    /// Whether the runner still wants an instance: requested, not closed, not
+    /// failed, its job not completed and no termination asked for.
+    pub fn wants_instance(&self) -> bool {
+        self.request.is_some()
+            && !is_terminal(self)
+            && self.failure.is_none()
+            && self.job_completed_at.is_none()
+            && self.termination_requested.is_none()
+    }
+
     /// The token of the pending launch intent, if one is unresolved.
     pub fn pending_launch(&self) -> Option<&ClientToken> {
         match &self.launch {

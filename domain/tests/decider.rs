@@ -565,7 +565,7 @@ fn launched_without_launch_intended_is_refused() {
 
 #[test]
 fn rejected_without_launch_intended_is_refused() {
-    given([requested(), intended(1, Market::Spot), rejected(1)])
+    given([requested()])
         .when(
             Command::RejectLaunch {
                 client_token: token(1),
@@ -841,7 +841,7 @@ fn an_unrecorded_instance_cannot_be_confirmed_terminated() {
 }
 
 #[test]
-fn any_command_after_terminal_is_refused() {
+fn any_command_after_terminal_is_refused_but_true_repeats() {
     let closed = [
         requested(),
         intended(1, Market::Spot),
@@ -849,14 +849,13 @@ fn any_command_after_terminal_is_refused() {
         completed(),
         terminated(Some(i1())),
     ];
-    let commands = [
-        request_cmd(),
+    let refused = [
         Command::IntendLaunch {
             market: Market::Spot,
         },
         Command::RecordLaunch {
             client_token: token(1),
-            instance_id: i1(),
+            instance_id: InstanceId("i-other".into()),
             instance_type: "c5.xlarge".into(),
             vcpus: 4,
         },
@@ -869,7 +868,6 @@ fn any_command_after_terminal_is_refused() {
             runner_name: "r".into(),
         },
         Command::StartJob,
-        Command::CompleteJob { conclusion: None },
         Command::Fail {
             stage: FailureStage::Boot,
             reason: "x".into(),
@@ -877,17 +875,95 @@ fn any_command_after_terminal_is_refused() {
         Command::Terminate {
             reason: TerminationReason::Operator,
         },
-        Command::ConfirmTerminated {
-            instance_id: Some(i1()),
-        },
+        Command::ConfirmTerminated { instance_id: None },
     ];
-    for command in commands {
+    for command in refused {
         given(closed.clone())
             .when(command, at(9))
             .then_err(DomainError::Terminal {
                 status: RunnerStatus::Completed,
             });
     }
+    // What is already recorded is answered as a repeat, even on a closed stream.
+    let repeats = [
+        request_cmd(),
+        Command::RecordLaunch {
+            client_token: token(1),
+            instance_id: i1(),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+        },
+        Command::CompleteJob { conclusion: None },
+        Command::ConfirmTerminated {
+            instance_id: Some(i1()),
+        },
+    ];
+    for command in repeats {
+        given(closed.clone()).when(command, at(9)).then([]);
+    }
+}
+
+#[test]
+fn a_repeated_rejection_and_confirmation_write_nothing() {
+    given([requested(), intended(1, Market::Spot), rejected(1)])
+        .when(
+            Command::RejectLaunch {
+                client_token: token(1),
+                code: "InsufficientInstanceCapacity".into(),
+                class: LaunchErrorClass::Capacity,
+            },
+            at(5),
+        )
+        .then([]);
+    given([
+        requested(),
+        intended(1, Market::Spot),
+        failed(FailureStage::Launch),
+        terminated(None),
+    ])
+    .when(Command::ConfirmTerminated { instance_id: None }, at(9))
+    .then([]);
+}
+
+#[test]
+fn benign_refusals_are_only_those_of_a_runner_that_moved_on() {
+    let terminal = DomainError::Terminal {
+        status: RunnerStatus::Failed,
+    };
+    assert!(is_benign_refusal(&Command::StartJob, &terminal));
+    assert!(is_benign_refusal(
+        &Command::Terminate {
+            reason: TerminationReason::Operator
+        },
+        &DomainError::NoInstance
+    ));
+    assert!(is_benign_refusal(
+        &Command::IntendLaunch {
+            market: Market::Spot
+        },
+        &DomainError::LaunchUnresolved {
+            client_token: token(1)
+        }
+    ));
+    let record = Command::RecordLaunch {
+        client_token: token(1),
+        instance_id: i1(),
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+    };
+    // An instance found for a closed runner, or a second instance: never benign.
+    assert!(!is_benign_refusal(&record, &terminal));
+    assert!(!is_benign_refusal(
+        &record,
+        &DomainError::AlreadyLaunched { instance_id: i1() }
+    ));
+    assert!(!is_benign_refusal(
+        &Command::ConfirmTerminated { instance_id: None },
+        &DomainError::InstanceMismatch {
+            expected: Some(i1()),
+            got: None
+        }
+    ));
 }
 
 // ---- deadlines (resume) ----

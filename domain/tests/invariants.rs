@@ -174,6 +174,9 @@ fn run(history: &[(u16, Op)]) -> Run {
         };
         for command in &commands {
             if let Ok((next, events)) = execute(&state, command.clone(), now) {
+                if events.is_empty() {
+                    continue;
+                }
                 log.extend(events.iter().cloned());
                 state = next;
                 states.push(state.clone());

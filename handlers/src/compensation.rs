@@ -5,16 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_domain::{Command, TerminateRunner, Timestamp, is_terminal};
+use jitr_domain::{
+    Command, FoundInstance, IntentResolution, TerminateRunner, Timestamp, is_terminal,
+    resolve_pending_launch,
+};
 use jitr_infra::CommandId;
 
-use crate::dispatch::{DispatchError, current_state, dispatch};
+use crate::dispatch::{current_state, dispatch};
 use crate::policy::RunnerPolicy;
 use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
-
-/// How long an unresolved launch may stay unfound by its token before it counts
-/// as never launched.
-const INTENT_SETTLE_MS: u64 = 30_000;
 
 /// The compensation handler.
 pub struct Compensation {
@@ -46,10 +45,8 @@ impl Compensation {
             what.name(),
             command.owed_since.0
         ));
-        match dispatch(&*self.ports.store, &command.stream, what, now, &id).await {
-            Ok(_) | Err(DispatchError::Refused(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        dispatch(&*self.ports.store, &command.stream, what, now, &id).await?;
+        Ok(())
     }
 
     /// Terminates the runner's instance and records it.
@@ -71,33 +68,31 @@ impl Compensation {
         let mut state = head.state;
         if let Some(token) = state.pending_launch().cloned() {
             // The launch's outcome was never recorded: find it by its token.
-            match self.ports.compute.find_by_client_token(&token).await? {
-                Some(found) => {
-                    let spec = state.request.as_ref().map(|r| r.spec.clone());
-                    let record = Command::RecordLaunch {
-                        client_token: token,
-                        instance_id: found.instance_id,
-                        instance_type: found.instance_type,
-                        vcpus: spec.map_or(0, |s| s.vcpus),
-                    };
+            let found = self
+                .ports
+                .compute
+                .find_by_client_token(&token)
+                .await?
+                .map(|m| FoundInstance {
+                    instance_id: m.instance_id,
+                    instance_type: Some(m.instance_type),
+                    vcpus: None,
+                });
+            match resolve_pending_launch(&state, found, now) {
+                Some(IntentResolution::Launched(record)) => {
                     self.record(command, record, now).await?;
                 }
-                None => {
-                    let intended = state.launch.as_ref().map_or(now, |l| l.intended_at);
-                    if now.millis_since(intended) < INTENT_SETTLE_MS {
-                        return Ok(Outcome::RetryAfter(
-                            Duration::from_secs(10),
-                            format!("{stream}: launch unresolved, looking again"),
-                        ));
-                    }
-                    self.record(
-                        command,
-                        Command::ConfirmTerminated { instance_id: None },
-                        now,
-                    )
-                    .await?;
+                Some(IntentResolution::LookAgain { after_ms }) => {
+                    return Ok(Outcome::RetryAfter(
+                        Duration::from_millis(after_ms),
+                        format!("{stream}: launch unresolved, looking again"),
+                    ));
+                }
+                Some(IntentResolution::NeverLaunched(settle)) => {
+                    self.record(command, settle, now).await?;
                     return Ok(Outcome::Done(format!("{stream}: never launched")));
                 }
+                None => {}
             }
             state = current_state(&*self.ports.store, stream).await?;
         }

@@ -1,7 +1,9 @@
 //! Running one command against a runner stream in the log: load, decide, append,
 //! and on a conflict reload and decide again.
 
-use jitr_domain::{Command, DomainError, RunnerEvent, RunnerState, StreamId, Timestamp, execute};
+use jitr_domain::{
+    Command, DomainError, RunnerEvent, RunnerState, StreamId, Timestamp, execute, is_benign_refusal,
+};
 use jitr_infra::{AppendOutcome, CommandId, EventStore, StoreError};
 use thiserror::Error;
 
@@ -25,14 +27,32 @@ pub enum Dispatched {
     },
     /// The command id was seen before; nothing was written.
     Duplicate,
+    /// The decider refused the command only because the runner moved on before it
+    /// arrived ([`jitr_domain::is_benign_refusal`]); nothing was written. Logged and
+    /// counted like every refusal.
+    MovedOn {
+        /// The current state.
+        state: RunnerState,
+        /// The refusal.
+        refusal: DomainError,
+    },
 }
 
 /// Why a command was not applied.
 #[derive(Debug, Error)]
 pub enum DispatchError {
-    /// The decider refused the command.
-    #[error("refused: {0}")]
-    Refused(#[from] DomainError),
+    /// The decider refused the command for a reason that is not benign: a bug or
+    /// a broken input, never to be ignored.
+    #[error("{command} refused on {stream}: {error}")]
+    Refused {
+        /// The command's name.
+        command: &'static str,
+        /// The stream.
+        stream: StreamId,
+        /// The refusal.
+        #[source]
+        error: DomainError,
+    },
     /// The log failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,7 +79,10 @@ pub async fn dispatch<S: EventStore + ?Sized>(
             Some(head) => (head.version, head.state),
             None => (0, RunnerState::default()),
         };
-        let (next, events) = execute(&state, command.clone(), now)?;
+        let (next, events) = match execute(&state, command.clone(), now) {
+            Ok(decided) => decided,
+            Err(refusal) => return refused(stream, &command, state, refusal, now),
+        };
         if events.is_empty() {
             return Ok(Dispatched::Unchanged { state });
         }
@@ -78,6 +101,29 @@ pub async fn dispatch<S: EventStore + ?Sized>(
     Err(DispatchError::Contended {
         stream: stream.clone(),
         attempts: MAX_CONFLICT_RETRIES,
+    })
+}
+
+/// Logs and counts a refusal; a benign one is [`Dispatched::MovedOn`], any other
+/// an error.
+fn refused(
+    stream: &StreamId,
+    command: &Command,
+    state: RunnerState,
+    refusal: DomainError,
+    now: Timestamp,
+) -> Result<Dispatched, DispatchError> {
+    let benign = is_benign_refusal(command, &refusal);
+    crate::metrics::refusal(now, command.name(), refusal.code(), benign);
+    if benign {
+        tracing::info!(%stream, command = command.name(), refusal = refusal.code(), reason = %refusal, "runner moved on; command moot");
+        return Ok(Dispatched::MovedOn { state, refusal });
+    }
+    tracing::error!(%stream, command = command.name(), refusal = refusal.code(), reason = %refusal, "command refused");
+    Err(DispatchError::Refused {
+        command: command.name(),
+        stream: stream.clone(),
+        error: refusal,
     })
 }
 

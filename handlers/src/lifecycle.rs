@@ -5,7 +5,7 @@
 use jitr_domain::{Command, JobRef, StreamId, Timestamp};
 use jitr_infra::CommandId;
 
-use crate::dispatch::{DispatchError, Dispatched, dispatch};
+use crate::dispatch::{Dispatched, dispatch};
 use crate::ports::{HandlerError, Outcome, Ports};
 use crate::webhook::JobMessage;
 
@@ -37,9 +37,11 @@ impl Lifecycle {
                 "{stream}: {name}, now {}",
                 state.status()
             ))),
-            Ok(_) => Ok(Outcome::Done(format!("{stream}: {name} already recorded"))),
-            Err(DispatchError::Refused(e)) => {
-                Ok(Outcome::Done(format!("{stream}: {name} ignored: {e}")))
+            Ok(Dispatched::MovedOn { refusal, .. }) => Ok(Outcome::Done(format!(
+                "{stream}: {name} ignored: {refusal}"
+            ))),
+            Ok(Dispatched::Unchanged { .. } | Dispatched::Duplicate) => {
+                Ok(Outcome::Done(format!("{stream}: {name} already recorded")))
             }
             Err(e) => Err(e.into()),
         }

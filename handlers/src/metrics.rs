@@ -46,3 +46,18 @@ pub fn drift(at: Timestamp, jobs_without_runner: usize) {
         &[],
     );
 }
+
+/// A command the decider refused, by command, refusal and whether it was benign.
+pub fn refusal(at: Timestamp, command: &str, refusal: &str, benign: bool) {
+    emit(
+        at,
+        "RefusedCommands",
+        1.0,
+        "Count",
+        &[
+            ("Command", command),
+            ("Refusal", refusal),
+            ("Benign", if benign { "true" } else { "false" }),
+        ],
+    );
+}

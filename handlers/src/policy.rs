@@ -1,11 +1,8 @@
 //! What jitr launches for which job, and the deadlines and limits that apply.
 
-use std::time::Duration;
-
-use jitr_domain::{Deadlines, InstanceSpec, StreamId};
+use jitr_domain::{Deadlines, InstanceSpec};
 use jitr_infra::RunnerScope;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Jobs carrying all of `labels` get this instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,20 +112,6 @@ impl RunnerPolicy {
             Registration::Organization { org } => RunnerScope::Org { org: org.clone() },
         }
     }
-
-    /// How long to wait before retrying a launch refused for quota or capacity,
-    /// after `receives` deliveries: 15 s doubling, at most 5 minutes.
-    pub fn launch_backoff(&self, receives: u32) -> Duration {
-        Duration::from_secs((15u64 << receives.saturating_sub(1).min(5)).min(300))
-    }
-}
-
-/// The runner's registered name: `jitr-{job_id}-{attempt}-{6 hex of the stream}`
-/// (short, unique, and the same on every retry).
-pub fn runner_name(stream: &StreamId, job_id: u64) -> String {
-    let digest = Sha256::digest(stream.as_str().as_bytes());
-    let hash: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
-    format!("jitr-{job_id}-{}-{hash}", stream.attempt())
 }
 
 #[cfg(test)]
@@ -162,23 +145,6 @@ mod tests {
                 .instance_type,
             "c5.4xlarge"
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        let p = RunnerPolicy::default();
-        let secs: Vec<u64> = (1..=7).map(|n| p.launch_backoff(n).as_secs()).collect();
-        assert_eq!(secs, [15, 30, 60, 120, 240, 300, 300]);
-    }
-
-    #[test]
-    fn runner_names_are_short_stable_and_distinct() {
-        let a = StreamId::parse("acme/widgets#42#1").unwrap();
-        let b = StreamId::parse("acme/widgets#42#2").unwrap();
-        assert_eq!(runner_name(&a, 42), runner_name(&a, 42));
-        assert_ne!(runner_name(&a, 42), runner_name(&b, 42));
-        assert!(runner_name(&a, 42).starts_with("jitr-42-1-"));
-        assert!(runner_name(&a, 42).len() <= 64);
     }
 
     #[test]

@@ -127,15 +127,10 @@ impl<S: EventStore + CheckpointStore> Projector<S> {
         }
         for (stream, command, since) in owed {
             let id = CommandId::new(format!("projector:{stream}:{}:{}", command.name(), since.0));
-            match dispatch(&*self.store, &stream, command.clone(), now, &id).await {
-                Ok(_) => {}
-                // The runner moved on meanwhile (e.g. it was terminated): the next
-                // catch-up sees it, and a bus command for it is harmless.
-                Err(DispatchError::Refused(reason)) => {
-                    tracing::debug!(%stream, command = command.name(), %reason, "compensation record refused");
-                }
-                Err(e) => return Err(e.into()),
-            }
+            // A runner that moved on meanwhile (e.g. it was terminated) is
+            // `MovedOn`: the next catch-up sees it, and a bus command for it is
+            // harmless.
+            dispatch(&*self.store, &stream, command, now, &id).await?;
         }
         if !due.is_empty() {
             self.bus.publish(&due).await?;

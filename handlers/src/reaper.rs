@@ -6,14 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jitr_domain::{
-    Command, FailureStage, InstanceId, StreamId, TerminationReason, Timestamp, is_terminal, resume,
-    terminate_runner,
+    Command, FailureStage, FoundInstance, InstanceId, StreamId, Timestamp, is_terminal,
+    record_launch, resume, terminate_runner,
 };
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
 
 use crate::compensation::Compensation;
-use crate::dispatch::{DispatchError, current_state, dispatch};
+use crate::dispatch::{current_state, dispatch};
 use crate::policy::RunnerPolicy;
 use crate::ports::{HandlerError, Ports};
 
@@ -31,6 +31,8 @@ pub struct SweepReport {
     pub found_gone: Vec<StreamId>,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
+    /// What failed for one instance or runner; the sweep went on with the others.
+    pub errors: Vec<String>,
 }
 
 /// The reaper.
@@ -57,10 +59,8 @@ impl Reaper {
         now: Timestamp,
     ) -> Result<(), HandlerError> {
         let id = CommandId::new(format!("reaper:{stream}:{}:{}", command.name(), now.0));
-        match dispatch(&*self.ports.store, stream, command, now, &id).await {
-            Ok(_) | Err(DispatchError::Refused(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        dispatch(&*self.ports.store, stream, command, now, &id).await?;
+        Ok(())
     }
 
     async fn orphan(
@@ -85,7 +85,9 @@ impl Reaper {
         Ok(())
     }
 
-    /// One sweep at `now`.
+    /// One sweep at `now`. A failure for one instance or runner is reported in
+    /// [`SweepReport::errors`] and does not stop the sweep; only a failure to list
+    /// the instances or the open runners does.
     pub async fn sweep(&self, now: Timestamp) -> Result<SweepReport, HandlerError> {
         let mut report = SweepReport::default();
         let instances: Vec<ManagedInstance> = self
@@ -97,122 +99,135 @@ impl Reaper {
             .filter(|i| i.state.is_live())
             .collect();
         report.instances_seen = instances.len();
-        let grace = self.policy.reaper_grace_ms;
         let mut live: HashMap<InstanceId, ManagedInstance> = HashMap::new();
         let mut owed: HashSet<StreamId> = HashSet::new();
         for instance in instances {
             live.insert(instance.instance_id.clone(), instance.clone());
-            if now.millis_since(instance.launched_at) < grace {
+            if now.millis_since(instance.launched_at) < self.policy.reaper_grace_ms {
                 continue;
             }
-            let Some(stream) = instance.stream.clone() else {
-                self.orphan(&mut report, &instance, "no jitr:runner tag".into())
-                    .await?;
-                continue;
-            };
-            let Some(head) = self.ports.store.head(&stream).await? else {
-                self.orphan(
-                    &mut report,
-                    &instance,
-                    format!("{stream} is unknown to the log"),
-                )
-                .await?;
-                continue;
-            };
-            if is_terminal(&head.state) {
-                self.orphan(
-                    &mut report,
-                    &instance,
-                    format!("{stream} is {}", head.status),
-                )
-                .await?;
-                continue;
-            }
-            let mut state = head.state;
-            if let (Some(token), Some(theirs)) =
-                (state.pending_launch().cloned(), &instance.client_token)
-            {
-                if &token == theirs {
-                    let vcpus = state.request.as_ref().map_or(0, |r| r.spec.vcpus);
-                    let record = Command::RecordLaunch {
-                        client_token: token,
-                        instance_id: instance.instance_id.clone(),
-                        instance_type: instance.instance_type.clone(),
-                        vcpus,
-                    };
-                    self.record(&stream, record, now).await?;
-                    state = current_state(&*self.ports.store, &stream).await?;
+            match self.sweep_instance(&mut report, &instance, now).await {
+                Ok(Some(stream)) => {
+                    owed.insert(stream);
                 }
-            }
-            match state.instance() {
-                Some(mine) if mine.id == instance.instance_id => {}
-                _ => {
-                    self.orphan(
-                        &mut report,
-                        &instance,
-                        format!("not the instance of {stream}"),
-                    )
-                    .await?;
-                    continue;
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(instance = %instance.instance_id, error = %e, "reaper: instance not swept");
+                    report
+                        .errors
+                        .push(format!("instance {}: {e}", instance.instance_id));
                 }
-            }
-            if !resume(&state, now).is_empty() {
-                owed.insert(stream);
             }
         }
-
-        // Open runners: owed terminations, and instances gone without `Terminated`.
         for head in self.ports.store.open_streams().await? {
             let stream = head.stream.clone();
-            let mut state = head.state;
-            if let Some(instance) = state.instance().cloned() {
-                if state.instance_may_be_alive()
-                    && !live.contains_key(&instance.id)
-                    && now.millis_since(instance.launched_at) >= grace
-                {
-                    if state.failure.is_none() && state.job_completed_at.is_none() {
-                        let fail = Command::Fail {
-                            stage: FailureStage::SpotInterrupted,
-                            reason: format!("{} disappeared", instance.id),
-                        };
-                        self.record(&stream, fail, now).await?;
-                    }
-                    let confirm = Command::ConfirmTerminated {
-                        instance_id: Some(instance.id.clone()),
-                    };
-                    self.record(&stream, confirm, now).await?;
-                    report.found_gone.push(stream);
-                    continue;
-                }
-            }
-            if !owed.contains(&stream) && resume(&state, now).is_empty() {
-                continue;
-            }
-            for command in resume(&state, now) {
-                if let Command::Fail { .. } = command {
-                    self.record(&stream, command, now).await?;
-                }
-            }
-            state = current_state(&*self.ports.store, &stream).await?;
-            if let Some(terminate) = terminate_runner(&state, now) {
-                self.compensation.handle(&terminate, now).await?;
-                report.compensated.push(stream);
-            } else if state.failure.is_some() && !is_terminal(&state) {
-                // Failed with an unresolved launch: compensation resolves it.
-                let terminate = jitr_domain::TerminateRunner {
-                    stream: stream.clone(),
-                    instance_id: None,
-                    client_token: state.launch.as_ref().map(|l| l.client_token.clone()),
-                    reason: TerminationReason::Operator,
-                    owed_since: now,
-                };
-                self.compensation.handle(&terminate, now).await?;
-                report.compensated.push(stream);
+            if let Err(e) = self
+                .sweep_runner(&mut report, head.state, &live, &owed, now)
+                .await
+            {
+                tracing::error!(%stream, error = %e, "reaper: runner not swept");
+                report.errors.push(format!("runner {stream}: {e}"));
             }
         }
         report.registrations_removed = self.sweep_registrations().await;
         crate::metrics::orphans_reaped(now, report.orphans_terminated.len());
         Ok(report)
+    }
+
+    /// One live instance past the grace: terminated when no open stream owns it.
+    /// Returns its stream when that stream owes a termination.
+    async fn sweep_instance(
+        &self,
+        report: &mut SweepReport,
+        instance: &ManagedInstance,
+        now: Timestamp,
+    ) -> Result<Option<StreamId>, HandlerError> {
+        let Some(stream) = instance.stream.clone() else {
+            self.orphan(report, instance, "no jitr:runner tag".into())
+                .await?;
+            return Ok(None);
+        };
+        let Some(head) = self.ports.store.head(&stream).await? else {
+            self.orphan(report, instance, format!("{stream} is unknown to the log"))
+                .await?;
+            return Ok(None);
+        };
+        if is_terminal(&head.state) {
+            self.orphan(report, instance, format!("{stream} is {}", head.status))
+                .await?;
+            return Ok(None);
+        }
+        let mut state = head.state;
+        if let (Some(token), Some(theirs)) = (state.pending_launch(), &instance.client_token) {
+            if token == theirs {
+                let found = FoundInstance {
+                    instance_id: instance.instance_id.clone(),
+                    instance_type: Some(instance.instance_type.clone()),
+                    vcpus: None,
+                };
+                if let Some(record) = record_launch(&state, found) {
+                    self.record(&stream, record, now).await?;
+                    state = current_state(&*self.ports.store, &stream).await?;
+                }
+            }
+        }
+        if state.instance().map(|i| &i.id) != Some(&instance.instance_id) {
+            self.orphan(report, instance, format!("not the instance of {stream}"))
+                .await?;
+            return Ok(None);
+        }
+        Ok((!resume(&state, now).is_empty()).then_some(stream))
+    }
+
+    /// One open runner: an instance gone without `Terminated` is recorded gone; an
+    /// owed termination is carried out.
+    async fn sweep_runner(
+        &self,
+        report: &mut SweepReport,
+        mut state: jitr_domain::RunnerState,
+        live: &HashMap<InstanceId, ManagedInstance>,
+        owed: &HashSet<StreamId>,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let Some(stream) = state.stream_id() else {
+            return Ok(());
+        };
+        if let Some(instance) = state.instance().cloned() {
+            if state.instance_may_be_alive()
+                && !live.contains_key(&instance.id)
+                && now.millis_since(instance.launched_at) >= self.policy.reaper_grace_ms
+            {
+                if state.failure.is_none() && state.job_completed_at.is_none() {
+                    let fail = Command::Fail {
+                        stage: FailureStage::SpotInterrupted,
+                        reason: format!("{} disappeared", instance.id),
+                    };
+                    self.record(&stream, fail, now).await?;
+                }
+                let confirm = Command::ConfirmTerminated {
+                    instance_id: Some(instance.id.clone()),
+                };
+                self.record(&stream, confirm, now).await?;
+                report.found_gone.push(stream);
+                return Ok(());
+            }
+        }
+        if !owed.contains(&stream) && resume(&state, now).is_empty() {
+            return Ok(());
+        }
+        for command in resume(&state, now) {
+            if let Command::Fail { .. } = command {
+                self.record(&stream, command, now).await?;
+            }
+        }
+        state = current_state(&*self.ports.store, &stream).await?;
+        // A failed runner with an instance that may be alive (launched, or an
+        // unresolved launch) always owes a termination.
+        if let Some(terminate) = terminate_runner(&state, now) {
+            self.compensation.handle(&terminate, now).await?;
+            report.compensated.push(stream);
+        }
+        Ok(())
     }
 
     /// Removes GitHub registrations named by jitr whose stream is closed or unknown.

@@ -67,9 +67,7 @@ impl Rebalancer {
         let mut serving: HashMap<(String, String, u64), bool> = HashMap::new();
         for head in self.ports.store.open_streams().await? {
             if let Some(request) = &head.state.request {
-                let able = head.state.failure.is_none()
-                    && head.state.job_completed_at.is_none()
-                    && head.state.termination_requested.is_none();
+                let able = head.state.wants_instance();
                 let key = (
                     request.job.owner.clone(),
                     request.job.repo.clone(),

@@ -1,29 +1,27 @@
 //! Scale-up: a queued job gets one instance and a JIT runner config.
 //!
-//! Requested → LaunchIntended (client token) → RunInstances (spot, then on-demand
-//! on quota/capacity) → Launched → JIT config minted and handed over → TokenMinted.
-//! Every step is recorded before the next starts, so a crash or a redelivery
-//! resumes where the log says: an unresolved intent is resolved by its client
-//! token, never launched twice. Any failure after the intent is recorded as
-//! `Failed`: the projector then owes (and issues) the termination.
+//! Requested → LaunchIntended (client token) → RunInstances (the domain's launch
+//! plan: spot, then on-demand on quota/capacity, then back off) → Launched → JIT
+//! config minted and handed over → TokenMinted. Every step is recorded before the
+//! next starts, so a crash or a redelivery resumes where the log says: an
+//! unresolved intent is resolved by its client token, never launched twice. A
+//! failure after the intent is recorded as `Failed` (the projector then owes the
+//! termination); a launch whose outcome is unknown is retried, and the next
+//! delivery resolves it by its token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, FailureStage, JobRef, LaunchErrorClass, LaunchOutcome, Market, RunnerState, StreamId,
-    Timestamp, is_terminal,
+    Command, FailureStage, FoundInstance, IntentResolution, JobRef, LaunchOutcome, NextLaunch,
+    Refusal, RunnerState, StreamId, Timestamp, next_launch, record_launch, resolve_pending_launch,
 };
-use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec, fallback_market};
+use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
 use crate::dispatch::{DispatchError, Dispatched, current_state, dispatch};
-use crate::policy::{RunnerPolicy, runner_name};
+use crate::policy::RunnerPolicy;
 use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
 use crate::webhook::JobMessage;
-
-/// How long an unresolved launch intent may stay unfound by its token before it
-/// is taken as never launched (DescribeInstances is eventually consistent).
-const INTENT_SETTLE_MS: u64 = 30_000;
 
 /// The scale-up handler.
 pub struct ScaleUp {
@@ -65,13 +63,9 @@ impl ScaleUp {
         reason: String,
         now: Timestamp,
     ) -> Result<(), HandlerError> {
-        match self
-            .run(stream, Command::Fail { stage, reason }, now, "fail")
-            .await
-        {
-            Ok(_) | Err(DispatchError::Refused(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.run(stream, Command::Fail { stage, reason }, now, "fail")
+            .await?;
+        Ok(())
     }
 
     /// Handles one `queued` job, delivered for the `receives`-th time.
@@ -98,76 +92,82 @@ impl ScaleUp {
             job: job_ref,
             attempt: job.attempt,
             labels: job.labels.clone(),
-            spec: spec.clone(),
+            spec,
             deadlines: self.policy.deadlines,
         };
-        match self.run(&stream, request, now, "request").await {
-            Ok(_) => {}
-            Err(DispatchError::Refused(e)) => return Ok(Outcome::Done(format!("{stream}: {e}"))),
-            Err(e) => return Err(e.into()),
-        }
+        self.run(&stream, request, now, "request").await?;
 
-        let mut next_market = Some(Market::Spot);
+        let mut refusals: Vec<Refusal> = Vec::new();
         loop {
             let state = self.state(&stream).await?;
-            if is_terminal(&state) || state.failure.is_some() || state.job_completed_at.is_some() {
+            if !state.wants_instance() {
                 return Ok(Outcome::Done(format!("{stream} is {}", state.status())));
             }
-            let launch = state.launch.clone();
-            match launch.as_ref().map(|l| &l.outcome) {
+            match state.launch.as_ref().map(|l| &l.outcome) {
                 Some(LaunchOutcome::Launched(_)) => break,
                 Some(LaunchOutcome::Pending) => {
-                    let launch = launch.expect("pending launch");
                     // A crash or a lost answer left the intent open: resolve it by
                     // its token, never by launching again.
-                    match self
+                    let token = state.pending_launch().cloned().expect("pending launch");
+                    let found = self
                         .ports
                         .compute
-                        .find_by_client_token(&launch.client_token)
+                        .find_by_client_token(&token)
                         .await?
-                    {
-                        Some(found) => {
-                            let record = Command::RecordLaunch {
-                                client_token: launch.client_token.clone(),
-                                instance_id: found.instance_id,
-                                instance_type: spec.instance_type.clone(),
-                                vcpus: spec.vcpus,
-                            };
-                            self.run(
-                                &stream,
-                                record,
-                                now,
-                                &format!("found-{}", launch.client_token),
-                            )
-                            .await?;
+                        .map(|m| FoundInstance {
+                            instance_id: m.instance_id,
+                            instance_type: Some(m.instance_type),
+                            vcpus: None,
+                        });
+                    match resolve_pending_launch(&state, found, now) {
+                        Some(IntentResolution::Launched(record)) => {
+                            self.run(&stream, record, now, &format!("found-{token}"))
+                                .await?;
                         }
-                        None if now.millis_since(launch.intended_at) < INTENT_SETTLE_MS => {
+                        Some(IntentResolution::LookAgain { after_ms }) => {
                             return Ok(Outcome::RetryAfter(
-                                Duration::from_secs(10),
-                                format!("{stream}: launch {} unresolved", launch.client_token),
+                                Duration::from_millis(after_ms),
+                                format!("{stream}: launch {token} unresolved"),
                             ));
                         }
-                        None => {
-                            let reject = Command::RejectLaunch {
-                                client_token: launch.client_token.clone(),
-                                code: "NotLaunched".into(),
-                                class: LaunchErrorClass::Unknown,
-                            };
-                            self.run(
-                                &stream,
-                                reject,
-                                now,
-                                &format!("unfound-{}", launch.client_token),
-                            )
-                            .await?;
+                        Some(IntentResolution::NeverLaunched(command)) => {
+                            self.run(&stream, command, now, &format!("unfound-{token}"))
+                                .await?;
                         }
+                        None => continue,
                     }
                 }
                 None | Some(LaunchOutcome::Rejected { .. }) => {
-                    let Some(market) = next_market else {
-                        return self
-                            .give_up_or_back_off(&stream, &state, receives, now)
-                            .await;
+                    let market = match next_launch(
+                        &refusals,
+                        receives,
+                        self.policy.max_launch_attempts,
+                    ) {
+                        NextLaunch::Try(market) => market,
+                        NextLaunch::Fail => {
+                            let reason = format!("launch refused: {}", last_refusal(&state));
+                            self.fail(&stream, FailureStage::Launch, reason.clone(), now)
+                                .await?;
+                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
+                        }
+                        NextLaunch::BackOff { after_ms } => {
+                            return Ok(Outcome::RetryAfter(
+                                Duration::from_millis(after_ms),
+                                format!(
+                                    "{stream}: no market left (last: {})",
+                                    last_refusal(&state)
+                                ),
+                            ));
+                        }
+                        NextLaunch::GiveUp => {
+                            let reason = format!(
+                                "no capacity after {receives} attempts (last: {}); giving the job up",
+                                last_refusal(&state)
+                            );
+                            self.fail(&stream, FailureStage::Launch, reason.clone(), now)
+                                .await?;
+                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
+                        }
                     };
                     let intended = self
                         .run(
@@ -176,35 +176,34 @@ impl ScaleUp {
                             now,
                             &format!("intend-{}", state.launch_attempts + 1),
                         )
-                        .await;
-                    let state = match intended {
-                        Ok(Dispatched::Appended { state, .. }) => state,
-                        // Another delivery of the same job got there first: follow
-                        // the log instead of launching.
-                        Ok(_) | Err(DispatchError::Refused(_)) => continue,
-                        Err(e) => return Err(e.into()),
+                        .await?;
+                    // Anything but a new intent: another delivery of the same job got
+                    // there first; follow the log instead of launching.
+                    let Dispatched::Appended { state, .. } = intended else {
+                        continue;
                     };
                     let token = state.pending_launch().cloned().expect("intent written");
                     self.crash.check(CrashPoint::AfterLaunchIntended)?;
+                    let request = state.request.as_ref().expect("requested");
                     let launch_spec = LaunchSpec {
                         stream: stream.clone(),
                         client_token: token.clone(),
                         market,
-                        instance_type: spec.instance_type.clone(),
-                        vcpus: spec.vcpus,
-                        image: spec.image.clone(),
+                        instance_type: request.spec.instance_type.clone(),
+                        vcpus: request.spec.vcpus,
+                        image: request.spec.image.clone(),
                         user_data: None,
                     };
                     match self.ports.compute.launch(&launch_spec).await {
                         Ok(launched) => {
                             crate::metrics::launch(now, market.as_str(), "ok");
                             self.crash.check(CrashPoint::AfterRunInstances)?;
-                            let record = Command::RecordLaunch {
-                                client_token: token.clone(),
+                            let found = FoundInstance {
                                 instance_id: launched.instance_id,
-                                instance_type: launched.instance_type,
-                                vcpus: launched.vcpus,
+                                instance_type: Some(launched.instance_type),
+                                vcpus: Some(launched.vcpus),
                             };
+                            let record = record_launch(&state, found).expect("intent pending");
                             self.run(&stream, record, now, &format!("launched-{token}"))
                                 .await?;
                             self.crash.check(CrashPoint::AfterLaunched)?;
@@ -223,13 +222,10 @@ impl ScaleUp {
                             };
                             self.run(&stream, reject, now, &format!("rejected-{token}"))
                                 .await?;
-                            if e.class == LaunchErrorClass::InvalidRequest {
-                                let reason = format!("launch refused: {e}");
-                                self.fail(&stream, FailureStage::Launch, reason.clone(), now)
-                                    .await?;
-                                return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
-                            }
-                            next_market = fallback_market(market, &e);
+                            refusals.push(Refusal {
+                                market,
+                                class: e.class,
+                            });
                         }
                         Err(LaunchFailure::Unknown(e)) => {
                             // The instance may exist: the next delivery resolves the
@@ -246,30 +242,6 @@ impl ScaleUp {
         self.mint(&stream, job, now).await
     }
 
-    async fn give_up_or_back_off(
-        &self,
-        stream: &StreamId,
-        state: &RunnerState,
-        receives: u32,
-        now: Timestamp,
-    ) -> Result<Outcome, HandlerError> {
-        let last = match state.launch.as_ref().map(|l| &l.outcome) {
-            Some(LaunchOutcome::Rejected { code, .. }) => code.clone(),
-            _ => "no launch".into(),
-        };
-        if receives >= self.policy.max_launch_attempts {
-            let reason =
-                format!("no capacity after {receives} attempts (last: {last}); giving the job up");
-            self.fail(stream, FailureStage::Launch, reason.clone(), now)
-                .await?;
-            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
-        }
-        Ok(Outcome::RetryAfter(
-            self.policy.launch_backoff(receives),
-            format!("{stream}: spot and on-demand refused (last: {last})"),
-        ))
-    }
-
     /// Mints the JIT config, hands it over, records `TokenMinted`.
     async fn mint(
         &self,
@@ -284,7 +256,7 @@ impl ScaleUp {
         let Some(instance) = state.instance().cloned() else {
             return Ok(Outcome::Done(format!("{stream} has no instance")));
         };
-        let name = runner_name(stream, job.job_id);
+        let name = stream.runner_name();
         let request = JitRequest {
             scope: self.policy.scope_for(&job.owner, &job.repo),
             name: name.clone(),
@@ -343,27 +315,33 @@ impl ScaleUp {
                 "{stream}: {reason}; termination owed"
             )));
         }
-        match self
+        let recorded = self
             .run(
                 stream,
                 Command::RecordToken { runner_name: name },
                 now,
                 "token",
             )
-            .await
-        {
-            Ok(_) => {}
-            Err(DispatchError::Refused(e)) => {
-                // Failed or terminated meanwhile: the config must not be used.
-                let _ = self.ports.secrets.delete_jit_config(&instance.id).await;
-                return Ok(Outcome::Done(format!("{stream}: {e}")));
+            .await?;
+        if let Dispatched::MovedOn { refusal, .. } = recorded {
+            // Failed or terminated meanwhile: the config must not be used.
+            if let Err(e) = self.ports.secrets.delete_jit_config(&instance.id).await {
+                tracing::warn!(%stream, error = %e, "JIT config not deleted");
             }
-            Err(e) => return Err(e.into()),
+            return Ok(Outcome::Done(format!("{stream}: {refusal}")));
         }
         self.crash.check(CrashPoint::AfterTokenMinted)?;
         Ok(Outcome::Done(format!(
             "{stream}: runner {} on {}",
             jit.name, instance.id
         )))
+    }
+}
+
+/// The last launch refusal recorded on the runner, for messages.
+fn last_refusal(state: &RunnerState) -> String {
+    match state.launch.as_ref().map(|l| &l.outcome) {
+        Some(LaunchOutcome::Rejected { code, .. }) => code.clone(),
+        _ => "no launch".into(),
     }
 }

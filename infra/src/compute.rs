@@ -117,17 +117,6 @@ pub fn classify(code: &str) -> LaunchErrorClass {
     }
 }
 
-/// The market to try after `market` was refused with `error`, if any: spot falls
-/// back to on-demand on quota and capacity errors.
-pub fn fallback_market(market: Market, error: &LaunchError) -> Option<Market> {
-    match (market, error.class) {
-        (Market::Spot, LaunchErrorClass::Quota | LaunchErrorClass::Capacity) => {
-            Some(Market::OnDemand)
-        }
-        _ => None,
-    }
-}
-
 /// What terminating an instance found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TerminateOutcome {
@@ -261,22 +250,5 @@ mod tests {
             LaunchErrorClass::InvalidRequest
         );
         assert_eq!(classify("InternalError"), LaunchErrorClass::Unknown);
-    }
-
-    #[test]
-    fn spot_falls_back_to_on_demand_on_quota_and_capacity_only() {
-        let quota = LaunchError::new("MaxSpotInstanceCountExceeded", "");
-        let capacity = LaunchError::new("InsufficientInstanceCapacity", "");
-        let invalid = LaunchError::new("InvalidParameterValue", "");
-        assert_eq!(
-            fallback_market(Market::Spot, &quota),
-            Some(Market::OnDemand)
-        );
-        assert_eq!(
-            fallback_market(Market::Spot, &capacity),
-            Some(Market::OnDemand)
-        );
-        assert_eq!(fallback_market(Market::Spot, &invalid), None);
-        assert_eq!(fallback_market(Market::OnDemand, &quota), None);
     }
 }

@@ -35,7 +35,7 @@ pub use cloudwatch::{AlarmError, AlarmState, Alarms, DLQ_ALARM_THRESHOLD, NAMESP
 pub use compute::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
-    TerminateOutcome, classify, fallback_market,
+    TerminateOutcome, classify,
 };
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;

@@ -2,10 +2,12 @@
 //! listing by tag, idempotent terminate; quota/capacity errors (which moto cannot
 //! produce) injected by the fault wrapper around the real adapter.
 
-use jitr_domain::{ClientToken, InstanceId, JobRef, LaunchErrorClass, Market, StreamId};
+use jitr_domain::{
+    ClientToken, InstanceId, JobRef, LaunchErrorClass, Market, StreamId, fallback_market,
+};
 use jitr_infra::{
     Compute, Ec2Compute, Fault, FaultyCompute, InstanceState, LaunchFailure, LaunchSpec,
-    TerminateOutcome, fallback_market,
+    TerminateOutcome,
 };
 
 const AMI: &str = "ami-03cf127a";
@@ -171,7 +173,7 @@ async fn injected_spot_quota_errors_drive_the_on_demand_fallback() {
         other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(refused.class, LaunchErrorClass::Quota);
-    let next = fallback_market(Market::Spot, &refused).expect("falls back");
+    let next = fallback_market(Market::Spot, refused.class).expect("falls back");
     assert_eq!(next, Market::OnDemand);
     let mut on_demand = spec(&s, next);
     on_demand.client_token = ClientToken::derive(&s, 2);
@@ -201,7 +203,7 @@ async fn injected_spot_quota_errors_drive_the_on_demand_fallback() {
         (refused.code.as_str(), refused.class),
         ("VcpuLimitExceeded", LaunchErrorClass::Quota)
     );
-    assert_eq!(fallback_market(Market::OnDemand, &refused), None);
+    assert_eq!(fallback_market(Market::OnDemand, refused.class), None);
 }
 
 #[tokio::test]
