@@ -17,13 +17,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_infra::{
-    AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, GitHubApp, GitHubAppConfig,
-    SdkConfig, SqsQueue, SsmSecrets,
+use jitr_aws::{
+    AwsNames, AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, SdkConfig, SqsQueue,
+    SsmSecrets,
 };
+use jitr_infra::{GitHubApp, GitHubAppConfig};
 use thiserror::Error;
 
-use crate::init::AwsNames;
 use crate::policy::RunnerPolicy;
 use crate::ports::Ports;
 

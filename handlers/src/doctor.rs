@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use jitr_domain::{InstanceId, Timestamp};
-use jitr_infra::{AlarmState, Compute, DLQ_ALARM_THRESHOLD, EventStore, Queue};
+use jitr_infra::{Compute, DLQ_ALARM_THRESHOLD, EventStore, Queue};
 use serde::Serialize;
 
 /// How serious a finding is.
@@ -97,7 +97,8 @@ impl DoctorReport {
     }
 
     /// Checks alarm states (present, and not in `ALARM`).
-    pub fn alarms(&mut self, expected: &[String], states: &[AlarmState]) {
+    #[cfg(feature = "aws")]
+    pub fn alarms(&mut self, expected: &[String], states: &[jitr_aws::AlarmState]) {
         for name in expected {
             match states.iter().find(|s| &s.name == name) {
                 None => self.push(

@@ -11,6 +11,7 @@
 #![deny(missing_docs, unsafe_code)]
 
 pub mod audit;
+#[cfg(feature = "aws")]
 pub mod aws_mode;
 pub mod bench;
 pub mod compensation;
@@ -18,7 +19,9 @@ pub mod demo;
 pub mod dispatch;
 pub mod doctor;
 pub mod history;
+#[cfg(feature = "aws")]
 pub mod init;
+#[cfg(feature = "aws")]
 pub mod lambda;
 pub mod lifecycle;
 pub mod metrics;

@@ -13,6 +13,17 @@ use jitr_domain::Timestamp;
 use jitr_handlers::{audit, bench, demo, history};
 use jitr_infra::SqliteEventStore;
 
+/// The handlers `jitr lambda` runs.
+const LAMBDA_HANDLERS: [&str; 7] = [
+    "webhook",
+    "scaleup",
+    "lifecycle",
+    "projector",
+    "compensate",
+    "reaper",
+    "rebalancer",
+];
+
 /// The log file inside a data directory.
 const LOG_FILE: &str = "events.db";
 
@@ -41,9 +52,19 @@ struct AwsTarget {
     region: Option<String>,
 }
 
+/// The error of an AWS command in a build without AWS support.
+#[cfg(not(feature = "aws"))]
+fn without_aws() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this jitr was built without AWS support (the embedded default only): \
+         build it with `cargo build --release -p jitr-handlers --features aws`"
+    )
+}
+
+#[cfg(feature = "aws")]
 impl AwsTarget {
-    fn settings(&self) -> jitr_infra::AwsSettings {
-        jitr_infra::AwsSettings {
+    fn settings(&self) -> jitr_aws::AwsSettings {
+        jitr_aws::AwsSettings {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             static_credentials: None,
@@ -196,7 +217,7 @@ enum Cmd {
     /// (see the README). Logs are JSON.
     Lambda {
         /// Which handler.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(jitr_handlers::lambda::HANDLERS))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(LAMBDA_HANDLERS))]
         handler: String,
     },
     /// Run a deterministic scenario on the local simulator through the real
@@ -247,7 +268,7 @@ enum Cmd {
         #[command(flatten)]
         target: AwsTarget,
         /// Receives before a message goes to its dead-letter queue.
-        #[arg(long, default_value_t = jitr_handlers::init::DEFAULT_MAX_RECEIVES)]
+        #[arg(long, default_value_t = jitr_infra::DEFAULT_MAX_RECEIVES)]
         max_receives: u32,
         /// Print JSON.
         #[arg(long)]
@@ -422,17 +443,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let horizon = as_of.or(until);
             if aws {
-                let config = target.settings().load().await;
-                let names = jitr_handlers::init::AwsNames::new(target.prefix);
-                let store = jitr_infra::DynamoEventStore::new(&config, names.events_table());
-                let compute =
-                    jitr_infra::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
-                let cloud = if live {
-                    Some(jitr_infra::Compute::list_managed(&compute).await?)
-                } else {
-                    None
-                };
-                return run_audit(&store, json, window, horizon, cloud).await;
+                #[cfg(feature = "aws")]
+                {
+                    let config = target.settings().load().await;
+                    let names = jitr_aws::AwsNames::new(target.prefix);
+                    let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
+                    let compute =
+                        jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+                    let cloud = if live {
+                        Some(jitr_infra::Compute::list_managed(&compute).await?)
+                    } else {
+                        None
+                    };
+                    return run_audit(&store, json, window, horizon, cloud).await;
+                }
+                #[cfg(not(feature = "aws"))]
+                {
+                    let _ = target;
+                    return Err(without_aws());
+                }
             }
             let store = open_existing(&data_dir)?;
             let cloud = if live {
@@ -512,44 +541,53 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             use jitr_handlers::serve;
             if aws {
-                let setup =
-                    jitr_handlers::aws_mode::from_env(target.settings(), &target.prefix).await?;
-                if setup.secret.is_empty() {
-                    bail!(
-                        "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
+                #[cfg(feature = "aws")]
+                {
+                    let setup =
+                        jitr_handlers::aws_mode::from_env(target.settings(), &target.prefix)
+                            .await?;
+                    if setup.secret.is_empty() {
+                        bail!(
+                            "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
+                        );
+                    }
+                    let assembly = serve::Assembly {
+                        store: setup.store.clone(),
+                        ports: setup.ports.clone(),
+                        policy: setup.policy.clone(),
+                        secret: setup.secret.clone(),
+                        scaleup_queue: setup.scaleup.clone(),
+                        lifecycle_queue: setup.lifecycle.clone(),
+                        bus: setup.bus.clone(),
+                        compensation_source: serve::CompensationSource::Queue(
+                            setup.compensation.clone(),
+                        ),
+                        cadence: serve::Cadence {
+                            projector: Duration::from_secs(1),
+                            sweep: sweep_interval,
+                        },
+                    };
+                    let listener = tokio::net::TcpListener::bind(&listen)
+                        .await
+                        .with_context(|| format!("listening on {listen}"))?;
+                    println!(
+                        "jitr serve: listening on {} (AWS deployment {})",
+                        serve::describe(listener.local_addr()?),
+                        setup.names.prefix()
                     );
+                    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
+                        shutdown_signal().await;
+                        let _ = stop_tx.send(true);
+                    });
+                    serve::run(assembly, listener, stop).await?;
+                    return Ok(ExitCode::SUCCESS);
                 }
-                let assembly = serve::Assembly {
-                    store: setup.store.clone(),
-                    ports: setup.ports.clone(),
-                    policy: setup.policy.clone(),
-                    secret: setup.secret.clone(),
-                    scaleup_queue: setup.scaleup.clone(),
-                    lifecycle_queue: setup.lifecycle.clone(),
-                    bus: setup.bus.clone(),
-                    compensation_source: serve::CompensationSource::Queue(
-                        setup.compensation.clone(),
-                    ),
-                    cadence: serve::Cadence {
-                        projector: Duration::from_secs(1),
-                        sweep: sweep_interval,
-                    },
-                };
-                let listener = tokio::net::TcpListener::bind(&listen)
-                    .await
-                    .with_context(|| format!("listening on {listen}"))?;
-                println!(
-                    "jitr serve: listening on {} (AWS deployment {})",
-                    serve::describe(listener.local_addr()?),
-                    setup.names.prefix()
-                );
-                let (stop_tx, stop) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    let _ = stop_tx.send(true);
-                });
-                serve::run(assembly, listener, stop).await?;
-                return Ok(ExitCode::SUCCESS);
+                #[cfg(not(feature = "aws"))]
+                {
+                    let _ = target;
+                    return Err(without_aws());
+                }
             }
             let generated = webhook_secret.is_none();
             let secret = webhook_secret.unwrap_or_else(|| {
@@ -683,8 +721,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lambda { handler } => {
-            run_lambda(handler).await?;
-            Ok(ExitCode::SUCCESS)
+            #[cfg(feature = "aws")]
+            {
+                run_lambda(handler).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = handler;
+                Err(without_aws())
+            }
         }
         Cmd::Doctor {
             data_dir,
@@ -693,7 +739,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let report = if aws {
-                doctor_aws(&target).await
+                #[cfg(feature = "aws")]
+                {
+                    doctor_aws(&target).await
+                }
+                #[cfg(not(feature = "aws"))]
+                {
+                    let _ = target;
+                    return Err(without_aws());
+                }
             } else {
                 doctor_embedded(&data_dir).await
             };
@@ -704,13 +758,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(report.exit_code()))
         }
+        #[cfg(not(feature = "aws"))]
+        Cmd::Init { .. } => Err(without_aws()),
+        #[cfg(feature = "aws")]
         Cmd::Init {
             target,
             max_receives,
             json,
         } => {
             let config = target.settings().load().await;
-            let names = jitr_handlers::init::AwsNames::new(target.prefix);
+            let names = jitr_aws::AwsNames::new(target.prefix);
             let report = jitr_handlers::init::init(&config, &names, max_receives).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -856,16 +913,17 @@ async fn doctor_embedded(data_dir: &Path) -> jitr_handlers::doctor::DoctorReport
     report
 }
 
+#[cfg(feature = "aws")]
 async fn doctor_aws(target: &AwsTarget) -> jitr_handlers::doctor::DoctorReport {
     use jitr_handlers::doctor::{DoctorReport, Level};
     let mut report = DoctorReport::default();
     let config = target.settings().load().await;
-    let names = jitr_handlers::init::AwsNames::new(target.prefix.clone());
+    let names = jitr_aws::AwsNames::new(target.prefix.clone());
     let mut alarm_names = Vec::new();
     for name in names.queues() {
-        match jitr_infra::SqsQueue::find(&config, &name).await {
+        match jitr_aws::SqsQueue::find(&config, &name).await {
             Ok(Some(queue)) => {
-                alarm_names.push(jitr_infra::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
+                alarm_names.push(jitr_aws::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
                 report.dead_letters(&name, &queue, &[]).await;
             }
             Ok(None) => report.config(
@@ -875,15 +933,12 @@ async fn doctor_aws(target: &AwsTarget) -> jitr_handlers::doctor::DoctorReport {
             Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
         }
     }
-    match jitr_infra::Alarms::new(&config)
-        .describe(&alarm_names)
-        .await
-    {
+    match jitr_aws::Alarms::new(&config).describe(&alarm_names).await {
         Ok(states) => report.alarms(&alarm_names, &states),
         Err(e) => report.config(Level::Error, format!("alarms: {e}")),
     }
-    let store = jitr_infra::DynamoEventStore::new(&config, names.events_table());
-    let compute = jitr_infra::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+    let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
+    let compute = jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
     report.drift(&store, &compute, now(), 120_000).await;
     if std::env::var("JITR_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) {
         report.config(
@@ -894,6 +949,7 @@ async fn doctor_aws(target: &AwsTarget) -> jitr_handlers::doctor::DoctorReport {
     report
 }
 
+#[cfg(feature = "aws")]
 async fn run_lambda(handler: String) -> Result<()> {
     use jitr_handlers::lambda;
     use jitr_handlers::ports::Outcome;
@@ -901,7 +957,7 @@ async fn run_lambda(handler: String) -> Result<()> {
     use serde_json::Value;
     let prefix = std::env::var("JITR_PREFIX").unwrap_or_else(|_| "jitr".into());
     let setup = Arc::new(
-        jitr_handlers::aws_mode::from_env(jitr_infra::AwsSettings::default(), &prefix).await?,
+        jitr_handlers::aws_mode::from_env(jitr_aws::AwsSettings::default(), &prefix).await?,
     );
     let err = |e: String| lambda_runtime::Error::from(e);
     match handler.as_str() {

@@ -163,6 +163,7 @@ fn the_demo_compensates_everything_it_leaks() {
     );
 }
 
+#[cfg(feature = "aws")]
 #[test]
 fn init_twice_against_the_emulator_changes_nothing_the_second_time() {
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
@@ -273,6 +274,7 @@ async fn doctor_warns_about_a_dead_letter_queue_above_five() {
 
 /// Seed criterion (c), on AWS (moto): the same through SQS, with the alarms that
 /// `jitr init` created.
+#[cfg(feature = "aws")]
 #[tokio::test]
 async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
@@ -303,8 +305,8 @@ async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
         "{}",
         String::from_utf8_lossy(&healthy.stdout)
     );
-    let config = jitr_infra::AwsSettings::emulator(&endpoint).load().await;
-    let queue = jitr_infra::SqsQueue::find(&config, &format!("{prefix}-scaleup"))
+    let config = jitr_aws::AwsSettings::emulator(&endpoint).load().await;
+    let queue = jitr_aws::SqsQueue::find(&config, &format!("{prefix}-scaleup"))
         .await
         .unwrap()
         .unwrap();
@@ -384,4 +386,26 @@ async fn audit_live_lists_instances_the_log_does_not_know() {
         report["live_check"]["unknown_instances"],
         serde_json::json!([stray.instance_id.0])
     );
+}
+
+/// A build without the `aws` feature (the README's quick start) says how to get
+/// AWS support instead of failing obscurely.
+#[cfg(not(feature = "aws"))]
+#[test]
+fn aws_commands_in_an_embedded_build_say_how_to_get_aws_support() {
+    for args in [
+        &["serve", "--aws"][..],
+        &["audit", "--aws"],
+        &["doctor", "--aws"],
+        &["init"],
+        &["lambda", "scaleup"],
+    ] {
+        let out = jitr(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("built without AWS support") && stderr.contains("--features aws"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jitr_domain::{ClientToken, InstanceId, Market};
 
-use crate::compute::{
+use crate::ports::{
     Compute, ComputeError, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     ManagedInstance, TerminateOutcome,
 };

@@ -1,59 +1,36 @@
-//! Ports (traits) and adapters.
+//! Ports (traits) and the adapters that need no cloud account.
 //!
-//! - [`EventStore`] / [`CheckpointStore`]: the runner event log — [`SqliteEventStore`]
-//!   (embedded) and [`DynamoEventStore`] (AWS, with [`LogNudges`] from its stream),
-//!   both held to one conformance suite (`tests/src/conformance.rs`).
-//! - [`Compute`]: [`Ec2Compute`], [`SimCloud`], and [`FaultyCompute`] around either.
-//! - [`GitHub`]: [`GitHubApp`] (REST) and [`SimGitHub`].
-//! - [`RunnerSecrets`]: [`SsmSecrets`] and [`SimSecrets`].
-//! - [`Queue`]: [`SqsQueue`] and [`LocalQueue`].
-//! - [`CommandBus`]: [`EventBridgeBus`] and [`InProcessBus`].
-//! - [`Alarms`] and EMF metric lines ([`emf_line`]).
+//! - [`ports`]: every port, in one place: [`EventStore`] / [`CheckpointStore`]
+//!   ([`RunnerLog`]), [`Compute`], [`GitHub`], [`RunnerSecrets`], [`Queue`],
+//!   [`CommandBus`].
+//! - Adapters here: [`SqliteEventStore`] (the embedded log), [`SimCloud`],
+//!   [`SimGitHub`] and [`SimSecrets`] (the local simulator), [`LocalQueue`],
+//!   [`InProcessBus`] and [`QueueBus`], [`FaultyCompute`] (fault injection around any
+//!   [`Compute`]), and with the `github-app` feature [`GitHubApp`] (REST).
+//! - The AWS adapters (DynamoDB, EC2, SQS, EventBridge, SSM, CloudWatch) are in the
+//!   `jitr-aws` crate, so that the embedded default builds without the AWS SDK.
+//! - [`emf_line`]: metrics as CloudWatch Embedded Metric Format lines.
 #![deny(missing_docs, unsafe_code)]
 
-mod aws;
-mod bus;
-mod cloudwatch;
-mod compute;
-mod dynamodb;
-mod dynamodb_feed;
-mod ec2;
-mod event_store;
-mod eventbridge;
+pub mod ports;
+
 mod fault;
-mod github;
+#[cfg(feature = "github-app")]
+mod github_app;
+mod in_process_bus;
 mod local_queue;
+mod metrics;
+mod queue_bus;
 mod sim;
 mod sqlite;
-mod sqs;
-mod ssm;
 
-pub use aws::AwsSettings;
-pub use aws_config::SdkConfig;
-pub use bus::{BusError, CommandBus, InProcessBus};
-pub use cloudwatch::{AlarmError, AlarmState, Alarms, DLQ_ALARM_THRESHOLD, NAMESPACE, emf_line};
-pub use compute::{
-    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
-    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
-    TerminateOutcome, classify,
-};
-pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
-pub use dynamodb_feed::LogNudges;
-pub use ec2::Ec2Compute;
-pub use event_store::{
-    AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
-    RecordedEvent, StoreError, StreamHead,
-};
-pub use eventbridge::{
-    BusSetup, EVENT_SOURCE, EventBridgeBus, TERMINATE_RUNNER, decode_terminate_runner,
-};
 pub use fault::{Fault, FaultyCompute};
-pub use github::{
-    API_VERSION, Clock, GITHUB_API, GitHub, GitHubApp, GitHubAppConfig, GitHubError, JitRequest,
-    JitRunner, QueuedJob, Runner, RunnerScope,
-};
+#[cfg(feature = "github-app")]
+pub use github_app::{API_VERSION, Clock, GITHUB_API, GitHubApp, GitHubAppConfig};
+pub use in_process_bus::InProcessBus;
 pub use local_queue::LocalQueue;
+pub use metrics::{NAMESPACE, emf_line};
+pub use ports::*;
+pub use queue_bus::QueueBus;
 pub use sim::{ManualClock, SimClock, SimCloud, SimGitHub, SimSecrets, SimSettings, system_clock};
 pub use sqlite::SqliteEventStore;
-pub use sqs::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage, QueuePair, SqsQueue};
-pub use ssm::{JitConfig, RunnerSecrets, SecretError, SsmSecrets};

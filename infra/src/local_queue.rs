@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
+use crate::ports::{Queue, QueueError, QueueMessage};
 use crate::sim::SimClock;
-use crate::sqs::{Queue, QueueError, QueueMessage};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS messages (

@@ -17,12 +17,12 @@ use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::compute::{
+use crate::ports::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     ManagedInstance, TerminateOutcome,
 };
-use crate::github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
-use crate::ssm::{JitConfig, RunnerSecrets, SecretError};
+use crate::ports::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
+use crate::ports::{JitConfig, RunnerSecrets, SecretError};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS instances (

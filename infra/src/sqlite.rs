@@ -17,7 +17,7 @@ use jitr_domain::{
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::event_store::{
+use crate::ports::{
     AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, RecordedEvent,
     StoreError, StreamHead,
 };

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use jitr_infra::{AwsSettings, SdkConfig};
+use jitr_aws::{AwsSettings, SdkConfig};
 
 /// The emulator endpoint, from the SDK's standard `AWS_ENDPOINT_URL`.
 ///

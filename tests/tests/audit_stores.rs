@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use jitr_aws::DynamoEventStore;
 use jitr_domain::{RunnerEvent, StreamId, Timestamp};
 use jitr_handlers::audit::{self, AuditWindow};
 use jitr_handlers::simulate::{Scenario, run};
-use jitr_infra::{CommandId, DynamoEventStore, EventStore, SqliteEventStore};
+use jitr_infra::{CommandId, EventStore, SqliteEventStore};
 
 #[tokio::test]
 async fn the_same_events_give_the_same_audit_on_dynamodb_and_sqlite() {

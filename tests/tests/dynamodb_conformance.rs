@@ -2,12 +2,11 @@
 //! forced page size of 2 so every read crosses pages; plus the database-level
 //! refusal of a closed head whose instance may be alive.
 
+use jitr_aws::{DynamoEventStore, HeadWrite, SdkConfig, TableSetup};
 use jitr_e2e::conformance::Backing;
 use jitr_e2e::event_store_conformance;
 use jitr_e2e::fixtures::{at, launched, stream};
-use jitr_infra::{
-    CommandId, DynamoEventStore, EventStore, HeadWrite, SdkConfig, StoreError, TableSetup,
-};
+use jitr_infra::{CommandId, EventStore, StoreError};
 
 /// A fresh table on the emulator.
 struct DynamoBacking {
@@ -80,7 +79,7 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
 async fn appends_nudge_the_projector_through_dynamodb_streams() {
     let backing = DynamoBacking::new().await;
     let store = backing.open().await;
-    let mut nudges = jitr_infra::LogNudges::open(&backing.config, &backing.table)
+    let mut nudges = jitr_aws::LogNudges::open(&backing.config, &backing.table)
         .await
         .unwrap();
     assert_eq!(nudges.poll().await.unwrap(), 0, "nothing happened yet");

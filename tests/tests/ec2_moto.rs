@@ -2,12 +2,12 @@
 //! listing by tag, idempotent terminate; quota/capacity errors (which moto cannot
 //! produce) injected by the fault wrapper around the real adapter.
 
+use jitr_aws::Ec2Compute;
 use jitr_domain::{
     ClientToken, InstanceId, JobRef, LaunchErrorClass, Market, StreamId, fallback_market,
 };
 use jitr_infra::{
-    Compute, Ec2Compute, Fault, FaultyCompute, InstanceState, LaunchFailure, LaunchSpec,
-    TerminateOutcome,
+    Compute, Fault, FaultyCompute, InstanceState, LaunchFailure, LaunchSpec, TerminateOutcome,
 };
 
 const AMI: &str = "ami-03cf127a";

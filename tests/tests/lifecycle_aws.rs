@@ -4,17 +4,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jitr_aws::AwsNames;
+use jitr_aws::{DynamoEventStore, Ec2Compute, EventBridgeBus, SqsQueue, SsmSecrets};
 use jitr_domain::{Market, RunnerStatus, StreamId, Timestamp};
 use jitr_handlers::compensation::Compensation;
-use jitr_handlers::init::{AwsNames, init};
+use jitr_handlers::init::init;
 use jitr_handlers::policy::RunnerPolicy;
 use jitr_handlers::ports::{Outcome, Ports};
 use jitr_handlers::projector::Projector;
 use jitr_handlers::scaleup::ScaleUp;
 use jitr_handlers::webhook::JobMessage;
 use jitr_infra::{
-    Compute, DynamoEventStore, Ec2Compute, EventBridgeBus, EventStore, Fault, FaultyCompute,
-    GitHubApp, GitHubAppConfig, Queue, SqsQueue, SsmSecrets, decode_terminate_runner,
+    Compute, EventStore, Fault, FaultyCompute, GitHubApp, GitHubAppConfig, Queue,
+    decode_terminate_runner,
 };
 use serde_json::json;
 use wiremock::matchers::{method, path, path_regex};

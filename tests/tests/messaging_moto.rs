@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use jitr_aws::{Alarms, EventBridgeBus, SqsQueue, SsmSecrets};
 use jitr_domain::{
     ClientToken, FailureStage, InstanceId, StreamId, TerminateRunner, TerminationReason,
 };
 use jitr_e2e::aws::{config, unique};
 use jitr_e2e::fixtures::at;
 use jitr_infra::{
-    Alarms, CommandBus, DEAD_LETTER_REASON, EventBridgeBus, JitConfig, Queue, RunnerSecrets,
-    SqsQueue, SsmSecrets, decode_terminate_runner,
+    CommandBus, DEAD_LETTER_REASON, JitConfig, Queue, RunnerSecrets, decode_terminate_runner,
 };
 
 #[tokio::test]

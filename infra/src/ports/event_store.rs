@@ -174,3 +174,8 @@ pub trait CheckpointStore: Send + Sync {
     /// Saves (replaces) the checkpoint under `name`.
     async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError>;
 }
+
+/// The runner log as the application uses it: events and projection checkpoints.
+pub trait RunnerLog: EventStore + CheckpointStore {}
+
+impl<T: EventStore + CheckpointStore + ?Sized> RunnerLog for T {}

@@ -1,27 +1,10 @@
-//! The command bus port: where compensation commands go (EventBridge in AWS).
+//! The embedded command bus: an unbounded in-process channel.
 
 use async_trait::async_trait;
 use jitr_domain::TerminateRunner;
-use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// The bus did not take a command.
-#[derive(Debug, Error)]
-pub enum BusError {
-    /// Nobody consumes the bus any more.
-    #[error("the command bus is closed: no consumer is running")]
-    Closed,
-    /// The backend failed.
-    #[error("command bus unavailable: {0}")]
-    Unavailable(#[source] crate::event_store::BoxError),
-}
-
-/// Carries compensation commands to the compensation handler, at least once.
-#[async_trait]
-pub trait CommandBus: Send + Sync {
-    /// Puts the commands on the bus.
-    async fn publish(&self, commands: &[TerminateRunner]) -> Result<(), BusError>;
-}
+use crate::ports::{BusError, CommandBus};
 
 /// The embedded bus: an unbounded in-process channel.
 #[derive(Clone)]

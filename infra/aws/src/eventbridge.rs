@@ -7,15 +7,9 @@ use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::error::ProvideErrorMetadata;
 use aws_sdk_eventbridge::types::{PutEventsRequestEntry, RuleState, Target};
 use jitr_domain::TerminateRunner;
-use serde::Deserialize;
+use jitr_infra::{BusError, CommandBus, EVENT_SOURCE, TERMINATE_RUNNER};
 
-use crate::bus::{BusError, CommandBus};
 use crate::sqs::QueuePair;
-
-/// `source` of every event jitr puts on the bus.
-pub const EVENT_SOURCE: &str = "jitr";
-/// `detail-type` of a compensation command.
-pub const TERMINATE_RUNNER: &str = "TerminateRunner";
 
 fn bus_error(what: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("{what}: {e}").into())
@@ -166,31 +160,4 @@ impl CommandBus for EventBridgeBus {
         }
         Ok(())
     }
-}
-
-/// The EventBridge envelope as delivered to a target (`account` is optional: an
-/// emulator may leave it out).
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    #[serde(rename = "detail-type")]
-    detail_type: String,
-    source: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    account: Option<String>,
-    detail: serde_json::Value,
-}
-
-/// Decodes a `TerminateRunner` from an EventBridge envelope (an SQS target's
-/// message body or a Lambda event).
-pub fn decode_terminate_runner(body: &str) -> Result<TerminateRunner, BusError> {
-    let envelope: Envelope =
-        serde_json::from_str(body).map_err(|e| bus_error("not an EventBridge envelope", e))?;
-    if envelope.source != EVENT_SOURCE || envelope.detail_type != TERMINATE_RUNNER {
-        return Err(bus_error(
-            "unexpected event",
-            format!("{} / {}", envelope.source, envelope.detail_type),
-        ));
-    }
-    serde_json::from_value(envelope.detail).map_err(|e| bus_error("TerminateRunner detail", e))
 }

@@ -1,4 +1,4 @@
-//! The GitHub App client: JWT (RS256) → installation token (cached until shortly
+//! The GitHub App client (the REST adapter of [`GitHub`]): JWT (RS256) → installation token (cached until shortly
 //! before it expires) → JIT runner configs, runner listing and removal, and the
 //! queued jobs the rebalancer compares with live runners.
 //!
@@ -16,9 +16,16 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use thiserror::Error;
 
-use crate::ssm::JitConfig;
+use crate::ports::{
+    GitHub, GitHubError, JitConfig, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope,
+};
+
+impl From<reqwest::Error> for GitHubError {
+    fn from(e: reqwest::Error) -> Self {
+        GitHubError::Transport(Box::new(e))
+    }
+}
 
 /// The REST API version jitr speaks.
 pub const API_VERSION: &str = "2022-11-28";
@@ -27,170 +34,6 @@ pub const GITHUB_API: &str = "https://api.github.com";
 /// A cached installation token is renewed this long before it expires.
 const TOKEN_MARGIN_SECS: i64 = 300;
 const PER_PAGE: usize = 100;
-
-/// Where a runner registers.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "scope", rename_all = "kebab-case")]
-pub enum RunnerScope {
-    /// A repository's runners.
-    Repo {
-        /// Owner.
-        owner: String,
-        /// Repository.
-        repo: String,
-    },
-    /// An organization's runners.
-    Org {
-        /// Organization login.
-        org: String,
-    },
-}
-
-impl RunnerScope {
-    fn runners_path(&self) -> String {
-        match self {
-            RunnerScope::Repo { owner, repo } => format!("/repos/{owner}/{repo}/actions/runners"),
-            RunnerScope::Org { org } => format!("/orgs/{org}/actions/runners"),
-        }
-    }
-}
-
-/// A JIT runner to register.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JitRequest {
-    /// Repository or organization.
-    pub scope: RunnerScope,
-    /// The runner's name (unique within the scope).
-    pub name: String,
-    /// Runner group (1 is the default group).
-    pub runner_group_id: u64,
-    /// Labels (at least one).
-    pub labels: Vec<String>,
-    /// Work folder relative to the runner's install directory.
-    pub work_folder: String,
-}
-
-/// A registered JIT runner and its single-use config.
-#[derive(Clone, Debug)]
-pub struct JitRunner {
-    /// GitHub's runner id.
-    pub runner_id: u64,
-    /// Its name.
-    pub name: String,
-    /// The secret config for `run.sh --jitconfig`.
-    pub config: JitConfig,
-}
-
-/// A registered self-hosted runner.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Runner {
-    /// Runner id.
-    pub id: u64,
-    /// Name.
-    pub name: String,
-    /// `online` / `offline`.
-    pub status: String,
-    /// Running a job.
-    pub busy: bool,
-    /// Label names.
-    pub labels: Vec<String>,
-}
-
-/// A workflow job waiting for a runner.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueuedJob {
-    /// Repository owner.
-    pub owner: String,
-    /// Repository.
-    pub repo: String,
-    /// Job id.
-    pub job_id: u64,
-    /// Run id.
-    pub run_id: u64,
-    /// `runs-on` labels.
-    pub labels: Vec<String>,
-    /// Job name.
-    pub name: String,
-}
-
-/// What went wrong talking to GitHub.
-#[derive(Debug, Error)]
-pub enum GitHubError {
-    /// 401: the JWT or token was refused (wrong app id or key, clock skew).
-    #[error(
-        "GitHub refused the credentials (401): {0}; check the app id, the private key and the clock"
-    )]
-    Unauthorized(String),
-    /// 403 without a rate limit: the app lacks a permission.
-    #[error("GitHub forbids this (403): {0}; check the app's permissions and installation")]
-    Forbidden(String),
-    /// 404.
-    #[error("not found on GitHub (404): {0}")]
-    NotFound(String),
-    /// 409 on generate-jitconfig: a runner with that name exists.
-    #[error("a runner with that name already exists (409): {0}")]
-    RunnerNameExists(String),
-    /// 422.
-    #[error("GitHub rejected the request (422): {0}")]
-    Invalid(String),
-    /// Rate limited for longer than the client waits.
-    #[error("GitHub rate limit: retry after {retry_after:?}")]
-    RateLimited {
-        /// How long until requests are allowed again.
-        retry_after: Duration,
-    },
-    /// 5xx after retries.
-    #[error("GitHub server error {status}: {body}")]
-    Server {
-        /// Status code.
-        status: u16,
-        /// Body.
-        body: String,
-    },
-    /// Any other status.
-    #[error("GitHub answered {status}: {body}")]
-    Unexpected {
-        /// Status code.
-        status: u16,
-        /// Body.
-        body: String,
-    },
-    /// No HTTP answer.
-    #[error("GitHub unreachable: {0}")]
-    Transport(#[from] reqwest::Error),
-    /// The answer was not what GitHub documents.
-    #[error("unexpected GitHub response: {0}")]
-    Decode(String),
-    /// The private key is unusable.
-    #[error("GitHub App private key: {0}")]
-    Key(String),
-}
-
-/// The GitHub calls jitr makes (the port; [`GitHubApp`] is the REST adapter).
-#[async_trait]
-pub trait GitHub: Send + Sync {
-    /// Registers a JIT runner and returns its config.
-    async fn generate_jit_config(
-        &self,
-        installation: u64,
-        request: &JitRequest,
-    ) -> Result<JitRunner, GitHubError>;
-    /// Removes a runner registration; `false` when it was already gone.
-    async fn delete_runner(
-        &self,
-        installation: u64,
-        scope: &RunnerScope,
-        runner_id: u64,
-    ) -> Result<bool, GitHubError>;
-    /// Every runner registered in a scope.
-    async fn list_runners(
-        &self,
-        installation: u64,
-        scope: &RunnerScope,
-    ) -> Result<Vec<Runner>, GitHubError>;
-    /// Queued jobs across the installation's repositories.
-    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError>;
-}
 
 /// How the client reaches GitHub.
 #[derive(Clone, Debug)]
@@ -464,6 +307,13 @@ impl GitHubApp {
     }
 }
 
+fn runners_path(scope: &RunnerScope) -> String {
+    match scope {
+        RunnerScope::Repo { owner, repo } => format!("/repos/{owner}/{repo}/actions/runners"),
+        RunnerScope::Org { org } => format!("/orgs/{org}/actions/runners"),
+    }
+}
+
 fn next_link(response: &Response) -> Option<String> {
     let link = response.headers().get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
@@ -509,7 +359,7 @@ impl GitHub for GitHubApp {
             "labels": request.labels,
             "work_folder": request.work_folder,
         });
-        let path = format!("{}/generate-jitconfig", request.scope.runners_path());
+        let path = format!("{}/generate-jitconfig", runners_path(&request.scope));
         let response = self
             .call(installation, Method::POST, &path, Some(&body))
             .await?;
@@ -537,7 +387,7 @@ impl GitHub for GitHubApp {
         scope: &RunnerScope,
         runner_id: u64,
     ) -> Result<bool, GitHubError> {
-        let path = format!("{}/{runner_id}", scope.runners_path());
+        let path = format!("{}/{runner_id}", runners_path(scope));
         match self.call(installation, Method::DELETE, &path, None).await {
             Ok(_) => Ok(true),
             Err(GitHubError::NotFound(_)) => Ok(false),
@@ -551,7 +401,7 @@ impl GitHub for GitHubApp {
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
         let runners = self
-            .get_all(installation, &scope.runners_path(), "runners")
+            .get_all(installation, &runners_path(scope), "runners")
             .await?;
         runners
             .into_iter()

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 };
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
-use crate::compute::{
+use jitr_infra::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
     TerminateOutcome,

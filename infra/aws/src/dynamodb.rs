@@ -27,7 +27,7 @@ use jitr_domain::{
 use serde::{Deserialize, Serialize};
 
 use crate::aws::error_code;
-use crate::event_store::{
+use jitr_infra::{
     AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, RecordedEvent,
     StoreError, StreamHead,
 };

@@ -5,7 +5,7 @@ use jitr_domain::{ClientToken, InstanceId, LaunchErrorClass, Market, StreamId, T
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::event_store::BoxError;
+use super::BoxError;
 
 /// Tag every jitr instance carries.
 pub const TAG_MANAGED_BY: &str = "managed-by";

@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodbstreams::Client as StreamsClient;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 
-use crate::event_store::StoreError;
+use jitr_infra::StoreError;
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("dynamodb streams {what}: {e}").into())

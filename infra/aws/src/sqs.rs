@@ -1,6 +1,5 @@
 //! SQS as the queue port: scale-up and lifecycle queues with dead-letter queues.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,60 +7,8 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
-use thiserror::Error;
 
-use crate::event_store::BoxError;
-
-/// Message attribute carrying why a message was dead-lettered.
-pub const DEAD_LETTER_REASON: &str = "jitr-dead-letter-reason";
-
-/// A received message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueMessage {
-    /// The queue's message id.
-    pub id: String,
-    /// Handle to ack or delay this receipt.
-    pub receipt: String,
-    /// The body.
-    pub body: String,
-    /// How many times it has been received (1 on first delivery).
-    pub receive_count: u32,
-    /// String message attributes.
-    pub attributes: HashMap<String, String>,
-}
-
-/// The queue failed.
-#[derive(Debug, Error)]
-#[error("queue {queue}: {source}")]
-pub struct QueueError {
-    /// The queue.
-    pub queue: String,
-    /// What failed.
-    #[source]
-    pub source: BoxError,
-}
-
-/// A work queue with a dead-letter queue.
-#[async_trait]
-pub trait Queue: Send + Sync {
-    /// Sends `body`, visible after `delay`; returns the message id.
-    async fn publish(
-        &self,
-        body: &str,
-        delay: Option<Duration>,
-        attributes: &[(&str, &str)],
-    ) -> Result<String, QueueError>;
-    /// Long-polls up to `max` messages, waiting up to `wait`.
-    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError>;
-    /// Done with a message: delete it.
-    async fn ack(&self, message: &QueueMessage) -> Result<(), QueueError>;
-    /// Make the message visible again after `after` (back-off instead of a hot loop).
-    async fn retry_later(&self, message: &QueueMessage, after: Duration) -> Result<(), QueueError>;
-    /// A poison message: put it on the DLQ with `reason`, then delete it here.
-    async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError>;
-    /// Messages waiting in the dead-letter queue.
-    async fn dead_letter_depth(&self) -> Result<u64, QueueError>;
-}
+use jitr_infra::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage};
 
 /// Names and URLs of one queue and its DLQ.
 #[derive(Clone, Debug, PartialEq, Eq)]

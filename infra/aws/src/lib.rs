@@ -1,0 +1,31 @@
+//! The AWS adapters of jitr's ports (crate `jitr-infra` declares the ports).
+//!
+//! - [`DynamoEventStore`] (`EventStore`, `CheckpointStore`), with [`LogNudges`] from
+//!   its DynamoDB stream;
+//! - [`Ec2Compute`] (`Compute`);
+//! - [`SqsQueue`] (`Queue`), [`EventBridgeBus`] (`CommandBus`), [`SsmSecrets`]
+//!   (`RunnerSecrets`), [`Alarms`] (the DLQ alarms);
+//! - [`AwsSettings`] (where and as whom to talk to AWS) and [`AwsNames`] (the
+//!   resource names of one deployment).
+#![deny(missing_docs, unsafe_code)]
+
+mod aws;
+mod cloudwatch;
+mod dynamodb;
+mod dynamodb_feed;
+mod ec2;
+mod eventbridge;
+mod names;
+mod sqs;
+mod ssm;
+
+pub use aws::AwsSettings;
+pub use aws_config::SdkConfig;
+pub use cloudwatch::{AlarmError, AlarmState, Alarms};
+pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
+pub use dynamodb_feed::LogNudges;
+pub use ec2::Ec2Compute;
+pub use eventbridge::{BusSetup, EventBridgeBus};
+pub use names::AwsNames;
+pub use sqs::{QueuePair, SqsQueue};
+pub use ssm::SsmSecrets;

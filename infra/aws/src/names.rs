@@ -1,0 +1,52 @@
+//! The names of one deployment's AWS resources.
+
+/// The names of jitr's AWS resources, derived from one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsNames {
+    prefix: String,
+}
+
+impl AwsNames {
+    /// Names under `prefix` (e.g. `jitr`, or `jitr-staging`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        AwsNames {
+            prefix: prefix.into(),
+        }
+    }
+    /// The prefix (also the `jitr:deployment` tag of the instances).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// The event log table.
+    pub fn events_table(&self) -> String {
+        format!("{}-events", self.prefix)
+    }
+    /// The queue of queued jobs awaiting a runner.
+    pub fn scaleup_queue(&self) -> String {
+        format!("{}-scaleup", self.prefix)
+    }
+    /// The queue of `in_progress` / `completed` webhooks.
+    pub fn lifecycle_queue(&self) -> String {
+        format!("{}-lifecycle", self.prefix)
+    }
+    /// The queue the bus delivers compensation commands to.
+    pub fn compensation_queue(&self) -> String {
+        format!("{}-compensation", self.prefix)
+    }
+    /// The command bus.
+    pub fn bus(&self) -> String {
+        format!("{}-bus", self.prefix)
+    }
+    /// The rule routing `TerminateRunner` to the compensation queue.
+    pub fn terminate_rule(&self) -> String {
+        format!("{}-terminate-runner", self.prefix)
+    }
+    /// Every queue, in order.
+    pub fn queues(&self) -> [String; 3] {
+        [
+            self.scaleup_queue(),
+            self.lifecycle_queue(),
+            self.compensation_queue(),
+        ]
+    }
+}

@@ -1,0 +1,165 @@
+//! The GitHub port: JIT runner configs, runner registrations, queued jobs.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::BoxError;
+use super::secrets::JitConfig;
+
+/// Where a runner registers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "kebab-case")]
+pub enum RunnerScope {
+    /// A repository's runners.
+    Repo {
+        /// Owner.
+        owner: String,
+        /// Repository.
+        repo: String,
+    },
+    /// An organization's runners.
+    Org {
+        /// Organization login.
+        org: String,
+    },
+}
+
+/// A JIT runner to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitRequest {
+    /// Repository or organization.
+    pub scope: RunnerScope,
+    /// The runner's name (unique within the scope).
+    pub name: String,
+    /// Runner group (1 is the default group).
+    pub runner_group_id: u64,
+    /// Labels (at least one).
+    pub labels: Vec<String>,
+    /// Work folder relative to the runner's install directory.
+    pub work_folder: String,
+}
+
+/// A registered JIT runner and its single-use config.
+#[derive(Clone, Debug)]
+pub struct JitRunner {
+    /// GitHub's runner id.
+    pub runner_id: u64,
+    /// Its name.
+    pub name: String,
+    /// The secret config for `run.sh --jitconfig`.
+    pub config: JitConfig,
+}
+
+/// A registered self-hosted runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    /// Runner id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// `online` / `offline`.
+    pub status: String,
+    /// Running a job.
+    pub busy: bool,
+    /// Label names.
+    pub labels: Vec<String>,
+}
+
+/// A workflow job waiting for a runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedJob {
+    /// Repository owner.
+    pub owner: String,
+    /// Repository.
+    pub repo: String,
+    /// Job id.
+    pub job_id: u64,
+    /// Run id.
+    pub run_id: u64,
+    /// `runs-on` labels.
+    pub labels: Vec<String>,
+    /// Job name.
+    pub name: String,
+}
+
+/// What went wrong talking to GitHub.
+#[derive(Debug, Error)]
+pub enum GitHubError {
+    /// 401: the JWT or token was refused (wrong app id or key, clock skew).
+    #[error(
+        "GitHub refused the credentials (401): {0}; check the app id, the private key and the clock"
+    )]
+    Unauthorized(String),
+    /// 403 without a rate limit: the app lacks a permission.
+    #[error("GitHub forbids this (403): {0}; check the app's permissions and installation")]
+    Forbidden(String),
+    /// 404.
+    #[error("not found on GitHub (404): {0}")]
+    NotFound(String),
+    /// 409 on generate-jitconfig: a runner with that name exists.
+    #[error("a runner with that name already exists (409): {0}")]
+    RunnerNameExists(String),
+    /// 422.
+    #[error("GitHub rejected the request (422): {0}")]
+    Invalid(String),
+    /// Rate limited for longer than the client waits.
+    #[error("GitHub rate limit: retry after {retry_after:?}")]
+    RateLimited {
+        /// How long until requests are allowed again.
+        retry_after: Duration,
+    },
+    /// 5xx after retries.
+    #[error("GitHub server error {status}: {body}")]
+    Server {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// Any other status.
+    #[error("GitHub answered {status}: {body}")]
+    Unexpected {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// No HTTP answer.
+    #[error("GitHub unreachable: {0}")]
+    Transport(#[source] BoxError),
+    /// The answer was not what GitHub documents.
+    #[error("unexpected GitHub response: {0}")]
+    Decode(String),
+    /// The private key is unusable.
+    #[error("GitHub App private key: {0}")]
+    Key(String),
+}
+
+/// The GitHub calls jitr makes (the port; [`GitHubApp`] is the REST adapter).
+#[async_trait]
+pub trait GitHub: Send + Sync {
+    /// Registers a JIT runner and returns its config.
+    async fn generate_jit_config(
+        &self,
+        installation: u64,
+        request: &JitRequest,
+    ) -> Result<JitRunner, GitHubError>;
+    /// Removes a runner registration; `false` when it was already gone.
+    async fn delete_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, GitHubError>;
+    /// Every runner registered in a scope.
+    async fn list_runners(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+    ) -> Result<Vec<Runner>, GitHubError>;
+    /// Queued jobs across the installation's repositories.
+    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError>;
+}

@@ -1,0 +1,29 @@
+//! The ports: what jitr needs from the outside world, one file each. Adapters
+//! live beside this module (SQLite, the simulator, local queues, the GitHub App)
+//! and in the `jitr-aws` crate (DynamoDB, EC2, SQS, EventBridge, SSM, CloudWatch).
+
+mod bus;
+mod compute;
+mod event_store;
+mod github;
+mod queue;
+mod secrets;
+
+pub use bus::{
+    BusError, CommandBus, EVENT_SOURCE, TERMINATE_RUNNER, decode_terminate_runner,
+    encode_terminate_runner,
+};
+pub use compute::{
+    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
+    TerminateOutcome, classify,
+};
+pub use event_store::{
+    AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
+    RecordedEvent, RunnerLog, StoreError, StreamHead,
+};
+pub use github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
+pub use queue::{
+    DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, Queue, QueueError, QueueMessage,
+};
+pub use secrets::{JitConfig, RunnerSecrets, SecretError};
