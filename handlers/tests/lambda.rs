@@ -5,11 +5,31 @@ use std::time::Duration;
 
 use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use jitr_handlers::lambda::{compensation_bodies, process_batch};
-use jitr_handlers::policy::RunnerPolicy;
-use jitr_handlers::ports::Outcome;
-use jitr_handlers::webhook::{Webhook, sample_payload, sign};
-use jitr_infra::{LocalQueue, ManualClock, Queue};
+use jitr_domain::Timestamp;
+use jitr_handlers::app::outcome::{CrashPoint, HandlerError, Outcome};
+use jitr_handlers::app::policy::RunnerPolicy;
+use jitr_handlers::app::webhook::{Webhook, sample_payload, sign};
+use jitr_handlers::runtime::consumer::Consumer;
+use jitr_handlers::runtime::lambda::process_batch;
+use jitr_infra::{LocalQueue, ManualClock, Queue, QueueMessage};
+
+/// A consumer whose outcome is the message's body.
+struct ByBody;
+
+#[async_trait::async_trait]
+impl Consumer for ByBody {
+    fn name(&self) -> &'static str {
+        "by-body"
+    }
+    async fn consume(&self, m: &QueueMessage, _now: Timestamp) -> Result<Outcome, HandlerError> {
+        match m.body.as_str() {
+            "ok" => Ok(Outcome::Done("fine".into())),
+            "retry" => Ok(Outcome::RetryAfter(Duration::from_secs(60), "quota".into())),
+            "poison" => Ok(Outcome::DeadLetter("malformed".into())),
+            _ => Err(HandlerError::Crashed(CrashPoint::AfterLaunched)),
+        }
+    }
+}
 use serde_json::json;
 
 fn queue(dir: &std::path::Path, clock: &ManualClock) -> LocalQueue {
@@ -52,17 +72,8 @@ async fn a_batch_reports_only_the_messages_to_retry_and_dead_letters_poison() {
     let clock = ManualClock::new(jitr_domain::Timestamp(1_700_000_000_000));
     let q = queue(dir.path(), &clock);
     let records = batch(&q, &["ok", "retry", "poison", "crash"]).await;
-    let response = process_batch(&q, &records, |m| async move {
-        match m.body.as_str() {
-            "ok" => Ok(Outcome::Done("fine".into())),
-            "retry" => Ok(Outcome::RetryAfter(Duration::from_secs(60), "quota".into())),
-            "poison" => Ok(Outcome::DeadLetter("malformed".into())),
-            _ => Err(jitr_handlers::ports::HandlerError::Crashed(
-                jitr_handlers::ports::CrashPoint::AfterLaunched,
-            )),
-        }
-    })
-    .await;
+    let now = || Timestamp(1_700_000_000_000);
+    let response = process_batch(&q, &records, &ByBody, &now).await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()
@@ -151,22 +162,12 @@ async fn the_function_url_webhook_verifies_and_enqueues() {
         .unwrap()
     };
     let ok =
-        jitr_handlers::lambda::webhook(&hook, request(sign(b"s", body.as_bytes()), true)).await;
+        jitr_handlers::runtime::lambda::webhook(&hook, request(sign(b"s", body.as_bytes()), true))
+            .await;
     assert_eq!(ok.status_code, 202, "{:?}", ok.body);
     let bad =
-        jitr_handlers::lambda::webhook(&hook, request(sign(b"x", body.as_bytes()), false)).await;
+        jitr_handlers::runtime::lambda::webhook(&hook, request(sign(b"x", body.as_bytes()), false))
+            .await;
     assert_eq!(bad.status_code, 401);
     assert_eq!(scaleup.receive(10, Duration::ZERO).await.unwrap().len(), 1);
-}
-
-#[test]
-fn compensation_accepts_an_eventbridge_event_or_an_sqs_batch() {
-    let direct = json!({"detail-type": "TerminateRunner", "source": "jitr", "detail": {}});
-    let bodies = compensation_bodies(&direct);
-    assert_eq!(bodies.len(), 1);
-    assert!(bodies[0].0.is_none());
-    let sqs = json!({"Records": [{"messageId": "m1", "body": "{\"x\":1}", "attributes": {}, "messageAttributes": {}}]});
-    let bodies = compensation_bodies(&sqs);
-    assert_eq!(bodies[0].1, "{\"x\":1}");
-    assert!(bodies[0].0.is_some());
 }

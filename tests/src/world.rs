@@ -1,30 +1,29 @@
 //! A whole jitr on the embedded default, with a manual clock: SQLite log, the
 //! simulated cloud and GitHub, the real handlers and projector.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use jitr_domain::{
-    InstanceId, InstanceSpec, RunnerStatus, StreamId, TerminateRunner, Timestamp, is_terminal,
-};
-use jitr_handlers::compensation::Compensation;
-use jitr_handlers::lifecycle::Lifecycle;
-use jitr_handlers::policy::RunnerPolicy;
-use jitr_handlers::ports::{HandlerError, Outcome, Ports};
-use jitr_handlers::projector::Projector;
-use jitr_handlers::reaper::{Reaper, SweepReport};
-use jitr_handlers::scaleup::ScaleUp;
-use jitr_handlers::webhook::JobMessage;
+use jitr_domain::{InstanceId, InstanceSpec, RunnerStatus, StreamId, TerminateRunner, Timestamp};
+use jitr_handlers::app::compensation::Compensation;
+use jitr_handlers::app::lifecycle::Lifecycle;
+use jitr_handlers::app::outcome::{HandlerError, Outcome};
+use jitr_handlers::app::policy::RunnerPolicy;
+use jitr_handlers::app::reaper::{Reaper, SweepReport};
+use jitr_handlers::app::scaleup::ScaleUp;
+use jitr_handlers::app::webhook::JobMessage;
+use jitr_handlers::app::{App, Ports};
 use jitr_infra::{
-    Compute, EventStore, InProcessBus, ManagedInstance, ManualClock, SimCloud, SimGitHub,
-    SimSecrets, SimSettings, SqliteEventStore,
+    Compute, EventStore, LocalQueue, ManagedInstance, ManualClock, Queue, QueueBus, SimCloud,
+    SimGitHub, SimSecrets, SimSettings, SqliteEventStore, decode_terminate_runner,
 };
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::fixtures::T0;
 
-/// jitr on the simulator.
+/// jitr on the simulator: the application built by [`App`] over SQLite, the
+/// simulated cloud and GitHub, and local queues.
 pub struct World {
-    /// Scratch directory holding `events.db` and `cloud.db`.
+    /// Scratch directory holding `events.db`, `cloud.db` and `queues.db`.
     pub dir: tempfile::TempDir,
     /// The clock every part reads.
     pub clock: ManualClock,
@@ -34,20 +33,18 @@ pub struct World {
     pub cloud: SimCloud,
     /// The GitHub stand-in.
     pub github: SimGitHub,
-    /// Ports as handed to the handlers.
-    pub ports: Ports,
+    /// The application.
+    pub app: App,
     /// The policy.
     pub policy: Arc<RunnerPolicy>,
-    /// Scale-up.
-    pub scaleup: ScaleUp,
-    /// Lifecycle.
-    pub lifecycle: Lifecycle,
-    /// Compensation.
+    /// Scale-up (the application's).
+    pub scaleup: Arc<ScaleUp>,
+    /// Lifecycle (the application's).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Compensation (the application's).
     pub compensation: Arc<Compensation>,
-    /// Reaper.
-    pub reaper: Reaper,
-    bus: InProcessBus,
-    published: UnboundedReceiver<TerminateRunner>,
+    /// Reaper (the application's).
+    pub reaper: Arc<Reaper>,
 }
 
 impl World {
@@ -59,59 +56,66 @@ impl World {
         let cloud_db = dir.path().join("cloud.db");
         let cloud = SimCloud::open(&cloud_db, settings, clock.clock()).expect("cloud");
         let github = SimGitHub::open(&cloud_db).expect("github");
-        let secrets = SimSecrets::open(&cloud_db).expect("secrets");
-        let policy = Arc::new(RunnerPolicy {
+        let policy = RunnerPolicy {
             default_spec: InstanceSpec {
                 instance_type: if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into(),
                 vcpus,
                 image: "ami-sim".into(),
             },
             ..RunnerPolicy::default()
-        });
-        let ports = Ports {
-            store: store.clone(),
-            compute: Arc::new(cloud.clone()),
-            github: Arc::new(github.clone()),
-            secrets: Arc::new(secrets),
         };
-        let (bus, published) = InProcessBus::new();
-        World::assemble(
-            dir, clock, store, cloud, github, ports, policy, bus, published,
-        )
+        World::assemble(dir, clock, store, cloud, github, policy)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         dir: tempfile::TempDir,
         clock: ManualClock,
         store: Arc<SqliteEventStore>,
         cloud: SimCloud,
         github: SimGitHub,
-        ports: Ports,
-        policy: Arc<RunnerPolicy>,
-        bus: InProcessBus,
-        published: UnboundedReceiver<TerminateRunner>,
+        policy: RunnerPolicy,
     ) -> Self {
-        let compensation = Arc::new(Compensation::new(ports.clone(), policy.clone()));
+        let queue = |name: &str| -> Arc<dyn Queue> {
+            Arc::new(
+                LocalQueue::open(
+                    dir.path().join("queues.db"),
+                    name,
+                    10,
+                    std::time::Duration::from_secs(60),
+                    clock.clock(),
+                )
+                .expect("queue"),
+            )
+        };
+        let compensation_queue = queue("compensation");
+        let ports = Ports {
+            store: store.clone(),
+            compute: Arc::new(cloud.clone()),
+            github: Arc::new(github.clone()),
+            secrets: Arc::new(SimSecrets::open(dir.path().join("cloud.db")).expect("secrets")),
+            scaleup_queue: queue("scaleup"),
+            lifecycle_queue: queue("lifecycle"),
+            bus: Arc::new(QueueBus::new(compensation_queue.clone())),
+            compensation_queue,
+        };
+        let app = App::new(ports, policy, Vec::new());
         World {
-            scaleup: ScaleUp::new(ports.clone(), policy.clone()),
-            lifecycle: Lifecycle::new(ports.clone()),
-            reaper: Reaper::new(ports.clone(), policy.clone(), compensation.clone()),
-            compensation,
+            policy: app.policy.clone(),
+            scaleup: app.scaleup.clone(),
+            lifecycle: app.lifecycle.clone(),
+            compensation: app.compensation.clone(),
+            reaper: app.reaper.clone(),
+            app,
             dir,
             clock,
             store,
             cloud,
             github,
-            ports,
-            policy,
-            bus,
-            published,
         }
     }
 
-    /// A process restart: fresh handlers (no crash armed, nothing in memory) over
-    /// the same log and cloud.
+    /// A process restart: a fresh application (no crash armed, nothing in memory)
+    /// over the same log, cloud and queues.
     pub fn restart(self) -> Self {
         let World {
             dir,
@@ -119,14 +123,11 @@ impl World {
             store,
             cloud,
             github,
-            ports,
             policy,
             ..
         } = self;
-        let (bus, published) = InProcessBus::new();
-        World::assemble(
-            dir, clock, store, cloud, github, ports, policy, bus, published,
-        )
+        let policy = RunnerPolicy::clone(&policy);
+        World::assemble(dir, clock, store, cloud, github, policy)
     }
 
     /// Now.
@@ -205,20 +206,27 @@ impl World {
     }
 
     /// Runs the projector from its checkpoint, then the compensation for every
-    /// command it published. Returns the commands.
+    /// command it put on the bus (panicking if compensation fails). Returns the
+    /// commands.
     pub async fn project_and_compensate(&mut self) -> Vec<TerminateRunner> {
-        let mut projector =
-            Projector::start(self.store.clone(), Arc::new(self.bus.clone()), 60_000)
-                .await
-                .unwrap();
+        let mut projector = self.app.projector().await.unwrap();
         projector.tick(self.now()).await.unwrap();
+        let queue = self.app.ports.compensation_queue.clone();
         let mut done = Vec::new();
-        while let Ok(command) = self.published.try_recv() {
-            self.compensation
-                .handle(&command, self.now())
-                .await
-                .unwrap();
-            done.push(command);
+        loop {
+            let messages = queue.receive(10, std::time::Duration::ZERO).await.unwrap();
+            if messages.is_empty() {
+                break;
+            }
+            for message in messages {
+                let command = decode_terminate_runner(&message.body).expect("an envelope");
+                self.compensation
+                    .handle(&command, self.now())
+                    .await
+                    .unwrap();
+                queue.ack(&message).await.unwrap();
+                done.push(command);
+            }
         }
         projector.catch_up().await.unwrap();
         done
@@ -240,11 +248,12 @@ impl World {
             .collect()
     }
 
-    /// The no-leak invariant, checked against the cloud and the log: every live
-    /// instance has an open stream that owns it, and every closed stream with a
-    /// launched instance has its `Terminated`.
+    /// The no-leak invariant, both ways between the cloud and the log: every live
+    /// instance belongs to an open stream that records it as its instance, and no
+    /// closed stream's instance is still live.
     pub async fn assert_no_leak(&self) {
-        for instance in self.live_instances().await {
+        let live = self.live_instances().await;
+        for instance in &live {
             let stream = instance.stream.clone().expect("tagged");
             let head = self
                 .store
@@ -259,16 +268,26 @@ impl World {
             );
             assert_eq!(head.instance_id.as_ref(), Some(&instance.instance_id));
         }
-        let all = self.store.read_all(0, 1_000_000).await.unwrap();
-        let mut streams: Vec<StreamId> = all.iter().map(|r| r.stream.clone()).collect();
-        streams.dedup();
+        let live: BTreeSet<&InstanceId> = live.iter().map(|m| &m.instance_id).collect();
+        let streams: BTreeSet<StreamId> = self
+            .store
+            .read_all(0, 1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stream)
+            .collect();
         for stream in streams {
-            let events = self.store.read_stream(&stream).await.unwrap();
-            let state = jitr_domain::fold(events.iter().map(|r| &r.event));
-            if is_terminal(&state) && events.iter().any(|r| r.event.kind() == "Launched") {
+            let head = self.store.head(&stream).await.unwrap().expect("a head");
+            if head.open {
+                continue;
+            }
+            if let Some(instance) = head.state.instance() {
                 assert!(
-                    events.iter().any(|r| r.event.kind() == "Terminated"),
-                    "{stream} closed without Terminated"
+                    !live.contains(&instance.id),
+                    "{stream} is {} but its instance {} is live",
+                    head.status,
+                    instance.id
                 );
             }
         }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use jitr_aws::DynamoEventStore;
 use jitr_domain::{RunnerEvent, StreamId, Timestamp};
-use jitr_handlers::audit::{self, AuditWindow};
-use jitr_handlers::simulate::{Scenario, run};
+use jitr_handlers::commands::audit::{self, AuditWindow};
+use jitr_handlers::commands::simulate::{Scenario, run};
 use jitr_infra::{CommandId, EventStore, SqliteEventStore};
 
 #[tokio::test]

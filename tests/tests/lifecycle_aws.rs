@@ -7,17 +7,12 @@ use std::time::Duration;
 use jitr_aws::AwsNames;
 use jitr_aws::{DynamoEventStore, Ec2Compute, EventBridgeBus, SqsQueue, SsmSecrets};
 use jitr_domain::{Market, RunnerStatus, StreamId, Timestamp};
-use jitr_handlers::compensation::Compensation;
-use jitr_handlers::init::init;
-use jitr_handlers::policy::RunnerPolicy;
-use jitr_handlers::ports::{Outcome, Ports};
-use jitr_handlers::projector::Projector;
-use jitr_handlers::scaleup::ScaleUp;
-use jitr_handlers::webhook::JobMessage;
-use jitr_infra::{
-    Compute, EventStore, Fault, FaultyCompute, GitHubApp, GitHubAppConfig, Queue,
-    decode_terminate_runner,
-};
+use jitr_handlers::app::outcome::Outcome;
+use jitr_handlers::app::policy::RunnerPolicy;
+use jitr_handlers::app::webhook::JobMessage;
+use jitr_handlers::app::{App, Ports};
+use jitr_handlers::runtime::consumer::drain;
+use jitr_infra::{Compute, EventStore, Fault, FaultyCompute, GitHubApp, GitHubAppConfig};
 use serde_json::json;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -28,16 +23,13 @@ struct Aws {
     _github: MockServer,
     store: Arc<DynamoEventStore>,
     compute: Arc<FaultyCompute<Ec2Compute>>,
-    ports: Ports,
-    policy: Arc<RunnerPolicy>,
-    compensation_queue: SqsQueue,
-    bus: Arc<EventBridgeBus>,
+    app: App,
 }
 
 async fn aws() -> Aws {
     let config = jitr_e2e::aws::config().await;
     let names = AwsNames::new(jitr_e2e::aws::unique("jitr"));
-    init(&config, &names, 5).await.unwrap();
+    jitr_aws::provision(&config, &names, 5).await.unwrap();
     let github = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/app/installations/\d+/access_tokens$"))
@@ -81,11 +73,19 @@ async fn aws() -> Aws {
     let compute = Arc::new(FaultyCompute::new(
         Ec2Compute::new(&config, vec![]).with_deployment(names.prefix()),
     ));
+    let queue = |name: String| {
+        let config = config.clone();
+        async move { Arc::new(SqsQueue::find(&config, &name).await.unwrap().unwrap()) }
+    };
     let ports = Ports {
         store: store.clone(),
         compute: compute.clone(),
         github: Arc::new(app),
         secrets: Arc::new(SsmSecrets::new(&config, format!("/{}", names.prefix()))),
+        scaleup_queue: queue(names.scaleup_queue()).await,
+        lifecycle_queue: queue(names.lifecycle_queue()).await,
+        compensation_queue: queue(names.compensation_queue()).await,
+        bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     let mut policy = RunnerPolicy::default();
     policy.default_spec.image = "ami-03cf127a".into();
@@ -93,13 +93,7 @@ async fn aws() -> Aws {
         _github: github,
         store,
         compute,
-        ports,
-        policy: Arc::new(policy),
-        compensation_queue: SqsQueue::find(&config, &names.compensation_queue())
-            .await
-            .unwrap()
-            .unwrap(),
-        bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
+        app: App::new(ports, policy, Vec::new()),
     }
 }
 
@@ -120,7 +114,7 @@ fn queued(repo: &str, job_id: u64) -> JobMessage {
 }
 
 fn now() -> Timestamp {
-    jitr_handlers::serve::now()
+    jitr_handlers::runtime::now()
 }
 
 async fn live(aws: &Aws) -> Vec<jitr_infra::ManagedInstance> {
@@ -139,8 +133,9 @@ async fn live(aws: &Aws) -> Vec<jitr_infra::ManagedInstance> {
 #[tokio::test]
 async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
     let aws = aws().await;
-    let scaleup = ScaleUp::new(aws.ports.clone(), aws.policy.clone());
-    let outcome = scaleup
+    let outcome = aws
+        .app
+        .scaleup
         .handle(&queued("broken", 1), 1, now())
         .await
         .unwrap();
@@ -153,32 +148,31 @@ async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
     assert_eq!(head.status, RunnerStatus::Terminating);
     assert_eq!(live(&aws).await.len(), 1);
 
-    let mut projector = Projector::start(aws.store.clone(), aws.bus.clone(), 60_000)
-        .await
-        .unwrap();
+    let mut projector = aws.app.projector().await.unwrap();
     let published = projector.tick(now()).await.unwrap();
     assert_eq!(published.len(), 1);
-    let mut delivered = Vec::new();
+    // EventBridge's rule delivers it to the compensation queue; the consumer loop
+    // (as `jitr serve --aws` runs it) terminates the instance.
+    let queue = aws.app.ports.compensation_queue.clone();
+    let mut delivered = 0;
     for _ in 0..10 {
-        delivered = aws
-            .compensation_queue
-            .receive(10, Duration::from_secs(1))
-            .await
-            .unwrap();
-        if !delivered.is_empty() {
+        delivered = drain(
+            &*queue,
+            &*aws.app.compensation,
+            10,
+            Duration::from_secs(1),
+            &now,
+        )
+        .await
+        .unwrap();
+        if delivered > 0 {
             break;
         }
     }
     assert_eq!(
-        delivered.len(),
-        1,
+        delivered, 1,
         "TerminateRunner reached the compensation queue"
     );
-    let command = decode_terminate_runner(&delivered[0].body).unwrap();
-    let compensation = Compensation::new(aws.ports.clone(), aws.policy.clone());
-    let done = compensation.handle(&command, now()).await.unwrap();
-    assert!(matches!(done, Outcome::Done(_)), "{done:?}");
-    aws.compensation_queue.ack(&delivered[0]).await.unwrap();
 
     assert!(live(&aws).await.is_empty());
     let head = aws.store.head(&stream).await.unwrap().unwrap();
@@ -209,7 +203,7 @@ async fn five_concurrent_deliveries_on_dynamodb_start_one_instance() {
         },
         None,
     );
-    let scaleup = ScaleUp::new(aws.ports.clone(), aws.policy.clone());
+    let scaleup = aws.app.scaleup.clone();
     let message = queued("widgets", 7);
     let at = now();
     let h = || scaleup.handle(&message, 1, at);

@@ -3,7 +3,7 @@
 
 use jitr_domain::{ClientToken, Market, RunnerStatus, StreamId};
 use jitr_e2e::world::World;
-use jitr_handlers::ports::{CrashPoint, HandlerError, Outcome};
+use jitr_handlers::app::outcome::{CrashPoint, HandlerError, Outcome};
 use jitr_infra::{Compute, EventStore, LaunchSpec, SimSettings};
 
 fn kinds(events: &[jitr_infra::RecordedEvent]) -> Vec<&'static str> {
@@ -142,7 +142,7 @@ async fn one_reaper_cycle_frees_the_quota_the_incident_pinned() {
             stage: jitr_domain::FailureStage::Token,
             reason: "runner agent never came up".into(),
         };
-        jitr_handlers::dispatch::dispatch(
+        jitr_handlers::app::dispatch::dispatch(
             &*world.store,
             &world.stream(job),
             fail,
@@ -205,7 +205,7 @@ async fn the_same_job_delivered_five_times_concurrently_gets_one_instance() {
 
 async fn futures_join5(
     world: &World,
-    message: &jitr_handlers::webhook::JobMessage,
+    message: &jitr_handlers::app::webhook::JobMessage,
     now: jitr_domain::Timestamp,
 ) -> Vec<Result<Outcome, HandlerError>> {
     let h = || world.scaleup.handle(message, 1, now);
@@ -363,7 +363,7 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
         .crash
         .arm(CrashPoint::AfterTerminateInstances);
     let owed = {
-        let mut projector = jitr_handlers::projector::Projector::start(
+        let mut projector = jitr_handlers::app::projector::Projector::start(
             world.store.clone(),
             std::sync::Arc::new(jitr_infra::InProcessBus::new().0),
             60_000,
@@ -387,23 +387,12 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
 
 #[tokio::test]
 async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
-    use jitr_handlers::rebalancer::Rebalancer;
-    use jitr_infra::{LocalQueue, Queue, QueuedJob};
-    use std::sync::Arc;
+    use jitr_infra::QueuedJob;
     use std::time::Duration;
 
     let world = World::new(SimSettings::default(), 4);
-    let queue = Arc::new(
-        LocalQueue::open(
-            world.dir.path().join("queues.db"),
-            "scaleup",
-            5,
-            Duration::from_secs(60),
-            world.clock.clock(),
-        )
-        .unwrap(),
-    );
-    let rebalancer = Rebalancer::new(world.ports.clone(), world.policy.clone(), queue.clone());
+    let rebalancer = world.app.rebalancer.clone();
+    let queue = world.app.ports.scaleup_queue.clone();
     let queued = |job_id: u64| QueuedJob {
         owner: "acme".into(),
         repo: "widgets".into(),
@@ -426,7 +415,8 @@ async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
 
     // The requests go through scale-up like any queued job.
     for message in queue.receive(10, Duration::ZERO).await.unwrap() {
-        let job: jitr_handlers::webhook::JobMessage = serde_json::from_str(&message.body).unwrap();
+        let job: jitr_handlers::app::webhook::JobMessage =
+            serde_json::from_str(&message.body).unwrap();
         world.scaleup.handle(&job, 1, world.now()).await.unwrap();
     }
     assert_eq!(world.status(2).await, RunnerStatus::Ready);

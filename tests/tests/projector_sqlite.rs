@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use jitr_domain::{Command, RunnerStatus, StreamId, TerminateRunner, TerminationReason, Timestamp};
 use jitr_e2e::fixtures::{at, fail_token, instance, launched, stream};
-use jitr_handlers::dispatch::{Dispatched, dispatch};
-use jitr_handlers::projector::Projector;
+use jitr_handlers::app::dispatch::{Dispatched, dispatch};
+use jitr_handlers::app::projector::Projector;
 use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -31,8 +31,8 @@ impl World {
         }
     }
 
-    async fn projector(&self) -> Projector<SqliteEventStore> {
-        Projector::start(Arc::clone(&self.store), Arc::new(self.bus.clone()), 60_000)
+    async fn projector(&self) -> Projector {
+        Projector::start(self.store.clone(), Arc::new(self.bus.clone()), 60_000)
             .await
             .unwrap()
     }
@@ -216,7 +216,7 @@ async fn a_restarted_projector_re_emits_what_is_still_owed_and_nothing_else() {
 
     // Its views, resumed from the checkpoint, equal a rebuild from scratch.
     second.catch_up().await.unwrap();
-    let rebuilt = jitr_handlers::audit::replay(&*world.store, None, |_| {})
+    let rebuilt = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
         .await
         .unwrap();
     assert_eq!(&rebuilt.views, second.views());

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use jitr_domain::{RunnerStatus, StreamId};
-use jitr_handlers::policy::RunnerPolicy;
-use jitr_handlers::serve::{self, Cadence};
-use jitr_handlers::webhook::{sample_payload, sign};
+use jitr_handlers::app::policy::RunnerPolicy;
+use jitr_handlers::app::webhook::{sample_payload, sign};
+use jitr_handlers::runtime::serve::{self, Cadence};
 use jitr_infra::{EventStore, SimSettings, SqliteEventStore};
 
 const SECRET: &str = "it-is-a-secret";
@@ -22,21 +22,21 @@ async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 500;
-    let assembly = serve::embedded(
+    let app = serve::embedded(
         dir.path(),
         policy,
         SimSettings::default(),
         SECRET.as_bytes().to_vec(),
-        Cadence {
-            projector: Duration::from_millis(50),
-            sweep: Duration::from_secs(3600),
-        },
     )
     .unwrap();
+    let cadence = Cadence {
+        projector: Duration::from_millis(50),
+        sweep: Duration::from_secs(3600),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve::run(assembly, listener, stopped));
+    let task = tokio::spawn(serve::run(app, cadence, listener, stopped));
     Server {
         url,
         dir,

@@ -2,8 +2,8 @@
 //! audit's reconstruction of the past against the simulator's own record.
 
 use jitr_domain::{InstanceId, Timestamp};
-use jitr_handlers::audit;
-use jitr_handlers::simulate::{Scenario, run};
+use jitr_handlers::commands::audit;
+use jitr_handlers::commands::simulate::{Scenario, run};
 use jitr_infra::{ManualClock, SimCloud, SimSettings, SqliteEventStore};
 
 const T0: i64 = 1_777_868_520_000;

@@ -16,6 +16,7 @@ mod dynamodb_feed;
 mod ec2;
 mod eventbridge;
 mod names;
+mod provision;
 mod sqs;
 mod ssm;
 
@@ -27,5 +28,6 @@ pub use dynamodb_feed::LogNudges;
 pub use ec2::Ec2Compute;
 pub use eventbridge::{BusSetup, EventBridgeBus};
 pub use names::AwsNames;
+pub use provision::{InitError, Resource, Setup, provision};
 pub use sqs::{QueuePair, SqsQueue};
 pub use ssm::SsmSecrets;

@@ -69,3 +69,51 @@ pub fn decode_terminate_runner(body: &str) -> Result<TerminateRunner, BusError> 
     }
     serde_json::from_value(envelope.detail).map_err(|e| bus_error("TerminateRunner detail", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use jitr_domain::{StreamId, TerminationReason, Timestamp};
+
+    use super::*;
+
+    fn command() -> TerminateRunner {
+        TerminateRunner {
+            stream: StreamId::parse("acme/widgets#1#1").unwrap(),
+            instance_id: None,
+            client_token: None,
+            reason: TerminationReason::Operator,
+            owed_since: Timestamp(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn what_a_bus_writes_decodes_back() {
+        let body = encode_terminate_runner(&command()).unwrap();
+        assert_eq!(decode_terminate_runner(&body).unwrap(), command());
+    }
+
+    #[test]
+    fn an_event_as_eventbridge_delivers_it_decodes() {
+        let delivered = serde_json::json!({
+            "version": "0", "id": "6a7e8feb", "detail-type": TERMINATE_RUNNER,
+            "source": EVENT_SOURCE, "account": "111122223333", "time": "2026-11-29T10:00:00Z",
+            "region": "us-east-1", "resources": [],
+            "detail": serde_json::to_value(command()).unwrap(),
+        });
+        assert_eq!(
+            decode_terminate_runner(&delivered.to_string()).unwrap(),
+            command()
+        );
+    }
+
+    #[test]
+    fn another_source_or_a_malformed_body_is_refused() {
+        let other = serde_json::json!({
+            "detail-type": TERMINATE_RUNNER, "source": "aws.ec2",
+            "detail": serde_json::to_value(command()).unwrap(),
+        });
+        assert!(decode_terminate_runner(&other.to_string()).is_err());
+        assert!(decode_terminate_runner("{\"x\":1}").is_err());
+        assert!(decode_terminate_runner("not json").is_err());
+    }
+}

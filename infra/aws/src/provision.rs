@@ -1,15 +1,13 @@
-//! `jitr init`: creates everything jitr needs in an AWS account (or at an
-//! emulator endpoint). Idempotent: a second run finds everything and changes
-//! nothing.
+//! Provisioning (`jitr init`): creates everything jitr needs in an AWS account
+//! (or at an emulator endpoint). Idempotent: a second run finds everything and
+//! changes nothing.
 
 use std::fmt;
 use std::time::Duration;
 
-pub use jitr_infra::DEFAULT_MAX_RECEIVES;
+use aws_config::SdkConfig;
 
-use jitr_aws::{
-    Alarms, AwsNames, DynamoEventStore, EventBridgeBus, SdkConfig, SqsQueue, TableSetup,
-};
+use crate::{Alarms, AwsNames, DynamoEventStore, EventBridgeBus, SqsQueue, TableSetup};
 use serde::Serialize;
 
 /// What `init` did to one resource.
@@ -60,7 +58,7 @@ fn failed(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'st
 
 /// Creates the table, the queues with their DLQs, the bus and its rule, and the
 /// DLQ alarms.
-pub async fn init(
+pub async fn provision(
     config: &SdkConfig,
     names: &AwsNames,
     max_receives: u32,

@@ -114,7 +114,7 @@ fn refused(
     now: Timestamp,
 ) -> Result<Dispatched, DispatchError> {
     let benign = is_benign_refusal(command, &refusal);
-    crate::metrics::refusal(now, command.name(), refusal.code(), benign);
+    crate::app::metrics::refusal(now, command.name(), refusal.code(), benign);
     if benign {
         tracing::info!(%stream, command = command.name(), refusal = refusal.code(), reason = %refusal, "runner moved on; command moot");
         return Ok(Dispatched::MovedOn { state, refusal });

@@ -7,13 +7,14 @@
 //! reaper off, to show what the same run leaks without them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp};
 use jitr_infra::{
-    EventStore, InProcessBus, LocalQueue, ManualClock, Queue, QueuedJob, SimCloud, SimGitHub,
+    EventStore, LocalQueue, ManualClock, Queue, QueueBus, QueuedJob, SimCloud, SimGitHub,
     SimSecrets, SimSettings, SqliteEventStore,
 };
 use jitr_projections::accounting::Distribution;
@@ -21,17 +22,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::audit;
-use crate::compensation::Compensation;
-use crate::lifecycle::Lifecycle;
-use crate::policy::RunnerPolicy;
-use crate::ports::{CrashPoint, HandlerError, Outcome, Ports, settle};
-use crate::projector::Projector;
-use crate::reaper::Reaper;
-use crate::rebalancer::Rebalancer;
-use crate::scaleup::ScaleUp;
-use crate::serve::ServeError;
-use crate::webhook::JobMessage;
+use crate::app::outcome::CrashPoint;
+use crate::app::policy::RunnerPolicy;
+use crate::app::webhook::JobMessage;
+use crate::app::{App, Ports};
+use crate::commands::audit;
+use crate::runtime::consumer::drain;
+use crate::runtime::serve::ServeError;
 
 /// The scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -46,6 +43,18 @@ pub enum Scenario {
     LostWebhooks,
     /// Every webhook delivered five times.
     DuplicateStorm,
+}
+
+impl Scenario {
+    /// The name as typed on the command line (`seed-incident`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SeedIncident => "seed-incident",
+            Scenario::CrashStorm => "crash-storm",
+            Scenario::LostWebhooks => "lost-webhooks",
+            Scenario::DuplicateStorm => "duplicate-storm",
+        }
+    }
 }
 
 /// A run's figures (`--json` prints exactly this).
@@ -119,38 +128,34 @@ pub async fn run(
     if scenario == Scenario::SeedIncident {
         github.fail_mints_at_rate(0.25, seed);
     }
+    let queues = dir.join("queues.db");
+    let queue = |name: &str, visibility: u64| -> Result<Arc<dyn Queue>, ServeError> {
+        Ok(Arc::new(LocalQueue::open(
+            &queues,
+            name,
+            25,
+            Duration::from_secs(visibility),
+            clock.clock(),
+        )?))
+    };
+    let scaleup_queue = queue("scaleup", 60)?;
+    let lifecycle_queue = queue("lifecycle", 30)?;
+    let compensation_queue = queue("compensation", 60)?;
     let ports = Ports {
         store: store.clone(),
         compute: Arc::new(cloud.clone()),
         github: Arc::new(github.clone()),
         secrets: Arc::new(SimSecrets::open(&cloud_db)?),
+        scaleup_queue: scaleup_queue.clone(),
+        lifecycle_queue: lifecycle_queue.clone(),
+        compensation_queue: compensation_queue.clone(),
+        bus: Arc::new(QueueBus::new(compensation_queue.clone())),
     };
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 30_000;
     policy.max_launch_attempts = 20;
-    let policy = Arc::new(policy);
-    let queues = dir.join("queues.db");
-    let scaleup_queue: Arc<dyn Queue> = Arc::new(LocalQueue::open(
-        &queues,
-        "scaleup",
-        25,
-        Duration::from_secs(60),
-        clock.clock(),
-    )?);
-    let lifecycle_queue: Arc<dyn Queue> = Arc::new(LocalQueue::open(
-        &queues,
-        "lifecycle",
-        25,
-        Duration::from_secs(30),
-        clock.clock(),
-    )?);
-    let scaleup = ScaleUp::new(ports.clone(), policy.clone());
-    let lifecycle = Lifecycle::new(ports.clone());
-    let compensator = Arc::new(Compensation::new(ports.clone(), policy.clone()));
-    let reaper = Reaper::new(ports.clone(), policy.clone(), compensator.clone());
-    let rebalancer = Rebalancer::new(ports.clone(), policy.clone(), scaleup_queue.clone());
-    let (bus, mut published) = InProcessBus::new();
-    let mut projector = Projector::start(store.clone(), Arc::new(bus), 60_000).await?;
+    let app = App::new(ports, policy, Vec::new());
+    let mut projector = app.projector().await?;
 
     // The burst: 24 jobs of 4 vCPUs in the first two minutes; 96 vCPUs wanted
     // against 8 spot and 32 on-demand.
@@ -207,22 +212,9 @@ pub async fn run(
                 scaleup_queue.publish(&body, None, &[]).await?;
             }
         }
-        // jitr: scale-up and lifecycle consumers.
-        for message in scaleup_queue.receive(10, Duration::ZERO).await? {
-            let job: JobMessage = match serde_json::from_str(&message.body) {
-                Ok(j) => j,
-                Err(e) => {
-                    settle(
-                        &*scaleup_queue,
-                        &message,
-                        Ok(Outcome::DeadLetter(e.to_string())),
-                        "sim",
-                        true,
-                    )
-                    .await;
-                    continue;
-                }
-            };
+        // jitr: scale-up and lifecycle consumers, one message at a time (a crash
+        // storm arms a crash before each scale-up message).
+        loop {
             if scenario == Scenario::CrashStorm && rng.random_bool(0.3) {
                 let points = [
                     CrashPoint::AfterLaunchIntended,
@@ -230,21 +222,15 @@ pub async fn run(
                     CrashPoint::AfterLaunched,
                     CrashPoint::AfterTokenMinted,
                 ];
-                scaleup.crash.arm(points[rng.random_range(0..points.len())]);
+                app.scaleup
+                    .crash
+                    .arm(points[rng.random_range(0..points.len())]);
             }
-            let outcome = scaleup.handle(&job, message.receive_count, t).await;
-            if let Err(HandlerError::Crashed(point)) = &outcome {
-                tracing::debug!(?point, "simulated crash; the message comes back");
+            if drain(&*scaleup_queue, &*app.scaleup, 1, Duration::ZERO, &now).await? == 0 {
+                break;
             }
-            settle(&*scaleup_queue, &message, outcome, "sim scale-up", true).await;
         }
-        for message in lifecycle_queue.receive(10, Duration::ZERO).await? {
-            let outcome = match serde_json::from_str::<JobMessage>(&message.body) {
-                Ok(job) => lifecycle.handle(&job, t).await,
-                Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
-            };
-            settle(&*lifecycle_queue, &message, outcome, "sim lifecycle", true).await;
-        }
+        while drain(&*lifecycle_queue, &*app.lifecycle, 10, Duration::ZERO, &now).await? > 0 {}
         // GitHub: jobs start on a ready runner of theirs and complete.
         for job in jobs.iter_mut() {
             if job.completed {
@@ -311,23 +297,32 @@ pub async fn run(
         // jitr: projector and compensation, reaper and rebalancer every minute.
         if compensation {
             projector.tick(t).await?;
-            while let Ok(command) = published.try_recv() {
+            loop {
                 if scenario == Scenario::CrashStorm && rng.random_bool(0.3) {
-                    compensator.crash.arm(CrashPoint::AfterTerminateInstances);
+                    app.compensation
+                        .crash
+                        .arm(CrashPoint::AfterTerminateInstances);
                 }
-                if let Err(e) = compensator.handle(&command, t).await {
-                    tracing::debug!(error = %e, "simulated compensation failed");
+                let drained = drain(
+                    &*compensation_queue,
+                    &*app.compensation,
+                    1,
+                    Duration::ZERO,
+                    &now,
+                )
+                .await?;
+                if drained == 0 {
+                    break;
                 }
             }
         } else {
             projector.catch_up().await?;
-            while published.try_recv().is_ok() {}
         }
         if elapsed % 60_000 == 0 {
             if compensation {
-                let _ = reaper.sweep(t).await;
+                let _ = app.reaper.sweep(t).await;
             }
-            let _ = rebalancer.tick(t).await;
+            let _ = app.rebalancer.tick(t).await;
         }
         for market in [Market::Spot, Market::OnDemand] {
             let used = cloud.vcpus_in_use(market)?;
@@ -409,7 +404,7 @@ pub fn render(r: &SimulationReport) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     format!(
-        "scenario {:?} (seed {}), compensation {}\n\
+        "scenario {} (seed {}), compensation {}\n\
          jobs served            {}/{}\n\
          orphans found          {}\n\
          orphan vCPU-minutes    {:.2}\n\
@@ -419,7 +414,7 @@ pub fn render(r: &SimulationReport) -> String {
          quota free again       {}\n\
          instances alive at end {}\n\
          simulated time         {} s\n",
-        r.scenario,
+        r.scenario.name(),
         r.seed,
         if r.compensation {
             "on"
@@ -448,4 +443,51 @@ pub fn render(r: &SimulationReport) -> String {
         r.instances_alive_at_end,
         r.simulated_ms / 1000,
     )
+}
+
+/// `jitr simulate` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The scenario.
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Turn compensation and the reaper off (what would leak without them).
+    #[arg(long)]
+    without_compensation: bool,
+    /// Keep the simulated log here (for `jitr audit` / `history`); default: a
+    /// scratch directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the scenario and prints its report.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            if d.join(super::LOG_FILE).exists() {
+                anyhow::bail!(
+                    "{} already holds a log: simulate into an empty --data-dir",
+                    d.display()
+                );
+            }
+            d.clone()
+        }
+        None => scratch.path().to_path_buf(),
+    };
+    let report = run(&dir, args.scenario, args.seed, !args.without_compensation).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -18,14 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_aws::{
-    AwsNames, AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, SdkConfig, SqsQueue,
-    SsmSecrets,
+    AwsNames, AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, SqsQueue, SsmSecrets,
 };
-use jitr_infra::{GitHubApp, GitHubAppConfig};
+use jitr_infra::{GitHubApp, GitHubAppConfig, Queue};
 use thiserror::Error;
 
-use crate::policy::RunnerPolicy;
-use crate::ports::Ports;
+use crate::app::policy::RunnerPolicy;
+use crate::app::{App, Ports};
 
 /// The AWS deployment could not be wired.
 #[derive(Debug, Error)]
@@ -44,28 +43,15 @@ pub enum SetupError {
     Aws(String),
 }
 
-/// Everything wired to AWS.
-pub struct AwsSetup {
-    /// SDK configuration.
-    pub config: SdkConfig,
+/// The application wired to one AWS deployment.
+pub struct AwsApp {
     /// Resource names.
     pub names: AwsNames,
-    /// The log.
-    pub store: Arc<DynamoEventStore>,
-    /// Ports.
-    pub ports: Ports,
-    /// Policy.
-    pub policy: Arc<RunnerPolicy>,
-    /// Queued jobs.
-    pub scaleup: Arc<SqsQueue>,
-    /// Lifecycle events.
-    pub lifecycle: Arc<SqsQueue>,
-    /// Compensation commands delivered by the bus rule.
-    pub compensation: Arc<SqsQueue>,
-    /// The command bus.
-    pub bus: Arc<EventBridgeBus>,
-    /// Webhook secret (empty when unset).
-    pub secret: Vec<u8>,
+    /// The application over DynamoDB, EC2, SQS, EventBridge, SSM and the GitHub App.
+    pub app: App,
+    /// Whether `JITR_WEBHOOK_SECRET` was set (the webhook cannot verify anything
+    /// without it).
+    pub has_webhook_secret: bool,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -131,7 +117,7 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
 }
 
 /// Wires the AWS deployment whose resources are named from `prefix`.
-pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsSetup, SetupError> {
+pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, SetupError> {
     let config = settings.load().await;
     let names = AwsNames::new(prefix);
     let find = |name: String| {
@@ -141,14 +127,10 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsSetup, S
             SqsQueue::find(&config, &name)
                 .await
                 .map_err(|e| SetupError::Aws(e.to_string()))?
-                .map(Arc::new)
+                .map(|q| Arc::new(q) as Arc<dyn Queue>)
                 .ok_or(SetupError::NotInitialised(format!("queue {name}"), prefix))
         }
     };
-    let scaleup = find(names.scaleup_queue()).await?;
-    let lifecycle = find(names.lifecycle_queue()).await?;
-    let compensation = find(names.compensation_queue()).await?;
-    let store = Arc::new(DynamoEventStore::new(&config, names.events_table()));
     let subnets = var("JITR_SUBNETS")
         .map(|s| {
             s.split(',')
@@ -158,24 +140,22 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsSetup, S
         })
         .unwrap_or_default();
     let ports = Ports {
-        store: store.clone(),
+        store: Arc::new(DynamoEventStore::new(&config, names.events_table())),
         compute: Arc::new(Ec2Compute::new(&config, subnets).with_deployment(names.prefix())),
         github: Arc::new(github_from_env()?),
         secrets: Arc::new(SsmSecrets::new(
             &config,
             var("JITR_SSM_PREFIX").unwrap_or_else(|| "/jitr/runners".into()),
         )),
-    };
-    Ok(AwsSetup {
+        scaleup_queue: find(names.scaleup_queue()).await?,
+        lifecycle_queue: find(names.lifecycle_queue()).await?,
+        compensation_queue: find(names.compensation_queue()).await?,
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
-        policy: Arc::new(policy_from_env()?),
-        secret: var("JITR_WEBHOOK_SECRET").unwrap_or_default().into_bytes(),
-        config,
+    };
+    let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();
+    Ok(AwsApp {
+        has_webhook_secret: !secret.is_empty(),
+        app: App::new(ports, policy_from_env()?, secret),
         names,
-        store,
-        ports,
-        scaleup,
-        lifecycle,
-        compensation,
     })
 }

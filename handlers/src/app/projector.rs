@@ -4,13 +4,11 @@
 use std::sync::Arc;
 
 use jitr_domain::{Command, TerminateRunner, Timestamp, missed_deadline, resume};
-use jitr_infra::{
-    BusError, Checkpoint, CheckpointStore, CommandBus, CommandId, EventStore, StoreError,
-};
+use jitr_infra::{BusError, Checkpoint, CommandBus, CommandId, RunnerLog, StoreError};
 use jitr_projections::{CompensationPolicy, RunnerViews};
 use thiserror::Error;
 
-use crate::dispatch::{DispatchError, dispatch};
+use crate::app::dispatch::{DispatchError, dispatch};
 
 /// The checkpoint name of the runner views.
 pub const CHECKPOINT: &str = "runner-views";
@@ -36,19 +34,19 @@ pub enum ProjectorError {
 }
 
 /// Folds the feed and emits `TerminateRunner` commands, at least once each.
-pub struct Projector<S> {
-    store: Arc<S>,
+pub struct Projector {
+    store: Arc<dyn RunnerLog>,
     bus: Arc<dyn CommandBus>,
     views: RunnerViews,
     policy: CompensationPolicy,
 }
 
-impl<S: EventStore + CheckpointStore> Projector<S> {
+impl Projector {
     /// Starts from the saved checkpoint (or from the beginning of the log).
     /// Nothing emitted before a restart is remembered, so everything still owed is
     /// emitted again.
     pub async fn start(
-        store: Arc<S>,
+        store: Arc<dyn RunnerLog>,
         bus: Arc<dyn CommandBus>,
         reemit_after_ms: u64,
     ) -> Result<Self, ProjectorError> {

@@ -18,10 +18,11 @@ use jitr_domain::{
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
-use crate::dispatch::{DispatchError, Dispatched, current_state, dispatch};
-use crate::policy::RunnerPolicy;
-use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
-use crate::webhook::JobMessage;
+use crate::app::Ports;
+use crate::app::dispatch::{DispatchError, Dispatched, current_state, dispatch};
+use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
+use crate::app::policy::RunnerPolicy;
+use crate::app::webhook::JobMessage;
 
 /// The scale-up handler.
 pub struct ScaleUp {
@@ -196,7 +197,7 @@ impl ScaleUp {
                     };
                     match self.ports.compute.launch(&launch_spec).await {
                         Ok(launched) => {
-                            crate::metrics::launch(now, market.as_str(), "ok");
+                            crate::app::metrics::launch(now, market.as_str(), "ok");
                             self.crash.check(CrashPoint::AfterRunInstances)?;
                             let found = FoundInstance {
                                 instance_id: launched.instance_id,
@@ -210,7 +211,7 @@ impl ScaleUp {
                         }
                         Err(LaunchFailure::Rejected(e)) => {
                             tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
-                            crate::metrics::launch(
+                            crate::app::metrics::launch(
                                 now,
                                 market.as_str(),
                                 &format!("{:?}", e.class).to_lowercase(),

@@ -1,10 +1,13 @@
 //! `jitr history`: the timeline of one runner.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use jitr_domain::{InstanceId, RunnerEvent, RunnerStatus, StreamId, fold};
 use jitr_infra::{EventStore, StoreError};
 use serde::Serialize;
 
-use crate::report::{describe, rfc3339};
+use crate::commands::report::{describe, rfc3339};
 
 /// One runner's life, as stored.
 #[derive(Clone, Debug, Serialize)]
@@ -45,7 +48,9 @@ pub async fn timelines<S: EventStore + ?Sized>(
         let mut found = std::collections::BTreeSet::new();
         let mut after = 0;
         loop {
-            let page = store.read_all(after, crate::projector::FEED_PAGE).await?;
+            let page = store
+                .read_all(after, crate::app::projector::FEED_PAGE)
+                .await?;
             let Some(last) = page.last() else { break };
             after = last.position;
             found.extend(
@@ -114,4 +119,44 @@ pub fn render(timeline: &Timeline) -> String {
         );
     }
     out
+}
+
+/// `jitr history` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The data directory holding the log.
+    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A stream id, an instance id or a job id.
+    key: String,
+}
+
+/// Prints the timelines matching the key; exit 2 when nothing matches.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    let store = super::open_existing(&args.data_dir)?;
+    let key = &args.key;
+    let timelines = timelines(&store, key).await?;
+    if timelines.is_empty() {
+        eprintln!(
+            "jitr: no runner matches {key:?} in {}: give a stream id \
+             (owner/repo#job_id#attempt), an instance id or a job id; `jitr audit` lists runners",
+            args.data_dir.join(super::LOG_FILE).display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if args.json {
+        // One runner: its timeline; a job with several attempts: a list.
+        match timelines.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            many => println!("{}", serde_json::to_string_pretty(many)?),
+        }
+    } else {
+        for timeline in &timelines {
+            print!("{}", render(timeline));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,9 @@
 //! and every runner owed a termination.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use jitr_domain::{InstanceId, Market, RunnerStatus, StreamId, TerminationReason, Timestamp};
 use jitr_infra::{EventStore, StoreError};
@@ -9,8 +12,8 @@ use jitr_projections::accounting::{LeakFigures, Ledger};
 use jitr_projections::{Fleet, RunnerViews};
 use serde::Serialize;
 
-use crate::projector::FEED_PAGE;
-use crate::report::{reason, rfc3339, span};
+use crate::app::projector::FEED_PAGE;
+use crate::commands::report::{reason, rfc3339, span};
 
 /// How long a termination may stay owed before the audit fails (one reaper cycle).
 pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
@@ -229,15 +232,6 @@ pub async fn replay<S: EventStore + ?Sized>(
     Ok(replay)
 }
 
-/// Replays events already read (e.g. by a parallel scan), in position order.
-pub fn replay_events(events: &[jitr_infra::RecordedEvent], horizon: Option<Timestamp>) -> Replay {
-    let mut replay = Replay::empty();
-    for r in events {
-        replay.fold(r, horizon);
-    }
-    replay
-}
-
 /// Judges a replay for `window`.
 pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
     let now = window.as_of;
@@ -425,4 +419,126 @@ pub fn render(report: &AuditReport) -> String {
         );
     }
     out
+}
+
+/// `jitr audit` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The data directory holding the log.
+    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    data_dir: PathBuf,
+    /// Print JSON (the shape is `AuditReport`, versioned by its `schema` field).
+    #[arg(long)]
+    json: bool,
+    /// Judge the log as of this moment (RFC 3339) instead of now.
+    #[arg(long, value_parser = super::parse_moment)]
+    now: Option<Timestamp>,
+    /// How long a termination may stay owed before the audit fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// Start of the window the leak figures cover (RFC 3339; default: the first
+    /// event).
+    #[arg(long, value_parser = super::parse_moment)]
+    since: Option<Timestamp>,
+    /// End of the window (RFC 3339; default: now).
+    #[arg(long, value_parser = super::parse_moment, conflicts_with = "as_of")]
+    until: Option<Timestamp>,
+    /// Rebuild everything as it was at this moment (RFC 3339): live instances,
+    /// vCPUs per market, statuses.
+    #[arg(long, value_parser = super::parse_moment)]
+    as_of: Option<Timestamp>,
+    /// An instance counts as orphaned this long after its termination became owed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    orphan_grace: Duration,
+    /// Also check the log against the instances the cloud runs now (the
+    /// simulator in the data directory, or EC2 with --aws).
+    #[arg(long)]
+    live: bool,
+    /// Audit the AWS deployment (DynamoDB log, EC2) instead of a data directory.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    target: super::AwsTarget,
+}
+
+/// Replays the log and prints the report; exit 1 when it fails.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    let moment = args
+        .as_of
+        .or(args.until)
+        .or(args.now)
+        .unwrap_or_else(crate::runtime::now);
+    let window = AuditWindow {
+        since: args.since,
+        as_of: moment,
+        deadline_ms: args.deadline.as_millis() as u64,
+        orphan_grace_ms: args.orphan_grace.as_millis() as u64,
+    };
+    let horizon = args.as_of.or(args.until);
+    if args.aws {
+        #[cfg(feature = "aws")]
+        {
+            let config = args.target.settings().load().await;
+            let names = jitr_aws::AwsNames::new(args.target.prefix);
+            let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
+            let compute =
+                jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+            let cloud = if args.live {
+                Some(jitr_infra::Compute::list_managed(&compute).await?)
+            } else {
+                None
+            };
+            return print_audit(&store, args.json, window, horizon, cloud).await;
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(super::without_aws());
+    }
+    let store = super::open_existing(&args.data_dir)?;
+    let cloud = if args.live {
+        let cloud_db = args.data_dir.join("cloud.db");
+        if !cloud_db.is_file() {
+            anyhow::bail!(
+                "--live: no simulated cloud at {} (jitr serve creates it)",
+                cloud_db.display()
+            );
+        }
+        let sim = jitr_infra::SimCloud::open(
+            &cloud_db,
+            jitr_infra::SimSettings::default(),
+            jitr_infra::system_clock(),
+        )?;
+        Some(jitr_infra::Compute::list_managed(&sim).await?)
+    } else {
+        None
+    };
+    print_audit(&store, args.json, window, horizon, cloud).await
+}
+
+/// Replays `store` up to `horizon`, judges it, optionally against the cloud's
+/// instances, and prints the report; exit 1 when it fails.
+pub async fn print_audit<S: EventStore + ?Sized>(
+    store: &S,
+    json: bool,
+    window: AuditWindow,
+    horizon: Option<Timestamp>,
+    cloud: Option<Vec<jitr_infra::ManagedInstance>>,
+) -> anyhow::Result<ExitCode> {
+    let total = store.last_position().await?;
+    let bar = super::progress_bar(total, json && total < 100_000);
+    let replayed = replay(store, horizon, |p| bar.set_position(p)).await?;
+    bar.finish_and_clear();
+    let mut report = judge(&replayed, window);
+    if let Some(cloud) = cloud {
+        report.live_check = Some(cross_check(&report, &cloud, window.as_of, 120_000));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

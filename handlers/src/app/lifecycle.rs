@@ -5,9 +5,10 @@
 use jitr_domain::{Command, JobRef, StreamId, Timestamp};
 use jitr_infra::CommandId;
 
-use crate::dispatch::{Dispatched, dispatch};
-use crate::ports::{HandlerError, Outcome, Ports};
-use crate::webhook::JobMessage;
+use crate::app::Ports;
+use crate::app::dispatch::{Dispatched, dispatch};
+use crate::app::outcome::{HandlerError, Outcome};
+use crate::app::webhook::JobMessage;
 
 /// Runner attempts looked at for a job cancelled before any runner took it.
 const MAX_ATTEMPTS_LOOKED_UP: u32 = 8;

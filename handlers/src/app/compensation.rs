@@ -11,9 +11,10 @@ use jitr_domain::{
 };
 use jitr_infra::CommandId;
 
-use crate::dispatch::{current_state, dispatch};
-use crate::policy::RunnerPolicy;
-use crate::ports::{CrashPoint, CrashSwitch, HandlerError, Outcome, Ports};
+use crate::app::Ports;
+use crate::app::dispatch::{current_state, dispatch};
+use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
+use crate::app::policy::RunnerPolicy;
 
 /// The compensation handler.
 pub struct Compensation {
@@ -133,7 +134,7 @@ impl Compensation {
             now,
         )
         .await?;
-        crate::metrics::compensation_latency(now, now.millis_since(command.owed_since));
+        crate::app::metrics::compensation_latency(now, now.millis_since(command.owed_since));
         if let Err(e) = self.ports.secrets.delete_jit_config(&instance.id).await {
             tracing::warn!(%stream, error = %e, "JIT config not deleted");
         }

@@ -1,9 +1,12 @@
 //! `jitr demo`: writes a small runner log on the embedded default that shows the
 //! core at work: the seed incident in miniature, compensated.
 //!
-//! Until the local EC2 simulator exists, the demo confirms each termination itself
-//! where the compensation handler will call the compute port.
+//! No cloud is involved: the demo confirms each termination the projector issues
+//! itself, where `jitr serve` runs the compensation handler against the compute
+//! port. `jitr simulate` runs the whole system on the simulator instead.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use jitr_domain::{
@@ -12,8 +15,8 @@ use jitr_domain::{
 };
 use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
 
-use crate::dispatch::{DispatchError, Dispatched, dispatch};
-use crate::projector::{Projector, ProjectorError};
+use crate::app::dispatch::{DispatchError, Dispatched, dispatch};
+use crate::app::projector::{Projector, ProjectorError};
 
 /// What the demo did.
 #[derive(Debug, Default)]
@@ -232,7 +235,8 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
         .await?;
 
     let (bus, mut commands) = InProcessBus::new();
-    let mut projector = Projector::start(Arc::clone(&store), Arc::new(bus), 60_000).await?;
+    let log: Arc<dyn jitr_infra::RunnerLog> = store.clone();
+    let mut projector = Projector::start(log, Arc::new(bus), 60_000).await?;
     summary.compensations += projector.tick(now).await?.len();
     while let Ok(owed) = commands.try_recv() {
         let confirm = Command::ConfirmTerminated {
@@ -249,4 +253,61 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
 /// Whether the log already holds events.
 pub async fn log_is_empty(store: &SqliteEventStore) -> Result<bool, jitr_infra::StoreError> {
     Ok(store.last_position().await? == 0)
+}
+
+/// `jitr demo` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The data directory to write the log into.
+    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    data_dir: PathBuf,
+    /// Delete an existing log in the data directory first.
+    #[arg(long)]
+    reset: bool,
+}
+
+/// Writes the demonstration log and prints its audit.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let data_dir = &args.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join(super::LOG_FILE);
+    if args.reset {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing {}", file.display()))?;
+            }
+        }
+    }
+    let store = Arc::new(SqliteEventStore::open(&path)?);
+    if !log_is_empty(&store).await? {
+        anyhow::bail!(
+            "{} already holds a log: pass --reset to replace it, or another --data-dir",
+            path.display()
+        );
+    }
+    let at = crate::runtime::now();
+    let summary = run(Arc::clone(&store), at).await?;
+    println!(
+        "wrote {} runners to {}; the projector issued {} compensations\n",
+        summary.runners.len(),
+        path.display(),
+        summary.compensations
+    );
+    let window = super::audit::AuditWindow {
+        since: None,
+        as_of: at,
+        deadline_ms: super::audit::DEFAULT_DEADLINE_MS,
+        orphan_grace_ms: super::audit::DEFAULT_DEADLINE_MS,
+    };
+    let code = super::audit::print_audit(&*store, false, window, None, None).await?;
+    println!(
+        "\nnext: jitr history --data-dir {} '{}'",
+        data_dir.display(),
+        summary.runners[1]
+    );
+    Ok(code)
 }

@@ -2,6 +2,8 @@
 //!
 //! Run it in release mode: `cargo run --release -p jitr-handlers -- bench`.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use jitr_domain::{
@@ -12,7 +14,7 @@ use jitr_domain::{
 use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
 use serde::Serialize;
 
-use crate::audit::replay;
+use crate::commands::audit::replay;
 
 /// Sizes of one benchmark run.
 #[derive(Clone, Copy, Debug)]
@@ -277,10 +279,10 @@ fn percentile_ms(sorted: &[u64], p: f64) -> u64 {
 pub async fn leak_window(
     dir: &std::path::Path,
     runners: usize,
-) -> Result<LeakWindowReport, crate::serve::ServeError> {
-    use crate::dispatch::dispatch;
-    use crate::serve::{self, Cadence};
-    use crate::webhook::{sample_payload, sign};
+) -> Result<LeakWindowReport, crate::runtime::serve::ServeError> {
+    use crate::app::dispatch::dispatch;
+    use crate::app::webhook::{sample_payload, sign};
+    use crate::runtime::serve::{self, Cadence};
     use jitr_domain::{FailureStage, RunnerStatus};
     use jitr_infra::SimSettings;
 
@@ -290,17 +292,16 @@ pub async fn leak_window(
         spot_vcpus: 4 * runners as u32 + 4,
         ..SimSettings::default()
     };
-    let assembly = serve::embedded(
+    let app = serve::embedded(
         dir,
-        crate::policy::RunnerPolicy::default(),
+        crate::app::policy::RunnerPolicy::default(),
         settings,
         secret.clone(),
-        Cadence::default(),
     )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhook", listener.local_addr()?);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve::run(assembly, listener, stop));
+    let server = tokio::spawn(serve::run(app, Cadence::default(), listener, stop));
     let store = SqliteEventStore::open(dir.join("events.db"))?;
     let http = reqwest::Client::new();
     let labels = vec!["self-hosted".to_string(), "linux".to_string()];
@@ -343,7 +344,7 @@ pub async fn leak_window(
             &store,
             stream,
             fail,
-            crate::serve::now(),
+            crate::runtime::now(),
             &CommandId::new(format!("bench-fail-{i}")),
         )
         .await;
@@ -456,13 +457,12 @@ pub async fn reaper_scaling(
     dir: &std::path::Path,
     live: usize,
     histories: &[u64],
-) -> Result<ReaperScaling, crate::serve::ServeError> {
-    use crate::compensation::Compensation;
-    use crate::policy::RunnerPolicy;
-    use crate::ports::Ports;
-    use crate::reaper::Reaper;
-    use crate::scaleup::ScaleUp;
-    use jitr_infra::{ManualClock, SimCloud, SimGitHub, SimSecrets, SimSettings};
+) -> Result<ReaperScaling, crate::runtime::serve::ServeError> {
+    use crate::app::policy::RunnerPolicy;
+    use crate::app::{App, Ports};
+    use jitr_infra::{
+        InProcessBus, LocalQueue, ManualClock, Queue, SimCloud, SimGitHub, SimSecrets, SimSettings,
+    };
     use std::sync::Arc;
 
     let t0 = Timestamp(1_777_868_520_000);
@@ -474,16 +474,29 @@ pub async fn reaper_scaling(
         spot_vcpus: 4 * live as u32 + 4,
         ..SimSettings::default()
     };
+    let queue = |name: &str| -> Result<Arc<dyn Queue>, crate::runtime::serve::ServeError> {
+        Ok(Arc::new(LocalQueue::open(
+            dir.join("queues.db"),
+            name,
+            10,
+            Duration::from_secs(60),
+            clock.clock(),
+        )?))
+    };
+    let (bus, _published) = InProcessBus::new();
     let ports = Ports {
         store: store.clone(),
         compute: Arc::new(SimCloud::open(&cloud_db, settings, clock.clock())?),
         github: Arc::new(SimGitHub::open(&cloud_db)?),
         secrets: Arc::new(SimSecrets::open(&cloud_db)?),
+        scaleup_queue: queue("scaleup")?,
+        lifecycle_queue: queue("lifecycle")?,
+        compensation_queue: queue("compensation")?,
+        bus: Arc::new(bus),
     };
-    let policy = Arc::new(RunnerPolicy::default());
-    let scaleup = ScaleUp::new(ports.clone(), policy.clone());
+    let app = App::new(ports, RunnerPolicy::default(), Vec::new());
     for n in 0..live as u64 {
-        let job = crate::webhook::JobMessage {
+        let job = crate::app::webhook::JobMessage {
             delivery: format!("live-{n}"),
             action: "queued".into(),
             installation: 1,
@@ -496,17 +509,14 @@ pub async fn reaper_scaling(
             conclusion: None,
             attempt: 1,
         };
-        scaleup
+        app.scaleup
             .handle(&job, 1, clock.now())
             .await
-            .map_err(|e| crate::serve::ServeError::Io(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| {
+                crate::runtime::serve::ServeError::Io(std::io::Error::other(e.to_string()))
+            })?;
     }
     clock.advance(180_000);
-    let reaper = Reaper::new(
-        ports.clone(),
-        policy.clone(),
-        Arc::new(Compensation::new(ports, policy)),
-    );
     let mut closed = 0u64;
     let mut sweeps = Vec::new();
     for &target in histories {
@@ -520,10 +530,9 @@ pub async fn reaper_scaling(
         let mut times = Vec::new();
         for _ in 0..15 {
             let start = Instant::now();
-            let report = reaper
-                .sweep(clock.now())
-                .await
-                .map_err(|e| crate::serve::ServeError::Io(std::io::Error::other(e.to_string())))?;
+            let report = app.reaper.sweep(clock.now()).await.map_err(|e| {
+                crate::runtime::serve::ServeError::Io(std::io::Error::other(e.to_string()))
+            })?;
             times.push(start.elapsed());
             assert_eq!(report.instances_seen, live, "the live fleet stays the same");
         }
@@ -538,4 +547,100 @@ pub async fn reaper_scaling(
         sweeps,
         worst_ratio: max / min.max(1e-9),
     })
+}
+
+/// `jitr bench` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Events to fold in memory.
+    #[arg(long, default_value_t = 1_000_000)]
+    fold_events: u64,
+    /// Events to write to SQLite and replay.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_events: u64,
+    /// Single-event appends to time.
+    #[arg(long, default_value_t = 20_000)]
+    appends: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Measure the leak window in `serve` instead: this many runners fail
+    /// after launch; prints failure → Terminated p50/p99.
+    #[arg(long)]
+    leak_window: Option<usize>,
+    /// Write a log of --events events into this data directory (for timing
+    /// `jitr audit` on it), instead of benchmarking.
+    #[arg(long)]
+    write_history: Option<PathBuf>,
+    /// Events for --write-history.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Measure the reaper's sweep at 50 live runners as the history of closed
+    /// runners grows 1× → 10× → 100× (from 1,000).
+    #[arg(long)]
+    reaper: bool,
+}
+
+/// Runs the benchmark asked for and prints its figures.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    if let Some(dir) = args.write_history {
+        std::fs::create_dir_all(&dir)?;
+        if dir.join(super::LOG_FILE).exists() {
+            anyhow::bail!("{} already holds a log", dir.display());
+        }
+        let written = write_history(&dir, args.events).await?;
+        println!(
+            "wrote {written} events to {}",
+            dir.join(super::LOG_FILE).display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    if args.reaper {
+        let report = reaper_scaling(scratch.path(), 50, &[1_000, 10_000, 100_000]).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for (closed, median) in &report.sweeps {
+                println!(
+                    "reaper sweep, {} live runners, {closed:>7} closed in the log: median {median:.0} µs",
+                    report.live_runners
+                );
+            }
+            println!("worst / best median: {:.2}", report.worst_ratio);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(runners) = args.leak_window {
+        let report = leak_window(scratch.path(), runners).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "leak window (Failed -> Terminated) over {} runners: p50 {} ms, p99 {} ms, max {} ms; webhook -> TokenMinted p50 {} ms",
+                report.runners,
+                report.p50_ms,
+                report.p99_ms,
+                report.max_ms,
+                report.webhook_to_token_p50_ms
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; use `cargo run --release -p jitr-handlers -- bench`");
+    }
+    let sizes = BenchSizes {
+        fold_events: args.fold_events,
+        replay_events: args.replay_events,
+        appends: args.appends,
+    };
+    let report = run(scratch.path(), sizes, |stage| eprintln!("bench: {stage}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

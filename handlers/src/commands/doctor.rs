@@ -3,6 +3,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use jitr_domain::{InstanceId, Timestamp};
 use jitr_infra::{Compute, DLQ_ALARM_THRESHOLD, EventStore, Queue};
@@ -197,4 +200,140 @@ impl DoctorReport {
         }
         out
     }
+}
+
+/// `jitr doctor` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The embedded default's data directory.
+    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    data_dir: PathBuf,
+    /// Check the AWS deployment instead.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    target: super::AwsTarget,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the checks and prints the findings; exit 0 fine, 1 warning, 2 error.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    let report = if args.aws {
+        #[cfg(feature = "aws")]
+        {
+            check_aws(&args.target).await
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(super::without_aws());
+    } else {
+        check_embedded(&args.data_dir).await
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+async fn check_embedded(data_dir: &Path) -> DoctorReport {
+    let mut report = DoctorReport::default();
+    if !data_dir.join(super::LOG_FILE).is_file() {
+        report.config(
+            Level::Error,
+            format!(
+                "no jitr log in {}: point --data-dir at a jitr data directory",
+                data_dir.display()
+            ),
+        );
+        return report;
+    }
+    let clock = jitr_infra::system_clock();
+    let queues = data_dir.join("queues.db");
+    if queues.is_file() {
+        for name in ["scaleup", "lifecycle", "compensation"] {
+            match jitr_infra::LocalQueue::open(
+                &queues,
+                name,
+                10,
+                Duration::from_secs(60),
+                clock.clone(),
+            ) {
+                Ok(queue) => {
+                    let reasons: Vec<String> = queue
+                        .dead_letters()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .rev()
+                        .take(3)
+                        .map(|(_, reason)| reason)
+                        .collect();
+                    report.dead_letters(name, &queue, &reasons).await;
+                }
+                Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
+            }
+        }
+    } else {
+        report.config(Level::Ok, "no local queues yet (jitr serve creates them)");
+    }
+    let cloud = data_dir.join("cloud.db");
+    match (
+        jitr_infra::SqliteEventStore::open(data_dir.join(super::LOG_FILE)),
+        cloud.is_file(),
+    ) {
+        (Ok(store), true) => {
+            match jitr_infra::SimCloud::open(&cloud, jitr_infra::SimSettings::default(), clock) {
+                Ok(sim) => {
+                    report
+                        .drift(&store, &sim, crate::runtime::now(), 120_000)
+                        .await
+                }
+                Err(e) => report.config(Level::Error, format!("simulated cloud: {e}")),
+            }
+        }
+        (Ok(_), false) => {
+            report.config(Level::Ok, "no simulated cloud yet (jitr serve creates it)")
+        }
+        (Err(e), _) => report.config(Level::Error, format!("event log: {e}")),
+    }
+    report
+}
+
+#[cfg(feature = "aws")]
+async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
+    let mut report = DoctorReport::default();
+    let config = target.settings().load().await;
+    let names = jitr_aws::AwsNames::new(target.prefix.clone());
+    let mut alarm_names = Vec::new();
+    for name in names.queues() {
+        match jitr_aws::SqsQueue::find(&config, &name).await {
+            Ok(Some(queue)) => {
+                alarm_names.push(jitr_aws::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
+                report.dead_letters(&name, &queue, &[]).await;
+            }
+            Ok(None) => report.config(
+                Level::Warn,
+                format!("queue {name} or its DLQ is missing: run `jitr init`"),
+            ),
+            Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
+        }
+    }
+    match jitr_aws::Alarms::new(&config).describe(&alarm_names).await {
+        Ok(states) => report.alarms(&alarm_names, &states),
+        Err(e) => report.config(Level::Error, format!("alarms: {e}")),
+    }
+    let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
+    let compute = jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
+    report
+        .drift(&store, &compute, crate::runtime::now(), 120_000)
+        .await;
+    if std::env::var("JITR_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) {
+        report.config(
+            Level::Warn,
+            "JITR_WEBHOOK_SECRET is not set: the webhook handler cannot verify deliveries",
+        );
+    }
+    report
 }

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jitr_domain::{JobRef, StreamId, Timestamp};
-use jitr_infra::{GitHubError, Queue, QueueError};
+use jitr_infra::{GitHubError, QueueError};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::policy::RunnerPolicy;
-use crate::ports::Ports;
-use crate::webhook::JobMessage;
+use crate::app::Ports;
+use crate::app::policy::RunnerPolicy;
+use crate::app::webhook::JobMessage;
 
 /// Attempts probed per job when looking for its latest runner.
 const MAX_ATTEMPTS: u32 = 16;
@@ -44,17 +44,12 @@ pub enum RebalanceError {
 pub struct Rebalancer {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
-    scaleup: Arc<dyn Queue>,
 }
 
 impl Rebalancer {
-    /// A rebalancer requesting runners on `scaleup`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, scaleup: Arc<dyn Queue>) -> Self {
-        Rebalancer {
-            ports,
-            policy,
-            scaleup,
-        }
+    /// A rebalancer requesting runners on the scale-up queue of `ports`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+        Rebalancer { ports, policy }
     }
 
     /// One pass at `now`.
@@ -120,13 +115,14 @@ impl Rebalancer {
                 attempt,
             };
             let body = serde_json::to_string(&message).expect("a JobMessage serialises");
-            self.scaleup
+            self.ports
+                .scaleup_queue
                 .publish(&body, None, &[("delivery", &message.delivery)])
                 .await?;
             tracing::warn!(%stream, "queued job without a runner: requesting one");
             report.requested.push(stream);
         }
-        crate::metrics::drift(now, report.requested.len());
+        crate::app::metrics::drift(now, report.requested.len());
         Ok(report)
     }
 }

@@ -13,7 +13,7 @@ use jitr_infra::Queue;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::policy::RunnerPolicy;
+use crate::app::policy::RunnerPolicy;
 
 /// Largest body accepted by default (a `workflow_job` delivery is a few KB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;

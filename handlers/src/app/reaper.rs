@@ -12,10 +12,11 @@ use jitr_domain::{
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
 
-use crate::compensation::Compensation;
-use crate::dispatch::{current_state, dispatch};
-use crate::policy::RunnerPolicy;
-use crate::ports::{HandlerError, Ports};
+use crate::app::Ports;
+use crate::app::compensation::Compensation;
+use crate::app::dispatch::{current_state, dispatch};
+use crate::app::outcome::HandlerError;
+use crate::app::policy::RunnerPolicy;
 
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -130,7 +131,7 @@ impl Reaper {
             }
         }
         report.registrations_removed = self.sweep_registrations().await;
-        crate::metrics::orphans_reaped(now, report.orphans_terminated.len());
+        crate::app::metrics::orphans_reaped(now, report.orphans_terminated.len());
         Ok(report)
     }
 
@@ -241,7 +242,7 @@ impl Reaper {
                 }
             }
         }
-        if let crate::policy::Registration::Organization { org } = &self.policy.registration {
+        if let crate::app::policy::Registration::Organization { org } = &self.policy.registration {
             let scope = jitr_infra::RunnerScope::Org { org: org.clone() };
             if !scopes.contains(&scope) {
                 scopes.push(scope);

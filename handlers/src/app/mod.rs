@@ -1,0 +1,116 @@
+//! The application services (webhook, scale-up, lifecycle, projector,
+//! compensation, reaper, rebalancer) and the one place they are built.
+//!
+//! Every service jitr runs, built once from the ports and the
+//! runner policy. `jitr serve`, every `jitr lambda` handler, `jitr simulate`,
+//! `jitr bench` and the test world obtain their handlers from an [`App`]; nothing
+//! else constructs one.
+
+use std::sync::Arc;
+
+pub mod compensation;
+pub mod dispatch;
+pub mod lifecycle;
+pub mod metrics;
+pub mod outcome;
+pub mod policy;
+pub mod projector;
+pub mod reaper;
+pub mod rebalancer;
+pub mod scaleup;
+pub mod webhook;
+
+use jitr_infra::{CommandBus, Compute, GitHub, Queue, RunnerLog, RunnerSecrets};
+
+use crate::app::compensation::Compensation;
+use crate::app::lifecycle::Lifecycle;
+use crate::app::policy::RunnerPolicy;
+use crate::app::projector::{Projector, ProjectorError};
+use crate::app::reaper::Reaper;
+use crate::app::rebalancer::Rebalancer;
+use crate::app::scaleup::ScaleUp;
+use crate::app::webhook::{DEFAULT_MAX_BODY, Webhook};
+
+/// The outside world, as ports: one set per deployment (embedded, AWS, a test).
+#[derive(Clone)]
+pub struct Ports {
+    /// The runner event log (with the projections' checkpoints).
+    pub store: Arc<dyn RunnerLog>,
+    /// Instances.
+    pub compute: Arc<dyn Compute>,
+    /// GitHub.
+    pub github: Arc<dyn GitHub>,
+    /// Where JIT configs are handed over.
+    pub secrets: Arc<dyn RunnerSecrets>,
+    /// Queued jobs awaiting a runner.
+    pub scaleup_queue: Arc<dyn Queue>,
+    /// `in_progress` / `completed` webhooks.
+    pub lifecycle_queue: Arc<dyn Queue>,
+    /// Where the bus delivers compensation commands.
+    pub compensation_queue: Arc<dyn Queue>,
+    /// Where the projector puts compensation commands.
+    pub bus: Arc<dyn CommandBus>,
+}
+
+/// How long the projector waits before emitting a still-owed termination again.
+pub const REEMIT_AFTER_MS: u64 = 60_000;
+
+/// Every application service, wired to one set of ports. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The ports.
+    pub ports: Ports,
+    /// The runner policy.
+    pub policy: Arc<RunnerPolicy>,
+    /// The webhook endpoint's logic.
+    pub webhook: Arc<Webhook>,
+    /// Scale-up.
+    pub scaleup: Arc<ScaleUp>,
+    /// Lifecycle.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Compensation.
+    pub compensation: Arc<Compensation>,
+    /// The reaper.
+    pub reaper: Arc<Reaper>,
+    /// The rebalancer.
+    pub rebalancer: Arc<Rebalancer>,
+}
+
+impl App {
+    /// Builds every service over `ports`; `webhook_secret` verifies deliveries.
+    pub fn new(ports: Ports, policy: RunnerPolicy, webhook_secret: impl Into<Vec<u8>>) -> App {
+        let policy = Arc::new(policy);
+        let compensation = Arc::new(Compensation::new(ports.clone(), policy.clone()));
+        App {
+            webhook: Arc::new(Webhook::new(
+                webhook_secret,
+                DEFAULT_MAX_BODY,
+                policy.clone(),
+                ports.scaleup_queue.clone(),
+                ports.lifecycle_queue.clone(),
+            )),
+            scaleup: Arc::new(ScaleUp::new(ports.clone(), policy.clone())),
+            lifecycle: Arc::new(Lifecycle::new(ports.clone())),
+            reaper: Arc::new(Reaper::new(
+                ports.clone(),
+                policy.clone(),
+                compensation.clone(),
+            )),
+            rebalancer: Arc::new(Rebalancer::new(ports.clone(), policy.clone())),
+            compensation,
+            policy,
+            ports,
+        }
+    }
+
+    /// The projector, resumed from its checkpoint. It holds the runner views in
+    /// memory, so a process runs one.
+    pub async fn projector(&self) -> Result<Projector, ProjectorError> {
+        Projector::start(
+            self.ports.store.clone(),
+            self.ports.bus.clone(),
+            REEMIT_AFTER_MS,
+        )
+        .await
+    }
+}

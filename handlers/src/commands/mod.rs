@@ -1,0 +1,217 @@
+//! The operator commands, one file per `jitr` subcommand: its arguments, what it
+//! does and what it prints. This is the binary's edge: errors here are `anyhow`,
+//! typed everywhere else.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use jitr_domain::Timestamp;
+use jitr_infra::SqliteEventStore;
+
+pub mod audit;
+pub mod bench;
+pub mod demo;
+pub mod doctor;
+pub mod history;
+pub mod init;
+pub mod lambda;
+pub mod report;
+pub mod send_webhook;
+pub mod serve;
+pub mod simulate;
+
+/// The log file inside a data directory.
+pub const LOG_FILE: &str = "events.db";
+
+/// Every `jitr` subcommand.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the timeline of one runner.
+    ///
+    /// KEY is a runner stream id (`owner/repo#job_id#attempt`), an instance id, or
+    /// a workflow job id (every runner attempt for the job).
+    /// Exit status 2 when nothing in the log matches.
+    History(history::Args),
+    /// Replay the whole log: runners by status, the fleet, and every runner owed a
+    /// termination.
+    ///
+    /// Exit status 1 when an instance has been owed a termination for longer than
+    /// --deadline (usable from cron and CI); 2 when the log cannot be read.
+    Audit(audit::Args),
+    /// Write a demonstration log (the seed incident in miniature, compensated) and
+    /// print its audit.
+    Demo(demo::Args),
+    /// Run jitr: the webhook endpoint and every handler in one process.
+    ///
+    /// With no AWS configuration it runs on the embedded default: the event log in
+    /// DATA_DIR/events.db, a simulated EC2 and GitHub in DATA_DIR/cloud.db, local
+    /// queues in DATA_DIR/queues.db. Stops cleanly on SIGTERM or Ctrl-C.
+    Serve(serve::Args),
+    /// Send a signed `workflow_job` webhook, as GitHub would (to try `jitr serve`).
+    SendWebhook(send_webhook::Args),
+    /// Run one handler under the AWS Lambda runtime.
+    ///
+    /// HANDLER is webhook (function URL), scaleup / lifecycle / compensate (SQS,
+    /// partial batch failures; the bus rule feeds the compensation queue), projector
+    /// (DynamoDB Streams), reaper / rebalancer (scheduled). Configuration comes from
+    /// the environment: JITR_PREFIX, JITR_WEBHOOK_SECRET, JITR_GITHUB_APP_ID,
+    /// JITR_GITHUB_PRIVATE_KEY (see the README). Logs are JSON.
+    Lambda(lambda::Args),
+    /// Run a deterministic scenario on the local simulator through the real
+    /// handlers, and report jobs served, orphans, orphan vCPU-minutes, peak vCPUs,
+    /// launch refusals, compensation latency and when the quota was free again.
+    Simulate(simulate::Args),
+    /// Check what an operator checks first: dead-letter queues (warns above 5
+    /// messages), alarm states, instances against open runners, configuration.
+    ///
+    /// Exit status 0 when all is well, 1 on a warning, 2 when a check failed.
+    Doctor(doctor::Args),
+    /// Create jitr's AWS resources: the event table, the queues with their DLQs and
+    /// redrive, the command bus and its rule, the DLQ alarms.
+    ///
+    /// Idempotent: a second run finds everything and exits 0. Credentials and region
+    /// come from the standard AWS chain; the endpoint from --endpoint or
+    /// AWS_ENDPOINT_URL (e.g. moto on http://127.0.0.1:5000).
+    Init(init::Args),
+    /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
+    ///
+    /// Build with --release for meaningful figures.
+    Bench(bench::Args),
+}
+
+impl Command {
+    /// The log filter a command runs with unless `JITR_LOG` says otherwise.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Lambda(_) => "info",
+            // A simulation's report says what happened; its handlers' logs are noise.
+            Command::Simulate(_) => "off",
+            _ => "warn",
+        }
+    }
+
+    /// Whether logs are JSON lines (CloudWatch Logs reads one object a line).
+    pub fn logs_json(&self) -> bool {
+        matches!(self, Command::Lambda(_))
+    }
+}
+
+/// Runs one command; its exit status.
+pub async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::History(args) => history::command(args).await,
+        Command::Audit(args) => audit::command(args).await,
+        Command::Demo(args) => demo::command(args).await,
+        Command::Serve(args) => serve::command(args).await,
+        Command::SendWebhook(args) => send_webhook::command(args).await,
+        Command::Lambda(args) => lambda::command(args).await,
+        Command::Simulate(args) => simulate::command(args).await,
+        Command::Doctor(args) => doctor::command(args).await,
+        Command::Init(args) => init::command(args).await,
+        Command::Bench(args) => bench::command(args).await,
+    }
+}
+
+/// Which AWS deployment, and where to reach it.
+#[derive(clap::Args, Debug)]
+pub struct AwsTarget {
+    /// Prefix of the AWS resource names (as given to `jitr init`).
+    #[arg(long, env = "JITR_PREFIX", default_value = "jitr")]
+    pub prefix: String,
+    /// AWS endpoint (an emulator, or a VPC endpoint; else AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// AWS region (else the standard chain).
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+#[cfg(feature = "aws")]
+impl AwsTarget {
+    /// The SDK settings for this target.
+    pub fn settings(&self) -> jitr_aws::AwsSettings {
+        jitr_aws::AwsSettings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            static_credentials: None,
+        }
+    }
+}
+
+/// The error of an AWS command in a build without AWS support.
+#[cfg(not(feature = "aws"))]
+pub fn without_aws() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this jitr was built without AWS support (the embedded default only): \
+         build it with `cargo build --release -p jitr-handlers --features aws`"
+    )
+}
+
+/// Parses an RFC 3339 moment.
+pub fn parse_moment(text: &str) -> Result<Timestamp, String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{e}: expected e.g. 2026-05-04T04:22:00Z"))?;
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Ok(Timestamp(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// Opens an existing log for reading; never creates one.
+pub fn open_existing(data_dir: &Path) -> Result<SqliteEventStore> {
+    let path = data_dir.join(LOG_FILE);
+    if !path.is_file() {
+        bail!(
+            "no jitr log at {}: point --data-dir (or JITR_DATA_DIR) at a jitr data directory, \
+             or create one with `jitr demo --data-dir {}`",
+            path.display(),
+            data_dir.display()
+        );
+    }
+    SqliteEventStore::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// A progress bar on stderr for `len` events (hidden when quiet or not a terminal).
+pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "replaying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

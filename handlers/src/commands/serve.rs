@@ -1,0 +1,146 @@
+//! `jitr serve`: everything in one process (see [`crate::runtime::serve`]), on the
+//! embedded default or, with `--aws`, on an AWS deployment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::app::policy::RunnerPolicy;
+use crate::runtime::serve::{self, Cadence};
+
+/// `jitr serve` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The data directory.
+    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "JITR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The GitHub App's webhook secret (generated and printed when unset).
+    #[arg(long, env = "JITR_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// After a job completes, how long its instance may take to shut down.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    drain_grace: Duration,
+    /// From launch to the job starting.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    boot_timeout: Duration,
+    /// Reaper and rebalancer period.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    sweep_interval: Duration,
+    /// Simulated on-demand vCPU quota.
+    #[arg(long, default_value_t = 32)]
+    on_demand_vcpus: u32,
+    /// Simulated spot vCPU quota.
+    #[arg(long, default_value_t = 32)]
+    spot_vcpus: u32,
+    /// Simulated boot time.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    sim_boot: Duration,
+    /// Serve only these repositories (owner/repo, repeatable; default: all).
+    #[arg(long = "allow-repo")]
+    allow_repos: Vec<String>,
+    /// Run on AWS (DynamoDB, EC2, SQS, EventBridge, SSM, the GitHub App),
+    /// configured from JITR_* variables; see the README.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    target: super::AwsTarget,
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    if args.aws {
+        return serve_aws(args).await;
+    }
+    let generated = args.webhook_secret.is_none();
+    let secret = args.webhook_secret.clone().unwrap_or_else(|| {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        hex::encode(bytes)
+    });
+    let mut policy = RunnerPolicy::default();
+    policy.deadlines.drain_grace_ms = args.drain_grace.as_millis() as u64;
+    policy.deadlines.boot_timeout_ms = args.boot_timeout.as_millis() as u64;
+    policy.allowlist = args.allow_repos.clone();
+    let settings = jitr_infra::SimSettings {
+        on_demand_vcpus: args.on_demand_vcpus,
+        spot_vcpus: args.spot_vcpus,
+        boot_ms: args.sim_boot.as_millis() as u64,
+        ..jitr_infra::SimSettings::default()
+    };
+    let app = serve::embedded(
+        &args.data_dir,
+        policy,
+        settings,
+        secret.clone().into_bytes(),
+    )?;
+    let listener = bind(&args.listen).await?;
+    let url = serve::describe(listener.local_addr()?);
+    let dir = args.data_dir.display();
+    println!("jitr serve: listening on {url} (embedded default in {dir})");
+    println!("  event log {dir}/events.db, simulated EC2 and GitHub {dir}/cloud.db");
+    if generated {
+        println!("  webhook secret (generated; set JITR_WEBHOOK_SECRET to choose one): {secret}");
+    }
+    println!("  try: jitr send-webhook --url {url}/webhook --secret <secret> --job 1");
+    println!("  then: jitr audit --data-dir {dir}");
+    let cadence = Cadence {
+        sweep: args.sweep_interval,
+        ..Cadence::default()
+    };
+    run_until_stopped(app, cadence, listener).await
+}
+
+#[cfg(feature = "aws")]
+async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
+    let wired = crate::runtime::aws::from_env(args.target.settings(), &args.target.prefix).await?;
+    if !wired.has_webhook_secret {
+        anyhow::bail!(
+            "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
+        );
+    }
+    let listener = bind(&args.listen).await?;
+    println!(
+        "jitr serve: listening on {} (AWS deployment {})",
+        serve::describe(listener.local_addr()?),
+        wired.names.prefix()
+    );
+    let cadence = Cadence {
+        projector: Duration::from_secs(1),
+        sweep: args.sweep_interval,
+    };
+    run_until_stopped(wired.app, cadence, listener).await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
+    let _ = args;
+    Err(super::without_aws())
+}
+
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+}
+
+async fn run_until_stopped(
+    app: App,
+    cadence: Cadence,
+    listener: TcpListener,
+) -> anyhow::Result<ExitCode> {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        eprintln!("jitr serve: shutting down");
+        let _ = stop_tx.send(true);
+    });
+    serve::run(app, cadence, listener, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}

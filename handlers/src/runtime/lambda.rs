@@ -1,0 +1,214 @@
+//! `jitr lambda <handler>`: the same handlers behind the AWS Lambda runtime.
+//!
+//! The SQS-driven handlers (scale-up, lifecycle, compensation: EventBridge's rule
+//! targets the compensation queue) report partial batch failures
+//! (`ReportBatchItemFailures`): a message to retry is given its back-off as
+//! visibility and reported failed; a poison message is moved to the DLQ with its
+//! reason and reported done. Every handler comes from one [`crate::app::App`].
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::lambda_function_urls::{
+    LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
+};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use jitr_aws::AwsSettings;
+use jitr_domain::Timestamp;
+use jitr_infra::{Queue, QueueMessage};
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::now;
+use crate::app::webhook::{Delivery, Webhook};
+use crate::runtime::consumer::{Consumer, settle};
+
+/// The Lambda handlers `jitr lambda` can run.
+pub const HANDLERS: [&str; 7] = [
+    "webhook",
+    "scaleup",
+    "lifecycle",
+    "projector",
+    "compensate",
+    "reaper",
+    "rebalancer",
+];
+
+fn message(record: &SqsMessage) -> QueueMessage {
+    QueueMessage {
+        id: record.message_id.clone().unwrap_or_default(),
+        receipt: record.receipt_handle.clone().unwrap_or_default(),
+        body: record.body.clone().unwrap_or_default(),
+        receive_count: record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        attributes: record
+            .message_attributes
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+            .collect(),
+    }
+}
+
+/// Runs `consumer` on every record of an SQS batch, each in its own span, and
+/// reports the records to retry (`ReportBatchItemFailures`). Records are decoded
+/// one by one, not as a typed batch: a malformed body is one poison message, moved
+/// to the DLQ with its reason, not a failed batch.
+pub async fn process_batch(
+    queue: &dyn Queue,
+    records: &[SqsMessage],
+    consumer: &dyn Consumer,
+    now: &(dyn Fn() -> Timestamp + Send + Sync),
+) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    for record in records {
+        let message = message(record);
+        let span = tracing::info_span!("message", handler = consumer.name(), id = %message.id, receives = message.receive_count);
+        let stays = async {
+            let outcome = consumer.consume(&message, now()).await;
+            settle(queue, &message, outcome, consumer.name(), false).await
+        }
+        .instrument(span)
+        .await;
+        if stays {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = message.id;
+            failures.push(failure);
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures;
+    response
+}
+
+/// Serves a Lambda function URL (or API Gateway v2) request with the webhook.
+pub async fn webhook(
+    hook: &Webhook,
+    request: LambdaFunctionUrlRequest,
+) -> LambdaFunctionUrlResponse {
+    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+    let body = request.body.clone().unwrap_or_default();
+    let bytes = if request.is_base64_encoded {
+        match aws_smithy_types::base64::decode(&body) {
+            Ok(b) => b,
+            Err(_) => return response(400, "body is not valid base64".into()),
+        }
+    } else {
+        body.into_bytes()
+    };
+    let reply = hook
+        .handle(
+            Delivery {
+                event: header("x-github-event"),
+                id: header("x-github-delivery"),
+                signature: header("x-hub-signature-256"),
+            },
+            &bytes,
+        )
+        .await;
+    response(reply.status, reply.body)
+}
+
+fn response(status: u16, body: String) -> LambdaFunctionUrlResponse {
+    let mut r = LambdaFunctionUrlResponse::default();
+    r.status_code = i64::from(status);
+    r.body = Some(body);
+    r
+}
+
+/// Runs `handler` under the Lambda runtime, wired from the environment (see
+/// [`crate::runtime::aws`]). Logs are JSON lines.
+pub async fn run(handler: &str) -> Result<(), LambdaError> {
+    let prefix = std::env::var("JITR_PREFIX").unwrap_or_else(|_| "jitr".into());
+    let wired = super::aws::from_env(AwsSettings::default(), &prefix).await?;
+    let app = wired.app;
+    match handler {
+        "webhook" => {
+            if !wired.has_webhook_secret {
+                return Err(LambdaError::Setup(
+                    "JITR_WEBHOOK_SECRET is not set: the webhook cannot verify deliveries".into(),
+                ));
+            }
+            let hook = app.webhook.clone();
+            lambda_runtime::run(service_fn(
+                move |event: LambdaEvent<LambdaFunctionUrlRequest>| {
+                    let hook = hook.clone();
+                    async move { Ok::<_, lambda_runtime::Error>(webhook(&hook, event.payload).await) }
+                },
+            ))
+            .await
+        }
+        "scaleup" | "lifecycle" | "compensate" => {
+            let (queue, consumer): (Arc<dyn Queue>, Arc<dyn Consumer>) = match handler {
+                "scaleup" => (app.ports.scaleup_queue.clone(), app.scaleup.clone()),
+                "lifecycle" => (app.ports.lifecycle_queue.clone(), app.lifecycle.clone()),
+                _ => (
+                    app.ports.compensation_queue.clone(),
+                    app.compensation.clone(),
+                ),
+            };
+            lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+                let (queue, consumer) = (queue.clone(), consumer.clone());
+                async move {
+                    Ok::<_, lambda_runtime::Error>(
+                        process_batch(&*queue, &event.payload.records, &*consumer, &now).await,
+                    )
+                }
+            }))
+            .await
+        }
+        "projector" => {
+            let projector = Arc::new(tokio::sync::Mutex::new(app.projector().await.map_err(
+                |e| LambdaError::Setup(format!("projector: {e}")),
+            )?));
+            lambda_runtime::run(service_fn(move |_nudge: LambdaEvent<Value>| {
+                let projector = projector.clone();
+                async move {
+                    // Each stream record is a nudge: read the feed from the checkpoint.
+                    let published = projector.lock().await.tick(now()).await?;
+                    Ok::<_, lambda_runtime::Error>(json!({ "published": published.len() }))
+                }
+            }))
+            .await
+        }
+        "reaper" => {
+            let reaper = app.reaper.clone();
+            lambda_runtime::run(service_fn(move |_tick: LambdaEvent<Value>| {
+                let reaper = reaper.clone();
+                async move { Ok::<_, lambda_runtime::Error>(serde_json::to_value(reaper.sweep(now()).await?)?) }
+            }))
+            .await
+        }
+        "rebalancer" => {
+            let rebalancer = app.rebalancer.clone();
+            lambda_runtime::run(service_fn(move |_tick: LambdaEvent<Value>| {
+                let rebalancer = rebalancer.clone();
+                async move { Ok::<_, lambda_runtime::Error>(serde_json::to_value(rebalancer.tick(now()).await?)?) }
+            }))
+            .await
+        }
+        other => {
+            return Err(LambdaError::Setup(format!(
+                "unknown handler {other:?}: one of {}",
+                HANDLERS.join(", ")
+            )));
+        }
+    }
+    .map_err(|e| LambdaError::Runtime(e.to_string()))
+}
+
+/// Why `jitr lambda` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LambdaError {
+    /// The deployment could not be wired.
+    #[error(transparent)]
+    Wiring(#[from] super::aws::SetupError),
+    /// Something else in the set-up.
+    #[error("{0}")]
+    Setup(String),
+    /// The Lambda runtime failed.
+    #[error("lambda runtime: {0}")]
+    Runtime(String),
+}

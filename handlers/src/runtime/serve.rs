@@ -1,0 +1,226 @@
+//! `jitr serve`: every handler in one process — the webhook endpoint, the queue
+//! consumers, the projector, compensation, the reaper and the rebalancer.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use jitr_infra::{
+    LocalQueue, Queue, QueueBus, SimCloud, SimGitHub, SimSecrets, SimSettings, SqliteEventStore,
+    system_clock,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::now;
+use crate::app::policy::RunnerPolicy;
+use crate::app::webhook::{Delivery, Webhook};
+use crate::app::{App, Ports};
+use crate::runtime::consumer::{Consumer, drain};
+
+/// Why `serve` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Files or sockets.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The log.
+    #[error(transparent)]
+    Store(#[from] jitr_infra::StoreError),
+    /// The (simulated) cloud.
+    #[error(transparent)]
+    Compute(#[from] jitr_infra::ComputeError),
+    /// A queue.
+    #[error(transparent)]
+    Queue(#[from] jitr_infra::QueueError),
+    /// The projector.
+    #[error(transparent)]
+    Projector(#[from] crate::app::projector::ProjectorError),
+}
+
+/// How often things happen.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    /// Projector ticks.
+    pub projector: Duration,
+    /// Reaper and rebalancer sweeps.
+    pub sweep: Duration,
+}
+
+impl Default for Cadence {
+    /// Projector every 100 ms, sweeps every 60 s.
+    fn default() -> Self {
+        Cadence {
+            projector: Duration::from_millis(100),
+            sweep: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The embedded default in `data_dir`: SQLite log (`events.db`), simulated cloud
+/// and GitHub (`cloud.db`), local queues (`queues.db`: scale-up, lifecycle and
+/// compensation, the bus writing to the last one), and the application over them.
+pub fn embedded(
+    data_dir: &Path,
+    policy: RunnerPolicy,
+    settings: SimSettings,
+    secret: Vec<u8>,
+) -> Result<App, ServeError> {
+    std::fs::create_dir_all(data_dir)?;
+    let store = Arc::new(SqliteEventStore::open(data_dir.join("events.db"))?);
+    let cloud_db = data_dir.join("cloud.db");
+    let clock = system_clock();
+    let queues_db = data_dir.join("queues.db");
+    let queue = |name: &str, visibility: u64| -> Result<Arc<dyn Queue>, ServeError> {
+        Ok(Arc::new(LocalQueue::open(
+            &queues_db,
+            name,
+            10,
+            Duration::from_secs(visibility),
+            clock.clone(),
+        )?))
+    };
+    let compensation_queue = queue("compensation", 60)?;
+    let ports = Ports {
+        store,
+        compute: Arc::new(SimCloud::open(&cloud_db, settings, clock.clone())?),
+        github: Arc::new(SimGitHub::open(&cloud_db)?),
+        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
+        scaleup_queue: queue("scaleup", 60)?,
+        lifecycle_queue: queue("lifecycle", 30)?,
+        bus: Arc::new(QueueBus::new(compensation_queue.clone())),
+        compensation_queue,
+    };
+    Ok(App::new(ports, policy, secret))
+}
+
+/// Runs `consumer` on `queue` until `stop` turns true.
+async fn consume(
+    queue: Arc<dyn Queue>,
+    consumer: Arc<dyn Consumer>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let drained = tokio::select! {
+            _ = stop.changed() => break,
+            r = drain(&*queue, &*consumer, 10, Duration::from_secs(1), &now) => r,
+        };
+        if let Err(e) = drained {
+            tracing::error!(handler = consumer.name(), error = %e, "receive failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn webhook_route(
+    State(hook): State<Arc<Webhook>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let reply = hook
+        .handle(
+            Delivery {
+                event: header("x-github-event"),
+                id: header("x-github-delivery"),
+                signature: header("x-hub-signature-256"),
+            },
+            &body,
+        )
+        .await;
+    (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        reply.body,
+    )
+}
+
+/// Runs everything of `app` until `stop` turns true: the webhook endpoint on
+/// `listener`, a consumer per queue, the projector, the reaper and rebalancer.
+pub async fn run(
+    app: App,
+    cadence: Cadence,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let consumers: [(Arc<dyn Queue>, Arc<dyn Consumer>); 3] = [
+        (app.ports.scaleup_queue.clone(), app.scaleup.clone()),
+        (app.ports.lifecycle_queue.clone(), app.lifecycle.clone()),
+        (
+            app.ports.compensation_queue.clone(),
+            app.compensation.clone(),
+        ),
+    ];
+    for (queue, consumer) in consumers {
+        tasks.spawn(consume(queue, consumer, stop.clone()));
+    }
+    {
+        let mut stop = stop.clone();
+        let mut projector = app.projector().await?;
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cadence.projector);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = projector.tick(now()).await {
+                            tracing::error!(error = %e, "projector tick failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    {
+        let mut stop = stop.clone();
+        let (reaper, rebalancer) = (app.reaper.clone(), app.rebalancer.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cadence.sweep);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        match reaper.sweep(now()).await {
+                            Ok(r) if !r.orphans_terminated.is_empty() || !r.compensated.is_empty() || !r.found_gone.is_empty() || !r.errors.is_empty() => {
+                                tracing::warn!(orphans = r.orphans_terminated.len(), compensated = r.compensated.len(), gone = r.found_gone.len(), errors = r.errors.len(), "reaper sweep");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "reaper sweep failed"),
+                        }
+                        match rebalancer.tick(now()).await {
+                            Ok(r) if !r.requested.is_empty() => tracing::warn!(requested = r.requested.len(), "rebalancer requested runners"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "rebalancer failed"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let webhook = app.webhook.clone();
+    let router = Router::new()
+        .route("/webhook", post(webhook_route))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(webhook.max_body()))
+        .with_state(webhook);
+    let mut http_stop = stop.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        })
+        .await?;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The address a listener is bound to, for people.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
