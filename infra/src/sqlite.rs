@@ -345,12 +345,23 @@ fn recorded(
     })
 }
 
-fn head_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u64, String, i64)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+/// A head row: stream, version, state, updated_at, and the stored status and
+/// open flag (what the database holds, which a reader reports as such).
+type HeadRow = (String, u64, String, i64, String, bool);
+
+fn head_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HeadRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
 }
 
 fn to_head(
-    (stream, version, state_json, updated_at): (String, u64, String, i64),
+    (stream, version, state_json, updated_at, status, open): HeadRow,
 ) -> Result<StreamHead, StoreError> {
     let state: RunnerState =
         serde_json::from_str(&state_json).map_err(|e| StoreError::Corrupt {
@@ -363,13 +374,20 @@ fn to_head(
         position: 0,
         reason: e.to_string(),
     })?;
-    let status: RunnerStatus = state.status();
+    let status: RunnerStatus =
+        serde_json::from_value(serde_json::Value::String(status)).map_err(|e| {
+            StoreError::Corrupt {
+                stream: stream.to_string(),
+                position: 0,
+                reason: format!("head status: {e}"),
+            }
+        })?;
     Ok(StreamHead {
         stream,
         version,
         status,
         instance_id: state.instance().map(|i| i.id.clone()),
-        open: !is_terminal(&state),
+        open,
         updated_at: Timestamp(updated_at),
         state,
     })
@@ -446,7 +464,7 @@ impl EventStore for SqliteEventStore {
         let stream = stream.clone();
         self.with_conn(move |conn| {
             conn.query_row(
-                "SELECT stream, version, state, updated_at FROM streams WHERE stream = ?1",
+                "SELECT stream, version, state, updated_at, status, open FROM streams WHERE stream = ?1",
                 [stream.as_str()],
                 head_from_row,
             )
@@ -474,7 +492,7 @@ impl EventStore for SqliteEventStore {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT stream, version, state, updated_at FROM streams
+                    "SELECT stream, version, state, updated_at, status, open FROM streams
                      WHERE open = 1 ORDER BY stream",
                 )
                 .map_err(unavailable)?;

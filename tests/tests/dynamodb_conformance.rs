@@ -2,6 +2,7 @@
 //! forced page size of 2 so every read crosses pages; plus the database-level
 //! refusal of a closed head whose instance may be alive.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use jitr_aws::{DynamoEventStore, HeadWrite, SdkConfig, TableSetup};
 use jitr_e2e::conformance::Backing;
 use jitr_e2e::event_store_conformance;
@@ -34,6 +35,23 @@ impl Backing for DynamoBacking {
 
 event_store_conformance!(DynamoBacking::new().await);
 
+/// The stored `status` and whether `open_flag` is set, read with a raw GetItem.
+async fn stored_head(backing: &DynamoBacking, job: u64) -> (String, bool) {
+    let item = aws_sdk_dynamodb::Client::new(&backing.config)
+        .get_item()
+        .table_name(&backing.table)
+        .key("pk", AttributeValue::S(stream(job).to_string()))
+        .key("sk", AttributeValue::S("HEAD".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("a head");
+    let status = item["status"].as_s().unwrap().clone();
+    (status, item.contains_key("open_flag"))
+}
+
 #[tokio::test]
 async fn the_database_refuses_a_closed_head_with_a_live_instance() {
     let backing = DynamoBacking::new().await;
@@ -44,35 +62,68 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
         .await
         .unwrap();
     let head = store.head(&stream(1)).await.unwrap().unwrap();
+    let instance = head.instance_id.clone().expect("launched").0;
     // Bypass the domain and the adapter's own check: close the stream with its
-    // instance possibly alive and no Terminated.
+    // instance alive, claiming what a buggy writer might claim.
     let closing = HeadWrite {
         expected: 3,
         version: 3,
         status: "failed".into(),
-        instance_id: head.instance_id.map(|i| i.0),
+        instance_id: Some(instance.clone()),
         runner_name: None,
         instance_possible: true,
         terminated: false,
+        terminated_instance: None,
         open: false,
         updated_at: at(9).0,
         state: serde_json::to_string(&head.state).unwrap(),
     };
-    let refused = store.put_head_unchecked(&stream(1), &closing).await;
-    assert!(
-        matches!(refused, Err(StoreError::Refused(_))),
-        "{refused:?}"
-    );
-    assert!(store.head(&stream(1)).await.unwrap().unwrap().open);
-    // The same write with Terminated recorded is accepted by the database.
+    let lies = [
+        // No Terminated at all.
+        closing.clone(),
+        // "No instance was ever possible", while the stored head records one.
+        HeadWrite {
+            instance_possible: false,
+            ..closing.clone()
+        },
+        // "Terminated", naming no instance or another one.
+        HeadWrite {
+            terminated: true,
+            ..closing.clone()
+        },
+        HeadWrite {
+            terminated: true,
+            terminated_instance: Some("i-other".into()),
+            ..closing.clone()
+        },
+    ];
+    for lie in lies {
+        let refused = store.put_head_unchecked(&stream(1), &lie).await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "{lie:?}: {refused:?}"
+        );
+        // What is stored is unchanged (read raw, not recomputed from the state).
+        assert_eq!(
+            stored_head(&backing, 1).await,
+            ("booting".to_string(), true)
+        );
+        assert!(store.head(&stream(1)).await.unwrap().unwrap().open);
+    }
+    // Closing with Terminated for the recorded instance is accepted by the database.
     let terminated = HeadWrite {
         terminated: true,
+        terminated_instance: Some(instance),
         ..closing
     };
     store
         .put_head_unchecked(&stream(1), &terminated)
         .await
         .unwrap();
+    assert_eq!(
+        stored_head(&backing, 1).await,
+        ("failed".to_string(), false)
+    );
 }
 
 #[tokio::test]

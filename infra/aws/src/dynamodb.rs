@@ -104,6 +104,9 @@ struct HeadItem {
     version: u64,
     updated_at: i64,
     state: String,
+    status: String,
+    #[serde(default)]
+    open_flag: Option<String>,
 }
 
 /// A command-id item.
@@ -132,6 +135,8 @@ pub struct HeadWrite {
     pub instance_possible: bool,
     /// Whether `Terminated` was recorded.
     pub terminated: bool,
+    /// The instance a recorded `Terminated` names as gone.
+    pub terminated_instance: Option<String>,
     /// Whether the stream stays open.
     pub open: bool,
     /// Moment of the last event.
@@ -157,6 +162,10 @@ impl HeadWrite {
                 Some(LaunchOutcome::Pending | LaunchOutcome::Launched(_))
             ),
             terminated: state.terminated_at.is_some(),
+            terminated_instance: state
+                .terminated_at
+                .and(state.instance())
+                .map(|i| i.id.0.clone()),
             open: !is_terminal(state),
             updated_at: updated_at.0,
             state: serde_json::to_string(state).map_err(unavailable)?,
@@ -174,6 +183,7 @@ impl HeadWrite {
             ("#open".to_owned(), "open_flag".to_owned()),
             ("#iid".to_owned(), "instance_id".to_owned()),
             ("#rn".to_owned(), "runner_name".to_owned()),
+            ("#ti".to_owned(), "terminated_instance".to_owned()),
         ]);
         let mut values: Item = HashMap::from([
             (":v".to_owned(), n(self.version)),
@@ -218,6 +228,15 @@ impl HeadWrite {
             }
             None => remove.push("#rn"),
         }
+        // Bound in every write: the condition below compares it with the stored
+        // instance ("-" names none).
+        values.insert(
+            ":ti".into(),
+            s(self.terminated_instance.as_deref().unwrap_or("-")),
+        );
+        if self.terminated_instance.is_some() {
+            set.push("#ti = :ti");
+        }
         let mut expression = format!("SET {}", set.join(", "));
         if !remove.is_empty() {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
@@ -228,10 +247,14 @@ impl HeadWrite {
             values.insert(":expected".into(), n(self.expected));
             "#v = :expected".to_owned()
         };
-        // The no-leak rule, on the values this very write sets: a closed head needs
-        // `Terminated`, or no instance that may have been started.
-        let condition =
-            format!("({version_rule}) AND (:isopen = :yes OR :term = :yes OR :poss = :no)");
+        // The no-leak rule. A closing write must say `Terminated` or that no
+        // instance may have been started, and — checked against what is stored,
+        // whatever the writer claims — a stream whose head records an instance
+        // closes only with a `Terminated` naming that very instance.
+        let condition = format!(
+            "({version_rule}) AND (:isopen = :yes OR ((:term = :yes OR :poss = :no) \
+             AND (attribute_not_exists(#iid) OR #iid = :ti)))"
+        );
         names.retain(|k, _| expression.contains(k.as_str()) || condition.contains(k.as_str()));
         Update::builder()
             .table_name(table)
@@ -450,12 +473,14 @@ impl DynamoEventStore {
         let state: RunnerState =
             serde_json::from_str(&head.state).map_err(|e| corrupt(&head.pk, e))?;
         let stream = StreamId::parse(&head.pk).map_err(|e| corrupt(&head.pk, e))?;
+        let status = serde_json::from_value(serde_json::Value::String(head.status))
+            .map_err(|e| corrupt(&head.pk, e))?;
         Ok(StreamHead {
             stream,
             version: head.version,
-            status: state.status(),
+            status,
             instance_id: state.instance().map(|i| i.id.clone()),
-            open: !is_terminal(&state),
+            open: head.open_flag.is_some(),
             updated_at: Timestamp(head.updated_at),
             state,
         })
@@ -481,54 +506,6 @@ impl DynamoEventStore {
             position: e.pos,
             event,
         })
-    }
-
-    /// Every event of the log, read with a parallel Scan in `segments` segments
-    /// (for audits of the whole history), in global position order.
-    pub async fn scan_events(&self, segments: i32) -> Result<Vec<RecordedEvent>, StoreError> {
-        let segments = segments.clamp(1, 64);
-        let scans = (0..segments).map(|segment| {
-            let this = self.clone();
-            tokio::spawn(async move { this.scan_segment(segment, segments).await })
-        });
-        let mut events = Vec::new();
-        for scan in scans.collect::<Vec<_>>() {
-            events.extend(scan.await.map_err(unavailable)??);
-        }
-        events.sort_by_key(|r| r.position);
-        Ok(events)
-    }
-
-    async fn scan_segment(
-        &self,
-        segment: i32,
-        total: i32,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut scan = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .segment(segment)
-                .total_segments(total)
-                .filter_expression("begins_with(sk, :ev)")
-                .expression_attribute_values(":ev", s("EV#"))
-                .set_exclusive_start_key(start.take());
-            if let Some(page) = self.page_size {
-                scan = scan.limit(page);
-            }
-            let page = scan.send().await.map_err(sdk_unavailable)?;
-            for item in page.items() {
-                out.push(Self::recorded(item.clone())?);
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
-        Ok(out)
     }
 
     /// The stream of the head found by `attribute = value` on a single-key GSI.
