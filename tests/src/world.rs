@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use jitr_domain::{InstanceId, InstanceSpec, RunnerStatus, StreamId, TerminateRunner, Timestamp};
+use jitr_handlers::app::App;
 use jitr_handlers::app::compensation::Compensation;
 use jitr_handlers::app::lifecycle::Lifecycle;
 use jitr_handlers::app::outcome::{HandlerError, Outcome};
@@ -12,10 +13,10 @@ use jitr_handlers::app::policy::RunnerPolicy;
 use jitr_handlers::app::reaper::{Reaper, SweepReport};
 use jitr_handlers::app::scaleup::ScaleUp;
 use jitr_handlers::app::webhook::JobMessage;
-use jitr_handlers::app::{App, Ports};
+use jitr_handlers::runtime::embedded::Embedded;
 use jitr_infra::{
-    Compute, EventStore, LocalQueue, ManagedInstance, ManualClock, Queue, QueueBus, SimCloud,
-    SimGitHub, SimSecrets, SimSettings, SqliteEventStore, decode_terminate_runner,
+    Compute, EventStore, ManagedInstance, ManualClock, SimCloud, SimGitHub, SimSettings,
+    SqliteEventStore, decode_terminate_runner,
 };
 
 use crate::fixtures::T0;
@@ -52,10 +53,6 @@ impl World {
     pub fn new(settings: SimSettings, vcpus: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let store = Arc::new(SqliteEventStore::open(dir.path().join("events.db")).expect("log"));
-        let cloud_db = dir.path().join("cloud.db");
-        let cloud = SimCloud::open(&cloud_db, settings, clock.clock()).expect("cloud");
-        let github = SimGitHub::open(&cloud_db).expect("github");
         let policy = RunnerPolicy {
             default_spec: InstanceSpec {
                 instance_type: if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into(),
@@ -64,40 +61,22 @@ impl World {
             },
             ..RunnerPolicy::default()
         };
-        World::assemble(dir, clock, store, cloud, github, policy)
+        let embedded = Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
+        World::assemble(dir, clock, embedded, policy)
     }
 
     fn assemble(
         dir: tempfile::TempDir,
         clock: ManualClock,
-        store: Arc<SqliteEventStore>,
-        cloud: SimCloud,
-        github: SimGitHub,
+        embedded: Embedded,
         policy: RunnerPolicy,
     ) -> Self {
-        let queue = |name: &str| -> Arc<dyn Queue> {
-            Arc::new(
-                LocalQueue::open(
-                    dir.path().join("queues.db"),
-                    name,
-                    10,
-                    std::time::Duration::from_secs(60),
-                    clock.clock(),
-                )
-                .expect("queue"),
-            )
-        };
-        let compensation_queue = queue("compensation");
-        let ports = Ports {
-            store: store.clone(),
-            compute: Arc::new(cloud.clone()),
-            github: Arc::new(github.clone()),
-            secrets: Arc::new(SimSecrets::open(dir.path().join("cloud.db")).expect("secrets")),
-            scaleup_queue: queue("scaleup"),
-            lifecycle_queue: queue("lifecycle"),
-            bus: Arc::new(QueueBus::new(compensation_queue.clone())),
-            compensation_queue,
-        };
+        let Embedded {
+            store,
+            cloud,
+            github,
+            ports,
+        } = embedded;
         let app = App::new(ports, policy, Vec::new());
         World {
             policy: app.policy.clone(),
@@ -126,8 +105,9 @@ impl World {
             policy,
             ..
         } = self;
-        let policy = RunnerPolicy::clone(&policy);
-        World::assemble(dir, clock, store, cloud, github, policy)
+        let embedded =
+            Embedded::over(dir.path(), store, cloud, github, clock.clock(), 10).expect("embedded");
+        World::assemble(dir, clock, embedded, RunnerPolicy::clone(&policy))
     }
 
     /// Now.

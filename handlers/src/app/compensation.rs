@@ -5,10 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_domain::{
-    Command, FoundInstance, IntentResolution, TerminateRunner, Timestamp, is_terminal,
-    resolve_pending_launch,
-};
+use jitr_domain::{Command, IntentResolution, TerminateRunner, Timestamp, is_terminal};
 use jitr_infra::CommandId;
 
 use crate::app::Ports;
@@ -67,19 +64,9 @@ impl Compensation {
             )));
         }
         let mut state = head.state;
-        if let Some(token) = state.pending_launch().cloned() {
+        if state.pending_launch().is_some() {
             // The launch's outcome was never recorded: find it by its token.
-            let found = self
-                .ports
-                .compute
-                .find_by_client_token(&token)
-                .await?
-                .map(|m| FoundInstance {
-                    instance_id: m.instance_id,
-                    instance_type: Some(m.instance_type),
-                    vcpus: None,
-                });
-            match resolve_pending_launch(&state, found, now) {
+            match self.ports.resolve_pending_launch(&state, now).await? {
                 Some(IntentResolution::Launched(record)) => {
                     self.record(command, record, now).await?;
                 }

@@ -20,7 +20,8 @@ pub mod rebalancer;
 pub mod scaleup;
 pub mod webhook;
 
-use jitr_infra::{CommandBus, Compute, GitHub, Queue, RunnerLog, RunnerSecrets};
+use jitr_domain::{IntentResolution, RunnerState, Timestamp};
+use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
 use crate::app::compensation::Compensation;
 use crate::app::lifecycle::Lifecycle;
@@ -50,6 +51,26 @@ pub struct Ports {
     pub compensation_queue: Arc<dyn Queue>,
     /// Where the projector puts compensation commands.
     pub bus: Arc<dyn CommandBus>,
+}
+
+impl Ports {
+    /// How the log must resolve the runner's pending launch intent, from what its
+    /// client token finds in the cloud now (`None`: no launch is pending).
+    pub async fn resolve_pending_launch(
+        &self,
+        state: &RunnerState,
+        now: Timestamp,
+    ) -> Result<Option<IntentResolution>, ComputeError> {
+        let Some(token) = state.pending_launch() else {
+            return Ok(None);
+        };
+        let found = self
+            .compute
+            .find_by_client_token(token)
+            .await?
+            .map(|m| m.found());
+        Ok(jitr_domain::resolve_pending_launch(state, found, now))
+    }
 }
 
 /// How long the projector waits before emitting a still-owed termination again.

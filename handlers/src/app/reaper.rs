@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jitr_domain::{
-    Command, FailureStage, FoundInstance, InstanceId, StreamId, Timestamp, is_terminal,
-    record_launch, resume, terminate_runner,
+    Command, FailureStage, InstanceId, StreamId, Timestamp, is_terminal, record_launch, resume,
+    terminate_runner,
 };
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
@@ -161,12 +161,7 @@ impl Reaper {
         let mut state = head.state;
         if let (Some(token), Some(theirs)) = (state.pending_launch(), &instance.client_token) {
             if token == theirs {
-                let found = FoundInstance {
-                    instance_id: instance.instance_id.clone(),
-                    instance_type: Some(instance.instance_type.clone()),
-                    vcpus: None,
-                };
-                if let Some(record) = record_launch(&state, found) {
+                if let Some(record) = record_launch(&state, instance.found()) {
                     self.record(&stream, record, now).await?;
                     state = current_state(&*self.ports.store, &stream).await?;
                 }

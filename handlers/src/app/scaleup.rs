@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, FailureStage, FoundInstance, IntentResolution, JobRef, LaunchOutcome, NextLaunch,
-    Refusal, RunnerState, StreamId, Timestamp, next_launch, record_launch, resolve_pending_launch,
+    Command, FailureStage, IntentResolution, JobRef, LaunchOutcome, NextLaunch, Refusal,
+    RunnerState, StreamId, Timestamp, next_launch, record_launch,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -110,17 +110,7 @@ impl ScaleUp {
                     // A crash or a lost answer left the intent open: resolve it by
                     // its token, never by launching again.
                     let token = state.pending_launch().cloned().expect("pending launch");
-                    let found = self
-                        .ports
-                        .compute
-                        .find_by_client_token(&token)
-                        .await?
-                        .map(|m| FoundInstance {
-                            instance_id: m.instance_id,
-                            instance_type: Some(m.instance_type),
-                            vcpus: None,
-                        });
-                    match resolve_pending_launch(&state, found, now) {
+                    match self.ports.resolve_pending_launch(&state, now).await? {
                         Some(IntentResolution::Launched(record)) => {
                             self.run(&stream, record, now, &format!("found-{token}"))
                                 .await?;
@@ -199,12 +189,8 @@ impl ScaleUp {
                         Ok(launched) => {
                             crate::app::metrics::launch(now, market.as_str(), "ok");
                             self.crash.check(CrashPoint::AfterRunInstances)?;
-                            let found = FoundInstance {
-                                instance_id: launched.instance_id,
-                                instance_type: Some(launched.instance_type),
-                                vcpus: Some(launched.vcpus),
-                            };
-                            let record = record_launch(&state, found).expect("intent pending");
+                            let record =
+                                record_launch(&state, launched.found()).expect("intent pending");
                             self.run(&stream, record, now, &format!("launched-{token}"))
                                 .await?;
                             self.crash.check(CrashPoint::AfterLaunched)?;

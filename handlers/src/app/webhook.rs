@@ -97,6 +97,18 @@ pub struct Delivery<'a> {
     pub signature: Option<&'a str>,
 }
 
+impl<'a> Delivery<'a> {
+    /// The delivery's GitHub headers, looked up (case-insensitively, as HTTP
+    /// header names are) with `header`.
+    pub fn from_headers(header: impl Fn(&str) -> Option<&'a str>) -> Self {
+        Delivery {
+            event: header("x-github-event"),
+            id: header("x-github-delivery"),
+            signature: header("x-hub-signature-256"),
+        }
+    }
+}
+
 /// The answer to GitHub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

@@ -2,7 +2,6 @@
 //! and every runner owed a termination.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -424,9 +423,8 @@ pub fn render(report: &AuditReport) -> String {
 /// `jitr audit` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The data directory holding the log.
-    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// Print JSON (the shape is `AuditReport`, versioned by its `schema` field).
     #[arg(long)]
     json: bool,
@@ -493,9 +491,9 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
     }
-    let store = super::open_existing(&args.data_dir)?;
+    let store = super::open_existing(&args.data.path)?;
     let cloud = if args.live {
-        let cloud_db = args.data_dir.join("cloud.db");
+        let cloud_db = args.data.path.join("cloud.db");
         if !cloud_db.is_file() {
             anyhow::bail!(
                 "--live: no simulated cloud at {} (jitr serve creates it)",

@@ -458,42 +458,19 @@ pub async fn reaper_scaling(
     live: usize,
     histories: &[u64],
 ) -> Result<ReaperScaling, crate::runtime::serve::ServeError> {
+    use crate::app::App;
     use crate::app::policy::RunnerPolicy;
-    use crate::app::{App, Ports};
-    use jitr_infra::{
-        InProcessBus, LocalQueue, ManualClock, Queue, SimCloud, SimGitHub, SimSecrets, SimSettings,
-    };
-    use std::sync::Arc;
+    use crate::runtime::embedded::Embedded;
+    use jitr_infra::{ManualClock, SimSettings};
 
     let t0 = Timestamp(1_777_868_520_000);
     let clock = ManualClock::new(t0);
-    let store = Arc::new(SqliteEventStore::open(dir.join("events.db"))?);
-    let cloud_db = dir.join("cloud.db");
     let settings = SimSettings {
         on_demand_vcpus: 4 * live as u32 + 4,
         spot_vcpus: 4 * live as u32 + 4,
         ..SimSettings::default()
     };
-    let queue = |name: &str| -> Result<Arc<dyn Queue>, crate::runtime::serve::ServeError> {
-        Ok(Arc::new(LocalQueue::open(
-            dir.join("queues.db"),
-            name,
-            10,
-            Duration::from_secs(60),
-            clock.clock(),
-        )?))
-    };
-    let (bus, _published) = InProcessBus::new();
-    let ports = Ports {
-        store: store.clone(),
-        compute: Arc::new(SimCloud::open(&cloud_db, settings, clock.clock())?),
-        github: Arc::new(SimGitHub::open(&cloud_db)?),
-        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
-        scaleup_queue: queue("scaleup")?,
-        lifecycle_queue: queue("lifecycle")?,
-        compensation_queue: queue("compensation")?,
-        bus: Arc::new(bus),
-    };
+    let Embedded { store, ports, .. } = Embedded::open(dir, settings, clock.clock(), 10)?;
     let app = App::new(ports, RunnerPolicy::default(), Vec::new());
     for n in 0..live as u64 {
         let job = crate::app::webhook::JobMessage {

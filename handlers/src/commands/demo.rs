@@ -258,9 +258,8 @@ pub async fn log_is_empty(store: &SqliteEventStore) -> Result<bool, jitr_infra::
 /// `jitr demo` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The data directory to write the log into.
-    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// Delete an existing log in the data directory first.
     #[arg(long)]
     reset: bool,
@@ -269,7 +268,7 @@ pub struct Args {
 /// Writes the demonstration log and prints its audit.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let data_dir = &args.data_dir;
+    let data_dir = &args.data.path;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join(super::LOG_FILE);

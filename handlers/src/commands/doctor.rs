@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -205,9 +205,8 @@ impl DoctorReport {
 /// `jitr doctor` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The embedded default's data directory.
-    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// Check the AWS deployment instead.
     #[arg(long)]
     aws: bool,
@@ -228,7 +227,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
     } else {
-        check_embedded(&args.data_dir).await
+        check_embedded(&args.data.path).await
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,6 +1,5 @@
 //! `jitr history`: the timeline of one runner.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use jitr_domain::{InstanceId, RunnerEvent, RunnerStatus, StreamId, fold};
@@ -124,9 +123,8 @@ pub fn render(timeline: &Timeline) -> String {
 /// `jitr history` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The data directory holding the log.
-    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -136,14 +134,14 @@ pub struct Args {
 
 /// Prints the timelines matching the key; exit 2 when nothing matches.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.data_dir)?;
+    let store = super::open_existing(&args.data.path)?;
     let key = &args.key;
     let timelines = timelines(&store, key).await?;
     if timelines.is_empty() {
         eprintln!(
             "jitr: no runner matches {key:?} in {}: give a stream id \
              (owner/repo#job_id#attempt), an instance id or a job id; `jitr audit` lists runners",
-            args.data_dir.join(super::LOG_FILE).display()
+            args.data.path.join(super::LOG_FILE).display()
         );
         return Ok(ExitCode::from(2));
     }

@@ -3,22 +3,11 @@
 
 use std::process::ExitCode;
 
-/// The handlers `jitr lambda` runs.
-pub const HANDLERS: [&str; 7] = [
-    "webhook",
-    "scaleup",
-    "lifecycle",
-    "projector",
-    "compensate",
-    "reaper",
-    "rebalancer",
-];
-
 /// `jitr lambda` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Which handler.
-    #[arg(value_parser = clap::builder::PossibleValuesParser::new(HANDLERS))]
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::runtime::LAMBDA_HANDLERS))]
     handler: String,
 }
 

@@ -3,7 +3,7 @@
 //! typed everywhere else.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
@@ -115,6 +115,15 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
     }
+}
+
+/// Where the embedded default keeps its files.
+#[derive(clap::Args, Debug)]
+pub struct DataDir {
+    /// The data directory: the embedded default's log (events.db), simulated cloud
+    /// (cloud.db) and queues (queues.db).
+    #[arg(long = "data-dir", env = "JITR_DATA_DIR", default_value = "jitr-data")]
+    pub path: PathBuf,
 }
 
 /// Which AWS deployment, and where to reach it.

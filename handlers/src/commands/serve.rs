@@ -1,7 +1,6 @@
 //! `jitr serve`: everything in one process (see [`crate::runtime::serve`]), on the
 //! embedded default or, with `--aws`, on an AWS deployment.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,9 +14,8 @@ use crate::runtime::serve::{self, Cadence};
 /// `jitr serve` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The data directory.
-    #[arg(long, env = "JITR_DATA_DIR", default_value = "jitr-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// Address to listen on.
     #[arg(long, env = "JITR_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
@@ -75,14 +73,14 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         ..jitr_infra::SimSettings::default()
     };
     let app = serve::embedded(
-        &args.data_dir,
+        &args.data.path,
         policy,
         settings,
         secret.clone().into_bytes(),
     )?;
     let listener = bind(&args.listen).await?;
     let url = serve::describe(listener.local_addr()?);
-    let dir = args.data_dir.display();
+    let dir = args.data.path.display();
     println!("jitr serve: listening on {url} (embedded default in {dir})");
     println!("  event log {dir}/events.db, simulated EC2 and GitHub {dir}/cloud.db");
     if generated {

@@ -9,25 +9,23 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use jitr_domain::{JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp};
-use jitr_infra::{
-    EventStore, LocalQueue, ManualClock, Queue, QueueBus, QueuedJob, SimCloud, SimGitHub,
-    SimSecrets, SimSettings, SqliteEventStore,
-};
+use jitr_infra::{EventStore, ManualClock, QueuedJob, SimSettings};
 use jitr_projections::accounting::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::app::App;
 use crate::app::outcome::CrashPoint;
 use crate::app::policy::RunnerPolicy;
 use crate::app::webhook::JobMessage;
-use crate::app::{App, Ports};
 use crate::commands::audit;
 use crate::runtime::consumer::drain;
+use crate::runtime::embedded::Embedded;
 use crate::runtime::serve::ServeError;
 
 /// The scenarios.
@@ -121,36 +119,18 @@ pub async fn run(
         boot_ms: 20_000,
         shutdown_ms: 5_000,
     };
-    let store = Arc::new(SqliteEventStore::open(dir.join("events.db"))?);
-    let cloud_db = dir.join("cloud.db");
-    let cloud = SimCloud::open(&cloud_db, settings, clock.clock())?;
-    let github = SimGitHub::open(&cloud_db)?;
+    let Embedded {
+        store,
+        cloud,
+        github,
+        ports,
+    } = Embedded::open(dir, settings, clock.clock(), 25)?;
     if scenario == Scenario::SeedIncident {
         github.fail_mints_at_rate(0.25, seed);
     }
-    let queues = dir.join("queues.db");
-    let queue = |name: &str, visibility: u64| -> Result<Arc<dyn Queue>, ServeError> {
-        Ok(Arc::new(LocalQueue::open(
-            &queues,
-            name,
-            25,
-            Duration::from_secs(visibility),
-            clock.clock(),
-        )?))
-    };
-    let scaleup_queue = queue("scaleup", 60)?;
-    let lifecycle_queue = queue("lifecycle", 30)?;
-    let compensation_queue = queue("compensation", 60)?;
-    let ports = Ports {
-        store: store.clone(),
-        compute: Arc::new(cloud.clone()),
-        github: Arc::new(github.clone()),
-        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
-        scaleup_queue: scaleup_queue.clone(),
-        lifecycle_queue: lifecycle_queue.clone(),
-        compensation_queue: compensation_queue.clone(),
-        bus: Arc::new(QueueBus::new(compensation_queue.clone())),
-    };
+    let scaleup_queue = ports.scaleup_queue.clone();
+    let lifecycle_queue = ports.lifecycle_queue.clone();
+    let compensation_queue = ports.compensation_queue.clone();
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 30_000;
     policy.max_launch_attempts = 20;

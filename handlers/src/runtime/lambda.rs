@@ -23,17 +23,6 @@ use super::now;
 use crate::app::webhook::{Delivery, Webhook};
 use crate::runtime::consumer::{Consumer, settle};
 
-/// The Lambda handlers `jitr lambda` can run.
-pub const HANDLERS: [&str; 7] = [
-    "webhook",
-    "scaleup",
-    "lifecycle",
-    "projector",
-    "compensate",
-    "reaper",
-    "rebalancer",
-];
-
 fn message(record: &SqsMessage) -> QueueMessage {
     QueueMessage {
         id: record.message_id.clone().unwrap_or_default(),
@@ -98,16 +87,7 @@ pub async fn webhook(
     } else {
         body.into_bytes()
     };
-    let reply = hook
-        .handle(
-            Delivery {
-                event: header("x-github-event"),
-                id: header("x-github-delivery"),
-                signature: header("x-hub-signature-256"),
-            },
-            &bytes,
-        )
-        .await;
+    let reply = hook.handle(Delivery::from_headers(header), &bytes).await;
     response(reply.status, reply.body)
 }
 
@@ -192,7 +172,7 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
         other => {
             return Err(LambdaError::Setup(format!(
                 "unknown handler {other:?}: one of {}",
-                HANDLERS.join(", ")
+                super::LAMBDA_HANDLERS.join(", ")
             )));
         }
     }

@@ -9,9 +9,21 @@ use jitr_domain::Timestamp;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod consumer;
+pub mod embedded;
 #[cfg(feature = "aws")]
 pub mod lambda;
 pub mod serve;
+
+/// The handlers `jitr lambda` runs.
+pub const LAMBDA_HANDLERS: [&str; 7] = [
+    "webhook",
+    "scaleup",
+    "lifecycle",
+    "projector",
+    "compensate",
+    "reaper",
+    "rebalancer",
+];
 
 /// The moment, from the system clock: the one place the runtimes read it.
 pub fn now() -> Timestamp {

@@ -11,17 +11,15 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use jitr_infra::{
-    LocalQueue, Queue, QueueBus, SimCloud, SimGitHub, SimSecrets, SimSettings, SqliteEventStore,
-    system_clock,
-};
+use jitr_infra::{Queue, SimSettings, system_clock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::embedded::Embedded;
 use super::now;
+use crate::app::App;
 use crate::app::policy::RunnerPolicy;
 use crate::app::webhook::{Delivery, Webhook};
-use crate::app::{App, Ports};
 use crate::runtime::consumer::{Consumer, drain};
 
 /// Why `serve` could not start or stopped.
@@ -63,41 +61,16 @@ impl Default for Cadence {
     }
 }
 
-/// The embedded default in `data_dir`: SQLite log (`events.db`), simulated cloud
-/// and GitHub (`cloud.db`), local queues (`queues.db`: scale-up, lifecycle and
-/// compensation, the bus writing to the last one), and the application over them.
+/// The application on the embedded default in `data_dir` (see [`Embedded`]), on
+/// the system clock.
 pub fn embedded(
     data_dir: &Path,
     policy: RunnerPolicy,
     settings: SimSettings,
     secret: Vec<u8>,
 ) -> Result<App, ServeError> {
-    std::fs::create_dir_all(data_dir)?;
-    let store = Arc::new(SqliteEventStore::open(data_dir.join("events.db"))?);
-    let cloud_db = data_dir.join("cloud.db");
-    let clock = system_clock();
-    let queues_db = data_dir.join("queues.db");
-    let queue = |name: &str, visibility: u64| -> Result<Arc<dyn Queue>, ServeError> {
-        Ok(Arc::new(LocalQueue::open(
-            &queues_db,
-            name,
-            10,
-            Duration::from_secs(visibility),
-            clock.clone(),
-        )?))
-    };
-    let compensation_queue = queue("compensation", 60)?;
-    let ports = Ports {
-        store,
-        compute: Arc::new(SimCloud::open(&cloud_db, settings, clock.clone())?),
-        github: Arc::new(SimGitHub::open(&cloud_db)?),
-        secrets: Arc::new(SimSecrets::open(&cloud_db)?),
-        scaleup_queue: queue("scaleup", 60)?,
-        lifecycle_queue: queue("lifecycle", 30)?,
-        bus: Arc::new(QueueBus::new(compensation_queue.clone())),
-        compensation_queue,
-    };
-    Ok(App::new(ports, policy, secret))
+    let embedded = Embedded::open(data_dir, settings, system_clock(), 10)?;
+    Ok(App::new(embedded.ports, policy, secret))
 }
 
 /// Runs `consumer` on `queue` until `stop` turns true.
@@ -124,16 +97,7 @@ async fn webhook_route(
     body: Bytes,
 ) -> (StatusCode, String) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let reply = hook
-        .handle(
-            Delivery {
-                event: header("x-github-event"),
-                id: header("x-github-delivery"),
-                signature: header("x-hub-signature-256"),
-            },
-            &body,
-        )
-        .await;
+    let reply = hook.handle(Delivery::from_headers(header), &body).await;
     (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         reply.body,

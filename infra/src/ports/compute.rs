@@ -1,7 +1,9 @@
 //! The compute port: launching, finding and terminating runner instances.
 
 use async_trait::async_trait;
-use jitr_domain::{ClientToken, InstanceId, LaunchErrorClass, Market, StreamId, Timestamp};
+use jitr_domain::{
+    ClientToken, FoundInstance, InstanceId, LaunchErrorClass, Market, StreamId, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -49,6 +51,17 @@ pub struct LaunchedInstance {
     pub vcpus: u32,
     /// Its market.
     pub market: Market,
+}
+
+impl LaunchedInstance {
+    /// What RunInstances reported, for the domain's launch rules.
+    pub fn found(self) -> FoundInstance {
+        FoundInstance {
+            instance_id: self.instance_id,
+            instance_type: Some(self.instance_type),
+            vcpus: Some(self.vcpus),
+        }
+    }
 }
 
 /// A launch the provider refused: no instance exists for it.
@@ -185,6 +198,18 @@ pub struct ManagedInstance {
     pub instance_type: String,
     /// Its market.
     pub market: Market,
+}
+
+impl ManagedInstance {
+    /// What a listing reports of the instance, for the domain's launch rules (a
+    /// listing does not report vCPUs).
+    pub fn found(&self) -> FoundInstance {
+        FoundInstance {
+            instance_id: self.instance_id.clone(),
+            instance_type: Some(self.instance_type.clone()),
+            vcpus: None,
+        }
+    }
 }
 
 /// A compute call failed without an answer about the instance.
