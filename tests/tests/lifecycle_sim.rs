@@ -363,13 +363,7 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
         .crash
         .arm(CrashPoint::AfterTerminateInstances);
     let owed = {
-        let mut projector = jitr_handlers::app::projector::Projector::start(
-            world.store.clone(),
-            std::sync::Arc::new(jitr_infra::InProcessBus::new().0),
-            60_000,
-        )
-        .await
-        .unwrap();
+        let mut projector = world.app.projector().await.unwrap();
         projector.catch_up().await.unwrap();
         jitr_projections::CompensationPolicy::new(60_000).due(projector.views(), world.now())
     };
