@@ -3,7 +3,7 @@
 use crate::command::Command;
 use crate::error::DomainError;
 use crate::event::RunnerEvent;
-use crate::ids::{ClientToken, Timestamp};
+use crate::ids::{ClientToken, StreamId, Timestamp};
 use crate::state::{LaunchOutcome, RunnerState, is_terminal};
 
 /// Decides what `command` means for a runner in `state` at `now`.
@@ -25,14 +25,17 @@ pub fn decide(
                 labels,
                 spec,
                 deadlines,
-            } => Ok(vec![RunnerEvent::Requested {
-                at: now,
-                job,
-                attempt,
-                labels,
-                spec,
-                deadlines,
-            }]),
+            } => {
+                StreamId::for_job(&job, attempt)?;
+                Ok(vec![RunnerEvent::Requested {
+                    at: now,
+                    job,
+                    attempt,
+                    labels,
+                    spec,
+                    deadlines,
+                }])
+            }
             _ => Err(DomainError::NotRequested),
         };
     };

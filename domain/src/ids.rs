@@ -46,9 +46,11 @@ pub struct JobRef {
 pub struct StreamId(String);
 
 impl StreamId {
-    /// The stream of runner attempt `attempt` (from 1) for `job`.
-    pub fn for_job(job: &JobRef, attempt: u32) -> StreamId {
-        StreamId(format!(
+    /// The stream of runner attempt `attempt` (from 1) for `job`; refused when the
+    /// owner or repository is not a name GitHub gives (letters, digits, `-`, `_`,
+    /// `.`), so that every stream id written can be parsed back.
+    pub fn for_job(job: &JobRef, attempt: u32) -> Result<StreamId, DomainError> {
+        StreamId::parse(&format!(
             "{}/{}#{}#{}",
             job.owner, job.repo, job.job_id, attempt
         ))
@@ -181,11 +183,31 @@ mod tests {
 
     #[test]
     fn stream_id_is_deterministic_and_parses_back() {
-        let id = StreamId::for_job(&job(), 2);
+        let id = StreamId::for_job(&job(), 2).unwrap();
         assert_eq!(id.as_str(), "acme/widgets#42#2");
         assert_eq!(StreamId::parse(id.as_str()), Ok(id.clone()));
         assert_eq!(id.attempt(), 2);
         assert_eq!(id.job_id(), 42);
+    }
+
+    #[test]
+    fn a_job_outside_githubs_names_has_no_stream() {
+        for (owner, repo) in [
+            ("ac me", "widgets"),
+            ("acme", "wid#gets"),
+            ("", "x"),
+            ("a/b", "c"),
+        ] {
+            let job = JobRef {
+                owner: owner.into(),
+                repo: repo.into(),
+                ..job()
+            };
+            assert!(matches!(
+                StreamId::for_job(&job, 1),
+                Err(DomainError::InvalidStreamId(_))
+            ));
+        }
     }
 
     #[test]
@@ -207,8 +229,8 @@ mod tests {
 
     #[test]
     fn runner_names_are_short_stable_and_distinct() {
-        let a = StreamId::for_job(&job(), 1);
-        let b = StreamId::for_job(&job(), 2);
+        let a = StreamId::for_job(&job(), 1).unwrap();
+        let b = StreamId::for_job(&job(), 2).unwrap();
         assert_eq!(a.runner_name(), a.runner_name());
         assert_ne!(a.runner_name(), b.runner_name());
         assert!(a.runner_name().starts_with("jitr-42-1-"));
@@ -217,7 +239,7 @@ mod tests {
 
     #[test]
     fn client_tokens_differ_per_attempt_and_fit_ec2() {
-        let id = StreamId::for_job(&job(), 1);
+        let id = StreamId::for_job(&job(), 1).unwrap();
         let a = ClientToken::derive(&id, 1);
         let b = ClientToken::derive(&id, 2);
         assert_ne!(a, b);

@@ -188,7 +188,7 @@ impl RunnerState {
     pub fn stream_id(&self) -> Option<StreamId> {
         self.request
             .as_ref()
-            .map(|r| StreamId::for_job(&r.job, r.attempt))
+            .and_then(|r| StreamId::for_job(&r.job, r.attempt).ok())
     }
 
     /// The launched instance, if the latest intent produced one.

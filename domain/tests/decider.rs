@@ -18,7 +18,7 @@ fn job() -> JobRef {
 }
 
 fn stream() -> StreamId {
-    StreamId::for_job(&job(), 1)
+    StreamId::for_job(&job(), 1).unwrap()
 }
 
 fn token(n: u32) -> ClientToken {
@@ -1068,4 +1068,37 @@ fn events_round_trip_through_json() {
         let back: RunnerEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, event, "{json}");
     }
+}
+
+#[test]
+fn a_request_for_a_repository_github_cannot_name_is_refused() {
+    let Command::Request {
+        job,
+        attempt,
+        labels,
+        spec,
+        deadlines,
+    } = request_cmd()
+    else {
+        unreachable!()
+    };
+    let odd = JobRef {
+        repo: "wid gets".into(),
+        ..job
+    };
+    let outcome = decide(
+        &RunnerState::default(),
+        Command::Request {
+            job: odd,
+            attempt,
+            labels,
+            spec,
+            deadlines,
+        },
+        at(0),
+    );
+    assert!(
+        matches!(outcome, Err(DomainError::InvalidStreamId(_))),
+        "{outcome:?}"
+    );
 }

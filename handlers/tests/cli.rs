@@ -25,7 +25,7 @@ async fn leaked_log(dir: &std::path::Path) -> StreamId {
         job_id: 77,
         run_id: 1,
     };
-    let stream = StreamId::for_job(&job, 1);
+    let stream = StreamId::for_job(&job, 1).expect("a stream id of a valid repository");
     let mut state = RunnerState::default();
     let mut log = Vec::new();
     let mut step = |state: &mut RunnerState, command| {
@@ -161,6 +161,79 @@ fn the_demo_compensates_everything_it_leaks() {
         Some(2),
         "a second demo must not mix logs"
     );
+}
+
+/// The files of a directory and their bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Sets or clears the immutable attribute (even root cannot write such a file or
+/// create one in such a directory): read-only media, as far as a test can get.
+fn immutable(paths: &[&std::path::Path], on: bool) -> bool {
+    paths.iter().all(|p| {
+        Command::new("chattr")
+            .arg(if on { "+i" } else { "-i" })
+            .arg(p)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn audit_and_history_read_the_log_without_writing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    assert_eq!(jitr(&["demo", "--data-dir", data]).status.code(), Some(0));
+    let before = snapshot(&data_dir);
+    assert_eq!(before.len(), 1, "a closed log is one file");
+    // On writable media: the log's bytes stay as they were (nothing migrated, no
+    // journal switch). SQLite may add its WAL index beside it, as every reader of
+    // a log `serve` may be writing does; the write-ahead log itself stays empty.
+    let audit = jitr(&["audit", "--data-dir", data]);
+    assert_eq!(audit.status.code(), Some(0), "{audit:?}");
+    let history = jitr(&["history", "--data-dir", data, "acme/widgets#1#1"]);
+    assert_eq!(history.status.code(), Some(0), "{history:?}");
+    let after = snapshot(&data_dir);
+    assert!(after.contains(&before[0]), "reading changed events.db");
+    for (name, bytes) in &after {
+        match name.as_str() {
+            "events.db" | "events.db-shm" => {}
+            "events.db-wal" => assert!(bytes.is_empty(), "a reader wrote to the WAL"),
+            other => panic!("reading created {other}"),
+        }
+    }
+    // On read-only media (a copy of the log alone, file and directory immutable).
+    for index in ["events.db-shm", "events.db-wal"] {
+        let _ = std::fs::remove_file(data_dir.join(index));
+    }
+    let log = data_dir.join("events.db");
+    if !immutable(&[&log, &data_dir], true) {
+        eprintln!("chattr +i is not available here: the read-only media case was not run");
+        return;
+    }
+    let audit = jitr(&["audit", "--data-dir", data]);
+    let history = jitr(&["history", "--data-dir", data, "acme/widgets#1#1"]);
+    assert!(immutable(&[&log, &data_dir], false));
+    assert_eq!(audit.status.code(), Some(0), "{audit:?}");
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("runners"),
+        "{audit:?}"
+    );
+    assert_eq!(history.status.code(), Some(0), "{history:?}");
+    assert!(snapshot(&data_dir) == before);
 }
 
 #[cfg(feature = "aws")]

@@ -27,6 +27,10 @@ pub enum Fault {
     LoseLaunchAnswer,
     /// Throttle terminate calls.
     ThrottleTerminate,
+    /// Refuse to terminate this instance, as termination protection or an IAM deny
+    /// does (`OperationNotPermitted`, `UnauthorizedOperation`): every time when
+    /// injected until cleared.
+    RefuseTermination(InstanceId),
     /// Delay every call.
     Latency(Duration),
 }
@@ -127,6 +131,18 @@ impl<C: Compute> Compute for FaultyCompute<C> {
         self.delay().await;
         if self.take(|f| *f == Fault::ThrottleTerminate).is_some() {
             return Err(ComputeError::Throttled("injected by FaultyCompute".into()));
+        }
+        if self
+            .take(|f| matches!(f, Fault::RefuseTermination(id) if id == instance))
+            .is_some()
+        {
+            return Err(ComputeError::Unavailable(
+                format!(
+                    "OperationNotPermitted: the instance '{instance}' may not be terminated \
+                     (injected by FaultyCompute)"
+                )
+                .into(),
+            ));
         }
         self.inner.terminate(instance).await
     }

@@ -15,11 +15,11 @@ use jitr_domain::{
     InstanceId, LaunchOutcome, RunnerEvent, RunnerState, RunnerStatus, StreamId, Timestamp, evolve,
     is_terminal,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::ports::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, RecordedEvent,
-    StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, OpenStreams,
+    RecordedEvent, StoreError, StreamHead,
 };
 
 const SCHEMA: &str = r#"
@@ -93,6 +93,53 @@ impl SqliteEventStore {
             .map_err(unavailable)?;
         migrate(&conn)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(SqliteEventStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Opens an existing log for reading only: no schema migration, no journal-mode
+    /// switch, nothing written (for `jitr audit` and `jitr history`). On read-only
+    /// media, where SQLite cannot create the WAL index beside the file, it reads the
+    /// file as immutable (a copy nothing else writes). Any write is refused.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let usable = |conn: Connection| -> Result<Connection, StoreError> {
+            conn.busy_timeout(Duration::from_secs(10))
+                .map_err(unavailable)?;
+            let version: String = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if version != "1" {
+                return Err(StoreError::Refused(format!(
+                    "{}: log schema {version}; this jitr reads schema 1",
+                    path.display()
+                )));
+            }
+            Ok(conn)
+        };
+        let live = Connection::open_with_flags(&path, flags)
+            .map_err(unavailable)
+            .and_then(usable);
+        let conn = match live {
+            Ok(conn) => conn,
+            Err(StoreError::Refused(reason)) => return Err(StoreError::Refused(reason)),
+            Err(live_error) => {
+                let uri = format!("file:{}?immutable=1", uri_path(&path));
+                Connection::open_with_flags(&uri, flags)
+                    .map_err(unavailable)
+                    .and_then(usable)
+                    .map_err(|_| live_error)?
+            }
+        };
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -186,6 +233,20 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         .map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// `path` as the path of an SQLite `file:` URI (`%`, `?` and `#` escaped).
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn map_write_error(e: rusqlite::Error) -> StoreError {
@@ -488,7 +549,7 @@ impl EventStore for SqliteEventStore {
             .await
     }
 
-    async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError> {
+    async fn open_streams(&self) -> Result<OpenStreams, StoreError> {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -497,7 +558,12 @@ impl EventStore for SqliteEventStore {
                 )
                 .map_err(unavailable)?;
             let rows = stmt.query_map([], head_from_row).map_err(unavailable)?;
-            rows.map(|row| to_head(row.map_err(unavailable)?)).collect()
+            let mut results = Vec::new();
+            for row in rows {
+                let row = row.map_err(unavailable)?;
+                results.push((row.0.clone(), to_head(row)));
+            }
+            Ok(OpenStreams::collect(results))
         })
         .await
     }

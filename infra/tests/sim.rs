@@ -18,7 +18,8 @@ fn spec(job: u64, market: Market) -> LaunchSpec {
             run_id: 1,
         },
         1,
-    );
+    )
+    .expect("a stream id of a valid repository");
     LaunchSpec {
         client_token: ClientToken::derive(&stream, 1),
         stream,

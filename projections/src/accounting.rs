@@ -279,7 +279,10 @@ mod tests {
         for (secs, command) in then {
             step(&mut state, command.clone(), *secs);
         }
-        (StreamId::for_job(&job, 1), log)
+        (
+            StreamId::for_job(&job, 1).expect("a stream id of a valid repository"),
+            log,
+        )
     }
 
     fn ledger(runners: &[(StreamId, Vec<RunnerEvent>)], horizon: Option<Timestamp>) -> Ledger {

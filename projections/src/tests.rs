@@ -21,7 +21,7 @@ fn job(id: u64) -> JobRef {
 }
 
 fn stream(id: u64) -> StreamId {
-    StreamId::for_job(&job(id), 1)
+    StreamId::for_job(&job(id), 1).expect("a stream id of a valid repository")
 }
 
 /// What a runner goes through in these tests.

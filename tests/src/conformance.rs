@@ -285,6 +285,7 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
         .open_streams()
         .await
         .unwrap()
+        .heads
         .into_iter()
         .map(|h| h.stream)
         .collect();

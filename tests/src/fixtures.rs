@@ -25,7 +25,7 @@ pub fn job(job_id: u64) -> JobRef {
 
 /// The first runner attempt's stream for `job_id`.
 pub fn stream(job_id: u64) -> StreamId {
-    StreamId::for_job(&job(job_id), 1)
+    StreamId::for_job(&job(job_id), 1).expect("a stream id of a valid repository")
 }
 
 /// The instance id tests give job `job_id`'s runner.

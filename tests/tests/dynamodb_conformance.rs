@@ -127,6 +127,42 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
 }
 
 #[tokio::test]
+async fn an_unreadable_open_head_is_reported_not_fatal() {
+    let backing = DynamoBacking::new().await;
+    let store = backing.open().await;
+    for job in [1, 2] {
+        let (_, events) = launched(job, at(0));
+        store
+            .append(&stream(job), 0, &events, &CommandId::new(format!("c{job}")))
+            .await
+            .unwrap();
+    }
+    // An open head whose state cannot be read (a bug, a hand edit).
+    let corrupt = HeadWrite {
+        expected: 3,
+        version: 4,
+        status: "booting".into(),
+        instance_id: None,
+        runner_name: None,
+        instance_possible: true,
+        terminated: false,
+        terminated_instance: None,
+        open: true,
+        updated_at: at(1).0,
+        state: "not json".into(),
+    };
+    store
+        .put_head_unchecked(&stream(1), &corrupt)
+        .await
+        .unwrap();
+    let open = store.open_streams().await.unwrap();
+    let heads: Vec<_> = open.heads.iter().map(|h| h.stream.clone()).collect();
+    assert_eq!(heads, [stream(2)]);
+    assert_eq!(open.unreadable.len(), 1);
+    assert_eq!(open.unreadable[0].key, stream(1).to_string());
+}
+
+#[tokio::test]
 async fn appends_nudge_the_projector_through_dynamodb_streams() {
     let backing = DynamoBacking::new().await;
     let store = backing.open().await;

@@ -24,6 +24,7 @@ fn stream(job: u64) -> StreamId {
         },
         1,
     )
+    .expect("a stream id of a valid repository")
 }
 
 fn spec(stream: &StreamId, market: Market) -> LaunchSpec {

@@ -230,3 +230,55 @@ async fn five_concurrent_deliveries_on_dynamodb_start_one_instance() {
         RunnerStatus::Ready
     );
 }
+
+/// A backstop never stalls on one bad item: one orphan whose termination EC2
+/// refuses every time (termination protection, an IAM deny) is reported, and every
+/// other orphan of the same sweep is still terminated.
+#[tokio::test]
+async fn one_instance_that_cannot_be_terminated_does_not_stop_the_sweep() {
+    use jitr_domain::ClientToken;
+    use jitr_infra::LaunchSpec;
+
+    let aws = aws().await;
+    let mut strays = Vec::new();
+    for job in 1..=3u64 {
+        let stream = StreamId::parse(&format!("acme/strays#{job}#1")).unwrap();
+        let launched = aws
+            .compute
+            .inner()
+            .launch(&LaunchSpec {
+                client_token: ClientToken::derive(&stream, 1),
+                stream,
+                market: Market::OnDemand,
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-03cf127a".into(),
+                user_data: None,
+            })
+            .await
+            .unwrap();
+        strays.push(launched.instance_id);
+    }
+    aws.compute
+        .inject(Fault::RefuseTermination(strays[0].clone()), None);
+    // Past the reaper's grace for instances just launched.
+    let later = now().plus_ms(aws.app.policy.reaper_grace_ms + 60_000);
+    let report = aws.app.reaper.sweep(later).await.unwrap();
+    let mut terminated: Vec<_> = report
+        .orphans_terminated
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    terminated.sort();
+    let mut others = strays[1..].to_vec();
+    others.sort();
+    assert_eq!(terminated, others, "{report:?}");
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].contains(&strays[0].0), "{report:?}");
+    let live: Vec<_> = live(&aws)
+        .await
+        .into_iter()
+        .map(|m| m.instance_id)
+        .collect();
+    assert_eq!(live, [strays[0].clone()]);
+}

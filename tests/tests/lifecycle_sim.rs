@@ -428,3 +428,30 @@ async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
             .is_empty()
     );
 }
+
+/// A backstop never stalls on one bad item: with one open runner's head
+/// unreadable, the reaper reports it and still compensates the others.
+#[tokio::test]
+async fn an_unreadable_head_does_not_stop_the_reaper() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.github.fail_next_mints(&[500]);
+    world.queued(2).await.unwrap();
+    assert_eq!(world.status(2).await, RunnerStatus::Terminating);
+    world
+        .store
+        .execute_raw("UPDATE streams SET state = 'not json' WHERE stream = 'acme/widgets#1#1'")
+        .await
+        .unwrap();
+    world.advance(200);
+    let report = world.reap().await;
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("acme/widgets#1#1") && e.contains("unreadable")),
+        "{report:?}"
+    );
+    assert_eq!(report.compensated, [world.stream(2)], "{report:?}");
+    assert_eq!(world.status(2).await, RunnerStatus::Failed);
+}

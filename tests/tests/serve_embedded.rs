@@ -189,6 +189,19 @@ async fn bad_input_gets_clear_status_codes() {
         .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("malformed"));
+    // Signed, well formed, but a repository name GitHub never gives: a stream id
+    // could not be parsed back, so it is refused here, not deep in a backstop.
+    let odd = sample_payload("queued", "acme", "wid#gets", 9, &labels, None);
+    let (status, text) = server
+        .post(
+            "workflow_job",
+            "d3b",
+            &odd,
+            Some(sign(SECRET.as_bytes(), odd.as_bytes())),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("wid#gets"), "{text}");
     // Oversized.
     let huge = "x".repeat(2 * 1024 * 1024);
     assert_eq!(

@@ -51,3 +51,25 @@ async fn the_database_refuses_a_closed_head_with_a_live_instance() {
         .await;
     assert!(matches!(err, Err(StoreError::Refused(_))), "{err:?}");
 }
+
+#[tokio::test]
+async fn an_unreadable_open_head_is_reported_not_fatal() {
+    let backing = SqliteBacking::new();
+    let store = backing.open().await;
+    for job in [1, 2] {
+        let (_, events) = launched(job, at(0));
+        store
+            .append(&stream(job), 0, &events, &CommandId::new(format!("c{job}")))
+            .await
+            .unwrap();
+    }
+    store
+        .execute_raw("UPDATE streams SET state = 'not json' WHERE stream = 'acme/widgets#1#1'")
+        .await
+        .unwrap();
+    let open = store.open_streams().await.unwrap();
+    let heads: Vec<_> = open.heads.iter().map(|h| h.stream.clone()).collect();
+    assert_eq!(heads, [stream(2)]);
+    assert_eq!(open.unreadable.len(), 1);
+    assert_eq!(open.unreadable[0].key, "acme/widgets#1#1");
+}

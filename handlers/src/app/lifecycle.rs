@@ -80,7 +80,9 @@ impl Lifecycle {
         };
         let mut outcomes = Vec::new();
         for attempt in 1..=MAX_ATTEMPTS_LOOKED_UP {
-            let stream = StreamId::for_job(&job_ref, attempt);
+            let Ok(stream) = StreamId::for_job(&job_ref, attempt) else {
+                break;
+            };
             if self.ports.store.head(&stream).await?.is_none() {
                 break;
             }

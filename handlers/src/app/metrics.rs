@@ -61,3 +61,8 @@ pub fn refusal(at: Timestamp, command: &str, refusal: &str, benign: bool) {
         ],
     );
 }
+
+/// Open runner heads that could not be read (skipped by the backstops).
+pub fn unreadable_heads(at: Timestamp, count: usize) {
+    emit(at, "UnreadableHeads", count as f64, "Count", &[]);
+}

@@ -120,7 +120,15 @@ impl Reaper {
                 }
             }
         }
-        for head in self.ports.store.open_streams().await? {
+        let open = self.ports.store.open_streams().await?;
+        for unreadable in &open.unreadable {
+            report.errors.push(format!(
+                "runner {}: head unreadable: {}",
+                unreadable.key, unreadable.reason
+            ));
+        }
+        crate::app::metrics::unreadable_heads(now, open.unreadable.len());
+        for head in open.heads {
             let stream = head.stream.clone();
             if let Err(e) = self
                 .sweep_runner(&mut report, head.state, &live, &owed, now)
@@ -229,7 +237,8 @@ impl Reaper {
     /// Removes GitHub registrations named by jitr whose stream is closed or unknown.
     async fn sweep_registrations(&self) -> usize {
         let mut scopes = Vec::new();
-        for head in self.ports.store.open_streams().await.unwrap_or_default() {
+        let open = self.ports.store.open_streams().await.unwrap_or_default();
+        for head in open.heads {
             if let Some(r) = &head.state.request {
                 let scope = self.policy.scope_for(&r.job.owner, &r.job.repo);
                 if !scopes.contains(&scope) {

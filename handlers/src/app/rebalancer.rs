@@ -24,6 +24,11 @@ pub struct RebalanceReport {
     pub queued_jobs: usize,
     /// Queued jobs with no runner that can take them, and the attempt requested.
     pub requested: Vec<StreamId>,
+    /// Queued jobs skipped because their repository's name cannot be a stream id.
+    pub skipped: usize,
+    /// Open runner heads that could not be read (their jobs may be requested
+    /// again: an unreadable runner serves nobody).
+    pub unreadable_heads: usize,
 }
 
 /// Why a pass stopped.
@@ -60,7 +65,12 @@ impl Rebalancer {
             .list_queued_jobs(self.policy.installation_id)
             .await?;
         let mut serving: HashMap<(String, String, u64), bool> = HashMap::new();
-        for head in self.ports.store.open_streams().await? {
+        let open = self.ports.store.open_streams().await?;
+        let mut report = RebalanceReport {
+            unreadable_heads: open.unreadable.len(),
+            ..RebalanceReport::default()
+        };
+        for head in open.heads {
             if let Some(request) = &head.state.request {
                 let able = head.state.wants_instance();
                 let key = (
@@ -71,7 +81,6 @@ impl Rebalancer {
                 *serving.entry(key).or_default() |= able;
             }
         }
-        let mut report = RebalanceReport::default();
         for job in jobs {
             if !self.policy.allows(&job.owner, &job.repo)
                 || self.policy.spec_for(&job.labels).is_none()
@@ -89,18 +98,24 @@ impl Rebalancer {
                 job_id: job.job_id,
                 run_id: job.run_id,
             };
+            let stream_of = |attempt| StreamId::for_job(&job_ref, attempt);
+            if let Err(e) = stream_of(1) {
+                tracing::warn!(owner = %job.owner, repo = %job.repo, job = job.job_id, error = %e, "queued job of a repository jitr cannot name; skipped");
+                report.skipped += 1;
+                continue;
+            }
             let mut attempt = 1;
             while attempt < MAX_ATTEMPTS
                 && self
                     .ports
                     .store
-                    .head(&StreamId::for_job(&job_ref, attempt))
+                    .head(&stream_of(attempt).expect("validated above"))
                     .await?
                     .is_some_and(|h| !h.open || h.state.failure.is_some())
             {
                 attempt += 1;
             }
-            let stream = StreamId::for_job(&job_ref, attempt);
+            let stream = stream_of(attempt).expect("validated above");
             let message = JobMessage {
                 delivery: format!("rebalancer:{stream}:{}", now.0),
                 action: "queued".into(),

@@ -88,7 +88,14 @@ impl ScaleUp {
             job_id: job.job_id,
             run_id: job.run_id,
         };
-        let stream = StreamId::for_job(&job_ref, job.attempt);
+        let stream = match StreamId::for_job(&job_ref, job.attempt) {
+            Ok(stream) => stream,
+            Err(e) => {
+                return Ok(Outcome::DeadLetter(format!(
+                    "not a job jitr can serve: {e}"
+                )));
+            }
+        };
         let request = Command::Request {
             job: job_ref,
             attempt: job.attempt,

@@ -1,7 +1,8 @@
 //! The webhook endpoint's logic: authenticate a GitHub delivery, validate it, and
 //! route `workflow_job` events to the scale-up or lifecycle queue.
 //!
-//! Status codes: 401 missing or bad signature, 400 malformed body, 413 body above
+//! Status codes: 401 missing or bad signature, 400 malformed body (or a
+//! repository name GitHub would not give), 413 body above
 //! the limit, 202 enqueued, 200 for what jitr deliberately ignores (the reason is
 //! in the body). The same logic serves `jitr serve` (axum) and `jitr lambda webhook`.
 
@@ -9,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
+use jitr_domain::{JobRef, StreamId};
 use jitr_infra::Queue;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -239,6 +241,21 @@ impl Webhook {
             other => return Reply::new(200, format!("ignored: action {other}")),
         };
         let (owner, repo) = (event.repository.owner.login, event.repository.name);
+        let job = JobRef {
+            owner: owner.clone(),
+            repo: repo.clone(),
+            job_id: event.workflow_job.id,
+            run_id: event.workflow_job.run_id,
+        };
+        if StreamId::for_job(&job, 1).is_err() {
+            return Reply::new(
+                400,
+                format!(
+                    "repository {owner:?}/{repo:?} is not named as GitHub names repositories \
+                     (letters, digits, '-', '_', '.')"
+                ),
+            );
+        }
         if !self.policy.allows(&owner, &repo) {
             return Reply::new(
                 200,

@@ -58,7 +58,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
         job_id,
         run_id: job_id / 8,
     };
-    let stream = StreamId::for_job(&job, 1);
+    let stream = StreamId::for_job(&job, 1).expect("a stream id of a valid repository");
     let mut state = RunnerState::default();
     let mut log = Vec::with_capacity(8);
     let mut step = |state: &mut RunnerState, command: Command, secs: u64| {

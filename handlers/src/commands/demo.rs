@@ -115,6 +115,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                 },
                 1,
             )
+            .expect("a stream id of a valid repository")
         })
         .collect();
     for (i, stream) in streams.iter().enumerate() {

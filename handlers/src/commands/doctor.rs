@@ -134,6 +134,19 @@ impl DoctorReport {
                 return self.push(Level::Error, "drift", format!("reading open runners: {e}"));
             }
         };
+        if !open.unreadable.is_empty() {
+            let keys: Vec<&str> = open.unreadable.iter().map(|u| u.key.as_str()).collect();
+            self.push(
+                Level::Warn,
+                "unreadable runners",
+                format!(
+                    "{} open runner heads cannot be read and are skipped by the reaper: {}",
+                    keys.len(),
+                    keys.join(", ")
+                ),
+            );
+        }
+        let open = open.heads;
         let owned: HashSet<InstanceId> =
             open.iter().filter_map(|h| h.instance_id.clone()).collect();
         let live: Vec<_> = instances.iter().filter(|i| i.state.is_live()).collect();
@@ -279,7 +292,7 @@ async fn check_embedded(data_dir: &Path) -> DoctorReport {
     }
     let cloud = data_dir.join("cloud.db");
     match (
-        jitr_infra::SqliteEventStore::open(data_dir.join(super::LOG_FILE)),
+        jitr_infra::SqliteEventStore::open_read_only(data_dir.join(super::LOG_FILE)),
         cloud.is_file(),
     ) {
         (Ok(store), true) => {

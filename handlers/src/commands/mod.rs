@@ -183,7 +183,7 @@ pub fn open_existing(data_dir: &Path) -> Result<SqliteEventStore> {
             data_dir.display()
         );
     }
-    SqliteEventStore::open(&path).with_context(|| format!("opening {}", path.display()))
+    SqliteEventStore::open_read_only(&path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// A progress bar on stderr for `len` events (hidden when quiet or not a terminal).

@@ -225,8 +225,9 @@ pub async fn run(
             match &job.started {
                 None => {
                     for attempt in 1..=8 {
-                        let Some(head) = store.head(&StreamId::for_job(&job_ref, attempt)).await?
-                        else {
+                        let stream = StreamId::for_job(&job_ref, attempt)
+                            .expect("the simulation's repository is valid");
+                        let Some(head) = store.head(&stream).await? else {
                             break;
                         };
                         let ready_since = match head.status {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::error_code;
 use jitr_infra::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, RecordedEvent,
-    StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, OpenStreams,
+    RecordedEvent, StoreError, StreamHead,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -672,7 +672,7 @@ impl EventStore for DynamoEventStore {
             .await
     }
 
-    async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError> {
+    async fn open_streams(&self) -> Result<OpenStreams, StoreError> {
         let items = self
             .query_all(
                 || {
@@ -686,7 +686,14 @@ impl EventStore for DynamoEventStore {
                 None,
             )
             .await?;
-        items.into_iter().map(Self::head_from_item).collect()
+        Ok(OpenStreams::collect(items.into_iter().map(|item| {
+            let key = item
+                .get("pk")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            (key, Self::head_from_item(item))
+        })))
     }
 
     async fn last_position(&self) -> Result<u64, StoreError> {

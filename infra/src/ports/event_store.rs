@@ -159,8 +159,10 @@ pub trait EventStore: Send + Sync {
     /// The stream whose runner registered under `runner_name` (from `TokenMinted`).
     async fn stream_of_runner(&self, runner_name: &str) -> Result<Option<StreamId>, StoreError>;
 
-    /// Heads of all open (non-terminal) streams, without reading history.
-    async fn open_streams(&self) -> Result<Vec<StreamHead>, StoreError>;
+    /// Heads of all open (non-terminal) streams, without reading history. A head
+    /// that cannot be read is reported in [`OpenStreams::unreadable`], never fatal:
+    /// the backstops that read this list must not stall on one bad item.
+    async fn open_streams(&self) -> Result<OpenStreams, StoreError>;
 
     /// The global position of the newest event (0 for an empty log).
     async fn last_position(&self) -> Result<u64, StoreError>;
@@ -173,6 +175,47 @@ pub trait CheckpointStore: Send + Sync {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError>;
     /// Saves (replaces) the checkpoint under `name`.
     async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+}
+
+/// The open streams' heads, and those that could not be read.
+#[derive(Clone, Debug, Default)]
+pub struct OpenStreams {
+    /// The heads, in stream order.
+    pub heads: Vec<StreamHead>,
+    /// Open heads that could not be read: skipped, and reported here.
+    pub unreadable: Vec<UnreadableHead>,
+}
+
+/// An open head that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableHead {
+    /// Its key in the store (the stream id as stored).
+    pub key: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+impl OpenStreams {
+    /// Sorts `results` (key, head or error) into heads and unreadable heads,
+    /// logging each unreadable one with its key.
+    pub fn collect(
+        results: impl IntoIterator<Item = (String, Result<StreamHead, StoreError>)>,
+    ) -> Self {
+        let mut open = OpenStreams::default();
+        for (key, result) in results {
+            match result {
+                Ok(head) => open.heads.push(head),
+                Err(e) => {
+                    tracing::error!(stream = %key, error = %e, "unreadable open head skipped");
+                    open.unreadable.push(UnreadableHead {
+                        key,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        open
+    }
 }
 
 /// The runner log as the application uses it: events and projection checkpoints.

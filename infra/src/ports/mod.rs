@@ -20,7 +20,7 @@ pub use compute::{
 };
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
-    RecordedEvent, RunnerLog, StoreError, StreamHead,
+    OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead, UnreadableHead,
 };
 pub use github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
 pub use queue::{
