@@ -44,6 +44,9 @@ pub struct RunnerViews {
     pub closed: BTreeMap<StreamId, ClosedRunner>,
     /// Events for a stream that was already closed (the log should never have them).
     pub after_close: u64,
+    /// Positions of events that could not be read and were skipped.
+    #[serde(default)]
+    pub skipped: Vec<u64>,
 }
 
 /// Live instances and their vCPUs in one market.
@@ -86,6 +89,15 @@ pub struct OpenLeak {
 }
 
 impl RunnerViews {
+    /// Passes over the event at `position`, which could not be read: it is counted
+    /// in [`RunnerViews::skipped`] and the views move on.
+    pub fn skip(&mut self, position: u64) {
+        if position > self.position {
+            self.position = position;
+            self.skipped.push(position);
+        }
+    }
+
     /// Folds one event at global `position`. Positions at or below the current one
     /// were seen already and are skipped, so a redelivered feed is harmless.
     pub fn apply(&mut self, position: u64, stream: &StreamId, event: &RunnerEvent) {

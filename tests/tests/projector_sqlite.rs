@@ -244,3 +244,34 @@ async fn a_deadline_missed_without_any_event_is_failed_and_compensated() {
     assert_eq!(&kinds[3..], ["Failed", "TerminationRequested"], "{kinds:?}");
     assert_eq!(world.status(7).await, RunnerStatus::Terminating);
 }
+
+/// One unreadable event (a bug, a hand edit) never stalls the projector or the
+/// audit: it is skipped, counted and reported with its position; the runners
+/// around it are folded.
+#[tokio::test]
+async fn an_unreadable_event_is_skipped_and_reported() {
+    let world = World::new();
+    for job in 1..=3 {
+        world.launch(job).await;
+    }
+    // Runner 2's second event (position 5) can no longer be decoded.
+    world
+        .store
+        .execute_raw("UPDATE events SET body = '{\"type\":\"Unheard\"}' WHERE position = 5")
+        .await
+        .unwrap();
+    let mut projector = world.projector().await;
+    assert_eq!(projector.catch_up().await.unwrap(), 9);
+    assert_eq!(projector.views().position, 9);
+    assert_eq!(projector.views().skipped, [5]);
+    for job in [1, 3] {
+        assert!(projector.views().open.contains_key(&stream(job)), "{job}");
+    }
+    let replay = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
+        .await
+        .unwrap();
+    let positions: Vec<u64> = replay.unreadable.iter().map(|u| u.position).collect();
+    assert_eq!(positions, [5]);
+    assert_eq!(replay.unreadable[0].stream, stream(2).to_string());
+    assert_eq!(replay.events, 8);
+}

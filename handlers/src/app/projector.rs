@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use jitr_domain::{Command, TerminateRunner, Timestamp, missed_deadline, resume};
-use jitr_infra::{BusError, Checkpoint, CommandBus, CommandId, RunnerLog, StoreError};
+use jitr_infra::{
+    BusError, Checkpoint, CommandBus, CommandId, RunnerLog, StoreError, read_feed_page,
+};
 use jitr_projections::{CompensationPolicy, RunnerViews};
 use thiserror::Error;
 
@@ -67,19 +69,23 @@ impl Projector {
         &self.views
     }
 
-    /// Folds every event past the checkpoint, then saves the checkpoint. Returns
-    /// how many events were folded.
+    /// Folds every event past the checkpoint, then saves the checkpoint. An event
+    /// that cannot be read is skipped and counted ([`RunnerViews::skipped`]), never
+    /// a stall. Returns how many events were folded or skipped.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
         let mut folded = 0;
         loop {
-            let page = self.store.read_all(self.views.position, FEED_PAGE).await?;
-            if page.is_empty() {
+            let page = read_feed_page(&*self.store, self.views.position, FEED_PAGE).await?;
+            if page.last.is_none() {
                 break;
             }
-            for r in &page {
+            for r in &page.events {
                 self.views.apply(r.position, &r.stream, &r.event);
             }
-            folded += page.len() as u64;
+            for unreadable in &page.unreadable {
+                self.views.skip(unreadable.position);
+            }
+            folded += (page.events.len() + page.unreadable.len()) as u64;
         }
         if folded > 0 {
             let snapshot = serde_json::to_vec(&self.views).map_err(ProjectorError::Snapshot)?;

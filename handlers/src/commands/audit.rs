@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use jitr_domain::{InstanceId, Market, RunnerStatus, StreamId, TerminationReason, Timestamp};
-use jitr_infra::{EventStore, StoreError};
+use jitr_infra::{EventStore, StoreError, UnreadableEvent, read_feed_page};
 use jitr_projections::accounting::{LeakFigures, Ledger};
 use jitr_projections::{Fleet, RunnerViews};
 use serde::Serialize;
@@ -42,6 +42,9 @@ pub struct AuditReport {
     pub deadline_ms: u64,
     /// Events found after their stream had closed (should be 0).
     pub events_after_close: u64,
+    /// Events that could not be read and were skipped (should be none): their
+    /// position, stream and why.
+    pub unreadable_events: Vec<UnreadableEvent>,
     /// The history the log holds: first and last event, RFC 3339 (empty log: none).
     pub log_covers: Option<(String, String)>,
     /// The window the leak figures cover, RFC 3339.
@@ -182,6 +185,8 @@ pub struct Replay {
     pub events: u64,
     /// First and last event moments seen (all of the log).
     pub covers: Option<(Timestamp, Timestamp)>,
+    /// Events that could not be read, skipped.
+    pub unreadable: Vec<UnreadableEvent>,
 }
 
 impl Replay {
@@ -191,6 +196,7 @@ impl Replay {
             ledger: Ledger::default(),
             events: 0,
             covers: None,
+            unreadable: Vec::new(),
         }
     }
 
@@ -220,12 +226,13 @@ pub async fn replay<S: EventStore + ?Sized>(
     let mut replay = Replay::empty();
     let mut after = 0;
     loop {
-        let page = store.read_all(after, FEED_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in &page {
+        let page = read_feed_page(store, after, FEED_PAGE).await?;
+        let Some(last) = page.last else { break };
+        after = last;
+        for r in &page.events {
             replay.fold(r, horizon);
         }
+        replay.unreadable.extend(page.unreadable);
         progress(after);
     }
     Ok(replay)
@@ -276,7 +283,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         })
         .collect();
     AuditReport {
-        schema: 2,
+        schema: 3,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -287,6 +294,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         owed,
         deadline_ms: window.deadline_ms,
         events_after_close: views.after_close,
+        unreadable_events: replay.unreadable.clone(),
         log_covers: replay.covers.map(|(a, b)| (rfc3339(a), rfc3339(b))),
         window: (rfc3339(since), rfc3339(now)),
         orphan_grace_ms: window.orphan_grace_ms,
@@ -408,6 +416,13 @@ pub fn render(report: &AuditReport) -> String {
         let _ = writeln!(
             out,
             "\nthe log covers {first} .. {last} (history is never deleted)"
+        );
+    }
+    for e in &report.unreadable_events {
+        let _ = writeln!(
+            out,
+            "\nwarning: the event at position {} of {} cannot be read and was skipped: {}",
+            e.position, e.stream, e.reason
         );
     }
     if report.events_after_close > 0 {

@@ -218,6 +218,83 @@ impl OpenStreams {
     }
 }
 
+/// A stored event that could not be read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableEvent {
+    /// Its global position.
+    pub position: u64,
+    /// Its stream, as stored.
+    pub stream: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// One page of the global feed, with the events that could not be read set
+/// aside instead of stopping the reader.
+#[derive(Clone, Debug, Default)]
+pub struct FeedPage {
+    /// The events read, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// Events skipped because they could not be read.
+    pub unreadable: Vec<UnreadableEvent>,
+    /// The last position this page covers (read or skipped); `None` at the end
+    /// of the feed.
+    pub last: Option<u64>,
+}
+
+/// Reads up to `limit` events after position `after`, like
+/// [`EventStore::read_all`], but an event that cannot be read is set aside (and
+/// logged with its position) rather than failing the page: the events before it
+/// are returned, and the next page starts after it. Readers that must never stall
+/// (the projector, the audit) read the feed with this.
+pub async fn read_feed_page<S: EventStore + ?Sized>(
+    store: &S,
+    after: u64,
+    limit: usize,
+) -> Result<FeedPage, StoreError> {
+    let (position, stream, reason) = match store.read_all(after, limit).await {
+        Ok(events) => {
+            return Ok(FeedPage {
+                last: events.last().map(|e| e.position),
+                events,
+                unreadable: Vec::new(),
+            });
+        }
+        Err(StoreError::Corrupt {
+            position,
+            stream,
+            reason,
+        }) if position > after => (position, stream, reason),
+        Err(e) => return Err(e),
+    };
+    tracing::error!(position, stream = %stream, reason = %reason, "unreadable event skipped");
+    // The events before the unreadable one, one at a time (a rare path).
+    let mut events = Vec::new();
+    let mut cursor = after;
+    while cursor < position {
+        match store.read_all(cursor, 1).await {
+            Ok(mut one) => match one.pop() {
+                Some(event) if event.position < position => {
+                    cursor = event.position;
+                    events.push(event);
+                }
+                _ => break,
+            },
+            Err(StoreError::Corrupt { position: p, .. }) if p == position => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(FeedPage {
+        events,
+        unreadable: vec![UnreadableEvent {
+            position,
+            stream,
+            reason,
+        }],
+        last: Some(position),
+    })
+}
+
 /// The runner log as the application uses it: events and projection checkpoints.
 pub trait RunnerLog: EventStore + CheckpointStore {}
 

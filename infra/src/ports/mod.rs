@@ -20,7 +20,8 @@ pub use compute::{
 };
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
-    OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead, UnreadableHead,
+    FeedPage, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead, UnreadableEvent,
+    UnreadableHead, read_feed_page,
 };
 pub use github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
 pub use queue::{
