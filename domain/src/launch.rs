@@ -13,6 +13,19 @@ use crate::state::RunnerState;
 /// RunInstances, a describe may not see the instance yet.
 pub const INTENT_SETTLE_MS: u64 = 30_000;
 
+/// How long after its launch an instance that EC2 answers NotFound for may still
+/// exist: EC2's API is eventually consistent ("Eventual consistency in the Amazon
+/// EC2 API"), and right after RunInstances, describing or terminating an instance
+/// that runs can answer `InvalidInstanceID.NotFound`.
+pub const CONSISTENCY_WINDOW_MS: u64 = 120_000;
+
+/// Whether EC2 answering NotFound for an instance launched at `launched_at` is
+/// evidence, at `now`, that it is gone: only once the consistency window has
+/// passed. Before that, NotFound means "unknown".
+pub fn not_found_is_evidence(launched_at: Timestamp, now: Timestamp) -> bool {
+    now.millis_since(launched_at) >= CONSISTENCY_WINDOW_MS
+}
+
 /// How long to wait before looking a pending launch up again.
 pub const INTENT_LOOK_AGAIN_MS: u64 = 10_000;
 

@@ -28,9 +28,9 @@ pub use event::{
 };
 pub use ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
 pub use launch::{
-    FoundInstance, INTENT_LOOK_AGAIN_MS, INTENT_SETTLE_MS, IntentResolution, MAX_LAUNCH_BACKOFF_MS,
-    NOT_LAUNCHED, NextLaunch, Refusal, fallback_market, launch_backoff_ms, next_launch,
-    record_launch, resolve_pending_launch,
+    CONSISTENCY_WINDOW_MS, FoundInstance, INTENT_LOOK_AGAIN_MS, INTENT_SETTLE_MS, IntentResolution,
+    MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, fallback_market, launch_backoff_ms,
+    next_launch, not_found_is_evidence, record_launch, resolve_pending_launch,
 };
 pub use resume::{MissedDeadline, missed_deadline, resume, terminate_runner, termination_owed};
 pub use state::{

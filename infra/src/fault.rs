@@ -1,16 +1,18 @@
 //! Fault injection around a real compute adapter: the quota, capacity and
-//! throttling errors, latency and lost answers that an emulator cannot produce.
+//! throttling errors, latency, lost answers and eventual consistency that an
+//! emulator (and the simulator) cannot produce.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jitr_domain::{ClientToken, InstanceId, Market};
+use jitr_domain::{ClientToken, InstanceId, Market, Timestamp};
 
 use crate::ports::{
     Compute, ComputeError, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     ManagedInstance, TerminateOutcome,
 };
+use crate::sim::{SimClock, system_clock};
 
 /// One injectable fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,15 @@ pub enum Fault {
     RefuseTermination(InstanceId),
     /// Delay every call.
     Latency(Duration),
+    /// EC2's eventual consistency ("Eventual consistency in the Amazon EC2 API",
+    /// AWS documentation): for this long after an instance's launch, describing it
+    /// by id answers `InvalidInstanceID.NotFound` (here `None`) and terminating it
+    /// answers NotFound (here `AlreadyGone`) *without terminating it*: the
+    /// instance exists and runs. Until cleared.
+    NotFoundAfterLaunch(Duration),
+    /// The tag-filtered listing omits instances launched within this long: tags
+    /// and the describe index catch up late. Until cleared.
+    ListOmitsRecent(Duration),
 }
 
 #[derive(Debug)]
@@ -45,15 +56,51 @@ struct Rule {
 pub struct FaultyCompute<C> {
     inner: C,
     rules: Mutex<Vec<Rule>>,
+    clock: SimClock,
 }
 
 impl<C: Compute> FaultyCompute<C> {
-    /// A wrapper injecting nothing yet.
+    /// A wrapper injecting nothing yet, judging instance ages by the system clock.
     pub fn new(inner: C) -> Self {
         FaultyCompute {
             inner,
             rules: Mutex::new(Vec::new()),
+            clock: system_clock(),
         }
+    }
+
+    /// Judges instance ages by `clock` (the simulator's, in deterministic runs).
+    pub fn with_clock(mut self, clock: SimClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The window of a standing fault, if injected.
+    fn window(&self, pick: impl Fn(&Fault) -> Option<Duration>) -> Option<Duration> {
+        self.lock()
+            .iter()
+            .filter(|r| r.remaining != Some(0))
+            .find_map(|r| pick(&r.fault))
+    }
+
+    /// Whether `instance` (launched at `launched_at`) is younger than `window`.
+    fn younger(&self, launched_at: Timestamp, window: Duration) -> bool {
+        (self.clock)().millis_since(launched_at) < window.as_millis() as u64
+    }
+
+    /// Whether EC2 would not yet find `instance` by its id.
+    async fn not_yet_found(&self, instance: &InstanceId) -> Result<bool, ComputeError> {
+        let Some(window) = self.window(|f| match f {
+            Fault::NotFoundAfterLaunch(d) => Some(*d),
+            _ => None,
+        }) else {
+            return Ok(false);
+        };
+        Ok(self
+            .inner
+            .describe(instance)
+            .await?
+            .is_some_and(|m| self.younger(m.launched_at, window)))
     }
 
     /// Injects `fault` for the next `times` matching calls (None: until cleared).
@@ -144,12 +191,25 @@ impl<C: Compute> Compute for FaultyCompute<C> {
                 .into(),
             ));
         }
+        if self.not_yet_found(instance).await? {
+            return Ok(TerminateOutcome::AlreadyGone);
+        }
         self.inner.terminate(instance).await
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
         self.delay().await;
-        self.inner.list_managed().await
+        let listed = self.inner.list_managed().await?;
+        let Some(window) = self.window(|f| match f {
+            Fault::ListOmitsRecent(d) => Some(*d),
+            _ => None,
+        }) else {
+            return Ok(listed);
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|m| !self.younger(m.launched_at, window))
+            .collect())
     }
 
     async fn find_by_client_token(
@@ -165,6 +225,9 @@ impl<C: Compute> Compute for FaultyCompute<C> {
         instance: &InstanceId,
     ) -> Result<Option<ManagedInstance>, ComputeError> {
         self.delay().await;
+        if self.not_yet_found(instance).await? {
+            return Ok(None);
+        }
         self.inner.describe(instance).await
     }
 }

@@ -442,7 +442,13 @@ impl Compute for SimCloud {
         &self,
         instance: &InstanceId,
     ) -> Result<Option<ManagedInstance>, ComputeError> {
-        self.first_alive("WHERE id = ?1", &instance.0)
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
+            .iter()
+            .map(|r| self.to_managed(r, now))
+            .next())
     }
 }
 

@@ -181,9 +181,15 @@ async fn instances_boot_shut_down_and_outlive_a_restart() {
         InstanceState::ShuttingDown
     );
     clock.advance(5_000);
+    // Described by id, a terminated instance is reported terminated, as EC2 does
+    // for about an hour (NotFound is for ids EC2 does not know).
     assert_eq!(
-        reopened.describe(&launched.instance_id).await.unwrap(),
-        None
+        reopened
+            .describe(&launched.instance_id)
+            .await
+            .unwrap()
+            .map(|m| m.state),
+        Some(InstanceState::Terminated)
     );
     assert!(reopened.interrupt(&second.instance_id).unwrap());
     assert_eq!(reopened.list_managed().await.unwrap(), vec![]);
@@ -323,4 +329,69 @@ async fn the_local_queue_redrives_dead_letters_and_backs_off_like_sqs() {
     let got = queue.receive(1, Duration::ZERO).await.unwrap();
     queue.ack(&got[0]).await.unwrap();
     assert_eq!(queue.depth().unwrap(), 0);
+}
+
+/// The fault wrapper plays EC2's eventual consistency: right after launch, the
+/// instance is NotFound by id and a terminate call does nothing, though it runs;
+/// after the window, both see it.
+#[tokio::test]
+async fn not_found_after_launch_hides_a_running_instance_for_the_window() {
+    use jitr_infra::{Fault, FaultyCompute};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, clock) = cloud(dir.path(), SimSettings::default());
+    let ec2 = FaultyCompute::new(cloud.clone()).with_clock(clock.clock());
+    ec2.inject(Fault::NotFoundAfterLaunch(Duration::from_secs(60)), None);
+    let launched = ec2.launch(&spec(1, Market::OnDemand)).await.unwrap();
+    let id = launched.instance_id;
+    clock.advance(1_000);
+    assert_eq!(ec2.describe(&id).await.unwrap(), None);
+    assert_eq!(
+        ec2.terminate(&id).await.unwrap(),
+        TerminateOutcome::AlreadyGone
+    );
+    // NotFound was no evidence: the instance runs on.
+    let seen = cloud.describe(&id).await.unwrap().expect("it exists");
+    assert!(seen.state.is_live(), "{seen:?}");
+    clock.advance(60_000);
+    assert!(ec2.describe(&id).await.unwrap().is_some());
+    assert_eq!(
+        ec2.terminate(&id).await.unwrap(),
+        TerminateOutcome::Terminating
+    );
+    assert!(
+        !cloud
+            .describe(&id)
+            .await
+            .unwrap()
+            .is_some_and(|m| m.state.is_live())
+    );
+}
+
+/// The fault wrapper's tag-filtered listing omits recent instances, as EC2's
+/// may: absence from a list is no evidence that an instance is gone.
+#[tokio::test]
+async fn the_listing_can_omit_recent_instances() {
+    use jitr_infra::{Fault, FaultyCompute};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, clock) = cloud(dir.path(), SimSettings::default());
+    let ec2 = FaultyCompute::new(cloud.clone()).with_clock(clock.clock());
+    ec2.inject(Fault::ListOmitsRecent(Duration::from_secs(30)), None);
+    let old = ec2.launch(&spec(1, Market::OnDemand)).await.unwrap();
+    clock.advance(40_000);
+    let young = ec2.launch(&spec(2, Market::OnDemand)).await.unwrap();
+    let listed: Vec<_> = ec2
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.instance_id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&old.instance_id));
+    assert!(ec2.describe(&young.instance_id).await.unwrap().is_some());
+    ec2.clear();
+    assert_eq!(ec2.list_managed().await.unwrap().len(), 2);
 }

@@ -15,8 +15,8 @@ use jitr_handlers::app::scaleup::ScaleUp;
 use jitr_handlers::app::webhook::JobMessage;
 use jitr_handlers::runtime::embedded::Embedded;
 use jitr_infra::{
-    Compute, EventStore, ManagedInstance, ManualClock, SimCloud, SimGitHub, SimSettings,
-    SqliteEventStore, decode_terminate_runner,
+    Compute, EventStore, FaultyCompute, ManagedInstance, ManualClock, SimCloud, SimGitHub,
+    SimSettings, SqliteEventStore, decode_terminate_runner,
 };
 
 use crate::fixtures::T0;
@@ -63,6 +63,29 @@ impl World {
         };
         let embedded = Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
         World::assemble(dir, clock, embedded, policy)
+    }
+
+    /// A fresh world whose EC2 is the simulator behind the fault-injecting wrapper
+    /// (judging instance ages by the world's clock); the wrapper is returned to
+    /// inject faults with.
+    pub fn with_faults(settings: SimSettings, vcpus: u32) -> (Self, Arc<FaultyCompute<SimCloud>>) {
+        let world = World::new(settings, vcpus);
+        let faulty =
+            Arc::new(FaultyCompute::new(world.cloud.clone()).with_clock(world.clock.clock()));
+        let mut ports = world.app.ports.clone();
+        ports.compute = faulty.clone();
+        let policy = RunnerPolicy::clone(&world.policy);
+        let app = App::new(ports, policy, Vec::new());
+        let world = World {
+            policy: app.policy.clone(),
+            scaleup: app.scaleup.clone(),
+            lifecycle: app.lifecycle.clone(),
+            compensation: app.compensation.clone(),
+            reaper: app.reaper.clone(),
+            app,
+            ..world
+        };
+        (world, faulty)
     }
 
     fn assemble(

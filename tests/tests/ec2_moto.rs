@@ -149,7 +149,9 @@ async fn terminate_is_idempotent_and_unknown_ids_are_already_gone() {
     ec2.terminate(&launched.instance_id).await.unwrap();
     // Twice is fine: still terminating, or already gone.
     ec2.terminate(&launched.instance_id).await.unwrap();
-    assert_eq!(ec2.describe(&launched.instance_id).await.unwrap(), None);
+    // Described by id, a terminated instance is reported terminated (not NotFound).
+    let seen = ec2.describe(&launched.instance_id).await.unwrap();
+    assert!(seen.is_some_and(|m| !m.state.is_live()));
     assert_eq!(
         ec2.terminate(&InstanceId("i-0123456789abcdef0".into()))
             .await

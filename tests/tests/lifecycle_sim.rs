@@ -455,3 +455,34 @@ async fn an_unreadable_head_does_not_stop_the_reaper() {
     assert_eq!(report.compensated, [world.stream(2)], "{report:?}");
     assert_eq!(world.status(2).await, RunnerStatus::Failed);
 }
+
+/// Issue 9, the incident's own path against EC2's eventual consistency: the JIT
+/// mint fails a second after launch while EC2 answers NotFound for the instance
+/// (and ignores the terminate call). NotFound is no evidence: no `Terminated` is
+/// written while the instance runs; once EC2 sees it, it is terminated and only
+/// then is the runner `failed`.
+#[tokio::test]
+async fn not_found_right_after_launch_is_no_evidence_the_instance_is_gone() {
+    use jitr_infra::Fault;
+    use std::time::Duration;
+
+    let (mut world, ec2) = World::with_faults(SimSettings::default(), 4);
+    ec2.inject(Fault::NotFoundAfterLaunch(Duration::from_secs(60)), None);
+    world.github.fail_next_mints(&[500]);
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Terminating);
+    world.advance(1);
+    let owed = world.project_and_compensate().await;
+    assert_eq!(owed.len(), 1, "the termination was issued");
+    assert_eq!(world.status(1).await, RunnerStatus::Terminating);
+    assert_eq!(world.live_instances().await.len(), 1, "it still runs");
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|r| r.event.kind()).collect();
+    assert!(!kinds.contains(&"Terminated"), "{kinds:?}");
+    // EC2 catches up: the next compensation terminates it and confirms.
+    world.advance(60);
+    world.project_and_compensate().await;
+    assert!(world.live_instances().await.is_empty());
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+}

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_domain::{Command, IntentResolution, TerminateRunner, Timestamp, is_terminal};
+use jitr_domain::{
+    Command, IntentResolution, TerminateRunner, Timestamp, is_terminal, not_found_is_evidence,
+};
 use jitr_infra::CommandId;
 
 use crate::app::Ports;
@@ -111,6 +113,18 @@ impl Compensation {
             return Ok(Outcome::RetryAfter(
                 Duration::from_secs(5),
                 format!("{stream}: {} not shutting down yet", instance.id),
+            ));
+        }
+        if seen.is_none() && !not_found_is_evidence(instance.launched_at, now) {
+            // EC2 is eventually consistent: right after RunInstances, an instance
+            // that runs can be NotFound by id (and a terminate call a no-op).
+            return Ok(Outcome::RetryAfter(
+                Duration::from_secs(10),
+                format!(
+                    "{stream}: {} not found {} s after its launch: no evidence yet",
+                    instance.id,
+                    now.millis_since(instance.launched_at) / 1000
+                ),
             ));
         }
         self.record(

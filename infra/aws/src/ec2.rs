@@ -311,8 +311,7 @@ impl Compute for Ec2Compute {
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .find_map(managed)
-                .filter(|m| m.state != InstanceState::Terminated)),
+                .find_map(managed)),
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
             Err(e) => Err(compute_error(&e, e.to_string())),
         }

@@ -243,7 +243,9 @@ pub trait Compute: Send + Sync {
         token: &ClientToken,
     ) -> Result<Option<ManagedInstance>, ComputeError>;
 
-    /// The instance's current state (`None`: unknown or terminated).
+    /// The instance's current state, `terminated` included; `None` when the
+    /// provider does not know the id (EC2's `InvalidInstanceID.NotFound`), which
+    /// right after a launch is no evidence that it is gone.
     async fn describe(
         &self,
         instance: &InstanceId,
