@@ -53,14 +53,7 @@ impl World {
     pub fn new(settings: SimSettings, vcpus: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let policy = RunnerPolicy {
-            default_spec: InstanceSpec {
-                instance_type: if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into(),
-                vcpus,
-                image: "ami-sim".into(),
-            },
-            ..RunnerPolicy::default()
-        };
+        let policy = policy_for(vcpus);
         let embedded = Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
         World::assemble(dir, clock, embedded, policy)
     }
@@ -69,22 +62,13 @@ impl World {
     /// (judging instance ages by the world's clock); the wrapper is returned to
     /// inject faults with.
     pub fn with_faults(settings: SimSettings, vcpus: u32) -> (Self, Arc<FaultyCompute<SimCloud>>) {
-        let world = World::new(settings, vcpus);
-        let faulty =
-            Arc::new(FaultyCompute::new(world.cloud.clone()).with_clock(world.clock.clock()));
-        let mut ports = world.app.ports.clone();
-        ports.compute = faulty.clone();
-        let policy = RunnerPolicy::clone(&world.policy);
-        let app = App::new(ports, policy, Vec::new());
-        let world = World {
-            policy: app.policy.clone(),
-            scaleup: app.scaleup.clone(),
-            lifecycle: app.lifecycle.clone(),
-            compensation: app.compensation.clone(),
-            reaper: app.reaper.clone(),
-            app,
-            ..world
-        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut embedded =
+            Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
+        let faulty = Arc::new(FaultyCompute::new(embedded.cloud.clone()).with_clock(clock.clock()));
+        embedded.ports.compute = faulty.clone();
+        let world = World::assemble(dir, clock, embedded, policy_for(vcpus));
         (world, faulty)
     }
 
@@ -294,5 +278,17 @@ impl World {
                 );
             }
         }
+    }
+}
+
+/// The policy of a world whose runners have `vcpus` vCPUs.
+fn policy_for(vcpus: u32) -> RunnerPolicy {
+    RunnerPolicy {
+        default_spec: InstanceSpec {
+            instance_type: if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into(),
+            vcpus,
+            image: "ami-sim".into(),
+        },
+        ..RunnerPolicy::default()
     }
 }
