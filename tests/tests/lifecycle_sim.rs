@@ -486,3 +486,35 @@ async fn not_found_right_after_launch_is_no_evidence_the_instance_is_gone() {
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
     world.assert_no_leak().await;
 }
+
+/// Issue 9: absence from the tag-filtered list is no evidence. An instance the
+/// listing never shows (a missing deployment tag, a lagging index) but that runs
+/// is not written off as `Terminated` by the reaper: asked by its id, the cloud
+/// says it runs. Once the runner fails, its termination goes by id too.
+#[tokio::test]
+async fn an_instance_missing_from_the_listing_is_described_by_id_not_written_off() {
+    use jitr_infra::Fault;
+    use std::time::Duration;
+
+    let (mut world, ec2) = World::with_faults(SimSettings::default(), 4);
+    ec2.inject(Fault::ListOmitsRecent(Duration::from_secs(24 * 3600)), None);
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    world.advance(200);
+    let report = world.reap().await;
+    assert!(report.found_gone.is_empty(), "{report:?}");
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert!(
+        events.iter().all(|r| r.event.kind() != "Terminated"),
+        "Terminated written while the instance runs"
+    );
+    assert_eq!(world.live_instances().await.len(), 1);
+    // Its boot deadline passes: failed, and terminated by its id.
+    world.advance(600);
+    world.reap().await;
+    world.project_and_compensate().await;
+    assert!(world.live_instances().await.is_empty());
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+}
