@@ -5,15 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_domain::{
-    Command, IntentResolution, TerminateRunner, Timestamp, is_terminal, not_found_is_evidence,
-};
+use jitr_domain::{Command, IntentResolution, TerminateRunner, Timestamp, is_terminal};
 use jitr_infra::CommandId;
 
-use crate::app::Ports;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
+use crate::app::{InstanceSeen, Ports};
 
 /// The compensation handler.
 pub struct Compensation {
@@ -108,24 +106,31 @@ impl Compensation {
         self.ports.compute.terminate(&instance.id).await?;
         self.crash.check(CrashPoint::AfterTerminateInstances)?;
         // Shutting down is irreversible: the instance is gone for jitr's purposes.
-        let seen = self.ports.compute.describe(&instance.id).await?;
-        if seen.as_ref().is_some_and(|m| m.state.is_live()) {
-            return Ok(Outcome::RetryAfter(
-                Duration::from_secs(5),
-                format!("{stream}: {} not shutting down yet", instance.id),
-            ));
-        }
-        if seen.is_none() && !not_found_is_evidence(instance.launched_at, now) {
-            // EC2 is eventually consistent: right after RunInstances, an instance
-            // that runs can be NotFound by id (and a terminate call a no-op).
-            return Ok(Outcome::RetryAfter(
-                Duration::from_secs(10),
-                format!(
-                    "{stream}: {} not found {} s after its launch: no evidence yet",
-                    instance.id,
-                    now.millis_since(instance.launched_at) / 1000
-                ),
-            ));
+        // NotFound right after a launch is no evidence: EC2 is eventually
+        // consistent, and a running instance can be NotFound by id (and a
+        // terminate call a no-op) until the consistency window has passed.
+        let age_s = now.millis_since(instance.launched_at) / 1000;
+        match self
+            .ports
+            .instance_seen(&instance.id, instance.launched_at, now)
+            .await?
+        {
+            InstanceSeen::Gone => {}
+            InstanceSeen::Alive => {
+                return Ok(Outcome::RetryAfter(
+                    Duration::from_secs(5),
+                    format!("{stream}: {} not shutting down yet", instance.id),
+                ));
+            }
+            InstanceSeen::Unknown => {
+                return Ok(Outcome::RetryAfter(
+                    Duration::from_secs(10),
+                    format!(
+                        "{stream}: {} not found {age_s} s after its launch: no evidence yet",
+                        instance.id
+                    ),
+                ));
+            }
         }
         self.record(
             command,

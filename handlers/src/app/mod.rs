@@ -20,7 +20,7 @@ pub mod rebalancer;
 pub mod scaleup;
 pub mod webhook;
 
-use jitr_domain::{IntentResolution, RunnerState, Timestamp};
+use jitr_domain::{InstanceId, IntentResolution, RunnerState, Timestamp, not_found_is_evidence};
 use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
 use crate::app::compensation::Compensation;
@@ -70,6 +70,35 @@ impl Ports {
             .await?
             .map(|m| m.found());
         Ok(jitr_domain::resolve_pending_launch(state, found, now))
+    }
+}
+
+/// What the cloud says of an instance asked by its id, judged by the evidence rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceSeen {
+    /// It runs (or stops, or is stopped).
+    Alive,
+    /// Shutting down or terminated, or NotFound after the consistency window.
+    Gone,
+    /// NotFound within the consistency window: no evidence either way.
+    Unknown,
+}
+
+impl Ports {
+    /// Describes `instance` (launched at `launched_at`) by its id and judges the
+    /// answer: absence from a listing is never asked here, only the id.
+    pub async fn instance_seen(
+        &self,
+        instance: &InstanceId,
+        launched_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<InstanceSeen, ComputeError> {
+        Ok(match self.compute.describe(instance).await? {
+            Some(seen) if seen.state.is_live() => InstanceSeen::Alive,
+            Some(_) => InstanceSeen::Gone,
+            None if not_found_is_evidence(launched_at, now) => InstanceSeen::Gone,
+            None => InstanceSeen::Unknown,
+        })
     }
 }
 

@@ -6,17 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jitr_domain::{
-    Command, FailureStage, InstanceId, StreamId, Timestamp, is_terminal, not_found_is_evidence,
-    record_launch, resume, terminate_runner,
+    Command, FailureStage, InstanceId, StreamId, Timestamp, is_terminal, record_launch, resume,
+    terminate_runner,
 };
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
 
-use crate::app::Ports;
 use crate::app::compensation::Compensation;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
+use crate::app::{InstanceSeen, Ports};
 
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -183,22 +183,6 @@ impl Reaper {
         Ok((!resume(&state, now).is_empty()).then_some(stream))
     }
 
-    /// Whether the cloud, asked by the instance's id, says it is gone: reported
-    /// shutting down or terminated, or NotFound once the consistency window has
-    /// passed. Absence from the tag-filtered list is never evidence (a missing tag,
-    /// another deployment prefix, a listing that lags).
-    async fn gone_by_its_id(
-        &self,
-        instance: &InstanceId,
-        launched_at: Timestamp,
-        now: Timestamp,
-    ) -> Result<bool, HandlerError> {
-        Ok(match self.ports.compute.describe(instance).await? {
-            Some(seen) => !seen.state.is_live(),
-            None => not_found_is_evidence(launched_at, now),
-        })
-    }
-
     /// One open runner: an instance the cloud says is gone, without `Terminated`,
     /// is recorded gone; an owed termination is carried out.
     async fn sweep_runner(
@@ -216,9 +200,13 @@ impl Reaper {
             if state.instance_may_be_alive()
                 && !live.contains_key(&instance.id)
                 && now.millis_since(instance.launched_at) >= self.policy.reaper_grace_ms
+                // Absence from the tag-filtered list is never evidence (a missing
+                // tag, another deployment prefix, a lagging index): ask by id.
                 && self
-                    .gone_by_its_id(&instance.id, instance.launched_at, now)
+                    .ports
+                    .instance_seen(&instance.id, instance.launched_at, now)
                     .await?
+                    == InstanceSeen::Gone
             {
                 if state.failure.is_none() && state.job_completed_at.is_none() {
                     let fail = Command::Fail {
