@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, TerminationReason,
+    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, TerminationEvidence,
+    TerminationReason,
 };
 use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
 
@@ -73,10 +74,12 @@ pub enum Command {
         /// Why.
         reason: TerminationReason,
     },
-    /// The instance is gone (or, with `None`, never existed).
+    /// The instance is gone (or, with `None`, never existed), on `evidence`.
     ConfirmTerminated {
         /// The instance confirmed gone.
         instance_id: Option<InstanceId>,
+        /// What proves it (see [`crate::launch::evidence_holds`]).
+        evidence: TerminationEvidence,
     },
 }
 

@@ -4,6 +4,7 @@ use crate::command::Command;
 use crate::error::DomainError;
 use crate::event::RunnerEvent;
 use crate::ids::{ClientToken, StreamId, Timestamp};
+use crate::launch::evidence_holds;
 use crate::state::{LaunchOutcome, RunnerState, is_terminal};
 
 /// Decides what `command` means for a runner in `state` at `now`.
@@ -152,7 +153,10 @@ pub fn decide(
                 instance_id: state.instance().map(|i| i.id.clone()),
             }])
         }
-        Command::ConfirmTerminated { instance_id } => {
+        Command::ConfirmTerminated {
+            instance_id,
+            evidence,
+        } => {
             let expected = state.instance().map(|i| i.id.clone());
             if expected != instance_id {
                 return Err(DomainError::InstanceMismatch {
@@ -160,7 +164,13 @@ pub fn decide(
                     got: instance_id,
                 });
             }
-            Ok(vec![RunnerEvent::Terminated { at, instance_id }])
+            evidence_holds(state, instance_id.as_ref(), evidence, now)
+                .map_err(|why| DomainError::NoEvidence { evidence, why })?;
+            Ok(vec![RunnerEvent::Terminated {
+                at,
+                instance_id,
+                evidence,
+            }])
         }
     }
 }
@@ -200,7 +210,7 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
         Command::CompleteJob { .. } => state.job_completed_at.is_some(),
         Command::Fail { .. } => state.failure.is_some(),
         Command::Terminate { .. } => state.termination_requested.is_some(),
-        Command::ConfirmTerminated { instance_id } => {
+        Command::ConfirmTerminated { instance_id, .. } => {
             state.terminated_at.is_some() && state.instance().map(|i| &i.id) == instance_id.as_ref()
         }
     }

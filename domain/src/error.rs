@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::event::TerminationEvidence;
 use crate::ids::{ClientToken, InstanceId};
 use crate::state::RunnerStatus;
 
@@ -75,6 +76,14 @@ pub enum DomainError {
         /// The instance given.
         got: Option<InstanceId>,
     },
+    /// A termination confirmed on evidence that does not prove it.
+    #[error("{evidence:?} is no evidence here: {why}")]
+    NoEvidence {
+        /// The evidence given.
+        evidence: TerminationEvidence,
+        /// Why it proves nothing.
+        why: &'static str,
+    },
 }
 
 impl DomainError {
@@ -96,6 +105,7 @@ impl DomainError {
             DomainError::TokenAlreadyMinted { .. } => "TokenAlreadyMinted",
             DomainError::NoInstance => "NoInstance",
             DomainError::InstanceMismatch { .. } => "InstanceMismatch",
+            DomainError::NoEvidence { .. } => "NoEvidence",
         }
     }
 }

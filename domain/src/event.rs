@@ -112,15 +112,73 @@ pub struct Deadlines {
     pub max_age_ms: u64,
     /// After the job completed, how long the instance may take to shut itself down.
     pub drain_grace_ms: u64,
+    /// How long after a launch EC2 may still answer NotFound for an instance that
+    /// exists (EC2's API is eventually consistent). Logs written before it was
+    /// recorded read the default.
+    #[serde(default = "default_consistency_window_ms")]
+    pub consistency_window_ms: u64,
+}
+
+/// The default consistency window: 2 minutes.
+pub const DEFAULT_CONSISTENCY_WINDOW_MS: u64 = 120_000;
+
+fn default_consistency_window_ms() -> u64 {
+    DEFAULT_CONSISTENCY_WINDOW_MS
 }
 
 impl Default for Deadlines {
-    /// 10 minutes to boot, 6 hours of age, 2 minutes of drain grace.
+    /// 10 minutes to boot, 6 hours of age, 2 minutes of drain grace, a 2-minute
+    /// consistency window.
     fn default() -> Self {
         Deadlines {
             boot_timeout_ms: 10 * 60_000,
             max_age_ms: 6 * 3_600_000,
             drain_grace_ms: 2 * 60_000,
+            consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
+        }
+    }
+}
+
+/// The evidence on which a `Terminated` was written: what the cloud said of that
+/// instance, or of that launch.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminationEvidence {
+    /// Described by its id, EC2 reported the instance `shutting-down` or
+    /// `terminated`.
+    ReportedTerminated,
+    /// EC2 answered NotFound for the instance id after the consistency window.
+    NotFoundAfterWindow,
+    /// The launch intent's client token found no instance after the consistency
+    /// window: nothing was launched.
+    TokenFoundNothing,
+    /// No launch was pending: every launch intent was refused by RunInstances.
+    NothingLaunched,
+    /// Written before evidence was recorded (older logs).
+    #[default]
+    Unrecorded,
+}
+
+impl TerminationEvidence {
+    /// Every kind, in this order in reports.
+    pub const ALL: [TerminationEvidence; 5] = [
+        TerminationEvidence::ReportedTerminated,
+        TerminationEvidence::NotFoundAfterWindow,
+        TerminationEvidence::TokenFoundNothing,
+        TerminationEvidence::NothingLaunched,
+        TerminationEvidence::Unrecorded,
+    ];
+
+    /// Kebab-case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationEvidence::ReportedTerminated => "reported-terminated",
+            TerminationEvidence::NotFoundAfterWindow => "not-found-after-window",
+            TerminationEvidence::TokenFoundNothing => "token-found-nothing",
+            TerminationEvidence::NothingLaunched => "nothing-launched",
+            TerminationEvidence::Unrecorded => "unrecorded",
         }
     }
 }
@@ -224,6 +282,9 @@ pub enum RunnerEvent {
         at: Timestamp,
         /// The instance that is gone.
         instance_id: Option<InstanceId>,
+        /// What proved it.
+        #[serde(default)]
+        evidence: TerminationEvidence,
     },
 }
 
@@ -258,5 +319,32 @@ impl RunnerEvent {
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
             RunnerEvent::Terminated { .. } => "Terminated",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs written before evidence and the consistency window were recorded
+    /// still read: the evidence as `unrecorded`, the window as the default.
+    #[test]
+    fn events_of_older_logs_read_with_defaults() {
+        let terminated: RunnerEvent =
+            serde_json::from_str(r#"{"type":"Terminated","at":1,"instance_id":"i-1"}"#).unwrap();
+        assert!(matches!(
+            terminated,
+            RunnerEvent::Terminated {
+                evidence: TerminationEvidence::Unrecorded,
+                ..
+            }
+        ));
+        let deadlines: Deadlines =
+            serde_json::from_str(r#"{"boot_timeout_ms":1,"max_age_ms":2,"drain_grace_ms":3}"#)
+                .unwrap();
+        assert_eq!(
+            deadlines.consistency_window_ms,
+            DEFAULT_CONSISTENCY_WINDOW_MS
+        );
     }
 }

@@ -4,26 +4,100 @@
 //! so the same instance is recorded the same way whoever finds it.
 
 use crate::command::Command;
-use crate::event::{LaunchErrorClass, Market};
+use crate::event::{LaunchErrorClass, Market, TerminationEvidence};
 use crate::ids::{InstanceId, Timestamp};
 use crate::state::RunnerState;
 
-/// How long after its `LaunchIntended` a launch that its client token does not
-/// find may still exist. EC2's API is eventually consistent: right after
-/// RunInstances, a describe may not see the instance yet.
-pub const INTENT_SETTLE_MS: u64 = 30_000;
+/// What EC2 says of an instance described by its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceReport {
+    /// `pending`, `running`, `stopping` or `stopped`.
+    Live,
+    /// `shutting-down` or `terminated`: irreversibly on its way out.
+    Terminated,
+    /// `InvalidInstanceID.NotFound`.
+    NotFound,
+}
 
-/// How long after its launch an instance that EC2 answers NotFound for may still
-/// exist: EC2's API is eventually consistent ("Eventual consistency in the Amazon
-/// EC2 API"), and right after RunInstances, describing or terminating an instance
-/// that runs can answer `InvalidInstanceID.NotFound`.
-pub const CONSISTENCY_WINDOW_MS: u64 = 120_000;
+/// What jitr may conclude from an [`InstanceReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceVerdict {
+    /// The instance runs.
+    Alive,
+    /// The instance is gone, on this evidence.
+    Gone(TerminationEvidence),
+    /// Nothing can be concluded yet: ask again later.
+    Unknown,
+}
 
-/// Whether EC2 answering NotFound for an instance launched at `launched_at` is
-/// evidence, at `now`, that it is gone: only once the consistency window has
-/// passed. Before that, NotFound means "unknown".
-pub fn not_found_is_evidence(launched_at: Timestamp, now: Timestamp) -> bool {
-    now.millis_since(launched_at) >= CONSISTENCY_WINDOW_MS
+/// Judges what EC2 reports of an instance launched at `launched_at`, for a
+/// runner whose consistency window is `window_ms`. EC2's API is eventually
+/// consistent ("Eventual consistency in the Amazon EC2 API"): right after
+/// RunInstances, describing or terminating an instance that runs can answer
+/// `InvalidInstanceID.NotFound`. So NotFound is evidence only once the window has
+/// passed; before that it means "unknown".
+pub fn judge_instance(
+    report: InstanceReport,
+    launched_at: Timestamp,
+    window_ms: u64,
+    now: Timestamp,
+) -> InstanceVerdict {
+    match report {
+        InstanceReport::Live => InstanceVerdict::Alive,
+        InstanceReport::Terminated => {
+            InstanceVerdict::Gone(TerminationEvidence::ReportedTerminated)
+        }
+        InstanceReport::NotFound if now.millis_since(launched_at) >= window_ms => {
+            InstanceVerdict::Gone(TerminationEvidence::NotFoundAfterWindow)
+        }
+        InstanceReport::NotFound => InstanceVerdict::Unknown,
+    }
+}
+
+/// Whether `evidence` proves, at `now`, that the runner's instance (`instance_id`,
+/// or with `None` the instance its launch may have started) is gone. `Err` says
+/// why not. The rules:
+///
+/// | evidence | holds when |
+/// |---|---|
+/// | `reported-terminated` | an instance is named (EC2 described it gone) |
+/// | `not-found-after-window` | an instance is named, launched at least the consistency window ago |
+/// | `token-found-nothing` | no instance is named, a launch is pending, intended at least the window ago |
+/// | `nothing-launched` | no instance is named and no launch is pending |
+/// | `unrecorded` | never (only old logs carry it) |
+pub fn evidence_holds(
+    state: &RunnerState,
+    instance_id: Option<&InstanceId>,
+    evidence: TerminationEvidence,
+    now: Timestamp,
+) -> Result<(), &'static str> {
+    let window = state.consistency_window_ms();
+    let pending_since = state
+        .pending_launch()
+        .and(state.launch.as_ref())
+        .map(|l| l.intended_at);
+    match (evidence, instance_id) {
+        (TerminationEvidence::ReportedTerminated, Some(_)) => Ok(()),
+        (TerminationEvidence::NotFoundAfterWindow, Some(_)) => match state.instance() {
+            Some(i) if now.millis_since(i.launched_at) >= window => Ok(()),
+            Some(_) => Err("NotFound inside the consistency window means unknown"),
+            None => Err("no launched instance is recorded"),
+        },
+        (TerminationEvidence::TokenFoundNothing, None) => match pending_since {
+            Some(at) if now.millis_since(at) >= window => Ok(()),
+            Some(_) => {
+                Err("a client token finding nothing inside the consistency window means unknown")
+            }
+            None => Err("no launch is pending"),
+        },
+        (TerminationEvidence::NothingLaunched, None) if pending_since.is_none() => Ok(()),
+        (TerminationEvidence::NothingLaunched, None) => {
+            Err("a launch is pending: it may have started an instance")
+        }
+        (TerminationEvidence::Unrecorded, _) => Err("evidence must be recorded"),
+        (_, Some(_)) => Err("this evidence is about a launch, not an instance"),
+        (_, None) => Err("this evidence is about an instance, and none is named"),
+    }
 }
 
 /// How long to wait before looking a pending launch up again.
@@ -76,13 +150,13 @@ pub fn record_launch(state: &RunnerState, found: FoundInstance) -> Option<Comman
 pub enum IntentResolution {
     /// The instance exists: record it (a `RecordLaunch`).
     Launched(Command),
-    /// Not found, but too recently intended for absence to mean anything: look
-    /// again after this many milliseconds.
+    /// Not found, but intended less than the consistency window ago, when absence
+    /// means nothing: look again after this many milliseconds.
     LookAgain {
         /// Delay before the next look.
         after_ms: u64,
     },
-    /// Not found long after the intent: no instance exists. A runner that still
+    /// Not found a consistency window after the intent: no instance exists. A runner that still
     /// wants one gets a `RejectLaunch` (and may launch again); any other gets a
     /// `ConfirmTerminated { None }` (nothing to terminate).
     NeverLaunched(Command),
@@ -101,9 +175,10 @@ pub fn resolve_pending_launch(
         return record_launch(state, found).map(IntentResolution::Launched);
     }
     let age = now.millis_since(launch.intended_at);
-    if age < INTENT_SETTLE_MS {
+    let window = state.consistency_window_ms();
+    if age < window {
         return Some(IntentResolution::LookAgain {
-            after_ms: INTENT_LOOK_AGAIN_MS.min(INTENT_SETTLE_MS - age),
+            after_ms: INTENT_LOOK_AGAIN_MS.min(window - age),
         });
     }
     Some(IntentResolution::NeverLaunched(if state.wants_instance() {
@@ -113,7 +188,10 @@ pub fn resolve_pending_launch(
             class: LaunchErrorClass::Unknown,
         }
     } else {
-        Command::ConfirmTerminated { instance_id: None }
+        Command::ConfirmTerminated {
+            instance_id: None,
+            evidence: TerminationEvidence::TokenFoundNothing,
+        }
     }))
 }
 

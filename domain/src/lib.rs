@@ -24,13 +24,14 @@ pub use command::{Command, TerminateRunner};
 pub use decide::{decide, is_repeat};
 pub use error::{DomainError, is_benign_refusal};
 pub use event::{
-    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent, TerminationReason,
+    DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market,
+    RunnerEvent, TerminationEvidence, TerminationReason,
 };
 pub use ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
 pub use launch::{
-    CONSISTENCY_WINDOW_MS, FoundInstance, INTENT_LOOK_AGAIN_MS, INTENT_SETTLE_MS, IntentResolution,
-    MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, fallback_market, launch_backoff_ms,
-    next_launch, not_found_is_evidence, record_launch, resolve_pending_launch,
+    FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
+    MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,
+    judge_instance, launch_backoff_ms, next_launch, record_launch, resolve_pending_launch,
 };
 pub use resume::{MissedDeadline, missed_deadline, resume, terminate_runner, termination_owed};
 pub use state::{

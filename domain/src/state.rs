@@ -5,7 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent, TerminationReason,
+    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent,
+    TerminationEvidence, TerminationReason,
 };
 use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
 
@@ -181,6 +182,8 @@ pub struct RunnerState {
     pub termination_requested: Option<(Timestamp, TerminationReason)>,
     /// When the instance was confirmed gone.
     pub terminated_at: Option<Timestamp>,
+    /// What proved it.
+    pub terminated_by: Option<TerminationEvidence>,
 }
 
 impl RunnerState {
@@ -223,6 +226,16 @@ impl RunnerState {
             && self.failure.is_none()
             && self.job_completed_at.is_none()
             && self.termination_requested.is_none()
+    }
+
+    /// The consistency window recorded in the runner's `Requested` (the default
+    /// before it is requested).
+    pub fn consistency_window_ms(&self) -> u64 {
+        self.request
+            .as_ref()
+            .map_or(crate::event::DEFAULT_CONSISTENCY_WINDOW_MS, |r| {
+                r.deadlines.consistency_window_ms
+            })
     }
 
     /// The token of the pending launch intent, if one is unresolved.
@@ -365,8 +378,11 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
         RunnerEvent::TerminationRequested { at, reason, .. } => {
             state.termination_requested.get_or_insert((*at, *reason));
         }
-        RunnerEvent::Terminated { at, .. } => {
-            state.terminated_at.get_or_insert(*at);
+        RunnerEvent::Terminated { at, evidence, .. } => {
+            if state.terminated_at.is_none() {
+                state.terminated_at = Some(*at);
+                state.terminated_by = Some(*evidence);
+            }
         }
     }
     state

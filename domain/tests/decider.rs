@@ -30,6 +30,7 @@ fn deadlines() -> Deadlines {
         boot_timeout_ms: 600_000,
         max_age_ms: 3_600_000,
         drain_grace_ms: 120_000,
+        consistency_window_ms: 5_000,
     }
 }
 
@@ -123,6 +124,11 @@ fn failed(stage: FailureStage) -> RunnerEvent {
 fn terminated(id: Option<InstanceId>) -> RunnerEvent {
     RunnerEvent::Terminated {
         at: at(7),
+        evidence: if id.is_some() {
+            TerminationEvidence::ReportedTerminated
+        } else {
+            TerminationEvidence::TokenFoundNothing
+        },
         instance_id: id,
     }
 }
@@ -303,6 +309,7 @@ fn draining_becomes_completed_only_with_terminated() {
     .when(
         Command::ConfirmTerminated {
             instance_id: Some(i1()),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
         at(7),
     )
@@ -446,6 +453,7 @@ fn failed_becomes_terminal_with_terminated() {
     .when(
         Command::ConfirmTerminated {
             instance_id: Some(i1()),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
         at(7),
     )
@@ -461,7 +469,13 @@ fn an_unresolved_launch_confirmed_never_to_exist_closes_the_stream() {
         intended(1, Market::Spot),
         failed(FailureStage::Launch),
     ])
-    .when(Command::ConfirmTerminated { instance_id: None }, at(7))
+    .when(
+        Command::ConfirmTerminated {
+            instance_id: None,
+            evidence: TerminationEvidence::TokenFoundNothing,
+        },
+        at(7),
+    )
     .then([terminated(None)]);
     assert_eq!(s.status(), RunnerStatus::Failed);
 }
@@ -806,6 +820,7 @@ fn terminated_for_another_instance_is_refused() {
     .when(
         Command::ConfirmTerminated {
             instance_id: Some(InstanceId("i-9999".into())),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
         at(8),
     )
@@ -818,7 +833,13 @@ fn terminated_for_another_instance_is_refused() {
 #[test]
 fn terminated_without_the_instance_id_is_refused_once_launched() {
     given([requested(), intended(1, Market::Spot), launched()])
-        .when(Command::ConfirmTerminated { instance_id: None }, at(8))
+        .when(
+            Command::ConfirmTerminated {
+                instance_id: None,
+                evidence: TerminationEvidence::TokenFoundNothing,
+            },
+            at(8),
+        )
         .then_err(DomainError::InstanceMismatch {
             expected: Some(i1()),
             got: None,
@@ -831,6 +852,7 @@ fn an_unrecorded_instance_cannot_be_confirmed_terminated() {
         .when(
             Command::ConfirmTerminated {
                 instance_id: Some(i1()),
+                evidence: TerminationEvidence::ReportedTerminated,
             },
             at(8),
         )
@@ -875,7 +897,10 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
         Command::Terminate {
             reason: TerminationReason::Operator,
         },
-        Command::ConfirmTerminated { instance_id: None },
+        Command::ConfirmTerminated {
+            instance_id: None,
+            evidence: TerminationEvidence::TokenFoundNothing,
+        },
     ];
     for command in refused {
         given(closed.clone())
@@ -896,6 +921,7 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
         Command::CompleteJob { conclusion: None },
         Command::ConfirmTerminated {
             instance_id: Some(i1()),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
     ];
     for command in repeats {
@@ -921,7 +947,13 @@ fn a_repeated_rejection_and_confirmation_write_nothing() {
         failed(FailureStage::Launch),
         terminated(None),
     ])
-    .when(Command::ConfirmTerminated { instance_id: None }, at(9))
+    .when(
+        Command::ConfirmTerminated {
+            instance_id: None,
+            evidence: TerminationEvidence::TokenFoundNothing,
+        },
+        at(9),
+    )
     .then([]);
 }
 
@@ -958,7 +990,10 @@ fn benign_refusals_are_only_those_of_a_runner_that_moved_on() {
         &DomainError::AlreadyLaunched { instance_id: i1() }
     ));
     assert!(!is_benign_refusal(
-        &Command::ConfirmTerminated { instance_id: None },
+        &Command::ConfirmTerminated {
+            instance_id: None,
+            evidence: TerminationEvidence::TokenFoundNothing,
+        },
         &DomainError::InstanceMismatch {
             expected: Some(i1()),
             got: None

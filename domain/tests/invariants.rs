@@ -42,7 +42,7 @@ enum Op {
     Complete,
     Fail(FailureStage),
     Terminate,
-    Confirm(InstanceChoice),
+    Confirm(InstanceChoice, TerminationEvidence),
     Resume,
     RepeatLast,
 }
@@ -71,7 +71,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Complete),
         1 => stage.prop_map(Op::Fail),
         1 => Just(Op::Terminate),
-        1 => instance.prop_map(Op::Confirm),
+        1 => (instance, prop::sample::select(TerminationEvidence::ALL.to_vec()))
+            .prop_map(|(i, e)| Op::Confirm(i, e)),
         2 => Just(Op::Resume),
         2 => Just(Op::RepeatLast),
     ]
@@ -109,6 +110,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 boot_timeout_ms: 300_000,
                 max_age_ms: 3_600_000,
                 drain_grace_ms: 60_000,
+                consistency_window_ms: 120_000,
             },
         }],
         Op::Intend(market) => vec![Command::IntendLaunch { market: *market }],
@@ -137,7 +139,8 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
         Op::Terminate => vec![Command::Terminate {
             reason: TerminationReason::Operator,
         }],
-        Op::Confirm(choice) => vec![Command::ConfirmTerminated {
+        Op::Confirm(choice, evidence) => vec![Command::ConfirmTerminated {
+            evidence: *evidence,
             instance_id: match choice {
                 InstanceChoice::Current => state.instance().map(|i| i.id.clone()),
                 InstanceChoice::Missing => None,
@@ -284,8 +287,16 @@ fn settle(mut state: RunnerState, mut log: Vec<RunnerEvent>) -> (RunnerState, Ve
                 state = next;
             }
             if terminate {
+                let evidence = if state.instance().is_some() {
+                    TerminationEvidence::ReportedTerminated
+                } else if state.pending_launch().is_some() {
+                    TerminationEvidence::TokenFoundNothing
+                } else {
+                    TerminationEvidence::NothingLaunched
+                };
                 let confirm = Command::ConfirmTerminated {
                     instance_id: state.instance().map(|i| i.id.clone()),
+                    evidence,
                 };
                 let (next, events) = execute(&state, confirm, now).expect("confirm is accepted");
                 log.extend(events);
@@ -395,6 +406,40 @@ proptest! {
         if let Some(first_terminal) = states.iter().position(is_terminal) {
             prop_assert!(states[first_terminal..].iter().all(is_terminal));
             prop_assert_eq!(first_terminal, states.len() - 1, "a closed stream took a command");
+        }
+    }
+
+    /// Invariant 1, against an eventually consistent cloud: every `Terminated`
+    /// carries recorded evidence, and NotFound-based evidence is never written
+    /// inside the consistency window (of the launch, or of the pending intent).
+    #[test]
+    fn terminated_is_written_only_on_evidence(history in history()) {
+        let Run { log, .. } = run(&history);
+        let window = 120_000;
+        let mut launched_at = None;
+        let mut intended_at = None;
+        for event in &log {
+            match event {
+                RunnerEvent::LaunchIntended { at, .. } => intended_at = Some(*at),
+                RunnerEvent::Launched { at, .. } => launched_at = Some(*at),
+                RunnerEvent::Terminated { at, instance_id, evidence } => {
+                    prop_assert_ne!(*evidence, TerminationEvidence::Unrecorded);
+                    match evidence {
+                        TerminationEvidence::NotFoundAfterWindow => {
+                            let since = launched_at.expect("a launched instance");
+                            prop_assert!(instance_id.is_some());
+                            prop_assert!(at.millis_since(since) >= window, "{log:?}");
+                        }
+                        TerminationEvidence::TokenFoundNothing => {
+                            let since = intended_at.expect("an intent");
+                            prop_assert!(instance_id.is_none());
+                            prop_assert!(at.millis_since(since) >= window, "{log:?}");
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -20,6 +20,10 @@ fn market() -> impl Strategy<Value = Market> {
     prop_oneof![Just(Market::Spot), Just(Market::OnDemand)]
 }
 
+fn evidence() -> impl Strategy<Value = TerminationEvidence> {
+    prop::sample::select(TerminationEvidence::ALL.to_vec())
+}
+
 fn refusals() -> impl Strategy<Value = Vec<Refusal>> {
     prop::collection::vec(
         (market(), class()).prop_map(|(market, class)| Refusal { market, class }),
@@ -48,6 +52,23 @@ fn standing() -> impl Strategy<Value = Standing> {
 /// A runner with a pending launch intent written at `T0 + intended_s` seconds,
 /// after `rejected` refused launches, with `vcpus` in its spec.
 fn pending(rejected: u32, intended_s: i64, vcpus: u32, standing: Standing) -> RunnerState {
+    pending_within(
+        DEFAULT_CONSISTENCY_WINDOW_MS,
+        rejected,
+        intended_s,
+        vcpus,
+        standing,
+    )
+}
+
+/// [`pending`], for a runner whose consistency window is `window_ms`.
+fn pending_within(
+    window_ms: u64,
+    rejected: u32,
+    intended_s: i64,
+    vcpus: u32,
+    standing: Standing,
+) -> RunnerState {
     let job = JobRef {
         owner: "acme".into(),
         repo: "widgets".into(),
@@ -69,7 +90,10 @@ fn pending(rejected: u32, intended_s: i64, vcpus: u32, standing: Standing) -> Ru
                 vcpus,
                 image: "ami-1".into(),
             },
-            deadlines: Deadlines::default(),
+            deadlines: Deadlines {
+                consistency_window_ms: window_ms,
+                ..Deadlines::default()
+            },
         },
         at,
     );
@@ -148,7 +172,8 @@ proptest! {
     }
 
     /// A pending intent is resolved by its token: a found instance is recorded for
-    /// the pending token; absence means nothing until the settle window has passed;
+    /// the pending token; absence means nothing until the runner's consistency
+    /// window has passed;
     /// after it, the runner is never left stuck: it may launch again if it still
     /// wants an instance, and is closed otherwise. Every resolution is accepted by
     /// the decider.
@@ -159,9 +184,10 @@ proptest! {
         vcpus in 1u32..64,
         standing in standing(),
         found in prop::option::of((0u8..3, prop::option::of(0u32..96))),
-        age_ms in 0u64..120_000,
+        window_ms in 0u64..300_000,
+        age_ms in 0u64..400_000,
     ) {
-        let state = pending(rejected, intended_s, vcpus, standing);
+        let state = pending_within(window_ms, rejected, intended_s, vcpus, standing);
         let token = state.pending_launch().cloned().expect("pending");
         let intended = state.launch.as_ref().unwrap().intended_at;
         let now = intended.plus_ms(age_ms);
@@ -183,11 +209,11 @@ proptest! {
                 prop_assert_eq!(after.instance().map(|i| &i.id), Some(&f.instance_id));
             }
             (None, IntentResolution::LookAgain { after_ms }) => {
-                prop_assert!(age_ms < INTENT_SETTLE_MS);
-                prop_assert!(after_ms > 0 && age_ms + after_ms <= INTENT_SETTLE_MS);
+                prop_assert!(age_ms < window_ms);
+                prop_assert!(after_ms > 0 && age_ms + after_ms <= window_ms);
             }
             (None, IntentResolution::NeverLaunched(command)) => {
-                prop_assert!(age_ms >= INTENT_SETTLE_MS);
+                prop_assert!(age_ms >= window_ms);
                 let (after, _) = execute(&state, command, now).expect("accepted");
                 prop_assert!(!after.instance_may_be_alive());
                 if state.wants_instance() {
@@ -198,6 +224,99 @@ proptest! {
                 }
             }
             (found, other) => prop_assert!(false, "found {found:?} resolved as {other:?}"),
+        }
+    }
+
+    /// `Terminated` about a launched instance is written only on evidence about
+    /// that instance: EC2 reporting it shutting down or terminated, or NotFound
+    /// once the consistency window has passed. NotFound inside the window is
+    /// "unknown" and closes nothing; what the judge calls gone, the decider
+    /// accepts, and the stream records which evidence closed it.
+    #[test]
+    fn an_instance_is_terminated_only_on_evidence(
+        window_ms in 0u64..300_000,
+        launched_s in 0i64..60,
+        age_ms in 0u64..400_000,
+        report in prop_oneof![
+            Just(InstanceReport::Live),
+            Just(InstanceReport::Terminated),
+            Just(InstanceReport::NotFound),
+        ],
+        evidence in evidence(),
+        named in prop_oneof![Just(Some("i-1")), Just(Some("i-2")), Just(None)],
+    ) {
+        let state = pending_within(window_ms, 0, 0, 4, Standing::Wanted);
+        let token = state.pending_launch().cloned().unwrap();
+        let launched_at = Timestamp(T0 + launched_s * 1000);
+        let record = Command::RecordLaunch {
+            client_token: token,
+            instance_id: InstanceId("i-1".into()),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+        };
+        let (state, _) = execute(&state, record, launched_at).unwrap();
+        let fail = Command::Fail { stage: FailureStage::Token, reason: "mint failed".into() };
+        let (state, _) = execute(&state, fail, launched_at).unwrap();
+        let now = launched_at.plus_ms(age_ms);
+        let verdict = judge_instance(report, launched_at, window_ms, now);
+        match (report, verdict) {
+            (InstanceReport::Live, InstanceVerdict::Alive) => {}
+            (InstanceReport::Terminated, InstanceVerdict::Gone(TerminationEvidence::ReportedTerminated)) => {}
+            (InstanceReport::NotFound, InstanceVerdict::Gone(TerminationEvidence::NotFoundAfterWindow)) => {
+                prop_assert!(age_ms >= window_ms);
+            }
+            (InstanceReport::NotFound, InstanceVerdict::Unknown) => prop_assert!(age_ms < window_ms),
+            (r, v) => prop_assert!(false, "{r:?} judged {v:?}"),
+        }
+        if let InstanceVerdict::Gone(evidence) = verdict {
+            let confirm = Command::ConfirmTerminated { instance_id: Some(InstanceId("i-1".into())), evidence };
+            let (after, events) = execute(&state, confirm, now).expect("the judge's evidence is accepted");
+            prop_assert!(is_terminal(&after));
+            prop_assert_eq!(after.terminated_by, Some(evidence));
+            let recorded = matches!(&events[..], [RunnerEvent::Terminated { evidence: e, .. }] if *e == evidence);
+            prop_assert!(recorded, "{:?}", events);
+        }
+        let instance_id = named.map(|n| InstanceId(n.into()));
+        let accepted = execute(
+            &state,
+            Command::ConfirmTerminated { instance_id: instance_id.clone(), evidence },
+            now,
+        ).is_ok();
+        let should = instance_id.as_ref().is_some_and(|i| i.0 == "i-1")
+            && match evidence {
+                TerminationEvidence::ReportedTerminated => true,
+                TerminationEvidence::NotFoundAfterWindow => age_ms >= window_ms,
+                _ => false,
+            };
+        prop_assert_eq!(accepted, should, "{:?} on {:?} at age {} ms, window {} ms", evidence, instance_id, age_ms, window_ms);
+    }
+
+    /// A runner whose launch is unresolved closes without an instance only when
+    /// its client token found nothing a whole consistency window after the intent;
+    /// "nothing launched" is accepted only when no launch is pending.
+    #[test]
+    fn an_unresolved_launch_closes_only_after_the_window(
+        window_ms in 0u64..300_000,
+        age_ms in 0u64..400_000,
+        evidence in evidence(),
+        rejected_last in any::<bool>(),
+    ) {
+        let mut state = pending_within(window_ms, 1, 0, 4, Standing::Failed);
+        let intended = state.launch.as_ref().unwrap().intended_at;
+        if rejected_last {
+            let token = state.pending_launch().cloned().unwrap();
+            let reject = Command::RejectLaunch { client_token: token, code: "VcpuLimitExceeded".into(), class: LaunchErrorClass::Quota };
+            state = execute(&state, reject, intended).unwrap().0;
+            // Failed with every launch refused: closed, nothing owed.
+            prop_assert!(is_terminal(&state));
+            return Ok(());
+        }
+        let now = intended.plus_ms(age_ms);
+        let accepted = execute(&state, Command::ConfirmTerminated { instance_id: None, evidence }, now);
+        let should = evidence == TerminationEvidence::TokenFoundNothing && age_ms >= window_ms;
+        prop_assert_eq!(accepted.is_ok(), should, "{:?} at age {} ms, window {} ms: {:?}", evidence, age_ms, window_ms, accepted);
+        if let Err(e) = accepted {
+            prop_assert!(matches!(e, DomainError::NoEvidence { .. }), "{e:?}");
         }
     }
 

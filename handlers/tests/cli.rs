@@ -155,6 +155,17 @@ fn the_demo_compensates_everything_it_leaks() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("no runner is owed a termination"), "{text}");
+    let audit = jitr(&["audit", "--data-dir", data_dir.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    // Every stream the demo closed says on what evidence: its launched instances
+    // were reported terminated, its unresolved launch found nothing.
+    assert_eq!(report["closed_by"]["reported-terminated"], 2, "{report}");
+    assert_eq!(report["closed_by"]["token-found-nothing"], 1, "{report}");
+    assert_eq!(
+        report["closed_by"].as_object().unwrap().len(),
+        2,
+        "{report}"
+    );
     let again = jitr(&["demo", "--data-dir", data_dir.to_str().unwrap()]);
     assert_eq!(
         again.status.code(),

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use jitr_domain::{
-    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId, Timestamp, evolve,
-    is_terminal, termination_owed,
+    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId, TerminationEvidence,
+    Timestamp, evolve, is_terminal, termination_owed,
 };
 use serde::Serialize;
 
@@ -188,6 +188,17 @@ impl Ledger {
         counts
     }
 
+    /// Runners closed by a `Terminated`, by the evidence recorded in it.
+    pub fn closed_by(&self) -> HashMap<TerminationEvidence, u64> {
+        let mut counts = HashMap::new();
+        for a in self.runners.values() {
+            if let Some(evidence) = a.state.terminated_by {
+                *counts.entry(evidence).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Instances that may be alive at the horizon, and their vCPUs, per market.
     pub fn live(&self) -> Vec<(StreamId, Option<String>, Market, u32)> {
         let mut live: Vec<_> = self
@@ -217,7 +228,7 @@ impl Ledger {
 mod tests {
     use jitr_domain::{
         Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market, RunnerState,
-        execute,
+        TerminationEvidence, execute,
     };
 
     use super::*;
@@ -310,6 +321,7 @@ mod tests {
             secs,
             Command::ConfirmTerminated {
                 instance_id: Some(InstanceId(format!("i-{id}"))),
+                evidence: TerminationEvidence::ReportedTerminated,
             },
         )
     }

@@ -1,5 +1,6 @@
 use jitr_domain::{
-    Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState, execute,
+    Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState,
+    TerminationEvidence, execute,
 };
 use proptest::prelude::*;
 
@@ -111,6 +112,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
             &mut state,
             Command::ConfirmTerminated {
                 instance_id: Some(InstanceId(format!("i-{id}"))),
+                evidence: TerminationEvidence::ReportedTerminated,
             },
             5,
         );
@@ -264,6 +266,7 @@ fn nothing_is_emitted_for_a_terminated_runner() {
         RunnerEvent::Terminated {
             at: at(9),
             instance_id: Some(InstanceId("i-2".into())),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
     ));
     for (p, s, e) in &events {

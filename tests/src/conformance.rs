@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use jitr_domain::{Command, RunnerEvent, RunnerState, RunnerStatus, StreamId, execute};
+use jitr_domain::{
+    Command, RunnerEvent, RunnerState, RunnerStatus, StreamId, TerminationEvidence, execute,
+};
 use jitr_infra::{AppendOutcome, Checkpoint, CheckpointStore, CommandId, EventStore, StoreError};
 
 use crate::fixtures::{at, fail_token, instance, launched, request, run, stream};
@@ -273,6 +275,7 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
                 Command::CompleteJob { conclusion: None },
                 Command::ConfirmTerminated {
                     instance_id: Some(instance(42)),
+                    evidence: TerminationEvidence::ReportedTerminated,
                 },
             ],
             at(3),

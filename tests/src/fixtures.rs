@@ -1,8 +1,8 @@
 //! Runner histories built through the real decider, for tests across crates.
 
 use jitr_domain::{
-    Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent,
-    RunnerState, StreamId, Timestamp, execute,
+    Command, DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceId, InstanceSpec,
+    JobRef, Market, RunnerEvent, RunnerState, StreamId, Timestamp, execute,
 };
 
 /// A fixed moment tests count from (2026-05-04 04:22 UTC, the seed incident).
@@ -48,6 +48,7 @@ pub fn request(job_id: u64) -> Command {
             boot_timeout_ms: 600_000,
             max_age_ms: 6 * 3_600_000,
             drain_grace_ms: 120_000,
+            consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
         },
     }
 }

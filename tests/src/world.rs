@@ -165,6 +165,20 @@ impl World {
             .map_or(RunnerStatus::Unrequested, |h| h.status)
     }
 
+    /// The evidence that closed the runner's stream, if it is closed by a
+    /// `Terminated`.
+    pub async fn closed_by(&self, job_id: u64) -> Option<jitr_domain::TerminationEvidence> {
+        self.store
+            .read_stream(&self.stream(job_id))
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|r| match r.event {
+                jitr_domain::RunnerEvent::Terminated { evidence, .. } => Some(evidence),
+                _ => None,
+            })
+    }
+
     /// The runner's registered name.
     pub async fn runner_name(&self, job_id: u64) -> Option<String> {
         self.store

@@ -1,7 +1,7 @@
 //! The runner lifecycle through the real handlers on the embedded default: the
 //! seed incident's acceptance criteria, duplicates, and crash recovery.
 
-use jitr_domain::{ClientToken, Market, RunnerStatus, StreamId};
+use jitr_domain::{ClientToken, Market, RunnerStatus, StreamId, TerminationEvidence};
 use jitr_e2e::world::World;
 use jitr_handlers::app::outcome::{CrashPoint, HandlerError, Outcome};
 use jitr_infra::{Compute, EventStore, LaunchSpec, SimSettings};
@@ -484,6 +484,11 @@ async fn not_found_right_after_launch_is_no_evidence_the_instance_is_gone() {
     world.project_and_compensate().await;
     assert!(world.live_instances().await.is_empty());
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(
+        world.closed_by(1).await,
+        Some(TerminationEvidence::ReportedTerminated),
+        "closed on what EC2 reported of that instance"
+    );
     world.assert_no_leak().await;
 }
 
@@ -516,5 +521,9 @@ async fn an_instance_missing_from_the_listing_is_described_by_id_not_written_off
     world.project_and_compensate().await;
     assert!(world.live_instances().await.is_empty());
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(
+        world.closed_by(1).await,
+        Some(TerminationEvidence::ReportedTerminated)
+    );
     world.assert_no_leak().await;
 }

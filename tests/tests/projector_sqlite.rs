@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, RunnerStatus, StreamId, TerminateRunner, TerminationReason, Timestamp};
+use jitr_domain::{
+    Command, RunnerStatus, StreamId, TerminateRunner, TerminationEvidence, TerminationReason,
+    Timestamp,
+};
 use jitr_e2e::fixtures::{at, fail_token, instance, launched, stream};
 use jitr_handlers::app::dispatch::{Dispatched, dispatch};
 use jitr_handlers::app::projector::Projector;
@@ -62,6 +65,7 @@ impl World {
     async fn terminated(&self, job: u64, now: Timestamp) {
         let confirm = Command::ConfirmTerminated {
             instance_id: Some(instance(job)),
+            evidence: TerminationEvidence::ReportedTerminated,
         };
         self.command(job, confirm, now).await;
     }

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitr_domain::{Command, IntentResolution, TerminateRunner, Timestamp, is_terminal};
+use jitr_domain::{
+    Command, InstanceVerdict, IntentResolution, TerminateRunner, TerminationEvidence, Timestamp,
+    is_terminal,
+};
 use jitr_infra::CommandId;
 
+use crate::app::Ports;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
-use crate::app::{InstanceSeen, Ports};
 
 /// The compensation handler.
 pub struct Compensation {
@@ -95,9 +98,13 @@ impl Compensation {
             .await?;
         }
         let Some(instance) = state.instance().cloned() else {
+            // Every launch was refused by RunInstances: nothing was started.
             self.record(
                 command,
-                Command::ConfirmTerminated { instance_id: None },
+                Command::ConfirmTerminated {
+                    instance_id: None,
+                    evidence: TerminationEvidence::NothingLaunched,
+                },
                 now,
             )
             .await?;
@@ -110,19 +117,15 @@ impl Compensation {
         // consistent, and a running instance can be NotFound by id (and a
         // terminate call a no-op) until the consistency window has passed.
         let age_s = now.millis_since(instance.launched_at) / 1000;
-        match self
-            .ports
-            .instance_seen(&instance.id, instance.launched_at, now)
-            .await?
-        {
-            InstanceSeen::Gone => {}
-            InstanceSeen::Alive => {
+        let evidence = match self.ports.judge_instance(&state, now).await? {
+            Some(InstanceVerdict::Gone(evidence)) => evidence,
+            Some(InstanceVerdict::Alive) => {
                 return Ok(Outcome::RetryAfter(
                     Duration::from_secs(5),
                     format!("{stream}: {} not shutting down yet", instance.id),
                 ));
             }
-            InstanceSeen::Unknown => {
+            Some(InstanceVerdict::Unknown) | None => {
                 return Ok(Outcome::RetryAfter(
                     Duration::from_secs(10),
                     format!(
@@ -131,11 +134,12 @@ impl Compensation {
                     ),
                 ));
             }
-        }
+        };
         self.record(
             command,
             Command::ConfirmTerminated {
                 instance_id: Some(instance.id.clone()),
+                evidence,
             },
             now,
         )

@@ -20,7 +20,7 @@ pub mod rebalancer;
 pub mod scaleup;
 pub mod webhook;
 
-use jitr_domain::{InstanceId, IntentResolution, RunnerState, Timestamp, not_found_is_evidence};
+use jitr_domain::{InstanceReport, InstanceVerdict, IntentResolution, RunnerState, Timestamp};
 use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
 use crate::app::compensation::Compensation;
@@ -73,32 +73,30 @@ impl Ports {
     }
 }
 
-/// What the cloud says of an instance asked by its id, judged by the evidence rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InstanceSeen {
-    /// It runs (or stops, or is stopped).
-    Alive,
-    /// Shutting down or terminated, or NotFound after the consistency window.
-    Gone,
-    /// NotFound within the consistency window: no evidence either way.
-    Unknown,
-}
-
 impl Ports {
-    /// Describes `instance` (launched at `launched_at`) by its id and judges the
-    /// answer: absence from a listing is never asked here, only the id.
-    pub async fn instance_seen(
+    /// Describes the runner's launched instance by its id and judges the answer by
+    /// the evidence rules ([`jitr_domain::judge_instance`]): absence from a
+    /// listing is never asked here, only the id. `None` when no instance is
+    /// recorded.
+    pub async fn judge_instance(
         &self,
-        instance: &InstanceId,
-        launched_at: Timestamp,
+        state: &RunnerState,
         now: Timestamp,
-    ) -> Result<InstanceSeen, ComputeError> {
-        Ok(match self.compute.describe(instance).await? {
-            Some(seen) if seen.state.is_live() => InstanceSeen::Alive,
-            Some(_) => InstanceSeen::Gone,
-            None if not_found_is_evidence(launched_at, now) => InstanceSeen::Gone,
-            None => InstanceSeen::Unknown,
-        })
+    ) -> Result<Option<InstanceVerdict>, ComputeError> {
+        let Some(instance) = state.instance() else {
+            return Ok(None);
+        };
+        let report = match self.compute.describe(&instance.id).await? {
+            Some(seen) if seen.state.is_live() => InstanceReport::Live,
+            Some(_) => InstanceReport::Terminated,
+            None => InstanceReport::NotFound,
+        };
+        Ok(Some(jitr_domain::judge_instance(
+            report,
+            instance.launched_at,
+            state.consistency_window_ms(),
+            now,
+        )))
     }
 }
 

@@ -6,17 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jitr_domain::{
-    Command, FailureStage, InstanceId, StreamId, Timestamp, is_terminal, record_launch, resume,
-    terminate_runner,
+    Command, FailureStage, InstanceId, InstanceVerdict, StreamId, Timestamp, is_terminal,
+    record_launch, resume, terminate_runner,
 };
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
 
+use crate::app::Ports;
 use crate::app::compensation::Compensation;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
-use crate::app::{InstanceSeen, Ports};
 
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -197,17 +197,17 @@ impl Reaper {
             return Ok(());
         };
         if let Some(instance) = state.instance().cloned() {
-            if state.instance_may_be_alive()
+            // Absence from the tag-filtered list is never evidence (a missing tag,
+            // another deployment prefix, a lagging index): ask by id.
+            let unlisted = state.instance_may_be_alive()
                 && !live.contains_key(&instance.id)
-                && now.millis_since(instance.launched_at) >= self.policy.reaper_grace_ms
-                // Absence from the tag-filtered list is never evidence (a missing
-                // tag, another deployment prefix, a lagging index): ask by id.
-                && self
-                    .ports
-                    .instance_seen(&instance.id, instance.launched_at, now)
-                    .await?
-                    == InstanceSeen::Gone
-            {
+                && now.millis_since(instance.launched_at) >= self.policy.reaper_grace_ms;
+            let verdict = if unlisted {
+                self.ports.judge_instance(&state, now).await?
+            } else {
+                None
+            };
+            if let Some(InstanceVerdict::Gone(evidence)) = verdict {
                 if state.failure.is_none() && state.job_completed_at.is_none() {
                     let fail = Command::Fail {
                         stage: FailureStage::SpotInterrupted,
@@ -217,6 +217,7 @@ impl Reaper {
                 }
                 let confirm = Command::ConfirmTerminated {
                     instance_id: Some(instance.id.clone()),
+                    evidence,
                 };
                 self.record(&stream, confirm, now).await?;
                 report.found_gone.push(stream);

@@ -55,6 +55,11 @@ pub struct AuditReport {
     pub leaks: LeakFigures,
     /// Failed runners by failure stage.
     pub failures: BTreeMap<String, u64>,
+    /// Runners closed by a `Terminated`, by the evidence that closed them:
+    /// `reported-terminated` (EC2 described the instance shutting down or
+    /// terminated), `not-found-after-window`, `token-found-nothing`,
+    /// `nothing-launched`, and `unrecorded` (written before evidence was kept).
+    pub closed_by: BTreeMap<String, u64>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
     /// The log checked against the cloud (`--live`).
@@ -271,6 +276,12 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         .into_iter()
         .map(|(stage, n)| (stage.as_str().to_owned(), n))
         .collect();
+    let closed_by = replay
+        .ledger
+        .closed_by()
+        .into_iter()
+        .map(|(evidence, n)| (evidence.as_str().to_owned(), n))
+        .collect();
     let live_instances = replay
         .ledger
         .live()
@@ -283,7 +294,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         })
         .collect();
     AuditReport {
-        schema: 3,
+        schema: 4,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -300,6 +311,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         orphan_grace_ms: window.orphan_grace_ms,
         leaks,
         failures,
+        closed_by,
         live_instances,
         live_check: None,
     }
@@ -389,6 +401,14 @@ pub fn render(report: &AuditReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  failures by stage: {}", failures.join(", "));
+    }
+    if !report.closed_by.is_empty() {
+        let closed: Vec<String> = report
+            .closed_by
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "  closed on evidence: {}", closed.join(", "));
     }
     if let Some(check) = &report.live_check {
         if check.unknown_instances.is_empty() && check.gone_without_terminated.is_empty() {

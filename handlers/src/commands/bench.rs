@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jitr_domain::{
     Command, Deadlines, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent, RunnerState,
-    StreamId, TerminationReason, Timestamp, execute, fold,
+    StreamId, TerminationEvidence, TerminationReason, Timestamp, execute, fold,
 };
 
 use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
@@ -127,6 +127,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
         &mut state,
         Command::ConfirmTerminated {
             instance_id: Some(instance_id),
+            evidence: TerminationEvidence::ReportedTerminated,
         },
         525,
     );
@@ -429,6 +430,7 @@ fn failed_late(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) {
             110,
             Command::ConfirmTerminated {
                 instance_id: state.instance().map(|i| i.id.clone()),
+                evidence: TerminationEvidence::ReportedTerminated,
             },
         ),
     ] {

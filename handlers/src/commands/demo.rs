@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use jitr_domain::{
     Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, LaunchErrorClass, Market,
-    StreamId, Timestamp,
+    StreamId, TerminationEvidence, Timestamp,
 };
 use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
 
@@ -240,8 +240,16 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
     let mut projector = Projector::start(log, Arc::new(bus), 60_000).await?;
     summary.compensations += projector.tick(now).await?.len();
     while let Ok(owed) = commands.try_recv() {
+        // The demo's cloud reports every owed instance terminated, and finds
+        // nothing for the unresolved launch.
+        let evidence = if owed.instance_id.is_some() {
+            TerminationEvidence::ReportedTerminated
+        } else {
+            TerminationEvidence::TokenFoundNothing
+        };
         let confirm = Command::ConfirmTerminated {
             instance_id: owed.instance_id.clone(),
+            evidence,
         };
         let id = CommandId::new(format!("demo:terminated:{}", owed.stream));
         dispatch(&*store, &owed.stream, confirm, now, &id).await?;

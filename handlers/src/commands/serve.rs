@@ -28,6 +28,11 @@ pub struct Args {
     /// From launch to the job starting.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     boot_timeout: Duration,
+    /// How long after a launch a NotFound from the cloud proves nothing (recorded
+    /// in each runner's `Requested`). Embedded mode only; on AWS it is
+    /// `JITR_CONSISTENCY_WINDOW_SECS`, at least 120.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    consistency_window: Duration,
     /// Reaper and rebalancer period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sweep_interval: Duration,
@@ -65,6 +70,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = args.drain_grace.as_millis() as u64;
     policy.deadlines.boot_timeout_ms = args.boot_timeout.as_millis() as u64;
+    policy.deadlines.consistency_window_ms = args.consistency_window.as_millis() as u64;
     policy.allowlist = args.allow_repos.clone();
     let settings = jitr_infra::SimSettings {
         on_demand_vcpus: args.on_demand_vcpus,

@@ -108,6 +108,21 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
             .filter(|r| !r.is_empty())
             .collect();
     }
+    if let Some(w) = var("JITR_CONSISTENCY_WINDOW_SECS") {
+        let secs: u64 = w.parse().map_err(|_| {
+            SetupError::Invalid(
+                "JITR_CONSISTENCY_WINDOW_SECS",
+                format!("{w:?} is not a number"),
+            )
+        })?;
+        if secs * 1000 < jitr_domain::DEFAULT_CONSISTENCY_WINDOW_MS {
+            return Err(SetupError::Invalid(
+                "JITR_CONSISTENCY_WINDOW_SECS",
+                format!("{secs} s is shorter than EC2's eventual consistency allows; at least 120"),
+            ));
+        }
+        policy.deadlines.consistency_window_ms = secs * 1000;
+    }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
             SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))
