@@ -30,7 +30,11 @@ pub enum Command {
         /// Spot or on-demand.
         market: Market,
     },
-    /// RunInstances returned an instance for the pending intent.
+    /// RunInstances returned (or a client token found) an instance. For the
+    /// pending intent it is the runner's instance (`Launched`); when the stream
+    /// cannot take it (the intent was settled, another instance is recorded, the
+    /// stream is closed) it is recorded as a stray (`StrayLaunched`), owed a
+    /// termination: no instance RunInstances returned is ever dropped.
     RecordLaunch {
         /// The intent's token.
         client_token: ClientToken,
@@ -74,7 +78,8 @@ pub enum Command {
         /// Why.
         reason: TerminationReason,
     },
-    /// The instance is gone (or, with `None`, never existed), on `evidence`.
+    /// The instance is gone (or, with `None`, never existed), on `evidence`. Naming
+    /// a stray instance confirms that stray gone (`StrayTerminated`).
     ConfirmTerminated {
         /// The instance confirmed gone.
         instance_id: Option<InstanceId>,

@@ -12,7 +12,8 @@ use crate::state::{LaunchOutcome, RunnerState, is_terminal};
 /// `Ok(vec![])` means the command's effect is already recorded: a true repeat (see
 /// [`is_repeat`]), answered so even on a closed stream. Launch outcomes are
 /// accepted even after a failure or a completed job: an instance that exists must
-/// always be recorded, so that its termination is owed.
+/// always be recorded, so that its termination is owed — one the stream cannot
+/// take, even on a closed stream, as a stray (and a stray's termination too).
 pub fn decide(
     state: &RunnerState,
     command: Command,
@@ -42,6 +43,44 @@ pub fn decide(
     };
     if is_repeat(state, &command) {
         return Ok(vec![]);
+    }
+    // An instance the cloud returned is recorded whatever the stream's status:
+    // what the stream cannot take as its instance is a stray, owed a termination.
+    if let Command::RecordLaunch {
+        client_token,
+        instance_id,
+        instance_type,
+        vcpus,
+    } = &command
+    {
+        if !takes_launch(state, client_token) {
+            return Ok(vec![RunnerEvent::StrayLaunched {
+                at: now,
+                client_token: client_token.clone(),
+                instance_id: instance_id.clone(),
+                instance_type: instance_type.clone(),
+                vcpus: *vcpus,
+            }]);
+        }
+    }
+    if let Command::ConfirmTerminated {
+        instance_id: Some(id),
+        evidence,
+    } = &command
+    {
+        if state.strays.iter().any(|s| s.id == *id) {
+            evidence_holds(state, Some(id), *evidence, now).map_err(|why| {
+                DomainError::NoEvidence {
+                    evidence: *evidence,
+                    why,
+                }
+            })?;
+            return Ok(vec![RunnerEvent::StrayTerminated {
+                at: now,
+                instance_id: id.clone(),
+                evidence: *evidence,
+            }]);
+        }
     }
     if is_terminal(state) {
         return Err(DomainError::Terminal {
@@ -76,11 +115,7 @@ pub fn decide(
             instance_type,
             vcpus,
         } => {
-            if let Some(instance) = state.instance() {
-                return Err(DomainError::AlreadyLaunched {
-                    instance_id: instance.id.clone(),
-                });
-            }
+            // The stream takes it (else it was recorded as a stray above).
             let market = pending_intent(state, &client_token)?;
             Ok(vec![RunnerEvent::Launched {
                 at,
@@ -181,13 +216,13 @@ pub fn decide(
 /// | command | a repeat when |
 /// |---|---|
 /// | `Request` | the stream was requested for the same job and attempt |
-/// | `RecordLaunch` | the same instance is recorded |
+/// | `RecordLaunch` | the same instance is recorded (as the runner's, or as a stray) |
 /// | `RejectLaunch` | the latest intent, with the same token, was rejected |
 /// | `RecordToken` | the same runner name is recorded |
 /// | `StartJob` / `CompleteJob` | the job's start / completion is recorded |
 /// | `Fail` | a failure is recorded (the first one stands) |
 /// | `Terminate` | a termination was requested |
-/// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none) |
+/// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none), or the named stray is confirmed gone |
 ///
 /// `IntendLaunch` is never a repeat: each one is a new launch.
 pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
@@ -199,6 +234,7 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
         Command::IntendLaunch { .. } => false,
         Command::RecordLaunch { instance_id, .. } => {
             state.instance().is_some_and(|i| i.id == *instance_id)
+                || state.strays.iter().any(|s| s.id == *instance_id)
         }
         Command::RejectLaunch { client_token, .. } => matches!(
             &state.launch,
@@ -211,9 +247,22 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
         Command::Fail { .. } => state.failure.is_some(),
         Command::Terminate { .. } => state.termination_requested.is_some(),
         Command::ConfirmTerminated { instance_id, .. } => {
-            state.terminated_at.is_some() && state.instance().map(|i| &i.id) == instance_id.as_ref()
+            let stray_gone = instance_id
+                .as_ref()
+                .is_some_and(|id| state.strays.iter().any(|s| s.id == *id && s.gone.is_some()));
+            stray_gone
+                || (state.terminated_at.is_some()
+                    && state.instance().map(|i| &i.id) == instance_id.as_ref())
         }
     }
+}
+
+/// Whether the stream takes an instance launched with `client_token` as its own:
+/// open, without an instance, and that token's intent pending.
+fn takes_launch(state: &RunnerState, client_token: &ClientToken) -> bool {
+    !is_terminal(state)
+        && state.instance().is_none()
+        && state.pending_launch() == Some(client_token)
 }
 
 /// Refuses work for a runner that has failed or whose job is over.

@@ -275,6 +275,31 @@ pub enum RunnerEvent {
         /// The instance, when one is known.
         instance_id: Option<InstanceId>,
     },
+    /// RunInstances returned an instance that the stream could not take as its
+    /// instance: its intent was already settled (rejected as never launched, or the
+    /// stream closed), or the stream has another instance. It is terminated at
+    /// once; the log keeps it so that its termination is owed and audited.
+    StrayLaunched {
+        /// When.
+        at: Timestamp,
+        /// The token of the launch that started it.
+        client_token: ClientToken,
+        /// The instance.
+        instance_id: InstanceId,
+        /// Its type.
+        instance_type: String,
+        /// Its vCPUs.
+        vcpus: u32,
+    },
+    /// A stray instance is confirmed gone.
+    StrayTerminated {
+        /// When.
+        at: Timestamp,
+        /// The stray instance.
+        instance_id: InstanceId,
+        /// What proved it.
+        evidence: TerminationEvidence,
+    },
     /// The instance is confirmed gone, or (`instance_id: None`) confirmed never to
     /// have existed.
     Terminated {
@@ -301,6 +326,8 @@ impl RunnerEvent {
             | RunnerEvent::JobCompleted { at, .. }
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
+            | RunnerEvent::StrayLaunched { at, .. }
+            | RunnerEvent::StrayTerminated { at, .. }
             | RunnerEvent::Terminated { at, .. } => *at,
         }
     }
@@ -317,6 +344,8 @@ impl RunnerEvent {
             RunnerEvent::JobCompleted { .. } => "JobCompleted",
             RunnerEvent::Failed { .. } => "Failed",
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
+            RunnerEvent::StrayLaunched { .. } => "StrayLaunched",
+            RunnerEvent::StrayTerminated { .. } => "StrayTerminated",
             RunnerEvent::Terminated { .. } => "Terminated",
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::command::Command;
 use crate::event::{LaunchErrorClass, Market, TerminationEvidence};
-use crate::ids::{InstanceId, Timestamp};
+use crate::ids::{ClientToken, InstanceId, Timestamp};
 use crate::state::RunnerState;
 
 /// What EC2 says of an instance described by its id.
@@ -61,7 +61,7 @@ pub fn judge_instance(
 /// | evidence | holds when |
 /// |---|---|
 /// | `reported-terminated` | an instance is named (EC2 described it gone) |
-/// | `not-found-after-window` | an instance is named, launched at least the consistency window ago |
+/// | `not-found-after-window` | an instance is named, launched (for a stray: recorded) at least the consistency window ago |
 /// | `token-found-nothing` | no instance is named, a launch is pending, intended at least the window ago |
 /// | `nothing-launched` | no instance is named and no launch is pending |
 /// | `unrecorded` | never (only old logs carry it) |
@@ -77,12 +77,16 @@ pub fn evidence_holds(
         .and(state.launch.as_ref())
         .map(|l| l.intended_at);
     match (evidence, instance_id) {
-        (TerminationEvidence::ReportedTerminated, Some(_)) => Ok(()),
-        (TerminationEvidence::NotFoundAfterWindow, Some(_)) => match state.instance() {
-            Some(i) if now.millis_since(i.launched_at) >= window => Ok(()),
-            Some(_) => Err("NotFound inside the consistency window means unknown"),
-            None => Err("no launched instance is recorded"),
-        },
+        (_, Some(id)) => {
+            let launched_at = match state.strays.iter().find(|s| s.id == *id) {
+                Some(stray) => Some(stray.recorded_at),
+                None => state.instance().map(|i| i.launched_at),
+            };
+            match launched_at {
+                Some(at) => instance_evidence_holds(at, window, evidence, now),
+                None => Err("no such instance is recorded"),
+            }
+        }
         (TerminationEvidence::TokenFoundNothing, None) => match pending_since {
             Some(at) if now.millis_since(at) >= window => Ok(()),
             Some(_) => {
@@ -94,9 +98,28 @@ pub fn evidence_holds(
         (TerminationEvidence::NothingLaunched, None) => {
             Err("a launch is pending: it may have started an instance")
         }
-        (TerminationEvidence::Unrecorded, _) => Err("evidence must be recorded"),
-        (_, Some(_)) => Err("this evidence is about a launch, not an instance"),
+        (TerminationEvidence::Unrecorded, None) => Err("evidence must be recorded"),
         (_, None) => Err("this evidence is about an instance, and none is named"),
+    }
+}
+
+/// The evidence rules for an instance launched (or recorded) at `launched_at`.
+fn instance_evidence_holds(
+    launched_at: Timestamp,
+    window: u64,
+    evidence: TerminationEvidence,
+    now: Timestamp,
+) -> Result<(), &'static str> {
+    match evidence {
+        TerminationEvidence::ReportedTerminated => Ok(()),
+        TerminationEvidence::NotFoundAfterWindow if now.millis_since(launched_at) >= window => {
+            Ok(())
+        }
+        TerminationEvidence::NotFoundAfterWindow => {
+            Err("NotFound inside the consistency window means unknown")
+        }
+        TerminationEvidence::Unrecorded => Err("evidence must be recorded"),
+        _ => Err("this evidence is about a launch, not an instance"),
     }
 }
 
@@ -122,15 +145,25 @@ pub struct FoundInstance {
 }
 
 /// The `RecordLaunch` for the runner's pending intent and the instance `found`.
-///
-/// One rule for every writer: the type and vCPUs the cloud reports, else those of
-/// the spec recorded in the runner's `Requested` (never the current policy's).
 /// `None` when no launch is pending.
 pub fn record_launch(state: &RunnerState, found: FoundInstance) -> Option<Command> {
     let token = state.pending_launch()?.clone();
+    Some(record_instance(state, token, found))
+}
+
+/// The `RecordLaunch` for an instance `found` that the launch with `client_token`
+/// started (the decider records it as the runner's instance or as a stray).
+///
+/// One rule for every writer: the type and vCPUs the cloud reports, else those of
+/// the spec recorded in the runner's `Requested` (never the current policy's).
+pub fn record_instance(
+    state: &RunnerState,
+    client_token: ClientToken,
+    found: FoundInstance,
+) -> Command {
     let spec = state.request.as_ref().map(|r| &r.spec);
-    Some(Command::RecordLaunch {
-        client_token: token,
+    Command::RecordLaunch {
+        client_token,
         instance_type: found
             .instance_type
             .filter(|t| !t.is_empty())
@@ -142,7 +175,7 @@ pub fn record_launch(state: &RunnerState, found: FoundInstance) -> Option<Comman
             .or_else(|| spec.map(|s| s.vcpus))
             .unwrap_or(0),
         instance_id: found.instance_id,
-    })
+    }
 }
 
 /// What the log must say about a pending launch intent.

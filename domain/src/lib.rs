@@ -31,12 +31,15 @@ pub use ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
     MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,
-    judge_instance, launch_backoff_ms, next_launch, record_launch, resolve_pending_launch,
+    judge_instance, launch_backoff_ms, next_launch, record_instance, record_launch,
+    resolve_pending_launch,
 };
-pub use resume::{MissedDeadline, missed_deadline, resume, terminate_runner, termination_owed};
+pub use resume::{
+    MissedDeadline, missed_deadline, resume, terminate_runner, terminate_strays, termination_owed,
+};
 pub use state::{
-    Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, evolve,
-    fold, is_terminal,
+    Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, Stray,
+    evolve, fold, is_terminal,
 };
 
 /// Runs `decide` and folds its events: the state after the command, and the events.

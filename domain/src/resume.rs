@@ -119,3 +119,23 @@ pub fn terminate_runner(state: &RunnerState, now: Timestamp) -> Option<Terminate
         owed_since,
     })
 }
+
+/// The compensation messages for the runner's stray instances not yet confirmed
+/// gone: each is owed a termination since it was recorded.
+pub fn terminate_strays(state: &RunnerState) -> Vec<TerminateRunner> {
+    let Some(stream) = state.stream_id() else {
+        return Vec::new();
+    };
+    state
+        .live_strays()
+        .map(|stray| TerminateRunner {
+            stream: stream.clone(),
+            instance_id: Some(stray.id.clone()),
+            client_token: Some(stray.client_token.clone()),
+            reason: TerminationReason::Failure {
+                stage: FailureStage::Orphaned,
+            },
+            owed_since: stray.recorded_at,
+        })
+        .collect()
+}

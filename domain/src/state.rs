@@ -42,6 +42,23 @@ pub struct Instance {
     pub launched_at: Timestamp,
 }
 
+/// An instance RunInstances returned that the stream could not take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stray {
+    /// The launch's token.
+    pub client_token: ClientToken,
+    /// Its id.
+    pub id: InstanceId,
+    /// Its type.
+    pub instance_type: String,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// When it was recorded.
+    pub recorded_at: Timestamp,
+    /// When it was confirmed gone, and on what evidence.
+    pub gone: Option<(Timestamp, TerminationEvidence)>,
+}
+
 /// How the latest launch intent was resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
@@ -184,6 +201,9 @@ pub struct RunnerState {
     pub terminated_at: Option<Timestamp>,
     /// What proved it.
     pub terminated_by: Option<TerminationEvidence>,
+    /// Instances returned for launches the stream could not take.
+    #[serde(default)]
+    pub strays: Vec<Stray>,
 }
 
 impl RunnerState {
@@ -226,6 +246,11 @@ impl RunnerState {
             && self.failure.is_none()
             && self.job_completed_at.is_none()
             && self.termination_requested.is_none()
+    }
+
+    /// Stray instances not yet confirmed gone.
+    pub fn live_strays(&self) -> impl Iterator<Item = &Stray> {
+        self.strays.iter().filter(|s| s.gone.is_none())
     }
 
     /// The consistency window recorded in the runner's `Requested` (the default
@@ -377,6 +402,33 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
         }
         RunnerEvent::TerminationRequested { at, reason, .. } => {
             state.termination_requested.get_or_insert((*at, *reason));
+        }
+        RunnerEvent::StrayLaunched {
+            at,
+            client_token,
+            instance_id,
+            instance_type,
+            vcpus,
+        } => {
+            if !state.strays.iter().any(|s| s.id == *instance_id) {
+                state.strays.push(Stray {
+                    client_token: client_token.clone(),
+                    id: instance_id.clone(),
+                    instance_type: instance_type.clone(),
+                    vcpus: *vcpus,
+                    recorded_at: *at,
+                    gone: None,
+                });
+            }
+        }
+        RunnerEvent::StrayTerminated {
+            at,
+            instance_id,
+            evidence,
+        } => {
+            if let Some(stray) = state.strays.iter_mut().find(|s| s.id == *instance_id) {
+                stray.gone.get_or_insert((*at, *evidence));
+            }
         }
         RunnerEvent::Terminated { at, evidence, .. } => {
             if state.terminated_at.is_none() {

@@ -562,19 +562,36 @@ fn a_request_for_another_attempt_is_refused() {
         .then_err(DomainError::RequestMismatch);
 }
 
+fn stray(n: u32, id: &str, secs: i64) -> RunnerEvent {
+    RunnerEvent::StrayLaunched {
+        at: at(secs),
+        client_token: token(n),
+        instance_id: InstanceId(id.into()),
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+    }
+}
+
+fn record(n: u32, id: &str) -> Command {
+    Command::RecordLaunch {
+        client_token: token(n),
+        instance_id: InstanceId(id.into()),
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+    }
+}
+
 #[test]
-fn launched_without_launch_intended_is_refused() {
-    given([requested()])
-        .when(
-            Command::RecordLaunch {
-                client_token: token(1),
-                instance_id: i1(),
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-            },
-            at(3),
-        )
-        .then_err(DomainError::NoLaunchIntended);
+fn an_instance_without_a_pending_intent_is_recorded_as_a_stray() {
+    let s = given([requested()])
+        .when(record(1, "i-0001"), at(3))
+        .then([stray(1, "i-0001", 3)]);
+    assert_eq!(s.instance(), None, "a stray is not the runner's instance");
+    assert_eq!(s.live_strays().count(), 1);
+    assert_eq!(
+        terminate_strays(&s)[0].instance_id,
+        Some(InstanceId("i-0001".into()))
+    );
 }
 
 #[test]
@@ -592,21 +609,12 @@ fn rejected_without_launch_intended_is_refused() {
 }
 
 #[test]
-fn a_launch_outcome_for_another_token_is_refused() {
-    given([requested(), intended(1, Market::Spot)])
-        .when(
-            Command::RecordLaunch {
-                client_token: token(7),
-                instance_id: i1(),
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-            },
-            at(3),
-        )
-        .then_err(DomainError::ClientTokenMismatch {
-            expected: token(1),
-            got: token(7),
-        });
+fn an_instance_of_another_intent_is_a_stray_and_the_pending_intent_stays() {
+    let s = given([requested(), intended(1, Market::Spot)])
+        .when(record(7, "i-0001"), at(3))
+        .then([stray(7, "i-0001", 3)]);
+    assert_eq!(s.pending_launch(), Some(&token(1)));
+    assert_eq!(s.status(), RunnerStatus::Launching);
 }
 
 #[test]
@@ -636,18 +644,20 @@ fn a_launch_intent_after_an_instance_exists_is_refused() {
 }
 
 #[test]
-fn a_second_instance_is_refused() {
-    given([requested(), intended(1, Market::Spot), launched()])
-        .when(
-            Command::RecordLaunch {
-                client_token: token(1),
-                instance_id: InstanceId("i-0002".into()),
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-            },
-            at(4),
-        )
-        .then_err(DomainError::AlreadyLaunched { instance_id: i1() });
+fn a_second_instance_is_a_stray_never_the_runners() {
+    let s = given([requested(), intended(1, Market::Spot), launched()])
+        .when(record(1, "i-0002"), at(4))
+        .then([stray(1, "i-0002", 4)]);
+    assert_eq!(s.instance().map(|i| &i.id), Some(&i1()));
+    // Recording it again is a repeat.
+    given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        stray(1, "i-0002", 4),
+    ])
+    .when(record(1, "i-0002"), at(5))
+    .then([]);
     given([requested(), intended(1, Market::Spot), launched()])
         .when(
             Command::RejectLaunch {
@@ -874,12 +884,6 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
     let refused = [
         Command::IntendLaunch {
             market: Market::Spot,
-        },
-        Command::RecordLaunch {
-            client_token: token(1),
-            instance_id: InstanceId("i-other".into()),
-            instance_type: "c5.xlarge".into(),
-            vcpus: 4,
         },
         Command::RejectLaunch {
             client_token: token(1),
@@ -1136,4 +1140,61 @@ fn a_request_for_a_repository_github_cannot_name_is_refused() {
         matches!(outcome, Err(DomainError::InvalidStreamId(_))),
         "{outcome:?}"
     );
+}
+
+// ---- strays ----
+
+/// Issue 9: an instance RunInstances returns after its stream closed (the intent
+/// was settled as never launched while the call was retrying) is recorded, not
+/// dropped; the stream stays closed for its own instance, and the stray's
+/// termination is confirmed only on evidence about that stray.
+#[test]
+fn an_instance_returned_after_the_stream_closed_is_a_stray_owed_a_termination() {
+    let closed = [
+        requested(),
+        intended(1, Market::Spot),
+        failed(FailureStage::Launch),
+        terminated(None),
+    ];
+    let s = given(closed.clone())
+        .when(record(1, "i-late"), at(8))
+        .then([stray(1, "i-late", 8)]);
+    assert!(is_terminal(&s));
+    let owed = terminate_strays(&s);
+    assert_eq!(owed.len(), 1);
+    assert_eq!(owed[0].owed_since, at(8));
+    let with_stray: Vec<RunnerEvent> = closed
+        .iter()
+        .cloned()
+        .chain([stray(1, "i-late", 8)])
+        .collect();
+    let late = || InstanceId("i-late".into());
+    // NotFound 2 s after it was recorded proves nothing (window: 5 s).
+    given(with_stray.clone())
+        .when(
+            Command::ConfirmTerminated {
+                instance_id: Some(late()),
+                evidence: TerminationEvidence::NotFoundAfterWindow,
+            },
+            at(10),
+        )
+        .then_err(DomainError::NoEvidence {
+            evidence: TerminationEvidence::NotFoundAfterWindow,
+            why: "NotFound inside the consistency window means unknown",
+        });
+    let s = given(with_stray.clone())
+        .when(
+            Command::ConfirmTerminated {
+                instance_id: Some(late()),
+                evidence: TerminationEvidence::ReportedTerminated,
+            },
+            at(10),
+        )
+        .then([RunnerEvent::StrayTerminated {
+            at: at(10),
+            instance_id: late(),
+            evidence: TerminationEvidence::ReportedTerminated,
+        }]);
+    assert!(terminate_strays(&s).is_empty());
+    assert!(is_terminal(&s));
 }

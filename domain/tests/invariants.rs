@@ -400,12 +400,20 @@ proptest! {
         let Run { log, non_idempotent, states, .. } = run(&history);
         prop_assert!(non_idempotent.is_empty(), "{non_idempotent:?}");
         prop_assert!(count(&log, "Launched") <= 1);
+        // After `Terminated`, only stray instances may still be recorded (and
+        // confirmed gone): the log must hold every instance the cloud returned.
+        let stray = |e: &RunnerEvent| e.kind().starts_with("Stray");
         if let Some(pos) = log.iter().position(|e| e.kind() == "Terminated") {
-            prop_assert_eq!(pos, log.len() - 1, "events after Terminated: {:?}", log);
+            prop_assert!(log[pos + 1..].iter().all(stray), "events after Terminated: {:?}", log);
         }
         if let Some(first_terminal) = states.iter().position(is_terminal) {
             prop_assert!(states[first_terminal..].iter().all(is_terminal));
-            prop_assert_eq!(first_terminal, states.len() - 1, "a closed stream took a command");
+            let core = |s: &RunnerState| RunnerState { version: 0, strays: Vec::new(), ..s.clone() };
+            let closed = core(&states[first_terminal]);
+            prop_assert!(
+                states[first_terminal..].iter().all(|s| core(s) == closed),
+                "a closed stream took a command"
+            );
         }
     }
 
@@ -422,6 +430,9 @@ proptest! {
             match event {
                 RunnerEvent::LaunchIntended { at, .. } => intended_at = Some(*at),
                 RunnerEvent::Launched { at, .. } => launched_at = Some(*at),
+                RunnerEvent::StrayTerminated { evidence, .. } => {
+                    prop_assert_ne!(*evidence, TerminationEvidence::Unrecorded);
+                }
                 RunnerEvent::Terminated { at, instance_id, evidence } => {
                     prop_assert_ne!(*evidence, TerminationEvidence::Unrecorded);
                     match evidence {

@@ -44,6 +44,10 @@ pub enum Fault {
     /// The tag-filtered listing omits instances launched within this long: tags
     /// and the describe index catch up late. Until cleared.
     ListOmitsRecent(Duration),
+    /// RunInstances is throttled (`RequestLimitExceeded`) and the SDK keeps
+    /// retrying for this long, judged by the wrapper's clock, before the launch
+    /// goes through: the answer arrives long after the intent was written.
+    SlowLaunch(Duration),
 }
 
 #[derive(Debug)]
@@ -158,9 +162,17 @@ impl<C: Compute> Compute for FaultyCompute<C> {
         let fault = self.take(|f| match f {
             Fault::RejectLaunch { market, .. } => market.is_none_or(|m| m == spec.market),
             Fault::LoseLaunchAnswer => true,
+            Fault::SlowLaunch(_) => true,
             _ => false,
         });
         match fault {
+            Some(Fault::SlowLaunch(retrying)) => {
+                let start = (self.clock)();
+                while (self.clock)().millis_since(start) < retrying.as_millis() as u64 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                self.inner.launch(spec).await
+            }
             Some(Fault::RejectLaunch { code, .. }) => Err(LaunchFailure::Rejected(
                 LaunchError::new(code, "injected by FaultyCompute"),
             )),

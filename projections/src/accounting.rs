@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use jitr_domain::{
-    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId, TerminationEvidence,
-    Timestamp, evolve, is_terminal, termination_owed,
+    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, Stray, StreamId,
+    TerminationEvidence, Timestamp, evolve, is_terminal, termination_owed,
 };
 use serde::Serialize;
 
@@ -197,6 +197,17 @@ impl Ledger {
             }
         }
         counts
+    }
+
+    /// Every stray instance recorded up to the horizon, with its runner.
+    pub fn strays(&self) -> Vec<(StreamId, Stray)> {
+        let mut strays: Vec<(StreamId, Stray)> = self
+            .runners
+            .iter()
+            .flat_map(|(stream, a)| a.state.strays.iter().map(|s| (stream.clone(), s.clone())))
+            .collect();
+        strays.sort_by(|a, b| (a.1.recorded_at, &a.1.id).cmp(&(b.1.recorded_at, &b.1.id)));
+        strays
     }
 
     /// Instances that may be alive at the horizon, and their vCPUs, per market.

@@ -47,6 +47,23 @@ pub struct RunnerViews {
     /// Positions of events that could not be read and were skipped.
     #[serde(default)]
     pub skipped: Vec<u64>,
+    /// Stray instances (returned for launches their stream could not take) not
+    /// yet confirmed gone, whatever their stream's status.
+    #[serde(default)]
+    pub strays: BTreeMap<InstanceId, StrayDebt>,
+}
+
+/// A stray instance owed a termination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrayDebt {
+    /// The runner whose launch started it.
+    pub stream: StreamId,
+    /// The launch's token.
+    pub client_token: jitr_domain::ClientToken,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// Since when it is owed a termination (when it was recorded).
+    pub since: Timestamp,
 }
 
 /// Live instances and their vCPUs in one market.
@@ -67,6 +84,9 @@ pub struct Fleet {
     pub on_demand: MarketUsage,
     /// Launch intents not yet resolved (an instance may exist, size unknown to EC2).
     pub unresolved_launches: u32,
+    /// Stray instances not yet confirmed gone (any market).
+    #[serde(default)]
+    pub strays: MarketUsage,
 }
 
 /// A runner whose instance may be alive although nobody wants it.
@@ -105,8 +125,36 @@ impl RunnerViews {
             return;
         }
         self.position = position;
+        match event {
+            RunnerEvent::StrayLaunched {
+                at,
+                client_token,
+                instance_id,
+                vcpus,
+                ..
+            } => {
+                self.strays
+                    .entry(instance_id.clone())
+                    .or_insert_with(|| StrayDebt {
+                        stream: stream.clone(),
+                        client_token: client_token.clone(),
+                        vcpus: *vcpus,
+                        since: *at,
+                    });
+            }
+            RunnerEvent::StrayTerminated { instance_id, .. } => {
+                self.strays.remove(instance_id);
+            }
+            _ => {}
+        }
         if self.closed.contains_key(stream) {
-            self.after_close += 1;
+            // A stray may be recorded on a closed stream; nothing else may.
+            if !matches!(
+                event,
+                RunnerEvent::StrayLaunched { .. } | RunnerEvent::StrayTerminated { .. }
+            ) {
+                self.after_close += 1;
+            }
             return;
         }
         let state = self.open.remove(stream).unwrap_or_default();
@@ -166,6 +214,10 @@ impl RunnerViews {
                 None => fleet.unresolved_launches += 1,
             }
         }
+        for stray in self.strays.values() {
+            fleet.strays.instances += 1;
+            fleet.strays.vcpus += stray.vcpus;
+        }
         fleet
     }
 
@@ -187,8 +239,28 @@ impl RunnerViews {
                 })
             })
             .collect();
+        for (id, stray) in &self.strays {
+            leaks.push(OpenLeak {
+                stream: stray.stream.clone(),
+                status: self
+                    .status(&stray.stream)
+                    .unwrap_or(RunnerStatus::Unrequested),
+                instance_id: Some(id.clone()),
+                vcpus: Some(stray.vcpus),
+                owed_since: stray.since,
+                reason: stray_reason(),
+                termination_requested: true,
+            });
+        }
         leaks.sort_by(|a, b| (a.owed_since, &a.stream).cmp(&(b.owed_since, &b.stream)));
         leaks
+    }
+}
+
+/// Why a stray's termination is owed: nobody wants it.
+fn stray_reason() -> TerminationReason {
+    TerminationReason::Failure {
+        stage: FailureStage::Orphaned,
     }
 }
 
@@ -200,6 +272,7 @@ impl RunnerViews {
 pub struct CompensationPolicy {
     reemit_after_ms: u64,
     emitted: HashMap<StreamId, Timestamp>,
+    emitted_strays: HashMap<InstanceId, Timestamp>,
 }
 
 impl CompensationPolicy {
@@ -208,6 +281,7 @@ impl CompensationPolicy {
         CompensationPolicy {
             reemit_after_ms,
             emitted: HashMap::new(),
+            emitted_strays: HashMap::new(),
         }
     }
 
@@ -231,6 +305,24 @@ impl CompensationPolicy {
             if fresh {
                 self.emitted.insert(command.stream.clone(), now);
                 due.push(command);
+            }
+        }
+        self.emitted_strays
+            .retain(|id, _| views.strays.contains_key(id));
+        for (id, stray) in &views.strays {
+            let fresh = match self.emitted_strays.get(id) {
+                Some(last) => now.millis_since(*last) >= self.reemit_after_ms,
+                None => true,
+            };
+            if fresh {
+                self.emitted_strays.insert(id.clone(), now);
+                due.push(TerminateRunner {
+                    stream: stray.stream.clone(),
+                    instance_id: Some(id.clone()),
+                    client_token: Some(stray.client_token.clone()),
+                    reason: stray_reason(),
+                    owed_since: stray.since,
+                });
             }
         }
         due

@@ -292,6 +292,21 @@ impl World {
                 );
             }
         }
+        // Every stray the log records is confirmed gone, and none is live.
+        for record in self.store.read_all(0, 1_000_000).await.unwrap() {
+            if let jitr_domain::RunnerEvent::StrayLaunched { instance_id, .. } = &record.event {
+                assert!(!live.contains(instance_id), "stray {instance_id} is live");
+                let head = self.store.head(&record.stream).await.unwrap().unwrap();
+                assert!(
+                    head.state
+                        .strays
+                        .iter()
+                        .any(|s| s.id == *instance_id && s.gone.is_some()),
+                    "stray {instance_id} of {} is not confirmed gone",
+                    record.stream
+                );
+            }
+        }
     }
 }
 

@@ -527,3 +527,67 @@ async fn an_instance_missing_from_the_listing_is_described_by_id_not_written_off
     );
     world.assert_no_leak().await;
 }
+
+/// Issue 9: no instance id RunInstances returns is ever dropped. RunInstances is
+/// throttled and retried for three minutes; meanwhile the job is cancelled and
+/// the runner closed on evidence (its client token found nothing a whole
+/// consistency window after the intent). When the launch finally answers, the
+/// stream cannot take the instance: scale-up records it as a stray and terminates
+/// it at once, and compensation confirms it gone. Before, `RecordLaunch` was
+/// refused and the instance id lost, the instance running on.
+#[tokio::test]
+async fn an_instance_returned_after_its_runner_closed_is_recorded_and_terminated() {
+    use jitr_infra::Fault;
+    use std::time::Duration;
+
+    let (mut world, ec2) = World::with_faults(SimSettings::default(), 4);
+    ec2.inject(Fault::SlowLaunch(Duration::from_secs(180)), Some(1));
+    let scaleup = world.scaleup.clone();
+    let queued = world.message("queued", 1, None);
+    let at = world.now();
+    let call = tokio::spawn(async move { scaleup.handle(&queued, 1, at).await });
+    while world.status(1).await != RunnerStatus::Launching {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The job is cancelled while RunInstances retries; past the window and the
+    // drain grace, compensation closes the runner: nothing found by its token.
+    world.lifecycle("completed", 1).await;
+    world.advance(150);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    assert_eq!(
+        world.closed_by(1).await,
+        Some(TerminationEvidence::TokenFoundNothing)
+    );
+    // The throttling ends: the instance exists, and its answer arrives.
+    world.advance(40);
+    call.await.unwrap().unwrap();
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    let stray = events
+        .iter()
+        .find_map(|r| match &r.event {
+            jitr_domain::RunnerEvent::StrayLaunched { instance_id, .. } => {
+                Some(instance_id.clone())
+            }
+            _ => None,
+        })
+        .expect("the returned instance is in the log");
+    assert!(
+        world.live_instances().await.is_empty(),
+        "the stray was terminated at once"
+    );
+    let owed = world.project_and_compensate().await;
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    assert_eq!(owed[0].instance_id.as_ref(), Some(&stray));
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Completed);
+    assert_eq!(
+        head.state.strays[0].gone.map(|(_, e)| e),
+        Some(TerminationEvidence::ReportedTerminated)
+    );
+    assert!(
+        world.project_and_compensate().await.is_empty(),
+        "nothing owed any more"
+    );
+    world.assert_no_leak().await;
+}

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, InstanceVerdict, IntentResolution, TerminateRunner, TerminationEvidence, Timestamp,
-    is_terminal,
+    Command, InstanceVerdict, IntentResolution, RunnerState, Stray, TerminateRunner,
+    TerminationEvidence, Timestamp, is_terminal,
 };
 use jitr_infra::CommandId;
 
@@ -50,6 +50,50 @@ impl Compensation {
         Ok(())
     }
 
+    /// Terminates a stray instance of the runner and, on evidence, records it gone.
+    async fn stray(
+        &self,
+        command: &TerminateRunner,
+        state: &RunnerState,
+        stray: Stray,
+        now: Timestamp,
+    ) -> Result<Outcome, HandlerError> {
+        let stream = &command.stream;
+        if stray.gone.is_some() {
+            return Ok(Outcome::Done(format!(
+                "{stream}: stray {} is gone",
+                stray.id
+            )));
+        }
+        self.ports.compute.terminate(&stray.id).await?;
+        let evidence = match self
+            .ports
+            .judge_by_id(&stray.id, stray.recorded_at, state, now)
+            .await?
+        {
+            InstanceVerdict::Gone(evidence) => evidence,
+            InstanceVerdict::Alive | InstanceVerdict::Unknown => {
+                return Ok(Outcome::RetryAfter(
+                    Duration::from_secs(10),
+                    format!("{stream}: stray {} not seen gone yet", stray.id),
+                ));
+            }
+        };
+        let confirm = Command::ConfirmTerminated {
+            instance_id: Some(stray.id.clone()),
+            evidence,
+        };
+        let id = CommandId::new(format!("compensation:{stream}:stray:{}", stray.id));
+        dispatch(&*self.ports.store, stream, confirm, now, &id).await?;
+        if let Err(e) = self.ports.secrets.delete_jit_config(&stray.id).await {
+            tracing::warn!(%stream, error = %e, "JIT config not deleted");
+        }
+        Ok(Outcome::Done(format!(
+            "{stream}: stray {} terminated",
+            stray.id
+        )))
+    }
+
     /// Terminates the runner's instance and records it.
     pub async fn handle(
         &self,
@@ -60,6 +104,13 @@ impl Compensation {
         let Some(head) = self.ports.store.head(stream).await? else {
             return Ok(Outcome::Done(format!("{stream}: unknown stream")));
         };
+        if let Some(stray) = command
+            .instance_id
+            .as_ref()
+            .and_then(|id| head.state.strays.iter().find(|s| s.id == *id))
+        {
+            return self.stray(command, &head.state, stray.clone(), now).await;
+        }
         if is_terminal(&head.state) {
             return Ok(Outcome::Done(format!(
                 "{stream} is already {}",

@@ -31,6 +31,12 @@ pub fn orphans_reaped(at: Timestamp, count: usize) {
     emit(at, "OrphansReaped", count as f64, "Count", &[]);
 }
 
+/// An instance RunInstances returned that its runner could not take (recorded
+/// as a stray and terminated).
+pub fn stray(at: Timestamp) {
+    emit(at, "StrayInstances", 1.0, "Count", &[]);
+}
+
 /// From a termination being owed to `Terminated`.
 pub fn compensation_latency(at: Timestamp, ms: u64) {
     emit(at, "CompensationLatency", ms as f64, "Milliseconds", &[]);

@@ -20,7 +20,9 @@ pub mod rebalancer;
 pub mod scaleup;
 pub mod webhook;
 
-use jitr_domain::{InstanceReport, InstanceVerdict, IntentResolution, RunnerState, Timestamp};
+use jitr_domain::{
+    InstanceId, InstanceReport, InstanceVerdict, IntentResolution, RunnerState, Timestamp,
+};
 use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
 use crate::app::compensation::Compensation;
@@ -86,17 +88,31 @@ impl Ports {
         let Some(instance) = state.instance() else {
             return Ok(None);
         };
-        let report = match self.compute.describe(&instance.id).await? {
+        self.judge_by_id(&instance.id, instance.launched_at, state, now)
+            .await
+            .map(Some)
+    }
+
+    /// Describes `instance` (launched, or recorded as a stray, at `since`) by its
+    /// id and judges the answer with the runner's consistency window.
+    pub async fn judge_by_id(
+        &self,
+        instance: &InstanceId,
+        since: Timestamp,
+        state: &RunnerState,
+        now: Timestamp,
+    ) -> Result<InstanceVerdict, ComputeError> {
+        let report = match self.compute.describe(instance).await? {
             Some(seen) if seen.state.is_live() => InstanceReport::Live,
             Some(_) => InstanceReport::Terminated,
             None => InstanceReport::NotFound,
         };
-        Ok(Some(jitr_domain::judge_instance(
+        Ok(jitr_domain::judge_instance(
             report,
-            instance.launched_at,
+            since,
             state.consistency_window_ms(),
             now,
-        )))
+        ))
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use jitr_domain::{
     Command, FailureStage, InstanceId, InstanceVerdict, StreamId, Timestamp, is_terminal,
-    record_launch, resume, terminate_runner,
+    record_instance, record_launch, resume, terminate_runner,
 };
 use jitr_infra::{CommandId, ManagedInstance};
 use serde::Serialize;
@@ -83,6 +83,63 @@ impl Reaper {
         report
             .orphans_terminated
             .push((instance.instance_id.clone(), why));
+        Ok(())
+    }
+
+    /// Records an instance tagged with the stream's launch token that the log
+    /// does not hold (a RunInstances answer that never reached the log): as a
+    /// stray, so that the log shows it and its termination is owed until EC2
+    /// confirms it gone.
+    async fn keep_in_log(
+        &self,
+        stream: &StreamId,
+        state: &jitr_domain::RunnerState,
+        instance: &ManagedInstance,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let Some(token) = instance.client_token.clone() else {
+            return Ok(());
+        };
+        let known = state
+            .instance()
+            .is_some_and(|i| i.id == instance.instance_id)
+            || state.strays.iter().any(|s| s.id == instance.instance_id);
+        if !known {
+            let record = record_instance(state, token, instance.found());
+            let id = CommandId::new(format!("reaper:{stream}:stray:{}", instance.instance_id));
+            dispatch(&*self.ports.store, stream, record, now, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// After terminating a stray of `stream`, records it gone if EC2, asked by
+    /// its id, says so (else the projector's re-emitted termination will).
+    async fn confirm_stray(
+        &self,
+        stream: &StreamId,
+        instance: &ManagedInstance,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let state = current_state(&*self.ports.store, stream).await?;
+        let Some(stray) = state
+            .live_strays()
+            .find(|s| s.id == instance.instance_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let verdict = self
+            .ports
+            .judge_by_id(&stray.id, stray.recorded_at, &state, now)
+            .await?;
+        if let InstanceVerdict::Gone(evidence) = verdict {
+            let confirm = Command::ConfirmTerminated {
+                instance_id: Some(stray.id.clone()),
+                evidence,
+            };
+            let id = CommandId::new(format!("reaper:{stream}:stray-gone:{}", stray.id));
+            dispatch(&*self.ports.store, stream, confirm, now, &id).await?;
+        }
         Ok(())
     }
 
@@ -162,8 +219,11 @@ impl Reaper {
             return Ok(None);
         };
         if is_terminal(&head.state) {
+            self.keep_in_log(&stream, &head.state, instance, now)
+                .await?;
             self.orphan(report, instance, format!("{stream} is {}", head.status))
                 .await?;
+            self.confirm_stray(&stream, instance, now).await?;
             return Ok(None);
         }
         let mut state = head.state;
@@ -176,8 +236,10 @@ impl Reaper {
             }
         }
         if state.instance().map(|i| &i.id) != Some(&instance.instance_id) {
+            self.keep_in_log(&stream, &state, instance, now).await?;
             self.orphan(report, instance, format!("not the instance of {stream}"))
                 .await?;
+            self.confirm_stray(&stream, instance, now).await?;
             return Ok(None);
         }
         Ok((!resume(&state, now).is_empty()).then_some(stream))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jitr_domain::{
     Command, FailureStage, IntentResolution, JobRef, LaunchOutcome, NextLaunch, Refusal,
-    RunnerState, StreamId, Timestamp, next_launch, record_launch,
+    RunnerEvent, RunnerState, StreamId, Timestamp, next_launch, record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -69,6 +69,34 @@ impl ScaleUp {
         Ok(())
     }
 
+    /// Records an instance RunInstances returned (or its token found). If the
+    /// stream could not take it (its intent was settled meanwhile, or another
+    /// instance is recorded), the log records it as a stray and it is terminated
+    /// at once; compensation confirms it gone on evidence.
+    async fn record_instance(
+        &self,
+        stream: &StreamId,
+        record: Command,
+        now: Timestamp,
+        step: &str,
+    ) -> Result<(), HandlerError> {
+        let recorded = self.run(stream, record, now, step).await?;
+        let Dispatched::Appended { events, .. } = recorded else {
+            return Ok(());
+        };
+        for event in &events {
+            if let RunnerEvent::StrayLaunched { instance_id, .. } = event {
+                tracing::warn!(%stream, instance = %instance_id, "stray instance: the runner could not take it; terminating it");
+                crate::app::metrics::stray(now);
+                if let Err(e) = self.ports.compute.terminate(instance_id).await {
+                    // Owed all the same: the projector emits its termination.
+                    tracing::warn!(%stream, instance = %instance_id, error = %e, "stray not terminated yet");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one `queued` job, delivered for the `receives`-th time.
     pub async fn handle(
         &self,
@@ -119,7 +147,7 @@ impl ScaleUp {
                     let token = state.pending_launch().cloned().expect("pending launch");
                     match self.ports.resolve_pending_launch(&state, now).await? {
                         Some(IntentResolution::Launched(record)) => {
-                            self.run(&stream, record, now, &format!("found-{token}"))
+                            self.record_instance(&stream, record, now, &format!("found-{token}"))
                                 .await?;
                         }
                         Some(IntentResolution::LookAgain { after_ms }) => {
@@ -196,10 +224,14 @@ impl ScaleUp {
                         Ok(launched) => {
                             crate::app::metrics::launch(now, market.as_str(), "ok");
                             self.crash.check(CrashPoint::AfterRunInstances)?;
-                            let record =
-                                record_launch(&state, launched.found()).expect("intent pending");
-                            self.run(&stream, record, now, &format!("launched-{token}"))
-                                .await?;
+                            let record = record_instance(&state, token.clone(), launched.found());
+                            self.record_instance(
+                                &stream,
+                                record,
+                                now,
+                                &format!("launched-{token}"),
+                            )
+                            .await?;
                             self.crash.check(CrashPoint::AfterLaunched)?;
                         }
                         Err(LaunchFailure::Rejected(e)) => {

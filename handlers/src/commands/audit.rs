@@ -62,6 +62,9 @@ pub struct AuditReport {
     pub closed_by: BTreeMap<String, u64>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
+    /// Instances RunInstances returned that their runner could not take, and
+    /// whether each was confirmed gone (a live one is also in `owed`).
+    pub strays: Vec<StrayInstance>,
     /// The log checked against the cloud (`--live`).
     pub live_check: Option<LiveCheck>,
 }
@@ -90,6 +93,13 @@ pub fn cross_check(
         .live_instances
         .iter()
         .filter_map(|l| l.instance_id.as_deref())
+        .chain(
+            report
+                .strays
+                .iter()
+                .filter(|s| s.gone.is_none())
+                .map(|s| s.instance_id.0.as_str()),
+        )
         .collect();
     let cloud_ids: HashSet<&str> = cloud_live
         .iter()
@@ -116,6 +126,21 @@ pub fn cross_check(
         unknown_instances: unknown,
         gone_without_terminated: gone,
     }
+}
+
+/// A stray instance, as the log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StrayInstance {
+    /// The runner whose launch started it.
+    pub stream: StreamId,
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// When it was recorded, RFC 3339.
+    pub recorded_at: String,
+    /// When it was confirmed gone, RFC 3339, and on what evidence.
+    pub gone: Option<(String, String)>,
 }
 
 /// An instance the log says may be alive.
@@ -276,6 +301,20 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         .into_iter()
         .map(|(stage, n)| (stage.as_str().to_owned(), n))
         .collect();
+    let strays = replay
+        .ledger
+        .strays()
+        .into_iter()
+        .map(|(stream, stray)| StrayInstance {
+            stream,
+            instance_id: stray.id,
+            vcpus: stray.vcpus,
+            recorded_at: rfc3339(stray.recorded_at),
+            gone: stray
+                .gone
+                .map(|(at, evidence)| (rfc3339(at), evidence.as_str().to_owned())),
+        })
+        .collect();
     let closed_by = replay
         .ledger
         .closed_by()
@@ -313,6 +352,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         failures,
         closed_by,
         live_instances,
+        strays,
         live_check: None,
     }
 }
@@ -401,6 +441,14 @@ pub fn render(report: &AuditReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  failures by stage: {}", failures.join(", "));
+    }
+    if !report.strays.is_empty() {
+        let live = report.strays.iter().filter(|s| s.gone.is_none()).count();
+        let _ = writeln!(
+            out,
+            "  stray instances (returned for a launch their runner could not take): {} ({live} not yet confirmed gone)",
+            report.strays.len()
+        );
     }
     if !report.closed_by.is_empty() {
         let closed: Vec<String> = report

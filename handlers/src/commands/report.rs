@@ -74,9 +74,27 @@ pub fn describe(event: &RunnerEvent) -> String {
             Some(id) => format!("{id}: {}", reason(why)),
             None => format!("look up by client token: {}", reason(why)),
         },
-        RunnerEvent::Terminated { instance_id, .. } => match instance_id {
-            Some(id) => format!("{id} gone"),
-            None => "confirmed never launched".into(),
+        RunnerEvent::StrayLaunched {
+            instance_id,
+            instance_type,
+            vcpus,
+            client_token,
+            ..
+        } => format!(
+            "{instance_id} {instance_type} ({vcpus} vCPU) from launch {client_token}, which the runner could not take: terminating it"
+        ),
+        RunnerEvent::StrayTerminated {
+            instance_id,
+            evidence,
+            ..
+        } => format!("stray {instance_id} gone ({})", evidence.as_str()),
+        RunnerEvent::Terminated {
+            instance_id,
+            evidence,
+            ..
+        } => match instance_id {
+            Some(id) => format!("{id} gone ({})", evidence.as_str()),
+            None => format!("confirmed never launched ({})", evidence.as_str()),
         },
     }
 }
