@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jitr_domain::{ClientToken, InstanceId, Market, Timestamp};
+use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use crate::ports::{
     Compute, ComputeError, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
@@ -48,6 +48,10 @@ pub enum Fault {
     /// retrying for this long, judged by the wrapper's clock, before the launch
     /// goes through: the answer arrives long after the intent was written.
     SlowLaunch(Duration),
+    /// This instance lacks the deployment tag (launched before it existed, under
+    /// another prefix, or its tag write failed): the tag-filtered listing omits it
+    /// until its tags are written again ([`Compute::retag`]); by id it is found.
+    Untagged(InstanceId),
 }
 
 #[derive(Debug)]
@@ -211,7 +215,21 @@ impl<C: Compute> Compute for FaultyCompute<C> {
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
         self.delay().await;
-        let listed = self.inner.list_managed().await?;
+        let untagged: Vec<InstanceId> = self
+            .lock()
+            .iter()
+            .filter_map(|r| match &r.fault {
+                Fault::Untagged(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let listed: Vec<ManagedInstance> = self
+            .inner
+            .list_managed()
+            .await?
+            .into_iter()
+            .filter(|m| !untagged.contains(&m.instance_id))
+            .collect();
         let Some(window) = self.window(|f| match f {
             Fault::ListOmitsRecent(d) => Some(*d),
             _ => None,
@@ -222,6 +240,19 @@ impl<C: Compute> Compute for FaultyCompute<C> {
             .into_iter()
             .filter(|m| !self.younger(m.launched_at, window))
             .collect())
+    }
+
+    async fn retag(
+        &self,
+        instance: &InstanceId,
+        stream: &StreamId,
+        client_token: &ClientToken,
+    ) -> Result<(), ComputeError> {
+        self.delay().await;
+        self.inner.retag(instance, stream, client_token).await?;
+        self.lock()
+            .retain(|r| !matches!(&r.fault, Fault::Untagged(id) if id == instance));
+        Ok(())
     }
 
     async fn find_by_client_token(

@@ -438,6 +438,23 @@ impl Compute for SimCloud {
         self.first_alive("WHERE client_token = ?1", &token.0)
     }
 
+    async fn retag(
+        &self,
+        instance: &InstanceId,
+        stream: &StreamId,
+        client_token: &ClientToken,
+    ) -> Result<(), ComputeError> {
+        // The simulator keeps no deployment tag: its listing is never filtered
+        // by one. The runner and token tags are written again.
+        self.lock()
+            .execute(
+                "UPDATE instances SET stream = ?2, client_token = ?3 WHERE id = ?1",
+                params![instance.0, stream.as_str(), client_token.0],
+            )
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
     async fn describe(
         &self,
         instance: &InstanceId,

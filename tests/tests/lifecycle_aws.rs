@@ -282,3 +282,65 @@ async fn one_instance_that_cannot_be_terminated_does_not_stop_the_sweep() {
         .collect();
     assert_eq!(live, [strays[0].clone()]);
 }
+
+/// Issue 9 on moto: an open runner's instance carrying another deployment's tag
+/// (a renamed `JITR_PREFIX`) is missing from the tag-filtered listing. The reaper
+/// asks EC2 by its id, never writes it off, writes its tags again (so it is
+/// listed), and once the runner misses its boot deadline terminates it by id;
+/// `Terminated` then records what EC2 reported.
+#[tokio::test]
+async fn an_instance_under_another_deployment_tag_is_found_by_id_and_retagged() {
+    let aws = aws().await;
+    let started = now();
+    aws.app
+        .scaleup
+        .handle(&queued("widgets", 31), 1, started)
+        .await
+        .unwrap();
+    let stream = StreamId::parse("acme/widgets#31#1").unwrap();
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Ready);
+    let instance = head.instance_id.clone().unwrap();
+    let token = head.state.launch.as_ref().unwrap().client_token.clone();
+    // The instance now says it belongs to another deployment.
+    let config = jitr_e2e::aws::config().await;
+    Ec2Compute::new(&config, vec![])
+        .with_deployment("jitr-old-prefix")
+        .retag(&instance, &stream, &token)
+        .await
+        .unwrap();
+    assert!(live(&aws).await.iter().all(|m| m.instance_id != instance));
+
+    let within_boot = started.plus_ms(aws.app.policy.reaper_grace_ms + 60_000);
+    let report = aws.app.reaper.sweep(within_boot).await.unwrap();
+    assert!(report.found_gone.is_empty(), "{report:?}");
+    assert_eq!(
+        report.retagged,
+        std::slice::from_ref(&instance),
+        "{report:?}"
+    );
+    assert_eq!(
+        aws.store.head(&stream).await.unwrap().unwrap().status,
+        RunnerStatus::Ready,
+        "no Terminated while it runs"
+    );
+    assert!(
+        live(&aws).await.iter().any(|m| m.instance_id == instance),
+        "listed again under this deployment's tag"
+    );
+
+    let past_boot = started.plus_ms(aws.app.policy.deadlines.boot_timeout_ms + 60_000);
+    let report = aws.app.reaper.sweep(past_boot).await.unwrap();
+    assert_eq!(
+        report.compensated,
+        std::slice::from_ref(&stream),
+        "{report:?}"
+    );
+    assert!(live(&aws).await.iter().all(|m| m.instance_id != instance));
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Failed);
+    assert_eq!(
+        head.state.terminated_by,
+        Some(jitr_domain::TerminationEvidence::ReportedTerminated)
+    );
+}

@@ -591,3 +591,38 @@ async fn an_instance_returned_after_its_runner_closed_is_recorded_and_terminated
     );
     world.assert_no_leak().await;
 }
+
+/// Issue 9: an open runner's instance without the deployment tag (the wrapper
+/// plays EC2's tag-filtered listing omitting it) is found by its id: the reaper
+/// writes its tags again and never writes `Terminated` while it runs; when the
+/// runner misses its boot deadline, it is terminated by its id.
+#[tokio::test]
+async fn an_untagged_instance_is_found_by_id_retagged_then_terminated_when_owed() {
+    use jitr_infra::Fault;
+
+    let (mut world, ec2) = World::with_faults(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    let instance = world.instance(1).await.unwrap();
+    ec2.inject(Fault::Untagged(instance.clone()), None);
+    assert!(ec2.list_managed().await.unwrap().is_empty());
+    world.advance(200);
+    let report = world.reap().await;
+    assert_eq!(
+        report.retagged,
+        std::slice::from_ref(&instance),
+        "{report:?}"
+    );
+    assert!(report.found_gone.is_empty(), "{report:?}");
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    assert_eq!(ec2.list_managed().await.unwrap().len(), 1, "listed again");
+    world.advance(600);
+    world.reap().await;
+    world.project_and_compensate().await;
+    assert!(world.live_instances().await.is_empty());
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(
+        world.closed_by(1).await,
+        Some(TerminationEvidence::ReportedTerminated)
+    );
+    world.assert_no_leak().await;
+}

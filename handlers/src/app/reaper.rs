@@ -30,6 +30,9 @@ pub struct SweepReport {
     pub compensated: Vec<StreamId>,
     /// Runners whose instance was found gone without `Terminated`.
     pub found_gone: Vec<StreamId>,
+    /// Live instances of open runners missing from the tag-filtered listing
+    /// (found by their id), whose tags the sweep wrote again.
+    pub retagged: Vec<InstanceId>,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
     /// What failed for one instance or runner; the sweep went on with the others.
@@ -269,6 +272,27 @@ impl Reaper {
             } else {
                 None
             };
+            if verdict == Some(InstanceVerdict::Alive) {
+                // It runs but is not listed: its tags are missing (an older
+                // deployment, another prefix, a failed tag write). Write them again
+                // so that every later sweep sees it; it is terminated by its id
+                // below if owed.
+                let token = state.launch.as_ref().map(|l| l.client_token.clone());
+                if let Some(token) = token {
+                    tracing::warn!(%stream, instance = %instance.id, "instance missing from the tag-filtered listing: tags written again");
+                    match self
+                        .ports
+                        .compute
+                        .retag(&instance.id, &stream, &token)
+                        .await
+                    {
+                        Ok(()) => report.retagged.push(instance.id.clone()),
+                        Err(e) => report
+                            .errors
+                            .push(format!("instance {}: tags not written: {e}", instance.id)),
+                    }
+                }
+            }
             if let Some(InstanceVerdict::Gone(evidence)) = verdict {
                 if state.failure.is_none() && state.job_completed_at.is_none() {
                     let fail = Command::Fail {

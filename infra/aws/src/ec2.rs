@@ -165,34 +165,30 @@ fn managed(instance: &Instance) -> Option<ManagedInstance> {
     })
 }
 
+impl Ec2Compute {
+    /// jitr's tags for an instance of `stream` launched with `client_token`.
+    fn tags(&self, stream: &StreamId, client_token: &ClientToken) -> Vec<Tag> {
+        let tag = |key: &str, value: &str| Tag::builder().key(key).value(value).build();
+        let mut tags = vec![
+            tag(TAG_MANAGED_BY, MANAGED_BY),
+            tag(TAG_RUNNER, stream.as_str()),
+            tag(TAG_CLIENT_TOKEN, &client_token.0),
+            tag("Name", &format!("jitr {stream}")),
+        ];
+        if let Some(deployment) = &self.deployment {
+            tags.push(tag(TAG_DEPLOYMENT, deployment));
+        }
+        tags
+    }
+}
+
 #[async_trait]
 impl Compute for Ec2Compute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
-        let mut tags = TagSpecification::builder()
+        let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
-            .tags(Tag::builder().key(TAG_MANAGED_BY).value(MANAGED_BY).build())
-            .tags(
-                Tag::builder()
-                    .key(TAG_RUNNER)
-                    .value(spec.stream.as_str())
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key(TAG_CLIENT_TOKEN)
-                    .value(&spec.client_token.0)
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key("Name")
-                    .value(format!("jitr {}", spec.stream))
-                    .build(),
-            );
-        if let Some(deployment) = &self.deployment {
-            tags = tags.tags(Tag::builder().key(TAG_DEPLOYMENT).value(deployment).build());
-        }
-        let tags = tags.build();
+            .set_tags(Some(self.tags(&spec.stream, &spec.client_token)))
+            .build();
         let mut req = self
             .client
             .run_instances()
@@ -315,5 +311,21 @@ impl Compute for Ec2Compute {
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
             Err(e) => Err(compute_error(&e, e.to_string())),
         }
+    }
+
+    async fn retag(
+        &self,
+        instance: &InstanceId,
+        stream: &StreamId,
+        client_token: &ClientToken,
+    ) -> Result<(), ComputeError> {
+        self.client
+            .create_tags()
+            .resources(&instance.0)
+            .set_tags(Some(self.tags(stream, client_token)))
+            .send()
+            .await
+            .map_err(|e| compute_error(&e, e.to_string()))?;
+        Ok(())
     }
 }

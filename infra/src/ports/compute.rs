@@ -250,6 +250,16 @@ pub trait Compute: Send + Sync {
         &self,
         instance: &InstanceId,
     ) -> Result<Option<ManagedInstance>, ComputeError>;
+
+    /// Writes jitr's tags on `instance` again ([`TAG_MANAGED_BY`], the
+    /// deployment's, [`TAG_RUNNER`], [`TAG_CLIENT_TOKEN`]), so that an instance
+    /// found by its id but missing from the tag-filtered listing is listed again.
+    async fn retag(
+        &self,
+        instance: &InstanceId,
+        stream: &StreamId,
+        client_token: &ClientToken,
+    ) -> Result<(), ComputeError>;
 }
 
 #[cfg(test)]
