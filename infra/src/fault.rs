@@ -124,6 +124,11 @@ impl<C: Compute> FaultyCompute<C> {
         self.lock().clear();
     }
 
+    /// Removes the faults `pick` selects.
+    pub fn clear_matching(&self, pick: impl Fn(&Fault) -> bool) {
+        self.lock().retain(|r| !pick(&r.fault));
+    }
+
     /// The wrapped adapter.
     pub fn inner(&self) -> &C {
         &self.inner

@@ -32,5 +32,7 @@ pub use local_queue::LocalQueue;
 pub use metrics::{NAMESPACE, emf_line};
 pub use ports::*;
 pub use queue_bus::QueueBus;
-pub use sim::{ManualClock, SimClock, SimCloud, SimGitHub, SimSecrets, SimSettings, system_clock};
+pub use sim::{
+    ManualClock, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets, SimSettings, system_clock,
+};
 pub use sqlite::SqliteEventStore;

@@ -295,6 +295,22 @@ impl SimCloud {
             .collect())
     }
 
+    /// Every instance the simulator ever ran, with its launch token, launch moment
+    /// and the moment it was told to terminate (None: it still runs).
+    pub fn lifetimes(&self) -> Result<Vec<SimLifetime>, ComputeError> {
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "", None)?
+            .into_iter()
+            .map(|r| SimLifetime {
+                instance_id: InstanceId(r.id),
+                client_token: ClientToken(r.client_token),
+                launched_at: Timestamp(r.launched_at),
+                terminating_at: r.terminating_at.map(Timestamp),
+            })
+            .collect())
+    }
+
     /// Reclaims a spot instance, as AWS does with two minutes' notice (here: none).
     pub fn interrupt(&self, instance: &InstanceId) -> Result<bool, ComputeError> {
         let now = (self.clock)().0 - self.settings.shutdown_ms as i64;
@@ -466,6 +482,26 @@ impl Compute for SimCloud {
             .iter()
             .map(|r| self.to_managed(r, now))
             .next())
+    }
+}
+
+/// One simulated instance's life, as the simulator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimLifetime {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// The token of the launch that started it.
+    pub client_token: ClientToken,
+    /// When it was launched.
+    pub launched_at: Timestamp,
+    /// When it was told to terminate (None: it still runs).
+    pub terminating_at: Option<Timestamp>,
+}
+
+impl SimLifetime {
+    /// Whether it ran at `at`.
+    pub fn ran_at(&self, at: Timestamp) -> bool {
+        self.launched_at <= at && self.terminating_at.is_none_or(|t| t > at)
     }
 }
 

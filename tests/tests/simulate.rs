@@ -3,7 +3,7 @@
 
 use jitr_domain::{InstanceId, Timestamp};
 use jitr_handlers::commands::audit;
-use jitr_handlers::commands::simulate::{Scenario, run};
+use jitr_handlers::commands::simulate::{Scenario, run, run_with};
 use jitr_infra::{ManualClock, SimCloud, SimSettings, SqliteEventStore};
 
 const T0: i64 = 1_777_868_520_000;
@@ -62,6 +62,41 @@ async fn the_other_scenarios_serve_every_job_without_orphans() {
         assert_eq!(report.orphan_vcpu_minutes, 0.0, "{scenario:?}: {report:?}");
         assert_eq!(report.instances_alive_at_end, 0, "{scenario:?}");
     }
+}
+
+/// Issue 9: against EC2 as documented (NotFound after launch, a lagging and
+/// tag-filtered listing, untagged instances, a refused termination, lost launch
+/// answers, throttling past the consistency window), every job is served,
+/// nothing is orphaned and no `Terminated` is written while the instance runs.
+/// With the window at 0 — NotFound taken as proof at once, as before — runners
+/// are closed while their instances run.
+#[tokio::test]
+async fn cloud_chaos_serves_every_job_and_never_closes_a_runner_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(dir.path(), Scenario::CloudChaos, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(report.jobs_served, report.jobs, "{report:?}");
+    assert_eq!(report.orphan_vcpu_minutes, 0.0, "{report:?}");
+    assert_eq!(report.premature_terminations, 0, "{report:?}");
+    assert_eq!(report.instances_alive_at_end, 0, "{report:?}");
+    assert!(
+        report.retagged > 0,
+        "untagged instances found by id: {report:?}"
+    );
+    assert!(
+        report
+            .launch_failures_by_code
+            .contains_key("RequestLimitExceeded"),
+        "{report:?}"
+    );
+    assert!(!report.closed_by.contains_key("unrecorded"), "{report:?}");
+
+    let old = tempfile::tempdir().unwrap();
+    let trusting = run_with(old.path(), Scenario::CloudChaos, 1, true, 0)
+        .await
+        .unwrap();
+    assert!(trusting.premature_terminations > 0, "{trusting:?}");
 }
 
 #[tokio::test]

@@ -12,8 +12,12 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use jitr_domain::{JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp};
-use jitr_infra::{EventStore, ManualClock, QueuedJob, SimSettings};
+use std::sync::Arc;
+
+use jitr_domain::{
+    ClientToken, InstanceId, JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp,
+};
+use jitr_infra::{EventStore, Fault, FaultyCompute, ManualClock, QueuedJob, SimSettings};
 use jitr_projections::accounting::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +45,14 @@ pub enum Scenario {
     LostWebhooks,
     /// Every webhook delivered five times.
     DuplicateStorm,
+    /// EC2 as its documentation says it may behave, all at once: NotFound by id
+    /// (and terminate a no-op) for 30 s after each launch; a tag-filtered listing
+    /// that omits instances for 90 s after launch and every fifth instance
+    /// altogether (no deployment tag); the first instance's termination refused
+    /// three times (an IAM deny); three RunInstances answers lost; RunInstances
+    /// throttled from 0:30 to 3:30, longer than the consistency window; a quarter
+    /// of the JIT mints failing right after launch.
+    CloudChaos,
 }
 
 impl Scenario {
@@ -51,6 +63,7 @@ impl Scenario {
             Scenario::CrashStorm => "crash-storm",
             Scenario::LostWebhooks => "lost-webhooks",
             Scenario::DuplicateStorm => "duplicate-storm",
+            Scenario::CloudChaos => "cloud-chaos",
         }
     }
 }
@@ -85,6 +98,21 @@ pub struct SimulationReport {
     pub simulated_ms: u64,
     /// Instances still alive at the end.
     pub instances_alive_at_end: usize,
+    /// The consistency window recorded in each runner's `Requested`.
+    pub consistency_window_ms: u64,
+    /// `Terminated` (or `StrayTerminated`) events recorded while the simulator
+    /// still ran the instance they declare gone (for `Terminated` without an
+    /// instance: while an instance of the runner's launch ran). Must be 0.
+    pub premature_terminations: u64,
+    /// Runners closed by a `Terminated`, by the evidence recorded in it.
+    pub closed_by: BTreeMap<String, u64>,
+    /// Stray instances recorded (RunInstances answers their runner could not take).
+    pub strays: u64,
+    /// Instances the reaper found by id, missing from the listing, and re-tagged.
+    pub retagged: u64,
+    /// Per-item failures the reaper reported and swept past (e.g. a refused
+    /// termination).
+    pub sweep_errors: u64,
 }
 
 struct Job {
@@ -98,12 +126,33 @@ const T0: Timestamp = Timestamp(1_777_868_520_000);
 const STEP_MS: u64 = 1_000;
 const LIMIT_MS: u64 = 3 * 3_600_000;
 
-/// Runs `scenario` in `dir` (which keeps the log, cloud and queues afterwards).
+/// Runs `scenario` in `dir` (which keeps the log, cloud and queues afterwards),
+/// with the default consistency window.
 pub async fn run(
     dir: &Path,
     scenario: Scenario,
     seed: u64,
     compensation: bool,
+) -> Result<SimulationReport, ServeError> {
+    run_with(
+        dir,
+        scenario,
+        seed,
+        compensation,
+        jitr_domain::DEFAULT_CONSISTENCY_WINDOW_MS,
+    )
+    .await
+}
+
+/// [`run`], recording `window_ms` as each runner's consistency window (0 restores
+/// the behaviour before issue 9: NotFound and an empty token lookup taken as
+/// proof at once).
+pub async fn run_with(
+    dir: &Path,
+    scenario: Scenario,
+    seed: u64,
+    compensation: bool,
+    window_ms: u64,
 ) -> Result<SimulationReport, ServeError> {
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
@@ -123,16 +172,27 @@ pub async fn run(
         store,
         cloud,
         github,
-        ports,
+        mut ports,
     } = Embedded::open(dir, settings, clock.clock(), 25)?;
-    if scenario == Scenario::SeedIncident {
+    if matches!(scenario, Scenario::SeedIncident | Scenario::CloudChaos) {
         github.fail_mints_at_rate(0.25, seed);
     }
+    let chaos = (scenario == Scenario::CloudChaos).then(|| {
+        let faulty = Arc::new(FaultyCompute::new(cloud.clone()).with_clock(clock.clock()));
+        faulty.inject(Fault::NotFoundAfterLaunch(Duration::from_secs(30)), None);
+        faulty.inject(Fault::ListOmitsRecent(Duration::from_secs(90)), None);
+        faulty.inject(Fault::LoseLaunchAnswer, Some(3));
+        ports.compute = faulty.clone();
+        faulty
+    });
+    let mut chaos_seen: Vec<InstanceId> = Vec::new();
+    let (mut retagged, mut sweep_errors) = (0u64, 0u64);
     let scaleup_queue = ports.scaleup_queue.clone();
     let lifecycle_queue = ports.lifecycle_queue.clone();
     let compensation_queue = ports.compensation_queue.clone();
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 30_000;
+    policy.deadlines.consistency_window_ms = window_ms;
     policy.max_launch_attempts = 20;
     let app = App::new(ports, policy, Vec::new());
     let mut projector = app.projector().await?;
@@ -167,6 +227,35 @@ pub async fn run(
     let mut elapsed = 0u64;
     while elapsed <= LIMIT_MS {
         let t = now();
+        if let Some(faulty) = &chaos {
+            // RunInstances throttled from 0:30 to 3:30.
+            if elapsed == 30_000 {
+                faulty.inject(
+                    Fault::RejectLaunch {
+                        market: None,
+                        code: "RequestLimitExceeded".into(),
+                    },
+                    None,
+                );
+            }
+            if elapsed == 210_000 {
+                faulty.clear_matching(|f| matches!(f, Fault::RejectLaunch { .. }));
+            }
+            // New instances: the first one's termination is refused three times;
+            // every fifth one comes without the deployment tag.
+            for m in jitr_infra::Compute::list_managed(&cloud).await? {
+                if chaos_seen.contains(&m.instance_id) {
+                    continue;
+                }
+                if chaos_seen.is_empty() {
+                    faulty.inject(Fault::RefuseTermination(m.instance_id.clone()), Some(3));
+                }
+                if chaos_seen.len() % 5 == 4 {
+                    faulty.inject(Fault::Untagged(m.instance_id.clone()), None);
+                }
+                chaos_seen.push(m.instance_id);
+            }
+        }
         // GitHub: queued webhooks arrive (or get lost), possibly several times.
         for (job, arrival) in jobs.iter().zip(&arrivals) {
             if *arrival / STEP_MS != elapsed / STEP_MS {
@@ -301,7 +390,10 @@ pub async fn run(
         }
         if elapsed % 60_000 == 0 {
             if compensation {
-                let _ = app.reaper.sweep(t).await;
+                if let Ok(sweep) = app.reaper.sweep(t).await {
+                    retagged += sweep.retagged.len() as u64;
+                    sweep_errors += sweep.errors.len() as u64;
+                }
             }
             let _ = app.rebalancer.tick(t).await;
         }
@@ -334,17 +426,61 @@ pub async fn run(
     let replayed = audit::replay(&*store, Some(end), |_| {}).await?;
     let figures = replayed.ledger.figures(T0, end, 60_000);
     let mut launch_failures: BTreeMap<String, u64> = BTreeMap::new();
+    let lifetimes = cloud.lifetimes()?;
+    let mut intents: BTreeMap<StreamId, ClientToken> = BTreeMap::new();
+    let mut premature = 0u64;
+    let mut strays = 0u64;
+    let ran = |at: Timestamp, pick: &dyn Fn(&jitr_infra::SimLifetime) -> bool| {
+        lifetimes.iter().any(|l| pick(l) && l.ran_at(at))
+    };
     let mut after = 0;
     loop {
         let page = store.read_all(after, 10_000).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for r in &page {
-            if let RunnerEvent::LaunchRejected { code, .. } = &r.event {
-                *launch_failures.entry(code.clone()).or_default() += 1;
-            }
+            let early = match &r.event {
+                RunnerEvent::LaunchRejected { code, .. } => {
+                    *launch_failures.entry(code.clone()).or_default() += 1;
+                    false
+                }
+                RunnerEvent::LaunchIntended { client_token, .. } => {
+                    intents.insert(r.stream.clone(), client_token.clone());
+                    false
+                }
+                RunnerEvent::StrayLaunched { .. } => {
+                    strays += 1;
+                    false
+                }
+                RunnerEvent::Terminated {
+                    at,
+                    instance_id: Some(id),
+                    ..
+                }
+                | RunnerEvent::StrayTerminated {
+                    at,
+                    instance_id: id,
+                    ..
+                } => ran(*at, &|l| l.instance_id == *id),
+                RunnerEvent::Terminated {
+                    at,
+                    instance_id: None,
+                    ..
+                } => {
+                    let token = intents.get(&r.stream);
+                    ran(*at, &|l| Some(&l.client_token) == token)
+                }
+                _ => false,
+            };
+            premature += u64::from(early);
         }
     }
+    let closed_by = replayed
+        .ledger
+        .closed_by()
+        .into_iter()
+        .map(|(evidence, n)| (evidence.as_str().to_owned(), n))
+        .collect();
     let alive = jitr_infra::Compute::list_managed(&cloud)
         .await?
         .into_iter()
@@ -368,6 +504,12 @@ pub async fn run(
         },
         simulated_ms: end.millis_since(T0),
         instances_alive_at_end: alive,
+        consistency_window_ms: window_ms,
+        premature_terminations: premature,
+        closed_by,
+        strays,
+        retagged,
+        sweep_errors,
     })
 }
 
@@ -394,6 +536,10 @@ pub fn render(r: &SimulationReport) -> String {
          compensation latency   {} terminations, p50 {} ms, p99 {} ms, max {} ms\n\
          quota free again       {}\n\
          instances alive at end {}\n\
+         premature terminations {} (consistency window {} s)\n\
+         closed on evidence     {}\n\
+         stray instances        {}\n\
+         reaper                 {} re-tagged, {} item errors swept past\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -422,6 +568,16 @@ pub fn render(r: &SimulationReport) -> String {
                 ms / 1000
             )),
         r.instances_alive_at_end,
+        r.premature_terminations,
+        r.consistency_window_ms / 1000,
+        r.closed_by
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.strays,
+        r.retagged,
+        r.sweep_errors,
         r.simulated_ms / 1000,
     )
 }
@@ -438,6 +594,10 @@ pub struct Args {
     /// Turn compensation and the reaper off (what would leak without them).
     #[arg(long)]
     without_compensation: bool,
+    /// The consistency window recorded in each runner's `Requested`; `0s`
+    /// restores the behaviour before issue 9 (NotFound taken as proof at once).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    consistency_window: Duration,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -464,7 +624,14 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => scratch.path().to_path_buf(),
     };
-    let report = run(&dir, args.scenario, args.seed, !args.without_compensation).await?;
+    let report = run_with(
+        &dir,
+        args.scenario,
+        args.seed,
+        !args.without_compensation,
+        args.consistency_window.as_millis() as u64,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
