@@ -18,8 +18,8 @@ use jitr_domain::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::ports::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, OpenStreams,
-    RecordedEvent, StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, Lease,
+    OpenStreams, RecordedEvent, StoreError, StreamHead,
 };
 
 const SCHEMA: &str = r#"
@@ -61,9 +61,15 @@ CREATE TABLE IF NOT EXISTS commands (
     version    INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
-    name     TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    snapshot BLOB    NOT NULL
+    name       TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    snapshot   BLOB    NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
@@ -229,6 +235,29 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(
             "ALTER TABLE streams ADD COLUMN runner_name TEXT;
              UPDATE streams SET runner_name = json_extract(state, '$.runner_name');",
+        )
+        .map_err(unavailable)?;
+    }
+    let has_generation: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('checkpoints') WHERE name = 'generation'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+        > 0;
+    let has_checkpoints: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+        > 0;
+    if has_checkpoints && !has_generation {
+        conn.execute_batch(
+            "ALTER TABLE checkpoints ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+             UPDATE checkpoints SET generation = 1;",
         )
         .map_err(unavailable)?;
     }
@@ -585,12 +614,13 @@ impl CheckpointStore for SqliteEventStore {
         let name = name.to_owned();
         self.with_conn(move |conn| {
             conn.query_row(
-                "SELECT position, snapshot FROM checkpoints WHERE name = ?1",
+                "SELECT position, snapshot, generation FROM checkpoints WHERE name = ?1",
                 [&name],
                 |r| {
                     Ok(Checkpoint {
                         position: r.get(0)?,
                         snapshot: r.get(1)?,
+                        generation: r.get(2)?,
                     })
                 },
             )
@@ -600,14 +630,88 @@ impl CheckpointStore for SqliteEventStore {
         .await
     }
 
-    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, StoreError> {
         let (name, checkpoint) = (name.to_owned(), checkpoint.clone());
         self.with_conn(move |conn| {
+            let expected = checkpoint.generation;
+            // One statement: the check and the write are atomic across processes.
+            let written = if expected == 0 {
+                conn.execute(
+                    "INSERT INTO checkpoints (name, position, snapshot, generation)
+                     VALUES (?1, ?2, ?3, 1) ON CONFLICT (name) DO NOTHING",
+                    params![name, checkpoint.position, checkpoint.snapshot],
+                )
+            } else {
+                conn.execute(
+                    "UPDATE checkpoints SET position = ?2, snapshot = ?3, generation = ?4 + 1
+                     WHERE name = ?1 AND generation = ?4",
+                    params![name, checkpoint.position, checkpoint.snapshot, expected],
+                )
+            }
+            .map_err(map_write_error)?;
+            if written == 1 {
+                return Ok(expected + 1);
+            }
+            let found: u64 = conn
+                .query_row(
+                    "SELECT generation FROM checkpoints WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(0);
+            Err(StoreError::CheckpointMoved {
+                name,
+                expected,
+                found,
+            })
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with_conn(move |conn| {
             conn.execute(
-                "INSERT INTO checkpoints (name, position, snapshot) VALUES (?1, ?2, ?3)
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3 + ?4)
                  ON CONFLICT (name) DO UPDATE SET
-                     position = excluded.position, snapshot = excluded.snapshot",
-                params![name, checkpoint.position, checkpoint.snapshot],
+                     holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= ?3",
+                params![name, holder, now.0, ttl_ms as i64],
+            )
+            .map_err(map_write_error)?;
+            conn.query_row(
+                "SELECT holder, expires_at FROM leases WHERE name = ?1",
+                [&name],
+                |r| {
+                    Ok(Lease {
+                        holder: r.get(0)?,
+                        expires_at: Timestamp(r.get(1)?),
+                    })
+                },
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
             )
             .map(|_| ())
             .map_err(map_write_error)

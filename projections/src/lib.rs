@@ -14,39 +14,41 @@ use jitr_domain::{
 };
 use serde::{Deserialize, Serialize};
 
-/// What is kept of a closed runner.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClosedRunner {
-    /// `completed` or `failed`.
-    pub status: RunnerStatus,
-    /// The failed step, if it failed.
-    pub failure: Option<FailureStage>,
-    /// Its instance, if one was launched.
-    pub instance_id: Option<InstanceId>,
-    /// When it was requested.
-    pub requested_at: Option<Timestamp>,
-    /// When it closed.
-    pub closed_at: Timestamp,
-}
+/// The shape of [`RunnerViews`] as saved; a checkpoint of another shape is
+/// rebuilt from the log.
+pub const VIEWS_SCHEMA: u32 = 2;
 
-/// The runner read models at one position of the log.
+/// How many skipped positions are kept (all are counted).
+pub const SKIPPED_KEPT: usize = 100;
+
+/// The runner read models at one position of the log, bounded by what is open:
+/// open runners keep their whole folded state (what `resume` needs); closed ones
+/// are only counted (their history is in the log, `jitr history` reads it), so
+/// the views — and a checkpoint of them — do not grow with history.
 ///
-/// Open runners keep their whole folded state (what `resume` needs); closed ones a
-/// summary. Applying the same events in any number of batches, with snapshots in
-/// between, gives the same models as one rebuild from scratch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Applying the same events in any number of batches, with snapshots in between,
+/// gives the same models as one rebuild from scratch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerViews {
+    /// The shape of these views ([`VIEWS_SCHEMA`]).
+    #[serde(default)]
+    pub schema: u32,
     /// Last global position folded in.
     pub position: u64,
     /// Open (non-terminal) runners.
     pub open: BTreeMap<StreamId, RunnerState>,
-    /// Closed runners.
-    pub closed: BTreeMap<StreamId, ClosedRunner>,
-    /// Events for a stream that was already closed (the log should never have them).
+    /// Closed runners, counted by their terminal status.
+    #[serde(default)]
+    pub closed: BTreeMap<RunnerStatus, u64>,
+    /// Events for a stream that is not open and that no `Requested` opens: a
+    /// closed stream's (the log should never have them; strays aside).
     pub after_close: u64,
-    /// Positions of events that could not be read and were skipped.
+    /// Positions of the first [`SKIPPED_KEPT`] events that could not be read.
     #[serde(default)]
     pub skipped: Vec<u64>,
+    /// Events that could not be read and were skipped.
+    #[serde(default)]
+    pub skipped_count: u64,
     /// Stray instances (returned for launches their stream could not take) not
     /// yet confirmed gone, whatever their stream's status.
     #[serde(default)]
@@ -106,16 +108,43 @@ pub struct OpenLeak {
     pub reason: TerminationReason,
     /// Whether a termination was already issued.
     pub termination_requested: bool,
+    /// Whether the instance is a stray of the runner (not its own instance).
+    #[serde(default)]
+    pub stray: bool,
+}
+
+impl Default for RunnerViews {
+    fn default() -> Self {
+        RunnerViews {
+            schema: VIEWS_SCHEMA,
+            position: 0,
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            after_close: 0,
+            skipped: Vec::new(),
+            skipped_count: 0,
+            strays: BTreeMap::new(),
+        }
+    }
 }
 
 impl RunnerViews {
     /// Passes over the event at `position`, which could not be read: it is counted
-    /// in [`RunnerViews::skipped`] and the views move on.
+    /// in [`RunnerViews::skipped_count`] (and its position kept, for the first
+    /// ones) and the views move on.
     pub fn skip(&mut self, position: u64) {
         if position > self.position {
             self.position = position;
-            self.skipped.push(position);
+            self.skipped_count += 1;
+            if self.skipped.len() < SKIPPED_KEPT {
+                self.skipped.push(position);
+            }
         }
+    }
+
+    /// Closed runners.
+    pub fn closed_count(&self) -> u64 {
+        self.closed.values().sum()
     }
 
     /// Folds one event at global `position`. Positions at or below the current one
@@ -147,51 +176,41 @@ impl RunnerViews {
             }
             _ => {}
         }
-        if self.closed.contains_key(stream) {
-            // A stray may be recorded on a closed stream; nothing else may.
-            if !matches!(
-                event,
-                RunnerEvent::StrayLaunched { .. } | RunnerEvent::StrayTerminated { .. }
-            ) {
-                self.after_close += 1;
+        let state = match self.open.remove(stream) {
+            Some(state) => state,
+            // Only `Requested` opens a stream: any other event for a stream not
+            // open belongs to a closed one (a stray's may; nothing else should).
+            None if matches!(event, RunnerEvent::Requested { .. }) => RunnerState::default(),
+            None => {
+                if !matches!(
+                    event,
+                    RunnerEvent::StrayLaunched { .. } | RunnerEvent::StrayTerminated { .. }
+                ) {
+                    self.after_close += 1;
+                }
+                return;
             }
-            return;
-        }
-        let state = self.open.remove(stream).unwrap_or_default();
+        };
         let state = evolve(state, event);
         if is_terminal(&state) {
-            self.closed.insert(
-                stream.clone(),
-                ClosedRunner {
-                    status: state.status(),
-                    failure: state.failure.as_ref().map(|f| f.stage),
-                    instance_id: state.instance().map(|i| i.id.clone()),
-                    requested_at: state.request.as_ref().map(|r| r.at),
-                    closed_at: event.at(),
-                },
-            );
+            *self.closed.entry(state.status()).or_insert(0) += 1;
         } else {
             self.open.insert(stream.clone(), state);
         }
     }
 
-    /// The status of one runner, if the log has it.
+    /// The status of an open runner (a closed one's is in the log).
     pub fn status(&self, stream: &StreamId) -> Option<RunnerStatus> {
-        self.open
-            .get(stream)
-            .map(RunnerState::status)
-            .or_else(|| self.closed.get(stream).map(|c| c.status))
+        self.open.get(stream).map(RunnerState::status)
     }
 
     /// How many runners are in each status (statuses with none are left out).
     pub fn by_status(&self) -> BTreeMap<RunnerStatus, u64> {
-        let mut counts = BTreeMap::new();
+        let mut counts = self.closed.clone();
         for state in self.open.values() {
             *counts.entry(state.status()).or_insert(0) += 1;
         }
-        for closed in self.closed.values() {
-            *counts.entry(closed.status).or_insert(0) += 1;
-        }
+        counts.retain(|_, n| *n > 0);
         counts
     }
 
@@ -236,20 +255,24 @@ impl RunnerViews {
                     owed_since,
                     reason,
                     termination_requested: state.termination_requested.is_some(),
+                    stray: false,
                 })
             })
             .collect();
         for (id, stray) in &self.strays {
             leaks.push(OpenLeak {
                 stream: stray.stream.clone(),
+                // A stray's runner is usually closed (its status is in the log);
+                // the stray itself is being terminated.
                 status: self
                     .status(&stray.stream)
-                    .unwrap_or(RunnerStatus::Unrequested),
+                    .unwrap_or(RunnerStatus::Terminating),
                 instance_id: Some(id.clone()),
                 vcpus: Some(stray.vcpus),
                 owed_since: stray.since,
                 reason: stray_reason(),
                 termination_requested: true,
+                stray: true,
             });
         }
         leaks.sort_by(|a, b| (a.owed_since, &a.stream).cmp(&(b.owed_since, &b.stream)));

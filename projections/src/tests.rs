@@ -154,11 +154,18 @@ fn views_show_statuses_fleet_and_leaks() {
     for (p, s, e) in feed(&mixed()) {
         views.apply(p, &s, &e);
     }
-    assert_eq!(views.status(&stream(1)), Some(RunnerStatus::Completed));
+    // Closed runners are counted, not kept.
+    assert_eq!(views.status(&stream(1)), None);
     assert_eq!(views.status(&stream(2)), Some(RunnerStatus::Terminating));
     assert_eq!(views.status(&stream(3)), Some(RunnerStatus::Running));
     assert_eq!(views.status(&stream(4)), Some(RunnerStatus::Draining));
-    assert_eq!(views.status(&stream(5)), Some(RunnerStatus::Failed));
+    assert_eq!(views.status(&stream(5)), None);
+    assert_eq!(
+        views.closed,
+        [(RunnerStatus::Completed, 1), (RunnerStatus::Failed, 1)].into()
+    );
+    assert_eq!(views.closed_count(), 2);
+    assert_eq!(views.by_status().values().sum::<u64>(), 5);
     let fleet = views.fleet();
     assert_eq!(
         fleet.spot,
@@ -272,7 +279,31 @@ fn nothing_is_emitted_for_a_terminated_runner() {
     for (p, s, e) in &events {
         views.apply(*p, s, e);
     }
-    assert_eq!(views.status(&stream(2)), Some(RunnerStatus::Failed));
+    assert_eq!(views.status(&stream(2)), None, "closed");
+    assert_eq!(views.closed.get(&RunnerStatus::Failed), Some(&1));
     assert!(CompensationPolicy::new(0).due(&views, at(99)).is_empty());
     assert!(views.open_leaks(at(99)).is_empty());
+}
+
+/// The views do not grow with history: a thousand closed runners leave only
+/// their counts, and an event for a closed stream is counted, not folded.
+#[test]
+fn closed_runners_are_counted_not_kept() {
+    let mut views = RunnerViews::default();
+    let runners: Vec<(u64, Path)> = (1..=1000).map(|n| (n, Path::Done)).collect();
+    let events = feed(&runners);
+    for (p, s, e) in &events {
+        views.apply(*p, s, e);
+    }
+    assert!(views.open.is_empty());
+    assert_eq!(views.closed_count(), 1000);
+    let small = serde_json::to_vec(&views).unwrap().len();
+    assert!(small < 200, "{small} bytes for 1000 closed runners");
+    views.apply(
+        events.len() as u64 + 1,
+        &stream(7),
+        &RunnerEvent::JobStarted { at: at(99) },
+    );
+    assert_eq!(views.after_close, 1);
+    assert!(views.open.is_empty());
 }

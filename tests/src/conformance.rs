@@ -327,26 +327,115 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
     assert_eq!(failed.status, RunnerStatus::Failed);
 }
 
-/// Checkpoints save, replace and load back.
+/// Checkpoints save, replace and load back; each save names the generation it
+/// replaces.
 pub async fn checkpoints_round_trip<B: Backing>(backing: B) {
     let store = backing.open().await;
     assert_eq!(store.load_checkpoint("runners").await.unwrap(), None);
     let first = Checkpoint {
         position: 7,
         snapshot: b"{\"a\":1}".to_vec(),
+        generation: 0,
     };
-    store.save_checkpoint("runners", &first).await.unwrap();
+    assert_eq!(store.save_checkpoint("runners", &first).await.unwrap(), 1);
     let second = Checkpoint {
         position: 9,
         snapshot: vec![0, 1, 2, 255],
+        generation: 1,
     };
-    store.save_checkpoint("runners", &second).await.unwrap();
+    assert_eq!(store.save_checkpoint("runners", &second).await.unwrap(), 2);
     let other = backing.open().await;
     assert_eq!(
         other.load_checkpoint("runners").await.unwrap(),
-        Some(second)
+        Some(Checkpoint {
+            generation: 2,
+            ..second
+        })
     );
     assert_eq!(other.load_checkpoint("fleet").await.unwrap(), None);
+}
+
+/// Two writers that loaded the same checkpoint save concurrently: exactly one
+/// wins, the other is told the checkpoint moved, and what loads is the
+/// winner's whole snapshot (never a mix), even for snapshots of many chunks.
+pub async fn concurrent_checkpoint_saves_one_wins<B: Backing>(backing: B) {
+    let store = Arc::new(backing.open().await);
+    let base = Checkpoint {
+        position: 1,
+        snapshot: vec![b'x'; 10],
+        generation: 0,
+    };
+    store.save_checkpoint("views", &base).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..4u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let checkpoint = Checkpoint {
+                position: 100 + u64::from(writer),
+                // Over DynamoDB's 400 KB item limit: several chunks.
+                snapshot: vec![b'a' + writer; 700 * 1024],
+                generation: 1,
+            };
+            store.save_checkpoint("views", &checkpoint).await
+        }));
+    }
+    let mut won = Vec::new();
+    for (writer, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(generation) => won.push((writer as u8, generation)),
+            Err(StoreError::CheckpointMoved { expected: 1, .. }) => {}
+            Err(e) => panic!("writer {writer}: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let (writer, generation) = won[0];
+    let loaded = store.load_checkpoint("views").await.unwrap().unwrap();
+    assert_eq!(loaded.generation, generation);
+    assert_eq!(loaded.position, 100 + u64::from(writer));
+    assert!(loaded.snapshot.len() == 700 * 1024);
+    assert!(
+        loaded.snapshot.iter().all(|b| *b == b'a' + writer),
+        "a mixed snapshot"
+    );
+}
+
+/// One lease holder at a time: another holder gets the current lease back
+/// until it lapses or is released; the holder renews it.
+pub async fn one_lease_holder_at_a_time<B: Backing>(backing: B) {
+    let store = backing.open().await;
+    let t = at(0);
+    let a = store
+        .acquire_lease("projector", "a", t, 30_000)
+        .await
+        .unwrap();
+    assert_eq!((a.holder.as_str(), a.expires_at), ("a", t.plus_ms(30_000)));
+    let b = store
+        .acquire_lease("projector", "b", t.plus_ms(10_000), 30_000)
+        .await
+        .unwrap();
+    assert_eq!(b.holder, "a", "b waits while a holds it");
+    let renewed = store
+        .acquire_lease("projector", "a", t.plus_ms(20_000), 30_000)
+        .await
+        .unwrap();
+    assert_eq!(renewed.expires_at, t.plus_ms(50_000));
+    let lapsed = store
+        .acquire_lease("projector", "b", t.plus_ms(50_000), 30_000)
+        .await
+        .unwrap();
+    assert_eq!(lapsed.holder, "b", "a lapsed lease is taken");
+    store.release_lease("projector", "a").await.unwrap();
+    let still = store
+        .acquire_lease("projector", "a", t.plus_ms(51_000), 30_000)
+        .await
+        .unwrap();
+    assert_eq!(still.holder, "b", "only the holder releases");
+    store.release_lease("projector", "b").await.unwrap();
+    let taken = store
+        .acquire_lease("projector", "a", t.plus_ms(52_000), 30_000)
+        .await
+        .unwrap();
+    assert_eq!(taken.holder, "a", "a released lease is taken at once");
 }
 
 /// Generates one `#[tokio::test]` per conformance case for a backing.
@@ -365,6 +454,8 @@ macro_rules! event_store_conformance {
             read_all_pages_in_order,
             heads_index_open_streams_and_instances,
             checkpoints_round_trip,
+            concurrent_checkpoint_saves_one_wins,
+            one_lease_holder_at_a_time,
         );
     };
     (@cases $backing:expr; $($case:ident,)*) => {

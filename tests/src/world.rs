@@ -84,7 +84,10 @@ impl World {
             github,
             ports,
         } = embedded;
-        let app = App::new(ports, policy, Vec::new());
+        let mut app = App::new(ports, policy, Vec::new());
+        // One identity across restarts: a restarted world takes the projector's
+        // lease at once, as the same host would.
+        app.holder = "world".into();
         World {
             policy: app.policy.clone(),
             scaleup: app.scaleup.clone(),

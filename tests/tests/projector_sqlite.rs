@@ -10,8 +10,8 @@ use jitr_domain::{
 };
 use jitr_e2e::fixtures::{at, fail_token, instance, launched, stream};
 use jitr_handlers::app::dispatch::{Dispatched, dispatch};
-use jitr_handlers::app::projector::Projector;
-use jitr_infra::{CommandId, EventStore, InProcessBus, SqliteEventStore};
+use jitr_handlers::app::projector::{CHECKPOINT, Projector};
+use jitr_infra::{CheckpointStore, CommandId, EventStore, InProcessBus, SqliteEventStore};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 struct World {
@@ -34,10 +34,21 @@ impl World {
         }
     }
 
+    /// This world's projector (restarted under the same lease holder id).
     async fn projector(&self) -> Projector {
-        Projector::start(self.store.clone(), Arc::new(self.bus.clone()), 60_000)
-            .await
-            .unwrap()
+        self.projector_of("host-a").await
+    }
+
+    /// A projector holding (or waiting for) the lease as `holder`.
+    async fn projector_of(&self, holder: &str) -> Projector {
+        Projector::start(
+            self.store.clone(),
+            Arc::new(self.bus.clone()),
+            60_000,
+            holder,
+        )
+        .await
+        .unwrap()
     }
 
     /// Runner `job` launched at `at(0)`.
@@ -132,9 +143,10 @@ async fn failure_after_launch_is_terminating_until_terminated() {
     world.terminated(1, at(31)).await;
     projector.tick(at(200)).await.unwrap();
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(projector.views().status(&stream(1)), None, "closed");
     assert_eq!(
-        projector.views().status(&stream(1)),
-        Some(RunnerStatus::Failed)
+        projector.views().closed.get(&RunnerStatus::Failed),
+        Some(&1)
     );
     assert!(projector.views().open_leaks(at(200)).is_empty());
     assert!(world.drain().is_empty());
@@ -206,12 +218,9 @@ async fn a_restarted_projector_re_emits_what_is_still_owed_and_nothing_else() {
     assert_eq!(streams(&emitted), vec![stream(4), stream(5)]);
     assert_eq!(streams(&world.drain()), vec![stream(4), stream(5)]);
     assert_eq!(
-        second.views().status(&stream(1)),
-        Some(RunnerStatus::Failed)
-    );
-    assert_eq!(
-        second.views().status(&stream(3)),
-        Some(RunnerStatus::Failed)
+        second.views().closed.get(&RunnerStatus::Failed),
+        Some(&2),
+        "runners 1 and 3"
     );
     assert_eq!(
         second.views().status(&stream(6)),
@@ -278,4 +287,83 @@ async fn an_unreadable_event_is_skipped_and_reported() {
     assert_eq!(positions, [5]);
     assert_eq!(replay.unreadable[0].stream, stream(2).to_string());
     assert_eq!(replay.events, 8);
+}
+
+/// Issue 9: two projectors started on one log. One holds the lease and writes;
+/// the other does nothing (no fold, no emission, no save) while it is held. The
+/// checkpoint stays readable throughout. When the first stops cleanly (gives the
+/// lease up) the second takes over at once, from the first's checkpoint; when a
+/// holder dies without giving it up, the other takes over once it lapses.
+#[tokio::test]
+async fn two_projectors_on_one_log_one_writes_the_other_waits() {
+    let mut world = World::new();
+    let mut a = world.projector_of("host-a").await;
+    let mut b = world.projector_of("host-b").await;
+    world.launch(1).await;
+    world.command(1, fail_token(), at(5)).await;
+    assert_eq!(streams(&a.tick(at(6)).await.unwrap()), vec![stream(1)]);
+    assert!(a.is_leader());
+    assert!(b.tick(at(7)).await.unwrap().is_empty());
+    assert!(!b.is_leader());
+    assert_eq!(b.views().position, 0, "the waiting projector folds nothing");
+    assert_eq!(streams(&world.drain()), vec![stream(1)], "emitted once");
+    let saved = world
+        .store
+        .load_checkpoint(CHECKPOINT)
+        .await
+        .unwrap()
+        .unwrap();
+    let views: jitr_projections::RunnerViews = serde_json::from_slice(&saved.snapshot).unwrap();
+    assert_eq!(views.position, a.views().position);
+
+    // A stops cleanly: B takes over at once, resuming from A's checkpoint.
+    world.launch(2).await;
+    world.command(2, fail_token(), at(8)).await;
+    a.release().await.unwrap();
+    let emitted = b.tick(at(9)).await.unwrap();
+    assert!(b.is_leader());
+    assert_eq!(
+        streams(&emitted),
+        vec![stream(1), stream(2)],
+        "B re-emits what is owed"
+    );
+    assert!(a.tick(at(10)).await.unwrap().is_empty(), "A now waits");
+
+    // B dies without giving the lease up: A takes over once it lapses.
+    drop(b);
+    assert!(a.tick(at(20)).await.unwrap().is_empty());
+    let lapsed = at(9).plus_ms(jitr_handlers::app::projector::LEASE_TTL_MS);
+    assert!(!a.tick(lapsed).await.unwrap().is_empty());
+    assert!(a.is_leader());
+    let rebuilt = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(&rebuilt.views, a.views());
+}
+
+/// A projector whose checkpoint another writer moved on (its lease lapsed
+/// mid-catch-up) does not overwrite it: its save is refused and it resumes from
+/// the newer checkpoint.
+#[tokio::test]
+async fn a_stale_writer_never_overwrites_a_newer_checkpoint() {
+    let world = World::new();
+    let mut a = world.projector_of("host-a").await;
+    world.launch(1).await;
+    a.catch_up().await.unwrap();
+    let mut b = world.projector_of("host-a").await;
+    world.launch(2).await;
+    b.catch_up().await.unwrap();
+    world.launch(3).await;
+    // A's save names generation 1; B saved generation 2 meanwhile.
+    a.catch_up().await.unwrap();
+    let saved = world
+        .store
+        .load_checkpoint(CHECKPOINT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.generation, 2, "A's stale save was refused");
+    assert_eq!(a.views(), b.views(), "A resumed from B's checkpoint");
+    a.catch_up().await.unwrap();
+    assert_eq!(a.views().open.len(), 3);
 }

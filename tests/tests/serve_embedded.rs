@@ -1,25 +1,32 @@
 //! `jitr serve` on the embedded default, over HTTP: signed webhooks in, runners out.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jitr_domain::{RunnerStatus, StreamId};
 use jitr_handlers::app::policy::RunnerPolicy;
 use jitr_handlers::app::webhook::{sample_payload, sign};
 use jitr_handlers::runtime::serve::{self, Cadence};
-use jitr_infra::{EventStore, SimSettings, SqliteEventStore};
+use jitr_infra::{CheckpointStore, EventStore, SimSettings, SqliteEventStore};
 
 const SECRET: &str = "it-is-a-secret";
 
 struct Server {
     url: String,
-    dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
+    /// Its projector's lease holder id.
+    holder: String,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
     http: reqwest::Client,
 }
 
 async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(Arc::new(tempfile::tempdir().unwrap())).await
+}
+
+/// A server on `dir` (which another server may share).
+async fn start_in(dir: Arc<tempfile::TempDir>) -> Server {
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 500;
     let app = serve::embedded(
@@ -36,10 +43,12 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let holder = app.holder.clone();
     let task = tokio::spawn(serve::run(app, cadence, listener, stopped));
     Server {
         url,
         dir,
+        holder,
         stop,
         task,
         http: reqwest::Client::new(),
@@ -271,4 +280,103 @@ async fn bad_input_gets_clear_status_codes() {
         .await;
     assert_eq!((status, text.contains("duplicate")), (200, true));
     server.shutdown().await;
+}
+
+/// Who holds the projector's lease now (a probe that takes a free lease takes
+/// it for no time at all).
+async fn lease_holder(store: &SqliteEventStore) -> String {
+    let now = jitr_handlers::runtime::now();
+    store
+        .acquire_lease(jitr_handlers::app::projector::LEASE, "probe", now, 0)
+        .await
+        .unwrap()
+        .holder
+}
+
+/// Waits until `holder` holds the projector's lease.
+async fn wait_for_lease(store: &SqliteEventStore, holder: &str) {
+    let started = Instant::now();
+    while lease_holder(store).await != holder {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{holder} never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 9: two `serve` on one data directory. One projector holds the lease;
+/// runners are served and compensated all the same; the checkpoint stays
+/// readable. When the holder stops, the other takes the lease over at once; a
+/// restarted `serve` starts cleanly and takes it in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serves_on_one_log_share_it_and_restart_cleanly() {
+    let a = start().await;
+    let b = start_in(a.dir.clone()).await;
+    let store = a.store();
+    let first = {
+        let started = Instant::now();
+        loop {
+            let holder = lease_holder(&store).await;
+            if holder == a.holder || holder == b.holder {
+                break holder;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no projector took the lease"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (leader, follower) = if first == a.holder { (a, b) } else { (b, a) };
+
+    assert_eq!(leader.job("queued", 51, None).await.0, 202);
+    leader
+        .wait_for(51, Duration::from_secs(5), |h| {
+            h.state.runner_name.is_some()
+        })
+        .await;
+    let runner = leader
+        .store()
+        .head(&StreamId::parse("acme/widgets#51#1").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+        .runner_name
+        .unwrap();
+    assert_eq!(follower.job("completed", 51, Some(&runner)).await.0, 202);
+    leader
+        .wait_for(51, Duration::from_secs(5), |h| {
+            h.status == RunnerStatus::Completed
+        })
+        .await;
+    assert_eq!(
+        lease_holder(&store).await,
+        leader.holder,
+        "one writer throughout"
+    );
+
+    let dir = leader.dir.clone();
+    leader.shutdown().await;
+    wait_for_lease(&store, &follower.holder).await;
+    let checkpoint = store
+        .load_checkpoint(jitr_handlers::app::projector::CHECKPOINT)
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    let views: jitr_projections::RunnerViews =
+        serde_json::from_slice(&checkpoint.snapshot).unwrap();
+    assert!(views.closed_count() >= 1, "{views:?}");
+
+    follower.shutdown().await;
+    let restarted = start_in(dir).await;
+    wait_for_lease(&store, &restarted.holder).await;
+    assert_eq!(restarted.job("queued", 52, None).await.0, 202);
+    restarted
+        .wait_for(52, Duration::from_secs(5), |h| {
+            h.state.runner_name.is_some()
+        })
+        .await;
+    restarted.shutdown().await;
 }

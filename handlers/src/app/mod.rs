@@ -116,6 +116,13 @@ impl Ports {
     }
 }
 
+/// A fresh lease holder id: the host's name and a random suffix.
+fn holder_id() -> String {
+    use rand::Rng;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "jitr".into());
+    format!("{host}-{:08x}", rand::rng().random::<u32>())
+}
+
 /// How long the projector waits before emitting a still-owed termination again.
 pub const REEMIT_AFTER_MS: u64 = 60_000;
 
@@ -138,6 +145,8 @@ pub struct App {
     pub reaper: Arc<Reaper>,
     /// The rebalancer.
     pub rebalancer: Arc<Rebalancer>,
+    /// Who this process is, for the projector's lease (random per `App`).
+    pub holder: String,
 }
 
 impl App {
@@ -161,6 +170,7 @@ impl App {
                 compensation.clone(),
             )),
             rebalancer: Arc::new(Rebalancer::new(ports.clone(), policy.clone())),
+            holder: holder_id(),
             compensation,
             policy,
             ports,
@@ -168,12 +178,14 @@ impl App {
     }
 
     /// The projector, resumed from its checkpoint. It holds the runner views in
-    /// memory, so a process runs one.
+    /// memory, so a process runs one; it writes only while it holds the lease,
+    /// under this application's [`App::holder`].
     pub async fn projector(&self) -> Result<Projector, ProjectorError> {
         Projector::start(
             self.ports.store.clone(),
             self.ports.bus.clone(),
             REEMIT_AFTER_MS,
+            self.holder.clone(),
         )
         .await
     }

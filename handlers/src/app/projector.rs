@@ -7,7 +7,7 @@ use jitr_domain::{Command, TerminateRunner, Timestamp, missed_deadline, resume};
 use jitr_infra::{
     BusError, Checkpoint, CommandBus, CommandId, RunnerLog, StoreError, read_feed_page,
 };
-use jitr_projections::{CompensationPolicy, RunnerViews};
+use jitr_projections::{CompensationPolicy, RunnerViews, VIEWS_SCHEMA};
 use thiserror::Error;
 
 use crate::app::dispatch::{DispatchError, dispatch};
@@ -17,6 +17,14 @@ pub const CHECKPOINT: &str = "runner-views";
 
 /// Events read from the feed per page.
 pub const FEED_PAGE: usize = 10_000;
+
+/// The lease that makes one projector the writer of the checkpoint and the
+/// emitter of compensation.
+pub const LEASE: &str = "projector";
+
+/// How long a projector's lease lasts unless renewed (each tick renews it): a
+/// projector that dies without giving it up is replaced after this long.
+pub const LEASE_TTL_MS: u64 = 30_000;
 
 /// Why the projector stopped.
 #[derive(Debug, Error)]
@@ -36,32 +44,84 @@ pub enum ProjectorError {
 }
 
 /// Folds the feed and emits `TerminateRunner` commands, at least once each.
+///
+/// One projector at a time writes: each [`Projector::tick`] takes or renews the
+/// lease [`LEASE`] and does nothing while another holder has it; and every save
+/// of the checkpoint names the generation it replaces, so that even a writer
+/// whose lease lapsed mid-save cannot overwrite a newer checkpoint.
 pub struct Projector {
     store: Arc<dyn RunnerLog>,
     bus: Arc<dyn CommandBus>,
     views: RunnerViews,
+    generation: u64,
     policy: CompensationPolicy,
+    reemit_after_ms: u64,
+    holder: String,
+    leader: bool,
 }
 
 impl Projector {
     /// Starts from the saved checkpoint (or from the beginning of the log).
     /// Nothing emitted before a restart is remembered, so everything still owed is
     /// emitted again.
+    ///
+    /// `holder` names this projector for the lease (one per process).
     pub async fn start(
         store: Arc<dyn RunnerLog>,
         bus: Arc<dyn CommandBus>,
         reemit_after_ms: u64,
+        holder: impl Into<String>,
     ) -> Result<Self, ProjectorError> {
-        let views = match store.load_checkpoint(CHECKPOINT).await? {
-            Some(cp) => serde_json::from_slice(&cp.snapshot).map_err(ProjectorError::Snapshot)?,
-            None => RunnerViews::default(),
-        };
-        Ok(Projector {
+        let mut projector = Projector {
             store,
             bus,
-            views,
+            views: RunnerViews::default(),
+            generation: 0,
             policy: CompensationPolicy::new(reemit_after_ms),
-        })
+            reemit_after_ms,
+            holder: holder.into(),
+            leader: false,
+        };
+        projector.reload().await?;
+        Ok(projector)
+    }
+
+    /// Loads the saved checkpoint (a checkpoint of an older shape is rebuilt
+    /// from the log) and forgets what was emitted.
+    async fn reload(&mut self) -> Result<(), ProjectorError> {
+        let (views, generation) = match self.store.load_checkpoint(CHECKPOINT).await? {
+            Some(cp) => {
+                let views: RunnerViews =
+                    serde_json::from_slice(&cp.snapshot).map_err(ProjectorError::Snapshot)?;
+                if views.schema == VIEWS_SCHEMA {
+                    (views, cp.generation)
+                } else {
+                    tracing::warn!(
+                        schema = views.schema,
+                        "checkpoint of an older shape: rebuilding the views from the log"
+                    );
+                    (RunnerViews::default(), cp.generation)
+                }
+            }
+            None => (RunnerViews::default(), 0),
+        };
+        self.views = views;
+        self.generation = generation;
+        self.policy = CompensationPolicy::new(self.reemit_after_ms);
+        Ok(())
+    }
+
+    /// Whether this projector held the lease at its last tick.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// Gives the lease up (on a clean shutdown), so that the next projector
+    /// takes over at once.
+    pub async fn release(&mut self) -> Result<(), ProjectorError> {
+        self.leader = false;
+        self.store.release_lease(LEASE, &self.holder).await?;
+        Ok(())
     }
 
     /// The views as folded so far.
@@ -92,8 +152,22 @@ impl Projector {
             let checkpoint = Checkpoint {
                 position: self.views.position,
                 snapshot,
+                generation: self.generation,
             };
-            self.store.save_checkpoint(CHECKPOINT, &checkpoint).await?;
+            match self.store.save_checkpoint(CHECKPOINT, &checkpoint).await {
+                Ok(generation) => self.generation = generation,
+                Err(StoreError::CheckpointMoved { found, .. }) => {
+                    // Another projector saved meanwhile: its checkpoint stands;
+                    // carry on from it.
+                    tracing::warn!(
+                        generation = self.generation,
+                        found,
+                        "another projector saved the checkpoint: reloading it"
+                    );
+                    self.reload().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(folded)
     }
@@ -142,8 +216,27 @@ impl Projector {
         Ok(due)
     }
 
-    /// One round: catch up, then compensate.
+    /// One round, if this projector holds the lease (taking or renewing it):
+    /// catch up, then compensate. Without the lease it does nothing: another
+    /// projector is the writer.
     pub async fn tick(&mut self, now: Timestamp) -> Result<Vec<TerminateRunner>, ProjectorError> {
+        let lease = self
+            .store
+            .acquire_lease(LEASE, &self.holder, now, LEASE_TTL_MS)
+            .await?;
+        if lease.holder != self.holder {
+            if self.leader {
+                tracing::warn!(holder = %lease.holder, "projector lease lost");
+            }
+            self.leader = false;
+            return Ok(Vec::new());
+        }
+        if !self.leader {
+            // Taking over: another projector may have moved the checkpoint on.
+            self.reload().await?;
+            self.leader = true;
+            tracing::info!(holder = %self.holder, "projector lease taken");
+        }
         self.catch_up().await?;
         self.compensate(now).await
     }

@@ -191,6 +191,8 @@ pub struct OwedTermination {
     pub termination_requested: bool,
     /// Owed for longer than the deadline.
     pub past_deadline: bool,
+    /// The instance is a stray of the runner (ADR-0007), not its own.
+    pub stray: bool,
 }
 
 impl AuditReport {
@@ -287,6 +289,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
                 owed_for_ms,
                 termination_requested: leak.termination_requested,
                 past_deadline: owed_for_ms > window.deadline_ms,
+                stray: leak.stray,
             }
         })
         .collect();
@@ -337,7 +340,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
-        runners: (views.open.len() + views.closed.len()) as u64,
+        runners: views.open.len() as u64 + views.closed_count(),
         by_status: views.by_status(),
         fleet: views.fleet(),
         owed_past_deadline: owed.iter().filter(|o| o.past_deadline).count() as u64,

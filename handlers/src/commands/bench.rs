@@ -528,6 +528,127 @@ pub async fn reaper_scaling(
     })
 }
 
+/// The projector's checkpoint at one size of history.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointPoint {
+    /// Closed runners folded.
+    pub closed_runners: u64,
+    /// Bytes of the saved snapshot.
+    pub snapshot_bytes: usize,
+    /// Median time to serialise the views, µs.
+    pub serialise_us: f64,
+    /// Median time of one fenced save to SQLite, µs.
+    pub save_us: f64,
+}
+
+/// Checkpoint size and save cost as history grows at a constant number of open
+/// runners.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointScaling {
+    /// Open runners at every point.
+    pub open_runners: u64,
+    /// One point per size of history.
+    pub points: Vec<CheckpointPoint>,
+    /// Largest snapshot over smallest.
+    pub size_ratio: f64,
+    /// Largest median save (serialise + write) over smallest.
+    pub save_ratio: f64,
+}
+
+/// Measures the projector's checkpoint with `open` open runners while the
+/// history of closed runners folded grows through `histories`.
+pub async fn checkpoint_scaling(
+    dir: &std::path::Path,
+    open: u64,
+    histories: &[u64],
+) -> Result<CheckpointScaling, StoreError> {
+    use jitr_infra::{Checkpoint, CheckpointStore};
+    use jitr_projections::RunnerViews;
+
+    let t0 = Timestamp(1_777_868_520_000);
+    let store = SqliteEventStore::open(dir.join("checkpoint-bench.db"))?;
+    let mut views = RunnerViews::default();
+    let fold = |views: &mut RunnerViews, stream: &StreamId, events: &[RunnerEvent]| {
+        for event in events {
+            let next = views.position + 1;
+            views.apply(next, stream, event);
+        }
+    };
+    for n in 0..open {
+        // The first five events: requested, launched, minted, running.
+        let (stream, history) = lifecycle(10_000_000 + n, t0);
+        fold(&mut views, &stream, &history[..5]);
+    }
+    // The first saves into a fresh database grow its file and write-ahead log
+    // until SQLite checkpoints it: 200 unmeasured saves reach the steady state.
+    let mut generation = 0u64;
+    let warm = serde_json::to_vec(&views).expect("views serialise");
+    for _ in 0..200 {
+        let checkpoint = Checkpoint {
+            position: views.position,
+            snapshot: warm.clone(),
+            generation,
+        };
+        generation = store.save_checkpoint("bench", &checkpoint).await?;
+    }
+    // Views at each size of history, then saves interleaved round by round, so
+    // that the machine's drift weighs on every size alike.
+    let mut closed = 0u64;
+    let mut sized: Vec<(u64, RunnerViews)> = Vec::new();
+    for &target in histories {
+        while closed < target {
+            let (stream, history) = lifecycle(closed, t0);
+            fold(&mut views, &stream, &history);
+            closed += 1;
+        }
+        assert_eq!(views.open.len() as u64, open, "the open runners stay open");
+        sized.push((closed, views.clone()));
+    }
+    let mut samples: Vec<(Vec<Duration>, Vec<Duration>, usize)> =
+        vec![(Vec::new(), Vec::new(), 0); sized.len()];
+    for _ in 0..101 {
+        for ((_, views), (serialise, save, bytes)) in sized.iter().zip(samples.iter_mut()) {
+            let start = Instant::now();
+            let snapshot = serde_json::to_vec(views).expect("views serialise");
+            serialise.push(start.elapsed());
+            *bytes = snapshot.len();
+            let checkpoint = Checkpoint {
+                position: views.position,
+                snapshot,
+                generation,
+            };
+            let start = Instant::now();
+            generation = store.save_checkpoint("bench", &checkpoint).await?;
+            save.push(start.elapsed());
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    let points: Vec<CheckpointPoint> = sized
+        .iter()
+        .zip(samples)
+        .map(|((closed, _), (serialise, save, bytes))| CheckpointPoint {
+            closed_runners: *closed,
+            snapshot_bytes: bytes,
+            serialise_us: median(serialise),
+            save_us: median(save),
+        })
+        .collect();
+    let ratio = |values: Vec<f64>| {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        max / min.max(1e-9)
+    };
+    Ok(CheckpointScaling {
+        open_runners: open,
+        size_ratio: ratio(points.iter().map(|p| p.snapshot_bytes as f64).collect()),
+        save_ratio: ratio(points.iter().map(|p| p.serialise_us + p.save_us).collect()),
+        points,
+    })
+}
+
 /// `jitr bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -558,6 +679,11 @@ pub struct Args {
     /// runners grows 1× → 10× → 100× (from 1,000).
     #[arg(long)]
     reaper: bool,
+    /// Measure the projector's checkpoint (size, serialise and save time) at 100
+    /// open runners as the history of closed runners grows 1,000 → 10,000 →
+    /// 100,000.
+    #[arg(long)]
+    checkpoint: bool,
 }
 
 /// Runs the benchmark asked for and prints its figures.
@@ -588,6 +714,28 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("worst / best median: {:.2}", report.worst_ratio);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.checkpoint {
+        let report = checkpoint_scaling(scratch.path(), 100, &[1_000, 10_000, 100_000]).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for p in &report.points {
+                println!(
+                    "checkpoint, {} open runners, {:>7} closed folded: {} bytes, serialise {:.0} µs, save {:.0} µs (medians of 101)",
+                    report.open_runners,
+                    p.closed_runners,
+                    p.snapshot_bytes,
+                    p.serialise_us,
+                    p.save_us
+                );
+            }
+            println!(
+                "largest / smallest: size {:.2}, serialise + save {:.2}",
+                report.size_ratio, report.save_ratio
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -237,7 +237,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
 
     let (bus, mut commands) = InProcessBus::new();
     let log: Arc<dyn jitr_infra::RunnerLog> = store.clone();
-    let mut projector = Projector::start(log, Arc::new(bus), 60_000).await?;
+    let mut projector = Projector::start(log, Arc::new(bus), 60_000, "demo").await?;
     summary.compensations += projector.tick(now).await?.len();
     while let Ok(owed) = commands.try_recv() {
         // The demo's cloud reports every owed instance terminated, and finds

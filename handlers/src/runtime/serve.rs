@@ -139,6 +139,10 @@ pub async fn run(
                     }
                 }
             }
+            // A clean stop hands the lease on at once (a crash: after its TTL).
+            if let Err(e) = projector.release().await {
+                tracing::warn!(error = %e, "projector lease not released");
+            }
         });
     }
     {

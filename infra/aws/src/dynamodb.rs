@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::error_code;
 use jitr_infra::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, OpenStreams,
-    RecordedEvent, StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, Lease,
+    OpenStreams, RecordedEvent, StoreError, StreamHead,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -843,7 +843,8 @@ impl DynamoEventStore {
     }
 }
 
-/// Checkpoint head item.
+/// Checkpoint head item. Its chunks are keyed by generation and by the saving
+/// writer's nonce, so that two writers never write the same chunk.
 #[derive(Serialize, Deserialize)]
 struct CheckpointItem {
     pk: String,
@@ -851,51 +852,67 @@ struct CheckpointItem {
     position: u64,
     generation: u64,
     chunks: u64,
+    /// Empty for checkpoints saved before writers were fenced.
+    #[serde(default)]
+    nonce: String,
+}
+
+impl CheckpointItem {
+    fn chunk_prefix(&self) -> String {
+        chunk_prefix(self.generation, &self.nonce)
+    }
+}
+
+fn chunk_prefix(generation: u64, nonce: &str) -> String {
+    if nonce.is_empty() {
+        format!("CHUNK#{generation:08}#")
+    } else {
+        format!("CHUNK#{generation:08}#{nonce}#")
+    }
+}
+
+/// Lease item.
+#[derive(Serialize, Deserialize)]
+struct LeaseItem {
+    pk: String,
+    sk: String,
+    holder: String,
+    expires_at: i64,
 }
 
 #[async_trait]
 impl CheckpointStore for DynamoEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError> {
         let pk = format!("#checkpoint#{name}");
-        let Some(item) = self.get(&pk, HEAD).await? else {
-            return Ok(None);
-        };
-        let head: CheckpointItem = serde_dynamo::from_item(item).map_err(|e| corrupt(&pk, e))?;
-        let prefix = format!("CHUNK#{:08}#", head.generation);
-        let chunks = self
-            .query_all(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
-                        .expression_attribute_values(":pk", s(&pk))
-                        .expression_attribute_values(":c", s(&prefix))
-                        .consistent_read(true)
-                },
-                None,
-            )
-            .await?;
-        if chunks.len() as u64 != head.chunks {
-            return Err(corrupt(
-                &pk,
-                format!("{} of {} chunks", chunks.len(), head.chunks),
-            ));
-        }
-        let mut snapshot = Vec::new();
-        for chunk in chunks {
-            match chunk.get("data") {
-                Some(AttributeValue::B(blob)) => snapshot.extend_from_slice(blob.as_ref()),
-                _ => return Err(corrupt(&pk, "chunk without data")),
+        // A save that lands between reading the head and its chunks deletes the
+        // chunks read: read the head again.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let Some(item) = self.get(&pk, HEAD).await? else {
+                return Ok(None);
+            };
+            let head: CheckpointItem =
+                serde_dynamo::from_item(item).map_err(|e| corrupt(&pk, e))?;
+            match self.checkpoint_chunks(&pk, &head).await {
+                Ok(snapshot) => {
+                    return Ok(Some(Checkpoint {
+                        position: head.position,
+                        snapshot,
+                        generation: head.generation,
+                    }));
+                }
+                Err(e) => last_error = Some(e),
             }
         }
-        Ok(Some(Checkpoint {
-            position: head.position,
-            snapshot,
-        }))
+        Err(last_error.unwrap_or_else(|| corrupt(&pk, "unreadable")))
     }
 
-    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, StoreError> {
+        use rand::Rng;
         let pk = format!("#checkpoint#{name}");
         let previous = match self.get(&pk, HEAD).await? {
             Some(item) => Some(
@@ -903,7 +920,19 @@ impl CheckpointStore for DynamoEventStore {
             ),
             None => None,
         };
-        let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
+        let expected = checkpoint.generation;
+        let found = previous.as_ref().map_or(0, |p| p.generation);
+        let moved = |found| StoreError::CheckpointMoved {
+            name: name.to_owned(),
+            expected,
+            found,
+        };
+        if found != expected {
+            return Err(moved(found));
+        }
+        let generation = expected + 1;
+        let nonce = format!("{:016x}", rand::rng().random::<u64>());
+        let prefix = chunk_prefix(generation, &nonce);
         let parts: Vec<&[u8]> = if checkpoint.snapshot.is_empty() {
             vec![&[][..]]
         } else {
@@ -913,7 +942,7 @@ impl CheckpointStore for DynamoEventStore {
         for (i, part) in parts.iter().enumerate() {
             let item: Item = HashMap::from([
                 ("pk".to_owned(), s(&pk)),
-                ("sk".to_owned(), s(format!("CHUNK#{generation:08}#{i:06}"))),
+                ("sk".to_owned(), s(format!("{prefix}{i:06}"))),
                 ("data".to_owned(), AttributeValue::B(part.to_vec().into())),
             ]);
             let put = PutRequest::builder()
@@ -931,29 +960,154 @@ impl CheckpointStore for DynamoEventStore {
             position: checkpoint.position,
             generation,
             chunks: parts.len() as u64,
+            nonce,
         })
         .map_err(unavailable)?;
-        self.client
+        // The switch to the new chunks is this one conditional write.
+        let mut put = self
+            .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(head))
-            .send()
-            .await
-            .map_err(sdk_unavailable)?;
-        if let Some(previous) = previous {
-            let deletes: Vec<WriteRequest> = (0..previous.chunks)
-                .filter_map(|i| {
-                    aws_sdk_dynamodb::types::DeleteRequest::builder()
-                        .key("pk", s(&pk))
-                        .key("sk", s(format!("CHUNK#{:08}#{i:06}", previous.generation)))
-                        .build()
-                        .ok()
-                        .map(|d| WriteRequest::builder().delete_request(d).build())
-                })
-                .collect();
-            for batch in deletes.chunks(25) {
-                self.batch_write(batch.to_vec()).await?;
+            .set_item(Some(head));
+        put = if expected == 0 {
+            put.condition_expression("attribute_not_exists(pk)")
+        } else {
+            put.condition_expression("generation = :g")
+                .expression_attribute_values(":g", n(expected))
+        };
+        if let Err(e) = put.send().await {
+            let (code, _) = error_code(&e);
+            self.delete_chunks(&pk, &prefix, parts.len() as u64).await?;
+            if code == "ConditionalCheckFailedException" {
+                let now_at = match self.get(&pk, HEAD).await? {
+                    Some(item) => serde_dynamo::from_item::<_, CheckpointItem>(item)
+                        .map_or(0, |h| h.generation),
+                    None => 0,
+                };
+                return Err(moved(now_at));
             }
+            return Err(sdk_unavailable(e));
+        }
+        if let Some(previous) = previous {
+            self.delete_chunks(&pk, &previous.chunk_prefix(), previous.chunks)
+                .await?;
+        }
+        Ok(generation)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        let pk = format!("#lease#{name}");
+        let item: Item = serde_dynamo::to_item(LeaseItem {
+            pk: pk.clone(),
+            sk: HEAD.into(),
+            holder: holder.to_owned(),
+            expires_at: now.0 + ttl_ms as i64,
+        })
+        .map_err(unavailable)?;
+        let taken = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR holder = :h OR expires_at <= :now")
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":now", n(now.0))
+            .send()
+            .await;
+        if let Err(e) = taken {
+            let (code, _) = error_code(&e);
+            if code != "ConditionalCheckFailedException" {
+                return Err(sdk_unavailable(e));
+            }
+        }
+        let Some(item) = self.get(&pk, HEAD).await? else {
+            return Err(corrupt(&pk, "lease vanished"));
+        };
+        let lease: LeaseItem = serde_dynamo::from_item(item).map_err(|e| corrupt(&pk, e))?;
+        Ok(Lease {
+            holder: lease.holder,
+            expires_at: Timestamp(lease.expires_at),
+        })
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let pk = format!("#lease#{name}");
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .key("sk", s(HEAD))
+            .condition_expression("holder = :h")
+            .expression_attribute_values(":h", s(holder))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e).0 == "ConditionalCheckFailedException" => Ok(()),
+            Err(e) => Err(sdk_unavailable(e)),
+        }
+    }
+}
+
+impl DynamoEventStore {
+    /// The snapshot bytes of the checkpoint `head` names.
+    async fn checkpoint_chunks(
+        &self,
+        pk: &str,
+        head: &CheckpointItem,
+    ) -> Result<Vec<u8>, StoreError> {
+        let prefix = head.chunk_prefix();
+        let chunks = self
+            .query_all(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
+                        .expression_attribute_values(":pk", s(pk))
+                        .expression_attribute_values(":c", s(&prefix))
+                        .consistent_read(true)
+                },
+                None,
+            )
+            .await?;
+        if chunks.len() as u64 != head.chunks {
+            return Err(corrupt(
+                pk,
+                format!("{} of {} chunks", chunks.len(), head.chunks),
+            ));
+        }
+        let mut snapshot = Vec::new();
+        for chunk in chunks {
+            match chunk.get("data") {
+                Some(AttributeValue::B(blob)) => snapshot.extend_from_slice(blob.as_ref()),
+                _ => return Err(corrupt(pk, "chunk without data")),
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Deletes `count` chunks keyed `{prefix}{i:06}`.
+    async fn delete_chunks(&self, pk: &str, prefix: &str, count: u64) -> Result<(), StoreError> {
+        let deletes: Vec<WriteRequest> = (0..count)
+            .filter_map(|i| {
+                aws_sdk_dynamodb::types::DeleteRequest::builder()
+                    .key("pk", s(pk))
+                    .key("sk", s(format!("{prefix}{i:06}")))
+                    .build()
+                    .ok()
+                    .map(|d| WriteRequest::builder().delete_request(d).build())
+            })
+            .collect();
+        for batch in deletes.chunks(25) {
+            self.batch_write(batch.to_vec()).await?;
         }
         Ok(())
     }

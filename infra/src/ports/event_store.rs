@@ -79,6 +79,18 @@ pub struct Checkpoint {
     pub position: u64,
     /// The projection's serialised read models at that position.
     pub snapshot: Vec<u8>,
+    /// How many saves made it (0: never saved). A save names the generation it
+    /// replaces, so that two writers can never interleave.
+    pub generation: u64,
+}
+
+/// Who holds a lease, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's id.
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
 }
 
 /// A boxed backend error.
@@ -115,6 +127,18 @@ pub enum StoreError {
         position: u64,
         /// What is wrong.
         reason: String,
+    },
+    /// Another writer saved the checkpoint since it was loaded: reload it.
+    #[error(
+        "checkpoint {name:?} is at generation {found}, not the expected {expected}: another writer saved it"
+    )]
+    CheckpointMoved {
+        /// The checkpoint.
+        name: String,
+        /// The generation the save replaces.
+        expected: u64,
+        /// The generation found.
+        found: u64,
     },
     /// The backend failed (I/O, locking, network).
     #[error("event log unavailable: {0}")]
@@ -173,8 +197,27 @@ pub trait EventStore: Send + Sync {
 pub trait CheckpointStore: Send + Sync {
     /// The checkpoint saved under `name`.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError>;
-    /// Saves (replaces) the checkpoint under `name`.
-    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Replaces the checkpoint under `name` if it is still at
+    /// `checkpoint.generation` (0: none saved), atomically: a reader sees the old
+    /// checkpoint or the new one, never a mix. Returns the new generation;
+    /// [`StoreError::CheckpointMoved`] when another writer saved in between.
+    async fn save_checkpoint(&self, name: &str, checkpoint: &Checkpoint)
+    -> Result<u64, StoreError>;
+
+    /// Takes the lease `name` for `holder` until `now + ttl_ms` if it is free,
+    /// lapsed at `now`, or already `holder`'s (a renewal). Returns the lease as it
+    /// stands: another holder's when it is taken.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up if `holder` has it (so that a restart takes it at once).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// The open streams' heads, and those that could not be read.

@@ -20,8 +20,8 @@ pub use compute::{
 };
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
-    FeedPage, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead, UnreadableEvent,
-    UnreadableHead, read_feed_page,
+    FeedPage, Lease, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead,
+    UnreadableEvent, UnreadableHead, read_feed_page,
 };
 pub use github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
 pub use queue::{
