@@ -454,6 +454,23 @@ async fn an_unreadable_head_does_not_stop_the_reaper() {
     );
     assert_eq!(report.compensated, [world.stream(2)], "{report:?}");
     assert_eq!(world.status(2).await, RunnerStatus::Failed);
+    // The audit reports it too.
+    let window = jitr_handlers::commands::audit::AuditWindow {
+        since: None,
+        as_of: world.now(),
+        deadline_ms: 60_000,
+        orphan_grace_ms: 60_000,
+    };
+    let audit = jitr_handlers::commands::audit::audit(&*world.store, window, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.unreadable_heads.len(),
+        1,
+        "{:?}",
+        audit.unreadable_heads
+    );
+    assert_eq!(audit.unreadable_heads[0].0, "acme/widgets#1#1");
 }
 
 /// Issue 9, the incident's own path against EC2's eventual consistency: the JIT

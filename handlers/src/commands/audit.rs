@@ -45,6 +45,9 @@ pub struct AuditReport {
     /// Events that could not be read and were skipped (should be none): their
     /// position, stream and why.
     pub unreadable_events: Vec<UnreadableEvent>,
+    /// Open runners whose stored head could not be read (the reaper and the
+    /// rebalancer skip them): their key and why. Should be none.
+    pub unreadable_heads: Vec<(String, String)>,
     /// The history the log holds: first and last event, RFC 3339 (empty log: none).
     pub log_covers: Option<(String, String)>,
     /// The window the leak figures cover, RFC 3339.
@@ -348,6 +351,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         deadline_ms: window.deadline_ms,
         events_after_close: views.after_close,
         unreadable_events: replay.unreadable.clone(),
+        unreadable_heads: Vec::new(),
         log_covers: replay.covers.map(|(a, b)| (rfc3339(a), rfc3339(b))),
         window: (rfc3339(since), rfc3339(now)),
         orphan_grace_ms: window.orphan_grace_ms,
@@ -496,6 +500,12 @@ pub fn render(report: &AuditReport) -> String {
             e.position, e.stream, e.reason
         );
     }
+    for (key, reason) in &report.unreadable_heads {
+        let _ = writeln!(
+            out,
+            "\nwarning: the head of open runner {key} cannot be read (the reaper skips it): {reason}"
+        );
+    }
     if report.events_after_close > 0 {
         let _ = writeln!(
             out,
@@ -598,6 +608,26 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     print_audit(&store, args.json, window, horizon, cloud).await
 }
 
+/// Replays `store` up to `horizon` and judges it; reports the open runners whose
+/// head cannot be read too. `progress` hears each page's last position.
+pub async fn audit<S: EventStore + ?Sized>(
+    store: &S,
+    window: AuditWindow,
+    horizon: Option<Timestamp>,
+    progress: impl FnMut(u64),
+) -> Result<AuditReport, StoreError> {
+    let replayed = replay(store, horizon, progress).await?;
+    let mut report = judge(&replayed, window);
+    report.unreadable_heads = store
+        .open_streams()
+        .await?
+        .unreadable
+        .into_iter()
+        .map(|u| (u.key, u.reason))
+        .collect();
+    Ok(report)
+}
+
 /// Replays `store` up to `horizon`, judges it, optionally against the cloud's
 /// instances, and prints the report; exit 1 when it fails.
 pub async fn print_audit<S: EventStore + ?Sized>(
@@ -609,9 +639,8 @@ pub async fn print_audit<S: EventStore + ?Sized>(
 ) -> anyhow::Result<ExitCode> {
     let total = store.last_position().await?;
     let bar = super::progress_bar(total, json && total < 100_000);
-    let replayed = replay(store, horizon, |p| bar.set_position(p)).await?;
+    let mut report = audit(store, window, horizon, |p| bar.set_position(p)).await?;
     bar.finish_and_clear();
-    let mut report = judge(&replayed, window);
     if let Some(cloud) = cloud {
         report.live_check = Some(cross_check(&report, &cloud, window.as_of, 120_000));
     }
