@@ -212,49 +212,29 @@ impl SqliteEventStore {
 
 /// Brings a log written by an older build up to this schema.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let has_streams: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'streams'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(unavailable)?
-        > 0;
-    if !has_streams {
-        return Ok(());
-    }
-    let has_runner: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('streams') WHERE name = 'runner_name'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(unavailable)?
-        > 0;
-    if !has_runner {
+    let any = |sql: &str| -> Result<bool, StoreError> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n > 0)
+            .map_err(unavailable)
+    };
+    let table = |name: &str| {
+        any(&format!(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{name}'"
+        ))
+    };
+    let column = |table: &str, name: &str| {
+        any(&format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{name}'"
+        ))
+    };
+    if table("streams")? && !column("streams", "runner_name")? {
         conn.execute_batch(
             "ALTER TABLE streams ADD COLUMN runner_name TEXT;
              UPDATE streams SET runner_name = json_extract(state, '$.runner_name');",
         )
         .map_err(unavailable)?;
     }
-    let has_generation: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('checkpoints') WHERE name = 'generation'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(unavailable)?
-        > 0;
-    let has_checkpoints: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(unavailable)?
-        > 0;
-    if has_checkpoints && !has_generation {
+    if table("checkpoints")? && !column("checkpoints", "generation")? {
         conn.execute_batch(
             "ALTER TABLE checkpoints ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
              UPDATE checkpoints SET generation = 1;",

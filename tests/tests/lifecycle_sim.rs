@@ -533,16 +533,7 @@ async fn an_instance_missing_from_the_listing_is_described_by_id_not_written_off
     );
     assert_eq!(world.live_instances().await.len(), 1);
     // Its boot deadline passes: failed, and terminated by its id.
-    world.advance(600);
-    world.reap().await;
-    world.project_and_compensate().await;
-    assert!(world.live_instances().await.is_empty());
-    assert_eq!(world.status(1).await, RunnerStatus::Failed);
-    assert_eq!(
-        world.closed_by(1).await,
-        Some(TerminationEvidence::ReportedTerminated)
-    );
-    world.assert_no_leak().await;
+    boot_deadline_terminates_it_by_id(&mut world).await;
 }
 
 /// Issue 9: no instance id RunInstances returns is ever dropped. RunInstances is
@@ -632,6 +623,12 @@ async fn an_untagged_instance_is_found_by_id_retagged_then_terminated_when_owed(
     assert!(report.found_gone.is_empty(), "{report:?}");
     assert_eq!(world.status(1).await, RunnerStatus::Ready);
     assert_eq!(ec2.list_managed().await.unwrap().len(), 1, "listed again");
+    boot_deadline_terminates_it_by_id(&mut world).await;
+}
+
+/// Job 1's runner misses its boot deadline: failed, its instance terminated by
+/// id, the stream closed on what EC2 reported, nothing leaked.
+async fn boot_deadline_terminates_it_by_id(world: &mut World) {
     world.advance(600);
     world.reap().await;
     world.project_and_compensate().await;

@@ -51,6 +51,14 @@ impl World {
         .unwrap()
     }
 
+    /// `projector`'s views equal a rebuild of the whole log from scratch.
+    async fn assert_rebuilt_equals(&self, projector: &Projector) {
+        let rebuilt = jitr_handlers::commands::audit::replay(&*self.store, None, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(&rebuilt.views, projector.views());
+    }
+
     /// Runner `job` launched at `at(0)`.
     async fn launch(&self, job: u64) {
         let (_, events) = launched(job, at(0));
@@ -229,10 +237,7 @@ async fn a_restarted_projector_re_emits_what_is_still_owed_and_nothing_else() {
 
     // Its views, resumed from the checkpoint, equal a rebuild from scratch.
     second.catch_up().await.unwrap();
-    let rebuilt = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(&rebuilt.views, second.views());
+    world.assert_rebuilt_equals(&second).await;
 }
 
 #[tokio::test]
@@ -335,10 +340,7 @@ async fn two_projectors_on_one_log_one_writes_the_other_waits() {
     let lapsed = at(9).plus_ms(jitr_handlers::app::projector::LEASE_TTL_MS);
     assert!(!a.tick(lapsed).await.unwrap().is_empty());
     assert!(a.is_leader());
-    let rebuilt = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(&rebuilt.views, a.views());
+    world.assert_rebuilt_equals(&a).await;
 }
 
 /// A projector whose checkpoint another writer moved on (its lease lapsed

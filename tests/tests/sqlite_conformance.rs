@@ -73,3 +73,36 @@ async fn an_unreadable_open_head_is_reported_not_fatal() {
     assert_eq!(open.unreadable.len(), 1);
     assert_eq!(open.unreadable[0].key, "acme/widgets#1#1");
 }
+
+/// A log written before checkpoints were fenced gains the generation column
+/// when a writer opens it: its checkpoint loads as generation 1 and the next
+/// save replaces it.
+#[tokio::test]
+async fn an_older_checkpoint_table_is_migrated() {
+    use jitr_infra::{Checkpoint, CheckpointStore};
+
+    let backing = SqliteBacking::new();
+    let path = backing.dir.path().join("events.db");
+    {
+        let store = backing.open().await;
+        store.execute_raw("DROP TABLE checkpoints").await.unwrap();
+        store
+            .execute_raw(
+                "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, snapshot BLOB NOT NULL) WITHOUT ROWID",
+            )
+            .await
+            .unwrap();
+        store
+            .execute_raw("INSERT INTO checkpoints VALUES ('views', 5, x'7b7d')")
+            .await
+            .unwrap();
+    }
+    let store = SqliteEventStore::open(&path).unwrap();
+    let loaded = store.load_checkpoint("views").await.unwrap().unwrap();
+    assert_eq!((loaded.position, loaded.generation), (5, 1));
+    let next = Checkpoint {
+        position: 6,
+        ..loaded
+    };
+    assert_eq!(store.save_checkpoint("views", &next).await.unwrap(), 2);
+}

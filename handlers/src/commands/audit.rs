@@ -273,6 +273,15 @@ pub async fn replay<S: EventStore + ?Sized>(
     Ok(replay)
 }
 
+/// Runners closed by a `Terminated`, per kind of evidence (by its name).
+pub fn closed_by(ledger: &Ledger) -> BTreeMap<String, u64> {
+    ledger
+        .closed_by()
+        .into_iter()
+        .map(|(evidence, n)| (evidence.as_str().to_owned(), n))
+        .collect()
+}
+
 /// Judges a replay for `window`.
 pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
     let now = window.as_of;
@@ -321,12 +330,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
                 .map(|(at, evidence)| (rfc3339(at), evidence.as_str().to_owned())),
         })
         .collect();
-    let closed_by = replay
-        .ledger
-        .closed_by()
-        .into_iter()
-        .map(|(evidence, n)| (evidence.as_str().to_owned(), n))
-        .collect();
+    let closed_by = closed_by(&replay.ledger);
     let live_instances = replay
         .ledger
         .live()

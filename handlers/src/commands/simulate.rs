@@ -475,12 +475,7 @@ pub async fn run_with(
             premature += u64::from(early);
         }
     }
-    let closed_by = replayed
-        .ledger
-        .closed_by()
-        .into_iter()
-        .map(|(evidence, n)| (evidence.as_str().to_owned(), n))
-        .collect();
+    let closed_by = audit::closed_by(&replayed.ledger);
     let alive = jitr_infra::Compute::list_managed(&cloud)
         .await?
         .into_iter()
