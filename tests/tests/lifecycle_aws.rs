@@ -344,3 +344,44 @@ async fn an_instance_under_another_deployment_tag_is_found_by_id_and_retagged() 
         Some(jitr_domain::TerminationEvidence::ReportedTerminated)
     );
 }
+
+/// Issue 9 on moto, with the wrapper playing EC2's eventual consistency (moto is
+/// consistent at once): the JIT mint fails right after RunInstances while EC2
+/// answers NotFound for the instance (and ignores the terminate call). No
+/// `Terminated` is written while it runs; once EC2 sees it, compensation
+/// terminates it and the runner closes on what EC2 reported.
+#[tokio::test]
+async fn not_found_right_after_launch_is_no_evidence_on_ec2() {
+    let aws = aws().await;
+    aws.compute
+        .inject(Fault::NotFoundAfterLaunch(Duration::from_secs(3)), None);
+    aws.app
+        .scaleup
+        .handle(&queued("broken", 41), 1, now())
+        .await
+        .unwrap();
+    let stream = StreamId::parse("acme/broken#41#1").unwrap();
+    let mut projector = aws.app.projector().await.unwrap();
+    let owed = projector.tick(now()).await.unwrap();
+    let command = owed.iter().find(|c| c.stream == stream).expect("owed");
+    let first = aws.app.compensation.handle(command, now()).await.unwrap();
+    assert!(matches!(first, Outcome::RetryAfter(..)), "{first:?}");
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(
+        head.status,
+        RunnerStatus::Terminating,
+        "no Terminated on NotFound"
+    );
+    assert_eq!(live(&aws).await.len(), 1, "it still runs");
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = aws.app.compensation.handle(command, now()).await.unwrap();
+    assert!(matches!(second, Outcome::Done(_)), "{second:?}");
+    assert!(live(&aws).await.is_empty());
+    let head = aws.store.head(&stream).await.unwrap().unwrap();
+    assert_eq!(head.status, RunnerStatus::Failed);
+    assert_eq!(
+        head.state.terminated_by,
+        Some(jitr_domain::TerminationEvidence::ReportedTerminated)
+    );
+}
