@@ -103,7 +103,13 @@ fn response(status: u16, body: String) -> LambdaFunctionUrlResponse {
 pub async fn run(handler: &str) -> Result<(), LambdaError> {
     let prefix = std::env::var("JITR_PREFIX").unwrap_or_else(|_| "jitr".into());
     let wired = super::aws::from_env(AwsSettings::default(), &prefix).await?;
-    let app = wired.app;
+    let mut app = wired.app;
+    if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
+        // Every container of one function is the same projector: a container that
+        // replaces a frozen or recycled one takes the lease over at once (the
+        // checkpoint's generation fence still keeps two live ones apart).
+        app.holder = format!("lambda:{function}");
+    }
     match handler {
         "webhook" => {
             if !wired.has_webhook_secret {
