@@ -193,7 +193,7 @@ impl GitHubApp {
         body: Option<&Value>,
     ) -> Result<Response, GitHubError> {
         let url = if path_or_url.starts_with("http") {
-            path_or_url.to_owned()
+            self.same_origin(path_or_url)?
         } else {
             format!("{}{path_or_url}", self.config.api_base)
         };
@@ -266,6 +266,33 @@ impl GitHubApp {
                     body: text,
                 },
             });
+        }
+    }
+
+    /// `url` if it is on the configured API (same scheme, host and port, under
+    /// its base path), else [`GitHubError::ForeignLink`]: a `Link` header is
+    /// followed with the installation token, which must not go anywhere else.
+    fn same_origin(&self, url: &str) -> Result<String, GitHubError> {
+        let foreign = || GitHubError::ForeignLink {
+            url: url.to_owned(),
+            api: self.config.api_base.clone(),
+        };
+        let (Ok(target), Ok(api)) = (
+            reqwest::Url::parse(url),
+            reqwest::Url::parse(&self.config.api_base),
+        ) else {
+            return Err(foreign());
+        };
+        let under_base = target.path().starts_with(api.path().trim_end_matches('/'));
+        if target.scheme() == api.scheme()
+            && target.host_str() == api.host_str()
+            && target.port_or_known_default() == api.port_or_known_default()
+            && target.username().is_empty()
+            && under_base
+        {
+            Ok(url.to_owned())
+        } else {
+            Err(foreign())
         }
     }
 

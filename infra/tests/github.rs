@@ -541,3 +541,44 @@ fn a_malformed_private_key_is_a_clear_error() {
     .expect("refused");
     assert!(matches!(err, GitHubError::Key(_)));
 }
+
+/// Issue 10: a `Link: rel="next"` naming another host is not followed, so the
+/// installation token never reaches it: the list fails naming the URL, and the
+/// other server sees no request at all.
+#[tokio::test]
+async fn a_link_to_another_host_is_refused_and_never_requested() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_list", "2099-01-01T00:00:00Z", 1)
+        .await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"runners": []})))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let next = format!(
+        "<{}/repos/acme/widgets/actions/runners?per_page=100&page=2>; rel=\"next\"",
+        elsewhere.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", next.as_str())
+                .set_body_json(json!({"total_count": 2, "runners": []})),
+        )
+        .mount(&world.server)
+        .await;
+    let err = world
+        .client()
+        .list_runners(INSTALLATION, &repo())
+        .await
+        .unwrap_err();
+    match &err {
+        GitHubError::ForeignLink { url, .. } => assert!(url.starts_with(&elsewhere.uri()), "{err}"),
+        other => panic!("expected ForeignLink, got {other:?}"),
+    }
+    // Dropping `elsewhere` verifies it received nothing (`expect(0)`).
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+}

@@ -105,6 +105,15 @@ pub enum GitHubError {
     /// 422.
     #[error("GitHub rejected the request (422): {0}")]
     Invalid(String),
+    /// A `Link` header named a URL outside the configured API: not followed, so
+    /// that the installation token never leaves GitHub.
+    #[error("GitHub's Link header points outside {api}: {url}; not followed")]
+    ForeignLink {
+        /// The URL named.
+        url: String,
+        /// The configured API base.
+        api: String,
+    },
     /// Rate limited for longer than the client waits.
     #[error("GitHub rate limit: retry after {retry_after:?}")]
     RateLimited {
