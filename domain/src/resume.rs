@@ -33,16 +33,25 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     if state.job_started_at.is_some() {
         return None;
     }
-    let (stage, from) = if state.instance_may_be_alive() {
-        (
-            FailureStage::Boot,
-            state.first_intent_at.unwrap_or(request.at),
-        )
+    let stage = if state.instance_may_be_alive() {
+        FailureStage::Boot
     } else {
-        (FailureStage::Stale, request.at)
+        FailureStage::Stale
     };
-    let boot = from.plus_ms(d.boot_timeout_ms);
+    let boot = boot_deadline(state)?;
     (now >= boot).then_some(MissedDeadline { stage, at: boot })
+}
+
+/// When the runner's job must have started: the boot timeout after its first
+/// launch intent (or, while nothing may be alive, after its request).
+pub fn boot_deadline(state: &RunnerState) -> Option<Timestamp> {
+    let request = state.request.as_ref()?;
+    let from = if state.instance_may_be_alive() {
+        state.first_intent_at.unwrap_or(request.at)
+    } else {
+        request.at
+    };
+    Some(from.plus_ms(request.deadlines.boot_timeout_ms))
 }
 
 /// Since when a termination is owed at `now`, and why; `None` when none is.

@@ -251,21 +251,7 @@ impl GitHubApp {
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text.clone());
             let what = format!("{method} {path_or_url}: {message}");
-            return Err(match status.as_u16() {
-                401 => GitHubError::Unauthorized(what),
-                403 => GitHubError::Forbidden(what),
-                404 => GitHubError::NotFound(what),
-                409 => GitHubError::RunnerNameExists(what),
-                422 => GitHubError::Invalid(what),
-                s if status.is_server_error() => GitHubError::Server {
-                    status: s,
-                    body: text,
-                },
-                s => GitHubError::Unexpected {
-                    status: s,
-                    body: text,
-                },
-            });
+            return Err(GitHubError::from_status(status.as_u16(), what, text));
         }
     }
 

@@ -555,8 +555,8 @@ impl SimGitHub {
             .extend_from_slice(statuses);
     }
 
-    /// Makes a fraction `rate` of JIT mints fail with 500, chosen by a generator
-    /// seeded with `seed` (deterministic runs).
+    /// Makes a fraction `rate` of JIT mints fail with 422 (a definitive refusal),
+    /// chosen by a generator seeded with `seed` (deterministic runs).
     pub fn fail_mints_at_rate(&self, rate: f64, seed: u64) {
         *self.failure_rate.lock().unwrap_or_else(|p| p.into_inner()) = Some((rate, seed));
     }
@@ -619,13 +619,15 @@ impl GitHub for SimGitHub {
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            ((z >> 11) as f64 / (1u64 << 53) as f64 <= *p).then_some(500)
+            ((z >> 11) as f64 / (1u64 << 53) as f64 <= *p).then_some(422)
         });
         if let Some(status) = injected {
-            return Err(GitHubError::Server {
+            let message = format!("{status} injected by the local GitHub stand-in");
+            return Err(GitHubError::from_status(
                 status,
-                body: "injected by the local GitHub stand-in".into(),
-            });
+                format!("POST generate-jitconfig: {message}"),
+                message,
+            ));
         }
         if request.labels.is_empty() {
             return Err(GitHubError::Invalid(

@@ -43,7 +43,10 @@ async fn aws() -> Aws {
         .and(path(
             "/repos/acme/broken/actions/runners/generate-jitconfig",
         ))
-        .respond_with(ResponseTemplate::new(500).set_body_string("mint failed"))
+        // A definitive refusal (a 5xx would be retried, not fail the runner).
+        .respond_with(
+            ResponseTemplate::new(422).set_body_json(json!({"message": "Validation Failed"})),
+        )
         .mount(&github)
         .await;
     Mock::given(method("POST"))

@@ -40,7 +40,7 @@ async fn a_queued_job_gets_an_instance_and_a_runner_then_drains_and_completes() 
 #[tokio::test]
 async fn a_jit_mint_failure_after_run_instances_terminates_the_instance() {
     let mut world = World::new(SimSettings::default(), 4);
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     let outcome = world.queued(1).await.unwrap();
     assert!(
         matches!(&outcome, Outcome::Done(m) if m.contains("termination owed")),
@@ -78,7 +78,7 @@ async fn one_reaper_pass_terminates_instances_of_closed_or_missing_streams() {
     let world = World::new(SimSettings::default(), 4);
     // A stream that failed (JIT mint refused), a completed one, and one never logged.
     let mut world = world;
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     world.queued(10).await.unwrap();
     world.queued(11).await.unwrap();
     world.lifecycle("completed", 11).await;
@@ -356,7 +356,7 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
 
     // Compensation crashes after TerminateInstances, before `Terminated`.
     let mut world = World::new(SimSettings::default(), 4);
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     world.queued(1).await.unwrap();
     world
         .compensation
@@ -400,7 +400,7 @@ async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
         world.github.queue_job(&queued(job)).unwrap();
     }
     world.queued(1).await.unwrap();
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     world.queued(3).await.unwrap();
     let report = rebalancer.tick(world.now()).await.unwrap();
     assert_eq!(report.queued_jobs, 3);
@@ -435,7 +435,7 @@ async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
 async fn an_unreadable_head_does_not_stop_the_reaper() {
     let world = World::new(SimSettings::default(), 4);
     world.queued(1).await.unwrap();
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     world.queued(2).await.unwrap();
     assert_eq!(world.status(2).await, RunnerStatus::Terminating);
     world
@@ -485,7 +485,7 @@ async fn not_found_right_after_launch_is_no_evidence_the_instance_is_gone() {
 
     let (mut world, ec2) = World::with_faults(SimSettings::default(), 4);
     ec2.inject(Fault::NotFoundAfterLaunch(Duration::from_secs(60)), None);
-    world.github.fail_next_mints(&[500]);
+    world.github.fail_next_mints(&[422]);
     world.queued(1).await.unwrap();
     assert_eq!(world.status(1).await, RunnerStatus::Terminating);
     world.advance(1);
@@ -639,4 +639,47 @@ async fn boot_deadline_terminates_it_by_id(world: &mut World) {
         Some(TerminationEvidence::ReportedTerminated)
     );
     world.assert_no_leak().await;
+}
+
+/// Issue 10: a transient GitHub answer while minting (502, twice) is asked
+/// again with back-off, without failing the runner: one instance, then
+/// `TokenMinted`, no `Failed`.
+#[tokio::test]
+async fn a_transient_mint_error_is_retried_without_failing_the_runner() {
+    let world = World::new(SimSettings::default(), 4);
+    world.github.fail_next_mints(&[502, 502]);
+    let queued = world.message("queued", 1, None);
+    for delivery in 1..=2 {
+        let outcome = world
+            .scaleup
+            .handle(&queued, delivery, world.now())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::RetryAfter(..)), "{outcome:?}");
+        assert_eq!(world.status(1).await, RunnerStatus::Booting);
+        world.advance(10);
+    }
+    world.scaleup.handle(&queued, 3, world.now()).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    let kinds = kinds(&events);
+    assert_eq!(kinds.iter().filter(|k| **k == "Launched").count(), 1);
+    assert!(!kinds.contains(&"Failed"), "{kinds:?}");
+    assert_eq!(world.live_instances().await.len(), 1);
+}
+
+/// Issue 10: a definitive answer (422) fails the runner at once with GitHub's
+/// message, and its instance is terminated.
+#[tokio::test]
+async fn a_definitive_mint_refusal_fails_the_runner_with_githubs_message() {
+    let mut world = World::new(SimSettings::default(), 4);
+    world.github.fail_next_mints(&[422]);
+    world.queued(1).await.unwrap();
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    let failure = head.state.failure.expect("failed");
+    assert_eq!(failure.stage, jitr_domain::FailureStage::Token);
+    assert!(failure.reason.contains("422"), "{}", failure.reason);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert!(world.live_instances().await.is_empty());
 }

@@ -37,6 +37,11 @@ pub fn stray(at: Timestamp) {
     emit(at, "StrayInstances", 1.0, "Count", &[]);
 }
 
+/// A JIT mint that failed transiently and will be asked again.
+pub fn mint_retry(at: Timestamp) {
+    emit(at, "MintRetries", 1.0, "Count", &[]);
+}
+
 /// From a termination being owed to `Terminated`.
 pub fn compensation_latency(at: Timestamp, ms: u64) {
     emit(at, "CompensationLatency", ms as f64, "Milliseconds", &[]);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jitr_domain::{
     Command, FailureStage, IntentResolution, JobRef, LaunchOutcome, NextLaunch, Refusal,
-    RunnerEvent, RunnerState, StreamId, Timestamp, next_launch, record_instance,
+    RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch, record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -265,7 +265,7 @@ impl ScaleUp {
                 }
             }
         }
-        self.mint(&stream, job, now).await
+        self.mint(&stream, job, receives, now).await
     }
 
     /// Mints the JIT config, hands it over, records `TokenMinted`.
@@ -273,6 +273,7 @@ impl ScaleUp {
         &self,
         stream: &StreamId,
         job: &JobMessage,
+        receives: u32,
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
         let state = self.state(stream).await?;
@@ -319,6 +320,26 @@ impl ScaleUp {
         }
         let jit = match minted {
             Ok(jit) => jit,
+            Err(e) if e.is_transient() => {
+                // A rate limit, a 5xx, no answer: ask again later while the boot
+                // deadline allows; the runner is not failed for it.
+                let wait = Duration::from_millis(mint_backoff_ms(receives));
+                let deadline = boot_deadline(&state);
+                if deadline.is_some_and(|d| now.plus_ms(wait.as_millis() as u64) < d) {
+                    tracing::warn!(%stream, error = %e, ?wait, "JIT mint failed transiently: retrying");
+                    crate::app::metrics::mint_retry(now);
+                    return Ok(Outcome::RetryAfter(
+                        wait,
+                        format!("{stream}: JIT config not minted yet ({e}); retrying"),
+                    ));
+                }
+                let reason = format!("JIT config not minted before the boot deadline: {e}");
+                self.fail(stream, FailureStage::Token, reason.clone(), now)
+                    .await?;
+                return Ok(Outcome::Done(format!(
+                    "{stream}: {reason}; termination owed"
+                )));
+            }
             Err(e) => {
                 let reason = format!("JIT config not minted: {e}");
                 self.fail(stream, FailureStage::Token, reason.clone(), now)
@@ -362,6 +383,12 @@ impl ScaleUp {
             jit.name, instance.id
         )))
     }
+}
+
+/// The wait before minting again after the `delivery`-th delivery met a
+/// transient GitHub error: 5 s, doubling, at most a minute.
+fn mint_backoff_ms(delivery: u32) -> u64 {
+    (5_000u64 << delivery.saturating_sub(1).min(4)).min(60_000)
 }
 
 /// The last launch refusal recorded on the runner, for messages.

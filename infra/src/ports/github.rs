@@ -147,6 +147,39 @@ pub enum GitHubError {
     Key(String),
 }
 
+impl GitHubError {
+    /// The error GitHub's REST API means by answering `status` (after the
+    /// client's own retries): `what` says which call and GitHub's message, `body`
+    /// is the raw answer.
+    pub fn from_status(status: u16, what: String, body: String) -> GitHubError {
+        match status {
+            401 => GitHubError::Unauthorized(what),
+            403 => GitHubError::Forbidden(what),
+            404 => GitHubError::NotFound(what),
+            409 => GitHubError::RunnerNameExists(what),
+            422 => GitHubError::Invalid(what),
+            429 => GitHubError::RateLimited {
+                retry_after: Duration::from_secs(60),
+            },
+            s if s >= 500 => GitHubError::Server { status: s, body },
+            s => GitHubError::Unexpected { status: s, body },
+        }
+    }
+
+    /// Whether asking again later may succeed: rate limits, server errors,
+    /// timeouts and no answer at all. 401, 403, 404, 409 and 422 are GitHub's
+    /// definitive answers (as are a bad key or a foreign link).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitHubError::RateLimited { .. }
+            | GitHubError::Server { .. }
+            | GitHubError::Transport(_) => true,
+            GitHubError::Unexpected { status, .. } => *status == 408,
+            _ => false,
+        }
+    }
+}
+
 /// The GitHub calls jitr makes (the port; [`GitHubApp`] is the REST adapter).
 #[async_trait]
 pub trait GitHub: Send + Sync {
