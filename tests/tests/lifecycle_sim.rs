@@ -683,3 +683,41 @@ async fn a_definitive_mint_refusal_fails_the_runner_with_githubs_message() {
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
     assert!(world.live_instances().await.is_empty());
 }
+
+/// Issue 10: runner names are predictable. A `completed` (or `in_progress`)
+/// naming one of jitr's runners but coming from another repository — someone
+/// registered a runner of that name there — is acknowledged, logged and
+/// ignored: the runner stays as it was.
+#[tokio::test]
+async fn a_lifecycle_event_from_another_repository_does_not_move_the_runner() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    let victim = world.runner_name(1).await.unwrap();
+    for action in ["in_progress", "completed"] {
+        let mut forged = world.message(action, 77, Some(&victim));
+        forged.repo = "attacker".into();
+        let outcome = world.lifecycle.handle(&forged, world.now()).await.unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Done(m) if m.starts_with("ignored") && m.contains("acme/attacker")),
+            "{outcome:?}"
+        );
+        let mut other_owner = world.message(action, 77, Some(&victim));
+        other_owner.owner = "mallory".into();
+        let outcome = world
+            .lifecycle
+            .handle(&other_owner, world.now())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Done(m) if m.starts_with("ignored")),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    // The runner's own repository still moves it (any letter case, as GitHub's
+    // names are case-insensitive).
+    let mut genuine = world.message("in_progress", 1, Some(&victim));
+    genuine.repo = "Widgets".into();
+    world.lifecycle.handle(&genuine, world.now()).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+}

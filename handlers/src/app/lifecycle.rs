@@ -2,12 +2,15 @@
 //! job. Events for runners jitr does not know, or that arrive out of order, are
 //! acknowledged with a reason, never a crash.
 
-use jitr_domain::{Command, JobRef, StreamId, Timestamp};
-use jitr_infra::CommandId;
+use std::sync::Arc;
+
+use jitr_domain::{Command, JobRef, RunnerState, StreamId, Timestamp};
+use jitr_infra::{CommandId, RunnerScope};
 
 use crate::app::Ports;
 use crate::app::dispatch::{Dispatched, dispatch};
 use crate::app::outcome::{HandlerError, Outcome};
+use crate::app::policy::RunnerPolicy;
 use crate::app::webhook::JobMessage;
 
 /// Runner attempts looked at for a job cancelled before any runner took it.
@@ -16,12 +19,32 @@ const MAX_ATTEMPTS_LOOKED_UP: u32 = 8;
 /// The lifecycle handler.
 pub struct Lifecycle {
     ports: Ports,
+    policy: Arc<RunnerPolicy>,
 }
 
 impl Lifecycle {
     /// A handler over `ports`.
-    pub fn new(ports: Ports) -> Self {
-        Lifecycle { ports }
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+        Lifecycle { ports, policy }
+    }
+
+    /// Why the event for `job` may not move the runner in `state`, if it may
+    /// not: runner names are predictable, so a webhook naming one of jitr's
+    /// runners must come from where that runner can take jobs — its repository,
+    /// or its organisation when runners register there.
+    fn unauthorised(&self, state: &RunnerState, job: &JobMessage) -> Option<String> {
+        let request = state.request.as_ref()?;
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let allowed = match self.policy.scope_for(&request.job.owner, &request.job.repo) {
+            RunnerScope::Repo { owner, repo } => same(&owner, &job.owner) && same(&repo, &job.repo),
+            RunnerScope::Org { org } => same(&org, &job.owner),
+        };
+        (!allowed).then(|| {
+            format!(
+                "the runner serves {}/{}, the event is for {}/{}",
+                request.job.owner, request.job.repo, job.owner, job.repo
+            )
+        })
     }
 
     async fn apply(
@@ -58,12 +81,21 @@ impl Lifecycle {
             other => return Ok(Outcome::Done(format!("ignored: action {other}"))),
         };
         if let Some(name) = &job.runner_name {
-            return match self.ports.store.stream_of_runner(name).await? {
-                Some(stream) => self.apply(&stream, command, job, now).await,
-                None => Ok(Outcome::Done(format!(
+            let Some(stream) = self.ports.store.stream_of_runner(name).await? else {
+                return Ok(Outcome::Done(format!(
                     "ignored: runner {name:?} is not one of jitr's"
-                ))),
+                )));
             };
+            let state = crate::app::dispatch::current_state(&*self.ports.store, &stream).await?;
+            if let Some(why) = self.unauthorised(&state, job) {
+                tracing::warn!(%stream, runner = %name, owner = %job.owner, repo = %job.repo, reason = %why, "lifecycle event refused");
+                crate::app::metrics::lifecycle_refused(now);
+                return Ok(Outcome::Done(format!(
+                    "ignored: {} for runner {name:?}: {why}",
+                    job.action
+                )));
+            }
+            return self.apply(&stream, command, job, now).await;
         }
         if !matches!(command, Command::CompleteJob { .. }) {
             return Ok(Outcome::Done(

@@ -37,6 +37,12 @@ pub fn stray(at: Timestamp) {
     emit(at, "StrayInstances", 1.0, "Count", &[]);
 }
 
+/// A lifecycle event refused: it named one of jitr's runners from a repository
+/// (or organisation) that runner does not serve.
+pub fn lifecycle_refused(at: Timestamp) {
+    emit(at, "LifecycleEventsRefused", 1.0, "Count", &[]);
+}
+
 /// A JIT mint that failed transiently and will be asked again.
 pub fn mint_retry(at: Timestamp) {
     emit(at, "MintRetries", 1.0, "Count", &[]);

@@ -163,7 +163,7 @@ impl App {
                 ports.lifecycle_queue.clone(),
             )),
             scaleup: Arc::new(ScaleUp::new(ports.clone(), policy.clone())),
-            lifecycle: Arc::new(Lifecycle::new(ports.clone())),
+            lifecycle: Arc::new(Lifecycle::new(ports.clone(), policy.clone())),
             reaper: Arc::new(Reaper::new(
                 ports.clone(),
                 policy.clone(),
