@@ -6,7 +6,7 @@ use crate::event::{
     Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, TerminationEvidence,
     TerminationReason,
 };
-use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp};
 
 /// A request to change a runner. [`crate::decide`] turns it into events or refuses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,8 @@ pub enum Command {
         spec: InstanceSpec,
         /// The runner's deadlines.
         deadlines: Deadlines,
+        /// The App installation the job came through.
+        installation: Option<InstallationId>,
     },
     /// Record the intent to launch, before calling RunInstances.
     IntendLaunch {

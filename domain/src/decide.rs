@@ -27,6 +27,7 @@ pub fn decide(
                 labels,
                 spec,
                 deadlines,
+                installation,
             } => {
                 StreamId::for_job(&job, attempt)?;
                 Ok(vec![RunnerEvent::Requested {
@@ -36,6 +37,7 @@ pub fn decide(
                     labels,
                     spec,
                     deadlines,
+                    installation,
                 }])
             }
             _ => Err(DomainError::NotRequested),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientToken, InstanceId, JobRef, Timestamp};
+use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, Timestamp};
 
 /// Where an instance is bought.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -201,6 +201,10 @@ pub enum RunnerEvent {
         spec: InstanceSpec,
         /// The runner's deadlines.
         deadlines: Deadlines,
+        /// The App installation the job came through (absent in logs written
+        /// before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installation: Option<InstallationId>,
     },
     /// Written *before* RunInstances: the instance may exist from here on.
     LaunchIntended {

@@ -8,7 +8,7 @@ use crate::event::{
     Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent,
     TerminationEvidence, TerminationReason,
 };
-use crate::ids::{ClientToken, InstanceId, JobRef, StreamId, Timestamp};
+use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp};
 
 /// What the request said.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct RunnerRequest {
     pub spec: InstanceSpec,
     /// The runner's deadlines.
     pub deadlines: Deadlines,
+    /// The App installation the job came through (None in older logs).
+    #[serde(default)]
+    pub installation: Option<InstallationId>,
 }
 
 /// A launched instance.
@@ -331,6 +334,7 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
             labels,
             spec,
             deadlines,
+            installation,
         } => {
             if state.request.is_none() {
                 state.request = Some(RunnerRequest {
@@ -340,6 +344,7 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
                     labels: labels.clone(),
                     spec: spec.clone(),
                     deadlines: *deadlines,
+                    installation: *installation,
                 });
             }
         }

@@ -53,6 +53,7 @@ fn request_cmd() -> Command {
         labels: vec!["self-hosted".into(), "linux".into()],
         spec: spec(),
         deadlines: deadlines(),
+        installation: None,
     }
 }
 
@@ -64,6 +65,7 @@ fn requested() -> RunnerEvent {
         labels: vec!["self-hosted".into(), "linux".into()],
         spec: spec(),
         deadlines: deadlines(),
+        installation: None,
     }
 }
 
@@ -556,6 +558,7 @@ fn a_request_for_another_attempt_is_refused() {
                 labels: vec![],
                 spec: spec(),
                 deadlines: deadlines(),
+                installation: None,
             },
             at(1),
         )
@@ -1117,6 +1120,7 @@ fn a_request_for_a_repository_github_cannot_name_is_refused() {
         labels,
         spec,
         deadlines,
+        ..
     } = request_cmd()
     else {
         unreachable!()
@@ -1133,6 +1137,7 @@ fn a_request_for_a_repository_github_cannot_name_is_refused() {
             labels,
             spec,
             deadlines,
+            installation: None,
         },
         at(0),
     );

@@ -112,6 +112,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 drain_grace_ms: 60_000,
                 consistency_window_ms: 120_000,
             },
+            installation: None,
         }],
         Op::Intend(market) => vec![Command::IntendLaunch { market: *market }],
         Op::Launch(choice, n) => vec![Command::RecordLaunch {

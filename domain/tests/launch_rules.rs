@@ -94,6 +94,7 @@ fn pending_within(
                 consistency_window_ms: window_ms,
                 ..Deadlines::default()
             },
+            installation: None,
         },
         at,
     );

@@ -45,6 +45,7 @@ async fn leaked_log(dir: &std::path::Path) -> StreamId {
                 image: "ami-1".into(),
             },
             deadlines: Deadlines::default(),
+            installation: None,
         },
     );
     step(

@@ -277,6 +277,7 @@ mod tests {
                     image: "ami".into(),
                 },
                 deadlines: Deadlines::default(),
+                installation: None,
             },
             0,
         );

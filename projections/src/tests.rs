@@ -60,6 +60,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
                 image: "ami-1".into(),
             },
             deadlines: Deadlines::default(),
+            installation: None,
         },
         0,
     );

@@ -50,6 +50,7 @@ pub fn request(job_id: u64) -> Command {
             drain_grace_ms: 120_000,
             consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
         },
+        installation: None,
     }
 }
 

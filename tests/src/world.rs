@@ -72,6 +72,21 @@ impl World {
         (world, faulty)
     }
 
+    /// A fresh world whose GitHub is `github` (e.g. the REST client against a
+    /// wiremock server) instead of the simulator's.
+    pub fn with_github(
+        settings: SimSettings,
+        vcpus: u32,
+        github: Arc<dyn jitr_infra::GitHub>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut embedded =
+            Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
+        embedded.ports.github = github;
+        World::assemble(dir, clock, embedded, policy_for(vcpus))
+    }
+
     fn assemble(
         dir: tempfile::TempDir,
         clock: ManualClock,

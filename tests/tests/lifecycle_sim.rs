@@ -712,6 +712,18 @@ async fn a_lifecycle_event_from_another_repository_does_not_move_the_runner() {
             matches!(&outcome, Outcome::Done(m) if m.starts_with("ignored")),
             "{outcome:?}"
         );
+        // The runner's own repository, through another installation.
+        let mut other_installation = world.message(action, 1, Some(&victim));
+        other_installation.installation = 99;
+        let outcome = world
+            .lifecycle
+            .handle(&other_installation, world.now())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Done(m) if m.starts_with("ignored") && m.contains("installation")),
+            "{outcome:?}"
+        );
     }
     assert_eq!(world.status(1).await, RunnerStatus::Ready);
     // The runner's own repository still moves it (any letter case, as GitHub's

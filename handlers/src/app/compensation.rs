@@ -201,7 +201,7 @@ impl Compensation {
         }
         if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
             let scope = self.policy.scope_for(&request.job.owner, &request.job.repo);
-            let installation = self.policy.installation_id;
+            let installation = self.policy.installation_for(&state);
             if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
                 for runner in runners.iter().filter(|r| &r.name == name) {
                     let _ = self

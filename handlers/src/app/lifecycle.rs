@@ -31,7 +31,8 @@ impl Lifecycle {
     /// Why the event for `job` may not move the runner in `state`, if it may
     /// not: runner names are predictable, so a webhook naming one of jitr's
     /// runners must come from where that runner can take jobs — its repository,
-    /// or its organisation when runners register there.
+    /// or its organisation when runners register there — and through the
+    /// installation its job came through.
     fn unauthorised(&self, state: &RunnerState, job: &JobMessage) -> Option<String> {
         let request = state.request.as_ref()?;
         let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
@@ -39,12 +40,19 @@ impl Lifecycle {
             RunnerScope::Repo { owner, repo } => same(&owner, &job.owner) && same(&repo, &job.repo),
             RunnerScope::Org { org } => same(&org, &job.owner),
         };
-        (!allowed).then(|| {
-            format!(
+        if !allowed {
+            return Some(format!(
                 "the runner serves {}/{}, the event is for {}/{}",
                 request.job.owner, request.job.repo, job.owner, job.repo
-            )
-        })
+            ));
+        }
+        match request.installation {
+            Some(installation) if installation.0 != job.installation => Some(format!(
+                "the runner came through installation {installation}, the event through {}",
+                job.installation
+            )),
+            _ => None,
+        }
     }
 
     async fn apply(

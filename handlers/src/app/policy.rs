@@ -102,6 +102,17 @@ impl RunnerPolicy {
                 .any(|a| a.eq_ignore_ascii_case(&format!("{owner}/{repo}")))
     }
 
+    /// The App installation whose token every GitHub call for this runner uses:
+    /// the one its `Requested` records, else (logs written before it was
+    /// recorded) [`RunnerPolicy::installation_id`].
+    pub fn installation_for(&self, state: &jitr_domain::RunnerState) -> u64 {
+        state
+            .request
+            .as_ref()
+            .and_then(|r| r.installation)
+            .map_or(self.installation_id, |i| i.0)
+    }
+
     /// Where the runner of a job in `owner/repo` registers.
     pub fn scope_for(&self, owner: &str, repo: &str) -> RunnerScope {
         match &self.registration {

@@ -330,25 +330,26 @@ impl Reaper {
 
     /// Removes GitHub registrations named by jitr whose stream is closed or unknown.
     async fn sweep_registrations(&self) -> usize {
+        // Each scope is asked through the installation its runners came through.
         let mut scopes = Vec::new();
         let open = self.ports.store.open_streams().await.unwrap_or_default();
         for head in open.heads {
             if let Some(r) = &head.state.request {
                 let scope = self.policy.scope_for(&r.job.owner, &r.job.repo);
-                if !scopes.contains(&scope) {
-                    scopes.push(scope);
+                let entry = (self.policy.installation_for(&head.state), scope);
+                if !scopes.contains(&entry) {
+                    scopes.push(entry);
                 }
             }
         }
         if let crate::app::policy::Registration::Organization { org } = &self.policy.registration {
             let scope = jitr_infra::RunnerScope::Org { org: org.clone() };
-            if !scopes.contains(&scope) {
-                scopes.push(scope);
+            if !scopes.iter().any(|(_, s)| *s == scope) {
+                scopes.push((self.policy.installation_id, scope));
             }
         }
-        let installation = self.policy.installation_id;
         let mut removed = 0;
-        for scope in scopes {
+        for (installation, scope) in scopes {
             let Ok(runners) = self.ports.github.list_runners(installation, &scope).await else {
                 continue;
             };

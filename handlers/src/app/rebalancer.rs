@@ -59,17 +59,25 @@ impl Rebalancer {
 
     /// One pass at `now`.
     pub async fn tick(&self, now: Timestamp) -> Result<RebalanceReport, RebalanceError> {
-        let jobs = self
-            .ports
-            .github
-            .list_queued_jobs(self.policy.installation_id)
-            .await?;
         let mut serving: HashMap<(String, String, u64), bool> = HashMap::new();
         let open = self.ports.store.open_streams().await?;
         let mut report = RebalanceReport {
             unreadable_heads: open.unreadable.len(),
             ..RebalanceReport::default()
         };
+        // Every installation jitr serves runners for, and the default one.
+        let mut installations = vec![self.policy.installation_id];
+        for head in &open.heads {
+            let installation = self.policy.installation_for(&head.state);
+            if !installations.contains(&installation) {
+                installations.push(installation);
+            }
+        }
+        let mut jobs = Vec::new();
+        for installation in installations {
+            let queued = self.ports.github.list_queued_jobs(installation).await?;
+            jobs.extend(queued.into_iter().map(|job| (installation, job)));
+        }
         for head in open.heads {
             if let Some(request) = &head.state.request {
                 let able = head.state.wants_instance();
@@ -81,7 +89,7 @@ impl Rebalancer {
                 *serving.entry(key).or_default() |= able;
             }
         }
-        for job in jobs {
+        for (installation, job) in jobs {
             if !self.policy.allows(&job.owner, &job.repo)
                 || self.policy.spec_for(&job.labels).is_none()
             {
@@ -119,7 +127,7 @@ impl Rebalancer {
             let message = JobMessage {
                 delivery: format!("rebalancer:{stream}:{}", now.0),
                 action: "queued".into(),
-                installation: self.policy.installation_id,
+                installation,
                 owner: job.owner,
                 repo: job.repo,
                 job_id: job.job_id,

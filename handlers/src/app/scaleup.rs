@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, FailureStage, IntentResolution, JobRef, LaunchOutcome, NextLaunch, Refusal,
-    RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch, record_instance,
+    Command, FailureStage, InstallationId, IntentResolution, JobRef, LaunchOutcome, NextLaunch,
+    Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch,
+    record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -130,6 +131,7 @@ impl ScaleUp {
             labels: job.labels.clone(),
             spec,
             deadlines: self.policy.deadlines,
+            installation: Some(InstallationId(job.installation)),
         };
         self.run(&stream, request, now, "request").await?;
 
@@ -284,6 +286,7 @@ impl ScaleUp {
             return Ok(Outcome::Done(format!("{stream} has no instance")));
         };
         let name = stream.runner_name();
+        let installation = self.policy.installation_for(&state);
         let request = JitRequest {
             scope: self.policy.scope_for(&job.owner, &job.repo),
             name: name.clone(),
@@ -294,28 +297,28 @@ impl ScaleUp {
         let mut minted = self
             .ports
             .github
-            .generate_jit_config(job.installation, &request)
+            .generate_jit_config(installation, &request)
             .await;
         if let Err(GitHubError::RunnerNameExists(_)) = &minted {
             // A crash after minting left the registration behind: replace it.
             if let Ok(runners) = self
                 .ports
                 .github
-                .list_runners(job.installation, &request.scope)
+                .list_runners(installation, &request.scope)
                 .await
             {
                 for runner in runners.iter().filter(|r| r.name == name) {
                     let _ = self
                         .ports
                         .github
-                        .delete_runner(job.installation, &request.scope, runner.id)
+                        .delete_runner(installation, &request.scope, runner.id)
                         .await;
                 }
             }
             minted = self
                 .ports
                 .github
-                .generate_jit_config(job.installation, &request)
+                .generate_jit_config(installation, &request)
                 .await;
         }
         let jit = match minted {

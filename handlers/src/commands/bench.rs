@@ -79,6 +79,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
                 image: "ami-bench".into(),
             },
             deadlines: Deadlines::default(),
+            installation: None,
         },
         0,
     );

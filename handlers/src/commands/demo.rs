@@ -138,6 +138,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                         image: "ami-0jitrdemo".into(),
                     },
                     deadlines: Deadlines::default(),
+                    installation: None,
                 },
                 n,
             )
