@@ -26,6 +26,8 @@ pub enum Command {
         deadlines: Deadlines,
         /// The App installation the job came through.
         installation: Option<InstallationId>,
+        /// The deployment that serves it.
+        deployment: Option<String>,
     },
     /// Record the intent to launch, before calling RunInstances.
     IntendLaunch {

@@ -28,6 +28,7 @@ pub fn decide(
                 spec,
                 deadlines,
                 installation,
+                deployment,
             } => {
                 StreamId::for_job(&job, attempt)?;
                 Ok(vec![RunnerEvent::Requested {
@@ -38,6 +39,7 @@ pub fn decide(
                     spec,
                     deadlines,
                     installation,
+                    deployment,
                 }])
             }
             _ => Err(DomainError::NotRequested),
@@ -105,7 +107,11 @@ pub fn decide(
                     let stream = state.stream_id().ok_or(DomainError::NotRequested)?;
                     Ok(vec![RunnerEvent::LaunchIntended {
                         at,
-                        client_token: ClientToken::derive(&stream, state.launch_attempts + 1),
+                        client_token: ClientToken::derive_in(
+                            state.request.as_ref().and_then(|r| r.deployment.as_deref()),
+                            &stream,
+                            state.launch_attempts + 1,
+                        ),
                         market,
                     }])
                 }

@@ -205,6 +205,10 @@ pub enum RunnerEvent {
         /// before it was recorded).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         installation: Option<InstallationId>,
+        /// The deployment that serves it, which scopes its runner name and launch
+        /// tokens (absent: no named deployment, or an older log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment: Option<String>,
     },
     /// Written *before* RunInstances: the instance may exist from here on.
     LaunchIntended {

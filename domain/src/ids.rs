@@ -107,11 +107,32 @@ impl StreamId {
 
     /// The name the runner registers with GitHub:
     /// `jitr-{job_id}-{attempt}-{6 hex digits of the stream id}`; short, unique per
-    /// stream, and the same on every retry.
+    /// stream, and the same on every retry. The name of a runner of no named
+    /// deployment (see [`StreamId::runner_name_in`]).
     pub fn runner_name(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
+        self.runner_name_in(None)
+    }
+
+    /// The name the runner registers with GitHub in `deployment`:
+    /// `jitr-d{8 hex of the deployment}-{job_id}-{attempt}-{6 hex of the
+    /// deployment and stream}`. Two deployments in one organisation never share a
+    /// name, and each recognises its own by [`runner_name_prefix`]. Without a
+    /// deployment: [`StreamId::runner_name`]'s form (older runners).
+    pub fn runner_name_in(&self, deployment: Option<&str>) -> String {
+        let mut hasher = Sha256::new();
+        if let Some(d) = deployment {
+            hasher.update(d.as_bytes());
+            hasher.update(b"#");
+        }
+        hasher.update(self.0.as_bytes());
+        let digest = hasher.finalize();
         let hash: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
-        format!("jitr-{}-{}-{hash}", self.job_id(), self.attempt())
+        format!(
+            "{}{}-{}-{hash}",
+            runner_name_prefix(deployment),
+            self.job_id(),
+            self.attempt()
+        )
     }
 
     /// The runner attempt number (the last component).
@@ -161,10 +182,37 @@ impl fmt::Display for InstanceId {
 #[serde(transparent)]
 pub struct ClientToken(pub String);
 
+/// What every runner name of `deployment` starts with: `jitr-d{8 hex of its
+/// SHA-256}-`, or `jitr-` for runners of no named deployment (whose names go on
+/// with the job id's digits, never with `d`).
+pub fn runner_name_prefix(deployment: Option<&str>) -> String {
+    match deployment {
+        Some(d) => {
+            let digest = Sha256::digest(d.as_bytes());
+            let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("jitr-d{hex}-")
+        }
+        None => "jitr-".into(),
+    }
+}
+
 impl ClientToken {
-    /// The token of launch attempt `launch` (from 1) of `stream`.
+    /// The token of launch attempt `launch` (from 1) of `stream`, for a runner of
+    /// no named deployment (see [`ClientToken::derive_in`]).
     pub fn derive(stream: &StreamId, launch: u32) -> ClientToken {
-        let digest = Sha256::new()
+        ClientToken::derive_in(None, stream, launch)
+    }
+
+    /// The token of launch attempt `launch` of `stream` in `deployment`: EC2's
+    /// idempotency is per account and region, so two deployments there must not
+    /// derive the same token for the same job.
+    pub fn derive_in(deployment: Option<&str>, stream: &StreamId, launch: u32) -> ClientToken {
+        let mut hasher = Sha256::new();
+        if let Some(d) = deployment {
+            hasher.update(d.as_bytes());
+            hasher.update(b"#deployment#");
+        }
+        let digest = hasher
             .chain_update(stream.as_str().as_bytes())
             .chain_update(b"#launch#")
             .chain_update(launch.to_be_bytes())
@@ -257,5 +305,29 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, ClientToken::derive(&id, 1));
         assert!(a.0.len() <= 64 && a.0.is_ascii());
+    }
+
+    #[test]
+    fn deployments_scope_runner_names_and_tokens() {
+        let id = StreamId::for_job(&job(), 1).unwrap();
+        let (prod, staging) = (Some("prod"), Some("staging"));
+        assert_ne!(id.runner_name_in(prod), id.runner_name_in(staging));
+        assert_ne!(id.runner_name_in(prod), id.runner_name());
+        assert_eq!(id.runner_name_in(None), id.runner_name());
+        let name = id.runner_name_in(prod);
+        assert!(name.starts_with(&runner_name_prefix(prod)), "{name}");
+        assert!(!name.starts_with(&runner_name_prefix(staging)));
+        assert!(name.len() <= 64, "{name}");
+        // Unscoped names go on with digits; scoped ones with `d`: never confused.
+        assert!(runner_name_prefix(prod).starts_with("jitr-d"));
+        assert!(id.runner_name()["jitr-".len()..].starts_with(|c: char| c.is_ascii_digit()));
+        assert_ne!(
+            ClientToken::derive_in(prod, &id, 1),
+            ClientToken::derive_in(staging, &id, 1)
+        );
+        assert_eq!(
+            ClientToken::derive_in(None, &id, 1),
+            ClientToken::derive(&id, 1)
+        );
     }
 }

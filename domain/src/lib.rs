@@ -27,7 +27,9 @@ pub use event::{
     DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market,
     RunnerEvent, TerminationEvidence, TerminationReason,
 };
-pub use ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp};
+pub use ids::{
+    ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, runner_name_prefix,
+};
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
     MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,

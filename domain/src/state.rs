@@ -28,6 +28,9 @@ pub struct RunnerRequest {
     /// The App installation the job came through (None in older logs).
     #[serde(default)]
     pub installation: Option<InstallationId>,
+    /// The deployment that serves it (None: no named deployment).
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
 
 /// A launched instance.
@@ -251,6 +254,15 @@ impl RunnerState {
             && self.termination_requested.is_none()
     }
 
+    /// The name the runner registers with GitHub (scoped to its deployment).
+    pub fn runner_name_to_register(&self) -> Option<String> {
+        let request = self.request.as_ref()?;
+        Some(
+            self.stream_id()?
+                .runner_name_in(request.deployment.as_deref()),
+        )
+    }
+
     /// Stray instances not yet confirmed gone.
     pub fn live_strays(&self) -> impl Iterator<Item = &Stray> {
         self.strays.iter().filter(|s| s.gone.is_none())
@@ -335,6 +347,7 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
             spec,
             deadlines,
             installation,
+            deployment,
         } => {
             if state.request.is_none() {
                 state.request = Some(RunnerRequest {
@@ -345,6 +358,7 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
                     spec: spec.clone(),
                     deadlines: *deadlines,
                     installation: *installation,
+                    deployment: deployment.clone(),
                 });
             }
         }

@@ -54,6 +54,7 @@ fn request_cmd() -> Command {
         spec: spec(),
         deadlines: deadlines(),
         installation: None,
+        deployment: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn requested() -> RunnerEvent {
         spec: spec(),
         deadlines: deadlines(),
         installation: None,
+        deployment: None,
     }
 }
 
@@ -559,6 +561,7 @@ fn a_request_for_another_attempt_is_refused() {
                 spec: spec(),
                 deadlines: deadlines(),
                 installation: None,
+                deployment: None,
             },
             at(1),
         )
@@ -1138,6 +1141,7 @@ fn a_request_for_a_repository_github_cannot_name_is_refused() {
             spec,
             deadlines,
             installation: None,
+            deployment: None,
         },
         at(0),
     );

@@ -113,6 +113,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 consistency_window_ms: 120_000,
             },
             installation: None,
+            deployment: None,
         }],
         Op::Intend(market) => vec![Command::IntendLaunch { market: *market }],
         Op::Launch(choice, n) => vec![Command::RecordLaunch {

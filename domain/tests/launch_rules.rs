@@ -95,6 +95,7 @@ fn pending_within(
                 ..Deadlines::default()
             },
             installation: None,
+            deployment: None,
         },
         at,
     );

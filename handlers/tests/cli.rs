@@ -46,6 +46,7 @@ async fn leaked_log(dir: &std::path::Path) -> StreamId {
             },
             deadlines: Deadlines::default(),
             installation: None,
+            deployment: None,
         },
     );
     step(

@@ -278,6 +278,7 @@ mod tests {
                 },
                 deadlines: Deadlines::default(),
                 installation: None,
+                deployment: None,
             },
             0,
         );

@@ -61,6 +61,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
             },
             deadlines: Deadlines::default(),
             installation: None,
+            deployment: None,
         },
         0,
     );

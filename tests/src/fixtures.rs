@@ -51,6 +51,7 @@ pub fn request(job_id: u64) -> Command {
             consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
         },
         installation: None,
+        deployment: None,
     }
 }
 

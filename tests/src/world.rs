@@ -87,6 +87,24 @@ impl World {
         World::assemble(dir, clock, embedded, policy_for(vcpus))
     }
 
+    /// A fresh world that is deployment `deployment` (scoped runner names and
+    /// launch tokens), on `github` when given (a GitHub another world uses too).
+    pub fn deployed(deployment: &str, github: Option<SimGitHub>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut embedded = Embedded::open(dir.path(), SimSettings::default(), clock.clock(), 10)
+            .expect("embedded");
+        if let Some(shared) = github {
+            embedded.ports.github = Arc::new(shared.clone());
+            embedded.github = shared;
+        }
+        let policy = RunnerPolicy {
+            deployment: Some(deployment.into()),
+            ..policy_for(4)
+        };
+        World::assemble(dir, clock, embedded, policy)
+    }
+
     fn assemble(
         dir: tempfile::TempDir,
         clock: ManualClock,

@@ -733,3 +733,76 @@ async fn a_lifecycle_event_from_another_repository_does_not_move_the_runner() {
     world.lifecycle.handle(&genuine, world.now()).await.unwrap();
     assert_eq!(world.status(1).await, RunnerStatus::Running);
 }
+
+/// Issue 10: two deployments (say production and staging) serve the same
+/// organisation, on one GitHub. Their runner names and launch tokens are scoped
+/// to the deployment, so the same job gets two distinct registrations and
+/// instances, and neither's registration sweep removes the other's runners; a
+/// leftover registration of its own, each still removes.
+#[tokio::test]
+async fn two_deployments_in_one_organisation_never_sweep_each_others_runners() {
+    use jitr_infra::{GitHub, JitRequest, RunnerScope};
+
+    let prod = World::deployed("prod", None);
+    let staging = World::deployed("staging", Some(prod.github.clone()));
+    prod.queued(1).await.unwrap();
+    staging.queued(1).await.unwrap();
+    let scope = RunnerScope::Repo {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+    };
+    let names = |runners: Vec<jitr_infra::Runner>| {
+        let mut names: Vec<String> = runners.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    };
+    let registered = names(prod.github.list_runners(1, &scope).await.unwrap());
+    assert_eq!(registered.len(), 2, "{registered:?}");
+    let prod_name = prod.runner_name(1).await.unwrap();
+    let staging_name = staging.runner_name(1).await.unwrap();
+    assert_ne!(prod_name, staging_name);
+    assert!(prod_name.starts_with(&jitr_domain::runner_name_prefix(Some("prod"))));
+    let mut tokens = Vec::new();
+    for w in [&prod, &staging] {
+        let head = w.store.head(&w.stream(1)).await.unwrap().unwrap();
+        tokens.push(head.state.launch.unwrap().client_token);
+    }
+    assert_ne!(tokens[0], tokens[1], "EC2 idempotency is per account");
+
+    // A leftover registration of prod's (a crash after minting, say).
+    let leftover = format!(
+        "{}999-1-abcdef",
+        jitr_domain::runner_name_prefix(Some("prod"))
+    );
+    prod.github
+        .generate_jit_config(
+            1,
+            &JitRequest {
+                scope: scope.clone(),
+                name: leftover.clone(),
+                runner_group_id: 1,
+                labels: vec!["self-hosted".into()],
+                work_folder: "_work".into(),
+            },
+        )
+        .await
+        .unwrap();
+    staging.advance(200);
+    staging.reap().await;
+    assert_eq!(
+        names(prod.github.list_runners(1, &scope).await.unwrap()).len(),
+        3,
+        "staging's sweep touches none of prod's"
+    );
+    prod.advance(200);
+    prod.reap().await;
+    let left = names(prod.github.list_runners(1, &scope).await.unwrap());
+    assert!(
+        !left.contains(&leftover),
+        "prod removes its own leftover: {left:?}"
+    );
+    assert!(
+        left.contains(&prod_name) && left.contains(&staging_name),
+        "{left:?}"
+    );
+}

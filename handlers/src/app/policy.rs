@@ -45,6 +45,11 @@ pub struct RunnerPolicy {
     pub work_folder: String,
     /// The GitHub App installation (when a webhook does not name one).
     pub installation_id: u64,
+    /// The deployment this jitr is (on AWS its `JITR_PREFIX`): it scopes runner
+    /// names, launch tokens and registration sweeps, so that two deployments in
+    /// one organisation or account never touch each other's runners. None: the
+    /// unscoped names of earlier versions.
+    pub deployment: Option<String>,
     /// Deliveries of one job before scale-up gives up (then `Failed` + DLQ).
     pub max_launch_attempts: u32,
     /// Repositories served (`owner/repo`); empty: all.
@@ -71,6 +76,7 @@ impl Default for RunnerPolicy {
             runner_group_id: 1,
             work_folder: "_work".into(),
             installation_id: 1,
+            deployment: None,
             max_launch_attempts: 5,
             allowlist: Vec::new(),
             reaper_grace_ms: 120_000,
@@ -100,6 +106,18 @@ impl RunnerPolicy {
                 .allowlist
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(&format!("{owner}/{repo}")))
+    }
+
+    /// Whether a registered runner's `name` is one of this deployment's.
+    pub fn names_runner(&self, name: &str) -> bool {
+        let prefix = jitr_domain::runner_name_prefix(self.deployment.as_deref());
+        match &self.deployment {
+            Some(_) => name.starts_with(&prefix),
+            // Unscoped names go on with the job id's digits.
+            None => name
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())),
+        }
     }
 
     /// The App installation whose token every GitHub call for this runner uses:

@@ -355,7 +355,7 @@ impl Reaper {
             };
             for runner in runners
                 .iter()
-                .filter(|r| r.name.starts_with("jitr-") && !r.busy)
+                .filter(|r| self.policy.names_runner(&r.name) && !r.busy)
             {
                 let open = match self.ports.store.stream_of_runner(&runner.name).await {
                     Ok(Some(stream)) => self

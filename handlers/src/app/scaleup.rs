@@ -132,6 +132,7 @@ impl ScaleUp {
             spec,
             deadlines: self.policy.deadlines,
             installation: Some(InstallationId(job.installation)),
+            deployment: self.policy.deployment.clone(),
         };
         self.run(&stream, request, now, "request").await?;
 
@@ -285,7 +286,9 @@ impl ScaleUp {
         let Some(instance) = state.instance().cloned() else {
             return Ok(Outcome::Done(format!("{stream} has no instance")));
         };
-        let name = stream.runner_name();
+        let name = state
+            .runner_name_to_register()
+            .unwrap_or_else(|| stream.runner_name());
         let installation = self.policy.installation_for(&state);
         let request = JitRequest {
             scope: self.policy.scope_for(&job.owner, &job.repo),

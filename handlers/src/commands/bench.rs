@@ -80,6 +80,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
             },
             deadlines: Deadlines::default(),
             installation: None,
+            deployment: None,
         },
         0,
     );

@@ -139,6 +139,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                     },
                     deadlines: Deadlines::default(),
                     installation: None,
+                    deployment: None,
                 },
                 n,
             )

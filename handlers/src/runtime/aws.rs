@@ -168,9 +168,12 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();
+    let mut policy = policy_from_env()?;
+    // The deployment scopes runner names and launch tokens (ADR-0010).
+    policy.deployment = Some(names.prefix().to_owned());
     Ok(AwsApp {
         has_webhook_secret: !secret.is_empty(),
-        app: App::new(ports, policy_from_env()?, secret),
+        app: App::new(ports, policy, secret),
         names,
     })
 }
