@@ -380,3 +380,104 @@ async fn two_serves_on_one_log_share_it_and_restart_cleanly() {
         .await;
     restarted.shutdown().await;
 }
+
+/// A GitHub whose queued-jobs listing never answers (a rate limit waited out,
+/// a hung connection); everything else is the simulator's.
+struct StuckQueuedJobs(jitr_infra::SimGitHub);
+
+#[async_trait::async_trait]
+impl jitr_infra::GitHub for StuckQueuedJobs {
+    async fn generate_jit_config(
+        &self,
+        installation: u64,
+        request: &jitr_infra::JitRequest,
+    ) -> Result<jitr_infra::JitRunner, jitr_infra::GitHubError> {
+        self.0.generate_jit_config(installation, request).await
+    }
+    async fn delete_runner(
+        &self,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, jitr_infra::GitHubError> {
+        self.0.delete_runner(installation, scope, runner_id).await
+    }
+    async fn list_runners(
+        &self,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+    ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
+        self.0.list_runners(installation, scope).await
+    }
+    async fn list_queued_jobs(
+        &self,
+        _installation: u64,
+    ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
+        std::future::pending().await
+    }
+}
+
+/// Issue 10: in `serve` the reaper and the rebalancer run apart, so a rebalancer
+/// stuck on GitHub never holds the reaper back: an orphan that appears while it
+/// is stuck is still reaped; and a stop does not wait for the stuck call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_rebalancer_does_not_hold_the_reaper_back() {
+    use jitr_infra::{Compute, LaunchSpec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut embedded = jitr_handlers::runtime::embedded::Embedded::open(
+        dir.path(),
+        SimSettings::default(),
+        jitr_infra::system_clock(),
+        10,
+    )
+    .unwrap();
+    embedded.ports.github = Arc::new(StuckQueuedJobs(embedded.github.clone()));
+    let cloud = embedded.cloud.clone();
+    let policy = RunnerPolicy {
+        reaper_grace_ms: 0,
+        ..RunnerPolicy::default()
+    };
+    let app = jitr_handlers::app::App::new(embedded.ports, policy, SECRET.as_bytes().to_vec());
+    let cadence = Cadence {
+        projector: Duration::from_millis(50),
+        sweep: Duration::from_millis(100),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve::run(app, cadence, listener, stopped));
+    // Let the first sweeps run: the rebalancer is now stuck on GitHub.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An instance of a runner the log never heard of.
+    let stream = StreamId::parse("acme/widgets#404#1").unwrap();
+    let orphan = cloud
+        .launch(&LaunchSpec {
+            client_token: jitr_domain::ClientToken::derive(&stream, 1),
+            stream,
+            market: jitr_domain::Market::OnDemand,
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            image: "ami-sim".into(),
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let seen = cloud.describe(&orphan.instance_id).await.unwrap().unwrap();
+        if !seen.state.is_live() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the orphan was not reaped while the rebalancer was stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("graceful shutdown")
+        .unwrap()
+        .unwrap();
+}

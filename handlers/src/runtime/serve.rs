@@ -147,7 +147,7 @@ pub async fn run(
     }
     {
         let mut stop = stop.clone();
-        let (reaper, rebalancer) = (app.reaper.clone(), app.rebalancer.clone());
+        let reaper = app.reaper.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(cadence.sweep);
             loop {
@@ -161,10 +161,31 @@ pub async fn run(
                             Ok(_) => {}
                             Err(e) => tracing::error!(error = %e, "reaper sweep failed"),
                         }
-                        match rebalancer.tick(now()).await {
-                            Ok(r) if !r.requested.is_empty() => tracing::warn!(requested = r.requested.len(), "rebalancer requested runners"),
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %e, "rebalancer failed"),
+                    }
+                }
+            }
+        });
+    }
+    {
+        // Its own task: a rebalancer waiting on GitHub's rate limit never holds
+        // the reaper back.
+        let mut stop = stop.clone();
+        let rebalancer = app.rebalancer.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cadence.sweep);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        // A stop does not wait for a tick stuck on GitHub: the
+                        // rebalancer only publishes idempotent requests.
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            result = rebalancer.tick(now()) => match result {
+                                Ok(r) if !r.requested.is_empty() => tracing::warn!(requested = r.requested.len(), "rebalancer requested runners"),
+                                Ok(_) => {}
+                                Err(e) => tracing::error!(error = %e, "rebalancer failed"),
+                            },
                         }
                     }
                 }
