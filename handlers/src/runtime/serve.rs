@@ -145,53 +145,46 @@ pub async fn run(
             }
         });
     }
-    {
-        let mut stop = stop.clone();
-        let reaper = app.reaper.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(cadence.sweep);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tick.tick() => {
-                        match reaper.sweep(now()).await {
-                            Ok(r) if !r.orphans_terminated.is_empty() || !r.compensated.is_empty() || !r.found_gone.is_empty() || !r.errors.is_empty() => {
-                                tracing::warn!(orphans = r.orphans_terminated.len(), compensated = r.compensated.len(), gone = r.found_gone.len(), errors = r.errors.len(), "reaper sweep");
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %e, "reaper sweep failed"),
-                        }
-                    }
+    // The reaper and the rebalancer run apart: a rebalancer waiting on GitHub's
+    // rate limit never holds the reaper back.
+    let reaper = app.reaper.clone();
+    every(&mut tasks, cadence.sweep, stop.clone(), move || {
+        let reaper = reaper.clone();
+        async move {
+            match reaper.sweep(now()).await {
+                Ok(r)
+                    if !r.orphans_terminated.is_empty()
+                        || !r.compensated.is_empty()
+                        || !r.found_gone.is_empty()
+                        || !r.errors.is_empty() =>
+                {
+                    tracing::warn!(
+                        orphans = r.orphans_terminated.len(),
+                        compensated = r.compensated.len(),
+                        gone = r.found_gone.len(),
+                        errors = r.errors.len(),
+                        "reaper sweep"
+                    );
                 }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "reaper sweep failed"),
             }
-        });
-    }
-    {
-        // Its own task: a rebalancer waiting on GitHub's rate limit never holds
-        // the reaper back.
-        let mut stop = stop.clone();
-        let rebalancer = app.rebalancer.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(cadence.sweep);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tick.tick() => {
-                        // A stop does not wait for a tick stuck on GitHub: the
-                        // rebalancer only publishes idempotent requests.
-                        tokio::select! {
-                            _ = stop.changed() => break,
-                            result = rebalancer.tick(now()) => match result {
-                                Ok(r) if !r.requested.is_empty() => tracing::warn!(requested = r.requested.len(), "rebalancer requested runners"),
-                                Ok(_) => {}
-                                Err(e) => tracing::error!(error = %e, "rebalancer failed"),
-                            },
-                        }
-                    }
-                }
+        }
+    });
+    let rebalancer = app.rebalancer.clone();
+    every(&mut tasks, cadence.sweep, stop.clone(), move || {
+        let rebalancer = rebalancer.clone();
+        async move {
+            match rebalancer.tick(now()).await {
+                Ok(r) if !r.requested.is_empty() => tracing::warn!(
+                    requested = r.requested.len(),
+                    "rebalancer requested runners"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "rebalancer failed"),
             }
-        });
-    }
+        }
+    });
 
     let webhook = app.webhook.clone();
     let router = Router::new()
@@ -207,6 +200,34 @@ pub async fn run(
         .await?;
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Runs `round` every `period` until `stop` turns true. A stop also cancels a
+/// round in flight (one stuck on GitHub, say): the reaper's and the
+/// rebalancer's rounds are made of idempotent steps, taken again next time.
+fn every<F, R>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut round: F,
+) where
+    F: FnMut() -> R + Send + 'static,
+    R: std::future::Future<Output = ()> + Send + 'static,
+{
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = round() => {}
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The address a listener is bound to, for people.
