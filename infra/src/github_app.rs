@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ports::{
-    GitHub, GitHubError, JitConfig, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope,
+    GitHub, GitHubError, JitConfig, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
 };
 
 impl From<reqwest::Error> for GitHubError {
@@ -480,5 +480,29 @@ impl GitHub for GitHubApp {
             }
         }
         Ok(jobs)
+    }
+
+    async fn get_job(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<Option<JobState>, GitHubError> {
+        let path = format!("/repos/{owner}/{repo}/actions/jobs/{job_id}");
+        let response = match self.call(installation, Method::GET, &path, None).await {
+            Ok(response) => response,
+            Err(GitHubError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let job: Value = decode(response).await?;
+        let text = |field: &str| job[field].as_str().map(str::to_owned);
+        let status =
+            text("status").ok_or_else(|| GitHubError::Decode(format!("{path}: no status")))?;
+        Ok(Some(JobState {
+            status,
+            conclusion: text("conclusion"),
+            runner_name: text("runner_name").filter(|n| !n.is_empty()),
+        }))
     }
 }

@@ -14,14 +14,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::ports::{
     Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     ManagedInstance, TerminateOutcome,
 };
-use crate::ports::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
+use crate::ports::{
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
+};
 use crate::ports::{JitConfig, RunnerSecrets, SecretError};
 
 const SCHEMA: &str = r#"
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS gh_jobs (
     name   TEXT    NOT NULL,
     labels TEXT    NOT NULL,
     status TEXT    NOT NULL,
+    runner_name TEXT,
     PRIMARY KEY (owner, repo, job_id)
 );
 "#;
@@ -136,6 +139,18 @@ fn open(path: &Path) -> Result<Connection, ComputeError> {
         .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
         .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| ComputeError::Unavailable(Box::new(e)))?;
+    // A cloud.db of an earlier version lacks the job's runner.
+    let has_runner: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('gh_jobs') WHERE name = 'runner_name'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if has_runner == 0 {
+        conn.execute_batch("ALTER TABLE gh_jobs ADD COLUMN runner_name TEXT")
+            .map_err(sql_err)?;
+    }
     Ok(conn)
 }
 
@@ -581,18 +596,21 @@ impl SimGitHub {
             .map_err(gh_sql)
     }
 
-    /// Moves a job on (`in_progress`, `completed`).
+    /// Moves a job on (`in_progress`, `completed`), on `runner` when it names the
+    /// runner that took it.
     pub fn set_job_status(
         &self,
         owner: &str,
         repo: &str,
         job_id: u64,
         status: &str,
+        runner: Option<&str>,
     ) -> Result<(), GitHubError> {
         self.lock()
             .execute(
-                "UPDATE gh_jobs SET status = ?4 WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
-                params![owner, repo, job_id, status],
+                "UPDATE gh_jobs SET status = ?4, runner_name = COALESCE(?5, runner_name)
+                 WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
+                params![owner, repo, job_id, status, runner],
             )
             .map(|_| ())
             .map_err(gh_sql)
@@ -720,6 +738,30 @@ impl GitHub for SimGitHub {
             })
             .map_err(gh_sql)?;
         rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
+    async fn get_job(
+        &self,
+        _installation: u64,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<Option<JobState>, GitHubError> {
+        self.lock()
+            .query_row(
+                "SELECT status, runner_name FROM gh_jobs
+                 WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
+                params![owner, repo, job_id],
+                |r| {
+                    Ok(JobState {
+                        status: r.get(0)?,
+                        conclusion: None,
+                        runner_name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(gh_sql)
     }
 }
 

@@ -582,3 +582,48 @@ async fn a_link_to_another_host_is_refused_and_never_requested() {
     // Dropping `elsewhere` verifies it received nothing (`expect(0)`).
     assert!(elsewhere.received_requests().await.unwrap().is_empty());
 }
+
+/// Issue 10: asking GitHub for one job (to heal a lost lifecycle webhook): the
+/// documented path with the installation's token; 404 is "unknown", not an
+/// error.
+#[tokio::test]
+async fn a_job_is_read_with_the_installation_token_and_404_is_none() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_jobs", "2099-01-01T00:00:00Z", 1)
+        .await;
+    let (accept, version) = github_headers();
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/jobs/42"))
+        .and(header("authorization", "Bearer ghs_jobs"))
+        .and(accept)
+        .and(version)
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": 42, "run_id": 7, "status": "in_progress", "conclusion": null,
+            "runner_name": "jitr-42-1-abcdef", "runner_id": 9, "labels": ["self-hosted"]
+        })))
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/jobs/43"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})))
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let job = client
+        .get_job(INSTALLATION, "acme", "widgets", 42)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, "in_progress");
+    assert_eq!(job.conclusion, None);
+    assert_eq!(job.runner_name.as_deref(), Some("jitr-42-1-abcdef"));
+    assert_eq!(
+        client
+            .get_job(INSTALLATION, "acme", "widgets", 43)
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -255,10 +255,33 @@ async fn the_github_stand_in_registers_runners_and_queues_jobs() {
     };
     github.queue_job(&job).unwrap();
     assert_eq!(github.list_queued_jobs(1).await.unwrap(), vec![job]);
+    let state = |status: &str, runner: Option<&str>| jitr_infra::JobState {
+        status: status.into(),
+        conclusion: None,
+        runner_name: runner.map(str::to_owned),
+    };
+    assert_eq!(
+        github.get_job(1, "acme", "widgets", 11).await.unwrap(),
+        Some(state("queued", None))
+    );
     github
-        .set_job_status("acme", "widgets", 11, "in_progress")
+        .set_job_status(
+            "acme",
+            "widgets",
+            11,
+            "in_progress",
+            Some("jitr-11-1-abcdef"),
+        )
         .unwrap();
     assert!(github.list_queued_jobs(1).await.unwrap().is_empty());
+    assert_eq!(
+        github.get_job(1, "acme", "widgets", 11).await.unwrap(),
+        Some(state("in_progress", Some("jitr-11-1-abcdef")))
+    );
+    assert_eq!(
+        github.get_job(1, "acme", "widgets", 12).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

@@ -415,6 +415,15 @@ impl jitr_infra::GitHub for StuckQueuedJobs {
     ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
         std::future::pending().await
     }
+    async fn get_job(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<Option<jitr_infra::JobState>, jitr_infra::GitHubError> {
+        self.0.get_job(installation, owner, repo, job_id).await
+    }
 }
 
 /// Issue 10: in `serve` the reaper and the rebalancer run apart, so a rebalancer

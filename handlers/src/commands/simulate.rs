@@ -337,7 +337,13 @@ pub async fn run_with(
                                 .publish(&serde_json::to_string(&m).expect("json"), None, &[])
                                 .await?;
                             github
-                                .set_job_status(&m.owner, &m.repo, m.job_id, "in_progress")
+                                .set_job_status(
+                                    &m.owner,
+                                    &m.repo,
+                                    m.job_id,
+                                    "in_progress",
+                                    Some(&runner),
+                                )
                                 .map_err(|e| {
                                     ServeError::Io(std::io::Error::other(e.to_string()))
                                 })?;
@@ -356,7 +362,7 @@ pub async fn run_with(
                         .publish(&serde_json::to_string(&m).expect("json"), None, &[])
                         .await?;
                     github
-                        .set_job_status(&m.owner, &m.repo, m.job_id, "completed")
+                        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
                         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
                     job.completed = true;
                     last_completion = Some(t);

@@ -85,6 +85,18 @@ pub struct QueuedJob {
     pub name: String,
 }
 
+/// A workflow job as GitHub reports it
+/// (`GET /repos/{owner}/{repo}/actions/jobs/{job_id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    /// `queued`, `in_progress`, `completed`, `waiting`, `requested` or `pending`.
+    pub status: String,
+    /// Once completed: `success`, `failure`, `cancelled`, …
+    pub conclusion: Option<String>,
+    /// The runner that took it, once one did.
+    pub runner_name: Option<String>,
+}
+
 /// What went wrong talking to GitHub.
 #[derive(Debug, Error)]
 pub enum GitHubError {
@@ -204,4 +216,13 @@ pub trait GitHub: Send + Sync {
     ) -> Result<Vec<Runner>, GitHubError>;
     /// Queued jobs across the installation's repositories.
     async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError>;
+    /// One workflow job as GitHub reports it now; `None` when GitHub does not
+    /// know it (404).
+    async fn get_job(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<Option<JobState>, GitHubError>;
 }

@@ -23,7 +23,9 @@ pub use event_store::{
     FeedPage, Lease, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead,
     UnreadableEvent, UnreadableHead, read_feed_page,
 };
-pub use github::{GitHub, GitHubError, JitRequest, JitRunner, QueuedJob, Runner, RunnerScope};
+pub use github::{
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
+};
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, Queue, QueueError, QueueMessage,
 };
