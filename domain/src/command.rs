@@ -70,6 +70,15 @@ pub enum Command {
         /// `workflow_job.conclusion`.
         conclusion: Option<String>,
     },
+    /// GitHub, asked for the job, says this runner has it in progress (its
+    /// `in_progress` webhook may have been lost).
+    ObserveJobStarted,
+    /// GitHub, asked for the job, says it completed (its `completed` webhook
+    /// may have been lost).
+    ObserveJobCompleted {
+        /// Its conclusion.
+        conclusion: Option<String>,
+    },
     /// Record a failure.
     Fail {
         /// At which step.
@@ -103,6 +112,8 @@ impl Command {
             Command::RecordToken { .. } => "RecordToken",
             Command::StartJob => "StartJob",
             Command::CompleteJob { .. } => "CompleteJob",
+            Command::ObserveJobStarted => "ObserveJobStarted",
+            Command::ObserveJobCompleted { .. } => "ObserveJobCompleted",
             Command::Fail { .. } => "Fail",
             Command::Terminate { .. } => "Terminate",
             Command::ConfirmTerminated { .. } => "ConfirmTerminated",

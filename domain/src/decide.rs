@@ -2,7 +2,7 @@
 
 use crate::command::Command;
 use crate::error::DomainError;
-use crate::event::RunnerEvent;
+use crate::event::{JobSource, RunnerEvent};
 use crate::ids::{ClientToken, StreamId, Timestamp};
 use crate::launch::evidence_holds;
 use crate::state::{LaunchOutcome, RunnerState, is_terminal};
@@ -167,18 +167,26 @@ pub fn decide(
                 None => Ok(vec![RunnerEvent::TokenMinted { at, runner_name }]),
             }
         }
-        Command::StartJob => {
+        Command::StartJob | Command::ObserveJobStarted => {
             still_wanted(state)?;
             if state.instance().is_none() {
                 return Err(DomainError::NotLaunched);
             }
-            Ok(vec![RunnerEvent::JobStarted { at }])
+            Ok(vec![RunnerEvent::JobStarted {
+                at,
+                source: source_of(&command),
+            }])
         }
-        Command::CompleteJob { conclusion } => {
+        Command::CompleteJob { ref conclusion }
+        | Command::ObserveJobCompleted { ref conclusion } => {
             if state.failure.is_some() {
                 return Err(DomainError::AlreadyFailed);
             }
-            Ok(vec![RunnerEvent::JobCompleted { at, conclusion }])
+            Ok(vec![RunnerEvent::JobCompleted {
+                at,
+                conclusion: conclusion.clone(),
+                source: source_of(&command),
+            }])
         }
         Command::Fail { stage, reason } => {
             if state.job_completed_at.is_some() {
@@ -227,7 +235,7 @@ pub fn decide(
 /// | `RecordLaunch` | the same instance is recorded (as the runner's, or as a stray) |
 /// | `RejectLaunch` | the latest intent, with the same token, was rejected |
 /// | `RecordToken` | the same runner name is recorded |
-/// | `StartJob` / `CompleteJob` | the job's start / completion is recorded |
+/// | `StartJob` / `CompleteJob` (and their `Observe…` forms) | the job's start / completion is recorded, whatever its source |
 /// | `Fail` | a failure is recorded (the first one stands) |
 /// | `Terminate` | a termination was requested |
 /// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none), or the named stray is confirmed gone |
@@ -250,8 +258,10 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
                 && matches!(launch.outcome, LaunchOutcome::Rejected { .. })
         ),
         Command::RecordToken { runner_name } => state.runner_name.as_ref() == Some(runner_name),
-        Command::StartJob => state.job_started_at.is_some(),
-        Command::CompleteJob { .. } => state.job_completed_at.is_some(),
+        Command::StartJob | Command::ObserveJobStarted => state.job_started_at.is_some(),
+        Command::CompleteJob { .. } | Command::ObserveJobCompleted { .. } => {
+            state.job_completed_at.is_some()
+        }
         Command::Fail { .. } => state.failure.is_some(),
         Command::Terminate { .. } => state.termination_requested.is_some(),
         Command::ConfirmTerminated { instance_id, .. } => {
@@ -271,6 +281,14 @@ fn takes_launch(state: &RunnerState, client_token: &ClientToken) -> bool {
     !is_terminal(state)
         && state.instance().is_none()
         && state.pending_launch() == Some(client_token)
+}
+
+/// Where a job's start or completion was learnt.
+fn source_of(command: &Command) -> JobSource {
+    match command {
+        Command::ObserveJobStarted | Command::ObserveJobCompleted { .. } => JobSource::Poll,
+        _ => JobSource::Webhook,
+    }
 }
 
 /// Refuses work for a runner that has failed or whose job is over.

@@ -90,6 +90,26 @@ pub enum TerminationReason {
     Operator,
 }
 
+/// How jitr learnt that a job started or completed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobSource {
+    /// A `workflow_job` webhook (and every record of older logs).
+    #[default]
+    Webhook,
+    /// GitHub's job, asked for because a webhook may have been lost.
+    Poll,
+}
+
+impl JobSource {
+    /// Whether it is [`JobSource::Webhook`].
+    pub fn is_webhook(&self) -> bool {
+        *self == JobSource::Webhook
+    }
+}
+
 /// What a runner's instance is to be: resolved from the job's labels at request time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
@@ -257,6 +277,9 @@ pub enum RunnerEvent {
     JobStarted {
         /// When.
         at: Timestamp,
+        /// Who said so.
+        #[serde(default, skip_serializing_if = "JobSource::is_webhook")]
+        source: JobSource,
     },
     /// The job completed (`workflow_job` `completed`).
     JobCompleted {
@@ -264,6 +287,9 @@ pub enum RunnerEvent {
         at: Timestamp,
         /// `workflow_job.conclusion`, when given.
         conclusion: Option<String>,
+        /// Who said so.
+        #[serde(default, skip_serializing_if = "JobSource::is_webhook")]
+        source: JobSource,
     },
     /// The runner failed.
     Failed {
@@ -330,7 +356,7 @@ impl RunnerEvent {
             | RunnerEvent::LaunchRejected { at, .. }
             | RunnerEvent::Launched { at, .. }
             | RunnerEvent::TokenMinted { at, .. }
-            | RunnerEvent::JobStarted { at }
+            | RunnerEvent::JobStarted { at, .. }
             | RunnerEvent::JobCompleted { at, .. }
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
@@ -382,6 +408,35 @@ mod tests {
         assert_eq!(
             deadlines.consistency_window_ms,
             DEFAULT_CONSISTENCY_WINDOW_MS
+        );
+        let started: RunnerEvent = serde_json::from_str(r#"{"type":"JobStarted","at":1}"#).unwrap();
+        assert_eq!(
+            started,
+            RunnerEvent::JobStarted {
+                at: Timestamp(1),
+                source: JobSource::Webhook
+            }
+        );
+    }
+
+    /// A webhook's record is written as before; a poll's says so.
+    #[test]
+    fn a_jobs_source_is_written_only_when_it_is_a_poll() {
+        let webhook = RunnerEvent::JobStarted {
+            at: Timestamp(1),
+            source: JobSource::Webhook,
+        };
+        assert_eq!(
+            serde_json::to_string(&webhook).unwrap(),
+            r#"{"type":"JobStarted","at":1}"#
+        );
+        let poll = RunnerEvent::JobStarted {
+            at: Timestamp(1),
+            source: JobSource::Poll,
+        };
+        assert_eq!(
+            serde_json::to_string(&poll).unwrap(),
+            r#"{"type":"JobStarted","at":1,"source":"poll"}"#
         );
     }
 }

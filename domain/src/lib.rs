@@ -24,8 +24,8 @@ pub use command::{Command, TerminateRunner};
 pub use decide::{decide, is_repeat};
 pub use error::{DomainError, is_benign_refusal};
 pub use event::{
-    DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market,
-    RunnerEvent, TerminationEvidence, TerminationReason,
+    DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceSpec, JobSource,
+    LaunchErrorClass, Market, RunnerEvent, TerminationEvidence, TerminationReason,
 };
 pub use ids::{
     ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, runner_name_prefix,

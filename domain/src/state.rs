@@ -405,10 +405,10 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
         RunnerEvent::TokenMinted { runner_name, .. } => {
             state.runner_name = Some(runner_name.clone());
         }
-        RunnerEvent::JobStarted { at } => {
+        RunnerEvent::JobStarted { at, .. } => {
             state.job_started_at.get_or_insert(*at);
         }
-        RunnerEvent::JobCompleted { at, conclusion } => {
+        RunnerEvent::JobCompleted { at, conclusion, .. } => {
             state.job_completed_at.get_or_insert(*at);
             state.conclusion.clone_from(conclusion);
         }

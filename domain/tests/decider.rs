@@ -107,13 +107,17 @@ fn minted() -> RunnerEvent {
 }
 
 fn started() -> RunnerEvent {
-    RunnerEvent::JobStarted { at: at(5) }
+    RunnerEvent::JobStarted {
+        at: at(5),
+        source: Default::default(),
+    }
 }
 
 fn completed() -> RunnerEvent {
     RunnerEvent::JobCompleted {
         at: at(6),
         conclusion: Some("success".into()),
+        source: Default::default(),
     }
 }
 
@@ -491,6 +495,7 @@ fn a_job_cancelled_before_launch_completes_at_once() {
         .then([RunnerEvent::JobCompleted {
             at: at(6),
             conclusion: None,
+            source: Default::default(),
         }]);
     assert_eq!(s.status(), RunnerStatus::Completed);
 }
@@ -695,6 +700,7 @@ fn a_launch_intent_after_failure_is_refused() {
         RunnerEvent::JobCompleted {
             at: at(5),
             conclusion: None,
+            source: Default::default(),
         },
     ])
     .when(
@@ -1206,4 +1212,61 @@ fn an_instance_returned_after_the_stream_closed_is_a_stray_owed_a_termination() 
         }]);
     assert!(terminate_strays(&s).is_empty());
     assert!(is_terminal(&s));
+}
+
+// ---- jobs observed on GitHub ----
+
+/// A start or completion learnt by asking GitHub (a lost webhook healed) is
+/// recorded as such, and is the same fact as the webhook's: whichever comes
+/// second is a repeat.
+#[test]
+fn a_job_observed_on_github_is_recorded_with_its_source() {
+    let s = given([requested(), intended(1, Market::Spot), launched(), minted()])
+        .when(Command::ObserveJobStarted, at(5))
+        .then([RunnerEvent::JobStarted {
+            at: at(5),
+            source: JobSource::Poll,
+        }]);
+    assert_eq!(s.status(), RunnerStatus::Running);
+    given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        minted(),
+        started(),
+    ])
+    .when(Command::ObserveJobStarted, at(6))
+    .then([]);
+    let s = given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        minted(),
+        started(),
+    ])
+    .when(
+        Command::ObserveJobCompleted {
+            conclusion: Some("success".into()),
+        },
+        at(9),
+    )
+    .then([RunnerEvent::JobCompleted {
+        at: at(9),
+        conclusion: Some("success".into()),
+        source: JobSource::Poll,
+    }]);
+    assert_eq!(s.status(), RunnerStatus::Draining);
+    given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        minted(),
+        started(),
+    ])
+    .when(Command::CompleteJob { conclusion: None }, at(9))
+    .then([RunnerEvent::JobCompleted {
+        at: at(9),
+        conclusion: None,
+        source: JobSource::Webhook,
+    }]);
 }

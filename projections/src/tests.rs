@@ -304,7 +304,10 @@ fn closed_runners_are_counted_not_kept() {
     views.apply(
         events.len() as u64 + 1,
         &stream(7),
-        &RunnerEvent::JobStarted { at: at(99) },
+        &RunnerEvent::JobStarted {
+            at: at(99),
+            source: Default::default(),
+        },
     );
     assert_eq!(views.after_close, 1);
     assert!(views.open.is_empty());

@@ -28,6 +28,14 @@ pub fn reason(reason: &TerminationReason) -> String {
     }
 }
 
+/// What a record learnt by asking GitHub says of itself.
+fn polled(source: jitr_domain::JobSource) -> &'static str {
+    match source {
+        jitr_domain::JobSource::Webhook => "",
+        jitr_domain::JobSource::Poll => " (asked GitHub: the webhook was lost)",
+    }
+}
+
 /// One line describing what an event says (never a secret: the log holds none).
 pub fn describe(event: &RunnerEvent) -> String {
     match event {
@@ -63,8 +71,14 @@ pub fn describe(event: &RunnerEvent) -> String {
             market.as_str()
         ),
         RunnerEvent::TokenMinted { runner_name, .. } => format!("runner {runner_name}"),
-        RunnerEvent::JobStarted { .. } => String::new(),
-        RunnerEvent::JobCompleted { conclusion, .. } => conclusion.clone().unwrap_or_default(),
+        RunnerEvent::JobStarted { source, .. } => polled(*source).into(),
+        RunnerEvent::JobCompleted {
+            conclusion, source, ..
+        } => format!(
+            "{}{}",
+            conclusion.clone().unwrap_or_default(),
+            polled(*source)
+        ),
         RunnerEvent::Failed { stage, reason, .. } => format!("{}: {reason}", stage.as_str()),
         RunnerEvent::TerminationRequested {
             reason: why,
