@@ -1221,52 +1221,36 @@ fn an_instance_returned_after_the_stream_closed_is_a_stray_owed_a_termination() 
 /// second is a repeat.
 #[test]
 fn a_job_observed_on_github_is_recorded_with_its_source() {
-    let s = given([requested(), intended(1, Market::Spot), launched(), minted()])
+    let ready = || vec![requested(), intended(1, Market::Spot), launched(), minted()];
+    let running = || [ready(), vec![started()]].concat();
+    let s = given(ready())
         .when(Command::ObserveJobStarted, at(5))
         .then([RunnerEvent::JobStarted {
             at: at(5),
             source: JobSource::Poll,
         }]);
     assert_eq!(s.status(), RunnerStatus::Running);
-    given([
-        requested(),
-        intended(1, Market::Spot),
-        launched(),
-        minted(),
-        started(),
-    ])
-    .when(Command::ObserveJobStarted, at(6))
-    .then([]);
-    let s = given([
-        requested(),
-        intended(1, Market::Spot),
-        launched(),
-        minted(),
-        started(),
-    ])
-    .when(
-        Command::ObserveJobCompleted {
+    given(running())
+        .when(Command::ObserveJobStarted, at(6))
+        .then([]);
+    let s = given(running())
+        .when(
+            Command::ObserveJobCompleted {
+                conclusion: Some("success".into()),
+            },
+            at(9),
+        )
+        .then([RunnerEvent::JobCompleted {
+            at: at(9),
             conclusion: Some("success".into()),
-        },
-        at(9),
-    )
-    .then([RunnerEvent::JobCompleted {
-        at: at(9),
-        conclusion: Some("success".into()),
-        source: JobSource::Poll,
-    }]);
+            source: JobSource::Poll,
+        }]);
     assert_eq!(s.status(), RunnerStatus::Draining);
-    given([
-        requested(),
-        intended(1, Market::Spot),
-        launched(),
-        minted(),
-        started(),
-    ])
-    .when(Command::CompleteJob { conclusion: None }, at(9))
-    .then([RunnerEvent::JobCompleted {
-        at: at(9),
-        conclusion: None,
-        source: JobSource::Webhook,
-    }]);
+    given(running())
+        .when(Command::CompleteJob { conclusion: None }, at(9))
+        .then([RunnerEvent::JobCompleted {
+            at: at(9),
+            conclusion: None,
+            source: JobSource::Webhook,
+        }]);
 }
