@@ -37,8 +37,8 @@ pub use launch::{
     resolve_pending_launch,
 };
 pub use resume::{
-    MissedDeadline, boot_deadline, missed_deadline, resume, terminate_runner, terminate_strays,
-    termination_owed,
+    MissedDeadline, boot_deadline, deadline_to_confirm, missed_deadline, resume, terminate_runner,
+    terminate_strays, termination_owed,
 };
 pub use state::{
     Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, Stray,

@@ -42,6 +42,17 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     (now >= boot).then_some(MissedDeadline { stage, at: boot })
 }
 
+/// The missed deadline jitr asks GitHub about before acting on it: a boot or
+/// max-age deadline of a runner whose JIT config was minted (so its job may have
+/// started, or ended, without jitr hearing) and whose termination was not yet
+/// issued. A lost `in_progress` or `completed` webhook must not decide it.
+pub fn deadline_to_confirm(state: &RunnerState, now: Timestamp) -> Option<MissedDeadline> {
+    let missed = missed_deadline(state, now)?;
+    let asked = matches!(missed.stage, FailureStage::Boot | FailureStage::MaxAge);
+    (asked && state.runner_name.is_some() && state.termination_requested.is_none())
+        .then_some(missed)
+}
+
 /// When the runner's job must have started: the boot timeout after its first
 /// launch intent (or, while nothing may be alive, after its request).
 pub fn boot_deadline(state: &RunnerState) -> Option<Timestamp> {

@@ -526,6 +526,7 @@ pub struct SimGitHub {
     conn: Arc<Mutex<Connection>>,
     failures: Arc<Mutex<Vec<u16>>>,
     failure_rate: Arc<Mutex<Option<(f64, u64)>>>,
+    poll_failures: Arc<Mutex<Vec<u16>>>,
 }
 
 fn scope_key(scope: &RunnerScope) -> String {
@@ -554,6 +555,7 @@ impl SimGitHub {
             conn: Arc::new(Mutex::new(open(path.as_ref())?)),
             failures: Arc::default(),
             failure_rate: Arc::default(),
+            poll_failures: Arc::default(),
         })
     }
 
@@ -565,6 +567,15 @@ impl SimGitHub {
     /// seed incident's mint failure after RunInstances).
     pub fn fail_next_mints(&self, statuses: &[u16]) {
         self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(statuses);
+    }
+
+    /// Makes the next job reads (`GET …/actions/jobs/{job_id}`) answer with
+    /// these HTTP statuses.
+    pub fn fail_next_job_polls(&self, statuses: &[u16]) {
+        self.poll_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend_from_slice(statuses);
@@ -747,6 +758,18 @@ impl GitHub for SimGitHub {
         repo: &str,
         job_id: u64,
     ) -> Result<Option<JobState>, GitHubError> {
+        let injected = {
+            let mut failures = self.poll_failures.lock().unwrap_or_else(|p| p.into_inner());
+            (!failures.is_empty()).then(|| failures.remove(0))
+        };
+        if let Some(status) = injected {
+            let message = format!("{status} injected by the local GitHub stand-in");
+            return Err(GitHubError::from_status(
+                status,
+                format!("GET job {job_id}: {message}"),
+                message,
+            ));
+        }
         self.lock()
             .query_row(
                 "SELECT status, runner_name FROM gh_jobs

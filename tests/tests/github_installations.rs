@@ -60,6 +60,16 @@ async fn github() -> MockServer {
             })))
             .mount(&server)
             .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/repos/{owner}/{repo}/actions/jobs/{job}")))
+            .and(header("authorization", bearer.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": job, "run_id": 1000 + job, "status": "in_progress",
+                "conclusion": null, "runner_name": name, "labels": ["self-hosted"]
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
         Mock::given(method("DELETE"))
             .and(path(format!(
                 "/repos/{owner}/{repo}/actions/runners/{runner_id}"
@@ -98,7 +108,8 @@ async fn every_call_for_a_runner_uses_its_own_installation() {
             (installation, owner.into(), repo.into());
         world.scaleup.handle(&queued, 1, world.now()).await.unwrap();
     }
-    // Both jobs complete; past the drain grace compensation terminates the
+    // Both `in_progress` webhooks are lost: a job poll finds each job running on
+    // its runner. Both jobs complete; past the drain grace compensation terminates the
     // instances and removes the registrations.
     for (job, installation, owner, repo) in jobs {
         let stream = jitr_domain::StreamId::parse(&format!("{owner}/{repo}#{job}#1")).unwrap();
@@ -108,6 +119,9 @@ async fn every_call_for_a_runner_uses_its_own_installation() {
             head.state.request.as_ref().unwrap().installation,
             Some(jitr_domain::InstallationId(installation))
         );
+        let polled = world.app.jobs.poll(&head.state, world.now()).await.unwrap();
+        assert_eq!(polled.recorded, 1, "{}", polled.answer);
+        assert_eq!(polled.state.status(), RunnerStatus::Running, "{stream}");
         let mut completed = world.message("completed", job, head.state.runner_name.as_deref());
         (completed.installation, completed.owner, completed.repo) =
             (installation, owner.into(), repo.into());
@@ -122,7 +136,7 @@ async fn every_call_for_a_runner_uses_its_own_installation() {
     assert!(world.live_instances().await.is_empty());
 
     let requests = server.received_requests().await.unwrap();
-    let mut deletes = Vec::new();
+    let (mut deletes, mut polls) = (Vec::new(), Vec::new());
     for request in &requests {
         let url = request.url.path().to_owned();
         let auth = request
@@ -148,8 +162,18 @@ async fn every_call_for_a_runner_uses_its_own_installation() {
         assert_eq!(auth, expected, "{} {url}", request.method);
         if request.method.as_str() == "DELETE" {
             deletes.push(url);
+        } else if url.contains("/actions/jobs/") {
+            polls.push(url);
         }
     }
+    polls.sort();
+    assert_eq!(
+        polls,
+        [
+            "/repos/acme/widgets/actions/jobs/1",
+            "/repos/other/gadgets/actions/jobs/2"
+        ]
+    );
     deletes.sort();
     assert_eq!(
         deletes,

@@ -806,3 +806,158 @@ async fn two_deployments_in_one_organisation_never_sweep_each_others_runners() {
         "{left:?}"
     );
 }
+
+/// GitHub's view of job `job_id` of `acme/widgets`, queued.
+fn queued_on_github(world: &World, job_id: u64) {
+    world
+        .github
+        .queue_job(&jitr_infra::QueuedJob {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id,
+            run_id: 1000 + job_id,
+            labels: vec!["self-hosted".into(), "linux".into()],
+            name: "build".into(),
+        })
+        .unwrap();
+}
+
+fn polled_events(events: &[jitr_infra::RecordedEvent]) -> Vec<&'static str> {
+    use jitr_domain::{JobSource, RunnerEvent};
+    events
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                RunnerEvent::JobStarted {
+                    source: JobSource::Poll,
+                    ..
+                } | RunnerEvent::JobCompleted {
+                    source: JobSource::Poll,
+                    ..
+                }
+            )
+        })
+        .map(|r| r.event.kind())
+        .collect()
+}
+
+/// Issue 10: GitHub does not redeliver a lost webhook. With `in_progress` lost,
+/// the job runs on its runner past the boot deadline: compensation asks GitHub
+/// before terminating, records `JobStarted` from the poll and terminates
+/// nothing. With `completed` lost too, the reaper's periodic poll finds the job
+/// over and the instance goes within drain grace + one poll interval (+ the
+/// sweep period), not at the 6-hour max age.
+#[tokio::test]
+async fn lost_lifecycle_webhooks_are_healed_from_the_job_on_github() {
+    let mut world = World::new(SimSettings::default(), 4);
+    queued_on_github(&world, 1);
+    world.queued(1).await.unwrap();
+    let name = world.runner_name(1).await.unwrap();
+    let instance = world.instance(1).await.unwrap();
+    world.advance(30);
+    world
+        .github
+        .set_job_status("acme", "widgets", 1, "in_progress", Some(&name))
+        .unwrap();
+    // No `in_progress` webhook. The boot deadline passes.
+    world.advance(600);
+    let owed = world.project_and_compensate().await;
+    assert_eq!(owed.len(), 1, "the boot deadline owed a termination");
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(
+        world.status(1).await,
+        RunnerStatus::Running,
+        "{:?}",
+        events.iter().map(|r| &r.event).collect::<Vec<_>>()
+    );
+    assert!(
+        world
+            .live_instances()
+            .await
+            .iter()
+            .any(|m| m.instance_id == instance)
+    );
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(polled_events(&events), ["JobStarted"]);
+    assert!(
+        !kinds(&events)
+            .iter()
+            .any(|k| *k == "Failed" || *k == "TerminationRequested"),
+        "{:?}",
+        kinds(&events)
+    );
+
+    // The job completes on GitHub; no `completed` webhook either.
+    world.advance(200);
+    world
+        .github
+        .set_job_status("acme", "widgets", 1, "completed", None)
+        .unwrap();
+    let completed_at = world.now();
+    let policy = world.policy.clone();
+    let bound_ms = policy.deadlines.drain_grace_ms + policy.job_poll_interval_ms + 60_000;
+    while world.status(1).await != RunnerStatus::Completed {
+        world.advance(60);
+        world.reap().await;
+        world.project_and_compensate().await;
+        let waited = world.now().millis_since(completed_at);
+        assert!(
+            waited <= bound_ms,
+            "still {} after {waited} ms",
+            world.status(1).await
+        );
+    }
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(polled_events(&events), ["JobStarted", "JobCompleted"]);
+    assert!(world.live_instances().await.is_empty());
+    world.assert_no_leak().await;
+}
+
+/// A job GitHub still lists as queued does not hold the boot deadline: the
+/// runner is failed and its instance terminated. While GitHub does not answer
+/// the poll, the termination waits (up to the policy's patience), then goes.
+#[tokio::test]
+async fn the_boot_deadline_stands_when_github_says_queued_or_stays_silent() {
+    let mut world = World::new(SimSettings::default(), 4);
+    queued_on_github(&world, 1);
+    world.queued(1).await.unwrap();
+    world.advance(601);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert!(world.live_instances().await.is_empty());
+
+    // Job 2: GitHub answers 502 to every poll for a while.
+    queued_on_github(&world, 2);
+    world.queued(2).await.unwrap();
+    let instance = world.instance(2).await.unwrap();
+    world.github.fail_next_job_polls(&[502; 100]);
+    world.advance(601);
+    let head = world.store.head(&world.stream(2)).await.unwrap().unwrap();
+    let command = jitr_domain::terminate_runner(&head.state, world.now()).unwrap();
+    let outcome = world
+        .compensation
+        .handle(&command, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RetryAfter(_, why) if why.contains("GitHub")),
+        "{outcome:?}"
+    );
+    assert!(
+        world
+            .live_instances()
+            .await
+            .iter()
+            .any(|m| m.instance_id == instance)
+    );
+    world.advance(world.policy.job_poll_patience_ms / 1000);
+    let outcome = world
+        .compensation
+        .handle(&command, world.now())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+    assert_eq!(world.status(2).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+}

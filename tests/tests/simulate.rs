@@ -3,7 +3,7 @@
 
 use jitr_domain::{InstanceId, Timestamp};
 use jitr_handlers::commands::audit;
-use jitr_handlers::commands::simulate::{Scenario, run, run_with};
+use jitr_handlers::commands::simulate::{Scenario, SimOptions, run, run_with};
 use jitr_infra::{ManualClock, SimCloud, SimSettings, SqliteEventStore};
 
 const T0: i64 = 1_777_868_520_000;
@@ -64,6 +64,44 @@ async fn the_other_scenarios_serve_every_job_without_orphans() {
     }
 }
 
+/// Issue 10: a third of the `in_progress` and `completed` webhooks are lost
+/// (besides a third of the `queued`). Job polls keep every running job's runner
+/// past its boot deadline and terminate a finished runner's instance within the
+/// drain grace and one poll interval; without job reads, jobs are killed at the
+/// boot deadline and finished runners idle until the run ends.
+#[tokio::test]
+async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(dir.path(), Scenario::LostWebhooks, 1, true)
+        .await
+        .unwrap();
+    assert!(report.lifecycle_webhooks_lost > 0, "{report:?}");
+    assert!(report.lifecycle_from_polls > 0, "{report:?}");
+    assert_eq!(report.jobs_killed, 0, "{report:?}");
+    assert_eq!(report.jobs_served, report.jobs, "{report:?}");
+    let drain_grace_ms = 30_000;
+    assert!(
+        report.idle_after_job_ms.max <= drain_grace_ms + report.job_poll_interval_ms,
+        "{report:?}"
+    );
+    assert_eq!(report.instances_alive_at_end, 0, "{report:?}");
+
+    let blind = tempfile::tempdir().unwrap();
+    let options = SimOptions {
+        job_polls: false,
+        ..SimOptions::default()
+    };
+    let ablation = run_with(blind.path(), Scenario::LostWebhooks, 1, options)
+        .await
+        .unwrap();
+    assert_eq!(
+        ablation.lifecycle_webhooks_lost,
+        report.lifecycle_webhooks_lost
+    );
+    assert!(ablation.jobs_killed > 0, "{ablation:?}");
+    assert!(ablation.idle_after_job_ms.max > 3_600_000, "{ablation:?}");
+}
+
 /// Issue 9: against EC2 as documented (NotFound after launch, a lagging and
 /// tag-filtered listing, untagged instances, a refused termination, lost launch
 /// answers, throttling past the consistency window), every job is served,
@@ -93,9 +131,17 @@ async fn cloud_chaos_serves_every_job_and_never_closes_a_runner_early() {
     assert!(!report.closed_by.contains_key("unrecorded"), "{report:?}");
 
     let old = tempfile::tempdir().unwrap();
-    let trusting = run_with(old.path(), Scenario::CloudChaos, 1, true, 0)
-        .await
-        .unwrap();
+    let trusting = run_with(
+        old.path(),
+        Scenario::CloudChaos,
+        1,
+        SimOptions {
+            consistency_window_ms: 0,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(trusting.premature_terminations > 0, "{trusting:?}");
 }
 

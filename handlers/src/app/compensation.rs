@@ -13,6 +13,7 @@ use jitr_infra::CommandId;
 
 use crate::app::Ports;
 use crate::app::dispatch::{current_state, dispatch};
+use crate::app::jobwatch::JobWatch;
 use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
 
@@ -20,16 +21,18 @@ use crate::app::policy::RunnerPolicy;
 pub struct Compensation {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
+    jobs: Arc<JobWatch>,
     /// Crash injection for recovery tests.
     pub crash: CrashSwitch,
 }
 
 impl Compensation {
     /// A handler over `ports`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, jobs: Arc<JobWatch>) -> Self {
         Compensation {
             ports,
             policy,
+            jobs,
             crash: CrashSwitch::default(),
         }
     }
@@ -137,6 +140,40 @@ impl Compensation {
                 None => {}
             }
             state = current_state(&*self.ports.store, stream).await?;
+        }
+        if state.termination_requested.is_none() {
+            // A deadline termination waits for GitHub's word on the job: its
+            // `in_progress` or `completed` webhook may have been lost.
+            let version = state.version;
+            state = match self.jobs.before_deadline(state, now).await {
+                Ok(state) => state,
+                Err(e) => {
+                    return Ok(Outcome::RetryAfter(
+                        Duration::from_secs(30),
+                        format!(
+                            "{stream}: deadline passed, GitHub not answering the job poll: {e}"
+                        ),
+                    ));
+                }
+            };
+            if state.version != version && jitr_domain::terminate_runner(&state, now).is_none() {
+                return Ok(Outcome::Done(format!(
+                    "{stream}: no termination owed: the job is {} on GitHub",
+                    state.status()
+                )));
+            }
+            // The deadline stands: record it missed (the projector leaves the
+            // deadlines GitHub is asked about to this handler).
+            let mut failed = false;
+            for fail in jitr_domain::resume(&state, now) {
+                if let Command::Fail { .. } = fail {
+                    self.record(command, fail, now).await?;
+                    failed = true;
+                }
+            }
+            if failed {
+                state = current_state(&*self.ports.store, stream).await?;
+            }
         }
         if state.termination_requested.is_none() {
             self.record(

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, JobRef, RunnerState, StreamId, Timestamp};
-use jitr_infra::{CommandId, RunnerScope};
+use jitr_domain::{Command, JobRef, StreamId, Timestamp};
+use jitr_infra::CommandId;
 
 use crate::app::Ports;
 use crate::app::dispatch::{Dispatched, dispatch};
@@ -26,33 +26,6 @@ impl Lifecycle {
     /// A handler over `ports`.
     pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
         Lifecycle { ports, policy }
-    }
-
-    /// Why the event for `job` may not move the runner in `state`, if it may
-    /// not: runner names are predictable, so a webhook naming one of jitr's
-    /// runners must come from where that runner can take jobs — its repository,
-    /// or its organisation when runners register there — and through the
-    /// installation its job came through.
-    fn unauthorised(&self, state: &RunnerState, job: &JobMessage) -> Option<String> {
-        let request = state.request.as_ref()?;
-        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-        let allowed = match self.policy.scope_for(&request.job.owner, &request.job.repo) {
-            RunnerScope::Repo { owner, repo } => same(&owner, &job.owner) && same(&repo, &job.repo),
-            RunnerScope::Org { org } => same(&org, &job.owner),
-        };
-        if !allowed {
-            return Some(format!(
-                "the runner serves {}/{}, the event is for {}/{}",
-                request.job.owner, request.job.repo, job.owner, job.repo
-            ));
-        }
-        match request.installation {
-            Some(installation) if installation.0 != job.installation => Some(format!(
-                "the runner came through installation {installation}, the event through {}",
-                job.installation
-            )),
-            _ => None,
-        }
     }
 
     async fn apply(
@@ -95,7 +68,10 @@ impl Lifecycle {
                 )));
             };
             let state = crate::app::dispatch::current_state(&*self.ports.store, &stream).await?;
-            if let Some(why) = self.unauthorised(&state, job) {
+            if let Some(why) =
+                self.policy
+                    .refuses_event(&state, &job.owner, &job.repo, job.installation)
+            {
                 tracing::warn!(%stream, runner = %name, owner = %job.owner, repo = %job.repo, reason = %why, "lifecycle event refused");
                 crate::app::metrics::lifecycle_refused(now);
                 return Ok(Outcome::Done(format!(

@@ -83,3 +83,13 @@ pub fn refusal(at: Timestamp, command: &str, refusal: &str, benign: bool) {
 pub fn unreadable_heads(at: Timestamp, count: usize) {
     emit(at, "UnreadableHeads", count as f64, "Count", &[]);
 }
+
+/// A job asked for on GitHub (`GET …/actions/jobs/{job_id}`).
+pub fn job_poll(at: Timestamp) {
+    emit(at, "JobPolls", 1.0, "Count", &[]);
+}
+
+/// Lifecycle events recorded from a job poll: webhooks that were lost.
+pub fn healed_by_poll(at: Timestamp, events: usize) {
+    emit(at, "LifecycleEventsFromPolls", events as f64, "Count", &[]);
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 pub mod compensation;
 pub mod dispatch;
+pub mod jobwatch;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outcome;
@@ -26,6 +27,7 @@ use jitr_domain::{
 use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
 use crate::app::compensation::Compensation;
+use crate::app::jobwatch::JobWatch;
 use crate::app::lifecycle::Lifecycle;
 use crate::app::policy::RunnerPolicy;
 use crate::app::projector::{Projector, ProjectorError};
@@ -145,6 +147,8 @@ pub struct App {
     pub reaper: Arc<Reaper>,
     /// The rebalancer.
     pub rebalancer: Arc<Rebalancer>,
+    /// Job polls (lost lifecycle webhooks healed from GitHub).
+    pub jobs: Arc<JobWatch>,
     /// Who this process is, for the projector's lease (random per `App`).
     pub holder: String,
 }
@@ -153,7 +157,12 @@ impl App {
     /// Builds every service over `ports`; `webhook_secret` verifies deliveries.
     pub fn new(ports: Ports, policy: RunnerPolicy, webhook_secret: impl Into<Vec<u8>>) -> App {
         let policy = Arc::new(policy);
-        let compensation = Arc::new(Compensation::new(ports.clone(), policy.clone()));
+        let jobs = Arc::new(JobWatch::new(ports.clone(), policy.clone()));
+        let compensation = Arc::new(Compensation::new(
+            ports.clone(),
+            policy.clone(),
+            jobs.clone(),
+        ));
         App {
             webhook: Arc::new(Webhook::new(
                 webhook_secret,
@@ -168,9 +177,11 @@ impl App {
                 ports.clone(),
                 policy.clone(),
                 compensation.clone(),
+                jobs.clone(),
             )),
             rebalancer: Arc::new(Rebalancer::new(ports.clone(), policy.clone())),
             holder: holder_id(),
+            jobs,
             compensation,
             policy,
             ports,

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use jitr_infra::{ComputeError, StoreError};
+use jitr_infra::{ComputeError, GitHubError, StoreError};
 use thiserror::Error;
 
 use crate::app::dispatch::DispatchError;
@@ -32,6 +32,9 @@ pub enum HandlerError {
     /// The compute provider failed.
     #[error(transparent)]
     Compute(#[from] ComputeError),
+    /// GitHub did not answer (or refused).
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
     /// A crash injected at a step boundary (tests of crash recovery).
     #[error("crash injected at {0:?}")]
     Crashed(CrashPoint),

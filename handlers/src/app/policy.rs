@@ -56,12 +56,20 @@ pub struct RunnerPolicy {
     pub allowlist: Vec<String>,
     /// The reaper leaves instances younger than this alone.
     pub reaper_grace_ms: u64,
+    /// How often the reaper asks GitHub for the job of a ready or running runner
+    /// (a lost `in_progress` or `completed` webhook is healed within this);
+    /// 0: only before a boot-deadline or max-age termination.
+    pub job_poll_interval_ms: u64,
+    /// How long past a deadline a termination waits for GitHub to answer the
+    /// job poll before it goes ahead unasked.
+    pub job_poll_patience_ms: u64,
 }
 
 impl Default for RunnerPolicy {
     /// `self-hosted` jobs get a `c5.xlarge` (4 vCPU) from `ami-jitr-runner`; 10 min
     /// boot timeout, 6 h max age, 2 min drain grace; repository runners in the
-    /// default group; 5 launch attempts; a 2-minute reaper grace.
+    /// default group; 5 launch attempts; a 2-minute reaper grace; a job poll
+    /// every 5 minutes, and up to 10 minutes' patience with GitHub past a deadline.
     fn default() -> Self {
         RunnerPolicy {
             required_label: "self-hosted".into(),
@@ -80,6 +88,8 @@ impl Default for RunnerPolicy {
             max_launch_attempts: 5,
             allowlist: Vec::new(),
             reaper_grace_ms: 120_000,
+            job_poll_interval_ms: 300_000,
+            job_poll_patience_ms: 600_000,
         }
     }
 }
@@ -129,6 +139,39 @@ impl RunnerPolicy {
             .as_ref()
             .and_then(|r| r.installation)
             .map_or(self.installation_id, |i| i.0)
+    }
+
+    /// Why an event about a job in `owner/repo` that came through `installation`
+    /// may not move the runner in `state`, if it may not: runner names are
+    /// predictable, so an event naming one of jitr's runners must come from where
+    /// that runner can take jobs — its repository, or its organisation when
+    /// runners register there — and through the installation its job came
+    /// through.
+    pub fn refuses_event(
+        &self,
+        state: &jitr_domain::RunnerState,
+        owner: &str,
+        repo: &str,
+        installation: u64,
+    ) -> Option<String> {
+        let request = state.request.as_ref()?;
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let allowed = match self.scope_for(&request.job.owner, &request.job.repo) {
+            RunnerScope::Repo { owner: o, repo: r } => same(&o, owner) && same(&r, repo),
+            RunnerScope::Org { org } => same(&org, owner),
+        };
+        if !allowed {
+            return Some(format!(
+                "the runner serves {}/{}, the event is for {owner}/{repo}",
+                request.job.owner, request.job.repo
+            ));
+        }
+        match request.installation {
+            Some(i) if i.0 != installation => Some(format!(
+                "the runner came through installation {i}, the event through {installation}"
+            )),
+            _ => None,
+        }
     }
 
     /// Where the runner of a job in `owner/repo` registers.

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, TerminateRunner, Timestamp, missed_deadline, resume};
+use jitr_domain::{
+    Command, TerminateRunner, Timestamp, deadline_to_confirm, missed_deadline, resume,
+};
 use jitr_infra::{
     BusError, Checkpoint, CommandBus, CommandId, RunnerLog, StoreError, read_feed_page,
 };
@@ -181,7 +183,18 @@ impl Projector {
         now: Timestamp,
     ) -> Result<Vec<TerminateRunner>, ProjectorError> {
         let mut owed: Vec<(jitr_domain::StreamId, Command, Timestamp)> = Vec::new();
+        // A deadline GitHub must be asked about first (the job may run on the
+        // runner, its webhook lost) is recorded by compensation, which asks.
+        let confirm = |stream: &jitr_domain::StreamId| {
+            self.views
+                .open
+                .get(stream)
+                .is_some_and(|s| deadline_to_confirm(s, now).is_some())
+        };
         for (stream, state) in &self.views.open {
+            if confirm(stream) {
+                continue;
+            }
             if let Some(missed) = missed_deadline(state, now) {
                 let command = resume(state, now).into_iter().next();
                 if let Some(fail @ Command::Fail { .. }) = command {
@@ -196,7 +209,7 @@ impl Projector {
                 .open
                 .get(&command.stream)
                 .is_some_and(|s| s.termination_requested.is_some());
-            if !requested {
+            if !requested && !confirm(&command.stream) {
                 let terminate = Command::Terminate {
                     reason: command.reason,
                 };

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::app::Ports;
 use crate::app::compensation::Compensation;
 use crate::app::dispatch::{current_state, dispatch};
+use crate::app::jobwatch::JobWatch;
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
 
@@ -33,6 +34,10 @@ pub struct SweepReport {
     /// Live instances of open runners missing from the tag-filtered listing
     /// (found by their id), whose tags the sweep wrote again.
     pub retagged: Vec<InstanceId>,
+    /// Ready or running runners whose job was asked for on GitHub.
+    pub jobs_polled: usize,
+    /// Lifecycle events recorded from those polls (webhooks that were lost).
+    pub healed: usize,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
     /// What failed for one instance or runner; the sweep went on with the others.
@@ -44,15 +49,22 @@ pub struct Reaper {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
     compensation: Arc<Compensation>,
+    jobs: Arc<JobWatch>,
 }
 
 impl Reaper {
     /// A reaper over `ports`, compensating through `compensation`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, compensation: Arc<Compensation>) -> Self {
+    pub fn new(
+        ports: Ports,
+        policy: Arc<RunnerPolicy>,
+        compensation: Arc<Compensation>,
+        jobs: Arc<JobWatch>,
+    ) -> Self {
         Reaper {
             ports,
             policy,
             compensation,
+            jobs,
         }
     }
 
@@ -188,10 +200,25 @@ impl Reaper {
             ));
         }
         crate::app::metrics::unreadable_heads(now, open.unreadable.len());
+        self.jobs
+            .retain(&open.heads.iter().map(|h| h.stream.clone()).collect());
         for head in open.heads {
             let stream = head.stream.clone();
+            let mut state = head.state;
+            if self.jobs.due(&state, now) {
+                report.jobs_polled += 1;
+                match self.jobs.poll(&state, now).await {
+                    Ok(polled) => {
+                        report.healed += polled.recorded;
+                        state = polled.state;
+                    }
+                    Err(e) => report
+                        .errors
+                        .push(format!("runner {stream}: job poll: {e}")),
+                }
+            }
             if let Err(e) = self
-                .sweep_runner(&mut report, head.state, &live, &owed, now)
+                .sweep_runner(&mut report, state, &live, &owed, now)
                 .await
             {
                 tracing::error!(%stream, error = %e, "reaper: runner not swept");
@@ -311,6 +338,11 @@ impl Reaper {
             }
         }
         if !owed.contains(&stream) && resume(&state, now).is_empty() {
+            return Ok(());
+        }
+        // A deadline termination waits for GitHub's word on the job.
+        state = self.jobs.before_deadline(state, now).await?;
+        if resume(&state, now).is_empty() {
             return Ok(());
         }
         for command in resume(&state, now) {

@@ -33,6 +33,12 @@ pub struct Args {
     /// `JITR_CONSISTENCY_WINDOW_SECS`, at least 120.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     consistency_window: Duration,
+    /// How often the reaper asks GitHub for a ready or running runner's job (a
+    /// lost `in_progress`/`completed` webhook is healed within it); `0s`: only
+    /// before a boot-deadline or max-age termination. On AWS:
+    /// `JITR_JOB_POLL_SECS`.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    job_poll_interval: Duration,
     /// Reaper and rebalancer period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sweep_interval: Duration,
@@ -72,6 +78,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     policy.deadlines.boot_timeout_ms = args.boot_timeout.as_millis() as u64;
     policy.deadlines.consistency_window_ms = args.consistency_window.as_millis() as u64;
     policy.allowlist = args.allow_repos.clone();
+    policy.job_poll_interval_ms = args.job_poll_interval.as_millis() as u64;
     let settings = jitr_infra::SimSettings {
         on_demand_vcpus: args.on_demand_vcpus,
         spot_vcpus: args.spot_vcpus,

@@ -41,7 +41,10 @@ pub enum Scenario {
     SeedIncident,
     /// Scale-up and compensation crash at random step boundaries.
     CrashStorm,
-    /// A third of the `queued` webhooks never arrive: the rebalancer must heal.
+    /// A third of the `queued`, of the `in_progress` and of the `completed`
+    /// webhooks never arrive: the rebalancer heals lost `queued`, job polls the
+    /// others (no running job's runner terminated at its boot deadline, no
+    /// finished runner's instance kept until its max age).
     LostWebhooks,
     /// Every webhook delivered five times.
     DuplicateStorm,
@@ -113,6 +116,92 @@ pub struct SimulationReport {
     /// Per-item failures the reaper reported and swept past (e.g. a refused
     /// termination).
     pub sweep_errors: u64,
+    /// How often the reaper polled a ready or running runner's job (0: only
+    /// before a deadline termination).
+    pub job_poll_interval_ms: u64,
+    /// Whether job reads were allowed.
+    pub job_polls: bool,
+    /// `in_progress` and `completed` webhooks that never arrived.
+    pub lifecycle_webhooks_lost: u64,
+    /// `JobStarted` / `JobCompleted` recorded from a job poll.
+    pub lifecycle_from_polls: u64,
+    /// Jobs whose runner was failed or asked to terminate while the job ran on it.
+    pub jobs_killed: u64,
+    /// From a job's completion on GitHub to its runner's termination being
+    /// issued (to the end of the run when it never was).
+    pub idle_after_job_ms: Distribution,
+}
+
+/// How a run is set up besides its scenario and seed.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// Whether compensation and the reaper run.
+    pub compensation: bool,
+    /// The consistency window recorded in each runner's `Requested` (0 restores
+    /// the behaviour before issue 9: NotFound and an empty token lookup taken as
+    /// proof at once).
+    pub consistency_window_ms: u64,
+    /// The reaper's job poll interval (0: only before deadline terminations).
+    pub job_poll_interval_ms: u64,
+    /// Whether jitr may read jobs on GitHub at all (false: every read answers
+    /// "unknown", the ablation of what a lost webhook cost before job polls).
+    pub job_polls: bool,
+}
+
+/// The stand-in's GitHub with job reads taken away: every job is unknown.
+struct WithoutJobReads(Arc<dyn jitr_infra::GitHub>);
+
+#[async_trait::async_trait]
+impl jitr_infra::GitHub for WithoutJobReads {
+    async fn generate_jit_config(
+        &self,
+        installation: u64,
+        request: &jitr_infra::JitRequest,
+    ) -> Result<jitr_infra::JitRunner, jitr_infra::GitHubError> {
+        self.0.generate_jit_config(installation, request).await
+    }
+    async fn delete_runner(
+        &self,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+        runner_id: u64,
+    ) -> Result<bool, jitr_infra::GitHubError> {
+        self.0.delete_runner(installation, scope, runner_id).await
+    }
+    async fn list_runners(
+        &self,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+    ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
+        self.0.list_runners(installation, scope).await
+    }
+    async fn list_queued_jobs(
+        &self,
+        installation: u64,
+    ) -> Result<Vec<QueuedJob>, jitr_infra::GitHubError> {
+        self.0.list_queued_jobs(installation).await
+    }
+    async fn get_job(
+        &self,
+        _installation: u64,
+        _owner: &str,
+        _repo: &str,
+        _job_id: u64,
+    ) -> Result<Option<jitr_infra::JobState>, jitr_infra::GitHubError> {
+        Ok(None)
+    }
+}
+
+impl Default for SimOptions {
+    /// Compensation on, the default consistency window and job poll interval.
+    fn default() -> Self {
+        SimOptions {
+            compensation: true,
+            consistency_window_ms: jitr_domain::DEFAULT_CONSISTENCY_WINDOW_MS,
+            job_poll_interval_ms: RunnerPolicy::default().job_poll_interval_ms,
+            job_polls: true,
+        }
+    }
 }
 
 struct Job {
@@ -120,6 +209,8 @@ struct Job {
     duration_ms: u64,
     started: Option<(String, Timestamp)>,
     completed: bool,
+    completed_at: Option<Timestamp>,
+    killed: bool,
 }
 
 const T0: Timestamp = Timestamp(1_777_868_520_000);
@@ -134,26 +225,26 @@ pub async fn run(
     seed: u64,
     compensation: bool,
 ) -> Result<SimulationReport, ServeError> {
-    run_with(
-        dir,
-        scenario,
-        seed,
+    let options = SimOptions {
         compensation,
-        jitr_domain::DEFAULT_CONSISTENCY_WINDOW_MS,
-    )
-    .await
+        ..SimOptions::default()
+    };
+    run_with(dir, scenario, seed, options).await
 }
 
-/// [`run`], recording `window_ms` as each runner's consistency window (0 restores
-/// the behaviour before issue 9: NotFound and an empty token lookup taken as
-/// proof at once).
+/// [`run`] with every option.
 pub async fn run_with(
     dir: &Path,
     scenario: Scenario,
     seed: u64,
-    compensation: bool,
-    window_ms: u64,
+    options: SimOptions,
 ) -> Result<SimulationReport, ServeError> {
+    let SimOptions {
+        compensation,
+        consistency_window_ms: window_ms,
+        job_poll_interval_ms,
+        job_polls,
+    } = options;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
     let now = || clock.now();
@@ -177,6 +268,9 @@ pub async fn run_with(
     if matches!(scenario, Scenario::SeedIncident | Scenario::CloudChaos) {
         github.fail_mints_at_rate(0.25, seed);
     }
+    if !job_polls {
+        ports.github = Arc::new(WithoutJobReads(ports.github.clone()));
+    }
     let chaos = (scenario == Scenario::CloudChaos).then(|| {
         let faulty = Arc::new(FaultyCompute::new(cloud.clone()).with_clock(clock.clock()));
         faulty.inject(Fault::NotFoundAfterLaunch(Duration::from_secs(30)), None);
@@ -194,6 +288,7 @@ pub async fn run_with(
     policy.deadlines.drain_grace_ms = 30_000;
     policy.deadlines.consistency_window_ms = window_ms;
     policy.max_launch_attempts = 20;
+    policy.job_poll_interval_ms = job_poll_interval_ms;
     let app = App::new(ports, policy, Vec::new());
     let mut projector = app.projector().await?;
 
@@ -215,9 +310,17 @@ pub async fn run_with(
                 conclusion: None,
                 attempt: 1,
             },
-            duration_ms: rng.random_range(3..=10) * 60_000,
+            // Lost `in_progress` webhooks matter for jobs that outlast the
+            // 10-minute boot deadline: that scenario's jobs run longer.
+            duration_ms: if scenario == Scenario::LostWebhooks {
+                rng.random_range(5..=20)
+            } else {
+                rng.random_range(3..=10)
+            } * 60_000,
             started: None,
             completed: false,
+            completed_at: None,
+            killed: false,
         })
         .collect();
     let arrivals: Vec<u64> = jobs.iter().map(|_| rng.random_range(0..120_000)).collect();
@@ -225,6 +328,12 @@ pub async fn run_with(
     let mut last_completion: Option<Timestamp> = None;
     let mut quota_free_at: Option<Timestamp> = None;
     let mut elapsed = 0u64;
+    let mut lifecycle_lost = 0u64;
+    let mut lose_lifecycle = |rng: &mut StdRng| {
+        let lost = scenario == Scenario::LostWebhooks && rng.random_bool(1.0 / 3.0);
+        lifecycle_lost += u64::from(lost);
+        lost
+    };
     while elapsed <= LIMIT_MS {
         let t = now();
         if let Some(faulty) = &chaos {
@@ -333,9 +442,11 @@ pub async fn run_with(
                             m.action = "in_progress".into();
                             m.delivery = format!("{}-start", m.delivery);
                             m.runner_name = Some(runner.clone());
-                            lifecycle_queue
-                                .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                                .await?;
+                            if !lose_lifecycle(&mut rng) {
+                                lifecycle_queue
+                                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                                    .await?;
+                            }
                             github
                                 .set_job_status(
                                     &m.owner,
@@ -358,13 +469,24 @@ pub async fn run_with(
                     m.delivery = format!("{}-done", m.delivery);
                     m.runner_name = Some(runner.clone());
                     m.conclusion = Some("success".into());
-                    lifecycle_queue
-                        .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                        .await?;
+                    // Was its runner failed or told to terminate while it ran?
+                    if let Some(stream) = store.stream_of_runner(runner).await? {
+                        if let Some(head) = store.head(&stream).await? {
+                            let state = &head.state;
+                            job.killed = state.failure.as_ref().is_some_and(|f| f.at < t)
+                                || state.termination_requested.is_some_and(|(at, _)| at < t);
+                        }
+                    }
+                    if !lose_lifecycle(&mut rng) {
+                        lifecycle_queue
+                            .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                            .await?;
+                    }
                     github
                         .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
                         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
                     job.completed = true;
+                    job.completed_at = Some(t);
                     last_completion = Some(t);
                 }
                 Some(_) => {}
@@ -439,6 +561,8 @@ pub async fn run_with(
     let ran = |at: Timestamp, pick: &dyn Fn(&jitr_infra::SimLifetime) -> bool| {
         lifetimes.iter().any(|l| pick(l) && l.ran_at(at))
     };
+    let mut from_polls = 0u64;
+    let mut terminations: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut after = 0;
     loop {
         let page = store.read_all(after, 10_000).await?;
@@ -456,6 +580,15 @@ pub async fn run_with(
                 }
                 RunnerEvent::StrayLaunched { .. } => {
                     strays += 1;
+                    false
+                }
+                RunnerEvent::JobStarted { source, .. }
+                | RunnerEvent::JobCompleted { source, .. } => {
+                    from_polls += u64::from(*source == jitr_domain::JobSource::Poll);
+                    false
+                }
+                RunnerEvent::TerminationRequested { at, .. } => {
+                    terminations.entry(r.stream.clone()).or_insert(*at);
                     false
                 }
                 RunnerEvent::Terminated {
@@ -487,7 +620,18 @@ pub async fn run_with(
         .into_iter()
         .filter(|m| m.state.is_live())
         .count();
-    let served = jobs.iter().filter(|j| j.completed).count() as u64;
+    let served = jobs.iter().filter(|j| j.completed && !j.killed).count() as u64;
+    let mut idle = Vec::new();
+    for job in &jobs {
+        let (Some((runner, _)), Some(done)) = (&job.started, job.completed_at) else {
+            continue;
+        };
+        let Some(stream) = store.stream_of_runner(runner).await? else {
+            continue;
+        };
+        let issued = terminations.get(&stream).copied().unwrap_or(end);
+        idle.push(issued.0.saturating_sub(done.0).max(0) as u64);
+    }
     Ok(SimulationReport {
         scenario,
         seed,
@@ -511,6 +655,12 @@ pub async fn run_with(
         strays,
         retagged,
         sweep_errors,
+        job_poll_interval_ms,
+        job_polls,
+        lifecycle_webhooks_lost: lifecycle_lost,
+        lifecycle_from_polls: from_polls,
+        jobs_killed: jobs.iter().filter(|j| j.killed).count() as u64,
+        idle_after_job_ms: Distribution::of(idle),
     })
 }
 
@@ -541,6 +691,9 @@ pub fn render(r: &SimulationReport) -> String {
          closed on evidence     {}\n\
          stray instances        {}\n\
          reaper                 {} re-tagged, {} item errors swept past\n\
+         lifecycle webhooks     {} lost, {} events recorded from job polls ({})\n\
+         jobs killed            {}\n\
+         job done → terminate   p50 {} s, max {} s\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -579,6 +732,16 @@ pub fn render(r: &SimulationReport) -> String {
         r.strays,
         r.retagged,
         r.sweep_errors,
+        r.lifecycle_webhooks_lost,
+        r.lifecycle_from_polls,
+        match (r.job_polls, r.job_poll_interval_ms / 1000) {
+            (false, _) => "job reads OFF (ablation)".to_owned(),
+            (true, 0) => "only before deadline terminations".to_owned(),
+            (true, s) => format!("every {s} s and before deadline terminations"),
+        },
+        r.jobs_killed,
+        r.idle_after_job_ms.p50 / 1000,
+        r.idle_after_job_ms.max / 1000,
         r.simulated_ms / 1000,
     )
 }
@@ -599,6 +762,13 @@ pub struct Args {
     /// restores the behaviour before issue 9 (NotFound taken as proof at once).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     consistency_window: Duration,
+    /// How often the reaper asks GitHub for a ready or running runner's job;
+    /// `0s`: only before a boot-deadline or max-age termination.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    job_poll_interval: Duration,
+    /// Every job read answers "unknown" (what lost webhooks cost without polls).
+    #[arg(long)]
+    without_job_polls: bool,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -625,14 +795,13 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => scratch.path().to_path_buf(),
     };
-    let report = run_with(
-        &dir,
-        args.scenario,
-        args.seed,
-        !args.without_compensation,
-        args.consistency_window.as_millis() as u64,
-    )
-    .await?;
+    let options = SimOptions {
+        compensation: !args.without_compensation,
+        consistency_window_ms: args.consistency_window.as_millis() as u64,
+        job_poll_interval_ms: args.job_poll_interval.as_millis() as u64,
+        job_polls: !args.without_job_polls,
+    };
+    let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

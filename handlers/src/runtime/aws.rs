@@ -123,6 +123,12 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
         }
         policy.deadlines.consistency_window_ms = secs * 1000;
     }
+    if let Some(p) = var("JITR_JOB_POLL_SECS") {
+        let secs: u64 = p.parse().map_err(|_| {
+            SetupError::Invalid("JITR_JOB_POLL_SECS", format!("{p:?} is not a number"))
+        })?;
+        policy.job_poll_interval_ms = secs * 1000;
+    }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
             SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))
