@@ -108,6 +108,14 @@ impl JobSource {
     pub fn is_webhook(&self) -> bool {
         *self == JobSource::Webhook
     }
+
+    /// Kebab-case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Webhook => "webhook",
+            JobSource::Poll => "poll",
+        }
+    }
 }
 
 /// What a runner's instance is to be: resolved from the job's labels at request time.

@@ -3,7 +3,7 @@
 //! vCPU-minutes were burned by instances nobody wanted, and how fast compensation
 //! was. Folded event by event (O(1) per event, one small record per runner).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jitr_domain::{
     FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, Stray, StreamId,
@@ -71,6 +71,9 @@ pub struct Ledger {
     pub events: u64,
     /// Events skipped because they happened after the horizon.
     pub after_horizon: u64,
+    /// `JobStarted` / `JobCompleted` recorded, by where they were learnt:
+    /// `started-webhook`, `started-poll`, `completed-webhook`, `completed-poll`.
+    pub lifecycle_sources: BTreeMap<String, u64>,
 }
 
 /// Distribution of a duration, in milliseconds.
@@ -135,6 +138,17 @@ impl Ledger {
             return;
         }
         self.events += 1;
+        let learnt = match event {
+            RunnerEvent::JobStarted { source, .. } => Some(("started", source)),
+            RunnerEvent::JobCompleted { source, .. } => Some(("completed", source)),
+            _ => None,
+        };
+        if let Some((what, source)) = learnt {
+            *self
+                .lifecycle_sources
+                .entry(format!("{what}-{}", source.as_str()))
+                .or_default() += 1;
+        }
         self.runners.entry(stream.clone()).or_default().apply(event);
     }
 

@@ -85,6 +85,18 @@ async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
         "{report:?}"
     );
     assert_eq!(report.instances_alive_at_end, 0, "{report:?}");
+    // The audit tells the polls from the webhooks.
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let replayed = audit::replay(&store, None, |_| {}).await.unwrap();
+    let sources = &replayed.ledger.lifecycle_sources;
+    let count = |k: &str| sources.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        count("started-poll") + count("completed-poll"),
+        report.lifecycle_from_polls,
+        "{sources:?}"
+    );
+    assert!(count("started-webhook") > 0 && count("completed-webhook") > 0);
+    assert_eq!(count("completed-webhook") + count("completed-poll"), 24);
 
     let blind = tempfile::tempdir().unwrap();
     let options = SimOptions {

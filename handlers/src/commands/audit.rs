@@ -63,6 +63,9 @@ pub struct AuditReport {
     /// terminated), `not-found-after-window`, `token-found-nothing`,
     /// `nothing-launched`, and `unrecorded` (written before evidence was kept).
     pub closed_by: BTreeMap<String, u64>,
+    /// Jobs started and completed, by where jitr learnt it: `webhook`, or `poll`
+    /// (GitHub asked because the webhook was lost), e.g. `started-poll`.
+    pub lifecycle_sources: BTreeMap<String, u64>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
     /// Instances RunInstances returned that their runner could not take, and
@@ -343,7 +346,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         })
         .collect();
     AuditReport {
-        schema: 4,
+        schema: 5,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -362,6 +365,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         leaks,
         failures,
         closed_by,
+        lifecycle_sources: replay.ledger.lifecycle_sources.clone(),
         live_instances,
         strays,
         live_check: None,
@@ -468,6 +472,24 @@ pub fn render(report: &AuditReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  closed on evidence: {}", closed.join(", "));
+    }
+    let polled: u64 = report
+        .lifecycle_sources
+        .iter()
+        .filter(|(k, _)| k.ends_with("-poll"))
+        .map(|(_, v)| v)
+        .sum();
+    if !report.lifecycle_sources.is_empty() {
+        let sources: Vec<String> = report
+            .lifecycle_sources
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  job starts and completions learnt: {} ({polled} from job polls: webhooks lost)",
+            sources.join(", ")
+        );
     }
     if let Some(check) = &report.live_check {
         if check.unknown_instances.is_empty() && check.gone_without_terminated.is_empty() {
