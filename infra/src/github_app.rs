@@ -1,11 +1,13 @@
 //! The GitHub App client (the REST adapter of [`GitHub`]): JWT (RS256) → installation token (cached until shortly
 //! before it expires) → JIT runner configs, runner listing and removal, and the
-//! queued jobs the rebalancer compares with live runners.
+//! queued jobs the rebalancer compares with live runners, and workflow jobs.
 //!
 //! Every request carries `Accept: application/vnd.github+json` and
 //! `X-GitHub-Api-Version`. Rate limits are respected: a `retry-after` (or an
 //! exhausted `x-ratelimit-remaining` with its `x-ratelimit-reset`) is waited out
-//! when short, and reported as [`GitHubError::RateLimited`] when not.
+//! when short, and reported as [`GitHubError::RateLimited`] when not; limits are
+//! kept per installation, and what each installation's token spent is
+//! [`GitHub::usage`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ports::{
-    GitHub, GitHubError, JitConfig, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
+    GitHub, GitHubError, JitConfig, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage,
+    Runner, RunnerScope,
 };
 
 impl From<reqwest::Error> for GitHubError {
@@ -64,7 +67,9 @@ pub struct GitHubApp {
     config: GitHubAppConfig,
     key: EncodingKey,
     tokens: Arc<Mutex<HashMap<u64, CachedToken>>>,
-    paused_until: Arc<Mutex<i64>>,
+    /// Rate limits are per installation (and one for the App's JWT: `None`).
+    paused_until: Arc<Mutex<HashMap<Option<u64>, i64>>>,
+    usage: Arc<Mutex<HashMap<u64, RequestUsage>>>,
     clock: Clock,
 }
 
@@ -107,6 +112,7 @@ impl GitHubApp {
             key,
             tokens: Arc::default(),
             paused_until: Arc::default(),
+            usage: Arc::default(),
             clock: Arc::new(system_clock),
         })
     }
@@ -144,7 +150,7 @@ impl GitHubApp {
         }
         let jwt = self.app_jwt()?;
         let path = format!("/app/installations/{installation}/access_tokens");
-        let response = self.send(Method::POST, &path, &jwt, None).await?;
+        let response = self.send(None, Method::POST, &path, &jwt, None).await?;
         let body: TokenResponse = decode(response).await?;
         let expires_at = humantime::parse_rfc3339(&body.expires_at)
             .map_err(|e| GitHubError::Decode(format!("expires_at {:?}: {e}", body.expires_at)))?
@@ -174,19 +180,22 @@ impl GitHubApp {
         body: Option<&Value>,
     ) -> Result<Response, GitHubError> {
         let token = self.installation_token(installation).await?;
-        match self.send(method.clone(), path, &token, body).await {
+        let with = Some(installation);
+        match self.send(with, method.clone(), path, &token, body).await {
             Err(GitHubError::Unauthorized(_)) => {
                 self.lock_tokens().remove(&installation);
                 let token = self.installation_token(installation).await?;
-                self.send(method, path, &token, body).await
+                self.send(with, method, path, &token, body).await
             }
             other => other,
         }
     }
 
-    /// Sends one request, waiting out short rate limits and retrying 5xx twice.
+    /// Sends one request with `installation`'s token (`None`: the App's JWT),
+    /// waiting out short rate limits and retrying 5xx twice.
     async fn send(
         &self,
+        installation: Option<u64>,
         method: Method,
         path_or_url: &str,
         bearer: &str,
@@ -200,7 +209,7 @@ impl GitHubApp {
         let mut server_errors = 0;
         let mut rate_limited = 0;
         loop {
-            self.wait_for_rate_limit().await?;
+            self.wait_for_rate_limit(installation).await?;
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -214,9 +223,24 @@ impl GitHubApp {
             let status = response.status();
             let remaining = header(&response, "x-ratelimit-remaining");
             let reset = header(&response, "x-ratelimit-reset");
+            if let Some(installation) = installation {
+                let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                let usage = usage.entry(installation).or_default();
+                usage.sent += 1;
+                if let Some(limit) = header(&response, "x-ratelimit-limit") {
+                    usage.limit = Some(limit.max(0) as u64);
+                }
+                if let Some(remaining) = remaining {
+                    usage.remaining = Some(remaining.max(0) as u64);
+                }
+                usage.reset_at = reset.or(usage.reset_at);
+            }
             if remaining == Some(0) {
                 if let Some(reset) = reset {
-                    *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = reset;
+                    self.paused_until
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(installation, reset);
                 }
             }
             if status.is_success() {
@@ -282,8 +306,14 @@ impl GitHubApp {
         }
     }
 
-    async fn wait_for_rate_limit(&self) -> Result<(), GitHubError> {
-        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+    async fn wait_for_rate_limit(&self, installation: Option<u64>) -> Result<(), GitHubError> {
+        let until = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&installation)
+            .copied()
+            .unwrap_or(0);
         let now = (self.clock)();
         if until > now {
             let wait = Duration::from_secs((until - now) as u64);
@@ -432,54 +462,59 @@ impl GitHub for GitHubApp {
             .collect()
     }
 
-    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError> {
-        let repos = self
-            .get_all(installation, "/installation/repositories", "repositories")
+    async fn queued_runs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<u64>, GitHubError> {
+        let runs = self
+            .get_all(
+                installation,
+                &format!("/repos/{owner}/{repo}/actions/runs?status=queued"),
+                "workflow_runs",
+            )
             .await?;
-        let mut jobs = Vec::new();
-        for repo in repos {
-            let (Some(owner), Some(name)) =
-                (repo["owner"]["login"].as_str(), repo["name"].as_str())
-            else {
-                continue;
-            };
-            let runs = self
-                .get_all(
-                    installation,
-                    &format!("/repos/{owner}/{name}/actions/runs?status=queued"),
-                    "workflow_runs",
-                )
-                .await?;
-            for run in runs {
-                let Some(run_id) = run["id"].as_u64() else {
-                    continue;
-                };
-                let run_jobs = self
-                    .get_all(
-                        installation,
-                        &format!("/repos/{owner}/{name}/actions/runs/{run_id}/jobs?filter=latest"),
-                        "jobs",
-                    )
-                    .await?;
-                for job in run_jobs {
-                    if job["status"].as_str() != Some("queued") {
-                        continue;
-                    }
-                    let Some(job_id) = job["id"].as_u64() else {
-                        continue;
-                    };
-                    jobs.push(QueuedJob {
-                        owner: owner.to_owned(),
-                        repo: name.to_owned(),
-                        job_id,
-                        run_id,
-                        labels: labels(&job["labels"]),
-                        name: job["name"].as_str().unwrap_or_default().to_owned(),
-                    });
-                }
-            }
-        }
-        Ok(jobs)
+        Ok(runs.iter().filter_map(|run| run["id"].as_u64()).collect())
+    }
+
+    async fn queued_jobs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        run_id: u64,
+    ) -> Result<Vec<QueuedJob>, GitHubError> {
+        let jobs = self
+            .get_all(
+                installation,
+                &format!("/repos/{owner}/{repo}/actions/runs/{run_id}/jobs?filter=latest"),
+                "jobs",
+            )
+            .await?;
+        Ok(jobs
+            .into_iter()
+            .filter(|job| job["status"].as_str() == Some("queued"))
+            .filter_map(|job| {
+                Some(QueuedJob {
+                    owner: owner.to_owned(),
+                    repo: repo.to_owned(),
+                    job_id: job["id"].as_u64()?,
+                    run_id,
+                    labels: labels(&job["labels"]),
+                    name: job["name"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    fn usage(&self, installation: u64) -> RequestUsage {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&installation)
+            .copied()
+            .unwrap_or_default()
     }
 
     async fn get_job(

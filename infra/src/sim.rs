@@ -7,6 +7,7 @@
 //! (`InsufficientInstanceCapacity`), client-token idempotency (which moto lacks),
 //! boot and shutdown times, `InvalidInstanceID.NotFound` as "already gone".
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,8 @@ use crate::ports::{
     ManagedInstance, TerminateOutcome,
 };
 use crate::ports::{
-    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
+    RunnerScope,
 };
 use crate::ports::{JitConfig, RunnerSecrets, SecretError};
 
@@ -527,7 +529,20 @@ pub struct SimGitHub {
     failures: Arc<Mutex<Vec<u16>>>,
     failure_rate: Arc<Mutex<Option<(f64, u64)>>>,
     poll_failures: Arc<Mutex<Vec<u16>>>,
+    spent: Arc<Mutex<HashMap<u64, SimRateWindow>>>,
+    rate_limit: Arc<Mutex<Option<(u64, SimClock)>>>,
 }
+
+/// One installation's requests in the stand-in's rate-limit window.
+#[derive(Clone, Copy, Debug, Default)]
+struct SimRateWindow {
+    sent: u64,
+    window_start: Option<Timestamp>,
+    used: u64,
+}
+
+/// GitHub's primary rate limit window.
+const RATE_WINDOW_MS: u64 = 3_600_000;
 
 fn scope_key(scope: &RunnerScope) -> String {
     match scope {
@@ -556,6 +571,8 @@ impl SimGitHub {
             failures: Arc::default(),
             failure_rate: Arc::default(),
             poll_failures: Arc::default(),
+            spent: Arc::default(),
+            rate_limit: Arc::default(),
         })
     }
 
@@ -570,6 +587,46 @@ impl SimGitHub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend_from_slice(statuses);
+    }
+
+    /// Limits every installation to `per_hour` requests per hour, as GitHub's
+    /// primary rate limit does (an hour from the window's first request, by
+    /// `clock`); a request past it is refused as rate limited until the window
+    /// resets. Without it the stand-in only counts requests.
+    pub fn limit_requests(&self, per_hour: u64, clock: SimClock) {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some((per_hour, clock));
+    }
+
+    /// Counts one request of `installation` against its rate limit.
+    fn spend(&self, installation: u64) -> Result<(), GitHubError> {
+        let limit = self
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let window = spent.entry(installation).or_default();
+        window.sent += 1;
+        let Some((per_hour, clock)) = limit else {
+            return Ok(());
+        };
+        let now = clock();
+        if window
+            .window_start
+            .is_none_or(|start| now.millis_since(start) >= RATE_WINDOW_MS)
+        {
+            window.window_start = Some(now);
+            window.used = 0;
+        }
+        if window.used >= per_hour {
+            let start = window.window_start.unwrap_or(now);
+            let left = RATE_WINDOW_MS.saturating_sub(now.millis_since(start));
+            return Err(GitHubError::RateLimited {
+                retry_after: std::time::Duration::from_millis(left),
+            });
+        }
+        window.used += 1;
+        Ok(())
     }
 
     /// Makes the next job reads (`GET …/actions/jobs/{job_id}`) answer with
@@ -632,9 +689,10 @@ impl SimGitHub {
 impl GitHub for SimGitHub {
     async fn generate_jit_config(
         &self,
-        _installation: u64,
+        installation: u64,
         request: &JitRequest,
     ) -> Result<JitRunner, GitHubError> {
+        self.spend(installation)?;
         let injected = {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             (!failures.is_empty()).then(|| failures.remove(0))
@@ -691,10 +749,11 @@ impl GitHub for SimGitHub {
 
     async fn delete_runner(
         &self,
-        _installation: u64,
+        installation: u64,
         scope: &RunnerScope,
         runner_id: u64,
     ) -> Result<bool, GitHubError> {
+        self.spend(installation)?;
         let deleted = self
             .lock()
             .execute(
@@ -707,9 +766,10 @@ impl GitHub for SimGitHub {
 
     async fn list_runners(
         &self,
-        _installation: u64,
+        installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
+        self.spend(installation)?;
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached("SELECT id, name, labels FROM gh_runners WHERE scope = ?1 ORDER BY id")
@@ -728,16 +788,44 @@ impl GitHub for SimGitHub {
         rows.collect::<Result<_, _>>().map_err(gh_sql)
     }
 
-    async fn list_queued_jobs(&self, _installation: u64) -> Result<Vec<QueuedJob>, GitHubError> {
+    async fn queued_runs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<u64>, GitHubError> {
+        self.spend(installation)?;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT run_id FROM gh_jobs
+                 WHERE owner = ?1 AND repo = ?2 AND status = 'queued' ORDER BY run_id",
+            )
+            .map_err(gh_sql)?;
+        let rows = stmt
+            .query_map(params![owner, repo], |r| r.get(0))
+            .map_err(gh_sql)?;
+        rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
+    async fn queued_jobs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        run_id: u64,
+    ) -> Result<Vec<QueuedJob>, GitHubError> {
+        self.spend(installation)?;
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT owner, repo, job_id, run_id, name, labels FROM gh_jobs
-                 WHERE status = 'queued' ORDER BY owner, repo, job_id",
+                 WHERE owner = ?1 AND repo = ?2 AND run_id = ?3 AND status = 'queued'
+                 ORDER BY job_id",
             )
             .map_err(gh_sql)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![owner, repo, run_id], |r| {
                 Ok(QueuedJob {
                     owner: r.get(0)?,
                     repo: r.get(1)?,
@@ -751,13 +839,46 @@ impl GitHub for SimGitHub {
         rows.collect::<Result<_, _>>().map_err(gh_sql)
     }
 
+    fn usage(&self, installation: u64) -> RequestUsage {
+        let limit = self
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let window = self
+            .spent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&installation)
+            .copied()
+            .unwrap_or_default();
+        let Some((per_hour, clock)) = limit else {
+            return RequestUsage {
+                sent: window.sent,
+                ..RequestUsage::default()
+            };
+        };
+        let now = clock();
+        let (used, start) = match window.window_start {
+            Some(start) if now.millis_since(start) < RATE_WINDOW_MS => (window.used, start),
+            _ => (0, now),
+        };
+        RequestUsage {
+            sent: window.sent,
+            limit: Some(per_hour),
+            remaining: Some(per_hour.saturating_sub(used)),
+            reset_at: Some(start.plus_ms(RATE_WINDOW_MS).0 / 1000),
+        }
+    }
+
     async fn get_job(
         &self,
-        _installation: u64,
+        installation: u64,
         owner: &str,
         repo: &str,
         job_id: u64,
     ) -> Result<Option<JobState>, GitHubError> {
+        self.spend(installation)?;
         let injected = {
             let mut failures = self.poll_failures.lock().unwrap_or_else(|p| p.into_inner());
             (!failures.is_empty()).then(|| failures.remove(0))

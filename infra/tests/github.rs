@@ -287,18 +287,10 @@ async fn runners_are_listed_across_pages_and_deleted() {
 }
 
 #[tokio::test]
-async fn queued_jobs_are_gathered_from_the_installation_repositories() {
+async fn queued_jobs_are_read_per_repository_and_run() {
     let world = World::new().await;
     world
         .token_endpoint("", "ghs_jobs", "2027-01-15T09:00:00Z", 1)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/installation/repositories"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "total_count": 1,
-            "repositories": [{"id": 1, "name": "widgets", "full_name": "acme/widgets", "owner": {"login": "acme"}}]
-        })))
-        .mount(&world.server)
         .await;
     Mock::given(method("GET"))
         .and(path("/repos/acme/widgets/actions/runs"))
@@ -320,7 +312,16 @@ async fn queued_jobs_are_gathered_from_the_installation_repositories() {
         })))
         .mount(&world.server)
         .await;
-    let jobs = world.client().list_queued_jobs(INSTALLATION).await.unwrap();
+    let client = world.client();
+    let runs = client
+        .queued_runs(INSTALLATION, "acme", "widgets")
+        .await
+        .unwrap();
+    assert_eq!(runs, [5]);
+    let jobs = client
+        .queued_jobs(INSTALLATION, "acme", "widgets", 5)
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(
         (
@@ -626,4 +627,77 @@ async fn a_job_is_read_with_the_installation_token_and_404_is_none() {
             .unwrap(),
         None
     );
+}
+
+/// Issue 10: what each installation's token spent and GitHub's rate-limit
+/// headers are kept per installation (`GitHub::usage`), and one installation's
+/// exhausted limit does not pause another's requests.
+#[tokio::test]
+async fn rate_limits_are_kept_per_installation() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_42", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/app/installations/43/access_tokens"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"token": "ghs_43", "expires_at": "2027-01-15T09:00:00Z"})),
+        )
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/jobs/1"))
+        .and(header("authorization", "Bearer ghs_42"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-ratelimit-limit", "5000")
+                .insert_header("x-ratelimit-remaining", "4321")
+                .insert_header("x-ratelimit-reset", (NOW + 1800).to_string().as_str())
+                .set_body_json(
+                    json!({"id": 1, "status": "queued", "conclusion": null, "runner_name": null}),
+                ),
+        )
+        .expect(2)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/other/gadgets/actions/jobs/2"))
+        .and(header("authorization", "Bearer ghs_43"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-limit", "5000")
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", (NOW + 3600).to_string().as_str())
+                .set_body_json(json!({"message": "API rate limit exceeded"})),
+        )
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let client = world.client_at(&world.server.uri(), Duration::from_secs(1));
+    client
+        .get_job(INSTALLATION, "acme", "widgets", 1)
+        .await
+        .unwrap();
+    let usage = client.usage(INSTALLATION);
+    assert_eq!(
+        (usage.sent, usage.limit, usage.remaining, usage.reset_at),
+        (1, Some(5000), Some(4321), Some(NOW + 1800))
+    );
+    let limited = client.get_job(43, "other", "gadgets", 2).await.unwrap_err();
+    assert!(
+        matches!(limited, GitHubError::RateLimited { .. }),
+        "{limited:?}"
+    );
+    assert_eq!(client.usage(43).remaining, Some(0));
+    // Installation 42's requests go on.
+    client
+        .get_job(INSTALLATION, "acme", "widgets", 1)
+        .await
+        .unwrap();
+    assert_eq!(client.usage(INSTALLATION).sent, 2);
+    // Installation 43 waits for its reset without asking GitHub again.
+    let again = client.get_job(43, "other", "gadgets", 2).await.unwrap_err();
+    assert!(matches!(again, GitHubError::RateLimited { .. }));
+    assert_eq!(client.usage(43).sent, 1);
 }

@@ -254,7 +254,18 @@ async fn the_github_stand_in_registers_runners_and_queues_jobs() {
         name: "build".into(),
     };
     github.queue_job(&job).unwrap();
-    assert_eq!(github.list_queued_jobs(1).await.unwrap(), vec![job]);
+    assert_eq!(github.queued_runs(1, "acme", "widgets").await.unwrap(), [5]);
+    assert!(
+        github
+            .queued_runs(1, "acme", "other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        github.queued_jobs(1, "acme", "widgets", 5).await.unwrap(),
+        vec![job]
+    );
     let state = |status: &str, runner: Option<&str>| jitr_infra::JobState {
         status: status.into(),
         conclusion: None,
@@ -273,7 +284,20 @@ async fn the_github_stand_in_registers_runners_and_queues_jobs() {
             Some("jitr-11-1-abcdef"),
         )
         .unwrap();
-    assert!(github.list_queued_jobs(1).await.unwrap().is_empty());
+    assert!(
+        github
+            .queued_runs(1, "acme", "widgets")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        github
+            .queued_jobs(1, "acme", "widgets", 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         github.get_job(1, "acme", "widgets", 11).await.unwrap(),
         Some(state("in_progress", Some("jitr-11-1-abcdef")))

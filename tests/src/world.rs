@@ -58,6 +58,18 @@ impl World {
         World::assemble(dir, clock, embedded, policy)
     }
 
+    /// A fresh world with the default settings and 4-vCPU runners whose policy
+    /// `change` adjusts.
+    pub fn with_policy(change: impl FnOnce(&mut RunnerPolicy)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut policy = policy_for(4);
+        change(&mut policy);
+        let embedded = Embedded::open(dir.path(), SimSettings::default(), clock.clock(), 10)
+            .expect("embedded");
+        World::assemble(dir, clock, embedded, policy)
+    }
+
     /// A fresh world whose EC2 is the simulator behind the fault-injecting wrapper
     /// (judging instance ages by the world's clock); the wrapper is returned to
     /// inject faults with.

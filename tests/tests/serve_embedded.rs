@@ -409,9 +409,20 @@ impl jitr_infra::GitHub for StuckQueuedJobs {
     ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
         self.0.list_runners(installation, scope).await
     }
-    async fn list_queued_jobs(
+    async fn queued_runs(
         &self,
         _installation: u64,
+        _owner: &str,
+        _repo: &str,
+    ) -> Result<Vec<u64>, jitr_infra::GitHubError> {
+        std::future::pending().await
+    }
+    async fn queued_jobs(
+        &self,
+        _installation: u64,
+        _owner: &str,
+        _repo: &str,
+        _run_id: u64,
     ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
         std::future::pending().await
     }

@@ -10,6 +10,7 @@ use jitr_domain::{Command, RunnerState, RunnerStatus, StreamId, Timestamp, deadl
 use jitr_infra::CommandId;
 
 use crate::app::Ports;
+use crate::app::budget::RequestBudget;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
@@ -30,6 +31,7 @@ pub struct Polled {
 pub struct JobWatch {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
+    budget: Arc<RequestBudget>,
     /// When each open runner's job was last asked for (this process only: a
     /// restart polls a little early, never late).
     polled: Mutex<HashMap<StreamId, Timestamp>>,
@@ -37,10 +39,11 @@ pub struct JobWatch {
 
 impl JobWatch {
     /// A job watch over `ports`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, budget: Arc<RequestBudget>) -> Self {
         JobWatch {
             ports,
             policy,
+            budget,
             polled: Mutex::default(),
         }
     }
@@ -200,6 +203,19 @@ impl JobWatch {
         };
         let last = self.polled().get(&stream).copied().or(since);
         interval > 0 && last.is_none_or(|l| now.millis_since(l) >= interval)
+    }
+
+    /// A periodic poll ([`JobWatch::poll`]) within the background request
+    /// budget; `None` when the budget has no request left (the runner stays due).
+    pub async fn poll_within_budget(
+        &self,
+        state: &RunnerState,
+        now: Timestamp,
+    ) -> Option<Result<Polled, HandlerError>> {
+        let installation = self.policy.installation_for(state);
+        self.budget
+            .spend(installation, now, self.poll(state, now))
+            .await
     }
 
     /// Forgets the poll times of runners not in `open` (closed since).

@@ -93,3 +93,26 @@ pub fn job_poll(at: Timestamp) {
 pub fn healed_by_poll(at: Timestamp, events: usize) {
     emit(at, "LifecycleEventsFromPolls", events as f64, "Count", &[]);
 }
+
+/// GitHub requests a background service (`rebalancer`, `reaper`) sent in one pass.
+pub fn github_requests(at: Timestamp, service: &str, requests: u64) {
+    emit(
+        at,
+        "GitHubRequests",
+        requests as f64,
+        "Count",
+        &[("Service", service)],
+    );
+}
+
+/// Background GitHub requests an installation has left this hour.
+pub fn github_budget_left(at: Timestamp, installation: u64, left: u64) {
+    let installation = installation.to_string();
+    emit(
+        at,
+        "GitHubBudgetLeft",
+        left as f64,
+        "Count",
+        &[("Installation", &installation)],
+    );
+}

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+pub mod budget;
 pub mod compensation;
 pub mod dispatch;
 pub mod jobwatch;
@@ -26,6 +27,7 @@ use jitr_domain::{
 };
 use jitr_infra::{CommandBus, Compute, ComputeError, GitHub, Queue, RunnerLog, RunnerSecrets};
 
+use crate::app::budget::RequestBudget;
 use crate::app::compensation::Compensation;
 use crate::app::jobwatch::JobWatch;
 use crate::app::lifecycle::Lifecycle;
@@ -149,6 +151,8 @@ pub struct App {
     pub rebalancer: Arc<Rebalancer>,
     /// Job polls (lost lifecycle webhooks healed from GitHub).
     pub jobs: Arc<JobWatch>,
+    /// The GitHub request budget of background work.
+    pub budget: Arc<RequestBudget>,
     /// Who this process is, for the projector's lease (random per `App`).
     pub holder: String,
 }
@@ -157,7 +161,11 @@ impl App {
     /// Builds every service over `ports`; `webhook_secret` verifies deliveries.
     pub fn new(ports: Ports, policy: RunnerPolicy, webhook_secret: impl Into<Vec<u8>>) -> App {
         let policy = Arc::new(policy);
-        let jobs = Arc::new(JobWatch::new(ports.clone(), policy.clone()));
+        let budget = Arc::new(RequestBudget::new(
+            ports.github.clone(),
+            policy.github_background_share_pct,
+        ));
+        let jobs = Arc::new(JobWatch::new(ports.clone(), policy.clone(), budget.clone()));
         let compensation = Arc::new(Compensation::new(
             ports.clone(),
             policy.clone(),
@@ -179,9 +187,14 @@ impl App {
                 compensation.clone(),
                 jobs.clone(),
             )),
-            rebalancer: Arc::new(Rebalancer::new(ports.clone(), policy.clone())),
+            rebalancer: Arc::new(Rebalancer::new(
+                ports.clone(),
+                policy.clone(),
+                budget.clone(),
+            )),
             holder: holder_id(),
             jobs,
+            budget,
             compensation,
             policy,
             ports,

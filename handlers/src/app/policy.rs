@@ -63,13 +63,18 @@ pub struct RunnerPolicy {
     /// How long past a deadline a termination waits for GitHub to answer the
     /// job poll before it goes ahead unasked.
     pub job_poll_patience_ms: u64,
+    /// The share (percent) of each installation's hourly GitHub rate limit that
+    /// background work — the rebalancer's listings, periodic job polls — may
+    /// spend; the rest is kept for minting runners.
+    pub github_background_share_pct: u64,
 }
 
 impl Default for RunnerPolicy {
     /// `self-hosted` jobs get a `c5.xlarge` (4 vCPU) from `ami-jitr-runner`; 10 min
     /// boot timeout, 6 h max age, 2 min drain grace; repository runners in the
     /// default group; 5 launch attempts; a 2-minute reaper grace; a job poll
-    /// every 5 minutes, and up to 10 minutes' patience with GitHub past a deadline.
+    /// every 5 minutes, and up to 10 minutes' patience with GitHub past a deadline;
+    /// background GitHub work within 20 % of each installation's rate limit.
     fn default() -> Self {
         RunnerPolicy {
             required_label: "self-hosted".into(),
@@ -90,6 +95,7 @@ impl Default for RunnerPolicy {
             reaper_grace_ms: 120_000,
             job_poll_interval_ms: 300_000,
             job_poll_patience_ms: 600_000,
+            github_background_share_pct: 20,
         }
     }
 }
@@ -116,6 +122,12 @@ impl RunnerPolicy {
                 .allowlist
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(&format!("{owner}/{repo}")))
+    }
+
+    /// Whether the repository is named in the allowlist (an empty allowlist names
+    /// none).
+    pub fn allows_exactly(&self, owner: &str, repo: &str) -> bool {
+        !self.allowlist.is_empty() && self.allows(owner, repo)
     }
 
     /// Whether a registered runner's `name` is one of this deployment's.

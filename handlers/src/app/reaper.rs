@@ -38,6 +38,9 @@ pub struct SweepReport {
     pub jobs_polled: usize,
     /// Lifecycle events recorded from those polls (webhooks that were lost).
     pub healed: usize,
+    /// Job polls due but left for a later sweep: the background GitHub budget
+    /// was spent.
+    pub polls_deferred: usize,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
     /// What failed for one instance or runner; the sweep went on with the others.
@@ -206,15 +209,19 @@ impl Reaper {
             let stream = head.stream.clone();
             let mut state = head.state;
             if self.jobs.due(&state, now) {
-                report.jobs_polled += 1;
-                match self.jobs.poll(&state, now).await {
-                    Ok(polled) => {
+                match self.jobs.poll_within_budget(&state, now).await {
+                    Some(Ok(polled)) => {
+                        report.jobs_polled += 1;
                         report.healed += polled.recorded;
                         state = polled.state;
                     }
-                    Err(e) => report
-                        .errors
-                        .push(format!("runner {stream}: job poll: {e}")),
+                    Some(Err(e)) => {
+                        report.jobs_polled += 1;
+                        report
+                            .errors
+                            .push(format!("runner {stream}: job poll: {e}"));
+                    }
+                    None => report.polls_deferred += 1,
                 }
             }
             if let Err(e) = self
@@ -227,6 +234,7 @@ impl Reaper {
         }
         report.registrations_removed = self.sweep_registrations().await;
         crate::app::metrics::orphans_reaped(now, report.orphans_terminated.len());
+        crate::app::metrics::github_requests(now, "reaper", report.jobs_polled as u64);
         Ok(report)
     }
 

@@ -39,6 +39,11 @@ pub struct Args {
     /// `JITR_JOB_POLL_SECS`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     job_poll_interval: Duration,
+    /// The share (percent, 1–100) of each installation's hourly GitHub rate
+    /// limit that the rebalancer's listings and periodic job polls may spend; the
+    /// rest is kept for minting. On AWS: `JITR_GITHUB_BACKGROUND_SHARE`.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100))]
+    github_background_share: u64,
     /// Reaper and rebalancer period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sweep_interval: Duration,
@@ -79,6 +84,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     policy.deadlines.consistency_window_ms = args.consistency_window.as_millis() as u64;
     policy.allowlist = args.allow_repos.clone();
     policy.job_poll_interval_ms = args.job_poll_interval.as_millis() as u64;
+    policy.github_background_share_pct = args.github_background_share;
     let settings = jitr_infra::SimSettings {
         on_demand_vcpus: args.on_demand_vcpus,
         spot_vcpus: args.spot_vcpus,

@@ -175,11 +175,22 @@ impl jitr_infra::GitHub for WithoutJobReads {
     ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
         self.0.list_runners(installation, scope).await
     }
-    async fn list_queued_jobs(
+    async fn queued_runs(
         &self,
         installation: u64,
-    ) -> Result<Vec<QueuedJob>, jitr_infra::GitHubError> {
-        self.0.list_queued_jobs(installation).await
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<u64>, jitr_infra::GitHubError> {
+        self.0.queued_runs(installation, owner, repo).await
+    }
+    async fn queued_jobs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        run_id: u64,
+    ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
+        self.0.queued_jobs(installation, owner, repo, run_id).await
     }
     async fn get_job(
         &self,
@@ -189,6 +200,9 @@ impl jitr_infra::GitHub for WithoutJobReads {
         _job_id: u64,
     ) -> Result<Option<jitr_infra::JobState>, jitr_infra::GitHubError> {
         Ok(None)
+    }
+    fn usage(&self, installation: u64) -> jitr_infra::RequestUsage {
+        self.0.usage(installation)
     }
 }
 

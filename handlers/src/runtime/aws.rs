@@ -129,6 +129,20 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
         })?;
         policy.job_poll_interval_ms = secs * 1000;
     }
+    if let Some(p) = var("JITR_GITHUB_BACKGROUND_SHARE") {
+        let pct: u64 = p
+            .trim_end_matches('%')
+            .parse()
+            .ok()
+            .filter(|pct| (1..=100).contains(pct))
+            .ok_or_else(|| {
+                SetupError::Invalid(
+                    "JITR_GITHUB_BACKGROUND_SHARE",
+                    format!("{p:?} is not a percentage from 1 to 100"),
+                )
+            })?;
+        policy.github_background_share_pct = pct;
+    }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
             SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))

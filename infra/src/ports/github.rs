@@ -97,6 +97,20 @@ pub struct JobState {
     pub runner_name: Option<String>,
 }
 
+/// What one installation's token has spent, and what GitHub last said of its
+/// rate limit (`x-ratelimit-limit`, `-remaining`, `-reset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestUsage {
+    /// Requests this client sent with the installation's token.
+    pub sent: u64,
+    /// Requests allowed per window, as last reported.
+    pub limit: Option<u64>,
+    /// Requests left in the window, as last reported.
+    pub remaining: Option<u64>,
+    /// When the window resets (seconds since the epoch), as last reported.
+    pub reset_at: Option<i64>,
+}
+
 /// What went wrong talking to GitHub.
 #[derive(Debug, Error)]
 pub enum GitHubError {
@@ -214,8 +228,27 @@ pub trait GitHub: Send + Sync {
         installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError>;
-    /// Queued jobs across the installation's repositories.
-    async fn list_queued_jobs(&self, installation: u64) -> Result<Vec<QueuedJob>, GitHubError>;
+    /// The ids of a repository's queued workflow runs
+    /// (`GET /repos/{owner}/{repo}/actions/runs?status=queued`).
+    async fn queued_runs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<u64>, GitHubError>;
+    /// The queued jobs of one run
+    /// (`GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs?filter=latest`).
+    async fn queued_jobs(
+        &self,
+        installation: u64,
+        owner: &str,
+        repo: &str,
+        run_id: u64,
+    ) -> Result<Vec<QueuedJob>, GitHubError>;
+    /// What the installation's token has spent so far (nothing known: default).
+    fn usage(&self, _installation: u64) -> RequestUsage {
+        RequestUsage::default()
+    }
     /// One workflow job as GitHub reports it now; `None` when GitHub does not
     /// know it (404).
     async fn get_job(

@@ -24,7 +24,8 @@ pub use event_store::{
     UnreadableEvent, UnreadableHead, read_feed_page,
 };
 pub use github::{
-    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, Runner, RunnerScope,
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
+    RunnerScope,
 };
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, Queue, QueueError, QueueMessage,
