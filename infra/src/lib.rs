@@ -17,6 +17,7 @@ pub mod ports;
 mod fault;
 #[cfg(feature = "github-app")]
 mod github_app;
+mod github_fault;
 mod in_process_bus;
 mod local_queue;
 mod metrics;
@@ -27,6 +28,7 @@ mod sqlite;
 pub use fault::{Fault, FaultyCompute};
 #[cfg(feature = "github-app")]
 pub use github_app::{API_VERSION, Clock, GITHUB_API, GitHubApp, GitHubAppConfig};
+pub use github_fault::{FaultyGitHub, GitHubFault};
 pub use in_process_bus::InProcessBus;
 pub use local_queue::LocalQueue;
 pub use metrics::{NAMESPACE, emf_line};

@@ -297,6 +297,14 @@ impl World {
             .collect()
     }
 
+    /// Whether the cloud still runs `instance`.
+    pub async fn runs(&self, instance: &InstanceId) -> bool {
+        self.live_instances()
+            .await
+            .iter()
+            .any(|m| m.instance_id == *instance)
+    }
+
     /// The no-leak invariant, both ways between the cloud and the log: every live
     /// instance belongs to an open stream that records it as its instance, and no
     /// closed stream's instance is still live.

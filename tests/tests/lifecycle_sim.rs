@@ -381,23 +381,14 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
 
 #[tokio::test]
 async fn the_rebalancer_heals_a_lost_webhook_and_a_failed_runner() {
-    use jitr_infra::QueuedJob;
     use std::time::Duration;
 
     let world = World::new(SimSettings::default(), 4);
     let rebalancer = world.app.rebalancer.clone();
     let queue = world.app.ports.scaleup_queue.clone();
-    let queued = |job_id: u64| QueuedJob {
-        owner: "acme".into(),
-        repo: "widgets".into(),
-        job_id,
-        run_id: 1000 + job_id,
-        labels: vec!["self-hosted".into(), "linux".into()],
-        name: "build".into(),
-    };
     // Job 1 is served; job 2's webhook was lost; job 3's runner failed.
     for job in 1..=3 {
-        world.github.queue_job(&queued(job)).unwrap();
+        queued_on_github(&world, job);
     }
     world.queued(1).await.unwrap();
     world.github.fail_next_mints(&[422]);
@@ -871,13 +862,7 @@ async fn lost_lifecycle_webhooks_are_healed_from_the_job_on_github() {
         "{:?}",
         events.iter().map(|r| &r.event).collect::<Vec<_>>()
     );
-    assert!(
-        world
-            .live_instances()
-            .await
-            .iter()
-            .any(|m| m.instance_id == instance)
-    );
+    assert!(world.runs(&instance).await);
     let events = world.store.read_stream(&world.stream(1)).await.unwrap();
     assert_eq!(polled_events(&events), ["JobStarted"]);
     assert!(
@@ -944,13 +929,7 @@ async fn the_boot_deadline_stands_when_github_says_queued_or_stays_silent() {
         matches!(&outcome, Outcome::RetryAfter(_, why) if why.contains("GitHub")),
         "{outcome:?}"
     );
-    assert!(
-        world
-            .live_instances()
-            .await
-            .iter()
-            .any(|m| m.instance_id == instance)
-    );
+    assert!(world.runs(&instance).await);
     world.advance(world.policy.job_poll_patience_ms / 1000);
     let outcome = world
         .compensation

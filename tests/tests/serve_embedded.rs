@@ -381,62 +381,6 @@ async fn two_serves_on_one_log_share_it_and_restart_cleanly() {
     restarted.shutdown().await;
 }
 
-/// A GitHub whose queued-jobs listing never answers (a rate limit waited out,
-/// a hung connection); everything else is the simulator's.
-struct StuckQueuedJobs(jitr_infra::SimGitHub);
-
-#[async_trait::async_trait]
-impl jitr_infra::GitHub for StuckQueuedJobs {
-    async fn generate_jit_config(
-        &self,
-        installation: u64,
-        request: &jitr_infra::JitRequest,
-    ) -> Result<jitr_infra::JitRunner, jitr_infra::GitHubError> {
-        self.0.generate_jit_config(installation, request).await
-    }
-    async fn delete_runner(
-        &self,
-        installation: u64,
-        scope: &jitr_infra::RunnerScope,
-        runner_id: u64,
-    ) -> Result<bool, jitr_infra::GitHubError> {
-        self.0.delete_runner(installation, scope, runner_id).await
-    }
-    async fn list_runners(
-        &self,
-        installation: u64,
-        scope: &jitr_infra::RunnerScope,
-    ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
-        self.0.list_runners(installation, scope).await
-    }
-    async fn queued_runs(
-        &self,
-        _installation: u64,
-        _owner: &str,
-        _repo: &str,
-    ) -> Result<Vec<u64>, jitr_infra::GitHubError> {
-        std::future::pending().await
-    }
-    async fn queued_jobs(
-        &self,
-        _installation: u64,
-        _owner: &str,
-        _repo: &str,
-        _run_id: u64,
-    ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
-        std::future::pending().await
-    }
-    async fn get_job(
-        &self,
-        installation: u64,
-        owner: &str,
-        repo: &str,
-        job_id: u64,
-    ) -> Result<Option<jitr_infra::JobState>, jitr_infra::GitHubError> {
-        self.0.get_job(installation, owner, repo, job_id).await
-    }
-}
-
 /// Issue 10: in `serve` the reaper and the rebalancer run apart, so a rebalancer
 /// stuck on GitHub never holds the reaper back: an orphan that appears while it
 /// is stuck is still reaped; and a stop does not wait for the stuck call.
@@ -452,7 +396,9 @@ async fn a_stuck_rebalancer_does_not_hold_the_reaper_back() {
         10,
     )
     .unwrap();
-    embedded.ports.github = Arc::new(StuckQueuedJobs(embedded.github.clone()));
+    let stuck = jitr_infra::FaultyGitHub::new(Arc::new(embedded.github.clone()));
+    stuck.inject(jitr_infra::GitHubFault::ListingsHang);
+    embedded.ports.github = Arc::new(stuck);
     let cloud = embedded.cloud.clone();
     let policy = RunnerPolicy {
         reaper_grace_ms: 0,

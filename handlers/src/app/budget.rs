@@ -135,12 +135,8 @@ mod tests {
         (github, clock, dir)
     }
 
-    #[tokio::test]
-    async fn background_work_spends_its_share_of_the_hour_then_waits_for_the_next() {
-        let (github, clock, _dir) = github();
-        let budget = RequestBudget::new(Arc::new(github.clone()), 20);
-        let now = clock.now();
-        assert_eq!(budget.cap(1), 200, "20 % of the reported 1,000");
+    /// Background reads until the budget refuses one; how many it allowed.
+    async fn spend_all(budget: &RequestBudget, github: &SimGitHub, clock: &ManualClock) -> u64 {
         let mut done = 0;
         while let Some(r) = budget
             .spend(1, clock.now(), github.queued_runs(1, "acme", "widgets"))
@@ -150,7 +146,16 @@ mod tests {
             done += 1;
             clock.advance(1_000);
         }
-        assert_eq!(done, 200);
+        done
+    }
+
+    #[tokio::test]
+    async fn background_work_spends_its_share_of_the_hour_then_waits_for_the_next() {
+        let (github, clock, _dir) = github();
+        let budget = RequestBudget::new(Arc::new(github.clone()), 20);
+        let now = clock.now();
+        assert_eq!(budget.cap(1), 200, "20 % of the reported 1,000");
+        assert_eq!(spend_all(&budget, &github, &clock).await, 200);
         assert_eq!(budget.spent_last_hour(1, clock.now()), 200);
         assert_eq!(budget.left(2, clock.now()), 200, "per installation");
         // The hour slides: an hour after the first request one is free again,
@@ -171,15 +176,7 @@ mod tests {
         }
         let budget = RequestBudget::new(Arc::new(github.clone()), 20);
         assert_eq!(budget.left(1, clock.now()), 50);
-        let mut done = 0;
-        while let Some(r) = budget
-            .spend(1, clock.now(), github.queued_runs(1, "acme", "widgets"))
-            .await
-        {
-            r.unwrap();
-            done += 1;
-        }
-        assert_eq!(done, 50);
+        assert_eq!(spend_all(&budget, &github, &clock).await, 50);
         assert_eq!(github.usage(1).remaining, Some(200));
     }
 }

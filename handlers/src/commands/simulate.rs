@@ -148,64 +148,6 @@ pub struct SimOptions {
     pub job_polls: bool,
 }
 
-/// The stand-in's GitHub with job reads taken away: every job is unknown.
-struct WithoutJobReads(Arc<dyn jitr_infra::GitHub>);
-
-#[async_trait::async_trait]
-impl jitr_infra::GitHub for WithoutJobReads {
-    async fn generate_jit_config(
-        &self,
-        installation: u64,
-        request: &jitr_infra::JitRequest,
-    ) -> Result<jitr_infra::JitRunner, jitr_infra::GitHubError> {
-        self.0.generate_jit_config(installation, request).await
-    }
-    async fn delete_runner(
-        &self,
-        installation: u64,
-        scope: &jitr_infra::RunnerScope,
-        runner_id: u64,
-    ) -> Result<bool, jitr_infra::GitHubError> {
-        self.0.delete_runner(installation, scope, runner_id).await
-    }
-    async fn list_runners(
-        &self,
-        installation: u64,
-        scope: &jitr_infra::RunnerScope,
-    ) -> Result<Vec<jitr_infra::Runner>, jitr_infra::GitHubError> {
-        self.0.list_runners(installation, scope).await
-    }
-    async fn queued_runs(
-        &self,
-        installation: u64,
-        owner: &str,
-        repo: &str,
-    ) -> Result<Vec<u64>, jitr_infra::GitHubError> {
-        self.0.queued_runs(installation, owner, repo).await
-    }
-    async fn queued_jobs(
-        &self,
-        installation: u64,
-        owner: &str,
-        repo: &str,
-        run_id: u64,
-    ) -> Result<Vec<jitr_infra::QueuedJob>, jitr_infra::GitHubError> {
-        self.0.queued_jobs(installation, owner, repo, run_id).await
-    }
-    async fn get_job(
-        &self,
-        _installation: u64,
-        _owner: &str,
-        _repo: &str,
-        _job_id: u64,
-    ) -> Result<Option<jitr_infra::JobState>, jitr_infra::GitHubError> {
-        Ok(None)
-    }
-    fn usage(&self, installation: u64) -> jitr_infra::RequestUsage {
-        self.0.usage(installation)
-    }
-}
-
 impl Default for SimOptions {
     /// Compensation on, the default consistency window and job poll interval.
     fn default() -> Self {
@@ -283,7 +225,9 @@ pub async fn run_with(
         github.fail_mints_at_rate(0.25, seed);
     }
     if !job_polls {
-        ports.github = Arc::new(WithoutJobReads(ports.github.clone()));
+        let blind = jitr_infra::FaultyGitHub::new(ports.github.clone());
+        blind.inject(jitr_infra::GitHubFault::JobsUnknown);
+        ports.github = Arc::new(blind);
     }
     let chaos = (scenario == Scenario::CloudChaos).then(|| {
         let faulty = Arc::new(FaultyCompute::new(cloud.clone()).with_clock(clock.clock()));
