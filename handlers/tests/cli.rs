@@ -449,6 +449,7 @@ async fn audit_live_lists_instances_the_log_does_not_know() {
             vcpus: 4,
             image: "ami".into(),
             user_data: None,
+            settings: Default::default(),
         })
         .await
         .unwrap();

@@ -28,6 +28,7 @@ fn spec(job: u64, market: Market) -> LaunchSpec {
         vcpus: 4,
         image: "ami-sim".into(),
         user_data: None,
+        settings: Default::default(),
     }
 }
 

@@ -34,3 +34,33 @@ pub fn unique(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Creates an IAM instance profile named `name` on the emulator (EC2 refuses a
+/// launch naming a profile that does not exist). jitr has no IAM client: this
+/// sends IAM's query protocol directly; moto routes it by the credential scope
+/// and does not check the signature.
+pub async fn create_instance_profile(name: &str) {
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_+=,.@".contains(c)),
+        "an IAM name needs no URL encoding: {name}"
+    );
+    let auth = "AWS4-HMAC-SHA256 Credential=testing/20261129/us-east-1/iam/aws4_request, \
+                SignedHeaders=host, Signature=0";
+    let response = reqwest::Client::new()
+        .post(endpoint())
+        .header("authorization", auth)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}"
+        ))
+        .send()
+        .await
+        .expect("the emulator answers");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert!(
+        status.is_success() || body.contains("EntityAlreadyExists"),
+        "CreateInstanceProfile {name}: {status} {body}"
+    );
+}

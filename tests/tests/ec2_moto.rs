@@ -36,6 +36,7 @@ fn spec(stream: &StreamId, market: Market) -> LaunchSpec {
         vcpus: 4,
         image: AMI.into(),
         user_data: Some("#!/bin/sh\necho jitr\n".into()),
+        settings: Default::default(),
     }
 }
 
@@ -256,5 +257,109 @@ async fn launches_spread_over_subnets_and_a_retry_keeps_its_subnet() {
         Ec2Compute::new(&jitr_e2e::aws::config().await, vec![])
             .subnet_for(&ClientToken::derive(&s, 1)),
         None
+    );
+}
+
+/// Issue 11: every runner instance requires IMDSv2 tokens and terminates when it
+/// shuts itself down (EC2's default is to stop, keeping its volume); the pool's
+/// instance profile, security groups, hop limit, root volume (gp3, encrypted)
+/// and tags reach RunInstances, the tags on the volume too.
+#[tokio::test]
+async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_settings() {
+    use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName};
+
+    let config = jitr_e2e::aws::config().await;
+    let client = aws_sdk_ec2::Client::new(&config);
+    let group = client
+        .create_security_group()
+        .group_name(jitr_e2e::aws::unique("jitr-runner"))
+        .description("runner instances: egress only")
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_owned();
+    jitr_e2e::aws::create_instance_profile("jitr-runner").await;
+    let s = stream(40);
+    let mut launch = spec(&s, Market::OnDemand);
+    launch.settings = jitr_infra::LaunchSettings {
+        instance_profile: Some("jitr-runner".into()),
+        security_groups: vec![group.clone()],
+        subnets: Vec::new(),
+        metadata_hop_limit: 2,
+        root_volume_gib: Some(64),
+        tags: [("team".to_owned(), "ci".to_owned())].into(),
+    };
+    let launched = ec2().await.launch(&launch).await.unwrap();
+    let id = launched.instance_id.0.clone();
+
+    let described = client
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    let metadata = instance.metadata_options().expect("metadata options");
+    assert_eq!(metadata.http_tokens(), Some(&HttpTokensState::Required));
+    assert_eq!(metadata.http_put_response_hop_limit(), Some(2));
+    assert!(
+        instance
+            .security_groups()
+            .iter()
+            .any(|g| g.group_id() == Some(group.as_str())),
+        "{:?}",
+        instance.security_groups()
+    );
+    let profile = instance
+        .iam_instance_profile()
+        .and_then(|p| p.arn())
+        .unwrap_or_default();
+    assert!(profile.ends_with("/jitr-runner"), "{profile:?}");
+    let tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| {
+        tags.iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(tag(instance.tags(), "team").as_deref(), Some("ci"));
+
+    let shutdown = client
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("terminate")
+    );
+
+    let root = instance.root_device_name().expect("a root device");
+    let volume_id = instance
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_id())
+        .expect("the root volume")
+        .to_owned();
+    let volumes = client
+        .describe_volumes()
+        .volume_ids(&volume_id)
+        .send()
+        .await
+        .unwrap();
+    let volume = &volumes.volumes()[0];
+    assert_eq!(volume.size(), Some(64));
+    assert_eq!(volume.volume_type().map(|t| t.as_str()), Some("gp3"));
+    assert_eq!(volume.encrypted(), Some(true));
+    assert_eq!(
+        tag(volume.tags(), jitr_infra::TAG_RUNNER).as_deref(),
+        Some(s.as_str())
     );
 }

@@ -257,6 +257,7 @@ async fn one_instance_that_cannot_be_terminated_does_not_stop_the_sweep() {
                 vcpus: 4,
                 image: "ami-03cf127a".into(),
                 user_data: None,
+                settings: Default::default(),
             })
             .await
             .unwrap();

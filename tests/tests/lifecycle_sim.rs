@@ -98,6 +98,7 @@ async fn one_reaper_pass_terminates_instances_of_closed_or_missing_streams() {
             vcpus: 4,
             image: "ami-sim".into(),
             user_data: None,
+            settings: Default::default(),
         }
     };
     world.cloud.launch(&stray(10, 7)).await.unwrap();

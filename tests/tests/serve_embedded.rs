@@ -425,6 +425,7 @@ async fn a_stuck_rebalancer_does_not_hold_the_reaper_back() {
             vcpus: 4,
             image: "ami-sim".into(),
             user_data: None,
+            settings: Default::default(),
         })
         .await
         .unwrap();

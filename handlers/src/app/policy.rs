@@ -67,6 +67,9 @@ pub struct RunnerPolicy {
     /// background work — the rebalancer's listings, periodic job polls — may
     /// spend; the rest is kept for minting runners.
     pub github_background_share_pct: u64,
+    /// Instance profile, network, metadata hop limit, root volume and tags of
+    /// every runner instance.
+    pub launch: jitr_infra::LaunchSettings,
 }
 
 impl Default for RunnerPolicy {
@@ -96,6 +99,7 @@ impl Default for RunnerPolicy {
             job_poll_interval_ms: 300_000,
             job_poll_patience_ms: 600_000,
             github_background_share_pct: 20,
+            launch: jitr_infra::LaunchSettings::default(),
         }
     }
 }

@@ -222,6 +222,7 @@ impl ScaleUp {
                         vcpus: request.spec.vcpus,
                         image: request.spec.image.clone(),
                         user_data: None,
+                        settings: self.policy.launch.clone(),
                     };
                     match self.ports.compute.launch(&launch_spec).await {
                         Ok(launched) => {

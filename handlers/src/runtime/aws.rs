@@ -143,6 +143,33 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
             })?;
         policy.github_background_share_pct = pct;
     }
+    if let Some(profile) = var("JITR_INSTANCE_PROFILE") {
+        policy.launch.instance_profile = Some(profile);
+    }
+    if let Some(groups) = var("JITR_SECURITY_GROUPS") {
+        policy.launch.security_groups = groups
+            .split(',')
+            .map(|g| g.trim().to_owned())
+            .filter(|g| !g.is_empty())
+            .collect();
+    }
+    if let Some(h) = var("JITR_METADATA_HOP_LIMIT") {
+        policy.launch.metadata_hop_limit = h
+            .parse()
+            .ok()
+            .filter(|h| (1..=64).contains(h))
+            .ok_or_else(|| {
+                SetupError::Invalid(
+                    "JITR_METADATA_HOP_LIMIT",
+                    format!("{h:?} is not a hop limit from 1 to 64"),
+                )
+            })?;
+    }
+    if let Some(g) = var("JITR_ROOT_VOLUME_GIB") {
+        policy.launch.root_volume_gib = Some(g.parse().map_err(|_| {
+            SetupError::Invalid("JITR_ROOT_VOLUME_GIB", format!("{g:?} is not a number"))
+        })?);
+    }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
             SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))

@@ -7,16 +7,18 @@ use aws_config::SdkConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, Instance, InstanceInterruptionBehavior, InstanceLifecycleType,
-    InstanceMarketOptionsRequest, InstanceType, MarketType, ResourceType, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType, MarketType,
+    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VolumeType,
 };
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use jitr_infra::{
-    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
-    MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER,
-    TerminateOutcome,
+    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings, LaunchSpec,
+    LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
+    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
 };
 
 /// States `list_managed` asks for: all but `terminated`.
@@ -29,6 +31,8 @@ pub struct Ec2Compute {
     subnets: Vec<String>,
     page_size: Option<i32>,
     deployment: Option<String>,
+    /// Each image's root device name, asked once (DescribeImages).
+    root_devices: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Ec2Compute {
@@ -40,6 +44,7 @@ impl Ec2Compute {
             subnets,
             page_size: None,
             deployment: None,
+            root_devices: Default::default(),
         }
     }
 
@@ -58,13 +63,126 @@ impl Ec2Compute {
     /// The subnet for a launch: fixed by its token, so a retry with the same token
     /// sends the same parameters (EC2 refuses a token reused with others).
     pub fn subnet_for(&self, token: &ClientToken) -> Option<&str> {
-        if self.subnets.is_empty() {
+        self.subnet_among(&self.subnets, token)
+    }
+
+    fn subnet_among<'a>(&self, subnets: &'a [String], token: &ClientToken) -> Option<&'a str> {
+        if subnets.is_empty() {
             return None;
         }
         let mut h = DefaultHasher::new();
         token.0.hash(&mut h);
-        let i = (h.finish() % self.subnets.len() as u64) as usize;
-        Some(&self.subnets[i])
+        let i = (h.finish() % subnets.len() as u64) as usize;
+        Some(&subnets[i])
+    }
+
+    /// The root device name of `image` (`/dev/xvda`, `/dev/sda1`, …), to size
+    /// its volume; asked of EC2 once per image.
+    async fn root_device(&self, image: &str) -> Result<String, LaunchFailure> {
+        if let Some(known) = self
+            .root_devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image)
+        {
+            return Ok(known.clone());
+        }
+        let out = self
+            .client
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| match e.code() {
+                Some(code) => {
+                    LaunchFailure::Rejected(LaunchError::new(code, e.message().unwrap_or_default()))
+                }
+                None => LaunchFailure::Unknown(Box::new(e)),
+            })?;
+        let device = out
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .ok_or_else(|| {
+                LaunchFailure::Rejected(LaunchError::new(
+                    "InvalidAMIID.NotFound",
+                    format!("image {image} not found (looking up its root device)"),
+                ))
+            })?
+            .to_owned();
+        self.root_devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_owned(), device.clone());
+        Ok(device)
+    }
+
+    /// The settings every runner instance gets, and the pool's: IMDSv2 required,
+    /// terminate on shutdown, profile, security groups, root volume, tags on the
+    /// instance and its volumes.
+    async fn with_settings(
+        &self,
+        mut req: aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+        spec: &LaunchSpec,
+    ) -> Result<
+        aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+        LaunchFailure,
+    > {
+        let settings: &LaunchSettings = &spec.settings;
+        let mut tags = self.tags(&spec.stream, &spec.client_token);
+        for (key, value) in &settings.tags {
+            tags.push(Tag::builder().key(key).value(value).build());
+        }
+        for resource in [ResourceType::Instance, ResourceType::Volume] {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(resource)
+                    .set_tags(Some(tags.clone()))
+                    .build(),
+            );
+        }
+        req = req
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_put_response_hop_limit(i32::from(settings.metadata_hop_limit.max(1)))
+                    .build(),
+            )
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
+        let subnet = self
+            .subnet_among(&settings.subnets, &spec.client_token)
+            .or_else(|| self.subnet_for(&spec.client_token));
+        req = req.set_subnet_id(subnet.map(str::to_owned));
+        if !settings.security_groups.is_empty() {
+            req = req.set_security_group_ids(Some(settings.security_groups.clone()));
+        }
+        if let Some(profile) = &settings.instance_profile {
+            let spec = IamInstanceProfileSpecification::builder();
+            let spec = if profile.starts_with("arn:") {
+                spec.arn(profile)
+            } else {
+                spec.name(profile)
+            };
+            req = req.iam_instance_profile(spec.build());
+        }
+        if let Some(gib) = settings.root_volume_gib {
+            let device = self.root_device(&spec.image).await?;
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(i32::try_from(gib).unwrap_or(i32::MAX))
+                            .volume_type(VolumeType::Gp3)
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        Ok(req)
     }
 
     async fn describe_where(
@@ -185,25 +303,19 @@ impl Ec2Compute {
 #[async_trait]
 impl Compute for Ec2Compute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .set_tags(Some(self.tags(&spec.stream, &spec.client_token)))
-            .build();
-        let mut req = self
+        let req = self
             .client
             .run_instances()
             .image_id(&spec.image)
             .instance_type(InstanceType::from(spec.instance_type.as_str()))
             .min_count(1)
             .max_count(1)
-            .client_token(&spec.client_token.0)
-            .tag_specifications(tags)
-            .set_subnet_id(self.subnet_for(&spec.client_token).map(str::to_owned))
-            .set_user_data(
-                spec.user_data
-                    .as_ref()
-                    .map(|u| aws_smithy_types::base64::encode(u.as_bytes())),
-            );
+            .client_token(&spec.client_token.0);
+        let mut req = self.with_settings(req, spec).await?.set_user_data(
+            spec.user_data
+                .as_ref()
+                .map(|u| aws_smithy_types::base64::encode(u.as_bytes())),
+        );
         if spec.market == Market::Spot {
             req = req.instance_market_options(
                 InstanceMarketOptionsRequest::builder()

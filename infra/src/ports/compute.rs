@@ -38,6 +38,44 @@ pub struct LaunchSpec {
     pub image: String,
     /// Boot script (base64 is the adapter's business), if any.
     pub user_data: Option<String>,
+    /// Profile, network, metadata, volume and tag settings.
+    pub settings: LaunchSettings,
+}
+
+/// How a runner instance is launched besides its type and image. Whatever is
+/// set here, every instance requires IMDSv2 tokens and terminates (never stops)
+/// when it shuts itself down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LaunchSettings {
+    /// The instance profile (name or ARN) the runner reads its JIT config with.
+    pub instance_profile: Option<String>,
+    /// Security groups (ids); empty: the VPC's default group.
+    pub security_groups: Vec<String>,
+    /// Subnets to spread launches over; empty: the adapter's (or EC2's default).
+    pub subnets: Vec<String>,
+    /// IMDSv2 response hop limit: 1, or 2 for jobs that reach the metadata
+    /// service from a container.
+    pub metadata_hop_limit: u8,
+    /// Root volume size in GiB (gp3, encrypted); none: the image's own.
+    pub root_volume_gib: Option<u32>,
+    /// Extra tags on the instance and its volumes.
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LaunchSettings {
+    /// No profile, the default security group and subnets, hop limit 1, the
+    /// image's root volume, no extra tags.
+    fn default() -> Self {
+        LaunchSettings {
+            instance_profile: None,
+            security_groups: Vec::new(),
+            subnets: Vec::new(),
+            metadata_hop_limit: 1,
+            root_volume_gib: None,
+            tags: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// What a launch started.
