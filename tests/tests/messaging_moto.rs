@@ -174,9 +174,93 @@ async fn the_jit_config_is_a_secure_string_deleted_at_termination() {
     assert_eq!(parameter.value(), Some(jit.expose()));
     assert_eq!(parameter.r#type().map(|t| t.as_str()), Some("SecureString"));
 
+    let tags = ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tag_list()
+            .iter()
+            .any(|t| t.key() == "jitr:instance-id" && t.value() == instance.0),
+        "{:?}",
+        tags.tag_list()
+    );
+
     secrets.delete_jit_config(&instance).await.unwrap();
     secrets.delete_jit_config(&instance).await.unwrap();
     assert!(ssm.get_parameter().name(&name).send().await.is_err());
+}
+
+/// Issue 11: real JIT configs are around 4 KB and the Standard tier refuses
+/// values over 4,096 characters (moto does not; `TierLimits` plays AWS's check
+/// around the real client). A 6 KB config goes to the Advanced tier and round-
+/// trips, also when written twice; a Standard-tier write of it is refused.
+#[tokio::test]
+async fn a_6_kb_jit_config_goes_to_the_advanced_tier() {
+    use aws_sdk_ssm::types::{ParameterStringFilter, ParameterTier, ParameterType};
+    let config = config().await;
+    let prefix = format!("/{}", unique("jitr"));
+    let secrets = SsmSecrets::with_tier_limits(&config, &prefix);
+    let instance = InstanceId("i-0a6b000000000c6kb".into());
+    let big = JitConfig::new("x".repeat(6 * 1024));
+    let name = secrets.put_jit_config(&instance, &big).await.unwrap();
+    // A redelivered mint writes it again.
+    secrets.put_jit_config(&instance, &big).await.unwrap();
+
+    let ssm = aws_sdk_ssm::Client::new(&config);
+    let stored = ssm
+        .get_parameter()
+        .name(&name)
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.parameter().unwrap().value(), Some(big.expose()));
+    let described = ssm
+        .describe_parameters()
+        .parameter_filters(
+            ParameterStringFilter::builder()
+                .key("Name")
+                .values(&name)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.parameters()[0].tier(),
+        Some(&ParameterTier::Advanced)
+    );
+
+    // What AWS answers a Standard-tier write of it.
+    let limited = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&config)
+            .interceptor(jitr_aws::TierLimits)
+            .build(),
+    );
+    let refused = limited
+        .put_parameter()
+        .name(format!("{prefix}/standard"))
+        .value(big.expose())
+        .r#type(ParameterType::SecureString)
+        .tier(ParameterTier::Standard)
+        .send()
+        .await
+        .unwrap_err();
+    let text = aws_sdk_ssm::error::DisplayErrorContext(&refused).to_string();
+    assert!(text.contains("4096"), "{text}");
+    assert!(
+        ssm.get_parameter()
+            .name(format!("{prefix}/standard"))
+            .send()
+            .await
+            .is_err()
+    );
+    secrets.delete_jit_config(&instance).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,12 +1,21 @@
 //! Handing a JIT runner config to its instance: one SSM SecureString per instance,
-//! deleted at termination. The config is a secret: it is never logged or stored in
-//! the event log, and its `Debug` form is redacted.
+//! tagged with the instance's id, deleted at termination. The config is a
+//! secret: it is never logged or stored in the event log, and its `Debug` form
+//! is redacted.
+//!
+//! Real JIT configs are around 4 KB, and the Standard tier refuses values over
+//! 4,096 characters (AWS: "Managing parameter tiers"): a larger config goes to
+//! the Advanced tier. moto does not enforce the limit; [`TierLimits`] plays it
+//! around the real client.
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ssm::Client;
+use aws_sdk_ssm::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_ssm::config::{ConfigBag, Intercept};
 use aws_sdk_ssm::error::ProvideErrorMetadata;
-use aws_sdk_ssm::types::ParameterType;
+use aws_sdk_ssm::operation::put_parameter::PutParameterInput;
+use aws_sdk_ssm::types::{ParameterTier, ParameterType, Tag};
 use jitr_domain::InstanceId;
 
 use jitr_infra::{JitConfig, RunnerSecrets, SecretError};
@@ -18,11 +27,83 @@ pub struct SsmSecrets {
     prefix: String,
 }
 
+/// The largest value the Standard tier takes, in characters.
+pub const STANDARD_TIER_MAX_CHARS: usize = 4_096;
+
+/// The tier a value needs: Standard while it fits, else Advanced. Counted in
+/// bytes, which is never fewer than AWS's characters (a JIT config is ASCII).
+pub fn tier_for(value: &str) -> ParameterTier {
+    if value.len() <= STANDARD_TIER_MAX_CHARS {
+        ParameterTier::Standard
+    } else {
+        ParameterTier::Advanced
+    }
+}
+
+/// SSM's tier limits as AWS enforces them and moto does not: a PutParameter of
+/// more than 4,096 characters in the Standard tier (or with no tier, which is
+/// Standard) is refused before it is sent.
+#[derive(Debug, Default)]
+pub struct TierLimits;
+
+impl Intercept for TierLimits {
+    fn name(&self) -> &'static str {
+        "TierLimits"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ssm::error::BoxError> {
+        let Some(put) = context.input().downcast_ref::<PutParameterInput>() else {
+            return Ok(());
+        };
+        let standard = matches!(put.tier(), None | Some(ParameterTier::Standard));
+        let chars = put.value().map_or(0, |v| v.chars().count());
+        if standard && chars > STANDARD_TIER_MAX_CHARS {
+            return Err(format!(
+                "ValidationException: Standard tier parameters support a maximum parameter \
+                 value of {STANDARD_TIER_MAX_CHARS} characters ({chars} given); use the \
+                 advanced-parameter tier"
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// What an SSM error says, for people: its code and message, or the whole
+/// chain of a failure that has none.
+fn describe<E, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => aws_sdk_ssm::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
 impl SsmSecrets {
     /// Parameters under `prefix` (e.g. `/jitr/runners`).
     pub fn new(config: &SdkConfig, prefix: impl Into<String>) -> Self {
         SsmSecrets {
             client: Client::new(config),
+            prefix: prefix.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The same, through a client that refuses what AWS's tier limits refuse
+    /// ([`TierLimits`]): for tests on an emulator that does not.
+    pub fn with_tier_limits(config: &SdkConfig, prefix: impl Into<String>) -> Self {
+        let conf = aws_sdk_ssm::config::Builder::from(config)
+            .interceptor(TierLimits)
+            .build();
+        SsmSecrets {
+            client: Client::from_conf(conf),
             prefix: prefix.into().trim_end_matches('/').to_owned(),
         }
     }
@@ -41,18 +122,35 @@ impl RunnerSecrets for SsmSecrets {
         config: &JitConfig,
     ) -> Result<String, SecretError> {
         let name = self.parameter_name(instance);
-        self.client
-            .put_parameter()
-            .name(&name)
-            .value(config.expose())
-            .r#type(ParameterType::SecureString)
-            .overwrite(true)
-            .description("jitr: single-use GitHub JIT runner config; deleted at termination")
-            .send()
-            .await
-            .map_err(|e| {
-                SecretError(format!("put {name}: {}", e.code().unwrap_or("error")).into())
-            })?;
+        let put = || {
+            self.client
+                .put_parameter()
+                .name(&name)
+                .value(config.expose())
+                .r#type(ParameterType::SecureString)
+                .tier(tier_for(config.expose()))
+                .description("jitr: single-use GitHub JIT runner config; deleted at termination")
+        };
+        let tag = |key: &str, value: &str| Tag::builder().key(key).value(value).build();
+        let tags = [
+            tag(jitr_infra::TAG_MANAGED_BY, jitr_infra::MANAGED_BY),
+            tag("jitr:instance-id", &instance.0),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SecretError(Box::new(e)))?;
+        // Tags cannot go with Overwrite: a first write tags, a repeat overwrites.
+        match put().set_tags(Some(tags)).send().await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ParameterAlreadyExists") => {
+                put()
+                    .overwrite(true)
+                    .send()
+                    .await
+                    .map_err(|e| SecretError(format!("put {name}: {}", describe(&e)).into()))?;
+            }
+            Err(e) => return Err(SecretError(format!("put {name}: {}", describe(&e)).into())),
+        }
         Ok(name)
     }
 
@@ -62,8 +160,22 @@ impl RunnerSecrets for SsmSecrets {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ParameterNotFound") => Ok(()),
             Err(e) => Err(SecretError(
-                format!("delete {name}: {}", e.code().unwrap_or("error")).into(),
+                format!("delete {name}: {}", describe(&e)).into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_goes_to_the_advanced_tier_past_4096_characters() {
+        assert_eq!(tier_for(&"a".repeat(4_096)), ParameterTier::Standard);
+        assert_eq!(tier_for(&"a".repeat(4_097)), ParameterTier::Advanced);
+        // Bytes, the safe side of AWS's characters.
+        assert_eq!(tier_for(&"é".repeat(2_048)), ParameterTier::Standard);
+        assert_eq!(tier_for(&"é".repeat(2_049)), ParameterTier::Advanced);
     }
 }
