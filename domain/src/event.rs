@@ -127,6 +127,9 @@ pub struct InstanceSpec {
     pub vcpus: u32,
     /// The machine image (AMI id, or a simulator image name).
     pub image: String,
+    /// The runner pool it came from (none: requested before pools existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// The runner's deadlines, fixed when it is requested so that a replay needs no

@@ -244,40 +244,113 @@ pub fn fallback_market(market: Market, class: LaunchErrorClass) -> Option<Market
 pub struct Refusal {
     /// The market refused.
     pub market: Market,
+    /// Which of the pool's instance types (its index, in order of preference).
+    pub instance_type: usize,
     /// Why.
     pub class: LaunchErrorClass,
+}
+
+/// What a job's pool offers to launch on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchChoices {
+    /// How many instance types the pool lists (at least one is assumed).
+    pub instance_types: usize,
+    /// Whether spot is tried first.
+    pub spot: bool,
+}
+
+impl Default for LaunchChoices {
+    /// One instance type, spot first.
+    fn default() -> Self {
+        LaunchChoices {
+            instance_types: 1,
+            spot: true,
+        }
+    }
+}
+
+impl LaunchChoices {
+    /// Every (market, instance type) in the order tried: each type on spot (when
+    /// the pool uses spot), then each type on demand.
+    pub fn candidates(self) -> Vec<(Market, usize)> {
+        let types = self.instance_types.max(1);
+        let markets: &[Market] = if self.spot {
+            &[Market::Spot, Market::OnDemand]
+        } else {
+            &[Market::OnDemand]
+        };
+        markets
+            .iter()
+            .flat_map(|m| (0..types).map(move |t| (*m, t)))
+            .collect()
+    }
 }
 
 /// What scale-up does next for a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextLaunch {
-    /// Launch in this market.
-    Try(Market),
+    /// Launch this instance type (the pool's index) in this market.
+    Try {
+        /// The market.
+        market: Market,
+        /// The pool's instance type, by its index.
+        instance_type: usize,
+    },
     /// The request itself is wrong (bad image, subnet, type): fail the runner.
     Fail,
-    /// No market is left in this delivery: deliver the job again after this delay.
+    /// Nothing is left to try in this delivery: deliver the job again after this
+    /// delay.
     BackOff {
         /// Milliseconds.
         after_ms: u64,
     },
-    /// No market is left and the job has been delivered `max_deliveries` times.
+    /// Nothing is left and the job has been delivered `max_deliveries` times.
     GiveUp,
 }
 
 /// The launch plan: given the refusals of this delivery (oldest first), the
-/// delivery's number (from 1) and the deliveries allowed, what to do next.
-/// Spot first; on-demand after a spot quota or capacity refusal; then back off,
+/// delivery's number (from 1), the deliveries allowed and the pool's choices,
+/// what to do next. The first type on spot (or on demand when the pool uses no
+/// spot); after a quota or capacity refusal the next type in the same market,
+/// then the types on demand; anything else ends the delivery: back off,
 /// doubling from 15 s to at most 5 minutes, until the last delivery.
-pub fn next_launch(refusals: &[Refusal], delivery: u32, max_deliveries: u32) -> NextLaunch {
+pub fn next_launch(
+    refusals: &[Refusal],
+    delivery: u32,
+    max_deliveries: u32,
+    choices: LaunchChoices,
+) -> NextLaunch {
+    let candidates = choices.candidates();
     let Some(last) = refusals.last() else {
-        return NextLaunch::Try(Market::Spot);
+        let (market, instance_type) = candidates[0];
+        return NextLaunch::Try {
+            market,
+            instance_type,
+        };
     };
     if last.class == LaunchErrorClass::InvalidRequest {
         return NextLaunch::Fail;
     }
-    if let Some(market) = fallback_market(last.market, last.class) {
-        if !refusals.iter().any(|r| r.market == market) {
-            return NextLaunch::Try(market);
+    if matches!(
+        last.class,
+        LaunchErrorClass::Quota | LaunchErrorClass::Capacity
+    ) {
+        let tried = |(m, t): &(Market, usize)| {
+            refusals
+                .iter()
+                .any(|r| r.market == *m && r.instance_type == *t)
+        };
+        let after_last = candidates
+            .iter()
+            .position(|c| *c == (last.market, last.instance_type))
+            .map_or(0, |i| i + 1);
+        if let Some((market, instance_type)) =
+            candidates[after_last..].iter().find(|c| !tried(c)).copied()
+        {
+            return NextLaunch::Try {
+                market,
+                instance_type,
+            };
         }
     }
     if delivery >= max_deliveries {
@@ -303,6 +376,54 @@ mod tests {
     fn backoff_doubles_up_to_five_minutes() {
         let secs: Vec<u64> = (1..=7).map(|n| launch_backoff_ms(n) / 1000).collect();
         assert_eq!(secs, [15, 30, 60, 120, 240, 300, 300]);
+    }
+
+    #[test]
+    fn each_type_on_spot_then_each_type_on_demand() {
+        use LaunchErrorClass::*;
+        let choices = LaunchChoices {
+            instance_types: 2,
+            spot: true,
+        };
+        let refused = |market, instance_type, class| Refusal {
+            market,
+            instance_type,
+            class,
+        };
+        let try_ = |market, instance_type| NextLaunch::Try {
+            market,
+            instance_type,
+        };
+        let mut refusals = Vec::new();
+        let mut plan = Vec::new();
+        while let NextLaunch::Try {
+            market,
+            instance_type,
+        } = next_launch(&refusals, 1, 5, choices)
+        {
+            plan.push((market, instance_type));
+            refusals.push(refused(market, instance_type, Capacity));
+        }
+        assert_eq!(
+            plan,
+            [
+                (Market::Spot, 0),
+                (Market::Spot, 1),
+                (Market::OnDemand, 0),
+                (Market::OnDemand, 1)
+            ]
+        );
+        // Without spot, on demand only; a throttle ends the delivery.
+        let no_spot = LaunchChoices {
+            instance_types: 2,
+            spot: false,
+        };
+        assert_eq!(next_launch(&[], 1, 5, no_spot), try_(Market::OnDemand, 0));
+        let throttled = [refused(Market::OnDemand, 0, Throttled)];
+        assert!(matches!(
+            next_launch(&throttled, 1, 5, no_spot),
+            NextLaunch::BackOff { .. }
+        ));
     }
 
     #[test]

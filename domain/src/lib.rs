@@ -32,9 +32,9 @@ pub use ids::{
 };
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
-    MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,
-    judge_instance, launch_backoff_ms, next_launch, record_instance, record_launch,
-    resolve_pending_launch,
+    LaunchChoices, MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds,
+    fallback_market, judge_instance, launch_backoff_ms, next_launch, record_instance,
+    record_launch, resolve_pending_launch,
 };
 pub use resume::{
     MissedDeadline, boot_deadline, deadline_to_confirm, missed_deadline, resume, terminate_runner,

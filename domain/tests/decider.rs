@@ -39,6 +39,7 @@ fn spec() -> InstanceSpec {
         instance_type: "c5.xlarge".into(),
         vcpus: 4,
         image: "ami-123".into(),
+        pool: None,
     }
 }
 

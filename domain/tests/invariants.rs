@@ -105,6 +105,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 instance_type: "m5.large".into(),
                 vcpus: 2,
                 image: "ami-1".into(),
+                pool: None,
             },
             deadlines: Deadlines {
                 boot_timeout_ms: 300_000,

@@ -26,7 +26,11 @@ fn evidence() -> impl Strategy<Value = TerminationEvidence> {
 
 fn refusals() -> impl Strategy<Value = Vec<Refusal>> {
     prop::collection::vec(
-        (market(), class()).prop_map(|(market, class)| Refusal { market, class }),
+        (market(), class()).prop_map(|(market, class)| Refusal {
+            market,
+            instance_type: 0,
+            class,
+        }),
         0..4,
     )
 }
@@ -89,6 +93,7 @@ fn pending_within(
                 instance_type: "c5.xlarge".into(),
                 vcpus,
                 image: "ami-1".into(),
+                pool: None,
             },
             deadlines: Deadlines {
                 consistency_window_ms: window_ms,
@@ -148,10 +153,11 @@ proptest! {
     /// off (15 s to 5 min, never shorter for a later delivery) until the last delivery.
     #[test]
     fn the_launch_plan(refused in refusals(), delivery in 1u32..12, max in 1u32..12) {
-        let next = next_launch(&refused, delivery, max);
+        let next = next_launch(&refused, delivery, max, LaunchChoices::default());
         match (refused.last(), next) {
-            (None, n) => prop_assert_eq!(n, NextLaunch::Try(Market::Spot)),
-            (Some(last), NextLaunch::Try(m)) => {
+            (None, n) => prop_assert_eq!(n, NextLaunch::Try { market: Market::Spot, instance_type: 0 }),
+            (Some(last), NextLaunch::Try { market: m, instance_type }) => {
+                prop_assert_eq!(instance_type, 0);
                 prop_assert_eq!(m, Market::OnDemand);
                 prop_assert_eq!(last.market, Market::Spot);
                 prop_assert!(matches!(last.class, LaunchErrorClass::Quota | LaunchErrorClass::Capacity));

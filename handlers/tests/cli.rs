@@ -43,6 +43,7 @@ async fn leaked_log(dir: &std::path::Path) -> StreamId {
                 instance_type: "c5.xlarge".into(),
                 vcpus: 4,
                 image: "ami-1".into(),
+                pool: None,
             },
             deadlines: Deadlines::default(),
             installation: None,
@@ -495,4 +496,34 @@ fn aws_commands_in_an_embedded_build_say_how_to_get_aws_support() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Issue 11: `jitr config check` passes the example pool file and names the
+/// line and problem of a broken one (exit 2).
+#[test]
+fn config_check_passes_the_example_and_names_the_line_of_a_mistake() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pools.example.toml");
+    let out = jitr(&["config", "check", example]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 pools, valid"), "{text}");
+    assert!(text.contains("linux-arm64"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("pools.toml");
+    let original = std::fs::read_to_string(example).unwrap();
+    let mistaken = original.replacen("vcpus = 16", "vcpus = 16\nmemory = 32", 1);
+    std::fs::write(&broken, &mistaken).unwrap();
+    let out = jitr(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = mistaken
+        .lines()
+        .position(|l| l.starts_with("memory"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("pools.toml:{line}:")) && err.contains("unknown field `memory`"),
+        "{err}"
+    );
 }

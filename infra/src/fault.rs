@@ -24,6 +24,15 @@ pub enum Fault {
         /// The provider error code, e.g. `VcpuLimitExceeded`.
         code: String,
     },
+    /// No capacity for one instance type (in `market`, or any):
+    /// `InsufficientInstanceCapacity`, as EC2 answers per type and zone
+    /// ("Insufficient instance capacity", EC2 troubleshooting guide).
+    NoCapacityFor {
+        /// The instance type.
+        instance_type: String,
+        /// Only this market (None: both).
+        market: Option<Market>,
+    },
     /// Let the launch happen, then lose its answer, as a crash or timeout right
     /// after RunInstances would: the caller sees an unknown outcome.
     LoseLaunchAnswer,
@@ -170,6 +179,10 @@ impl<C: Compute> Compute for FaultyCompute<C> {
         self.delay().await;
         let fault = self.take(|f| match f {
             Fault::RejectLaunch { market, .. } => market.is_none_or(|m| m == spec.market),
+            Fault::NoCapacityFor {
+                instance_type,
+                market,
+            } => *instance_type == spec.instance_type && market.is_none_or(|m| m == spec.market),
             Fault::LoseLaunchAnswer => true,
             Fault::SlowLaunch(_) => true,
             _ => false,
@@ -185,6 +198,12 @@ impl<C: Compute> Compute for FaultyCompute<C> {
             Some(Fault::RejectLaunch { code, .. }) => Err(LaunchFailure::Rejected(
                 LaunchError::new(code, "injected by FaultyCompute"),
             )),
+            Some(Fault::NoCapacityFor { instance_type, .. }) => {
+                Err(LaunchFailure::Rejected(LaunchError::new(
+                    "InsufficientInstanceCapacity",
+                    format!("no {instance_type} capacity (injected by FaultyCompute)"),
+                )))
+            }
             Some(Fault::LoseLaunchAnswer) => {
                 let launched = self.inner.launch(spec).await?;
                 Err(LaunchFailure::Unknown(

@@ -289,6 +289,7 @@ mod tests {
                     instance_type: "c5.xlarge".into(),
                     vcpus: 4,
                     image: "ami".into(),
+                    pool: None,
                 },
                 deadlines: Deadlines::default(),
                 installation: None,

@@ -58,6 +58,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
                 instance_type: "c5.xlarge".into(),
                 vcpus: 4,
                 image: "ami-1".into(),
+                pool: None,
             },
             deadlines: Deadlines::default(),
             installation: None,

@@ -43,6 +43,7 @@ pub fn request(job_id: u64) -> Command {
             instance_type: "c5.xlarge".into(),
             vcpus: 4,
             image: "ami-0jitr".into(),
+            pool: None,
         },
         deadlines: Deadlines {
             boot_timeout_ms: 600_000,

@@ -9,7 +9,7 @@ use jitr_handlers::app::App;
 use jitr_handlers::app::compensation::Compensation;
 use jitr_handlers::app::lifecycle::Lifecycle;
 use jitr_handlers::app::outcome::{HandlerError, Outcome};
-use jitr_handlers::app::policy::RunnerPolicy;
+use jitr_handlers::app::policy::{Pool, RunnerPolicy};
 use jitr_handlers::app::reaper::{Reaper, SweepReport};
 use jitr_handlers::app::scaleup::ScaleUp;
 use jitr_handlers::app::webhook::JobMessage;
@@ -82,6 +82,22 @@ impl World {
         embedded.ports.compute = faulty.clone();
         let world = World::assemble(dir, clock, embedded, policy_for(vcpus));
         (world, faulty)
+    }
+
+    /// [`World::with_faults`] with default settings and 4-vCPU runners, whose
+    /// policy `change` adjusts.
+    pub fn with_faulty_policy(
+        change: impl FnOnce(&mut RunnerPolicy),
+    ) -> (Self, Arc<FaultyCompute<SimCloud>>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut embedded = Embedded::open(dir.path(), SimSettings::default(), clock.clock(), 10)
+            .expect("embedded");
+        let faulty = Arc::new(FaultyCompute::new(embedded.cloud.clone()).with_clock(clock.clock()));
+        embedded.ports.compute = faulty.clone();
+        let mut policy = policy_for(4);
+        change(&mut policy);
+        (World::assemble(dir, clock, embedded, policy), faulty)
     }
 
     /// A fresh world whose GitHub is `github` (e.g. the REST client against a
@@ -368,12 +384,19 @@ impl World {
 
 /// The policy of a world whose runners have `vcpus` vCPUs.
 fn policy_for(vcpus: u32) -> RunnerPolicy {
-    RunnerPolicy {
-        default_spec: InstanceSpec {
-            instance_type: if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into(),
+    let instance_type: String = if vcpus == 2 { "m5.large" } else { "c5.xlarge" }.into();
+    let pool = Pool {
+        instance_types: vec![instance_type.clone()],
+        spec: InstanceSpec {
+            instance_type,
             vcpus,
             image: "ami-sim".into(),
+            pool: None,
         },
+        ..Pool::default_pool()
+    };
+    RunnerPolicy {
+        pools: vec![pool],
         ..RunnerPolicy::default()
     }
 }

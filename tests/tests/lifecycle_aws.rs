@@ -91,7 +91,7 @@ async fn aws() -> Aws {
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     let mut policy = RunnerPolicy::default();
-    policy.default_spec.image = "ami-03cf127a".into();
+    policy.pools[0].spec.image = "ami-03cf127a".into();
     Aws {
         _github: github,
         store,

@@ -941,3 +941,72 @@ async fn the_boot_deadline_stands_when_github_says_queued_or_stays_silent() {
     assert_eq!(world.status(2).await, RunnerStatus::Failed);
     world.assert_no_leak().await;
 }
+
+/// Issue 11: a pool lists instance types in order of preference. No capacity for
+/// the first on spot → the second on spot; none for either on spot → the first
+/// on demand. A pool without spot launches on demand from the start.
+#[tokio::test]
+async fn capacity_refusals_try_the_pools_next_type_then_on_demand() {
+    use jitr_infra::{Fault, FaultyCompute};
+    use std::sync::Arc;
+
+    let (world, faulty) = world_with_pool(true);
+    faulty.inject(
+        Fault::NoCapacityFor {
+            instance_type: "c7i.xlarge".into(),
+            market: Some(Market::Spot),
+        },
+        None,
+    );
+    world.queued(1).await.unwrap();
+    assert_eq!(
+        launched(&world, 1).await,
+        ("c6i.xlarge".to_owned(), Market::Spot)
+    );
+    faulty.inject(
+        Fault::NoCapacityFor {
+            instance_type: "c6i.xlarge".into(),
+            market: Some(Market::Spot),
+        },
+        None,
+    );
+    world.queued(2).await.unwrap();
+    assert_eq!(
+        launched(&world, 2).await,
+        ("c7i.xlarge".to_owned(), Market::OnDemand)
+    );
+
+    let (world, _) = world_with_pool(false);
+    world.queued(1).await.unwrap();
+    assert_eq!(
+        launched(&world, 1).await,
+        ("c7i.xlarge".to_owned(), Market::OnDemand)
+    );
+
+    /// The type and market of job `job`'s launch.
+    async fn launched(world: &World, job: u64) -> (String, Market) {
+        let events = world.store.read_stream(&world.stream(job)).await.unwrap();
+        events
+            .iter()
+            .find_map(|r| match &r.event {
+                jitr_domain::RunnerEvent::Launched {
+                    instance_type,
+                    market,
+                    ..
+                } => Some((instance_type.clone(), *market)),
+                _ => None,
+            })
+            .expect("launched")
+    }
+
+    /// A world whose one pool lists c7i.xlarge then c6i.xlarge, on EC2 behind
+    /// the fault wrapper.
+    fn world_with_pool(spot: bool) -> (World, Arc<FaultyCompute<jitr_infra::SimCloud>>) {
+        World::with_faulty_policy(|policy| {
+            let pool = &mut policy.pools[0];
+            pool.instance_types = vec!["c7i.xlarge".into(), "c6i.xlarge".into()];
+            pool.spec.instance_type = "c7i.xlarge".into();
+            pool.spot = spot;
+        })
+    }
+}

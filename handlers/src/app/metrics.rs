@@ -116,3 +116,8 @@ pub fn github_budget_left(at: Timestamp, installation: u64, left: u64) {
         &[("Installation", &installation)],
     );
 }
+
+/// A queued job no runner pool serves (its labels are not all any pool's).
+pub fn no_pool(at: Timestamp) {
+    emit(at, "JobsWithoutPool", 1.0, "Count", &[]);
+}

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod pools;
 pub mod projector;
 pub mod reaper;
 pub mod rebalancer;

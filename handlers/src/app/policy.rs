@@ -4,13 +4,68 @@ use jitr_domain::{Deadlines, InstanceSpec};
 use jitr_infra::RunnerScope;
 use serde::{Deserialize, Serialize};
 
-/// Jobs carrying all of `labels` get this instance.
+/// The label every jitr runner has, whether a pool names it or not.
+pub const SELF_HOSTED: &str = "self-hosted";
+
+/// A CPU architecture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// x86-64 (Intel, AMD).
+    #[default]
+    X86_64,
+    /// 64-bit Arm (Graviton).
+    Arm64,
+}
+
+/// A runner pool: the jobs it serves and how its instances are launched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabelRule {
-    /// Labels the job must carry (besides the required one).
+pub struct Pool {
+    /// Its name (recorded in each of its runners' `Requested`).
+    pub name: String,
+    /// The labels its runners have besides `self-hosted`: it serves a job all of
+    /// whose labels are among them.
     pub labels: Vec<String>,
-    /// The instance.
+    /// Instance types, in order of preference.
+    pub instance_types: Vec<String>,
+    /// The instance requested: the first type, its vCPUs, the image.
     pub spec: InstanceSpec,
+    /// The image's architecture.
+    pub architecture: Architecture,
+    /// Whether spot is tried first (else on-demand only).
+    pub spot: bool,
+    /// Profile, network, metadata, volume and tags of its instances.
+    pub launch: jitr_infra::LaunchSettings,
+}
+
+impl Pool {
+    /// Whether the pool serves a job with `labels`: each one (but
+    /// `self-hosted`) is one of the pool's, in any letter case.
+    pub fn serves(&self, labels: &[String]) -> bool {
+        labels.iter().all(|label| {
+            label.eq_ignore_ascii_case(SELF_HOSTED)
+                || self.labels.iter().any(|l| l.eq_ignore_ascii_case(label))
+        })
+    }
+
+    /// The pool jitr serves without a configuration file: `linux`/`x64` jobs
+    /// on a `c5.xlarge` (4 vCPUs) from `ami-jitr-runner`.
+    pub fn default_pool() -> Pool {
+        Pool {
+            name: "default".into(),
+            labels: vec!["linux".into(), "x64".into()],
+            instance_types: vec!["c5.xlarge".into()],
+            spec: InstanceSpec {
+                instance_type: "c5.xlarge".into(),
+                vcpus: 4,
+                image: "ami-jitr-runner".into(),
+                pool: None,
+            },
+            architecture: Architecture::X86_64,
+            spot: true,
+            launch: jitr_infra::LaunchSettings::default(),
+        }
+    }
 }
 
 /// Where runners register.
@@ -29,12 +84,8 @@ pub enum Registration {
 /// The runner policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerPolicy {
-    /// A job must carry this label for jitr to serve it.
-    pub required_label: String,
-    /// First matching rule wins; `default_spec` otherwise.
-    pub rules: Vec<LabelRule>,
-    /// The instance for jobs no rule matches.
-    pub default_spec: InstanceSpec,
+    /// The runner pools; the first that serves a job's labels takes it.
+    pub pools: Vec<Pool>,
     /// Deadlines recorded in each runner's `Requested`.
     pub deadlines: Deadlines,
     /// Where runners register.
@@ -67,9 +118,6 @@ pub struct RunnerPolicy {
     /// background work — the rebalancer's listings, periodic job polls — may
     /// spend; the rest is kept for minting runners.
     pub github_background_share_pct: u64,
-    /// Instance profile, network, metadata hop limit, root volume and tags of
-    /// every runner instance.
-    pub launch: jitr_infra::LaunchSettings,
 }
 
 impl Default for RunnerPolicy {
@@ -80,13 +128,7 @@ impl Default for RunnerPolicy {
     /// background GitHub work within 20 % of each installation's rate limit.
     fn default() -> Self {
         RunnerPolicy {
-            required_label: "self-hosted".into(),
-            rules: Vec::new(),
-            default_spec: InstanceSpec {
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-                image: "ami-jitr-runner".into(),
-            },
+            pools: vec![Pool::default_pool()],
             deadlines: Deadlines::default(),
             registration: Registration::Repository,
             runner_group_id: 1,
@@ -99,24 +141,36 @@ impl Default for RunnerPolicy {
             job_poll_interval_ms: 300_000,
             job_poll_patience_ms: 600_000,
             github_background_share_pct: 20,
-            launch: jitr_infra::LaunchSettings::default(),
         }
     }
 }
 
 impl RunnerPolicy {
-    /// The instance for a job's labels; `None` when jitr does not serve the job.
+    /// The pool that serves a job with `labels`: the first whose labels hold
+    /// all of the job's; `None` when no pool does.
+    pub fn pool_for(&self, labels: &[String]) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.serves(labels))
+    }
+
+    /// The instance for a job's labels, naming its pool; `None` when no pool
+    /// serves the job.
     pub fn spec_for(&self, labels: &[String]) -> Option<InstanceSpec> {
-        let has = |l: &str| labels.iter().any(|x| x.eq_ignore_ascii_case(l));
-        if !has(&self.required_label) {
-            return None;
-        }
-        Some(
-            self.rules
-                .iter()
-                .find(|r| r.labels.iter().all(|l| has(l)))
-                .map_or_else(|| self.default_spec.clone(), |r| r.spec.clone()),
-        )
+        self.pool_for(labels).map(|p| InstanceSpec {
+            pool: Some(p.name.clone()),
+            ..p.spec.clone()
+        })
+    }
+
+    /// The pool a runner was requested from (by the name its `Requested`
+    /// records, else by its labels); `None` when the configuration no longer has
+    /// one that serves it.
+    pub fn pool_of(&self, request: &jitr_domain::RunnerRequest) -> Option<&Pool> {
+        request
+            .spec
+            .pool
+            .as_ref()
+            .and_then(|name| self.pools.iter().find(|p| &p.name == name))
+            .or_else(|| self.pool_for(&request.labels))
     }
 
     /// Whether the repository is served.
@@ -207,32 +261,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_choose_the_instance() {
-        let mut policy = RunnerPolicy::default();
-        policy.rules.push(LabelRule {
-            labels: vec!["large".into()],
-            spec: InstanceSpec {
-                instance_type: "c5.4xlarge".into(),
-                vcpus: 16,
-                image: "ami-big".into(),
-            },
-        });
+    fn the_first_pool_holding_all_of_a_jobs_labels_serves_it() {
         let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(policy.spec_for(&labels(&["ubuntu-latest"])), None);
-        assert_eq!(
-            policy
-                .spec_for(&labels(&["self-hosted", "linux"]))
-                .unwrap()
-                .vcpus,
-            4
-        );
-        assert_eq!(
-            policy
-                .spec_for(&labels(&["Self-Hosted", "large"]))
-                .unwrap()
-                .instance_type,
-            "c5.4xlarge"
-        );
+        let pool = |name: &str, l: &[&str], vcpus: u32| Pool {
+            name: name.into(),
+            labels: labels(l),
+            spec: InstanceSpec {
+                vcpus,
+                ..Pool::default_pool().spec
+            },
+            ..Pool::default_pool()
+        };
+        let policy = RunnerPolicy {
+            pools: vec![
+                pool("arm", &["linux", "arm64"], 4),
+                pool("big", &["linux", "x64", "large"], 16),
+                pool("x64", &["linux", "x64"], 4),
+            ],
+            ..RunnerPolicy::default()
+        };
+        let name = |l: &[&str]| policy.pool_for(&labels(l)).map(|p| p.name.as_str());
+        assert_eq!(name(&["self-hosted", "linux", "arm64"]), Some("arm"));
+        assert_eq!(name(&["self-hosted", "Linux", "X64"]), Some("big"));
+        assert_eq!(name(&["self-hosted", "linux", "x64", "large"]), Some("big"));
+        assert_eq!(name(&["self-hosted"]), Some("arm"));
+        assert_eq!(name(&["self-hosted", "gpu"]), None);
+        assert_eq!(name(&["ubuntu-latest"]), None);
+        let spec = policy.spec_for(&labels(&["linux", "large"])).unwrap();
+        assert_eq!((spec.pool.as_deref(), spec.vcpus), (Some("big"), 16));
     }
 
     #[test]

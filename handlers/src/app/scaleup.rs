@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, FailureStage, InstallationId, IntentResolution, JobRef, LaunchOutcome, NextLaunch,
-    Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch,
+    Command, FailureStage, InstallationId, IntentResolution, JobRef, LaunchChoices, LaunchOutcome,
+    NextLaunch, Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch,
     record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
@@ -106,8 +106,9 @@ impl ScaleUp {
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
         let Some(spec) = self.policy.spec_for(&job.labels) else {
-            return Ok(Outcome::DeadLetter(format!(
-                "no instance for labels {:?}",
+            crate::app::metrics::no_pool(now);
+            return Ok(Outcome::Done(format!(
+                "no pool serves labels {:?}",
                 job.labels
             )));
         };
@@ -167,12 +168,22 @@ impl ScaleUp {
                     }
                 }
                 None | Some(LaunchOutcome::Rejected { .. }) => {
-                    let market = match next_launch(
+                    let request = state.request.as_ref().expect("requested");
+                    let pool = self.policy.pool_of(request);
+                    let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
+                        instance_types: p.instance_types.len(),
+                        spot: p.spot,
+                    });
+                    let (market, type_index) = match next_launch(
                         &refusals,
                         receives,
                         self.policy.max_launch_attempts,
+                        choices,
                     ) {
-                        NextLaunch::Try(market) => market,
+                        NextLaunch::Try {
+                            market,
+                            instance_type,
+                        } => (market, instance_type),
                         NextLaunch::Fail => {
                             let reason = format!("launch refused: {}", last_refusal(&state));
                             self.fail(&stream, FailureStage::Launch, reason.clone(), now)
@@ -198,6 +209,11 @@ impl ScaleUp {
                             return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
                         }
                     };
+                    let instance_type = pool
+                        .and_then(|p| p.instance_types.get(type_index))
+                        .cloned()
+                        .unwrap_or_else(|| request.spec.instance_type.clone());
+                    let settings = pool.map(|p| p.launch.clone()).unwrap_or_default();
                     let intended = self
                         .run(
                             &stream,
@@ -218,11 +234,11 @@ impl ScaleUp {
                         stream: stream.clone(),
                         client_token: token.clone(),
                         market,
-                        instance_type: request.spec.instance_type.clone(),
+                        instance_type,
                         vcpus: request.spec.vcpus,
                         image: request.spec.image.clone(),
                         user_data: None,
-                        settings: self.policy.launch.clone(),
+                        settings,
                     };
                     match self.ports.compute.launch(&launch_spec).await {
                         Ok(launched) => {
@@ -254,6 +270,7 @@ impl ScaleUp {
                                 .await?;
                             refusals.push(Refusal {
                                 market,
+                                instance_type: type_index,
                                 class: e.class,
                             });
                         }

@@ -263,11 +263,16 @@ impl Webhook {
             );
         }
         if event.action == "queued" && self.policy.spec_for(&event.workflow_job.labels).is_none() {
+            tracing::info!(%owner, %repo, labels = ?event.workflow_job.labels, "queued job no pool serves");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            crate::app::metrics::no_pool(jitr_domain::Timestamp(now));
             return Reply::new(
                 200,
                 format!(
-                    "ignored: labels {:?} lack {:?}",
-                    event.workflow_job.labels, self.policy.required_label
+                    "ignored: no pool serves labels {:?}",
+                    event.workflow_job.labels
                 ),
             );
         }

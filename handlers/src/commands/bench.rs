@@ -77,6 +77,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
                 instance_type: "c5.xlarge".into(),
                 vcpus: 4,
                 image: "ami-bench".into(),
+                pool: None,
             },
             deadlines: Deadlines::default(),
             installation: None,

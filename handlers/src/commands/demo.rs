@@ -136,6 +136,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                         instance_type: "c5.xlarge".into(),
                         vcpus: 4,
                         image: "ami-0jitrdemo".into(),
+                        pool: None,
                     },
                     deadlines: Deadlines::default(),
                     installation: None,

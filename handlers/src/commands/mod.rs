@@ -15,6 +15,7 @@ use jitr_infra::SqliteEventStore;
 
 pub mod audit;
 pub mod bench;
+pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod history;
@@ -78,6 +79,9 @@ pub enum Command {
     /// come from the standard AWS chain; the endpoint from --endpoint or
     /// AWS_ENDPOINT_URL (e.g. moto on http://127.0.0.1:5000).
     Init(init::Args),
+    /// Runner pool configuration: `jitr config check FILE`.
+    #[command(subcommand)]
+    Config(config::Args),
     /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
     ///
     /// Build with --release for meaningful figures.
@@ -114,6 +118,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::command(args).await,
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
+        Command::Config(args) => config::command(args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `jitr serve`: everything in one process (see [`crate::runtime::serve`]), on the
 //! embedded default or, with `--aws`, on an AWS deployment.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,6 +45,10 @@ pub struct Args {
     /// rest is kept for minting. On AWS: `JITR_GITHUB_BACKGROUND_SHARE`.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100))]
     github_background_share: u64,
+    /// Runner pools (TOML, see `docs/pools.example.toml`); default: one pool
+    /// for `linux`/`x64` jobs. On AWS: `JITR_CONFIG`.
+    #[arg(long, env = "JITR_CONFIG")]
+    config: Option<PathBuf>,
     /// Reaper and rebalancer period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sweep_interval: Duration,
@@ -85,6 +90,13 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     policy.allowlist = args.allow_repos.clone();
     policy.job_poll_interval_ms = args.job_poll_interval.as_millis() as u64;
     policy.github_background_share_pct = args.github_background_share;
+    if let Some(file) = &args.config {
+        let config = super::config::load(file)?;
+        for warning in &config.warnings {
+            eprintln!("jitr serve: {}: warning: {warning}", file.display());
+        }
+        policy.pools = config.pools;
+    }
     let settings = jitr_infra::SimSettings {
         on_demand_vcpus: args.on_demand_vcpus,
         spot_vcpus: args.spot_vcpus,
@@ -116,6 +128,12 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "aws")]
 async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
+    if args.config.is_some() && std::env::var_os("JITR_CONFIG").is_none() {
+        anyhow::bail!(
+            "with --aws the pool file is read from JITR_CONFIG, as every Lambda handler reads it: \
+             set JITR_CONFIG instead of --config"
+        );
+    }
     let wired = crate::runtime::aws::from_env(args.target.settings(), &args.target.prefix).await?;
     if !wired.has_webhook_secret {
         anyhow::bail!(

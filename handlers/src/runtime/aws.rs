@@ -90,14 +90,35 @@ fn github_from_env() -> Result<GitHubApp, SetupError> {
 /// The policy from the environment (defaults otherwise).
 pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
     let mut policy = RunnerPolicy::default();
+    if let Some(path) = var("JITR_CONFIG") {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{path}: {e}")))?;
+        let config = crate::app::pools::parse(&text)
+            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{path}:{e}")))?;
+        for warning in &config.warnings {
+            tracing::warn!(file = %path, "{warning}");
+        }
+        policy.pools = config.pools;
+        for pinned in ["JITR_IMAGE", "JITR_INSTANCE_TYPE", "JITR_VCPUS"] {
+            if var(pinned).is_some() {
+                return Err(SetupError::Invalid(
+                    pinned,
+                    "set with JITR_CONFIG: the pools in the file say what to launch".into(),
+                ));
+            }
+        }
+    }
+    // Without a pool configuration, these shape the one default pool.
+    let default = &mut policy.pools[0];
     if let Some(image) = var("JITR_IMAGE") {
-        policy.default_spec.image = image;
+        default.spec.image = image;
     }
     if let Some(t) = var("JITR_INSTANCE_TYPE") {
-        policy.default_spec.instance_type = t;
+        default.spec.instance_type = t.clone();
+        default.instance_types = vec![t];
     }
     if let Some(v) = var("JITR_VCPUS") {
-        policy.default_spec.vcpus = v
+        default.spec.vcpus = v
             .parse()
             .map_err(|_| SetupError::Invalid("JITR_VCPUS", format!("{v:?} is not a number")))?;
     }
@@ -144,17 +165,17 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
         policy.github_background_share_pct = pct;
     }
     if let Some(profile) = var("JITR_INSTANCE_PROFILE") {
-        policy.launch.instance_profile = Some(profile);
+        policy.pools[0].launch.instance_profile = Some(profile);
     }
     if let Some(groups) = var("JITR_SECURITY_GROUPS") {
-        policy.launch.security_groups = groups
+        policy.pools[0].launch.security_groups = groups
             .split(',')
             .map(|g| g.trim().to_owned())
             .filter(|g| !g.is_empty())
             .collect();
     }
     if let Some(h) = var("JITR_METADATA_HOP_LIMIT") {
-        policy.launch.metadata_hop_limit = h
+        policy.pools[0].launch.metadata_hop_limit = h
             .parse()
             .ok()
             .filter(|h| (1..=64).contains(h))
@@ -166,7 +187,7 @@ pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
             })?;
     }
     if let Some(g) = var("JITR_ROOT_VOLUME_GIB") {
-        policy.launch.root_volume_gib = Some(g.parse().map_err(|_| {
+        policy.pools[0].launch.root_volume_gib = Some(g.parse().map_err(|_| {
             SetupError::Invalid("JITR_ROOT_VOLUME_GIB", format!("{g:?} is not a number"))
         })?);
     }

@@ -1,0 +1,335 @@
+//! Runner pools from a configuration file (TOML): which jobs each pool serves and
+//! how its instances are launched. `jitr config check FILE` validates a file;
+//! `serve --config` and the AWS handlers (`JITR_CONFIG`) read one. Without a file
+//! the policy's default pool serves.
+//!
+//! ```toml
+//! [defaults]                       # optional, for every pool
+//! subnets = ["subnet-0a1b2c3d"]
+//! security_groups = ["sg-0a1b2c3d"]
+//! instance_profile = "jitr-runner"
+//!
+//! [[pool]]
+//! name = "linux-x64"
+//! labels = ["linux", "x64"]        # a job's labels must all be here (self-hosted implied)
+//! instance_types = ["c7i.xlarge", "c6i.xlarge"]
+//! vcpus = 4
+//! image = "ami-0123456789abcdef0"
+//! ```
+
+use std::collections::BTreeMap;
+
+use jitr_domain::InstanceSpec;
+use jitr_infra::LaunchSettings;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::app::policy::{Architecture, Pool};
+
+/// A configuration file that cannot be used: where, and why.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What a valid file configures, and what looks doubtful in it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The pools, in the file's order (the first that serves a job takes it).
+    pub pools: Vec<Pool>,
+    /// Doubts that do not make the file unusable (e.g. an instance type whose
+    /// size suggests other vCPUs than the pool says).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    subnets: Option<Vec<String>>,
+    security_groups: Option<Vec<String>>,
+    instance_profile: Option<String>,
+    metadata_hop_limit: Option<u8>,
+    root_volume_gib: Option<u32>,
+    spot: Option<bool>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolEntry {
+    name: String,
+    labels: Vec<String>,
+    instance_types: Vec<String>,
+    vcpus: u32,
+    #[serde(default)]
+    architecture: Architecture,
+    image: String,
+    subnets: Option<Vec<String>>,
+    security_groups: Option<Vec<String>>,
+    instance_profile: Option<String>,
+    metadata_hop_limit: Option<u8>,
+    root_volume_gib: Option<u32>,
+    spot: Option<bool>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default, rename = "pool")]
+    pools: Vec<toml::Spanned<PoolEntry>>,
+}
+
+/// Line and column (1-based) of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The vCPUs an instance type's size name implies, where it implies one:
+/// `large` 2, `xlarge` 4, `Nxlarge` 4·N (true of most types, not all).
+pub fn implied_vcpus(instance_type: &str) -> Option<u32> {
+    let size = instance_type.split_once('.')?.1;
+    match size {
+        "large" => Some(2),
+        "xlarge" => Some(4),
+        _ => size
+            .strip_suffix("xlarge")?
+            .parse::<u32>()
+            .ok()
+            .map(|n| n * 4),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_image(image: &str) -> bool {
+    image.starts_with("ami-") || image.starts_with('/') || image.starts_with("resolve:ssm:")
+}
+
+/// Parses and validates a pool configuration.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let (line, column) = position(text, e.span().map_or(0, |s| s.start));
+        ConfigError {
+            line,
+            column,
+            message: e.message().to_owned(),
+        }
+    })?;
+    if file.pools.is_empty() {
+        return Err(ConfigError {
+            line: 1,
+            column: 1,
+            message: "no [[pool]]: at least one pool is needed".into(),
+        });
+    }
+    let defaults = &file.defaults;
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut warnings = Vec::new();
+    for spanned in &file.pools {
+        let (line, column) = position(text, spanned.span().start);
+        let entry = spanned.get_ref();
+        let fail = |message: String| ConfigError {
+            line,
+            column,
+            message: format!("pool {:?}: {message}", entry.name),
+        };
+        if !valid_name(&entry.name) {
+            return Err(fail(
+                "name: 1 to 32 lower-case letters, digits or '-'".into(),
+            ));
+        }
+        if pools.iter().any(|p| p.name == entry.name) {
+            return Err(fail("a pool of that name comes earlier".into()));
+        }
+        let mut labels: Vec<String> = Vec::new();
+        for label in &entry.labels {
+            let label = label.trim();
+            if label.is_empty() {
+                return Err(fail("labels: an empty label".into()));
+            }
+            if !label.eq_ignore_ascii_case("self-hosted")
+                && !labels.iter().any(|l| l.eq_ignore_ascii_case(label))
+            {
+                labels.push(label.to_owned());
+            }
+        }
+        if entry.instance_types.is_empty() {
+            return Err(fail("instance_types: at least one".into()));
+        }
+        for t in &entry.instance_types {
+            if !t.contains('.') || t.contains(char::is_whitespace) {
+                return Err(fail(format!(
+                    "instance_types: {t:?} is not an instance type"
+                )));
+            }
+            if let Some(implied) = implied_vcpus(t).filter(|v| *v != entry.vcpus) {
+                warnings.push(format!(
+                    "line {line}: pool {:?}: {t} usually has {implied} vCPUs, the pool says {}",
+                    entry.name, entry.vcpus
+                ));
+            }
+        }
+        if entry.vcpus == 0 {
+            return Err(fail("vcpus: at least 1".into()));
+        }
+        if !valid_image(&entry.image) {
+            return Err(fail(format!(
+                "image: {:?} is neither an AMI id (ami-…) nor an SSM parameter (/aws/service/…)",
+                entry.image
+            )));
+        }
+        let hop = entry
+            .metadata_hop_limit
+            .or(defaults.metadata_hop_limit)
+            .unwrap_or(1);
+        if !(1..=64).contains(&hop) {
+            return Err(fail(format!("metadata_hop_limit: {hop} is not 1 to 64")));
+        }
+        let root = entry.root_volume_gib.or(defaults.root_volume_gib);
+        if let Some(gib) = root.filter(|g| !(8..=16_384).contains(g)) {
+            return Err(fail(format!("root_volume_gib: {gib} is not 8 to 16384")));
+        }
+        let mut tags = defaults.tags.clone();
+        tags.extend(entry.tags.clone());
+        if let Some(key) = tags
+            .keys()
+            .find(|k| k.starts_with("jitr:") || *k == "managed-by")
+        {
+            return Err(fail(format!("tags: {key:?} is jitr's own tag")));
+        }
+        pools.push(Pool {
+            name: entry.name.clone(),
+            labels,
+            instance_types: entry.instance_types.clone(),
+            spec: InstanceSpec {
+                instance_type: entry.instance_types[0].clone(),
+                vcpus: entry.vcpus,
+                image: entry.image.clone(),
+                pool: None,
+            },
+            architecture: entry.architecture,
+            spot: entry.spot.or(defaults.spot).unwrap_or(true),
+            launch: LaunchSettings {
+                instance_profile: entry
+                    .instance_profile
+                    .clone()
+                    .or_else(|| defaults.instance_profile.clone()),
+                security_groups: entry
+                    .security_groups
+                    .clone()
+                    .or_else(|| defaults.security_groups.clone())
+                    .unwrap_or_default(),
+                subnets: entry
+                    .subnets
+                    .clone()
+                    .or_else(|| defaults.subnets.clone())
+                    .unwrap_or_default(),
+                metadata_hop_limit: hop,
+                root_volume_gib: root,
+                tags,
+            },
+        });
+    }
+    for (i, pool) in pools.iter().enumerate() {
+        if let Some(earlier) = pools[..i].iter().find(|p| {
+            pool.labels
+                .iter()
+                .all(|l| p.labels.iter().any(|m| m.eq_ignore_ascii_case(l)))
+        }) {
+            warnings.push(format!(
+                "pool {:?} serves no job: {:?} comes first and has all of its labels",
+                pool.name, earlier.name
+            ));
+        }
+    }
+    Ok(Config { pools, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../docs/pools.example.toml");
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let config = parse(EXAMPLE).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["linux-arm64", "linux-x64", "linux-x64-large"]);
+        let arm = &config.pools[0];
+        assert_eq!(arm.architecture, Architecture::Arm64);
+        assert_eq!(arm.launch.instance_profile.as_deref(), Some("jitr-runner"));
+        assert_eq!(arm.launch.root_volume_gib, Some(64));
+    }
+
+    fn error(text: &str) -> ConfigError {
+        parse(text).unwrap_err()
+    }
+
+    const POOL: &str = "[[pool]]\nname = \"a\"\nlabels = [\"linux\"]\ninstance_types = [\"c7i.xlarge\"]\nvcpus = 4\nimage = \"ami-1\"\n";
+
+    #[test]
+    fn errors_name_the_line_and_the_problem() {
+        let e = error(&format!(
+            "{POOL}\n[[pool]]\nname = \"b\"\nlabels = [\"linux\"]\nvcpus = 4\n"
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("instance_types"), "{e}");
+        let e = error(&format!("{POOL}colour = \"red\"\n"));
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let e = error(&format!(
+            "{POOL}\n{}",
+            POOL.replace("ami-1", "ubuntu").replace("\"a\"", "\"b\"")
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("neither an AMI id"), "{e}");
+        let e = error(&format!("{POOL}\n{POOL}"));
+        assert!(e.message.contains("comes earlier"), "{e}");
+        let e = error(&POOL.replace("vcpus = 4", "vcpus = \"four\""));
+        assert_eq!(
+            (e.line, e.message.contains("expected u32")),
+            (5, true),
+            "{e}"
+        );
+        assert!(error("").message.contains("at least one pool"));
+        let e = error(&format!("{POOL}tags = {{ \"jitr:runner\" = \"x\" }}\n"));
+        assert!(e.message.contains("jitr's own tag"), "{e}");
+    }
+
+    #[test]
+    fn doubtful_sizes_and_shadowed_pools_are_warned_of() {
+        let text = format!(
+            "{}\n{}",
+            POOL.replace("c7i.xlarge", "c7i.2xlarge"),
+            POOL.replace("\"a\"", "\"b\"")
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("usually has 8 vCPUs"));
+        assert!(config.warnings[1].contains("serves no job"));
+        assert_eq!(implied_vcpus("m7i.24xlarge"), Some(96));
+        assert_eq!(implied_vcpus("t3.medium"), None);
+    }
+}

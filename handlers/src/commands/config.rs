@@ -1,0 +1,72 @@
+//! `jitr config check FILE`: validates a runner pool configuration and says what
+//! it configures; a broken file is named with its line and problem (exit 2).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::app::pools::{self, Config};
+
+/// `jitr config` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// Validate a pool configuration file: exit 0 when usable (warnings are
+    /// printed), 2 with FILE:LINE:COLUMN and the problem when not.
+    Check {
+        /// The file (TOML; the schema is in `docs/pools.example.toml`).
+        file: PathBuf,
+    },
+}
+
+/// Reads and validates `path`; the error names the file, line and column.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    pools::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+}
+
+/// One line a pool, for people.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    for pool in &config.pools {
+        out.push_str(&format!(
+            "pool {:<20} labels [self-hosted, {}] → {} × {} vCPUs ({}), {}{}\n",
+            pool.name,
+            pool.labels.join(", "),
+            pool.instance_types.join(" | "),
+            pool.spec.vcpus,
+            match pool.architecture {
+                crate::app::policy::Architecture::X86_64 => "x86_64",
+                crate::app::policy::Architecture::Arm64 => "arm64",
+            },
+            pool.spec.image,
+            if pool.spot {
+                ", spot first"
+            } else {
+                ", on-demand"
+            },
+        ));
+    }
+    for warning in &config.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+/// Runs `jitr config`.
+pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    match args {
+        Args::Check { file } => match load(&file) {
+            Ok(config) => {
+                print!("{}", describe(&config));
+                println!("{}: {} pools, valid", file.display(), config.pools.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
+    }
+}
