@@ -363,3 +363,49 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
         Some(s.as_str())
     );
 }
+
+/// Issue 11: a pool's image may be an SSM parameter (`/aws/service/…`, or EC2's
+/// `resolve:ssm:` form): it is resolved to the AMI id at launch, also for the
+/// root volume's device; a missing parameter is a refused request naming it.
+#[tokio::test]
+async fn an_image_named_by_an_ssm_parameter_is_resolved_at_launch() {
+    let config = jitr_e2e::aws::config().await;
+    let name = format!("/{}/runner-ami", jitr_e2e::aws::unique("images"));
+    aws_sdk_ssm::Client::new(&config)
+        .put_parameter()
+        .name(&name)
+        .value(AMI)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let ec2 = ec2().await;
+    for (job, image) in [(50, name.clone()), (51, format!("resolve:ssm:{name}"))] {
+        let s = stream(job);
+        let mut launch = spec(&s, Market::OnDemand);
+        launch.image = image;
+        launch.settings.root_volume_gib = Some(30);
+        let launched = ec2.launch(&launch).await.unwrap();
+        let described = aws_sdk_ec2::Client::new(&config)
+            .describe_instances()
+            .instance_ids(&launched.instance_id.0)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            described.reservations()[0].instances()[0].image_id(),
+            Some(AMI)
+        );
+    }
+    let s = stream(52);
+    let mut launch = spec(&s, Market::OnDemand);
+    launch.image = format!("{name}-missing");
+    match ec2.launch(&launch).await {
+        Err(LaunchFailure::Rejected(e)) => {
+            assert_eq!(e.class, LaunchErrorClass::InvalidRequest);
+            assert!(e.message.contains("-missing"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(jitr_aws::image_parameter("ami-1"), None);
+}

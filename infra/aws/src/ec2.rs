@@ -33,6 +33,24 @@ pub struct Ec2Compute {
     deployment: Option<String>,
     /// Each image's root device name, asked once (DescribeImages).
     root_devices: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Where images named by an SSM parameter are resolved.
+    ssm: aws_sdk_ssm::Client,
+    /// Images resolved from SSM parameters, and when.
+    resolved: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    >,
+}
+
+/// How long an image resolved from an SSM parameter is used before asking again
+/// (public parameters such as `/aws/service/…` move to new AMIs over time).
+const IMAGE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The SSM parameter an image names, if it names one: `resolve:ssm:NAME` (EC2's
+/// own form) or a parameter path (`/aws/service/…`).
+pub fn image_parameter(image: &str) -> Option<&str> {
+    image
+        .strip_prefix("resolve:ssm:")
+        .or_else(|| image.starts_with('/').then_some(image))
 }
 
 impl Ec2Compute {
@@ -45,6 +63,8 @@ impl Ec2Compute {
             page_size: None,
             deployment: None,
             root_devices: Default::default(),
+            ssm: aws_sdk_ssm::Client::new(config),
+            resolved: Default::default(),
         }
     }
 
@@ -74,6 +94,61 @@ impl Ec2Compute {
         token.0.hash(&mut h);
         let i = (h.finish() % subnets.len() as u64) as usize;
         Some(&subnets[i])
+    }
+
+    /// The AMI id `image` stands for: itself, or the value of the SSM parameter
+    /// it names (cached for [`IMAGE_TTL`]). A missing parameter is a refused
+    /// request (`InvalidAMIID.NotFound`, naming the parameter).
+    async fn image_id(&self, image: &str) -> Result<String, LaunchFailure> {
+        let Some(name) = image_parameter(image) else {
+            return Ok(image.to_owned());
+        };
+        if let Some((ami, at)) = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            if at.elapsed() < IMAGE_TTL {
+                return Ok(ami.clone());
+            }
+        }
+        let out = self
+            .ssm
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .map_err(|e| match e.code() {
+                Some("ParameterNotFound") => LaunchFailure::Rejected(LaunchError::new(
+                    "InvalidAMIID.NotFound",
+                    format!("the image's SSM parameter {name} does not exist"),
+                )),
+                Some(code) => LaunchFailure::Rejected(LaunchError::new(
+                    code,
+                    format!(
+                        "reading the image's SSM parameter {name}: {}",
+                        e.message().unwrap_or_default()
+                    ),
+                )),
+                None => LaunchFailure::Unknown(Box::new(e)),
+            })?;
+        let ami = out
+            .parameter()
+            .and_then(|p| p.value())
+            .filter(|v| v.starts_with("ami-"))
+            .ok_or_else(|| {
+                LaunchFailure::Rejected(LaunchError::new(
+                    "InvalidAMIID.Malformed",
+                    format!("the SSM parameter {name} holds no AMI id"),
+                ))
+            })?
+            .to_owned();
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (ami.clone(), std::time::Instant::now()));
+        Ok(ami)
     }
 
     /// The root device name of `image` (`/dev/xvda`, `/dev/sda1`, …), to size
@@ -124,6 +199,7 @@ impl Ec2Compute {
         &self,
         mut req: aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
         spec: &LaunchSpec,
+        image: &str,
     ) -> Result<
         aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
         LaunchFailure,
@@ -167,7 +243,7 @@ impl Ec2Compute {
             req = req.iam_instance_profile(spec.build());
         }
         if let Some(gib) = settings.root_volume_gib {
-            let device = self.root_device(&spec.image).await?;
+            let device = self.root_device(image).await?;
             req = req.block_device_mappings(
                 BlockDeviceMapping::builder()
                     .device_name(device)
@@ -303,15 +379,16 @@ impl Ec2Compute {
 #[async_trait]
 impl Compute for Ec2Compute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
+        let image = self.image_id(&spec.image).await?;
         let req = self
             .client
             .run_instances()
-            .image_id(&spec.image)
+            .image_id(&image)
             .instance_type(InstanceType::from(spec.instance_type.as_str()))
             .min_count(1)
             .max_count(1)
             .client_token(&spec.client_token.0);
-        let mut req = self.with_settings(req, spec).await?.set_user_data(
+        let mut req = self.with_settings(req, spec, &image).await?.set_user_data(
             spec.user_data
                 .as_ref()
                 .map(|u| aws_smithy_types::base64::encode(u.as_bytes())),

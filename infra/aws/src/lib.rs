@@ -25,7 +25,7 @@ pub use aws_config::SdkConfig;
 pub use cloudwatch::{AlarmError, AlarmState, Alarms};
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;
-pub use ec2::Ec2Compute;
+pub use ec2::{Ec2Compute, image_parameter};
 pub use eventbridge::{BusSetup, EventBridgeBus};
 pub use names::AwsNames;
 pub use provision::{InitError, Resource, Setup, provision};
