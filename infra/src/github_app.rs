@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::ports::{
     GitHub, GitHubError, JitConfig, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage,
-    Runner, RunnerScope,
+    Runner, RunnerGroup, RunnerScope,
 };
 
 impl From<reqwest::Error> for GitHubError {
@@ -460,6 +460,29 @@ impl GitHub for GitHubApp {
                 })
             })
             .collect()
+    }
+
+    async fn runner_groups(
+        &self,
+        installation: u64,
+        org: &str,
+    ) -> Result<Vec<RunnerGroup>, GitHubError> {
+        let groups = self
+            .get_all(
+                installation,
+                &format!("/orgs/{org}/actions/runner-groups"),
+                "runner_groups",
+            )
+            .await?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| {
+                Some(RunnerGroup {
+                    id: g["id"].as_u64()?,
+                    name: g["name"].as_str()?.to_owned(),
+                })
+            })
+            .collect())
     }
 
     async fn queued_runs(

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerScope,
+    RunnerGroup, RunnerScope,
 };
 
 /// One injectable GitHub fault (until cleared).
@@ -87,6 +87,14 @@ impl GitHub for FaultyGitHub {
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
         self.inner.list_runners(installation, scope).await
+    }
+
+    async fn runner_groups(
+        &self,
+        installation: u64,
+        org: &str,
+    ) -> Result<Vec<RunnerGroup>, GitHubError> {
+        self.inner.runner_groups(installation, org).await
     }
 
     async fn queued_runs(

@@ -24,7 +24,7 @@ use crate::ports::{
 };
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerScope,
+    RunnerGroup, RunnerScope,
 };
 use crate::ports::{JitConfig, RunnerSecrets, SecretError};
 
@@ -531,6 +531,8 @@ pub struct SimGitHub {
     poll_failures: Arc<Mutex<Vec<u16>>>,
     spent: Arc<Mutex<HashMap<u64, SimRateWindow>>>,
     rate_limit: Arc<Mutex<Option<(u64, SimClock)>>>,
+    groups: Arc<Mutex<Vec<(String, RunnerGroup)>>>,
+    minted: Arc<Mutex<Vec<JitRequest>>>,
 }
 
 /// One installation's requests in the stand-in's rate-limit window.
@@ -573,6 +575,8 @@ impl SimGitHub {
             poll_failures: Arc::default(),
             spent: Arc::default(),
             rate_limit: Arc::default(),
+            groups: Arc::default(),
+            minted: Arc::default(),
         })
     }
 
@@ -587,6 +591,29 @@ impl SimGitHub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend_from_slice(statuses);
+    }
+
+    /// Every JIT runner registered so far, as requested.
+    pub fn jit_requests(&self) -> Vec<JitRequest> {
+        self.minted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Creates runner group `name` in `org` (every organisation also has
+    /// `Default`, id 1); returns its id.
+    pub fn add_runner_group(&self, org: &str, name: &str) -> u64 {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let id = groups.len() as u64 + 2;
+        groups.push((
+            org.to_owned(),
+            RunnerGroup {
+                id,
+                name: name.to_owned(),
+            },
+        ));
+        id
     }
 
     /// Limits every installation to `per_hour` requests per hour, as GitHub's
@@ -740,6 +767,10 @@ impl GitHub for SimGitHub {
             Err(e) => return Err(gh_sql(e)),
         }
         let id = conn.last_insert_rowid() as u64;
+        self.minted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request.clone());
         Ok(JitRunner {
             runner_id: id,
             name: request.name.clone(),
@@ -786,6 +817,27 @@ impl GitHub for SimGitHub {
             })
             .map_err(gh_sql)?;
         rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
+    async fn runner_groups(
+        &self,
+        installation: u64,
+        org: &str,
+    ) -> Result<Vec<RunnerGroup>, GitHubError> {
+        self.spend(installation)?;
+        let mut groups = vec![RunnerGroup {
+            id: 1,
+            name: "Default".into(),
+        }];
+        groups.extend(
+            self.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(o, _)| o.eq_ignore_ascii_case(org))
+                .map(|(_, g)| g.clone()),
+        );
+        Ok(groups)
     }
 
     async fn queued_runs(

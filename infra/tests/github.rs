@@ -701,3 +701,36 @@ async fn rate_limits_are_kept_per_installation() {
     assert!(matches!(again, GitHubError::RateLimited { .. }));
     assert_eq!(client.usage(43).sent, 1);
 }
+
+/// Issue 11: an organisation's runner groups, for a pool's group by name.
+#[tokio::test]
+async fn runner_groups_are_listed_with_their_ids() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_groups", "2027-01-15T09:00:00Z", 1)
+        .await;
+    let (accept, version) = github_headers();
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runner-groups"))
+        .and(query_param("per_page", "100"))
+        .and(header("authorization", "Bearer ghs_groups"))
+        .and(accept)
+        .and(version)
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 2,
+            "runner_groups": [
+                {"id": 1, "name": "Default", "visibility": "all", "default": true},
+                {"id": 7, "name": "builders", "visibility": "selected", "default": false}
+            ]
+        })))
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let groups = world
+        .client()
+        .runner_groups(INSTALLATION, "acme")
+        .await
+        .unwrap();
+    let names: Vec<(u64, &str)> = groups.iter().map(|g| (g.id, g.name.as_str())).collect();
+    assert_eq!(names, [(1, "Default"), (7, "builders")]);
+}

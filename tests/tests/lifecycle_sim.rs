@@ -1010,3 +1010,59 @@ async fn capacity_refusals_try_the_pools_next_type_then_on_demand() {
         })
     }
 }
+
+/// Issue 11: a pool may register its runners in the job's organisation, in a
+/// runner group named in the configuration: the name is resolved to its id
+/// through GitHub once, and a name the organisation lacks fails the runner with
+/// GitHub's answer (its instance terminated).
+#[tokio::test]
+async fn an_organisation_pool_registers_its_runners_in_its_group_by_name() {
+    use jitr_handlers::app::policy::PoolScope;
+    use jitr_infra::{GitHub, RunnerScope};
+
+    let in_group = |group: &'static str| {
+        World::with_policy(move |policy| {
+            policy.pools[0].scope = Some(PoolScope::Organization);
+            policy.pools[0].runner_group = Some(group.into());
+        })
+    };
+    let world = in_group("builders");
+    let id = world.github.add_runner_group("acme", "builders");
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    let sent = world.github.usage(1).sent;
+    world.queued(2).await.unwrap();
+    assert_eq!(
+        world.github.usage(1).sent - sent,
+        1,
+        "the group id is asked once, then only minted"
+    );
+    for request in world.github.jit_requests() {
+        assert_eq!(request.scope, RunnerScope::Org { org: "acme".into() });
+        assert_eq!(request.runner_group_id, id);
+    }
+    // The registration is the organisation's: compensation removes it there.
+    let runners = world
+        .github
+        .list_runners(1, &RunnerScope::Org { org: "acme".into() })
+        .await
+        .unwrap();
+    assert_eq!(runners.len(), 2);
+
+    let mut world = in_group("nope");
+    world.queued(1).await.unwrap();
+    world.project_and_compensate().await;
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    let failed = events.iter().find_map(|r| match &r.event {
+        jitr_domain::RunnerEvent::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|r| r.contains("\"nope\" does not exist in acme")),
+        "{failed:?}"
+    );
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    world.assert_no_leak().await;
+}

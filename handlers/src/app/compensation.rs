@@ -237,7 +237,7 @@ impl Compensation {
             tracing::warn!(%stream, error = %e, "JIT config not deleted");
         }
         if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
-            let scope = self.policy.scope_for(&request.job.owner, &request.job.repo);
+            let scope = self.policy.scope_of(request);
             let installation = self.policy.installation_for(&state);
             if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
                 for runner in runners.iter().filter(|r| &r.name == name) {

@@ -18,6 +18,16 @@ pub enum Architecture {
     Arm64,
 }
 
+/// Where a pool's runners register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolScope {
+    /// In the job's repository.
+    Repository,
+    /// In the job's organisation (its owner), where runner groups apply.
+    Organization,
+}
+
 /// A runner pool: the jobs it serves and how its instances are launched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
@@ -34,6 +44,11 @@ pub struct Pool {
     pub architecture: Architecture,
     /// Whether spot is tried first (else on-demand only).
     pub spot: bool,
+    /// Where its runners register (none: the deployment's registration).
+    pub scope: Option<PoolScope>,
+    /// The organisation runner group its runners join, by name (resolved to its
+    /// id through GitHub's API); none: the deployment's group.
+    pub runner_group: Option<String>,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
 }
@@ -63,6 +78,8 @@ impl Pool {
             },
             architecture: Architecture::X86_64,
             spot: true,
+            scope: None,
+            runner_group: None,
             launch: jitr_infra::LaunchSettings::default(),
         }
     }
@@ -226,7 +243,7 @@ impl RunnerPolicy {
     ) -> Option<String> {
         let request = state.request.as_ref()?;
         let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-        let allowed = match self.scope_for(&request.job.owner, &request.job.repo) {
+        let allowed = match self.scope_of(request) {
             RunnerScope::Repo { owner: o, repo: r } => same(&o, owner) && same(&r, repo),
             RunnerScope::Org { org } => same(&org, owner),
         };
@@ -244,7 +261,21 @@ impl RunnerPolicy {
         }
     }
 
-    /// Where the runner of a job in `owner/repo` registers.
+    /// Where a runner registers: as its pool says, else as the deployment does.
+    pub fn scope_of(&self, request: &jitr_domain::RunnerRequest) -> RunnerScope {
+        let (owner, repo) = (&request.job.owner, &request.job.repo);
+        match self.pool_of(request).and_then(|p| p.scope) {
+            Some(PoolScope::Repository) => RunnerScope::Repo {
+                owner: owner.clone(),
+                repo: repo.clone(),
+            },
+            Some(PoolScope::Organization) => RunnerScope::Org { org: owner.clone() },
+            None => self.scope_for(owner, repo),
+        }
+    }
+
+    /// Where the runner of a job in `owner/repo` registers by the deployment's
+    /// registration (a pool may say otherwise: [`RunnerPolicy::scope_of`]).
     pub fn scope_for(&self, owner: &str, repo: &str) -> RunnerScope {
         match &self.registration {
             Registration::Repository => RunnerScope::Repo {

@@ -15,6 +15,8 @@
 //! instance_types = ["c7i.xlarge", "c6i.xlarge"]
 //! vcpus = 4
 //! image = "ami-0123456789abcdef0"
+//! scope = "organization"           # register in the job's organisation …
+//! runner_group = "ci-builders"     # … in this runner group (by name)
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use jitr_infra::LaunchSettings;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::app::policy::{Architecture, Pool};
+use crate::app::policy::{Architecture, Pool, PoolScope};
 
 /// A configuration file that cannot be used: where, and why.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -77,6 +79,8 @@ struct PoolEntry {
     metadata_hop_limit: Option<u8>,
     root_volume_gib: Option<u32>,
     spot: Option<bool>,
+    scope: Option<PoolScope>,
+    runner_group: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -209,6 +213,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         if let Some(gib) = root.filter(|g| !(8..=16_384).contains(g)) {
             return Err(fail(format!("root_volume_gib: {gib} is not 8 to 16384")));
         }
+        if entry.runner_group.is_some() && entry.scope != Some(PoolScope::Organization) {
+            return Err(fail(
+                "runner_group: runner groups are an organisation's; set scope = \"organization\""
+                    .into(),
+            ));
+        }
         let mut tags = defaults.tags.clone();
         tags.extend(entry.tags.clone());
         if let Some(key) = tags
@@ -229,6 +239,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             },
             architecture: entry.architecture,
             spot: entry.spot.or(defaults.spot).unwrap_or(true),
+            scope: entry.scope,
+            runner_group: entry.runner_group.clone(),
             launch: LaunchSettings {
                 instance_profile: entry
                     .instance_profile
@@ -316,6 +328,10 @@ mod tests {
         assert!(error("").message.contains("at least one pool"));
         let e = error(&format!("{POOL}tags = {{ \"jitr:runner\" = \"x\" }}\n"));
         assert!(e.message.contains("jitr's own tag"), "{e}");
+        let e = error(&format!("{POOL}runner_group = \"builders\"\n"));
+        assert!(e.message.contains("scope = \"organization\""), "{e}");
+        let e = error(&format!("{POOL}scope = \"enterprise\"\n"));
+        assert!(e.message.contains("unknown variant `enterprise`"), "{e}");
     }
 
     #[test]

@@ -375,7 +375,7 @@ impl Reaper {
         let open = self.ports.store.open_streams().await.unwrap_or_default();
         for head in open.heads {
             if let Some(r) = &head.state.request {
-                let scope = self.policy.scope_for(&r.job.owner, &r.job.repo);
+                let scope = self.policy.scope_of(r);
                 let entry = (self.policy.installation_for(&head.state), scope);
                 if !scopes.contains(&entry) {
                     scopes.push(entry);

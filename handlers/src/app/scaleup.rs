@@ -9,7 +9,8 @@
 //! termination); a launch whose outcome is unknown is retried, and the next
 //! delivery resolves it by its token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitr_domain::{
@@ -29,6 +30,8 @@ use crate::app::webhook::JobMessage;
 pub struct ScaleUp {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
+    /// Runner group ids by installation, organisation and name.
+    groups: Mutex<HashMap<(u64, String, String), u64>>,
     /// Crash injection for recovery tests.
     pub crash: CrashSwitch,
 }
@@ -39,6 +42,7 @@ impl ScaleUp {
         ScaleUp {
             ports,
             policy,
+            groups: Mutex::default(),
             crash: CrashSwitch::default(),
         }
     }
@@ -289,6 +293,47 @@ impl ScaleUp {
         self.mint(&stream, job, receives, now).await
     }
 
+    /// The runner group id the runner joins: its pool's group, by name, in an
+    /// organisation scope (asked of GitHub once per installation, organisation
+    /// and name), else the deployment's. A name the organisation lacks is
+    /// GitHub's definitive answer (`Invalid`).
+    async fn runner_group(
+        &self,
+        state: &RunnerState,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+    ) -> Result<u64, GitHubError> {
+        let name = state
+            .request
+            .as_ref()
+            .and_then(|r| self.policy.pool_of(r))
+            .and_then(|p| p.runner_group.clone());
+        let (Some(name), jitr_infra::RunnerScope::Org { org }) = (name, scope) else {
+            return Ok(self.policy.runner_group_id);
+        };
+        let key = (installation, org.to_lowercase(), name.clone());
+        if let Some(id) = self.groups().get(&key) {
+            return Ok(*id);
+        }
+        let groups = self.ports.github.runner_groups(installation, org).await?;
+        let Some(group) = groups.iter().find(|g| g.name.eq_ignore_ascii_case(&name)) else {
+            return Err(GitHubError::Invalid(format!(
+                "runner group {name:?} does not exist in {org} (it has: {})",
+                groups
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        self.groups().insert(key, group.id);
+        Ok(group.id)
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, String, String), u64>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Mints the JIT config, hands it over, records `TokenMinted`.
     async fn mint(
         &self,
@@ -308,18 +353,27 @@ impl ScaleUp {
             .runner_name_to_register()
             .unwrap_or_else(|| stream.runner_name());
         let installation = self.policy.installation_for(&state);
+        let scope = match &state.request {
+            Some(requested) => self.policy.scope_of(requested),
+            None => self.policy.scope_for(&job.owner, &job.repo),
+        };
+        let group = self.runner_group(&state, installation, &scope).await;
         let request = JitRequest {
-            scope: self.policy.scope_for(&job.owner, &job.repo),
+            scope,
             name: name.clone(),
-            runner_group_id: self.policy.runner_group_id,
+            runner_group_id: *group.as_ref().unwrap_or(&self.policy.runner_group_id),
             labels: job.labels.clone(),
             work_folder: self.policy.work_folder.clone(),
         };
-        let mut minted = self
-            .ports
-            .github
-            .generate_jit_config(installation, &request)
-            .await;
+        let mut minted = match group {
+            Ok(_) => {
+                self.ports
+                    .github
+                    .generate_jit_config(installation, &request)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(GitHubError::RunnerNameExists(_)) = &minted {
             // A crash after minting left the registration behind: replace it.
             if let Ok(runners) = self

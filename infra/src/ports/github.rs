@@ -68,6 +68,15 @@ pub struct Runner {
     pub labels: Vec<String>,
 }
 
+/// An organisation's runner group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerGroup {
+    /// Its id (what a JIT config names).
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
 /// A workflow job waiting for a runner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedJob {
@@ -228,6 +237,12 @@ pub trait GitHub: Send + Sync {
         installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError>;
+    /// An organisation's runner groups (`GET /orgs/{org}/actions/runner-groups`).
+    async fn runner_groups(
+        &self,
+        installation: u64,
+        org: &str,
+    ) -> Result<Vec<RunnerGroup>, GitHubError>;
     /// The ids of a repository's queued workflow runs
     /// (`GET /repos/{owner}/{repo}/actions/runs?status=queued`).
     async fn queued_runs(

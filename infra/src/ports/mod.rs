@@ -25,7 +25,7 @@ pub use event_store::{
 };
 pub use github::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerScope,
+    RunnerGroup, RunnerScope,
 };
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, Queue, QueueError, QueueMessage,
