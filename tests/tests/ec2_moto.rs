@@ -291,6 +291,8 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
         root_volume_gib: Some(64),
         tags: [("team".to_owned(), "ci".to_owned())].into(),
     };
+    let script = jitr_handlers::app::bootstrap::Bootstrap::default().render();
+    launch.user_data = Some(script.clone());
     let launched = ec2().await.launch(&launch).await.unwrap();
     let id = launched.instance_id.0.clone();
 
@@ -338,6 +340,20 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
             .and_then(|v| v.value()),
         Some("terminate")
     );
+
+    let user_data = client
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = user_data
+        .user_data()
+        .and_then(|v| v.value())
+        .expect("user data");
+    let decoded = aws_smithy_types::base64::decode(encoded).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), script);
 
     let root = instance.root_device_name().expect("a root device");
     let volume_id = instance

@@ -135,6 +135,9 @@ pub struct RunnerPolicy {
     /// background work — the rebalancer's listings, periodic job polls — may
     /// spend; the rest is kept for minting runners.
     pub github_background_share_pct: u64,
+    /// The user data runner instances boot with (none: the simulator's, which
+    /// needs none).
+    pub bootstrap: Option<crate::app::bootstrap::Bootstrap>,
 }
 
 impl Default for RunnerPolicy {
@@ -158,6 +161,7 @@ impl Default for RunnerPolicy {
             job_poll_interval_ms: 300_000,
             job_poll_patience_ms: 600_000,
             github_background_share_pct: 20,
+            bootstrap: None,
         }
     }
 }

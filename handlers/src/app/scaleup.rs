@@ -241,7 +241,7 @@ impl ScaleUp {
                         instance_type,
                         vcpus: request.spec.vcpus,
                         image: request.spec.image.clone(),
-                        user_data: None,
+                        user_data: self.policy.bootstrap.as_ref().map(|b| b.render()),
                         settings,
                     };
                     match self.ports.compute.launch(&launch_spec).await {

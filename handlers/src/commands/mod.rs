@@ -15,6 +15,7 @@ use jitr_infra::SqliteEventStore;
 
 pub mod audit;
 pub mod bench;
+pub mod bootstrap_script;
 pub mod config;
 pub mod demo;
 pub mod doctor;
@@ -79,6 +80,10 @@ pub enum Command {
     /// come from the standard AWS chain; the endpoint from --endpoint or
     /// AWS_ENDPOINT_URL (e.g. moto on http://127.0.0.1:5000).
     Init(init::Args),
+    /// Print the user-data script runner instances boot with: IMDSv2, the JIT
+    /// config from SSM (then deleted), the runner as an unprivileged user, power
+    /// off when it exits.
+    BootstrapScript(bootstrap_script::Args),
     /// Runner pool configuration: `jitr config check FILE`.
     #[command(subcommand)]
     Config(config::Args),
@@ -119,6 +124,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
         Command::Config(args) => config::command(args).await,
+        Command::BootstrapScript(args) => bootstrap_script::command(args).await,
     }
 }
 

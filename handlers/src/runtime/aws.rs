@@ -87,6 +87,43 @@ fn github_from_env() -> Result<GitHubApp, SetupError> {
     .map_err(|e| SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY", e.to_string()))
 }
 
+/// The runner bootstrap from the environment: `JITR_RUNNER_DIR`,
+/// `JITR_RUNNER_USER`, and `JITR_RUNNER_URL` with `JITR_RUNNER_SHA256` when the
+/// image lacks the runner.
+pub fn bootstrap_from_env(
+    ssm_prefix: String,
+) -> Result<crate::app::bootstrap::Bootstrap, SetupError> {
+    let mut bootstrap = crate::app::bootstrap::Bootstrap {
+        ssm_prefix,
+        ..Default::default()
+    };
+    if let Some(dir) = var("JITR_RUNNER_DIR") {
+        bootstrap.runner_dir = dir;
+    }
+    if let Some(user) = var("JITR_RUNNER_USER") {
+        bootstrap.runner_user = user;
+    }
+    bootstrap.runner_download = match (var("JITR_RUNNER_URL"), var("JITR_RUNNER_SHA256")) {
+        (None, None) => None,
+        (Some(url), Some(sha)) if sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some((url, sha.to_lowercase()))
+        }
+        (Some(_), _) => {
+            return Err(SetupError::Invalid(
+                "JITR_RUNNER_SHA256",
+                "the runner download needs the archive's SHA-256 (64 hex digits)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(SetupError::Invalid(
+                "JITR_RUNNER_URL",
+                "JITR_RUNNER_SHA256 is set without the URL it checks".into(),
+            ));
+        }
+    };
+    Ok(bootstrap)
+}
+
 /// The policy from the environment (defaults otherwise).
 pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
     let mut policy = RunnerPolicy::default();
@@ -222,14 +259,12 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
                 .collect()
         })
         .unwrap_or_default();
+    let ssm_prefix = var("JITR_SSM_PREFIX").unwrap_or_else(|| "/jitr/runners".into());
     let ports = Ports {
         store: Arc::new(DynamoEventStore::new(&config, names.events_table())),
         compute: Arc::new(Ec2Compute::new(&config, subnets).with_deployment(names.prefix())),
         github: Arc::new(github_from_env()?),
-        secrets: Arc::new(SsmSecrets::new(
-            &config,
-            var("JITR_SSM_PREFIX").unwrap_or_else(|| "/jitr/runners".into()),
-        )),
+        secrets: Arc::new(SsmSecrets::new(&config, ssm_prefix.clone())),
         scaleup_queue: find(names.scaleup_queue()).await?,
         lifecycle_queue: find(names.lifecycle_queue()).await?,
         compensation_queue: find(names.compensation_queue()).await?,
@@ -237,6 +272,7 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
     };
     let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();
     let mut policy = policy_from_env()?;
+    policy.bootstrap = Some(bootstrap_from_env(ssm_prefix)?);
     // The deployment scopes runner names and launch tokens (ADR-0010).
     policy.deployment = Some(names.prefix().to_owned());
     Ok(AwsApp {

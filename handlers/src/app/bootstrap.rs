@@ -1,0 +1,82 @@
+//! The runner bootstrap: the user-data script every runner instance runs at
+//! first boot (`assets/bootstrap.sh`), with this deployment's settings written
+//! at its top. `jitr bootstrap-script` prints it for an operator to read.
+
+use serde::{Deserialize, Serialize};
+
+const BODY: &str = include_str!("../../assets/bootstrap.sh");
+
+/// Where the instance finds its JIT config and its runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// The SSM prefix of the JIT config parameters
+    /// (`{prefix}/{instance_id}/jit-config`).
+    pub ssm_prefix: String,
+    /// Where the Actions runner is (or is unpacked): `run.sh` must be there.
+    pub runner_dir: String,
+    /// The unprivileged user the runner runs as (created when missing).
+    pub runner_user: String,
+    /// Where to download the runner from when the image lacks it, and the
+    /// archive's SHA-256 (both or neither).
+    pub runner_download: Option<(String, String)>,
+}
+
+impl Default for Bootstrap {
+    /// Parameters under `/jitr/runners`; the runner pre-installed in
+    /// `/opt/actions-runner`, run as `runner`.
+    fn default() -> Self {
+        Bootstrap {
+            ssm_prefix: "/jitr/runners".into(),
+            runner_dir: "/opt/actions-runner".into(),
+            runner_user: "runner".into(),
+            runner_download: None,
+        }
+    }
+}
+
+/// `value` as one shell word, whatever it holds.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+impl Bootstrap {
+    /// The script: a bash shebang, the settings, the bootstrap.
+    pub fn render(&self) -> String {
+        let (url, sha) = self
+            .runner_download
+            .as_ref()
+            .map_or(("", ""), |(u, s)| (u.as_str(), s.as_str()));
+        let settings = [
+            ("JITR_SSM_PREFIX", self.ssm_prefix.trim_end_matches('/')),
+            ("JITR_RUNNER_DIR", self.runner_dir.as_str()),
+            ("JITR_RUNNER_USER", self.runner_user.as_str()),
+            ("JITR_RUNNER_URL", url),
+            ("JITR_RUNNER_SHA256", sha),
+        ];
+        let mut script = String::from("#!/bin/bash\n# Rendered by jitr: the runner bootstrap.\n");
+        for (name, value) in settings {
+            script.push_str(&format!("{name}={}\n", quote(value)));
+        }
+        script.push_str(BODY);
+        script
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_written_as_single_shell_words() {
+        let script = Bootstrap {
+            runner_user: "it's".into(),
+            ..Bootstrap::default()
+        }
+        .render();
+        assert!(script.starts_with("#!/bin/bash\n"));
+        assert!(script.contains("JITR_SSM_PREFIX='/jitr/runners'\n"));
+        assert!(script.contains(r"JITR_RUNNER_USER='it'\''s'"));
+        assert!(script.contains("JITR_RUNNER_URL=''\n"));
+        assert!(script.contains("runuser -u \"$JITR_RUNNER_USER\""));
+    }
+}

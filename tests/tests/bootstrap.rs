@@ -1,0 +1,271 @@
+//! Issue 11: the runner bootstrap, executed. The rendered user-data script runs
+//! under bash against stand-ins: an IMDSv2 metadata service (wiremock: a request
+//! without the session token is refused, as IMDSv2 does), SSM on moto reached
+//! through the AWS CLI as on a real instance, a runner (`run.sh` records its
+//! arguments and user) and `poweroff`. Needs root (it creates the runner user)
+//! and the AWS CLI (`.ci/run` installs it beside moto).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use jitr_handlers::app::bootstrap::Bootstrap;
+use wiremock::matchers::{header, header_exists, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const TOKEN: &str = "imds-session-token";
+const INSTANCE: &str = "i-0b0075724a9b00750";
+const RUNNER_USER: &str = "jitr-runner-test";
+
+/// The AWS CLI: `JITR_TEST_AWS_CLI`, else the one `.ci/run` installs.
+fn aws_cli() -> PathBuf {
+    let cli = std::env::var_os("JITR_TEST_AWS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/jitr-venv/bin/aws")
+        });
+    assert!(
+        cli.exists(),
+        "no AWS CLI at {} (pip install awscli into the moto venv, or set JITR_TEST_AWS_CLI)",
+        cli.display()
+    );
+    cli
+}
+
+/// IMDSv2 as documented: PUT /latest/api/token with a TTL header gives a token;
+/// metadata GETs need it, and are refused (401) without it.
+async fn metadata_service() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/latest/api/token"))
+        .and(header_exists("x-aws-ec2-metadata-token-ttl-seconds"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(TOKEN))
+        .mount(&server)
+        .await;
+    for (item, value) in [("instance-id", INSTANCE), ("placement/region", "us-east-1")] {
+        Mock::given(method("GET"))
+            .and(path(format!("/latest/meta-data/{item}")))
+            .and(header("x-aws-ec2-metadata-token", TOKEN))
+            .respond_with(ResponseTemplate::new(200).set_body_string(value))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .with_priority(10)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// What one run of the script left behind.
+struct Run {
+    status: Option<i32>,
+    log: String,
+    records: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn record(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.records.join(name)).ok()
+    }
+}
+
+/// Writes the stand-in runner and `poweroff` into `dir`.
+fn stand_ins(dir: &Path, runner_exit: i32) -> (PathBuf, PathBuf, PathBuf) {
+    let records = dir.join("records");
+    let runner = dir.join("actions-runner");
+    let bin = dir.join("bin");
+    for d in [&records, &runner, &bin] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    Command::new("chmod")
+        .args(["777", records.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let write_exec = |file: PathBuf, text: String| {
+        std::fs::write(&file, text).unwrap();
+        Command::new("chmod")
+            .args(["755", file.to_str().unwrap()])
+            .status()
+            .unwrap();
+    };
+    let r = records.display();
+    write_exec(
+        runner.join("run.sh"),
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {r}/args\nid -un > {r}/user\nexit {runner_exit}\n"
+        ),
+    );
+    write_exec(
+        bin.join("poweroff"),
+        format!("#!/bin/sh\necho powered-off > {r}/poweroff\n"),
+    );
+    (records, runner, bin)
+}
+
+/// Runs the rendered bootstrap as user data would, with the stand-ins.
+async fn boot(
+    prefix: &str,
+    runner_exit: i32,
+    config_after: Option<(Duration, String)>,
+    wait_secs: u32,
+) -> Run {
+    let imds = metadata_service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (records, runner, bin) = stand_ins(dir.path(), runner_exit);
+    let script = Bootstrap {
+        ssm_prefix: prefix.into(),
+        runner_dir: runner.display().to_string(),
+        runner_user: RUNNER_USER.into(),
+        runner_download: None,
+    }
+    .render();
+    let script_file = dir.path().join("user-data.sh");
+    std::fs::write(&script_file, script).unwrap();
+    if let Some((delay, config)) = config_after {
+        let name = format!("{prefix}/{INSTANCE}/jit-config");
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            put_parameter(&name, &config).await;
+        });
+    }
+    let cli_dir = aws_cli().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        bin.display(),
+        cli_dir.display()
+    );
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .arg(&script_file)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", dir.path())
+        .env("JITR_IMDS_ENDPOINT", imds.uri())
+        .env("JITR_POWEROFF", bin.join("poweroff"))
+        .env("JITR_CONFIG_POLL_SECS", "1")
+        .env("JITR_CONFIG_WAIT_SECS", wait_secs.to_string())
+        .env("AWS_ENDPOINT_URL", jitr_e2e::aws::endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    let out = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("the bootstrap finishes")
+        .unwrap();
+    // Every metadata read carried the session token.
+    for request in imds.received_requests().await.unwrap() {
+        if request.method.as_str() == "GET" {
+            assert_eq!(
+                request
+                    .headers
+                    .get("x-aws-ec2-metadata-token")
+                    .and_then(|v| v.to_str().ok()),
+                Some(TOKEN),
+                "{}",
+                request.url
+            );
+        }
+    }
+    Run {
+        status: out.status.code(),
+        log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        records,
+        _dir: dir,
+    }
+}
+
+async fn put_parameter(name: &str, value: &str) {
+    let config = jitr_e2e::aws::config().await;
+    aws_sdk_ssm::Client::new(&config)
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn parameter_exists(name: &str) -> bool {
+    let config = jitr_e2e::aws::config().await;
+    aws_sdk_ssm::Client::new(&config)
+        .get_parameter()
+        .name(name)
+        .send()
+        .await
+        .is_ok()
+}
+
+fn require_root() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the bootstrap test creates a user: run it as root (as CI does)"
+    );
+}
+
+#[tokio::test]
+async fn the_bootstrap_starts_the_runner_with_its_jit_config_and_powers_off() {
+    require_root();
+    // IMDSv2 refuses a metadata read without the token.
+    let imds = metadata_service().await;
+    let bare = reqwest::get(format!("{}/latest/meta-data/instance-id", imds.uri()))
+        .await
+        .unwrap();
+    assert_eq!(bare.status().as_u16(), 401);
+
+    // The parameter appears only after a few seconds (the mint follows the launch).
+    let prefix = format!("/{}", jitr_e2e::aws::unique("bootstrap"));
+    let config = "eyJqaXQiOiJjb25maWcifQ==".to_owned();
+    let run = boot(
+        &prefix,
+        0,
+        Some((Duration::from_secs(3), config.clone())),
+        30,
+    )
+    .await;
+    assert_eq!(run.status, Some(0), "{}", run.log);
+    assert_eq!(
+        run.record("args").as_deref(),
+        Some(format!("--jitconfig\n{config}\n").as_str()),
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        run.record("user").as_deref().map(str::trim),
+        Some(RUNNER_USER)
+    );
+    assert!(run.record("poweroff").is_some(), "{}", run.log);
+    assert!(run.log.contains("JIT config not there yet"), "{}", run.log);
+    assert!(
+        !parameter_exists(&format!("{prefix}/{INSTANCE}/jit-config")).await,
+        "the script deletes the parameter"
+    );
+}
+
+#[tokio::test]
+async fn the_instance_powers_off_when_the_runner_fails_or_no_config_comes() {
+    require_root();
+    let prefix = format!("/{}", jitr_e2e::aws::unique("bootstrap"));
+    put_parameter(&format!("{prefix}/{INSTANCE}/jit-config"), "c2VjcmV0").await;
+    let run = boot(&prefix, 3, None, 30).await;
+    assert_eq!(run.status, Some(3), "{}", run.log);
+    assert!(run.record("args").is_some(), "{}", run.log);
+    assert!(run.record("poweroff").is_some(), "{}", run.log);
+    assert!(run.log.contains("the runner exited with 3"), "{}", run.log);
+
+    // No parameter at all: the script gives up after its wait, and powers off.
+    let prefix = format!("/{}", jitr_e2e::aws::unique("bootstrap-none"));
+    let started = std::time::Instant::now();
+    let run = boot(&prefix, 0, None, 3).await;
+    assert_eq!(run.status, Some(1), "{}", run.log);
+    assert!(run.record("args").is_none(), "the runner never started");
+    assert!(run.record("poweroff").is_some(), "{}", run.log);
+    assert!(run.log.contains("no JIT config after"), "{}", run.log);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
