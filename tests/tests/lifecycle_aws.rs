@@ -23,6 +23,9 @@ struct Aws {
     _github: MockServer,
     store: Arc<DynamoEventStore>,
     compute: Arc<FaultyCompute<Ec2Compute>>,
+    /// The clock the fault wrapper judges its time windows by: it moves only
+    /// when a test moves it, so a window does not depend on how fast moto is.
+    fault_clock: jitr_infra::ManualClock,
     app: App,
 }
 
@@ -73,9 +76,11 @@ async fn aws() -> Aws {
     })
     .unwrap();
     let store = Arc::new(DynamoEventStore::new(&config, names.events_table()));
-    let compute = Arc::new(FaultyCompute::new(
-        Ec2Compute::new(&config, vec![]).with_deployment(names.prefix()),
-    ));
+    let fault_clock = jitr_infra::ManualClock::new(now());
+    let compute = Arc::new(
+        FaultyCompute::new(Ec2Compute::new(&config, vec![]).with_deployment(names.prefix()))
+            .with_clock(fault_clock.clock()),
+    );
     let queue = |name: String| {
         let config = config.clone();
         async move { Arc::new(SqsQueue::find(&config, &name).await.unwrap().unwrap()) }
@@ -96,6 +101,7 @@ async fn aws() -> Aws {
         _github: github,
         store,
         compute,
+        fault_clock,
         app: App::new(ports, policy, Vec::new()),
     }
 }
@@ -378,7 +384,7 @@ async fn not_found_right_after_launch_is_no_evidence_on_ec2() {
     );
     assert_eq!(live(&aws).await.len(), 1, "it still runs");
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    aws.fault_clock.advance(4_000);
     let second = aws.app.compensation.handle(command, now()).await.unwrap();
     assert!(matches!(second, Outcome::Done(_)), "{second:?}");
     assert!(live(&aws).await.is_empty());
