@@ -281,3 +281,44 @@ async fn the_dlq_alarm_is_defined_once() {
     assert_eq!(states[0].queue.as_deref(), Some(queue.as_str()));
     assert_eq!(states[0].threshold, 5.0);
 }
+
+/// Issue 11: `JITR_CONFIG` names the pool file by its path, or — for Lambda
+/// functions, which have no files of the operator's — an SSM parameter.
+#[tokio::test]
+async fn the_pool_configuration_is_read_from_a_file_or_an_ssm_parameter() {
+    use jitr_handlers::runtime::aws::pool_config_text;
+    let config = config().await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pools.example.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    assert_eq!(pool_config_text(&config, example).await.unwrap(), text);
+
+    let name = format!("/{}/pools", unique("jitr"));
+    aws_sdk_ssm::Client::new(&config)
+        .put_parameter()
+        .name(&name)
+        .value(&text)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pool_config_text(&config, &name).await.unwrap(), text);
+    assert_eq!(
+        pool_config_text(&config, &format!("ssm:{name}"))
+            .await
+            .unwrap(),
+        text
+    );
+    let missing = pool_config_text(&config, &format!("{name}-missing"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("JITR_CONFIG") && missing.contains("ParameterNotFound"),
+        "{missing}"
+    );
+    let relative = pool_config_text(&config, "pools.toml")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(relative.contains("no such file"), "{relative}");
+}

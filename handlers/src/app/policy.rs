@@ -326,6 +326,45 @@ mod tests {
         assert_eq!((spec.pool.as_deref(), spec.vcpus), (Some("big"), 16));
     }
 
+    proptest::proptest! {
+        /// A job's labels select exactly one pool or none: the first pool that
+        /// has every one of them (`self-hosted` aside, any letter case); no
+        /// earlier pool has them all; none means no pool has them all.
+        #[test]
+        fn a_jobs_labels_select_the_first_pool_that_has_them_all(
+            pools in proptest::collection::vec(
+                proptest::collection::vec("(linux|x64|arm64|gpu|large)", 0..4), 1..5),
+            job in proptest::collection::vec("(self-hosted|Linux|linux|x64|ARM64|gpu|large|windows)", 1..4),
+        ) {
+            let policy = RunnerPolicy {
+                pools: pools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, labels)| Pool {
+                        name: format!("p{i}"),
+                        labels: labels.clone(),
+                        ..Pool::default_pool()
+                    })
+                    .collect(),
+                ..RunnerPolicy::default()
+            };
+            let has_all = |labels: &[String]| {
+                job.iter().all(|l| {
+                    l.eq_ignore_ascii_case("self-hosted")
+                        || labels.iter().any(|p| p.eq_ignore_ascii_case(l))
+                })
+            };
+            match policy.pool_for(&job) {
+                Some(pool) => {
+                    let i: usize = pool.name[1..].parse().unwrap();
+                    proptest::prop_assert!(has_all(&pools[i]));
+                    proptest::prop_assert!(pools[..i].iter().all(|p| !has_all(p)));
+                }
+                None => proptest::prop_assert!(pools.iter().all(|p| !has_all(p))),
+            }
+        }
+    }
+
     #[test]
     fn the_allowlist_limits_repositories() {
         let mut p = RunnerPolicy::default();

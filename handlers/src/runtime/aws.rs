@@ -124,16 +124,41 @@ pub fn bootstrap_from_env(
     Ok(bootstrap)
 }
 
-/// The policy from the environment (defaults otherwise).
-pub fn policy_from_env() -> Result<RunnerPolicy, SetupError> {
+/// The text of the pool configuration `JITR_CONFIG` names: a file's path, or an
+/// SSM parameter's name (`/…`, or `ssm:/…`) when no such file exists — a Lambda
+/// function reads its pools from the parameter store.
+pub async fn pool_config_text(
+    sdk: &jitr_aws::SdkConfig,
+    source: &str,
+) -> Result<String, SetupError> {
+    if std::path::Path::new(source).is_file() {
+        return std::fs::read_to_string(source)
+            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{source}: {e}")));
+    }
+    let name = source.strip_prefix("ssm:").unwrap_or(source);
+    if !name.starts_with('/') {
+        return Err(SetupError::Invalid(
+            "JITR_CONFIG",
+            format!("{source}: no such file (an SSM parameter name starts with '/')"),
+        ));
+    }
+    jitr_aws::read_parameter(sdk, name).await.map_err(|e| {
+        SetupError::Invalid(
+            "JITR_CONFIG",
+            format!("{source}: neither a file nor a readable SSM parameter: {e}"),
+        )
+    })
+}
+
+/// The policy from the environment (defaults otherwise), with the pool
+/// configuration's source and text when `JITR_CONFIG` names one.
+pub fn policy_from_env(pools: Option<(String, String)>) -> Result<RunnerPolicy, SetupError> {
     let mut policy = RunnerPolicy::default();
-    if let Some(path) = var("JITR_CONFIG") {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{path}: {e}")))?;
+    if let Some((source, text)) = pools {
         let config = crate::app::pools::parse(&text)
-            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{path}:{e}")))?;
+            .map_err(|e| SetupError::Invalid("JITR_CONFIG", format!("{source}:{e}")))?;
         for warning in &config.warnings {
-            tracing::warn!(file = %path, "{warning}");
+            tracing::warn!(%source, "{warning}");
         }
         policy.pools = config.pools;
         for pinned in ["JITR_IMAGE", "JITR_INSTANCE_TYPE", "JITR_VCPUS"] {
@@ -271,7 +296,14 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();
-    let mut policy = policy_from_env()?;
+    let pools = match var("JITR_CONFIG") {
+        Some(source) => {
+            let text = pool_config_text(&config, &source).await?;
+            Some((source, text))
+        }
+        None => None,
+    };
+    let mut policy = policy_from_env(pools)?;
     policy.bootstrap = Some(bootstrap_from_env(ssm_prefix)?);
     // The deployment scopes runner names and launch tokens (ADR-0010).
     policy.deployment = Some(names.prefix().to_owned());

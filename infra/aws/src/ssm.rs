@@ -87,6 +87,21 @@ where
     }
 }
 
+/// The value of SSM parameter `name` (decrypted); the error says what SSM said.
+pub async fn read_parameter(config: &SdkConfig, name: &str) -> Result<String, String> {
+    let out = Client::new(config)
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    out.parameter()
+        .and_then(|p| p.value())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{name} has no value"))
+}
+
 impl SsmSecrets {
     /// Parameters under `prefix` (e.g. `/jitr/runners`).
     pub fn new(config: &SdkConfig, prefix: impl Into<String>) -> Self {
