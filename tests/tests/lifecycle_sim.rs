@@ -1066,3 +1066,31 @@ async fn an_organisation_pool_registers_its_runners_in_its_group_by_name() {
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
     world.assert_no_leak().await;
 }
+
+/// Issue 11: a pool's vCPU budget. Past it a job waits — no RunInstances, no
+/// refusal recorded — and launches once a runner of the pool is gone.
+#[tokio::test]
+async fn a_pool_at_its_vcpu_budget_waits_without_calling_run_instances() {
+    let mut world = World::with_policy(|policy| policy.pools[0].max_vcpus = Some(8));
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    let third = world.queued(3).await.unwrap();
+    assert!(
+        matches!(&third, Outcome::RetryAfter(_, why) if why.contains("vCPU budget (8 of 8 in use)")),
+        "{third:?}"
+    );
+    assert_eq!(world.status(3).await, RunnerStatus::Requested);
+    let events = world.store.read_stream(&world.stream(3)).await.unwrap();
+    assert_eq!(kinds(&events), ["Requested"]);
+    assert_eq!(world.live_instances().await.len(), 2);
+
+    // Job 1 runs and completes; past the drain grace its instance goes.
+    world.lifecycle("in_progress", 1).await;
+    world.lifecycle("completed", 1).await;
+    world.advance(121);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    world.queued(3).await.unwrap();
+    assert_eq!(world.status(3).await, RunnerStatus::Ready);
+    world.assert_no_leak().await;
+}

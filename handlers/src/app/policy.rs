@@ -49,6 +49,9 @@ pub struct Pool {
     /// The organisation runner group its runners join, by name (resolved to its
     /// id through GitHub's API); none: the deployment's group.
     pub runner_group: Option<String>,
+    /// vCPUs its instances may hold at once (none: no budget besides the
+    /// account's quotas); a launch that would exceed it waits.
+    pub max_vcpus: Option<u32>,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
 }
@@ -80,6 +83,7 @@ impl Pool {
             spot: true,
             scope: None,
             runner_group: None,
+            max_vcpus: None,
             launch: jitr_infra::LaunchSettings::default(),
         }
     }

@@ -81,6 +81,7 @@ struct PoolEntry {
     spot: Option<bool>,
     scope: Option<PoolScope>,
     runner_group: Option<String>,
+    max_vcpus: Option<u32>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -213,6 +214,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         if let Some(gib) = root.filter(|g| !(8..=16_384).contains(g)) {
             return Err(fail(format!("root_volume_gib: {gib} is not 8 to 16384")));
         }
+        if let Some(max) = entry.max_vcpus.filter(|m| *m < entry.vcpus) {
+            return Err(fail(format!(
+                "max_vcpus: {max} is less than one instance's {} vCPUs",
+                entry.vcpus
+            )));
+        }
         if entry.runner_group.is_some() && entry.scope != Some(PoolScope::Organization) {
             return Err(fail(
                 "runner_group: runner groups are an organisation's; set scope = \"organization\""
@@ -241,6 +248,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             spot: entry.spot.or(defaults.spot).unwrap_or(true),
             scope: entry.scope,
             runner_group: entry.runner_group.clone(),
+            max_vcpus: entry.max_vcpus,
             launch: LaunchSettings {
                 instance_profile: entry
                     .instance_profile

@@ -174,6 +174,9 @@ impl ScaleUp {
                 None | Some(LaunchOutcome::Rejected { .. }) => {
                     let request = state.request.as_ref().expect("requested");
                     let pool = self.policy.pool_of(request);
+                    if let Some(wait) = self.over_budget(pool, &stream, request.spec.vcpus).await? {
+                        return Ok(wait);
+                    }
                     let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
                         instance_types: p.instance_types.len(),
                         spot: p.spot,
@@ -291,6 +294,40 @@ impl ScaleUp {
             }
         }
         self.mint(&stream, job, receives, now).await
+    }
+
+    /// When the pool has a vCPU budget and launching `vcpus` more would exceed
+    /// it (counting the instances its other open runners may have alive), the
+    /// answer to wait: no RunInstances is called.
+    async fn over_budget(
+        &self,
+        pool: Option<&crate::app::policy::Pool>,
+        stream: &StreamId,
+        vcpus: u32,
+    ) -> Result<Option<Outcome>, HandlerError> {
+        let Some((pool, max)) = pool.and_then(|p| Some((p, p.max_vcpus?))) else {
+            return Ok(None);
+        };
+        let open = self.ports.store.open_streams().await?;
+        let used: u32 = open
+            .heads
+            .iter()
+            .filter(|h| h.stream != *stream && h.state.instance_may_be_alive())
+            .filter_map(|h| h.state.request.as_ref().map(|r| (h, r)))
+            .filter(|(_, r)| r.spec.pool.as_deref() == Some(pool.name.as_str()))
+            .map(|(h, r)| h.state.instance().map_or(r.spec.vcpus, |i| i.vcpus))
+            .sum();
+        if used + vcpus <= max {
+            return Ok(None);
+        }
+        tracing::info!(%stream, pool = %pool.name, used, max, "pool at its vCPU budget: waiting");
+        Ok(Some(Outcome::RetryAfter(
+            Duration::from_secs(30),
+            format!(
+                "{stream}: pool {} at its vCPU budget ({used} of {max} in use)",
+                pool.name
+            ),
+        )))
     }
 
     /// The runner group id the runner joins: its pool's group, by name, in an
