@@ -115,6 +115,11 @@ pub struct SimSettings {
     pub spot_vcpus: u32,
     /// Spot instances the region can supply at once (None: as many as the quota).
     pub spot_capacity: Option<u32>,
+    /// Instances of a type the region can supply at once, in both markets (a
+    /// type not named: as many as the quotas allow). Past it EC2 answers
+    /// `InsufficientInstanceCapacity` for that type.
+    #[serde(default)]
+    pub type_capacity: std::collections::BTreeMap<String, u32>,
     /// From launch to `running`.
     pub boot_ms: u64,
     /// From terminate to `terminated` (the vCPUs stay counted meanwhile).
@@ -129,6 +134,7 @@ impl Default for SimSettings {
             on_demand_vcpus: 32,
             spot_vcpus: 32,
             spot_capacity: None,
+            type_capacity: std::collections::BTreeMap::new(),
             boot_ms: 20_000,
             shutdown_ms: 5_000,
         }
@@ -395,6 +401,23 @@ impl Compute for SimCloud {
                     spec.vcpus
                 ),
             )));
+        }
+        if let Some(cap) = self.settings.type_capacity.get(&spec.instance_type) {
+            let of_type = self
+                .rows(&conn, "WHERE instance_type = ?1", Some(&spec.instance_type))
+                .map_err(unknown)?
+                .into_iter()
+                .filter(|r| self.state(r, now) != InstanceState::Terminated)
+                .count();
+            if of_type as u32 >= *cap {
+                return Err(LaunchFailure::Rejected(LaunchError::new(
+                    "InsufficientInstanceCapacity",
+                    format!(
+                        "no {} capacity: {of_type} of {cap} in use",
+                        spec.instance_type
+                    ),
+                )));
+            }
         }
         if spec.market == Market::Spot
             && self

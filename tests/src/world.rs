@@ -61,12 +61,20 @@ impl World {
     /// A fresh world with the default settings and 4-vCPU runners whose policy
     /// `change` adjusts.
     pub fn with_policy(change: impl FnOnce(&mut RunnerPolicy)) -> Self {
+        World::with_settings_and_policy(SimSettings::default(), change)
+    }
+
+    /// A fresh world on a simulator with `settings` and 4-vCPU runners, whose
+    /// policy `change` adjusts.
+    pub fn with_settings_and_policy(
+        settings: SimSettings,
+        change: impl FnOnce(&mut RunnerPolicy),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
         let mut policy = policy_for(4);
         change(&mut policy);
-        let embedded = Embedded::open(dir.path(), SimSettings::default(), clock.clock(), 10)
-            .expect("embedded");
+        let embedded = Embedded::open(dir.path(), settings, clock.clock(), 10).expect("embedded");
         World::assemble(dir, clock, embedded, policy)
     }
 

@@ -1094,3 +1094,35 @@ async fn a_pool_at_its_vcpu_budget_waits_without_calling_run_instances() {
     assert_eq!(world.status(3).await, RunnerStatus::Ready);
     world.assert_no_leak().await;
 }
+
+/// Issue 11: the simulator plays EC2's per-type capacity, so the embedded default
+/// exercises the pools' type order as AWS would: with room for one c7i.xlarge,
+/// the second job's runner gets the pool's next type, on spot.
+#[tokio::test]
+async fn the_simulators_type_capacity_sends_a_pool_to_its_next_type() {
+    let settings = SimSettings {
+        type_capacity: [("c7i.xlarge".to_owned(), 1)].into(),
+        ..SimSettings::default()
+    };
+    let world = World::with_settings_and_policy(settings, |policy| {
+        let pool = &mut policy.pools[0];
+        pool.instance_types = vec!["c7i.xlarge".into(), "c6i.xlarge".into()];
+        pool.spec.instance_type = "c7i.xlarge".into();
+    });
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    let mut types: Vec<String> = world
+        .live_instances()
+        .await
+        .into_iter()
+        .map(|m| format!("{} {}", m.instance_type, m.market.as_str()))
+        .collect();
+    types.sort();
+    assert_eq!(types, ["c6i.xlarge spot", "c7i.xlarge spot"]);
+    let events = world.store.read_stream(&world.stream(2)).await.unwrap();
+    assert!(
+        kinds(&events).contains(&"LaunchRejected"),
+        "{:?}",
+        kinds(&events)
+    );
+}

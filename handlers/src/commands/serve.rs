@@ -58,6 +58,11 @@ pub struct Args {
     /// Simulated spot vCPU quota.
     #[arg(long, default_value_t = 32)]
     spot_vcpus: u32,
+    /// Simulated capacity of an instance type, `TYPE=N` instances at once in both
+    /// markets (repeatable): past it the simulator answers
+    /// InsufficientInstanceCapacity, as EC2 does, and a pool tries its next type.
+    #[arg(long = "sim-type-capacity", value_parser = type_capacity)]
+    sim_type_capacity: Vec<(String, u32)>,
     /// Simulated boot time.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sim_boot: Duration,
@@ -101,6 +106,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         on_demand_vcpus: args.on_demand_vcpus,
         spot_vcpus: args.spot_vcpus,
         boot_ms: args.sim_boot.as_millis() as u64,
+        type_capacity: args.sim_type_capacity.iter().cloned().collect(),
         ..jitr_infra::SimSettings::default()
     };
     let app = serve::embedded(
@@ -157,6 +163,17 @@ async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
 async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
     let _ = args;
     Err(super::without_aws())
+}
+
+/// `TYPE=N` of `--sim-type-capacity`.
+fn type_capacity(text: &str) -> Result<(String, u32), String> {
+    let (t, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected TYPE=N, e.g. c7i.xlarge=4"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("{text:?}: {n:?} is not a number of instances"))?;
+    Ok((t.to_owned(), n))
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {

@@ -212,6 +212,7 @@ pub async fn run_with(
             32
         },
         spot_capacity: None,
+        type_capacity: Default::default(),
         boot_ms: 20_000,
         shutdown_ms: 5_000,
     };
