@@ -527,3 +527,28 @@ fn config_check_passes_the_example_and_names_the_line_of_a_mistake() {
         "{err}"
     );
 }
+
+/// Issue 11: `jitr bootstrap-script --config FILE --pool NAME` prints the user
+/// data that pool's instances get; an unknown pool is named with the ones there
+/// are (exit 2).
+#[test]
+fn bootstrap_script_prints_a_pools_user_data() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pools.example.toml");
+    let out = jitr(&[
+        "bootstrap-script",
+        "--config",
+        example,
+        "--pool",
+        "linux-arm64",
+    ]);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(script.starts_with("#!/bin/bash\n"), "{script}");
+    assert!(
+        script.contains("JITR_RUNNER_DIR='/opt/actions-runner-arm64'"),
+        "{script}"
+    );
+    let out = jitr(&["bootstrap-script", "--config", example, "--pool", "gpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pool \"gpu\" (it has: linux-arm64"));
+}

@@ -40,6 +40,21 @@ fn quote(value: &str) -> String {
 }
 
 impl Bootstrap {
+    /// The deployment's bootstrap with what `pool` says of its runner.
+    pub fn for_pool(&self, pool: &crate::app::policy::Pool) -> Bootstrap {
+        Bootstrap {
+            runner_dir: pool
+                .runner_dir
+                .clone()
+                .unwrap_or_else(|| self.runner_dir.clone()),
+            runner_download: pool
+                .runner_download
+                .clone()
+                .or_else(|| self.runner_download.clone()),
+            ..self.clone()
+        }
+    }
+
     /// The script: a bash shebang, the settings, the bootstrap.
     pub fn render(&self) -> String {
         let (url, sha) = self
@@ -65,6 +80,18 @@ impl Bootstrap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_says_where_its_runner_is() {
+        let pool = crate::app::policy::Pool {
+            runner_dir: Some("/opt/arm-runner".into()),
+            ..crate::app::policy::Pool::default_pool()
+        };
+        let script = Bootstrap::default().for_pool(&pool).render();
+        assert!(script.contains("JITR_RUNNER_DIR='/opt/arm-runner'\n"));
+        let plain = Bootstrap::default().for_pool(&crate::app::policy::Pool::default_pool());
+        assert_eq!(plain, Bootstrap::default());
+    }
 
     #[test]
     fn settings_are_written_as_single_shell_words() {

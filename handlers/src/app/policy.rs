@@ -52,6 +52,11 @@ pub struct Pool {
     /// vCPUs its instances may hold at once (none: no budget besides the
     /// account's quotas); a launch that would exceed it waits.
     pub max_vcpus: Option<u32>,
+    /// Where its image has the Actions runner (none: the deployment's).
+    pub runner_dir: Option<String>,
+    /// Where its instances download the runner, and the archive's SHA-256
+    /// (none: the deployment's setting).
+    pub runner_download: Option<(String, String)>,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
 }
@@ -84,6 +89,8 @@ impl Pool {
             scope: None,
             runner_group: None,
             max_vcpus: None,
+            runner_dir: None,
+            runner_download: None,
             launch: jitr_infra::LaunchSettings::default(),
         }
     }

@@ -59,6 +59,9 @@ struct Defaults {
     metadata_hop_limit: Option<u8>,
     root_volume_gib: Option<u32>,
     spot: Option<bool>,
+    runner_dir: Option<String>,
+    runner_url: Option<String>,
+    runner_sha256: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -82,6 +85,9 @@ struct PoolEntry {
     scope: Option<PoolScope>,
     runner_group: Option<String>,
     max_vcpus: Option<u32>,
+    runner_dir: Option<String>,
+    runner_url: Option<String>,
+    runner_sha256: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -220,6 +226,30 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 entry.vcpus
             )));
         }
+        let runner_download = match (
+            entry.runner_url.as_ref().or(defaults.runner_url.as_ref()),
+            entry
+                .runner_sha256
+                .as_ref()
+                .or(defaults.runner_sha256.as_ref()),
+        ) {
+            (None, None) => None,
+            (Some(url), Some(sha))
+                if sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                Some((url.clone(), sha.to_lowercase()))
+            }
+            (Some(_), _) => {
+                return Err(fail(
+                    "runner_url: needs runner_sha256, the archive's SHA-256 (64 hex digits)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(fail(
+                    "runner_sha256: without the runner_url it checks".into(),
+                ));
+            }
+        };
         if entry.runner_group.is_some() && entry.scope != Some(PoolScope::Organization) {
             return Err(fail(
                 "runner_group: runner groups are an organisation's; set scope = \"organization\""
@@ -249,6 +279,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             scope: entry.scope,
             runner_group: entry.runner_group.clone(),
             max_vcpus: entry.max_vcpus,
+            runner_dir: entry
+                .runner_dir
+                .clone()
+                .or_else(|| defaults.runner_dir.clone()),
+            runner_download,
             launch: LaunchSettings {
                 instance_profile: entry
                     .instance_profile
@@ -338,6 +373,10 @@ mod tests {
         assert!(e.message.contains("jitr's own tag"), "{e}");
         let e = error(&format!("{POOL}runner_group = \"builders\"\n"));
         assert!(e.message.contains("scope = \"organization\""), "{e}");
+        let e = error(&format!(
+            "{POOL}runner_url = \"https://example.com/r.tgz\"\n"
+        ));
+        assert!(e.message.contains("needs runner_sha256"), "{e}");
         let e = error(&format!("{POOL}scope = \"enterprise\"\n"));
         assert!(e.message.contains("unknown variant `enterprise`"), "{e}");
     }

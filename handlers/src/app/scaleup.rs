@@ -221,6 +221,11 @@ impl ScaleUp {
                         .cloned()
                         .unwrap_or_else(|| request.spec.instance_type.clone());
                     let settings = pool.map(|p| p.launch.clone()).unwrap_or_default();
+                    let user_data = self
+                        .policy
+                        .bootstrap
+                        .as_ref()
+                        .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render());
                     let intended = self
                         .run(
                             &stream,
@@ -244,7 +249,7 @@ impl ScaleUp {
                         instance_type,
                         vcpus: request.spec.vcpus,
                         image: request.spec.image.clone(),
-                        user_data: self.policy.bootstrap.as_ref().map(|b| b.render()),
+                        user_data,
                         settings,
                     };
                     match self.ports.compute.launch(&launch_spec).await {

@@ -24,16 +24,42 @@ pub struct Args {
     /// The runner archive's SHA-256.
     #[arg(long, env = "JITR_RUNNER_SHA256", requires = "runner_url")]
     runner_sha256: Option<String>,
+    /// A pool file: with --pool, the script that pool's instances get (its
+    /// runner_dir, runner_url and runner_sha256 over the flags above).
+    #[arg(long, requires = "pool")]
+    config: Option<std::path::PathBuf>,
+    /// The pool (of --config) whose script to print.
+    #[arg(long, requires = "config")]
+    pool: Option<String>,
 }
 
 /// Prints the script.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
-    let bootstrap = Bootstrap {
+    let mut bootstrap = Bootstrap {
         ssm_prefix: args.ssm_prefix,
         runner_dir: args.runner_dir,
         runner_user: args.runner_user,
         runner_download: args.runner_url.zip(args.runner_sha256),
     };
+    if let (Some(file), Some(name)) = (&args.config, &args.pool) {
+        let config = match super::config::load(file) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let Some(pool) = config.pools.iter().find(|p| &p.name == name) else {
+            let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+            eprintln!(
+                "{}: no pool {name:?} (it has: {})",
+                file.display(),
+                names.join(", ")
+            );
+            return Ok(ExitCode::from(2));
+        };
+        bootstrap = bootstrap.for_pool(pool);
+    }
     print!("{}", bootstrap.render());
     Ok(ExitCode::SUCCESS)
 }
