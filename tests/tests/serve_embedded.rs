@@ -360,14 +360,26 @@ async fn two_serves_on_one_log_share_it_and_restart_cleanly() {
     let dir = leader.dir.clone();
     leader.shutdown().await;
     wait_for_lease(&store, &follower.holder).await;
-    let checkpoint = store
-        .load_checkpoint(jitr_handlers::app::projector::CHECKPOINT)
-        .await
-        .unwrap()
-        .expect("a checkpoint");
-    let views: jitr_projections::RunnerViews =
-        serde_json::from_slice(&checkpoint.snapshot).unwrap();
-    assert!(views.closed_count() >= 1, "{views:?}");
+    // The new writer catches up from the leader's checkpoint (which may predate
+    // the leader's last events) within a tick or two, and saves its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let checkpoint = store
+            .load_checkpoint(jitr_handlers::app::projector::CHECKPOINT)
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+        let views: jitr_projections::RunnerViews =
+            serde_json::from_slice(&checkpoint.snapshot).unwrap();
+        if views.closed_count() >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new writer never saved the closed runner: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     follower.shutdown().await;
     let restarted = start_in(dir).await;
