@@ -124,6 +124,19 @@ pub fn implied_vcpus(instance_type: &str) -> Option<u32> {
     }
 }
 
+/// Whether an instance type's family is an Arm (Graviton) one, where its name
+/// says: `a1`, or a generation digit followed by `g` (`c7g`, `m6gd`, `t4g`,
+/// `im4gn`). A naming convention, not a lookup: used only for warnings.
+pub fn looks_arm64(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    if family == "a1" {
+        return true;
+    }
+    let after_letters = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let after_digits = after_letters.trim_start_matches(|c: char| c.is_ascii_digit());
+    after_digits.len() < after_letters.len() && after_digits.starts_with('g')
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
@@ -192,6 +205,15 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 return Err(fail(format!(
                     "instance_types: {t:?} is not an instance type"
                 )));
+            }
+            let arm = entry.architecture == Architecture::Arm64;
+            if looks_arm64(t) != arm {
+                warnings.push(format!(
+                    "line {line}: pool {:?}: {t} looks like {}, the pool says {}",
+                    entry.name,
+                    if arm { "x86_64" } else { "arm64" },
+                    if arm { "arm64" } else { "x86_64" }
+                ));
             }
             if let Some(implied) = implied_vcpus(t).filter(|v| *v != entry.vcpus) {
                 warnings.push(format!(
@@ -393,6 +415,30 @@ mod tests {
         assert!(config.warnings[0].contains("usually has 8 vCPUs"));
         assert!(config.warnings[1].contains("serves no job"));
         assert_eq!(implied_vcpus("m7i.24xlarge"), Some(96));
+        let arm = parse(&POOL.replace("c7i.xlarge", "c7g.xlarge")).unwrap();
+        assert!(
+            arm.warnings[0].contains("looks like arm64"),
+            "{:?}",
+            arm.warnings
+        );
+        for t in [
+            "c7g.large",
+            "m6gd.xlarge",
+            "t4g.small",
+            "im4gn.large",
+            "a1.large",
+        ] {
+            assert!(looks_arm64(t), "{t}");
+        }
+        for t in [
+            "c7i.large",
+            "m5.xlarge",
+            "g5.xlarge",
+            "p4d.24xlarge",
+            "c6a.large",
+        ] {
+            assert!(!looks_arm64(t), "{t}");
+        }
         assert_eq!(implied_vcpus("t3.medium"), None);
     }
 }
