@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::ports::{
-    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
-    ManagedInstance, TerminateOutcome,
+    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec,
+    LaunchedInstance, ManagedInstance, TerminateOutcome, architecture_mismatch,
 };
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
@@ -120,6 +120,13 @@ pub struct SimSettings {
     /// `InsufficientInstanceCapacity` for that type.
     #[serde(default)]
     pub type_capacity: std::collections::BTreeMap<String, u32>,
+    /// The region's images and their architectures. A launch of a named image
+    /// on a type of another architecture is refused as EC2 refuses it
+    /// (`InvalidParameterValue`), and so is one for a pool of another
+    /// architecture, as jitr's EC2 adapter refuses it; an image not named here
+    /// launches on any type.
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, Architecture>,
     /// From launch to `running`.
     pub boot_ms: u64,
     /// From terminate to `terminated` (the vCPUs stay counted meanwhile).
@@ -135,6 +142,7 @@ impl Default for SimSettings {
             spot_vcpus: 32,
             spot_capacity: None,
             type_capacity: std::collections::BTreeMap::new(),
+            images: std::collections::BTreeMap::new(),
             boot_ms: 20_000,
             shutdown_ms: 5_000,
         }
@@ -379,6 +387,28 @@ impl Compute for SimCloud {
                 "InvalidAMIID.Malformed",
                 "empty image id",
             )));
+        }
+        if let Some(&image) = self.settings.images.get(&spec.image) {
+            if let Some(wanted) = spec.settings.architecture.filter(|w| *w != image) {
+                return Err(LaunchFailure::Rejected(architecture_mismatch(
+                    &spec.image,
+                    Some(image.as_str()),
+                    wanted,
+                )));
+            }
+            let of_type = Architecture::of_instance_type(&spec.instance_type);
+            if of_type != image {
+                // EC2's words (RunInstances, InvalidParameterValue).
+                return Err(LaunchFailure::Rejected(LaunchError::new(
+                    "InvalidParameterValue",
+                    format!(
+                        "The architecture '{of_type}' of the specified instance type does \
+                         not match the architecture '{image}' of the specified AMI. Specify \
+                         an instance type and an AMI that have matching architectures, and \
+                         try again."
+                    ),
+                )));
+            }
         }
         let live: Vec<Row> = self
             .rows(&conn, "WHERE market = ?1", Some(market_name(spec.market)))

@@ -116,6 +116,94 @@ async fn spot_quota_and_capacity_have_their_own_errors() {
     );
 }
 
+/// EC2 refuses an image on a type of another architecture
+/// (`InvalidParameterValue`, RunInstances), and jitr's adapters refuse an image
+/// of another architecture than the pool's; an image the region does not name
+/// launches on any type.
+#[tokio::test]
+async fn an_image_runs_only_on_types_and_pools_of_its_architecture() {
+    use jitr_infra::Architecture;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SimSettings {
+        images: [
+            ("ami-x86".to_owned(), Architecture::X86_64),
+            ("ami-arm".to_owned(), Architecture::Arm64),
+        ]
+        .into(),
+        ..SimSettings::default()
+    };
+    let (cloud, _) = cloud(dir.path(), settings);
+    let launch = |job: u64, image: &str, instance_type: &str, pool: Option<Architecture>| {
+        let mut launch = spec(job, Market::OnDemand);
+        launch.image = image.into();
+        launch.instance_type = instance_type.into();
+        launch.settings.architecture = pool;
+        launch
+    };
+    cloud
+        .launch(&launch(
+            1,
+            "ami-arm",
+            "c7g.xlarge",
+            Some(Architecture::Arm64),
+        ))
+        .await
+        .unwrap();
+    cloud
+        .launch(&launch(
+            2,
+            "ami-x86",
+            "c7i.xlarge",
+            Some(Architecture::X86_64),
+        ))
+        .await
+        .unwrap();
+    cloud
+        .launch(&launch(
+            3,
+            "ami-sim",
+            "c7g.xlarge",
+            Some(Architecture::X86_64),
+        ))
+        .await
+        .unwrap();
+    let Err(LaunchFailure::Rejected(wrong_type)) = cloud
+        .launch(&launch(4, "ami-arm", "c7i.xlarge", None))
+        .await
+    else {
+        panic!("an arm64 image on an x86_64 type launched");
+    };
+    assert_eq!(wrong_type.code, "InvalidParameterValue");
+    assert_eq!(wrong_type.class, LaunchErrorClass::InvalidRequest);
+    assert!(
+        wrong_type
+            .message
+            .contains("'x86_64' of the specified instance type")
+            && wrong_type.message.contains("'arm64' of the specified AMI"),
+        "{}",
+        wrong_type.message
+    );
+    let Err(LaunchFailure::Rejected(wrong_pool)) = cloud
+        .launch(&launch(
+            5,
+            "ami-x86",
+            "c7i.xlarge",
+            Some(Architecture::Arm64),
+        ))
+        .await
+    else {
+        panic!("an x86_64 image launched for an arm64 pool");
+    };
+    assert_eq!(wrong_pool.code, "InvalidParameterValue");
+    assert!(
+        wrong_pool.message.contains("ami-x86 is x86_64")
+            && wrong_pool.message.contains("pool's architecture is arm64"),
+        "{}",
+        wrong_pool.message
+    );
+    assert_eq!(cloud.vcpus_in_use(Market::OnDemand).unwrap(), 12);
+}
+
 #[tokio::test]
 async fn the_same_client_token_never_starts_a_second_instance() {
     let dir = tempfile::tempdir().unwrap();

@@ -269,3 +269,63 @@ async fn the_instance_powers_off_when_the_runner_fails_or_no_config_comes() {
     assert!(run.log.contains("no JIT config after"), "{}", run.log);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// The runner instance's documented policy (`docs/runner-instance-policy.json`,
+/// for the deployment template) allows exactly the SSM calls the bootstrap
+/// makes, on the parameters the adapter writes, and only where the parameter's
+/// instance-ARN tag — written by the SSM adapter — is the calling instance's
+/// (`${ec2:SourceInstanceARN}`). IAM's evaluation itself is not run here: no
+/// emulator evaluates policy conditions.
+#[test]
+fn the_instance_policy_allows_only_what_the_bootstrap_calls_on_its_own_parameter() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/runner-instance-policy.json"
+    ))
+    .unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let ssm = statements
+        .iter()
+        .find(|s| s["Action"].to_string().contains("ssm:"))
+        .expect("an SSM statement");
+    let mut allowed: Vec<String> = ssm["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    allowed.sort();
+    // `aws ssm get-parameter` → ssm:GetParameter, as the script calls them.
+    let script = Bootstrap::default().render();
+    let mut called: Vec<String> = script
+        .split("aws ssm ")
+        .skip(1)
+        .map(|rest| {
+            let verb = rest.split_whitespace().next().unwrap();
+            let action: String = verb
+                .split('-')
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            format!("ssm:{action}")
+        })
+        .collect();
+    called.sort();
+    called.dedup();
+    assert_eq!(allowed, called);
+    assert!(
+        ssm["Resource"]
+            .as_str()
+            .unwrap()
+            .ends_with(":parameter/PREFIX/*/jit-config"),
+        "{}",
+        ssm["Resource"]
+    );
+    assert!(script.contains("$JITR_SSM_PREFIX/$instance_id/jit-config"));
+    let condition = &ssm["Condition"]["StringEquals"];
+    assert_eq!(
+        condition[format!("ssm:resourceTag/{}", jitr_aws::TAG_INSTANCE_ARN)],
+        "${ec2:SourceInstanceARN}"
+    );
+    assert!(!text.contains("\"*\""), "no wildcard action or resource");
+}

@@ -290,6 +290,7 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
         metadata_hop_limit: 2,
         root_volume_gib: Some(64),
         tags: [("team".to_owned(), "ci".to_owned())].into(),
+        architecture: None,
     };
     let script = jitr_handlers::app::bootstrap::Bootstrap::default().render();
     launch.user_data = Some(script.clone());

@@ -30,6 +30,13 @@ struct Aws {
 }
 
 async fn aws() -> Aws {
+    let mut policy = RunnerPolicy::default();
+    policy.pools[0].spec.image = "ami-03cf127a".into();
+    aws_with(policy).await
+}
+
+/// The harness with `policy` (pools, bootstrap) instead of the default.
+async fn aws_with(policy: RunnerPolicy) -> Aws {
     let config = jitr_e2e::aws::config().await;
     let names = AwsNames::new(jitr_e2e::aws::unique("jitr"));
     jitr_aws::provision(&config, &names, 5).await.unwrap();
@@ -95,8 +102,6 @@ async fn aws() -> Aws {
         compensation_queue: queue(names.compensation_queue()).await,
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
-    let mut policy = RunnerPolicy::default();
-    policy.pools[0].spec.image = "ami-03cf127a".into();
     Aws {
         _github: github,
         store,
@@ -197,6 +202,215 @@ async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
     assert_eq!(
         kinds[kinds.len() - 2..],
         ["TerminationRequested", "Terminated"]
+    );
+}
+
+/// Issue 11: a job's pool, chosen by its labels from a configuration file,
+/// decides what EC2 launches — the pool's first type, its image, subnet,
+/// security group, instance profile, IMDSv2 required, terminate on shutdown —
+/// and the user data is the pool's rendered bootstrap. A pool whose image has
+/// another architecture than the pool says launches nothing and fails its
+/// runner with a message naming both.
+#[tokio::test]
+async fn a_pools_job_launches_with_the_pools_settings_and_bootstrap() {
+    use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName};
+
+    let config = jitr_e2e::aws::config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .unwrap()
+        .to_owned();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.42.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_owned();
+    let group = ec2
+        .create_security_group()
+        .group_name(jitr_e2e::aws::unique("jitr-pool"))
+        .description("runner instances: egress only")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_owned();
+    jitr_e2e::aws::create_instance_profile("jitr-pool-runner").await;
+    // moto's x86_64 and arm64 images.
+    let text = format!(
+        r#"
+[defaults]
+instance_profile = "jitr-pool-runner"
+subnets = ["{subnet}"]
+security_groups = ["{group}"]
+
+[[pool]]
+name = "linux-x64"
+labels = ["linux", "x64"]
+instance_types = ["m5.large", "c5.large"]
+vcpus = 2
+image = "ami-03cf127a"
+
+[[pool]]
+name = "linux-arm64"
+labels = ["linux", "arm64"]
+architecture = "arm64"
+instance_types = ["c7g.large"]
+vcpus = 2
+image = "ami-0e9271c829888680e"
+runner_dir = "/opt/runner-arm64"
+
+[[pool]]
+name = "mislabelled"
+labels = ["linux", "arm64", "gpu"]
+architecture = "arm64"
+instance_types = ["g5g.xlarge"]
+vcpus = 4
+image = "ami-03cf127a"
+"#
+    );
+    let pools = jitr_handlers::app::pools::parse(&text).unwrap();
+    let bootstrap = jitr_handlers::app::bootstrap::Bootstrap {
+        ssm_prefix: "/jitr-test/runners".into(),
+        ..Default::default()
+    };
+    let aws = aws_with(RunnerPolicy {
+        pools: pools.pools.clone(),
+        bootstrap: Some(bootstrap.clone()),
+        ..RunnerPolicy::default()
+    })
+    .await;
+
+    let job = |id: u64, labels: &[&str]| {
+        let mut message = queued("widgets", id);
+        message.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        message
+    };
+    for (id, labels, pool, instance_type, image) in [
+        (
+            31,
+            &["self-hosted", "linux", "x64"][..],
+            &pools.pools[0],
+            "m5.large",
+            "ami-03cf127a",
+        ),
+        (
+            32,
+            &["self-hosted", "linux", "arm64"][..],
+            &pools.pools[1],
+            "c7g.large",
+            "ami-0e9271c829888680e",
+        ),
+    ] {
+        let outcome = aws
+            .app
+            .scaleup
+            .handle(&job(id, labels), 1, now())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+        let stream = StreamId::parse(&format!("acme/widgets#{id}#1")).unwrap();
+        let instance = aws
+            .store
+            .head(&stream)
+            .await
+            .unwrap()
+            .and_then(|h| h.instance_id)
+            .expect("an instance");
+        let described = ec2
+            .describe_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+            .unwrap();
+        let launched = &described.reservations()[0].instances()[0];
+        assert_eq!(
+            launched.instance_type().map(|t| t.as_str()),
+            Some(instance_type)
+        );
+        assert_eq!(launched.image_id(), Some(image));
+        assert_eq!(launched.subnet_id(), Some(subnet.as_str()));
+        assert!(
+            launched
+                .security_groups()
+                .iter()
+                .any(|g| g.group_id() == Some(group.as_str())),
+            "{:?}",
+            launched.security_groups()
+        );
+        let profile = launched
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .unwrap_or_default();
+        assert!(profile.ends_with("/jitr-pool-runner"), "{profile:?}");
+        assert_eq!(
+            launched.metadata_options().and_then(|m| m.http_tokens()),
+            Some(&HttpTokensState::Required)
+        );
+        let attribute = |name: InstanceAttributeName| {
+            ec2.describe_instance_attribute()
+                .instance_id(&instance.0)
+                .attribute(name)
+                .send()
+        };
+        let shutdown = attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+            .await
+            .unwrap();
+        assert_eq!(
+            shutdown
+                .instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value()),
+            Some("terminate")
+        );
+        let user_data = attribute(InstanceAttributeName::UserData).await.unwrap();
+        let decoded = aws_smithy_types::base64::decode(
+            user_data.user_data().and_then(|v| v.value()).unwrap(),
+        )
+        .unwrap();
+        let script = String::from_utf8(decoded).unwrap();
+        assert_eq!(script, bootstrap.for_pool(pool).render(), "{}", pool.name);
+        if pool.name == "linux-arm64" {
+            assert!(script.contains("/opt/runner-arm64"));
+        }
+    }
+
+    let before = live(&aws).await.len();
+    let outcome = aws
+        .app
+        .scaleup
+        .handle(
+            &job(33, &["self-hosted", "linux", "arm64", "gpu"]),
+            1,
+            now(),
+        )
+        .await
+        .unwrap();
+    let Outcome::DeadLetter(reason) = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        reason.contains("x86_64") && reason.contains("arm64"),
+        "{reason}"
+    );
+    assert_eq!(live(&aws).await.len(), before, "nothing launched");
+    let stream = StreamId::parse("acme/widgets#33#1").unwrap();
+    assert_eq!(
+        aws.store.head(&stream).await.unwrap().unwrap().status,
+        RunnerStatus::Failed
     );
 }
 

@@ -1014,7 +1014,7 @@ async fn capacity_refusals_try_the_pools_next_type_then_on_demand() {
 /// Issue 11: a pool may register its runners in the job's organisation, in a
 /// runner group named in the configuration: the name is resolved to its id
 /// through GitHub once, and a name the organisation lacks fails the runner with
-/// GitHub's answer (its instance terminated).
+/// the groups it has, before any instance is launched.
 #[tokio::test]
 async fn an_organisation_pool_registers_its_runners_in_its_group_by_name() {
     use jitr_handlers::app::policy::PoolScope;
@@ -1064,6 +1064,10 @@ async fn an_organisation_pool_registers_its_runners_in_its_group_by_name() {
         "{failed:?}"
     );
     assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert!(
+        !events.iter().any(|r| r.event.kind() == "LaunchIntended"),
+        "no instance is launched for a group the organisation lacks"
+    );
     world.assert_no_leak().await;
 }
 

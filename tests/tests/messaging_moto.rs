@@ -188,6 +188,43 @@ async fn the_jit_config_is_a_secure_string_deleted_at_termination() {
         "{:?}",
         tags.tag_list()
     );
+    // The instance's ARN, as the instance role's policy compares it with
+    // `${ec2:SourceInstanceARN}`: the account is the parameter's.
+    let account = parameter
+        .arn()
+        .unwrap()
+        .split(':')
+        .nth(4)
+        .unwrap()
+        .to_owned();
+    let instance_arn = format!("arn:aws:ec2:us-east-1:{account}:instance/{}", instance.0);
+    assert!(
+        tags.tag_list()
+            .iter()
+            .any(|t| t.key() == jitr_aws::TAG_INSTANCE_ARN && t.value() == instance_arn),
+        "{:?}",
+        tags.tag_list()
+    );
+    // A second instance's parameter is tagged in its first write.
+    let other = InstanceId("i-0fedcba9876543210".into());
+    let other_name = secrets.put_jit_config(&other, &jit).await.unwrap();
+    let other_tags = ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&other_name)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        other_tags
+            .tag_list()
+            .iter()
+            .any(|t| t.key() == jitr_aws::TAG_INSTANCE_ARN
+                && t.value() == format!("arn:aws:ec2:us-east-1:{account}:instance/{}", other.0)),
+        "{:?}",
+        other_tags.tag_list()
+    );
+    secrets.delete_jit_config(&other).await.unwrap();
 
     secrets.delete_jit_config(&instance).await.unwrap();
     secrets.delete_jit_config(&instance).await.unwrap();

@@ -49,6 +49,62 @@ async fn the_seed_incident_leaks_nothing_with_compensation_and_leaks_without() {
     );
 }
 
+/// Issue 11: `simulate --config` runs the same pool selection as `serve`: each
+/// job goes to the pool its labels select, on that pool's types and market
+/// (a type out of capacity → the pool's next type). (The region's refusal of a
+/// type whose architecture is not its image's: `infra/tests/sim.rs`.)
+#[tokio::test]
+async fn the_simulator_follows_the_pools_types_and_architectures() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/pools.example.toml"
+    ))
+    .unwrap();
+    let pools = jitr_handlers::app::pools::parse(&text).unwrap().pools;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SimOptions {
+        pools: Some(pools.clone()),
+        type_capacity: [("c7g.xlarge".to_owned(), 2)].into(),
+        ..SimOptions::default()
+    };
+    let report = run_with(dir.path(), Scenario::DuplicateStorm, 1, options)
+        .await
+        .unwrap();
+    assert_eq!(report.jobs_served, report.jobs, "{report:?}");
+    assert_eq!(report.instances_alive_at_end, 0);
+    let mut launched_per_pool = std::collections::BTreeMap::<&str, u64>::new();
+    for (key, count) in &report.launches_by_pool {
+        let [pool, instance_type, market] = key.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{key}");
+        };
+        let pool = pools.iter().find(|p| p.name == pool).expect(key);
+        assert!(
+            pool.instance_types.iter().any(|t| t == instance_type),
+            "{key}: not one of the pool's types"
+        );
+        if !pool.spot {
+            assert_eq!(market, "on-demand", "{key}");
+        }
+        *launched_per_pool.entry(&pool.name).or_default() += count;
+    }
+    // 24 jobs, each pool's labels in turn: 8 a pool, each launched at least once.
+    assert_eq!(launched_per_pool.len(), 3, "{:?}", report.launches_by_pool);
+    assert!(launched_per_pool.values().all(|n| *n >= 8));
+    assert!(
+        report
+            .launches_by_pool
+            .keys()
+            .any(|k| k.starts_with("linux-arm64 c6g.xlarge")),
+        "past c7g.xlarge's capacity the arm64 pool's next type: {:?}",
+        report.launches_by_pool
+    );
+    assert!(
+        report
+            .launch_failures_by_code
+            .contains_key("InsufficientInstanceCapacity")
+    );
+}
+
 #[tokio::test]
 async fn the_other_scenarios_serve_every_job_without_orphans() {
     for scenario in [

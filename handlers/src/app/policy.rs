@@ -7,16 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The label every jitr runner has, whether a pool names it or not.
 pub const SELF_HOSTED: &str = "self-hosted";
 
-/// A CPU architecture.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Architecture {
-    /// x86-64 (Intel, AMD).
-    #[default]
-    X86_64,
-    /// 64-bit Arm (Graviton).
-    Arm64,
-}
+pub use jitr_infra::Architecture;
 
 /// Where a pool's runners register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

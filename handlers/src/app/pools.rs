@@ -124,19 +124,6 @@ pub fn implied_vcpus(instance_type: &str) -> Option<u32> {
     }
 }
 
-/// Whether an instance type's family is an Arm (Graviton) one, where its name
-/// says: `a1`, or a generation digit followed by `g` (`c7g`, `m6gd`, `t4g`,
-/// `im4gn`). A naming convention, not a lookup: used only for warnings.
-pub fn looks_arm64(instance_type: &str) -> bool {
-    let family = instance_type.split('.').next().unwrap_or_default();
-    if family == "a1" {
-        return true;
-    }
-    let after_letters = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
-    let after_digits = after_letters.trim_start_matches(|c: char| c.is_ascii_digit());
-    after_digits.len() < after_letters.len() && after_digits.starts_with('g')
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
@@ -207,7 +194,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 )));
             }
             let arm = entry.architecture == Architecture::Arm64;
-            if looks_arm64(t) != arm {
+            if (Architecture::of_instance_type(t) == Architecture::Arm64) != arm {
                 warnings.push(format!(
                     "line {line}: pool {:?}: {t} looks like {}, the pool says {}",
                     entry.name,
@@ -324,6 +311,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 metadata_hop_limit: hop,
                 root_volume_gib: root,
                 tags,
+                architecture: Some(entry.architecture),
             },
         });
     }
@@ -428,7 +416,11 @@ mod tests {
             "im4gn.large",
             "a1.large",
         ] {
-            assert!(looks_arm64(t), "{t}");
+            assert_eq!(
+                Architecture::of_instance_type(t),
+                Architecture::Arm64,
+                "{t}"
+            );
         }
         for t in [
             "c7i.large",
@@ -437,7 +429,11 @@ mod tests {
             "p4d.24xlarge",
             "c6a.large",
         ] {
-            assert!(!looks_arm64(t), "{t}");
+            assert_eq!(
+                Architecture::of_instance_type(t),
+                Architecture::X86_64,
+                "{t}"
+            );
         }
         assert_eq!(implied_vcpus("t3.medium"), None);
     }

@@ -142,6 +142,9 @@ impl ScaleUp {
         self.run(&stream, request, now, "request").await?;
 
         let mut refusals: Vec<Refusal> = Vec::new();
+        // EC2's words for the last refusal in this delivery: a definitive one
+        // (a wrong image, a missing profile) is the operator's to read.
+        let mut refused_because: Option<String> = None;
         loop {
             let state = self.state(&stream).await?;
             if !state.wants_instance() {
@@ -177,6 +180,25 @@ impl ScaleUp {
                     if let Some(wait) = self.over_budget(pool, &stream, request.spec.vcpus).await? {
                         return Ok(wait);
                     }
+                    // A runner group the organisation lacks is known before any
+                    // instance exists: fail the runner without launching one.
+                    let installation = self.policy.installation_for(&state);
+                    let scope = self.policy.scope_of(request);
+                    match self.runner_group(&state, installation, &scope).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_transient() => {
+                            return Ok(Outcome::RetryAfter(
+                                Duration::from_secs(30),
+                                format!("{stream}: runner group not resolved yet ({e})"),
+                            ));
+                        }
+                        Err(e) => {
+                            let reason = format!("not launched: {e}");
+                            self.fail(&stream, FailureStage::Token, reason.clone(), now)
+                                .await?;
+                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
+                        }
+                    }
                     let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
                         instance_types: p.instance_types.len(),
                         spot: p.spot,
@@ -192,7 +214,12 @@ impl ScaleUp {
                             instance_type,
                         } => (market, instance_type),
                         NextLaunch::Fail => {
-                            let reason = format!("launch refused: {}", last_refusal(&state));
+                            let reason = match &refused_because {
+                                Some(message) => {
+                                    format!("launch refused: {}: {message}", last_refusal(&state))
+                                }
+                                None => format!("launch refused: {}", last_refusal(&state)),
+                            };
                             self.fail(&stream, FailureStage::Launch, reason.clone(), now)
                                 .await?;
                             return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
@@ -280,6 +307,7 @@ impl ScaleUp {
                             };
                             self.run(&stream, reject, now, &format!("rejected-{token}"))
                                 .await?;
+                            refused_because = Some(e.message.clone());
                             refusals.push(Refusal {
                                 market,
                                 instance_type: type_index,

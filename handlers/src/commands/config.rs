@@ -36,10 +36,7 @@ pub fn describe(config: &Config) -> String {
             pool.labels.join(", "),
             pool.instance_types.join(" | "),
             pool.spec.vcpus,
-            match pool.architecture {
-                crate::app::policy::Architecture::X86_64 => "x86_64",
-                crate::app::policy::Architecture::Arm64 => "arm64",
-            },
+            pool.architecture,
             pool.spec.image,
             if pool.spot {
                 ", spot first"

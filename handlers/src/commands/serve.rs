@@ -107,6 +107,13 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         spot_vcpus: args.spot_vcpus,
         boot_ms: args.sim_boot.as_millis() as u64,
         type_capacity: args.sim_type_capacity.iter().cloned().collect(),
+        // The simulated region has each pool's image, of the pool's
+        // architecture: a type of another is refused as EC2 refuses it.
+        images: policy
+            .pools
+            .iter()
+            .map(|p| (p.spec.image.clone(), p.architecture))
+            .collect(),
         ..jitr_infra::SimSettings::default()
     };
     let app = serve::embedded(
@@ -166,7 +173,7 @@ async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `TYPE=N` of `--sim-type-capacity`.
-fn type_capacity(text: &str) -> Result<(String, u32), String> {
+pub(crate) fn type_capacity(text: &str) -> Result<(String, u32), String> {
     let (t, n) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected TYPE=N, e.g. c7i.xlarge=4"))?;

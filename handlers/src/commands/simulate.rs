@@ -92,6 +92,8 @@ pub struct SimulationReport {
     pub peak_vcpus: BTreeMap<String, u32>,
     /// Launches refused, by error code.
     pub launch_failures_by_code: BTreeMap<String, u64>,
+    /// Instances launched, by `pool type market`.
+    pub launches_by_pool: BTreeMap<String, u64>,
     /// From owed to `Terminated`.
     pub compensation_latency_ms: Distribution,
     /// After the last job completed, how long until no instance held the quota
@@ -133,7 +135,7 @@ pub struct SimulationReport {
 }
 
 /// How a run is set up besides its scenario and seed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SimOptions {
     /// Whether compensation and the reaper run.
     pub compensation: bool,
@@ -146,6 +148,12 @@ pub struct SimOptions {
     /// Whether jitr may read jobs on GitHub at all (false: every read answers
     /// "unknown", the ablation of what a lost webhook cost before job polls).
     pub job_polls: bool,
+    /// Runner pools (none: the default pool). The burst's jobs take each pool's
+    /// labels in turn, and the simulated region has each pool's image, of the
+    /// pool's architecture.
+    pub pools: Option<Vec<crate::app::policy::Pool>>,
+    /// Instances of a type the simulated region can supply at once.
+    pub type_capacity: BTreeMap<String, u32>,
 }
 
 impl Default for SimOptions {
@@ -156,6 +164,8 @@ impl Default for SimOptions {
             consistency_window_ms: jitr_domain::DEFAULT_CONSISTENCY_WINDOW_MS,
             job_poll_interval_ms: RunnerPolicy::default().job_poll_interval_ms,
             job_polls: true,
+            pools: None,
+            type_capacity: BTreeMap::new(),
         }
     }
 }
@@ -200,6 +210,8 @@ pub async fn run_with(
         consistency_window_ms: window_ms,
         job_poll_interval_ms,
         job_polls,
+        pools,
+        type_capacity,
     } = options;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
@@ -212,7 +224,12 @@ pub async fn run_with(
             32
         },
         spot_capacity: None,
-        type_capacity: Default::default(),
+        type_capacity,
+        images: pools
+            .iter()
+            .flatten()
+            .map(|p| (p.spec.image.clone(), p.architecture))
+            .collect(),
         boot_ms: 20_000,
         shutdown_ms: 5_000,
     };
@@ -222,6 +239,14 @@ pub async fn run_with(
         github,
         mut ports,
     } = Embedded::open(dir, settings, clock.clock(), 25)?;
+    // The organisation has the runner groups the pools name.
+    for group in pools
+        .iter()
+        .flatten()
+        .filter_map(|p| p.runner_group.as_deref())
+    {
+        github.add_runner_group("acme", group);
+    }
     if matches!(scenario, Scenario::SeedIncident | Scenario::CloudChaos) {
         github.fail_mints_at_rate(0.25, seed);
     }
@@ -248,6 +273,19 @@ pub async fn run_with(
     policy.deadlines.consistency_window_ms = window_ms;
     policy.max_launch_attempts = 20;
     policy.job_poll_interval_ms = job_poll_interval_ms;
+    if let Some(pools) = pools {
+        policy.pools = pools;
+    }
+    // Each job asks for the labels of a pool in turn.
+    let job_labels: Vec<Vec<String>> = policy
+        .pools
+        .iter()
+        .map(|p| {
+            std::iter::once(crate::app::policy::SELF_HOSTED.to_owned())
+                .chain(p.labels.iter().cloned())
+                .collect()
+        })
+        .collect();
     let app = App::new(ports, policy, Vec::new());
     let mut projector = app.projector().await?;
 
@@ -264,7 +302,7 @@ pub async fn run_with(
                 repo: "release".into(),
                 job_id: 5_000 + n,
                 run_id: 900,
-                labels: vec!["self-hosted".into(), "linux".into()],
+                labels: job_labels[(n as usize - 1) % job_labels.len()].clone(),
                 runner_name: None,
                 conclusion: None,
                 attempt: 1,
@@ -521,6 +559,8 @@ pub async fn run_with(
         lifetimes.iter().any(|l| pick(l) && l.ran_at(at))
     };
     let mut from_polls = 0u64;
+    let mut pool_of: BTreeMap<StreamId, String> = BTreeMap::new();
+    let mut launches_by_pool: BTreeMap<String, u64> = BTreeMap::new();
     let mut terminations: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut after = 0;
     loop {
@@ -531,6 +571,21 @@ pub async fn run_with(
             let early = match &r.event {
                 RunnerEvent::LaunchRejected { code, .. } => {
                     *launch_failures.entry(code.clone()).or_default() += 1;
+                    false
+                }
+                RunnerEvent::Requested { spec, .. } => {
+                    let pool = spec.pool.clone().unwrap_or_else(|| "-".into());
+                    pool_of.insert(r.stream.clone(), pool);
+                    false
+                }
+                RunnerEvent::Launched {
+                    instance_type,
+                    market,
+                    ..
+                } => {
+                    let pool = pool_of.get(&r.stream).map_or("-", String::as_str);
+                    let key = format!("{pool} {instance_type} {}", market.as_str());
+                    *launches_by_pool.entry(key).or_default() += 1;
                     false
                 }
                 RunnerEvent::LaunchIntended { client_token, .. } => {
@@ -601,6 +656,7 @@ pub async fn run_with(
         orphan_vcpu_minutes: (figures.orphan_vcpu_minutes * 100.0).round() / 100.0,
         peak_vcpus: peak,
         launch_failures_by_code: launch_failures,
+        launches_by_pool,
         compensation_latency_ms: figures.compensation_latency_ms,
         quota_free_after_ms: match (last_completion, quota_free_at) {
             (Some(l), Some(f)) => Some(f.millis_since(l)),
@@ -643,6 +699,7 @@ pub fn render(r: &SimulationReport) -> String {
          orphan vCPU-minutes    {:.2}\n\
          peak vCPUs             {}\n\
          launch refusals        {}\n\
+         launches               {}\n\
          compensation latency   {} terminations, p50 {} ms, p99 {} ms, max {} ms\n\
          quota free again       {}\n\
          instances alive at end {}\n\
@@ -671,6 +728,11 @@ pub fn render(r: &SimulationReport) -> String {
         } else {
             failures.join(", ")
         },
+        r.launches_by_pool
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         c.count,
         c.p50,
         c.p99,
@@ -728,6 +790,15 @@ pub struct Args {
     /// Every job read answers "unknown" (what lost webhooks cost without polls).
     #[arg(long)]
     without_job_polls: bool,
+    /// Runner pools (TOML, see `docs/pools.example.toml`): the burst's jobs take
+    /// each pool's labels in turn; the simulated region has each pool's image,
+    /// of the pool's architecture, and refuses a type of another.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `TYPE=N`: past N instances of a type the simulator answers
+    /// InsufficientInstanceCapacity (repeatable).
+    #[arg(long = "type-capacity", value_parser = super::serve::type_capacity)]
+    type_capacity: Vec<(String, u32)>,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -759,6 +830,17 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         consistency_window_ms: args.consistency_window.as_millis() as u64,
         job_poll_interval_ms: args.job_poll_interval.as_millis() as u64,
         job_polls: !args.without_job_polls,
+        pools: match &args.config {
+            Some(file) => {
+                let config = super::config::load(file)?;
+                for warning in &config.warnings {
+                    eprintln!("jitr simulate: {}: warning: {warning}", file.display());
+                }
+                Some(config.pools)
+            }
+            None => None,
+        },
+        type_capacity: args.type_capacity.iter().cloned().collect(),
     };
     let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {

@@ -16,9 +16,9 @@ use aws_sdk_ec2::types::{
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use jitr_infra::{
-    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings, LaunchSpec,
-    LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
-    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome,
+    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings,
+    LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
+    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, architecture_mismatch,
 };
 
 /// States `list_managed` asks for: all but `terminated`.
@@ -31,14 +31,21 @@ pub struct Ec2Compute {
     subnets: Vec<String>,
     page_size: Option<i32>,
     deployment: Option<String>,
-    /// Each image's root device name, asked once (DescribeImages).
-    root_devices: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// What EC2 said of each image, asked once (DescribeImages).
+    images: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ImageFacts>>>,
     /// Where images named by an SSM parameter are resolved.
     ssm: aws_sdk_ssm::Client,
     /// Images resolved from SSM parameters, and when.
     resolved: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     >,
+}
+
+/// What EC2 says of an image.
+#[derive(Clone, Debug)]
+struct ImageFacts {
+    root_device: Option<String>,
+    architecture: Option<String>,
 }
 
 /// How long an image resolved from an SSM parameter is used before asking again
@@ -62,7 +69,7 @@ impl Ec2Compute {
             subnets,
             page_size: None,
             deployment: None,
-            root_devices: Default::default(),
+            images: Default::default(),
             ssm: aws_sdk_ssm::Client::new(config),
             resolved: Default::default(),
         }
@@ -151,11 +158,11 @@ impl Ec2Compute {
         Ok(ami)
     }
 
-    /// The root device name of `image` (`/dev/xvda`, `/dev/sda1`, …), to size
-    /// its volume; asked of EC2 once per image.
-    async fn root_device(&self, image: &str) -> Result<String, LaunchFailure> {
+    /// What EC2 says of `image`: its root device name (`/dev/xvda`,
+    /// `/dev/sda1`, …) and architecture; asked once per image (DescribeImages).
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts, LaunchFailure> {
         if let Some(known) = self
-            .root_devices
+            .images
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(image)
@@ -174,22 +181,38 @@ impl Ec2Compute {
                 }
                 None => LaunchFailure::Unknown(Box::new(e)),
             })?;
-        let device = out
-            .images()
-            .first()
-            .and_then(|i| i.root_device_name())
-            .ok_or_else(|| {
-                LaunchFailure::Rejected(LaunchError::new(
-                    "InvalidAMIID.NotFound",
-                    format!("image {image} not found (looking up its root device)"),
-                ))
-            })?
-            .to_owned();
-        self.root_devices
+        let found = out.images().first().ok_or_else(|| {
+            LaunchFailure::Rejected(LaunchError::new(
+                "InvalidAMIID.NotFound",
+                format!("image {image} not found"),
+            ))
+        })?;
+        let facts = ImageFacts {
+            root_device: found.root_device_name().map(str::to_owned),
+            architecture: found.architecture().map(|a| a.as_str().to_owned()),
+        };
+        self.images
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_owned(), device.clone());
-        Ok(device)
+            .insert(image.to_owned(), facts.clone());
+        Ok(facts)
+    }
+
+    /// Refuses an image whose architecture is not the pool's: EC2 would launch
+    /// it on a type of the image's architecture and the pool's jobs would run on
+    /// the wrong CPU, or refuse every type of the pool's.
+    async fn check_architecture(
+        &self,
+        image: &str,
+        wanted: Architecture,
+    ) -> Result<(), LaunchFailure> {
+        let facts = self.image_facts(image).await?;
+        match facts.architecture.as_deref() {
+            Some(found) if Architecture::from_ec2(found) == Some(wanted) => Ok(()),
+            found => Err(LaunchFailure::Rejected(architecture_mismatch(
+                image, found, wanted,
+            ))),
+        }
     }
 
     /// The settings every runner instance gets, and the pool's: IMDSv2 required,
@@ -243,7 +266,12 @@ impl Ec2Compute {
             req = req.iam_instance_profile(spec.build());
         }
         if let Some(gib) = settings.root_volume_gib {
-            let device = self.root_device(image).await?;
+            let device = self.image_facts(image).await?.root_device.ok_or_else(|| {
+                LaunchFailure::Rejected(LaunchError::new(
+                    "InvalidAMIID.Malformed",
+                    format!("image {image} names no root device to size"),
+                ))
+            })?;
             req = req.block_device_mappings(
                 BlockDeviceMapping::builder()
                     .device_name(device)
@@ -380,6 +408,9 @@ impl Ec2Compute {
 impl Compute for Ec2Compute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
         let image = self.image_id(&spec.image).await?;
+        if let Some(wanted) = spec.settings.architecture {
+            self.check_architecture(&image, wanted).await?;
+        }
         let req = self
             .client
             .run_instances()

@@ -30,4 +30,6 @@ pub use eventbridge::{BusSetup, EventBridgeBus};
 pub use names::AwsNames;
 pub use provision::{InitError, Resource, Setup, provision};
 pub use sqs::{QueuePair, SqsQueue};
-pub use ssm::{STANDARD_TIER_MAX_CHARS, SsmSecrets, TierLimits, read_parameter, tier_for};
+pub use ssm::{
+    STANDARD_TIER_MAX_CHARS, SsmSecrets, TAG_INSTANCE_ARN, TierLimits, read_parameter, tier_for,
+};

@@ -25,6 +25,29 @@ use jitr_infra::{JitConfig, RunnerSecrets, SecretError};
 pub struct SsmSecrets {
     client: Client,
     prefix: String,
+    /// `arn:{partition}:ec2:{region}:{account}:instance/`, learnt from the first
+    /// parameter's ARN: each parameter is tagged with its instance's ARN, which
+    /// the instance role's policy compares with `${ec2:SourceInstanceARN}`.
+    instance_arn_prefix: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The tag holding the ARN of the instance a JIT config is for.
+pub const TAG_INSTANCE_ARN: &str = "jitr:instance-arn";
+
+/// `arn:{partition}:ec2:{region}:{account}:instance/` from a parameter's ARN
+/// (`arn:{partition}:ssm:{region}:{account}:parameter/…`).
+fn instance_arn_prefix(parameter_arn: &str) -> Option<String> {
+    let mut parts = parameter_arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("ssm"), Some(region), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some(format!("arn:{partition}:ec2:{region}:{account}:instance/"))
 }
 
 /// The largest value the Standard tier takes, in characters.
@@ -108,6 +131,7 @@ impl SsmSecrets {
         SsmSecrets {
             client: Client::new(config),
             prefix: prefix.into().trim_end_matches('/').to_owned(),
+            instance_arn_prefix: Default::default(),
         }
     }
 
@@ -120,7 +144,44 @@ impl SsmSecrets {
         SsmSecrets {
             client: Client::from_conf(conf),
             prefix: prefix.into().trim_end_matches('/').to_owned(),
+            instance_arn_prefix: Default::default(),
         }
+    }
+
+    /// Tags `name` with its instance's ARN when the account is not known yet
+    /// (the first parameter a process writes): read the parameter's ARN, keep
+    /// the account, add the tag.
+    async fn tag_instance_arn(&self, name: &str, instance: &InstanceId) -> Result<(), SecretError> {
+        let out = self
+            .client
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .map_err(|e| SecretError(format!("reading {name}'s ARN: {}", describe(&e)).into()))?;
+        let prefix = out
+            .parameter()
+            .and_then(|p| p.arn())
+            .and_then(instance_arn_prefix)
+            .ok_or_else(|| SecretError(format!("{name}: SSM gave no parameter ARN").into()))?;
+        let tag = Tag::builder()
+            .key(TAG_INSTANCE_ARN)
+            .value(format!("{prefix}{}", instance.0))
+            .build()
+            .map_err(|e| SecretError(Box::new(e)))?;
+        self.client
+            .add_tags_to_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(name)
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|e| SecretError(format!("tagging {name}: {}", describe(&e)).into()))?;
+        *self
+            .instance_arn_prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(prefix);
+        Ok(())
     }
 
     /// The parameter name for `instance`.
@@ -147,15 +208,25 @@ impl RunnerSecrets for SsmSecrets {
                 .description("jitr: single-use GitHub JIT runner config; deleted at termination")
         };
         let tag = |key: &str, value: &str| Tag::builder().key(key).value(value).build();
-        let tags = [
+        let arn_prefix = self
+            .instance_arn_prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut tags = vec![
             tag(jitr_infra::TAG_MANAGED_BY, jitr_infra::MANAGED_BY),
             tag("jitr:instance-id", &instance.0),
-        ]
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SecretError(Box::new(e)))?;
+        ];
+        if let Some(prefix) = &arn_prefix {
+            tags.push(tag(TAG_INSTANCE_ARN, &format!("{prefix}{}", instance.0)));
+        }
+        let tags = tags
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SecretError(Box::new(e)))?;
         // Tags cannot go with Overwrite: a first write tags, a repeat overwrites.
         match put().set_tags(Some(tags)).send().await {
+            Ok(_) if arn_prefix.is_none() => self.tag_instance_arn(&name, instance).await?,
             Ok(_) => {}
             Err(e) if e.code() == Some("ParameterAlreadyExists") => {
                 put()
@@ -184,6 +255,19 @@ impl RunnerSecrets for SsmSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_arn_is_in_the_parameters_partition_region_and_account() {
+        assert_eq!(
+            instance_arn_prefix(
+                "arn:aws-cn:ssm:cn-north-1:123456789012:parameter/jitr/i-1/jit-config"
+            )
+            .as_deref(),
+            Some("arn:aws-cn:ec2:cn-north-1:123456789012:instance/")
+        );
+        assert_eq!(instance_arn_prefix("arn:aws:s3:::bucket"), None);
+        assert_eq!(instance_arn_prefix("not an arn"), None);
+    }
 
     #[test]
     fn a_value_goes_to_the_advanced_tier_past_4096_characters() {

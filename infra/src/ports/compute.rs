@@ -21,6 +21,60 @@ pub const TAG_DEPLOYMENT: &str = "jitr:deployment";
 /// Tag holding the launch's client token.
 pub const TAG_CLIENT_TOKEN: &str = "jitr:client-token";
 
+/// A CPU architecture, as EC2 names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// x86-64 (Intel, AMD).
+    #[default]
+    X86_64,
+    /// 64-bit Arm (Graviton).
+    Arm64,
+}
+
+impl Architecture {
+    /// EC2's name: `x86_64` or `arm64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture EC2 names `name` (`x86_64`, `arm64`); none for others
+    /// (`i386`, `x86_64_mac`, …), which no jitr pool runs.
+    pub fn from_ec2(name: &str) -> Option<Architecture> {
+        match name {
+            "x86_64" => Some(Architecture::X86_64),
+            "arm64" => Some(Architecture::Arm64),
+            _ => None,
+        }
+    }
+
+    /// The architecture an instance type's name says: arm64 for `a1` and for a
+    /// generation digit followed by `g` (`c7g`, `m6gd`, `t4g`, `im4gn`), else
+    /// x86_64. EC2's naming convention (Amazon EC2 Instance Types, "Naming
+    /// conventions"), not a lookup.
+    pub fn of_instance_type(instance_type: &str) -> Architecture {
+        let family = instance_type.split('.').next().unwrap_or_default();
+        let after_letters = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+        let after_digits = after_letters.trim_start_matches(|c: char| c.is_ascii_digit());
+        if family == "a1"
+            || (after_digits.len() < after_letters.len() && after_digits.starts_with('g'))
+        {
+            Architecture::Arm64
+        } else {
+            Architecture::X86_64
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One launch: everything RunInstances needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -61,6 +115,10 @@ pub struct LaunchSettings {
     pub root_volume_gib: Option<u32>,
     /// Extra tags on the instance and its volumes.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The architecture the pool's jobs need: an image of another one is
+    /// refused before RunInstances (none: not checked).
+    #[serde(default)]
+    pub architecture: Option<Architecture>,
 }
 
 impl Default for LaunchSettings {
@@ -74,6 +132,7 @@ impl Default for LaunchSettings {
             metadata_hop_limit: 1,
             root_volume_gib: None,
             tags: std::collections::BTreeMap::new(),
+            architecture: None,
         }
     }
 }
@@ -136,6 +195,23 @@ pub enum LaunchFailure {
     /// it by client token.
     #[error("launch outcome unknown: {0}")]
     Unknown(#[source] BoxError),
+}
+
+/// jitr's refusal of `image` (of architecture `found`, as EC2 names it) for a
+/// pool of architecture `wanted`, before RunInstances.
+pub fn architecture_mismatch(
+    image: &str,
+    found: Option<&str>,
+    wanted: Architecture,
+) -> LaunchError {
+    LaunchError::new(
+        "InvalidParameterValue",
+        format!(
+            "image {image} is {}, the pool's architecture is {wanted}: give the pool an \
+             {wanted} image or set its architecture",
+            found.unwrap_or("of no stated architecture")
+        ),
+    )
 }
 
 /// Classifies an EC2 (or simulator) error code.

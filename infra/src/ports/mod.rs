@@ -14,9 +14,9 @@ pub use bus::{
     encode_terminate_runner,
 };
 pub use compute::{
-    Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings, LaunchSpec,
-    LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
-    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, classify,
+    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings,
+    LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
+    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, architecture_mismatch, classify,
 };
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
