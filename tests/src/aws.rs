@@ -64,3 +64,80 @@ pub async fn create_instance_profile(name: &str) {
         "CreateInstanceProfile {name}: {status} {body}"
     );
 }
+
+/// What EC2 says of a launched instance: DescribeInstances plus the attributes
+/// it does not return (shutdown behaviour, user data).
+#[derive(Debug)]
+pub struct LaunchedView {
+    /// DescribeInstances' record.
+    pub instance: aws_sdk_ec2::types::Instance,
+    /// `InstanceInitiatedShutdownBehavior` (`stop` or `terminate`).
+    pub shutdown_behavior: Option<String>,
+    /// The user data, decoded.
+    pub user_data: Option<String>,
+}
+
+impl LaunchedView {
+    /// Whether the instance is in security group `id`.
+    pub fn in_group(&self, id: &str) -> bool {
+        self.instance
+            .security_groups()
+            .iter()
+            .any(|g| g.group_id() == Some(id))
+    }
+
+    /// The instance profile's ARN ("" without one).
+    pub fn profile_arn(&self) -> &str {
+        self.instance
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .unwrap_or_default()
+    }
+
+    /// Whether IMDSv2 tokens are required.
+    pub fn requires_imdsv2(&self) -> bool {
+        self.instance
+            .metadata_options()
+            .and_then(|m| m.http_tokens())
+            == Some(&aws_sdk_ec2::types::HttpTokensState::Required)
+    }
+}
+
+/// Describes instance `id` on the emulator.
+pub async fn describe_launched(client: &aws_sdk_ec2::Client, id: &str) -> LaunchedView {
+    use aws_sdk_ec2::types::InstanceAttributeName;
+    let described = client
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .expect("DescribeInstances");
+    let instance = described.reservations()[0].instances()[0].clone();
+    let attribute = |name: InstanceAttributeName| {
+        client
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(name)
+            .send()
+    };
+    let shutdown = attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .await
+        .expect("DescribeInstanceAttribute");
+    let user_data = attribute(InstanceAttributeName::UserData)
+        .await
+        .expect("DescribeInstanceAttribute");
+    LaunchedView {
+        instance,
+        shutdown_behavior: shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value())
+            .map(str::to_owned),
+        user_data: user_data
+            .user_data()
+            .and_then(|v| v.value())
+            .map(|encoded| {
+                let bytes = aws_smithy_types::base64::decode(encoded).expect("base64 user data");
+                String::from_utf8(bytes).expect("UTF-8 user data")
+            }),
+    }
+}

@@ -266,8 +266,6 @@ async fn launches_spread_over_subnets_and_a_retry_keeps_its_subnet() {
 /// and tags reach RunInstances, the tags on the volume too.
 #[tokio::test]
 async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_settings() {
-    use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName};
-
     let config = jitr_e2e::aws::config().await;
     let client = aws_sdk_ec2::Client::new(&config);
     let group = client
@@ -297,29 +295,21 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
     let launched = ec2().await.launch(&launch).await.unwrap();
     let id = launched.instance_id.0.clone();
 
-    let described = client
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .unwrap();
-    let instance = &described.reservations()[0].instances()[0];
-    let metadata = instance.metadata_options().expect("metadata options");
-    assert_eq!(metadata.http_tokens(), Some(&HttpTokensState::Required));
-    assert_eq!(metadata.http_put_response_hop_limit(), Some(2));
-    assert!(
+    let view = jitr_e2e::aws::describe_launched(&client, &id).await;
+    let instance = &view.instance;
+    assert!(view.requires_imdsv2());
+    assert_eq!(
         instance
-            .security_groups()
-            .iter()
-            .any(|g| g.group_id() == Some(group.as_str())),
-        "{:?}",
-        instance.security_groups()
+            .metadata_options()
+            .and_then(|m| m.http_put_response_hop_limit()),
+        Some(2)
     );
-    let profile = instance
-        .iam_instance_profile()
-        .and_then(|p| p.arn())
-        .unwrap_or_default();
-    assert!(profile.ends_with("/jitr-runner"), "{profile:?}");
+    assert!(view.in_group(&group), "{:?}", instance.security_groups());
+    assert!(
+        view.profile_arn().ends_with("/jitr-runner"),
+        "{}",
+        view.profile_arn()
+    );
     let tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| {
         tags.iter()
             .find(|t| t.key() == Some(key))
@@ -327,34 +317,8 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
             .map(str::to_owned)
     };
     assert_eq!(tag(instance.tags(), "team").as_deref(), Some("ci"));
-
-    let shutdown = client
-        .describe_instance_attribute()
-        .instance_id(&id)
-        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        shutdown
-            .instance_initiated_shutdown_behavior()
-            .and_then(|v| v.value()),
-        Some("terminate")
-    );
-
-    let user_data = client
-        .describe_instance_attribute()
-        .instance_id(&id)
-        .attribute(InstanceAttributeName::UserData)
-        .send()
-        .await
-        .unwrap();
-    let encoded = user_data
-        .user_data()
-        .and_then(|v| v.value())
-        .expect("user data");
-    let decoded = aws_smithy_types::base64::decode(encoded).unwrap();
-    assert_eq!(String::from_utf8(decoded).unwrap(), script);
+    assert_eq!(view.shutdown_behavior.as_deref(), Some("terminate"));
+    assert_eq!(view.user_data.as_deref(), Some(script.as_str()));
 
     let root = instance.root_device_name().expect("a root device");
     let volume_id = instance

@@ -213,8 +213,6 @@ async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
 /// runner with a message naming both.
 #[tokio::test]
 async fn a_pools_job_launches_with_the_pools_settings_and_bootstrap() {
-    use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName};
-
     let config = jitr_e2e::aws::config().await;
     let ec2 = aws_sdk_ec2::Client::new(&config);
     let vpc = ec2
@@ -331,57 +329,23 @@ image = "ami-03cf127a"
             .unwrap()
             .and_then(|h| h.instance_id)
             .expect("an instance");
-        let described = ec2
-            .describe_instances()
-            .instance_ids(&instance.0)
-            .send()
-            .await
-            .unwrap();
-        let launched = &described.reservations()[0].instances()[0];
+        let view = jitr_e2e::aws::describe_launched(&ec2, &instance.0).await;
+        let launched = &view.instance;
         assert_eq!(
             launched.instance_type().map(|t| t.as_str()),
             Some(instance_type)
         );
         assert_eq!(launched.image_id(), Some(image));
         assert_eq!(launched.subnet_id(), Some(subnet.as_str()));
+        assert!(view.in_group(&group), "{:?}", launched.security_groups());
         assert!(
-            launched
-                .security_groups()
-                .iter()
-                .any(|g| g.group_id() == Some(group.as_str())),
-            "{:?}",
-            launched.security_groups()
+            view.profile_arn().ends_with("/jitr-pool-runner"),
+            "{}",
+            view.profile_arn()
         );
-        let profile = launched
-            .iam_instance_profile()
-            .and_then(|p| p.arn())
-            .unwrap_or_default();
-        assert!(profile.ends_with("/jitr-pool-runner"), "{profile:?}");
-        assert_eq!(
-            launched.metadata_options().and_then(|m| m.http_tokens()),
-            Some(&HttpTokensState::Required)
-        );
-        let attribute = |name: InstanceAttributeName| {
-            ec2.describe_instance_attribute()
-                .instance_id(&instance.0)
-                .attribute(name)
-                .send()
-        };
-        let shutdown = attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
-            .await
-            .unwrap();
-        assert_eq!(
-            shutdown
-                .instance_initiated_shutdown_behavior()
-                .and_then(|v| v.value()),
-            Some("terminate")
-        );
-        let user_data = attribute(InstanceAttributeName::UserData).await.unwrap();
-        let decoded = aws_smithy_types::base64::decode(
-            user_data.user_data().and_then(|v| v.value()).unwrap(),
-        )
-        .unwrap();
-        let script = String::from_utf8(decoded).unwrap();
+        assert!(view.requires_imdsv2());
+        assert_eq!(view.shutdown_behavior.as_deref(), Some("terminate"));
+        let script = view.user_data.expect("user data");
         assert_eq!(script, bootstrap.for_pool(pool).render(), "{}", pool.name);
         if pool.name == "linux-arm64" {
             assert!(script.contains("/opt/runner-arm64"));
