@@ -148,7 +148,17 @@ pub struct Deadlines {
     /// recorded read the default.
     #[serde(default = "default_consistency_window_ms")]
     pub consistency_window_ms: u64,
+    /// How long a runner may wait for capacity, from its request, before it is
+    /// given up (ADR-0014). With it, the boot and max-age deadlines count from
+    /// the current launch, not from the first. Logs written before the capacity
+    /// queue lack it: their runners keep the old deadlines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
 }
+
+/// How long a job may wait for capacity by default: 24 hours, as long as GitHub
+/// keeps a job queued.
+pub const DEFAULT_MAX_WAIT_MS: u64 = 24 * 3_600_000;
 
 /// The default consistency window: 2 minutes.
 pub const DEFAULT_CONSISTENCY_WINDOW_MS: u64 = 120_000;
@@ -159,13 +169,14 @@ fn default_consistency_window_ms() -> u64 {
 
 impl Default for Deadlines {
     /// 10 minutes to boot, 6 hours of age, 2 minutes of drain grace, a 2-minute
-    /// consistency window.
+    /// consistency window, 24 hours of waiting for capacity.
     fn default() -> Self {
         Deadlines {
             boot_timeout_ms: 10 * 60_000,
             max_age_ms: 6 * 3_600_000,
             drain_grace_ms: 2 * 60_000,
             consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
+            max_wait_ms: Some(DEFAULT_MAX_WAIT_MS),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Launch rules: which market to try next, when to back off or give up, how a
+//! Launch rules: which market to try next or whether to wait, how a
 //! pending launch intent is resolved from what the cloud reports, and what is
 //! recorded of an instance. Scale-up, compensation and the reaper all call these,
 //! so the same instance is recorded the same way whoever finds it.
@@ -125,9 +125,6 @@ fn instance_evidence_holds(
 
 /// How long to wait before looking a pending launch up again.
 pub const INTENT_LOOK_AGAIN_MS: u64 = 10_000;
-
-/// The longest back-off between two deliveries of a job that found no capacity.
-pub const MAX_LAUNCH_BACKOFF_MS: u64 = 300_000;
 
 /// The error code recorded when a launch intent is settled as never launched.
 pub const NOT_LAUNCHED: &str = "NotLaunched";
@@ -298,29 +295,27 @@ pub enum NextLaunch {
     },
     /// The request itself is wrong (bad image, subnet, type): fail the runner.
     Fail,
-    /// Nothing is left to try in this delivery: deliver the job again after this
-    /// delay.
-    BackOff {
-        /// Milliseconds.
-        after_ms: u64,
-    },
-    /// Nothing is left and the job has been delivered `max_deliveries` times.
-    GiveUp,
+    /// Every choice was refused for quota or capacity, or something else stopped
+    /// this round (a throttle, an unknown error): the runner waits for capacity
+    /// (ADR-0014). It is never given up for that.
+    Wait,
 }
 
-/// The launch plan: given the refusals of this delivery (oldest first), the
-/// delivery's number (from 1), the deliveries allowed and the pool's choices,
-/// what to do next. The first type on spot (or on demand when the pool uses no
-/// spot); after a quota or capacity refusal the next type in the same market,
-/// then the types on demand; anything else ends the delivery: back off,
-/// doubling from 15 s to at most 5 minutes, until the last delivery.
-pub fn next_launch(
-    refusals: &[Refusal],
-    delivery: u32,
-    max_deliveries: u32,
-    choices: LaunchChoices,
-) -> NextLaunch {
+/// The launch plan of one admission round: given the refusals of this round
+/// (oldest first) and the pool's choices, what to do next. The first type on
+/// spot (or on demand when the pool uses no spot); after a quota or capacity
+/// refusal the next type in the same market, then the types on demand; a wrong
+/// request fails the runner; anything else, or nothing left, waits.
+///
+/// A market the capacity ledger knows to be full is passed as refused, so that
+/// the plan never calls RunInstances where it knows the answer.
+pub fn next_launch(refusals: &[Refusal], choices: LaunchChoices) -> NextLaunch {
     let candidates = choices.candidates();
+    let tried = |(m, t): &(Market, usize)| {
+        refusals
+            .iter()
+            .any(|r| r.market == *m && r.instance_type == *t)
+    };
     let Some(last) = refusals.last() else {
         let (market, instance_type) = candidates[0];
         return NextLaunch::Try {
@@ -331,52 +326,24 @@ pub fn next_launch(
     if last.class == LaunchErrorClass::InvalidRequest {
         return NextLaunch::Fail;
     }
-    if matches!(
+    if !matches!(
         last.class,
         LaunchErrorClass::Quota | LaunchErrorClass::Capacity
     ) {
-        let tried = |(m, t): &(Market, usize)| {
-            refusals
-                .iter()
-                .any(|r| r.market == *m && r.instance_type == *t)
-        };
-        let after_last = candidates
-            .iter()
-            .position(|c| *c == (last.market, last.instance_type))
-            .map_or(0, |i| i + 1);
-        if let Some((market, instance_type)) =
-            candidates[after_last..].iter().find(|c| !tried(c)).copied()
-        {
-            return NextLaunch::Try {
-                market,
-                instance_type,
-            };
-        }
+        return NextLaunch::Wait;
     }
-    if delivery >= max_deliveries {
-        NextLaunch::GiveUp
-    } else {
-        NextLaunch::BackOff {
-            after_ms: launch_backoff_ms(delivery),
-        }
+    match candidates.iter().find(|c| !tried(c)).copied() {
+        Some((market, instance_type)) => NextLaunch::Try {
+            market,
+            instance_type,
+        },
+        None => NextLaunch::Wait,
     }
-}
-
-/// The back-off after the `delivery`-th delivery found no capacity: 15 s,
-/// doubling, at most [`MAX_LAUNCH_BACKOFF_MS`].
-pub fn launch_backoff_ms(delivery: u32) -> u64 {
-    (15_000u64 << delivery.saturating_sub(1).min(5)).min(MAX_LAUNCH_BACKOFF_MS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        let secs: Vec<u64> = (1..=7).map(|n| launch_backoff_ms(n) / 1000).collect();
-        assert_eq!(secs, [15, 30, 60, 120, 240, 300, 300]);
-    }
 
     #[test]
     fn each_type_on_spot_then_each_type_on_demand() {
@@ -399,7 +366,7 @@ mod tests {
         while let NextLaunch::Try {
             market,
             instance_type,
-        } = next_launch(&refusals, 1, 5, choices)
+        } = next_launch(&refusals, choices)
         {
             plan.push((market, instance_type));
             refusals.push(refused(market, instance_type, Capacity));
@@ -413,17 +380,22 @@ mod tests {
                 (Market::OnDemand, 1)
             ]
         );
-        // Without spot, on demand only; a throttle ends the delivery.
+        // Nothing left: wait. Without spot, on demand only; a throttle ends the
+        // round: wait.
+        assert_eq!(next_launch(&refusals, choices), NextLaunch::Wait);
         let no_spot = LaunchChoices {
             instance_types: 2,
             spot: false,
         };
-        assert_eq!(next_launch(&[], 1, 5, no_spot), try_(Market::OnDemand, 0));
+        assert_eq!(next_launch(&[], no_spot), try_(Market::OnDemand, 0));
         let throttled = [refused(Market::OnDemand, 0, Throttled)];
-        assert!(matches!(
-            next_launch(&throttled, 1, 5, no_spot),
-            NextLaunch::BackOff { .. }
-        ));
+        assert_eq!(next_launch(&throttled, no_spot), NextLaunch::Wait);
+        // A market known full is passed as refused: the plan starts on demand.
+        let spot_full = [
+            refused(Market::Spot, 0, Quota),
+            refused(Market::Spot, 1, Quota),
+        ];
+        assert_eq!(next_launch(&spot_full, choices), try_(Market::OnDemand, 0));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! non-terminal `Terminating` / `Draining`, and `resume` owes a `Terminate`.
 #![deny(missing_docs, unsafe_code)]
 
+mod capacity;
 mod command;
 mod decide;
 mod error;
@@ -20,21 +21,24 @@ mod launch;
 mod resume;
 mod state;
 
+pub use capacity::{
+    Admission, CapacityLedger, FIRST_CAPACITY_PAUSE_MS, FIRST_PAUSE_MS, MAX_PAUSE_MS, MarketQuota,
+    PROBE_AFTER_MS, Pause, fair_order,
+};
 pub use command::{Command, TerminateRunner};
 pub use decide::{decide, is_repeat};
 pub use error::{DomainError, is_benign_refusal};
 pub use event::{
-    DEFAULT_CONSISTENCY_WINDOW_MS, Deadlines, FailureStage, InstanceSpec, JobSource,
-    LaunchErrorClass, Market, RunnerEvent, TerminationEvidence, TerminationReason,
+    DEFAULT_CONSISTENCY_WINDOW_MS, DEFAULT_MAX_WAIT_MS, Deadlines, FailureStage, InstanceSpec,
+    JobSource, LaunchErrorClass, Market, RunnerEvent, TerminationEvidence, TerminationReason,
 };
 pub use ids::{
     ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, runner_name_prefix,
 };
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
-    LaunchChoices, MAX_LAUNCH_BACKOFF_MS, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds,
-    fallback_market, judge_instance, launch_backoff_ms, next_launch, record_instance,
-    record_launch, resolve_pending_launch,
+    LaunchChoices, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,
+    judge_instance, next_launch, record_instance, record_launch, resolve_pending_launch,
 };
 pub use resume::{
     MissedDeadline, boot_deadline, deadline_to_confirm, missed_deadline, resume, terminate_runner,

@@ -23,8 +23,16 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
         return None;
     }
     let d = request.deadlines;
-    let max_age = request.at.plus_ms(d.max_age_ms);
-    if now >= max_age {
+    let max_age = match d.max_wait_ms {
+        // Waiting is not age: the instance's age counts from its launch.
+        Some(_) => state
+            .launch
+            .as_ref()
+            .filter(|_| state.instance_may_be_alive())
+            .map(|l| l.intended_at.plus_ms(d.max_age_ms)),
+        None => Some(request.at.plus_ms(d.max_age_ms)),
+    };
+    if let Some(max_age) = max_age.filter(|at| now >= *at) {
         return Some(MissedDeadline {
             stage: FailureStage::MaxAge,
             at: max_age,
@@ -54,15 +62,27 @@ pub fn deadline_to_confirm(state: &RunnerState, now: Timestamp) -> Option<Missed
 }
 
 /// When the runner's job must have started: the boot timeout after its first
-/// launch intent (or, while nothing may be alive, after its request).
+/// launch intent (or, while nothing may be alive, after its request). A runner
+/// that may wait for capacity (`max_wait_ms`) has, while nothing may be alive,
+/// until its request plus the wait limit, and once launched the boot timeout
+/// after its current launch intent.
 pub fn boot_deadline(state: &RunnerState) -> Option<Timestamp> {
     let request = state.request.as_ref()?;
-    let from = if state.instance_may_be_alive() {
-        state.first_intent_at.unwrap_or(request.at)
-    } else {
-        request.at
-    };
-    Some(from.plus_ms(request.deadlines.boot_timeout_ms))
+    let d = request.deadlines;
+    let alive = state.instance_may_be_alive();
+    Some(match (d.max_wait_ms, alive) {
+        (Some(wait), false) => request.at.plus_ms(wait),
+        (Some(_), true) => state
+            .launch
+            .as_ref()
+            .map_or(request.at, |l| l.intended_at)
+            .plus_ms(d.boot_timeout_ms),
+        (None, true) => state
+            .first_intent_at
+            .unwrap_or(request.at)
+            .plus_ms(d.boot_timeout_ms),
+        (None, false) => request.at.plus_ms(d.boot_timeout_ms),
+    })
 }
 
 /// Since when a termination is owed at `now`, and why; `None` when none is.

@@ -31,6 +31,7 @@ fn deadlines() -> Deadlines {
         max_age_ms: 3_600_000,
         drain_grace_ms: 120_000,
         consistency_window_ms: 5_000,
+        max_wait_ms: None,
     }
 }
 
@@ -1254,4 +1255,110 @@ fn a_job_observed_on_github_is_recorded_with_its_source() {
             conclusion: None,
             source: JobSource::Webhook,
         }]);
+}
+
+// ---- waiting for capacity (ADR-0014) ----
+
+/// A runner that may wait for capacity: 1 hour of wait, 10 minutes to boot, 1
+/// hour of age.
+fn waiting_request() -> RunnerEvent {
+    let RunnerEvent::Requested {
+        at,
+        job,
+        attempt,
+        labels,
+        spec,
+        installation,
+        deployment,
+        ..
+    } = requested()
+    else {
+        unreachable!()
+    };
+    RunnerEvent::Requested {
+        at,
+        job,
+        attempt,
+        labels,
+        spec,
+        deadlines: Deadlines {
+            max_wait_ms: Some(3_600_000),
+            ..deadlines()
+        },
+        installation,
+        deployment,
+    }
+}
+
+#[test]
+fn a_runner_waiting_for_capacity_is_stale_only_past_its_wait_limit() {
+    // Requested at 0, a spot intent refused at 1–2: nothing alive, waiting.
+    let state = fold(&[waiting_request(), intended(1, Market::Spot), rejected(1)]);
+    // Past the 10-minute boot timeout, it still waits.
+    assert_eq!(missed_deadline(&state, at(3_000)), None);
+    assert_eq!(
+        missed_deadline(&state, at(3_600)),
+        Some(MissedDeadline {
+            stage: FailureStage::Stale,
+            at: at(3_600)
+        })
+    );
+    // The old rule (no wait limit): stale at the boot timeout.
+    let old = fold(&[requested(), intended(1, Market::Spot), rejected(1)]);
+    assert_eq!(
+        missed_deadline(&old, at(600)).map(|m| m.stage),
+        Some(FailureStage::Stale)
+    );
+}
+
+#[test]
+fn a_runner_launched_after_waiting_boots_and_ages_from_its_launch() {
+    let late = |secs: i64| at(secs);
+    let events = [
+        waiting_request(),
+        intended(1, Market::Spot),
+        rejected(1),
+        // Launched 50 minutes after its request.
+        RunnerEvent::LaunchIntended {
+            at: late(3_000),
+            client_token: token(2),
+            market: Market::OnDemand,
+        },
+        RunnerEvent::Launched {
+            at: late(3_001),
+            client_token: token(2),
+            instance_id: i1(),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            market: Market::OnDemand,
+        },
+    ];
+    let state = fold(&events);
+    // Not failed at once for the first intent's boot timeout, nor for the wait
+    // limit (an instance runs): boot deadline 10 minutes after this launch.
+    assert_eq!(missed_deadline(&state, late(3_599)), None);
+    assert_eq!(boot_deadline(&state), Some(late(3_600)));
+    assert_eq!(
+        missed_deadline(&state, late(3_600)).map(|m| m.stage),
+        Some(FailureStage::Boot)
+    );
+    // Its job started: the max age counts an hour from the launch, not the request.
+    let mut running = events.to_vec();
+    running.push(RunnerEvent::TokenMinted {
+        at: late(3_010),
+        runner_name: "jitr-acme-42-1".into(),
+    });
+    running.push(RunnerEvent::JobStarted {
+        at: late(3_050),
+        source: Default::default(),
+    });
+    let state = fold(&running);
+    assert_eq!(missed_deadline(&state, late(6_000)), None);
+    assert_eq!(
+        missed_deadline(&state, late(6_600)),
+        Some(MissedDeadline {
+            stage: FailureStage::MaxAge,
+            at: late(6_600)
+        })
+    );
 }

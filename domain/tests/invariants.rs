@@ -112,6 +112,8 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 max_age_ms: 3_600_000,
                 drain_grace_ms: 60_000,
                 consistency_window_ms: 120_000,
+                // Both deadline rules: waiting for capacity, and the old one.
+                max_wait_ms: (attempt % 2 == 0).then_some(7_200_000),
             },
             installation: None,
             deployment: None,

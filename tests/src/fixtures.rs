@@ -50,6 +50,7 @@ pub fn request(job_id: u64) -> Command {
             max_age_ms: 6 * 3_600_000,
             drain_grace_ms: 120_000,
             consistency_window_ms: DEFAULT_CONSISTENCY_WINDOW_MS,
+            max_wait_ms: None,
         },
         installation: None,
         deployment: None,

@@ -301,8 +301,34 @@ impl World {
                 done.push(command);
             }
         }
-        projector.catch_up().await.unwrap();
+        // Folds the terminations, and asks for an admission round if they
+        // freed capacity.
+        projector.tick(self.now()).await.unwrap();
         done
+    }
+
+    /// Handles what the scale-up queue holds (admission rounds asked for,
+    /// runners handed back to be minted) until it is empty; returns how many
+    /// messages that was.
+    pub async fn drain_scaleup(&self) -> usize {
+        let queue = self.app.ports.scaleup_queue.clone();
+        let now = || self.now();
+        let mut handled = 0;
+        loop {
+            let n = jitr_handlers::runtime::consumer::drain(
+                &*queue,
+                &*self.app.scaleup,
+                10,
+                std::time::Duration::ZERO,
+                &now,
+            )
+            .await
+            .unwrap();
+            if n == 0 {
+                return handled;
+            }
+            handled += n;
+        }
     }
 
     /// One reaper sweep.

@@ -131,9 +131,12 @@ async fn one_reaper_cycle_frees_the_quota_the_incident_pinned() {
         );
     }
     assert_eq!(world.cloud.vcpus_in_use(Market::OnDemand).unwrap(), 32);
-    // The 17th job finds the quota full.
+    // The 17th job finds the quota full: it waits for capacity.
     let blocked = world.queued(17).await.unwrap();
-    assert!(matches!(blocked, Outcome::RetryAfter(..)), "{blocked:?}");
+    assert!(
+        matches!(&blocked, Outcome::Done(m) if m.contains("waiting for capacity")),
+        "{blocked:?}"
+    );
 
     // 1 running, 4 pending (ready, waiting for their job), 10 failed after launch
     // (their compensation never ran: the bus was down), 1 completed.
@@ -265,8 +268,12 @@ async fn a_job_taken_by_another_jitr_runner_moves_that_runner() {
     assert_eq!(world.status(2).await, RunnerStatus::Ready);
 }
 
+/// ADR-0014: a full quota is learnt from EC2's refusal, once per market; the
+/// job then waits — later deliveries and admission rounds call no
+/// RunInstances while jitr holds what the market allowed — and is never given
+/// up for capacity.
 #[tokio::test]
-async fn quota_refusals_back_off_then_give_up_to_the_dlq_with_a_reason() {
+async fn quota_refusals_are_learnt_once_and_the_job_waits_without_giving_up() {
     let settings = SimSettings {
         spot_vcpus: 0,
         on_demand_vcpus: 0,
@@ -279,34 +286,54 @@ async fn quota_refusals_back_off_then_give_up_to_the_dlq_with_a_reason() {
         .handle(&message, 1, world.now())
         .await
         .unwrap();
-    match first {
-        Outcome::RetryAfter(delay, reason) => {
-            assert_eq!(delay.as_secs(), 15);
-            assert!(reason.contains("VcpuLimitExceeded"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
-    assert_eq!(
-        kinds(&events),
-        [
-            "Requested",
-            "LaunchIntended",
-            "LaunchRejected",
-            "LaunchIntended",
-            "LaunchRejected"
-        ]
-    );
-    let last = world
-        .scaleup
-        .handle(&message, 5, world.now())
-        .await
-        .unwrap();
     assert!(
-        matches!(&last, Outcome::DeadLetter(r) if r.contains("after 5 attempts")),
-        "{last:?}"
+        matches!(&first, Outcome::Done(m) if m.contains("waiting for capacity") && m.contains("VcpuLimitExceeded")),
+        "{first:?}"
     );
-    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    let learnt = [
+        "Requested",
+        "LaunchIntended",
+        "LaunchRejected",
+        "LaunchIntended",
+        "LaunchRejected",
+    ];
+    assert_eq!(
+        kinds(&world.store.read_stream(&world.stream(1)).await.unwrap()),
+        learnt
+    );
+    for receives in 2..=20 {
+        world.advance(60);
+        let again = world
+            .scaleup
+            .handle(&message, receives, world.now())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, Outcome::Done(m) if m.contains("waiting")),
+            "{again:?}"
+        );
+        let round = world.scaleup.admit(None, world.now()).await.unwrap();
+        assert_eq!((round.waiting, round.launched), (1, 0));
+    }
+    // Nineteen minutes later: not failed, and past the learning only one probe
+    // per market every five minutes (jitr_domain::PROBE_AFTER_MS): 3 each.
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    let mut probes: std::collections::BTreeMap<Market, Vec<i64>> = Default::default();
+    for r in &events[learnt.len()..] {
+        if let jitr_domain::RunnerEvent::LaunchIntended { at, market, .. } = &r.event {
+            probes.entry(*market).or_default().push(at.0);
+        }
+    }
+    for (market, at) in &probes {
+        assert_eq!(at.len(), 3, "{market:?}: {at:?}");
+        assert!(
+            at.windows(2)
+                .all(|w| w[1] - w[0] >= jitr_domain::PROBE_AFTER_MS as i64),
+            "{market:?}: {at:?}"
+        );
+    }
+    assert_eq!(probes.len(), 2);
+    assert_eq!(world.status(1).await, RunnerStatus::Requested);
     world.assert_no_leak().await;
 }
 
@@ -1072,7 +1099,9 @@ async fn an_organisation_pool_registers_its_runners_in_its_group_by_name() {
 }
 
 /// Issue 11: a pool's vCPU budget. Past it a job waits — no RunInstances, no
-/// refusal recorded — and launches once a runner of the pool is gone.
+/// refusal recorded — and launches once a runner of the pool is gone: the
+/// projector, folding the `Terminated`, asks for an admission round
+/// (ADR-0014), which launches it and hands it back to be minted.
 #[tokio::test]
 async fn a_pool_at_its_vcpu_budget_waits_without_calling_run_instances() {
     let mut world = World::with_policy(|policy| policy.pools[0].max_vcpus = Some(8));
@@ -1080,7 +1109,7 @@ async fn a_pool_at_its_vcpu_budget_waits_without_calling_run_instances() {
     world.queued(2).await.unwrap();
     let third = world.queued(3).await.unwrap();
     assert!(
-        matches!(&third, Outcome::RetryAfter(_, why) if why.contains("vCPU budget (8 of 8 in use)")),
+        matches!(&third, Outcome::Done(why) if why.contains("vCPU budget (8 of 8)")),
         "{third:?}"
     );
     assert_eq!(world.status(3).await, RunnerStatus::Requested);
@@ -1094,7 +1123,8 @@ async fn a_pool_at_its_vcpu_budget_waits_without_calling_run_instances() {
     world.advance(121);
     world.project_and_compensate().await;
     assert_eq!(world.status(1).await, RunnerStatus::Completed);
-    world.queued(3).await.unwrap();
+    assert_eq!(world.status(3).await, RunnerStatus::Requested);
+    assert!(world.drain_scaleup().await >= 2, "a round, then the mint");
     assert_eq!(world.status(3).await, RunnerStatus::Ready);
     world.assert_no_leak().await;
 }

@@ -119,6 +119,7 @@ impl JobWatch {
             None if completed => Some((stream.clone(), false)),
             _ => None,
         };
+        let lands_here = matches!(&target, Some((t, _)) if *t == stream);
         if let Some((target, took_it)) = target {
             let target_state = current_state(&*self.ports.store, &target).await?;
             if let Some(why) =
@@ -145,6 +146,19 @@ impl JobWatch {
                     crate::app::metrics::healed_by_poll(now, recorded);
                 }
             }
+        }
+        // A runner still waiting for capacity whose job is no longer queued
+        // (another runner took it, or it ended) stops waiting (ADR-0014).
+        let waiting = state.runner_name.is_none()
+            && !state.instance_may_be_alive()
+            && state.failure.is_none()
+            && state.wants_instance();
+        if waiting && !lands_here && found.status != "queued" {
+            let stop = Command::Fail {
+                stage: jitr_domain::FailureStage::Stale,
+                reason: format!("no longer waiting for capacity: {answer}"),
+            };
+            recorded += usize::from(self.observe(&stream, stop, now).await?);
         }
         let state = if recorded > 0 {
             current_state(&*self.ports.store, &stream).await?
@@ -187,16 +201,20 @@ impl JobWatch {
         }
     }
 
-    /// Whether the runner's job is due for a periodic poll at `now`: ready or
-    /// running, and not asked for within the poll interval (counted from the
-    /// launch, or the job's start, before the first poll). Draining runners are
-    /// not polled: their job is known to be over.
+    /// Whether the runner's job is due for a periodic poll at `now`: waiting
+    /// for capacity, ready or running, and not asked for within the poll
+    /// interval (counted from the request, the launch, or the job's start,
+    /// before the first poll). Draining runners are not polled: their job is
+    /// known to be over.
     pub fn due(&self, state: &RunnerState, now: Timestamp) -> bool {
         let interval = self.policy.job_poll_interval_ms;
         let Some(stream) = state.stream_id() else {
             return false;
         };
         let since = match state.status() {
+            RunnerStatus::Requested if state.failure.is_none() => {
+                state.request.as_ref().map(|r| r.at)
+            }
             RunnerStatus::Ready => state.first_intent_at,
             RunnerStatus::Running => state.job_started_at,
             _ => return false,

@@ -26,6 +26,13 @@ pub fn launch(at: Timestamp, market: &str, outcome: &str) {
     );
 }
 
+/// An admission round: runners waiting for capacity when it began, and how
+/// many it launched.
+pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
+    emit(at, "RunnersWaiting", waiting as f64, "Count", &[]);
+    emit(at, "RunnersAdmitted", launched as f64, "Count", &[]);
+}
+
 /// Instances the reaper found with no stream wanting them.
 pub fn orphans_reaped(at: Timestamp, count: usize) {
     emit(at, "OrphansReaped", count as f64, "Count", &[]);

@@ -207,12 +207,13 @@ impl App {
     /// memory, so a process runs one; it writes only while it holds the lease,
     /// under this application's [`App::holder`].
     pub async fn projector(&self) -> Result<Projector, ProjectorError> {
-        Projector::start(
+        Ok(Projector::start(
             self.ports.store.clone(),
             self.ports.bus.clone(),
             REEMIT_AFTER_MS,
             self.holder.clone(),
         )
-        .await
+        .await?
+        .with_wake(self.ports.scaleup_queue.clone()))
     }
 }

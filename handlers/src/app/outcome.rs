@@ -35,6 +35,9 @@ pub enum HandlerError {
     /// GitHub did not answer (or refused).
     #[error(transparent)]
     GitHub(#[from] GitHubError),
+    /// A queue did not take a message.
+    #[error(transparent)]
+    Queue(#[from] jitr_infra::QueueError),
     /// A crash injected at a step boundary (tests of crash recovery).
     #[error("crash injected at {0:?}")]
     Crashed(CrashPoint),

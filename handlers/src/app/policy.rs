@@ -120,8 +120,6 @@ pub struct RunnerPolicy {
     /// one organisation or account never touch each other's runners. None: the
     /// unscoped names of earlier versions.
     pub deployment: Option<String>,
-    /// Deliveries of one job before scale-up gives up (then `Failed` + DLQ).
-    pub max_launch_attempts: u32,
     /// Repositories served (`owner/repo`); empty: all.
     pub allowlist: Vec<String>,
     /// The reaper leaves instances younger than this alone.
@@ -157,7 +155,6 @@ impl Default for RunnerPolicy {
             work_folder: "_work".into(),
             installation_id: 1,
             deployment: None,
-            max_launch_attempts: 5,
             allowlist: Vec::new(),
             reaper_grace_ms: 120_000,
             job_poll_interval_ms: 300_000,

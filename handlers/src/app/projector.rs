@@ -60,6 +60,11 @@ pub struct Projector {
     reemit_after_ms: u64,
     holder: String,
     leader: bool,
+    /// Where a round of admission is asked for when capacity frees (the
+    /// scale-up queue; none: nobody is woken).
+    wake: Option<Arc<dyn jitr_infra::Queue>>,
+    /// A `Terminated` of an instance was folded since the last wake.
+    freed: bool,
 }
 
 impl Projector {
@@ -83,6 +88,8 @@ impl Projector {
             reemit_after_ms,
             holder: holder.into(),
             leader: false,
+            wake: None,
+            freed: false,
         };
         projector.reload().await?;
         Ok(projector)
@@ -111,6 +118,13 @@ impl Projector {
         self.generation = generation;
         self.policy = CompensationPolicy::new(self.reemit_after_ms);
         Ok(())
+    }
+
+    /// Asks for an admission round on `queue` (the scale-up queue) whenever a
+    /// folded `Terminated` freed an instance's capacity (ADR-0014).
+    pub fn with_wake(mut self, queue: Arc<dyn jitr_infra::Queue>) -> Self {
+        self.wake = Some(queue);
+        self
     }
 
     /// Whether this projector held the lease at its last tick.
@@ -142,6 +156,13 @@ impl Projector {
                 break;
             }
             for r in &page.events {
+                self.freed |= matches!(
+                    r.event,
+                    jitr_domain::RunnerEvent::Terminated {
+                        instance_id: Some(_),
+                        ..
+                    } | jitr_domain::RunnerEvent::StrayTerminated { .. }
+                );
                 self.views.apply(r.position, &r.stream, &r.event);
             }
             for unreadable in &page.unreadable {
@@ -251,6 +272,22 @@ impl Projector {
             tracing::info!(holder = %self.holder, "projector lease taken");
         }
         self.catch_up().await?;
+        self.wake_admission().await;
         self.compensate(now).await
+    }
+
+    /// Asks for an admission round if capacity freed since the last one. A
+    /// failure is logged: the periodic pass asks again.
+    async fn wake_admission(&mut self) {
+        let Some(queue) = &self.wake else {
+            return;
+        };
+        if !std::mem::take(&mut self.freed) {
+            return;
+        }
+        let body = crate::app::scaleup::admit_message("capacity freed");
+        if let Err(e) = queue.publish(&body, None, &[]).await {
+            tracing::warn!(error = %e, "could not ask for an admission round");
+        }
     }
 }

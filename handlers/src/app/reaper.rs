@@ -43,6 +43,8 @@ pub struct SweepReport {
     pub polls_deferred: usize,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
+    /// Runners waiting for capacity (an admission round was asked for).
+    pub waiting: usize,
     /// What failed for one instance or runner; the sweep went on with the others.
     pub errors: Vec<String>,
 }
@@ -208,6 +210,9 @@ impl Reaper {
         for head in open.heads {
             let stream = head.stream.clone();
             let mut state = head.state;
+            report.waiting += usize::from(
+                state.status() == jitr_domain::RunnerStatus::Requested && state.failure.is_none(),
+            );
             if self.jobs.due(&state, now) {
                 match self.jobs.poll_within_budget(&state, now).await {
                     Some(Ok(polled)) => {
@@ -233,6 +238,16 @@ impl Reaper {
             }
         }
         report.registrations_removed = self.sweep_registrations().await;
+        if report.waiting > 0 {
+            // The periodic admission round: capacity may have freed without a
+            // `Terminated` (a quota raised, other software stopped).
+            let body = crate::app::scaleup::admit_message("periodic pass");
+            if let Err(e) = self.ports.scaleup_queue.publish(&body, None, &[]).await {
+                report
+                    .errors
+                    .push(format!("asking for an admission round: {e}"));
+            }
+        }
         crate::app::metrics::orphans_reaped(now, report.orphans_terminated.len());
         crate::app::metrics::github_requests(now, "reaper", report.jobs_polled as u64);
         Ok(report)

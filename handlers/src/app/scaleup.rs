@@ -1,7 +1,8 @@
 //! Scale-up: a queued job gets one instance and a JIT runner config.
 //!
 //! Requested → LaunchIntended (client token) → RunInstances (the domain's launch
-//! plan: spot, then on-demand on quota/capacity, then back off) → Launched → JIT
+//! plan: spot, then on-demand on quota/capacity, else wait for capacity in an
+//! admission round, ADR-0014) → Launched → JIT
 //! config minted and handed over → TokenMinted. Every step is recorded before the
 //! next starts, so a crash or a redelivery resumes where the log says: an
 //! unresolved intent is resolved by its client token, never launched twice. A
@@ -14,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, FailureStage, InstallationId, IntentResolution, JobRef, LaunchChoices, LaunchOutcome,
-    NextLaunch, Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, next_launch,
-    record_instance,
+    Admission, CapacityLedger, Command, FailureStage, InstallationId, IntentResolution, JobRef,
+    LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, NextLaunch, Refusal, RunnerEvent,
+    RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch, record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -26,10 +27,88 @@ use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
 use crate::app::webhook::JobMessage;
 
+/// The scale-up message that asks for an admission round (capacity freed, or
+/// the periodic pass): `{"admit": WHY}`.
+pub fn admit_message(why: &str) -> String {
+    serde_json::json!({ "admit": why }).to_string()
+}
+
+/// Why the scale-up message `body` asks for an admission round, if it does.
+pub fn admit_request(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Admit {
+        admit: String,
+    }
+    serde_json::from_str::<Admit>(body).ok().map(|a| a.admit)
+}
+
+/// What an admission round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Runners waiting when it began.
+    pub waiting: usize,
+    /// Runners it launched.
+    pub launched: usize,
+    /// What became of the round's own runner (none: it was not waiting).
+    pub own: Option<Admitted>,
+}
+
+/// What became of a runner in an admission round.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Launched in this market, holding these vCPUs.
+    Launched {
+        /// The market.
+        market: Market,
+        /// Its vCPUs.
+        vcpus: u32,
+    },
+    /// Still waiting, and why.
+    Waiting(String),
+    /// The delivery ends here (failed, or its launch's outcome unknown).
+    Ended(Outcome),
+}
+
+/// A runner waiting for capacity.
+struct Waiting {
+    stream: StreamId,
+    repository: String,
+    since: Timestamp,
+    pool: String,
+    state: RunnerState,
+}
+
+/// vCPUs jitr's instances hold, per market and per pool.
+#[derive(Default)]
+struct Held {
+    markets: HashMap<Market, u32>,
+    pools: HashMap<String, u32>,
+}
+
+impl Held {
+    fn add(&mut self, market: Market, pool: Option<&str>, vcpus: u32) {
+        *self.markets.entry(market).or_default() += vcpus;
+        if let Some(pool) = pool {
+            *self.pools.entry(pool.to_owned()).or_default() += vcpus;
+        }
+    }
+
+    fn market(&self, market: Market) -> u32 {
+        self.markets.get(&market).copied().unwrap_or(0)
+    }
+
+    fn pool(&self, pool: &str) -> u32 {
+        self.pools.get(pool).copied().unwrap_or(0)
+    }
+}
+
 /// The scale-up handler.
 pub struct ScaleUp {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
+    /// What is known of each market's quota; held for a whole admission round,
+    /// so that rounds of one process run one at a time.
+    ledger: tokio::sync::Mutex<CapacityLedger>,
     /// Runner group ids by installation, organisation and name.
     groups: Mutex<HashMap<(u64, String, String), u64>>,
     /// Crash injection for recovery tests.
@@ -42,6 +121,7 @@ impl ScaleUp {
         ScaleUp {
             ports,
             policy,
+            ledger: tokio::sync::Mutex::default(),
             groups: Mutex::default(),
             crash: CrashSwitch::default(),
         }
@@ -141,10 +221,6 @@ impl ScaleUp {
         };
         self.run(&stream, request, now, "request").await?;
 
-        let mut refusals: Vec<Refusal> = Vec::new();
-        // EC2's words for the last refusal in this delivery: a definitive one
-        // (a wrong image, a missing profile) is the operator's to read.
-        let mut refused_because: Option<String> = None;
         loop {
             let state = self.state(&stream).await?;
             if !state.wants_instance() {
@@ -176,10 +252,6 @@ impl ScaleUp {
                 }
                 None | Some(LaunchOutcome::Rejected { .. }) => {
                     let request = state.request.as_ref().expect("requested");
-                    let pool = self.policy.pool_of(request);
-                    if let Some(wait) = self.over_budget(pool, &stream, request.spec.vcpus).await? {
-                        return Ok(wait);
-                    }
                     // A runner group the organisation lacks is known before any
                     // instance exists: fail the runner without launching one.
                     let installation = self.policy.installation_for(&state);
@@ -199,129 +271,14 @@ impl ScaleUp {
                             return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
                         }
                     }
-                    let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
-                        instance_types: p.instance_types.len(),
-                        spot: p.spot,
-                    });
-                    let (market, type_index) = match next_launch(
-                        &refusals,
-                        receives,
-                        self.policy.max_launch_attempts,
-                        choices,
-                    ) {
-                        NextLaunch::Try {
-                            market,
-                            instance_type,
-                        } => (market, instance_type),
-                        NextLaunch::Fail => {
-                            let reason = match &refused_because {
-                                Some(message) => {
-                                    format!("launch refused: {}: {message}", last_refusal(&state))
-                                }
-                                None => format!("launch refused: {}", last_refusal(&state)),
-                            };
-                            self.fail(&stream, FailureStage::Launch, reason.clone(), now)
-                                .await?;
-                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
+                    match self.admit(Some(&stream), now).await?.own {
+                        Some(Admitted::Launched { .. }) | None => continue,
+                        Some(Admitted::Waiting(why)) => {
+                            return Ok(Outcome::Done(format!(
+                                "{stream}: waiting for capacity ({why})"
+                            )));
                         }
-                        NextLaunch::BackOff { after_ms } => {
-                            return Ok(Outcome::RetryAfter(
-                                Duration::from_millis(after_ms),
-                                format!(
-                                    "{stream}: no market left (last: {})",
-                                    last_refusal(&state)
-                                ),
-                            ));
-                        }
-                        NextLaunch::GiveUp => {
-                            let reason = format!(
-                                "no capacity after {receives} attempts (last: {}); giving the job up",
-                                last_refusal(&state)
-                            );
-                            self.fail(&stream, FailureStage::Launch, reason.clone(), now)
-                                .await?;
-                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
-                        }
-                    };
-                    let instance_type = pool
-                        .and_then(|p| p.instance_types.get(type_index))
-                        .cloned()
-                        .unwrap_or_else(|| request.spec.instance_type.clone());
-                    let settings = pool.map(|p| p.launch.clone()).unwrap_or_default();
-                    let user_data = self
-                        .policy
-                        .bootstrap
-                        .as_ref()
-                        .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render());
-                    let intended = self
-                        .run(
-                            &stream,
-                            Command::IntendLaunch { market },
-                            now,
-                            &format!("intend-{}", state.launch_attempts + 1),
-                        )
-                        .await?;
-                    // Anything but a new intent: another delivery of the same job got
-                    // there first; follow the log instead of launching.
-                    let Dispatched::Appended { state, .. } = intended else {
-                        continue;
-                    };
-                    let token = state.pending_launch().cloned().expect("intent written");
-                    self.crash.check(CrashPoint::AfterLaunchIntended)?;
-                    let request = state.request.as_ref().expect("requested");
-                    let launch_spec = LaunchSpec {
-                        stream: stream.clone(),
-                        client_token: token.clone(),
-                        market,
-                        instance_type,
-                        vcpus: request.spec.vcpus,
-                        image: request.spec.image.clone(),
-                        user_data,
-                        settings,
-                    };
-                    match self.ports.compute.launch(&launch_spec).await {
-                        Ok(launched) => {
-                            crate::app::metrics::launch(now, market.as_str(), "ok");
-                            self.crash.check(CrashPoint::AfterRunInstances)?;
-                            let record = record_instance(&state, token.clone(), launched.found());
-                            self.record_instance(
-                                &stream,
-                                record,
-                                now,
-                                &format!("launched-{token}"),
-                            )
-                            .await?;
-                            self.crash.check(CrashPoint::AfterLaunched)?;
-                        }
-                        Err(LaunchFailure::Rejected(e)) => {
-                            tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
-                            crate::app::metrics::launch(
-                                now,
-                                market.as_str(),
-                                &format!("{:?}", e.class).to_lowercase(),
-                            );
-                            let reject = Command::RejectLaunch {
-                                client_token: token.clone(),
-                                code: e.code.clone(),
-                                class: e.class,
-                            };
-                            self.run(&stream, reject, now, &format!("rejected-{token}"))
-                                .await?;
-                            refused_because = Some(e.message.clone());
-                            refusals.push(Refusal {
-                                market,
-                                instance_type: type_index,
-                                class: e.class,
-                            });
-                        }
-                        Err(LaunchFailure::Unknown(e)) => {
-                            // The instance may exist: the next delivery resolves the
-                            // intent by its token.
-                            return Ok(Outcome::RetryAfter(
-                                Duration::from_secs(5),
-                                format!("{stream}: launch outcome unknown: {e}"),
-                            ));
-                        }
+                        Some(Admitted::Ended(outcome)) => return Ok(outcome),
                     }
                 }
             }
@@ -329,38 +286,311 @@ impl ScaleUp {
         self.mint(&stream, job, receives, now).await
     }
 
-    /// When the pool has a vCPU budget and launching `vcpus` more would exceed
-    /// it (counting the instances its other open runners may have alive), the
-    /// answer to wait: no RunInstances is called.
-    async fn over_budget(
+    /// One admission round (ADR-0014): the waiting runners, in fair order, are
+    /// launched while their vCPUs fit what the capacity ledger knows of each
+    /// market and their pool's budget; a pool whose head does not fit waits
+    /// whole. Each runner launched for another delivery is handed back to the
+    /// scale-up queue to be minted. Rounds of one process run one at a time.
+    /// `own` is the runner of the delivery that runs the round, if any.
+    pub async fn admit(
         &self,
-        pool: Option<&crate::app::policy::Pool>,
-        stream: &StreamId,
-        vcpus: u32,
-    ) -> Result<Option<Outcome>, HandlerError> {
-        let Some((pool, max)) = pool.and_then(|p| Some((p, p.max_vcpus?))) else {
-            return Ok(None);
-        };
+        own: Option<&StreamId>,
+        now: Timestamp,
+    ) -> Result<Round, HandlerError> {
+        let mut ledger = self.ledger.lock().await;
         let open = self.ports.store.open_streams().await?;
-        let used: u32 = open
-            .heads
-            .iter()
-            .filter(|h| h.stream != *stream && h.state.instance_may_be_alive())
-            .filter_map(|h| h.state.request.as_ref().map(|r| (h, r)))
-            .filter(|(_, r)| r.spec.pool.as_deref() == Some(pool.name.as_str()))
-            .map(|(h, r)| h.state.instance().map_or(r.spec.vcpus, |i| i.vcpus))
-            .sum();
-        if used + vcpus <= max {
-            return Ok(None);
+        let mut held = Held::default();
+        let mut waiting = Vec::new();
+        for head in &open.heads {
+            let state = &head.state;
+            let Some(request) = state.request.as_ref() else {
+                continue;
+            };
+            let pool = self.policy.pool_of(request).map(|p| p.name.clone());
+            if state.instance_may_be_alive() {
+                let market = state.launch.as_ref().map_or(Market::OnDemand, |l| l.market);
+                let vcpus = state.instance().map_or(request.spec.vcpus, |i| i.vcpus);
+                held.add(market, pool.as_deref(), vcpus);
+            } else if state.wants_instance() && state.failure.is_none() {
+                waiting.push(Waiting {
+                    stream: head.stream.clone(),
+                    repository: format!("{}/{}", request.job.owner, request.job.repo)
+                        .to_lowercase(),
+                    since: request.at,
+                    pool: pool.unwrap_or_default(),
+                    state: state.clone(),
+                });
+            }
         }
-        tracing::info!(%stream, pool = %pool.name, used, max, "pool at its vCPU budget: waiting");
-        Ok(Some(Outcome::RetryAfter(
-            Duration::from_secs(30),
-            format!(
-                "{stream}: pool {} at its vCPU budget ({used} of {max} in use)",
-                pool.name
-            ),
-        )))
+        let mut round = Round {
+            waiting: waiting.len(),
+            ..Round::default()
+        };
+        let order = fair_order(waiting, |w| w.repository.as_str(), |w| w.since);
+        let mut blocked: HashMap<String, String> = HashMap::new();
+        for (ahead, w) in order.iter().enumerate() {
+            let mine = own == Some(&w.stream);
+            let pool_name = w.pool.clone();
+            if let Some(why) = blocked.get(&pool_name) {
+                if mine {
+                    round.own = Some(Admitted::Waiting(format!("{why}; {ahead} ahead")));
+                }
+                continue;
+            }
+            // The head's state: a launch re-reads the stream when it records.
+            let state = &w.state;
+            let Some(request) = state.request.as_ref() else {
+                continue;
+            };
+            let pool = self.policy.pool_of(request);
+            let vcpus = request.spec.vcpus;
+            if let Some(max) = pool.and_then(|p| p.max_vcpus) {
+                let used = held.pool(&pool_name);
+                if used + vcpus > max {
+                    let why = format!("pool {pool_name} at its vCPU budget ({used} of {max})");
+                    if mine {
+                        round.own = Some(Admitted::Waiting(format!("{why}; {ahead} ahead")));
+                    }
+                    blocked.insert(pool_name, why);
+                    continue;
+                }
+            }
+            let admitted = self
+                .launch_one(&w.stream, state, &mut ledger, &held, now)
+                .await?;
+            match &admitted {
+                Admitted::Launched { market, vcpus } => {
+                    round.launched += 1;
+                    held.add(*market, Some(&pool_name), *vcpus);
+                    ledger.launched(&pool_name, *market, held.market(*market));
+                    if !mine {
+                        self.hand_over(state, Duration::ZERO).await?;
+                    }
+                }
+                Admitted::Waiting(why) => {
+                    blocked.insert(pool_name, why.clone());
+                }
+                Admitted::Ended(outcome) => {
+                    if !mine {
+                        tracing::warn!(stream = %w.stream, ?outcome, "admitted runner ended");
+                        if matches!(outcome, Outcome::RetryAfter(..)) {
+                            // Its launch's outcome is unknown: its own delivery
+                            // resolves the intent by its token.
+                            self.hand_over(state, Duration::from_secs(5)).await?;
+                        }
+                    }
+                }
+            }
+            if mine {
+                round.own = Some(match admitted {
+                    Admitted::Waiting(why) => Admitted::Waiting(format!("{why}; {ahead} ahead")),
+                    other => other,
+                });
+            }
+        }
+        crate::app::metrics::capacity_round(now, round.waiting, round.launched);
+        Ok(round)
+    }
+
+    /// Launches `stream` (waiting, chosen by the round) where the ledger allows:
+    /// the pool's plan of types and markets, with the markets known full passed
+    /// as refused. A quota refusal teaches the ledger and closes that market for
+    /// the round; a wrong request fails the runner.
+    async fn launch_one(
+        &self,
+        stream: &StreamId,
+        state: &RunnerState,
+        ledger: &mut CapacityLedger,
+        held: &Held,
+        now: Timestamp,
+    ) -> Result<Admitted, HandlerError> {
+        let request = state.request.as_ref().expect("requested");
+        let pool = self.policy.pool_of(request);
+        let pool_name = pool.map_or_else(String::new, |p| p.name.clone());
+        let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
+            instance_types: p.instance_types.len(),
+            spot: p.spot,
+        });
+        let vcpus = request.spec.vcpus;
+        // The markets known full, as refusals of every type there.
+        let mut refusals: Vec<Refusal> = Vec::new();
+        let close = |refusals: &mut Vec<Refusal>, market: Market| {
+            for instance_type in 0..choices.instance_types.max(1) {
+                refusals.push(Refusal {
+                    market,
+                    instance_type,
+                    class: LaunchErrorClass::Quota,
+                });
+            }
+        };
+        let mut probing: Vec<Market> = Vec::new();
+        for market in [Market::Spot, Market::OnDemand] {
+            match ledger.admits(&pool_name, market, held.market(market), vcpus, now) {
+                Admission::Fits => {}
+                Admission::Probe => probing.push(market),
+                Admission::Full => close(&mut refusals, market),
+            }
+        }
+        let known = refusals.len();
+        // EC2's words for the last refusal: a definitive one (a wrong image, a
+        // missing profile) is the operator's to read.
+        let mut refused_because: Option<String> = None;
+        let mut state = state.clone();
+        loop {
+            let (market, type_index) = match next_launch(&refusals, choices) {
+                NextLaunch::Try {
+                    market,
+                    instance_type,
+                } => (market, instance_type),
+                NextLaunch::Fail => {
+                    let reason = match &refused_because {
+                        Some(message) => {
+                            format!("launch refused: {}: {message}", last_refusal(&state))
+                        }
+                        None => format!("launch refused: {}", last_refusal(&state)),
+                    };
+                    self.fail(stream, FailureStage::Launch, reason.clone(), now)
+                        .await?;
+                    return Ok(Admitted::Ended(Outcome::DeadLetter(format!(
+                        "{stream}: {reason}"
+                    ))));
+                }
+                NextLaunch::Wait => {
+                    let tried = &refusals[known..];
+                    for market in [Market::Spot, Market::OnDemand] {
+                        let in_market: Vec<_> =
+                            tried.iter().filter(|r| r.market == market).collect();
+                        if !in_market.is_empty()
+                            && in_market
+                                .iter()
+                                .all(|r| r.class == LaunchErrorClass::Capacity)
+                        {
+                            ledger.capacity_refused(&pool_name, market, now);
+                        }
+                    }
+                    let why = match tried.last() {
+                        Some(_) => format!("launch refused: {}", last_refusal(&state)),
+                        None => "no market has room".to_owned(),
+                    };
+                    return Ok(Admitted::Waiting(why));
+                }
+            };
+            if probing.contains(&market) {
+                ledger.probing(market, now);
+            }
+            let instance_type = pool
+                .and_then(|p| p.instance_types.get(type_index))
+                .cloned()
+                .unwrap_or_else(|| request.spec.instance_type.clone());
+            let settings = pool.map(|p| p.launch.clone()).unwrap_or_default();
+            let user_data = self
+                .policy
+                .bootstrap
+                .as_ref()
+                .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render());
+            let intended = self
+                .run(
+                    stream,
+                    Command::IntendLaunch { market },
+                    now,
+                    &format!("intend-{}", state.launch_attempts + 1),
+                )
+                .await?;
+            // Anything but a new intent: another delivery of the same job got
+            // there first; its delivery follows the log.
+            let Dispatched::Appended {
+                state: intended, ..
+            } = intended
+            else {
+                return Ok(Admitted::Ended(Outcome::Done(format!(
+                    "{stream}: another delivery launches it"
+                ))));
+            };
+            state = intended;
+            let token = state.pending_launch().cloned().expect("intent written");
+            self.crash.check(CrashPoint::AfterLaunchIntended)?;
+            let launch_spec = LaunchSpec {
+                stream: stream.clone(),
+                client_token: token.clone(),
+                market,
+                instance_type,
+                vcpus,
+                image: request.spec.image.clone(),
+                user_data,
+                settings,
+            };
+            match self.ports.compute.launch(&launch_spec).await {
+                Ok(launched) => {
+                    crate::app::metrics::launch(now, market.as_str(), "ok");
+                    self.crash.check(CrashPoint::AfterRunInstances)?;
+                    let vcpus = launched.vcpus;
+                    let record = record_instance(&state, token.clone(), launched.found());
+                    self.record_instance(stream, record, now, &format!("launched-{token}"))
+                        .await?;
+                    self.crash.check(CrashPoint::AfterLaunched)?;
+                    return Ok(Admitted::Launched { market, vcpus });
+                }
+                Err(LaunchFailure::Rejected(e)) => {
+                    tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
+                    crate::app::metrics::launch(
+                        now,
+                        market.as_str(),
+                        &format!("{:?}", e.class).to_lowercase(),
+                    );
+                    let reject = Command::RejectLaunch {
+                        client_token: token.clone(),
+                        code: e.code.clone(),
+                        class: e.class,
+                    };
+                    if let Dispatched::Appended { state: after, .. } = self
+                        .run(stream, reject, now, &format!("rejected-{token}"))
+                        .await?
+                    {
+                        state = after;
+                    }
+                    refused_because = Some(e.message.clone());
+                    refusals.push(Refusal {
+                        market,
+                        instance_type: type_index,
+                        class: e.class,
+                    });
+                    if e.class == LaunchErrorClass::Quota {
+                        // A vCPU quota is the market's, whatever the type.
+                        ledger.quota_refused(market, held.market(market), now);
+                        close(&mut refusals, market);
+                    }
+                }
+                Err(LaunchFailure::Unknown(e)) => {
+                    // The instance may exist: the next delivery resolves the
+                    // intent by its token.
+                    return Ok(Admitted::Ended(Outcome::RetryAfter(
+                        Duration::from_secs(5),
+                        format!("{stream}: launch outcome unknown: {e}"),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends `state`'s job back to the scale-up queue (after `delay`), for its
+    /// own delivery to mint the runner an admission round launched, or to
+    /// resolve its launch.
+    async fn hand_over(&self, state: &RunnerState, delay: Duration) -> Result<(), HandlerError> {
+        let Some(request) = state.request.as_ref() else {
+            return Ok(());
+        };
+        let message =
+            JobMessage::for_runner(request, self.policy.installation_for(state), "admitted");
+        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        self.ports
+            .scaleup_queue
+            .publish(
+                &body,
+                (!delay.is_zero()).then_some(delay),
+                &[("delivery", &message.delivery)],
+            )
+            .await?;
+        Ok(())
     }
 
     /// The runner group id the runner joins: its pool's group, by name, in an

@@ -50,6 +50,34 @@ pub struct JobMessage {
     pub attempt: u32,
 }
 
+impl JobMessage {
+    /// The `queued` message of the job `request` was made for, as jitr itself
+    /// sends it (`source` names the sender in its delivery id).
+    pub fn for_runner(
+        request: &jitr_domain::RunnerRequest,
+        installation: u64,
+        source: &str,
+    ) -> JobMessage {
+        let job = &request.job;
+        JobMessage {
+            delivery: format!(
+                "{source}:{}/{}#{}#{}",
+                job.owner, job.repo, job.job_id, request.attempt
+            ),
+            action: "queued".into(),
+            installation,
+            owner: job.owner.clone(),
+            repo: job.repo.clone(),
+            job_id: job.job_id,
+            run_id: job.run_id,
+            labels: request.labels.clone(),
+            runner_name: None,
+            conclusion: None,
+            attempt: request.attempt,
+        }
+    }
+}
+
 fn first_attempt() -> u32 {
     1
 }

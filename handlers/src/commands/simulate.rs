@@ -271,7 +271,6 @@ pub async fn run_with(
     let mut policy = RunnerPolicy::default();
     policy.deadlines.drain_grace_ms = 30_000;
     policy.deadlines.consistency_window_ms = window_ms;
-    policy.max_launch_attempts = 20;
     policy.job_poll_interval_ms = job_poll_interval_ms;
     if let Some(pools) = pools {
         policy.pools = pools;

@@ -43,6 +43,13 @@ impl Consumer for ScaleUp {
         message: &QueueMessage,
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
+        if let Some(why) = crate::app::scaleup::admit_request(&message.body) {
+            let round = self.admit(None, now).await?;
+            return Ok(Outcome::Done(format!(
+                "admission round ({why}): {} of {} waiting launched",
+                round.launched, round.waiting
+            )));
+        }
         match job(message) {
             Ok(job) => self.handle(&job, message.receive_count, now).await,
             Err(poison) => Ok(poison),

@@ -1,0 +1,332 @@
+//! The capacity queue (ADR-0014): in which order waiting runners are admitted,
+//! and what jitr knows of each market's quota, so that it launches the moment
+//! capacity frees and never calls RunInstances where it knows the answer.
+
+use std::collections::BTreeMap;
+
+use crate::event::Market;
+use crate::ids::Timestamp;
+
+/// The shortest pause of a market after a quota refusal below its known
+/// ceiling (an instance still shutting down, other software on the account).
+pub const FIRST_PAUSE_MS: u64 = 2_000;
+
+/// The shortest pause of a pool's market after every one of its types was
+/// refused for capacity.
+pub const FIRST_CAPACITY_PAUSE_MS: u64 = 15_000;
+
+/// The longest pause.
+pub const MAX_PAUSE_MS: u64 = 300_000;
+
+/// How long after the last quota refusal one launch past the learnt ceiling is
+/// tried (the quota may have been raised, other software may have stopped).
+pub const PROBE_AFTER_MS: u64 = 300_000;
+
+/// Orders waiting runners fairly: round-robin across repositories, first come
+/// first served within each; the repositories in the order of their oldest
+/// waiting runner. So one repository's burst cannot starve another's job.
+///
+/// `repository` and `since` read an item's repository and request time; ties
+/// keep the input order.
+pub fn fair_order<T>(
+    mut waiting: Vec<T>,
+    repository: impl Fn(&T) -> &str,
+    since: impl Fn(&T) -> Timestamp,
+) -> Vec<T> {
+    waiting.sort_by_key(|w| since(w));
+    let mut queues: Vec<(String, std::collections::VecDeque<T>)> = Vec::new();
+    for item in waiting {
+        let repo = repository(&item).to_owned();
+        match queues.iter_mut().find(|(r, _)| *r == repo) {
+            Some((_, queue)) => queue.push_back(item),
+            None => queues.push((repo, std::collections::VecDeque::from([item]))),
+        }
+    }
+    let mut ordered = Vec::new();
+    while queues.iter().any(|(_, q)| !q.is_empty()) {
+        for (_, queue) in &mut queues {
+            if let Some(item) = queue.pop_front() {
+                ordered.push(item);
+            }
+        }
+    }
+    ordered
+}
+
+/// A pause that doubles on each refusal and ends at the first launch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pause {
+    /// No launch before this moment.
+    pub until: Option<Timestamp>,
+    /// The current pause's length.
+    pub length_ms: u64,
+}
+
+impl Pause {
+    /// Whether launches are paused at `now`.
+    pub fn holds(&self, now: Timestamp) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    fn extend(&mut self, first_ms: u64, now: Timestamp) {
+        self.length_ms = (self.length_ms * 2).clamp(first_ms, MAX_PAUSE_MS);
+        self.until = Some(now.plus_ms(self.length_ms));
+    }
+}
+
+/// What jitr knows of one market's quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarketQuota {
+    /// vCPUs the market holds for jitr: learnt from a quota refusal (the vCPUs
+    /// jitr held when EC2 refused), raised by every launch past it, or
+    /// configured. None: not known yet.
+    pub ceiling: Option<u32>,
+    /// Launches paused after a refusal below the ceiling.
+    pub pause: Pause,
+    /// The last quota refusal, or the last probe past the ceiling.
+    pub last_refusal: Option<Timestamp>,
+}
+
+/// What jitr knows of the account's capacity: per market its quota, per pool
+/// and market a pause after capacity refusals of every type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapacityLedger {
+    /// Per market.
+    pub markets: BTreeMap<Market, MarketQuota>,
+    /// Per pool and market: paused after every type was refused for capacity.
+    pub pools: BTreeMap<(String, Market), Pause>,
+}
+
+/// Whether a launch of `vcpus` may go to a market now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// It fits what is known.
+    Fits,
+    /// It does not fit the learnt ceiling, but the last refusal is old: one
+    /// launch is tried past it.
+    Probe,
+    /// Known full, or paused: no RunInstances.
+    Full,
+}
+
+impl CapacityLedger {
+    /// A ledger whose markets start with configured ceilings.
+    pub fn with_ceilings(ceilings: impl IntoIterator<Item = (Market, u32)>) -> Self {
+        let mut ledger = CapacityLedger::default();
+        for (market, vcpus) in ceilings {
+            ledger.markets.entry(market).or_default().ceiling = Some(vcpus);
+        }
+        ledger
+    }
+
+    /// Whether `vcpus` more may be launched for `pool` in `market`, where jitr
+    /// holds `used` vCPUs, at `now`.
+    pub fn admits(
+        &self,
+        pool: &str,
+        market: Market,
+        used: u32,
+        vcpus: u32,
+        now: Timestamp,
+    ) -> Admission {
+        let paused = self
+            .pools
+            .get(&(pool.to_owned(), market))
+            .is_some_and(|p| p.holds(now));
+        let quota = self.markets.get(&market).copied().unwrap_or_default();
+        if paused || quota.pause.holds(now) {
+            return Admission::Full;
+        }
+        match quota.ceiling {
+            None => Admission::Fits,
+            Some(ceiling) if used + vcpus <= ceiling => Admission::Fits,
+            Some(_)
+                if quota
+                    .last_refusal
+                    .is_none_or(|at| now.millis_since(at) >= PROBE_AFTER_MS) =>
+            {
+                Admission::Probe
+            }
+            Some(_) => Admission::Full,
+        }
+    }
+
+    /// A probe past the ceiling is under way: no other until [`PROBE_AFTER_MS`].
+    pub fn probing(&mut self, market: Market, now: Timestamp) {
+        self.markets.entry(market).or_default().last_refusal = Some(now);
+    }
+
+    /// EC2 refused a launch in `market` for quota while jitr held `used` vCPUs
+    /// there. Unknown ceiling: it is `used`. Below a known ceiling: something
+    /// else holds capacity for now — pause the market (2 s, doubling, at most 5
+    /// minutes) and keep the ceiling.
+    pub fn quota_refused(&mut self, market: Market, used: u32, now: Timestamp) {
+        let quota = self.markets.entry(market).or_default();
+        quota.last_refusal = Some(now);
+        match quota.ceiling {
+            None => quota.ceiling = Some(used),
+            Some(ceiling) if used < ceiling => quota.pause.extend(FIRST_PAUSE_MS, now),
+            Some(_) => {}
+        }
+    }
+
+    /// Every type of `pool` was refused for capacity in `market`: pause that
+    /// pool's market (15 s, doubling, at most 5 minutes).
+    pub fn capacity_refused(&mut self, pool: &str, market: Market, now: Timestamp) {
+        self.pools
+            .entry((pool.to_owned(), market))
+            .or_default()
+            .extend(FIRST_CAPACITY_PAUSE_MS, now);
+    }
+
+    /// A launch for `pool` in `market` succeeded, leaving jitr with `used`
+    /// vCPUs there: the ceiling is at least that, and the pauses end.
+    pub fn launched(&mut self, pool: &str, market: Market, used: u32) {
+        let quota = self.markets.entry(market).or_default();
+        if quota.ceiling.is_some_and(|c| c < used) {
+            quota.ceiling = Some(used);
+        }
+        quota.pause = Pause::default();
+        self.pools.remove(&(pool.to_owned(), market));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp(ms)
+    }
+
+    #[test]
+    fn repositories_take_turns_first_come_first_served_within_each() {
+        // (repository, requested at)
+        let waiting = vec![
+            ("big", 1),
+            ("big", 2),
+            ("big", 3),
+            ("big", 4),
+            ("small", 5),
+            ("other", 6),
+            ("small", 7),
+        ];
+        let order: Vec<(&str, i64)> = fair_order(waiting, |w| w.0, |w| at(w.1));
+        assert_eq!(
+            order,
+            [
+                ("big", 1),
+                ("small", 5),
+                ("other", 6),
+                ("big", 2),
+                ("small", 7),
+                ("big", 3),
+                ("big", 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_quota_is_learnt_from_the_first_refusal() {
+        let mut ledger = CapacityLedger::default();
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 28, 4, at(0)),
+            Admission::Fits
+        );
+        ledger.quota_refused(Market::OnDemand, 32, at(0));
+        assert_eq!(ledger.markets[&Market::OnDemand].ceiling, Some(32));
+        // Known full: no RunInstances; room again when jitr holds less.
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 32, 4, at(1_000)),
+            Admission::Full
+        );
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 28, 4, at(1_000)),
+            Admission::Fits
+        );
+        // The other market is unaffected.
+        assert_eq!(
+            ledger.admits("x64", Market::Spot, 32, 4, at(1_000)),
+            Admission::Fits
+        );
+    }
+
+    #[test]
+    fn a_refusal_below_the_ceiling_pauses_the_market_doubling() {
+        let mut ledger = CapacityLedger::with_ceilings([(Market::OnDemand, 32)]);
+        ledger.quota_refused(Market::OnDemand, 28, at(0));
+        assert_eq!(ledger.markets[&Market::OnDemand].ceiling, Some(32));
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 28, 4, at(1_999)),
+            Admission::Full
+        );
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 28, 4, at(2_000)),
+            Admission::Fits
+        );
+        ledger.quota_refused(Market::OnDemand, 28, at(2_000));
+        assert_eq!(ledger.markets[&Market::OnDemand].pause.length_ms, 4_000);
+        for _ in 0..20 {
+            ledger.quota_refused(Market::OnDemand, 28, at(2_000));
+        }
+        assert_eq!(
+            ledger.markets[&Market::OnDemand].pause.length_ms,
+            MAX_PAUSE_MS
+        );
+        // A launch ends the pause.
+        ledger.launched("x64", Market::OnDemand, 32);
+        assert_eq!(
+            ledger.admits("x64", Market::OnDemand, 28, 4, at(3_000)),
+            Admission::Fits
+        );
+    }
+
+    #[test]
+    fn past_the_ceiling_one_probe_after_five_quiet_minutes_and_a_success_raises_it() {
+        let mut ledger = CapacityLedger::default();
+        ledger.quota_refused(Market::Spot, 16, at(0));
+        assert_eq!(
+            ledger.admits("arm", Market::Spot, 16, 4, at(299_999)),
+            Admission::Full
+        );
+        assert_eq!(
+            ledger.admits("arm", Market::Spot, 16, 4, at(300_000)),
+            Admission::Probe
+        );
+        ledger.probing(Market::Spot, at(300_000));
+        assert_eq!(
+            ledger.admits("arm", Market::Spot, 16, 4, at(300_001)),
+            Admission::Full,
+            "one probe at a time"
+        );
+        ledger.launched("arm", Market::Spot, 20);
+        assert_eq!(ledger.markets[&Market::Spot].ceiling, Some(20));
+    }
+
+    #[test]
+    fn capacity_refusals_pause_only_that_pools_market() {
+        let mut ledger = CapacityLedger::default();
+        ledger.capacity_refused("arm", Market::Spot, at(0));
+        assert_eq!(
+            ledger.admits("arm", Market::Spot, 0, 4, at(14_999)),
+            Admission::Full
+        );
+        assert_eq!(
+            ledger.admits("x64", Market::Spot, 0, 4, at(1)),
+            Admission::Fits
+        );
+        assert_eq!(
+            ledger.admits("arm", Market::OnDemand, 0, 4, at(1)),
+            Admission::Fits
+        );
+        assert_eq!(
+            ledger.admits("arm", Market::Spot, 0, 4, at(15_000)),
+            Admission::Fits
+        );
+        ledger.capacity_refused("arm", Market::Spot, at(15_000));
+        assert_eq!(
+            ledger.pools[&("arm".to_owned(), Market::Spot)].length_ms,
+            30_000
+        );
+    }
+}
