@@ -22,9 +22,11 @@ pub const MAX_PAUSE_MS: u64 = 300_000;
 /// tried (the quota may have been raised, other software may have stopped).
 pub const PROBE_AFTER_MS: u64 = 300_000;
 
-/// Orders waiting runners fairly: round-robin across repositories, first come
-/// first served within each; the repositories in the order of their oldest
-/// waiting runner. So one repository's burst cannot starve another's job.
+/// Orders waiting runners fairly: the repository holding the fewest
+/// instances (`held`, counting those this order admits before) goes next,
+/// ties to the one whose next runner waited longest; first come first served
+/// within each repository. So one repository's burst cannot starve another's
+/// job, and while both wait they share the capacity evenly.
 ///
 /// `repository` and `since` read an item's repository and request time; ties
 /// keep the input order.
@@ -32,25 +34,35 @@ pub fn fair_order<T>(
     mut waiting: Vec<T>,
     repository: impl Fn(&T) -> &str,
     since: impl Fn(&T) -> Timestamp,
+    held: impl Fn(&str) -> u32,
 ) -> Vec<T> {
     waiting.sort_by_key(|w| since(w));
-    let mut queues: Vec<(String, std::collections::VecDeque<T>)> = Vec::new();
+    let mut queues: Vec<(String, u32, std::collections::VecDeque<T>)> = Vec::new();
     for item in waiting {
         let repo = repository(&item).to_owned();
-        match queues.iter_mut().find(|(r, _)| *r == repo) {
-            Some((_, queue)) => queue.push_back(item),
-            None => queues.push((repo, std::collections::VecDeque::from([item]))),
-        }
-    }
-    let mut ordered = Vec::new();
-    while queues.iter().any(|(_, q)| !q.is_empty()) {
-        for (_, queue) in &mut queues {
-            if let Some(item) = queue.pop_front() {
-                ordered.push(item);
+        match queues.iter_mut().find(|(r, _, _)| *r == repo) {
+            Some((_, _, queue)) => queue.push_back(item),
+            None => {
+                let share = held(&repo);
+                queues.push((repo, share, std::collections::VecDeque::from([item])));
             }
         }
     }
-    ordered
+    let mut ordered = Vec::new();
+    loop {
+        let next = queues
+            .iter_mut()
+            .filter_map(|(_, share, queue)| {
+                let front = since(queue.front()?);
+                Some((*share, front, share, queue))
+            })
+            .min_by_key(|(share, front, _, _)| (*share, *front));
+        let Some((_, _, share, queue)) = next else {
+            return ordered;
+        };
+        *share += 1;
+        ordered.extend(queue.pop_front());
+    }
 }
 
 /// A pause that doubles on each refusal and ends at the first launch.
@@ -211,7 +223,7 @@ mod tests {
             ("other", 6),
             ("small", 7),
         ];
-        let order: Vec<(&str, i64)> = fair_order(waiting, |w| w.0, |w| at(w.1));
+        let order: Vec<(&str, i64)> = fair_order(waiting.clone(), |w| w.0, |w| at(w.1), |_| 0);
         assert_eq!(
             order,
             [
@@ -222,6 +234,26 @@ mod tests {
                 ("small", 7),
                 ("big", 3),
                 ("big", 4)
+            ]
+        );
+        // A repository already holding instances waits for the others to
+        // catch up.
+        let order: Vec<(&str, i64)> = fair_order(
+            waiting,
+            |w| w.0,
+            |w| at(w.1),
+            |repo| if repo == "small" { 2 } else { 0 },
+        );
+        assert_eq!(
+            order,
+            [
+                ("big", 1),
+                ("other", 6),
+                ("big", 2),
+                ("big", 3),
+                ("small", 5),
+                ("big", 4),
+                ("small", 7)
             ]
         );
     }

@@ -11,12 +11,13 @@ proptest! {
     /// another that still has runners waiting, whatever the burst sizes.
     #[test]
     fn repositories_take_turns(waiting in prop::collection::vec((0u8..4, 0i64..1_000), 0..60)) {
-        let order = fair_order(waiting.clone(), |_| "", |w| Timestamp(w.1));
+        let order = fair_order(waiting.clone(), |_| "", |w| Timestamp(w.1), |_| 0);
         prop_assert_eq!(order.len(), waiting.len());
         let order = fair_order(
             waiting.iter().map(|(r, t)| (format!("repo-{r}"), *t)).collect(),
             |w| w.0.as_str(),
             |w| Timestamp(w.1),
+            |_| 0,
         );
         let mut sorted_in = waiting.iter().map(|(r, t)| (format!("repo-{r}"), *t)).collect::<Vec<_>>();
         let mut sorted_out = order.clone();

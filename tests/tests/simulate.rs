@@ -105,6 +105,41 @@ async fn the_simulator_follows_the_pools_types_and_architectures() {
     );
 }
 
+/// Issue 12 (ADR-0014): 500 jobs in two minutes on a 48-vCPU quota. Nothing is
+/// given up, the quota stays full while jobs wait, a refused market is not
+/// asked again by every waiting job, and the smaller repository is not starved
+/// by the larger one's burst.
+#[tokio::test]
+async fn a_burst_of_500_jobs_waits_for_capacity_and_is_served_fairly() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(dir.path(), Scenario::Burst, 1, true).await.unwrap();
+    assert_eq!(report.jobs, 500);
+    assert_eq!(report.jobs_served, 500, "{report:?}");
+    assert_eq!(report.runners_failed, 0);
+    assert_eq!(report.scaleup_dead_letters, 0);
+    assert_eq!(report.orphan_vcpu_minutes, 0.0);
+    assert_eq!(report.instances_alive_at_end, 0);
+    assert!(
+        report.admission.most_refused_per_pool_in_a_round <= 2,
+        "one refusal per market and round at most: {:?}",
+        report.admission
+    );
+    let utilisation = report.utilisation_while_waiting_pct.unwrap();
+    assert!(utilisation >= 90.0, "{utilisation} %");
+    assert!(
+        report.events_per_job_max <= 30,
+        "{}",
+        report.events_per_job_max
+    );
+    let docs = &report.waited_ms_by_repository["acme/docs"];
+    let release = &report.waited_ms_by_repository["acme/release"];
+    assert_eq!((docs.count, release.count), (100, 400));
+    assert!(
+        docs.p50 * 2 < release.p50 && docs.max < release.max,
+        "the small repository shares the capacity: docs {docs:?}, release {release:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_other_scenarios_serve_every_job_without_orphans() {
     for scenario in [

@@ -49,6 +49,8 @@ pub struct Round {
     pub waiting: usize,
     /// Runners it launched.
     pub launched: usize,
+    /// RunInstances refusals, per pool.
+    pub refused: HashMap<String, usize>,
     /// What became of the round's own runner (none: it was not waiting).
     pub own: Option<Admitted>,
 }
@@ -69,6 +71,19 @@ pub enum Admitted {
     Ended(Outcome),
 }
 
+/// Admission rounds run by this process so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AdmissionStats {
+    /// Rounds.
+    pub rounds: u64,
+    /// Runners they launched.
+    pub launched: u64,
+    /// RunInstances refusals in them.
+    pub refused: u64,
+    /// The most refusals one pool had in one round.
+    pub most_refused_per_pool_in_a_round: u64,
+}
+
 /// A runner waiting for capacity.
 struct Waiting {
     stream: StreamId,
@@ -83,6 +98,8 @@ struct Waiting {
 struct Held {
     markets: HashMap<Market, u32>,
     pools: HashMap<String, u32>,
+    /// Instances per repository (`owner/repo`, lower case).
+    repositories: HashMap<String, u32>,
 }
 
 impl Held {
@@ -91,6 +108,14 @@ impl Held {
         if let Some(pool) = pool {
             *self.pools.entry(pool.to_owned()).or_default() += vcpus;
         }
+    }
+
+    fn hold(&mut self, repository: &str) {
+        *self.repositories.entry(repository.to_owned()).or_default() += 1;
+    }
+
+    fn repository(&self, repository: &str) -> u32 {
+        self.repositories.get(repository).copied().unwrap_or(0)
     }
 
     fn market(&self, market: Market) -> u32 {
@@ -109,6 +134,9 @@ pub struct ScaleUp {
     /// What is known of each market's quota; held for a whole admission round,
     /// so that rounds of one process run one at a time.
     ledger: tokio::sync::Mutex<CapacityLedger>,
+    /// When the next round is already asked for (after a pause ends).
+    next_wake: Mutex<Option<Timestamp>>,
+    stats: Mutex<AdmissionStats>,
     /// Runner group ids by installation, organisation and name.
     groups: Mutex<HashMap<(u64, String, String), u64>>,
     /// Crash injection for recovery tests.
@@ -122,6 +150,8 @@ impl ScaleUp {
             ports,
             policy,
             ledger: tokio::sync::Mutex::default(),
+            next_wake: Mutex::default(),
+            stats: Mutex::default(),
             groups: Mutex::default(),
             crash: CrashSwitch::default(),
         }
@@ -311,6 +341,7 @@ impl ScaleUp {
                 let market = state.launch.as_ref().map_or(Market::OnDemand, |l| l.market);
                 let vcpus = state.instance().map_or(request.spec.vcpus, |i| i.vcpus);
                 held.add(market, pool.as_deref(), vcpus);
+                held.hold(&format!("{}/{}", request.job.owner, request.job.repo).to_lowercase());
             } else if state.wants_instance() && state.failure.is_none() {
                 waiting.push(Waiting {
                     stream: head.stream.clone(),
@@ -326,7 +357,12 @@ impl ScaleUp {
             waiting: waiting.len(),
             ..Round::default()
         };
-        let order = fair_order(waiting, |w| w.repository.as_str(), |w| w.since);
+        let order = fair_order(
+            waiting,
+            |w| w.repository.as_str(),
+            |w| w.since,
+            |repo| held.repository(repo),
+        );
         let mut blocked: HashMap<String, String> = HashMap::new();
         for (ahead, w) in order.iter().enumerate() {
             let mine = own == Some(&w.stream);
@@ -355,8 +391,9 @@ impl ScaleUp {
                     continue;
                 }
             }
+            let refused = round.refused.entry(pool_name.clone()).or_default();
             let admitted = self
-                .launch_one(&w.stream, state, &mut ledger, &held, now)
+                .launch_one(&w.stream, state, &mut ledger, &held, refused, now)
                 .await?;
             match &admitted {
                 Admitted::Launched { market, vcpus } => {
@@ -389,7 +426,58 @@ impl ScaleUp {
             }
         }
         crate::app::metrics::capacity_round(now, round.waiting, round.launched);
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.rounds += 1;
+            stats.launched += round.launched as u64;
+            stats.refused += round.refused.values().sum::<usize>() as u64;
+            stats.most_refused_per_pool_in_a_round = stats
+                .most_refused_per_pool_in_a_round
+                .max(round.refused.values().copied().max().unwrap_or(0) as u64);
+        }
+        if round.launched < round.waiting {
+            self.wake_after_pause(&ledger, now).await?;
+        }
         Ok(round)
+    }
+
+    /// The admission rounds of this process so far.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runners still wait and a pause holds: asks for a round when the first
+    /// pause ends (once: a round already asked for by then is enough).
+    async fn wake_after_pause(
+        &self,
+        ledger: &CapacityLedger,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let Some(at) = ledger
+            .markets
+            .values()
+            .map(|q| q.pause)
+            .chain(ledger.pools.values().copied())
+            .filter_map(|p| p.until)
+            .filter(|u| *u > now)
+            .min()
+        else {
+            return Ok(());
+        };
+        {
+            let mut next = self.next_wake.lock().unwrap_or_else(|p| p.into_inner());
+            if next.is_some_and(|n| n > now && n <= at) {
+                return Ok(());
+            }
+            *next = Some(at);
+        }
+        let body = admit_message("a pause ends");
+        let delay = Duration::from_millis(at.millis_since(now));
+        self.ports
+            .scaleup_queue
+            .publish(&body, Some(delay), &[])
+            .await?;
+        Ok(())
     }
 
     /// Launches `stream` (waiting, chosen by the round) where the ledger allows:
@@ -402,6 +490,7 @@ impl ScaleUp {
         state: &RunnerState,
         ledger: &mut CapacityLedger,
         held: &Held,
+        refused: &mut usize,
         now: Timestamp,
     ) -> Result<Admitted, HandlerError> {
         let request = state.request.as_ref().expect("requested");
@@ -549,6 +638,7 @@ impl ScaleUp {
                         state = after;
                     }
                     refused_because = Some(e.message.clone());
+                    *refused += 1;
                     refusals.push(Refusal {
                         market,
                         instance_type: type_index,

@@ -56,6 +56,11 @@ pub enum Scenario {
     /// throttled from 0:30 to 3:30, longer than the consistency window; a quarter
     /// of the JIT mints failing right after launch.
     CloudChaos,
+    /// 500 jobs within two minutes from two repositories (400 and 100) on a
+    /// 32-vCPU on-demand and 16-vCPU spot quota, jobs of 3–10 minutes: the
+    /// capacity queue (ADR-0014) — nothing given up, freed capacity used at
+    /// once, repositories served in turn.
+    Burst,
 }
 
 impl Scenario {
@@ -67,6 +72,7 @@ impl Scenario {
             Scenario::LostWebhooks => "lost-webhooks",
             Scenario::DuplicateStorm => "duplicate-storm",
             Scenario::CloudChaos => "cloud-chaos",
+            Scenario::Burst => "burst",
         }
     }
 }
@@ -132,6 +138,24 @@ pub struct SimulationReport {
     /// From a job's completion on GitHub to its runner's termination being
     /// issued (to the end of the run when it never was).
     pub idle_after_job_ms: Distribution,
+    /// Runners failed (for any reason), and jobs dead-lettered by scale-up.
+    pub runners_failed: u64,
+    /// Scale-up messages in the dead-letter queue at the end.
+    pub scaleup_dead_letters: u64,
+    /// The admission rounds (ADR-0014).
+    pub admission: crate::app::scaleup::AdmissionStats,
+    /// From a job's request to its runner's first launch, per repository.
+    pub waited_ms_by_repository: BTreeMap<String, Distribution>,
+    /// Events recorded per job (all its runners): mean.
+    pub events_per_job_mean: f64,
+    /// Events recorded per job: most.
+    pub events_per_job_max: u64,
+    /// While runners waited for capacity, the mean share of the quota (both
+    /// markets) the simulated cloud counted in use, in percent.
+    pub utilisation_while_waiting_pct: Option<f64>,
+    /// From a `Terminated` of an instance while runners waited to the next
+    /// `Launched`.
+    pub wake_to_launch_ms: Distribution,
 }
 
 /// How a run is set up besides its scenario and seed.
@@ -182,6 +206,8 @@ struct Job {
 const T0: Timestamp = Timestamp(1_777_868_520_000);
 const STEP_MS: u64 = 1_000;
 const LIMIT_MS: u64 = 3 * 3_600_000;
+/// The burst runs until its 500 jobs are done, at most this long.
+const BURST_LIMIT_MS: u64 = 12 * 3_600_000;
 
 /// Runs `scenario` in `dir` (which keeps the log, cloud and queues afterwards),
 /// with the default consistency window.
@@ -218,10 +244,10 @@ pub async fn run_with(
     let now = || clock.now();
     let settings = SimSettings {
         on_demand_vcpus: 32,
-        spot_vcpus: if scenario == Scenario::SeedIncident {
-            8
-        } else {
-            32
+        spot_vcpus: match scenario {
+            Scenario::SeedIncident => 8,
+            Scenario::Burst => 16,
+            _ => 32,
         },
         spot_capacity: None,
         type_capacity,
@@ -233,6 +259,7 @@ pub async fn run_with(
         boot_ms: 20_000,
         shutdown_ms: 5_000,
     };
+    let settings_quota = settings.on_demand_vcpus + settings.spot_vcpus;
     let Embedded {
         store,
         cloud,
@@ -290,7 +317,16 @@ pub async fn run_with(
 
     // The burst: 24 jobs of 4 vCPUs in the first two minutes; 96 vCPUs wanted
     // against 8 spot and 32 on-demand.
-    let count = 24u64;
+    let count = if scenario == Scenario::Burst {
+        500
+    } else {
+        24u64
+    };
+    let limit_ms = if scenario == Scenario::Burst {
+        BURST_LIMIT_MS
+    } else {
+        LIMIT_MS
+    };
     let mut jobs: Vec<Job> = (1..=count)
         .map(|n| Job {
             message: JobMessage {
@@ -298,7 +334,12 @@ pub async fn run_with(
                 action: "queued".into(),
                 installation: 1,
                 owner: "acme".into(),
-                repo: "release".into(),
+                // The burst: 400 jobs of one repository, 100 of another.
+                repo: if scenario == Scenario::Burst && n > 400 {
+                    "docs".into()
+                } else {
+                    "release".into()
+                },
                 job_id: 5_000 + n,
                 run_id: 900,
                 labels: job_labels[(n as usize - 1) % job_labels.len()].clone(),
@@ -330,7 +371,9 @@ pub async fn run_with(
         lifecycle_lost += u64::from(lost);
         lost
     };
-    while elapsed <= LIMIT_MS {
+    let quota = settings_quota;
+    let (mut waiting_steps, mut utilisation_sum) = (0u64, 0f64);
+    while elapsed <= limit_ms {
         let t = now();
         if let Some(faulty) = &chaos {
             // RunInstances throttled from 0:30 to 3:30.
@@ -421,6 +464,14 @@ pub async fn run_with(
                     for attempt in 1..=8 {
                         let stream = StreamId::for_job(&job_ref, attempt)
                             .expect("the simulation's repository is valid");
+                        // The projector's views (a step behind) say which
+                        // runners may be ready: only those are read.
+                        let viewed = projector.views().open.get(&stream);
+                        if viewed.is_none_or(|s| {
+                            !matches!(s.status(), RunnerStatus::Ready | RunnerStatus::Booting)
+                        }) {
+                            continue;
+                        }
                         let Some(head) = store.head(&stream).await? else {
                             break;
                         };
@@ -533,7 +584,18 @@ pub async fn run_with(
                 quota_free_at = Some(t);
             }
         }
-        if all_done && (quota_free_at.is_some() || elapsed >= LIMIT_MS) {
+        let waiting = projector
+            .views()
+            .open
+            .values()
+            .filter(|s| s.status() == RunnerStatus::Requested && s.failure.is_none())
+            .count();
+        if waiting > 0 {
+            let used = cloud.vcpus_in_use(Market::Spot)? + cloud.vcpus_in_use(Market::OnDemand)?;
+            waiting_steps += 1;
+            utilisation_sum += f64::from(used) / f64::from(quota.max(1));
+        }
+        if all_done && (quota_free_at.is_some() || elapsed >= limit_ms) {
             break;
         }
         if all_done
@@ -559,6 +621,19 @@ pub async fn run_with(
     };
     let mut from_polls = 0u64;
     let mut pool_of: BTreeMap<StreamId, String> = BTreeMap::new();
+    let mut requested_at: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
+    let mut first_launch: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
+    let mut events_per_job: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let repository = |stream: &StreamId| {
+        stream
+            .as_str()
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut freed_at: Vec<Timestamp> = Vec::new();
+    let mut runners_failed = 0u64;
     let mut launches_by_pool: BTreeMap<String, u64> = BTreeMap::new();
     let mut terminations: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut after = 0;
@@ -567,6 +642,24 @@ pub async fn run_with(
         let Some(last) = page.last() else { break };
         after = last.position;
         for r in &page {
+            *events_per_job
+                .entry((repository(&r.stream), r.stream.job_id()))
+                .or_default() += 1;
+            match &r.event {
+                RunnerEvent::Requested { at, .. } => {
+                    requested_at.entry(r.stream.clone()).or_insert(*at);
+                }
+                RunnerEvent::Launched { at, .. } => {
+                    first_launch.entry(r.stream.clone()).or_insert(*at);
+                }
+                RunnerEvent::Terminated {
+                    at,
+                    instance_id: Some(_),
+                    ..
+                } => freed_at.push(*at),
+                RunnerEvent::Failed { .. } => runners_failed += 1,
+                _ => {}
+            }
             let early = match &r.event {
                 RunnerEvent::LaunchRejected { code, .. } => {
                     *launch_failures.entry(code.clone()).or_default() += 1;
@@ -645,6 +738,31 @@ pub async fn run_with(
         let issued = terminations.get(&stream).copied().unwrap_or(end);
         idle.push(issued.0.saturating_sub(done.0).max(0) as u64);
     }
+    let mut waited: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (stream, at) in &requested_at {
+        if let Some(launched) = first_launch.get(stream) {
+            waited
+                .entry(repository(stream))
+                .or_default()
+                .push(launched.millis_since(*at));
+        }
+    }
+    let mut launches: Vec<Timestamp> = first_launch.values().copied().collect();
+    launches.sort();
+    let waiting_at = |t: Timestamp| {
+        requested_at
+            .iter()
+            .any(|(s, at)| *at <= t && first_launch.get(s).is_none_or(|l| *l > t))
+    };
+    let wake: Vec<u64> = freed_at
+        .iter()
+        .filter(|t| waiting_at(**t))
+        .filter_map(|t| {
+            let i = launches.partition_point(|l| l < t);
+            launches.get(i).map(|l| l.millis_since(*t))
+        })
+        .collect();
+    let per_job: Vec<u64> = events_per_job.values().copied().collect();
     Ok(SimulationReport {
         scenario,
         seed,
@@ -675,6 +793,22 @@ pub async fn run_with(
         lifecycle_from_polls: from_polls,
         jobs_killed: jobs.iter().filter(|j| j.killed).count() as u64,
         idle_after_job_ms: Distribution::of(idle),
+        runners_failed,
+        scaleup_dead_letters: scaleup_queue.dead_letter_depth().await?,
+        admission: app.scaleup.admission_stats(),
+        waited_ms_by_repository: waited
+            .into_iter()
+            .map(|(repo, ms)| (repo, Distribution::of(ms)))
+            .collect(),
+        events_per_job_mean: if per_job.is_empty() {
+            0.0
+        } else {
+            (per_job.iter().sum::<u64>() as f64 / per_job.len() as f64 * 10.0).round() / 10.0
+        },
+        events_per_job_max: per_job.iter().copied().max().unwrap_or(0),
+        utilisation_while_waiting_pct: (waiting_steps > 0)
+            .then(|| (utilisation_sum / waiting_steps as f64 * 1000.0).round() / 10.0),
+        wake_to_launch_ms: Distribution::of(wake),
     })
 }
 
@@ -709,6 +843,12 @@ pub fn render(r: &SimulationReport) -> String {
          lifecycle webhooks     {} lost, {} events recorded from job polls ({})\n\
          jobs killed            {}\n\
          job done → terminate   p50 {} s, max {} s\n\
+         failed / dead-lettered {} runners failed, {} scale-up dead letters\n\
+         admission rounds       {} rounds, {} launched, {} refused (at most {} for one pool in one round)\n\
+         waited for capacity    {}\n\
+         events per job         mean {}, max {}\n\
+         quota in use (waiting) {}\n\
+         freed → next launch    {} frees, p50 {} ms, p99 {} ms, max {} ms\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -762,6 +902,31 @@ pub fn render(r: &SimulationReport) -> String {
         r.jobs_killed,
         r.idle_after_job_ms.p50 / 1000,
         r.idle_after_job_ms.max / 1000,
+        r.runners_failed,
+        r.scaleup_dead_letters,
+        r.admission.rounds,
+        r.admission.launched,
+        r.admission.refused,
+        r.admission.most_refused_per_pool_in_a_round,
+        r.waited_ms_by_repository
+            .iter()
+            .map(|(repo, d)| format!(
+                "{repo}: {} jobs, p50 {} s, p90 {} s, max {} s",
+                d.count,
+                d.p50 / 1000,
+                d.p90 / 1000,
+                d.max / 1000
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
+        r.events_per_job_mean,
+        r.events_per_job_max,
+        r.utilisation_while_waiting_pct
+            .map_or("no job waited".into(), |p| format!("{p} %")),
+        r.wake_to_launch_ms.count,
+        r.wake_to_launch_ms.p50,
+        r.wake_to_launch_ms.p99,
+        r.wake_to_launch_ms.max,
         r.simulated_ms / 1000,
     )
 }
