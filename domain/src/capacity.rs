@@ -191,6 +191,15 @@ impl CapacityLedger {
             .extend(FIRST_CAPACITY_PAUSE_MS, now);
     }
 
+    /// EC2 said an instance is terminated: its vCPUs are free for certain, so
+    /// the markets' pauses (refusals below the ceiling) end. Pools' capacity
+    /// pauses stay: capacity of a type is not quota.
+    pub fn capacity_freed(&mut self) {
+        for quota in self.markets.values_mut() {
+            quota.pause = Pause::default();
+        }
+    }
+
     /// A launch for `pool` in `market` succeeded, leaving jitr with `used`
     /// vCPUs there: the ceiling is at least that, and the pauses end.
     pub fn launched(&mut self, pool: &str, market: Market, used: u32) {

@@ -198,6 +198,9 @@ pub enum TerminationEvidence {
     TokenFoundNothing,
     /// No launch was pending: every launch intent was refused by RunInstances.
     NothingLaunched,
+    /// EC2's own "EC2 Instance State-change Notification" said the instance
+    /// was `shutting-down` or `terminated` (delivered by EventBridge).
+    StateChange,
     /// Written before evidence was recorded (older logs).
     #[default]
     Unrecorded,
@@ -205,11 +208,12 @@ pub enum TerminationEvidence {
 
 impl TerminationEvidence {
     /// Every kind, in this order in reports.
-    pub const ALL: [TerminationEvidence; 5] = [
+    pub const ALL: [TerminationEvidence; 6] = [
         TerminationEvidence::ReportedTerminated,
         TerminationEvidence::NotFoundAfterWindow,
         TerminationEvidence::TokenFoundNothing,
         TerminationEvidence::NothingLaunched,
+        TerminationEvidence::StateChange,
         TerminationEvidence::Unrecorded,
     ];
 
@@ -220,6 +224,7 @@ impl TerminationEvidence {
             TerminationEvidence::NotFoundAfterWindow => "not-found-after-window",
             TerminationEvidence::TokenFoundNothing => "token-found-nothing",
             TerminationEvidence::NothingLaunched => "nothing-launched",
+            TerminationEvidence::StateChange => "state-change",
             TerminationEvidence::Unrecorded => "unrecorded",
         }
     }

@@ -61,6 +61,7 @@ pub fn judge_instance(
 /// | evidence | holds when |
 /// |---|---|
 /// | `reported-terminated` | an instance is named (EC2 described it gone) |
+/// | `state-change` | an instance is named (EC2's state-change event said it goes) |
 /// | `not-found-after-window` | an instance is named, launched (for a stray: recorded) at least the consistency window ago |
 /// | `token-found-nothing` | no instance is named, a launch is pending, intended at least the window ago |
 /// | `nothing-launched` | no instance is named and no launch is pending |
@@ -111,7 +112,7 @@ fn instance_evidence_holds(
     now: Timestamp,
 ) -> Result<(), &'static str> {
     match evidence {
-        TerminationEvidence::ReportedTerminated => Ok(()),
+        TerminationEvidence::ReportedTerminated | TerminationEvidence::StateChange => Ok(()),
         TerminationEvidence::NotFoundAfterWindow if now.millis_since(launched_at) >= window => {
             Ok(())
         }

@@ -291,7 +291,7 @@ proptest! {
         ).is_ok();
         let should = instance_id.as_ref().is_some_and(|i| i.0 == "i-1")
             && match evidence {
-                TerminationEvidence::ReportedTerminated => true,
+                TerminationEvidence::ReportedTerminated | TerminationEvidence::StateChange => true,
                 TerminationEvidence::NotFoundAfterWindow => age_ms >= window_ms,
                 _ => false,
             };

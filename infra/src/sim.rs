@@ -326,6 +326,50 @@ impl SimCloud {
             .collect())
     }
 
+    /// The state changes EC2 would announce ("EC2 Instance State-change
+    /// Notification") in `(after, upto]`, oldest first: `pending` at launch,
+    /// `running` after the boot, `shutting-down` at termination, `terminated`
+    /// after the shutdown.
+    pub fn state_changes(
+        &self,
+        after: Timestamp,
+        upto: Timestamp,
+    ) -> Result<Vec<(InstanceId, &'static str, Timestamp)>, ComputeError> {
+        let (boot, shutdown) = (
+            self.settings.boot_ms as i64,
+            self.settings.shutdown_ms as i64,
+        );
+        let filter = format!(
+            "WHERE (launched_at > {a} - {boot} AND launched_at <= {b})
+                OR (terminating_at IS NOT NULL AND terminating_at > {a} - {shutdown}
+                    AND terminating_at <= {b})",
+            a = after.0,
+            b = upto.0
+        );
+        let conn = self.lock();
+        let mut changes = Vec::new();
+        for row in self.rows(&conn, &filter, None)? {
+            let id = InstanceId(row.id.clone());
+            let mut at = vec![
+                ("pending", row.launched_at),
+                ("running", row.launched_at + boot),
+            ];
+            if let Some(t) = row.terminating_at {
+                // Terminated while pending: never running.
+                at.retain(|(state, when)| *state == "pending" || *when < t);
+                at.push(("shutting-down", t));
+                at.push(("terminated", t + shutdown));
+            }
+            for (state, when) in at {
+                if when > after.0 && when <= upto.0 {
+                    changes.push((id.clone(), state, Timestamp(when)));
+                }
+            }
+        }
+        changes.sort_by_key(|(_, _, at)| *at);
+        Ok(changes)
+    }
+
     /// Every instance the simulator ever ran, with its launch token, launch moment
     /// and the moment it was told to terminate (None: it still runs).
     pub fn lifetimes(&self) -> Result<Vec<SimLifetime>, ComputeError> {

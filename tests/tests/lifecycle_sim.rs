@@ -1160,3 +1160,147 @@ async fn the_simulators_type_capacity_sends_a_pool_to_its_next_type() {
         kinds(&events)
     );
 }
+
+/// Issue 12: EC2's state-change events are evidence. The instance of a
+/// completed job shuts itself down (the bootstrap powers off): its
+/// `shutting-down` event closes the runner at once, with evidence
+/// `state-change`, without compensation or a reaper pass; its `terminated`
+/// event asks for an admission round. A jitr instance that reaches `running`
+/// with no runner owning it is terminated by that one event.
+#[tokio::test]
+async fn ec2_state_changes_close_runners_and_terminate_unowned_instances() {
+    use jitr_infra::{Compute, Ec2Event, TerminateOutcome};
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.lifecycle("in_progress", 1).await;
+    world.lifecycle("completed", 1).await;
+    assert_eq!(world.status(1).await, RunnerStatus::Draining);
+    let instance = world.instance(1).await.unwrap();
+    world.advance(30);
+    // The runner exits and the instance powers itself off.
+    let before = jitr_domain::Timestamp(world.now().0 - 1);
+    assert_eq!(
+        world.cloud.terminate(&instance).await.unwrap(),
+        TerminateOutcome::Terminating
+    );
+    world.advance(1);
+    let changes = world.cloud.state_changes(before, world.now()).unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!((&changes[0].0, changes[0].1), (&instance, "shutting-down"));
+    let event = Ec2Event::StateChange {
+        instance_id: instance.clone(),
+        state: "shutting-down".into(),
+        at: Some(changes[0].2),
+    };
+    let outcome = world
+        .app
+        .ec2_events
+        .handle(&event, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("recorded")),
+        "{outcome:?}"
+    );
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    assert_eq!(
+        world.closed_by(1).await,
+        Some(jitr_domain::TerminationEvidence::StateChange)
+    );
+    // Told again (EventBridge delivers at least once): nothing more.
+    let again = world
+        .app
+        .ec2_events
+        .handle(&event, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Outcome::Done(m) if m.contains("already")),
+        "{again:?}"
+    );
+
+    // `terminated` (5 s later in the simulator): an admission round is asked for.
+    let before = world.now();
+    world.advance(5);
+    let changes = world.cloud.state_changes(before, world.now()).unwrap();
+    assert_eq!(changes[0].1, "terminated");
+    let terminated = Ec2Event::StateChange {
+        instance_id: instance.clone(),
+        state: "terminated".into(),
+        at: Some(changes[0].2),
+    };
+    world
+        .app
+        .ec2_events
+        .handle(&terminated, world.now())
+        .await
+        .unwrap();
+    let asked = world
+        .app
+        .ports
+        .scaleup_queue
+        .receive(10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        asked.iter().any(
+            |m| jitr_handlers::app::scaleup::admit_request(&m.body).as_deref()
+                == Some(jitr_handlers::app::scaleup::INSTANCE_TERMINATED)
+        ),
+        "{asked:?}"
+    );
+
+    // An instance tagged for a runner the log never saw, running: one event
+    // terminates it (no reaper grace).
+    let stream = world.stream(99);
+    let unowned = world
+        .cloud
+        .launch(&LaunchSpec {
+            client_token: ClientToken::derive(&stream, 1),
+            stream,
+            market: Market::Spot,
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            image: "ami-sim".into(),
+            user_data: None,
+            settings: Default::default(),
+        })
+        .await
+        .unwrap();
+    let running = Ec2Event::StateChange {
+        instance_id: unowned.instance_id.clone(),
+        state: "running".into(),
+        at: Some(world.now()),
+    };
+    let outcome = world
+        .app
+        .ec2_events
+        .handle(&running, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("terminated")),
+        "{outcome:?}"
+    );
+    assert!(!world.runs(&unowned.instance_id).await);
+    // The runner's own instance, running, is left alone.
+    world.queued(2).await.unwrap();
+    let own = world.instance(2).await.unwrap();
+    let running = Ec2Event::StateChange {
+        instance_id: own.clone(),
+        state: "running".into(),
+        at: Some(world.now()),
+    };
+    let outcome = world
+        .app
+        .ec2_events
+        .handle(&running, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("owned")),
+        "{outcome:?}"
+    );
+    assert!(world.runs(&own).await);
+    world.assert_no_leak().await;
+}

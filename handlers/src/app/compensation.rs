@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitr_domain::{
-    Command, InstanceVerdict, IntentResolution, RunnerState, Stray, TerminateRunner,
+    Command, InstanceId, InstanceVerdict, IntentResolution, RunnerState, Stray, TerminateRunner,
     TerminationEvidence, Timestamp, is_terminal,
 };
 use jitr_infra::CommandId;
@@ -95,6 +95,29 @@ impl Compensation {
             "{stream}: stray {} terminated",
             stray.id
         )))
+    }
+
+    /// What goes with a runner's instance: its JIT config parameter and its
+    /// GitHub registration. Failures are logged (the reaper's registration sweep
+    /// removes a registration left behind).
+    pub async fn clean_up(&self, state: &RunnerState, instance: &InstanceId) {
+        let stream = state.stream_id();
+        if let Err(e) = self.ports.secrets.delete_jit_config(instance).await {
+            tracing::warn!(?stream, error = %e, "JIT config not deleted");
+        }
+        if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
+            let scope = self.policy.scope_of(request);
+            let installation = self.policy.installation_for(state);
+            if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
+                for runner in runners.iter().filter(|r| &r.name == name) {
+                    let _ = self
+                        .ports
+                        .github
+                        .delete_runner(installation, &scope, runner.id)
+                        .await;
+                }
+            }
+        }
     }
 
     /// Terminates the runner's instance and records it.
@@ -233,22 +256,7 @@ impl Compensation {
         )
         .await?;
         crate::app::metrics::compensation_latency(now, now.millis_since(command.owed_since));
-        if let Err(e) = self.ports.secrets.delete_jit_config(&instance.id).await {
-            tracing::warn!(%stream, error = %e, "JIT config not deleted");
-        }
-        if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
-            let scope = self.policy.scope_of(request);
-            let installation = self.policy.installation_for(&state);
-            if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
-                for runner in runners.iter().filter(|r| &r.name == name) {
-                    let _ = self
-                        .ports
-                        .github
-                        .delete_runner(installation, &scope, runner.id)
-                        .await;
-                }
-            }
-        }
+        self.clean_up(&state, &instance.id).await;
         Ok(Outcome::Done(format!(
             "{stream}: {} terminated",
             instance.id

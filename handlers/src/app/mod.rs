@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod budget;
 pub mod compensation;
 pub mod dispatch;
+pub mod ec2events;
 pub mod jobwatch;
 pub mod lifecycle;
 pub mod metrics;
@@ -149,6 +150,8 @@ pub struct App {
     pub compensation: Arc<Compensation>,
     /// The reaper.
     pub reaper: Arc<Reaper>,
+    /// EC2's own events (state changes, spot interruption warnings).
+    pub ec2_events: Arc<ec2events::Ec2Events>,
     /// The rebalancer.
     pub rebalancer: Arc<Rebalancer>,
     /// Job polls (lost lifecycle webhooks healed from GitHub).
@@ -173,6 +176,12 @@ impl App {
             policy.clone(),
             jobs.clone(),
         ));
+        let reaper = Arc::new(Reaper::new(
+            ports.clone(),
+            policy.clone(),
+            compensation.clone(),
+            jobs.clone(),
+        ));
         App {
             webhook: Arc::new(Webhook::new(
                 webhook_secret,
@@ -183,11 +192,11 @@ impl App {
             )),
             scaleup: Arc::new(ScaleUp::new(ports.clone(), policy.clone())),
             lifecycle: Arc::new(Lifecycle::new(ports.clone(), policy.clone())),
-            reaper: Arc::new(Reaper::new(
+            reaper: reaper.clone(),
+            ec2_events: Arc::new(ec2events::Ec2Events::new(
                 ports.clone(),
-                policy.clone(),
                 compensation.clone(),
-                jobs.clone(),
+                reaper,
             )),
             rebalancer: Arc::new(Rebalancer::new(
                 ports.clone(),

@@ -163,6 +163,18 @@ impl Reaper {
         Ok(())
     }
 
+    /// One instance swept at once, without the reaper's grace (EC2 said it
+    /// runs): terminated if no runner owns it.
+    pub async fn sweep_one(
+        &self,
+        instance: &ManagedInstance,
+        now: Timestamp,
+    ) -> Result<SweepReport, HandlerError> {
+        let mut report = SweepReport::default();
+        self.sweep_instance(&mut report, instance, now).await?;
+        Ok(report)
+    }
+
     /// One sweep at `now`. A failure for one instance or runner is reported in
     /// [`SweepReport::errors`] and does not stop the sweep; only a failure to list
     /// the instances or the open runners does.

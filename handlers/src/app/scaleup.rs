@@ -33,6 +33,10 @@ pub fn admit_message(why: &str) -> String {
     serde_json::json!({ "admit": why }).to_string()
 }
 
+/// The reason of the admission round asked for when EC2 says an instance is
+/// terminated: its capacity is free for certain, so the markets' pauses end.
+pub const INSTANCE_TERMINATED: &str = "instance terminated";
+
 /// Why the scale-up message `body` asks for an admission round, if it does.
 pub fn admit_request(body: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -439,6 +443,12 @@ impl ScaleUp {
             self.wake_after_pause(&ledger, now).await?;
         }
         Ok(round)
+    }
+
+    /// EC2 said an instance is terminated: its capacity is free for certain,
+    /// so the pauses of the markets end before the next round.
+    pub async fn capacity_freed(&self) {
+        self.ledger.lock().await.capacity_freed();
     }
 
     /// The admission rounds of this process so far.

@@ -154,8 +154,12 @@ pub struct SimulationReport {
     /// markets) the simulated cloud counted in use, in percent.
     pub utilisation_while_waiting_pct: Option<f64>,
     /// From a `Terminated` of an instance while runners waited to the next
-    /// `Launched`.
+    /// `Launched` (the simulator, like EC2's quota, still counts an instance
+    /// while it shuts down: 5 s).
     pub wake_to_launch_ms: Distribution,
+    /// From an instance's `terminated` state change (its vCPUs free in the
+    /// simulated cloud) while runners waited to the next `Launched`.
+    pub cloud_freed_to_launch_ms: Distribution,
 }
 
 /// How a run is set up besides its scenario and seed.
@@ -373,6 +377,7 @@ pub async fn run_with(
     };
     let quota = settings_quota;
     let (mut waiting_steps, mut utilisation_sum) = (0u64, 0f64);
+    let mut cloud_freed: Vec<Timestamp> = Vec::new();
     while elapsed <= limit_ms {
         let t = now();
         if let Some(faulty) = &chaos {
@@ -572,6 +577,25 @@ pub async fn run_with(
             }
             let _ = app.rebalancer.tick(t).await;
         }
+        // EC2's state-change events for this step, as EventBridge delivers
+        // them; a `terminated` asks for an admission round, handled at once.
+        if compensation {
+            let before = Timestamp(t.0 - STEP_MS as i64);
+            for (instance_id, state, at) in cloud.state_changes(before, t)? {
+                if state == "terminated" {
+                    cloud_freed.push(at);
+                }
+                let event = jitr_infra::Ec2Event::StateChange {
+                    instance_id,
+                    state: state.into(),
+                    at: Some(at),
+                };
+                if let Err(e) = app.ec2_events.handle(&event, t).await {
+                    tracing::warn!(error = %e, "EC2 event not handled");
+                }
+            }
+            while drain(&*scaleup_queue, &*app.scaleup, 10, Duration::ZERO, &now).await? > 0 {}
+        }
         for market in [Market::Spot, Market::OnDemand] {
             let used = cloud.vcpus_in_use(market)?;
             let entry = peak.entry(market.as_str().to_owned()).or_default();
@@ -754,14 +778,18 @@ pub async fn run_with(
             .iter()
             .any(|(s, at)| *at <= t && first_launch.get(s).is_none_or(|l| *l > t))
     };
-    let wake: Vec<u64> = freed_at
-        .iter()
-        .filter(|t| waiting_at(**t))
-        .filter_map(|t| {
-            let i = launches.partition_point(|l| l < t);
-            launches.get(i).map(|l| l.millis_since(*t))
-        })
-        .collect();
+    let next_launch_after = |freed: &[Timestamp]| -> Vec<u64> {
+        freed
+            .iter()
+            .filter(|t| waiting_at(**t))
+            .filter_map(|t| {
+                let i = launches.partition_point(|l| l < t);
+                launches.get(i).map(|l| l.millis_since(*t))
+            })
+            .collect()
+    };
+    let wake = next_launch_after(&freed_at);
+    let cloud_wake = next_launch_after(&cloud_freed);
     let per_job: Vec<u64> = events_per_job.values().copied().collect();
     Ok(SimulationReport {
         scenario,
@@ -809,6 +837,7 @@ pub async fn run_with(
         utilisation_while_waiting_pct: (waiting_steps > 0)
             .then(|| (utilisation_sum / waiting_steps as f64 * 1000.0).round() / 10.0),
         wake_to_launch_ms: Distribution::of(wake),
+        cloud_freed_to_launch_ms: Distribution::of(cloud_wake),
     })
 }
 
@@ -848,7 +877,7 @@ pub fn render(r: &SimulationReport) -> String {
          waited for capacity    {}\n\
          events per job         mean {}, max {}\n\
          quota in use (waiting) {}\n\
-         freed → next launch    {} frees, p50 {} ms, p99 {} ms, max {} ms\n\
+         freed → next launch    {} frees, p50 {} ms, p99 {} ms, max {} ms (from Terminated); {} frees, p50 {} ms, p99 {} ms, max {} ms (from EC2's terminated)\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -927,6 +956,10 @@ pub fn render(r: &SimulationReport) -> String {
         r.wake_to_launch_ms.p50,
         r.wake_to_launch_ms.p99,
         r.wake_to_launch_ms.max,
+        r.cloud_freed_to_launch_ms.count,
+        r.cloud_freed_to_launch_ms.p50,
+        r.cloud_freed_to_launch_ms.p99,
+        r.cloud_freed_to_launch_ms.max,
         r.simulated_ms / 1000,
     )
 }

@@ -44,6 +44,9 @@ impl Consumer for ScaleUp {
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
         if let Some(why) = crate::app::scaleup::admit_request(&message.body) {
+            if why == crate::app::scaleup::INSTANCE_TERMINATED {
+                self.capacity_freed().await;
+            }
             let round = self.admit(None, now).await?;
             return Ok(Outcome::Done(format!(
                 "admission round ({why}): {} of {} waiting launched",
@@ -86,6 +89,23 @@ impl Consumer for Compensation {
     ) -> Result<Outcome, HandlerError> {
         match decode_terminate_runner(&message.body) {
             Ok(command) => self.handle(&command, now).await,
+            Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for crate::app::ec2events::Ec2Events {
+    fn name(&self) -> &'static str {
+        "ec2-events"
+    }
+    async fn consume(
+        &self,
+        message: &QueueMessage,
+        now: Timestamp,
+    ) -> Result<Outcome, HandlerError> {
+        match jitr_infra::decode_ec2_event(&message.body) {
+            Ok(event) => self.handle(&event, now).await,
             Err(e) => Ok(Outcome::DeadLetter(e.to_string())),
         }
     }

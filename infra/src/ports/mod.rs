@@ -4,6 +4,7 @@
 
 mod bus;
 mod compute;
+mod ec2_events;
 mod event_store;
 mod github;
 mod queue;
@@ -17,6 +18,10 @@ pub use compute::{
     Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings,
     LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
     TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, architecture_mismatch, classify,
+};
+pub use ec2_events::{
+    EC2_SOURCE, Ec2Event, Ec2EventError, SPOT_INTERRUPTION, STATE_CHANGE, decode_ec2_event,
+    encode_spot_interruption, encode_state_change,
 };
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
