@@ -284,7 +284,8 @@ fn init_twice_against_the_emulator_changes_nothing_the_second_time() {
     assert_eq!(
         kinds,
         [
-            "table", "queue", "alarm", "queue", "alarm", "queue", "alarm", "bus"
+            "table", "queue", "alarm", "queue", "alarm", "queue", "alarm", "queue", "alarm", "bus",
+            "rule"
         ]
     );
     assert!(

@@ -100,6 +100,7 @@ async fn aws_with(policy: RunnerPolicy) -> Aws {
         scaleup_queue: queue(names.scaleup_queue()).await,
         lifecycle_queue: queue(names.lifecycle_queue()).await,
         compensation_queue: queue(names.compensation_queue()).await,
+        ec2_events_queue: queue(names.ec2_events_queue()).await,
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     Aws {

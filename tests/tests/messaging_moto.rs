@@ -359,3 +359,55 @@ async fn the_pool_configuration_is_read_from_a_file_or_an_ssm_parameter() {
         .to_string();
     assert!(relative.contains("no such file"), "{relative}");
 }
+
+/// Issue 12: `jitr init` routes EC2's own events to jitr: a rule on the
+/// account's default bus matching both EC2 event types, whose target is the
+/// deployment's EC2-events queue; a second run finds it unchanged.
+#[tokio::test]
+async fn init_routes_ec2_state_changes_and_spot_warnings_to_the_ec2_events_queue() {
+    let config = jitr_e2e::aws::config().await;
+    let names = jitr_aws::AwsNames::new(jitr_e2e::aws::unique("jitr-ev"));
+    let first = jitr_aws::provision(&config, &names, 5).await.unwrap();
+    let rule = first
+        .iter()
+        .find(|r| r.kind == "rule")
+        .expect("the EC2 events rule is reported");
+    assert_eq!(rule.setup, jitr_aws::Setup::Created, "{rule:?}");
+
+    let events = aws_sdk_eventbridge::Client::new(&config);
+    let described = events
+        .describe_rule()
+        .name(names.ec2_events_rule())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.event_bus_name(), Some("default"));
+    let pattern: serde_json::Value =
+        serde_json::from_str(described.event_pattern().unwrap()).unwrap();
+    assert_eq!(pattern["source"], serde_json::json!(["aws.ec2"]));
+    assert_eq!(
+        pattern["detail-type"],
+        serde_json::json!([
+            "EC2 Instance State-change Notification",
+            "EC2 Spot Instance Interruption Warning"
+        ])
+    );
+    let targets = events
+        .list_targets_by_rule()
+        .rule(names.ec2_events_rule())
+        .send()
+        .await
+        .unwrap();
+    let queue = jitr_aws::SqsQueue::find(&config, &names.ec2_events_queue())
+        .await
+        .unwrap()
+        .expect("the EC2 events queue exists");
+    let arns: Vec<&str> = targets.targets().iter().map(|t| t.arn()).collect();
+    assert_eq!(arns, [queue.pair().arn.as_str()]);
+
+    let second = jitr_aws::provision(&config, &names, 5).await.unwrap();
+    assert!(
+        second.iter().all(|r| r.setup == jitr_aws::Setup::Unchanged),
+        "{second:?}"
+    );
+}

@@ -167,6 +167,42 @@ async fn a_signed_queued_webhook_gets_a_runner_within_two_seconds_and_completed_
     server.shutdown().await;
 }
 
+/// Issue 12: `serve` hears the simulated EC2's state changes as EventBridge
+/// would deliver EC2's: an instance that goes away by itself (here terminated
+/// behind jitr's back) is recorded gone within seconds, on the evidence of the
+/// `shutting-down` event — the reaper does not run (hourly sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_gone_behind_jitrs_back_is_recorded_from_ec2s_event() {
+    use jitr_infra::Compute;
+    let server = start().await;
+    assert_eq!(server.job("queued", 7, None).await.0, 202);
+    server
+        .wait_for(7, Duration::from_secs(2), |h| h.state.runner_name.is_some())
+        .await;
+    let stream = StreamId::parse("acme/widgets#7#1").unwrap();
+    let instance = server
+        .store()
+        .head(&stream)
+        .await
+        .unwrap()
+        .unwrap()
+        .instance_id
+        .unwrap();
+    let cloud = jitr_infra::SimCloud::open(
+        server.dir.path().join("cloud.db"),
+        SimSettings::default(),
+        jitr_infra::system_clock(),
+    )
+    .unwrap();
+    cloud.terminate(&instance).await.unwrap();
+    server
+        .wait_for(7, Duration::from_secs(5), |h| {
+            h.state.terminated_by == Some(jitr_domain::TerminationEvidence::StateChange)
+        })
+        .await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_status_codes() {
     let server = start().await;

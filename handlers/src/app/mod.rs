@@ -58,6 +58,9 @@ pub struct Ports {
     pub lifecycle_queue: Arc<dyn Queue>,
     /// Where the bus delivers compensation commands.
     pub compensation_queue: Arc<dyn Queue>,
+    /// EC2's state-change and spot interruption events (EventBridge's rule on
+    /// the default bus delivers them; the simulator's pump in `serve`).
+    pub ec2_events_queue: Arc<dyn Queue>,
     /// Where the projector puts compensation commands.
     pub bus: Arc<dyn CommandBus>,
 }

@@ -58,8 +58,9 @@ pub enum Command {
     SendWebhook(send_webhook::Args),
     /// Run one handler under the AWS Lambda runtime.
     ///
-    /// HANDLER is webhook (function URL), scaleup / lifecycle / compensate (SQS,
-    /// partial batch failures; the bus rule feeds the compensation queue), projector
+    /// HANDLER is webhook (function URL), scaleup / lifecycle / compensate /
+    /// ec2-events (SQS, partial batch failures; the bus rule feeds the
+    /// compensation queue, the default bus's EC2 rule the ec2-events queue), projector
     /// (DynamoDB Streams), reaper / rebalancer (scheduled). Configuration comes from
     /// the environment: JITR_PREFIX, JITR_WEBHOOK_SECRET, JITR_GITHUB_APP_ID,
     /// JITR_GITHUB_PRIVATE_KEY (see the README). Logs are JSON.

@@ -293,6 +293,7 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
         scaleup_queue: find(names.scaleup_queue()).await?,
         lifecycle_queue: find(names.lifecycle_queue()).await?,
         compensation_queue: find(names.compensation_queue()).await?,
+        ec2_events_queue: find(names.ec2_events_queue()).await?,
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
     let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();

@@ -73,6 +73,7 @@ impl Embedded {
             secrets: Arc::new(SimSecrets::open(data_dir.join("cloud.db"))?),
             scaleup_queue: queue("scaleup", 60)?,
             lifecycle_queue: queue("lifecycle", 30)?,
+            ec2_events_queue: queue("ec2-events", 30)?,
             bus: Arc::new(QueueBus::new(compensation_queue.clone())),
             compensation_queue,
         };

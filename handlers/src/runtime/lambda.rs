@@ -126,10 +126,11 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             ))
             .await
         }
-        "scaleup" | "lifecycle" | "compensate" => {
+        "scaleup" | "lifecycle" | "compensate" | "ec2-events" => {
             let (queue, consumer): (Arc<dyn Queue>, Arc<dyn Consumer>) = match handler {
                 "scaleup" => (app.ports.scaleup_queue.clone(), app.scaleup.clone()),
                 "lifecycle" => (app.ports.lifecycle_queue.clone(), app.lifecycle.clone()),
+                "ec2-events" => (app.ports.ec2_events_queue.clone(), app.ec2_events.clone()),
                 _ => (
                     app.ports.compensation_queue.clone(),
                     app.compensation.clone(),

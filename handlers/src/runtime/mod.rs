@@ -15,12 +15,13 @@ pub mod lambda;
 pub mod serve;
 
 /// The handlers `jitr lambda` runs.
-pub const LAMBDA_HANDLERS: [&str; 7] = [
+pub const LAMBDA_HANDLERS: [&str; 8] = [
     "webhook",
     "scaleup",
     "lifecycle",
     "projector",
     "compensate",
+    "ec2-events",
     "reaper",
     "rebalancer",
 ];

@@ -70,7 +70,41 @@ pub fn embedded(
     secret: Vec<u8>,
 ) -> Result<App, ServeError> {
     let embedded = Embedded::open(data_dir, settings, system_clock(), 10)?;
+    let queue = Arc::downgrade(&embedded.ports.ec2_events_queue);
+    tokio::spawn(pump_sim_events(embedded.cloud.clone(), queue));
     Ok(App::new(embedded.ports, policy, secret))
+}
+
+/// Publishes the simulated EC2's state changes to the EC2-events queue every
+/// second, as EventBridge's rule does on AWS; stops when the queue is dropped
+/// (the application is gone).
+async fn pump_sim_events(cloud: jitr_infra::SimCloud, queue: std::sync::Weak<dyn Queue>) {
+    let mut after = now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(queue) = queue.upgrade() else {
+            return;
+        };
+        let upto = now();
+        match cloud.state_changes(after, upto) {
+            Ok(changes) => {
+                for (instance_id, state, at) in changes {
+                    let body = jitr_infra::encode_state_change(
+                        &instance_id,
+                        state,
+                        at,
+                        "sim-1",
+                        "000000000000",
+                    );
+                    if let Err(e) = queue.publish(&body, None, &[]).await {
+                        tracing::warn!(error = %e, "simulated EC2 event not published");
+                    }
+                }
+                after = upto;
+            }
+            Err(e) => tracing::warn!(error = %e, "simulated EC2 events not read"),
+        }
+    }
 }
 
 /// Runs `consumer` on `queue` until `stop` turns true.
@@ -113,13 +147,14 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let mut tasks = tokio::task::JoinSet::new();
-    let consumers: [(Arc<dyn Queue>, Arc<dyn Consumer>); 3] = [
+    let consumers: [(Arc<dyn Queue>, Arc<dyn Consumer>); 4] = [
         (app.ports.scaleup_queue.clone(), app.scaleup.clone()),
         (app.ports.lifecycle_queue.clone(), app.lifecycle.clone()),
         (
             app.ports.compensation_queue.clone(),
             app.compensation.clone(),
         ),
+        (app.ports.ec2_events_queue.clone(), app.ec2_events.clone()),
     ];
     for (queue, consumer) in consumers {
         tasks.spawn(consume(queue, consumer, stop.clone()));

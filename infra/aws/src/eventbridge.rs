@@ -68,51 +68,16 @@ impl EventBridgeBus {
         };
         let pattern =
             format!(r#"{{"source":["{EVENT_SOURCE}"],"detail-type":["{TERMINATE_RUNNER}"]}}"#);
-        let rule_arn = this
-            .client
-            .put_rule()
-            .name(rule)
-            .event_bus_name(bus)
-            .event_pattern(pattern)
-            .state(RuleState::Enabled)
-            .description("jitr compensation commands to the compensation handler")
-            .send()
-            .await
-            .map_err(|e| sdk_error("put rule", &e))?
-            .rule_arn()
-            .unwrap_or_default()
-            .to_owned();
-        let target_entry = Target::builder()
-            .id("compensation-queue")
-            .arn(&target.arn)
-            .build()
-            .map_err(|e| bus_error("target", e))?;
-        let out = this
-            .client
-            .put_targets()
-            .rule(rule)
-            .event_bus_name(bus)
-            .targets(target_entry)
-            .send()
-            .await
-            .map_err(|e| sdk_error("put targets", &e))?;
-        if out.failed_entry_count() > 0 {
-            return Err(bus_error(
-                "put targets",
-                format!("{:?}", out.failed_entries()),
-            ));
-        }
-        let policy = format!(
-            r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"jitr-eventbridge","Effect":"Allow","Principal":{{"Service":"events.amazonaws.com"}},"Action":"sqs:SendMessage","Resource":"{}","Condition":{{"ArnEquals":{{"aws:SourceArn":"{rule_arn}"}}}}}}]}}"#,
-            target.arn
-        );
-        aws_sdk_sqs::Client::new(config)
-            .set_queue_attributes()
-            .queue_url(&target.url)
-            .attributes(aws_sdk_sqs::types::QueueAttributeName::Policy, policy)
-            .send()
-            .await
-            .map_err(|e| sdk_error("queue policy", &e))?;
+        let rule_arn = route(
+            config,
+            &this.client,
+            bus,
+            rule,
+            &pattern,
+            "jitr compensation commands to the compensation handler",
+            ("compensation-queue", target),
+        )
+        .await?;
         Ok((
             this,
             BusSetup {
@@ -121,6 +86,96 @@ impl EventBridgeBus {
             },
         ))
     }
+}
+
+/// Creates (or updates) the rule `rule` on the account's default bus that
+/// routes EC2's state-change and spot interruption events to `target`, with the
+/// queue policy that lets EventBridge deliver them. Returns whether the rule
+/// existed before.
+pub async fn ensure_ec2_events_rule(
+    config: &SdkConfig,
+    rule: &str,
+    target: &QueuePair,
+) -> Result<bool, BusError> {
+    let client = Client::new(config);
+    let existed = match client.describe_rule().name(rule).send().await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("ResourceNotFoundException") => false,
+        Err(e) => return Err(sdk_error("describe rule", &e)),
+    };
+    let pattern = serde_json::json!({
+        "source": [jitr_infra::EC2_SOURCE],
+        "detail-type": [jitr_infra::STATE_CHANGE, jitr_infra::SPOT_INTERRUPTION],
+    })
+    .to_string();
+    route(
+        config,
+        &client,
+        "default",
+        rule,
+        &pattern,
+        "EC2 state changes and spot interruption warnings to jitr",
+        ("ec2-events-queue", target),
+    )
+    .await?;
+    Ok(existed)
+}
+
+/// Puts rule `rule` (matching `pattern`) on `bus` with the queue `target` as its
+/// target, and the queue policy allowing that rule to send to it.
+async fn route(
+    config: &SdkConfig,
+    client: &Client,
+    bus: &str,
+    rule: &str,
+    pattern: &str,
+    description: &str,
+    (target_id, target): (&str, &QueuePair),
+) -> Result<String, BusError> {
+    let rule_arn = client
+        .put_rule()
+        .name(rule)
+        .event_bus_name(bus)
+        .event_pattern(pattern)
+        .state(RuleState::Enabled)
+        .description(description)
+        .send()
+        .await
+        .map_err(|e| sdk_error("put rule", &e))?
+        .rule_arn()
+        .unwrap_or_default()
+        .to_owned();
+    let target_entry = Target::builder()
+        .id(target_id)
+        .arn(&target.arn)
+        .build()
+        .map_err(|e| bus_error("target", e))?;
+    let out = client
+        .put_targets()
+        .rule(rule)
+        .event_bus_name(bus)
+        .targets(target_entry)
+        .send()
+        .await
+        .map_err(|e| sdk_error("put targets", &e))?;
+    if out.failed_entry_count() > 0 {
+        return Err(bus_error(
+            "put targets",
+            format!("{:?}", out.failed_entries()),
+        ));
+    }
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"jitr-eventbridge","Effect":"Allow","Principal":{{"Service":"events.amazonaws.com"}},"Action":"sqs:SendMessage","Resource":"{}","Condition":{{"ArnEquals":{{"aws:SourceArn":"{rule_arn}"}}}}}}]}}"#,
+        target.arn
+    );
+    aws_sdk_sqs::Client::new(config)
+        .set_queue_attributes()
+        .queue_url(&target.url)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::Policy, policy)
+        .send()
+        .await
+        .map_err(|e| sdk_error("queue policy", &e))?;
+    Ok(rule_arn)
 }
 
 #[async_trait]

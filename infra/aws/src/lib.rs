@@ -26,7 +26,7 @@ pub use cloudwatch::{AlarmError, AlarmState, Alarms};
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;
 pub use ec2::{Ec2Compute, image_parameter};
-pub use eventbridge::{BusSetup, EventBridgeBus};
+pub use eventbridge::{BusSetup, EventBridgeBus, ensure_ec2_events_rule};
 pub use names::AwsNames;
 pub use provision::{InitError, Resource, Setup, provision};
 pub use sqs::{QueuePair, SqsQueue};

@@ -41,12 +41,23 @@ impl AwsNames {
     pub fn terminate_rule(&self) -> String {
         format!("{}-terminate-runner", self.prefix)
     }
+    /// The queue EC2's own events reach (state changes, spot interruption
+    /// warnings).
+    pub fn ec2_events_queue(&self) -> String {
+        format!("{}-ec2-events", self.prefix)
+    }
+    /// The rule on the account's default bus routing EC2's events to
+    /// [`AwsNames::ec2_events_queue`].
+    pub fn ec2_events_rule(&self) -> String {
+        format!("{}-ec2-events", self.prefix)
+    }
     /// Every queue, in order.
-    pub fn queues(&self) -> [String; 3] {
+    pub fn queues(&self) -> [String; 4] {
         [
             self.scaleup_queue(),
             self.lifecycle_queue(),
             self.compensation_queue(),
+            self.ec2_events_queue(),
         ]
     }
 }

@@ -80,7 +80,8 @@ pub async fn provision(
     });
     let alarms = Alarms::new(config);
     let mut compensation = None;
-    for (name, visibility) in names.queues().into_iter().zip([60, 30, 60]) {
+    let mut ec2_events = None;
+    for (name, visibility) in names.queues().into_iter().zip([60, 30, 60, 30]) {
         let (queue, existed) =
             SqsQueue::ensure(config, &name, max_receives, Duration::from_secs(visibility))
                 .await
@@ -114,6 +115,8 @@ pub async fn provision(
         });
         if name == names.compensation_queue() {
             compensation = Some(queue);
+        } else if name == names.ec2_events_queue() {
+            ec2_events = Some(queue);
         }
     }
     let compensation = compensation.expect("the compensation queue is one of the queues");
@@ -134,6 +137,27 @@ pub async fn provision(
             names.compensation_queue()
         ),
         setup: if bus.bus_existed {
+            Setup::Unchanged
+        } else {
+            Setup::Created
+        },
+    });
+    let ec2_events = ec2_events.expect("the EC2 events queue is one of the queues");
+    let existed = crate::eventbridge::ensure_ec2_events_rule(
+        config,
+        &names.ec2_events_rule(),
+        ec2_events.pair(),
+    )
+    .await
+    .map_err(|e| failed("EC2 events rule", e))?;
+    report.push(Resource {
+        kind: "rule",
+        name: format!(
+            "{} on the default bus (EC2 state changes, spot interruption warnings → {})",
+            names.ec2_events_rule(),
+            names.ec2_events_queue()
+        ),
+        setup: if existed {
             Setup::Unchanged
         } else {
             Setup::Created
