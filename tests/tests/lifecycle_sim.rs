@@ -334,6 +334,24 @@ async fn quota_refusals_are_learnt_once_and_the_job_waits_without_giving_up() {
     }
     assert_eq!(probes.len(), 2);
     assert_eq!(world.status(1).await, RunnerStatus::Requested);
+    // The audit shows the wait, per pool.
+    use jitr_handlers::commands::audit;
+    let report = audit::judge(
+        &audit::replay(&*world.store, Some(world.now()), |_| {})
+            .await
+            .unwrap(),
+        audit::AuditWindow {
+            since: None,
+            as_of: world.now(),
+            deadline_ms: 60_000,
+            orphan_grace_ms: 60_000,
+        },
+    );
+    assert_eq!(report.waiting.len(), 1, "{:?}", report.waiting);
+    assert_eq!(report.waiting[0].runners, 1);
+    assert_eq!(report.waiting[0].vcpus, 4);
+    assert_eq!(report.waiting[0].oldest_wait_ms, 19 * 60_000);
+    assert!(audit::render(&report).contains("waiting for capacity: pool"));
     world.assert_no_leak().await;
 }
 

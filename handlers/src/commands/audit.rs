@@ -66,6 +66,8 @@ pub struct AuditReport {
     /// Jobs started and completed, by where jitr learnt it: `webhook`, or `poll`
     /// (GitHub asked because the webhook was lost), e.g. `started-poll`.
     pub lifecycle_sources: BTreeMap<String, u64>,
+    /// Runners waiting for capacity at `as_of`, per pool (ADR-0014).
+    pub waiting: Vec<WaitingPool>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
     /// Instances RunInstances returned that their runner could not take, and
@@ -73,6 +75,19 @@ pub struct AuditReport {
     pub strays: Vec<StrayInstance>,
     /// The log checked against the cloud (`--live`).
     pub live_check: Option<LiveCheck>,
+}
+
+/// The runners of one pool waiting for capacity.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitingPool {
+    /// The pool (`-` for runners requested before pools were recorded).
+    pub pool: String,
+    /// Runners waiting.
+    pub runners: u64,
+    /// vCPUs they ask for.
+    pub vcpus: u64,
+    /// How long the oldest has waited, in ms.
+    pub oldest_wait_ms: u64,
 }
 
 /// The log against what the cloud runs now.
@@ -345,8 +360,27 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
             vcpus,
         })
         .collect();
+    let mut waiting: BTreeMap<String, WaitingPool> = BTreeMap::new();
+    for state in views.open.values() {
+        let Some(request) = state.request.as_ref() else {
+            continue;
+        };
+        if state.status() != RunnerStatus::Requested || state.failure.is_some() {
+            continue;
+        }
+        let pool = request.spec.pool.clone().unwrap_or_else(|| "-".into());
+        let entry = waiting.entry(pool.clone()).or_insert(WaitingPool {
+            pool,
+            runners: 0,
+            vcpus: 0,
+            oldest_wait_ms: 0,
+        });
+        entry.runners += 1;
+        entry.vcpus += u64::from(request.spec.vcpus);
+        entry.oldest_wait_ms = entry.oldest_wait_ms.max(now.millis_since(request.at));
+    }
     AuditReport {
-        schema: 5,
+        schema: 6,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -366,6 +400,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         failures,
         closed_by,
         lifecycle_sources: replay.ledger.lifecycle_sources.clone(),
+        waiting: waiting.into_values().collect(),
         live_instances,
         strays,
         live_check: None,
@@ -489,6 +524,16 @@ pub fn render(report: &AuditReport) -> String {
             out,
             "  job starts and completions learnt: {} ({polled} from job polls: webhooks lost)",
             sources.join(", ")
+        );
+    }
+    for pool in &report.waiting {
+        let _ = writeln!(
+            out,
+            "  waiting for capacity: pool {} — {} runners ({} vCPUs), the oldest for {} s",
+            pool.pool,
+            pool.runners,
+            pool.vcpus,
+            pool.oldest_wait_ms / 1000
         );
     }
     if let Some(check) = &report.live_check {
