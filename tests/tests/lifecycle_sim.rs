@@ -1179,6 +1179,21 @@ async fn the_simulators_type_capacity_sends_a_pool_to_its_next_type() {
     );
 }
 
+/// Tells the EC2-events handler that `instance` entered `state`, now.
+async fn tell(world: &World, instance: &jitr_domain::InstanceId, state: &str) -> Outcome {
+    let event = jitr_infra::Ec2Event::StateChange {
+        instance_id: instance.clone(),
+        state: state.into(),
+        at: Some(world.now()),
+    };
+    world
+        .app
+        .ec2_events
+        .handle(&event, world.now())
+        .await
+        .unwrap()
+}
+
 /// Issue 12: EC2's state-change events are evidence. The instance of a
 /// completed job shuts itself down (the bootstrap powers off): its
 /// `shutting-down` event closes the runner at once, with evidence
@@ -1285,17 +1300,7 @@ async fn ec2_state_changes_close_runners_and_terminate_unowned_instances() {
         })
         .await
         .unwrap();
-    let running = Ec2Event::StateChange {
-        instance_id: unowned.instance_id.clone(),
-        state: "running".into(),
-        at: Some(world.now()),
-    };
-    let outcome = world
-        .app
-        .ec2_events
-        .handle(&running, world.now())
-        .await
-        .unwrap();
+    let outcome = tell(&world, &unowned.instance_id, "running").await;
     assert!(
         matches!(&outcome, Outcome::Done(m) if m.contains("terminated")),
         "{outcome:?}"
@@ -1304,17 +1309,7 @@ async fn ec2_state_changes_close_runners_and_terminate_unowned_instances() {
     // The runner's own instance, running, is left alone.
     world.queued(2).await.unwrap();
     let own = world.instance(2).await.unwrap();
-    let running = Ec2Event::StateChange {
-        instance_id: own.clone(),
-        state: "running".into(),
-        at: Some(world.now()),
-    };
-    let outcome = world
-        .app
-        .ec2_events
-        .handle(&running, world.now())
-        .await
-        .unwrap();
+    let outcome = tell(&world, &own, "running").await;
     assert!(
         matches!(&outcome, Outcome::Done(m) if m.contains("owned")),
         "{outcome:?}"
