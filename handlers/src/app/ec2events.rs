@@ -14,21 +14,29 @@ use crate::app::compensation::Compensation;
 use crate::app::dispatch::{Dispatched, current_state, dispatch};
 use crate::app::outcome::{HandlerError, Outcome};
 use crate::app::reaper::Reaper;
+use crate::app::scaleup::ScaleUp;
 
 /// The handler of EC2's events.
 pub struct Ec2Events {
     ports: Ports,
     compensation: Arc<Compensation>,
     reaper: Arc<Reaper>,
+    scaleup: Arc<ScaleUp>,
 }
 
 impl Ec2Events {
     /// A handler over `ports`.
-    pub fn new(ports: Ports, compensation: Arc<Compensation>, reaper: Arc<Reaper>) -> Self {
+    pub fn new(
+        ports: Ports,
+        compensation: Arc<Compensation>,
+        reaper: Arc<Reaper>,
+        scaleup: Arc<ScaleUp>,
+    ) -> Self {
         Ec2Events {
             ports,
             compensation,
             reaper,
+            scaleup,
         }
     }
 
@@ -42,6 +50,7 @@ impl Ec2Events {
                     let outcome = self.gone(instance_id, state, now).await?;
                     if state == "terminated" {
                         // Its vCPUs count no more: waiting runners may fit.
+                        self.scaleup.instance_terminated(instance_id);
                         let body = crate::app::scaleup::admit_message(
                             crate::app::scaleup::INSTANCE_TERMINATED,
                         );
@@ -77,6 +86,20 @@ impl Ec2Events {
             )));
         };
         let runner = current_state(&*self.ports.store, &stream).await?;
+        if let (Some(instance), Some(launch), Some(request), "shutting-down") = (
+            runner.instance().filter(|i| i.id == *instance_id),
+            runner.launch.as_ref(),
+            runner.request.as_ref(),
+            state,
+        ) {
+            self.scaleup.instance_shutting_down(
+                instance_id,
+                launch.market,
+                request.spec.pool.clone(),
+                instance.vcpus,
+                now,
+            );
+        }
         let stray = runner.live_strays().any(|s| s.id == *instance_id);
         let current = runner.instance().is_some_and(|i| i.id == *instance_id)
             && runner.terminated_at.is_none();

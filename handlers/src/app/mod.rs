@@ -185,6 +185,7 @@ impl App {
             compensation.clone(),
             jobs.clone(),
         ));
+        let scaleup = Arc::new(ScaleUp::new(ports.clone(), policy.clone()));
         App {
             webhook: Arc::new(Webhook::new(
                 webhook_secret,
@@ -193,13 +194,14 @@ impl App {
                 ports.scaleup_queue.clone(),
                 ports.lifecycle_queue.clone(),
             )),
-            scaleup: Arc::new(ScaleUp::new(ports.clone(), policy.clone())),
+            scaleup: scaleup.clone(),
             lifecycle: Arc::new(Lifecycle::new(ports.clone(), policy.clone())),
             reaper: reaper.clone(),
             ec2_events: Arc::new(ec2events::Ec2Events::new(
                 ports.clone(),
                 compensation.clone(),
                 reaper,
+                scaleup,
             )),
             rebalancer: Arc::new(Rebalancer::new(
                 ports.clone(),

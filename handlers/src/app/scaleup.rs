@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitr_domain::{
-    Admission, CapacityLedger, Command, FailureStage, InstallationId, IntentResolution, JobRef,
-    LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, NextLaunch, Refusal, RunnerEvent,
-    RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch, record_instance,
+    Admission, CapacityLedger, Command, FailureStage, InstallationId, InstanceId, IntentResolution,
+    JobRef, LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, NextLaunch, Refusal,
+    RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch,
+    record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -88,6 +89,19 @@ pub struct AdmissionStats {
     pub most_refused_per_pool_in_a_round: u64,
 }
 
+/// How long an instance EC2 said is shutting down is counted as holding its
+/// vCPUs when EC2's `terminated` does not come.
+pub const SHUTDOWN_HOLD_MS: u64 = 600_000;
+
+/// An instance shutting down, as counted by admission rounds.
+#[derive(Clone, Debug)]
+struct ShuttingDown {
+    market: Market,
+    pool: Option<String>,
+    vcpus: u32,
+    since: Timestamp,
+}
+
 /// A runner waiting for capacity.
 struct Waiting {
     stream: StreamId,
@@ -140,6 +154,10 @@ pub struct ScaleUp {
     ledger: tokio::sync::Mutex<CapacityLedger>,
     /// When the next round is already asked for (after a pause ends).
     next_wake: Mutex<Option<Timestamp>>,
+    /// Instances EC2 said are shutting down: their vCPUs may still count
+    /// against the quota until EC2 says `terminated` (kept at most
+    /// [`SHUTDOWN_HOLD_MS`]).
+    shutting_down: Mutex<HashMap<InstanceId, ShuttingDown>>,
     stats: Mutex<AdmissionStats>,
     /// Runner group ids by installation, organisation and name.
     groups: Mutex<HashMap<(u64, String, String), u64>>,
@@ -155,6 +173,7 @@ impl ScaleUp {
             policy,
             ledger: tokio::sync::Mutex::default(),
             next_wake: Mutex::default(),
+            shutting_down: Mutex::default(),
             stats: Mutex::default(),
             groups: Mutex::default(),
             crash: CrashSwitch::default(),
@@ -335,6 +354,7 @@ impl ScaleUp {
         let open = self.ports.store.open_streams().await?;
         let mut held = Held::default();
         let mut waiting = Vec::new();
+        let mut counted: std::collections::HashSet<InstanceId> = Default::default();
         for head in &open.heads {
             let state = &head.state;
             let Some(request) = state.request.as_ref() else {
@@ -345,6 +365,9 @@ impl ScaleUp {
                 let market = state.launch.as_ref().map_or(Market::OnDemand, |l| l.market);
                 let vcpus = state.instance().map_or(request.spec.vcpus, |i| i.vcpus);
                 held.add(market, pool.as_deref(), vcpus);
+                if let Some(instance) = state.instance() {
+                    counted.insert(instance.id.clone());
+                }
                 held.hold(&format!("{}/{}", request.job.owner, request.job.repo).to_lowercase());
             } else if state.wants_instance() && state.failure.is_none() {
                 waiting.push(Waiting {
@@ -355,6 +378,15 @@ impl ScaleUp {
                     pool: pool.unwrap_or_default(),
                     state: state.clone(),
                 });
+            }
+        }
+        {
+            let mut shutting = self.shutting_down.lock().unwrap_or_else(|p| p.into_inner());
+            shutting.retain(|_, s| now.millis_since(s.since) < SHUTDOWN_HOLD_MS);
+            for (id, s) in shutting.iter() {
+                if !counted.contains(id) {
+                    held.add(s.market, s.pool.as_deref(), s.vcpus);
+                }
             }
         }
         let mut round = Round {
@@ -443,6 +475,37 @@ impl ScaleUp {
             self.wake_after_pause(&ledger, now).await?;
         }
         Ok(round)
+    }
+
+    /// EC2 said `instance` is shutting down: admission rounds count its vCPUs
+    /// until EC2 says it is terminated, so that a wake at its `Terminated` does
+    /// not meet a quota that still counts it.
+    pub fn instance_shutting_down(
+        &self,
+        instance: &InstanceId,
+        market: Market,
+        pool: Option<String>,
+        vcpus: u32,
+        now: Timestamp,
+    ) {
+        self.shutting_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(instance.clone())
+            .or_insert(ShuttingDown {
+                market,
+                pool,
+                vcpus,
+                since: now,
+            });
+    }
+
+    /// EC2 said `instance` is terminated: its vCPUs are free.
+    pub fn instance_terminated(&self, instance: &InstanceId) {
+        self.shutting_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(instance);
     }
 
     /// EC2 said an instance is terminated: its capacity is free for certain,
