@@ -1317,3 +1317,42 @@ async fn ec2_state_changes_close_runners_and_terminate_unowned_instances() {
     assert!(world.runs(&own).await);
     world.assert_no_leak().await;
 }
+
+/// EventBridge does not keep EC2's events in order: a `shutting-down`
+/// delivered after the instance's `terminated` must not count its vCPUs again,
+/// or a waiting runner would wait for nothing.
+#[tokio::test]
+async fn a_late_shutting_down_after_terminated_does_not_hold_capacity() {
+    use jitr_infra::Compute;
+    let settings = SimSettings {
+        spot_vcpus: 0,
+        on_demand_vcpus: 4,
+        ..SimSettings::default()
+    };
+    let world = World::new(settings, 4);
+    world.queued(1).await.unwrap();
+    // The second job learns the quota (on-demand refused at 4 held) and waits.
+    let waiting = world.queued(2).await.unwrap();
+    assert!(
+        matches!(&waiting, Outcome::Done(m) if m.contains("waiting for capacity")),
+        "{waiting:?}"
+    );
+    world.lifecycle("in_progress", 1).await;
+    world.lifecycle("completed", 1).await;
+    let instance = world.instance(1).await.unwrap();
+    world.cloud.terminate(&instance).await.unwrap();
+    world.advance(10);
+    // Reversed: `terminated` first, `shutting-down` after it.
+    assert!(matches!(
+        tell(&world, &instance, "terminated").await,
+        Outcome::Done(_)
+    ));
+    assert!(matches!(
+        tell(&world, &instance, "shutting-down").await,
+        Outcome::Done(_)
+    ));
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    world.drain_scaleup().await;
+    assert_eq!(world.status(2).await, RunnerStatus::Ready);
+    world.assert_no_leak().await;
+}

@@ -50,7 +50,7 @@ impl Ec2Events {
                     let outcome = self.gone(instance_id, state, now).await?;
                     if state == "terminated" {
                         // Its vCPUs count no more: waiting runners may fit.
-                        self.scaleup.instance_terminated(instance_id);
+                        self.scaleup.instance_terminated(instance_id, now);
                         let body = crate::app::scaleup::admit_message(
                             crate::app::scaleup::INSTANCE_TERMINATED,
                         );

@@ -100,6 +100,9 @@ struct ShuttingDown {
     pool: Option<String>,
     vcpus: u32,
     since: Timestamp,
+    /// EC2 said `terminated` (EventBridge does not keep events in order: a
+    /// late `shutting-down` must not count it again).
+    terminated: bool,
 }
 
 /// A runner waiting for capacity.
@@ -325,7 +328,22 @@ impl ScaleUp {
                         }
                     }
                     match self.admit(Some(&stream), now).await?.own {
-                        Some(Admitted::Launched { .. }) | None => continue,
+                        Some(Admitted::Launched { .. }) => continue,
+                        // Not in the round's queue: another delivery launched
+                        // it meanwhile (follow the log), or the heads index did
+                        // not show it waiting yet (DynamoDB's index is
+                        // eventually consistent): ask again shortly, never in
+                        // a loop.
+                        None => {
+                            let after = self.state(&stream).await?;
+                            if !after.wants_instance() || after.instance_may_be_alive() {
+                                continue;
+                            }
+                            return Ok(Outcome::RetryAfter(
+                                Duration::from_secs(2),
+                                format!("{stream}: not in the waiting queue yet"),
+                            ));
+                        }
                         Some(Admitted::Waiting(why)) => {
                             return Ok(Outcome::Done(format!(
                                 "{stream}: waiting for capacity ({why})"
@@ -383,7 +401,7 @@ impl ScaleUp {
         {
             let mut shutting = self.shutting_down.lock().unwrap_or_else(|p| p.into_inner());
             shutting.retain(|_, s| now.millis_since(s.since) < SHUTDOWN_HOLD_MS);
-            for (id, s) in shutting.iter() {
+            for (id, s) in shutting.iter().filter(|(_, s)| !s.terminated) {
                 if !counted.contains(id) {
                     held.add(s.market, s.pool.as_deref(), s.vcpus);
                 }
@@ -497,15 +515,27 @@ impl ScaleUp {
                 pool,
                 vcpus,
                 since: now,
+                terminated: false,
             });
     }
 
-    /// EC2 said `instance` is terminated: its vCPUs are free.
-    pub fn instance_terminated(&self, instance: &InstanceId) {
+    /// EC2 said `instance` is terminated: its vCPUs are free (remembered for
+    /// [`SHUTDOWN_HOLD_MS`], so that a `shutting-down` delivered after it does
+    /// not count it again).
+    pub fn instance_terminated(&self, instance: &InstanceId, now: Timestamp) {
         self.shutting_down
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(instance);
+            .insert(
+                instance.clone(),
+                ShuttingDown {
+                    market: Market::OnDemand,
+                    pool: None,
+                    vcpus: 0,
+                    since: now,
+                    terminated: true,
+                },
+            );
     }
 
     /// EC2 said an instance is terminated: its capacity is free for certain,
