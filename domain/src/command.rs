@@ -11,6 +11,10 @@ use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Time
 /// A request to change a runner. [`crate::decide`] turns it into events or refuses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one Request per runner: boxing it buys nothing measurable"
+)]
 pub enum Command {
     /// Open the stream for a queued job (a repeat is a no-op).
     Request {
@@ -79,6 +83,12 @@ pub enum Command {
         /// Its conclusion.
         conclusion: Option<String>,
     },
+    /// EC2 warned that the runner's spot instance will be reclaimed: recorded
+    /// once; before the job started the runner fails (`spot-interrupted`).
+    WarnSpotInterruption {
+        /// The instance named by the warning.
+        instance_id: InstanceId,
+    },
     /// Record a failure.
     Fail {
         /// At which step.
@@ -114,6 +124,7 @@ impl Command {
             Command::CompleteJob { .. } => "CompleteJob",
             Command::ObserveJobStarted => "ObserveJobStarted",
             Command::ObserveJobCompleted { .. } => "ObserveJobCompleted",
+            Command::WarnSpotInterruption { .. } => "WarnSpotInterruption",
             Command::Fail { .. } => "Fail",
             Command::Terminate { .. } => "Terminate",
             Command::ConfirmTerminated { .. } => "ConfirmTerminated",

@@ -2,7 +2,7 @@
 
 use crate::command::Command;
 use crate::error::DomainError;
-use crate::event::{JobSource, RunnerEvent};
+use crate::event::{FailureStage, JobSource, RunnerEvent};
 use crate::ids::{ClientToken, StreamId, Timestamp};
 use crate::launch::evidence_holds;
 use crate::state::{LaunchOutcome, RunnerState, is_terminal};
@@ -188,6 +188,31 @@ pub fn decide(
                 source: source_of(&command),
             }])
         }
+        Command::WarnSpotInterruption { instance_id } => {
+            let expected = state.instance().map(|i| i.id.clone());
+            if expected.as_ref() != Some(&instance_id) {
+                return Err(DomainError::InstanceMismatch {
+                    expected,
+                    got: Some(instance_id),
+                });
+            }
+            let job_started = state.job_started_at.is_some();
+            let mut events = vec![RunnerEvent::SpotInterruptionWarned {
+                at,
+                instance_id: instance_id.clone(),
+                job_started,
+            }];
+            if !job_started && state.failure.is_none() && state.job_completed_at.is_none() {
+                events.push(RunnerEvent::Failed {
+                    at,
+                    stage: FailureStage::SpotInterrupted,
+                    reason: format!(
+                        "EC2 will reclaim spot instance {instance_id} before the job started"
+                    ),
+                });
+            }
+            Ok(events)
+        }
         Command::Fail { stage, reason } => {
             if state.job_completed_at.is_some() {
                 return Err(DomainError::JobAlreadyCompleted);
@@ -236,6 +261,7 @@ pub fn decide(
 /// | `RejectLaunch` | the latest intent, with the same token, was rejected |
 /// | `RecordToken` | the same runner name is recorded |
 /// | `StartJob` / `CompleteJob` (and their `Observe…` forms) | the job's start / completion is recorded, whatever its source |
+/// | `WarnSpotInterruption` | a warning is recorded |
 /// | `Fail` | a failure is recorded (the first one stands) |
 /// | `Terminate` | a termination was requested |
 /// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none), or the named stray is confirmed gone |
@@ -262,6 +288,7 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
         Command::CompleteJob { .. } | Command::ObserveJobCompleted { .. } => {
             state.job_completed_at.is_some()
         }
+        Command::WarnSpotInterruption { .. } => state.spot_warned.is_some(),
         Command::Fail { .. } => state.failure.is_some(),
         Command::Terminate { .. } => state.termination_requested.is_some(),
         Command::ConfirmTerminated { instance_id, .. } => {

@@ -130,6 +130,10 @@ pub struct InstanceSpec {
     /// The runner pool it came from (none: requested before pools existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Types whose spot market this runner does not try: an earlier attempt
+    /// of the same job was reclaimed there (EC2's interruption warning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid_spot: Vec<String>,
 }
 
 /// The runner's deadlines, fixed when it is requested so that a replay needs no
@@ -233,6 +237,10 @@ impl TerminationEvidence {
 /// One fact in a runner's life. Every event carries the moment it happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one Requested per runner: boxing it buys nothing measurable"
+)]
 pub enum RunnerEvent {
     /// A queued job wants a runner.
     Requested {
@@ -352,6 +360,18 @@ pub enum RunnerEvent {
         /// Its vCPUs.
         vcpus: u32,
     },
+    /// EC2 warned that the runner's spot instance will be reclaimed ("EC2 Spot
+    /// Instance Interruption Warning", two minutes ahead). Before the job
+    /// started a `Failed` (`spot-interrupted`) follows and the job gets a new
+    /// attempt; after, the job is cut and this records it.
+    SpotInterruptionWarned {
+        /// When the warning was handled.
+        at: Timestamp,
+        /// The instance to be reclaimed.
+        instance_id: InstanceId,
+        /// Whether the job had started on it.
+        job_started: bool,
+    },
     /// A stray instance is confirmed gone.
     StrayTerminated {
         /// When.
@@ -388,6 +408,7 @@ impl RunnerEvent {
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
             | RunnerEvent::StrayLaunched { at, .. }
+            | RunnerEvent::SpotInterruptionWarned { at, .. }
             | RunnerEvent::StrayTerminated { at, .. }
             | RunnerEvent::Terminated { at, .. } => *at,
         }
@@ -406,6 +427,7 @@ impl RunnerEvent {
             RunnerEvent::Failed { .. } => "Failed",
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
             RunnerEvent::StrayLaunched { .. } => "StrayLaunched",
+            RunnerEvent::SpotInterruptionWarned { .. } => "SpotInterruptionWarned",
             RunnerEvent::StrayTerminated { .. } => "StrayTerminated",
             RunnerEvent::Terminated { .. } => "Terminated",
         }

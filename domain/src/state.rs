@@ -210,6 +210,10 @@ pub struct RunnerState {
     /// Instances returned for launches the stream could not take.
     #[serde(default)]
     pub strays: Vec<Stray>,
+    /// EC2's spot interruption warning for the runner's instance: when, and
+    /// whether the job had started (so the job was cut).
+    #[serde(default)]
+    pub spot_warned: Option<(Timestamp, bool)>,
 }
 
 impl RunnerState {
@@ -439,6 +443,11 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
                     gone: None,
                 });
             }
+        }
+        RunnerEvent::SpotInterruptionWarned {
+            at, job_started, ..
+        } => {
+            state.spot_warned.get_or_insert((*at, *job_started));
         }
         RunnerEvent::StrayTerminated {
             at,

@@ -41,6 +41,7 @@ fn spec() -> InstanceSpec {
         vcpus: 4,
         image: "ami-123".into(),
         pool: None,
+        avoid_spot: Vec::new(),
     }
 }
 
@@ -349,6 +350,89 @@ fn failure_after_launch_is_terminating_not_failed() {
             }
         }]
     );
+}
+
+fn warned(job_started: bool) -> RunnerEvent {
+    RunnerEvent::SpotInterruptionWarned {
+        at: at(6),
+        instance_id: i1(),
+        job_started,
+    }
+}
+
+fn warn() -> Command {
+    Command::WarnSpotInterruption { instance_id: i1() }
+}
+
+#[test]
+fn a_spot_warning_before_the_job_started_fails_the_runner_and_owes_its_termination() {
+    let s = given([requested(), intended(1, Market::Spot), launched(), minted()])
+        .when(warn(), at(6))
+        .then([
+            warned(false),
+            RunnerEvent::Failed {
+                at: at(6),
+                stage: FailureStage::SpotInterrupted,
+                reason: "EC2 will reclaim spot instance i-0001 before the job started".into(),
+            },
+        ]);
+    assert_eq!(s.status(), RunnerStatus::Terminating);
+    assert_eq!(s.spot_warned, Some((at(6), false)));
+    assert_eq!(
+        resume(&s, at(6)),
+        vec![Command::Terminate {
+            reason: TerminationReason::Failure {
+                stage: FailureStage::SpotInterrupted
+            }
+        }]
+    );
+    // A second delivery of the warning writes nothing.
+    given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        minted(),
+        warned(false),
+    ])
+    .when(warn(), at(9))
+    .then([]);
+}
+
+#[test]
+fn a_spot_warning_after_the_job_started_records_the_cut_and_fails_nothing() {
+    let s = given([
+        requested(),
+        intended(1, Market::Spot),
+        launched(),
+        minted(),
+        started(),
+    ])
+    .when(warn(), at(6))
+    .then([warned(true)]);
+    assert_eq!(s.status(), RunnerStatus::Running);
+    assert!(s.failure.is_none());
+    assert!(resume(&s, at(6)).is_empty());
+}
+
+#[test]
+fn a_spot_warning_for_another_instance_is_refused() {
+    given([requested(), intended(1, Market::Spot), launched()])
+        .when(
+            Command::WarnSpotInterruption {
+                instance_id: InstanceId("i-other".into()),
+            },
+            at(6),
+        )
+        .then_err(DomainError::InstanceMismatch {
+            expected: Some(i1()),
+            got: Some(InstanceId("i-other".into())),
+        });
+    given([requested()])
+        .when(warn(), at(6))
+        .then_err(DomainError::InstanceMismatch {
+            expected: None,
+            got: Some(i1()),
+        });
 }
 
 #[test]

@@ -43,6 +43,7 @@ enum Op {
     Fail(FailureStage),
     Terminate,
     Confirm(InstanceChoice, TerminationEvidence),
+    SpotWarning(InstanceChoice),
     Resume,
     RepeatLast,
 }
@@ -71,6 +72,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Complete),
         1 => stage.prop_map(Op::Fail),
         1 => Just(Op::Terminate),
+        1 => instance.clone().prop_map(Op::SpotWarning),
         1 => (instance, prop::sample::select(TerminationEvidence::ALL.to_vec()))
             .prop_map(|(i, e)| Op::Confirm(i, e)),
         2 => Just(Op::Resume),
@@ -106,6 +108,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 vcpus: 2,
                 image: "ami-1".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             deadlines: Deadlines {
                 boot_timeout_ms: 300_000,
@@ -150,6 +153,14 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 InstanceChoice::Current => state.instance().map(|i| i.id.clone()),
                 InstanceChoice::Missing => None,
                 InstanceChoice::Other => Some(InstanceId("i-other".into())),
+            },
+        }],
+        Op::SpotWarning(choice) => vec![Command::WarnSpotInterruption {
+            instance_id: match choice {
+                InstanceChoice::Current => state
+                    .instance()
+                    .map_or_else(|| InstanceId("i-none".into()), |i| i.id.clone()),
+                _ => InstanceId("i-other".into()),
             },
         }],
         Op::Resume => resume(state, now),

@@ -94,6 +94,7 @@ fn pending_within(
                 vcpus,
                 image: "ami-1".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             deadlines: Deadlines {
                 consistency_window_ms: window_ms,

@@ -44,6 +44,7 @@ async fn leaked_log(dir: &std::path::Path) -> StreamId {
                 vcpus: 4,
                 image: "ami-1".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             deadlines: Deadlines::default(),
             installation: None,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use jitr_domain::{
-    FailureStage, Market, RunnerEvent, RunnerState, RunnerStatus, Stray, StreamId,
+    FailureStage, Instance, Market, RunnerEvent, RunnerState, RunnerStatus, Stray, StreamId,
     TerminationEvidence, Timestamp, evolve, is_terminal, termination_owed,
 };
 use serde::Serialize;
@@ -213,6 +213,21 @@ impl Ledger {
         counts
     }
 
+    /// Every spot interruption warning recorded up to the horizon: the runner,
+    /// its instance, when, and whether the job had started on it (cut).
+    pub fn spot_interruptions(&self) -> Vec<(StreamId, Option<Instance>, Timestamp, bool)> {
+        let mut warned: Vec<_> = self
+            .runners
+            .iter()
+            .filter_map(|(stream, a)| {
+                let (at, started) = a.state.spot_warned?;
+                Some((stream.clone(), a.state.instance().cloned(), at, started))
+            })
+            .collect();
+        warned.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+        warned
+    }
+
     /// Every stray instance recorded up to the horizon, with its runner.
     pub fn strays(&self) -> Vec<(StreamId, Stray)> {
         let mut strays: Vec<(StreamId, Stray)> = self
@@ -290,6 +305,7 @@ mod tests {
                     vcpus: 4,
                     image: "ami".into(),
                     pool: None,
+                    avoid_spot: Vec::new(),
                 },
                 deadlines: Deadlines::default(),
                 installation: None,

@@ -59,6 +59,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
                 vcpus: 4,
                 image: "ami-1".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             deadlines: Deadlines::default(),
             installation: None,

@@ -44,6 +44,7 @@ pub fn request(job_id: u64) -> Command {
             vcpus: 4,
             image: "ami-0jitr".into(),
             pool: None,
+            avoid_spot: Vec::new(),
         },
         deadlines: Deadlines {
             boot_timeout_ms: 600_000,

@@ -213,6 +213,7 @@ impl World {
             runner_name: runner.map(str::to_owned),
             conclusion: (action == "completed").then(|| "success".into()),
             attempt: 1,
+            avoid_spot: Vec::new(),
         }
     }
 
@@ -426,6 +427,7 @@ fn policy_for(vcpus: u32) -> RunnerPolicy {
             vcpus,
             image: "ami-sim".into(),
             pool: None,
+            avoid_spot: Vec::new(),
         },
         ..Pool::default_pool()
     };

@@ -125,6 +125,7 @@ fn queued(repo: &str, job_id: u64) -> JobMessage {
         runner_name: None,
         conclusion: None,
         attempt: 1,
+        avoid_spot: Vec::new(),
     }
 }
 

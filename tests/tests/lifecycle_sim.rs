@@ -1356,3 +1356,157 @@ async fn a_late_shutting_down_after_terminated_does_not_hold_capacity() {
     assert_eq!(world.status(2).await, RunnerStatus::Ready);
     world.assert_no_leak().await;
 }
+
+/// EC2's "EC2 Spot Instance Interruption Warning" (the shape AWS documents,
+/// from `tests/fixtures/ec2-events/spot-interruption.json`). Before the job
+/// started: the runner fails `spot-interrupted`, its instance is terminated
+/// at once, the job's next attempt is requested at once and launches away from
+/// that type's spot market; exactly one runner takes the job. After the job
+/// started: the cut is recorded, nothing is relaunched.
+#[tokio::test]
+async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_recorded() {
+    use jitr_domain::{FailureStage, RunnerEvent};
+    use jitr_infra::{Ec2Event, decode_ec2_event};
+    let world = World::new(SimSettings::default(), 4);
+    let warning = |instance: &jitr_domain::InstanceId| {
+        let fixture = include_str!("../fixtures/ec2-events/spot-interruption.json");
+        let body = fixture.replace("i-1234567890abcdef0", &instance.0);
+        let event = decode_ec2_event(&body).unwrap();
+        assert!(
+            matches!(&event, Ec2Event::SpotInterruption { instance_id, .. } if instance_id == instance)
+        );
+        event
+    };
+    let head = |stream: StreamId| {
+        let store = world.store.clone();
+        async move { store.head(&stream).await.unwrap().unwrap() }
+    };
+    let attempt =
+        |job_id: u64, n: u32| StreamId::for_job(&jitr_e2e::fixtures::job(job_id), n).unwrap();
+
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Ready);
+    let first = head(attempt(1, 1)).await.state.instance().cloned().unwrap();
+    assert_eq!(first.market, Market::Spot);
+    let outcome = world
+        .app
+        .ec2_events
+        .handle(&warning(&first.id), world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains("next attempt requested")),
+        "{outcome:?}"
+    );
+    let old = head(attempt(1, 1)).await.state;
+    assert_eq!(
+        old.failure.as_ref().map(|f| f.stage),
+        Some(FailureStage::SpotInterrupted)
+    );
+    assert_eq!(old.spot_warned.map(|(_, started)| started), Some(false));
+    assert!(
+        !world.runs(&first.id).await,
+        "the warned instance is terminated at once"
+    );
+    // Delivered again: nothing more (no third attempt).
+    let again = world
+        .app
+        .ec2_events
+        .handle(&warning(&first.id), world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Outcome::Done(m) if !m.contains("next attempt")),
+        "{again:?}"
+    );
+
+    // The next attempt: launched at once, on demand (the pool's only type's
+    // spot market is avoided), and minted.
+    let handled = world.drain_scaleup().await;
+    assert!(handled >= 1, "{handled}");
+    let second = head(attempt(1, 2)).await.state;
+    let instance = second
+        .instance()
+        .cloned()
+        .expect("the next attempt launched");
+    assert_eq!(instance.market, Market::OnDemand);
+    assert_eq!(
+        second.request.as_ref().unwrap().spec.avoid_spot,
+        ["c5.xlarge"]
+    );
+    assert_eq!(second.status(), RunnerStatus::Ready);
+    assert!(
+        world.store.head(&attempt(1, 3)).await.unwrap().is_none(),
+        "exactly one new attempt"
+    );
+    // GitHub gives the job to the new runner: only it starts.
+    let name = second.runner_name.clone().unwrap();
+    world
+        .lifecycle
+        .handle(&world.message("in_progress", 1, Some(&name)), world.now())
+        .await
+        .unwrap();
+    assert_eq!(head(attempt(1, 2)).await.status, RunnerStatus::Running);
+    let started: Vec<_> = world
+        .store
+        .read_all(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.event, RunnerEvent::JobStarted { .. }))
+        .map(|r| r.stream)
+        .collect();
+    assert_eq!(started, [attempt(1, 2)]);
+
+    // After the job started: recorded, nothing relaunched.
+    world.queued(2).await.unwrap();
+    world.lifecycle("in_progress", 2).await;
+    let running = world.instance(2).await.unwrap();
+    let cut = world
+        .app
+        .ec2_events
+        .handle(&warning(&running), world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&cut, Outcome::Done(m) if m.contains("cut")),
+        "{cut:?}"
+    );
+    let state = head(attempt(2, 1)).await.state;
+    assert_eq!(state.spot_warned.map(|(_, started)| started), Some(true));
+    assert!(state.failure.is_none());
+    assert_eq!(state.status(), RunnerStatus::Running);
+    assert!(world.runs(&running).await, "EC2 reclaims it, not jitr");
+    assert_eq!(world.drain_scaleup().await, 0, "no new attempt");
+    assert!(world.store.head(&attempt(2, 2)).await.unwrap().is_none());
+    world.assert_no_leak().await;
+
+    // The audit names the cut job and the replaced runner.
+    use jitr_handlers::commands::audit;
+    let report = audit::judge(
+        &audit::replay(&*world.store, Some(world.now()), |_| {})
+            .await
+            .unwrap(),
+        audit::AuditWindow {
+            since: None,
+            as_of: world.now(),
+            deadline_ms: 60_000,
+            orphan_grace_ms: 60_000,
+        },
+    );
+    let seen: Vec<(StreamId, bool)> = report
+        .spot_interruptions
+        .iter()
+        .map(|s| (s.stream.clone(), s.job_cut))
+        .collect();
+    assert_eq!(seen, [(attempt(1, 1), false), (attempt(2, 1), true)]);
+    let table = audit::render(&report);
+    assert!(
+        table.contains("spot interruptions: 2 (1 before the job started, relaunched; 1 jobs cut)"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("cut: {} on {running}", attempt(2, 1))),
+        "{table}"
+    );
+}

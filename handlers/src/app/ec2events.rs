@@ -63,9 +63,9 @@ impl Ec2Events {
                     "{instance_id} {other}: nothing to do"
                 ))),
             },
-            Ec2Event::SpotInterruption { instance_id, .. } => Ok(Outcome::Done(format!(
-                "{instance_id}: spot interruption warning (not acted on yet)"
-            ))),
+            Ec2Event::SpotInterruption { instance_id, .. } => {
+                self.spot_interruption(instance_id, now).await
+            }
             Ec2Event::Other {
                 source,
                 detail_type,
@@ -120,6 +120,70 @@ impl Ec2Events {
         tracing::info!(%stream, instance = %instance_id, state, "instance gone, by EC2's event");
         Ok(Outcome::Done(format!(
             "{stream}: {instance_id} {state}, recorded"
+        )))
+    }
+
+    /// EC2 will reclaim a spot instance in two minutes. Before its runner's
+    /// job started the runner fails (`spot-interrupted`), its instance is
+    /// terminated now and the job's next attempt is requested at once on
+    /// another type or market; after, the cut is recorded and nothing is
+    /// relaunched (GitHub has the job in progress on that runner).
+    async fn spot_interruption(
+        &self,
+        instance_id: &InstanceId,
+        now: Timestamp,
+    ) -> Result<Outcome, HandlerError> {
+        let Some(stream) = self.ports.store.stream_of_instance(instance_id).await? else {
+            return Ok(Outcome::Done(format!(
+                "{instance_id} spot interruption: no runner of this log"
+            )));
+        };
+        let runner = current_state(&*self.ports.store, &stream).await?;
+        if runner.instance().is_none_or(|i| i.id != *instance_id) || is_terminal(&runner) {
+            return Ok(Outcome::Done(format!(
+                "{instance_id} spot interruption: not {stream}'s live instance"
+            )));
+        }
+        let warn = Command::WarnSpotInterruption {
+            instance_id: instance_id.clone(),
+        };
+        let id = CommandId::new(format!("ec2-event:{stream}:spot:{instance_id}"));
+        let recorded = dispatch(&*self.ports.store, &stream, warn, now, &id).await?;
+        let state = current_state(&*self.ports.store, &stream).await?;
+        let Some((_, job_started)) = state.spot_warned else {
+            return Ok(Outcome::Done(format!(
+                "{stream}: spot interruption of {instance_id} not recorded ({recorded:?})"
+            )));
+        };
+        if matches!(recorded, Dispatched::Appended { .. }) {
+            let pool = state
+                .request
+                .as_ref()
+                .and_then(|r| r.spec.pool.clone())
+                .unwrap_or_default();
+            let instance_type = state
+                .instance()
+                .map(|i| i.instance_type.clone())
+                .unwrap_or_default();
+            crate::app::metrics::spot_interruption(now, &pool, &instance_type, job_started);
+        }
+        if job_started {
+            tracing::warn!(%stream, instance = %instance_id, "spot interruption: the job running on it is cut");
+            return Ok(Outcome::Done(format!(
+                "{stream}: {instance_id} to be reclaimed; its job is cut (recorded)"
+            )));
+        }
+        // The failure is recorded (now, or by an earlier delivery): the
+        // instance goes, and the job gets its next attempt. Both are
+        // idempotent: a redelivery repeats them harmlessly.
+        if let Some(terminate) = jitr_domain::terminate_runner(&state, now) {
+            self.compensation.handle(&terminate, now).await?;
+        }
+        let next = self.scaleup.request_next_attempt(&state).await?;
+        tracing::warn!(%stream, instance = %instance_id, next, "spot interruption before the job started: runner failed, next attempt requested");
+        Ok(Outcome::Done(format!(
+            "{stream}: {instance_id} to be reclaimed before its job started; terminated{}",
+            if next { ", next attempt requested" } else { "" }
         )))
     }
 

@@ -33,6 +33,22 @@ pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
     emit(at, "RunnersAdmitted", launched as f64, "Count", &[]);
 }
 
+/// EC2's spot interruption warning for a runner's instance, by pool, type and
+/// whether the job had started (`Cut`) or was relaunched (`Relaunched`).
+pub fn spot_interruption(at: Timestamp, pool: &str, instance_type: &str, job_started: bool) {
+    emit(
+        at,
+        "SpotInterruptions",
+        1.0,
+        "Count",
+        &[
+            ("Pool", pool),
+            ("InstanceType", instance_type),
+            ("Outcome", if job_started { "Cut" } else { "Relaunched" }),
+        ],
+    );
+}
+
 /// Instances the reaper found with no stream wanting them.
 pub fn orphans_reaped(at: Timestamp, count: usize) {
     emit(at, "OrphansReaped", count as f64, "Count", &[]);

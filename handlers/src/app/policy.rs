@@ -74,6 +74,7 @@ impl Pool {
                 vcpus: 4,
                 image: "ami-jitr-runner".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             architecture: Architecture::X86_64,
             spot: true,

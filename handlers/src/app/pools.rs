@@ -282,6 +282,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 vcpus: entry.vcpus,
                 image: entry.image.clone(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             architecture: entry.architecture,
             spot: entry.spot.or(defaults.spot).unwrap_or(true),

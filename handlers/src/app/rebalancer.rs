@@ -307,6 +307,7 @@ impl Rebalancer {
                 runner_name: None,
                 conclusion: None,
                 attempt,
+                avoid_spot: Vec::new(),
             };
             let body = serde_json::to_string(&message).expect("a JobMessage serialises");
             self.ports

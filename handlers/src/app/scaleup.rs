@@ -89,6 +89,10 @@ pub struct AdmissionStats {
     pub most_refused_per_pool_in_a_round: u64,
 }
 
+/// The most runner attempts a job gets from spot interruptions before its
+/// start (the rebalancer's own limit is 16).
+pub const MAX_SPOT_ATTEMPTS: u32 = 8;
+
 /// How long an instance EC2 said is shutting down is counted as holding its
 /// vCPUs when EC2's `terminated` does not come.
 pub const SHUTDOWN_HOLD_MS: u64 = 600_000;
@@ -245,13 +249,14 @@ impl ScaleUp {
         receives: u32,
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
-        let Some(spec) = self.policy.spec_for(&job.labels) else {
+        let Some(mut spec) = self.policy.spec_for(&job.labels) else {
             crate::app::metrics::no_pool(now);
             return Ok(Outcome::Done(format!(
                 "no pool serves labels {:?}",
                 job.labels
             )));
         };
+        spec.avoid_spot.clone_from(&job.avoid_spot);
         let job_ref = JobRef {
             owner: job.owner.clone(),
             repo: job.repo.clone(),
@@ -615,6 +620,19 @@ impl ScaleUp {
                 });
             }
         };
+        // Spot markets an earlier attempt was reclaimed from, as if refused
+        // for capacity: the plan goes to the next type, or on demand.
+        if let Some(pool) = pool {
+            for (instance_type, name) in pool.instance_types.iter().enumerate() {
+                if request.spec.avoid_spot.contains(name) {
+                    refusals.push(Refusal {
+                        market: Market::Spot,
+                        instance_type,
+                        class: LaunchErrorClass::Capacity,
+                    });
+                }
+            }
+        }
         let mut probing: Vec<Market> = Vec::new();
         for market in [Market::Spot, Market::OnDemand] {
             match ledger.admits(&pool_name, market, held.market(market), vcpus, now) {
@@ -763,6 +781,35 @@ impl ScaleUp {
                 }
             }
         }
+    }
+
+    /// EC2 will reclaim the spot instance of `state` (failed for it before its
+    /// job started): the job's next runner attempt is requested at once,
+    /// avoiding that type's spot market. At most [`MAX_SPOT_ATTEMPTS`]
+    /// attempts: past it the rebalancer serves the job if it is still queued.
+    pub async fn request_next_attempt(&self, state: &RunnerState) -> Result<bool, HandlerError> {
+        let (Some(request), Some(instance)) = (state.request.as_ref(), state.instance()) else {
+            return Ok(false);
+        };
+        if request.attempt >= MAX_SPOT_ATTEMPTS {
+            return Ok(false);
+        }
+        let mut next = request.clone();
+        next.attempt += 1;
+        if !next.spec.avoid_spot.contains(&instance.instance_type) {
+            next.spec.avoid_spot.push(instance.instance_type.clone());
+        }
+        let message = JobMessage::for_runner(
+            &next,
+            self.policy.installation_for(state),
+            "spot-interrupted",
+        );
+        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        self.ports
+            .scaleup_queue
+            .publish(&body, None, &[("delivery", &message.delivery)])
+            .await?;
+        Ok(true)
     }
 
     /// Sends `state`'s job back to the scale-up queue (after `delay`), for its

@@ -48,6 +48,10 @@ pub struct JobMessage {
     /// The runner attempt for this job (1 from webhooks; the rebalancer opens more).
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Types whose spot market the runner does not try (an earlier attempt was
+    /// reclaimed there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid_spot: Vec<String>,
 }
 
 impl JobMessage {
@@ -74,6 +78,7 @@ impl JobMessage {
             runner_name: None,
             conclusion: None,
             attempt: request.attempt,
+            avoid_spot: request.spec.avoid_spot.clone(),
         }
     }
 }
@@ -321,6 +326,7 @@ impl Webhook {
             runner_name: event.workflow_job.runner_name.filter(|n| !n.is_empty()),
             conclusion: event.workflow_job.conclusion,
             attempt: 1,
+            avoid_spot: Vec::new(),
         };
         let body = serde_json::to_string(&message).expect("a JobMessage serialises");
         match queue.publish(&body, None, &[("delivery", id)]).await {

@@ -68,6 +68,9 @@ pub struct AuditReport {
     pub lifecycle_sources: BTreeMap<String, u64>,
     /// Runners waiting for capacity at `as_of`, per pool (ADR-0014).
     pub waiting: Vec<WaitingPool>,
+    /// EC2's spot interruption warnings for runners' instances: which jobs
+    /// were cut, which runners were replaced before their job started.
+    pub spot_interruptions: Vec<SpotInterruption>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
     /// Instances RunInstances returned that their runner could not take, and
@@ -75,6 +78,22 @@ pub struct AuditReport {
     pub strays: Vec<StrayInstance>,
     /// The log checked against the cloud (`--live`).
     pub live_check: Option<LiveCheck>,
+}
+
+/// A runner whose spot instance EC2 warned it would reclaim.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpotInterruption {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its instance.
+    pub instance_id: Option<InstanceId>,
+    /// The instance's type.
+    pub instance_type: Option<String>,
+    /// When the warning was recorded (RFC 3339).
+    pub at: String,
+    /// Whether the job had started on it: the job was cut. Otherwise the
+    /// runner was failed and the job given a new attempt.
+    pub job_cut: bool,
 }
 
 /// The runners of one pool waiting for capacity.
@@ -379,8 +398,20 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         entry.vcpus += u64::from(request.spec.vcpus);
         entry.oldest_wait_ms = entry.oldest_wait_ms.max(now.millis_since(request.at));
     }
+    let spot_interruptions = replay
+        .ledger
+        .spot_interruptions()
+        .into_iter()
+        .map(|(stream, instance, at, job_cut)| SpotInterruption {
+            stream,
+            instance_id: instance.as_ref().map(|i| i.id.clone()),
+            instance_type: instance.map(|i| i.instance_type),
+            at: rfc3339(at),
+            job_cut,
+        })
+        .collect();
     AuditReport {
-        schema: 6,
+        schema: 7,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -401,6 +432,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         closed_by,
         lifecycle_sources: replay.ledger.lifecycle_sources.clone(),
         waiting: waiting.into_values().collect(),
+        spot_interruptions,
         live_instances,
         strays,
         live_check: None,
@@ -535,6 +567,29 @@ pub fn render(report: &AuditReport) -> String {
             pool.vcpus,
             pool.oldest_wait_ms / 1000
         );
+    }
+    if !report.spot_interruptions.is_empty() {
+        let cut: Vec<&SpotInterruption> = report
+            .spot_interruptions
+            .iter()
+            .filter(|s| s.job_cut)
+            .collect();
+        let _ = writeln!(
+            out,
+            "  spot interruptions: {} ({} before the job started, relaunched; {} jobs cut)",
+            report.spot_interruptions.len(),
+            report.spot_interruptions.len() - cut.len(),
+            cut.len()
+        );
+        for s in cut {
+            let _ = writeln!(
+                out,
+                "    cut: {} on {} at {}",
+                s.stream,
+                s.instance_id.as_ref().map_or("-", |i| i.0.as_str()),
+                s.at
+            );
+        }
     }
     if let Some(check) = &report.live_check {
         if check.unknown_instances.is_empty() && check.gone_without_terminated.is_empty() {

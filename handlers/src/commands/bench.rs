@@ -78,6 +78,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
                 vcpus: 4,
                 image: "ami-bench".into(),
                 pool: None,
+                avoid_spot: Vec::new(),
             },
             deadlines: Deadlines::default(),
             installation: None,
@@ -490,6 +491,7 @@ pub async fn reaper_scaling(
             runner_name: None,
             conclusion: None,
             attempt: 1,
+            avoid_spot: Vec::new(),
         };
         app.scaleup
             .handle(&job, 1, clock.now())

@@ -137,6 +137,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                         vcpus: 4,
                         image: "ami-0jitrdemo".into(),
                         pool: None,
+                        avoid_spot: Vec::new(),
                     },
                     deadlines: Deadlines::default(),
                     installation: None,

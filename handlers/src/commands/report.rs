@@ -97,6 +97,19 @@ pub fn describe(event: &RunnerEvent) -> String {
         } => format!(
             "{instance_id} {instance_type} ({vcpus} vCPU) from launch {client_token}, which the runner could not take: terminating it"
         ),
+        RunnerEvent::SpotInterruptionWarned {
+            instance_id,
+            job_started,
+            ..
+        } => {
+            if *job_started {
+                format!(
+                    "EC2 will reclaim spot instance {instance_id}: the job running on it is cut"
+                )
+            } else {
+                format!("EC2 will reclaim spot instance {instance_id} before the job started")
+            }
+        }
         RunnerEvent::StrayTerminated {
             instance_id,
             evidence,

@@ -350,6 +350,7 @@ pub async fn run_with(
                 runner_name: None,
                 conclusion: None,
                 attempt: 1,
+                avoid_spot: Vec::new(),
             },
             // Lost `in_progress` webhooks matter for jobs that outlast the
             // 10-minute boot deadline: that scenario's jobs run longer.
