@@ -35,6 +35,7 @@ pub use metrics::{NAMESPACE, emf_line};
 pub use ports::*;
 pub use queue_bus::QueueBus;
 pub use sim::{
-    ManualClock, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets, SimSettings, system_clock,
+    ManualClock, SPOT_NOTICE_MS, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets,
+    SimSettings, SpotInterruptions, system_clock,
 };
 pub use sqlite::SqliteEventStore;

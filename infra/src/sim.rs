@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS instances (
     instance_type  TEXT    NOT NULL,
     vcpus          INTEGER NOT NULL,
     launched_at    INTEGER NOT NULL,
-    terminating_at INTEGER
+    terminating_at INTEGER,
+    reclaim_at     INTEGER
 );
 CREATE TABLE IF NOT EXISTS gh_runners (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,6 +128,9 @@ pub struct SimSettings {
     /// launches on any type.
     #[serde(default)]
     pub images: std::collections::BTreeMap<String, Architecture>,
+    /// Spot instances EC2 reclaims (none: never).
+    #[serde(default)]
+    pub spot_interruptions: Option<SpotInterruptions>,
     /// From launch to `running`.
     pub boot_ms: u64,
     /// From terminate to `terminated` (the vCPUs stay counted meanwhile).
@@ -143,9 +147,49 @@ impl Default for SimSettings {
             spot_capacity: None,
             type_capacity: std::collections::BTreeMap::new(),
             images: std::collections::BTreeMap::new(),
+            spot_interruptions: None,
             boot_ms: 20_000,
             shutdown_ms: 5_000,
         }
+    }
+}
+
+/// How EC2 reclaims spot instances in the simulator. As AWS documents it
+/// ("Spot Instance interruption notices", EC2 User Guide), an interruption
+/// warning ("EC2 Spot Instance Interruption Warning" on EventBridge) comes two
+/// minutes before the instance is stopped or terminated; here it is terminated
+/// (the `terminate` interruption behaviour, jitr's choice for runners).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotInterruptions {
+    /// Spot instances reclaimed, per thousand launched.
+    pub per_mille: u32,
+    /// The warning comes within this long after the launch (uniformly).
+    pub warn_within_ms: u64,
+    /// Which instances, and when: the same seed reclaims the same ones.
+    pub seed: u64,
+}
+
+/// EC2's notice before it reclaims a spot instance: two minutes.
+pub const SPOT_NOTICE_MS: u64 = 120_000;
+
+/// A well-mixed 64-bit hash (splitmix64), for seeded choices.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl SpotInterruptions {
+    /// When the `n`-th instance, launched at `launched_at`, is reclaimed (None:
+    /// it is not).
+    fn reclaim_at(&self, n: u64, launched_at: i64) -> Option<i64> {
+        let h = mix(self.seed ^ mix(n));
+        if h % 1000 >= u64::from(self.per_mille) {
+            return None;
+        }
+        let warn = mix(h) % self.warn_within_ms.max(1);
+        Some(launched_at + warn as i64 + SPOT_NOTICE_MS as i64)
     }
 }
 
@@ -165,6 +209,18 @@ fn open(path: &Path) -> Result<Connection, ComputeError> {
         .map_err(sql_err)?;
     if has_runner == 0 {
         conn.execute_batch("ALTER TABLE gh_jobs ADD COLUMN runner_name TEXT")
+            .map_err(sql_err)?;
+    }
+    // …and the spot reclaim moment.
+    let has_reclaim: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('instances') WHERE name = 'reclaim_at'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if has_reclaim == 0 {
+        conn.execute_batch("ALTER TABLE instances ADD COLUMN reclaim_at INTEGER")
             .map_err(sql_err)?;
     }
     Ok(conn)
@@ -250,6 +306,14 @@ impl SimCloud {
         filter: &str,
         arg: Option<&str>,
     ) -> Result<Vec<Row>, ComputeError> {
+        // EC2 reclaims what is due before anything is read.
+        conn.execute(
+            "UPDATE instances SET terminating_at = reclaim_at
+             WHERE reclaim_at IS NOT NULL AND reclaim_at <= ?1
+               AND (terminating_at IS NULL OR terminating_at > reclaim_at)",
+            [(self.clock)().0],
+        )
+        .map_err(sql_err)?;
         let sql = format!(
             "SELECT id, stream, client_token, market, instance_type, vcpus, launched_at, terminating_at
              FROM instances {filter} ORDER BY launched_at, id"
@@ -368,6 +432,33 @@ impl SimCloud {
         }
         changes.sort_by_key(|(_, _, at)| *at);
         Ok(changes)
+    }
+
+    /// The spot interruption warnings EC2 would announce in `(after, upto]`,
+    /// oldest first: two minutes before each reclaim, for an instance not
+    /// terminated by then.
+    pub fn interruption_warnings(
+        &self,
+        after: Timestamp,
+        upto: Timestamp,
+    ) -> Result<Vec<(InstanceId, Timestamp)>, ComputeError> {
+        let notice = SPOT_NOTICE_MS as i64;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, reclaim_at - ?3 FROM instances
+                 WHERE reclaim_at IS NOT NULL
+                   AND reclaim_at - ?3 > ?1 AND reclaim_at - ?3 <= ?2
+                   AND (terminating_at IS NULL OR terminating_at >= reclaim_at - ?3)
+                 ORDER BY reclaim_at, id",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map(params![after.0, upto.0, notice], |r| {
+                Ok((InstanceId(r.get(0)?), Timestamp(r.get(1)?)))
+            })
+            .map_err(sql_err)?;
+        rows.collect::<Result<_, _>>().map_err(sql_err)
     }
 
     /// Every instance the simulator ever ran, with its launch token, launch moment
@@ -504,10 +595,15 @@ impl Compute for SimCloud {
                 "no spot capacity for this instance type",
             )));
         }
-        let id = format!("sim-{:017x}", self.next_id.fetch_add(1, Ordering::SeqCst));
+        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = format!("sim-{n:017x}");
+        let reclaim_at = match (spec.market, self.settings.spot_interruptions) {
+            (Market::Spot, Some(storm)) => storm.reclaim_at(n, now),
+            _ => None,
+        };
         conn.execute(
-            "INSERT INTO instances (id, stream, client_token, market, instance_type, vcpus, launched_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO instances (id, stream, client_token, market, instance_type, vcpus, launched_at, reclaim_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 id,
                 spec.stream.as_str(),
@@ -515,7 +611,8 @@ impl Compute for SimCloud {
                 market_name(spec.market),
                 spec.instance_type,
                 spec.vcpus,
-                now
+                now,
+                reclaim_at
             ],
         )
         .map_err(|e| unknown(sql_err(e)))?;

@@ -531,3 +531,96 @@ async fn the_listing_can_omit_recent_instances() {
     ec2.clear();
     assert_eq!(ec2.list_managed().await.unwrap().len(), 2);
 }
+
+/// EC2 reclaims a share of spot instances: its warning two minutes before
+/// (as the EC2 User Guide's "Spot Instance interruption notices" says), then
+/// `shutting-down` and `terminated`; never an on-demand instance, and no
+/// warning for an instance terminated before it.
+#[tokio::test]
+async fn spot_instances_are_warned_two_minutes_before_ec2_reclaims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SimSettings {
+        spot_interruptions: Some(jitr_infra::SpotInterruptions {
+            per_mille: 1000,
+            warn_within_ms: 1,
+            seed: 1,
+        }),
+        ..SimSettings::default()
+    };
+    let (cloud, clock) = cloud(dir.path(), settings);
+    let spot = cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    let on_demand = cloud.launch(&spec(2, Market::OnDemand)).await.unwrap();
+    let early = cloud.launch(&spec(3, Market::Spot)).await.unwrap();
+    let before = Timestamp(T0.0 - 1);
+    let warnings = cloud.interruption_warnings(before, T0).unwrap();
+    let warned: Vec<_> = warnings.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        warned,
+        [spot.instance_id.clone(), early.instance_id.clone()]
+    );
+    assert!(warnings.iter().all(|(_, at)| *at == T0));
+    assert_eq!(
+        cloud
+            .describe(&spot.instance_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        InstanceState::Pending
+    );
+    // Running until the notice is over, then reclaimed.
+    clock.advance(jitr_infra::SPOT_NOTICE_MS - 1);
+    assert_eq!(
+        cloud
+            .describe(&spot.instance_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        InstanceState::Running
+    );
+    clock.advance(1);
+    assert_eq!(
+        cloud
+            .describe(&spot.instance_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        InstanceState::ShuttingDown
+    );
+    let reclaimed = Timestamp(T0.0 + jitr_infra::SPOT_NOTICE_MS as i64);
+    let changes = cloud.state_changes(T0, reclaimed).unwrap();
+    assert!(
+        changes.contains(&(spot.instance_id.clone(), "shutting-down", reclaimed)),
+        "{changes:?}"
+    );
+    assert_eq!(
+        cloud
+            .describe(&on_demand.instance_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        InstanceState::Running
+    );
+
+    // An instance terminated before its warning gets none.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SimSettings {
+        spot_interruptions: Some(jitr_infra::SpotInterruptions {
+            per_mille: 1000,
+            warn_within_ms: 60_000,
+            seed: 1,
+        }),
+        ..SimSettings::default()
+    };
+    let (cloud, _clock) = self::cloud(dir.path(), settings);
+    let spot = cloud.launch(&spec(1, Market::Spot)).await.unwrap();
+    let minute = Timestamp(T0.0 + 60_000);
+    let all = cloud.interruption_warnings(before, minute).unwrap();
+    assert_eq!(all.len(), 1, "within the minute: {all:?}");
+    assert!(all[0].1 > T0, "seed 1 warns after the launch: {all:?}");
+    cloud.terminate(&spot.instance_id).await.unwrap();
+    assert_eq!(cloud.interruption_warnings(before, minute).unwrap(), []);
+}

@@ -121,8 +121,8 @@ async fn a_burst_of_500_jobs_waits_for_capacity_and_is_served_fairly() {
     assert_eq!(report.orphan_vcpu_minutes, 0.0);
     assert_eq!(report.instances_alive_at_end, 0);
     assert!(
-        report.admission.most_refused_per_pool_in_a_round <= 2,
-        "one refusal per market and round at most: {:?}",
+        report.admission.most_refused_per_pool_in_a_round <= 1,
+        "one refusal per pool and round at most: {:?}",
         report.admission
     );
     let utilisation = report.utilisation_while_waiting_pct.unwrap();
@@ -149,6 +149,69 @@ async fn a_burst_of_500_jobs_waits_for_capacity_and_is_served_fairly() {
         docs.p50 * 2 < release.p50 && docs.max < release.max,
         "the small repository shares the capacity: docs {docs:?}, release {release:?}"
     );
+}
+
+/// Issue 12, spot interruptions: EC2 reclaims 30 % of spot instances with its
+/// two-minute warning. Every runner warned before its job started is replaced
+/// within the step (≤ 10 s), on another type or on demand; every job runs on
+/// exactly one runner; the jobs EC2 cut mid-run are the ones the log records
+/// as cut; nothing leaks and jitr kills no job.
+#[tokio::test]
+async fn a_spot_storm_relaunches_warned_runners_at_once_and_records_the_cut_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(dir.path(), Scenario::SpotStorm, 1, true).await.unwrap();
+    let before = report
+        .spot_interruptions
+        .get("before-start")
+        .copied()
+        .unwrap_or(0);
+    let after = report
+        .spot_interruptions
+        .get("after-start")
+        .copied()
+        .unwrap_or(0);
+    assert!(before >= 5 && after >= 5, "{report:?}");
+    assert_eq!(report.relaunch_after_interruption_ms.count, before);
+    assert!(
+        report.relaunch_after_interruption_ms.p99 <= 10_000,
+        "{:?}",
+        report.relaunch_after_interruption_ms
+    );
+    assert_eq!(report.jobs_cut, after, "{report:?}");
+    assert_eq!(report.jobs_killed, 0, "{report:?}");
+    assert_eq!(
+        report.jobs_served + report.jobs_cut,
+        report.jobs,
+        "{report:?}"
+    );
+    // The only failures are the warned runners, replaced.
+    assert_eq!(report.runners_failed, before, "{report:?}");
+    assert_eq!(report.scaleup_dead_letters, 0);
+    assert_eq!(report.orphan_vcpu_minutes, 0.0);
+    assert_eq!(report.instances_alive_at_end, 0);
+    assert_eq!(report.premature_terminations, 0);
+    // A replacement avoided the reclaimed spot market: some launched on the
+    // pool's other types or on demand.
+    let elsewhere: u64 = report
+        .launches_by_pool
+        .iter()
+        .filter(|(k, _)| !k.ends_with("c5.xlarge spot"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(elsewhere >= before, "{:?}", report.launches_by_pool);
+    // Exactly one runner took each job.
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let mut started: std::collections::BTreeMap<u64, u32> = Default::default();
+    for r in jitr_infra::EventStore::read_all(&store, 0, 1_000_000)
+        .await
+        .unwrap()
+    {
+        if let jitr_domain::RunnerEvent::JobStarted { .. } = r.event {
+            *started.entry(r.stream.job_id()).or_default() += 1;
+        }
+    }
+    assert_eq!(started.len() as u64, report.jobs);
+    assert!(started.values().all(|n| *n == 1), "{started:?}");
 }
 
 #[tokio::test]

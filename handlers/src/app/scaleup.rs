@@ -637,8 +637,10 @@ impl ScaleUp {
         for market in [Market::Spot, Market::OnDemand] {
             match ledger.admits(&pool_name, market, held.market(market), vcpus, now) {
                 Admission::Fits => {}
-                Admission::Probe => probing.push(market),
-                Admission::Full => close(&mut refusals, market),
+                // One refusal per pool and round is enough to learn from: no
+                // probe past a ceiling after one.
+                Admission::Probe if *refused == 0 => probing.push(market),
+                Admission::Probe | Admission::Full => close(&mut refusals, market),
             }
         }
         let known = refusals.len();
@@ -760,6 +762,12 @@ impl ScaleUp {
                     }
                     refused_because = Some(e.message.clone());
                     *refused += 1;
+                    // No probe past another ceiling after a refusal.
+                    for other in std::mem::take(&mut probing) {
+                        if other != market {
+                            close(&mut refusals, other);
+                        }
+                    }
                     refusals.push(Refusal {
                         market,
                         instance_type: type_index,

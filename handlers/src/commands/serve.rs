@@ -66,6 +66,11 @@ pub struct Args {
     /// Simulated boot time.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sim_boot: Duration,
+    /// Simulated spot interruptions: this percentage of spot instances gets
+    /// EC2's two-minute interruption warning within 90 s of its launch, then
+    /// is reclaimed (0: none).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    sim_spot_interruption_pct: u32,
     /// Serve only these repositories (owner/repo, repeatable; default: all).
     #[arg(long = "allow-repo")]
     allow_repos: Vec<String>,
@@ -107,6 +112,13 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         spot_vcpus: args.spot_vcpus,
         boot_ms: args.sim_boot.as_millis() as u64,
         type_capacity: args.sim_type_capacity.iter().cloned().collect(),
+        spot_interruptions: (args.sim_spot_interruption_pct > 0).then(|| {
+            jitr_infra::SpotInterruptions {
+                per_mille: args.sim_spot_interruption_pct * 10,
+                warn_within_ms: 90_000,
+                seed: std::process::id().into(),
+            }
+        }),
         // The simulated region has each pool's image, of the pool's
         // architecture: a type of another is refused as EC2 refuses it.
         images: policy

@@ -61,6 +61,12 @@ pub enum Scenario {
     /// capacity queue (ADR-0014) — nothing given up, freed capacity used at
     /// once, repositories served in turn.
     Burst,
+    /// 150 jobs over 30 minutes on a pool of three spot types (on demand as
+    /// the fallback; 128 spot and 64 on-demand vCPUs), 30 % of spot instances reclaimed by EC2 with its
+    /// two-minute warning within 90 s of their launch: a runner warned before
+    /// its job started is replaced at once on another type or market; a job
+    /// already running is cut (GitHub fails it) and the audit names it.
+    SpotStorm,
 }
 
 impl Scenario {
@@ -73,6 +79,7 @@ impl Scenario {
             Scenario::DuplicateStorm => "duplicate-storm",
             Scenario::CloudChaos => "cloud-chaos",
             Scenario::Burst => "burst",
+            Scenario::SpotStorm => "spot-storm",
         }
     }
 }
@@ -160,6 +167,17 @@ pub struct SimulationReport {
     /// From an instance's `terminated` state change (its vCPUs free in the
     /// simulated cloud) while runners waited to the next `Launched`.
     pub cloud_freed_to_launch_ms: Distribution,
+    /// EC2's spot interruption warnings for runners' instances, by whether the
+    /// job had started (`before-start`, `after-start`), as the log records them.
+    pub spot_interruptions: BTreeMap<String, u64>,
+    /// Spot interruption warnings by `pool type`.
+    pub spot_interruptions_by_pool_type: BTreeMap<String, u64>,
+    /// From a warning before the job started to the job's next runner's
+    /// `Launched`.
+    pub relaunch_after_interruption_ms: Distribution,
+    /// Jobs whose runner's instance EC2 reclaimed while the job ran on it (GitHub
+    /// fails such a job; no runner can save it).
+    pub jobs_cut: u64,
 }
 
 /// How a run is set up besides its scenario and seed.
@@ -202,6 +220,10 @@ struct Job {
     message: JobMessage,
     duration_ms: u64,
     started: Option<(String, Timestamp)>,
+    /// The instance it runs on, once started.
+    instance: Option<InstanceId>,
+    /// Its instance was reclaimed (or terminated) while it ran.
+    cut: bool,
     completed: bool,
     completed_at: Option<Timestamp>,
     killed: bool,
@@ -247,12 +269,24 @@ pub async fn run_with(
     let clock = ManualClock::new(T0);
     let now = || clock.now();
     let settings = SimSettings {
-        on_demand_vcpus: 32,
+        on_demand_vcpus: if scenario == Scenario::SpotStorm {
+            64
+        } else {
+            32
+        },
         spot_vcpus: match scenario {
             Scenario::SeedIncident => 8,
             Scenario::Burst => 16,
+            Scenario::SpotStorm => 128,
             _ => 32,
         },
+        spot_interruptions: (scenario == Scenario::SpotStorm).then_some(
+            jitr_infra::SpotInterruptions {
+                per_mille: 300,
+                warn_within_ms: 90_000,
+                seed,
+            },
+        ),
         spot_capacity: None,
         type_capacity,
         images: pools
@@ -305,6 +339,11 @@ pub async fn run_with(
     policy.job_poll_interval_ms = job_poll_interval_ms;
     if let Some(pools) = pools {
         policy.pools = pools;
+    } else if scenario == Scenario::SpotStorm {
+        // Three spot types of 4 vCPUs, then on demand.
+        for pool in &mut policy.pools {
+            pool.instance_types = vec!["c5.xlarge".into(), "c5a.xlarge".into(), "m5.xlarge".into()];
+        }
     }
     // Each job asks for the labels of a pool in turn.
     let job_labels: Vec<Vec<String>> = policy
@@ -321,10 +360,10 @@ pub async fn run_with(
 
     // The burst: 24 jobs of 4 vCPUs in the first two minutes; 96 vCPUs wanted
     // against 8 spot and 32 on-demand.
-    let count = if scenario == Scenario::Burst {
-        500
-    } else {
-        24u64
+    let count = match scenario {
+        Scenario::Burst => 500,
+        Scenario::SpotStorm => 150,
+        _ => 24u64,
     };
     let limit_ms = if scenario == Scenario::Burst {
         BURST_LIMIT_MS
@@ -360,12 +399,22 @@ pub async fn run_with(
                 rng.random_range(3..=10)
             } * 60_000,
             started: None,
+            instance: None,
+            cut: false,
             completed: false,
             completed_at: None,
             killed: false,
         })
         .collect();
-    let arrivals: Vec<u64> = jobs.iter().map(|_| rng.random_range(0..120_000)).collect();
+    let arrival_window = if scenario == Scenario::SpotStorm {
+        30 * 60_000
+    } else {
+        120_000
+    };
+    let arrivals: Vec<u64> = jobs
+        .iter()
+        .map(|_| rng.random_range(0..arrival_window))
+        .collect();
     let mut peak: BTreeMap<String, u32> = BTreeMap::new();
     let mut last_completion: Option<Timestamp> = None;
     let mut quota_free_at: Option<Timestamp> = None;
@@ -512,6 +561,7 @@ pub async fn run_with(
                                     ServeError::Io(std::io::Error::other(e.to_string()))
                                 })?;
                             job.started = Some((runner, t));
+                            job.instance = head.instance_id.clone();
                             break;
                         }
                     }
@@ -580,9 +630,58 @@ pub async fn run_with(
         }
         // EC2's state-change events for this step, as EventBridge delivers
         // them; a `terminated` asks for an admission round, handled at once.
+        // An instance that shuts down under a running job ends the job: GitHub
+        // fails it when its runner is lost.
+        let before = Timestamp(t.0 - STEP_MS as i64);
+        let changes = cloud.state_changes(before, t)?;
+        for (instance_id, state, _) in &changes {
+            if *state != "shutting-down" {
+                continue;
+            }
+            let Some(job) = jobs
+                .iter_mut()
+                .find(|j| !j.completed && j.instance.as_ref() == Some(instance_id))
+            else {
+                continue;
+            };
+            let (runner, _) = job.started.clone().expect("a job with an instance started");
+            let mut m = job.message.clone();
+            m.action = "completed".into();
+            m.delivery = format!("{}-lost", m.delivery);
+            m.runner_name = Some(runner.clone());
+            m.conclusion = Some("failure".into());
+            if let Some(stream) = store.stream_of_runner(&runner).await? {
+                if let Some(head) = store.head(&stream).await? {
+                    let state = &head.state;
+                    job.killed = state.failure.as_ref().is_some_and(|f| f.at <= t)
+                        || state.termination_requested.is_some_and(|(at, _)| at <= t);
+                }
+            }
+            job.cut = true;
+            if !lose_lifecycle(&mut rng) {
+                lifecycle_queue
+                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                    .await?;
+            }
+            github
+                .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
+                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+            job.completed = true;
+            job.completed_at = Some(t);
+            last_completion = Some(t);
+        }
         if compensation {
-            let before = Timestamp(t.0 - STEP_MS as i64);
-            for (instance_id, state, at) in cloud.state_changes(before, t)? {
+            for (instance_id, at) in cloud.interruption_warnings(before, t)? {
+                let event = jitr_infra::Ec2Event::SpotInterruption {
+                    instance_id,
+                    action: "terminate".into(),
+                    at: Some(at),
+                };
+                if let Err(e) = app.ec2_events.handle(&event, t).await {
+                    tracing::warn!(error = %e, "EC2 event not handled");
+                }
+            }
+            for (instance_id, state, at) in changes {
                 if state == "terminated" {
                     cloud_freed.push(at);
                 }
@@ -661,6 +760,11 @@ pub async fn run_with(
     let mut runners_failed = 0u64;
     let mut launches_by_pool: BTreeMap<String, u64> = BTreeMap::new();
     let mut terminations: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
+    let mut spot_interruptions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut interruptions_by_pool_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut instance_type_of: BTreeMap<StreamId, String> = BTreeMap::new();
+    // Warnings before the job started: the job and the attempt that follows.
+    let mut relaunch_wanted: Vec<(StreamId, Timestamp)> = Vec::new();
     let mut after = 0;
     loop {
         let page = store.read_all(after, 10_000).await?;
@@ -674,8 +778,30 @@ pub async fn run_with(
                 RunnerEvent::Requested { at, .. } => {
                     requested_at.entry(r.stream.clone()).or_insert(*at);
                 }
-                RunnerEvent::Launched { at, .. } => {
+                RunnerEvent::Launched {
+                    at, instance_type, ..
+                } => {
                     first_launch.entry(r.stream.clone()).or_insert(*at);
+                    instance_type_of.insert(r.stream.clone(), instance_type.clone());
+                }
+                RunnerEvent::SpotInterruptionWarned {
+                    at, job_started, ..
+                } => {
+                    let when = if *job_started {
+                        "after-start"
+                    } else {
+                        "before-start"
+                    };
+                    *spot_interruptions.entry(when.into()).or_default() += 1;
+                    let key = format!(
+                        "{} {}",
+                        pool_of.get(&r.stream).map_or("-", String::as_str),
+                        instance_type_of.get(&r.stream).map_or("-", String::as_str)
+                    );
+                    *interruptions_by_pool_type.entry(key).or_default() += 1;
+                    if !*job_started {
+                        relaunch_wanted.push((r.stream.clone(), *at));
+                    }
                 }
                 RunnerEvent::Terminated {
                     at,
@@ -751,9 +877,12 @@ pub async fn run_with(
         .into_iter()
         .filter(|m| m.state.is_live())
         .count();
-    let served = jobs.iter().filter(|j| j.completed && !j.killed).count() as u64;
+    let served = jobs
+        .iter()
+        .filter(|j| j.completed && !j.killed && !j.cut)
+        .count() as u64;
     let mut idle = Vec::new();
-    for job in &jobs {
+    for job in jobs.iter().filter(|j| !j.cut) {
         let (Some((runner, _)), Some(done)) = (&job.started, job.completed_at) else {
             continue;
         };
@@ -792,6 +921,19 @@ pub async fn run_with(
     let wake = next_launch_after(&freed_at);
     let cloud_wake = next_launch_after(&cloud_freed);
     let per_job: Vec<u64> = events_per_job.values().copied().collect();
+    let relaunched: Vec<u64> = relaunch_wanted
+        .iter()
+        .filter_map(|(stream, warned)| {
+            let request = replayed.ledger.runners.get(stream)?.state.request.clone()?;
+            let next = StreamId::for_job(&request.job, request.attempt + 1).ok()?;
+            // Not relaunched (yet): counted as the whole rest of the run.
+            Some(
+                first_launch
+                    .get(&next)
+                    .map_or(end.millis_since(*warned), |l| l.millis_since(*warned)),
+            )
+        })
+        .collect();
     Ok(SimulationReport {
         scenario,
         seed,
@@ -839,6 +981,10 @@ pub async fn run_with(
             .then(|| (utilisation_sum / waiting_steps as f64 * 1000.0).round() / 10.0),
         wake_to_launch_ms: Distribution::of(wake),
         cloud_freed_to_launch_ms: Distribution::of(cloud_wake),
+        spot_interruptions,
+        spot_interruptions_by_pool_type: interruptions_by_pool_type,
+        relaunch_after_interruption_ms: Distribution::of(relaunched),
+        jobs_cut: jobs.iter().filter(|j| j.cut && !j.killed).count() as u64,
     })
 }
 
@@ -879,6 +1025,7 @@ pub fn render(r: &SimulationReport) -> String {
          events per job         mean {}, max {}\n\
          quota in use (waiting) {}\n\
          freed → next launch    {} frees, p50 {} ms, p99 {} ms, max {} ms (from Terminated); {} frees, p50 {} ms, p99 {} ms, max {} ms (from EC2's terminated)\n\
+         spot interruptions     {}; jobs cut {}; warned → relaunched p50 {} ms, p99 {} ms, max {} ms ({} relaunches)\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -961,6 +1108,20 @@ pub fn render(r: &SimulationReport) -> String {
         r.cloud_freed_to_launch_ms.p50,
         r.cloud_freed_to_launch_ms.p99,
         r.cloud_freed_to_launch_ms.max,
+        if r.spot_interruptions.is_empty() {
+            "none".to_owned()
+        } else {
+            r.spot_interruptions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        r.jobs_cut,
+        r.relaunch_after_interruption_ms.p50,
+        r.relaunch_after_interruption_ms.p99,
+        r.relaunch_after_interruption_ms.max,
+        r.relaunch_after_interruption_ms.count,
         r.simulated_ms / 1000,
     )
 }

@@ -75,9 +75,9 @@ pub fn embedded(
     Ok(App::new(embedded.ports, policy, secret))
 }
 
-/// Publishes the simulated EC2's state changes to the EC2-events queue every
-/// second, as EventBridge's rule does on AWS; stops when the queue is dropped
-/// (the application is gone).
+/// Publishes the simulated EC2's state changes and spot interruption warnings
+/// to the EC2-events queue every second, as EventBridge's rules do on AWS;
+/// stops when the queue is dropped (the application is gone).
 async fn pump_sim_events(cloud: jitr_infra::SimCloud, queue: std::sync::Weak<dyn Queue>) {
     let mut after = now();
     loop {
@@ -86,9 +86,11 @@ async fn pump_sim_events(cloud: jitr_infra::SimCloud, queue: std::sync::Weak<dyn
             return;
         };
         let upto = now();
-        match cloud.state_changes(after, upto) {
-            Ok(changes) => {
-                for (instance_id, state, at) in changes {
+        let events = cloud.state_changes(after, upto).and_then(|changes| {
+            let warnings = cloud.interruption_warnings(after, upto)?;
+            let mut bodies: Vec<(jitr_domain::Timestamp, String)> = changes
+                .into_iter()
+                .map(|(instance_id, state, at)| {
                     let body = jitr_infra::encode_state_change(
                         &instance_id,
                         state,
@@ -96,6 +98,20 @@ async fn pump_sim_events(cloud: jitr_infra::SimCloud, queue: std::sync::Weak<dyn
                         "sim-1",
                         "000000000000",
                     );
+                    (at, body)
+                })
+                .collect();
+            bodies.extend(warnings.into_iter().map(|(instance_id, at)| {
+                let body =
+                    jitr_infra::encode_spot_interruption(&instance_id, at, "sim-1", "000000000000");
+                (at, body)
+            }));
+            bodies.sort_by_key(|(at, _)| *at);
+            Ok(bodies)
+        });
+        match events {
+            Ok(bodies) => {
+                for (_, body) in bodies {
                     if let Err(e) = queue.publish(&body, None, &[]).await {
                         tracing::warn!(error = %e, "simulated EC2 event not published");
                     }
