@@ -122,7 +122,8 @@ pub enum Admission {
 }
 
 impl CapacityLedger {
-    /// A ledger whose markets start with configured ceilings.
+    /// A ledger whose markets start with configured ceilings: jitr launches
+    /// no further there (no probe) unless EC2 refuses below them.
     pub fn with_ceilings(ceilings: impl IntoIterator<Item = (Market, u32)>) -> Self {
         let mut ledger = CapacityLedger::default();
         for (market, vcpus) in ceilings {
@@ -152,10 +153,12 @@ impl CapacityLedger {
         match quota.ceiling {
             None => Admission::Fits,
             Some(ceiling) if used + vcpus <= ceiling => Admission::Fits,
+            // Past a learnt ceiling one probe every quiet five minutes; past
+            // a configured one (never refused) none: the operator set it.
             Some(_)
                 if quota
                     .last_refusal
-                    .is_none_or(|at| now.millis_since(at) >= PROBE_AFTER_MS) =>
+                    .is_some_and(|at| now.millis_since(at) >= PROBE_AFTER_MS) =>
             {
                 Admission::Probe
             }
@@ -342,6 +345,21 @@ mod tests {
         );
         ledger.launched("arm", Market::Spot, 20);
         assert_eq!(ledger.markets[&Market::Spot].ceiling, Some(20));
+    }
+
+    #[test]
+    fn a_configured_ceiling_is_never_probed_past() {
+        let ledger = CapacityLedger::with_ceilings([(Market::Spot, 16)]);
+        for t in [0, PROBE_AFTER_MS as i64, 10 * PROBE_AFTER_MS as i64] {
+            assert_eq!(
+                ledger.admits("x64", Market::Spot, 16, 4, at(t)),
+                Admission::Full
+            );
+        }
+        assert_eq!(
+            ledger.admits("x64", Market::Spot, 12, 4, at(0)),
+            Admission::Fits
+        );
     }
 
     #[test]

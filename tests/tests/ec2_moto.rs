@@ -137,7 +137,25 @@ async fn a_deployment_lists_only_its_own_instances() {
         .into_iter()
         .map(|m| m.instance_id)
         .collect();
-    assert_eq!(listed, vec![launched.instance_id]);
+    assert_eq!(listed, vec![launched.instance_id.clone()]);
+    // Described by id with the listing's filters: its own, not the other's.
+    let own = mine.describe_managed(&launched.instance_id).await.unwrap();
+    assert_eq!(own.map(|m| m.instance_id), Some(launched.instance_id));
+    let theirs = other
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .instance_id;
+    assert!(mine.describe_managed(&theirs).await.unwrap().is_none());
+    assert!(
+        mine.describe_managed(&InstanceId("i-0123456789abcdef0".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -1510,3 +1510,43 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
         "{table}"
     );
 }
+
+/// Quotas from the pool file's `[quotas]`: admission rounds know them from
+/// the start, so a job past them waits without a single RunInstances refusal;
+/// without them the first job past each quota learns it from EC2's refusal.
+#[tokio::test]
+async fn configured_quotas_spare_the_refusals_that_would_learn_them() {
+    use jitr_domain::RunnerEvent;
+    let settings = SimSettings {
+        spot_vcpus: 8,
+        on_demand_vcpus: 8,
+        ..SimSettings::default()
+    };
+    for configured in [true, false] {
+        let world = World::with_settings_and_policy(settings.clone(), |policy| {
+            if configured {
+                policy.quotas = vec![(Market::Spot, 8), (Market::OnDemand, 8)];
+            }
+        });
+        for job in 1..=5 {
+            world.queued(job).await.unwrap();
+        }
+        for job in 1..=4 {
+            assert_eq!(world.status(job).await, RunnerStatus::Ready, "job {job}");
+        }
+        assert_eq!(world.status(5).await, RunnerStatus::Requested);
+        let refused = world
+            .store
+            .read_all(0, 1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| matches!(r.event, RunnerEvent::LaunchRejected { .. }))
+            .count();
+        if configured {
+            assert_eq!(refused, 0, "the configured quotas are known");
+        } else {
+            assert_eq!(refused, 2, "each market's quota learnt once");
+        }
+    }
+}

@@ -193,8 +193,7 @@ impl Ec2Events {
         instance_id: &InstanceId,
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
-        let listed = self.ports.compute.list_managed().await?;
-        let Some(instance) = listed.into_iter().find(|m| m.instance_id == *instance_id) else {
+        let Some(instance) = self.ports.compute.describe_managed(instance_id).await? else {
             // Not jitr's, or not listed yet (EC2's listing is eventually
             // consistent): the reaper looks again.
             return Ok(Outcome::Done(format!(

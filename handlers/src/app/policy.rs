@@ -139,6 +139,9 @@ pub struct RunnerPolicy {
     /// The user data runner instances boot with (none: the simulator's, which
     /// needs none).
     pub bootstrap: Option<crate::app::bootstrap::Bootstrap>,
+    /// Configured vCPU quotas per market (the pool file's `[quotas]`); a
+    /// market not named is learnt from EC2's refusals (ADR-0014).
+    pub quotas: Vec<(jitr_domain::Market, u32)>,
 }
 
 impl Default for RunnerPolicy {
@@ -162,6 +165,7 @@ impl Default for RunnerPolicy {
             job_poll_patience_ms: 600_000,
             github_background_share_pct: 20,
             bootstrap: None,
+            quotas: Vec::new(),
         }
     }
 }

@@ -17,6 +17,10 @@
 //! image = "ami-0123456789abcdef0"
 //! scope = "organization"           # register in the job's organisation …
 //! runner_group = "ci-builders"     # … in this runner group (by name)
+//!
+//! [quotas]                         # optional: the account's vCPU quotas for jitr
+//! on_demand_vcpus = 256            # (learnt from EC2's refusals when absent)
+//! spot_vcpus = 128
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,6 +52,17 @@ pub struct Config {
     /// Doubts that do not make the file unusable (e.g. an instance type whose
     /// size suggests other vCPUs than the pool says).
     pub warnings: Vec<String>,
+    /// The vCPUs each market holds for jitr, where the file says (ADR-0014):
+    /// admission rounds start from them instead of learning them from EC2's
+    /// first refusal.
+    pub quotas: Vec<(jitr_domain::Market, u32)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quotas {
+    on_demand_vcpus: Option<u32>,
+    spot_vcpus: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +114,8 @@ struct File {
     defaults: Defaults,
     #[serde(default, rename = "pool")]
     pools: Vec<toml::Spanned<PoolEntry>>,
+    #[serde(default)]
+    quotas: Quotas,
 }
 
 /// Line and column (1-based) of byte `offset` in `text`.
@@ -328,7 +345,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
-    Ok(Config { pools, warnings })
+    let quotas = [
+        (jitr_domain::Market::OnDemand, file.quotas.on_demand_vcpus),
+        (jitr_domain::Market::Spot, file.quotas.spot_vcpus),
+    ]
+    .into_iter()
+    .filter_map(|(market, vcpus)| Some((market, vcpus?)))
+    .collect();
+    Ok(Config {
+        pools,
+        warnings,
+        quotas,
+    })
 }
 
 #[cfg(test)]
@@ -347,6 +375,17 @@ mod tests {
         assert_eq!(arm.architecture, Architecture::Arm64);
         assert_eq!(arm.launch.instance_profile.as_deref(), Some("jitr-runner"));
         assert_eq!(arm.launch.root_volume_gib, Some(64));
+    }
+
+    #[test]
+    fn quotas_are_read_per_market_and_optional() {
+        let with = format!("{EXAMPLE}\n[quotas]\non_demand_vcpus = 256\n");
+        let config = parse(&with).unwrap();
+        assert_eq!(config.quotas, [(jitr_domain::Market::OnDemand, 256)]);
+        assert!(parse(EXAMPLE).unwrap().quotas.is_empty());
+        let typo = format!("{EXAMPLE}\n[quotas]\nspot_cpus = 1\n");
+        let e = parse(&typo).unwrap_err();
+        assert!(e.message.contains("spot_cpus"), "{e}");
     }
 
     fn error(text: &str) -> ConfigError {

@@ -175,10 +175,11 @@ pub struct ScaleUp {
 impl ScaleUp {
     /// A handler over `ports`.
     pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+        let ledger = CapacityLedger::with_ceilings(policy.quotas.iter().copied());
         ScaleUp {
             ports,
             policy,
-            ledger: tokio::sync::Mutex::default(),
+            ledger: tokio::sync::Mutex::new(ledger),
             next_wake: Mutex::default(),
             shutting_down: Mutex::default(),
             stats: Mutex::default(),

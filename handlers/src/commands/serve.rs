@@ -106,6 +106,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("jitr serve: {}: warning: {warning}", file.display());
         }
         policy.pools = config.pools;
+        policy.quotas = config.quotas;
     }
     let settings = jitr_infra::SimSettings {
         on_demand_vcpus: args.on_demand_vcpus,

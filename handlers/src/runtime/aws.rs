@@ -161,6 +161,7 @@ pub fn policy_from_env(pools: Option<(String, String)>) -> Result<RunnerPolicy, 
             tracing::warn!(%source, "{warning}");
         }
         policy.pools = config.pools;
+        policy.quotas = config.quotas;
         for pinned in ["JITR_IMAGE", "JITR_INSTANCE_TYPE", "JITR_VCPUS"] {
             if var(pinned).is_some() {
                 return Err(SetupError::Invalid(

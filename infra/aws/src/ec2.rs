@@ -499,6 +499,23 @@ impl Compute for Ec2Compute {
         self.describe_where(filters).await
     }
 
+    async fn describe_managed(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        // The listing's filters on one id: a filter matching nothing is an
+        // empty answer, never InvalidInstanceID.NotFound.
+        let mut filters = vec![
+            filter("instance-id", &[&instance.0]),
+            filter(&format!("tag:{TAG_MANAGED_BY}"), &[MANAGED_BY]),
+            filter("instance-state-name", &LIVE_STATES),
+        ];
+        if let Some(deployment) = &self.deployment {
+            filters.push(filter(&format!("tag:{TAG_DEPLOYMENT}"), &[deployment]));
+        }
+        Ok(self.describe_where(filters).await?.into_iter().next())
+    }
+
     async fn find_by_client_token(
         &self,
         token: &ClientToken,

@@ -351,6 +351,20 @@ pub trait Compute: Send + Sync {
     /// Every jitr instance in any state but `terminated`.
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError>;
 
+    /// The instance, if it is one [`Compute::list_managed`] would list (a jitr
+    /// instance of this deployment, not `terminated`): one described instance,
+    /// not the fleet. `None` also while EC2's listing does not show it yet.
+    async fn describe_managed(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ManagedInstance>, ComputeError> {
+        Ok(self
+            .list_managed()
+            .await?
+            .into_iter()
+            .find(|m| m.instance_id == *instance))
+    }
+
     /// The instance a launch with `token` started, if any (not `terminated`).
     async fn find_by_client_token(
         &self,
