@@ -128,6 +128,10 @@ pub struct SimSettings {
     /// launches on any type.
     #[serde(default)]
     pub images: std::collections::BTreeMap<String, Architecture>,
+    /// How long after a state change or an interruption warning EventBridge
+    /// delivers its event ("within seconds"; 0: at once).
+    #[serde(default)]
+    pub event_delay_ms: u64,
     /// Spot instances EC2 reclaims (none: never).
     #[serde(default)]
     pub spot_interruptions: Option<SpotInterruptions>,
@@ -148,6 +152,7 @@ impl Default for SimSettings {
             type_capacity: std::collections::BTreeMap::new(),
             images: std::collections::BTreeMap::new(),
             spot_interruptions: None,
+            event_delay_ms: 0,
             boot_ms: 20_000,
             shutdown_ms: 5_000,
         }
@@ -391,14 +396,17 @@ impl SimCloud {
     }
 
     /// The state changes EC2 would announce ("EC2 Instance State-change
-    /// Notification") in `(after, upto]`, oldest first: `pending` at launch,
-    /// `running` after the boot, `shutting-down` at termination, `terminated`
-    /// after the shutdown.
+    /// Notification") delivered in `(after, upto]` (each [`SimSettings::
+    /// event_delay_ms`] after it happened), oldest first, with the moment it
+    /// happened: `pending` at launch, `running` after the boot, `shutting-down`
+    /// at termination, `terminated` after the shutdown.
     pub fn state_changes(
         &self,
         after: Timestamp,
         upto: Timestamp,
     ) -> Result<Vec<(InstanceId, &'static str, Timestamp)>, ComputeError> {
+        let delay = self.settings.event_delay_ms as i64;
+        let (after, upto) = (Timestamp(after.0 - delay), Timestamp(upto.0 - delay));
         let (boot, shutdown) = (
             self.settings.boot_ms as i64,
             self.settings.shutdown_ms as i64,
@@ -434,14 +442,17 @@ impl SimCloud {
         Ok(changes)
     }
 
-    /// The spot interruption warnings EC2 would announce in `(after, upto]`,
-    /// oldest first: two minutes before each reclaim, for an instance not
-    /// terminated by then.
+    /// The spot interruption warnings EC2 would announce, delivered in
+    /// `(after, upto]` (each [`SimSettings::event_delay_ms`] after it was
+    /// issued), oldest first, with the moment it was issued: two minutes before
+    /// each reclaim, for an instance not terminated by then.
     pub fn interruption_warnings(
         &self,
         after: Timestamp,
         upto: Timestamp,
     ) -> Result<Vec<(InstanceId, Timestamp)>, ComputeError> {
+        let delay = self.settings.event_delay_ms as i64;
+        let (after, upto) = (Timestamp(after.0 - delay), Timestamp(upto.0 - delay));
         let notice = SPOT_NOTICE_MS as i64;
         let conn = self.lock();
         let mut stmt = conn

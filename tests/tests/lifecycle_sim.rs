@@ -1481,6 +1481,42 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
     assert!(world.store.head(&attempt(2, 2)).await.unwrap().is_none());
     world.assert_no_leak().await;
 
+    // The job started on GitHub but its `in_progress` webhook has not arrived:
+    // GitHub is asked first, and the job is recorded cut, not relaunched.
+    world.queued(3).await.unwrap();
+    let name = world.runner_name(3).await.unwrap();
+    world
+        .github
+        .queue_job(&jitr_infra::QueuedJob {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id: 3,
+            run_id: 1003,
+            labels: vec!["self-hosted".into(), "linux".into()],
+            name: "build".into(),
+        })
+        .unwrap();
+    world
+        .github
+        .set_job_status("acme", "widgets", 3, "in_progress", Some(&name))
+        .unwrap();
+    let third = world.instance(3).await.unwrap();
+    let late = world
+        .app
+        .ec2_events
+        .handle(&warning(&third), world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&late, Outcome::Done(m) if m.contains("cut")),
+        "{late:?}"
+    );
+    let state = head(attempt(3, 1)).await.state;
+    assert_eq!(state.spot_warned.map(|(_, started)| started), Some(true));
+    assert!(state.job_started_at.is_some() && state.failure.is_none());
+    assert!(world.runs(&third).await);
+    assert_eq!(world.drain_scaleup().await, 0, "no new attempt");
+
     // The audit names the cut job and the replaced runner.
     use jitr_handlers::commands::audit;
     let report = audit::judge(
@@ -1499,10 +1535,17 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
         .iter()
         .map(|s| (s.stream.clone(), s.job_cut))
         .collect();
-    assert_eq!(seen, [(attempt(1, 1), false), (attempt(2, 1), true)]);
+    assert_eq!(
+        seen,
+        [
+            (attempt(1, 1), false),
+            (attempt(2, 1), true),
+            (attempt(3, 1), true)
+        ]
+    );
     let table = audit::render(&report);
     assert!(
-        table.contains("spot interruptions: 2 (1 before the job started, relaunched; 1 jobs cut)"),
+        table.contains("spot interruptions: 3 (1 before the job started, relaunched; 2 jobs cut)"),
         "{table}"
     );
     assert!(

@@ -12,6 +12,7 @@ use jitr_infra::{CommandId, Ec2Event};
 use crate::app::Ports;
 use crate::app::compensation::Compensation;
 use crate::app::dispatch::{Dispatched, current_state, dispatch};
+use crate::app::jobwatch::JobWatch;
 use crate::app::outcome::{HandlerError, Outcome};
 use crate::app::reaper::Reaper;
 use crate::app::scaleup::ScaleUp;
@@ -22,6 +23,7 @@ pub struct Ec2Events {
     compensation: Arc<Compensation>,
     reaper: Arc<Reaper>,
     scaleup: Arc<ScaleUp>,
+    jobs: Arc<JobWatch>,
 }
 
 impl Ec2Events {
@@ -31,12 +33,14 @@ impl Ec2Events {
         compensation: Arc<Compensation>,
         reaper: Arc<Reaper>,
         scaleup: Arc<ScaleUp>,
+        jobs: Arc<JobWatch>,
     ) -> Self {
         Ec2Events {
             ports,
             compensation,
             reaper,
             scaleup,
+            jobs,
         }
     }
 
@@ -143,6 +147,15 @@ impl Ec2Events {
             return Ok(Outcome::Done(format!(
                 "{instance_id} spot interruption: not {stream}'s live instance"
             )));
+        }
+        // A registered runner may have its job already, its `in_progress`
+        // webhook still on the way: GitHub is asked once, so that a job that
+        // started is recorded cut, not relaunched (and runs its last two
+        // minutes).
+        if runner.runner_name.is_some() && runner.job_started_at.is_none() {
+            if let Err(e) = self.jobs.poll(&runner, now).await {
+                tracing::warn!(%stream, error = %e, "job not polled before acting on a spot interruption");
+            }
         }
         let warn = Command::WarnSpotInterruption {
             instance_id: instance_id.clone(),

@@ -7,7 +7,12 @@ use jitr_infra::emf_line;
 
 /// Emits one metric with its dimensions.
 pub fn emit(at: Timestamp, name: &str, value: f64, unit: &str, dimensions: &[(&str, &str)]) {
-    let line = emf_line(at, dimensions, &[(name, value, unit)]);
+    emit_all(at, dimensions, &[(name, value, unit)]);
+}
+
+/// Emits several metrics sharing their dimensions, in one line.
+pub fn emit_all(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f64, &str)]) {
+    let line = emf_line(at, dimensions, metrics);
     if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
         println!("{line}");
     } else {
@@ -31,6 +36,19 @@ pub fn launch(at: Timestamp, market: &str, outcome: &str) {
 pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
     emit(at, "RunnersWaiting", waiting as f64, "Count", &[]);
     emit(at, "RunnersAdmitted", launched as f64, "Count", &[]);
+}
+
+/// Runners of `pool` waiting for capacity at an admission round, and the
+/// oldest one's wait.
+pub fn pool_waiting(at: Timestamp, pool: &str, waiting: usize, oldest_ms: u64) {
+    emit_all(
+        at,
+        &[("Pool", pool)],
+        &[
+            ("RunnersWaiting", waiting as f64, "Count"),
+            ("OldestWait", oldest_ms as f64 / 1000.0, "Seconds"),
+        ],
+    );
 }
 
 /// EC2's spot interruption warning for a runner's instance, by pool, type and

@@ -202,6 +202,7 @@ impl App {
                 compensation.clone(),
                 reaper,
                 scaleup,
+                jobs.clone(),
             )),
             rebalancer: Arc::new(Rebalancer::new(
                 ports.clone(),

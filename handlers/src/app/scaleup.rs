@@ -417,6 +417,16 @@ impl ScaleUp {
             waiting: waiting.len(),
             ..Round::default()
         };
+        // Waiting runners and the oldest wait, per pool (metrics).
+        let mut per_pool: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+        for w in &waiting {
+            let entry = per_pool.entry(w.pool.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(now.millis_since(w.since));
+        }
+        for (pool, (count, oldest_ms)) in per_pool {
+            crate::app::metrics::pool_waiting(now, pool, count, oldest_ms);
+        }
         let order = fair_order(
             waiting,
             |w| w.repository.as_str(),

@@ -66,6 +66,10 @@ pub struct Args {
     /// Simulated boot time.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sim_boot: Duration,
+    /// How long after a simulated state change or interruption warning its
+    /// event is delivered (EventBridge: within seconds).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    sim_event_delay: Duration,
     /// Simulated spot interruptions: this percentage of spot instances gets
     /// EC2's two-minute interruption warning within 90 s of its launch, then
     /// is reclaimed (0: none).
@@ -113,6 +117,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         spot_vcpus: args.spot_vcpus,
         boot_ms: args.sim_boot.as_millis() as u64,
         type_capacity: args.sim_type_capacity.iter().cloned().collect(),
+        event_delay_ms: args.sim_event_delay.as_millis() as u64,
         spot_interruptions: (args.sim_spot_interruption_pct > 0).then(|| {
             jitr_infra::SpotInterruptions {
                 per_mille: args.sim_spot_interruption_pct * 10,

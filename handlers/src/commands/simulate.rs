@@ -172,8 +172,8 @@ pub struct SimulationReport {
     pub spot_interruptions: BTreeMap<String, u64>,
     /// Spot interruption warnings by `pool type`.
     pub spot_interruptions_by_pool_type: BTreeMap<String, u64>,
-    /// From a warning before the job started to the job's next runner's
-    /// `Launched`.
+    /// From EC2's warning (before the job started) to the job's next runner's
+    /// `Launched`: the event's delivery, jitr's handling, the launch.
     pub relaunch_after_interruption_ms: Distribution,
     /// Jobs whose runner's instance EC2 reclaimed while the job ran on it (GitHub
     /// fails such a job; no runner can save it).
@@ -200,6 +200,8 @@ pub struct SimOptions {
     pub pools: Option<Vec<crate::app::policy::Pool>>,
     /// Instances of a type the simulated region can supply at once.
     pub type_capacity: BTreeMap<String, u32>,
+    /// How long after it happens EC2's event reaches jitr.
+    pub event_delay_ms: u64,
 }
 
 impl Default for SimOptions {
@@ -212,6 +214,7 @@ impl Default for SimOptions {
             job_polls: true,
             pools: None,
             type_capacity: BTreeMap::new(),
+            event_delay_ms: 0,
         }
     }
 }
@@ -264,6 +267,7 @@ pub async fn run_with(
         job_polls,
         pools,
         type_capacity,
+        event_delay_ms,
     } = options;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
@@ -280,6 +284,7 @@ pub async fn run_with(
             Scenario::SpotStorm => 128,
             _ => 32,
         },
+        event_delay_ms,
         spot_interruptions: (scenario == Scenario::SpotStorm).then_some(
             jitr_infra::SpotInterruptions {
                 per_mille: 300,
@@ -428,6 +433,8 @@ pub async fn run_with(
     let quota = settings_quota;
     let (mut waiting_steps, mut utilisation_sum) = (0u64, 0f64);
     let mut cloud_freed: Vec<Timestamp> = Vec::new();
+    // When EC2 issued each spot interruption warning.
+    let mut ec2_warned: BTreeMap<InstanceId, Timestamp> = BTreeMap::new();
     while elapsed <= limit_ms {
         let t = now();
         if let Some(faulty) = &chaos {
@@ -634,7 +641,7 @@ pub async fn run_with(
         // fails it when its runner is lost.
         let before = Timestamp(t.0 - STEP_MS as i64);
         let changes = cloud.state_changes(before, t)?;
-        for (instance_id, state, _) in &changes {
+        for (instance_id, state, gone_at) in &changes {
             if *state != "shutting-down" {
                 continue;
             }
@@ -653,8 +660,13 @@ pub async fn run_with(
             if let Some(stream) = store.stream_of_runner(&runner).await? {
                 if let Some(head) = store.head(&stream).await? {
                     let state = &head.state;
-                    job.killed = state.failure.as_ref().is_some_and(|f| f.at <= t)
-                        || state.termination_requested.is_some_and(|(at, _)| at <= t);
+                    // Killed by jitr: failed or told to terminate by the time
+                    // the instance went (a failure recorded after it went is
+                    // the record of a loss, not its cause).
+                    job.killed = state.failure.as_ref().is_some_and(|f| f.at <= *gone_at)
+                        || state
+                            .termination_requested
+                            .is_some_and(|(at, _)| at <= *gone_at);
                 }
             }
             job.cut = true;
@@ -672,6 +684,7 @@ pub async fn run_with(
         }
         if compensation {
             for (instance_id, at) in cloud.interruption_warnings(before, t)? {
+                ec2_warned.insert(instance_id.clone(), at);
                 let event = jitr_infra::Ec2Event::SpotInterruption {
                     instance_id,
                     action: "terminate".into(),
@@ -785,7 +798,9 @@ pub async fn run_with(
                     instance_type_of.insert(r.stream.clone(), instance_type.clone());
                 }
                 RunnerEvent::SpotInterruptionWarned {
-                    at, job_started, ..
+                    at,
+                    job_started,
+                    instance_id,
                 } => {
                     let when = if *job_started {
                         "after-start"
@@ -800,7 +815,8 @@ pub async fn run_with(
                     );
                     *interruptions_by_pool_type.entry(key).or_default() += 1;
                     if !*job_started {
-                        relaunch_wanted.push((r.stream.clone(), *at));
+                        let issued = ec2_warned.get(instance_id).copied().unwrap_or(*at);
+                        relaunch_wanted.push((r.stream.clone(), issued));
                     }
                 }
                 RunnerEvent::Terminated {
@@ -1158,6 +1174,10 @@ pub struct Args {
     /// InsufficientInstanceCapacity (repeatable).
     #[arg(long = "type-capacity", value_parser = super::serve::type_capacity)]
     type_capacity: Vec<(String, u32)>,
+    /// How long after a state change or spot interruption warning EC2's event
+    /// reaches jitr (EventBridge delivers within seconds).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    event_delay: Duration,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -1200,6 +1220,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
         },
         type_capacity: args.type_capacity.iter().cloned().collect(),
+        event_delay_ms: args.event_delay.as_millis() as u64,
     };
     let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {
