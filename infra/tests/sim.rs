@@ -38,6 +38,11 @@ fn cloud(dir: &std::path::Path, settings: SimSettings) -> (SimCloud, ManualClock
     (cloud, clock)
 }
 
+/// The state EC2 reports for `instance`, described by its id.
+async fn state_of(cloud: &SimCloud, instance: &jitr_domain::InstanceId) -> Option<InstanceState> {
+    cloud.describe(instance).await.unwrap().map(|m| m.state)
+}
+
 fn refusal(
     outcome: Result<jitr_infra::LaunchedInstance, LaunchFailure>,
 ) -> (String, LaunchErrorClass) {
@@ -261,12 +266,7 @@ async fn instances_boot_shut_down_and_outlive_a_restart() {
 
     reopened.terminate(&launched.instance_id).await.unwrap();
     assert_eq!(
-        reopened
-            .describe(&launched.instance_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        state_of(&reopened, &launched.instance_id).await.unwrap(),
         InstanceState::ShuttingDown
     );
     clock.advance(5_000);
@@ -560,33 +560,18 @@ async fn spot_instances_are_warned_two_minutes_before_ec2_reclaims_them() {
     );
     assert!(warnings.iter().all(|(_, at)| *at == T0));
     assert_eq!(
-        cloud
-            .describe(&spot.instance_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        state_of(&cloud, &spot.instance_id).await.unwrap(),
         InstanceState::Pending
     );
     // Running until the notice is over, then reclaimed.
     clock.advance(jitr_infra::SPOT_NOTICE_MS - 1);
     assert_eq!(
-        cloud
-            .describe(&spot.instance_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        state_of(&cloud, &spot.instance_id).await.unwrap(),
         InstanceState::Running
     );
     clock.advance(1);
     assert_eq!(
-        cloud
-            .describe(&spot.instance_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        state_of(&cloud, &spot.instance_id).await.unwrap(),
         InstanceState::ShuttingDown
     );
     let reclaimed = Timestamp(T0.0 + jitr_infra::SPOT_NOTICE_MS as i64);
@@ -596,12 +581,7 @@ async fn spot_instances_are_warned_two_minutes_before_ec2_reclaims_them() {
         "{changes:?}"
     );
     assert_eq!(
-        cloud
-            .describe(&on_demand.instance_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        state_of(&cloud, &on_demand.instance_id).await.unwrap(),
         InstanceState::Running
     );
 

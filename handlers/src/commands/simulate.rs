@@ -17,7 +17,9 @@ use std::sync::Arc;
 use jitr_domain::{
     ClientToken, InstanceId, JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp,
 };
-use jitr_infra::{EventStore, Fault, FaultyCompute, ManualClock, QueuedJob, SimSettings};
+use jitr_infra::{
+    EventStore, Fault, FaultyCompute, ManualClock, Queue, QueuedJob, SimGitHub, SimSettings,
+};
 use jitr_projections::accounting::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -573,30 +575,15 @@ pub async fn run_with(
                         }
                     }
                 }
-                Some((runner, started)) if t.millis_since(*started) >= job.duration_ms => {
-                    let mut m = job.message.clone();
-                    m.action = "completed".into();
-                    m.delivery = format!("{}-done", m.delivery);
-                    m.runner_name = Some(runner.clone());
-                    m.conclusion = Some("success".into());
+                Some((_, started)) if t.millis_since(*started) >= job.duration_ms => {
                     // Was its runner failed or told to terminate while it ran?
-                    if let Some(stream) = store.stream_of_runner(runner).await? {
-                        if let Some(head) = store.head(&stream).await? {
-                            let state = &head.state;
-                            job.killed = state.failure.as_ref().is_some_and(|f| f.at < t)
-                                || state.termination_requested.is_some_and(|(at, _)| at < t);
-                        }
-                    }
-                    if !lose_lifecycle(&mut rng) {
-                        lifecycle_queue
-                            .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                            .await?;
-                    }
-                    github
-                        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
-                        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
-                    job.completed = true;
-                    job.completed_at = Some(t);
+                    let lost = lose_lifecycle(&mut rng);
+                    let ending = Ending {
+                        conclusion: "success",
+                        killed_before: Timestamp(t.0 - 1),
+                        lost,
+                    };
+                    end_job(job, ending, t, &*store, &*lifecycle_queue, &github).await?;
                     last_completion = Some(t);
                 }
                 Some(_) => {}
@@ -651,35 +638,17 @@ pub async fn run_with(
             else {
                 continue;
             };
-            let (runner, _) = job.started.clone().expect("a job with an instance started");
-            let mut m = job.message.clone();
-            m.action = "completed".into();
-            m.delivery = format!("{}-lost", m.delivery);
-            m.runner_name = Some(runner.clone());
-            m.conclusion = Some("failure".into());
-            if let Some(stream) = store.stream_of_runner(&runner).await? {
-                if let Some(head) = store.head(&stream).await? {
-                    let state = &head.state;
-                    // Killed by jitr: failed or told to terminate by the time
-                    // the instance went (a failure recorded after it went is
-                    // the record of a loss, not its cause).
-                    job.killed = state.failure.as_ref().is_some_and(|f| f.at <= *gone_at)
-                        || state
-                            .termination_requested
-                            .is_some_and(|(at, _)| at <= *gone_at);
-                }
-            }
+            // Killed by jitr: failed or told to terminate by the time the
+            // instance went (a failure recorded after it went is the record of
+            // a loss, not its cause).
             job.cut = true;
-            if !lose_lifecycle(&mut rng) {
-                lifecycle_queue
-                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                    .await?;
-            }
-            github
-                .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
-                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
-            job.completed = true;
-            job.completed_at = Some(t);
+            let lost = lose_lifecycle(&mut rng);
+            let ending = Ending {
+                conclusion: "failure",
+                killed_before: *gone_at,
+                lost,
+            };
+            end_job(job, ending, t, &*store, &*lifecycle_queue, &github).await?;
             last_completion = Some(t);
         }
         if compensation {
@@ -1002,6 +971,56 @@ pub async fn run_with(
         relaunch_after_interruption_ms: Distribution::of(relaunched),
         jobs_cut: jobs.iter().filter(|j| j.cut && !j.killed).count() as u64,
     })
+}
+
+/// How a simulated job ends on GitHub.
+struct Ending {
+    /// `workflow_job.conclusion`.
+    conclusion: &'static str,
+    /// The job counts as killed when jitr failed its runner or asked for its
+    /// termination at or before this moment.
+    killed_before: Timestamp,
+    /// Its `completed` webhook is lost.
+    lost: bool,
+}
+
+/// Ends `job` at `t`: its `completed` webhook (unless lost), GitHub's record
+/// of it, and whether jitr had killed it.
+async fn end_job(
+    job: &mut Job,
+    ending: Ending,
+    t: Timestamp,
+    store: &dyn EventStore,
+    lifecycle_queue: &dyn Queue,
+    github: &SimGitHub,
+) -> Result<(), ServeError> {
+    let (runner, _) = job.started.clone().expect("an ending job started");
+    let mut m = job.message.clone();
+    m.action = "completed".into();
+    m.delivery = format!("{}-{}", m.delivery, ending.conclusion);
+    m.runner_name = Some(runner.clone());
+    m.conclusion = Some(ending.conclusion.into());
+    if let Some(stream) = store.stream_of_runner(&runner).await? {
+        if let Some(head) = store.head(&stream).await? {
+            let state = &head.state;
+            let cutoff = ending.killed_before;
+            job.killed = state.failure.as_ref().is_some_and(|f| f.at <= cutoff)
+                || state
+                    .termination_requested
+                    .is_some_and(|(at, _)| at <= cutoff);
+        }
+    }
+    if !ending.lost {
+        lifecycle_queue
+            .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+            .await?;
+    }
+    github
+        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    job.completed = true;
+    job.completed_at = Some(t);
+    Ok(())
 }
 
 /// The report for people.
