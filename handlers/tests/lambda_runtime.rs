@@ -241,25 +241,8 @@ impl Deployment {
             })))
             .mount(&github)
             .await;
-        let key = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../infra/tests/fixtures/test-app-key.pem"
-        );
-        let env: Vec<(String, String)> = [
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("JITR_PREFIX", prefix.as_str()),
-            ("JITR_WEBHOOK_SECRET", SECRET),
-            ("JITR_GITHUB_APP_ID", "1"),
-            ("JITR_GITHUB_PRIVATE_KEY_FILE", key),
-            ("JITR_GITHUB_API", github.uri().as_str()),
-            ("JITR_IMAGE", "ami-03cf127a"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        // The secrets as the deployment keeps them: SSM SecureStrings, read
+        // by each function at its start; the environment only names them.
         let config = jitr_aws::AwsSettings {
             endpoint: Some(endpoint.clone()),
             region: Some("us-east-1".into()),
@@ -267,6 +250,34 @@ impl Deployment {
         }
         .load()
         .await;
+        let ssm = aws_sdk_ssm::Client::new(&config);
+        let key = include_str!("../../infra/tests/fixtures/test-app-key.pem");
+        let secret_parameter = format!("/{prefix}/webhook-secret");
+        let key_parameter = format!("/{prefix}/github-app-key");
+        for (name, value) in [(&secret_parameter, SECRET), (&key_parameter, key)] {
+            ssm.put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .send()
+                .await
+                .unwrap();
+        }
+        let env: Vec<(String, String)> = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("JITR_PREFIX", prefix.as_str()),
+            ("JITR_WEBHOOK_SECRET_PARAMETER", secret_parameter.as_str()),
+            ("JITR_GITHUB_APP_ID", "1"),
+            ("JITR_GITHUB_PRIVATE_KEY_PARAMETER", key_parameter.as_str()),
+            ("JITR_GITHUB_API", github.uri().as_str()),
+            ("JITR_IMAGE", "ami-03cf127a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         Deployment {
             env,
             config,

@@ -341,10 +341,11 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
     report
         .drift(&store, &compute, crate::runtime::now(), 120_000)
         .await;
-    if std::env::var("JITR_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) {
+    let set = |name: &str| std::env::var(name).is_ok_and(|s| !s.is_empty());
+    if !set("JITR_WEBHOOK_SECRET_PARAMETER") && !set("JITR_WEBHOOK_SECRET") {
         report.config(
             Level::Warn,
-            "JITR_WEBHOOK_SECRET is not set: the webhook handler cannot verify deliveries",
+            "neither JITR_WEBHOOK_SECRET_PARAMETER nor JITR_WEBHOOK_SECRET is set: the webhook handler cannot verify deliveries",
         );
     }
     report

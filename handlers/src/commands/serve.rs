@@ -168,7 +168,7 @@ async fn serve_aws(args: Args) -> anyhow::Result<ExitCode> {
     let wired = crate::runtime::aws::from_env(args.target.settings(), &args.target.prefix).await?;
     if !wired.has_webhook_secret {
         anyhow::bail!(
-            "JITR_WEBHOOK_SECRET is not set: with --aws the webhook secret must be the GitHub App's"
+            "neither JITR_WEBHOOK_SECRET_PARAMETER nor JITR_WEBHOOK_SECRET is set: with --aws the webhook secret must be the GitHub App's"
         );
     }
     let listener = bind(&args.listen).await?;

@@ -4,9 +4,11 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `JITR_PREFIX` | resource name prefix (as `jitr init --prefix`) | `jitr` |
-//! | `JITR_WEBHOOK_SECRET` | the GitHub App's webhook secret | required for the webhook |
+//! | `JITR_WEBHOOK_SECRET_PARAMETER` | SSM SecureString holding the App's webhook secret, read at start (Lambda: never the secret itself in the environment) | required for the webhook, or `JITR_WEBHOOK_SECRET` |
+//! | `JITR_WEBHOOK_SECRET` | the webhook secret itself (local `serve --aws`) | |
 //! | `JITR_GITHUB_APP_ID` | GitHub App id (JWT issuer) | required |
-//! | `JITR_GITHUB_PRIVATE_KEY` or `JITR_GITHUB_PRIVATE_KEY_FILE` | the App's PEM key | required |
+//! | `JITR_GITHUB_PRIVATE_KEY_PARAMETER` | SSM SecureString holding the App's PEM key, read at start | one of the three |
+//! | `JITR_GITHUB_PRIVATE_KEY` or `JITR_GITHUB_PRIVATE_KEY_FILE` | the App's PEM key, or its file (local use) | one of the three |
 //! | `JITR_GITHUB_API` | API base (GHES: `https://HOST/api/v3`) | `https://api.github.com` |
 //! | `JITR_INSTALLATION_ID` | App installation | `1` |
 //! | `JITR_IMAGE`, `JITR_INSTANCE_TYPE`, `JITR_VCPUS` | default runner instance | `ami-jitr-runner`, `c5.xlarge`, `4` |
@@ -58,13 +60,39 @@ fn var(name: &'static str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn github_from_env() -> Result<GitHubApp, SetupError> {
+/// A secret named by `{variable}_PARAMETER` (an SSM SecureString, read and
+/// decrypted now), or given in `variable` itself (local use). Both: refused,
+/// as the operator meant one of them.
+async fn secret(
+    sdk: &jitr_aws::SdkConfig,
+    variable: &'static str,
+    parameter_variable: &'static str,
+) -> Result<Option<String>, SetupError> {
+    match (var(parameter_variable), var(variable)) {
+        (Some(_), Some(_)) => Err(SetupError::Invalid(
+            parameter_variable,
+            format!("set with {variable}: name the parameter or give the value, not both"),
+        )),
+        (Some(name), None) => jitr_aws::read_parameter(sdk, &name)
+            .await
+            .map(Some)
+            .map_err(|e| SetupError::Invalid(parameter_variable, format!("{name}: {e}"))),
+        (None, value) => Ok(value),
+    }
+}
+
+async fn github_from_env(sdk: &jitr_aws::SdkConfig) -> Result<GitHubApp, SetupError> {
     let app_id = var("JITR_GITHUB_APP_ID").ok_or(SetupError::Missing(
         "JITR_GITHUB_APP_ID",
         "the GitHub App's id, from its settings page",
     ))?;
     let key = match (
-        var("JITR_GITHUB_PRIVATE_KEY"),
+        secret(
+            sdk,
+            "JITR_GITHUB_PRIVATE_KEY",
+            "JITR_GITHUB_PRIVATE_KEY_PARAMETER",
+        )
+        .await?,
         var("JITR_GITHUB_PRIVATE_KEY_FILE"),
     ) {
         (Some(pem), _) => pem,
@@ -73,8 +101,8 @@ fn github_from_env() -> Result<GitHubApp, SetupError> {
         })?,
         (None, None) => {
             return Err(SetupError::Missing(
-                "JITR_GITHUB_PRIVATE_KEY",
-                "the GitHub App's private key (PEM), or JITR_GITHUB_PRIVATE_KEY_FILE with its path",
+                "JITR_GITHUB_PRIVATE_KEY_PARAMETER",
+                "the SSM SecureString holding the GitHub App's private key (PEM); locally JITR_GITHUB_PRIVATE_KEY or JITR_GITHUB_PRIVATE_KEY_FILE",
             ));
         }
     };
@@ -289,7 +317,7 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
     let ports = Ports {
         store: Arc::new(DynamoEventStore::new(&config, names.events_table())),
         compute: Arc::new(Ec2Compute::new(&config, subnets).with_deployment(names.prefix())),
-        github: Arc::new(github_from_env()?),
+        github: Arc::new(github_from_env(&config).await?),
         secrets: Arc::new(SsmSecrets::new(&config, ssm_prefix.clone())),
         scaleup_queue: find(names.scaleup_queue()).await?,
         lifecycle_queue: find(names.lifecycle_queue()).await?,
@@ -297,7 +325,13 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
         ec2_events_queue: find(names.ec2_events_queue()).await?,
         bus: Arc::new(EventBridgeBus::new(&config, names.bus())),
     };
-    let secret = var("JITR_WEBHOOK_SECRET").unwrap_or_default();
+    let secret = secret(
+        &config,
+        "JITR_WEBHOOK_SECRET",
+        "JITR_WEBHOOK_SECRET_PARAMETER",
+    )
+    .await?
+    .unwrap_or_default();
     let pools = match var("JITR_CONFIG") {
         Some(source) => {
             let text = pool_config_text(&config, &source).await?;

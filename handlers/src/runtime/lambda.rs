@@ -114,7 +114,7 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
         "webhook" => {
             if !wired.has_webhook_secret {
                 return Err(LambdaError::Setup(
-                    "JITR_WEBHOOK_SECRET is not set: the webhook cannot verify deliveries".into(),
+                    "JITR_WEBHOOK_SECRET_PARAMETER (or JITR_WEBHOOK_SECRET) is not set: the webhook cannot verify deliveries".into(),
                 ));
             }
             let hook = app.webhook.clone();
