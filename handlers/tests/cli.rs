@@ -554,3 +554,60 @@ fn bootstrap_script_prints_a_pools_user_data() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pool \"gpu\" (it has: linux-arm64"));
 }
+
+/// `jitr package` writes a zip whose one entry, `bootstrap`, is the binary
+/// (mode 755, an ELF for the host's architecture), read back by Python's
+/// `zipfile` (an independent reader); another architecture is refused.
+#[test]
+fn package_writes_a_zip_whose_bootstrap_is_the_binary_for_its_architecture() {
+    let (arch, machine, other) = match std::env::consts::ARCH {
+        "x86_64" => ("x86_64", 0x3Eu16, "arm64"),
+        "aarch64" => ("arm64", 0xB7, "x86_64"),
+        host => panic!("no Lambda architecture for {host}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("jitr-lambda.zip");
+    let binary = env!("CARGO_BIN_EXE_jitr");
+    let zip_arg = zip.to_str().unwrap();
+    let out = jitr(&[
+        "package", "--binary", binary, "--arch", arch, "--out", zip_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("aws cloudformation deploy"), "{printed}");
+    assert!(
+        printed.contains(&format!("Architecture={arch}")),
+        "{printed}"
+    );
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             assert z.testzip() is None\n\
+             (info,) = z.infolist()\n\
+             data = z.read(info)\n\
+             print(info.filename, oct(info.external_attr >> 16), len(data), \
+                   int.from_bytes(data[18:20], 'little'), data == open(sys.argv[2], 'rb').read())",
+            zip_arg,
+            binary,
+        ])
+        .output()
+        .expect("python3 (the CI installs it for moto)");
+    assert!(check.status.success(), "{check:?}");
+    let read = String::from_utf8_lossy(&check.stdout);
+    let size = std::fs::metadata(binary).unwrap().len();
+    assert_eq!(
+        read.trim(),
+        format!("bootstrap 0o100755 {size} {machine} True")
+    );
+    let refused = jitr(&[
+        "package", "--binary", binary, "--arch", other, "--out", zip_arg,
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(&format!("built for {arch}, not {other}")),
+        "{said}"
+    );
+}

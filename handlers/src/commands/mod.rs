@@ -22,6 +22,7 @@ pub mod doctor;
 pub mod history;
 pub mod init;
 pub mod lambda;
+pub mod package;
 pub mod report;
 pub mod send_webhook;
 pub mod serve;
@@ -88,6 +89,10 @@ pub enum Command {
     /// Runner pool configuration: `jitr config check FILE`.
     #[command(subcommand)]
     Config(config::Args),
+    /// Write the Lambda deployment package: a jitr binary built with
+    /// `--features aws` as `bootstrap` in a zip, checked for the functions'
+    /// architecture and Lambda's glibc; print how to deploy it.
+    Package(package::Args),
     /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
     ///
     /// Build with --release for meaningful figures.
@@ -126,6 +131,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::command(args).await,
         Command::Config(args) => config::command(args).await,
         Command::BootstrapScript(args) => bootstrap_script::command(args).await,
+        Command::Package(args) => package::command(args).await,
     }
 }
 
