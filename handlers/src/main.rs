@@ -18,8 +18,20 @@ struct Cli {
     command: Command,
 }
 
+/// The arguments: the command line's, or — started by Lambda as `bootstrap`
+/// with none (the `provided.al2023` runtime) — `lambda <HANDLER>`, the
+/// function's handler setting, which Lambda passes in `_HANDLER`.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    if let (1, true, Some(handler)) = (args.len(), lambda, std::env::var_os("_HANDLER")) {
+        args.extend(["lambda".into(), handler]);
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let filter = tracing_subscriber::EnvFilter::try_from_env("JITR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.command.default_log_filter()));
     if cli.command.logs_json() {

@@ -1,6 +1,8 @@
 //! `jitr lambda <handler>` under the Lambda Runtime API, as AWS runs it: each
-//! handler is the real `jitr` process, started with the environment Lambda
-//! gives a function (`AWS_LAMBDA_RUNTIME_API` and the function's variables),
+//! handler is the real `jitr` process, started as `provided.al2023` starts
+//! `bootstrap` (no arguments; the handler setting in `_HANDLER`) with the
+//! environment Lambda gives a function (`AWS_LAMBDA_RUNTIME_API` and the
+//! function's variables),
 //! polling a Runtime API served here on loopback
 //! (`/2018-06-01/runtime/invocation/next`, `…/{id}/response`, `…/{id}/error`,
 //! `/2018-06-01/runtime/init/error`, as the Lambda Developer Guide's "Using
@@ -123,8 +125,10 @@ impl Function {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await });
+        // As provided.al2023 starts `bootstrap`: no arguments, the function's
+        // handler setting in `_HANDLER`.
         let process = Command::new(env!("CARGO_BIN_EXE_jitr"))
-            .args(["lambda", handler])
+            .env("_HANDLER", handler)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AWS_LAMBDA_RUNTIME_API", api)
             .env("AWS_LAMBDA_FUNCTION_NAME", format!("jitr-{handler}"))
