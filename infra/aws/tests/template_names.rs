@@ -1,0 +1,65 @@
+//! The deployment template (`infra/deploy/template.yaml`) and `jitr init` create
+//! the same names: every name `AwsNames` derives from a prefix (the table, the
+//! queues and their dead-letter queues, the buses' rules, the DLQ alarms) is
+//! the template's, with `${Prefix}` for the prefix.
+
+use jitr_aws::{Alarms, AwsNames};
+
+const TEMPLATE: &str = include_str!("../../deploy/template.yaml");
+
+/// The values the template gives with `!Sub` (names are all built that way).
+fn substituted_names() -> Vec<&'static str> {
+    TEMPLATE
+        .lines()
+        .filter_map(|line| line.split_once(": !Sub ").map(|(_, v)| v.trim()))
+        .collect()
+}
+
+/// The lines of resource `logical_id` (to the next resource).
+fn resource(logical_id: &str) -> String {
+    let header = format!("  {logical_id}:");
+    let mut lines = TEMPLATE.lines().skip_while(|l| *l != header);
+    assert!(lines.next().is_some(), "{logical_id} in the template");
+    lines
+        .take_while(|l| l.starts_with("   ") || l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_template_names_every_resource_as_jitr_init_does() {
+    let names = AwsNames::new("${Prefix}");
+    let subs = substituted_names();
+    let mut expected = vec![
+        names.events_table(),
+        names.bus(),
+        names.terminate_rule(),
+        names.ec2_events_rule(),
+    ];
+    for queue in names.queues() {
+        let dlq = format!("{queue}-dlq");
+        expected.push(Alarms::dlq_alarm_name(&dlq));
+        expected.push(queue);
+        expected.push(dlq);
+    }
+    for name in &expected {
+        assert!(
+            subs.contains(&name.as_str()),
+            "the template has no resource named {name}"
+        );
+    }
+    // Each queue's redrive goes to its own dead-letter queue, and the EC2
+    // events and terminate rules target the queues init routes them to.
+    for (queue, dlq) in [
+        ("ScaleupQueue", "ScaleupDlq"),
+        ("LifecycleQueue", "LifecycleDlq"),
+        ("CompensationQueue", "CompensationDlq"),
+        ("Ec2EventsQueue", "Ec2EventsDlq"),
+    ] {
+        let block = resource(queue);
+        assert!(
+            block.contains(&format!("deadLetterTargetArn: !GetAtt {dlq}.Arn")),
+            "{queue}: {block}"
+        );
+    }
+}
