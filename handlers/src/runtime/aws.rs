@@ -181,6 +181,14 @@ pub async fn pool_config_text(
 /// The policy from the environment (defaults otherwise), with the pool
 /// configuration's source and text when `JITR_CONFIG` names one.
 pub fn policy_from_env(pools: Option<(String, String)>) -> Result<RunnerPolicy, SetupError> {
+    policy_from(pools, var)
+}
+
+/// [`policy_from_env`] with the variables read through `var`.
+pub fn policy_from(
+    pools: Option<(String, String)>,
+    var: impl Fn(&'static str) -> Option<String>,
+) -> Result<RunnerPolicy, SetupError> {
     let mut policy = RunnerPolicy::default();
     if let Some((source, text)) = pools {
         let config = crate::app::pools::parse(&text)
@@ -255,18 +263,31 @@ pub fn policy_from_env(pools: Option<(String, String)>) -> Result<RunnerPolicy, 
             })?;
         policy.github_background_share_pct = pct;
     }
+    // The launch settings below are defaults: a pool that sets its own (in
+    // the pool file) keeps it.
     if let Some(profile) = var("JITR_INSTANCE_PROFILE") {
-        policy.pools[0].launch.instance_profile = Some(profile);
+        for pool in &mut policy.pools {
+            pool.launch
+                .instance_profile
+                .get_or_insert_with(|| profile.clone());
+        }
     }
     if let Some(groups) = var("JITR_SECURITY_GROUPS") {
-        policy.pools[0].launch.security_groups = groups
+        let groups: Vec<String> = groups
             .split(',')
             .map(|g| g.trim().to_owned())
             .filter(|g| !g.is_empty())
             .collect();
+        for pool in policy
+            .pools
+            .iter_mut()
+            .filter(|p| p.launch.security_groups.is_empty())
+        {
+            pool.launch.security_groups.clone_from(&groups);
+        }
     }
     if let Some(h) = var("JITR_METADATA_HOP_LIMIT") {
-        policy.pools[0].launch.metadata_hop_limit = h
+        let hops = h
             .parse()
             .ok()
             .filter(|h| (1..=64).contains(h))
@@ -276,11 +297,22 @@ pub fn policy_from_env(pools: Option<(String, String)>) -> Result<RunnerPolicy, 
                     format!("{h:?} is not a hop limit from 1 to 64"),
                 )
             })?;
+        let default = jitr_infra::LaunchSettings::default().metadata_hop_limit;
+        for pool in policy
+            .pools
+            .iter_mut()
+            .filter(|p| p.launch.metadata_hop_limit == default)
+        {
+            pool.launch.metadata_hop_limit = hops;
+        }
     }
     if let Some(g) = var("JITR_ROOT_VOLUME_GIB") {
-        policy.pools[0].launch.root_volume_gib = Some(g.parse().map_err(|_| {
+        let gib = g.parse().map_err(|_| {
             SetupError::Invalid("JITR_ROOT_VOLUME_GIB", format!("{g:?} is not a number"))
-        })?);
+        })?;
+        for pool in &mut policy.pools {
+            pool.launch.root_volume_gib.get_or_insert(gib);
+        }
     }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
@@ -348,4 +380,47 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
         app: App::new(ports, policy, secret),
         names,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stack's instance profile and security group are defaults: a pool
+    /// of the file that names its own keeps them.
+    #[test]
+    fn launch_variables_are_defaults_for_pools_without_their_own() {
+        let file = r#"
+[[pool]]
+name = "own"
+labels = ["linux", "own"]
+instance_types = ["c5.xlarge"]
+vcpus = 4
+image = "ami-0123456789abcdef0"
+instance_profile = "own-profile"
+security_groups = ["sg-own"]
+metadata_hop_limit = 2
+
+[[pool]]
+name = "plain"
+labels = ["linux", "x64"]
+instance_types = ["c5.xlarge"]
+vcpus = 4
+image = "ami-0123456789abcdef0"
+"#;
+        let env = |name: &'static str| match name {
+            "JITR_INSTANCE_PROFILE" => Some("stack-profile".to_owned()),
+            "JITR_SECURITY_GROUPS" => Some("sg-stack".to_owned()),
+            "JITR_METADATA_HOP_LIMIT" => Some("3".to_owned()),
+            _ => None,
+        };
+        let policy = policy_from(Some(("pools.toml".into(), file.into())), env).unwrap();
+        let launch = |i: usize| &policy.pools[i].launch;
+        assert_eq!(launch(0).instance_profile.as_deref(), Some("own-profile"));
+        assert_eq!(launch(0).security_groups, ["sg-own"]);
+        assert_eq!(launch(0).metadata_hop_limit, 2);
+        assert_eq!(launch(1).instance_profile.as_deref(), Some("stack-profile"));
+        assert_eq!(launch(1).security_groups, ["sg-stack"]);
+        assert_eq!(launch(1).metadata_hop_limit, 3);
+    }
 }
