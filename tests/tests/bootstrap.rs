@@ -328,4 +328,30 @@ fn the_instance_policy_allows_only_what_the_bootstrap_calls_on_its_own_parameter
         "${ec2:SourceInstanceARN}"
     );
     assert!(!text.contains("\"*\""), "no wildcard action or resource");
+
+    // The deployment template's runner role grants the same, on the JIT-config
+    // parameters of the prefix its functions hand them over under.
+    let template = include_str!("../../infra/deploy/template.yaml");
+    let role: String = template
+        .lines()
+        .skip_while(|l| *l != "  RunnerRole:")
+        .skip(1)
+        .take_while(|l| l.starts_with("   "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let actions = format!("Action: [{}]", called.join(", "));
+    assert!(role.contains(&actions), "{actions} in {role}");
+    assert!(
+        role.contains("parameter/${Prefix}/runners/*/jit-config"),
+        "{role}"
+    );
+    assert!(
+        role.contains(&format!(
+            "ssm:resourceTag/{}: ${{ec2:SourceInstanceARN}}",
+            jitr_aws::TAG_INSTANCE_ARN
+        )),
+        "{role}"
+    );
+    assert!(role.contains("kms:ViaService: !Sub ssm.${AWS::Region}.amazonaws.com"));
+    assert!(template.contains("JITR_SSM_PREFIX: !Sub /${Prefix}/runners"));
 }
