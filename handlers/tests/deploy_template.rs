@@ -5,7 +5,10 @@
 
 use std::collections::BTreeSet;
 
-const TEMPLATE: &str = include_str!("../../infra/deploy/template.yaml");
+#[path = "support/template.rs"]
+mod template;
+
+use template::{function_environments, functions_by_handler, role_actions, role_of};
 const WIRING: [&str; 3] = [
     include_str!("../src/runtime/aws.rs"),
     include_str!("../src/runtime/lambda.rs"),
@@ -30,37 +33,6 @@ fn read_by_the_wiring() -> BTreeSet<String> {
         }
     }
     names
-}
-
-/// Each function's environment: its logical id and the variables it is given.
-fn function_environments() -> Vec<(String, BTreeSet<String>)> {
-    let mut functions = Vec::new();
-    let mut current: Option<(String, BTreeSet<String>)> = None;
-    let mut in_variables = false;
-    for line in TEMPLATE.lines() {
-        if line.starts_with("  ") && !line.starts_with("   ") && line.trim_end().ends_with(':') {
-            functions.extend(current.take());
-            let id = line.trim().trim_end_matches(':').to_owned();
-            current = id.ends_with("Function").then(|| (id, BTreeSet::new()));
-            in_variables = false;
-            continue;
-        }
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("Variables:") {
-            in_variables = true;
-            continue;
-        }
-        if let (Some((_, vars)), true) = (current.as_mut(), in_variables) {
-            match trimmed.split_once(':') {
-                Some((name, _)) if name.starts_with("JITR_") => {
-                    vars.insert(name.to_owned());
-                }
-                _ => in_variables = false,
-            }
-        }
-    }
-    functions.extend(current);
-    functions
 }
 
 #[test]
@@ -100,4 +72,81 @@ fn every_variable_the_template_passes_is_read_and_every_needed_one_passed() {
             );
         }
     }
+}
+
+/// Operations the AWS adapters call (`.operation_name()` ... `.send()`), as
+/// IAM action names without their service (`GetItem`).
+fn adapter_operations() -> BTreeSet<String> {
+    let sources = [
+        include_str!("../../infra/aws/src/dynamodb.rs"),
+        include_str!("../../infra/aws/src/ec2.rs"),
+        include_str!("../../infra/aws/src/sqs.rs"),
+        include_str!("../../infra/aws/src/ssm.rs"),
+        include_str!("../../infra/aws/src/eventbridge.rs"),
+    ];
+    let mut ops = BTreeSet::new();
+    for source in sources {
+        for piece in source.split('.').skip(1) {
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !piece[name.len()..].starts_with("()") || name.is_empty() {
+                continue;
+            }
+            let pascal: String = name
+                .split('_')
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            ops.insert(pascal);
+        }
+    }
+    ops
+}
+
+/// Actions a role needs that no adapter call names: what AWS authorises
+/// alongside a call (tags at launch, the instance profile's role, the
+/// SecureString's key, the items of a transaction) and what Lambda's own
+/// pollers and log agent call with the function's role.
+const IMPLICIT: [(&str, &str); 13] = [
+    ("ec2:CreateTags", "RunInstances with TagSpecifications"),
+    (
+        "iam:PassRole",
+        "RunInstances with the runner's instance profile",
+    ),
+    ("kms:Decrypt", "GetParameter of a SecureString"),
+    ("dynamodb:UpdateItem", "TransactWriteItems"),
+    ("dynamodb:ConditionCheckItem", "TransactWriteItems"),
+    ("dynamodb:DescribeStream", "the stream event source mapping"),
+    ("dynamodb:GetRecords", "the stream event source mapping"),
+    (
+        "dynamodb:GetShardIterator",
+        "the stream event source mapping",
+    ),
+    ("dynamodb:ListStreams", "the stream event source mapping"),
+    ("sqs:ReceiveMessage", "the SQS event source mapping"),
+    ("logs:CreateLogStream", "Lambda's log agent"),
+    ("logs:PutLogEvents", "Lambda's log agent"),
+    ("ssm:AddTagsToResource", "PutParameter with tags"),
+];
+
+#[test]
+fn no_role_allows_an_operation_nobody_calls() {
+    let called = adapter_operations();
+    for (handler, _) in functions_by_handler() {
+        let role = role_of(&handler);
+        for action in role_actions(&role) {
+            let op = action.split_once(':').map_or("", |(_, op)| op);
+            assert!(
+                called.contains(op) || IMPLICIT.iter().any(|(a, _)| *a == action),
+                "{role} ({handler}) allows {action}, which no adapter calls"
+            );
+        }
+    }
+    // The runner role too (the bootstrap's calls are checked in its own test).
+    assert!(
+        role_actions("RunnerRole")
+            .iter()
+            .all(|a| a.starts_with("ssm:") || a == "kms:Decrypt")
+    );
 }

@@ -25,6 +25,9 @@ use jitr_handlers::app::webhook::{JobMessage, sample_payload, sign};
 use jitr_infra::Queue;
 use serde_json::{Value, json};
 
+#[path = "support/template.rs"]
+mod template;
+
 const SECRET: &str = "lambda-secret";
 
 /// What the function answered for one invocation.
@@ -110,6 +113,12 @@ struct Function {
     invocations: u32,
 }
 
+/// Where each function's process records the AWS operations it calls
+/// (`JITR_RECORD_AWS_CALLS`), one file per handler.
+fn calls_file(handler: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("jitr-calls-{}-{handler}", std::process::id()))
+}
+
 impl Function {
     async fn start(handler: &'static str, env: &[(String, String)]) -> Function {
         let runtime = Arc::new(Runtime::default());
@@ -129,6 +138,7 @@ impl Function {
         // handler setting in `_HANDLER`.
         let process = Command::new(env!("CARGO_BIN_EXE_jitr"))
             .env("_HANDLER", handler)
+            .env("JITR_RECORD_AWS_CALLS", calls_file(handler))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AWS_LAMBDA_RUNTIME_API", api)
             .env("AWS_LAMBDA_FUNCTION_NAME", format!("jitr-{handler}"))
@@ -605,5 +615,55 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
                 if r.get(field).is_some() && r["errors"] == json!([])),
             "{handler}: {answer:?}"
         );
+    }
+
+    // Every AWS operation each function called (recorded by the SDK clients'
+    // interceptor) is one its role in the deployment template allows.
+    for handler in [
+        "webhook",
+        "scaleup",
+        "lifecycle",
+        "compensate",
+        "ec2-events",
+        "projector",
+        "reaper",
+        "rebalancer",
+    ] {
+        let recorded = std::fs::read_to_string(calls_file(handler))
+            .unwrap_or_else(|e| panic!("{handler} recorded no AWS call: {e}"));
+        let _ = std::fs::remove_file(calls_file(handler));
+        let role = template::role_of(handler);
+        let allowed = template::role_actions(&role);
+        for call in recorded.lines().collect::<std::collections::BTreeSet<_>>() {
+            for action in iam_actions(call) {
+                assert!(
+                    allowed.contains(&action),
+                    "{handler} called {call}, but {role} does not allow {action}"
+                );
+            }
+        }
+    }
+}
+
+/// The IAM actions that authorise a recorded `Service:Operation` (a
+/// transaction is authorised item by item).
+fn iam_actions(call: &str) -> Vec<String> {
+    let (service, operation) = call.split_once(':').expect("Service:Operation");
+    let prefix = match service {
+        "DynamoDB" => "dynamodb",
+        "DynamoDB Streams" => "dynamodb",
+        "EC2" => "ec2",
+        "SQS" => "sqs",
+        "SSM" => "ssm",
+        "EventBridge" => "events",
+        "CloudWatch" => "cloudwatch",
+        other => panic!("an AWS service the template does not know: {other}"),
+    };
+    match operation {
+        "TransactWriteItems" => ["PutItem", "UpdateItem", "ConditionCheckItem", "DeleteItem"]
+            .iter()
+            .map(|op| format!("dynamodb:{op}"))
+            .collect(),
+        op => vec![format!("{prefix}:{op}")],
     }
 }

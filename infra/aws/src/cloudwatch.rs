@@ -47,7 +47,7 @@ impl Alarms {
     /// A client.
     pub fn new(config: &SdkConfig) -> Self {
         Alarms {
-            client: Client::new(config),
+            client: crate::calls::cloudwatch(config),
         }
     }
 

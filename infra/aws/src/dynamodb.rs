@@ -290,7 +290,7 @@ impl DynamoEventStore {
     /// A store on `table`.
     pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
         DynamoEventStore {
-            client: Client::new(config),
+            client: crate::calls::dynamodb(config),
             table: table.into(),
             page_size: None,
         }

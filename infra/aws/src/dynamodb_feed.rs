@@ -24,7 +24,7 @@ pub struct LogNudges {
 impl LogNudges {
     /// Starts listening from now on (`LATEST` of every shard) on `table`'s stream.
     pub async fn open(config: &SdkConfig, table: &str) -> Result<Self, StoreError> {
-        let described = aws_sdk_dynamodb::Client::new(config)
+        let described = crate::calls::dynamodb(config)
             .describe_table()
             .table_name(table)
             .send()
@@ -36,7 +36,7 @@ impl LogNudges {
             .ok_or_else(|| unavailable("describe table", format!("{table} has no stream")))?
             .to_owned();
         let mut nudges = LogNudges {
-            streams: StreamsClient::new(config),
+            streams: crate::calls::dynamodb_streams(config),
             stream_arn,
             iterators: HashMap::new(),
         };

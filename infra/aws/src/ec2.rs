@@ -65,12 +65,12 @@ impl Ec2Compute {
     /// default subnet).
     pub fn new(config: &SdkConfig, subnets: Vec<String>) -> Self {
         Ec2Compute {
-            client: Client::new(config),
+            client: crate::calls::ec2(config),
             subnets,
             page_size: None,
             deployment: None,
             images: Default::default(),
-            ssm: aws_sdk_ssm::Client::new(config),
+            ssm: crate::calls::ssm(config),
             resolved: Default::default(),
         }
     }

@@ -46,7 +46,7 @@ impl EventBridgeBus {
     /// A bus client for `bus`.
     pub fn new(config: &SdkConfig, bus: impl Into<String>) -> Self {
         EventBridgeBus {
-            client: Client::new(config),
+            client: crate::calls::eventbridge(config),
             bus: bus.into(),
         }
     }
@@ -97,7 +97,7 @@ pub async fn ensure_ec2_events_rule(
     rule: &str,
     target: &QueuePair,
 ) -> Result<bool, BusError> {
-    let client = Client::new(config);
+    let client = crate::calls::eventbridge(config);
     let existed = match client.describe_rule().name(rule).send().await {
         Ok(_) => true,
         Err(e) if e.code() == Some("ResourceNotFoundException") => false,
@@ -168,7 +168,7 @@ async fn route(
         r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"jitr-eventbridge","Effect":"Allow","Principal":{{"Service":"events.amazonaws.com"}},"Action":"sqs:SendMessage","Resource":"{}","Condition":{{"ArnEquals":{{"aws:SourceArn":"{rule_arn}"}}}}}}]}}"#,
         target.arn
     );
-    aws_sdk_sqs::Client::new(config)
+    crate::calls::sqs(config)
         .set_queue_attributes()
         .queue_url(&target.url)
         .attributes(aws_sdk_sqs::types::QueueAttributeName::Policy, policy)

@@ -10,6 +10,7 @@
 #![deny(missing_docs, unsafe_code)]
 
 mod aws;
+pub mod calls;
 mod cloudwatch;
 mod dynamodb;
 mod dynamodb_feed;

@@ -57,7 +57,7 @@ impl SqsQueue {
         max_receive_count: u32,
         visibility: Duration,
     ) -> Result<(SqsQueue, bool), QueueError> {
-        let client = Client::new(config);
+        let client = crate::calls::sqs(config);
         let dlq_name = format!("{name}-dlq");
         let existed = Self::queue_url(&client, name).await?.is_some();
         let dlq_url = client
@@ -105,7 +105,7 @@ impl SqsQueue {
 
     /// The existing queue `name` and its `name-dlq`; `None` when either is missing.
     pub async fn find(config: &SdkConfig, name: &str) -> Result<Option<SqsQueue>, QueueError> {
-        let client = Client::new(config);
+        let client = crate::calls::sqs(config);
         let dlq_name = format!("{name}-dlq");
         let (Some(url), Some(dlq_url)) = (
             Self::queue_url(&client, name).await?,
@@ -144,7 +144,7 @@ impl SqsQueue {
     /// An existing queue pair.
     pub fn from_pair(config: &SdkConfig, pair: QueuePair) -> Self {
         SqsQueue {
-            client: Client::new(config),
+            client: crate::calls::sqs(config),
             pair,
         }
     }

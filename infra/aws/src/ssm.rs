@@ -112,7 +112,7 @@ where
 
 /// The value of SSM parameter `name` (decrypted); the error says what SSM said.
 pub async fn read_parameter(config: &SdkConfig, name: &str) -> Result<String, String> {
-    let out = Client::new(config)
+    let out = crate::calls::ssm(config)
         .get_parameter()
         .name(name)
         .with_decryption(true)
@@ -129,7 +129,7 @@ impl SsmSecrets {
     /// Parameters under `prefix` (e.g. `/jitr/runners`).
     pub fn new(config: &SdkConfig, prefix: impl Into<String>) -> Self {
         SsmSecrets {
-            client: Client::new(config),
+            client: crate::calls::ssm(config),
             prefix: prefix.into().trim_end_matches('/').to_owned(),
             instance_arn_prefix: Default::default(),
         }
