@@ -63,8 +63,10 @@ pub enum Command {
     /// ec2-events (SQS, partial batch failures; the bus rule feeds the
     /// compensation queue, the default bus's EC2 rule the ec2-events queue), projector
     /// (DynamoDB Streams), reaper / rebalancer (scheduled). Configuration comes from
-    /// the environment: JITR_PREFIX, JITR_WEBHOOK_SECRET, JITR_GITHUB_APP_ID,
-    /// JITR_GITHUB_PRIVATE_KEY (see the README). Logs are JSON.
+    /// the environment: JITR_PREFIX, JITR_GITHUB_APP_ID, and the SSM SecureString
+    /// names JITR_WEBHOOK_SECRET_PARAMETER and JITR_GITHUB_PRIVATE_KEY_PARAMETER
+    /// (see the README and docs/deploy.md). Logs are JSON. Started by Lambda as
+    /// `bootstrap` with no arguments, jitr runs the handler named in _HANDLER.
     Lambda(lambda::Args),
     /// Run a deterministic scenario on the local simulator through the real
     /// handlers, and report jobs served, orphans, orphan vCPU-minutes, peak vCPUs,
