@@ -311,14 +311,17 @@ impl SimCloud {
         filter: &str,
         arg: Option<&str>,
     ) -> Result<Vec<Row>, ComputeError> {
-        // EC2 reclaims what is due before anything is read.
-        conn.execute(
-            "UPDATE instances SET terminating_at = reclaim_at
+        // EC2 reclaims what is due before anything is read (only a simulator
+        // with interruptions marks instances to reclaim).
+        if self.settings.spot_interruptions.is_some() {
+            conn.execute(
+                "UPDATE instances SET terminating_at = reclaim_at
              WHERE reclaim_at IS NOT NULL AND reclaim_at <= ?1
                AND (terminating_at IS NULL OR terminating_at > reclaim_at)",
-            [(self.clock)().0],
-        )
-        .map_err(sql_err)?;
+                [(self.clock)().0],
+            )
+            .map_err(sql_err)?;
+        }
         let sql = format!(
             "SELECT id, stream, client_token, market, instance_type, vcpus, launched_at, terminating_at
              FROM instances {filter} ORDER BY launched_at, id"

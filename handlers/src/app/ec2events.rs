@@ -162,7 +162,14 @@ impl Ec2Events {
         };
         let id = CommandId::new(format!("ec2-event:{stream}:spot:{instance_id}"));
         let recorded = dispatch(&*self.ports.store, &stream, warn, now, &id).await?;
-        let state = current_state(&*self.ports.store, &stream).await?;
+        // The state the dispatch answered with; a duplicate command id answers
+        // none, and the log is read again.
+        let state = match &recorded {
+            Dispatched::Appended { state, .. }
+            | Dispatched::Unchanged { state }
+            | Dispatched::MovedOn { state, .. } => state.clone(),
+            Dispatched::Duplicate => current_state(&*self.ports.store, &stream).await?,
+        };
         let Some((_, job_started)) = state.spot_warned else {
             return Ok(Outcome::Done(format!(
                 "{stream}: spot interruption of {instance_id} not recorded ({recorded:?})"
