@@ -51,7 +51,8 @@ pub struct AwsApp {
     pub names: AwsNames,
     /// The application over DynamoDB, EC2, SQS, EventBridge, SSM and the GitHub App.
     pub app: App,
-    /// Whether `JITR_WEBHOOK_SECRET` was set (the webhook cannot verify anything
+    /// Whether a webhook secret was given (`JITR_WEBHOOK_SECRET_PARAMETER` or
+    /// `JITR_WEBHOOK_SECRET`; the webhook cannot verify anything
     /// without it).
     pub has_webhook_secret: bool,
 }
