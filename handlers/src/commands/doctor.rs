@@ -319,9 +319,11 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
     let config = target.settings().load().await;
     let names = jitr_aws::AwsNames::new(target.prefix.clone());
     let mut alarm_names = Vec::new();
+    let mut queue_arns = std::collections::BTreeMap::new();
     for name in names.queues() {
         match jitr_aws::SqsQueue::find(&config, &name).await {
             Ok(Some(queue)) => {
+                queue_arns.insert(name.clone(), queue.pair().arn.clone());
                 alarm_names.push(jitr_aws::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
                 report.dead_letters(&name, &queue, &[]).await;
             }
@@ -336,6 +338,7 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
         Ok(states) => report.alarms(&alarm_names, &states),
         Err(e) => report.config(Level::Error, format!("alarms: {e}")),
     }
+    check_lambda_deployment(&mut report, &config, &names, &queue_arns).await;
     let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
     let compute = jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
     report
@@ -349,4 +352,440 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
         );
     }
     report
+}
+
+/// Which queue (by [`jitr_aws::AwsNames`]) invokes each queue-driven function.
+#[cfg(feature = "aws")]
+fn queue_of(names: &jitr_aws::AwsNames, handler: &str) -> Option<String> {
+    match handler {
+        "scaleup" => Some(names.scaleup_queue()),
+        "lifecycle" => Some(names.lifecycle_queue()),
+        "compensate" => Some(names.compensation_queue()),
+        "ec2-events" => Some(names.ec2_events_queue()),
+        _ => None,
+    }
+}
+
+/// The checks of a deployment made from `infra/deploy/template.yaml`: each
+/// function present and running its own handler, what invokes it enabled, the
+/// alarms wired to the topic, the runner role passable. Skipped, and said so,
+/// when no function exists (`jitr init` + `jitr serve --aws`).
+#[cfg(feature = "aws")]
+async fn check_lambda_deployment(
+    report: &mut DoctorReport,
+    config: &jitr_aws::SdkConfig,
+    names: &jitr_aws::AwsNames,
+    queue_arns: &std::collections::BTreeMap<String, String>,
+) {
+    use crate::runtime::LAMBDA_HANDLERS;
+    let deployment = jitr_aws::Deployment::new(config);
+    let mut functions = std::collections::BTreeMap::new();
+    let mut missing = Vec::new();
+    for handler in LAMBDA_HANDLERS {
+        let name = names.function(handler);
+        match deployment.function(&name).await {
+            Ok(Some(function)) => {
+                functions.insert(handler, function);
+            }
+            Ok(None) => missing.push(name),
+            Err(e) => return report.push(Level::Error, "functions", e.to_string()),
+        }
+    }
+    if functions.is_empty() {
+        return report.push(
+            Level::Ok,
+            "functions",
+            format!(
+                "no function named {}-<handler>: not a template deployment (jitr init with jitr serve --aws); function checks skipped",
+                names.prefix()
+            ),
+        );
+    }
+    if !missing.is_empty() {
+        report.push(
+            Level::Warn,
+            "functions",
+            format!(
+                "missing: {}: deploy infra/deploy/template.yaml again (docs/deploy.md)",
+                missing.join(", ")
+            ),
+        );
+    }
+    let mut sound = 0;
+    for (handler, function) in &functions {
+        let name = names.function(handler);
+        let mut problems = Vec::new();
+        if function.handler.as_deref() != Some(handler) {
+            problems.push(format!(
+                "its Handler is {:?}, so the bootstrap runs that instead of {handler}",
+                function.handler.as_deref().unwrap_or("")
+            ));
+        }
+        if function.runtime.as_deref() != Some("provided.al2023") {
+            problems.push(format!(
+                "runtime {}, the package needs provided.al2023",
+                function.runtime.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(state) = function.state.as_deref().filter(|s| *s != "Active") {
+            problems.push(format!(
+                "state {state}{}",
+                function
+                    .state_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if function.last_update_status.as_deref() == Some("Failed") {
+            problems.push("its last update failed".into());
+        }
+        if problems.is_empty() {
+            sound += 1;
+        } else {
+            report.push(Level::Warn, format!("function {name}"), problems.join("; "));
+        }
+    }
+    if sound > 0 {
+        report.push(
+            Level::Ok,
+            "functions",
+            format!(
+                "{sound} of {} present, active, each running its own handler",
+                LAMBDA_HANDLERS.len()
+            ),
+        );
+    }
+    check_invocations(report, &deployment, names, &functions, queue_arns).await;
+    if let Some(webhook) = functions.get("webhook") {
+        check_alarm_wiring(report, config, names, &webhook.arn).await;
+    }
+    match functions.get("scaleup") {
+        Some(scaleup) => check_runner_roles(report, config, &deployment, names, scaleup).await,
+        None => report.push(
+            Level::Warn,
+            "runner role",
+            "not checked: the scale-up function is missing",
+        ),
+    }
+}
+
+/// Queues and the stream invoke their functions through enabled mappings that
+/// report batch item failures; the schedules invoke the reaper and the
+/// rebalancer; the webhook has its URL.
+#[cfg(feature = "aws")]
+async fn check_invocations(
+    report: &mut DoctorReport,
+    deployment: &jitr_aws::Deployment,
+    names: &jitr_aws::AwsNames,
+    functions: &std::collections::BTreeMap<&str, jitr_aws::Function>,
+    queue_arns: &std::collections::BTreeMap<String, String>,
+) {
+    let stream = match deployment.table_stream(&names.events_table()).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            report.push(Level::Error, "event log stream", e.to_string());
+            None
+        }
+    };
+    for handler in functions.keys() {
+        let name = names.function(handler);
+        let (source, sqs) = match (*handler, queue_of(names, handler)) {
+            (_, Some(queue)) => (queue_arns.get(&queue).cloned(), true),
+            ("projector", None) => (stream.clone(), false),
+            _ => continue,
+        };
+        let Some(source) = source else {
+            report.push(
+                Level::Warn,
+                format!("mapping {name}"),
+                "its source (queue or table stream) is missing",
+            );
+            continue;
+        };
+        let check = format!("mapping {name}");
+        match deployment.mappings(&name).await {
+            Err(e) => report.push(Level::Error, check, e.to_string()),
+            Ok(mappings) => match mappings.iter().find(|m| m.source_arn == source) {
+                None => report.push(
+                    Level::Warn,
+                    check,
+                    format!("nothing invokes it from {source}: its messages wait unprocessed"),
+                ),
+                Some(m) if m.state != "Enabled" => report.push(
+                    Level::Warn,
+                    check,
+                    format!(
+                        "{} from {source}: nothing is processed until it is enabled (aws lambda update-event-source-mapping --enabled)",
+                        m.state
+                    ),
+                ),
+                Some(m) if sqs && !m.reports_batch_item_failures => report.push(
+                    Level::Warn,
+                    check,
+                    "without ReportBatchItemFailures: one failing message retries its whole batch",
+                ),
+                Some(_) => report.push(Level::Ok, check, format!("enabled from {source}")),
+            },
+        }
+    }
+    for handler in ["reaper", "rebalancer"] {
+        let Some(function) = functions.get(handler) else {
+            continue;
+        };
+        let rule = names.schedule_rule(handler);
+        let check = format!("schedule {rule}");
+        match deployment.rule(&rule).await {
+            Err(e) => report.push(Level::Error, check, e.to_string()),
+            Ok(None) => report.push(
+                Level::Warn,
+                check,
+                format!("missing: nothing runs the {handler}"),
+            ),
+            Ok(Some(r)) if r.state != "ENABLED" => report.push(
+                Level::Warn,
+                check,
+                format!(
+                    "{}: the {handler} does not run (aws events enable-rule --name {rule})",
+                    r.state
+                ),
+            ),
+            Ok(Some(r)) if !r.targets.contains(&function.arn) => report.push(
+                Level::Warn,
+                check,
+                format!(
+                    "does not target {}: the {handler} does not run",
+                    function.arn
+                ),
+            ),
+            Ok(Some(r)) => report.push(
+                Level::Ok,
+                check,
+                format!(
+                    "enabled, {}",
+                    r.schedule.as_deref().unwrap_or("on an event pattern")
+                ),
+            ),
+        }
+    }
+    if functions.contains_key("webhook") {
+        let name = names.function("webhook");
+        match deployment.function_url(&name).await {
+            Err(e) => report.push(Level::Error, "webhook URL", e.to_string()),
+            Ok(None) => report.push(
+                Level::Warn,
+                "webhook URL",
+                format!("{name} has no function URL: GitHub cannot deliver webhooks"),
+            ),
+            Ok(Some(url)) if url.auth_type != "NONE" => report.push(
+                Level::Warn,
+                "webhook URL",
+                format!(
+                    "{} requires {}: GitHub cannot sign with SigV4, every delivery is refused",
+                    url.url, url.auth_type
+                ),
+            ),
+            Ok(Some(url)) => report.push(
+                Level::Ok,
+                "webhook URL",
+                format!("{} (the App's webhook URL)", url.url),
+            ),
+        }
+    }
+}
+
+/// Every alarm of the deployment notifies its topic.
+#[cfg(feature = "aws")]
+async fn check_alarm_wiring(
+    report: &mut DoctorReport,
+    config: &jitr_aws::SdkConfig,
+    names: &jitr_aws::AwsNames,
+    function_arn: &str,
+) {
+    let Some((partition, region, account)) = jitr_aws::arn_scope(function_arn) else {
+        return report.push(
+            Level::Error,
+            "alarm notifications",
+            format!("cannot read the account from {function_arn}"),
+        );
+    };
+    let topic = format!(
+        "arn:{partition}:sns:{region}:{account}:{}",
+        names.alarm_topic()
+    );
+    let mut expected: Vec<String> = names
+        .queues()
+        .iter()
+        .map(|q| jitr_aws::Alarms::dlq_alarm_name(&format!("{q}-dlq")))
+        .collect();
+    expected.push(names.orphans_alarm());
+    let alarms = match jitr_aws::Alarms::new(config).describe(&expected).await {
+        Ok(alarms) => alarms,
+        Err(e) => return report.push(Level::Error, "alarm notifications", e.to_string()),
+    };
+    let mut silent = Vec::new();
+    for name in &expected {
+        match alarms.iter().find(|a| &a.name == name) {
+            Some(a) if a.actions_enabled && a.actions.contains(&topic) => {}
+            Some(a) if !a.actions_enabled => silent.push(format!("{name} (actions disabled)")),
+            Some(_) => silent.push(format!("{name} (does not notify the topic)")),
+            None => silent.push(format!("{name} (missing)")),
+        }
+    }
+    if silent.is_empty() {
+        report.push(
+            Level::Ok,
+            "alarm notifications",
+            format!(
+                "{} alarms notify {topic} (confirm its e-mail subscription)",
+                expected.len()
+            ),
+        );
+    } else {
+        report.push(
+            Level::Warn,
+            "alarm notifications",
+            format!("nobody is told when these fire: {}", silent.join(", ")),
+        );
+    }
+}
+
+/// The profiles the scale-up function launches runners with exist, hold a role
+/// EC2 may assume, and the function's role may pass that role to EC2. The
+/// function's own configuration is read as it reads it at its cold start.
+#[cfg(feature = "aws")]
+async fn check_runner_roles(
+    report: &mut DoctorReport,
+    config: &jitr_aws::SdkConfig,
+    deployment: &jitr_aws::Deployment,
+    names: &jitr_aws::AwsNames,
+    scaleup: &jitr_aws::Function,
+) {
+    use jitr_aws::iam_policy::{Decision, decide};
+    let function = names.function("scaleup");
+    let env = &scaleup.environment;
+    let pools = match env.get("JITR_CONFIG") {
+        None => None,
+        Some(source) => match crate::runtime::aws::pool_config_text(config, source).await {
+            Ok(text) => Some((source.clone(), text)),
+            Err(e) => {
+                return report.push(
+                    Level::Warn,
+                    format!("configuration of {function}"),
+                    format!("{e}: the function fails at its cold start"),
+                );
+            }
+        },
+    };
+    let policy = match crate::runtime::aws::policy_from(pools, |k| env.get(k).cloned()) {
+        Ok(policy) => policy,
+        Err(e) => {
+            return report.push(
+                Level::Warn,
+                format!("configuration of {function}"),
+                format!("{e}: the function fails at its cold start"),
+            );
+        }
+    };
+    let mut profiles: Vec<(String, Vec<String>)> = Vec::new();
+    for pool in &policy.pools {
+        match &pool.launch.instance_profile {
+            None => report.push(
+                Level::Warn,
+                "runner role",
+                format!(
+                    "pool {} launches without an instance profile: its runners cannot read their JIT config",
+                    pool.name
+                ),
+            ),
+            Some(p) => match profiles.iter_mut().find(|(q, _)| q == p) {
+                Some((_, pools)) => pools.push(pool.name.clone()),
+                None => profiles.push((p.clone(), vec![pool.name.clone()])),
+            },
+        }
+    }
+    if profiles.is_empty() {
+        return;
+    }
+    let scaleup_role = jitr_aws::arn_name(&scaleup.role).to_owned();
+    let documents = match deployment.role_policies(&scaleup_role).await {
+        Ok(documents) => documents,
+        Err(e) => return report.push(Level::Error, "runner role", e.to_string()),
+    };
+    for (profile, pools) in profiles {
+        let profile_name = jitr_aws::arn_name(&profile);
+        let check = format!("runner role ({profile_name})");
+        let roles = match deployment.instance_profile(profile_name).await {
+            Err(e) => {
+                report.push(Level::Error, check, e.to_string());
+                continue;
+            }
+            Ok(None) => {
+                report.push(
+                    Level::Warn,
+                    check,
+                    format!(
+                        "instance profile {profile} (pools {}) does not exist: every launch fails",
+                        pools.join(", ")
+                    ),
+                );
+                continue;
+            }
+            Ok(Some(roles)) => roles,
+        };
+        let Some(role) = roles.first() else {
+            report.push(
+                Level::Warn,
+                check,
+                format!(
+                    "instance profile {profile} holds no role: runners cannot read their JIT config"
+                ),
+            );
+            continue;
+        };
+        let mut problems = Vec::new();
+        if !role
+            .trust
+            .as_ref()
+            .is_some_and(|t| t.trusts_service("ec2.amazonaws.com"))
+        {
+            problems.push(format!(
+                "{} does not let ec2.amazonaws.com assume it",
+                role.arn
+            ));
+        }
+        match decide(
+            &documents,
+            "iam:PassRole",
+            &role.arn,
+            &[("iam:PassedToService", "ec2.amazonaws.com")],
+        ) {
+            Decision::Allowed => {}
+            Decision::Denied(source) => problems.push(format!(
+                "{scaleup_role} is denied iam:PassRole of {} by its {source}: every launch fails",
+                role.arn
+            )),
+            Decision::NotAllowed => problems.push(format!(
+                "{scaleup_role} may not pass {} to EC2 (iam:PassRole): every launch fails with UnauthorizedOperation",
+                role.arn
+            )),
+            Decision::Conditional(why) => problems.push(format!(
+                "{scaleup_role} may pass {} only under conditions doctor cannot judge ({why})",
+                role.arn
+            )),
+        }
+        if problems.is_empty() {
+            report.push(
+                Level::Ok,
+                check,
+                format!(
+                    "{} passable to EC2 by {scaleup_role} (pools {})",
+                    role.arn,
+                    pools.join(", ")
+                ),
+            );
+        } else {
+            report.push(Level::Warn, check, problems.join("; "));
+        }
+    }
 }

@@ -104,3 +104,13 @@ client!(
     cloudwatch,
     aws_sdk_cloudwatch
 );
+client!(
+    /// A Lambda client.
+    lambda,
+    aws_sdk_lambda
+);
+client!(
+    /// An IAM client.
+    iam,
+    aws_sdk_iam
+);

@@ -35,6 +35,10 @@ pub struct AlarmState {
     pub queue: Option<String>,
     /// Its threshold.
     pub threshold: f64,
+    /// Whether it notifies at all (`ActionsEnabled`).
+    pub actions_enabled: bool,
+    /// What it notifies on entering `ALARM` (topic ARNs).
+    pub actions: Vec<String>,
 }
 
 /// DLQ alarms.
@@ -66,8 +70,12 @@ impl Alarms {
     ) -> Result<bool, AlarmError> {
         let name = Self::dlq_alarm_name(queue);
         let existing = self.describe(std::slice::from_ref(&name)).await?;
+        // An alarm that notifies more than asked (a template deployment's,
+        // wired to its topic) is left as it is.
         let unchanged = existing.first().is_some_and(|a| {
-            a.queue.as_deref() == Some(queue) && a.threshold == DLQ_ALARM_THRESHOLD
+            a.queue.as_deref() == Some(queue)
+                && a.threshold == DLQ_ALARM_THRESHOLD
+                && actions.iter().all(|t| a.actions.contains(t))
         });
         if unchanged {
             return Ok(true);
@@ -120,6 +128,8 @@ impl Alarms {
                     .and_then(|d| d.value())
                     .map(str::to_owned),
                 threshold: a.threshold().unwrap_or_default(),
+                actions_enabled: a.actions_enabled().unwrap_or(true),
+                actions: a.alarm_actions().to_vec(),
             })
             .collect())
     }

@@ -6,16 +6,19 @@
 //! - [`SqsQueue`] (`Queue`), [`EventBridgeBus`] (`CommandBus`), [`SsmSecrets`]
 //!   (`RunnerSecrets`), [`Alarms`] (the DLQ alarms);
 //! - [`AwsSettings`] (where and as whom to talk to AWS) and [`AwsNames`] (the
-//!   resource names of one deployment).
+//!   resource names of one deployment), [`Deployment`] (a template deployment's
+//!   functions, mappings, schedules and roles, read back for `jitr doctor`).
 #![deny(missing_docs, unsafe_code)]
 
 mod aws;
 pub mod calls;
 mod cloudwatch;
+mod deployment;
 mod dynamodb;
 mod dynamodb_feed;
 mod ec2;
 mod eventbridge;
+pub mod iam_policy;
 mod names;
 mod provision;
 mod sqs;
@@ -24,6 +27,10 @@ mod ssm;
 pub use aws::AwsSettings;
 pub use aws_config::SdkConfig;
 pub use cloudwatch::{AlarmError, AlarmState, Alarms};
+pub use deployment::{
+    Deployment, DeploymentError, Function, FunctionUrl, Mapping, ProfileRole, Rule, arn_name,
+    arn_scope,
+};
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;
 pub use ec2::{Ec2Compute, image_parameter};

@@ -51,6 +51,27 @@ impl AwsNames {
     pub fn ec2_events_rule(&self) -> String {
         format!("{}-ec2-events", self.prefix)
     }
+    /// The Lambda function running `handler` (one of `jitr lambda`'s).
+    pub fn function(&self, handler: &str) -> String {
+        format!("{}-{handler}", self.prefix)
+    }
+    /// The schedule rule (default bus) invoking `handler` every minute
+    /// (`reaper`, `rebalancer`).
+    pub fn schedule_rule(&self, handler: &str) -> String {
+        format!("{}-{handler}", self.prefix)
+    }
+    /// The SNS topic every alarm notifies.
+    pub fn alarm_topic(&self) -> String {
+        format!("{}-alarms", self.prefix)
+    }
+    /// The alarm on instances the reaper terminated with no runner owning them.
+    pub fn orphans_alarm(&self) -> String {
+        format!("{}-orphans-reaped", self.prefix)
+    }
+    /// The runner instances' role, and their instance profile (same name).
+    pub fn runner_role(&self) -> String {
+        format!("{}-runner", self.prefix)
+    }
     /// Every queue, in order.
     pub fn queues(&self) -> [String; 4] {
         [

@@ -63,3 +63,68 @@ fn the_template_names_every_resource_as_jitr_init_does() {
         );
     }
 }
+
+/// What `jitr doctor --aws` looks for in a template deployment has the
+/// template's names: each function (named for the handler it runs), the
+/// schedules and their targets, the alarm topic every alarm notifies, the
+/// runner role and its instance profile.
+#[test]
+fn the_template_names_what_doctor_looks_for() {
+    let names = AwsNames::new("${Prefix}");
+    let subs = substituted_names();
+    let functions: Vec<(String, String)> = TEMPLATE
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.ends_with("Function:"))
+        .map(|l| l.trim().trim_end_matches(':').to_owned())
+        .map(|id| {
+            let block = resource(&id);
+            let handler = block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Handler: "))
+                .unwrap_or_else(|| panic!("{id} has a Handler"))
+                .to_owned();
+            (id, handler)
+        })
+        .collect();
+    assert_eq!(functions.len(), 8, "{functions:?}");
+    for (id, handler) in &functions {
+        assert!(
+            resource(id).contains(&format!("FunctionName: !Sub {}", names.function(handler))),
+            "{id} runs {handler} under another name"
+        );
+    }
+    for (handler, rule) in [
+        ("reaper", "ReaperSchedule"),
+        ("rebalancer", "RebalancerSchedule"),
+    ] {
+        let block = resource(rule);
+        let function = &functions.iter().find(|(_, h)| h == handler).unwrap().0;
+        assert!(
+            block.contains(&format!("Name: !Sub {}", names.schedule_rule(handler)))
+                && block.contains("State: ENABLED")
+                && block.contains(&format!("Arn: !GetAtt {function}.Arn")),
+            "{rule}: {block}"
+        );
+    }
+    for name in [
+        names.alarm_topic(),
+        names.orphans_alarm(),
+        names.runner_role(),
+    ] {
+        assert!(subs.contains(&name.as_str()), "no resource named {name}");
+    }
+    assert!(resource("RunnerProfile").contains(&format!(
+        "InstanceProfileName: !Sub {}",
+        names.runner_role()
+    )));
+    let alarms: Vec<&str> = TEMPLATE
+        .lines()
+        .filter(|l| l.trim() == "Type: AWS::CloudWatch::Alarm")
+        .collect();
+    let notifying = TEMPLATE
+        .lines()
+        .filter(|l| l.trim() == "AlarmActions: [!Ref AlarmTopic]")
+        .count();
+    assert_eq!(alarms.len(), 5);
+    assert_eq!(notifying, alarms.len(), "every alarm notifies the topic");
+}
