@@ -5,36 +5,28 @@
 //! `jitr audit --live` finds the cloud running exactly what the log says.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use jitr_domain::{RunnerEvent, RunnerStatus, StreamId};
-use jitr_handlers::app::webhook::{sample_payload, sign};
+use jitr_domain::{RunnerEvent, RunnerStatus};
 use jitr_infra::{EventStore, Queue, SqliteEventStore};
+
+#[path = "support/serve.rs"]
+mod support;
+use support::{Job, free_port, runners, sigterm, wait_until_up};
 
 const SECRET: &str = "restart-secret";
 const JOBS: u64 = 40;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `jitr serve` on `dir`: 40 on-demand and 16 spot vCPUs (fourteen 4-vCPU
 /// runners at once, the measured setting), a one-second boot, the
 /// reaper every 5 s.
 fn serve(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_jitr"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-secret",
-            SECRET,
+    support::serve(
+        dir,
+        port,
+        SECRET,
+        &[
             "--on-demand-vcpus",
             "40",
             "--spot-vcpus",
@@ -45,90 +37,21 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
             "1s",
             "--sweep-interval",
             "5s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start jitr serve")
+        ],
+    )
 }
 
-async fn wait_until_up(http: &reqwest::Client, url: &str) {
-    let started = Instant::now();
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "serve not up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn post(http: &reqwest::Client, url: &str, action: &str, job: u64, runner: Option<&str>) {
-    let labels = vec!["self-hosted".to_string(), "linux".to_string()];
-    let body = sample_payload(action, "acme", "widgets", job, &labels, runner);
-    let status = http
-        .post(format!("{url}/webhook"))
-        .header("X-GitHub-Event", "workflow_job")
-        .header("X-GitHub-Delivery", format!("{action}-{job}"))
-        .header(
-            "X-Hub-Signature-256",
-            sign(SECRET.as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("webhook delivered")
-        .status();
-    assert_eq!(status.as_u16(), 202, "{action} {job}");
-}
-
-/// Each job's runners, by attempt.
-async fn runners(store: &SqliteEventStore, job: u64) -> Vec<jitr_infra::StreamHead> {
-    let mut heads = Vec::new();
-    for attempt in 1..=2 {
-        let stream = StreamId::parse(&format!("acme/widgets#{job}#{attempt}")).unwrap();
-        if let Some(head) = store.head(&stream).await.unwrap() {
-            heads.push(head);
-        }
-    }
-    heads
-}
-
-#[derive(Default)]
-struct Job {
-    started: Option<Instant>,
-    completed: bool,
-}
-
-/// Plays GitHub for one pass: a ready runner gets its job; a job that ran for
-/// two seconds completes. Returns how many jobs completed so far.
 async fn github_pass(
     http: &reqwest::Client,
     url: &str,
     store: &SqliteEventStore,
     jobs: &mut BTreeMap<u64, Job>,
 ) -> usize {
-    for (id, job) in jobs.iter_mut() {
-        if job.completed {
-            continue;
-        }
-        let heads = runners(store, *id).await;
-        let ready = heads
-            .iter()
-            .find(|h| matches!(h.status, RunnerStatus::Ready | RunnerStatus::Running));
-        let Some(runner) = ready.and_then(|h| h.state.runner_name.clone()) else {
-            continue;
-        };
-        match job.started {
-            None => {
-                post(http, url, "in_progress", *id, Some(&runner)).await;
-                job.started = Some(Instant::now());
-            }
-            Some(at) if at.elapsed() >= Duration::from_secs(2) => {
-                post(http, url, "completed", *id, Some(&runner)).await;
-                job.completed = true;
-            }
-            Some(_) => {}
-        }
-    }
-    jobs.values().filter(|j| j.completed).count()
+    support::github_pass(http, url, SECRET, store, jobs, Duration::from_secs(2)).await
+}
+
+async fn post(http: &reqwest::Client, url: &str, action: &str, job: u64, runner: Option<&str>) {
+    support::post(http, url, SECRET, action, job, runner).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,12 +103,7 @@ async fn a_burst_survives_kill_9_and_every_job_is_served_after_the_restart() {
     let restarted = Instant::now();
     loop {
         let done = github_pass(&http, &url, &store, &mut jobs).await;
-        let mut closed = 0;
-        for job in 1..=JOBS {
-            let heads = runners(&store, job).await;
-            closed +=
-                usize::from(!heads.is_empty() && heads.iter().all(|h| h.status.is_terminal()));
-        }
+        let closed = support::all_closed(&store, JOBS).await;
         if done == JOBS as usize && closed == JOBS as usize {
             break;
         }
@@ -244,13 +162,4 @@ async fn a_burst_survives_kill_9_and_every_job_is_served_after_the_restart() {
         out.contains("live check: the cloud runs exactly what the log says"),
         "{out}"
     );
-}
-
-/// Asks `serve` to stop as an operator does (SIGTERM).
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

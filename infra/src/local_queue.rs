@@ -244,4 +244,8 @@ impl Queue for LocalQueue {
             )
             .map_err(|e| err(&self.name, e))
     }
+
+    async fn waiting(&self) -> Result<u64, QueueError> {
+        self.depth()
+    }
 }

@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use jitr_domain::{
     FailureStage, InstanceId, Market, RunnerEvent, RunnerState, RunnerStatus, StreamId,
-    TerminateRunner, TerminationReason, Timestamp, evolve, is_terminal, terminate_runner,
-    termination_owed,
+    TerminateRunner, TerminationEvidence, TerminationReason, Timestamp, evolve, is_terminal,
+    terminate_runner, termination_owed,
 };
 use serde::{Deserialize, Serialize};
 
 /// The shape of [`RunnerViews`] as saved; a checkpoint of another shape is
 /// rebuilt from the log.
-pub const VIEWS_SCHEMA: u32 = 2;
+pub const VIEWS_SCHEMA: u32 = 3;
 
 /// How many skipped positions are kept (all are counted).
 pub const SKIPPED_KEPT: usize = 100;
@@ -53,6 +53,25 @@ pub struct RunnerViews {
     /// yet confirmed gone, whatever their stream's status.
     #[serde(default)]
     pub strays: BTreeMap<InstanceId, StrayDebt>,
+    /// Closed runners by pool, then terminal status.
+    #[serde(default)]
+    pub closed_by_pool: BTreeMap<String, BTreeMap<RunnerStatus, u64>>,
+    /// `Launched` events folded in, by market then instance type.
+    #[serde(default)]
+    pub launched: BTreeMap<Market, BTreeMap<String, u64>>,
+    /// `Terminated` and `StrayTerminated` events folded in, by evidence.
+    #[serde(default)]
+    pub terminated_by: BTreeMap<TerminationEvidence, u64>,
+}
+
+/// The pool a runner's request names (`default` for requests made before
+/// pools were recorded).
+pub fn pool_of(state: &RunnerState) -> &str {
+    state
+        .request
+        .as_ref()
+        .and_then(|r| r.spec.pool.as_deref())
+        .unwrap_or("default")
 }
 
 /// A stray instance owed a termination.
@@ -124,6 +143,9 @@ impl Default for RunnerViews {
             skipped: Vec::new(),
             skipped_count: 0,
             strays: BTreeMap::new(),
+            closed_by_pool: BTreeMap::new(),
+            launched: BTreeMap::new(),
+            terminated_by: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +176,25 @@ impl RunnerViews {
             return;
         }
         self.position = position;
+        match event {
+            RunnerEvent::Launched {
+                market,
+                instance_type,
+                ..
+            } => {
+                *self
+                    .launched
+                    .entry(*market)
+                    .or_default()
+                    .entry(instance_type.clone())
+                    .or_insert(0) += 1;
+            }
+            RunnerEvent::Terminated { evidence, .. }
+            | RunnerEvent::StrayTerminated { evidence, .. } => {
+                *self.terminated_by.entry(*evidence).or_insert(0) += 1;
+            }
+            _ => {}
+        }
         match event {
             RunnerEvent::StrayLaunched {
                 at,
@@ -194,6 +235,12 @@ impl RunnerViews {
         let state = evolve(state, event);
         if is_terminal(&state) {
             *self.closed.entry(state.status()).or_insert(0) += 1;
+            *self
+                .closed_by_pool
+                .entry(pool_of(&state).to_owned())
+                .or_default()
+                .entry(state.status())
+                .or_insert(0) += 1;
         } else {
             self.open.insert(stream.clone(), state);
         }
@@ -209,6 +256,24 @@ impl RunnerViews {
         let mut counts = self.closed.clone();
         for state in self.open.values() {
             *counts.entry(state.status()).or_insert(0) += 1;
+        }
+        counts.retain(|_, n| *n > 0);
+        counts
+    }
+
+    /// How many runners are in each status, by pool (statuses with none are
+    /// left out).
+    pub fn by_pool_and_status(&self) -> BTreeMap<(String, RunnerStatus), u64> {
+        let mut counts = BTreeMap::new();
+        for (pool, closed) in &self.closed_by_pool {
+            for (status, n) in closed {
+                *counts.entry((pool.clone(), *status)).or_insert(0) += n;
+            }
+        }
+        for state in self.open.values() {
+            *counts
+                .entry((pool_of(state).to_owned(), state.status()))
+                .or_insert(0) += 1;
         }
         counts.retain(|_, n| *n > 0);
         counts

@@ -170,6 +170,34 @@ fn views_show_statuses_fleet_and_leaks() {
     );
     assert_eq!(views.closed_count(), 2);
     assert_eq!(views.by_status().values().sum::<u64>(), 5);
+    // Metrics' figures: by pool and status, launches, terminations' evidence.
+    let by_pool: Vec<(String, RunnerStatus, u64)> = views
+        .by_pool_and_status()
+        .into_iter()
+        .map(|((pool, status), n)| (pool, status, n))
+        .collect();
+    assert_eq!(
+        by_pool,
+        vec![
+            ("default".into(), RunnerStatus::Running, 1),
+            ("default".into(), RunnerStatus::Draining, 1),
+            ("default".into(), RunnerStatus::Terminating, 1),
+            ("default".into(), RunnerStatus::Completed, 1),
+            ("default".into(), RunnerStatus::Failed, 1),
+        ]
+    );
+    assert_eq!(
+        views.launched,
+        [
+            (Market::Spot, [("c5.xlarge".to_owned(), 3)].into()),
+            (Market::OnDemand, [("c5.xlarge".to_owned(), 1)].into()),
+        ]
+        .into()
+    );
+    assert_eq!(
+        views.terminated_by,
+        [(TerminationEvidence::ReportedTerminated, 1)].into()
+    );
     let fleet = views.fleet();
     assert_eq!(
         fleet.spot,
@@ -302,7 +330,9 @@ fn closed_runners_are_counted_not_kept() {
     assert!(views.open.is_empty());
     assert_eq!(views.closed_count(), 1000);
     let small = serde_json::to_vec(&views).unwrap().len();
-    assert!(small < 200, "{small} bytes for 1000 closed runners");
+    // Counts by pool, status, market, type and evidence: bounded by those,
+    // not by the number of runners.
+    assert!(small < 400, "{small} bytes for 1000 closed runners");
     views.apply(
         events.len() as u64 + 1,
         &stream(7),

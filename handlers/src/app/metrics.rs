@@ -1,17 +1,256 @@
-//! Operational metrics as CloudWatch Embedded Metric Format lines: printed to
-//! stdout under Lambda (CloudWatch Logs turns them into metrics, no API call),
-//! logged at debug level elsewhere.
+//! Operational metrics, each defined once ([`Def`]) and written two ways:
+//! as CloudWatch Embedded Metric Format lines (printed to stdout under Lambda,
+//! where CloudWatch Logs turns them into metrics without an API call; logged
+//! at debug level elsewhere), and into the process's Prometheus families,
+//! which `jitr serve` exposes at `GET /metrics` ([`render_prometheus`]).
+//!
+//! Events of this process (launch attempts, refusals, GitHub requests, …) are
+//! counters since the process started. What the log and the queues say (runners
+//! by status, owed terminations, depths) is a [`Snapshot`] taken at each scrape
+//! — and at each projector pass under Lambda, as EMF.
 
-use jitr_domain::Timestamp;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex};
+
+use jitr_domain::{Market, Timestamp};
 use jitr_infra::emf_line;
+use jitr_projections::RunnerViews;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-/// Emits one metric with its dimensions.
-pub fn emit(at: Timestamp, name: &str, value: f64, unit: &str, dimensions: &[(&str, &str)]) {
-    emit_all(at, dimensions, &[(name, value, unit)]);
+/// What a metric is to Prometheus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`jitr_…_total`).
+    Counter,
+    /// A level, set each time.
+    Gauge,
+    /// A distribution of seconds (`jitr_…_seconds`).
+    Seconds,
 }
 
-/// Emits several metrics sharing their dimensions, in one line.
-pub fn emit_all(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f64, &str)]) {
+/// One metric's definition: its names and labels in both outputs.
+#[derive(Debug)]
+pub struct Def {
+    /// CloudWatch metric name (namespace `jitr`).
+    pub emf: &'static str,
+    /// Prometheus family name after `jitr_`, before `_total` / `_seconds`.
+    pub prom: &'static str,
+    /// What it counts or measures.
+    pub help: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its labels: the Prometheus name, and the CloudWatch dimension (none:
+    /// not a dimension there, so the CloudWatch metric aggregates over it).
+    pub labels: &'static [(&'static str, Option<&'static str>)],
+}
+
+impl Def {
+    fn emf_unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Seconds => "Seconds",
+            _ => "Count",
+        }
+    }
+}
+
+macro_rules! defs {
+    ($($(#[$doc:meta])* $id:ident = $emf:literal, $prom:literal, $kind:ident, [$($label:literal $(=> $dim:literal)?),*], $help:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $id: Def = Def {
+                emf: $emf,
+                prom: $prom,
+                help: $help,
+                kind: Kind::$kind,
+                labels: &[$(($label, defs!(@dim $($dim)?))),*],
+            };
+        )*
+        /// Every metric, in the order `/metrics` lists them.
+        pub const ALL: &[&Def] = &[$(&$id),*];
+    };
+    (@dim) => { None };
+    (@dim $dim:literal) => { Some($dim) };
+}
+
+defs! {
+    /// RunInstances calls by market, type and outcome (`ok` or the refusal's class).
+    LAUNCHES = "Launches", "launches", Counter, ["market" => "Market", "instance_type", "outcome" => "Outcome"],
+        "RunInstances calls by market, instance type and outcome (ok, or the refusal's class)";
+    /// RunInstances refusals by EC2's error code.
+    LAUNCH_REFUSALS = "LaunchRefusals", "launch_refusals", Counter, ["code" => "Code"],
+        "RunInstances refusals by EC2 error code";
+    /// Instances the reaper terminated with no runner owning them.
+    ORPHANS_REAPED = "OrphansReaped", "orphans_reaped", Counter, [],
+        "Instances the reaper terminated that no runner owned";
+    /// Instances RunInstances returned that their runner could not take.
+    STRAYS = "StrayInstances", "stray_instances", Counter, [],
+        "Instances a launch returned that their runner could not take (terminated)";
+    /// From a termination being owed to `Terminated`.
+    COMPENSATION_LATENCY = "CompensationLatency", "compensation_latency", Seconds, [],
+        "From a runner owing a termination to its compensating TerminateRunner being carried out";
+    /// GitHub REST requests of the background services, by service.
+    GITHUB_REQUESTS = "GitHubRequests", "github_requests", Counter, ["service" => "Service"],
+        "GitHub REST requests sent by the background services";
+    /// GitHub requests an installation has left this hour for background work.
+    GITHUB_BUDGET_LEFT = "GitHubBudgetLeft", "github_rate_limit_remaining", Gauge, ["installation" => "Installation"],
+        "GitHub requests an installation has left this hour for background work";
+    /// Jobs polled on GitHub.
+    JOB_POLLS = "JobPolls", "job_polls", Counter, [],
+        "Jobs asked for on GitHub (GET .../actions/jobs/ID)";
+    /// Lifecycle events recorded from a poll: webhooks that were lost.
+    HEALED_BY_POLL = "LifecycleEventsFromPolls", "lifecycle_events_from_polls", Counter, [],
+        "Lifecycle events recorded from job polls (webhooks that never came)";
+    /// Lifecycle events refused (a runner named from a repository it does not serve).
+    LIFECYCLE_REFUSED = "LifecycleEventsRefused", "lifecycle_events_refused", Counter, [],
+        "Lifecycle events naming a runner from a repository it does not serve";
+    /// Transient JIT mint failures asked again.
+    MINT_RETRIES = "MintRetries", "mint_retries", Counter, [],
+        "JIT config mints that failed transiently and are asked again";
+    /// Queued jobs no pool serves.
+    JOBS_WITHOUT_POOL = "JobsWithoutPool", "jobs_without_pool", Counter, [],
+        "Queued jobs whose labels no runner pool has";
+    /// Queued jobs the rebalancer found without a runner.
+    JOBS_WITHOUT_RUNNER = "JobsWithoutRunner", "jobs_without_runner", Counter, [],
+        "Queued jobs the rebalancer found without a runner";
+    /// Commands the decider refused.
+    REFUSED_COMMANDS = "RefusedCommands", "refused_commands", Counter, ["command" => "Command", "refusal" => "Refusal", "benign" => "Benign"],
+        "Commands the decider refused, by command, refusal and whether benign";
+    /// Open runner heads that could not be read.
+    UNREADABLE_HEADS = "UnreadableHeads", "unreadable_heads", Gauge, [],
+        "Open runner heads that could not be read at the last sweep";
+    /// Runners waiting for capacity at the last admission round.
+    RUNNERS_WAITING = "RunnersWaiting", "runners_waiting", Gauge, ["pool" => "Pool"],
+        "Runners waiting for capacity at the last admission round";
+    /// The oldest waiting runner's wait.
+    OLDEST_WAIT = "OldestWait", "oldest_wait_seconds", Gauge, ["pool" => "Pool"],
+        "The oldest waiting runner's wait at the last admission round, seconds";
+    /// Runners launched by an admission round.
+    RUNNERS_ADMITTED = "RunnersAdmitted", "runners_admitted", Counter, [],
+        "Runners launched by admission rounds";
+    /// EC2 spot interruption warnings.
+    SPOT_INTERRUPTIONS = "SpotInterruptions", "spot_interruptions", Counter, ["pool" => "Pool", "instance_type" => "InstanceType", "outcome" => "Outcome"],
+        "EC2 spot interruption warnings, by pool, type and outcome (Relaunched before the job started, Cut after)";
+    /// Webhook deliveries refused, by HTTP status.
+    WEBHOOKS_REFUSED = "WebhooksRefused", "webhooks_refused", Counter, ["status" => "Status"],
+        "Webhook deliveries refused: 401 bad signature, 400 malformed, 413 too large";
+    /// Runners by pool and status (from the log).
+    RUNNERS = "Runners", "runners", Gauge, ["pool" => "Pool", "status" => "Status"],
+        "Runners by pool and status, from the event log";
+    /// Instances launched, by market and type (from the log).
+    INSTANCES_LAUNCHED = "InstancesLaunched", "instances_launched", Counter, ["market" => "Market", "instance_type" => "InstanceType"],
+        "Launched events in the event log, by market and instance type";
+    /// Terminations recorded, by evidence (from the log).
+    TERMINATIONS = "Terminations", "terminations", Counter, ["evidence" => "Evidence"],
+        "Terminated events in the event log, by the evidence they were written on";
+    /// Instances that may be alive, by market (from the log).
+    INSTANCES = "Instances", "instances", Gauge, ["market" => "Market"],
+        "Instances that may be alive, by market (strays apart), from the event log";
+    /// Their vCPUs.
+    VCPUS = "Vcpus", "vcpus", Gauge, ["market" => "Market"],
+        "vCPUs of the instances that may be alive, by market";
+    /// Runners owed a termination now.
+    OWED_TERMINATIONS = "OwedTerminations", "owed_terminations", Gauge, [],
+        "Runners (and stray instances) owed a termination now";
+    /// The oldest owed termination's age.
+    OLDEST_OWED = "OldestOwedTermination", "oldest_owed_termination_seconds", Gauge, [],
+        "Age of the oldest owed termination, seconds (0 when none)";
+    /// Log events that could not be read and were skipped.
+    SKIPPED_EVENTS = "SkippedEvents", "skipped_events", Counter, [],
+        "Event log items that could not be read and were skipped by the projector";
+    /// Messages waiting in each queue.
+    QUEUE_MESSAGES = "QueueMessages", "queue_messages", Gauge, ["queue" => "Queue"],
+        "Messages waiting in each queue";
+    /// Messages in each queue's dead-letter queue.
+    DEAD_LETTERS = "DeadLetters", "dead_letters", Gauge, ["queue" => "Queue"],
+        "Messages in each queue's dead-letter queue (alarm above 5)";
+}
+
+type Labels = Vec<(String, String)>;
+
+/// The process's Prometheus families, one per [`Def`].
+#[derive(Clone, Debug)]
+enum Series {
+    Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>),
+    Seconds(Family<Labels, Histogram>),
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new([
+        0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    ])
+}
+
+static SERIES: LazyLock<Mutex<BTreeMap<&'static str, Series>>> = LazyLock::new(|| {
+    let mut all = BTreeMap::new();
+    for def in ALL {
+        let series = match def.kind {
+            Kind::Counter => Series::Counter(Family::default()),
+            Kind::Gauge => Series::Gauge(Family::default()),
+            Kind::Seconds => {
+                Series::Seconds(Family::new_with_constructor(latency_buckets as fn() -> _))
+            }
+        };
+        // A metric without labels is shown from the start, at zero.
+        if def.labels.is_empty() {
+            match &series {
+                Series::Counter(f) => drop(f.get_or_create(&Vec::new())),
+                Series::Gauge(f) => drop(f.get_or_create(&Vec::new())),
+                Series::Seconds(f) => drop(f.get_or_create(&Vec::new())),
+            }
+        }
+        all.insert(def.prom, series);
+    }
+    Mutex::new(all)
+});
+
+fn series(def: &Def) -> Series {
+    SERIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(def.prom)
+        .cloned()
+        .expect("every Def has its series")
+}
+
+fn labels(def: &Def, values: &[&str]) -> Labels {
+    def.labels
+        .iter()
+        .zip(values)
+        .map(|((name, _), v)| ((*name).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Records `value` of `def` with label `values` (in `def.labels`' order): adds
+/// to a counter, sets a gauge, observes seconds; and emits it as EMF.
+pub fn record(at: Timestamp, def: &Def, value: f64, values: &[&str]) {
+    let set = labels(def, values);
+    match series(def) {
+        Series::Counter(family) => {
+            family
+                .get_or_create(&set)
+                .inc_by(value.max(0.0).round() as u64);
+        }
+        Series::Gauge(family) => {
+            family.get_or_create(&set).set(value);
+        }
+        Series::Seconds(family) => family.get_or_create(&set).observe(value),
+    }
+    let dimensions: Vec<(&str, &str)> = def
+        .labels
+        .iter()
+        .zip(values)
+        .filter_map(|((_, dim), v)| dim.map(|d| (d, *v)))
+        .collect();
+    emit_emf(at, &dimensions, &[(def.emf, value, def.emf_unit())]);
+}
+
+fn emit_emf(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f64, &str)]) {
     let line = emf_line(at, dimensions, metrics);
     if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
         println!("{line}");
@@ -20,145 +259,373 @@ pub fn emit_all(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f6
     }
 }
 
-/// A launch's outcome, by market and error class (`ok` when it succeeded).
-pub fn launch(at: Timestamp, market: &str, outcome: &str) {
-    emit(
-        at,
-        "Launches",
-        1.0,
-        "Count",
-        &[("Market", market), ("Outcome", outcome)],
-    );
+/// A RunInstances call's outcome, by market and type (`ok` when it succeeded,
+/// else the refusal's class, with EC2's code counted apart).
+pub fn launch(at: Timestamp, market: &str, instance_type: &str, outcome: &str, code: Option<&str>) {
+    record(at, &LAUNCHES, 1.0, &[market, instance_type, outcome]);
+    if let Some(code) = code {
+        record(at, &LAUNCH_REFUSALS, 1.0, &[code]);
+    }
 }
 
 /// An admission round: runners waiting for capacity when it began, and how
 /// many it launched.
 pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
-    emit(at, "RunnersWaiting", waiting as f64, "Count", &[]);
-    emit(at, "RunnersAdmitted", launched as f64, "Count", &[]);
+    emit_emf(at, &[], &[("RunnersWaiting", waiting as f64, "Count")]);
+    record(at, &RUNNERS_ADMITTED, launched as f64, &[]);
 }
 
 /// Runners of `pool` waiting for capacity at an admission round, and the
 /// oldest one's wait.
 pub fn pool_waiting(at: Timestamp, pool: &str, waiting: usize, oldest_ms: u64) {
-    emit_all(
-        at,
-        &[("Pool", pool)],
-        &[
-            ("RunnersWaiting", waiting as f64, "Count"),
-            ("OldestWait", oldest_ms as f64 / 1000.0, "Seconds"),
-        ],
-    );
+    record(at, &RUNNERS_WAITING, waiting as f64, &[pool]);
+    record(at, &OLDEST_WAIT, oldest_ms as f64 / 1000.0, &[pool]);
 }
 
 /// EC2's spot interruption warning for a runner's instance, by pool, type and
 /// whether the job had started (`Cut`) or was relaunched (`Relaunched`).
 pub fn spot_interruption(at: Timestamp, pool: &str, instance_type: &str, job_started: bool) {
-    emit(
+    let outcome = if job_started { "Cut" } else { "Relaunched" };
+    record(
         at,
-        "SpotInterruptions",
+        &SPOT_INTERRUPTIONS,
         1.0,
-        "Count",
-        &[
-            ("Pool", pool),
-            ("InstanceType", instance_type),
-            ("Outcome", if job_started { "Cut" } else { "Relaunched" }),
-        ],
+        &[pool, instance_type, outcome],
     );
 }
 
 /// Instances the reaper found with no stream wanting them.
 pub fn orphans_reaped(at: Timestamp, count: usize) {
-    emit(at, "OrphansReaped", count as f64, "Count", &[]);
+    record(at, &ORPHANS_REAPED, count as f64, &[]);
 }
 
 /// An instance RunInstances returned that its runner could not take (recorded
 /// as a stray and terminated).
 pub fn stray(at: Timestamp) {
-    emit(at, "StrayInstances", 1.0, "Count", &[]);
+    record(at, &STRAYS, 1.0, &[]);
 }
 
 /// A lifecycle event refused: it named one of jitr's runners from a repository
 /// (or organisation) that runner does not serve.
 pub fn lifecycle_refused(at: Timestamp) {
-    emit(at, "LifecycleEventsRefused", 1.0, "Count", &[]);
+    record(at, &LIFECYCLE_REFUSED, 1.0, &[]);
 }
 
 /// A JIT mint that failed transiently and will be asked again.
 pub fn mint_retry(at: Timestamp) {
-    emit(at, "MintRetries", 1.0, "Count", &[]);
+    record(at, &MINT_RETRIES, 1.0, &[]);
 }
 
 /// From a termination being owed to `Terminated`.
 pub fn compensation_latency(at: Timestamp, ms: u64) {
-    emit(at, "CompensationLatency", ms as f64, "Milliseconds", &[]);
+    record(at, &COMPENSATION_LATENCY, ms as f64 / 1000.0, &[]);
 }
 
 /// Queued jobs found without a runner by the rebalancer.
 pub fn drift(at: Timestamp, jobs_without_runner: usize) {
-    emit(
-        at,
-        "JobsWithoutRunner",
-        jobs_without_runner as f64,
-        "Count",
-        &[],
-    );
+    record(at, &JOBS_WITHOUT_RUNNER, jobs_without_runner as f64, &[]);
 }
 
 /// A command the decider refused, by command, refusal and whether it was benign.
 pub fn refusal(at: Timestamp, command: &str, refusal: &str, benign: bool) {
-    emit(
-        at,
-        "RefusedCommands",
-        1.0,
-        "Count",
-        &[
-            ("Command", command),
-            ("Refusal", refusal),
-            ("Benign", if benign { "true" } else { "false" }),
-        ],
-    );
+    let benign = if benign { "true" } else { "false" };
+    record(at, &REFUSED_COMMANDS, 1.0, &[command, refusal, benign]);
 }
 
 /// Open runner heads that could not be read (skipped by the backstops).
 pub fn unreadable_heads(at: Timestamp, count: usize) {
-    emit(at, "UnreadableHeads", count as f64, "Count", &[]);
+    record(at, &UNREADABLE_HEADS, count as f64, &[]);
 }
 
 /// A job asked for on GitHub (`GET …/actions/jobs/{job_id}`).
 pub fn job_poll(at: Timestamp) {
-    emit(at, "JobPolls", 1.0, "Count", &[]);
+    record(at, &JOB_POLLS, 1.0, &[]);
 }
 
 /// Lifecycle events recorded from a job poll: webhooks that were lost.
 pub fn healed_by_poll(at: Timestamp, events: usize) {
-    emit(at, "LifecycleEventsFromPolls", events as f64, "Count", &[]);
+    record(at, &HEALED_BY_POLL, events as f64, &[]);
 }
 
 /// GitHub requests a background service (`rebalancer`, `reaper`) sent in one pass.
 pub fn github_requests(at: Timestamp, service: &str, requests: u64) {
-    emit(
-        at,
-        "GitHubRequests",
-        requests as f64,
-        "Count",
-        &[("Service", service)],
-    );
+    record(at, &GITHUB_REQUESTS, requests as f64, &[service]);
 }
 
 /// Background GitHub requests an installation has left this hour.
 pub fn github_budget_left(at: Timestamp, installation: u64, left: u64) {
     let installation = installation.to_string();
-    emit(
-        at,
-        "GitHubBudgetLeft",
-        left as f64,
-        "Count",
-        &[("Installation", &installation)],
-    );
+    record(at, &GITHUB_BUDGET_LEFT, left as f64, &[&installation]);
 }
 
 /// A queued job no runner pool serves (its labels are not all any pool's).
 pub fn no_pool(at: Timestamp) {
-    emit(at, "JobsWithoutPool", 1.0, "Count", &[]);
+    record(at, &JOBS_WITHOUT_POOL, 1.0, &[]);
+}
+
+/// A webhook delivery refused with HTTP `status` (401, 400, 413).
+pub fn webhook_refused(at: Timestamp, status: u16) {
+    record(at, &WEBHOOKS_REFUSED, 1.0, &[&status.to_string()]);
+}
+
+/// What the log and the queues say at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Runners by (pool, status).
+    pub runners: Vec<(String, String, u64)>,
+    /// `Launched` events by (market, type).
+    pub launched: Vec<(String, String, u64)>,
+    /// `Terminated` events by evidence.
+    pub terminations: Vec<(String, u64)>,
+    /// Instances and vCPUs that may be alive by market (`spot`, `on-demand`,
+    /// `stray`).
+    pub fleet: Vec<(String, u64, u64)>,
+    /// Runners owed a termination.
+    pub owed: u64,
+    /// The oldest owed termination's age, seconds.
+    pub oldest_owed_seconds: f64,
+    /// Skipped log events.
+    pub skipped_events: u64,
+    /// Per queue: (name, waiting, dead letters); a queue that could not be
+    /// read is left out.
+    pub queues: Vec<(String, u64, u64)>,
+}
+
+impl Snapshot {
+    /// The figures of the runner views at `now`.
+    pub fn of_views(views: &RunnerViews, now: Timestamp) -> Self {
+        let leaks = views.open_leaks(now);
+        let fleet = views.fleet();
+        Snapshot {
+            runners: views
+                .by_pool_and_status()
+                .into_iter()
+                .map(|((pool, status), n)| (pool, status_name(status), n))
+                .collect(),
+            launched: views
+                .launched
+                .iter()
+                .flat_map(|(market, types)| {
+                    types
+                        .iter()
+                        .map(move |(t, n)| (market_name(*market).to_owned(), t.clone(), *n))
+                })
+                .collect(),
+            terminations: views
+                .terminated_by
+                .iter()
+                .map(|(evidence, n)| (evidence.as_str().to_owned(), *n))
+                .collect(),
+            fleet: [
+                ("spot", fleet.spot),
+                ("on-demand", fleet.on_demand),
+                ("stray", fleet.strays),
+            ]
+            .into_iter()
+            .map(|(m, u)| (m.to_owned(), u64::from(u.instances), u64::from(u.vcpus)))
+            .collect(),
+            owed: leaks.len() as u64,
+            oldest_owed_seconds: leaks
+                .iter()
+                .map(|l| now.millis_since(l.owed_since))
+                .max()
+                .map_or(0.0, |ms| ms as f64 / 1000.0),
+            skipped_events: views.skipped_count,
+            queues: Vec::new(),
+        }
+    }
+
+    /// Emits the snapshot as EMF (the projector does under Lambda).
+    pub fn emit(&self, at: Timestamp) {
+        let gauges: [(&Def, f64); 2] = [
+            (&OWED_TERMINATIONS, self.owed as f64),
+            (&OLDEST_OWED, self.oldest_owed_seconds),
+        ];
+        for (def, value) in gauges {
+            emit_emf(at, &[], &[(def.emf, value, def.emf_unit())]);
+        }
+        for (market, instances, vcpus) in &self.fleet {
+            emit_emf(
+                at,
+                &[("Market", market)],
+                &[
+                    (INSTANCES.emf, *instances as f64, "Count"),
+                    (VCPUS.emf, *vcpus as f64, "Count"),
+                ],
+            );
+        }
+        for (queue, waiting, dead) in &self.queues {
+            emit_emf(
+                at,
+                &[("Queue", queue)],
+                &[
+                    (QUEUE_MESSAGES.emf, *waiting as f64, "Count"),
+                    (DEAD_LETTERS.emf, *dead as f64, "Count"),
+                ],
+            );
+        }
+    }
+}
+
+fn status_name(status: jitr_domain::RunnerStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{status:?}").to_lowercase())
+}
+
+fn market_name(market: Market) -> &'static str {
+    market.as_str()
+}
+
+/// This process's metrics and `snapshot` in the OpenMetrics 1.0 text format
+/// (Prometheus's exposition format; it scrapes it natively).
+pub fn render_prometheus(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("jitr");
+    let all = SERIES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for def in ALL {
+        let name = def.prom.trim_end_matches("_seconds");
+        match (all.get(def.prom), def.kind) {
+            (_, Kind::Gauge) if is_snapshot(def) => {
+                let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+                fill_gauge(def, snapshot, &family);
+                register(&mut registry, def, name, family);
+            }
+            (_, Kind::Counter) if is_snapshot(def) => {
+                let family = Family::<Labels, Counter>::default();
+                fill_counter(def, snapshot, &family);
+                registry.register(name, def.help, family);
+            }
+            (Some(Series::Counter(f)), _) => registry.register(name, def.help, f.clone()),
+            (Some(Series::Gauge(f)), _) => register(&mut registry, def, name, f.clone()),
+            (Some(Series::Seconds(f)), _) => {
+                registry.register_with_unit(name, def.help, Unit::Seconds, f.clone());
+            }
+            (None, _) => {}
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+fn register(
+    registry: &mut Registry,
+    def: &Def,
+    name: &str,
+    family: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+) {
+    if def.prom.ends_with("_seconds") {
+        registry.register_with_unit(name, def.help, Unit::Seconds, family);
+    } else {
+        registry.register(name, def.help, family);
+    }
+}
+
+fn is_snapshot(def: &Def) -> bool {
+    [
+        RUNNERS.prom,
+        INSTANCES_LAUNCHED.prom,
+        TERMINATIONS.prom,
+        INSTANCES.prom,
+        VCPUS.prom,
+        OWED_TERMINATIONS.prom,
+        OLDEST_OWED.prom,
+        SKIPPED_EVENTS.prom,
+        QUEUE_MESSAGES.prom,
+        DEAD_LETTERS.prom,
+    ]
+    .contains(&def.prom)
+}
+
+fn fill_gauge(
+    def: &Def,
+    s: &Snapshot,
+    family: &Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+) {
+    let set = |values: &[&str], v: f64| {
+        family.get_or_create(&labels(def, values)).set(v);
+    };
+    match def.prom {
+        "runners" => s
+            .runners
+            .iter()
+            .for_each(|(pool, status, n)| set(&[pool, status], *n as f64)),
+        "instances" => s
+            .fleet
+            .iter()
+            .for_each(|(m, instances, _)| set(&[m], *instances as f64)),
+        "vcpus" => s
+            .fleet
+            .iter()
+            .for_each(|(m, _, vcpus)| set(&[m], *vcpus as f64)),
+        "owed_terminations" => set(&[], s.owed as f64),
+        "oldest_owed_termination_seconds" => set(&[], s.oldest_owed_seconds),
+        "queue_messages" => s
+            .queues
+            .iter()
+            .for_each(|(q, waiting, _)| set(&[q], *waiting as f64)),
+        "dead_letters" => s
+            .queues
+            .iter()
+            .for_each(|(q, _, dead)| set(&[q], *dead as f64)),
+        _ => {}
+    }
+}
+
+fn fill_counter(def: &Def, s: &Snapshot, family: &Family<Labels, Counter>) {
+    let set = |values: &[&str], n: u64| {
+        family.get_or_create(&labels(def, values)).inc_by(n);
+    };
+    match def.prom {
+        "instances_launched" => s.launched.iter().for_each(|(m, t, n)| set(&[m, t], *n)),
+        "terminations" => s.terminations.iter().for_each(|(e, n)| set(&[e], *n)),
+        "skipped_events" => set(&[], s.skipped_events),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_is_exposed_under_its_name_and_type() {
+        let mut prom: Vec<&str> = ALL.iter().map(|d| d.prom).collect();
+        prom.sort_unstable();
+        prom.dedup();
+        assert_eq!(prom.len(), ALL.len(), "Prometheus names are distinct");
+        for def in ALL
+            .iter()
+            .filter(|d| !d.labels.is_empty() && !is_snapshot(d))
+        {
+            let values = vec!["test"; def.labels.len()];
+            record(Timestamp(0), def, 1.0, &values);
+        }
+        let snapshot = Snapshot {
+            runners: vec![("default".into(), "running".into(), 1)],
+            launched: vec![("spot".into(), "c5.xlarge".into(), 1)],
+            terminations: vec![("state-change".into(), 1)],
+            fleet: vec![("spot".into(), 1, 4)],
+            queues: vec![("scaleup".into(), 0, 0)],
+            ..Snapshot::default()
+        };
+        let text = render_prometheus(&snapshot);
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+        for def in ALL {
+            let kind = match def.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Seconds => "histogram",
+            };
+            let family = match def.kind {
+                Kind::Seconds => format!("jitr_{}_seconds", def.prom),
+                _ => format!("jitr_{}", def.prom),
+            };
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}")),
+                "{family} {kind} in\n{text}"
+            );
+        }
+    }
 }

@@ -744,7 +744,13 @@ impl ScaleUp {
             };
             match self.ports.compute.launch(&launch_spec).await {
                 Ok(launched) => {
-                    crate::app::metrics::launch(now, market.as_str(), "ok");
+                    crate::app::metrics::launch(
+                        now,
+                        market.as_str(),
+                        &launch_spec.instance_type,
+                        "ok",
+                        None,
+                    );
                     self.crash.check(CrashPoint::AfterRunInstances)?;
                     let vcpus = launched.vcpus;
                     let record = record_instance(&state, token.clone(), launched.found());
@@ -758,7 +764,9 @@ impl ScaleUp {
                     crate::app::metrics::launch(
                         now,
                         market.as_str(),
+                        &launch_spec.instance_type,
                         &format!("{:?}", e.class).to_lowercase(),
+                        Some(&e.code),
                     );
                     let reject = Command::RejectLaunch {
                         client_token: token.clone(),
@@ -791,6 +799,13 @@ impl ScaleUp {
                     }
                 }
                 Err(LaunchFailure::Unknown(e)) => {
+                    crate::app::metrics::launch(
+                        now,
+                        market.as_str(),
+                        &launch_spec.instance_type,
+                        "unknown",
+                        None,
+                    );
                     // The instance may exist: the next delivery resolves the
                     // intent by its token.
                     return Ok(Admitted::Ended(Outcome::RetryAfter(

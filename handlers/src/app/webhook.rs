@@ -239,6 +239,14 @@ impl Webhook {
 
     /// Handles one delivery.
     pub async fn handle(&self, delivery: Delivery<'_>, body: &[u8]) -> Reply {
+        let reply = self.answer(delivery, body).await;
+        if matches!(reply.status, 400 | 401 | 413) {
+            crate::app::metrics::webhook_refused(wall_clock(), reply.status);
+        }
+        reply
+    }
+
+    async fn answer(&self, delivery: Delivery<'_>, body: &[u8]) -> Reply {
         if body.len() > self.max_body {
             return Reply::new(
                 413,
@@ -297,10 +305,7 @@ impl Webhook {
         }
         if event.action == "queued" && self.policy.spec_for(&event.workflow_job.labels).is_none() {
             tracing::info!(%owner, %repo, labels = ?event.workflow_job.labels, "queued job no pool serves");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            crate::app::metrics::no_pool(jitr_domain::Timestamp(now));
+            crate::app::metrics::no_pool(wall_clock());
             return Reply::new(
                 200,
                 format!(
@@ -388,4 +393,13 @@ pub fn sample_payload(
         "sender": { "login": "octocat", "id": 1, "type": "User" }
     })
     .to_string()
+}
+
+/// The moment, for metrics' timestamps only (the webhook decides nothing on it).
+fn wall_clock() -> jitr_domain::Timestamp {
+    jitr_domain::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
 }

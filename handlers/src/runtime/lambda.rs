@@ -154,7 +154,12 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
                 let projector = projector.clone();
                 async move {
                     // Each stream record is a nudge: read the feed from the checkpoint.
-                    let published = projector.lock().await.tick(now()).await?;
+                    let mut projector = projector.lock().await;
+                    let at = now();
+                    let published = projector.tick(at).await?;
+                    // The log's figures (owed terminations, the fleet) as EMF;
+                    // queue depths are SQS's own CloudWatch metrics.
+                    crate::app::metrics::Snapshot::of_views(projector.views(), at).emit(at);
                     Ok::<_, lambda_runtime::Error>(json!({ "published": published.len() }))
                 }
             }))

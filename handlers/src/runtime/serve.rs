@@ -154,6 +154,48 @@ async fn webhook_route(
     )
 }
 
+/// The runner views as the projector last folded them.
+type SharedViews = Arc<std::sync::RwLock<Arc<jitr_projections::RunnerViews>>>;
+
+/// What the read-only endpoints show: the projector's views and the queues.
+struct Observed {
+    views: SharedViews,
+    queues: Vec<(String, Arc<dyn Queue>)>,
+}
+
+impl Observed {
+    /// The figures of now: the views' and each queue's depths.
+    async fn snapshot(&self) -> crate::app::metrics::Snapshot {
+        let views = self
+            .views
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let mut snapshot = crate::app::metrics::Snapshot::of_views(&views, now());
+        for (name, queue) in &self.queues {
+            match (queue.waiting().await, queue.dead_letter_depth().await) {
+                (Ok(waiting), Ok(dead)) => snapshot.queues.push((name.clone(), waiting, dead)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(queue = %name, error = %e, "queue depth not read");
+                }
+            }
+        }
+        snapshot
+    }
+}
+
+/// `GET /metrics`: the OpenMetrics 1.0 text format, which Prometheus scrapes.
+async fn metrics_route(State(observed): State<Arc<Observed>>) -> impl axum::response::IntoResponse {
+    let text = crate::app::metrics::render_prometheus(&observed.snapshot().await);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
 /// Runs everything of `app` until `stop` turns true: the webhook endpoint on
 /// `listener`, a consumer per queue, the projector, the reaper and rebalancer.
 pub async fn run(
@@ -175,9 +217,12 @@ pub async fn run(
     for (queue, consumer) in consumers {
         tasks.spawn(consume(queue, consumer, stop.clone()));
     }
+    let views: SharedViews;
     {
         let mut stop = stop.clone();
         let mut projector = app.projector().await?;
+        views = Arc::new(std::sync::RwLock::new(Arc::new(projector.views().clone())));
+        let shared = views.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(cadence.projector);
             loop {
@@ -186,6 +231,12 @@ pub async fn run(
                     _ = tick.tick() => {
                         if let Err(e) = projector.tick(now()).await {
                             tracing::error!(error = %e, "projector tick failed");
+                        }
+                        let moved = shared
+                            .read()
+                            .map_or(true, |v| v.position != projector.views().position);
+                        if moved && let Ok(mut v) = shared.write() {
+                            *v = Arc::new(projector.views().clone());
                         }
                     }
                 }
@@ -238,11 +289,25 @@ pub async fn run(
     });
 
     let webhook = app.webhook.clone();
+    let observed = Arc::new(Observed {
+        views,
+        queues: vec![
+            ("scaleup".into(), app.ports.scaleup_queue.clone()),
+            ("lifecycle".into(), app.ports.lifecycle_queue.clone()),
+            ("compensation".into(), app.ports.compensation_queue.clone()),
+            ("ec2-events".into(), app.ports.ec2_events_queue.clone()),
+        ],
+    });
     let router = Router::new()
         .route("/webhook", post(webhook_route))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(webhook.max_body()))
-        .with_state(webhook);
+        .with_state(webhook)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics_route))
+                .with_state(observed),
+        );
     let mut http_stop = stop.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

@@ -318,4 +318,8 @@ impl Queue for SqsQueue {
     async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
         self.count(&self.pair.dlq_url).await
     }
+
+    async fn waiting(&self) -> Result<u64, QueueError> {
+        self.depth().await
+    }
 }

@@ -65,4 +65,6 @@ pub trait Queue: Send + Sync {
     async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError>;
     /// Messages waiting in the dead-letter queue.
     async fn dead_letter_depth(&self) -> Result<u64, QueueError>;
+    /// Messages waiting in the queue itself (SQS: approximately, visible ones).
+    async fn waiting(&self) -> Result<u64, QueueError>;
 }

@@ -1,0 +1,362 @@
+//! `GET /metrics` of a running `jitr serve`, after a few jobs, parsed by the
+//! Prometheus project's own parser of its text format, OpenMetrics 1.0
+//! (`prometheus_client.openmetrics.parser`, PyPI; `.ci/run` installs it and names its Python in `JITR_TEST_PYTHON`):
+//! the families exist with their types, and their counts are the log's.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jitr_domain::{Market, RunnerEvent};
+use jitr_infra::{EventStore, SqliteEventStore};
+use serde_json::Value;
+
+#[path = "support/serve.rs"]
+mod support;
+use support::{Job, free_port, sigterm, wait_until_up};
+
+const SECRET: &str = "metrics-secret";
+const JOBS: u64 = 6;
+
+/// One parsed family: its type and samples (name, labels, value).
+#[derive(Debug)]
+struct Family {
+    kind: String,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+/// Parses exposition `text` with `prometheus_client.parser`.
+fn parse(text: &str) -> BTreeMap<String, Family> {
+    let python = std::env::var("JITR_TEST_PYTHON")
+        .expect("JITR_TEST_PYTHON names a Python with prometheus-client: run `bash .ci/run`");
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": f.name, "type": f.type,
+                "samples": [[s.name, s.labels, s.value] for s in f.samples]})
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    families
+        .into_iter()
+        .map(|f| {
+            let samples = f["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let labels = s[1]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                        .collect();
+                    (
+                        s[0].as_str().unwrap().to_owned(),
+                        labels,
+                        s[2].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                Family {
+                    kind: f["type"].as_str().unwrap().to_owned(),
+                    samples,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The sum of `family`'s samples named `sample` whose labels include `with`.
+fn sum(
+    families: &BTreeMap<String, Family>,
+    family: &str,
+    sample: &str,
+    with: &[(&str, &str)],
+) -> f64 {
+    families
+        .get(family)
+        .unwrap_or_else(|| panic!("no family {family}"))
+        .samples
+        .iter()
+        .filter(|(name, labels, _)| {
+            name == sample
+                && with
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // 8 on-demand and 8 spot vCPUs: four 4-vCPU runners at once, so the
+    // quota refuses some launches and jobs wait.
+    let mut child = support::serve(
+        dir.path(),
+        port,
+        SECRET,
+        &[
+            "--on-demand-vcpus",
+            "8",
+            "--spot-vcpus",
+            "8",
+            "--sim-boot",
+            "1s",
+            "--drain-grace",
+            "1s",
+            "--sweep-interval",
+            "2s",
+        ],
+    );
+    wait_until_up(&http, &url).await;
+    for job in 1..=JOBS {
+        support::post(&http, &url, SECRET, "queued", job, None).await;
+    }
+    // A delivery with a bad signature: refused, and counted.
+    let refused = http
+        .post(format!("{url}/webhook"))
+        .header("X-GitHub-Event", "workflow_job")
+        .header("X-Hub-Signature-256", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let mut jobs: BTreeMap<u64, Job> = (1..=JOBS).map(|j| (j, Job::default())).collect();
+    let started = Instant::now();
+    loop {
+        let done = support::github_pass(
+            &http,
+            &url,
+            SECRET,
+            &store,
+            &mut jobs,
+            Duration::from_millis(500),
+        )
+        .await;
+        if done == JOBS as usize && support::all_closed(&store, JOBS).await == JOBS as usize {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "jobs stalled: {done} done"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // What the log says.
+    let mut launched: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut terminated: BTreeMap<String, f64> = BTreeMap::new();
+    for record in store.read_all(0, 1_000_000).await.unwrap() {
+        match record.event {
+            RunnerEvent::Launched {
+                market,
+                instance_type,
+                ..
+            } => {
+                let market = match market {
+                    Market::Spot => "spot",
+                    Market::OnDemand => "on-demand",
+                };
+                *launched.entry((market.into(), instance_type)).or_default() += 1.0;
+            }
+            RunnerEvent::Terminated { evidence, .. } => {
+                *terminated.entry(evidence.as_str().into()).or_default() += 1.0;
+            }
+            _ => {}
+        }
+    }
+    assert!(!launched.is_empty() && !terminated.is_empty());
+
+    // The projector folds the log within its tick: scrape until it shows
+    // every runner closed.
+    let scraped = Instant::now();
+    let (response, families) = loop {
+        let response = http.get(format!("{url}/metrics")).send().await.unwrap();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = response.text().await.unwrap();
+        let families = parse(&text);
+        if sum(
+            &families,
+            "jitr_runners",
+            "jitr_runners",
+            &[("status", "completed")],
+        ) == JOBS as f64
+        {
+            break ((content_type, text), families);
+        }
+        assert!(scraped.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    sigterm(&child);
+    child.wait().unwrap();
+    let (content_type, text) = response;
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+
+    for (family, kind) in [
+        ("jitr_runners", "gauge"),
+        ("jitr_launches", "counter"),
+        ("jitr_launch_refusals", "counter"),
+        ("jitr_instances_launched", "counter"),
+        ("jitr_terminations", "counter"),
+        ("jitr_owed_terminations", "gauge"),
+        ("jitr_oldest_owed_termination_seconds", "gauge"),
+        ("jitr_orphans_reaped", "counter"),
+        ("jitr_compensation_latency_seconds", "histogram"),
+        ("jitr_queue_messages", "gauge"),
+        ("jitr_dead_letters", "gauge"),
+        ("jitr_github_requests", "counter"),
+        ("jitr_github_rate_limit_remaining", "gauge"),
+        ("jitr_skipped_events", "counter"),
+        ("jitr_webhooks_refused", "counter"),
+        ("jitr_instances", "gauge"),
+        ("jitr_vcpus", "gauge"),
+    ] {
+        let found = families
+            .get(family)
+            .unwrap_or_else(|| panic!("no family {family} in\n{text}"));
+        assert_eq!(found.kind, kind, "{family}");
+    }
+
+    // Counts are the log's.
+    for ((market, instance_type), n) in &launched {
+        let with = [
+            ("market", market.as_str()),
+            ("instance_type", instance_type.as_str()),
+        ];
+        assert_eq!(
+            sum(
+                &families,
+                "jitr_instances_launched",
+                "jitr_instances_launched_total",
+                &with
+            ),
+            *n,
+            "{market} {instance_type}"
+        );
+        // This process made every launch: its RunInstances successes are them.
+        assert_eq!(
+            sum(
+                &families,
+                "jitr_launches",
+                "jitr_launches_total",
+                &[with[0], with[1], ("outcome", "ok")]
+            ),
+            *n
+        );
+    }
+    for (evidence, n) in &terminated {
+        assert_eq!(
+            sum(
+                &families,
+                "jitr_terminations",
+                "jitr_terminations_total",
+                &[("evidence", evidence)]
+            ),
+            *n,
+            "{evidence}"
+        );
+    }
+    let runners: f64 = sum(&families, "jitr_runners", "jitr_runners", &[]);
+    assert_eq!(runners, JOBS as f64, "one runner per job, all closed");
+    assert_eq!(
+        sum(
+            &families,
+            "jitr_runners",
+            "jitr_runners",
+            &[("pool", "default"), ("status", "completed")]
+        ),
+        JOBS as f64
+    );
+    // Refusals: every refused RunInstances has its EC2 code.
+    let all_launches = sum(&families, "jitr_launches", "jitr_launches_total", &[]);
+    let ok = sum(
+        &families,
+        "jitr_launches",
+        "jitr_launches_total",
+        &[("outcome", "ok")],
+    );
+    let refusals = sum(
+        &families,
+        "jitr_launch_refusals",
+        "jitr_launch_refusals_total",
+        &[],
+    );
+    assert!(refusals > 0.0, "the quota refused some launches:\n{text}");
+    assert_eq!(all_launches - ok, refusals);
+    assert_eq!(
+        sum(
+            &families,
+            "jitr_webhooks_refused",
+            "jitr_webhooks_refused_total",
+            &[("status", "401")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &families,
+            "jitr_owed_terminations",
+            "jitr_owed_terminations",
+            &[]
+        ),
+        0.0
+    );
+    for queue in ["scaleup", "lifecycle", "compensation", "ec2-events"] {
+        assert_eq!(
+            sum(
+                &families,
+                "jitr_dead_letters",
+                "jitr_dead_letters",
+                &[("queue", queue)]
+            ),
+            0.0,
+            "{queue}"
+        );
+        assert!(
+            families["jitr_queue_messages"]
+                .samples
+                .iter()
+                .any(|(_, labels, _)| labels.get("queue").map(String::as_str) == Some(queue)),
+            "{queue} depth"
+        );
+    }
+}
