@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
-use crate::ports::{Queue, QueueError, QueueMessage};
+use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage};
 use crate::sim::SimClock;
 
 const SCHEMA: &str = r#"
@@ -247,5 +247,68 @@ impl Queue for LocalQueue {
 
     async fn waiting(&self) -> Result<u64, QueueError> {
         self.depth()
+    }
+
+    async fn list_dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, body, attributes, receive_count, COALESCE(reason, '') FROM messages
+                 WHERE queue = ?1 AND dead = 1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| err(&self.name, e))?;
+        let rows = stmt
+            .query_map(params![self.name, max as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get::<_, i64>(0)?.to_string(),
+                    body: r.get(1)?,
+                    attributes: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                    receive_count: r.get(3)?,
+                    reason: r.get(4)?,
+                })
+            })
+            .map_err(|e| err(&self.name, e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| err(&self.name, e))
+    }
+
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let now = self.now();
+        let moved = {
+            let mut conn = self.lock();
+            let tx = conn.transaction().map_err(|e| err(&self.name, e))?;
+            let back = "UPDATE messages SET dead = 0, reason = NULL, receive_count = 0,
+                        receipt = NULL, visible_at = ?2 WHERE queue = ?1 AND dead = 1";
+            let moved = match ids {
+                None => tx
+                    .execute(back, params![self.name, now])
+                    .map_err(|e| err(&self.name, e))?,
+                Some(ids) => {
+                    let mut moved = 0;
+                    for id in ids {
+                        let Ok(id) = id.parse::<i64>() else { continue };
+                        moved += tx
+                            .execute(&format!("{back} AND id = ?3"), params![self.name, now, id])
+                            .map_err(|e| err(&self.name, e))?;
+                    }
+                    moved
+                }
+            };
+            tx.commit().map_err(|e| err(&self.name, e))?;
+            moved
+        };
+        self.published.notify_waiters();
+        Ok(moved as u64)
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        let purged = self
+            .lock()
+            .execute(
+                "DELETE FROM messages WHERE queue = ?1 AND dead = 1",
+                [&self.name],
+            )
+            .map_err(|e| err(&self.name, e))?;
+        Ok(purged as u64)
     }
 }

@@ -247,19 +247,26 @@ async fn bad_input_gets_clear_status_codes() {
         .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("wid#gets"), "{text}");
-    // Oversized.
+    // Oversized: refused unread, and the connection is closed (its unread
+    // body cannot be followed by another request), so that no client reuses
+    // it — a reused one failed the next delivery with a broken pipe.
     let huge = "x".repeat(2 * 1024 * 1024);
+    let oversized = reqwest::Client::new()
+        .post(format!("{}/webhook", server.url))
+        .header("X-GitHub-Event", "workflow_job")
+        .header("X-GitHub-Delivery", "d4")
+        .header(
+            "X-Hub-Signature-256",
+            sign(SECRET.as_bytes(), huge.as_bytes()),
+        )
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status().as_u16(), 413);
     assert_eq!(
-        server
-            .post(
-                "workflow_job",
-                "d4",
-                &huge,
-                Some(sign(SECRET.as_bytes(), huge.as_bytes()))
-            )
-            .await
-            .0,
-        413
+        oversized.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
     );
     // Ignored: other events, other labels, waiting.
     let ping = "{}";

@@ -78,8 +78,15 @@ impl DoctorReport {
         }
     }
 
-    /// Checks a queue's dead-letter depth (warns above the alarm threshold).
-    pub async fn dead_letters(&mut self, name: &str, queue: &dyn Queue, reasons: &[String]) {
+    /// Checks a queue's dead-letter depth (warns above the alarm threshold,
+    /// naming `inspect`, the command that lists them).
+    pub async fn dead_letters(
+        &mut self,
+        name: &str,
+        queue: &dyn Queue,
+        reasons: &[String],
+        inspect: &str,
+    ) {
         match queue.dead_letter_depth().await {
             Ok(depth) if depth as f64 > DLQ_ALARM_THRESHOLD => {
                 let mut detail = format!(
@@ -88,6 +95,9 @@ impl DoctorReport {
                 if !reasons.is_empty() {
                     detail.push_str(&format!("; latest reasons: {}", reasons.join(" | ")));
                 }
+                detail.push_str(&format!(
+                    "; see them with `{inspect}`, redrive once fixed (docs/runbook.md)"
+                ));
                 self.push(Level::Warn, format!("dead letters: {name}"), detail);
             }
             Ok(depth) => self.push(
@@ -282,7 +292,8 @@ async fn check_embedded(data_dir: &Path) -> DoctorReport {
                         .take(3)
                         .map(|(_, reason)| reason)
                         .collect();
-                    report.dead_letters(name, &queue, &reasons).await;
+                    let inspect = format!("jitr dlq list {name} --data-dir {}", data_dir.display());
+                    report.dead_letters(name, &queue, &reasons, &inspect).await;
                 }
                 Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
             }
@@ -325,7 +336,11 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
             Ok(Some(queue)) => {
                 queue_arns.insert(name.clone(), queue.pair().arn.clone());
                 alarm_names.push(jitr_aws::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
-                report.dead_letters(&name, &queue, &[]).await;
+                let short = name
+                    .strip_prefix(&format!("{}-", names.prefix()))
+                    .unwrap_or(&name);
+                let inspect = format!("jitr dlq list {short} --aws --prefix {}", names.prefix());
+                report.dead_letters(&name, &queue, &[], &inspect).await;
             }
             Ok(None) => report.config(
                 Level::Warn,

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod bootstrap_script;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod doctor;
 pub mod history;
 pub mod init;
@@ -88,6 +89,11 @@ pub enum Command {
     /// config from SSM (then deleted), the runner as an unprivileged user, power
     /// off when it exits.
     BootstrapScript(bootstrap_script::Args),
+    /// Dead letters of the scale-up, lifecycle, compensation and EC2-events
+    /// queues: `list` with reasons, `show` one, `redrive` back once fixed,
+    /// `purge --yes`. On the embedded default (--data-dir) or AWS (--aws).
+    #[command(subcommand)]
+    Dlq(dlq::Args),
     /// Runner pool configuration: `jitr config check FILE`.
     #[command(subcommand)]
     Config(config::Args),
@@ -132,6 +138,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
         Command::Config(args) => config::command(args).await,
+        Command::Dlq(args) => dlq::command(args).await,
         Command::BootstrapScript(args) => bootstrap_script::command(args).await,
         Command::Package(args) => package::command(args).await,
     }

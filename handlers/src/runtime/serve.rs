@@ -144,14 +144,32 @@ async fn consume(
 async fn webhook_route(
     State(hook): State<Arc<Webhook>>,
     headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let reply = hook.handle(Delivery::from_headers(header), &body).await;
-    (
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        reply.body,
-    )
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (status, text) = match body {
+        Ok(body) => {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let reply = hook.handle(Delivery::from_headers(header), &body).await;
+            (
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                reply.body,
+            )
+        }
+        // Above the body limit: the body was not read.
+        Err(rejection) => {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                crate::app::metrics::webhook_refused(now(), 413);
+            }
+            (rejection.status(), rejection.body_text())
+        }
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is never read: the connection cannot carry
+        // another request, and the client must know not to reuse it.
+        return (status, [(axum::http::header::CONNECTION, "close")], text).into_response();
+    }
+    (status, text).into_response()
 }
 
 /// The runner views as the projector last folded them.

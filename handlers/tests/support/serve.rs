@@ -1,6 +1,9 @@
 //! `jitr serve` on the embedded default as a process, and the test playing
 //! GitHub against it: signed webhooks, and a ready runner given its job.
 
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

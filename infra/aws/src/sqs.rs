@@ -8,7 +8,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 
-use jitr_infra::{DEAD_LETTER_REASON, Queue, QueueError, QueueMessage};
+use jitr_infra::{DEAD_LETTER_REASON, DeadLetter, Queue, QueueError, QueueMessage};
 
 /// Names and URLs of one queue and its DLQ.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +212,53 @@ impl SqsQueue {
             .unwrap_or(0))
     }
 
+    /// Makes a received message of `url` visible again at once.
+    async fn release(&self, url: &str, receipt: &str) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(|e| sdk_err(url, &e))?;
+        Ok(())
+    }
+
+    /// Deletes a received message of `url`.
+    async fn delete(&self, url: &str, receipt: &str) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_err(url, &e))?;
+        Ok(())
+    }
+
+    /// Every message of the dead-letter queue, each hidden for a minute (SQS
+    /// cannot list without receiving): pages of ten until a long poll of one
+    /// second finds nothing more, or `max`.
+    async fn receive_all_dead(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
+        let mut all = Vec::new();
+        while all.len() < max {
+            let page = self
+                .receive_hidden(
+                    &self.pair.dlq_url,
+                    10,
+                    Duration::from_secs(1),
+                    Some(Duration::from_secs(60)),
+                )
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
     /// Receives from the dead-letter queue (for inspection and tests).
     pub async fn receive_dead_letters(
         &self,
@@ -227,10 +274,23 @@ impl SqsQueue {
         max: u32,
         wait: Duration,
     ) -> Result<Vec<QueueMessage>, QueueError> {
+        self.receive_hidden(url, max, wait, None).await
+    }
+
+    /// Receives, hiding what it got for `visibility` (the queue's default
+    /// when none).
+    async fn receive_hidden(
+        &self,
+        url: &str,
+        max: u32,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<QueueMessage>, QueueError> {
         let out = self
             .client
             .receive_message()
             .queue_url(url)
+            .set_visibility_timeout(visibility.map(|v| i32::try_from(v.as_secs()).unwrap_or(60)))
             .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
             .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -280,14 +340,7 @@ impl Queue for SqsQueue {
     }
 
     async fn ack(&self, message: &QueueMessage) -> Result<(), QueueError> {
-        self.client
-            .delete_message()
-            .queue_url(&self.pair.url)
-            .receipt_handle(&message.receipt)
-            .send()
-            .await
-            .map_err(|e| sdk_err(&self.pair.url, &e))?;
-        Ok(())
+        self.delete(&self.pair.url, &message.receipt).await
     }
 
     async fn retry_later(&self, message: &QueueMessage, after: Duration) -> Result<(), QueueError> {
@@ -321,5 +374,61 @@ impl Queue for SqsQueue {
 
     async fn waiting(&self) -> Result<u64, QueueError> {
         self.depth().await
+    }
+
+    async fn list_dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let received = self.receive_all_dead(max).await?;
+        for message in &received {
+            self.release(&self.pair.dlq_url, &message.receipt).await?;
+        }
+        Ok(received
+            .into_iter()
+            .take(max)
+            .map(|mut m| {
+                let reason = m.attributes.remove(DEAD_LETTER_REASON).unwrap_or_else(|| {
+                    "moved by SQS's redrive policy: received maxReceiveCount times without being deleted"
+                        .to_owned()
+                });
+                DeadLetter {
+                    id: m.id,
+                    body: m.body,
+                    reason,
+                    receive_count: m.receive_count,
+                    attributes: m.attributes,
+                }
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let received = self.receive_all_dead(usize::MAX).await?;
+        let mut moved = 0;
+        for message in received {
+            if ids.is_some_and(|ids| !ids.contains(&message.id)) {
+                self.release(&self.pair.dlq_url, &message.receipt).await?;
+                continue;
+            }
+            let attributes: Vec<(&str, &str)> = message
+                .attributes
+                .iter()
+                .filter(|(k, _)| k.as_str() != DEAD_LETTER_REASON)
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.send(&self.pair.url, &message.body, None, &attributes)
+                .await?;
+            self.delete(&self.pair.dlq_url, &message.receipt).await?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        // Message by message rather than PurgeQueue: the count is exact and a
+        // second purge within 60 s is not refused.
+        let received = self.receive_all_dead(usize::MAX).await?;
+        for message in &received {
+            self.delete(&self.pair.dlq_url, &message.receipt).await?;
+        }
+        Ok(received.len() as u64)
     }
 }

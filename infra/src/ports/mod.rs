@@ -33,6 +33,7 @@ pub use github::{
     RunnerGroup, RunnerScope,
 };
 pub use queue::{
-    DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, Queue, QueueError, QueueMessage,
+    DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, Queue, QueueError,
+    QueueMessage,
 };
 pub use secrets::{JitConfig, RunnerSecrets, SecretError};

@@ -34,6 +34,22 @@ pub struct QueueMessage {
     pub attributes: HashMap<String, String>,
 }
 
+/// A message in a dead-letter queue, as an operator inspects it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter queue (what `redrive` takes).
+    pub id: String,
+    /// The body, as it was published.
+    pub body: String,
+    /// Why it was dead-lettered: jitr's reason, or the queue's own redrive
+    /// after too many receives.
+    pub reason: String,
+    /// Receives so far (SQS: including inspections, which are receives).
+    pub receive_count: u32,
+    /// Its message attributes, the reason's aside.
+    pub attributes: HashMap<String, String>,
+}
+
 /// The queue failed.
 #[derive(Debug, Error)]
 #[error("queue {queue}: {source}")]
@@ -67,4 +83,13 @@ pub trait Queue: Send + Sync {
     async fn dead_letter_depth(&self) -> Result<u64, QueueError>;
     /// Messages waiting in the queue itself (SQS: approximately, visible ones).
     async fn waiting(&self) -> Result<u64, QueueError>;
+    /// Up to `max` dead letters, oldest first where the queue keeps an order,
+    /// left in place.
+    async fn list_dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Moves dead letters back to the queue — those with `ids`, or all — with
+    /// their bodies and attributes (the reason aside) and a fresh receive
+    /// count. Returns how many moved.
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
+    /// Deletes every dead letter. Returns how many there were.
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
 }
