@@ -301,6 +301,10 @@ impl Queue for LocalQueue {
         Ok(moved as u64)
     }
 
+    fn lists_without_receiving(&self) -> bool {
+        true
+    }
+
     async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
         let purged = self
             .lock()

@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod embedded;
 #[cfg(feature = "aws")]
 pub mod lambda;
+pub mod page;
 pub mod serve;
 
 /// The handlers `jitr lambda` runs.

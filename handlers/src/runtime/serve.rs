@@ -179,16 +179,21 @@ type SharedViews = Arc<std::sync::RwLock<Arc<jitr_projections::RunnerViews>>>;
 struct Observed {
     views: SharedViews,
     queues: Vec<(String, Arc<dyn Queue>)>,
+    store: Arc<dyn jitr_infra::RunnerLog>,
+    policy: Arc<RunnerPolicy>,
 }
 
 impl Observed {
-    /// The figures of now: the views' and each queue's depths.
-    async fn snapshot(&self) -> crate::app::metrics::Snapshot {
-        let views = self
-            .views
+    fn views(&self) -> Arc<jitr_projections::RunnerViews> {
+        self.views
             .read()
             .map(|v| v.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The figures of now: the views' and each queue's depths.
+    async fn snapshot(&self) -> crate::app::metrics::Snapshot {
+        let views = self.views();
         let mut snapshot = crate::app::metrics::Snapshot::of_views(&views, now());
         for (name, queue) in &self.queues {
             match (queue.waiting().await, queue.dead_letter_depth().await) {
@@ -199,6 +204,98 @@ impl Observed {
             }
         }
         snapshot
+    }
+}
+
+/// `GET /`: the fleet page.
+async fn fleet_route(
+    State(observed): State<Arc<Observed>>,
+    axum::extract::Query(filter): axum::extract::Query<super::page::Filter>,
+) -> axum::response::Response {
+    use askama::Template;
+    let mut queues = Vec::new();
+    for (name, queue) in &observed.queues {
+        let (waiting, dead) = match (queue.waiting().await, queue.dead_letter_depth().await) {
+            (Ok(w), Ok(d)) => (w, d),
+            _ => continue,
+        };
+        let reasons = if dead > 0 && queue.lists_without_receiving() {
+            queue
+                .list_dead_letters(usize::MAX)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .rev()
+                .take(3)
+                .map(|l| l.reason)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        queues.push(super::page::QueueRow {
+            name: name.clone(),
+            waiting,
+            dead,
+            alarming: dead as f64 > jitr_infra::DLQ_ALARM_THRESHOLD,
+            reasons,
+        });
+    }
+    let page = super::page::FleetPage::of(
+        &observed.views(),
+        now(),
+        &observed.policy.quotas,
+        observed
+            .policy
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
+        queues,
+        filter,
+    );
+    html(page.render())
+}
+
+/// `GET /runners/{stream}`: one runner's timeline.
+async fn runner_route(
+    State(observed): State<Arc<Observed>>,
+    axum::extract::Path(stream): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use askama::Template;
+    use axum::response::IntoResponse;
+    let Ok(stream_id) = jitr_domain::StreamId::parse(&stream) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{stream} is not a runner id"),
+        )
+            .into_response();
+    };
+    match crate::commands::history::timelines(&*observed.store, &stream_id.to_string()).await {
+        Ok(found) => match found.first() {
+            Some(timeline) => html(super::page::RunnerPage::of(timeline).render()),
+            None => (
+                StatusCode::NOT_FOUND,
+                format!("no runner {stream} in the log"),
+            )
+                .into_response(),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// The pages' policy: no script, nothing from elsewhere, inline style only.
+const PAGE_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'";
+
+fn html(rendered: Result<String, askama::Error>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match rendered {
+        Ok(page) => (
+            [(axum::http::header::CONTENT_SECURITY_POLICY, PAGE_POLICY)],
+            axum::response::Html(page),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -315,6 +412,8 @@ pub async fn run(
             ("compensation".into(), app.ports.compensation_queue.clone()),
             ("ec2-events".into(), app.ports.ec2_events_queue.clone()),
         ],
+        store: app.ports.store.clone(),
+        policy: app.policy.clone(),
     });
     let router = Router::new()
         .route("/webhook", post(webhook_route))
@@ -324,6 +423,8 @@ pub async fn run(
         .merge(
             Router::new()
                 .route("/metrics", get(metrics_route))
+                .route("/", get(fleet_route))
+                .route("/runners/{*stream}", get(runner_route))
                 .with_state(observed),
         );
     let mut http_stop = stop.clone();

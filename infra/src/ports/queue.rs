@@ -92,4 +92,10 @@ pub trait Queue: Send + Sync {
     async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
     /// Deletes every dead letter. Returns how many there were.
     async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
+    /// Whether [`Queue::list_dead_letters`] only reads (SQS must receive, which
+    /// hides the messages for a while and counts a receive): pages that
+    /// refresh list only where it does.
+    fn lists_without_receiving(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,325 @@
+//! The fleet page `jitr serve` answers at `/`, and each runner's timeline at
+//! `/runners/{stream}`: server-rendered HTML (askama templates under
+//! `handlers/templates/`), no script, read-only. It shows what the log and the
+//! queues say — never a secret (no JIT config, no token, no webhook secret).
+
+use askama::Template;
+use jitr_domain::{Market, RunnerStatus, Timestamp};
+use jitr_projections::{RunnerViews, pool_of};
+
+use crate::commands::history::Timeline;
+use crate::commands::report::{describe, reason, rfc3339};
+
+/// One market's use against its quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarketRow {
+    /// `spot`, `on-demand`, `stray`.
+    pub market: String,
+    /// Instances that may be alive.
+    pub instances: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+    /// The configured quota, or `—` when not configured.
+    pub quota: String,
+}
+
+/// One pool's instances in one market.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRow {
+    /// The pool.
+    pub pool: String,
+    /// The market.
+    pub market: String,
+    /// Instances that may be alive.
+    pub instances: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+}
+
+/// One open runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerRow {
+    /// Its stream id.
+    pub stream: String,
+    /// Its timeline page.
+    pub href: String,
+    /// Its pool.
+    pub pool: String,
+    /// Its status.
+    pub status: String,
+    /// Its instance, or `—`.
+    pub instance: String,
+    /// The instance's market, or `—`.
+    pub market: String,
+    /// Since its request.
+    pub age: String,
+}
+
+/// A runner (or stray instance) owed a termination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwedRow {
+    /// The runner's stream id.
+    pub stream: String,
+    /// Its timeline page.
+    pub href: String,
+    /// Its status.
+    pub status: String,
+    /// The instance, or `—`.
+    pub instance: String,
+    /// Its vCPUs, or `—`.
+    pub vcpus: String,
+    /// How long it has been owed.
+    pub owed_for: String,
+    /// Longer than ten minutes.
+    pub overdue: bool,
+    /// Why.
+    pub reason: String,
+    /// `requested` or `not yet`, and whether a stray.
+    pub requested: String,
+}
+
+/// One queue's depths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRow {
+    /// Its name.
+    pub name: String,
+    /// Messages waiting.
+    pub waiting: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Above the alarm threshold.
+    pub alarming: bool,
+    /// The latest dead letters' reasons.
+    pub reasons: Vec<String>,
+}
+
+/// Which runners the page lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Filter {
+    /// Only this status (kebab-case), when not empty.
+    #[serde(default)]
+    pub status: String,
+    /// Only this pool, when not empty.
+    #[serde(default)]
+    pub pool: String,
+}
+
+/// The fleet page.
+#[derive(Template)]
+#[template(path = "fleet.html")]
+pub struct FleetPage {
+    now: String,
+    position: u64,
+    markets: Vec<MarketRow>,
+    pools: Vec<PoolRow>,
+    owed: Vec<OwedRow>,
+    statuses: Vec<String>,
+    pool_names: Vec<String>,
+    filter_status: String,
+    filter_pool: String,
+    counts: Vec<(String, String, u64)>,
+    runners: Vec<RunnerRow>,
+    queues: Vec<QueueRow>,
+}
+
+/// A runner's timeline page.
+#[derive(Template)]
+#[template(path = "runner.html")]
+pub struct RunnerPage {
+    stream: String,
+    status: String,
+    instance: String,
+    events: Vec<EventRow>,
+}
+
+/// One event of a timeline page.
+pub struct EventRow {
+    seq: u64,
+    at: String,
+    offset: String,
+    kind: &'static str,
+    what: String,
+}
+
+/// The link to a runner's timeline (its id percent-encoded: it holds `/` and
+/// `#`).
+pub fn runner_href(stream: &str) -> String {
+    format!(
+        "/runners/{}",
+        percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+fn status_name(status: RunnerStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{status:?}"))
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl FleetPage {
+    /// The page of `views` at `now`: `quotas` are the configured ones,
+    /// `queues` the depths read just before, `filter` from the query string.
+    pub fn of(
+        views: &RunnerViews,
+        now: Timestamp,
+        quotas: &[(Market, u32)],
+        pool_names: Vec<String>,
+        queues: Vec<QueueRow>,
+        filter: Filter,
+    ) -> Self {
+        let fleet = views.fleet();
+        let quota = |market: Market| {
+            quotas
+                .iter()
+                .find(|(m, _)| *m == market)
+                .map_or_else(|| "—".to_owned(), |(_, q)| q.to_string())
+        };
+        let markets = vec![
+            MarketRow {
+                market: "spot".into(),
+                instances: fleet.spot.instances,
+                vcpus: fleet.spot.vcpus,
+                quota: quota(Market::Spot),
+            },
+            MarketRow {
+                market: "on-demand".into(),
+                instances: fleet.on_demand.instances,
+                vcpus: fleet.on_demand.vcpus,
+                quota: quota(Market::OnDemand),
+            },
+            MarketRow {
+                market: "stray".into(),
+                instances: fleet.strays.instances,
+                vcpus: fleet.strays.vcpus,
+                quota: "—".into(),
+            },
+        ];
+        let mut by_pool: std::collections::BTreeMap<(String, &'static str), (u32, u32)> =
+            std::collections::BTreeMap::new();
+        let mut runners = Vec::new();
+        for (stream, state) in &views.open {
+            let pool = pool_of(state).to_owned();
+            let alive = state.instance_may_be_alive();
+            if let (true, Some(instance)) = (alive, state.instance()) {
+                let entry = by_pool
+                    .entry((pool.clone(), instance.market.as_str()))
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += instance.vcpus;
+            }
+            let status = status_name(state.status());
+            if (!filter.status.is_empty() && filter.status != status)
+                || (!filter.pool.is_empty() && filter.pool != pool)
+            {
+                continue;
+            }
+            let stream = stream.to_string();
+            runners.push(RunnerRow {
+                href: runner_href(&stream),
+                stream,
+                pool,
+                status,
+                instance: state
+                    .instance()
+                    .map_or_else(|| "—".to_owned(), |i| i.id.to_string()),
+                market: state
+                    .instance()
+                    .map_or_else(|| "—".to_owned(), |i| i.market.as_str().to_owned()),
+                age: state
+                    .request
+                    .as_ref()
+                    .map_or_else(|| "—".to_owned(), |r| duration(now.millis_since(r.at))),
+            });
+        }
+        let owed = views
+            .open_leaks(now)
+            .into_iter()
+            .map(|leak| {
+                let stream = leak.stream.to_string();
+                let ms = now.millis_since(leak.owed_since);
+                OwedRow {
+                    href: runner_href(&stream),
+                    stream,
+                    status: status_name(leak.status),
+                    instance: leak
+                        .instance_id
+                        .map_or_else(|| "—".to_owned(), |i| i.to_string()),
+                    vcpus: leak.vcpus.map_or_else(|| "—".to_owned(), |v| v.to_string()),
+                    owed_for: duration(ms),
+                    overdue: ms > 600_000,
+                    reason: reason(&leak.reason),
+                    requested: match (leak.termination_requested, leak.stray) {
+                        (_, true) => "requested (stray)".into(),
+                        (true, false) => "requested".into(),
+                        (false, false) => "not yet".into(),
+                    },
+                }
+            })
+            .collect();
+        FleetPage {
+            now: rfc3339(now),
+            position: views.position,
+            markets,
+            pools: by_pool
+                .into_iter()
+                .map(|((pool, market), (instances, vcpus))| PoolRow {
+                    pool,
+                    market: market.to_owned(),
+                    instances,
+                    vcpus,
+                })
+                .collect(),
+            owed,
+            statuses: RunnerStatus::ALL.iter().map(|s| status_name(*s)).collect(),
+            pool_names,
+            filter_status: filter.status,
+            filter_pool: filter.pool,
+            counts: views
+                .by_pool_and_status()
+                .into_iter()
+                .map(|((pool, status), n)| (pool, status_name(status), n))
+                .collect(),
+            runners,
+            queues,
+        }
+    }
+}
+
+impl RunnerPage {
+    /// The page of one runner's timeline.
+    pub fn of(timeline: &Timeline) -> Self {
+        let start = timeline.events.first().map(|e| e.event.at());
+        RunnerPage {
+            stream: timeline.stream.to_string(),
+            status: timeline.status.to_string(),
+            instance: timeline
+                .instance_id
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |i| i.to_string()),
+            events: timeline
+                .events
+                .iter()
+                .map(|e| EventRow {
+                    seq: e.seq,
+                    at: e.at.clone(),
+                    offset: format!(
+                        "{:.1} s",
+                        start.map_or(0, |s| e.event.at().millis_since(s)) as f64 / 1000.0
+                    ),
+                    kind: e.event.kind(),
+                    what: describe(&e.event),
+                })
+                .collect(),
+        }
+    }
+}
