@@ -6,8 +6,6 @@
 //! under the target directory (`screenshots/`) as CI artifacts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jitr_domain::{
@@ -19,53 +17,11 @@ use jitr_infra::{CommandId, EventStore, LocalQueue, Queue, SqliteEventStore};
 #[path = "support/serve.rs"]
 mod support;
 use support::Job;
+#[path = "support/browser.rs"]
+mod browser;
+use browser::{browse, screenshots};
 
 const SECRET: &str = "page-secret";
-
-fn chromium() -> String {
-    std::env::var("JITR_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into())
-}
-
-/// Chromium, headless, on `url`, with `what` (`--dump-dom` or
-/// `--screenshot=FILE`). (Chromium's switch for scripts off also stops
-/// `--dump-dom` and `--screenshot`; the pages carry no script, and their
-/// Content-Security-Policy forbids any, which the test asserts.)
-fn browse(url: &str, what: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--window-size=1280,1400",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(what)
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}: install Debian's chromium (`bash .ci/run` does)",
-                chromium()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn screenshots() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn now() -> Timestamp {
     Timestamp(

@@ -126,6 +126,45 @@ pub struct LeakFigures {
     pub compensation_latency_ms: Distribution,
 }
 
+/// vCPUs of one market at one moment, by what they were doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VcpuBands {
+    /// Instances some runner wanted.
+    pub legitimate: u32,
+    /// Instances owed a termination, within the grace (compensation at work).
+    pub owed: u32,
+    /// Instances owed a termination for longer than the grace: orphans.
+    pub orphaned: u32,
+}
+
+/// The fleet's vCPUs at one moment, by market.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VcpuSample {
+    /// The moment (ms since the epoch).
+    pub at_ms: i64,
+    /// On-demand.
+    pub on_demand: VcpuBands,
+    /// Spot.
+    pub spot: VcpuBands,
+}
+
+/// A runner that was ever owed a termination, and how long it took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwedRecord {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its instance, when known.
+    pub instance_id: Option<String>,
+    /// Its market, when known.
+    pub market: Option<Market>,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// When the termination became owed.
+    pub owed_since_ms: i64,
+    /// When `Terminated` was recorded, if it was.
+    pub terminated_ms: Option<i64>,
+}
+
 fn overlap(a: (i64, i64), b: (i64, i64)) -> i64 {
     (a.1.min(b.1) - a.0.max(b.0)).max(0)
 }
@@ -180,6 +219,88 @@ impl Ledger {
         }
         figures.compensation_latency_ms = Distribution::of(latencies);
         figures
+    }
+
+    /// The fleet's vCPUs at `samples` evenly spaced moments of `[since,
+    /// until]`, each instance counted from its launch (its intent while
+    /// unresolved) until gone: legitimate, then owed within `grace_ms` of its
+    /// termination becoming owed, then orphaned.
+    pub fn vcpu_series(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        samples: usize,
+        grace_ms: u64,
+    ) -> Vec<VcpuSample> {
+        let samples = samples.max(2);
+        let span = (until.0 - since.0).max(0);
+        let mut series: Vec<VcpuSample> = (0..samples)
+            .map(|i| VcpuSample {
+                at_ms: since.0 + span * i as i64 / (samples - 1) as i64,
+                ..VcpuSample::default()
+            })
+            .collect();
+        for account in self.runners.values() {
+            let Some(launch) = account.state.launch.as_ref() else {
+                continue;
+            };
+            // Alive at `until` itself unless `Terminated` came by then.
+            let end = match (account.terminated_at, account.gone_at(until)) {
+                (Some(t), _) => t.0,
+                (None, Some(_)) => until.0 + 1,
+                (None, None) => continue,
+            };
+            let start = account
+                .state
+                .instance()
+                .map_or(launch.intended_at, |i| i.launched_at);
+            let market = account.state.instance().map_or(launch.market, |i| i.market);
+            let owed = account.owed_since(until);
+            let vcpus = account.vcpus();
+            for sample in &mut series {
+                let t = sample.at_ms;
+                if t < start.0 || t >= end {
+                    continue;
+                }
+                let bands = match market {
+                    Market::OnDemand => &mut sample.on_demand,
+                    Market::Spot => &mut sample.spot,
+                };
+                match owed {
+                    Some(o) if t >= o.plus_ms(grace_ms).0 => bands.orphaned += vcpus,
+                    Some(o) if t >= o.0 => bands.owed += vcpus,
+                    _ => bands.legitimate += vcpus,
+                }
+            }
+        }
+        series
+    }
+
+    /// Every runner that was owed a termination up to `until`, in the order
+    /// the debts began.
+    pub fn owed_records(&self, until: Timestamp) -> Vec<OwedRecord> {
+        let mut records: Vec<OwedRecord> = self
+            .runners
+            .iter()
+            .filter(|(_, a)| a.gone_at(until).is_some())
+            .filter_map(|(stream, a)| {
+                let owed = a.owed_since(until)?;
+                Some(OwedRecord {
+                    stream: stream.clone(),
+                    instance_id: a.state.instance().map(|i| i.id.0.clone()),
+                    market: a
+                        .state
+                        .instance()
+                        .map(|i| i.market)
+                        .or_else(|| a.state.launch.as_ref().map(|l| l.market)),
+                    vcpus: a.vcpus(),
+                    owed_since_ms: owed.0,
+                    terminated_ms: a.terminated_at.map(|t| t.0),
+                })
+            })
+            .collect();
+        records.sort_by(|a, b| (a.owed_since_ms, &a.stream).cmp(&(b.owed_since_ms, &b.stream)));
+        records
     }
 
     /// Runners by status at the horizon.

@@ -344,3 +344,37 @@ fn closed_runners_are_counted_not_kept() {
     assert_eq!(views.after_close, 1);
     assert!(views.open.is_empty());
 }
+
+/// The audit's chart: each instance in its market's band at each moment —
+/// legitimate, owed within the grace, orphaned — and nothing once gone.
+#[test]
+fn the_vcpu_series_puts_each_instance_in_its_band() {
+    use crate::accounting::{Ledger, VcpuBands};
+    let mut ledger = Ledger::default();
+    for (_, s, e) in feed(&mixed()) {
+        ledger.apply(&s, &e, None);
+    }
+    // One sample a second from 0 to 200 s.
+    let series = ledger.vcpu_series(at(0), at(200), 201, 60_000);
+    let bands = |secs: usize| (series[secs].on_demand, series[secs].spot);
+    let b = |legitimate, owed, orphaned| VcpuBands {
+        legitimate,
+        owed,
+        orphaned,
+    };
+    // Before the launches at 2 s: nothing.
+    assert_eq!(bands(1), (b(0, 0, 0), b(0, 0, 0)));
+    // 10 s: the on-demand runner runs; on spot the draining one is wanted,
+    // the one that failed at 3 s is owed (grace 60 s), the done one is gone.
+    assert_eq!(bands(10), (b(4, 0, 0), b(4, 4, 0)));
+    // 100 s: the failed one is an orphan.
+    assert_eq!(bands(100), (b(4, 0, 0), b(4, 0, 4)));
+    // 150 s: the draining one's grace ended at 124 s: owed.
+    assert_eq!(bands(150), (b(4, 0, 0), b(0, 4, 4)));
+    // 190 s: both orphans.
+    assert_eq!(bands(190), (b(4, 0, 0), b(0, 0, 8)));
+    let owed = ledger.owed_records(at(200));
+    let streams: Vec<_> = owed.iter().map(|o| o.stream.clone()).collect();
+    assert_eq!(streams, vec![stream(2), stream(4)]);
+    assert!(owed.iter().all(|o| o.terminated_ms.is_none()));
+}

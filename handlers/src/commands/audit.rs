@@ -679,6 +679,29 @@ pub struct Args {
     aws: bool,
     #[command(flatten)]
     target: super::AwsTarget,
+    /// Also write the report as one self-contained HTML file: vCPUs over time
+    /// per market (legitimate / owed / orphaned, the quota as a line),
+    /// failures by stage, every runner ever owed a termination. The chart
+    /// spans the window: to --until (or --as-of, --now), else to now, or to the
+    /// last event when that was more than a day ago.
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
+    /// The on-demand vCPU quota, drawn as a line in the HTML report.
+    #[arg(long, value_name = "VCPUS")]
+    on_demand_quota: Option<u32>,
+    /// The spot vCPU quota, drawn as a line in the HTML report.
+    #[arg(long, value_name = "VCPUS")]
+    spot_quota: Option<u32>,
+}
+
+/// Where and how to write the HTML report.
+pub struct HtmlReport {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The quotas to draw.
+    pub quotas: super::audit_html::Quotas,
+    /// The chart ends here when given (else at the last event).
+    pub until: Option<Timestamp>,
 }
 
 /// Replays the log and prints the report; exit 1 when it fails.
@@ -695,6 +718,14 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         orphan_grace_ms: args.orphan_grace.as_millis() as u64,
     };
     let horizon = args.as_of.or(args.until);
+    let html = args.html.clone().map(|path| HtmlReport {
+        path,
+        quotas: super::audit_html::Quotas {
+            on_demand: args.on_demand_quota,
+            spot: args.spot_quota,
+        },
+        until: args.as_of.or(args.until).or(args.now),
+    });
     if args.aws {
         #[cfg(feature = "aws")]
         {
@@ -708,7 +739,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            return print_audit(&store, args.json, window, horizon, cloud).await;
+            return print_audit(&store, args.json, window, horizon, cloud, html).await;
         }
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
@@ -731,7 +762,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_audit(&store, args.json, window, horizon, cloud).await
+    print_audit(&store, args.json, window, horizon, cloud, html).await
 }
 
 /// Replays `store` up to `horizon` and judges it; reports the open runners whose
@@ -742,6 +773,16 @@ pub async fn audit<S: EventStore + ?Sized>(
     horizon: Option<Timestamp>,
     progress: impl FnMut(u64),
 ) -> Result<AuditReport, StoreError> {
+    Ok(replay_and_judge(store, window, horizon, progress).await?.1)
+}
+
+/// [`audit`], with the replay it judged.
+async fn replay_and_judge<S: EventStore + ?Sized>(
+    store: &S,
+    window: AuditWindow,
+    horizon: Option<Timestamp>,
+    progress: impl FnMut(u64),
+) -> Result<(Replay, AuditReport), StoreError> {
     let replayed = replay(store, horizon, progress).await?;
     let mut report = judge(&replayed, window);
     report.unreadable_heads = store
@@ -751,7 +792,7 @@ pub async fn audit<S: EventStore + ?Sized>(
         .into_iter()
         .map(|u| (u.key, u.reason))
         .collect();
-    Ok(report)
+    Ok((replayed, report))
 }
 
 /// Replays `store` up to `horizon`, judges it, optionally against the cloud's
@@ -762,11 +803,34 @@ pub async fn print_audit<S: EventStore + ?Sized>(
     window: AuditWindow,
     horizon: Option<Timestamp>,
     cloud: Option<Vec<jitr_infra::ManagedInstance>>,
+    html: Option<HtmlReport>,
 ) -> anyhow::Result<ExitCode> {
     let total = store.last_position().await?;
     let bar = super::progress_bar(total, json && total < 100_000);
-    let mut report = audit(store, window, horizon, |p| bar.set_position(p)).await?;
+    let (replayed, mut report) =
+        replay_and_judge(store, window, horizon, |p| bar.set_position(p)).await?;
     bar.finish_and_clear();
+    if let Some(html) = html {
+        let since = window
+            .since
+            .or(replayed.covers.map(|(first, _)| first))
+            .unwrap_or(window.as_of);
+        // A live log's chart ends now; an old one's (a simulation's, a
+        // copy's) at its last event, unless --until says otherwise.
+        let until = html.until.unwrap_or_else(|| match replayed.covers {
+            Some((_, last)) if window.as_of.millis_since(last) > 86_400_000 => last,
+            _ => window.as_of,
+        });
+        let series = replayed
+            .ledger
+            .vcpu_series(since, until, 400, window.orphan_grace_ms);
+        let owed = replayed.ledger.owed_records(until);
+        let page = super::audit_html::render(&report, &series, &owed, html.quotas)
+            .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
+        std::fs::write(&html.path, page)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.path.display()))?;
+        eprintln!("wrote {}", html.path.display());
+    }
     if let Some(cloud) = cloud {
         report.live_check = Some(cross_check(&report, &cloud, window.as_of, 120_000));
     }

@@ -14,6 +14,7 @@ use jitr_domain::Timestamp;
 use jitr_infra::SqliteEventStore;
 
 pub mod audit;
+pub mod audit_html;
 pub mod bench;
 pub mod bootstrap_script;
 pub mod config;

@@ -1,0 +1,157 @@
+//! `jitr audit --html` over the seed incident, simulated without and with
+//! compensation: the data behind the charts shows the uncompensated run's
+//! orphans climbing to the on-demand quota, and the compensated run's orphan
+//! band flat at zero. The files are loaded in headless Chromium: the charts'
+//! SVG and the owed-runners table are in the rendered DOM; screenshots are
+//! saved under the target directory.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[path = "support/browser.rs"]
+mod browser;
+use browser::{browse, screenshots};
+
+const ON_DEMAND_QUOTA: u64 = 32;
+const SPOT_QUOTA: u64 = 8;
+
+fn jitr(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_jitr"))
+        .args(args)
+        .output()
+        .expect("run jitr")
+}
+
+/// Simulates the seed incident in a new data directory and writes its HTML
+/// audit; returns the file's text and the path.
+fn report(dir: &std::path::Path, compensated: bool) -> (String, std::path::PathBuf) {
+    let data = dir.join(if compensated { "with" } else { "without" });
+    let data_s = data.to_str().unwrap();
+    let mut args = vec![
+        "simulate",
+        "--scenario",
+        "seed-incident",
+        "--data-dir",
+        data_s,
+    ];
+    if !compensated {
+        args.push("--without-compensation");
+    }
+    let sim = jitr(&args);
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    let html = dir.join(if compensated {
+        "with.html"
+    } else {
+        "without.html"
+    });
+    let audit = jitr(&[
+        "audit",
+        "--data-dir",
+        data_s,
+        "--html",
+        html.to_str().unwrap(),
+        "--on-demand-quota",
+        &ON_DEMAND_QUOTA.to_string(),
+        "--spot-quota",
+        &SPOT_QUOTA.to_string(),
+        // The simulation's end: T0 of `jitr simulate` plus its three hours.
+        "--until",
+        "2026-05-04T07:22:00Z",
+    ]);
+    assert!(
+        audit.status.code() == Some(0) || audit.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    (std::fs::read_to_string(&html).unwrap(), html)
+}
+
+/// The JSON behind the charts.
+fn chart_data(html: &str) -> Value {
+    let start = html
+        .find("<script type=\"application/json\" id=\"chart-data\">")
+        .expect("chart data embedded");
+    let rest = &html[start..];
+    let json = &rest[rest.find('>').unwrap() + 1..rest.find("</script>").unwrap()];
+    serde_json::from_str(&json.replace("<\\/", "</")).unwrap()
+}
+
+fn band_max(data: &Value, market: &str, band: &str) -> u64 {
+    data["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[market][band].as_u64().unwrap())
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn the_seed_incidents_audit_shows_the_death_spiral_without_compensation_and_none_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (without, without_path) = report(dir.path(), false);
+    let (with, with_path) = report(dir.path(), true);
+
+    let spiral = chart_data(&without);
+    assert_eq!(spiral["quotas"]["on_demand"], ON_DEMAND_QUOTA);
+    assert!(spiral["series"].as_array().unwrap().len() >= 100);
+    // Orphans climb until they hold the whole on-demand quota.
+    assert_eq!(band_max(&spiral, "on_demand", "orphaned"), ON_DEMAND_QUOTA);
+    let last = spiral["series"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["on_demand"]["orphaned"], ON_DEMAND_QUOTA,
+        "and keep it"
+    );
+    assert!(without.contains("never terminated"), "owed runners listed");
+    assert!(
+        without.contains("runners waiting for capacity"),
+        "the jobs the orphans keep out"
+    );
+
+    let flat = chart_data(&with);
+    assert_eq!(band_max(&flat, "on_demand", "orphaned"), 0);
+    assert_eq!(band_max(&flat, "spot", "orphaned"), 0);
+    assert!(band_max(&flat, "on_demand", "legitimate") > 0, "jobs ran");
+    assert!(!with.contains("never terminated"));
+    assert!(!with.contains("runners waiting for capacity"));
+
+    // As a browser renders them: the charts' SVG, the tables, no script run.
+    let shots = screenshots();
+    for (name, path, text) in [
+        ("audit-without-compensation.png", &without_path, &without),
+        ("audit-with-compensation.png", &with_path, &with),
+    ] {
+        let url = format!("file://{}", path.display());
+        let dom = browse(&url, "--dump-dom");
+        for id in ["chart-on-demand", "chart-spot"] {
+            let chart = dom
+                .split(&format!("id=\"{id}\""))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {id} in {name}"));
+            assert!(
+                chart
+                    .trim_start_matches('>')
+                    .trim_start()
+                    .starts_with("<svg"),
+                "{id} is an SVG"
+            );
+        }
+        assert!(dom.contains("id=\"owed-runners\""));
+        assert!(dom.contains("id=\"failures\""));
+        assert_eq!(
+            dom.matches("<tr class=\"owed\">").count(),
+            text.matches("<tr class=\"owed\">").count()
+        );
+        let file = shots.join(name);
+        let _ = std::fs::remove_file(&file);
+        browse(&url, &format!("--screenshot={}", file.display()));
+        let png = std::fs::read(&file).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG"));
+        eprintln!("screenshot {} ({} bytes)", file.display(), png.len());
+    }
+}
