@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
 
-use jitr_domain::{Market, Timestamp};
+use jitr_domain::Timestamp;
 use jitr_infra::emf_line;
 use jitr_projections::RunnerViews;
 use prometheus_client::encoding::text::encode;
@@ -400,7 +400,7 @@ impl Snapshot {
             runners: views
                 .by_pool_and_status()
                 .into_iter()
-                .map(|((pool, status), n)| (pool, status_name(status), n))
+                .map(|((pool, status), n)| (pool, status.as_str().to_owned(), n))
                 .collect(),
             launched: views
                 .launched
@@ -408,7 +408,7 @@ impl Snapshot {
                 .flat_map(|(market, types)| {
                     types
                         .iter()
-                        .map(move |(t, n)| (market_name(*market).to_owned(), t.clone(), *n))
+                        .map(move |(t, n)| (market.as_str().to_owned(), t.clone(), *n))
                 })
                 .collect(),
             terminations: views
@@ -465,17 +465,6 @@ impl Snapshot {
             );
         }
     }
-}
-
-fn status_name(status: jitr_domain::RunnerStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{status:?}").to_lowercase())
-}
-
-fn market_name(market: Market) -> &'static str {
-    market.as_str()
 }
 
 /// This process's metrics and `snapshot` in the OpenMetrics 1.0 text format

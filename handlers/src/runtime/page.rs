@@ -150,13 +150,6 @@ pub fn runner_href(stream: &str) -> String {
     )
 }
 
-fn status_name(status: RunnerStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{status:?}"))
-}
-
 fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -217,7 +210,7 @@ impl FleetPage {
                 entry.0 += 1;
                 entry.1 += instance.vcpus;
             }
-            let status = status_name(state.status());
+            let status = state.status().as_str().to_owned();
             if (!filter.status.is_empty() && filter.status != status)
                 || (!filter.pool.is_empty() && filter.pool != pool)
             {
@@ -250,7 +243,7 @@ impl FleetPage {
                 OwedRow {
                     href: runner_href(&stream),
                     stream,
-                    status: status_name(leak.status),
+                    status: leak.status.as_str().to_owned(),
                     instance: leak
                         .instance_id
                         .map_or_else(|| "—".to_owned(), |i| i.to_string()),
@@ -280,14 +273,17 @@ impl FleetPage {
                 })
                 .collect(),
             owed,
-            statuses: RunnerStatus::ALL.iter().map(|s| status_name(*s)).collect(),
+            statuses: RunnerStatus::ALL
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
             pool_names,
             filter_status: filter.status,
             filter_pool: filter.pool,
             counts: views
                 .by_pool_and_status()
                 .into_iter()
-                .map(|((pool, status), n)| (pool, status_name(status), n))
+                .map(|((pool, status), n)| (pool, status.as_str().to_owned(), n))
                 .collect(),
             runners,
             queues,
