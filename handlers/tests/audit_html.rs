@@ -49,20 +49,30 @@ fn report(dir: &std::path::Path, compensated: bool) -> (String, std::path::PathB
     } else {
         "without.html"
     });
-    let audit = jitr(&[
-        "audit",
-        "--data-dir",
-        data_s,
-        "--html",
-        html.to_str().unwrap(),
-        "--on-demand-quota",
-        &ON_DEMAND_QUOTA.to_string(),
-        "--spot-quota",
-        &SPOT_QUOTA.to_string(),
-        // The simulation's end: T0 of `jitr simulate` plus its three hours.
-        "--until",
-        "2026-05-04T07:22:00Z",
-    ]);
+    // The quotas as flags, or (the compensated run) from a pool file's
+    // `[quotas]`.
+    let pools = dir.join("pools.toml");
+    std::fs::write(
+        &pools,
+        format!(
+            "[[pool]]\nname = \"default\"\nlabels = [\"linux\"]\n\
+             instance_types = [\"c5.xlarge\"]\nvcpus = 4\nimage = \"ami-jitr-runner\"\n\n\
+             [quotas]\non_demand_vcpus = {ON_DEMAND_QUOTA}\nspot_vcpus = {SPOT_QUOTA}\n"
+        ),
+    )
+    .unwrap();
+    let (on_demand, spot) = (ON_DEMAND_QUOTA.to_string(), SPOT_QUOTA.to_string());
+    let quotas = if compensated {
+        vec!["--config", pools.to_str().unwrap()]
+    } else {
+        vec!["--on-demand-quota", &on_demand, "--spot-quota", &spot]
+    };
+    let html_s = html.to_str().unwrap();
+    let mut args = vec!["audit", "--data-dir", data_s, "--html", html_s];
+    args.extend(quotas);
+    // The simulation's end: T0 of `jitr simulate` plus its three hours.
+    args.extend(["--until", "2026-05-04T07:22:00Z"]);
+    let audit = jitr(&args);
     assert!(
         audit.status.code() == Some(0) || audit.status.code() == Some(1),
         "{}",
@@ -114,6 +124,8 @@ fn the_seed_incidents_audit_shows_the_death_spiral_without_compensation_and_none
     );
 
     let flat = chart_data(&with);
+    assert_eq!(flat["quotas"]["on_demand"], ON_DEMAND_QUOTA);
+    assert_eq!(flat["quotas"]["spot"], SPOT_QUOTA);
     assert_eq!(band_max(&flat, "on_demand", "orphaned"), 0);
     assert_eq!(band_max(&flat, "spot", "orphaned"), 0);
     assert!(band_max(&flat, "on_demand", "legitimate") > 0, "jobs ran");

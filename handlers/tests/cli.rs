@@ -2,11 +2,13 @@
 
 use std::process::{Command, Output};
 
-use jitr_domain::{
-    Command as RunnerCommand, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market,
-    RunnerState, StreamId, Timestamp, execute,
-};
-use jitr_infra::{CommandId, EventStore, SqliteEventStore};
+use jitr_domain::{Market, StreamId, Timestamp};
+use jitr_infra::SqliteEventStore;
+
+#[path = "support/aws.rs"]
+mod aws;
+#[path = "support/owed.rs"]
+mod owed;
 
 const T0: i64 = 1_777_868_520_000;
 
@@ -19,67 +21,15 @@ fn jitr(args: &[&str]) -> Output {
 
 /// A log with one runner that failed after launch and was never compensated.
 async fn leaked_log(dir: &std::path::Path) -> StreamId {
-    let job = JobRef {
-        owner: "acme".into(),
-        repo: "widgets".into(),
-        job_id: 77,
-        run_id: 1,
-    };
-    let stream = StreamId::for_job(&job, 1).expect("a stream id of a valid repository");
-    let mut state = RunnerState::default();
-    let mut log = Vec::new();
-    let mut step = |state: &mut RunnerState, command| {
-        let (next, events) = execute(state, command, Timestamp(T0)).unwrap();
-        *state = next;
-        log.extend(events);
-    };
-    step(
-        &mut state,
-        RunnerCommand::Request {
-            job,
-            attempt: 1,
-            labels: vec!["self-hosted".into()],
-            spec: InstanceSpec {
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-                image: "ami-1".into(),
-                pool: None,
-                avoid_spot: Vec::new(),
-            },
-            deadlines: Deadlines::default(),
-            installation: None,
-            deployment: None,
-        },
-    );
-    step(
-        &mut state,
-        RunnerCommand::IntendLaunch {
-            market: Market::OnDemand,
-        },
-    );
-    let client_token = state.pending_launch().cloned().unwrap();
-    step(
-        &mut state,
-        RunnerCommand::RecordLaunch {
-            client_token,
-            instance_id: InstanceId("i-0leak".into()),
-            instance_type: "c5.xlarge".into(),
-            vcpus: 4,
-        },
-    );
-    step(
-        &mut state,
-        RunnerCommand::Fail {
-            stage: FailureStage::Token,
-            reason: "mint failed".into(),
-        },
-    );
     let store = SqliteEventStore::open(dir.join("events.db")).unwrap();
-    store
-        .append(&stream, 0, &log, &CommandId::new("seed"))
-        .await
-        .unwrap();
-    stream
+    owed::runner_failed_after_launch(
+        &store,
+        ("acme", "widgets", 77),
+        "i-0leak",
+        None,
+        Timestamp(T0),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -254,25 +204,8 @@ fn audit_and_history_read_the_log_without_writing_it() {
 #[cfg(feature = "aws")]
 #[test]
 fn init_twice_against_the_emulator_changes_nothing_the_second_time() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("AWS_ENDPOINT_URL must point at moto: run `bash .ci/run`");
-    let prefix = format!("jitr-init-{}", std::process::id());
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_jitr"))
-            .args([
-                "init",
-                "--json",
-                "--prefix",
-                &prefix,
-                "--endpoint",
-                &endpoint,
-            ])
-            .args(["--region", "us-east-1"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .output()
-            .expect("run jitr init")
-    };
+    let prefix = aws::prefix("init");
+    let run = || aws::jitr(&prefix, &["init", "--json"]);
     let first = run();
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
@@ -366,22 +299,10 @@ async fn doctor_warns_about_a_dead_letter_queue_above_five() {
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("AWS_ENDPOINT_URL must point at moto: run `bash .ci/run`");
-    let prefix = format!("jitr-doctor-{}", std::process::id());
+    let endpoint = aws::endpoint();
+    let prefix = aws::prefix("doctor");
     let aws = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_jitr"))
-            .args(args)
-            .args([
-                "--prefix",
-                &prefix,
-                "--endpoint",
-                &endpoint,
-                "--region",
-                "us-east-1",
-            ])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+        aws::jitr_at(&prefix, args)
             .env("JITR_WEBHOOK_SECRET", "set")
             .output()
             .unwrap()

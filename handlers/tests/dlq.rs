@@ -10,6 +10,8 @@ use jitr_handlers::app::webhook::JobMessage;
 use jitr_infra::{EventStore, LocalQueue, Queue, SqliteEventStore};
 use serde_json::Value;
 
+#[path = "support/aws.rs"]
+mod aws;
 #[path = "support/serve.rs"]
 mod support;
 
@@ -186,40 +188,14 @@ async fn embedded_dead_letters_are_listed_redriven_once_and_purged_on_confirmati
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirmation() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("AWS_ENDPOINT_URL must point at moto: run `bash .ci/run`");
-    let prefix = format!("jitr-dlq-{}", std::process::id());
+    let endpoint = aws::endpoint();
+    let prefix = aws::prefix("dlq");
     let aws = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_jitr"))
-            .args(args)
-            .args([
-                "--aws",
-                "--prefix",
-                &prefix,
-                "--endpoint",
-                &endpoint,
-                "--region",
-                "us-east-1",
-            ])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .output()
-            .unwrap()
+        let mut with_aws = args.to_vec();
+        with_aws.push("--aws");
+        aws::jitr(&prefix, &with_aws)
     };
-    let init = Command::new(env!("CARGO_BIN_EXE_jitr"))
-        .args([
-            "init",
-            "--prefix",
-            &prefix,
-            "--endpoint",
-            &endpoint,
-            "--region",
-            "us-east-1",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
+    let init = aws::jitr(&prefix, &["init"]);
     assert!(init.status.success(), "{}", text(&init));
     let config = jitr_aws::AwsSettings::emulator(&endpoint).load().await;
     let lifecycle = jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
@@ -294,4 +270,74 @@ async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirm
         text(&purged)
     );
     assert_eq!(lifecycle.dead_letter_depth().await.unwrap(), 0);
+}
+
+/// `jitr serve --aws`'s fleet page shows an SQS dead letter's reason, and
+/// reading it hides nothing: a list right after still finds the message.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_of_serve_aws_shows_sqs_dead_letter_reasons_without_hiding_them() {
+    let endpoint = aws::endpoint();
+    let prefix = aws::prefix("dlq-page");
+    let init = aws::jitr(&prefix, &["init"]);
+    assert!(init.status.success(), "{}", text(&init));
+    let config = jitr_aws::AwsSettings::emulator(&endpoint).load().await;
+    let lifecycle = jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
+        .await
+        .unwrap()
+        .unwrap();
+    lifecycle.publish(&queued(8), None, &[]).await.unwrap();
+    let received = lifecycle.receive(1, Duration::from_secs(1)).await.unwrap();
+    lifecycle
+        .dead_letter(&received[0], "GitHub answered 502 <i>five</i> times")
+        .await
+        .unwrap();
+
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = aws::jitr_at(&prefix, &["serve", "--aws", "--listen", &listen])
+        .env("JITR_WEBHOOK_SECRET", SECRET)
+        .env("JITR_GITHUB_APP_ID", "1")
+        .env(
+            "JITR_GITHUB_PRIVATE_KEY_FILE",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../infra/tests/fixtures/test-app-key.pem"
+            ),
+        )
+        // Nothing here asks GitHub; a closed port if anything did.
+        .env("JITR_GITHUB_API", "http://127.0.0.1:9")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    support::wait_until_up(&http, &url).await;
+    for _ in 0..2 {
+        let page = http.get(format!("{url}/")).send().await.unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        let html = page.text().await.unwrap();
+        let queues = html
+            .split("id=\"dead-letter-queues\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no dead-letter table:\n{html}"));
+        // The reason as text: its markup escaped.
+        let unescaped = queues
+            .replace("&#60;", "<")
+            .replace("&#62;", ">")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">");
+        assert!(
+            unescaped.contains("GitHub answered 502 <i>five</i> times") && !queues.contains("<i>"),
+            "{queues}"
+        );
+        // Still visible to the next reader: the page hid nothing.
+        let listed = aws::jitr(&prefix, &["dlq", "list", "lifecycle", "--aws", "--json"]);
+        let rows: Vec<Value> =
+            serde_json::from_slice(&listed.stdout).unwrap_or_else(|_| panic!("{}", text(&listed)));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+    }
+    support::sigterm(&serve);
+    serve.wait().unwrap();
 }

@@ -8,17 +8,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use jitr_domain::{
-    Command as RunnerCommand, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market,
-    RunnerState, StreamId, Timestamp, execute,
-};
-use jitr_infra::{CommandId, EventStore, LocalQueue, Queue, SqliteEventStore};
+use jitr_domain::{StreamId, Timestamp};
+use jitr_infra::{LocalQueue, Queue, SqliteEventStore};
 
 #[path = "support/serve.rs"]
 mod support;
 use support::Job;
 #[path = "support/browser.rs"]
 mod browser;
+#[path = "support/owed.rs"]
+mod owed;
 use browser::{browse, screenshots};
 
 const SECRET: &str = "page-secret";
@@ -36,67 +35,14 @@ fn now() -> Timestamp {
 /// failed: it is owed a termination, and EC2's NotFound for its instance
 /// proves nothing for two minutes, so it stays owed while the test looks.
 async fn owed_runner(store: &SqliteEventStore) -> StreamId {
-    let job = JobRef {
-        owner: "acme".into(),
-        repo: "gadgets".into(),
-        job_id: 900,
-        run_id: 1,
-    };
-    let stream = StreamId::for_job(&job, 1).unwrap();
-    let at = now();
-    let mut state = RunnerState::default();
-    let mut log = Vec::new();
-    let mut step = |state: &mut RunnerState, command| {
-        let (next, events) = execute(state, command, at).unwrap();
-        *state = next;
-        log.extend(events);
-    };
-    step(
-        &mut state,
-        RunnerCommand::Request {
-            job,
-            attempt: 1,
-            labels: vec!["self-hosted".into(), "linux".into()],
-            spec: InstanceSpec {
-                instance_type: "c5.xlarge".into(),
-                vcpus: 4,
-                image: "ami-jitr-runner".into(),
-                pool: Some("default".into()),
-                avoid_spot: Vec::new(),
-            },
-            deadlines: Deadlines::default(),
-            installation: None,
-            deployment: None,
-        },
-    );
-    step(
-        &mut state,
-        RunnerCommand::IntendLaunch {
-            market: Market::OnDemand,
-        },
-    );
-    let client_token = state.pending_launch().cloned().unwrap();
-    step(
-        &mut state,
-        RunnerCommand::RecordLaunch {
-            client_token,
-            instance_id: InstanceId("i-0owed".into()),
-            instance_type: "c5.xlarge".into(),
-            vcpus: 4,
-        },
-    );
-    step(
-        &mut state,
-        RunnerCommand::Fail {
-            stage: FailureStage::Token,
-            reason: "mint failed".into(),
-        },
-    );
-    store
-        .append(&stream, 0, &log, &CommandId::new("seed"))
-        .await
-        .unwrap();
-    stream
+    owed::runner_failed_after_launch(
+        store,
+        ("acme", "gadgets", 900),
+        "i-0owed",
+        Some("default"),
+        now(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +69,21 @@ async fn the_fleet_page_and_a_timeline_render_in_a_browser_without_scripts() {
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut serve = support::serve(dir.path(), port, SECRET, &["--sim-boot", "1s"]);
+    // The on-demand quota is configured; spot's is left to be learnt.
+    let pools = dir.path().join("pools.toml");
+    std::fs::write(
+        &pools,
+        "[[pool]]\nname = \"default\"\nlabels = [\"linux\"]\n\
+         instance_types = [\"c5.xlarge\"]\nvcpus = 4\nimage = \"ami-jitr-runner\"\n\n\
+         [quotas]\non_demand_vcpus = 64\n",
+    )
+    .unwrap();
+    let mut serve = support::serve(
+        dir.path(),
+        port,
+        SECRET,
+        &["--sim-boot", "1s", "--config", pools.to_str().unwrap()],
+    );
     support::wait_until_up(&http, &url).await;
     for job in 1..=3 {
         support::post(&http, &url, SECRET, "queued", job, None).await;
@@ -175,6 +135,20 @@ async fn the_fleet_page_and_a_timeline_render_in_a_browser_without_scripts() {
     assert!(owed_table.contains("i-0owed"), "{owed_table}");
     let href = jitr_handlers::runtime::page::runner_href(&owed.to_string());
     assert!(owed_table.contains(&href), "{owed_table}");
+    // Each market against its quota as jitr knows it.
+    let markets = dom
+        .split("id=\"markets\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap();
+    assert!(
+        markets.contains("<td>64 (configured)</td>"),
+        "on-demand:\n{markets}"
+    );
+    assert!(
+        markets.contains("<td>not known yet (no refusal seen)</td>"),
+        "spot:\n{markets}"
+    );
     // Every runner row, and the dead letters with their reason, escaped.
     assert_eq!(
         dom.matches("class=\"runner\"").count(),

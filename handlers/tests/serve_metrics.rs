@@ -249,6 +249,7 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
         ("jitr_webhooks_refused", "counter"),
         ("jitr_instances", "gauge"),
         ("jitr_vcpus", "gauge"),
+        ("jitr_vcpu_quota", "gauge"),
     ] {
         let found = families
             .get(family)
@@ -322,6 +323,34 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
     );
     assert!(refusals > 0.0, "the quota refused some launches:\n{text}");
     assert_eq!(all_launches - ok, refusals);
+    // A market whose quota refused a launch has its ceiling learnt: the 8
+    // vCPUs jitr held there when EC2 refused.
+    let mut learnt = 0;
+    for (market, code) in [
+        ("on-demand", "VcpuLimitExceeded"),
+        ("spot", "MaxSpotInstanceCountExceeded"),
+    ] {
+        let refused = sum(
+            &families,
+            "jitr_launch_refusals",
+            "jitr_launch_refusals_total",
+            &[("code", code)],
+        );
+        if refused > 0.0 {
+            assert_eq!(
+                sum(
+                    &families,
+                    "jitr_vcpu_quota",
+                    "jitr_vcpu_quota",
+                    &[("market", market), ("source", "learnt")]
+                ),
+                8.0,
+                "{market}:\n{text}"
+            );
+            learnt += 1;
+        }
+    }
+    assert!(learnt > 0, "a quota refusal taught a ceiling:\n{text}");
     assert_eq!(
         sum(
             &families,

@@ -301,8 +301,19 @@ impl Queue for LocalQueue {
         Ok(moved as u64)
     }
 
-    fn lists_without_receiving(&self) -> bool {
-        true
+    async fn dead_letter_reasons(&self, max: usize) -> Result<Vec<String>, QueueError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT COALESCE(reason, '') FROM messages
+                 WHERE queue = ?1 AND dead = 1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| err(&self.name, e))?;
+        let rows = stmt
+            .query_map(params![self.name, max as i64], |r| r.get(0))
+            .map_err(|e| err(&self.name, e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| err(&self.name, e))
     }
 
     async fn purge_dead_letters(&self) -> Result<u64, QueueError> {

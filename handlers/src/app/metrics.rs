@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
 
-use jitr_domain::Timestamp;
+use jitr_domain::{Market, Timestamp};
 use jitr_infra::emf_line;
 use jitr_projections::RunnerViews;
 use prometheus_client::encoding::text::encode;
@@ -129,6 +129,9 @@ defs! {
     /// The oldest waiting runner's wait.
     OLDEST_WAIT = "OldestWait", "oldest_wait_seconds", Gauge, ["pool" => "Pool"],
         "The oldest waiting runner's wait at the last admission round, seconds";
+    /// What jitr knows of each market's vCPU quota.
+    VCPU_QUOTA = "VcpuQuota", "vcpu_quota", Gauge, ["market" => "Market", "source" => "Source"],
+        "vCPUs jitr may hold in each market: configured in the pool file, or learnt from EC2's refusal";
     /// Runners launched by an admission round.
     RUNNERS_ADMITTED = "RunnersAdmitted", "runners_admitted", Counter, [],
         "Runners launched by admission rounds";
@@ -273,6 +276,16 @@ pub fn launch(at: Timestamp, market: &str, instance_type: &str, outcome: &str, c
 pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
     emit_emf(at, &[], &[("RunnersWaiting", waiting as f64, "Count")]);
     record(at, &RUNNERS_ADMITTED, launched as f64, &[]);
+}
+
+/// The vCPU ceiling jitr knows for `market`, `configured` or `learnt`.
+pub fn vcpu_quota(at: Timestamp, market: Market, source: &str, vcpus: u32) {
+    record(
+        at,
+        &VCPU_QUOTA,
+        f64::from(vcpus),
+        &[market.as_str(), source],
+    );
 }
 
 /// Runners of `pool` waiting for capacity at an admission round, and the

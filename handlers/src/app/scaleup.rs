@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use jitr_domain::{
     Admission, CapacityLedger, Command, FailureStage, InstallationId, InstanceId, IntentResolution,
-    JobRef, LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, NextLaunch, Refusal,
-    RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch,
+    JobRef, LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, MarketQuota, NextLaunch,
+    Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch,
     record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
@@ -159,6 +159,9 @@ pub struct ScaleUp {
     /// What is known of each market's quota; held for a whole admission round,
     /// so that rounds of one process run one at a time.
     ledger: tokio::sync::Mutex<CapacityLedger>,
+    /// The ledger's markets as the last round (or freed capacity) left them,
+    /// for pages and metrics that must not wait for a round.
+    quotas: Mutex<std::collections::BTreeMap<Market, MarketQuota>>,
     /// When the next round is already asked for (after a pause ends).
     next_wake: Mutex<Option<Timestamp>>,
     /// Instances EC2 said are shutting down: their vCPUs may still count
@@ -179,6 +182,7 @@ impl ScaleUp {
         ScaleUp {
             ports,
             policy,
+            quotas: Mutex::new(ledger.markets.clone()),
             ledger: tokio::sync::Mutex::new(ledger),
             next_wake: Mutex::default(),
             shutting_down: Mutex::default(),
@@ -505,6 +509,7 @@ impl ScaleUp {
                 .most_refused_per_pool_in_a_round
                 .max(round.refused.values().copied().max().unwrap_or(0) as u64);
         }
+        self.remember_quotas(&ledger, now);
         if round.launched < round.waiting {
             self.wake_after_pause(&ledger, now).await?;
         }
@@ -557,7 +562,34 @@ impl ScaleUp {
     /// EC2 said an instance is terminated: its capacity is free for certain,
     /// so the pauses of the markets end before the next round.
     pub async fn capacity_freed(&self) {
-        self.ledger.lock().await.capacity_freed();
+        let mut ledger = self.ledger.lock().await;
+        ledger.capacity_freed();
+        *self.quotas.lock().unwrap_or_else(|p| p.into_inner()) = ledger.markets.clone();
+    }
+
+    /// What this process knows of each market's quota, as the last admission
+    /// round left it (a market without a ceiling is not known yet).
+    pub fn quotas(&self) -> std::collections::BTreeMap<Market, MarketQuota> {
+        self.quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps the ledger's markets for [`ScaleUp::quotas`] and records each
+    /// known ceiling as a metric (`configured` or `learnt`).
+    fn remember_quotas(&self, ledger: &CapacityLedger, now: Timestamp) {
+        for (market, quota) in &ledger.markets {
+            if let Some(ceiling) = quota.ceiling {
+                let source = if self.policy.quotas.iter().any(|(m, _)| m == market) {
+                    "configured"
+                } else {
+                    "learnt"
+                };
+                crate::app::metrics::vcpu_quota(now, *market, source, ceiling);
+            }
+        }
+        *self.quotas.lock().unwrap_or_else(|p| p.into_inner()) = ledger.markets.clone();
     }
 
     /// The admission rounds of this process so far.

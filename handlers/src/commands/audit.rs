@@ -692,6 +692,10 @@ pub struct Args {
     /// The spot vCPU quota, drawn as a line in the HTML report.
     #[arg(long, value_name = "VCPUS")]
     spot_quota: Option<u32>,
+    /// The pool file whose `[quotas]` give the lines of the HTML report where
+    /// --on-demand-quota / --spot-quota do not.
+    #[arg(long, value_name = "FILE", requires = "html")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// Where and how to write the HTML report.
@@ -718,11 +722,25 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         orphan_grace_ms: args.orphan_grace.as_millis() as u64,
     };
     let horizon = args.as_of.or(args.until);
+    let configured = match &args.config {
+        Some(file) => super::config::load(file)?.quotas,
+        None => Vec::new(),
+    };
+    let configured = |market: jitr_domain::Market| {
+        configured
+            .iter()
+            .find(|(m, _)| *m == market)
+            .map(|(_, vcpus)| *vcpus)
+    };
     let html = args.html.clone().map(|path| HtmlReport {
         path,
         quotas: super::audit_html::Quotas {
-            on_demand: args.on_demand_quota,
-            spot: args.spot_quota,
+            on_demand: args
+                .on_demand_quota
+                .or_else(|| configured(jitr_domain::Market::OnDemand)),
+            spot: args
+                .spot_quota
+                .or_else(|| configured(jitr_domain::Market::Spot)),
         },
         until: args.as_of.or(args.until).or(args.now),
     });

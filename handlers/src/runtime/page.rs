@@ -4,7 +4,9 @@
 //! queues say — never a secret (no JIT config, no token, no webhook secret).
 
 use askama::Template;
-use jitr_domain::{Market, RunnerStatus, Timestamp};
+use std::collections::BTreeMap;
+
+use jitr_domain::{Market, MarketQuota, RunnerStatus, Timestamp};
 use jitr_projections::{RunnerViews, pool_of};
 
 use crate::commands::history::Timeline;
@@ -19,8 +21,37 @@ pub struct MarketRow {
     pub instances: u32,
     /// Their vCPUs.
     pub vcpus: u32,
-    /// The configured quota, or `—` when not configured.
+    /// The quota as jitr knows it: configured, learnt, or not known yet;
+    /// and a pause after a refusal.
     pub quota: String,
+}
+
+/// What the process knows of each market's quota.
+#[derive(Clone, Debug, Default)]
+pub struct Quotas {
+    /// The capacity ledger's markets as the last admission round left them.
+    pub known: BTreeMap<Market, MarketQuota>,
+    /// The pool file's `[quotas]`.
+    pub configured: Vec<(Market, u32)>,
+}
+
+impl Quotas {
+    /// How the page says `market`'s quota at `now`.
+    fn describe(&self, market: Market, now: Timestamp) -> String {
+        let known = self.known.get(&market).copied().unwrap_or_default();
+        let mut text = match (
+            known.ceiling,
+            self.configured.iter().any(|(m, _)| *m == market),
+        ) {
+            (Some(c), true) => format!("{c} (configured)"),
+            (Some(c), false) => format!("{c} (learnt from EC2's refusal)"),
+            (None, _) => "not known yet (no refusal seen)".to_owned(),
+        };
+        if let Some(until) = known.pause.until.filter(|_| known.pause.holds(now)) {
+            text.push_str(&format!(", launches paused until {}", rfc3339(until)));
+        }
+        text
+    }
 }
 
 /// One pool's instances in one market.
@@ -160,35 +191,29 @@ fn duration(ms: u64) -> String {
 }
 
 impl FleetPage {
-    /// The page of `views` at `now`: `quotas` are the configured ones,
+    /// The page of `views` at `now`: `quotas` as the process knows them,
     /// `queues` the depths read just before, `filter` from the query string.
     pub fn of(
         views: &RunnerViews,
         now: Timestamp,
-        quotas: &[(Market, u32)],
+        quotas: &Quotas,
         pool_names: Vec<String>,
         queues: Vec<QueueRow>,
         filter: Filter,
     ) -> Self {
         let fleet = views.fleet();
-        let quota = |market: Market| {
-            quotas
-                .iter()
-                .find(|(m, _)| *m == market)
-                .map_or_else(|| "—".to_owned(), |(_, q)| q.to_string())
-        };
         let markets = vec![
             MarketRow {
                 market: "spot".into(),
                 instances: fleet.spot.instances,
                 vcpus: fleet.spot.vcpus,
-                quota: quota(Market::Spot),
+                quota: quotas.describe(Market::Spot, now),
             },
             MarketRow {
                 market: "on-demand".into(),
                 instances: fleet.on_demand.instances,
                 vcpus: fleet.on_demand.vcpus,
-                quota: quota(Market::OnDemand),
+                quota: quotas.describe(Market::OnDemand, now),
             },
             MarketRow {
                 market: "stray".into(),
@@ -197,8 +222,7 @@ impl FleetPage {
                 quota: "—".into(),
             },
         ];
-        let mut by_pool: std::collections::BTreeMap<(String, &'static str), (u32, u32)> =
-            std::collections::BTreeMap::new();
+        let mut by_pool: BTreeMap<(String, &'static str), (u32, u32)> = BTreeMap::new();
         let mut runners = Vec::new();
         for (stream, state) in &views.open {
             let pool = pool_of(state).to_owned();

@@ -181,6 +181,7 @@ struct Observed {
     queues: Vec<(String, Arc<dyn Queue>)>,
     store: Arc<dyn jitr_infra::RunnerLog>,
     policy: Arc<RunnerPolicy>,
+    scaleup: Arc<crate::app::scaleup::ScaleUp>,
 }
 
 impl Observed {
@@ -219,16 +220,11 @@ async fn fleet_route(
             (Ok(w), Ok(d)) => (w, d),
             _ => continue,
         };
-        let reasons = if dead > 0 && queue.lists_without_receiving() {
-            queue
-                .list_dead_letters(usize::MAX)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .rev()
-                .take(3)
-                .map(|l| l.reason)
-                .collect()
+        let reasons = if dead > 0 {
+            queue.dead_letter_reasons(3).await.unwrap_or_else(|e| {
+                tracing::warn!(queue = %name, error = %e, "dead-letter reasons not read");
+                Vec::new()
+            })
         } else {
             Vec::new()
         };
@@ -243,7 +239,10 @@ async fn fleet_route(
     let page = super::page::FleetPage::of(
         &observed.views(),
         now(),
-        &observed.policy.quotas,
+        &super::page::Quotas {
+            known: observed.scaleup.quotas(),
+            configured: observed.policy.quotas.clone(),
+        },
         observed
             .policy
             .pools
@@ -414,6 +413,7 @@ pub async fn run(
         ],
         store: app.ports.store.clone(),
         policy: app.policy.clone(),
+        scaleup: app.scaleup.clone(),
     });
     let router = Router::new()
         .route("/webhook", post(webhook_route))

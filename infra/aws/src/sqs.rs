@@ -324,6 +324,15 @@ impl SqsQueue {
     }
 }
 
+/// Why a dead letter is there: jitr's reason attribute (taken out), or SQS's
+/// redrive policy moved it.
+fn reason_of(attributes: &mut std::collections::HashMap<String, String>) -> String {
+    attributes.remove(DEAD_LETTER_REASON).unwrap_or_else(|| {
+        "moved by SQS's redrive policy: received maxReceiveCount times without being deleted"
+            .to_owned()
+    })
+}
+
 #[async_trait]
 impl Queue for SqsQueue {
     async fn publish(
@@ -385,10 +394,7 @@ impl Queue for SqsQueue {
             .into_iter()
             .take(max)
             .map(|mut m| {
-                let reason = m.attributes.remove(DEAD_LETTER_REASON).unwrap_or_else(|| {
-                    "moved by SQS's redrive policy: received maxReceiveCount times without being deleted"
-                        .to_owned()
-                });
+                let reason = reason_of(&mut m.attributes);
                 DeadLetter {
                     id: m.id,
                     body: m.body,
@@ -397,6 +403,24 @@ impl Queue for SqsQueue {
                     attributes: m.attributes,
                 }
             })
+            .collect())
+    }
+
+    async fn dead_letter_reasons(&self, max: usize) -> Result<Vec<String>, QueueError> {
+        // No visibility timeout: nothing is hidden from a redrive or a list
+        // running meanwhile; each message returned counts one receive.
+        let sample = self
+            .receive_hidden(
+                &self.pair.dlq_url,
+                u32::try_from(max).unwrap_or(10),
+                Duration::ZERO,
+                Some(Duration::ZERO),
+            )
+            .await?;
+        Ok(sample
+            .into_iter()
+            .take(max)
+            .map(|mut m| reason_of(&mut m.attributes))
             .collect())
     }
 

@@ -92,10 +92,8 @@ pub trait Queue: Send + Sync {
     async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
     /// Deletes every dead letter. Returns how many there were.
     async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
-    /// Whether [`Queue::list_dead_letters`] only reads (SQS must receive, which
-    /// hides the messages for a while and counts a receive): pages that
-    /// refresh list only where it does.
-    fn lists_without_receiving(&self) -> bool {
-        false
-    }
+    /// The reasons of up to `max` dead letters, newest first where the queue
+    /// keeps an order, hiding none (pages that refresh read these). SQS
+    /// returns a sample and counts a receive on each message it returns.
+    async fn dead_letter_reasons(&self, max: usize) -> Result<Vec<String>, QueueError>;
 }
