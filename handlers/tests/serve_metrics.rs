@@ -351,6 +351,21 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
         }
     }
     assert!(learnt > 0, "a quota refusal taught a ceiling:\n{text}");
+    // Jobs waited for capacity; with every one served, none waits now.
+    for family in ["jitr_runners_waiting", "jitr_oldest_wait_seconds"] {
+        assert!(
+            families[family]
+                .samples
+                .iter()
+                .any(|(_, labels, _)| labels.get("pool").map(String::as_str) == Some("default")),
+            "{family} has pool default:\n{text}"
+        );
+        assert_eq!(
+            sum(&families, family, family, &[("pool", "default")]),
+            0.0,
+            "{family}:\n{text}"
+        );
+    }
     assert_eq!(
         sum(
             &families,

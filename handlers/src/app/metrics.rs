@@ -123,12 +123,12 @@ defs! {
     /// Open runner heads that could not be read.
     UNREADABLE_HEADS = "UnreadableHeads", "unreadable_heads", Gauge, [],
         "Open runner heads that could not be read at the last sweep";
-    /// Runners waiting for capacity at the last admission round.
+    /// Runners still waiting for capacity after the last admission round.
     RUNNERS_WAITING = "RunnersWaiting", "runners_waiting", Gauge, ["pool" => "Pool"],
-        "Runners waiting for capacity at the last admission round";
+        "Runners still waiting for capacity after the last admission round (0 for a pool none waits in)";
     /// The oldest waiting runner's wait.
     OLDEST_WAIT = "OldestWait", "oldest_wait_seconds", Gauge, ["pool" => "Pool"],
-        "The oldest waiting runner's wait at the last admission round, seconds";
+        "The oldest still-waiting runner's wait after the last admission round, seconds";
     /// What jitr knows of each market's vCPU quota.
     VCPU_QUOTA = "VcpuQuota", "vcpu_quota", Gauge, ["market" => "Market", "source" => "Source"],
         "vCPUs jitr may hold in each market: configured in the pool file, or learnt from EC2's refusal";
@@ -271,7 +271,7 @@ pub fn launch(at: Timestamp, market: &str, instance_type: &str, outcome: &str, c
     }
 }
 
-/// An admission round: runners waiting for capacity when it began, and how
+/// An admission round: runners still waiting for capacity after it, and how
 /// many it launched.
 pub fn capacity_round(at: Timestamp, waiting: usize, launched: usize) {
     emit_emf(at, &[], &[("RunnersWaiting", waiting as f64, "Count")]);

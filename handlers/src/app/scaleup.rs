@@ -421,16 +421,6 @@ impl ScaleUp {
             waiting: waiting.len(),
             ..Round::default()
         };
-        // Waiting runners and the oldest wait, per pool (metrics).
-        let mut per_pool: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
-        for w in &waiting {
-            let entry = per_pool.entry(w.pool.as_str()).or_default();
-            entry.0 += 1;
-            entry.1 = entry.1.max(now.millis_since(w.since));
-        }
-        for (pool, (count, oldest_ms)) in per_pool {
-            crate::app::metrics::pool_waiting(now, pool, count, oldest_ms);
-        }
         let order = fair_order(
             waiting,
             |w| w.repository.as_str(),
@@ -438,6 +428,8 @@ impl ScaleUp {
             |repo| held.repository(repo),
         );
         let mut blocked: HashMap<String, String> = HashMap::new();
+        // Runners this round launched or ended: no longer waiting.
+        let mut served: std::collections::HashSet<&StreamId> = Default::default();
         for (ahead, w) in order.iter().enumerate() {
             let mine = own == Some(&w.stream);
             let pool_name = w.pool.clone();
@@ -471,6 +463,7 @@ impl ScaleUp {
                 .await?;
             match &admitted {
                 Admitted::Launched { market, vcpus } => {
+                    served.insert(&w.stream);
                     round.launched += 1;
                     held.add(*market, Some(&pool_name), *vcpus);
                     ledger.launched(&pool_name, *market, held.market(*market));
@@ -482,6 +475,7 @@ impl ScaleUp {
                     blocked.insert(pool_name, why.clone());
                 }
                 Admitted::Ended(outcome) => {
+                    served.insert(&w.stream);
                     if !mine {
                         tracing::warn!(stream = %w.stream, ?outcome, "admitted runner ended");
                         if matches!(outcome, Outcome::RetryAfter(..)) {
@@ -499,7 +493,23 @@ impl ScaleUp {
                 });
             }
         }
-        crate::app::metrics::capacity_round(now, round.waiting, round.launched);
+        // Runners still waiting after the round and the oldest wait, per pool
+        // (every pool, so that a pool that stopped waiting reads 0).
+        let mut per_pool: std::collections::BTreeMap<&str, (usize, u64)> = self
+            .policy
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), (0, 0)))
+            .collect();
+        for w in order.iter().filter(|w| !served.contains(&w.stream)) {
+            let entry = per_pool.entry(w.pool.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(now.millis_since(w.since));
+        }
+        for (pool, (count, oldest_ms)) in per_pool {
+            crate::app::metrics::pool_waiting(now, pool, count, oldest_ms);
+        }
+        crate::app::metrics::capacity_round(now, order.len() - served.len(), round.launched);
         {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             stats.rounds += 1;
