@@ -351,6 +351,21 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
         }
     }
     assert!(learnt > 0, "a quota refusal taught a ceiling:\n{text}");
+    // The shipped alerting rules read samples this scrape has.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../infra/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    let samples: std::collections::BTreeSet<&str> = families
+        .values()
+        .flat_map(|f| f.samples.iter().map(|(name, _, _)| name.as_str()))
+        .collect();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("jitr_") {
+            assert!(samples.contains(word), "alerts.yml reads {word}:\n{text}");
+        }
+    }
     // Jobs waited for capacity; with every one served, none waits now.
     for family in ["jitr_runners_waiting", "jitr_oldest_wait_seconds"] {
         assert!(
