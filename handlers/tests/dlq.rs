@@ -184,24 +184,31 @@ async fn embedded_dead_letters_are_listed_redriven_once_and_purged_on_confirmati
     assert!(text(&empty).contains("no dead letters"), "{}", text(&empty));
 }
 
+/// `jitr init --prefix prefix` on moto, and its lifecycle queue.
+#[cfg(feature = "aws")]
+async fn initialised_lifecycle(prefix: &str) -> jitr_aws::SqsQueue {
+    let init = aws::jitr(prefix, &["init"]);
+    assert!(init.status.success(), "{}", text(&init));
+    let config = jitr_aws::AwsSettings::emulator(aws::endpoint())
+        .load()
+        .await;
+    jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The same on SQS: `jitr init`'s queues on moto.
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirmation() {
-    let endpoint = aws::endpoint();
     let prefix = aws::prefix("dlq");
     let aws = |args: &[&str]| {
         let mut with_aws = args.to_vec();
         with_aws.push("--aws");
         aws::jitr(&prefix, &with_aws)
     };
-    let init = aws::jitr(&prefix, &["init"]);
-    assert!(init.status.success(), "{}", text(&init));
-    let config = jitr_aws::AwsSettings::emulator(&endpoint).load().await;
-    let lifecycle = jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lifecycle = initialised_lifecycle(&prefix).await;
     let body = queued(7);
     lifecycle
         .publish(&body, None, &[("origin", "dlq-test")])
@@ -277,15 +284,8 @@ async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirm
 #[cfg(feature = "aws")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_of_serve_aws_shows_sqs_dead_letter_reasons_without_hiding_them() {
-    let endpoint = aws::endpoint();
     let prefix = aws::prefix("dlq-page");
-    let init = aws::jitr(&prefix, &["init"]);
-    assert!(init.status.success(), "{}", text(&init));
-    let config = jitr_aws::AwsSettings::emulator(&endpoint).load().await;
-    let lifecycle = jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lifecycle = initialised_lifecycle(&prefix).await;
     lifecycle.publish(&queued(8), None, &[]).await.unwrap();
     let received = lifecycle.receive(1, Duration::from_secs(1)).await.unwrap();
     lifecycle
