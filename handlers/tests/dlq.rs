@@ -184,15 +184,15 @@ async fn embedded_dead_letters_are_listed_redriven_once_and_purged_on_confirmati
     assert!(text(&empty).contains("no dead letters"), "{}", text(&empty));
 }
 
-/// `jitr init --prefix prefix` on moto, and its lifecycle queue.
+/// `jitr init --prefix prefix` on moto, and its queue `queue`.
 #[cfg(feature = "aws")]
-async fn initialised_lifecycle(prefix: &str) -> jitr_aws::SqsQueue {
+async fn initialised(prefix: &str, queue: &str) -> jitr_aws::SqsQueue {
     let init = aws::jitr(prefix, &["init"]);
     assert!(init.status.success(), "{}", text(&init));
     let config = jitr_aws::AwsSettings::emulator(aws::endpoint())
         .load()
         .await;
-    jitr_aws::SqsQueue::find(&config, &format!("{prefix}-lifecycle"))
+    jitr_aws::SqsQueue::find(&config, &format!("{prefix}-{queue}"))
         .await
         .unwrap()
         .unwrap()
@@ -208,7 +208,7 @@ async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirm
         with_aws.push("--aws");
         aws::jitr(&prefix, &with_aws)
     };
-    let lifecycle = initialised_lifecycle(&prefix).await;
+    let lifecycle = initialised(&prefix, "lifecycle").await;
     let body = queued(7);
     lifecycle
         .publish(&body, None, &[("origin", "dlq-test")])
@@ -279,20 +279,59 @@ async fn sqs_dead_letters_are_listed_redriven_as_they_were_and_purged_on_confirm
     assert_eq!(lifecycle.dead_letter_depth().await.unwrap(), 0);
 }
 
-/// `jitr serve --aws`'s fleet page shows an SQS dead letter's reason, and
-/// reading it hides nothing: a list right after still finds the message.
+/// GitHub on wiremock for `serve --aws`: installation tokens and JIT configs
+/// for `acme/widgets`; every other read answers empty.
+#[cfg(feature = "aws")]
+async fn github() -> wiremock::MockServer {
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let github = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/app/installations/\d+/access_tokens$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({
+            "token": "ghs_dlq", "expires_at": "2099-01-01T00:00:00Z"
+        })))
+        .mount(&github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({
+            "runner": {"id": 9, "name": "jitr"}, "encoded_jit_config": "secret"
+        })))
+        .mount(&github)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "total_count": 0, "runners": [], "jobs": [], "workflow_runs": []
+        })))
+        .mount(&github)
+        .await;
+    github
+}
+
+/// On SQS through `jitr serve --aws`: the fleet page shows a dead letter's
+/// reason and reading it hides nothing (a list right after still finds the
+/// message); redriven, the job is processed once — one runner, nothing left in
+/// the queue or its dead-letter queue.
 #[cfg(feature = "aws")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_of_serve_aws_shows_sqs_dead_letter_reasons_without_hiding_them() {
-    let prefix = aws::prefix("dlq-page");
-    let lifecycle = initialised_lifecycle(&prefix).await;
-    lifecycle.publish(&queued(8), None, &[]).await.unwrap();
-    let received = lifecycle.receive(1, Duration::from_secs(1)).await.unwrap();
-    lifecycle
+async fn serve_aws_shows_an_sqs_dead_letter_and_processes_it_once_redriven() {
+    use jitr_infra::EventStore;
+    let prefix = aws::prefix("dlq-serve");
+    let scaleup = initialised(&prefix, "scaleup").await;
+    let config = jitr_aws::AwsSettings::emulator(aws::endpoint())
+        .load()
+        .await;
+    scaleup.publish(&queued(8), None, &[]).await.unwrap();
+    let received = scaleup.receive(1, Duration::from_secs(1)).await.unwrap();
+    scaleup
         .dead_letter(&received[0], "GitHub answered 502 <i>five</i> times")
         .await
         .unwrap();
 
+    let github = github().await;
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let listen = format!("127.0.0.1:{port}");
@@ -306,8 +345,8 @@ async fn the_page_of_serve_aws_shows_sqs_dead_letter_reasons_without_hiding_them
                 "/../infra/tests/fixtures/test-app-key.pem"
             ),
         )
-        // Nothing here asks GitHub; a closed port if anything did.
-        .env("JITR_GITHUB_API", "http://127.0.0.1:9")
+        .env("JITR_GITHUB_API", github.uri())
+        .env("JITR_IMAGE", "ami-03cf127a")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -333,11 +372,47 @@ async fn the_page_of_serve_aws_shows_sqs_dead_letter_reasons_without_hiding_them
             "{queues}"
         );
         // Still visible to the next reader: the page hid nothing.
-        let listed = aws::jitr(&prefix, &["dlq", "list", "lifecycle", "--aws", "--json"]);
+        let listed = aws::jitr(&prefix, &["dlq", "list", "scaleup", "--aws", "--json"]);
         let rows: Vec<Value> =
             serde_json::from_slice(&listed.stdout).unwrap_or_else(|_| panic!("{}", text(&listed)));
         assert_eq!(rows.len(), 1, "{rows:?}");
     }
+
+    // Redriven, serve's scale-up consumer gives the job one runner.
+    let moved = aws::jitr(&prefix, &["dlq", "redrive", "scaleup", "--aws"]);
+    assert!(
+        text(&moved).contains("moved 1 dead letters back to scaleup"),
+        "{}",
+        text(&moved)
+    );
+    let store =
+        jitr_aws::DynamoEventStore::new(&config, jitr_aws::AwsNames::new(&prefix).events_table());
+    let job_events = || async {
+        store
+            .read_all(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.stream.job_id() == 8)
+            .map(|r| r.event.kind())
+            .collect::<Vec<_>>()
+    };
+    let count = |events: &[&str], kind: &str| events.iter().filter(|k| **k == kind).count();
+    let started = Instant::now();
+    while count(&job_events().await, "TokenMinted") == 0 || scaleup.waiting().await.unwrap() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the redriven job was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     support::sigterm(&serve);
     serve.wait().unwrap();
+    let events = job_events().await;
+    for kind in ["Requested", "Launched", "TokenMinted"] {
+        assert_eq!(count(&events, kind), 1, "{kind} once: {events:?}");
+    }
+    assert_eq!(scaleup.dead_letter_depth().await.unwrap(), 0);
+    assert_eq!(scaleup.waiting().await.unwrap(), 0);
 }

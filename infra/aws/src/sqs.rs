@@ -197,19 +197,25 @@ impl SqsQueue {
     }
 
     async fn count(&self, url: &str) -> Result<u64, QueueError> {
+        self.count_of(url, &[QueueAttributeName::ApproximateNumberOfMessages])
+            .await
+    }
+
+    /// The sum of the approximate counts `names` of `url`.
+    async fn count_of(&self, url: &str, names: &[QueueAttributeName]) -> Result<u64, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(|e| sdk_err(url, &e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        Ok(names
+            .iter()
+            .filter_map(|name| out.attributes().and_then(|a| a.get(name)))
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum())
     }
 
     /// Makes a received message of `url` visible again at once.
@@ -378,7 +384,16 @@ impl Queue for SqsQueue {
     }
 
     async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
-        self.count(&self.pair.dlq_url).await
+        // Nothing consumes a dead-letter queue: a message not visible is one a
+        // list or a redrive is holding, still a dead letter.
+        self.count_of(
+            &self.pair.dlq_url,
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ],
+        )
+        .await
     }
 
     async fn waiting(&self) -> Result<u64, QueueError> {

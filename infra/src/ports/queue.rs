@@ -79,7 +79,8 @@ pub trait Queue: Send + Sync {
     async fn retry_later(&self, message: &QueueMessage, after: Duration) -> Result<(), QueueError>;
     /// A poison message: put it on the DLQ with `reason`, then delete it here.
     async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError>;
-    /// Messages waiting in the dead-letter queue.
+    /// Messages in the dead-letter queue (SQS: approximately, those a list or
+    /// a redrive holds included).
     async fn dead_letter_depth(&self) -> Result<u64, QueueError>;
     /// Messages waiting in the queue itself (SQS: approximately, visible ones).
     async fn waiting(&self) -> Result<u64, QueueError>;
