@@ -65,7 +65,22 @@ pub struct Ports {
     pub bus: Arc<dyn CommandBus>,
 }
 
+/// The queues with a dead-letter queue, by the names operators use (`jitr
+/// dlq`, the page, `/metrics`), in [`Ports::queues`]' order.
+pub const QUEUE_NAMES: [&str; 4] = ["scaleup", "lifecycle", "compensation", "ec2-events"];
+
 impl Ports {
+    /// Each queue with its name in [`QUEUE_NAMES`].
+    pub fn queues(&self) -> [(&'static str, Arc<dyn Queue>); 4] {
+        let [scaleup, lifecycle, compensation, ec2_events] = QUEUE_NAMES;
+        [
+            (scaleup, self.scaleup_queue.clone()),
+            (lifecycle, self.lifecycle_queue.clone()),
+            (compensation, self.compensation_queue.clone()),
+            (ec2_events, self.ec2_events_queue.clone()),
+        ]
+    }
+
     /// How the log must resolve the runner's pending launch intent, from what its
     /// client token finds in the cloud now (`None`: no launch is pending).
     pub async fn resolve_pending_launch(

@@ -11,8 +11,8 @@ use anyhow::bail;
 use jitr_infra::{DeadLetter, Queue};
 use serde::Serialize;
 
-/// The queues with a dead-letter queue, by the names the commands take.
-pub const QUEUES: [&str; 4] = ["scaleup", "lifecycle", "compensation", "ec2-events"];
+use super::Place;
+use crate::app::QUEUE_NAMES as QUEUES;
 
 /// `jitr dlq` subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -62,21 +62,6 @@ pub enum Args {
         #[command(flatten)]
         place: Place,
     },
-}
-
-/// Where the queues are.
-#[derive(clap::Args, Debug)]
-pub struct Place {
-    #[command(flatten)]
-    data: super::DataDir,
-    /// The AWS deployment's queues instead (SQS).
-    #[arg(long)]
-    aws: bool,
-    #[command(flatten)]
-    target: super::AwsTarget,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Serialize)]

@@ -229,30 +229,22 @@ impl DoctorReport {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    data: super::DataDir,
-    /// Check the AWS deployment instead.
-    #[arg(long)]
-    aws: bool,
-    #[command(flatten)]
-    target: super::AwsTarget,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    place: super::Place,
 }
 
 /// Runs the checks and prints the findings; exit 0 fine, 1 warning, 2 error.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
-    let report = if args.aws {
+    let report = if args.place.aws {
         #[cfg(feature = "aws")]
         {
-            check_aws(&args.target).await
+            check_aws(&args.place.target).await
         }
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
     } else {
-        check_embedded(&args.data.path).await
+        check_embedded(&args.place.data.path).await
     };
-    if args.json {
+    if args.place.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
@@ -284,14 +276,7 @@ async fn check_embedded(data_dir: &Path) -> DoctorReport {
                 clock.clone(),
             ) {
                 Ok(queue) => {
-                    let reasons: Vec<String> = queue
-                        .dead_letters()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .rev()
-                        .take(3)
-                        .map(|(_, reason)| reason)
-                        .collect();
+                    let reasons = queue.dead_letter_reasons(3).await.unwrap_or_default();
                     let inspect = format!("jitr dlq list {name} --data-dir {}", data_dir.display());
                     report.dead_letters(name, &queue, &reasons, &inspect).await;
                 }

@@ -154,6 +154,22 @@ pub struct DataDir {
     pub path: PathBuf,
 }
 
+/// Which deployment a command looks at: the embedded default's data
+/// directory, or (`--aws`) an AWS deployment; and how it prints.
+#[derive(clap::Args, Debug)]
+pub struct Place {
+    #[command(flatten)]
+    data: DataDir,
+    /// The AWS deployment instead of the data directory.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    target: AwsTarget,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Which AWS deployment, and where to reach it.
 #[derive(clap::Args, Debug)]
 pub struct AwsTarget {

@@ -178,7 +178,7 @@ type SharedViews = Arc<std::sync::RwLock<Arc<jitr_projections::RunnerViews>>>;
 /// What the read-only endpoints show: the projector's views and the queues.
 struct Observed {
     views: SharedViews,
-    queues: Vec<(String, Arc<dyn Queue>)>,
+    queues: [(&'static str, Arc<dyn Queue>); 4],
     store: Arc<dyn jitr_infra::RunnerLog>,
     policy: Arc<RunnerPolicy>,
     scaleup: Arc<crate::app::scaleup::ScaleUp>,
@@ -192,17 +192,27 @@ impl Observed {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// The figures of now: the views' and each queue's depths.
-    async fn snapshot(&self) -> crate::app::metrics::Snapshot {
-        let views = self.views();
-        let mut snapshot = crate::app::metrics::Snapshot::of_views(&views, now());
+    /// Each queue's messages waiting and dead letters; a queue that could
+    /// not be read is left out (and logged).
+    async fn depths(&self) -> Vec<(&'static str, &dyn Queue, u64, u64)> {
+        let mut depths = Vec::new();
         for (name, queue) in &self.queues {
             match (queue.waiting().await, queue.dead_letter_depth().await) {
-                (Ok(waiting), Ok(dead)) => snapshot.queues.push((name.clone(), waiting, dead)),
+                (Ok(waiting), Ok(dead)) => depths.push((*name, &**queue, waiting, dead)),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(queue = %name, error = %e, "queue depth not read");
                 }
             }
+        }
+        depths
+    }
+
+    /// The figures of now: the views' and each queue's depths.
+    async fn snapshot(&self) -> crate::app::metrics::Snapshot {
+        let views = self.views();
+        let mut snapshot = crate::app::metrics::Snapshot::of_views(&views, now());
+        for (name, _, waiting, dead) in self.depths().await {
+            snapshot.queues.push((name.to_owned(), waiting, dead));
         }
         snapshot
     }
@@ -215,11 +225,7 @@ async fn fleet_route(
 ) -> axum::response::Response {
     use askama::Template;
     let mut queues = Vec::new();
-    for (name, queue) in &observed.queues {
-        let (waiting, dead) = match (queue.waiting().await, queue.dead_letter_depth().await) {
-            (Ok(w), Ok(d)) => (w, d),
-            _ => continue,
-        };
+    for (name, queue, waiting, dead) in observed.depths().await {
         let reasons = if dead > 0 {
             queue.dead_letter_reasons(3).await.unwrap_or_else(|e| {
                 tracing::warn!(queue = %name, error = %e, "dead-letter reasons not read");
@@ -229,7 +235,7 @@ async fn fleet_route(
             Vec::new()
         };
         queues.push(super::page::QueueRow {
-            name: name.clone(),
+            name: name.to_owned(),
             waiting,
             dead,
             alarming: dead as f64 > jitr_infra::DLQ_ALARM_THRESHOLD,
@@ -405,12 +411,7 @@ pub async fn run(
     let webhook = app.webhook.clone();
     let observed = Arc::new(Observed {
         views,
-        queues: vec![
-            ("scaleup".into(), app.ports.scaleup_queue.clone()),
-            ("lifecycle".into(), app.ports.lifecycle_queue.clone()),
-            ("compensation".into(), app.ports.compensation_queue.clone()),
-            ("ec2-events".into(), app.ports.ec2_events_queue.clone()),
-        ],
+        queues: app.ports.queues(),
         store: app.ports.store.clone(),
         policy: app.policy.clone(),
         scaleup: app.scaleup.clone(),
