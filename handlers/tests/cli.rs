@@ -292,6 +292,24 @@ async fn doctor_warns_about_a_dead_letter_queue_above_five() {
         "{text}"
     );
     assert!(text.contains("malformed workflow_job payload"), "{text}");
+    // Every queue's dead letters are checked, EC2's events' too.
+    let ec2_events = jitr_infra::LocalQueue::open(
+        dir.path().join("queues.db"),
+        "ec2-events",
+        10,
+        std::time::Duration::from_secs(60),
+        jitr_infra::system_clock(),
+    )
+    .unwrap();
+    dead_letter(&ec2_events, 6).await;
+    let text =
+        String::from_utf8_lossy(&jitr(&["doctor", "--data-dir", data_dir]).stdout).into_owned();
+    assert!(
+        text.contains(
+            "6 messages in the dead-letter queue of ec2-events (more than 5): EC2 state changes not recorded"
+        ),
+        "{text}"
+    );
 }
 
 /// Seed criterion (c), on AWS (moto): the same through SQS, with the alarms that

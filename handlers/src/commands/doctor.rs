@@ -90,7 +90,8 @@ impl DoctorReport {
         match queue.dead_letter_depth().await {
             Ok(depth) if depth as f64 > DLQ_ALARM_THRESHOLD => {
                 let mut detail = format!(
-                    "{depth} messages in the dead-letter queue of {name} (more than {DLQ_ALARM_THRESHOLD}): jobs are not being served"
+                    "{depth} messages in the dead-letter queue of {name} (more than {DLQ_ALARM_THRESHOLD}): {}",
+                    dead_letters_mean(name)
                 );
                 if !reasons.is_empty() {
                     detail.push_str(&format!("; latest reasons: {}", reasons.join(" | ")));
@@ -225,6 +226,22 @@ impl DoctorReport {
     }
 }
 
+/// What dead letters of queue `name` (short, or with its deployment prefix)
+/// mean for the fleet (as docs/runbook.md's alarms table says).
+fn dead_letters_mean(name: &str) -> &'static str {
+    if name.ends_with("scaleup") {
+        "jobs are not being served"
+    } else if name.ends_with("lifecycle") {
+        "job starts and completions not recorded: runners may stay up until their deadline"
+    } else if name.ends_with("compensation") {
+        "terminate commands failed: instances are owed a termination"
+    } else if name.ends_with("ec2-events") {
+        "EC2 state changes not recorded: closing runners falls back to the reaper"
+    } else {
+        "messages not processed"
+    }
+}
+
 /// `jitr doctor` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -267,7 +284,7 @@ async fn check_embedded(data_dir: &Path) -> DoctorReport {
     let clock = jitr_infra::system_clock();
     let queues = data_dir.join("queues.db");
     if queues.is_file() {
-        for name in ["scaleup", "lifecycle", "compensation"] {
+        for name in crate::app::QUEUE_NAMES {
             match jitr_infra::LocalQueue::open(
                 &queues,
                 name,

@@ -423,12 +423,15 @@ impl Queue for SqsQueue {
 
     async fn dead_letter_reasons(&self, max: usize) -> Result<Vec<String>, QueueError> {
         // No visibility timeout: nothing is hidden from a redrive or a list
-        // running meanwhile; each message returned counts one receive.
+        // running meanwhile; each message returned counts one receive. A long
+        // poll (1 s, returning as soon as one is found): a short poll asks only
+        // some of SQS's servers and may answer empty while messages wait (SQS
+        // Developer Guide, "Amazon SQS short and long polling").
         let sample = self
             .receive_hidden(
                 &self.pair.dlq_url,
                 u32::try_from(max).unwrap_or(10),
-                Duration::ZERO,
+                Duration::from_secs(1),
                 Some(Duration::ZERO),
             )
             .await?;
