@@ -348,6 +348,7 @@ async fn doctor_warns_about_an_sqs_dead_letter_queue_above_five() {
         )),
         "{text}"
     );
+    assert!(text.contains("malformed workflow_job payload"), "{text}");
 }
 
 #[tokio::test]

@@ -79,16 +79,11 @@ impl DoctorReport {
     }
 
     /// Checks a queue's dead-letter depth (warns above the alarm threshold,
-    /// naming `inspect`, the command that lists them).
-    pub async fn dead_letters(
-        &mut self,
-        name: &str,
-        queue: &dyn Queue,
-        reasons: &[String],
-        inspect: &str,
-    ) {
+    /// with the latest reasons, naming `inspect`, the command that lists them).
+    pub async fn dead_letters(&mut self, name: &str, queue: &dyn Queue, inspect: &str) {
         match queue.dead_letter_depth().await {
             Ok(depth) if depth as f64 > DLQ_ALARM_THRESHOLD => {
+                let reasons = queue.dead_letter_reasons(3).await.unwrap_or_default();
                 let mut detail = format!(
                     "{depth} messages in the dead-letter queue of {name} (more than {DLQ_ALARM_THRESHOLD}): {}",
                     dead_letters_mean(name)
@@ -293,9 +288,8 @@ async fn check_embedded(data_dir: &Path) -> DoctorReport {
                 clock.clone(),
             ) {
                 Ok(queue) => {
-                    let reasons = queue.dead_letter_reasons(3).await.unwrap_or_default();
                     let inspect = format!("jitr dlq list {name} --data-dir {}", data_dir.display());
-                    report.dead_letters(name, &queue, &reasons, &inspect).await;
+                    report.dead_letters(name, &queue, &inspect).await;
                 }
                 Err(e) => report.config(Level::Error, format!("queue {name}: {e}")),
             }
@@ -342,7 +336,7 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
                     .strip_prefix(&format!("{}-", names.prefix()))
                     .unwrap_or(&name);
                 let inspect = format!("jitr dlq list {short} --aws --prefix {}", names.prefix());
-                report.dead_letters(&name, &queue, &[], &inspect).await;
+                report.dead_letters(&name, &queue, &inspect).await;
             }
             Ok(None) => report.config(
                 Level::Warn,
