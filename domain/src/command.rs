@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, TerminationEvidence,
-    TerminationReason,
+    Deadlines, DemandEnding, FailureStage, InstanceSpec, LaunchErrorClass, Market,
+    TerminationEvidence, TerminationReason,
 };
 use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp};
 
@@ -67,21 +67,43 @@ pub enum Command {
         /// The runner's registered name.
         runner_name: String,
     },
-    /// `workflow_job` `in_progress` for this runner.
-    StartJob,
-    /// `workflow_job` `completed` for this runner's job.
+    /// `workflow_job` `in_progress` naming this runner: GitHub gave it `job`.
+    StartJob {
+        /// The job GitHub assigned (None: the runner's own, as older callers say).
+        job: Option<JobRef>,
+    },
+    /// `workflow_job` `completed` for the job this runner ran. Refused for a
+    /// runner that started another job.
     CompleteJob {
         /// `workflow_job.conclusion`.
         conclusion: Option<String>,
+        /// The job (None: the runner's own).
+        job: Option<JobRef>,
     },
     /// GitHub, asked for the job, says this runner has it in progress (its
     /// `in_progress` webhook may have been lost).
-    ObserveJobStarted,
-    /// GitHub, asked for the job, says it completed (its `completed` webhook
-    /// may have been lost).
+    ObserveJobStarted {
+        /// The job GitHub assigned.
+        job: Option<JobRef>,
+    },
+    /// GitHub, asked for the job, says it completed on this runner (its
+    /// `completed` webhook may have been lost).
     ObserveJobCompleted {
         /// Its conclusion.
         conclusion: Option<String>,
+        /// The job.
+        job: Option<JobRef>,
+    },
+    /// The job the runner was launched for no longer wants a runner (cancelled
+    /// while queued, or taken by another runner).
+    EndDemand {
+        /// How.
+        ending: DemandEnding,
+    },
+    /// GitHub refused to delete the runner's registration: it is busy.
+    RefuseDeregistration {
+        /// GitHub's answer.
+        reason: String,
     },
     /// EC2 warned that the runner's spot instance will be reclaimed: recorded
     /// once; before the job started the runner fails (`spot-interrupted`).
@@ -120,10 +142,12 @@ impl Command {
             Command::RecordLaunch { .. } => "RecordLaunch",
             Command::RejectLaunch { .. } => "RejectLaunch",
             Command::RecordToken { .. } => "RecordToken",
-            Command::StartJob => "StartJob",
+            Command::StartJob { .. } => "StartJob",
             Command::CompleteJob { .. } => "CompleteJob",
-            Command::ObserveJobStarted => "ObserveJobStarted",
+            Command::ObserveJobStarted { .. } => "ObserveJobStarted",
             Command::ObserveJobCompleted { .. } => "ObserveJobCompleted",
+            Command::EndDemand { .. } => "EndDemand",
+            Command::RefuseDeregistration { .. } => "RefuseDeregistration",
             Command::WarnSpotInterruption { .. } => "WarnSpotInterruption",
             Command::Fail { .. } => "Fail",
             Command::Terminate { .. } => "Terminate",

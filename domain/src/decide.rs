@@ -167,26 +167,57 @@ pub fn decide(
                 None => Ok(vec![RunnerEvent::TokenMinted { at, runner_name }]),
             }
         }
-        Command::StartJob | Command::ObserveJobStarted => {
+        Command::StartJob { ref job } | Command::ObserveJobStarted { ref job } => {
             still_wanted(state)?;
             if state.instance().is_none() {
                 return Err(DomainError::NotLaunched);
             }
+            if let (Some(taken), Some(named)) = (state.job_taken(), job) {
+                if taken != named {
+                    return Err(DomainError::AnotherJob {
+                        taken: taken.job_id,
+                        named: named.job_id,
+                    });
+                }
+            }
             Ok(vec![RunnerEvent::JobStarted {
                 at,
                 source: source_of(&command),
+                job: job.clone(),
             }])
         }
-        Command::CompleteJob { ref conclusion }
-        | Command::ObserveJobCompleted { ref conclusion } => {
+        Command::CompleteJob {
+            ref conclusion,
+            ref job,
+        }
+        | Command::ObserveJobCompleted {
+            ref conclusion,
+            ref job,
+        } => {
             if state.failure.is_some() {
                 return Err(DomainError::AlreadyFailed);
+            }
+            if let (Some(taken), Some(named)) = (state.job_taken(), job) {
+                if taken != named {
+                    return Err(DomainError::AnotherJob {
+                        taken: taken.job_id,
+                        named: named.job_id,
+                    });
+                }
             }
             Ok(vec![RunnerEvent::JobCompleted {
                 at,
                 conclusion: conclusion.clone(),
                 source: source_of(&command),
+                job: job.clone(),
             }])
+        }
+        Command::EndDemand { ending } => Ok(vec![RunnerEvent::DemandEnded { at, ending }]),
+        Command::RefuseDeregistration { reason } => {
+            if state.runner_name.is_none() {
+                return Err(DomainError::NotRegistered);
+            }
+            Ok(vec![RunnerEvent::DeregistrationRefused { at, reason }])
         }
         Command::WarnSpotInterruption { instance_id } => {
             let expected = state.instance().map(|i| i.id.clone());
@@ -216,6 +247,9 @@ pub fn decide(
         Command::Fail { stage, reason } => {
             if state.job_completed_at.is_some() {
                 return Err(DomainError::JobAlreadyCompleted);
+            }
+            if stage.is_idle_runners() && state.took_job() {
+                return Err(DomainError::JobTaken);
             }
             Ok(vec![RunnerEvent::Failed { at, stage, reason }])
         }
@@ -260,7 +294,9 @@ pub fn decide(
 /// | `RecordLaunch` | the same instance is recorded (as the runner's, or as a stray) |
 /// | `RejectLaunch` | the latest intent, with the same token, was rejected |
 /// | `RecordToken` | the same runner name is recorded |
-/// | `StartJob` / `CompleteJob` (and their `Observe…` forms) | the job's start / completion is recorded, whatever its source |
+/// | `StartJob` / `CompleteJob` (and their `Observe…` forms) | the job's start / completion is recorded, whatever its source, for the same job (or none named) |
+/// | `EndDemand` | the demand's end is recorded |
+/// | `RefuseDeregistration` | the runner is known busy (refused before, or its job started) |
 /// | `WarnSpotInterruption` | a warning is recorded |
 /// | `Fail` | a failure is recorded (the first one stands) |
 /// | `Terminate` | a termination was requested |
@@ -284,9 +320,15 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
                 && matches!(launch.outcome, LaunchOutcome::Rejected { .. })
         ),
         Command::RecordToken { runner_name } => state.runner_name.as_ref() == Some(runner_name),
-        Command::StartJob | Command::ObserveJobStarted => state.job_started_at.is_some(),
-        Command::CompleteJob { .. } | Command::ObserveJobCompleted { .. } => {
-            state.job_completed_at.is_some()
+        Command::StartJob { job } | Command::ObserveJobStarted { job } => {
+            state.job_started_at.is_some() && same_job(state, job.as_ref())
+        }
+        Command::CompleteJob { job, .. } | Command::ObserveJobCompleted { job, .. } => {
+            state.job_completed_at.is_some() && same_job(state, job.as_ref())
+        }
+        Command::EndDemand { .. } => state.demand_ended.is_some(),
+        Command::RefuseDeregistration { .. } => {
+            state.busy_since.is_some() || state.job_started_at.is_some()
         }
         Command::WarnSpotInterruption { .. } => state.spot_warned.is_some(),
         Command::Fail { .. } => state.failure.is_some(),
@@ -302,6 +344,11 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
     }
 }
 
+/// Whether `named` is the job the runner took (or no job is named).
+fn same_job(state: &RunnerState, named: Option<&crate::ids::JobRef>) -> bool {
+    named.is_none_or(|named| state.job_taken().is_none_or(|taken| taken == named))
+}
+
 /// Whether the stream takes an instance launched with `client_token` as its own:
 /// open, without an instance, and that token's intent pending.
 fn takes_launch(state: &RunnerState, client_token: &ClientToken) -> bool {
@@ -313,7 +360,7 @@ fn takes_launch(state: &RunnerState, client_token: &ClientToken) -> bool {
 /// Where a job's start or completion was learnt.
 fn source_of(command: &Command) -> JobSource {
     match command {
-        Command::ObserveJobStarted | Command::ObserveJobCompleted { .. } => JobSource::Poll,
+        Command::ObserveJobStarted { .. } | Command::ObserveJobCompleted { .. } => JobSource::Poll,
         _ => JobSource::Webhook,
     }
 }

@@ -76,6 +76,21 @@ pub enum DomainError {
         /// The instance given.
         got: Option<InstanceId>,
     },
+    /// The runner took another job than the one named.
+    #[error("the runner runs job {taken}, not job {named}")]
+    AnotherJob {
+        /// The job it took.
+        taken: u64,
+        /// The job named.
+        named: u64,
+    },
+    /// The runner took a job (or GitHub says it is busy): it is not idle, so
+    /// an idle runner's deadline or retirement does not apply.
+    #[error("the runner has taken a job: it is not idle")]
+    JobTaken,
+    /// The runner has no GitHub registration.
+    #[error("the runner has no GitHub registration")]
+    NotRegistered,
     /// A termination confirmed on evidence that does not prove it.
     #[error("{evidence:?} is no evidence here: {why}")]
     NoEvidence {
@@ -106,6 +121,9 @@ impl DomainError {
             DomainError::NoInstance => "NoInstance",
             DomainError::InstanceMismatch { .. } => "InstanceMismatch",
             DomainError::NoEvidence { .. } => "NoEvidence",
+            DomainError::AnotherJob { .. } => "AnotherJob",
+            DomainError::JobTaken => "JobTaken",
+            DomainError::NotRegistered => "NotRegistered",
         }
     }
 }
@@ -117,7 +135,10 @@ impl DomainError {
 ///   `RecordLaunch`: an instance found for a closed runner is a leak to report);
 /// - a termination was asked for before the JIT config was recorded;
 /// - another delivery of the job intended or made the launch first (`IntendLaunch`);
-/// - nothing may be alive to terminate (`Terminate`).
+/// - nothing may be alive to terminate (`Terminate`);
+/// - an idle runner's failure or a refused deregistration for a runner that
+///   has taken a job meanwhile (`Fail`, `RefuseDeregistration`);
+/// - a `completed` for a job the runner did not run (`CompleteJob`).
 ///
 /// Every other refusal is a bug or a broken input (another instance, another
 /// token, another job on the stream) and must be reported, never ignored.
@@ -132,6 +153,14 @@ pub fn is_benign_refusal(command: &crate::Command, error: &DomainError) -> bool 
             matches!(command, Command::IntendLaunch { .. })
         }
         DomainError::NoInstance => matches!(command, Command::Terminate { .. }),
+        DomainError::JobTaken => matches!(
+            command,
+            Command::Fail { .. } | Command::RefuseDeregistration { .. }
+        ),
+        DomainError::AnotherJob { .. } => matches!(
+            command,
+            Command::CompleteJob { .. } | Command::ObserveJobCompleted { .. }
+        ),
         _ => false,
     }
 }

@@ -58,9 +58,22 @@ pub enum FailureStage {
     SpotInterrupted,
     /// The instance was found alive with no stream wanting it.
     Orphaned,
+    /// Surplus capacity: no queued job of its pool wanted the runner (the job it
+    /// was launched for was cancelled, or another runner took it); retired after
+    /// GitHub deleted its registration, or before it had one.
+    Surplus,
 }
 
 impl FailureStage {
+    /// Whether the stage fails a runner for being idle (never started, late
+    /// to take a job, surplus): it does not apply to a runner that took a job.
+    pub fn is_idle_runners(self) -> bool {
+        matches!(
+            self,
+            FailureStage::Boot | FailureStage::Stale | FailureStage::Surplus
+        )
+    }
+
     /// Kebab-case name, as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +84,7 @@ impl FailureStage {
             FailureStage::MaxAge => "max-age",
             FailureStage::SpotInterrupted => "spot-interrupted",
             FailureStage::Orphaned => "orphaned",
+            FailureStage::Surplus => "surplus",
         }
     }
 }
@@ -114,6 +128,30 @@ impl JobSource {
         match self {
             JobSource::Webhook => "webhook",
             JobSource::Poll => "poll",
+        }
+    }
+}
+
+/// How the job a runner was launched for stopped wanting one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum DemandEnding {
+    /// Cancelled while queued (`completed` without a runner name).
+    Cancelled,
+    /// GitHub gave it to another runner (`in_progress` naming it), of jitr's
+    /// or not.
+    TakenBy {
+        /// That runner's name.
+        runner_name: String,
+    },
+}
+
+impl DemandEnding {
+    /// Kebab-case name, as serialised.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DemandEnding::Cancelled => "cancelled",
+            DemandEnding::TakenBy { .. } => "taken-by-another-runner",
         }
     }
 }
@@ -308,15 +346,20 @@ pub enum RunnerEvent {
         /// The runner's registered name.
         runner_name: String,
     },
-    /// The job started on this runner (`workflow_job` `in_progress`).
+    /// GitHub gave this runner a job and it started (`workflow_job`
+    /// `in_progress` naming the runner).
     JobStarted {
         /// When.
         at: Timestamp,
         /// Who said so.
         #[serde(default, skip_serializing_if = "JobSource::is_webhook")]
         source: JobSource,
+        /// The job GitHub assigned, which need not be the one the runner was
+        /// launched for (absent in older logs: that one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobRef>,
     },
-    /// The job completed (`workflow_job` `completed`).
+    /// The runner's job completed (`workflow_job` `completed`).
     JobCompleted {
         /// When.
         at: Timestamp,
@@ -325,6 +368,26 @@ pub enum RunnerEvent {
         /// Who said so.
         #[serde(default, skip_serializing_if = "JobSource::is_webhook")]
         source: JobSource,
+        /// The job that completed (absent in older logs: the runner's own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobRef>,
+    },
+    /// The job this runner was launched for no longer wants a runner: it was
+    /// cancelled while queued, or another runner took it. The runner itself is
+    /// unchanged: it is capacity, and may take another queued job of its pool.
+    DemandEnded {
+        /// When.
+        at: Timestamp,
+        /// How.
+        ending: DemandEnding,
+    },
+    /// GitHub refused to delete the runner's registration because the runner
+    /// is busy: evidence that it took a job, whichever. It is kept.
+    DeregistrationRefused {
+        /// When.
+        at: Timestamp,
+        /// GitHub's answer.
+        reason: String,
     },
     /// The runner failed.
     Failed {
@@ -405,6 +468,8 @@ impl RunnerEvent {
             | RunnerEvent::TokenMinted { at, .. }
             | RunnerEvent::JobStarted { at, .. }
             | RunnerEvent::JobCompleted { at, .. }
+            | RunnerEvent::DemandEnded { at, .. }
+            | RunnerEvent::DeregistrationRefused { at, .. }
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
             | RunnerEvent::StrayLaunched { at, .. }
@@ -424,6 +489,8 @@ impl RunnerEvent {
             RunnerEvent::TokenMinted { .. } => "TokenMinted",
             RunnerEvent::JobStarted { .. } => "JobStarted",
             RunnerEvent::JobCompleted { .. } => "JobCompleted",
+            RunnerEvent::DemandEnded { .. } => "DemandEnded",
+            RunnerEvent::DeregistrationRefused { .. } => "DeregistrationRefused",
             RunnerEvent::Failed { .. } => "Failed",
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
             RunnerEvent::StrayLaunched { .. } => "StrayLaunched",
@@ -463,7 +530,8 @@ mod tests {
             started,
             RunnerEvent::JobStarted {
                 at: Timestamp(1),
-                source: JobSource::Webhook
+                source: JobSource::Webhook,
+                job: None,
             }
         );
     }
@@ -474,6 +542,7 @@ mod tests {
         let webhook = RunnerEvent::JobStarted {
             at: Timestamp(1),
             source: JobSource::Webhook,
+            job: None,
         };
         assert_eq!(
             serde_json::to_string(&webhook).unwrap(),
@@ -482,6 +551,7 @@ mod tests {
         let poll = RunnerEvent::JobStarted {
             at: Timestamp(1),
             source: JobSource::Poll,
+            job: None,
         };
         assert_eq!(
             serde_json::to_string(&poll).unwrap(),

@@ -20,6 +20,7 @@ mod ids;
 mod launch;
 mod resume;
 mod state;
+mod supply;
 
 pub use capacity::{
     Admission, CapacityLedger, FIRST_CAPACITY_PAUSE_MS, FIRST_PAUSE_MS, MAX_PAUSE_MS, MarketQuota,
@@ -29,8 +30,9 @@ pub use command::{Command, TerminateRunner};
 pub use decide::{decide, is_repeat};
 pub use error::{DomainError, is_benign_refusal};
 pub use event::{
-    DEFAULT_CONSISTENCY_WINDOW_MS, DEFAULT_MAX_WAIT_MS, Deadlines, FailureStage, InstanceSpec,
-    JobSource, LaunchErrorClass, Market, RunnerEvent, TerminationEvidence, TerminationReason,
+    DEFAULT_CONSISTENCY_WINDOW_MS, DEFAULT_MAX_WAIT_MS, Deadlines, DemandEnding, FailureStage,
+    InstanceSpec, JobSource, LaunchErrorClass, Market, RunnerEvent, TerminationEvidence,
+    TerminationReason,
 };
 pub use ids::{
     ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, runner_name_prefix,
@@ -47,6 +49,9 @@ pub use resume::{
 pub use state::{
     Failure, Instance, Launch, LaunchOutcome, RunnerRequest, RunnerState, RunnerStatus, Stray,
     evolve, fold, is_terminal,
+};
+pub use supply::{
+    DEFAULT_RETIRE_GRACE_MS, PoolBalance, Retirement, plan_retirements, pool_balances,
 };
 
 /// Runs `decide` and folds its events: the state after the command, and the events.

@@ -38,7 +38,7 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
             at: max_age,
         });
     }
-    if state.job_started_at.is_some() {
+    if state.took_job() {
         return None;
     }
     let stage = if state.instance_may_be_alive() {

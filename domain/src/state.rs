@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Deadlines, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent,
+    Deadlines, DemandEnding, FailureStage, InstanceSpec, LaunchErrorClass, Market, RunnerEvent,
     TerminationEvidence, TerminationReason,
 };
 use crate::ids::{ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp};
@@ -214,6 +214,20 @@ pub struct RunnerState {
     /// whether the job had started (so the job was cut).
     #[serde(default)]
     pub spot_warned: Option<(Timestamp, bool)>,
+    /// The job GitHub gave the runner, once one started or completed on it
+    /// (None with a start recorded: an older log, the runner's own job).
+    #[serde(default)]
+    pub assigned_job: Option<JobRef>,
+    /// When the JIT config was handed over (the runner could take a job from
+    /// then on).
+    #[serde(default)]
+    pub ready_at: Option<Timestamp>,
+    /// When and how the job the runner was launched for stopped wanting one.
+    #[serde(default)]
+    pub demand_ended: Option<(Timestamp, DemandEnding)>,
+    /// When GitHub refused to delete the registration: the runner is busy.
+    #[serde(default)]
+    pub busy_since: Option<Timestamp>,
 }
 
 impl RunnerState {
@@ -294,6 +308,41 @@ impl RunnerState {
         }
     }
 
+    /// Whether the runner has taken a job: one started or completed on it, or
+    /// GitHub refused to deregister it as busy. Such a runner is not idle.
+    pub fn took_job(&self) -> bool {
+        self.job_started_at.is_some()
+            || self.job_completed_at.is_some()
+            || self.busy_since.is_some()
+    }
+
+    /// The job the runner took, when known: the one GitHub named, else (an
+    /// older log, a start recorded without a job) the runner's own.
+    pub fn job_taken(&self) -> Option<&JobRef> {
+        if self.job_started_at.is_none() && self.job_completed_at.is_none() {
+            return None;
+        }
+        self.assigned_job
+            .as_ref()
+            .or(self.request.as_ref().map(|r| &r.job))
+    }
+
+    /// Whether the job the runner was launched for still waits for a runner:
+    /// neither ended (cancelled, taken by another runner) nor taken by this one.
+    pub fn demand_queued(&self) -> bool {
+        let Some(request) = &self.request else {
+            return false;
+        };
+        !is_terminal(self) && self.demand_ended.is_none() && self.job_taken() != Some(&request.job)
+    }
+
+    /// Whether the runner is capacity that no job has taken yet: open, wanted,
+    /// and neither started, completed nor busy (waiting for capacity,
+    /// launching, booting or ready).
+    pub fn is_untaken_capacity(&self) -> bool {
+        self.wants_instance() && !self.took_job()
+    }
+
     /// The runner's status.
     pub fn status(&self) -> RunnerStatus {
         if self.request.is_none() {
@@ -315,7 +364,7 @@ impl RunnerState {
         if self.termination_requested.is_some() {
             return RunnerStatus::Terminating;
         }
-        if self.job_started_at.is_some() {
+        if self.job_started_at.is_some() || self.busy_since.is_some() {
             return RunnerStatus::Running;
         }
         if self.runner_name.is_some() {
@@ -406,15 +455,33 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
                 });
             }
         }
-        RunnerEvent::TokenMinted { runner_name, .. } => {
+        RunnerEvent::TokenMinted { at, runner_name } => {
             state.runner_name = Some(runner_name.clone());
+            state.ready_at.get_or_insert(*at);
         }
-        RunnerEvent::JobStarted { at, .. } => {
+        RunnerEvent::JobStarted { at, job, .. } => {
             state.job_started_at.get_or_insert(*at);
+            if state.assigned_job.is_none() {
+                state.assigned_job.clone_from(job);
+            }
         }
-        RunnerEvent::JobCompleted { at, conclusion, .. } => {
+        RunnerEvent::JobCompleted {
+            at,
+            conclusion,
+            job,
+            ..
+        } => {
             state.job_completed_at.get_or_insert(*at);
             state.conclusion.clone_from(conclusion);
+            if state.assigned_job.is_none() {
+                state.assigned_job.clone_from(job);
+            }
+        }
+        RunnerEvent::DemandEnded { at, ending } => {
+            state.demand_ended.get_or_insert((*at, ending.clone()));
+        }
+        RunnerEvent::DeregistrationRefused { at, .. } => {
+            state.busy_since.get_or_insert(*at);
         }
         RunnerEvent::Failed { at, stage, reason } => {
             state.failure.get_or_insert_with(|| Failure {

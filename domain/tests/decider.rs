@@ -113,6 +113,7 @@ fn started() -> RunnerEvent {
     RunnerEvent::JobStarted {
         at: at(5),
         source: Default::default(),
+        job: None,
     }
 }
 
@@ -121,6 +122,7 @@ fn completed() -> RunnerEvent {
         at: at(6),
         conclusion: Some("success".into()),
         source: Default::default(),
+        job: None,
     }
 }
 
@@ -282,7 +284,7 @@ fn token_minted_gives_ready() {
 #[test]
 fn job_started_gives_running() {
     let s = given([requested(), intended(1, Market::Spot), launched(), minted()])
-        .when(Command::StartJob, at(5))
+        .when(Command::StartJob { job: None }, at(5))
         .then([started()]);
     assert_eq!(s.status(), RunnerStatus::Running);
 }
@@ -299,6 +301,7 @@ fn job_completed_after_launch_is_draining_not_completed() {
     .when(
         Command::CompleteJob {
             conclusion: Some("success".into()),
+            job: None,
         },
         at(6),
     )
@@ -577,11 +580,18 @@ fn an_unresolved_launch_confirmed_never_to_exist_closes_the_stream() {
 #[test]
 fn a_job_cancelled_before_launch_completes_at_once() {
     let s = given([requested()])
-        .when(Command::CompleteJob { conclusion: None }, at(6))
+        .when(
+            Command::CompleteJob {
+                conclusion: None,
+                job: None,
+            },
+            at(6),
+        )
         .then([RunnerEvent::JobCompleted {
             at: at(6),
             conclusion: None,
             source: Default::default(),
+            job: None,
         }]);
     assert_eq!(s.status(), RunnerStatus::Completed);
 }
@@ -592,6 +602,7 @@ fn completed_before_in_progress_drains() {
         .when(
             Command::CompleteJob {
                 conclusion: Some("success".into()),
+                job: None,
             },
             at(6),
         )
@@ -609,12 +620,18 @@ fn duplicate_lifecycle_inputs_are_no_ops() {
         started(),
     ];
     given(running.clone())
-        .when(Command::StartJob, at(9))
+        .when(Command::StartJob { job: None }, at(9))
         .then([]);
     let mut done = running.to_vec();
     done.push(completed());
     given(done)
-        .when(Command::CompleteJob { conclusion: None }, at(9))
+        .when(
+            Command::CompleteJob {
+                conclusion: None,
+                job: None,
+            },
+            at(9),
+        )
         .then([]);
     given([
         requested(),
@@ -637,7 +654,7 @@ fn duplicate_lifecycle_inputs_are_no_ops() {
 #[test]
 fn a_command_before_request_is_refused() {
     given([])
-        .when(Command::StartJob, at(1))
+        .when(Command::StartJob { job: None }, at(1))
         .then_err(DomainError::NotRequested);
 }
 
@@ -787,6 +804,7 @@ fn a_launch_intent_after_failure_is_refused() {
             at: at(5),
             conclusion: None,
             source: Default::default(),
+            job: None,
         },
     ])
     .when(
@@ -817,10 +835,16 @@ fn work_after_failure_is_refused() {
         )
         .then_err(DomainError::AlreadyFailed);
     given(failing.clone())
-        .when(Command::StartJob, at(8))
+        .when(Command::StartJob { job: None }, at(8))
         .then_err(DomainError::AlreadyFailed);
     given(failing)
-        .when(Command::CompleteJob { conclusion: None }, at(8))
+        .when(
+            Command::CompleteJob {
+                conclusion: None,
+                job: None,
+            },
+            at(8),
+        )
         .then_err(DomainError::AlreadyFailed);
 }
 
@@ -833,7 +857,7 @@ fn in_progress_after_completed_is_refused() {
         minted(),
         completed(),
     ])
-    .when(Command::StartJob, at(8))
+    .when(Command::StartJob { job: None }, at(8))
     .then_err(DomainError::JobAlreadyCompleted);
 }
 
@@ -866,7 +890,7 @@ fn a_token_without_an_instance_is_refused() {
         )
         .then_err(DomainError::NotLaunched);
     given([requested()])
-        .when(Command::StartJob, at(8))
+        .when(Command::StartJob { job: None }, at(8))
         .then_err(DomainError::NotLaunched);
 }
 
@@ -991,7 +1015,7 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
         Command::RecordToken {
             runner_name: "r".into(),
         },
-        Command::StartJob,
+        Command::StartJob { job: None },
         Command::Fail {
             stage: FailureStage::Boot,
             reason: "x".into(),
@@ -1020,7 +1044,10 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
             instance_type: "c5.xlarge".into(),
             vcpus: 4,
         },
-        Command::CompleteJob { conclusion: None },
+        Command::CompleteJob {
+            conclusion: None,
+            job: None,
+        },
         Command::ConfirmTerminated {
             instance_id: Some(i1()),
             evidence: TerminationEvidence::ReportedTerminated,
@@ -1064,7 +1091,10 @@ fn benign_refusals_are_only_those_of_a_runner_that_moved_on() {
     let terminal = DomainError::Terminal {
         status: RunnerStatus::Failed,
     };
-    assert!(is_benign_refusal(&Command::StartJob, &terminal));
+    assert!(is_benign_refusal(
+        &Command::StartJob { job: None },
+        &terminal
+    ));
     assert!(is_benign_refusal(
         &Command::Terminate {
             reason: TerminationReason::Operator
@@ -1310,19 +1340,21 @@ fn a_job_observed_on_github_is_recorded_with_its_source() {
     let ready = || vec![requested(), intended(1, Market::Spot), launched(), minted()];
     let running = || [ready(), vec![started()]].concat();
     let s = given(ready())
-        .when(Command::ObserveJobStarted, at(5))
+        .when(Command::ObserveJobStarted { job: None }, at(5))
         .then([RunnerEvent::JobStarted {
             at: at(5),
             source: JobSource::Poll,
+            job: None,
         }]);
     assert_eq!(s.status(), RunnerStatus::Running);
     given(running())
-        .when(Command::ObserveJobStarted, at(6))
+        .when(Command::ObserveJobStarted { job: None }, at(6))
         .then([]);
     let s = given(running())
         .when(
             Command::ObserveJobCompleted {
                 conclusion: Some("success".into()),
+                job: None,
             },
             at(9),
         )
@@ -1330,14 +1362,22 @@ fn a_job_observed_on_github_is_recorded_with_its_source() {
             at: at(9),
             conclusion: Some("success".into()),
             source: JobSource::Poll,
+            job: None,
         }]);
     assert_eq!(s.status(), RunnerStatus::Draining);
     given(running())
-        .when(Command::CompleteJob { conclusion: None }, at(9))
+        .when(
+            Command::CompleteJob {
+                conclusion: None,
+                job: None,
+            },
+            at(9),
+        )
         .then([RunnerEvent::JobCompleted {
             at: at(9),
             conclusion: None,
             source: JobSource::Webhook,
+            job: None,
         }]);
 }
 
@@ -1435,6 +1475,7 @@ fn a_runner_launched_after_waiting_boots_and_ages_from_its_launch() {
     running.push(RunnerEvent::JobStarted {
         at: late(3_050),
         source: Default::default(),
+        job: None,
     });
     let state = fold(&running);
     assert_eq!(missed_deadline(&state, late(6_000)), None);

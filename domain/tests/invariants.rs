@@ -136,9 +136,10 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
         Op::Token(n) => vec![Command::RecordToken {
             runner_name: format!("runner-{n}"),
         }],
-        Op::Start => vec![Command::StartJob],
+        Op::Start => vec![Command::StartJob { job: None }],
         Op::Complete => vec![Command::CompleteJob {
             conclusion: Some("success".into()),
+            job: None,
         }],
         Op::Fail(stage) => vec![Command::Fail {
             stage: *stage,

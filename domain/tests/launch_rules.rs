@@ -138,7 +138,10 @@ fn pending_within(
             stage: FailureStage::Token,
             reason: "x".into(),
         },
-        Standing::Completed => Command::CompleteJob { conclusion: None },
+        Standing::Completed => Command::CompleteJob {
+            conclusion: None,
+            job: None,
+        },
         Standing::TerminationAsked => Command::Terminate {
             reason: TerminationReason::Operator,
         },

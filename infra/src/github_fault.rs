@@ -19,6 +19,9 @@ pub enum GitHubFault {
     /// Queued-run listings never answer: a hung connection, or a rate limit the
     /// client waits out.
     ListingsHang,
+    /// Runner deletions answer 502 (a GitHub server error: GitHub's REST
+    /// documentation lists 5xx answers as retryable).
+    DeletionsFail,
 }
 
 /// A GitHub adapter with faults injected in front of it.
@@ -76,6 +79,12 @@ impl GitHub for FaultyGitHub {
         scope: &RunnerScope,
         runner_id: u64,
     ) -> Result<bool, GitHubError> {
+        if self.has(GitHubFault::DeletionsFail) {
+            return Err(GitHubError::Server {
+                status: 502,
+                body: "Bad Gateway (injected)".into(),
+            });
+        }
         self.inner
             .delete_runner(installation, scope, runner_id)
             .await

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS gh_runners (
     scope  TEXT NOT NULL,
     name   TEXT NOT NULL,
     labels TEXT NOT NULL,
+    busy   INTEGER NOT NULL DEFAULT 0,
     UNIQUE (scope, name)
 );
 CREATE TABLE IF NOT EXISTS jit_configs (
@@ -204,7 +205,19 @@ fn open(path: &Path) -> Result<Connection, ComputeError> {
         .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
         .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| ComputeError::Unavailable(Box::new(e)))?;
-    // A cloud.db of an earlier version lacks the job's runner.
+    // A cloud.db of an earlier version lacks the runner's busy flag…
+    let has_busy: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('gh_runners') WHERE name = 'busy'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if has_busy == 0 {
+        conn.execute_batch("ALTER TABLE gh_runners ADD COLUMN busy INTEGER NOT NULL DEFAULT 0")
+            .map_err(sql_err)?;
+    }
+    // …and the job's runner.
     let has_runner: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM pragma_table_info('gh_jobs') WHERE name = 'runner_name'",
@@ -900,7 +913,9 @@ impl SimGitHub {
     }
 
     /// Moves a job on (`in_progress`, `completed`), on `runner` when it names the
-    /// runner that took it.
+    /// runner that took it. As on GitHub, a runner running a job is busy, and a
+    /// JIT runner's registration is removed once its job is over (a JIT runner
+    /// takes one job).
     pub fn set_job_status(
         &self,
         owner: &str,
@@ -909,14 +924,44 @@ impl SimGitHub {
         status: &str,
         runner: Option<&str>,
     ) -> Result<(), GitHubError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE gh_jobs SET status = ?4, runner_name = COALESCE(?5, runner_name)
+             WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
+            params![owner, repo, job_id, status, runner],
+        )
+        .map_err(gh_sql)?;
+        if let Some(runner) = runner {
+            let change = match status {
+                "in_progress" => "UPDATE gh_runners SET busy = 1 WHERE name = ?1",
+                "completed" => "DELETE FROM gh_runners WHERE name = ?1",
+                _ => return Ok(()),
+            };
+            conn.execute(change, [runner]).map_err(gh_sql)?;
+        }
+        Ok(())
+    }
+
+    /// The job a runner is running or ran, as GitHub's job records say.
+    pub fn job_of_runner(&self, runner: &str) -> Option<(String, String, u64)> {
         self.lock()
-            .execute(
-                "UPDATE gh_jobs SET status = ?4, runner_name = COALESCE(?5, runner_name)
-                 WHERE owner = ?1 AND repo = ?2 AND job_id = ?3",
-                params![owner, repo, job_id, status, runner],
+            .query_row(
+                "SELECT owner, repo, job_id FROM gh_jobs WHERE runner_name = ?1",
+                [runner],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .map(|_| ())
-            .map_err(gh_sql)
+            .optional()
+            .ok()
+            .flatten()
+    }
+
+    /// Whether a runner of that name is registered (in any scope).
+    pub fn is_registered(&self, runner: &str) -> bool {
+        self.lock()
+            .query_row("SELECT 1 FROM gh_runners WHERE name = ?1", [runner], |_| {
+                Ok(())
+            })
+            .is_ok()
     }
 }
 
@@ -993,8 +1038,22 @@ impl GitHub for SimGitHub {
         runner_id: u64,
     ) -> Result<bool, GitHubError> {
         self.spend(installation)?;
-        let deleted = self
-            .lock()
+        let conn = self.lock();
+        let busy: Option<(String, bool)> = conn
+            .query_row(
+                "SELECT name, busy FROM gh_runners WHERE scope = ?1 AND id = ?2",
+                params![scope_key(scope), runner_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(gh_sql)?;
+        if let Some((name, true)) = busy {
+            // GitHub refuses to remove a runner that is running a job.
+            return Err(GitHubError::Invalid(format!(
+                "DELETE runner {runner_id}: Bad request - Runner \"{name}\" is still running a job"
+            )));
+        }
+        let deleted = conn
             .execute(
                 "DELETE FROM gh_runners WHERE scope = ?1 AND id = ?2",
                 params![scope_key(scope), runner_id],
@@ -1011,7 +1070,9 @@ impl GitHub for SimGitHub {
         self.spend(installation)?;
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT id, name, labels FROM gh_runners WHERE scope = ?1 ORDER BY id")
+            .prepare_cached(
+                "SELECT id, name, labels, busy FROM gh_runners WHERE scope = ?1 ORDER BY id",
+            )
             .map_err(gh_sql)?;
         let rows = stmt
             .query_map([scope_key(scope)], |r| {
@@ -1019,7 +1080,7 @@ impl GitHub for SimGitHub {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     status: "online".into(),
-                    busy: false,
+                    busy: r.get(3)?,
                     labels: split_labels(&r.get::<_, String>(2)?),
                 })
             })

@@ -497,9 +497,18 @@ mod tests {
             // Failed at 10 s, terminated at 130 s: owed 10–70 s, orphaned 70–130 s.
             runner(1, &[fail(10), terminated(130, 1)]),
             // Completed at 20 s and never terminated: owed from 140 s (drain grace).
-            runner(2, &[(20, Command::CompleteJob { conclusion: None })]),
+            runner(
+                2,
+                &[(
+                    20,
+                    Command::CompleteJob {
+                        conclusion: None,
+                        job: None,
+                    },
+                )],
+            ),
             // Healthy, running: nothing owed.
-            runner(3, &[(5, Command::StartJob)]),
+            runner(3, &[(5, Command::StartJob { job: None })]),
         ];
         let ledger = ledger(&runners, None);
         let figures = ledger.figures(at(0), at(300), 60_000);

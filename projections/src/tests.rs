@@ -106,11 +106,18 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
         );
         return log;
     }
-    step(&mut state, Command::StartJob, 3);
+    step(&mut state, Command::StartJob { job: None }, 3);
     if matches!(path, Path::Running) {
         return log;
     }
-    step(&mut state, Command::CompleteJob { conclusion: None }, 4);
+    step(
+        &mut state,
+        Command::CompleteJob {
+            conclusion: None,
+            job: None,
+        },
+        4,
+    );
     if matches!(path, Path::Done) {
         step(
             &mut state,
@@ -339,6 +346,7 @@ fn closed_runners_are_counted_not_kept() {
         &RunnerEvent::JobStarted {
             at: at(99),
             source: Default::default(),
+            job: None,
         },
     );
     assert_eq!(views.after_close, 1);

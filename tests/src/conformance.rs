@@ -172,7 +172,7 @@ pub async fn concurrent_streams_all_land<B: Backing>(backing: B) {
             let s = stream(job);
             let (state, events) = launched(job, at(0));
             append_all(&store, &s, 0, &events, &format!("a{job}")).await;
-            let (_, more) = run(&state, [Command::StartJob], at(1));
+            let (_, more) = run(&state, [Command::StartJob { job: None }], at(1));
             append_all(&store, &s, 3, &more, &format!("b{job}")).await;
         }));
     }
@@ -204,9 +204,12 @@ pub async fn read_all_pages_in_order<B: Backing>(backing: B) {
             } else {
                 let head = store.head(&s).await.unwrap().unwrap();
                 let command = if round == 1 {
-                    Command::StartJob
+                    Command::StartJob { job: None }
                 } else {
-                    Command::CompleteJob { conclusion: None }
+                    Command::CompleteJob {
+                        conclusion: None,
+                        job: None,
+                    }
                 };
                 execute(&head.state, command, at(round as i64)).unwrap().1
             };
@@ -272,7 +275,10 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
         run(
             &state,
             [
-                Command::CompleteJob { conclusion: None },
+                Command::CompleteJob {
+                    conclusion: None,
+                    job: None,
+                },
                 Command::ConfirmTerminated {
                     instance_id: Some(instance(42)),
                     evidence: TerminationEvidence::ReportedTerminated,

@@ -108,6 +108,20 @@ impl World {
         (World::assemble(dir, clock, embedded, policy), faulty)
     }
 
+    /// A fresh world whose GitHub is the simulator's behind a fault injector
+    /// ([`World::github`] still sets what GitHub knows).
+    pub fn with_faulty_github() -> (Self, Arc<jitr_infra::FaultyGitHub>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut embedded = Embedded::open(dir.path(), SimSettings::default(), clock.clock(), 10)
+            .expect("embedded");
+        let faulty = Arc::new(jitr_infra::FaultyGitHub::new(Arc::new(
+            embedded.github.clone(),
+        )));
+        embedded.ports.github = faulty.clone();
+        (World::assemble(dir, clock, embedded, policy_for(4)), faulty)
+    }
+
     /// A fresh world whose GitHub is `github` (e.g. the REST client against a
     /// wiremock server) instead of the simulator's.
     pub fn with_github(

@@ -239,14 +239,20 @@ async fn out_of_order_and_unknown_lifecycle_events_are_recorded_or_ignored() {
         .await
         .unwrap();
     assert!(matches!(&unknown, Outcome::Done(m) if m.contains("not one of jitr's")));
-    // A job cancelled while queued: its idle runner drains.
+    // A job cancelled while queued: its idle runner is spare capacity, not
+    // closed for it (ADR-0017).
     world.queued(2).await.unwrap();
     world
         .lifecycle
         .handle(&world.message("completed", 2, None), world.now())
         .await
         .unwrap();
-    assert_eq!(world.status(2).await, RunnerStatus::Draining);
+    assert_eq!(world.status(2).await, RunnerStatus::Ready);
+    let head = world.store.head(&world.stream(2)).await.unwrap().unwrap();
+    assert_eq!(
+        head.state.demand_ended.map(|(_, e)| e),
+        Some(jitr_domain::DemandEnding::Cancelled)
+    );
 }
 
 #[tokio::test]
@@ -364,6 +370,7 @@ async fn crashes_at_every_step_boundary_leave_no_leak() {
         CrashPoint::AfterLaunchIntended,
         CrashPoint::AfterRunInstances,
         CrashPoint::AfterLaunched,
+        CrashPoint::AfterJitConfigHandedOver,
         CrashPoint::AfterTokenMinted,
     ] {
         let world = World::new(SimSettings::default(), 4);
@@ -594,12 +601,26 @@ async fn an_instance_returned_after_its_runner_closed_is_recorded_and_terminated
     while world.status(1).await != RunnerStatus::Launching {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The job is cancelled while RunInstances retries; past the window and the
-    // drain grace, compensation closes the runner: nothing found by its token.
-    world.lifecycle("completed", 1).await;
+    // The runner is given up while RunInstances retries (a job cancelled no
+    // longer closes its runner: the runner is capacity, ADR-0017); past the
+    // window, compensation closes the runner: nothing found by its token.
+    let give_up = jitr_domain::Command::Fail {
+        stage: jitr_domain::FailureStage::Launch,
+        reason: "given up while RunInstances retried".into(),
+    };
+    let id = jitr_infra::CommandId::new("test:give-up");
+    jitr_handlers::app::dispatch::dispatch(
+        &*world.store,
+        &world.stream(1),
+        give_up,
+        world.now(),
+        &id,
+    )
+    .await
+    .unwrap();
     world.advance(150);
     world.project_and_compensate().await;
-    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
     assert_eq!(
         world.closed_by(1).await,
         Some(TerminationEvidence::TokenFoundNothing)
@@ -625,7 +646,7 @@ async fn an_instance_returned_after_its_runner_closed_is_recorded_and_terminated
     assert_eq!(owed.len(), 1, "{owed:?}");
     assert_eq!(owed[0].instance_id.as_ref(), Some(&stray));
     let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
-    assert_eq!(head.status, RunnerStatus::Completed);
+    assert_eq!(head.status, RunnerStatus::Failed);
     assert_eq!(
         head.state.strays[0].gone.map(|(_, e)| e),
         Some(TerminationEvidence::ReportedTerminated)
@@ -1592,4 +1613,259 @@ async fn configured_quotas_spare_the_refusals_that_would_learn_them() {
             assert_eq!(refused, 2, "each market's quota learnt once");
         }
     }
+}
+
+/// GitHub as it is, on a World: the job goes to the runner GitHub names.
+async fn github_starts(world: &World, job_id: u64, runner: &str) {
+    world
+        .github
+        .set_job_status("acme", "widgets", job_id, "in_progress", Some(runner))
+        .unwrap();
+    world
+        .lifecycle
+        .handle(
+            &world.message("in_progress", job_id, Some(runner)),
+            world.now(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Cancelled while queued: `completed` with no runner.
+async fn github_cancels_queued(world: &World, job_id: u64) {
+    world
+        .github
+        .set_job_status("acme", "widgets", job_id, "completed", None)
+        .unwrap();
+    let mut message = world.message("completed", job_id, None);
+    message.conclusion = Some("cancelled".into());
+    world.lifecycle.handle(&message, world.now()).await.unwrap();
+}
+
+/// Issue 23's scenario: jobs 1 and 2 queued, both runners ready; GitHub gives
+/// job 2 to the runner launched for job 1, then job 1 is cancelled while
+/// queued. Job 2's runner keeps running (past its boot deadline) until job 2
+/// completes; the spare runner (launched for job 2, which runner 1 took) is
+/// retired deregister-first; nothing leaks. Before, jitr terminated the runner
+/// that ran job 2.
+#[tokio::test]
+async fn a_runner_running_another_jobs_job_outlives_its_own_jobs_cancellation() {
+    let mut world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    let runner_1 = world.runner_name(1).await.unwrap();
+    let runner_2 = world.runner_name(2).await.unwrap();
+    github_starts(&world, 2, &runner_1).await;
+    github_cancels_queued(&world, 1).await;
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert_eq!(head.state.assigned_job.map(|j| j.job_id), Some(2));
+    assert_eq!(world.status(2).await, RunnerStatus::Ready);
+    // Within the grace the spare runner is kept (an `in_progress` may be on
+    // its way); after it, it is deregistered, then failed as surplus.
+    let early = world.reap().await;
+    assert!(early.surplus.retired.is_empty(), "{early:?}");
+    world.advance(61);
+    let swept = world.reap().await;
+    assert_eq!(swept.surplus.retired, vec![world.stream(2)], "{swept:?}");
+    assert!(!world.github.is_registered(&runner_2), "deregistered first");
+    assert!(world.github.is_registered(&runner_1));
+    world.project_and_compensate().await;
+    assert_eq!(world.status(2).await, RunnerStatus::Failed);
+    let head = world.store.head(&world.stream(2)).await.unwrap().unwrap();
+    assert_eq!(
+        head.state.failure.map(|f| f.stage),
+        Some(jitr_domain::FailureStage::Surplus)
+    );
+    // Job 2 runs past runner 1's boot deadline: nothing is owed for it.
+    for _ in 0..12 {
+        world.advance(60);
+        world.reap().await;
+        let owed = world.project_and_compensate().await;
+        assert!(owed.is_empty(), "{owed:?}");
+    }
+    let instance_1 = world.instance(1).await.unwrap();
+    assert!(world.runs(&instance_1).await, "job 2's runner still runs");
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    // Job 2 completes on runner 1: it drains and closes.
+    world
+        .github
+        .set_job_status("acme", "widgets", 2, "completed", Some(&runner_1))
+        .unwrap();
+    world
+        .lifecycle
+        .handle(&world.message("completed", 2, Some(&runner_1)), world.now())
+        .await
+        .unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Draining);
+    world.advance(200);
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Completed);
+    world.assert_no_leak().await;
+}
+
+/// A `completed` never applies to a runner that started another job.
+#[tokio::test]
+async fn a_completed_job_closes_only_the_runner_that_ran_it() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    let runner_1 = world.runner_name(1).await.unwrap();
+    github_starts(&world, 2, &runner_1).await;
+    // A `completed` for job 1 naming runner 1 (a confused or forged delivery):
+    // runner 1 runs job 2, so it is ignored.
+    let wrong = world
+        .lifecycle
+        .handle(&world.message("completed", 1, Some(&runner_1)), world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&wrong, Outcome::Done(m) if m.contains("runs job 2")),
+        "{wrong:?}"
+    );
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+}
+
+/// A surplus runner GitHub refuses to deregister because it is busy (it took
+/// a job whose `in_progress` has not arrived) is kept, the refusal recorded,
+/// and its boot deadline no longer applies; a GitHub error other than busy is
+/// retried, never read as idle.
+#[tokio::test]
+async fn a_surplus_runner_github_says_is_busy_is_kept() {
+    let (mut world, faulty) = World::with_faulty_github();
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    let runner_1 = world.runner_name(1).await.unwrap();
+    let runner_2 = world.runner_name(2).await.unwrap();
+    github_cancels_queued(&world, 1).await;
+    github_cancels_queued(&world, 2).await;
+    // GitHub gave runner 1 a job of another workflow; its webhook is late.
+    world
+        .github
+        .set_job_status("acme", "widgets", 77, "in_progress", Some(&runner_1))
+        .unwrap();
+    world.advance(61);
+    faulty.inject(jitr_infra::GitHubFault::DeletionsFail);
+    let failing = world.reap().await;
+    assert_eq!(
+        failing.surplus.kept_busy,
+        vec![world.stream(1)],
+        "{failing:?}"
+    );
+    assert!(failing.surplus.retired.is_empty(), "{failing:?}");
+    assert!(
+        failing.errors.iter().any(|e| e.contains("502")),
+        "{failing:?}"
+    );
+    assert_eq!(
+        world.status(2).await,
+        RunnerStatus::Ready,
+        "not taken for idle"
+    );
+    assert!(world.github.is_registered(&runner_2));
+    faulty.clear();
+    let swept = world.reap().await;
+    assert_eq!(swept.surplus.retired, vec![world.stream(2)], "{swept:?}");
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert!(head.state.busy_since.is_some());
+    assert_eq!(head.status, RunnerStatus::Running);
+    // Its boot deadline passes: it is kept.
+    world.advance(700);
+    world.reap().await;
+    world.project_and_compensate().await;
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    assert!(world.runs(&world.instance(1).await.unwrap()).await);
+}
+
+/// A boot-deadline termination for a runner whose job started meanwhile —
+/// handled late, delivered twice, or redriven from the dead-letter queue — is
+/// moot: nothing is recorded and the instance runs on.
+#[tokio::test]
+async fn a_terminate_runner_for_a_runner_that_took_a_job_since_is_moot() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    world.advance(11 * 60);
+    let state = world
+        .store
+        .head(&world.stream(1))
+        .await
+        .unwrap()
+        .unwrap()
+        .state;
+    let owed = jitr_domain::terminate_runner(&state, world.now()).expect("boot deadline");
+    // The late `in_progress` arrives before the command is carried out.
+    let runner = world.runner_name(1).await.unwrap();
+    github_starts(&world, 1, &runner).await;
+    for delivery in 0..3 {
+        let outcome = world.compensation.handle(&owed, world.now()).await.unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Done(m) if m.contains("moot")),
+            "delivery {delivery}: {outcome:?}"
+        );
+    }
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+    let kinds: Vec<&str> = world
+        .store
+        .read_stream(&world.stream(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect::<Vec<_>>();
+    assert!(
+        !kinds.contains(&"Failed") && !kinds.contains(&"TerminationRequested"),
+        "{kinds:?}"
+    );
+    assert!(world.runs(&world.instance(1).await.unwrap()).await);
+}
+
+/// A boot-deadline termination of an idle registered runner deregisters it
+/// first: GitHub refusing (busy: it took a job, webhook and poll say nothing
+/// yet) keeps it.
+#[tokio::test]
+async fn a_boot_deadline_deregisters_first_and_keeps_a_busy_runner() {
+    let mut world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    let runner = world.runner_name(1).await.unwrap();
+    // GitHub gave it a job of another run; nothing told jitr.
+    world
+        .github
+        .set_job_status("acme", "widgets", 99, "in_progress", Some(&runner))
+        .unwrap();
+    world.advance(11 * 60);
+    world.project_and_compensate().await;
+    world.reap().await;
+    world.project_and_compensate().await;
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert!(head.state.failure.is_none(), "{:?}", head.state.failure);
+    assert!(head.state.busy_since.is_some());
+    assert!(world.runs(&world.instance(1).await.unwrap()).await);
+}
+
+/// The registration sweep never deletes the registration of an open runner,
+/// whatever its state: one registered and handed its JIT config, whose
+/// `TokenMinted` a crash kept from the log (the name index does not know it
+/// yet), keeps its registration and can connect.
+#[tokio::test]
+async fn the_registration_sweep_keeps_a_runner_minted_before_its_record() {
+    let world = World::new(SimSettings::default(), 4);
+    world
+        .scaleup
+        .crash
+        .arm(CrashPoint::AfterJitConfigHandedOver);
+    let crashed = world.queued(1).await;
+    assert!(
+        matches!(crashed, Err(HandlerError::Crashed(_))),
+        "{crashed:?}"
+    );
+    let name = world.stream(1).runner_name();
+    assert!(world.github.is_registered(&name));
+    assert_eq!(world.store.stream_of_runner(&name).await.unwrap(), None);
+    world.advance(30);
+    let report = world.reap().await;
+    assert_eq!(report.registrations_removed, 0, "{report:?}");
+    assert!(
+        world.github.is_registered(&name),
+        "the registration was kept"
+    );
 }

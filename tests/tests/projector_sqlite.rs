@@ -165,12 +165,15 @@ async fn completed_job_drains_then_completes_with_terminated() {
     let mut world = World::new();
     let mut projector = world.projector().await;
     world.launch(2).await;
-    world.command(2, Command::StartJob, at(10)).await;
+    world
+        .command(2, Command::StartJob { job: None }, at(10))
+        .await;
     world
         .command(
             2,
             Command::CompleteJob {
                 conclusion: Some("success".into()),
+                job: None,
             },
             at(100),
         )
@@ -219,7 +222,9 @@ async fn a_restarted_projector_re_emits_what_is_still_owed_and_nothing_else() {
     world.command(5, fail_token(), at(10)).await;
     world.terminated(3, at(11)).await;
     world.launch(6).await;
-    world.command(6, Command::StartJob, at(12)).await;
+    world
+        .command(6, Command::StartJob { job: None }, at(12))
+        .await;
 
     let mut second = world.projector().await;
     let emitted = second.tick(at(13)).await.unwrap();

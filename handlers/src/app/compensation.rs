@@ -16,23 +16,45 @@ use crate::app::dispatch::{current_state, dispatch};
 use crate::app::jobwatch::JobWatch;
 use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
+use crate::app::supply::{Deregistration, Supply};
+
+/// Whether the runner's registration is deleted before it is failed and
+/// terminated: registered, no job taken, and ended for being idle (a boot or
+/// stale deadline, recorded or missed now).
+fn deregister_first(state: &RunnerState, now: Timestamp) -> bool {
+    let stage = state
+        .failure
+        .as_ref()
+        .map(|f| f.stage)
+        .or_else(|| jitr_domain::missed_deadline(state, now).map(|m| m.stage));
+    state.runner_name.is_some()
+        && !state.took_job()
+        && stage.is_some_and(|s| s.is_idle_runners() && s != jitr_domain::FailureStage::Surplus)
+}
 
 /// The compensation handler.
 pub struct Compensation {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
     jobs: Arc<JobWatch>,
+    supply: Arc<Supply>,
     /// Crash injection for recovery tests.
     pub crash: CrashSwitch,
 }
 
 impl Compensation {
     /// A handler over `ports`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, jobs: Arc<JobWatch>) -> Self {
+    pub fn new(
+        ports: Ports,
+        policy: Arc<RunnerPolicy>,
+        jobs: Arc<JobWatch>,
+        supply: Arc<Supply>,
+    ) -> Self {
         Compensation {
             ports,
             policy,
             jobs,
+            supply,
             crash: CrashSwitch::default(),
         }
     }
@@ -167,7 +189,6 @@ impl Compensation {
         if state.termination_requested.is_none() {
             // A deadline termination waits for GitHub's word on the job: its
             // `in_progress` or `completed` webhook may have been lost.
-            let version = state.version;
             state = match self.jobs.before_deadline(state, now).await {
                 Ok(state) => state,
                 Err(e) => {
@@ -179,11 +200,31 @@ impl Compensation {
                     ));
                 }
             };
-            if state.version != version && jitr_domain::terminate_runner(&state, now).is_none() {
+            // Re-validated against the head now, whatever decided it (a
+            // deadline, a redelivery, a redrive): a runner that took a job
+            // since is owed nothing, and the command is moot.
+            if jitr_domain::terminate_runner(&state, now).is_none() {
                 return Ok(Outcome::Done(format!(
-                    "{stream}: no termination owed: the job is {} on GitHub",
+                    "{stream}: moot: no termination owed, the runner is {}",
                     state.status()
                 )));
+            }
+            // Deregister first: an idle runner's registration is deleted
+            // before it is failed; GitHub refusing because it is busy means it
+            // took a job, and it is kept.
+            if deregister_first(&state, now) {
+                match self.supply.deregister(&state, now).await {
+                    Ok(Deregistration::Gone) => {}
+                    Ok(Deregistration::Busy(why)) => {
+                        return Ok(Outcome::Done(format!("{stream}: moot: kept, {why}")));
+                    }
+                    Err(e) => {
+                        return Ok(Outcome::RetryAfter(
+                            Duration::from_secs(30),
+                            format!("{stream}: registration not deleted yet: {e}"),
+                        ));
+                    }
+                }
             }
             // The deadline stands: record it missed (the projector leaves the
             // deadlines GitHub is asked about to this handler).

@@ -131,13 +131,14 @@ impl JobWatch {
             } else {
                 if took_it && started && target_state.job_started_at.is_none() {
                     recorded += usize::from(
-                        self.observe(&target, Command::ObserveJobStarted, now)
+                        self.observe(&target, Command::ObserveJobStarted { job: None }, now)
                             .await?,
                     );
                 }
                 if completed {
                     let complete = Command::ObserveJobCompleted {
                         conclusion: found.conclusion.clone(),
+                        job: None,
                     };
                     recorded += usize::from(self.observe(&target, complete, now).await?);
                 }

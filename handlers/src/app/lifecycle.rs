@@ -1,31 +1,40 @@
-//! Lifecycle: `in_progress` and `completed` webhooks move the runner that took the
-//! job. Events for runners jitr does not know, or that arrive out of order, are
-//! acknowledged with a reason, never a crash.
+//! Lifecycle: `in_progress` and `completed` webhooks move the runner GitHub
+//! names, whichever job it was launched for; the job's own runners learn that
+//! their job no longer waits (taken by another runner, or cancelled while
+//! queued) and become capacity for the pool's other jobs. Events for runners
+//! jitr does not know, or that arrive out of order, are acknowledged with a
+//! reason, never a crash.
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, JobRef, StreamId, Timestamp};
+use jitr_domain::{Command, DemandEnding, JobRef, StreamId, Timestamp};
 use jitr_infra::CommandId;
 
 use crate::app::Ports;
 use crate::app::dispatch::{Dispatched, dispatch};
 use crate::app::outcome::{HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
+use crate::app::supply::Supply;
 use crate::app::webhook::JobMessage;
 
-/// Runner attempts looked at for a job cancelled before any runner took it.
+/// Runner attempts looked at for a job's own runners.
 const MAX_ATTEMPTS_LOOKED_UP: u32 = 8;
 
 /// The lifecycle handler.
 pub struct Lifecycle {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
+    supply: Arc<Supply>,
 }
 
 impl Lifecycle {
-    /// A handler over `ports`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
-        Lifecycle { ports, policy }
+    /// A handler over `ports`; surplus runners are withdrawn through `supply`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, supply: Arc<Supply>) -> Self {
+        Lifecycle {
+            ports,
+            policy,
+            supply,
+        }
     }
 
     async fn apply(
@@ -34,83 +43,148 @@ impl Lifecycle {
         command: Command,
         job: &JobMessage,
         now: Timestamp,
-    ) -> Result<Outcome, HandlerError> {
+    ) -> Result<String, HandlerError> {
         let name = command.name();
-        let id = CommandId::new(format!("lifecycle:{}:{stream}", job.delivery));
-        match dispatch(&*self.ports.store, stream, command, now, &id).await {
-            Ok(Dispatched::Appended { state, .. }) => Ok(Outcome::Done(format!(
-                "{stream}: {name}, now {}",
-                state.status()
-            ))),
-            Ok(Dispatched::MovedOn { refusal, .. }) => Ok(Outcome::Done(format!(
-                "{stream}: {name} ignored: {refusal}"
-            ))),
-            Ok(Dispatched::Unchanged { .. } | Dispatched::Duplicate) => {
-                Ok(Outcome::Done(format!("{stream}: {name} already recorded")))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let id = CommandId::new(format!("lifecycle:{}:{stream}:{name}", job.delivery));
+        Ok(
+            match dispatch(&*self.ports.store, stream, command, now, &id).await? {
+                Dispatched::Appended { state, .. } => {
+                    format!("{stream}: {name}, now {}", state.status())
+                }
+                Dispatched::MovedOn { refusal, .. } => {
+                    format!("{stream}: {name} ignored: {refusal}")
+                }
+                Dispatched::Unchanged { .. } | Dispatched::Duplicate => {
+                    format!("{stream}: {name} already recorded")
+                }
+            },
+        )
     }
 
-    /// Handles one `in_progress` or `completed` job event.
-    pub async fn handle(&self, job: &JobMessage, now: Timestamp) -> Result<Outcome, HandlerError> {
-        let command = match job.action.as_str() {
-            "in_progress" => Command::StartJob,
-            "completed" => Command::CompleteJob {
-                conclusion: job.conclusion.clone(),
-            },
-            other => return Ok(Outcome::Done(format!("ignored: action {other}"))),
+    /// The stream of the runner GitHub named, if it is one of jitr's and the
+    /// event may move it.
+    async fn named_runner(
+        &self,
+        name: &str,
+        job: &JobMessage,
+        now: Timestamp,
+    ) -> Result<Result<StreamId, String>, HandlerError> {
+        let Some(stream) = self.ports.store.stream_of_runner(name).await? else {
+            return Ok(Err(format!("runner {name:?} is not one of jitr's")));
         };
-        if let Some(name) = &job.runner_name {
-            let Some(stream) = self.ports.store.stream_of_runner(name).await? else {
-                return Ok(Outcome::Done(format!(
-                    "ignored: runner {name:?} is not one of jitr's"
-                )));
-            };
-            let state = crate::app::dispatch::current_state(&*self.ports.store, &stream).await?;
-            if let Some(why) =
-                self.policy
-                    .refuses_event(&state, &job.owner, &job.repo, job.installation)
-            {
-                tracing::warn!(%stream, runner = %name, owner = %job.owner, repo = %job.repo, reason = %why, "lifecycle event refused");
-                crate::app::metrics::lifecycle_refused(now);
-                return Ok(Outcome::Done(format!(
-                    "ignored: {} for runner {name:?}: {why}",
-                    job.action
-                )));
-            }
-            return self.apply(&stream, command, job, now).await;
+        let state = crate::app::dispatch::current_state(&*self.ports.store, &stream).await?;
+        if let Some(why) =
+            self.policy
+                .refuses_event(&state, &job.owner, &job.repo, job.installation)
+        {
+            tracing::warn!(%stream, runner = %name, owner = %job.owner, repo = %job.repo, reason = %why, "lifecycle event refused");
+            crate::app::metrics::lifecycle_refused(now);
+            return Ok(Err(format!("{} for runner {name:?}: {why}", job.action)));
         }
-        if !matches!(command, Command::CompleteJob { .. }) {
-            return Ok(Outcome::Done(
-                "ignored: in_progress without a runner name".into(),
-            ));
-        }
-        // Completed before any runner took it (cancelled): close the job's own
-        // runners, whose instances nobody needs any more.
+        Ok(Ok(stream))
+    }
+
+    /// Records on the job's own runners (all but `taker`) that their job no
+    /// longer waits; returns what was done.
+    async fn end_demand(
+        &self,
+        job: &JobMessage,
+        ending: DemandEnding,
+        taker: Option<&StreamId>,
+        now: Timestamp,
+    ) -> Result<Vec<String>, HandlerError> {
         let job_ref = JobRef {
             owner: job.owner.clone(),
             repo: job.repo.clone(),
             job_id: job.job_id,
             run_id: job.run_id,
         };
-        let mut outcomes = Vec::new();
+        let mut done = Vec::new();
         for attempt in 1..=MAX_ATTEMPTS_LOOKED_UP {
             let Ok(stream) = StreamId::for_job(&job_ref, attempt) else {
                 break;
             };
-            if self.ports.store.head(&stream).await?.is_none() {
+            let Some(head) = self.ports.store.head(&stream).await? else {
                 break;
+            };
+            if Some(&stream) == taker || !head.open {
+                continue;
             }
-            if let Outcome::Done(what) = self.apply(&stream, command.clone(), job, now).await? {
-                outcomes.push(what);
+            if let Some(why) =
+                self.policy
+                    .refuses_event(&head.state, &job.owner, &job.repo, job.installation)
+            {
+                tracing::warn!(%stream, reason = %why, "demand event refused");
+                continue;
             }
+            let command = Command::EndDemand {
+                ending: ending.clone(),
+            };
+            done.push(self.apply(&stream, command, job, now).await?);
         }
-        if outcomes.is_empty() {
-            return Ok(Outcome::Done(format!(
-                "ignored: job {} has no jitr runner",
-                job.job_id
-            )));
+        Ok(done)
+    }
+
+    /// Handles one `in_progress` or `completed` job event.
+    pub async fn handle(&self, job: &JobMessage, now: Timestamp) -> Result<Outcome, HandlerError> {
+        let job_ref = Some(JobRef {
+            owner: job.owner.clone(),
+            repo: job.repo.clone(),
+            job_id: job.job_id,
+            run_id: job.run_id,
+        });
+        let command = match job.action.as_str() {
+            "in_progress" => Command::StartJob { job: job_ref },
+            "completed" => Command::CompleteJob {
+                conclusion: job.conclusion.clone(),
+                job: job_ref,
+            },
+            other => return Ok(Outcome::Done(format!("ignored: action {other}"))),
+        };
+        let mut outcomes = Vec::new();
+        let ending = match &job.runner_name {
+            Some(name) => {
+                let taker = match self.named_runner(name, job, now).await? {
+                    Ok(stream) => {
+                        outcomes.push(self.apply(&stream, command, job, now).await?);
+                        Some(stream)
+                    }
+                    Err(why) => {
+                        outcomes.push(format!("ignored: {why}"));
+                        None
+                    }
+                };
+                let ending = DemandEnding::TakenBy {
+                    runner_name: name.clone(),
+                };
+                outcomes.extend(self.end_demand(job, ending, taker.as_ref(), now).await?);
+                taker.is_none()
+            }
+            None if matches!(command, Command::CompleteJob { .. }) => {
+                // Completed before any runner took it: cancelled while queued.
+                // The job's own runners are capacity now, never closed for it.
+                let ended = self
+                    .end_demand(job, DemandEnding::Cancelled, None, now)
+                    .await?;
+                if ended.is_empty() {
+                    outcomes.push(format!("ignored: job {} has no jitr runner", job.job_id));
+                }
+                outcomes.extend(ended);
+                true
+            }
+            None => {
+                return Ok(Outcome::Done(
+                    "ignored: in_progress without a runner name".into(),
+                ));
+            }
+        };
+        if ending {
+            // A runner with nothing launched that no queued job wants is
+            // withdrawn at once, before an admission round launches it.
+            let withdrawn = self.supply.withdraw_surplus(now).await?;
+            if !withdrawn.is_empty() {
+                outcomes.push(format!("withdrew {} surplus runner(s)", withdrawn.len()));
+            }
         }
         Ok(Outcome::Done(outcomes.join("; ")))
     }

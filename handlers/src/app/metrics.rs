@@ -108,6 +108,10 @@ defs! {
     /// Lifecycle events refused (a runner named from a repository it does not serve).
     LIFECYCLE_REFUSED = "LifecycleEventsRefused", "lifecycle_events_refused", Counter, [],
         "Lifecycle events naming a runner from a repository it does not serve";
+    /// Surplus runners retired (withdrawn, or deregistered and terminated), and
+    /// those GitHub refused to deregister because they were busy.
+    SURPLUS_RUNNERS = "SurplusRunners", "surplus_runners", Counter, ["outcome" => "Outcome"],
+        "Surplus runners no queued job wanted: retired (deregistered first), or kept because GitHub said busy";
     /// Transient JIT mint failures asked again.
     MINT_RETRIES = "MintRetries", "mint_retries", Counter, [],
         "JIT config mints that failed transiently and are asked again";
@@ -322,6 +326,16 @@ pub fn stray(at: Timestamp) {
 /// (or organisation) that runner does not serve.
 pub fn lifecycle_refused(at: Timestamp) {
     record(at, &LIFECYCLE_REFUSED, 1.0, &[]);
+}
+
+/// Surplus runners retired, and kept because GitHub refused to deregister them.
+pub fn surplus_retired(at: Timestamp, retired: usize, kept_busy: usize) {
+    if retired > 0 {
+        record(at, &SURPLUS_RUNNERS, retired as f64, &["retired"]);
+    }
+    if kept_busy > 0 {
+        record(at, &SURPLUS_RUNNERS, kept_busy as f64, &["kept-busy"]);
+    }
 }
 
 /// A JIT mint that failed transiently and will be asked again.

@@ -23,6 +23,7 @@ pub mod projector;
 pub mod reaper;
 pub mod rebalancer;
 pub mod scaleup;
+pub mod supply;
 pub mod webhook;
 
 use jitr_domain::{
@@ -39,6 +40,7 @@ use crate::app::projector::{Projector, ProjectorError};
 use crate::app::reaper::Reaper;
 use crate::app::rebalancer::Rebalancer;
 use crate::app::scaleup::ScaleUp;
+use crate::app::supply::Supply;
 use crate::app::webhook::{DEFAULT_MAX_BODY, Webhook};
 
 /// The outside world, as ports: one set per deployment (embedded, AWS, a test).
@@ -176,6 +178,8 @@ pub struct App {
     pub jobs: Arc<JobWatch>,
     /// The GitHub request budget of background work.
     pub budget: Arc<RequestBudget>,
+    /// Surplus runners retired, deregister-first.
+    pub supply: Arc<Supply>,
     /// Who this process is, for the projector's lease (random per `App`).
     pub holder: String,
 }
@@ -189,16 +193,19 @@ impl App {
             policy.github_background_share_pct,
         ));
         let jobs = Arc::new(JobWatch::new(ports.clone(), policy.clone(), budget.clone()));
+        let supply = Arc::new(Supply::new(ports.clone(), policy.clone()));
         let compensation = Arc::new(Compensation::new(
             ports.clone(),
             policy.clone(),
             jobs.clone(),
+            supply.clone(),
         ));
         let reaper = Arc::new(Reaper::new(
             ports.clone(),
             policy.clone(),
             compensation.clone(),
             jobs.clone(),
+            supply.clone(),
         ));
         let scaleup = Arc::new(ScaleUp::new(ports.clone(), policy.clone()));
         App {
@@ -210,7 +217,11 @@ impl App {
                 ports.lifecycle_queue.clone(),
             )),
             scaleup: scaleup.clone(),
-            lifecycle: Arc::new(Lifecycle::new(ports.clone(), policy.clone())),
+            lifecycle: Arc::new(Lifecycle::new(
+                ports.clone(),
+                policy.clone(),
+                supply.clone(),
+            )),
             reaper: reaper.clone(),
             ec2_events: Arc::new(ec2events::Ec2Events::new(
                 ports.clone(),
@@ -227,6 +238,7 @@ impl App {
             holder: holder_id(),
             jobs,
             budget,
+            supply,
             compensation,
             policy,
             ports,

@@ -52,6 +52,9 @@ pub enum CrashPoint {
     AfterRunInstances,
     /// Scale-up: `Launched` written, no JIT config minted.
     AfterLaunched,
+    /// Scale-up: the runner registered and its JIT config handed over,
+    /// `TokenMinted` not written.
+    AfterJitConfigHandedOver,
     /// Scale-up: `TokenMinted` written, message not acknowledged.
     AfterTokenMinted,
     /// Compensation: TerminateInstances called, `Terminated` not written.

@@ -125,6 +125,9 @@ pub struct RunnerPolicy {
     pub allowlist: Vec<String>,
     /// The reaper leaves instances younger than this alone.
     pub reaper_grace_ms: u64,
+    /// How long a surplus runner stays ready before it is retired
+    /// (deregister-first): an `in_progress` on its way may still arrive.
+    pub retire_grace_ms: u64,
     /// How often the reaper asks GitHub for the job of a ready or running runner
     /// (a lost `in_progress` or `completed` webhook is healed within this);
     /// 0: only before a boot-deadline or max-age termination.
@@ -161,6 +164,7 @@ impl Default for RunnerPolicy {
             deployment: None,
             allowlist: Vec::new(),
             reaper_grace_ms: 120_000,
+            retire_grace_ms: jitr_domain::DEFAULT_RETIRE_GRACE_MS,
             job_poll_interval_ms: 300_000,
             job_poll_patience_ms: 600_000,
             github_background_share_pct: 20,

@@ -18,6 +18,7 @@ use crate::app::dispatch::{current_state, dispatch};
 use crate::app::jobwatch::JobWatch;
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
+use crate::app::supply::{RetireReport, Supply};
 
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,6 +46,8 @@ pub struct SweepReport {
     pub registrations_removed: usize,
     /// Runners waiting for capacity (an admission round was asked for).
     pub waiting: usize,
+    /// Surplus runners withdrawn, retired deregister-first, or kept busy.
+    pub surplus: RetireReport,
     /// What failed for one instance or runner; the sweep went on with the others.
     pub errors: Vec<String>,
 }
@@ -55,6 +58,7 @@ pub struct Reaper {
     policy: Arc<RunnerPolicy>,
     compensation: Arc<Compensation>,
     jobs: Arc<JobWatch>,
+    supply: Arc<Supply>,
 }
 
 impl Reaper {
@@ -64,12 +68,14 @@ impl Reaper {
         policy: Arc<RunnerPolicy>,
         compensation: Arc<Compensation>,
         jobs: Arc<JobWatch>,
+        supply: Arc<Supply>,
     ) -> Self {
         Reaper {
             ports,
             policy,
             compensation,
             jobs,
+            supply,
         }
     }
 
@@ -249,6 +255,13 @@ impl Reaper {
                 report.errors.push(format!("runner {stream}: {e}"));
             }
         }
+        match self.supply.retire_surplus(now).await {
+            Ok(surplus) => {
+                report.errors.extend(surplus.errors.iter().cloned());
+                report.surplus = surplus;
+            }
+            Err(e) => report.errors.push(format!("retiring surplus runners: {e}")),
+        }
         report.registrations_removed = self.sweep_registrations().await;
         if report.waiting > 0 {
             // The periodic admission round: capacity may have freed without a
@@ -375,17 +388,16 @@ impl Reaper {
         if !owed.contains(&stream) && resume(&state, now).is_empty() {
             return Ok(());
         }
-        // A deadline termination waits for GitHub's word on the job.
-        state = self.jobs.before_deadline(state, now).await?;
-        if resume(&state, now).is_empty() {
-            return Ok(());
-        }
-        for command in resume(&state, now) {
-            if let Command::Fail { .. } = command {
-                self.record(&stream, command, now).await?;
+        // A deadline GitHub must be asked about (the job may run on the
+        // runner) is compensation's: it asks, deregisters first, then fails.
+        if jitr_domain::deadline_to_confirm(&state, now).is_none() {
+            for command in resume(&state, now) {
+                if let Command::Fail { .. } = command {
+                    self.record(&stream, command, now).await?;
+                }
             }
+            state = current_state(&*self.ports.store, &stream).await?;
         }
-        state = current_state(&*self.ports.store, &stream).await?;
         // A failed runner with an instance that may be alive (launched, or an
         // unresolved launch) always owes a termination.
         if let Some(terminate) = terminate_runner(&state, now) {
@@ -395,11 +407,31 @@ impl Reaper {
         Ok(())
     }
 
-    /// Removes GitHub registrations named by jitr whose stream is closed or unknown.
+    /// Removes GitHub registrations named by jitr whose stream is closed or
+    /// unknown. A name an open runner has or registers under is never removed.
+    /// If the open runners cannot be read, nothing is removed.
     async fn sweep_registrations(&self) -> usize {
         // Each scope is asked through the installation its runners came through.
         let mut scopes = Vec::new();
-        let open = self.ports.store.open_streams().await.unwrap_or_default();
+        let open = match self.ports.store.open_streams().await {
+            Ok(open) if open.unreadable.is_empty() => open,
+            // An open runner that cannot be read may own any name.
+            _ => return 0,
+        };
+        // Every name an open runner has or will register under, whatever its
+        // state: a mint may be done before its `TokenMinted` is written, and the
+        // name index may lag.
+        let open_names: HashSet<String> = open
+            .heads
+            .iter()
+            .flat_map(|h| {
+                [
+                    h.state.runner_name.clone(),
+                    h.state.runner_name_to_register(),
+                ]
+            })
+            .flatten()
+            .collect();
         for head in open.heads {
             if let Some(r) = &head.state.request {
                 let scope = self.policy.scope_of(r);
@@ -423,6 +455,7 @@ impl Reaper {
             for runner in runners
                 .iter()
                 .filter(|r| self.policy.names_runner(&r.name) && !r.busy)
+                .filter(|r| !open_names.contains(&r.name))
             {
                 let open = match self.ports.store.stream_of_runner(&runner.name).await {
                     Ok(Some(stream)) => self

@@ -1056,6 +1056,7 @@ impl ScaleUp {
                 "{stream}: {reason}; termination owed"
             )));
         }
+        self.crash.check(CrashPoint::AfterJitConfigHandedOver)?;
         let recorded = self
             .run(
                 stream,

@@ -112,11 +112,12 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
         },
         5,
     );
-    step(&mut state, Command::StartJob, 40);
+    step(&mut state, Command::StartJob { job: None }, 40);
     step(
         &mut state,
         Command::CompleteJob {
             conclusion: Some("success".into()),
+            job: None,
         },
         400,
     );

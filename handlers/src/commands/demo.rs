@@ -158,12 +158,13 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
         runner_name: format!("jitr-acme-widgets-{n}-1"),
     };
     script.run(s1, name(1), 20).await?;
-    script.run(s1, Command::StartJob, 30).await?;
+    script.run(s1, Command::StartJob { job: None }, 30).await?;
     script
         .run(
             s1,
             Command::CompleteJob {
                 conclusion: Some("success".into()),
+                job: None,
             },
             60,
         )
@@ -214,7 +215,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
         .launch(s4, Market::OnDemand, Ok("i-0demo000000000004"), 16)
         .await?;
     script.run(s4, name(4), 40).await?;
-    script.run(s4, Command::StartJob, 70).await?;
+    script.run(s4, Command::StartJob { job: None }, 70).await?;
     script
         .launch(s5, Market::Spot, Ok("i-0demo000000000005"), 200)
         .await?;

@@ -36,6 +36,12 @@ fn polled(source: jitr_domain::JobSource) -> &'static str {
     }
 }
 
+/// The job GitHub assigned, as a history line says it.
+fn assigned(job: Option<&jitr_domain::JobRef>) -> String {
+    job.map(|j| format!("job {} of {}/{}", j.job_id, j.owner, j.repo))
+        .unwrap_or_default()
+}
+
 /// One line describing what an event says (never a secret: the log holds none).
 pub fn describe(event: &RunnerEvent) -> String {
     match event {
@@ -71,14 +77,31 @@ pub fn describe(event: &RunnerEvent) -> String {
             market.as_str()
         ),
         RunnerEvent::TokenMinted { runner_name, .. } => format!("runner {runner_name}"),
-        RunnerEvent::JobStarted { source, .. } => polled(*source).into(),
+        RunnerEvent::JobStarted { source, job, .. } => {
+            format!("{}{}", assigned(job.as_ref()), polled(*source))
+        }
         RunnerEvent::JobCompleted {
-            conclusion, source, ..
+            conclusion,
+            source,
+            job,
+            ..
         } => format!(
-            "{}{}",
+            "{}{}{}",
             conclusion.clone().unwrap_or_default(),
+            assigned(job.as_ref()).replace("job", " job"),
             polled(*source)
         ),
+        RunnerEvent::DemandEnded { ending, .. } => match ending {
+            jitr_domain::DemandEnding::Cancelled => {
+                "the job it was launched for was cancelled while queued: the runner is spare capacity".into()
+            }
+            jitr_domain::DemandEnding::TakenBy { runner_name } => format!(
+                "the job it was launched for was taken by runner {runner_name}: the runner is spare capacity"
+            ),
+        },
+        RunnerEvent::DeregistrationRefused { reason, .. } => {
+            format!("GitHub refused to deregister it (busy): kept; {reason}")
+        }
         RunnerEvent::Failed { stage, reason, .. } => format!("{}: {reason}", stage.as_str()),
         RunnerEvent::TerminationRequested {
             reason: why,

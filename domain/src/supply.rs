@@ -1,0 +1,153 @@
+//! Demand against supply, per pool: which surplus runners retire.
+//!
+//! GitHub gives a queued job to any idle runner whose labels match, so a pool's
+//! runners are interchangeable capacity. A pool's *demand* is its runners whose
+//! own job still waits (neither taken nor cancelled); its *supply* is its
+//! runners no job has taken yet (waiting for capacity, launching, booting,
+//! ready). Supply above demand is surplus: a runner nobody will use. Surplus is
+//! retired cheapest first — a runner with nothing launched is withdrawn at
+//! once; a ready runner is deregistered first (GitHub refuses to delete a busy
+//! one) once it has been ready for the grace — youngest first. A runner still
+//! launching or booting is left to become ready: it may take the next job.
+
+use std::collections::BTreeMap;
+
+use crate::ids::{StreamId, Timestamp};
+use crate::state::{RunnerState, RunnerStatus};
+
+/// How long a surplus runner stays ready before it is retired, by default:
+/// long enough for an `in_progress` already on its way to arrive.
+pub const DEFAULT_RETIRE_GRACE_MS: u64 = 60_000;
+
+/// What happens to one surplus runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Nothing was launched and nothing is registered: close it (`Fail`
+    /// `surplus`), no instance to terminate.
+    Withdraw {
+        /// The runner.
+        stream: StreamId,
+    },
+    /// Ready and registered: delete its registration, then fail it `surplus`
+    /// (its termination follows). A refusal because it is busy keeps it.
+    Deregister {
+        /// The runner.
+        stream: StreamId,
+        /// Its registered name.
+        runner_name: String,
+    },
+}
+
+impl Retirement {
+    /// The runner it retires.
+    pub fn stream(&self) -> &StreamId {
+        match self {
+            Retirement::Withdraw { stream } | Retirement::Deregister { stream, .. } => stream,
+        }
+    }
+}
+
+/// One pool's balance at a moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolBalance {
+    /// Runners whose own job still waits.
+    pub demand: usize,
+    /// Runners no job has taken yet.
+    pub supply: usize,
+}
+
+impl PoolBalance {
+    /// Supply beyond demand.
+    pub fn surplus(&self) -> usize {
+        self.supply.saturating_sub(self.demand)
+    }
+}
+
+/// The balance of each pool among `open` runners (a runner requested before
+/// pools existed counts in the pool `""`).
+pub fn pool_balances<'a>(
+    open: impl IntoIterator<Item = &'a RunnerState>,
+) -> BTreeMap<String, PoolBalance> {
+    let mut pools: BTreeMap<String, PoolBalance> = BTreeMap::new();
+    for state in open {
+        let Some(request) = &state.request else {
+            continue;
+        };
+        let balance = pools
+            .entry(request.spec.pool.clone().unwrap_or_default())
+            .or_default();
+        balance.demand += usize::from(state.demand_queued());
+        balance.supply += usize::from(state.is_untaken_capacity());
+    }
+    pools
+}
+
+/// The surplus runners to retire at `now` among the `open` runners (every open
+/// runner of the pools concerned: demand is counted across them), at most one
+/// per unit of surplus per pool.
+pub fn plan_retirements<'a>(
+    open: impl IntoIterator<Item = &'a RunnerState>,
+    now: Timestamp,
+    grace_ms: u64,
+) -> Vec<Retirement> {
+    let open: Vec<&RunnerState> = open.into_iter().collect();
+    let balances = pool_balances(open.iter().copied());
+    let mut plan = Vec::new();
+    for (pool, balance) in balances {
+        let mut surplus = balance.surplus();
+        if surplus == 0 {
+            continue;
+        }
+        let in_pool = |s: &&&RunnerState| {
+            s.request
+                .as_ref()
+                .is_some_and(|r| r.spec.pool.clone().unwrap_or_default() == pool)
+                && s.is_untaken_capacity()
+        };
+        // Nothing launched: withdrawn at once, those whose own job ended first,
+        // then the youngest.
+        let mut unlaunched: Vec<&RunnerState> = open
+            .iter()
+            .filter(in_pool)
+            .copied()
+            .filter(|s| !s.instance_may_be_alive() && s.runner_name.is_none())
+            .collect();
+        unlaunched.sort_by_key(|s| {
+            (
+                s.demand_ended.is_none(),
+                std::cmp::Reverse(s.request.as_ref().map(|r| r.at)),
+            )
+        });
+        for state in unlaunched {
+            if surplus == 0 {
+                break;
+            }
+            if let Some(stream) = state.stream_id() {
+                plan.push(Retirement::Withdraw { stream });
+                surplus -= 1;
+            }
+        }
+        // Ready for the grace: deregistered first, the youngest first.
+        let mut ready: Vec<(&RunnerState, Timestamp, String)> = open
+            .iter()
+            .filter(in_pool)
+            .filter(|s| s.status() == RunnerStatus::Ready)
+            .filter_map(|s| Some((*s, s.ready_at?, s.runner_name.clone()?)))
+            .filter(|(_, at, _)| now.millis_since(*at) >= grace_ms)
+            .collect();
+        ready.sort_by_key(|(_, at, _)| std::cmp::Reverse(*at));
+        for (state, _, runner_name) in ready {
+            if surplus == 0 {
+                break;
+            }
+            if let Some(stream) = state.stream_id() {
+                plan.push(Retirement::Deregister {
+                    stream,
+                    runner_name,
+                });
+                surplus -= 1;
+            }
+        }
+    }
+    plan
+}

@@ -1,0 +1,213 @@
+//! Surplus runners retired, deregister-first (ADR-0017).
+//!
+//! The plan is the domain's ([`jitr_domain::plan_retirements`]): demand
+//! against supply per pool. This service carries it out: a runner with nothing
+//! launched is withdrawn (`Fail` `surplus`, nothing to terminate); a ready
+//! runner's GitHub registration is deleted first, and only then is it failed
+//! `surplus` (its termination follows through the projector and compensation).
+//! GitHub refuses to delete a busy runner: that refusal is evidence the runner
+//! took a job, and it is kept (`DeregistrationRefused`).
+
+use std::sync::Arc;
+
+use jitr_domain::{Command, FailureStage, Retirement, RunnerState, StreamId, Timestamp};
+use jitr_infra::{CommandId, GitHubError};
+use serde::Serialize;
+
+use crate::app::Ports;
+use crate::app::dispatch::{Dispatched, current_state, dispatch};
+use crate::app::outcome::HandlerError;
+use crate::app::policy::RunnerPolicy;
+
+/// What deleting a runner's registration found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deregistration {
+    /// Deleted now, or it was never registered or already gone: the runner
+    /// cannot take a job any more.
+    Gone,
+    /// GitHub refused: the runner is running a job.
+    Busy(String),
+}
+
+/// What one retirement pass did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetireReport {
+    /// Runners with nothing launched, closed as surplus.
+    pub withdrawn: Vec<StreamId>,
+    /// Ready runners deregistered and failed `surplus` (terminations follow).
+    pub retired: Vec<StreamId>,
+    /// Runners GitHub refused to deregister because they are busy: kept.
+    pub kept_busy: Vec<StreamId>,
+    /// What failed for one runner (retried on the next pass).
+    pub errors: Vec<String>,
+}
+
+/// Carries out the retirement plan.
+pub struct Supply {
+    ports: Ports,
+    policy: Arc<RunnerPolicy>,
+}
+
+impl Supply {
+    /// A service over `ports`.
+    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>) -> Self {
+        Supply { ports, policy }
+    }
+
+    async fn record(
+        &self,
+        stream: &StreamId,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Dispatched, HandlerError> {
+        let id = CommandId::new(format!("supply:{stream}:{}:{}", command.name(), now.0));
+        Ok(dispatch(&*self.ports.store, stream, command, now, &id).await?)
+    }
+
+    async fn plan(&self, now: Timestamp) -> Result<Vec<Retirement>, HandlerError> {
+        let open = self.ports.store.open_streams().await?;
+        Ok(jitr_domain::plan_retirements(
+            open.heads.iter().map(|h| &h.state),
+            now,
+            self.policy.retire_grace_ms,
+        ))
+    }
+
+    /// Withdraws the surplus runners that have nothing launched (no GitHub
+    /// call); returns them.
+    pub async fn withdraw_surplus(&self, now: Timestamp) -> Result<Vec<StreamId>, HandlerError> {
+        let mut withdrawn = Vec::new();
+        for step in self.plan(now).await? {
+            if let Retirement::Withdraw { stream } = step {
+                if self.withdraw(&stream, now).await? {
+                    withdrawn.push(stream);
+                }
+            }
+        }
+        Ok(withdrawn)
+    }
+
+    async fn withdraw(&self, stream: &StreamId, now: Timestamp) -> Result<bool, HandlerError> {
+        let fail = Command::Fail {
+            stage: FailureStage::Surplus,
+            reason: "surplus: no queued job of its pool wants it; nothing was launched".into(),
+        };
+        Ok(matches!(
+            self.record(stream, fail, now).await?,
+            Dispatched::Appended { .. }
+        ))
+    }
+
+    /// One pass: every surplus runner withdrawn or retired deregister-first.
+    /// A failure for one runner is reported and the pass goes on.
+    pub async fn retire_surplus(&self, now: Timestamp) -> Result<RetireReport, HandlerError> {
+        let mut report = RetireReport::default();
+        for step in self.plan(now).await? {
+            let stream = step.stream().clone();
+            let done = match step {
+                Retirement::Withdraw { stream } => self.withdraw(&stream, now).await.map(|w| {
+                    if w {
+                        report.withdrawn.push(stream);
+                    }
+                }),
+                Retirement::Deregister { stream, .. } => {
+                    self.retire(&stream, now).await.map(|kept| match kept {
+                        Deregistration::Gone => report.retired.push(stream),
+                        Deregistration::Busy(_) => report.kept_busy.push(stream),
+                    })
+                }
+            };
+            if let Err(e) = done {
+                tracing::warn!(%stream, error = %e, "surplus runner not retired; next pass");
+                report.errors.push(format!("runner {stream}: {e}"));
+            }
+        }
+        crate::app::metrics::surplus_retired(
+            now,
+            report.withdrawn.len() + report.retired.len(),
+            report.kept_busy.len(),
+        );
+        Ok(report)
+    }
+
+    /// Retires one ready surplus runner: deregistered, then failed `surplus`.
+    async fn retire(
+        &self,
+        stream: &StreamId,
+        now: Timestamp,
+    ) -> Result<Deregistration, HandlerError> {
+        let state = current_state(&*self.ports.store, stream).await?;
+        let outcome = self.deregister(&state, now).await?;
+        if outcome == Deregistration::Gone {
+            let fail = Command::Fail {
+                stage: FailureStage::Surplus,
+                reason: "surplus: no queued job of its pool wants it; registration deleted".into(),
+            };
+            self.record(stream, fail, now).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes the runner's GitHub registration before anything terminates it.
+    /// GitHub refusing because the runner is busy is recorded
+    /// (`DeregistrationRefused`) and returned as [`Deregistration::Busy`]; any
+    /// other GitHub error is returned (try again later: the runner is not taken
+    /// for idle). A runner never registered is [`Deregistration::Gone`].
+    pub async fn deregister(
+        &self,
+        state: &RunnerState,
+        now: Timestamp,
+    ) -> Result<Deregistration, HandlerError> {
+        let (Some(stream), Some(request)) = (state.stream_id(), state.request.as_ref()) else {
+            return Ok(Deregistration::Gone);
+        };
+        // The name it registers under, also before `TokenMinted` is written
+        // (a mint whose record was lost to a crash).
+        let Some(name) = state
+            .runner_name
+            .clone()
+            .or_else(|| state.runner_name_to_register())
+        else {
+            return Ok(Deregistration::Gone);
+        };
+        let scope = self.policy.scope_of(request);
+        let installation = self.policy.installation_for(state);
+        let github = &self.ports.github;
+        let find = || async {
+            Ok::<_, GitHubError>(
+                github
+                    .list_runners(installation, &scope)
+                    .await?
+                    .into_iter()
+                    .find(|r| r.name == name),
+            )
+        };
+        let Some(runner) = find().await? else {
+            return Ok(Deregistration::Gone);
+        };
+        let refusal = if runner.busy {
+            format!("GitHub lists runner {name} as busy")
+        } else {
+            match github.delete_runner(installation, &scope, runner.id).await {
+                Ok(_) => return Ok(Deregistration::Gone),
+                // 422: GitHub refuses to delete a runner that runs a job. Only
+                // its word that the runner is busy makes it so; any other
+                // refusal is retried.
+                Err(GitHubError::Invalid(message)) => match find().await? {
+                    Some(again) if again.busy => message,
+                    Some(_) => return Err(GitHubError::Invalid(message).into()),
+                    None => return Ok(Deregistration::Gone),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::info!(%stream, runner = %name, reason = %refusal, "runner busy: kept");
+        if state.runner_name.is_some() {
+            let refuse = Command::RefuseDeregistration {
+                reason: refusal.clone(),
+            };
+            self.record(&stream, refuse, now).await?;
+        }
+        Ok(Deregistration::Busy(refusal))
+    }
+}
