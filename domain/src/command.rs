@@ -100,6 +100,12 @@ pub enum Command {
         /// How.
         ending: DemandEnding,
     },
+    /// The runner now stands for `job` (its own was taken by a runner that
+    /// stood for `job`).
+    MoveDemand {
+        /// The job.
+        job: JobRef,
+    },
     /// GitHub refused to delete the runner's registration: it is busy.
     RefuseDeregistration {
         /// GitHub's answer.
@@ -147,6 +153,7 @@ impl Command {
             Command::ObserveJobStarted { .. } => "ObserveJobStarted",
             Command::ObserveJobCompleted { .. } => "ObserveJobCompleted",
             Command::EndDemand { .. } => "EndDemand",
+            Command::MoveDemand { .. } => "MoveDemand",
             Command::RefuseDeregistration { .. } => "RefuseDeregistration",
             Command::WarnSpotInterruption { .. } => "WarnSpotInterruption",
             Command::Fail { .. } => "Fail",

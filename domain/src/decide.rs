@@ -213,6 +213,12 @@ pub fn decide(
             }])
         }
         Command::EndDemand { ending } => Ok(vec![RunnerEvent::DemandEnded { at, ending }]),
+        Command::MoveDemand { job } => {
+            if !state.demand_queued() {
+                return Err(DomainError::JobTaken);
+            }
+            Ok(vec![RunnerEvent::DemandMoved { at, job }])
+        }
         Command::RefuseDeregistration { reason } => {
             if state.runner_name.is_none() {
                 return Err(DomainError::NotRegistered);
@@ -296,6 +302,7 @@ pub fn decide(
 /// | `RecordToken` | the same runner name is recorded |
 /// | `StartJob` / `CompleteJob` (and their `Observe…` forms) | the job's start / completion is recorded, whatever its source, for the same job (or none named) |
 /// | `EndDemand` | the demand's end is recorded |
+/// | `MoveDemand` | the runner stands for that job already |
 /// | `RefuseDeregistration` | the runner is known busy (refused before, or its job started) |
 /// | `WarnSpotInterruption` | a warning is recorded |
 /// | `Fail` | a failure is recorded (the first one stands) |
@@ -327,6 +334,7 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
             state.job_completed_at.is_some() && same_job(state, job.as_ref())
         }
         Command::EndDemand { .. } => state.demand_ended.is_some(),
+        Command::MoveDemand { job } => state.demand_job() == Some(job),
         Command::RefuseDeregistration { .. } => {
             state.busy_since.is_some() || state.job_started_at.is_some()
         }

@@ -136,8 +136,9 @@ impl DomainError {
 /// - a termination was asked for before the JIT config was recorded;
 /// - another delivery of the job intended or made the launch first (`IntendLaunch`);
 /// - nothing may be alive to terminate (`Terminate`);
-/// - an idle runner's failure or a refused deregistration for a runner that
-///   has taken a job meanwhile (`Fail`, `RefuseDeregistration`);
+/// - an idle runner's failure, a refused deregistration or a moved demand for
+///   a runner that has taken a job meanwhile (`Fail`, `RefuseDeregistration`,
+///   `MoveDemand`);
 /// - a `completed` for a job the runner did not run (`CompleteJob`).
 ///
 /// Every other refusal is a bug or a broken input (another instance, another
@@ -155,7 +156,9 @@ pub fn is_benign_refusal(command: &crate::Command, error: &DomainError) -> bool 
         DomainError::NoInstance => matches!(command, Command::Terminate { .. }),
         DomainError::JobTaken => matches!(
             command,
-            Command::Fail { .. } | Command::RefuseDeregistration { .. }
+            Command::Fail { .. }
+                | Command::RefuseDeregistration { .. }
+                | Command::MoveDemand { .. }
         ),
         DomainError::AnotherJob { .. } => matches!(
             command,

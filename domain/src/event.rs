@@ -372,14 +372,24 @@ pub enum RunnerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobRef>,
     },
-    /// The job this runner was launched for no longer wants a runner: it was
-    /// cancelled while queued, or another runner took it. The runner itself is
-    /// unchanged: it is capacity, and may take another queued job of its pool.
+    /// The job this runner stands for (the one it was launched for, or one
+    /// moved to it) no longer wants a runner: it was cancelled while queued, or
+    /// a runner standing for no job took it. The runner itself is unchanged: it
+    /// is capacity, and may take another queued job of its pool.
     DemandEnded {
         /// When.
         at: Timestamp,
         /// How.
         ending: DemandEnding,
+    },
+    /// GitHub gave the job this runner stood for to a runner that stood for
+    /// `job`: the two swapped, and this runner now stands for `job` (still
+    /// queued). Jobs of a pool are interchangeable for its runners.
+    DemandMoved {
+        /// When.
+        at: Timestamp,
+        /// The job this runner now stands for.
+        job: JobRef,
     },
     /// GitHub refused to delete the runner's registration because the runner
     /// is busy: evidence that it took a job, whichever. It is kept.
@@ -469,6 +479,7 @@ impl RunnerEvent {
             | RunnerEvent::JobStarted { at, .. }
             | RunnerEvent::JobCompleted { at, .. }
             | RunnerEvent::DemandEnded { at, .. }
+            | RunnerEvent::DemandMoved { at, .. }
             | RunnerEvent::DeregistrationRefused { at, .. }
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
@@ -490,6 +501,7 @@ impl RunnerEvent {
             RunnerEvent::JobStarted { .. } => "JobStarted",
             RunnerEvent::JobCompleted { .. } => "JobCompleted",
             RunnerEvent::DemandEnded { .. } => "DemandEnded",
+            RunnerEvent::DemandMoved { .. } => "DemandMoved",
             RunnerEvent::DeregistrationRefused { .. } => "DeregistrationRefused",
             RunnerEvent::Failed { .. } => "Failed",
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",

@@ -222,7 +222,11 @@ pub struct RunnerState {
     /// then on).
     #[serde(default)]
     pub ready_at: Option<Timestamp>,
-    /// When and how the job the runner was launched for stopped wanting one.
+    /// The job the runner stands for, when another than the one it was
+    /// launched for (moved to it, `DemandMoved`).
+    #[serde(default)]
+    pub demand_moved_to: Option<JobRef>,
+    /// When and how the job the runner stands for stopped wanting one.
     #[serde(default)]
     pub demand_ended: Option<(Timestamp, DemandEnding)>,
     /// When GitHub refused to delete the registration: the runner is busy.
@@ -327,13 +331,22 @@ impl RunnerState {
             .or(self.request.as_ref().map(|r| &r.job))
     }
 
-    /// Whether the job the runner was launched for still waits for a runner:
-    /// neither ended (cancelled, taken by another runner) nor taken by this one.
+    /// The job the runner stands for: the one it was launched for, or the one
+    /// moved to it.
+    pub fn demand_job(&self) -> Option<&JobRef> {
+        self.demand_moved_to
+            .as_ref()
+            .or(self.request.as_ref().map(|r| &r.job))
+    }
+
+    /// Whether the runner stands for a job that still waits: open, its demand
+    /// neither ended (cancelled, taken) nor met (it took a job — started,
+    /// completed, or busy on GitHub: one runner, one job).
     pub fn demand_queued(&self) -> bool {
-        let Some(request) = &self.request else {
-            return false;
-        };
-        !is_terminal(self) && self.demand_ended.is_none() && self.job_taken() != Some(&request.job)
+        self.request.is_some()
+            && !is_terminal(self)
+            && self.demand_ended.is_none()
+            && !self.took_job()
     }
 
     /// Whether the runner is capacity that no job has taken yet: open, wanted,
@@ -476,6 +489,9 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
             if state.assigned_job.is_none() {
                 state.assigned_job.clone_from(job);
             }
+        }
+        RunnerEvent::DemandMoved { job, .. } => {
+            state.demand_moved_to = Some(job.clone());
         }
         RunnerEvent::DemandEnded { at, ending } => {
             state.demand_ended.get_or_insert((*at, ending.clone()));

@@ -132,7 +132,11 @@ pub fn plan_retirements<'a>(
             .iter()
             .filter(in_pool)
             .filter(|s| s.status() == RunnerStatus::Ready)
-            .filter_map(|s| Some((*s, s.ready_at?, s.runner_name.clone()?)))
+            .filter_map(|s| {
+                // Heads written before `ready_at` was kept: since the launch.
+                let ready_at = s.ready_at.or(s.instance().map(|i| i.launched_at))?;
+                Some((*s, ready_at, s.runner_name.clone()?))
+            })
             .filter(|(_, at, _)| now.millis_since(*at) >= grace_ms)
             .collect();
         ready.sort_by_key(|(_, at, _)| std::cmp::Reverse(*at));

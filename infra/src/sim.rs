@@ -963,6 +963,18 @@ impl SimGitHub {
             })
             .is_ok()
     }
+
+    /// Whether a runner of that name is registered and not running a job: one
+    /// GitHub may give a queued job.
+    pub fn is_idle(&self, runner: &str) -> bool {
+        self.lock()
+            .query_row(
+                "SELECT 1 FROM gh_runners WHERE name = ?1 AND busy = 0",
+                [runner],
+                |_| Ok(()),
+            )
+            .is_ok()
+    }
 }
 
 #[async_trait]

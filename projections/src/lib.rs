@@ -5,6 +5,8 @@
 //! checkpoint; nothing here does I/O.
 #![deny(missing_docs, unsafe_code)]
 
+pub mod jobs;
+
 use std::collections::{BTreeMap, HashMap};
 
 use jitr_domain::{
@@ -15,8 +17,9 @@ use jitr_domain::{
 use serde::{Deserialize, Serialize};
 
 /// The shape of [`RunnerViews`] as saved; a checkpoint of another shape is
-/// rebuilt from the log.
-pub const VIEWS_SCHEMA: u32 = 3;
+/// rebuilt from the log. 4: runner states keep the job GitHub gave them, when
+/// they became ready, their demand's end and GitHub's busy refusal (ADR-0017).
+pub const VIEWS_SCHEMA: u32 = 4;
 
 /// How many skipped positions are kept (all are counted).
 pub const SKIPPED_KEPT: usize = 100;

@@ -187,8 +187,13 @@ async fn a_spot_storm_relaunches_warned_runners_at_once_and_records_the_cut_jobs
         "{:?}",
         report.relaunch_after_interruption_ms
     );
-    assert_eq!(report.jobs_cut, after, "{report:?}");
-    assert_eq!(report.jobs_killed, 0, "{report:?}");
+    // A job warned about may still complete within the warning's two
+    // minutes: cut are at most the warned.
+    assert!(
+        report.jobs_cut <= after && report.jobs_cut > 0,
+        "{report:?}"
+    );
+    assert_eq!(report.jobs_killed_by_jitr, 0, "{report:?}");
     assert_eq!(
         report.jobs_served + report.jobs_cut,
         report.jobs,
@@ -242,8 +247,10 @@ async fn the_other_scenarios_serve_every_job_without_orphans() {
 /// Issue 10: a third of the `in_progress` and `completed` webhooks are lost
 /// (besides a third of the `queued`). Job polls keep every running job's runner
 /// past its boot deadline and terminate a finished runner's instance within the
-/// drain grace and one poll interval; without job reads, jobs are killed at the
-/// boot deadline and finished runners idle until the run ends.
+/// drain grace and one poll interval; without job reads, finished runners idle
+/// until the run ends, but no running job is killed at its runner's boot
+/// deadline either: the runner is deregistered first, and GitHub refuses to
+/// delete a busy runner (ADR-0017; before, 5 of 24 jobs were killed).
 #[tokio::test]
 async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +259,7 @@ async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
         .unwrap();
     assert!(report.lifecycle_webhooks_lost > 0, "{report:?}");
     assert!(report.lifecycle_from_polls > 0, "{report:?}");
-    assert_eq!(report.jobs_killed, 0, "{report:?}");
+    assert_eq!(report.jobs_killed_by_jitr, 0, "{report:?}");
     assert_eq!(report.jobs_served, report.jobs, "{report:?}");
     let drain_grace_ms = 30_000;
     assert!(
@@ -285,7 +292,7 @@ async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
         ablation.lifecycle_webhooks_lost,
         report.lifecycle_webhooks_lost
     );
-    assert!(ablation.jobs_killed > 0, "{ablation:?}");
+    assert_eq!(ablation.jobs_killed_by_jitr, 0, "{ablation:?}");
     assert!(ablation.idle_after_job_ms.max > 3_600_000, "{ablation:?}");
 }
 
@@ -360,4 +367,48 @@ async fn audit_as_of_matches_the_simulators_record_of_live_instances() {
         assert!(!from_cloud.is_empty(), "instances were running at {secs} s");
         assert_eq!(from_log, from_cloud, "at {secs} s");
     }
+}
+
+/// Issue 23: pushes with `cancel-in-progress` — jobs cancelled while queued
+/// and while running, runners taking each other's jobs as GitHub assigns
+/// them. jitr kills no job, leaks nothing, closes nothing early, and every
+/// job is served or cancelled by its user; spare runners are retired. The
+/// audit, from the log alone, counts what the simulator saw.
+#[tokio::test]
+async fn a_cancel_storm_kills_no_job_and_retires_the_spare_runners() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(dir.path(), Scenario::CancelStorm, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(report.jobs_killed_by_jitr, 0, "{report:?}");
+    assert_eq!(report.orphan_vcpu_minutes, 0.0, "{report:?}");
+    assert_eq!(report.premature_terminations, 0, "{report:?}");
+    assert_eq!(report.instances_alive_at_end, 0, "{report:?}");
+    assert_eq!(report.jobs_unserved, 0, "{report:?}");
+    assert_eq!(
+        report.jobs_served + report.jobs_cancelled_queued + report.jobs_cancelled_running,
+        report.jobs,
+        "{report:?}"
+    );
+    assert!(
+        report.jobs_cancelled_queued >= report.jobs / 4,
+        "{report:?}"
+    );
+    assert!(report.jobs_cancelled_running > 0, "{report:?}");
+    assert!(report.jobs_served_by_other_runner > 0, "{report:?}");
+    assert!(report.surplus_runners_retired > 0, "{report:?}");
+    assert_eq!(report.scaleup_dead_letters, 0, "{report:?}");
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let replayed = audit::replay(&store, None, |_| {}).await.unwrap();
+    let jobs = replayed.jobs.figures();
+    assert_eq!(jobs.killed_by_jitr, 0, "{jobs:?}");
+    assert_eq!(
+        jobs.served_by_other_runner, report.jobs_served_by_other_runner,
+        "{jobs:?}"
+    );
+    assert_eq!(
+        jobs.cancelled_queued, report.jobs_cancelled_queued,
+        "{jobs:?}"
+    );
+    assert_eq!(jobs.surplus_retired, report.surplus_runners_retired);
 }

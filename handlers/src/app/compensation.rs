@@ -203,16 +203,18 @@ impl Compensation {
             // Re-validated against the head now, whatever decided it (a
             // deadline, a redelivery, a redrive): a runner that took a job
             // since is owed nothing, and the command is moot.
-            if jitr_domain::terminate_runner(&state, now).is_none() {
+            let operator = command.reason == jitr_domain::TerminationReason::Operator;
+            if !operator && jitr_domain::terminate_runner(&state, now).is_none() {
                 return Ok(Outcome::Done(format!(
                     "{stream}: moot: no termination owed, the runner is {}",
                     state.status()
                 )));
             }
             // Deregister first: an idle runner's registration is deleted
-            // before it is failed; GitHub refusing because it is busy means it
-            // took a job, and it is kept.
-            if deregister_first(&state, now) {
+            // before it is failed (an operator's request too, whatever the
+            // runner does); GitHub refusing because it is busy means it took a
+            // job, and it is kept.
+            if deregister_first(&state, now) || (operator && state.runner_name.is_some()) {
                 match self.supply.deregister(&state, now).await {
                     Ok(Deregistration::Gone) => {}
                     Ok(Deregistration::Busy(why)) => {

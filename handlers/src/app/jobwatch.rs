@@ -14,6 +14,7 @@ use crate::app::budget::RequestBudget;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
+use crate::app::supply::Supply;
 
 /// What one poll learnt.
 #[derive(Clone, Debug)]
@@ -32,6 +33,7 @@ pub struct JobWatch {
     ports: Ports,
     policy: Arc<RunnerPolicy>,
     budget: Arc<RequestBudget>,
+    supply: Arc<Supply>,
     /// When each open runner's job was last asked for (this process only: a
     /// restart polls a little early, never late).
     polled: Mutex<HashMap<StreamId, Timestamp>>,
@@ -39,11 +41,17 @@ pub struct JobWatch {
 
 impl JobWatch {
     /// A job watch over `ports`.
-    pub fn new(ports: Ports, policy: Arc<RunnerPolicy>, budget: Arc<RequestBudget>) -> Self {
+    pub fn new(
+        ports: Ports,
+        policy: Arc<RunnerPolicy>,
+        budget: Arc<RequestBudget>,
+        supply: Arc<Supply>,
+    ) -> Self {
         JobWatch {
             ports,
             policy,
             budget,
+            supply,
             polled: Mutex::default(),
         }
     }
@@ -70,8 +78,9 @@ impl JobWatch {
     /// (`GET /repos/{owner}/{repo}/actions/jobs/{job_id}`, with the runner's
     /// installation) and records what it says, as a webhook would have:
     /// `in_progress` or `completed` on one of jitr's runners moves that runner
-    /// (authorised as a lifecycle event is), and a job completed before any
-    /// runner took it (cancelled) completes this runner. `queued` records nothing.
+    /// (authorised as a lifecycle event is); a job another runner took, or one
+    /// completed before any runner took it (cancelled), ends this runner's
+    /// demand — never this runner. `queued` records nothing.
     pub async fn poll(&self, state: &RunnerState, now: Timestamp) -> Result<Polled, HandlerError> {
         let (Some(stream), Some(request)) = (state.stream_id(), state.request.as_ref()) else {
             return Ok(Polled {
@@ -80,7 +89,17 @@ impl JobWatch {
                 recorded: 0,
             });
         };
-        let job = &request.job;
+        if state.busy_since.is_some() && state.job_taken().is_none() {
+            return self
+                .busy_on_an_unknown_job(state, &stream, request, now)
+                .await;
+        }
+        // The job the runner took, when known (it need not be the one it was
+        // launched for); else the one it stands for.
+        let job = state
+            .job_taken()
+            .or(state.demand_job())
+            .unwrap_or(&request.job);
         let installation = self.policy.installation_for(state);
         self.polled().insert(stream.clone(), now);
         crate::app::metrics::job_poll(now);
@@ -104,24 +123,19 @@ impl JobWatch {
         let completed = found.status == "completed";
         let mut recorded = 0;
         // Where the poll's news belongs: the runner GitHub names (jobs are not
-        // bound to the runner minted for them), else — completed before any
-        // runner took it — this runner.
+        // bound to the runner minted for them). This runner's own job, taken by
+        // another runner or cancelled while queued, no longer waits: this
+        // runner is capacity for the pool's other jobs (ADR-0017).
         let target = match &found.runner_name {
             Some(name) if state.runner_name.as_deref() == Some(name.as_str()) => {
-                Some((stream.clone(), true))
+                Some(stream.clone())
             }
-            Some(name) if started => self
-                .ports
-                .store
-                .stream_of_runner(name)
-                .await?
-                .map(|s| (s, true)),
-            None if completed => Some((stream.clone(), false)),
+            Some(name) if started => self.ports.store.stream_of_runner(name).await?,
             _ => None,
         };
-        let lands_here = matches!(&target, Some((t, _)) if *t == stream);
-        if let Some((target, took_it)) = target {
-            let target_state = current_state(&*self.ports.store, &target).await?;
+        let taken = found.runner_name.as_deref().filter(|_| started);
+        if let Some(target) = &target {
+            let target_state = current_state(&*self.ports.store, target).await?;
             if let Some(why) =
                 self.policy
                     .refuses_event(&target_state, &job.owner, &job.repo, installation)
@@ -129,38 +143,39 @@ impl JobWatch {
                 tracing::warn!(%stream, runner = %target, reason = %why, "job poll names a runner it may not move");
                 crate::app::metrics::lifecycle_refused(now);
             } else {
-                if took_it && started && target_state.job_started_at.is_none() {
-                    recorded += usize::from(
-                        self.observe(&target, Command::ObserveJobStarted { job: None }, now)
-                            .await?,
-                    );
+                let mut healed = 0;
+                if target_state.job_started_at.is_none() {
+                    let start = Command::ObserveJobStarted {
+                        job: Some(job.clone()),
+                    };
+                    healed += usize::from(self.observe(target, start, now).await?);
                 }
                 if completed {
                     let complete = Command::ObserveJobCompleted {
                         conclusion: found.conclusion.clone(),
-                        job: None,
+                        job: Some(job.clone()),
                     };
-                    recorded += usize::from(self.observe(&target, complete, now).await?);
+                    healed += usize::from(self.observe(target, complete, now).await?);
                 }
-                if recorded > 0 {
+                if healed > 0 {
                     tracing::warn!(runner = %target, %answer, "a lifecycle webhook was lost: recorded from a job poll");
-                    crate::app::metrics::healed_by_poll(now, recorded);
+                    crate::app::metrics::healed_by_poll(now, healed);
                 }
+                recorded += healed;
             }
         }
-        // A runner still waiting for capacity whose job is no longer queued
-        // (another runner took it, or it ended) stops waiting (ADR-0014).
-        let waiting = state.runner_name.is_none()
-            && !state.instance_may_be_alive()
-            && state.failure.is_none()
-            && state.wants_instance();
-        if waiting && !lands_here && found.status != "queued" {
-            let stop = Command::Fail {
-                stage: jitr_domain::FailureStage::Stale,
-                reason: format!("no longer waiting for capacity: {answer}"),
-            };
-            recorded += usize::from(self.observe(&stream, stop, now).await?);
-        }
+        // The runners standing for the job learn it was taken (they swap with
+        // the taker, or are spare) or cancelled while queued.
+        let demand = match taken {
+            Some(name) => {
+                self.supply
+                    .job_taken(job, target.as_ref(), name, now)
+                    .await?
+            }
+            None if completed => self.supply.job_cancelled(job, now).await?,
+            None => Vec::new(),
+        };
+        recorded += demand.len();
         let state = if recorded > 0 {
             current_state(&*self.ports.store, &stream).await?
         } else {
@@ -169,6 +184,53 @@ impl JobWatch {
         Ok(Polled {
             state,
             answer,
+            recorded,
+        })
+    }
+
+    /// A runner GitHub refused to deregister as busy, whose job jitr never
+    /// heard of (its `in_progress` was lost, and it ran a job no runner of
+    /// jitr's stood for): GitHub removes a JIT runner's registration once its
+    /// one job is over, so a registration gone means the job ended.
+    async fn busy_on_an_unknown_job(
+        &self,
+        state: &RunnerState,
+        stream: &StreamId,
+        request: &jitr_domain::RunnerRequest,
+        now: Timestamp,
+    ) -> Result<Polled, HandlerError> {
+        let installation = self.policy.installation_for(state);
+        let scope = self.policy.scope_of(request);
+        let name = state.runner_name.clone().unwrap_or_default();
+        self.polled().insert(stream.clone(), now);
+        let registered = self
+            .ports
+            .github
+            .list_runners(installation, &scope)
+            .await?
+            .into_iter()
+            .any(|r| r.name == name);
+        if registered {
+            return Ok(Polled {
+                state: state.clone(),
+                answer: format!(
+                    "runner {name} still registered, busy on a job jitr did not hear of"
+                ),
+                recorded: 0,
+            });
+        }
+        let done = Command::ObserveJobCompleted {
+            conclusion: None,
+            job: None,
+        };
+        let recorded = usize::from(self.observe(stream, done, now).await?);
+        if recorded > 0 {
+            tracing::warn!(%stream, runner = %name, "a busy runner's registration is gone: its job ended");
+            crate::app::metrics::healed_by_poll(now, recorded);
+        }
+        Ok(Polled {
+            state: current_state(&*self.ports.store, stream).await?,
+            answer: format!("runner {name} was busy and is no longer registered: its job ended"),
             recorded,
         })
     }
@@ -217,7 +279,7 @@ impl JobWatch {
                 state.request.as_ref().map(|r| r.at)
             }
             RunnerStatus::Ready => state.first_intent_at,
-            RunnerStatus::Running => state.job_started_at,
+            RunnerStatus::Running => state.job_started_at.or(state.busy_since),
             _ => return false,
         };
         let last = self.polled().get(&stream).copied().or(since);

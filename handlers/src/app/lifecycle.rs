@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, DemandEnding, JobRef, StreamId, Timestamp};
+use jitr_domain::{Command, JobRef, StreamId, Timestamp};
 use jitr_infra::CommandId;
 
 use crate::app::Ports;
@@ -16,9 +16,6 @@ use crate::app::outcome::{HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
 use crate::app::supply::Supply;
 use crate::app::webhook::JobMessage;
-
-/// Runner attempts looked at for a job's own runners.
-const MAX_ATTEMPTS_LOOKED_UP: u32 = 8;
 
 /// The lifecycle handler.
 pub struct Lifecycle {
@@ -84,60 +81,21 @@ impl Lifecycle {
         Ok(Ok(stream))
     }
 
-    /// Records on the job's own runners (all but `taker`) that their job no
-    /// longer waits; returns what was done.
-    async fn end_demand(
-        &self,
-        job: &JobMessage,
-        ending: DemandEnding,
-        taker: Option<&StreamId>,
-        now: Timestamp,
-    ) -> Result<Vec<String>, HandlerError> {
+    /// Handles one `in_progress` or `completed` job event.
+    pub async fn handle(&self, job: &JobMessage, now: Timestamp) -> Result<Outcome, HandlerError> {
         let job_ref = JobRef {
             owner: job.owner.clone(),
             repo: job.repo.clone(),
             job_id: job.job_id,
             run_id: job.run_id,
         };
-        let mut done = Vec::new();
-        for attempt in 1..=MAX_ATTEMPTS_LOOKED_UP {
-            let Ok(stream) = StreamId::for_job(&job_ref, attempt) else {
-                break;
-            };
-            let Some(head) = self.ports.store.head(&stream).await? else {
-                break;
-            };
-            if Some(&stream) == taker || !head.open {
-                continue;
-            }
-            if let Some(why) =
-                self.policy
-                    .refuses_event(&head.state, &job.owner, &job.repo, job.installation)
-            {
-                tracing::warn!(%stream, reason = %why, "demand event refused");
-                continue;
-            }
-            let command = Command::EndDemand {
-                ending: ending.clone(),
-            };
-            done.push(self.apply(&stream, command, job, now).await?);
-        }
-        Ok(done)
-    }
-
-    /// Handles one `in_progress` or `completed` job event.
-    pub async fn handle(&self, job: &JobMessage, now: Timestamp) -> Result<Outcome, HandlerError> {
-        let job_ref = Some(JobRef {
-            owner: job.owner.clone(),
-            repo: job.repo.clone(),
-            job_id: job.job_id,
-            run_id: job.run_id,
-        });
         let command = match job.action.as_str() {
-            "in_progress" => Command::StartJob { job: job_ref },
+            "in_progress" => Command::StartJob {
+                job: Some(job_ref.clone()),
+            },
             "completed" => Command::CompleteJob {
                 conclusion: job.conclusion.clone(),
-                job: job_ref,
+                job: Some(job_ref.clone()),
             },
             other => return Ok(Outcome::Done(format!("ignored: action {other}"))),
         };
@@ -154,18 +112,21 @@ impl Lifecycle {
                         None
                     }
                 };
-                let ending = DemandEnding::TakenBy {
-                    runner_name: name.clone(),
-                };
-                outcomes.extend(self.end_demand(job, ending, taker.as_ref(), now).await?);
+                // The runners standing for the job swap with the taker, or
+                // are spare (also on `completed`: its `in_progress` may have
+                // been lost).
+                outcomes.extend(
+                    self.supply
+                        .job_taken(&job_ref, taker.as_ref(), name, now)
+                        .await?,
+                );
                 taker.is_none()
             }
-            None if matches!(command, Command::CompleteJob { .. }) => {
+            None if job.action == "completed" => {
                 // Completed before any runner took it: cancelled while queued.
-                // The job's own runners are capacity now, never closed for it.
-                let ended = self
-                    .end_demand(job, DemandEnding::Cancelled, None, now)
-                    .await?;
+                // The runners standing for it are capacity now, never closed
+                // for it.
+                let ended = self.supply.job_cancelled(&job_ref, now).await?;
                 if ended.is_empty() {
                     outcomes.push(format!("ignored: job {} has no jitr runner", job.job_id));
                 }

@@ -192,8 +192,13 @@ impl App {
             ports.github.clone(),
             policy.github_background_share_pct,
         ));
-        let jobs = Arc::new(JobWatch::new(ports.clone(), policy.clone(), budget.clone()));
         let supply = Arc::new(Supply::new(ports.clone(), policy.clone()));
+        let jobs = Arc::new(JobWatch::new(
+            ports.clone(),
+            policy.clone(),
+            budget.clone(),
+            supply.clone(),
+        ));
         let compensation = Arc::new(Compensation::new(
             ports.clone(),
             policy.clone(),

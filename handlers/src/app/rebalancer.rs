@@ -250,14 +250,15 @@ impl Rebalancer {
                 .insert(*installation, self.budget.left(*installation, now));
         }
         for head in open.heads {
-            if let Some(request) = &head.state.request {
-                let able = head.state.wants_instance();
-                let key = (
-                    request.job.owner.clone(),
-                    request.job.repo.clone(),
-                    request.job.job_id,
-                );
-                *serving.entry(key).or_default() |= able;
+            // A job is served by the runner standing for it (launched for it,
+            // or moved to it: ADR-0017), or by the runner running it.
+            let state = &head.state;
+            let stands = state
+                .demand_job()
+                .filter(|_| state.demand_queued() && state.wants_instance());
+            for job in stands.into_iter().chain(state.job_taken()) {
+                let key = (job.owner.clone(), job.repo.clone(), job.job_id);
+                *serving.entry(key).or_default() = true;
             }
         }
         for (installation, job) in jobs {
@@ -290,7 +291,14 @@ impl Rebalancer {
                     .store
                     .head(&stream_of(attempt).expect("validated above"))
                     .await?
-                    .is_some_and(|h| !h.open || h.state.failure.is_some())
+                    .is_some_and(|h| {
+                        // An attempt that no longer stands for the job (it
+                        // took another, or the job moved: ADR-0017) is done.
+                        !h.open
+                            || h.state.failure.is_some()
+                            || !h.state.demand_queued()
+                            || h.state.demand_job().map(|j| j.job_id) != Some(job.job_id)
+                    })
             {
                 attempt += 1;
             }

@@ -1,4 +1,11 @@
-//! Surplus runners retired, deregister-first (ADR-0017).
+//! Demand and supply (ADR-0017): which runner stands for which queued job,
+//! and surplus runners retired, deregister-first.
+//!
+//! A queued job is stood for by one open runner: the one launched for it, until
+//! GitHub gives the job to another runner. Then the two swap — the runner that
+//! stood for the job now stands for the taker's job (`DemandMoved`) — or, when
+//! the taker stood for nothing (spare), the job's runner is spare too
+//! (`DemandEnded`). A job cancelled while queued ends its runner's demand.
 //!
 //! The plan is the domain's ([`jitr_domain::plan_retirements`]): demand
 //! against supply per pool. This service carries it out: a runner with nothing
@@ -10,7 +17,9 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{Command, FailureStage, Retirement, RunnerState, StreamId, Timestamp};
+use jitr_domain::{
+    Command, DemandEnding, FailureStage, JobRef, Retirement, RunnerState, StreamId, Timestamp,
+};
 use jitr_infra::{CommandId, GitHubError};
 use serde::Serialize;
 
@@ -18,6 +27,19 @@ use crate::app::Ports;
 use crate::app::dispatch::{Dispatched, current_state, dispatch};
 use crate::app::outcome::HandlerError;
 use crate::app::policy::RunnerPolicy;
+
+/// Jobs followed when looking for a job's runner.
+const MAX_DEMAND_HOPS: usize = 32;
+
+/// Runner attempts of one job looked at.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Whether two references name the same job (the run id aside).
+fn same_job(a: &JobRef, b: &JobRef) -> bool {
+    a.owner.eq_ignore_ascii_case(&b.owner)
+        && a.repo.eq_ignore_ascii_case(&b.repo)
+        && a.job_id == b.job_id
+}
 
 /// What deleting a runner's registration found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +84,105 @@ impl Supply {
     ) -> Result<Dispatched, HandlerError> {
         let id = CommandId::new(format!("supply:{stream}:{}:{}", command.name(), now.0));
         Ok(dispatch(&*self.ports.store, stream, command, now, &id).await?)
+    }
+
+    /// The open runners standing for `job` now: found from the job's own
+    /// runners along the jobs runners took (a demand moves only from the
+    /// runner that took a job to that job's runner).
+    pub async fn holders(&self, job: &JobRef) -> Result<Vec<StreamId>, HandlerError> {
+        let mut holders = Vec::new();
+        let mut jobs = std::collections::VecDeque::from([job.clone()]);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(next) = jobs.pop_front() {
+            if !seen.insert((next.owner.clone(), next.repo.clone(), next.job_id))
+                || seen.len() > MAX_DEMAND_HOPS
+            {
+                continue;
+            }
+            for attempt in 1..=MAX_ATTEMPTS {
+                let Ok(stream) = StreamId::for_job(&next, attempt) else {
+                    break;
+                };
+                let Some(head) = self.ports.store.head(&stream).await? else {
+                    break;
+                };
+                let state = &head.state;
+                if state.demand_queued() && state.demand_job().is_some_and(|d| same_job(d, job)) {
+                    holders.push(stream);
+                } else if let Some(taken) = state.job_taken() {
+                    if state.demand_ended.is_none() {
+                        jobs.push_back(taken.clone());
+                    }
+                }
+            }
+        }
+        Ok(holders)
+    }
+
+    /// GitHub gave `job` to `taker` (a runner of jitr's, already recorded as
+    /// having taken it), or to a runner not of jitr's: the runners standing
+    /// for `job` swap with the taker (they now stand for what the taker stood
+    /// for) or, when the taker stood for nothing, are spare. Returns what was
+    /// recorded. Repeating it changes nothing.
+    pub async fn job_taken(
+        &self,
+        job: &JobRef,
+        taker: Option<&StreamId>,
+        taker_name: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, HandlerError> {
+        // What the taker stood for when it took the job.
+        let held = match taker {
+            Some(stream) => {
+                let state = current_state(&*self.ports.store, stream).await?;
+                state
+                    .demand_ended
+                    .is_none()
+                    .then(|| state.demand_job().cloned())
+                    .flatten()
+            }
+            None => None,
+        };
+        let mut done = Vec::new();
+        let mut moved = false;
+        for holder in self.holders(job).await? {
+            if Some(&holder) == taker {
+                continue;
+            }
+            let command = match &held {
+                Some(other) if !moved && !same_job(other, job) => {
+                    moved = true;
+                    Command::MoveDemand { job: other.clone() }
+                }
+                _ => Command::EndDemand {
+                    ending: DemandEnding::TakenBy {
+                        runner_name: taker_name.to_owned(),
+                    },
+                },
+            };
+            let name = command.name();
+            self.record(&holder, command, now).await?;
+            done.push(format!("{holder}: {name}"));
+        }
+        Ok(done)
+    }
+
+    /// `job` was cancelled while queued: the runners standing for it are
+    /// spare. Returns what was recorded.
+    pub async fn job_cancelled(
+        &self,
+        job: &JobRef,
+        now: Timestamp,
+    ) -> Result<Vec<String>, HandlerError> {
+        let mut done = Vec::new();
+        for holder in self.holders(job).await? {
+            let command = Command::EndDemand {
+                ending: DemandEnding::Cancelled,
+            };
+            self.record(&holder, command, now).await?;
+            done.push(format!("{holder}: EndDemand (cancelled)"));
+        }
+        Ok(done)
     }
 
     async fn plan(&self, now: Timestamp) -> Result<Vec<Retirement>, HandlerError> {

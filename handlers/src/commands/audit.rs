@@ -8,6 +8,7 @@ use std::time::Duration;
 use jitr_domain::{InstanceId, Market, RunnerStatus, StreamId, TerminationReason, Timestamp};
 use jitr_infra::{EventStore, StoreError, UnreadableEvent, read_feed_page};
 use jitr_projections::accounting::{LeakFigures, Ledger};
+use jitr_projections::jobs::{JobBook, JobFigures};
 use jitr_projections::{Fleet, RunnerViews};
 use serde::Serialize;
 
@@ -78,6 +79,9 @@ pub struct AuditReport {
     pub strays: Vec<StrayInstance>,
     /// The log checked against the cloud (`--live`).
     pub live_check: Option<LiveCheck>,
+    /// Jobs (ADR-0017): served by another job's runner, cancelled while
+    /// queued, killed by jitr (must be 0), spare runners retired.
+    pub jobs: JobFigures,
 }
 
 /// A runner whose spot instance EC2 warned it would reclaim.
@@ -253,6 +257,8 @@ pub struct Replay {
     pub views: RunnerViews,
     /// Leak accounting at the horizon.
     pub ledger: Ledger,
+    /// Jobs at the horizon.
+    pub jobs: JobBook,
     /// Events folded.
     pub events: u64,
     /// First and last event moments seen (all of the log).
@@ -266,6 +272,7 @@ impl Replay {
         Replay {
             views: RunnerViews::default(),
             ledger: Ledger::default(),
+            jobs: JobBook::default(),
             events: 0,
             covers: None,
             unreadable: Vec::new(),
@@ -284,6 +291,7 @@ impl Replay {
             return;
         }
         self.views.apply(r.position, &r.stream, &r.event);
+        self.jobs.apply(&r.stream, &r.event);
         self.events += 1;
     }
 }
@@ -411,7 +419,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         })
         .collect();
     AuditReport {
-        schema: 7,
+        schema: 8,
         as_of: rfc3339(now),
         as_of_ms: now.0,
         events: replay.events,
@@ -436,6 +444,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         live_instances,
         strays,
         live_check: None,
+        jobs: replay.jobs.figures(),
     }
 }
 
@@ -523,6 +532,21 @@ pub fn render(report: &AuditReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  failures by stage: {}", failures.join(", "));
+    }
+    let j = &report.jobs;
+    let _ = writeln!(
+        out,
+        "\njobs {}: {} taken by a runner, {} of them by a runner launched for another job; {} cancelled while queued\n  spare runners retired (deregistered first): {}, idle {:.1} runner-minutes before\n  jobs killed by jitr (runner failed or terminated while the job ran): {}",
+        j.jobs,
+        j.taken,
+        j.served_by_other_runner,
+        j.cancelled_queued,
+        j.surplus_retired,
+        j.surplus_idle_runner_minutes,
+        j.killed_by_jitr
+    );
+    for (job, runner, why) in &j.killed {
+        let _ = writeln!(out, "  ! job {job} on {runner}: {why}");
     }
     if !report.strays.is_empty() {
         let live = report.strays.iter().filter(|s| s.gone.is_none()).count();

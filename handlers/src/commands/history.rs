@@ -34,9 +34,19 @@ pub struct TimelineEntry {
     pub event: RunnerEvent,
 }
 
+/// Whether `event` says its runner ran job `job_id`.
+fn ran_job(event: &RunnerEvent, job_id: u64) -> bool {
+    matches!(
+        event,
+        RunnerEvent::JobStarted { job: Some(j), .. } | RunnerEvent::JobCompleted { job: Some(j), .. }
+            if j.job_id == job_id
+    )
+}
+
 /// The timelines of the runners named by `key`: a stream id (one runner), an
-/// instance id (its runner), or a workflow job id (every runner attempt for that
-/// job, found by reading the log's feed). Empty when nothing matches.
+/// instance id (its runner), or a workflow job id (every runner attempt
+/// launched for that job, and the runner that ran it, found by reading the
+/// log's feed). Empty when nothing matches.
 pub async fn timelines<S: EventStore + ?Sized>(
     store: &S,
     key: &str,
@@ -52,9 +62,11 @@ pub async fn timelines<S: EventStore + ?Sized>(
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.position;
+            // The runners launched for the job, and the runner GitHub gave it
+            // (which may have been launched for another job).
             found.extend(
                 page.into_iter()
-                    .filter(|r| r.stream.job_id() == job_id)
+                    .filter(|r| r.stream.job_id() == job_id || ran_job(&r.event, job_id))
                     .map(|r| r.stream),
             );
         }

@@ -93,12 +93,17 @@ pub fn describe(event: &RunnerEvent) -> String {
         ),
         RunnerEvent::DemandEnded { ending, .. } => match ending {
             jitr_domain::DemandEnding::Cancelled => {
-                "the job it was launched for was cancelled while queued: the runner is spare capacity".into()
+                "the job it stood for was cancelled while queued: the runner is spare capacity"
+                    .into()
             }
             jitr_domain::DemandEnding::TakenBy { runner_name } => format!(
-                "the job it was launched for was taken by runner {runner_name}: the runner is spare capacity"
+                "the job it stood for was taken by runner {runner_name}: the runner is spare capacity"
             ),
         },
+        RunnerEvent::DemandMoved { job, .. } => format!(
+            "its job was taken by another runner: it now stands for job {} of {}/{}",
+            job.job_id, job.owner, job.repo
+        ),
         RunnerEvent::DeregistrationRefused { reason, .. } => {
             format!("GitHub refused to deregister it (busy): kept; {reason}")
         }

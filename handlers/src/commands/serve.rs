@@ -40,6 +40,11 @@ pub struct Args {
     /// `JITR_JOB_POLL_SECS`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     job_poll_interval: Duration,
+    /// How long a surplus runner (no queued job of its pool wants it: its job
+    /// was cancelled or taken by another runner) stays ready before it is
+    /// retired, deregister-first. On AWS: `JITR_RETIRE_GRACE_SECS`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    retire_grace: Duration,
     /// The share (percent, 1–100) of each installation's hourly GitHub rate
     /// limit that the rebalancer's listings and periodic job polls may spend; the
     /// rest is kept for minting. On AWS: `JITR_GITHUB_BACKGROUND_SHARE`.
@@ -103,6 +108,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     policy.deadlines.consistency_window_ms = args.consistency_window.as_millis() as u64;
     policy.allowlist = args.allow_repos.clone();
     policy.job_poll_interval_ms = args.job_poll_interval.as_millis() as u64;
+    policy.retire_grace_ms = args.retire_grace.as_millis() as u64;
     policy.github_background_share_pct = args.github_background_share;
     if let Some(file) = &args.config {
         let config = super::config::load(file)?;

@@ -15,10 +15,11 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use jitr_domain::{
-    ClientToken, InstanceId, JobRef, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp,
+    ClientToken, InstanceId, Market, RunnerEvent, RunnerStatus, StreamId, Timestamp,
 };
 use jitr_infra::{
-    EventStore, Fault, FaultyCompute, ManualClock, Queue, QueuedJob, SimGitHub, SimSettings,
+    EventStore, Fault, FaultyCompute, ManualClock, Queue, QueuedJob, RunnerScope, SimGitHub,
+    SimSettings,
 };
 use jitr_projections::accounting::Distribution;
 use rand::rngs::StdRng;
@@ -69,6 +70,13 @@ pub enum Scenario {
     /// its job started is replaced at once on another type or market; a job
     /// already running is cut (GitHub fails it) and the audit names it.
     SpotStorm,
+    /// 15 pushes of 8 jobs over 20 minutes with `cancel-in-progress`: half
+    /// the runs are superseded 30–150 s after their push, their jobs cancelled
+    /// while queued or while running; GitHub gives each queued job to any
+    /// online idle runner of its pool (online 15–45 s after it is ready, by
+    /// runner), so runners take each other's jobs. No job may be killed by
+    /// jitr, and every spare runner is retired deregister-first.
+    CancelStorm,
 }
 
 impl Scenario {
@@ -82,6 +90,7 @@ impl Scenario {
             Scenario::CloudChaos => "cloud-chaos",
             Scenario::Burst => "burst",
             Scenario::SpotStorm => "spot-storm",
+            Scenario::CancelStorm => "cancel-storm",
         }
     }
 }
@@ -142,8 +151,24 @@ pub struct SimulationReport {
     pub lifecycle_webhooks_lost: u64,
     /// `JobStarted` / `JobCompleted` recorded from a job poll.
     pub lifecycle_from_polls: u64,
-    /// Jobs whose runner was failed or asked to terminate while the job ran on it.
-    pub jobs_killed: u64,
+    /// Jobs whose runner jitr failed or asked to terminate while the job ran
+    /// on it. Must be 0.
+    pub jobs_killed_by_jitr: u64,
+    /// Jobs GitHub gave to a runner launched for another job.
+    pub jobs_served_by_other_runner: u64,
+    /// Jobs their user cancelled while queued.
+    pub jobs_cancelled_queued: u64,
+    /// Jobs their user cancelled while they ran.
+    pub jobs_cancelled_running: u64,
+    /// Jobs neither served nor cancelled by their user by the end of the run
+    /// (killed, cut by a spot reclaim, or never started).
+    pub jobs_unserved: u64,
+    /// Runners retired as surplus capacity (`Failed` `surplus`): withdrawn
+    /// before a launch, or deregistered and terminated.
+    pub surplus_runners_retired: u64,
+    /// Minutes runners spent registered and idle (from `TokenMinted` to a job,
+    /// a failure or a termination).
+    pub idle_runner_minutes: f64,
     /// From a job's completion on GitHub to its runner's termination being
     /// issued (to the end of the run when it never was).
     pub idle_after_job_ms: Distribution,
@@ -224,6 +249,16 @@ impl Default for SimOptions {
 struct Job {
     message: JobMessage,
     duration_ms: u64,
+    /// Its `queued` happened (GitHub knows it), and when.
+    arrived: bool,
+    arrived_at: Timestamp,
+    /// When (ms into the run) its user cancels it, if they do.
+    cancel_at_ms: Option<u64>,
+    /// Cancelled while queued / while it ran.
+    cancelled_queued: bool,
+    cancelled_running: bool,
+    /// It ran on a runner launched for another job.
+    on_other_runner: bool,
     started: Option<(String, Timestamp)>,
     /// The instance it runs on, once started.
     instance: Option<InstanceId>,
@@ -235,6 +270,9 @@ struct Job {
 }
 
 const T0: Timestamp = Timestamp(1_777_868_520_000);
+/// A job's `in_progress` and `completed`, for drawing which are lost.
+const START: u64 = 1;
+const END: u64 = 2;
 const STEP_MS: u64 = 1_000;
 const LIMIT_MS: u64 = 3 * 3_600_000;
 /// The burst runs until its 500 jobs are done, at most this long.
@@ -370,6 +408,7 @@ pub async fn run_with(
     let count = match scenario {
         Scenario::Burst => 500,
         Scenario::SpotStorm => 150,
+        Scenario::CancelStorm => 120,
         _ => 24u64,
     };
     let limit_ms = if scenario == Scenario::Burst {
@@ -405,6 +444,12 @@ pub async fn run_with(
             } else {
                 rng.random_range(3..=10)
             } * 60_000,
+            arrived: false,
+            arrived_at: T0,
+            cancel_at_ms: None,
+            cancelled_queued: false,
+            cancelled_running: false,
+            on_other_runner: false,
             started: None,
             instance: None,
             cut: false,
@@ -418,17 +463,24 @@ pub async fn run_with(
     } else {
         120_000
     };
-    let arrivals: Vec<u64> = jobs
-        .iter()
-        .map(|_| rng.random_range(0..arrival_window))
-        .collect();
+    let arrivals: Vec<u64> = if scenario == Scenario::CancelStorm {
+        cancel_storm(&mut jobs, &mut rng)
+    } else {
+        jobs.iter()
+            .map(|_| rng.random_range(0..arrival_window))
+            .collect()
+    };
     let mut peak: BTreeMap<String, u32> = BTreeMap::new();
     let mut last_completion: Option<Timestamp> = None;
     let mut quota_free_at: Option<Timestamp> = None;
     let mut elapsed = 0u64;
     let mut lifecycle_lost = 0u64;
-    let mut lose_lifecycle = |rng: &mut StdRng| {
-        let lost = scenario == Scenario::LostWebhooks && rng.random_bool(1.0 / 3.0);
+    // Which lifecycle webhooks are lost is drawn per job and event, apart from
+    // the run's other draws: runs of one seed that take other turns (job
+    // polls off, say) lose the same webhooks.
+    let mut lose_lifecycle = |job_id: u64, what: u64| {
+        let lost = scenario == Scenario::LostWebhooks
+            && StdRng::seed_from_u64(seed ^ job_id.rotate_left(16) ^ what).random_bool(1.0 / 3.0);
         lifecycle_lost += u64::from(lost);
         lost
     };
@@ -469,10 +521,12 @@ pub async fn run_with(
             }
         }
         // GitHub: queued webhooks arrive (or get lost), possibly several times.
-        for (job, arrival) in jobs.iter().zip(&arrivals) {
+        for (job, arrival) in jobs.iter_mut().zip(&arrivals) {
             if *arrival / STEP_MS != elapsed / STEP_MS {
                 continue;
             }
+            job.arrived = true;
+            job.arrived_at = t;
             github
                 .queue_job(&QueuedJob {
                     owner: job.message.owner.clone(),
@@ -512,82 +566,97 @@ pub async fn run_with(
             }
         }
         while drain(&*lifecycle_queue, &*app.lifecycle, 10, Duration::ZERO, &now).await? > 0 {}
-        // GitHub: jobs start on a ready runner of theirs and complete.
+        // GitHub: users cancel (cancel-in-progress: a newer push cancels the
+        // older run's queued and running jobs), …
         for job in jobs.iter_mut() {
-            if job.completed {
+            let due = job.cancel_at_ms.is_some_and(|c| elapsed >= c);
+            if job.completed || !job.arrived || !due {
                 continue;
             }
-            let job_ref = JobRef {
-                owner: job.message.owner.clone(),
-                repo: job.message.repo.clone(),
-                job_id: job.message.job_id,
-                run_id: job.message.run_id,
-            };
-            match &job.started {
-                None => {
-                    for attempt in 1..=8 {
-                        let stream = StreamId::for_job(&job_ref, attempt)
-                            .expect("the simulation's repository is valid");
-                        // The projector's views (a step behind) say which
-                        // runners may be ready: only those are read.
-                        let viewed = projector.views().open.get(&stream);
-                        if viewed.is_none_or(|s| {
-                            !matches!(s.status(), RunnerStatus::Ready | RunnerStatus::Booting)
-                        }) {
-                            continue;
-                        }
-                        let Some(head) = store.head(&stream).await? else {
-                            break;
-                        };
-                        let ready_since = match head.status {
-                            RunnerStatus::Ready => head.updated_at,
-                            _ => continue,
-                        };
-                        if t.millis_since(ready_since) >= 30_000 {
-                            let runner = head
-                                .state
-                                .runner_name
-                                .clone()
-                                .expect("ready runners have names");
-                            let mut m = job.message.clone();
-                            m.action = "in_progress".into();
-                            m.delivery = format!("{}-start", m.delivery);
-                            m.runner_name = Some(runner.clone());
-                            if !lose_lifecycle(&mut rng) {
-                                lifecycle_queue
-                                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                                    .await?;
-                            }
-                            github
-                                .set_job_status(
-                                    &m.owner,
-                                    &m.repo,
-                                    m.job_id,
-                                    "in_progress",
-                                    Some(&runner),
-                                )
-                                .map_err(|e| {
-                                    ServeError::Io(std::io::Error::other(e.to_string()))
-                                })?;
-                            job.started = Some((runner, t));
-                            job.instance = head.instance_id.clone();
-                            break;
-                        }
-                    }
-                }
-                Some((_, started)) if t.millis_since(*started) >= job.duration_ms => {
-                    // Was its runner failed or told to terminate while it ran?
-                    let lost = lose_lifecycle(&mut rng);
-                    let ending = Ending {
-                        conclusion: "success",
-                        killed_before: Timestamp(t.0 - 1),
-                        lost,
-                    };
-                    end_job(job, ending, t, &*store, &*lifecycle_queue, &github).await?;
-                    last_completion = Some(t);
-                }
-                Some(_) => {}
+            if job.started.is_some() {
+                job.cancelled_running = true;
+                let ending = Ending {
+                    conclusion: "cancelled",
+                    killed_before: Timestamp(t.0 - 1),
+                    lost: lose_lifecycle(job.message.job_id, END),
+                };
+                end_job(job, ending, t, &*store, &*lifecycle_queue, &github).await?;
+            } else {
+                job.cancelled_queued = true;
+                cancel_queued(job, t, &*lifecycle_queue, &github).await?;
             }
+            last_completion = Some(t);
+        }
+        // … jobs start on runners — GitHub gives a queued job to an online,
+        // idle runner whose labels match, whichever job the runner was
+        // launched for ("Using self-hosted runners in a workflow", routing
+        // precedence); the oldest job first (a runner is online 30 s after it
+        // is ready) — and complete.
+        let jitter = scenario == Scenario::CancelStorm;
+        let mut idle = idle_runners(&projector, &*store, &github, &app.policy, t, jitter).await?;
+        let mut queued: Vec<usize> = (0..jobs.len())
+            .filter(|&i| jobs[i].arrived && jobs[i].started.is_none() && !jobs[i].completed)
+            .collect();
+        queued.sort_by_key(|&i| (jobs[i].arrived_at, jobs[i].message.job_id));
+        for i in queued {
+            let message = &jobs[i].message;
+            let pool = app
+                .policy
+                .pool_for(&message.labels)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            // A repository's runners take its jobs; an organisation's, its
+            // repositories' jobs.
+            let Some(at) = idle.iter().position(|r| {
+                r.pool == pool
+                    && match &r.scope {
+                        RunnerScope::Repo { owner, repo } => {
+                            *owner == message.owner && *repo == message.repo
+                        }
+                        RunnerScope::Org { org } => *org == message.owner,
+                    }
+            }) else {
+                continue;
+            };
+            let IdleRunner {
+                name: runner,
+                instance,
+                launched_for: own_job,
+                ..
+            } = idle.remove(at);
+            let job = &mut jobs[i];
+            let mut m = job.message.clone();
+            m.action = "in_progress".into();
+            m.delivery = format!("{}-start", m.delivery);
+            m.runner_name = Some(runner.clone());
+            if !lose_lifecycle(m.job_id, START) {
+                lifecycle_queue
+                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+                    .await?;
+            }
+            github
+                .set_job_status(&m.owner, &m.repo, m.job_id, "in_progress", Some(&runner))
+                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+            job.on_other_runner = own_job != m.job_id;
+            job.started = Some((runner, t));
+            job.instance = instance;
+        }
+        for job in jobs.iter_mut() {
+            let Some((_, started)) = &job.started else {
+                continue;
+            };
+            if job.completed || t.millis_since(*started) < job.duration_ms {
+                continue;
+            }
+            // Was its runner failed or told to terminate while it ran?
+            let lost = lose_lifecycle(job.message.job_id, END);
+            let ending = Ending {
+                conclusion: "success",
+                killed_before: Timestamp(t.0 - 1),
+                lost,
+            };
+            end_job(job, ending, t, &*store, &*lifecycle_queue, &github).await?;
+            last_completion = Some(t);
         }
         // jitr: projector and compensation, reaper and rebalancer every minute.
         if compensation {
@@ -642,7 +711,7 @@ pub async fn run_with(
             // instance went (a failure recorded after it went is the record of
             // a loss, not its cause).
             job.cut = true;
-            let lost = lose_lifecycle(&mut rng);
+            let lost = lose_lifecycle(job.message.job_id, END);
             let ending = Ending {
                 conclusion: "failure",
                 killed_before: *gone_at,
@@ -740,6 +809,9 @@ pub async fn run_with(
     };
     let mut freed_at: Vec<Timestamp> = Vec::new();
     let mut runners_failed = 0u64;
+    let mut surplus_retired = 0u64;
+    let mut idle_since: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
+    let mut idle_until: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut launches_by_pool: BTreeMap<String, u64> = BTreeMap::new();
     let mut terminations: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut spot_interruptions: BTreeMap<String, u64> = BTreeMap::new();
@@ -793,7 +865,26 @@ pub async fn run_with(
                     instance_id: Some(_),
                     ..
                 } => freed_at.push(*at),
-                RunnerEvent::Failed { .. } => runners_failed += 1,
+                RunnerEvent::Failed { stage, .. } => {
+                    runners_failed += 1;
+                    surplus_retired += u64::from(*stage == jitr_domain::FailureStage::Surplus);
+                }
+                _ => {}
+            }
+            match &r.event {
+                RunnerEvent::TokenMinted { at, .. } => {
+                    idle_since.entry(r.stream.clone()).or_insert(*at);
+                }
+                RunnerEvent::JobStarted { at, .. }
+                | RunnerEvent::JobCompleted { at, .. }
+                | RunnerEvent::DeregistrationRefused { at, .. }
+                | RunnerEvent::Failed { at, .. }
+                | RunnerEvent::TerminationRequested { at, .. }
+                | RunnerEvent::Terminated { at, .. }
+                    if idle_since.contains_key(&r.stream) =>
+                {
+                    idle_until.entry(r.stream.clone()).or_insert(*at);
+                }
                 _ => {}
             }
             let early = match &r.event {
@@ -864,7 +955,8 @@ pub async fn run_with(
         .count();
     let served = jobs
         .iter()
-        .filter(|j| j.completed && !j.killed && !j.cut)
+        .filter(|j| j.completed && j.started.is_some() && !j.killed && !j.cut)
+        .filter(|j| !j.cancelled_queued && !j.cancelled_running)
         .count() as u64;
     let mut idle = Vec::new();
     for job in jobs.iter().filter(|j| !j.cut) {
@@ -947,7 +1039,33 @@ pub async fn run_with(
         job_polls,
         lifecycle_webhooks_lost: lifecycle_lost,
         lifecycle_from_polls: from_polls,
-        jobs_killed: jobs.iter().filter(|j| j.killed).count() as u64,
+        jobs_killed_by_jitr: jobs.iter().filter(|j| j.killed).count() as u64,
+        jobs_served_by_other_runner: jobs.iter().filter(|j| j.on_other_runner).count() as u64,
+        jobs_cancelled_queued: jobs.iter().filter(|j| j.cancelled_queued).count() as u64,
+        jobs_cancelled_running: jobs
+            .iter()
+            .filter(|j| j.cancelled_running && !j.killed)
+            .count() as u64,
+        jobs_unserved: count
+            - served
+            - jobs
+                .iter()
+                .filter(|j| j.cancelled_queued || (j.cancelled_running && !j.killed))
+                .count() as u64,
+        surplus_runners_retired: surplus_retired,
+        idle_runner_minutes: {
+            let idle_ms: u64 = idle_since
+                .iter()
+                .map(|(stream, ready)| {
+                    idle_until
+                        .get(stream)
+                        .copied()
+                        .unwrap_or(end)
+                        .millis_since(*ready)
+                })
+                .sum();
+            (idle_ms as f64 / 60_000.0 * 100.0).round() / 100.0
+        },
         idle_after_job_ms: Distribution::of(idle),
         runners_failed,
         scaleup_dead_letters: scaleup_queue.dead_letter_depth().await?,
@@ -1016,11 +1134,137 @@ async fn end_job(
             .await?;
     }
     github
+        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", Some(&runner))
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    job.completed = true;
+    job.completed_at = Some(t);
+    Ok(())
+}
+
+/// Its user cancels `job` while it is queued: GitHub's `completed` with no
+/// runner and conclusion `cancelled`.
+async fn cancel_queued(
+    job: &mut Job,
+    t: Timestamp,
+    lifecycle_queue: &dyn Queue,
+    github: &SimGitHub,
+) -> Result<(), ServeError> {
+    let mut m = job.message.clone();
+    m.action = "completed".into();
+    m.delivery = format!("{}-cancelled", m.delivery);
+    m.conclusion = Some("cancelled".into());
+    lifecycle_queue
+        .publish(&serde_json::to_string(&m).expect("json"), None, &[])
+        .await?;
+    github
         .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
     job.completed = true;
     job.completed_at = Some(t);
     Ok(())
+}
+
+/// An idle runner GitHub may give a job.
+struct IdleRunner {
+    /// Since when it is online.
+    online_at: Timestamp,
+    /// Its name.
+    name: String,
+    /// Its instance.
+    instance: Option<InstanceId>,
+    /// The job it was launched for.
+    launched_for: u64,
+    /// Its pool.
+    pool: String,
+    /// Where it is registered.
+    scope: RunnerScope,
+}
+
+/// How long after its JIT config is handed over a runner is online: 30 s; with
+/// `jitter`, 15–45 s by runner (the runner's start varies with the image, its
+/// caches and the network), so that runners come online out of launch order.
+fn online_after_ms(runner: &str, jitter: bool) -> u64 {
+    if !jitter {
+        return 30_000;
+    }
+    let spread = runner
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    15_000 + spread % 30_000
+}
+
+/// jitr's runners that are online (ready for a while: the runner has started
+/// and connected) and idle on GitHub (registered, not busy), by pool, the
+/// longest idle first.
+async fn idle_runners(
+    projector: &crate::app::projector::Projector,
+    store: &dyn EventStore,
+    github: &SimGitHub,
+    policy: &RunnerPolicy,
+    t: Timestamp,
+    jitter: bool,
+) -> Result<Vec<IdleRunner>, ServeError> {
+    let mut idle = Vec::new();
+    // The projector's views (a step behind) say which runners may be ready:
+    // only those are read.
+    let candidates: Vec<StreamId> = projector
+        .views()
+        .open
+        .iter()
+        .filter(|(_, s)| matches!(s.status(), RunnerStatus::Ready | RunnerStatus::Booting))
+        .map(|(stream, _)| stream.clone())
+        .collect();
+    for stream in candidates {
+        let Some(head) = store.head(&stream).await? else {
+            continue;
+        };
+        let state = &head.state;
+        let (Some(ready_at), Some(name), Some(request)) = (
+            state.ready_at,
+            state.runner_name.clone(),
+            state.request.as_ref(),
+        ) else {
+            continue;
+        };
+        let online_at = ready_at.plus_ms(online_after_ms(&name, jitter));
+        if head.status != RunnerStatus::Ready || t < online_at || !github.is_idle(&name) {
+            continue;
+        }
+        idle.push(IdleRunner {
+            online_at,
+            name,
+            instance: head.instance_id.clone(),
+            launched_for: stream.job_id(),
+            pool: request.spec.pool.clone().unwrap_or_default(),
+            scope: policy.scope_of(request),
+        });
+    }
+    idle.sort_by(|a, b| (a.online_at, &a.name).cmp(&(b.online_at, &b.name)));
+    Ok(idle)
+}
+
+/// The cancel storm's pushes: 15 pushes of 8 jobs over 20 minutes, each
+/// job queued within 3 s of its push. Half the pushes are superseded by a
+/// newer push to their branch 30–150 s later, and `cancel-in-progress`
+/// cancels every job of the superseded run still queued or running
+/// ("Control the concurrency of workflows and jobs": a pending or running job
+/// of the group is cancelled). Returns each job's arrival (ms into the run)
+/// and sets its cancellation.
+fn cancel_storm(jobs: &mut [Job], rng: &mut StdRng) -> Vec<u64> {
+    let per_push = 8;
+    let mut arrivals = Vec::with_capacity(jobs.len());
+    for (push, run) in jobs.chunks_mut(per_push).enumerate() {
+        let at = rng.random_range(0..20 * 60_000u64);
+        let superseded = rng
+            .random_bool(0.5)
+            .then(|| at + rng.random_range(30_000..150_000));
+        for job in run.iter_mut() {
+            job.message.run_id = 900 + push as u64;
+            job.cancel_at_ms = superseded;
+            arrivals.push(at + rng.random_range(0..3_000));
+        }
+    }
+    arrivals
 }
 
 /// The report for people.
@@ -1052,7 +1296,8 @@ pub fn render(r: &SimulationReport) -> String {
          stray instances        {}\n\
          reaper                 {} re-tagged, {} item errors swept past\n\
          lifecycle webhooks     {} lost, {} events recorded from job polls ({})\n\
-         jobs killed            {}\n\
+         jobs killed by jitr    {}\n\
+         jobs and runners       {} served by another job's runner, {} cancelled queued, {} cancelled running, {} unserved; {} surplus runners retired, {:.1} idle runner-minutes\n\
          job done → terminate   p50 {} s, max {} s\n\
          failed / dead-lettered {} runners failed, {} scale-up dead letters\n\
          admission rounds       {} rounds, {} launched, {} refused (at most {} for one pool in one round)\n\
@@ -1111,7 +1356,13 @@ pub fn render(r: &SimulationReport) -> String {
             (true, 0) => "only before deadline terminations".to_owned(),
             (true, s) => format!("every {s} s and before deadline terminations"),
         },
-        r.jobs_killed,
+        r.jobs_killed_by_jitr,
+        r.jobs_served_by_other_runner,
+        r.jobs_cancelled_queued,
+        r.jobs_cancelled_running,
+        r.jobs_unserved,
+        r.surplus_runners_retired,
+        r.idle_runner_minutes,
         r.idle_after_job_ms.p50 / 1000,
         r.idle_after_job_ms.max / 1000,
         r.runners_failed,

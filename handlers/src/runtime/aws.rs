@@ -250,6 +250,12 @@ pub fn policy_from(
         })?;
         policy.job_poll_interval_ms = secs * 1000;
     }
+    if let Some(p) = var("JITR_RETIRE_GRACE_SECS") {
+        let secs: u64 = p.parse().map_err(|_| {
+            SetupError::Invalid("JITR_RETIRE_GRACE_SECS", format!("{p:?} is not a number"))
+        })?;
+        policy.retire_grace_ms = secs * 1000;
+    }
     if let Some(p) = var("JITR_GITHUB_BACKGROUND_SHARE") {
         let pct: u64 = p
             .trim_end_matches('%')
