@@ -1,14 +1,16 @@
 //! Demand against supply, per pool: which surplus runners retire.
 //!
 //! GitHub gives a queued job to any idle runner whose labels match, so a pool's
-//! runners are interchangeable capacity. A pool's *demand* is its runners whose
-//! own job still waits (neither taken nor cancelled); its *supply* is its
-//! runners no job has taken yet (waiting for capacity, launching, booting,
-//! ready). Supply above demand is surplus: a runner nobody will use. Surplus is
-//! retired cheapest first — a runner with nothing launched is withdrawn at
-//! once; a ready runner is deregistered first (GitHub refuses to delete a busy
-//! one) once it has been ready for the grace — youngest first. A runner still
-//! launching or booting is left to become ready: it may take the next job.
+//! runners are interchangeable capacity. A pool's *demand* is its runners
+//! standing for a job that still waits (neither taken nor cancelled); its
+//! *supply* is its runners no job has taken yet (waiting for capacity,
+//! launching, booting, ready). Supply above demand is surplus: runners nobody
+//! will use. Only spare runners (standing for no waiting job) retire, so no
+//! job's demand is retired with its runner; cheapest first — a runner with
+//! nothing launched is withdrawn at once; a ready runner is deregistered first
+//! (GitHub refuses to delete a busy one) once it has been ready for the grace,
+//! youngest first. A runner still launching or booting is left to become
+//! ready: it may take the next job.
 
 use std::collections::BTreeMap;
 
@@ -103,21 +105,18 @@ pub fn plan_retirements<'a>(
                 .as_ref()
                 .is_some_and(|r| r.spec.pool.clone().unwrap_or_default() == pool)
                 && s.is_untaken_capacity()
+                // Only a spare runner retires: one standing for a queued job
+                // would take that job's demand with it.
+                && !s.demand_queued()
         };
-        // Nothing launched: withdrawn at once, those whose own job ended first,
-        // then the youngest.
+        // Nothing launched: withdrawn at once, the youngest first.
         let mut unlaunched: Vec<&RunnerState> = open
             .iter()
             .filter(in_pool)
             .copied()
             .filter(|s| !s.instance_may_be_alive() && s.runner_name.is_none())
             .collect();
-        unlaunched.sort_by_key(|s| {
-            (
-                s.demand_ended.is_none(),
-                std::cmp::Reverse(s.request.as_ref().map(|r| r.at)),
-            )
-        });
+        unlaunched.sort_by_key(|s| std::cmp::Reverse(s.request.as_ref().map(|r| r.at)));
         for state in unlaunched {
             if surplus == 0 {
                 break;
