@@ -1869,3 +1869,35 @@ async fn the_registration_sweep_keeps_a_runner_minted_before_its_record() {
         "the registration was kept"
     );
 }
+
+/// A job taken by a runner not of jitr's (another pool, another autoscaler)
+/// while its own runner waits for capacity: that runner is withdrawn — closed
+/// with nothing launched — and no admission round launches it.
+#[tokio::test]
+async fn a_waiting_runner_whose_job_another_runner_took_is_withdrawn_unlaunched() {
+    let settings = SimSettings {
+        spot_vcpus: 0,
+        on_demand_vcpus: 0,
+        ..SimSettings::default()
+    };
+    let world = World::new(settings, 4);
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Requested);
+    world
+        .lifecycle
+        .handle(
+            &world.message("in_progress", 1, Some("someone-elses-runner")),
+            world.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert_eq!(
+        head.state.failure.map(|f| f.stage),
+        Some(jitr_domain::FailureStage::Surplus)
+    );
+    let round = world.scaleup.admit(None, world.now()).await.unwrap();
+    assert_eq!((round.waiting, round.launched), (0, 0));
+    assert!(world.live_instances().await.is_empty());
+}

@@ -349,6 +349,11 @@ impl ScaleUp {
                             if !after.wants_instance() || after.instance_may_be_alive() {
                                 continue;
                             }
+                            if !after.demand_queued() {
+                                return Ok(Outcome::Done(format!(
+                                    "{stream}: spare (its job was cancelled or taken by another runner): not launched"
+                                )));
+                            }
                             return Ok(Outcome::RetryAfter(
                                 Duration::from_secs(2),
                                 format!("{stream}: not in the waiting queue yet"),
@@ -397,7 +402,9 @@ impl ScaleUp {
                     counted.insert(instance.id.clone());
                 }
                 held.hold(&format!("{}/{}", request.job.owner, request.job.repo).to_lowercase());
-            } else if state.wants_instance() && state.failure.is_none() {
+            } else if state.wants_instance() && state.failure.is_none() && state.demand_queued() {
+                // A spare runner (its job cancelled or taken by another) is
+                // not launched: it is withdrawn (ADR-0017).
                 waiting.push(Waiting {
                     stream: head.stream.clone(),
                     repository: format!("{}/{}", request.job.owner, request.job.repo)

@@ -70,12 +70,13 @@ pub enum Scenario {
     /// its job started is replaced at once on another type or market; a job
     /// already running is cut (GitHub fails it) and the audit names it.
     SpotStorm,
-    /// 15 pushes of 8 jobs over 20 minutes with `cancel-in-progress`: half
-    /// the runs are superseded 30–150 s after their push, their jobs cancelled
-    /// while queued or while running; GitHub gives each queued job to any
-    /// online idle runner of its pool (online 15–45 s after it is ready, by
-    /// runner), so runners take each other's jobs. No job may be killed by
-    /// jitr, and every spare runner is retired deregister-first.
+    /// 15 pushes of 8 jobs over 20 minutes with `cancel-in-progress`, on a
+    /// 32-vCPU on-demand and 48-vCPU spot quota: 40 % of the runs are
+    /// superseded 20–150 s after their push, their jobs cancelled while queued
+    /// or while running; GitHub gives each queued job to any online idle
+    /// runner of its pool (online 15–105 s after it is ready, by runner), so
+    /// runners take each other's jobs. No job may be killed by jitr, and every
+    /// spare runner is retired deregister-first.
     CancelStorm,
 }
 
@@ -322,6 +323,7 @@ pub async fn run_with(
             Scenario::SeedIncident => 8,
             Scenario::Burst => 16,
             Scenario::SpotStorm => 128,
+            Scenario::CancelStorm => 48,
             _ => 32,
         },
         event_delay_ms,
@@ -593,7 +595,8 @@ pub async fn run_with(
         // precedence); the oldest job first (a runner is online 30 s after it
         // is ready) — and complete.
         let jitter = scenario == Scenario::CancelStorm;
-        let mut idle = idle_runners(&projector, &*store, &github, &app.policy, t, jitter).await?;
+        let mut idle =
+            idle_runners(&projector, &*store, &cloud, &github, &app.policy, t, jitter).await?;
         let mut queued: Vec<usize> = (0..jobs.len())
             .filter(|&i| jobs[i].arrived && jobs[i].started.is_none() && !jobs[i].completed)
             .collect();
@@ -1181,7 +1184,7 @@ struct IdleRunner {
 }
 
 /// How long after its JIT config is handed over a runner is online: 30 s; with
-/// `jitter`, 15–45 s by runner (the runner's start varies with the image, its
+/// `jitter`, 15–105 s by runner (the runner's start varies with the image, its
 /// caches and the network), so that runners come online out of launch order.
 fn online_after_ms(runner: &str, jitter: bool) -> u64 {
     if !jitter {
@@ -1190,28 +1193,31 @@ fn online_after_ms(runner: &str, jitter: bool) -> u64 {
     let spread = runner
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    15_000 + spread % 30_000
+    15_000 + spread % 90_000
 }
 
-/// jitr's runners that are online (ready for a while: the runner has started
-/// and connected) and idle on GitHub (registered, not busy), by pool, the
-/// longest idle first.
+/// jitr's runners that GitHub sees online and idle, the longest idle first:
+/// handed their JIT config a while ago (the runner has started and connected),
+/// on an instance that runs, registered and not busy — whatever jitr's log says
+/// of them (GitHub does not know it: a runner jitr is about to terminate takes
+/// a job all the same while it is registered and idle).
 async fn idle_runners(
     projector: &crate::app::projector::Projector,
     store: &dyn EventStore,
+    cloud: &jitr_infra::SimCloud,
     github: &SimGitHub,
     policy: &RunnerPolicy,
     t: Timestamp,
     jitter: bool,
 ) -> Result<Vec<IdleRunner>, ServeError> {
     let mut idle = Vec::new();
-    // The projector's views (a step behind) say which runners may be ready:
-    // only those are read.
+    // The projector's views (a step behind) say which runners may have a
+    // registration: only those are read.
     let candidates: Vec<StreamId> = projector
         .views()
         .open
         .iter()
-        .filter(|(_, s)| matches!(s.status(), RunnerStatus::Ready | RunnerStatus::Booting))
+        .filter(|(_, s)| s.instance_may_be_alive() && s.launch.is_some())
         .map(|(stream, _)| stream.clone())
         .collect();
     for stream in candidates {
@@ -1227,7 +1233,16 @@ async fn idle_runners(
             continue;
         };
         let online_at = ready_at.plus_ms(online_after_ms(&name, jitter));
-        if head.status != RunnerStatus::Ready || t < online_at || !github.is_idle(&name) {
+        if t < online_at || !github.is_idle(&name) {
+            continue;
+        }
+        let Some(instance) = head.instance_id.as_ref() else {
+            continue;
+        };
+        let runs = jitr_infra::Compute::describe(cloud, instance)
+            .await?
+            .is_some_and(|m| m.state.is_live());
+        if !runs {
             continue;
         }
         idle.push(IdleRunner {
@@ -1244,8 +1259,8 @@ async fn idle_runners(
 }
 
 /// The cancel storm's pushes: 15 pushes of 8 jobs over 20 minutes, each
-/// job queued within 3 s of its push. Half the pushes are superseded by a
-/// newer push to their branch 30–150 s later, and `cancel-in-progress`
+/// job queued within 3 s of its push. 40 % of the pushes are superseded by a
+/// newer push to their branch 20–150 s later, and `cancel-in-progress`
 /// cancels every job of the superseded run still queued or running
 /// ("Control the concurrency of workflows and jobs": a pending or running job
 /// of the group is cancelled). Returns each job's arrival (ms into the run)
@@ -1256,8 +1271,8 @@ fn cancel_storm(jobs: &mut [Job], rng: &mut StdRng) -> Vec<u64> {
     for (push, run) in jobs.chunks_mut(per_push).enumerate() {
         let at = rng.random_range(0..20 * 60_000u64);
         let superseded = rng
-            .random_bool(0.5)
-            .then(|| at + rng.random_range(30_000..150_000));
+            .random_bool(0.4)
+            .then(|| at + rng.random_range(20_000..150_000));
         for job in run.iter_mut() {
             job.message.run_id = 900 + push as u64;
             job.cancel_at_ms = superseded;
