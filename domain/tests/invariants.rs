@@ -44,6 +44,14 @@ enum Op {
     Terminate,
     Confirm(InstanceChoice, TerminationEvidence),
     SpotWarning(InstanceChoice),
+    /// The job this runner stands for is cancelled, or taken by another.
+    EndDemand(bool),
+    /// The runner now stands for another job.
+    MoveDemand,
+    /// GitHub refuses to deregister it: busy.
+    Busy,
+    /// GitHub gives it another job than its own.
+    StartOther,
     Resume,
     RepeatLast,
 }
@@ -60,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(FailureStage::Token),
         Just(FailureStage::Boot),
         Just(FailureStage::SpotInterrupted),
+        Just(FailureStage::Surplus),
     ];
     let market = prop_oneof![Just(Market::Spot), Just(Market::OnDemand)];
     prop_oneof![
@@ -73,6 +82,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => stage.prop_map(Op::Fail),
         1 => Just(Op::Terminate),
         1 => instance.clone().prop_map(Op::SpotWarning),
+        1 => any::<bool>().prop_map(Op::EndDemand),
+        1 => Just(Op::MoveDemand),
+        1 => Just(Op::Busy),
+        1 => Just(Op::StartOther),
         1 => (instance, prop::sample::select(TerminationEvidence::ALL.to_vec()))
             .prop_map(|(i, e)| Op::Confirm(i, e)),
         2 => Just(Op::Resume),
@@ -163,6 +176,30 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                     .map_or_else(|| InstanceId("i-none".into()), |i| i.id.clone()),
                 _ => InstanceId("i-other".into()),
             },
+        }],
+        Op::EndDemand(cancelled) => vec![Command::EndDemand {
+            ending: if *cancelled {
+                DemandEnding::Cancelled
+            } else {
+                DemandEnding::TakenBy {
+                    runner_name: "someone".into(),
+                }
+            },
+        }],
+        Op::MoveDemand => vec![Command::MoveDemand {
+            job: JobRef {
+                job_id: 43,
+                ..job()
+            },
+        }],
+        Op::Busy => vec![Command::RefuseDeregistration {
+            reason: "busy".into(),
+        }],
+        Op::StartOther => vec![Command::StartJob {
+            job: Some(JobRef {
+                job_id: 44,
+                ..job()
+            }),
         }],
         Op::Resume => resume(state, now),
         Op::RepeatLast => vec![],
@@ -465,6 +502,37 @@ proptest! {
                         }
                         _ => {}
                     }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// ADR-0017: a runner that took a job — one started or completed on it,
+    /// or GitHub's refusal to deregister it as busy — is never failed for being
+    /// idle (boot, stale, surplus), and one runner takes at most one job.
+    #[test]
+    fn a_runner_that_took_a_job_is_never_failed_for_being_idle(history in history()) {
+        let Run { log, .. } = run(&history);
+        let mut took: Option<Option<JobRef>> = None;
+        for event in &log {
+            match event {
+                RunnerEvent::JobStarted { job, .. } | RunnerEvent::JobCompleted { job, .. } => {
+                    if let (Some(Some(first)), Some(now)) = (&took, job) {
+                        prop_assert_eq!(first, now, "two jobs on one runner: {:?}", log);
+                    }
+                    if !matches!(took, Some(Some(_))) {
+                        took = Some(job.clone());
+                    }
+                }
+                RunnerEvent::DeregistrationRefused { .. } => {
+                    took.get_or_insert(None);
+                }
+                RunnerEvent::Failed { stage, .. } => {
+                    prop_assert!(
+                        !(stage.is_idle_runners() && took.is_some()),
+                        "{stage:?} after a job was taken: {log:?}"
+                    );
                 }
                 _ => {}
             }

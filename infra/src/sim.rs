@@ -205,41 +205,25 @@ fn open(path: &Path) -> Result<Connection, ComputeError> {
         .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
         .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| ComputeError::Unavailable(Box::new(e)))?;
-    // A cloud.db of an earlier version lacks the runner's busy flag…
-    let has_busy: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('gh_runners') WHERE name = 'busy'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    if has_busy == 0 {
-        conn.execute_batch("ALTER TABLE gh_runners ADD COLUMN busy INTEGER NOT NULL DEFAULT 0")
+    // A cloud.db of an earlier version lacks columns added since.
+    for (table, column, definition) in [
+        ("gh_jobs", "runner_name", "TEXT"),
+        ("instances", "reclaim_at", "INTEGER"),
+        ("gh_runners", "busy", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let has: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |r| r.get(0),
+            )
             .map_err(sql_err)?;
-    }
-    // …and the job's runner.
-    let has_runner: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('gh_jobs') WHERE name = 'runner_name'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    if has_runner == 0 {
-        conn.execute_batch("ALTER TABLE gh_jobs ADD COLUMN runner_name TEXT")
+        if has == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))
             .map_err(sql_err)?;
-    }
-    // …and the spot reclaim moment.
-    let has_reclaim: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('instances') WHERE name = 'reclaim_at'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    if has_reclaim == 0 {
-        conn.execute_batch("ALTER TABLE instances ADD COLUMN reclaim_at INTEGER")
-            .map_err(sql_err)?;
+        }
     }
     Ok(conn)
 }
