@@ -1297,10 +1297,13 @@ async fn ec2_state_changes_close_runners_and_terminate_unowned_instances() {
         .await
         .unwrap();
     assert!(
-        asked.iter().any(
-            |m| jitr_handlers::app::scaleup::admit_request(&m.body).as_deref()
-                == Some(jitr_handlers::app::scaleup::INSTANCE_TERMINATED)
-        ),
+        asked.iter().any(|m| {
+            use jitr_handlers::app::scaleup::{INSTANCE_TERMINATED, ScaleUpMessage};
+            matches!(
+                ScaleUpMessage::decode(&m.body),
+                Ok(ScaleUpMessage::Admit { admit }) if admit == INSTANCE_TERMINATED
+            )
+        }),
         "{asked:?}"
     );
 

@@ -317,7 +317,7 @@ impl Rebalancer {
                 attempt,
                 avoid_spot: Vec::new(),
             };
-            let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+            let body = crate::app::scaleup::ScaleUpMessage::Job(message.clone()).encode();
             self.ports
                 .scaleup_queue
                 .publish(&body, None, &[("delivery", &message.delivery)])

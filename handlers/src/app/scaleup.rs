@@ -28,24 +28,57 @@ use crate::app::outcome::{CrashPoint, CrashSwitch, HandlerError, Outcome};
 use crate::app::policy::RunnerPolicy;
 use crate::app::webhook::JobMessage;
 
-/// The scale-up message that asks for an admission round (capacity freed, or
-/// the periodic pass): `{"admit": WHY}`.
+/// What the scale-up queue carries: one envelope, `kind` naming what it is.
+///
+/// Each shape stays readable by the version before the envelope (a job is a
+/// `JobMessage` with one more field; an admission request keeps its `admit`
+/// field), and [`ScaleUpMessage::decode`] reads what that version sent, so
+/// messages in flight across a stack update are handled by either version.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ScaleUpMessage {
+    /// A queued job wants a runner (or a runner's job is handed back).
+    Job(JobMessage),
+    /// An admission round is asked for: capacity freed, a pause ended, the
+    /// periodic pass.
+    Admit {
+        /// Why.
+        admit: String,
+    },
+}
+
+impl ScaleUpMessage {
+    /// The message body.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a scale-up message serialises")
+    }
+
+    /// Reads a message body: the envelope, or a bare `JobMessage` or
+    /// `{"admit": WHY}` as versions before it sent them.
+    pub fn decode(body: &str) -> Result<ScaleUpMessage, serde_json::Error> {
+        serde_json::from_str(body).or_else(|unenveloped| {
+            #[derive(serde::Deserialize)]
+            struct Admit {
+                admit: String,
+            }
+            if let Ok(a) = serde_json::from_str::<Admit>(body) {
+                return Ok(ScaleUpMessage::Admit { admit: a.admit });
+            }
+            serde_json::from_str::<JobMessage>(body)
+                .map(ScaleUpMessage::Job)
+                .map_err(|_| unenveloped)
+        })
+    }
+}
+
+/// The scale-up message that asks for an admission round, and why.
 pub fn admit_message(why: &str) -> String {
-    serde_json::json!({ "admit": why }).to_string()
+    ScaleUpMessage::Admit { admit: why.into() }.encode()
 }
 
 /// The reason of the admission round asked for when EC2 says an instance is
 /// terminated: its capacity is free for certain, so the markets' pauses end.
 pub const INSTANCE_TERMINATED: &str = "instance terminated";
-
-/// Why the scale-up message `body` asks for an admission round, if it does.
-pub fn admit_request(body: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Admit {
-        admit: String,
-    }
-    serde_json::from_str::<Admit>(body).ok().map(|a| a.admit)
-}
 
 /// What an admission round did.
 #[derive(Debug, Default)]
@@ -887,7 +920,7 @@ impl ScaleUp {
             self.policy.installation_for(state),
             "spot-interrupted",
         );
-        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        let body = ScaleUpMessage::Job(message.clone()).encode();
         self.ports
             .scaleup_queue
             .publish(&body, None, &[("delivery", &message.delivery)])
@@ -904,7 +937,7 @@ impl ScaleUp {
         };
         let message =
             JobMessage::for_runner(request, self.policy.installation_for(state), "admitted");
-        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        let body = ScaleUpMessage::Job(message.clone()).encode();
         self.ports
             .scaleup_queue
             .publish(
@@ -1098,5 +1131,64 @@ fn last_refusal(state: &RunnerState) -> String {
     match state.launch.as_ref().map(|l| &l.outcome) {
         Some(LaunchOutcome::Rejected { code, .. }) => code.clone(),
         _ => "no launch".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobMessage {
+        JobMessage {
+            delivery: "d-1".into(),
+            action: "queued".into(),
+            installation: 1,
+            owner: "acme".into(),
+            repo: "widgets".into(),
+            job_id: 42,
+            run_id: 7,
+            labels: vec!["self-hosted".into()],
+            runner_name: None,
+            conclusion: None,
+            attempt: 1,
+            avoid_spot: Vec::new(),
+        }
+    }
+
+    /// One envelope, named by `kind`; what the version before it sent is read
+    /// too, and what this version sends the version before it reads (a job
+    /// with one more field, an admission request with its `admit` field).
+    #[test]
+    fn the_scale_up_envelope_is_read_by_both_versions_of_a_stack_update() {
+        let enveloped = ScaleUpMessage::Job(job()).encode();
+        assert!(enveloped.contains(r#""kind":"job""#), "{enveloped}");
+        assert_eq!(
+            ScaleUpMessage::decode(&enveloped).unwrap(),
+            ScaleUpMessage::Job(job())
+        );
+        let older: JobMessage = serde_json::from_str(&enveloped).unwrap();
+        assert_eq!(older, job());
+        let admit = admit_message("capacity freed");
+        assert_eq!(admit, r#"{"kind":"admit","admit":"capacity freed"}"#);
+        #[derive(serde::Deserialize)]
+        struct OlderAdmit {
+            admit: String,
+        }
+        let older: OlderAdmit = serde_json::from_str(&admit).unwrap();
+        assert_eq!(older.admit, "capacity freed");
+        // Bodies the version before the envelope sent.
+        let bare = serde_json::to_string(&job()).unwrap();
+        assert_eq!(
+            ScaleUpMessage::decode(&bare).unwrap(),
+            ScaleUpMessage::Job(job())
+        );
+        assert_eq!(
+            ScaleUpMessage::decode(r#"{"admit":"periodic pass"}"#).unwrap(),
+            ScaleUpMessage::Admit {
+                admit: "periodic pass".into()
+            }
+        );
+        assert!(ScaleUpMessage::decode(r#"{"kind":"launch-rockets"}"#).is_err());
+        assert!(ScaleUpMessage::decode("not json").is_err());
     }
 }

@@ -333,7 +333,11 @@ impl Webhook {
             attempt: 1,
             avoid_spot: Vec::new(),
         };
-        let body = serde_json::to_string(&message).expect("a JobMessage serialises");
+        let body = if message.action == "queued" {
+            crate::app::scaleup::ScaleUpMessage::Job(message.clone()).encode()
+        } else {
+            serde_json::to_string(&message).expect("a JobMessage serialises")
+        };
         match queue.publish(&body, None, &[("delivery", id)]).await {
             Ok(_) => Reply::new(
                 202,

@@ -544,7 +544,7 @@ pub async fn run_with(
                 Scenario::LostWebhooks if rng.random_bool(1.0 / 3.0) => 0,
                 _ => 1,
             };
-            let body = serde_json::to_string(&job.message).expect("serialisable");
+            let body = crate::app::scaleup::ScaleUpMessage::Job(job.message.clone()).encode();
             for _ in 0..copies {
                 scaleup_queue.publish(&body, None, &[]).await?;
             }

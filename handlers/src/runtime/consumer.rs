@@ -43,19 +43,22 @@ impl Consumer for ScaleUp {
         message: &QueueMessage,
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
-        if let Some(why) = crate::app::scaleup::admit_request(&message.body) {
-            if why == crate::app::scaleup::INSTANCE_TERMINATED {
-                self.capacity_freed().await;
+        use crate::app::scaleup::{INSTANCE_TERMINATED, ScaleUpMessage};
+        match ScaleUpMessage::decode(&message.body) {
+            Ok(ScaleUpMessage::Admit { admit: why }) => {
+                if why == INSTANCE_TERMINATED {
+                    self.capacity_freed().await;
+                }
+                let round = self.admit(None, now).await?;
+                Ok(Outcome::Done(format!(
+                    "admission round ({why}): {} of {} waiting launched",
+                    round.launched, round.waiting
+                )))
             }
-            let round = self.admit(None, now).await?;
-            return Ok(Outcome::Done(format!(
-                "admission round ({why}): {} of {} waiting launched",
-                round.launched, round.waiting
-            )));
-        }
-        match job(message) {
-            Ok(job) => self.handle(&job, message.receive_count, now).await,
-            Err(poison) => Ok(poison),
+            Ok(ScaleUpMessage::Job(job)) => self.handle(&job, message.receive_count, now).await,
+            Err(e) => Ok(Outcome::DeadLetter(format!(
+                "undecodable scale-up message: {e}"
+            ))),
         }
     }
 }
