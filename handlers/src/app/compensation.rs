@@ -130,14 +130,9 @@ impl Compensation {
         if let (Some(name), Some(request)) = (&state.runner_name, &state.request) {
             let scope = self.policy.scope_of(request);
             let installation = self.policy.installation_for(state);
-            if let Ok(runners) = self.ports.github.list_runners(installation, &scope).await {
-                for runner in runners.iter().filter(|r| &r.name == name) {
-                    let _ = self
-                        .ports
-                        .github
-                        .delete_runner(installation, &scope, runner.id)
-                        .await;
-                }
+            let github = &self.ports.github;
+            if let Ok(Some(runner)) = github.find_runner(installation, &scope, name).await {
+                let _ = github.delete_runner(installation, &scope, runner.id).await;
             }
         }
     }

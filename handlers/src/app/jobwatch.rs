@@ -206,10 +206,9 @@ impl JobWatch {
         let registered = self
             .ports
             .github
-            .list_runners(installation, &scope)
+            .find_runner(installation, &scope, &name)
             .await?
-            .into_iter()
-            .any(|r| r.name == name);
+            .is_some();
         if registered {
             return Ok(Polled {
                 state: state.clone(),

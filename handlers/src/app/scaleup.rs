@@ -1032,19 +1032,14 @@ impl ScaleUp {
         };
         if let Err(GitHubError::RunnerNameExists(_)) = &minted {
             // A crash after minting left the registration behind: replace it.
-            if let Ok(runners) = self
-                .ports
-                .github
-                .list_runners(installation, &request.scope)
+            let github = &self.ports.github;
+            if let Ok(Some(runner)) = github
+                .find_runner(installation, &request.scope, &name)
                 .await
             {
-                for runner in runners.iter().filter(|r| r.name == name) {
-                    let _ = self
-                        .ports
-                        .github
-                        .delete_runner(installation, &request.scope, runner.id)
-                        .await;
-                }
+                let _ = github
+                    .delete_runner(installation, &request.scope, runner.id)
+                    .await;
             }
             minted = self
                 .ports

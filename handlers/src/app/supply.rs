@@ -294,15 +294,7 @@ impl Supply {
         let scope = self.policy.scope_of(request);
         let installation = self.policy.installation_for(state);
         let github = &self.ports.github;
-        let find = || async {
-            Ok::<_, GitHubError>(
-                github
-                    .list_runners(installation, &scope)
-                    .await?
-                    .into_iter()
-                    .find(|r| r.name == name),
-            )
-        };
+        let find = || github.find_runner(installation, &scope, &name);
         let Some(runner) = find().await? else {
             return Ok(Deregistration::Gone);
         };

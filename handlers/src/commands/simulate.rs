@@ -632,14 +632,8 @@ pub async fn run_with(
             m.action = "in_progress".into();
             m.delivery = format!("{}-start", m.delivery);
             m.runner_name = Some(runner.clone());
-            if !lose_lifecycle(m.job_id, START) {
-                lifecycle_queue
-                    .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-                    .await?;
-            }
-            github
-                .set_job_status(&m.owner, &m.repo, m.job_id, "in_progress", Some(&runner))
-                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+            let lost = lose_lifecycle(m.job_id, START);
+            github_moves(&m, lost, &*lifecycle_queue, &github).await?;
             job.on_other_runner = own_job != m.job_id;
             job.started = Some((runner, t));
             job.instance = instance;
@@ -1131,14 +1125,7 @@ async fn end_job(
                     .is_some_and(|(at, _)| at <= cutoff);
         }
     }
-    if !ending.lost {
-        lifecycle_queue
-            .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-            .await?;
-    }
-    github
-        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", Some(&runner))
-        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    github_moves(&m, ending.lost, lifecycle_queue, github).await?;
     job.completed = true;
     job.completed_at = Some(t);
     Ok(())
@@ -1156,15 +1143,34 @@ async fn cancel_queued(
     m.action = "completed".into();
     m.delivery = format!("{}-cancelled", m.delivery);
     m.conclusion = Some("cancelled".into());
-    lifecycle_queue
-        .publish(&serde_json::to_string(&m).expect("json"), None, &[])
-        .await?;
-    github
-        .set_job_status(&m.owner, &m.repo, m.job_id, "completed", None)
-        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    github_moves(&m, false, lifecycle_queue, github).await?;
     job.completed = true;
     job.completed_at = Some(t);
     Ok(())
+}
+
+/// GitHub moves a job as `m` says (`in_progress` or `completed`, on
+/// `m.runner_name` when it names one) and sends its webhook, unless `lost`.
+async fn github_moves(
+    m: &JobMessage,
+    lost: bool,
+    lifecycle_queue: &dyn Queue,
+    github: &SimGitHub,
+) -> Result<(), ServeError> {
+    if !lost {
+        lifecycle_queue
+            .publish(&serde_json::to_string(m).expect("json"), None, &[])
+            .await?;
+    }
+    github
+        .set_job_status(
+            &m.owner,
+            &m.repo,
+            m.job_id,
+            &m.action,
+            m.runner_name.as_deref(),
+        )
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))
 }
 
 /// An idle runner GitHub may give a job.

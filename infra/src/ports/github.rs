@@ -237,6 +237,20 @@ pub trait GitHub: Send + Sync {
         installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError>;
+    /// The runner registered under `name` in a scope, if any (names are
+    /// unique within a scope).
+    async fn find_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        name: &str,
+    ) -> Result<Option<Runner>, GitHubError> {
+        Ok(self
+            .list_runners(installation, scope)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name))
+    }
     /// An organisation's runner groups (`GET /orgs/{org}/actions/runner-groups`).
     async fn runner_groups(
         &self,
