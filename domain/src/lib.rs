@@ -11,6 +11,7 @@
 //! non-terminal `Terminating` / `Draining`, and `resume` owes a `Terminate`.
 #![deny(missing_docs, unsafe_code)]
 
+mod admission;
 mod capacity;
 mod command;
 mod decide;
@@ -22,6 +23,10 @@ mod resume;
 mod state;
 mod supply;
 
+pub use admission::{
+    AdmissionRound, AdmissionStep, Admitted, LaunchAttempt, LaunchResult, PoolLimits, PoolWaiting,
+    RoundReport, ShuttingDownInstance, UNKNOWN_LAUNCH_LOOK_AGAIN_MS,
+};
 pub use capacity::{
     Admission, CapacityLedger, FIRST_CAPACITY_PAUSE_MS, FIRST_PAUSE_MS, MAX_PAUSE_MS, MarketQuota,
     PROBE_AFTER_MS, Pause, fair_order,
@@ -51,7 +56,8 @@ pub use state::{
     evolve, fold, is_terminal,
 };
 pub use supply::{
-    DEFAULT_RETIRE_GRACE_MS, PoolBalance, Retirement, plan_retirements, pool_balances,
+    DEFAULT_RETIRE_GRACE_MS, PoolBalance, Retirement, plan_retirements, plan_withdrawals,
+    pool_balances,
 };
 
 /// Runs `decide` and folds its events: the state after the command, and the events.

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::command::Command;
+use crate::event::FailureStage;
 use crate::ids::{StreamId, Timestamp};
 use crate::state::{RunnerState, RunnerStatus};
 
@@ -45,6 +47,19 @@ impl Retirement {
     pub fn stream(&self) -> &StreamId {
         match self {
             Retirement::Withdraw { stream } | Retirement::Deregister { stream, .. } => stream,
+        }
+    }
+
+    /// The command that closes the runner once it is retired (for a
+    /// deregistration: once its registration is gone).
+    pub fn command(&self) -> Command {
+        let reason = match self {
+            Retirement::Withdraw { .. } => "nothing was launched",
+            Retirement::Deregister { .. } => "registration deleted",
+        };
+        Command::Fail {
+            stage: FailureStage::Surplus,
+            reason: format!("surplus: no queued job of its pool wants it; {reason}"),
         }
     }
 }
@@ -92,6 +107,20 @@ pub fn plan_retirements<'a>(
     now: Timestamp,
     grace_ms: u64,
 ) -> Vec<Retirement> {
+    plan(open, Some((now, grace_ms)))
+}
+
+/// The surplus runners with nothing launched, to withdraw now (no GitHub call):
+/// the first part of [`plan_retirements`].
+pub fn plan_withdrawals<'a>(open: impl IntoIterator<Item = &'a RunnerState>) -> Vec<Retirement> {
+    plan(open, None)
+}
+
+/// Withdrawals, then (given the moment and the grace) deregistrations.
+fn plan<'a>(
+    open: impl IntoIterator<Item = &'a RunnerState>,
+    deregister: Option<(Timestamp, u64)>,
+) -> Vec<Retirement> {
     let open: Vec<&RunnerState> = open.into_iter().collect();
     let balances = pool_balances(open.iter().copied());
     let mut plan = Vec::new();
@@ -126,6 +155,9 @@ pub fn plan_retirements<'a>(
                 surplus -= 1;
             }
         }
+        let Some((now, grace_ms)) = deregister else {
+            continue;
+        };
         // Ready for the grace: deregistered first, the youngest first.
         let mut ready: Vec<(&RunnerState, Timestamp, String)> = open
             .iter()

@@ -301,7 +301,8 @@ impl Expected {
             RunnerStatus::Draining
         } else if has("TerminationRequested") {
             RunnerStatus::Terminating
-        } else if has("JobStarted") {
+        } else if has("JobStarted") || has("DeregistrationRefused") {
+            // GitHub refusing to delete it as busy: it runs a job (ADR-0017).
             RunnerStatus::Running
         } else if has("TokenMinted") {
             RunnerStatus::Ready

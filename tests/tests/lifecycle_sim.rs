@@ -319,7 +319,7 @@ async fn quota_refusals_are_learnt_once_and_the_job_waits_without_giving_up() {
             "{again:?}"
         );
         let round = world.scaleup.admit(None, world.now()).await.unwrap();
-        assert_eq!((round.waiting, round.launched), (1, 0));
+        assert_eq!((round.report.waiting, round.report.launched), (1, 0));
     }
     // Nineteen minutes later: not failed, and past the learning only one probe
     // per market every five minutes (jitr_domain::PROBE_AFTER_MS): 3 each.
@@ -1901,6 +1901,63 @@ async fn a_waiting_runner_whose_job_another_runner_took_is_withdrawn_unlaunched(
         Some(jitr_domain::FailureStage::Surplus)
     );
     let round = world.scaleup.admit(None, world.now()).await.unwrap();
-    assert_eq!((round.waiting, round.launched), (0, 0));
+    assert_eq!((round.report.waiting, round.report.launched), (0, 0));
+    assert!(world.live_instances().await.is_empty());
+}
+
+/// A spare runner still waiting for capacity — its job cancelled, but the
+/// withdrawal that should follow never ran (a crash between the two) — is
+/// withdrawn by the next admission round (ADR-0017), never launched.
+#[tokio::test]
+async fn an_admission_round_withdraws_a_spare_waiting_runner() {
+    let settings = SimSettings {
+        spot_vcpus: 0,
+        on_demand_vcpus: 0,
+        ..SimSettings::default()
+    };
+    let world = World::new(settings, 4);
+    world.queued(1).await.unwrap();
+    world.queued(2).await.unwrap();
+    jitr_handlers::app::dispatch::dispatch(
+        &*world.store,
+        &world.stream(1),
+        jitr_domain::Command::EndDemand {
+            ending: jitr_domain::DemandEnding::Cancelled,
+        },
+        world.now(),
+        &jitr_infra::CommandId::new("test:cancelled"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Requested);
+    let intents = |events: &[jitr_infra::RecordedEvent]| {
+        kinds(events)
+            .iter()
+            .filter(|k| **k == "LaunchIntended")
+            .count()
+    };
+    let before = intents(&world.store.read_stream(&world.stream(1)).await.unwrap());
+    world.advance(5);
+    let round = world.scaleup.admit(None, world.now()).await.unwrap();
+    assert_eq!(
+        (
+            round.report.withdrawn,
+            round.report.waiting,
+            round.report.launched
+        ),
+        (1, 1, 0),
+        "{round:?}"
+    );
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Failed);
+    assert_eq!(
+        head.state.failure.as_ref().map(|f| f.stage),
+        Some(jitr_domain::FailureStage::Surplus)
+    );
+    let after = intents(&world.store.read_stream(&world.stream(1)).await.unwrap());
+    assert_eq!(before, after, "no launch tried for it");
+    assert!(head.state.instance().is_none());
+    // The runner standing for job 2 still waits.
+    assert_eq!(world.status(2).await, RunnerStatus::Requested);
     assert!(world.live_instances().await.is_empty());
 }

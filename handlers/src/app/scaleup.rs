@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitr_domain::{
-    Admission, CapacityLedger, Command, FailureStage, InstallationId, InstanceId, IntentResolution,
-    JobRef, LaunchChoices, LaunchErrorClass, LaunchOutcome, Market, MarketQuota, NextLaunch,
-    Refusal, RunnerEvent, RunnerState, StreamId, Timestamp, boot_deadline, fair_order, next_launch,
-    record_instance,
+    AdmissionRound, AdmissionStep, Admitted, CapacityLedger, Command, FailureStage, InstallationId,
+    InstanceId, IntentResolution, JobRef, LaunchOutcome, LaunchResult, Market, MarketQuota,
+    PoolLimits, Retirement, RoundReport, RunnerEvent, RunnerState, ShuttingDownInstance, StreamId,
+    Timestamp, UNKNOWN_LAUNCH_LOOK_AGAIN_MS, boot_deadline, record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -80,33 +80,14 @@ pub fn admit_message(why: &str) -> String {
 /// terminated: its capacity is free for certain, so the markets' pauses end.
 pub const INSTANCE_TERMINATED: &str = "instance terminated";
 
-/// What an admission round did.
-#[derive(Debug, Default)]
-pub struct Round {
-    /// Runners waiting when it began.
-    pub waiting: usize,
-    /// Runners it launched.
-    pub launched: usize,
-    /// RunInstances refusals, per pool.
-    pub refused: HashMap<String, usize>,
-    /// What became of the round's own runner (none: it was not waiting).
-    pub own: Option<Admitted>,
-}
-
-/// What became of a runner in an admission round.
+/// What an admission round did: the planner's figures, and what became of
+/// the round's own runner (none: it was not waiting).
 #[derive(Debug)]
-pub enum Admitted {
-    /// Launched in this market, holding these vCPUs.
-    Launched {
-        /// The market.
-        market: Market,
-        /// Its vCPUs.
-        vcpus: u32,
-    },
-    /// Still waiting, and why.
-    Waiting(String),
-    /// The delivery ends here (failed, or its launch's outcome unknown).
-    Ended(Outcome),
+pub struct Round {
+    /// The round's figures.
+    pub report: RoundReport,
+    /// What became of the runner of the delivery that ran it.
+    pub own: Option<Admitted>,
 }
 
 /// Admission rounds run by this process so far.
@@ -133,56 +114,27 @@ pub const SHUTDOWN_HOLD_MS: u64 = 600_000;
 /// An instance shutting down, as counted by admission rounds.
 #[derive(Clone, Debug)]
 struct ShuttingDown {
-    market: Market,
-    pool: Option<String>,
-    vcpus: u32,
+    instance: ShuttingDownInstance,
     since: Timestamp,
     /// EC2 said `terminated` (EventBridge does not keep events in order: a
     /// late `shutting-down` must not count it again).
     terminated: bool,
 }
 
-/// A runner waiting for capacity.
-struct Waiting {
-    stream: StreamId,
-    repository: String,
-    since: Timestamp,
-    pool: String,
-    state: RunnerState,
-}
-
-/// vCPUs jitr's instances hold, per market and per pool.
+/// What admission rounds of this process remember between rounds, besides
+/// the ledger.
 #[derive(Default)]
-struct Held {
-    markets: HashMap<Market, u32>,
-    pools: HashMap<String, u32>,
-    /// Instances per repository (`owner/repo`, lower case).
-    repositories: HashMap<String, u32>,
-}
-
-impl Held {
-    fn add(&mut self, market: Market, pool: Option<&str>, vcpus: u32) {
-        *self.markets.entry(market).or_default() += vcpus;
-        if let Some(pool) = pool {
-            *self.pools.entry(pool.to_owned()).or_default() += vcpus;
-        }
-    }
-
-    fn hold(&mut self, repository: &str) {
-        *self.repositories.entry(repository.to_owned()).or_default() += 1;
-    }
-
-    fn repository(&self, repository: &str) -> u32 {
-        self.repositories.get(repository).copied().unwrap_or(0)
-    }
-
-    fn market(&self, market: Market) -> u32 {
-        self.markets.get(&market).copied().unwrap_or(0)
-    }
-
-    fn pool(&self, pool: &str) -> u32 {
-        self.pools.get(pool).copied().unwrap_or(0)
-    }
+struct Memory {
+    /// The ledger's markets as the last round (or freed capacity) left them,
+    /// for pages and metrics that must not wait for a round.
+    quotas: std::collections::BTreeMap<Market, MarketQuota>,
+    /// When the next round is already asked for (after a pause ends).
+    next_wake: Option<Timestamp>,
+    /// Instances EC2 said are shutting down: their vCPUs may still count
+    /// against the quota until EC2 says `terminated` (kept at most
+    /// [`SHUTDOWN_HOLD_MS`]).
+    shutting_down: HashMap<InstanceId, ShuttingDown>,
+    stats: AdmissionStats,
 }
 
 /// The scale-up handler.
@@ -192,16 +144,7 @@ pub struct ScaleUp {
     /// What is known of each market's quota; held for a whole admission round,
     /// so that rounds of one process run one at a time.
     ledger: tokio::sync::Mutex<CapacityLedger>,
-    /// The ledger's markets as the last round (or freed capacity) left them,
-    /// for pages and metrics that must not wait for a round.
-    quotas: Mutex<std::collections::BTreeMap<Market, MarketQuota>>,
-    /// When the next round is already asked for (after a pause ends).
-    next_wake: Mutex<Option<Timestamp>>,
-    /// Instances EC2 said are shutting down: their vCPUs may still count
-    /// against the quota until EC2 says `terminated` (kept at most
-    /// [`SHUTDOWN_HOLD_MS`]).
-    shutting_down: Mutex<HashMap<InstanceId, ShuttingDown>>,
-    stats: Mutex<AdmissionStats>,
+    memory: Mutex<Memory>,
     /// Runner group ids by installation, organisation and name.
     groups: Mutex<HashMap<(u64, String, String), u64>>,
     /// Crash injection for recovery tests.
@@ -215,11 +158,11 @@ impl ScaleUp {
         ScaleUp {
             ports,
             policy,
-            quotas: Mutex::new(ledger.markets.clone()),
+            memory: Mutex::new(Memory {
+                quotas: ledger.markets.clone(),
+                ..Memory::default()
+            }),
             ledger: tokio::sync::Mutex::new(ledger),
-            next_wake: Mutex::default(),
-            shutting_down: Mutex::default(),
-            stats: Mutex::default(),
             groups: Mutex::default(),
             crash: CrashSwitch::default(),
         }
@@ -372,6 +315,32 @@ impl ScaleUp {
                     }
                     match self.admit(Some(&stream), now).await?.own {
                         Some(Admitted::Launched { .. }) => continue,
+                        Some(Admitted::Waiting(why)) => {
+                            return Ok(Outcome::Done(format!(
+                                "{stream}: waiting for capacity ({why})"
+                            )));
+                        }
+                        Some(Admitted::Failed(reason)) => {
+                            return Ok(Outcome::DeadLetter(format!("{stream}: {reason}")));
+                        }
+                        Some(Admitted::Unknown) => {
+                            return Ok(Outcome::RetryAfter(
+                                Duration::from_millis(UNKNOWN_LAUNCH_LOOK_AGAIN_MS),
+                                format!(
+                                    "{stream}: launch outcome unknown; resolving it by its token"
+                                ),
+                            ));
+                        }
+                        Some(Admitted::Superseded) => {
+                            return Ok(Outcome::Done(format!(
+                                "{stream}: another delivery launches it"
+                            )));
+                        }
+                        Some(Admitted::Withdrawn) => {
+                            return Ok(Outcome::Done(format!(
+                                "{stream}: spare (its job was cancelled or taken by another runner): withdrawn, not launched"
+                            )));
+                        }
                         // Not in the round's queue: another delivery launched
                         // it meanwhile (follow the log), or the heads index did
                         // not show it waiting yet (DynamoDB's index is
@@ -392,12 +361,6 @@ impl ScaleUp {
                                 format!("{stream}: not in the waiting queue yet"),
                             ));
                         }
-                        Some(Admitted::Waiting(why)) => {
-                            return Ok(Outcome::Done(format!(
-                                "{stream}: waiting for capacity ({why})"
-                            )));
-                        }
-                        Some(Admitted::Ended(outcome)) => return Ok(outcome),
                     }
                 }
             }
@@ -405,12 +368,12 @@ impl ScaleUp {
         self.mint(&stream, job, receives, now).await
     }
 
-    /// One admission round (ADR-0014): the waiting runners, in fair order, are
-    /// launched while their vCPUs fit what the capacity ledger knows of each
-    /// market and their pool's budget; a pool whose head does not fit waits
-    /// whole. Each runner launched for another delivery is handed back to the
-    /// scale-up queue to be minted. Rounds of one process run one at a time.
-    /// `own` is the runner of the delivery that runs the round, if any.
+    /// One admission round (ADR-0014): `jitr_domain::AdmissionRound` plans it
+    /// from the open runners, the instances shutting down and the ledger; this
+    /// carries out its steps (withdraw a spare runner, launch, hand a launched
+    /// runner over to its own delivery to be minted, fail, wait) and tells it
+    /// what each launch did. Rounds of one process run one at a time. `own` is
+    /// the runner of the delivery that runs the round, if any.
     pub async fn admit(
         &self,
         own: Option<&StreamId>,
@@ -418,152 +381,225 @@ impl ScaleUp {
     ) -> Result<Round, HandlerError> {
         let mut ledger = self.ledger.lock().await;
         let open = self.ports.store.open_streams().await?;
-        let mut held = Held::default();
-        let mut waiting = Vec::new();
-        let mut counted: std::collections::HashSet<InstanceId> = Default::default();
-        for head in &open.heads {
-            let state = &head.state;
-            let Some(request) = state.request.as_ref() else {
-                continue;
-            };
-            let pool = self.policy.pool_of(request).map(|p| p.name.clone());
-            if state.instance_may_be_alive() {
-                let market = state.launch.as_ref().map_or(Market::OnDemand, |l| l.market);
-                let vcpus = state.instance().map_or(request.spec.vcpus, |i| i.vcpus);
-                held.add(market, pool.as_deref(), vcpus);
-                if let Some(instance) = state.instance() {
-                    counted.insert(instance.id.clone());
-                }
-                held.hold(&format!("{}/{}", request.job.owner, request.job.repo).to_lowercase());
-            } else if state.wants_instance() && state.failure.is_none() && state.demand_queued() {
-                // A spare runner (its job cancelled or taken by another) is
-                // not launched: it is withdrawn (ADR-0017).
-                waiting.push(Waiting {
-                    stream: head.stream.clone(),
-                    repository: format!("{}/{}", request.job.owner, request.job.repo)
-                        .to_lowercase(),
-                    since: request.at,
-                    pool: pool.unwrap_or_default(),
-                    state: state.clone(),
-                });
-            }
-        }
-        {
-            let mut shutting = self.shutting_down.lock().unwrap_or_else(|p| p.into_inner());
-            shutting.retain(|_, s| now.millis_since(s.since) < SHUTDOWN_HOLD_MS);
-            for (id, s) in shutting.iter().filter(|(_, s)| !s.terminated) {
-                if !counted.contains(id) {
-                    held.add(s.market, s.pool.as_deref(), s.vcpus);
-                }
-            }
-        }
-        let mut round = Round {
-            waiting: waiting.len(),
-            ..Round::default()
+        let shutting_down = self.shutting_down(now);
+        let limits = |pool: &crate::app::policy::Pool| PoolLimits {
+            name: pool.name.clone(),
+            max_vcpus: pool.max_vcpus,
+            instance_types: pool.instance_types.clone(),
+            spot: pool.spot,
         };
-        let order = fair_order(
-            waiting,
-            |w| w.repository.as_str(),
-            |w| w.since,
-            |repo| held.repository(repo),
+        let pools: Vec<PoolLimits> = self.policy.pools.iter().map(limits).collect();
+        let mut round = AdmissionRound::plan(
+            &pools,
+            open.heads.iter().map(|h| &h.state),
+            |request| self.policy.pool_of(request).map(limits),
+            &shutting_down,
+            ledger.clone(),
+            own,
+            now,
         );
-        let mut blocked: HashMap<String, String> = HashMap::new();
-        // Runners this round launched or ended: no longer waiting.
-        let mut served: std::collections::HashSet<&StreamId> = Default::default();
-        for (ahead, w) in order.iter().enumerate() {
-            let mine = own == Some(&w.stream);
-            let pool_name = w.pool.clone();
-            if let Some(why) = blocked.get(&pool_name) {
-                if mine {
-                    round.own = Some(Admitted::Waiting(format!("{why}; {ahead} ahead")));
-                }
-                continue;
-            }
-            // The head's state: a launch re-reads the stream when it records.
-            let state = &w.state;
-            let Some(request) = state.request.as_ref() else {
-                continue;
-            };
-            let pool = self.policy.pool_of(request);
-            let vcpus = request.spec.vcpus;
-            if let Some(max) = pool.and_then(|p| p.max_vcpus) {
-                let used = held.pool(&pool_name);
-                if used + vcpus > max {
-                    let why = format!("pool {pool_name} at its vCPU budget ({used} of {max})");
-                    if mine {
-                        round.own = Some(Admitted::Waiting(format!("{why}; {ahead} ahead")));
-                    }
-                    blocked.insert(pool_name, why);
-                    continue;
-                }
-            }
-            let refused = round.refused.entry(pool_name.clone()).or_default();
-            let admitted = self
-                .launch_one(&w.stream, state, &mut ledger, &held, refused, now)
-                .await?;
-            match &admitted {
-                Admitted::Launched { market, vcpus } => {
-                    served.insert(&w.stream);
-                    round.launched += 1;
-                    held.add(*market, Some(&pool_name), *vcpus);
-                    ledger.launched(&pool_name, *market, held.market(*market));
-                    if !mine {
-                        self.hand_over(state, Duration::ZERO).await?;
-                    }
-                }
-                Admitted::Waiting(why) => {
-                    blocked.insert(pool_name, why.clone());
-                }
-                Admitted::Ended(outcome) => {
-                    served.insert(&w.stream);
-                    if !mine {
-                        tracing::warn!(stream = %w.stream, ?outcome, "admitted runner ended");
-                        if matches!(outcome, Outcome::RetryAfter(..)) {
-                            // Its launch's outcome is unknown: its own delivery
-                            // resolves the intent by its token.
-                            self.hand_over(state, Duration::from_secs(5)).await?;
-                        }
-                    }
-                }
-            }
-            if mine {
-                round.own = Some(match admitted {
-                    Admitted::Waiting(why) => Admitted::Waiting(format!("{why}; {ahead} ahead")),
-                    other => other,
-                });
-            }
-        }
-        // Runners still waiting after the round and the oldest wait, per pool
-        // (every pool, so that a pool that stopped waiting reads 0).
-        let mut per_pool: std::collections::BTreeMap<&str, (usize, u64)> = self
-            .policy
-            .pools
-            .iter()
-            .map(|p| (p.name.as_str(), (0, 0)))
+        let mut heads: HashMap<StreamId, RunnerState> = open
+            .heads
+            .into_iter()
+            .map(|h| (h.stream, h.state))
             .collect();
-        for w in order.iter().filter(|w| !served.contains(&w.stream)) {
-            let entry = per_pool.entry(w.pool.as_str()).or_default();
-            entry.0 += 1;
-            entry.1 = entry.1.max(now.millis_since(w.since));
+        let carried = self.carry_out(&mut round, &mut heads, now).await;
+        // What the round learnt stands even when a step failed.
+        let (learnt, report) = round.finish();
+        *ledger = learnt;
+        self.record_round(&ledger, &report, now);
+        carried?;
+        if let Some(at) = report.wake_at {
+            self.wake_at(at, now).await?;
         }
-        for (pool, (count, oldest_ms)) in per_pool {
-            crate::app::metrics::pool_waiting(now, pool, count, oldest_ms);
+        let own = own.and_then(|stream| report.admitted.get(stream).cloned());
+        Ok(Round { report, own })
+    }
+
+    /// Carries out the round's steps, telling it what each launch did.
+    async fn carry_out(
+        &self,
+        round: &mut AdmissionRound,
+        heads: &mut HashMap<StreamId, RunnerState>,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        while let Some(step) = round.next_step() {
+            match step {
+                AdmissionStep::Withdraw { stream } => {
+                    let retirement = Retirement::Withdraw {
+                        stream: stream.clone(),
+                    };
+                    self.run(&stream, retirement.command(), now, "withdraw")
+                        .await?;
+                }
+                AdmissionStep::Launch {
+                    stream,
+                    market,
+                    instance_type_name,
+                    ..
+                } => {
+                    let Some(state) = heads.get_mut(&stream) else {
+                        round.record(LaunchResult::Superseded);
+                        continue;
+                    };
+                    let result = self
+                        .launch(&stream, state, market, instance_type_name, now)
+                        .await?;
+                    round.record(result);
+                }
+                AdmissionStep::HandOver { stream, after_ms } => {
+                    if let Some(state) = heads.get(&stream) {
+                        self.hand_over(state, Duration::from_millis(after_ms))
+                            .await?;
+                    }
+                }
+                AdmissionStep::Fail { stream, reason } => {
+                    tracing::warn!(%stream, %reason, "runner cannot be launched");
+                    self.fail(&stream, FailureStage::Launch, reason, now)
+                        .await?;
+                }
+                AdmissionStep::Wait { .. } => {}
+            }
         }
-        crate::app::metrics::capacity_round(now, order.len() - served.len(), round.launched);
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            stats.rounds += 1;
-            stats.launched += round.launched as u64;
-            stats.refused += round.refused.values().sum::<usize>() as u64;
-            stats.most_refused_per_pool_in_a_round = stats
-                .most_refused_per_pool_in_a_round
-                .max(round.refused.values().copied().max().unwrap_or(0) as u64);
+        Ok(())
+    }
+
+    /// One launch of `stream` (whose head is `state`, kept current): the
+    /// intent recorded, RunInstances called, its answer recorded.
+    async fn launch(
+        &self,
+        stream: &StreamId,
+        state: &mut RunnerState,
+        market: Market,
+        instance_type: String,
+        now: Timestamp,
+    ) -> Result<LaunchResult, HandlerError> {
+        let request = state
+            .request
+            .clone()
+            .expect("a waiting runner is requested");
+        let pool = self.policy.pool_of(&request);
+        let intended = self
+            .run(
+                stream,
+                Command::IntendLaunch { market },
+                now,
+                &format!("intend-{}", state.launch_attempts + 1),
+            )
+            .await?;
+        // Anything but a new intent: another delivery of the same job got
+        // there first; its delivery follows the log.
+        let Dispatched::Appended {
+            state: intended, ..
+        } = intended
+        else {
+            return Ok(LaunchResult::Superseded);
+        };
+        *state = intended;
+        let token = state.pending_launch().cloned().expect("intent written");
+        self.crash.check(CrashPoint::AfterLaunchIntended)?;
+        let launch_spec = LaunchSpec {
+            stream: stream.clone(),
+            client_token: token.clone(),
+            market,
+            instance_type,
+            vcpus: request.spec.vcpus,
+            image: request.spec.image.clone(),
+            user_data: self
+                .policy
+                .bootstrap
+                .as_ref()
+                .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render()),
+            settings: pool.map(|p| p.launch.clone()).unwrap_or_default(),
+        };
+        match self.ports.compute.launch(&launch_spec).await {
+            Ok(launched) => {
+                self.crash.check(CrashPoint::AfterRunInstances)?;
+                let vcpus = launched.vcpus;
+                let record = record_instance(state, token.clone(), launched.found());
+                self.record_instance(stream, record, now, &format!("launched-{token}"))
+                    .await?;
+                self.crash.check(CrashPoint::AfterLaunched)?;
+                Ok(LaunchResult::Launched { market, vcpus })
+            }
+            Err(LaunchFailure::Rejected(e)) => {
+                tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
+                let reject = Command::RejectLaunch {
+                    client_token: token.clone(),
+                    code: e.code.clone(),
+                    class: e.class,
+                };
+                if let Dispatched::Appended { state: after, .. } = self
+                    .run(stream, reject, now, &format!("rejected-{token}"))
+                    .await?
+                {
+                    *state = after;
+                }
+                Ok(LaunchResult::Refused {
+                    class: e.class,
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            Err(LaunchFailure::Unknown(e)) => {
+                // The instance may exist: the runner's own delivery resolves
+                // the intent by its token.
+                tracing::warn!(%stream, %token, error = %e, "launch outcome unknown");
+                Ok(LaunchResult::Unknown)
+            }
         }
-        self.remember_quotas(&ledger, now);
-        if round.launched < round.waiting {
-            self.wake_after_pause(&ledger, now).await?;
+    }
+
+    /// The round's figures as metrics and this process's stats; the ledger's
+    /// markets kept for [`ScaleUp::quotas`].
+    fn record_round(&self, ledger: &CapacityLedger, report: &RoundReport, now: Timestamp) {
+        use crate::app::metrics;
+        for a in &report.attempts {
+            let market = a.market.as_str();
+            metrics::launch(now, market, &a.instance_type, &a.result, a.code.as_deref());
         }
-        Ok(round)
+        for (pool, waiting) in &report.pools {
+            metrics::pool_waiting(now, pool, waiting.runners, waiting.oldest_ms);
+        }
+        metrics::capacity_round(now, report.still_waiting(), report.launched);
+        for (market, quota) in &ledger.markets {
+            if let Some(ceiling) = quota.ceiling {
+                let source = if self.policy.quotas.iter().any(|(m, _)| m == market) {
+                    "configured"
+                } else {
+                    "learnt"
+                };
+                metrics::vcpu_quota(now, *market, source, ceiling);
+            }
+        }
+        let mut memory = self.memory();
+        let stats = &mut memory.stats;
+        stats.rounds += 1;
+        stats.launched += report.launched as u64;
+        stats.refused += report.refused.values().sum::<usize>() as u64;
+        stats.most_refused_per_pool_in_a_round = stats
+            .most_refused_per_pool_in_a_round
+            .max(report.refused.values().copied().max().unwrap_or(0) as u64);
+        memory.quotas = ledger.markets.clone();
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instances still shutting down whose vCPUs count (those EC2 said
+    /// shutting down less than [`SHUTDOWN_HOLD_MS`] ago and not terminated).
+    fn shutting_down(&self, now: Timestamp) -> Vec<ShuttingDownInstance> {
+        let mut memory = self.memory();
+        memory
+            .shutting_down
+            .retain(|_, s| now.millis_since(s.since) < SHUTDOWN_HOLD_MS);
+        memory
+            .shutting_down
+            .values()
+            .filter(|s| !s.terminated)
+            .map(|s| s.instance.clone())
+            .collect()
     }
 
     /// EC2 said `instance` is shutting down: admission rounds count its vCPUs
@@ -577,14 +613,16 @@ impl ScaleUp {
         vcpus: u32,
         now: Timestamp,
     ) {
-        self.shutting_down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.memory()
+            .shutting_down
             .entry(instance.clone())
             .or_insert(ShuttingDown {
-                market,
-                pool,
-                vcpus,
+                instance: ShuttingDownInstance {
+                    instance_id: instance.clone(),
+                    market,
+                    pool,
+                    vcpus,
+                },
                 since: now,
                 terminated: false,
             });
@@ -594,19 +632,19 @@ impl ScaleUp {
     /// [`SHUTDOWN_HOLD_MS`], so that a `shutting-down` delivered after it does
     /// not count it again).
     pub fn instance_terminated(&self, instance: &InstanceId, now: Timestamp) {
-        self.shutting_down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                instance.clone(),
-                ShuttingDown {
+        self.memory().shutting_down.insert(
+            instance.clone(),
+            ShuttingDown {
+                instance: ShuttingDownInstance {
+                    instance_id: instance.clone(),
                     market: Market::OnDemand,
                     pool: None,
                     vcpus: 0,
-                    since: now,
-                    terminated: true,
                 },
-            );
+                since: now,
+                terminated: true,
+            },
+        );
     }
 
     /// EC2 said an instance is terminated: its capacity is free for certain,
@@ -614,63 +652,29 @@ impl ScaleUp {
     pub async fn capacity_freed(&self) {
         let mut ledger = self.ledger.lock().await;
         ledger.capacity_freed();
-        *self.quotas.lock().unwrap_or_else(|p| p.into_inner()) = ledger.markets.clone();
+        self.memory().quotas = ledger.markets.clone();
     }
 
     /// What this process knows of each market's quota, as the last admission
     /// round left it (a market without a ceiling is not known yet).
     pub fn quotas(&self) -> std::collections::BTreeMap<Market, MarketQuota> {
-        self.quotas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Keeps the ledger's markets for [`ScaleUp::quotas`] and records each
-    /// known ceiling as a metric (`configured` or `learnt`).
-    fn remember_quotas(&self, ledger: &CapacityLedger, now: Timestamp) {
-        for (market, quota) in &ledger.markets {
-            if let Some(ceiling) = quota.ceiling {
-                let source = if self.policy.quotas.iter().any(|(m, _)| m == market) {
-                    "configured"
-                } else {
-                    "learnt"
-                };
-                crate::app::metrics::vcpu_quota(now, *market, source, ceiling);
-            }
-        }
-        *self.quotas.lock().unwrap_or_else(|p| p.into_inner()) = ledger.markets.clone();
+        self.memory().quotas.clone()
     }
 
     /// The admission rounds of this process so far.
     pub fn admission_stats(&self) -> AdmissionStats {
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        self.memory().stats
     }
 
-    /// Runners still wait and a pause holds: asks for a round when the first
-    /// pause ends (once: a round already asked for by then is enough).
-    async fn wake_after_pause(
-        &self,
-        ledger: &CapacityLedger,
-        now: Timestamp,
-    ) -> Result<(), HandlerError> {
-        let Some(at) = ledger
-            .markets
-            .values()
-            .map(|q| q.pause)
-            .chain(ledger.pools.values().copied())
-            .filter_map(|p| p.until)
-            .filter(|u| *u > now)
-            .min()
-        else {
-            return Ok(());
-        };
+    /// Runners still wait and a pause holds until `at`: asks for a round then
+    /// (once: a round already asked for by then is enough).
+    async fn wake_at(&self, at: Timestamp, now: Timestamp) -> Result<(), HandlerError> {
         {
-            let mut next = self.next_wake.lock().unwrap_or_else(|p| p.into_inner());
-            if next.is_some_and(|n| n > now && n <= at) {
+            let mut memory = self.memory();
+            if memory.next_wake.is_some_and(|n| n > now && n <= at) {
                 return Ok(());
             }
-            *next = Some(at);
+            memory.next_wake = Some(at);
         }
         let body = admit_message("a pause ends");
         let delay = Duration::from_millis(at.millis_since(now));
@@ -679,224 +683,6 @@ impl ScaleUp {
             .publish(&body, Some(delay), &[])
             .await?;
         Ok(())
-    }
-
-    /// Launches `stream` (waiting, chosen by the round) where the ledger allows:
-    /// the pool's plan of types and markets, with the markets known full passed
-    /// as refused. A quota refusal teaches the ledger and closes that market for
-    /// the round; a wrong request fails the runner.
-    async fn launch_one(
-        &self,
-        stream: &StreamId,
-        state: &RunnerState,
-        ledger: &mut CapacityLedger,
-        held: &Held,
-        refused: &mut usize,
-        now: Timestamp,
-    ) -> Result<Admitted, HandlerError> {
-        let request = state.request.as_ref().expect("requested");
-        let pool = self.policy.pool_of(request);
-        let pool_name = pool.map_or_else(String::new, |p| p.name.clone());
-        let choices = pool.map_or_else(LaunchChoices::default, |p| LaunchChoices {
-            instance_types: p.instance_types.len(),
-            spot: p.spot,
-        });
-        let vcpus = request.spec.vcpus;
-        // The markets known full, as refusals of every type there.
-        let mut refusals: Vec<Refusal> = Vec::new();
-        let close = |refusals: &mut Vec<Refusal>, market: Market| {
-            for instance_type in 0..choices.instance_types.max(1) {
-                refusals.push(Refusal {
-                    market,
-                    instance_type,
-                    class: LaunchErrorClass::Quota,
-                });
-            }
-        };
-        // Spot markets an earlier attempt was reclaimed from, as if refused
-        // for capacity: the plan goes to the next type, or on demand.
-        if let Some(pool) = pool {
-            for (instance_type, name) in pool.instance_types.iter().enumerate() {
-                if request.spec.avoid_spot.contains(name) {
-                    refusals.push(Refusal {
-                        market: Market::Spot,
-                        instance_type,
-                        class: LaunchErrorClass::Capacity,
-                    });
-                }
-            }
-        }
-        let mut probing: Vec<Market> = Vec::new();
-        for market in [Market::Spot, Market::OnDemand] {
-            match ledger.admits(&pool_name, market, held.market(market), vcpus, now) {
-                Admission::Fits => {}
-                // One refusal per pool and round is enough to learn from: no
-                // probe past a ceiling after one.
-                Admission::Probe if *refused == 0 => probing.push(market),
-                Admission::Probe | Admission::Full => close(&mut refusals, market),
-            }
-        }
-        let known = refusals.len();
-        // EC2's words for the last refusal: a definitive one (a wrong image, a
-        // missing profile) is the operator's to read.
-        let mut refused_because: Option<String> = None;
-        let mut state = state.clone();
-        loop {
-            let (market, type_index) = match next_launch(&refusals, choices) {
-                NextLaunch::Try {
-                    market,
-                    instance_type,
-                } => (market, instance_type),
-                NextLaunch::Fail => {
-                    let reason = match &refused_because {
-                        Some(message) => {
-                            format!("launch refused: {}: {message}", last_refusal(&state))
-                        }
-                        None => format!("launch refused: {}", last_refusal(&state)),
-                    };
-                    self.fail(stream, FailureStage::Launch, reason.clone(), now)
-                        .await?;
-                    return Ok(Admitted::Ended(Outcome::DeadLetter(format!(
-                        "{stream}: {reason}"
-                    ))));
-                }
-                NextLaunch::Wait => {
-                    let tried = &refusals[known..];
-                    for market in [Market::Spot, Market::OnDemand] {
-                        let in_market: Vec<_> =
-                            tried.iter().filter(|r| r.market == market).collect();
-                        if !in_market.is_empty()
-                            && in_market
-                                .iter()
-                                .all(|r| r.class == LaunchErrorClass::Capacity)
-                        {
-                            ledger.capacity_refused(&pool_name, market, now);
-                        }
-                    }
-                    let why = match tried.last() {
-                        Some(_) => format!("launch refused: {}", last_refusal(&state)),
-                        None => "no market has room".to_owned(),
-                    };
-                    return Ok(Admitted::Waiting(why));
-                }
-            };
-            if probing.contains(&market) {
-                ledger.probing(market, now);
-            }
-            let instance_type = pool
-                .and_then(|p| p.instance_types.get(type_index))
-                .cloned()
-                .unwrap_or_else(|| request.spec.instance_type.clone());
-            let settings = pool.map(|p| p.launch.clone()).unwrap_or_default();
-            let user_data = self
-                .policy
-                .bootstrap
-                .as_ref()
-                .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render());
-            let intended = self
-                .run(
-                    stream,
-                    Command::IntendLaunch { market },
-                    now,
-                    &format!("intend-{}", state.launch_attempts + 1),
-                )
-                .await?;
-            // Anything but a new intent: another delivery of the same job got
-            // there first; its delivery follows the log.
-            let Dispatched::Appended {
-                state: intended, ..
-            } = intended
-            else {
-                return Ok(Admitted::Ended(Outcome::Done(format!(
-                    "{stream}: another delivery launches it"
-                ))));
-            };
-            state = intended;
-            let token = state.pending_launch().cloned().expect("intent written");
-            self.crash.check(CrashPoint::AfterLaunchIntended)?;
-            let launch_spec = LaunchSpec {
-                stream: stream.clone(),
-                client_token: token.clone(),
-                market,
-                instance_type,
-                vcpus,
-                image: request.spec.image.clone(),
-                user_data,
-                settings,
-            };
-            match self.ports.compute.launch(&launch_spec).await {
-                Ok(launched) => {
-                    crate::app::metrics::launch(
-                        now,
-                        market.as_str(),
-                        &launch_spec.instance_type,
-                        "ok",
-                        None,
-                    );
-                    self.crash.check(CrashPoint::AfterRunInstances)?;
-                    let vcpus = launched.vcpus;
-                    let record = record_instance(&state, token.clone(), launched.found());
-                    self.record_instance(stream, record, now, &format!("launched-{token}"))
-                        .await?;
-                    self.crash.check(CrashPoint::AfterLaunched)?;
-                    return Ok(Admitted::Launched { market, vcpus });
-                }
-                Err(LaunchFailure::Rejected(e)) => {
-                    tracing::info!(%stream, market = market.as_str(), code = %e.code, "launch refused");
-                    crate::app::metrics::launch(
-                        now,
-                        market.as_str(),
-                        &launch_spec.instance_type,
-                        &format!("{:?}", e.class).to_lowercase(),
-                        Some(&e.code),
-                    );
-                    let reject = Command::RejectLaunch {
-                        client_token: token.clone(),
-                        code: e.code.clone(),
-                        class: e.class,
-                    };
-                    if let Dispatched::Appended { state: after, .. } = self
-                        .run(stream, reject, now, &format!("rejected-{token}"))
-                        .await?
-                    {
-                        state = after;
-                    }
-                    refused_because = Some(e.message.clone());
-                    *refused += 1;
-                    // No probe past another ceiling after a refusal.
-                    for other in std::mem::take(&mut probing) {
-                        if other != market {
-                            close(&mut refusals, other);
-                        }
-                    }
-                    refusals.push(Refusal {
-                        market,
-                        instance_type: type_index,
-                        class: e.class,
-                    });
-                    if e.class == LaunchErrorClass::Quota {
-                        // A vCPU quota is the market's, whatever the type.
-                        ledger.quota_refused(market, held.market(market), now);
-                        close(&mut refusals, market);
-                    }
-                }
-                Err(LaunchFailure::Unknown(e)) => {
-                    crate::app::metrics::launch(
-                        now,
-                        market.as_str(),
-                        &launch_spec.instance_type,
-                        "unknown",
-                        None,
-                    );
-                    // The instance may exist: the next delivery resolves the
-                    // intent by its token.
-                    return Ok(Admitted::Ended(Outcome::RetryAfter(
-                        Duration::from_secs(5),
-                        format!("{stream}: launch outcome unknown: {e}"),
-                    )));
-                }
-            }
-        }
     }
 
     /// EC2 will reclaim the spot instance of `state` (failed for it before its
@@ -1119,14 +905,6 @@ impl ScaleUp {
 /// transient GitHub error: 5 s, doubling, at most a minute.
 fn mint_backoff_ms(delivery: u32) -> u64 {
     (5_000u64 << delivery.saturating_sub(1).min(4)).min(60_000)
-}
-
-/// The last launch refusal recorded on the runner, for messages.
-fn last_refusal(state: &RunnerState) -> String {
-    match state.launch.as_ref().map(|l| &l.outcome) {
-        Some(LaunchOutcome::Rejected { code, .. }) => code.clone(),
-        _ => "no launch".into(),
-    }
 }
 
 #[cfg(test)]

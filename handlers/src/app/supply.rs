@@ -17,9 +17,7 @@
 
 use std::sync::Arc;
 
-use jitr_domain::{
-    Command, DemandEnding, FailureStage, JobRef, Retirement, RunnerState, StreamId, Timestamp,
-};
+use jitr_domain::{Command, DemandEnding, JobRef, Retirement, RunnerState, StreamId, Timestamp};
 use jitr_infra::{CommandId, GitHubError};
 use serde::Serialize;
 
@@ -209,10 +207,10 @@ impl Supply {
     }
 
     async fn withdraw(&self, stream: &StreamId, now: Timestamp) -> Result<bool, HandlerError> {
-        let fail = Command::Fail {
-            stage: FailureStage::Surplus,
-            reason: "surplus: no queued job of its pool wants it; nothing was launched".into(),
-        };
+        let fail = Retirement::Withdraw {
+            stream: stream.clone(),
+        }
+        .command();
         Ok(matches!(
             self.record(stream, fail, now).await?,
             Dispatched::Appended { .. }
@@ -260,11 +258,11 @@ impl Supply {
         let state = current_state(&*self.ports.store, stream).await?;
         let outcome = self.deregister(&state, now).await?;
         if outcome == Deregistration::Gone {
-            let fail = Command::Fail {
-                stage: FailureStage::Surplus,
-                reason: "surplus: no queued job of its pool wants it; registration deleted".into(),
+            let retirement = Retirement::Deregister {
+                stream: stream.clone(),
+                runner_name: state.runner_name.clone().unwrap_or_default(),
             };
-            self.record(stream, fail, now).await?;
+            self.record(stream, retirement.command(), now).await?;
         }
         Ok(outcome)
     }

@@ -52,7 +52,7 @@ impl Consumer for ScaleUp {
                 let round = self.admit(None, now).await?;
                 Ok(Outcome::Done(format!(
                     "admission round ({why}): {} of {} waiting launched",
-                    round.launched, round.waiting
+                    round.report.launched, round.report.waiting
                 )))
             }
             Ok(ScaleUpMessage::Job(job)) => self.handle(&job, message.receive_count, now).await,
