@@ -408,3 +408,92 @@ async fn an_image_named_by_an_ssm_parameter_is_resolved_at_launch() {
     }
     assert_eq!(jitr_aws::image_parameter("ami-1"), None);
 }
+
+/// A proxy in front of moto that forwards every request and answers each
+/// RunInstances it forwarded with EC2's `500 InternalError`: the launch
+/// happened, the answer is an error. Returns its endpoint and how many
+/// RunInstances reached moto.
+async fn proxy_failing_run_instances() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let moto = jitr_e2e::aws::endpoint();
+    let launches = Arc::new(AtomicUsize::new(0));
+    let counted = launches.clone();
+    let client = reqwest::Client::new();
+    let forward = move |request: axum::extract::Request| {
+        let (moto, counted, client) = (moto.clone(), counted.clone(), client.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 16 << 20).await.unwrap();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut upstream = client.request(parts.method.clone(), format!("{moto}{path}"));
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "content-length" {
+                    upstream = upstream.header(name, value);
+                }
+            }
+            let answer = upstream.body(body.clone()).send().await.unwrap();
+            let run_instances = String::from_utf8_lossy(&body).contains("Action=RunInstances");
+            if run_instances {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                    <Response><Errors><Error><Code>InternalError</Code>\
+                    <Message>An internal error has occurred.</Message></Error></Errors>\
+                    <RequestID>0f2d9c6e-proxy</RequestID></Response>";
+                return axum::response::Response::builder()
+                    .status(500)
+                    .header("content-type", "text/xml")
+                    .body(axum::body::Body::from(error))
+                    .unwrap();
+            }
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let bytes = answer.bytes().await.unwrap();
+            let mut response = axum::response::Response::builder().status(status);
+            for (name, value) in &headers {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response = response.header(name, value);
+                }
+            }
+            response.body(axum::body::Body::from(bytes)).unwrap()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(forward))
+            .await
+            .unwrap();
+    });
+    (format!("http://{address}"), launches)
+}
+
+/// Issue 24: EC2 launched the instance but answered `InternalError` (a server
+/// error). That is not "nothing launched": the outcome is unknown and the
+/// instance is found by its client token. One attempt only — an SDK retry
+/// would launch again on a server that ignores the token (moto; EC2 honours
+/// it, but a retry ending in a throttle would then hide the first launch).
+#[tokio::test]
+async fn a_server_error_after_the_launch_leaves_it_unknown_and_found_by_its_token() {
+    let (proxy, launches) = proxy_failing_run_instances().await;
+    let through_proxy =
+        Ec2Compute::new(&jitr_aws::AwsSettings::emulator(proxy).load().await, vec![]);
+    let s = stream(1);
+    let outcome = through_proxy.launch(&spec(&s, Market::OnDemand)).await;
+    assert!(
+        matches!(outcome, Err(LaunchFailure::Unknown(_))),
+        "a server error is no proof that nothing was launched: {outcome:?}"
+    );
+    assert_eq!(
+        launches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "RunInstances is sent once"
+    );
+    let found = ec2()
+        .await
+        .find_by_client_token(&ClientToken::derive(&s, 1))
+        .await
+        .unwrap()
+        .expect("the instance EC2 launched is found by its token");
+    assert_eq!(found.stream, Some(s));
+}

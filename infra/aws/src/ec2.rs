@@ -60,6 +60,29 @@ pub fn image_parameter(image: &str) -> Option<&str> {
         .or_else(|| image.starts_with('/').then_some(image))
 }
 
+/// What a failed RunInstances call means. A client error's code is EC2's
+/// refusal: nothing was launched. A server error (`InternalError`,
+/// `Unavailable`, any 5xx: "Error codes for the Amazon EC2 API", AWS
+/// documentation, advises retrying with the same client token) or no answer
+/// (timeout, dispatch failure) leaves the outcome unknown: the instance may
+/// exist, and is looked up by its token.
+pub fn run_instances_failure(
+    code: Option<&str>,
+    message: &str,
+    http_status: Option<u16>,
+    error: aws_smithy_runtime_api::box_error::BoxError,
+) -> LaunchFailure {
+    let server_error = http_status.is_some_and(|s| s >= 500)
+        || matches!(
+            code,
+            Some("InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable")
+        );
+    match code {
+        Some(code) if !server_error => LaunchFailure::Rejected(LaunchError::new(code, message)),
+        _ => LaunchFailure::Unknown(error),
+    }
+}
+
 impl Ec2Compute {
     /// An adapter launching into `subnets` (spread by client token; empty: EC2's
     /// default subnet).
@@ -437,18 +460,24 @@ impl Compute for Ec2Compute {
                     .build(),
             );
         }
-        let out = match req.send().await {
+        // One attempt: an SDK retry after a first attempt that reached EC2
+        // could end in a refusal (a throttle) although the first launched, and
+        // every answer below would then lie. A failed launch is retried by
+        // jitr, by its token.
+        let once = aws_sdk_ec2::config::Builder::default()
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled());
+        let out = match req.customize().config_override(once).send().await {
             Ok(out) => out,
             Err(e) => {
-                // An error code is EC2's answer: nothing was launched. No code
-                // (timeout, dispatch failure) leaves the outcome unknown.
-                return Err(match e.code() {
-                    Some(code) => LaunchFailure::Rejected(LaunchError::new(
-                        code,
-                        e.message().unwrap_or_default(),
-                    )),
-                    None => LaunchFailure::Unknown(Box::new(e)),
-                });
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.code().map(str::to_owned);
+                let message = e.message().unwrap_or_default().to_owned();
+                return Err(run_instances_failure(
+                    code.as_deref(),
+                    &message,
+                    status,
+                    e.into(),
+                ));
             }
         };
         let instance = out
@@ -564,5 +593,46 @@ impl Compute for Ec2Compute {
             .await
             .map_err(|e| compute_error(&e, e.to_string()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitr_domain::LaunchErrorClass;
+
+    fn failure(code: Option<&str>, status: Option<u16>) -> LaunchFailure {
+        run_instances_failure(code, "EC2's message", status, "the SDK's error".into())
+    }
+
+    #[test]
+    fn a_server_error_or_no_answer_leaves_the_launch_unknown_a_client_error_refuses_it() {
+        for (code, status) in [
+            (Some("InternalError"), Some(500)),
+            (Some("Unavailable"), Some(503)),
+            (Some("InternalError"), None),
+            (Some("SomethingNew"), Some(502)),
+            (None, None),
+            (None, Some(504)),
+        ] {
+            assert!(
+                matches!(failure(code, status), LaunchFailure::Unknown(_)),
+                "{code:?} {status:?}"
+            );
+        }
+        for (code, class) in [
+            ("VcpuLimitExceeded", LaunchErrorClass::Quota),
+            ("InsufficientInstanceCapacity", LaunchErrorClass::Capacity),
+            ("RequestLimitExceeded", LaunchErrorClass::Throttled),
+            ("InvalidAMIID.NotFound", LaunchErrorClass::InvalidRequest),
+        ] {
+            match failure(Some(code), Some(400)) {
+                LaunchFailure::Rejected(e) => {
+                    assert_eq!((e.code.as_str(), e.class), (code, class));
+                    assert_eq!(e.message, "EC2's message");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
     }
 }
