@@ -47,8 +47,6 @@ fn every_variable_the_template_passes_is_read_and_every_needed_one_passed() {
     let needed = [
         "JITR_PREFIX",
         "JITR_GITHUB_APP_ID",
-        "JITR_GITHUB_PRIVATE_KEY_PARAMETER",
-        "JITR_WEBHOOK_SECRET_PARAMETER",
         "JITR_SSM_PREFIX",
         "JITR_INSTANCE_PROFILE",
         "JITR_SECURITY_GROUPS",
@@ -149,4 +147,55 @@ fn no_role_allows_an_operation_nobody_calls() {
             .iter()
             .all(|a| a.starts_with("ssm:") || a == "kms:Decrypt")
     );
+}
+
+/// Secrets by need (ADR-0018): only the webhook reads the webhook secret;
+/// only the functions that call GitHub read and decrypt the App's key, and
+/// the others say they hold none. Each role grants exactly that.
+#[test]
+fn each_function_reads_only_the_secrets_it_needs() {
+    let key_policy = template::resource("GitHubKeyPolicy");
+    let secret_policy = template::resource("WebhookSecretPolicy");
+    assert!(key_policy.contains("parameter${GitHubKeyParameter}"));
+    assert!(!key_policy.contains("WebhookSecretParameter"));
+    assert!(secret_policy.contains("parameter${WebhookSecretParameter}"));
+    assert!(!secret_policy.contains("GitHubKeyParameter"));
+    // Decryption only of that parameter, only through SSM.
+    for policy in [&key_policy, &secret_policy] {
+        assert!(
+            policy.contains("kms:EncryptionContext:PARAMETER_ARN"),
+            "{policy}"
+        );
+        assert!(policy.contains("kms:ViaService"), "{policy}");
+    }
+    let startup = template::resource("StartupPolicy");
+    for secret in ["GitHubKeyParameter", "WebhookSecretParameter"] {
+        assert!(
+            !startup.contains(secret),
+            "every function may read {secret}"
+        );
+    }
+    for (handler, _) in functions_by_handler() {
+        let vars = template::variables_of(&handler);
+        let role = template::resource(&role_of(&handler));
+        let calls_github = !matches!(handler.as_str(), "webhook" | "projector");
+        assert_eq!(
+            vars.contains("JITR_GITHUB_PRIVATE_KEY_PARAMETER"),
+            calls_github,
+            "{handler}: the App key"
+        );
+        assert_eq!(
+            vars.contains("JITR_GITHUB_WITHOUT_KEY"),
+            !calls_github,
+            "{handler}: says it holds no key"
+        );
+        assert_eq!(role.contains("GitHubKeyPolicy"), calls_github, "{handler}");
+        let webhook = handler == "webhook";
+        assert_eq!(
+            vars.contains("JITR_WEBHOOK_SECRET_PARAMETER"),
+            webhook,
+            "{handler}: the webhook secret"
+        );
+        assert_eq!(role.contains("WebhookSecretPolicy"), webhook, "{handler}");
+    }
 }

@@ -121,6 +121,17 @@ fn calls_file(handler: &str) -> std::path::PathBuf {
 
 impl Function {
     async fn start(handler: &'static str, env: &[(String, String)]) -> Function {
+        // Of the deployment's variables, those the template gives this
+        // function (secrets by need: ADR-0018).
+        let given = template::variables_of(handler);
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("JITR_") || given.contains(k))
+            .cloned()
+            .collect();
+        if given.contains("JITR_GITHUB_WITHOUT_KEY") {
+            env.push(("JITR_GITHUB_WITHOUT_KEY".into(), "1".into()));
+        }
         let runtime = Arc::new(Runtime::default());
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))

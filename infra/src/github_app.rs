@@ -38,8 +38,8 @@ pub const GITHUB_API: &str = "https://api.github.com";
 const TOKEN_MARGIN_SECS: i64 = 300;
 const PER_PAGE: usize = 100;
 
-/// How the client reaches GitHub.
-#[derive(Clone, Debug)]
+/// How the client reaches GitHub. Its `Debug` never prints the private key.
+#[derive(Clone)]
 pub struct GitHubAppConfig {
     /// The App's id (or client id): the JWT issuer.
     pub app_id: String,
@@ -49,6 +49,17 @@ pub struct GitHubAppConfig {
     pub api_base: String,
     /// Longest rate-limit pause the client waits out itself.
     pub max_rate_limit_wait: Duration,
+}
+
+impl std::fmt::Debug for GitHubAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubAppConfig")
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"<redacted>")
+            .field("api_base", &self.api_base)
+            .field("max_rate_limit_wait", &self.max_rate_limit_wait)
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -562,5 +573,26 @@ impl GitHub for GitHubApp {
             conclusion: text("conclusion"),
             runner_name: text("runner_name").filter(|n| !n.is_empty()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configs_debug_never_prints_the_private_key() {
+        let config = GitHubAppConfig {
+            app_id: "12345".into(),
+            private_key_pem:
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----\n"
+                    .into(),
+            api_base: GITHUB_API.into(),
+            max_rate_limit_wait: Duration::from_secs(60),
+        };
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains("MIIEsecret"), "{printed}");
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+        assert!(printed.contains("<redacted>") && printed.contains("12345"));
     }
 }

@@ -9,6 +9,7 @@
 //! | `JITR_GITHUB_APP_ID` | GitHub App id (JWT issuer) | required |
 //! | `JITR_GITHUB_PRIVATE_KEY_PARAMETER` | SSM SecureString holding the App's PEM key, read at start | one of the three |
 //! | `JITR_GITHUB_PRIVATE_KEY` or `JITR_GITHUB_PRIVATE_KEY_FILE` | the App's PEM key, or its file (local use) | one of the three |
+//! | `JITR_GITHUB_WITHOUT_KEY` | `1`: this function holds no App key and calls no GitHub API (the webhook, the projector); any call is refused | unset |
 //! | `JITR_GITHUB_API` | API base (GHES: `https://HOST/api/v3`) | `https://api.github.com` |
 //! | `JITR_INSTALLATION_ID` | App installation | `1` |
 //! | `JITR_IMAGE`, `JITR_INSTANCE_TYPE`, `JITR_VCPUS` | default runner instance | `ami-jitr-runner`, `c5.xlarge`, `4` |
@@ -22,7 +23,7 @@ use std::time::Duration;
 use jitr_aws::{
     AwsNames, AwsSettings, DynamoEventStore, Ec2Compute, EventBridgeBus, SqsQueue, SsmSecrets,
 };
-use jitr_infra::{GitHubApp, GitHubAppConfig, Queue};
+use jitr_infra::{GitHub, GitHubApp, GitHubAppConfig, NoGitHub, Queue};
 use thiserror::Error;
 
 use crate::app::policy::RunnerPolicy;
@@ -82,7 +83,19 @@ async fn secret(
     }
 }
 
-async fn github_from_env(sdk: &jitr_aws::SdkConfig) -> Result<GitHubApp, SetupError> {
+/// The GitHub App client, or [`NoGitHub`] for a function given no key (the
+/// webhook and the projector call no GitHub API: ADR-0018).
+async fn github_from_env(sdk: &jitr_aws::SdkConfig) -> Result<Arc<dyn GitHub>, SetupError> {
+    let no_key = [
+        "JITR_GITHUB_PRIVATE_KEY_PARAMETER",
+        "JITR_GITHUB_PRIVATE_KEY",
+        "JITR_GITHUB_PRIVATE_KEY_FILE",
+    ]
+    .iter()
+    .all(|v| var(v).is_none());
+    if no_key && var("JITR_GITHUB_WITHOUT_KEY").as_deref() == Some("1") {
+        return Ok(Arc::new(NoGitHub));
+    }
     let app_id = var("JITR_GITHUB_APP_ID").ok_or(SetupError::Missing(
         "JITR_GITHUB_APP_ID",
         "the GitHub App's id, from its settings page",
@@ -107,13 +120,14 @@ async fn github_from_env(sdk: &jitr_aws::SdkConfig) -> Result<GitHubApp, SetupEr
             ));
         }
     };
-    GitHubApp::new(GitHubAppConfig {
+    let app = GitHubApp::new(GitHubAppConfig {
         app_id,
         private_key_pem: key,
         api_base: var("JITR_GITHUB_API").unwrap_or_else(|| jitr_infra::GITHUB_API.into()),
         max_rate_limit_wait: Duration::from_secs(60),
     })
-    .map_err(|e| SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY", e.to_string()))
+    .map_err(|e| SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY", e.to_string()))?;
+    Ok(Arc::new(app))
 }
 
 /// The runner bootstrap from the environment: `JITR_RUNNER_DIR`,
@@ -356,7 +370,7 @@ pub async fn from_env(settings: AwsSettings, prefix: &str) -> Result<AwsApp, Set
     let ports = Ports {
         store: Arc::new(DynamoEventStore::new(&config, names.events_table())),
         compute: Arc::new(Ec2Compute::new(&config, subnets).with_deployment(names.prefix())),
-        github: Arc::new(github_from_env(&config).await?),
+        github: github_from_env(&config).await?,
         secrets: Arc::new(SsmSecrets::new(&config, ssm_prefix.clone())),
         scaleup_queue: find(names.scaleup_queue()).await?,
         lifecycle_queue: find(names.lifecycle_queue()).await?,

@@ -107,6 +107,20 @@ pub fn statement_actions(block: &str) -> BTreeSet<String> {
     actions
 }
 
+/// The variables the template gives the function running `handler`.
+pub fn variables_of(handler: &str) -> BTreeSet<String> {
+    let function = functions_by_handler()
+        .into_iter()
+        .find(|(h, _)| h == handler)
+        .unwrap_or_else(|| panic!("no function runs {handler}"))
+        .1;
+    function_environments()
+        .into_iter()
+        .find(|(id, _)| *id == function)
+        .map(|(_, vars)| vars)
+        .unwrap_or_default()
+}
+
 /// The function whose `Handler` is `handler`, and its role's logical id.
 pub fn role_of(handler: &str) -> String {
     let function = functions_by_handler()

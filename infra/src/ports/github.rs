@@ -288,3 +288,54 @@ pub trait GitHub: Send + Sync {
         job_id: u64,
     ) -> Result<Option<JobState>, GitHubError>;
 }
+
+/// The GitHub of a function that holds no App key (the webhook, the
+/// projector: ADR-0018): every call is refused as unauthorised, naming why.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoGitHub;
+
+impl NoGitHub {
+    fn refused<T>(&self) -> Result<T, GitHubError> {
+        Err(GitHubError::Unauthorized(
+            "this function holds no GitHub App key (JITR_GITHUB_PRIVATE_KEY_PARAMETER is not set for it)"
+                .into(),
+        ))
+    }
+}
+
+#[async_trait]
+impl GitHub for NoGitHub {
+    async fn generate_jit_config(&self, _: u64, _: &JitRequest) -> Result<JitRunner, GitHubError> {
+        self.refused()
+    }
+    async fn delete_runner(&self, _: u64, _: &RunnerScope, _: u64) -> Result<bool, GitHubError> {
+        self.refused()
+    }
+    async fn list_runners(&self, _: u64, _: &RunnerScope) -> Result<Vec<Runner>, GitHubError> {
+        self.refused()
+    }
+    async fn runner_groups(&self, _: u64, _: &str) -> Result<Vec<RunnerGroup>, GitHubError> {
+        self.refused()
+    }
+    async fn queued_runs(&self, _: u64, _: &str, _: &str) -> Result<Vec<u64>, GitHubError> {
+        self.refused()
+    }
+    async fn queued_jobs(
+        &self,
+        _: u64,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<Vec<QueuedJob>, GitHubError> {
+        self.refused()
+    }
+    async fn get_job(
+        &self,
+        _: u64,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<Option<JobState>, GitHubError> {
+        self.refused()
+    }
+}

@@ -29,8 +29,8 @@ pub use event_store::{
     UnreadableEvent, UnreadableHead, read_feed_page,
 };
 pub use github::{
-    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerGroup, RunnerScope,
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RequestUsage,
+    Runner, RunnerGroup, RunnerScope,
 };
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, Queue, QueueError,
