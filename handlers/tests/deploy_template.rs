@@ -199,3 +199,48 @@ fn each_function_reads_only_the_secrets_it_needs() {
         assert_eq!(role.contains("WebhookSecretPolicy"), webhook, "{handler}");
     }
 }
+
+/// Alarms on the promise (ADR-0018): a termination owed for more than ten
+/// minutes, on the figure jitr emits; every function's errors and throttles;
+/// the projector falling behind its stream. Each notifies the alarm topic.
+#[test]
+fn the_promise_and_every_function_are_alarmed() {
+    use jitr_handlers::app::metrics::{OLDEST_OWED, OWED_TERMINATIONS};
+    let owed = template::resource("OwedTerminationAlarm");
+    assert!(
+        owed.contains(&format!("MetricName: {}", OLDEST_OWED.emf)),
+        "{owed}"
+    );
+    assert!(owed.contains("Namespace: jitr") && owed.contains("Threshold: 600"));
+    assert_eq!(OWED_TERMINATIONS.emf, "OwedTerminations");
+    let behind = template::resource("ProjectorIteratorAgeAlarm");
+    assert!(behind.contains("MetricName: IteratorAge"));
+    assert!(behind.contains("Value: !Ref ProjectorFunction"));
+    let mut alarms = vec![owed, behind];
+    for (handler, function) in functions_by_handler() {
+        let logical = function.trim_end_matches("Function");
+        let alarm = template::resource(&format!("{logical}FailingAlarm"));
+        for metric in ["MetricName: Errors", "MetricName: Throttles"] {
+            assert!(alarm.contains(metric), "{handler}: {metric}");
+        }
+        assert!(
+            alarm.contains(&format!("Value: !Ref {function}")),
+            "{handler}: its own function"
+        );
+        alarms.push(alarm);
+    }
+    for alarm in alarms {
+        assert!(alarm.contains("AlarmActions: [!Ref AlarmTopic]"), "{alarm}");
+    }
+    let count = template::TEMPLATE
+        .matches("Type: AWS::CloudWatch::Alarm")
+        .count();
+    let deploy = include_str!("../../docs/deploy.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        deploy.contains(&format!("{count} CloudWatch alarms")),
+        "docs/deploy.md counts the template's {count} alarms"
+    );
+}

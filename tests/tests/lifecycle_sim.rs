@@ -1961,3 +1961,21 @@ async fn an_admission_round_withdraws_a_spare_waiting_runner() {
     assert_eq!(world.status(2).await, RunnerStatus::Requested);
     assert!(world.live_instances().await.is_empty());
 }
+
+/// Issue 24: the reaper's sweep, once a minute, counts the terminations owed
+/// and how long the oldest has been owed (the figure the CloudWatch alarm on
+/// the promise reads, also when the log is quiet and the projector idle).
+#[tokio::test]
+async fn the_reaper_reports_how_long_the_oldest_termination_has_been_owed() {
+    let world = World::new(SimSettings::default(), 4);
+    let quiet = world.reap().await;
+    assert_eq!((quiet.owed_terminations, quiet.oldest_owed_ms), (0, 0));
+    world.github.fail_next_mints(&[422]);
+    world.queued(1).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Terminating);
+    // Nothing compensates it (no projector ran): 11 minutes later.
+    world.advance(660);
+    let late = world.reap().await;
+    assert_eq!(late.owed_terminations, 1, "{late:?}");
+    assert_eq!(late.oldest_owed_ms, 660_000);
+}

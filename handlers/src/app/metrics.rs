@@ -266,6 +266,28 @@ fn emit_emf(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f64, &
     }
 }
 
+/// The owed terminations among the open runners as the reaper read them, as
+/// EMF (the projector's snapshot gives the same figures, strays included, on
+/// each batch; the alarm on the promise reads the larger).
+pub fn owed_terminations(at: Timestamp, owed: usize, oldest_ms: u64) {
+    emit_emf(
+        at,
+        &[],
+        &[
+            (
+                OWED_TERMINATIONS.emf,
+                owed as f64,
+                OWED_TERMINATIONS.emf_unit(),
+            ),
+            (
+                OLDEST_OWED.emf,
+                oldest_ms as f64 / 1000.0,
+                OLDEST_OWED.emf_unit(),
+            ),
+        ],
+    );
+}
+
 /// A RunInstances call's outcome, by market and type (`ok` when it succeeded,
 /// else the refusal's class, with EC2's code counted apart).
 pub fn launch(at: Timestamp, market: &str, instance_type: &str, outcome: &str, code: Option<&str>) {

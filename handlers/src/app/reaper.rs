@@ -48,6 +48,10 @@ pub struct SweepReport {
     pub waiting: usize,
     /// Surplus runners withdrawn, retired deregister-first, or kept busy.
     pub surplus: RetireReport,
+    /// Open runners owed a termination when the sweep read them.
+    pub owed_terminations: usize,
+    /// The oldest of those, how long it had been owed (ms).
+    pub oldest_owed_ms: u64,
     /// What failed for one instance or runner; the sweep went on with the others.
     pub errors: Vec<String>,
 }
@@ -231,6 +235,10 @@ impl Reaper {
             report.waiting += usize::from(
                 state.status() == jitr_domain::RunnerStatus::Requested && state.failure.is_none(),
             );
+            if let Some((since, _)) = jitr_domain::termination_owed(&state, now) {
+                report.owed_terminations += 1;
+                report.oldest_owed_ms = report.oldest_owed_ms.max(now.millis_since(since));
+            }
             if self.jobs.due(&state, now) {
                 match self.jobs.poll_within_budget(&state, now).await {
                     Some(Ok(polled)) => {
@@ -274,6 +282,13 @@ impl Reaper {
             }
         }
         crate::app::metrics::orphans_reaped(now, report.orphans_terminated.len());
+        // Every minute, also when the log is quiet and the projector idle: the
+        // alarm on the promise needs a figure.
+        crate::app::metrics::owed_terminations(
+            now,
+            report.owed_terminations,
+            report.oldest_owed_ms,
+        );
         crate::app::metrics::github_requests(now, "reaper", report.jobs_polled as u64);
         Ok(report)
     }
