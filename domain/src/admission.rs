@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use crate::capacity::{Admission, CapacityLedger, fair_order};
 use crate::event::{LaunchErrorClass, Market};
 use crate::ids::{InstanceId, StreamId, Timestamp};
-use crate::launch::{LaunchChoices, NextLaunch, Refusal, next_launch};
+use crate::launch::{LaunchChoices, NextLaunch, Refusal, market_unusable, next_launch};
 use crate::state::{RunnerRequest, RunnerState};
 use crate::supply::{Retirement, plan_withdrawals};
 
@@ -479,6 +479,11 @@ impl AdmissionRound {
                     // A vCPU quota is the market's, whatever the type.
                     self.ledger
                         .quota_refused(market, self.held.market(market), self.now);
+                    close(&mut attempt.refusals, market, types);
+                } else if market_unusable(&code) {
+                    // The account cannot use the market at all: the other
+                    // market is tried, this one not again for a while.
+                    self.ledger.market_unusable(market, self.now);
                     close(&mut attempt.refusals, market, types);
                 }
                 attempt.last_refusal = Some((code, message));

@@ -107,6 +107,10 @@ pub struct CapacityLedger {
     pub markets: BTreeMap<Market, MarketQuota>,
     /// Per pool and market: paused after every type was refused for capacity.
     pub pools: BTreeMap<(String, Market), Pause>,
+    /// Markets the account's configuration refused (no spot service-linked
+    /// role), until when: not tried again before (a freed instance does not
+    /// end it; a launch there does).
+    pub unusable: BTreeMap<Market, Timestamp>,
 }
 
 /// Whether a launch of `vcpus` may go to a market now.
@@ -147,7 +151,8 @@ impl CapacityLedger {
             .get(&(pool.to_owned(), market))
             .is_some_and(|p| p.holds(now));
         let quota = self.markets.get(&market).copied().unwrap_or_default();
-        if paused || quota.pause.holds(now) {
+        let unusable = self.unusable.get(&market).is_some_and(|u| now < *u);
+        if paused || unusable || quota.pause.holds(now) {
             return Admission::Full;
         }
         match quota.ceiling {
@@ -194,6 +199,13 @@ impl CapacityLedger {
             .extend(FIRST_CAPACITY_PAUSE_MS, now);
     }
 
+    /// EC2 refused `market` for the account's configuration
+    /// ([`crate::market_unusable`]): no launch there for [`PROBE_AFTER_MS`],
+    /// then one is tried again (the operator may have fixed it).
+    pub fn market_unusable(&mut self, market: Market, now: Timestamp) {
+        self.unusable.insert(market, now.plus_ms(PROBE_AFTER_MS));
+    }
+
     /// EC2 said an instance is terminated: its vCPUs are free for certain, so
     /// the markets' pauses (refusals below the ceiling) end. Pools' capacity
     /// pauses stay: capacity of a type is not quota.
@@ -212,6 +224,7 @@ impl CapacityLedger {
         }
         quota.pause = Pause::default();
         self.pools.remove(&(pool.to_owned(), market));
+        self.unusable.remove(&market);
     }
 }
 

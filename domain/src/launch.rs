@@ -237,6 +237,16 @@ pub fn fallback_market(market: Market, class: LaunchErrorClass) -> Option<Market
     }
 }
 
+/// Whether EC2's refusal `code` says a whole market cannot be used in this
+/// account as it is configured, whatever the request: spot without the EC2
+/// Spot service-linked role, which the caller may not create
+/// (`AuthFailure.ServiceLinkedRoleCreationNotPermitted`; "Service-linked role
+/// for Spot Instance requests", EC2 User Guide). The market is closed and the
+/// runner falls back to the other.
+pub fn market_unusable(code: &str) -> bool {
+    code.starts_with("AuthFailure.ServiceLinkedRole")
+}
+
 /// A launch refused during the current delivery of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {

@@ -45,7 +45,8 @@ pub use ids::{
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,
     LaunchChoices, NOT_LAUNCHED, NextLaunch, Refusal, evidence_holds, fallback_market,
-    judge_instance, next_launch, record_instance, record_launch, resolve_pending_launch,
+    judge_instance, market_unusable, next_launch, record_instance, record_launch,
+    resolve_pending_launch,
 };
 pub use resume::{
     MissedDeadline, boot_deadline, deadline_to_confirm, missed_deadline, resume, terminate_runner,

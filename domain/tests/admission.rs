@@ -153,6 +153,7 @@ enum Answer {
     Quota,
     Capacity,
     Invalid,
+    NoSpotRole,
     Silent,
     Superseded,
 }
@@ -168,6 +169,10 @@ fn result(answer: Answer, market: Market) -> LaunchResult {
         Answer::Quota => refused(LaunchErrorClass::Quota, "VcpuLimitExceeded"),
         Answer::Capacity => refused(LaunchErrorClass::Capacity, "InsufficientInstanceCapacity"),
         Answer::Invalid => refused(LaunchErrorClass::InvalidRequest, "InvalidAMIID.NotFound"),
+        Answer::NoSpotRole => refused(
+            LaunchErrorClass::InvalidRequest,
+            "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+        ),
         Answer::Silent => LaunchResult::Unknown,
         Answer::Superseded => LaunchResult::Superseded,
     }
@@ -656,4 +661,51 @@ fn a_round_stopped_early_leaves_the_rest_waiting() {
     assert_eq!(report.admitted[&stream("r", 1)], Admitted::Unknown);
     assert_eq!(report.pools["linux"].runners, 1);
     assert_eq!(report.launched, 0);
+}
+
+#[test]
+fn spot_refused_for_a_missing_service_linked_role_falls_back_on_demand_and_is_not_retried_for_a_while()
+ {
+    // Given an account whose spot service-linked role is missing.
+    let runners = |first: i64| {
+        vec![
+            Runner::waiting("r", 1, "linux", first),
+            Runner::waiting("r", 2, "linux", first + 1),
+        ]
+    };
+    let ec2 = |_: &StreamId, market: Market, _: &str| match market {
+        Spot => NoSpotRole,
+        OnDemand => Ok,
+    };
+    let (steps, ledger, _) = when_round(given(vec![linux()], runners(1)), 10, ec2);
+    // Then the first runner goes on demand in the same round (no other spot
+    // type tried: the market, not the type, is refused), the second never
+    // calls spot; nobody fails or waits.
+    assert_eq!(
+        steps,
+        [
+            Then::Launch(stream("r", 1), Spot, "c5.xlarge", NoSpotRole),
+            Then::Launch(stream("r", 1), OnDemand, "c5.xlarge", Ok),
+            Then::HandOver(stream("r", 1), 0),
+            Then::Launch(stream("r", 2), OnDemand, "c5.xlarge", Ok),
+            Then::HandOver(stream("r", 2), 0),
+        ]
+    );
+    // Four minutes later, still on demand; after five, spot is tried again
+    // (the operator may have created the role), and a spot launch reopens it.
+    let mut later = given(vec![linux()], vec![Runner::waiting("s", 3, "linux", 200)]);
+    later.ledger = ledger.clone();
+    let (steps, _, _) = when_round(later, 250, always(Ok));
+    assert_eq!(
+        steps[0],
+        Then::Launch(stream("s", 3), OnDemand, "c5.xlarge", Ok)
+    );
+    let mut fixed = given(vec![linux()], vec![Runner::waiting("s", 4, "linux", 300)]);
+    fixed.ledger = ledger;
+    let (steps, ledger, _) = when_round(fixed, 310, always(Ok));
+    assert_eq!(
+        steps[0],
+        Then::Launch(stream("s", 4), Spot, "c5.xlarge", Ok)
+    );
+    assert!(ledger.unusable.is_empty());
 }

@@ -1979,3 +1979,52 @@ async fn the_reaper_reports_how_long_the_oldest_termination_has_been_owed() {
     assert_eq!(late.owed_terminations, 1, "{late:?}");
     assert_eq!(late.oldest_owed_ms, 660_000);
 }
+
+/// Issue 24: an account without the EC2 Spot service-linked role refuses
+/// every spot launch (`AuthFailure.ServiceLinkedRoleCreationNotPermitted`).
+/// The runner is launched on demand in the same delivery — not failed, not
+/// left waiting — and the next job does not try spot again.
+#[tokio::test]
+async fn without_the_spot_service_linked_role_runners_launch_on_demand() {
+    let (world, ec2) = World::with_faults(SimSettings::default(), 4);
+    ec2.inject(
+        jitr_infra::Fault::RejectLaunch {
+            market: Some(Market::Spot),
+            code: "AuthFailure.ServiceLinkedRoleCreationNotPermitted".into(),
+        },
+        None,
+    );
+    for job in [1, 2] {
+        world.queued(job).await.unwrap();
+        assert_eq!(world.status(job).await, RunnerStatus::Ready, "job {job}");
+    }
+    let events = world.store.read_stream(&world.stream(1)).await.unwrap();
+    assert_eq!(
+        kinds(&events)[..6],
+        [
+            "Requested",
+            "LaunchIntended",
+            "LaunchRejected",
+            "LaunchIntended",
+            "Launched",
+            "TokenMinted"
+        ]
+    );
+    let markets: Vec<Market> = events
+        .iter()
+        .filter_map(|r| match &r.event {
+            jitr_domain::RunnerEvent::LaunchIntended { market, .. } => Some(*market),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(markets, [Market::Spot, Market::OnDemand]);
+    let second = world.store.read_stream(&world.stream(2)).await.unwrap();
+    assert_eq!(
+        kinds(&second)
+            .iter()
+            .filter(|k| **k == "LaunchIntended")
+            .count(),
+        1,
+        "the second job goes on demand at once"
+    );
+}

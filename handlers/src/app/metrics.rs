@@ -84,6 +84,11 @@ defs! {
     /// RunInstances refusals by EC2's error code.
     LAUNCH_REFUSALS = "LaunchRefusals", "launch_refusals", Counter, ["code" => "Code"],
         "RunInstances refusals by EC2 error code";
+    /// RunInstances refusals that name the account's or the deployment's
+    /// configuration (IAM, the spot service-linked role, the image, a
+    /// parameter), not capacity: an operator must act.
+    LAUNCH_CONFIGURATION_ERRORS = "LaunchConfigurationErrors", "launch_configuration_errors", Counter, ["code"],
+        "RunInstances refusals caused by the configuration (IAM, spot service-linked role, image, parameters), by EC2 error code";
     /// Instances the reaper terminated with no runner owning them.
     ORPHANS_REAPED = "OrphansReaped", "orphans_reaped", Counter, [],
         "Instances the reaper terminated that no runner owned";
@@ -331,6 +336,11 @@ pub fn spot_interruption(at: Timestamp, pool: &str, instance_type: &str, job_sta
         1.0,
         &[pool, instance_type, outcome],
     );
+}
+
+/// EC2 refused a launch for the configuration (`code`).
+pub fn launch_configuration_error(at: Timestamp, code: &str) {
+    record(at, &LAUNCH_CONFIGURATION_ERRORS, 1.0, &[code]);
 }
 
 /// Instances the reaper found with no stream wanting them.

@@ -557,6 +557,11 @@ impl ScaleUp {
         for a in &report.attempts {
             let market = a.market.as_str();
             metrics::launch(now, market, &a.instance_type, &a.result, a.code.as_deref());
+            if a.result == "invalidrequest" {
+                let code = a.code.as_deref().unwrap_or_default();
+                tracing::error!(%code, market, "EC2 refused a launch for the configuration");
+                metrics::launch_configuration_error(now, code);
+            }
         }
         for (pool, waiting) in &report.pools {
             metrics::pool_waiting(now, pool, waiting.runners, waiting.oldest_ms);

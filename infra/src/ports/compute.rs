@@ -236,7 +236,9 @@ pub fn classify(code: &str) -> LaunchErrorClass {
             || c == "UnauthorizedOperation"
             || c == "Unsupported"
             || c == "IdempotentParameterMismatch"
-            || c == "OptInRequired" =>
+            || c == "OptInRequired"
+            // The account's configuration: IAM, the spot service-linked role.
+            || c.starts_with("AuthFailure") =>
         {
             LaunchErrorClass::InvalidRequest
         }
@@ -415,5 +417,18 @@ mod tests {
             LaunchErrorClass::InvalidRequest
         );
         assert_eq!(classify("InternalError"), LaunchErrorClass::Unknown);
+        for configuration in [
+            "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+            "UnauthorizedOperation",
+            "InvalidAMIID.NotFound",
+            "InvalidParameterValue",
+            "OptInRequired",
+        ] {
+            assert_eq!(
+                classify(configuration),
+                LaunchErrorClass::InvalidRequest,
+                "{configuration}"
+            );
+        }
     }
 }
