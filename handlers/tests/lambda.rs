@@ -43,12 +43,56 @@ fn queue(dir: &std::path::Path, clock: &ManualClock) -> LocalQueue {
     .unwrap()
 }
 
-/// An SQS batch as Lambda delivers it, for messages received from `queue`.
-async fn batch(queue: &LocalQueue, bodies: &[&str]) -> Vec<SqsMessage> {
-    for body in bodies {
-        queue.publish(body, None, &[]).await.unwrap();
+#[tokio::test]
+async fn a_batch_reports_only_the_messages_to_retry_and_dead_letters_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(jitr_domain::Timestamp(1_700_000_000_000));
+    let q = queue(dir.path(), &clock);
+    let received = {
+        for body in ["ok", "retry", "poison", "crash"] {
+            q.publish(body, None, &[]).await.unwrap();
+        }
+        q.receive(10, Duration::ZERO).await.unwrap()
+    };
+    let records = records(&received);
+    let now = || Timestamp(1_700_000_000_000);
+    let response = process_batch(&q, &records, &ByBody, &now).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    // Only the failure is retried in place; the handler that waits is done
+    // with this receipt (ADR-0018: a wait spends no receive).
+    assert_eq!(failed, [records[3].message_id.as_deref().unwrap()]);
+    assert_eq!(
+        q.dead_letters().unwrap(),
+        vec![("poison".to_string(), "malformed".to_string())]
+    );
+    // Lambda deletes the records not reported failed.
+    for message in &received {
+        if !failed.contains(&message.id.as_str()) && message.body != "poison" {
+            q.ack(message).await.unwrap();
+        }
     }
-    let received = queue.receive(10, Duration::ZERO).await.unwrap();
+    // The crash comes back after the visibility timeout; the wait, as a
+    // fresh message, after its own delay, counted as a wait.
+    clock.advance(30_000);
+    let visible = q.receive(10, Duration::ZERO).await.unwrap();
+    let bodies: Vec<&str> = visible.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["crash"]);
+    clock.advance(30_000);
+    let visible = q.receive(10, Duration::ZERO).await.unwrap();
+    let waited = visible
+        .iter()
+        .find(|m| m.body == "retry")
+        .expect("sent again");
+    assert_eq!((waited.receive_count, waited.waits()), (1, 1));
+    assert_eq!(waited.deliveries(), 2);
+}
+
+/// SQS records as Lambda delivers them, for messages received from a queue.
+fn records(received: &[QueueMessage]) -> Vec<SqsMessage> {
     let records: Vec<serde_json::Value> = received
         .iter()
         .map(|m| {
@@ -64,51 +108,6 @@ async fn batch(queue: &LocalQueue, bodies: &[&str]) -> Vec<SqsMessage> {
         .collect();
     let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
     event.records
-}
-
-#[tokio::test]
-async fn a_batch_reports_only_the_messages_to_retry_and_dead_letters_poison() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(jitr_domain::Timestamp(1_700_000_000_000));
-    let q = queue(dir.path(), &clock);
-    let records = batch(&q, &["ok", "retry", "poison", "crash"]).await;
-    let now = || Timestamp(1_700_000_000_000);
-    let response = process_batch(&q, &records, &ByBody, &now).await;
-    let failed: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
-    assert_eq!(
-        failed,
-        [
-            records[1].message_id.as_deref().unwrap(),
-            records[3].message_id.as_deref().unwrap()
-        ]
-    );
-    assert_eq!(
-        q.dead_letters().unwrap(),
-        vec![("poison".to_string(), "malformed".to_string())]
-    );
-    // The retried message got its back-off as visibility.
-    clock.advance(30_000);
-    let visible: Vec<String> = q
-        .receive(10, Duration::ZERO)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert!(!visible.contains(&"retry".to_string()), "{visible:?}");
-    clock.advance(30_000);
-    let visible: Vec<String> = q
-        .receive(10, Duration::ZERO)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert!(visible.contains(&"retry".to_string()), "{visible:?}");
 }
 
 #[tokio::test]

@@ -411,3 +411,70 @@ async fn init_routes_ec2_state_changes_and_spot_warnings_to_the_ec2_events_queue
         "{second:?}"
     );
 }
+
+/// A handler that waits (`RetryAfter`) ten times, then is done, and notes
+/// the deliveries it saw.
+struct WaitsTenTimes(std::sync::Mutex<Vec<u32>>);
+
+#[async_trait::async_trait]
+impl jitr_handlers::runtime::consumer::Consumer for WaitsTenTimes {
+    fn name(&self) -> &'static str {
+        "waits-ten-times"
+    }
+    async fn consume(
+        &self,
+        message: &jitr_infra::QueueMessage,
+        _now: jitr_domain::Timestamp,
+    ) -> Result<jitr_handlers::app::outcome::Outcome, jitr_handlers::app::outcome::HandlerError>
+    {
+        use jitr_handlers::app::outcome::Outcome;
+        let mut seen = self.0.lock().unwrap();
+        seen.push(message.deliveries());
+        Ok(if seen.len() <= 10 {
+            Outcome::RetryAfter(Duration::ZERO, "not yet".into())
+        } else {
+            Outcome::Done("served".into())
+        })
+    }
+}
+
+/// Issue 24: on SQS every receive counts toward `maxReceiveCount`, and a
+/// handler's wait (a mint back-off after a GitHub 502, an evidence window)
+/// must not spend them: the message is sent again delayed, with its
+/// attributes, and the receipt deleted. Ten waits on a queue that
+/// dead-letters after five receives: served, nothing dead-lettered.
+#[tokio::test]
+async fn waiting_ten_times_spends_no_receive_and_never_reaches_the_dlq() {
+    let config = config().await;
+    let (queue, _) = SqsQueue::ensure(&config, &unique("scaleup"), 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queue
+        .publish(r#"{"job":1}"#, None, &[("delivery", "d-1")])
+        .await
+        .unwrap();
+    let handler = WaitsTenTimes(Default::default());
+    let now = || at(0);
+    for _ in 0..40 {
+        jitr_handlers::runtime::consumer::drain(
+            &queue,
+            &handler,
+            10,
+            Duration::from_millis(200),
+            &now,
+        )
+        .await
+        .unwrap();
+        if handler.0.lock().unwrap().len() == 11 {
+            break;
+        }
+    }
+    let seen = handler.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        (1..=11).collect::<Vec<u32>>(),
+        "each delivery counted once"
+    );
+    assert_eq!(queue.dead_letter_depth().await.unwrap(), 0);
+    assert_eq!(queue.waiting().await.unwrap(), 0, "done: nothing left");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jitr_domain::Timestamp;
-use jitr_infra::{Queue, QueueError, QueueMessage, decode_terminate_runner};
+use jitr_infra::{MAX_WAITS, Queue, QueueError, QueueMessage, decode_terminate_runner, send_again};
 use tracing::Instrument;
 
 use crate::app::compensation::Compensation;
@@ -55,7 +55,7 @@ impl Consumer for ScaleUp {
                     round.report.launched, round.report.waiting
                 )))
             }
-            Ok(ScaleUpMessage::Job(job)) => self.handle(&job, message.receive_count, now).await,
+            Ok(ScaleUpMessage::Job(job)) => self.handle(&job, message.deliveries(), now).await,
             Err(e) => Ok(Outcome::DeadLetter(format!(
                 "undecodable scale-up message: {e}"
             ))),
@@ -157,8 +157,23 @@ pub async fn settle(
             };
             (result, false)
         }
+        // A wait is not a failure: the message is sent again, delayed, and
+        // this receipt deleted, so that waiting spends none of the receives
+        // after which the queue dead-letters a failing message (ADR-0018).
+        // Past MAX_WAITS, or when sending fails, it spends one.
+        Ok(Outcome::RetryAfter(delay, info)) if message.waits() < MAX_WAITS => {
+            tracing::info!(handler = what, id = %message.id, %info, ?delay, waits = message.waits(), "waiting");
+            match send_again(queue, message, delay).await {
+                Ok(()) if ack_done => (queue.ack(message).await, false),
+                Ok(()) => (Ok(()), false),
+                Err(e) => {
+                    tracing::warn!(handler = what, error = %e, "not sent again: retried in place");
+                    (queue.retry_later(message, delay).await, true)
+                }
+            }
+        }
         Ok(Outcome::RetryAfter(delay, info)) => {
-            tracing::info!(handler = what, id = %message.id, %info, ?delay, "retry later");
+            tracing::warn!(handler = what, id = %message.id, %info, ?delay, "waited {MAX_WAITS} times: retry later");
             (queue.retry_later(message, delay).await, true)
         }
         Ok(Outcome::DeadLetter(reason)) => {

@@ -33,7 +33,7 @@ pub use github::{
     Runner, RunnerGroup, RunnerScope,
 };
 pub use queue::{
-    DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, Queue, QueueError,
-    QueueMessage,
+    DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, MAX_DELAY,
+    MAX_WAITS, Queue, QueueError, QueueMessage, WAITS, send_again,
 };
 pub use secrets::{JitConfig, RunnerSecrets, SecretError};

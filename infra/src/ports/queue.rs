@@ -19,6 +19,19 @@ pub const DEFAULT_MAX_RECEIVES: u32 = 5;
 /// Message attribute carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "jitr-dead-letter-reason";
 
+/// Message attribute counting the waits a message was sent again for
+/// ([`send_again`]): a handler that must wait (a back-off, an evidence
+/// window) does not spend one of the receives that send a failing message to
+/// its dead-letter queue.
+pub const WAITS: &str = "jitr-waits";
+
+/// The most waits a message is sent again for; past them a wait is a retry
+/// that spends a receive, so nothing waits forever unseen.
+pub const MAX_WAITS: u32 = 200;
+
+/// The longest delay a queue takes for a message (SQS: 15 minutes).
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
 /// A received message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueMessage {
@@ -32,6 +45,44 @@ pub struct QueueMessage {
     pub receive_count: u32,
     /// String message attributes.
     pub attributes: HashMap<String, String>,
+}
+
+impl QueueMessage {
+    /// How many times it was sent again to wait ([`WAITS`]).
+    pub fn waits(&self) -> u32 {
+        self.attributes
+            .get(WAITS)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// How many times its work was handed to a handler: its receives and the
+    /// receives of the copies it was sent again as.
+    pub fn deliveries(&self) -> u32 {
+        self.receive_count.saturating_add(self.waits())
+    }
+}
+
+/// Sends `message` again, visible after `after` (at most [`MAX_DELAY`]), with
+/// its attributes and one more [`WAITS`]: a fresh message with a fresh receive
+/// count. The caller then deletes this receipt.
+pub async fn send_again(
+    queue: &dyn Queue,
+    message: &QueueMessage,
+    after: Duration,
+) -> Result<(), QueueError> {
+    let waits = (message.waits() + 1).to_string();
+    let mut attributes: Vec<(&str, &str)> = message
+        .attributes
+        .iter()
+        .filter(|(k, _)| k.as_str() != WAITS)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    attributes.push((WAITS, &waits));
+    queue
+        .publish(&message.body, Some(after.min(MAX_DELAY)), &attributes)
+        .await
+        .map(|_| ())
 }
 
 /// A message in a dead-letter queue, as an operator inspects it.
