@@ -280,10 +280,33 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
     };
     orphans_alarm(vec![topic.clone()]).await.unwrap();
 
+    // The account's EC2 Spot service-linked role, as AWS names it (moto's
+    // CreateServiceLinkedRole names it AWSServiceRoleForspot: a plain role
+    // stands for it).
+    let spot_role = jitr_aws::SPOT_SERVICE_LINKED_ROLE;
+    let created = iam
+        .create_role()
+        .role_name(spot_role)
+        .path("/aws-service-role/spot.amazonaws.com/")
+        .assume_role_policy_document(trust("spot.amazonaws.com"))
+        .send()
+        .await;
+    if let Err(e) = created {
+        assert_eq!(
+            aws_sdk_iam_code(&e).as_deref(),
+            Some("EntityAlreadyExists"),
+            "{e:?}"
+        );
+    }
+
     let (code, text) = doctor.run(&["doctor", "--aws"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("8 of 8 present, active, each running its own handler"),
+        "{text}"
+    );
+    assert!(
+        lines(&text, "spot service-linked role")[0].starts_with("ok"),
         "{text}"
     );
     for handler in [
@@ -345,6 +368,7 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         .await
         .unwrap();
     orphans_alarm(vec![]).await.unwrap();
+    iam.delete_role().role_name(spot_role).send().await.unwrap();
 
     let (code, text) = doctor.run(&["doctor", "--aws"]);
     assert_eq!(code, Some(1), "{text}");
@@ -380,10 +404,19 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         "alarm notifications",
         &format!("{} (does not notify the topic)", names.orphans_alarm()),
     );
+    warned(
+        "spot service-linked role",
+        "create-service-linked-role --aws-service-name spot.amazonaws.com",
+    );
     // What still holds is still said to hold.
     assert!(text.contains("6 of 8 present"), "{text}");
     assert!(
         lines(&text, &format!("mapping {}", names.function("projector")))[0].starts_with("ok"),
         "{text}"
     );
+}
+
+/// The error code of an IAM call's failure.
+fn aws_sdk_iam_code<E: aws_sdk_iam::error::ProvideErrorMetadata>(e: &E) -> Option<String> {
+    e.code().map(str::to_owned)
 }

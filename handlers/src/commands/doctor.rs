@@ -661,6 +661,48 @@ async fn check_alarm_wiring(
     }
 }
 
+/// A pool that uses spot needs the account's EC2 Spot service-linked role:
+/// without it EC2 refuses every spot launch
+/// (`AuthFailure.ServiceLinkedRoleCreationNotPermitted`) and jitr launches on
+/// demand (ADR-0018).
+#[cfg(feature = "aws")]
+async fn check_spot_role(
+    report: &mut DoctorReport,
+    deployment: &jitr_aws::Deployment,
+    policy: &crate::app::policy::RunnerPolicy,
+) {
+    let spot: Vec<&str> = policy
+        .pools
+        .iter()
+        .filter(|p| p.spot)
+        .map(|p| p.name.as_str())
+        .collect();
+    if spot.is_empty() {
+        return;
+    }
+    let role = jitr_aws::SPOT_SERVICE_LINKED_ROLE;
+    let check = "spot service-linked role";
+    match deployment.role_exists(role).await {
+        Ok(true) => report.push(
+            Level::Ok,
+            check,
+            format!("{role} exists (pools {})", spot.join(", ")),
+        ),
+        Ok(false) => report.push(
+            Level::Warn,
+            check,
+            format!(
+                "pools {} use spot, but the account has no {role}: EC2 refuses every spot launch \
+                 (AuthFailure.ServiceLinkedRoleCreationNotPermitted) and jitr launches on demand; \
+                 create it once per account: deploy with CreateSpotServiceLinkedRole=true, or \
+                 aws iam create-service-linked-role --aws-service-name spot.amazonaws.com",
+                spot.join(", ")
+            ),
+        ),
+        Err(e) => report.push(Level::Warn, check, format!("not checked: {e}")),
+    }
+}
+
 /// The profiles the scale-up function launches runners with exist, hold a role
 /// EC2 may assume, and the function's role may pass that role to EC2. The
 /// function's own configuration is read as it reads it at its cold start.
@@ -698,6 +740,7 @@ async fn check_runner_roles(
             );
         }
     };
+    check_spot_role(report, deployment, &policy).await;
     let mut profiles: Vec<(String, Vec<String>)> = Vec::new();
     for pool in &policy.pools {
         match &pool.launch.instance_profile {

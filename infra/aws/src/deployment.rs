@@ -232,6 +232,15 @@ impl Deployment {
         }))
     }
 
+    /// Whether IAM role `name` exists.
+    pub async fn role_exists(&self, name: &str) -> Result<bool, DeploymentError> {
+        match self.iam.get_role().role_name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NoSuchEntity") => Ok(false),
+            Err(e) => Err(call_error("iam:GetRole", &e)),
+        }
+    }
+
     /// The roles of instance profile `name`, if it exists.
     pub async fn instance_profile(
         &self,
@@ -330,6 +339,10 @@ impl Deployment {
         Ok(documents)
     }
 }
+
+/// The account's EC2 Spot service-linked role, as AWS names it ("Service-linked
+/// role for Spot Instance requests", EC2 User Guide).
+pub const SPOT_SERVICE_LINKED_ROLE: &str = "AWSServiceRoleForEC2Spot";
 
 /// The last path segment of an ARN (`…:role/path/NAME` → `NAME`;
 /// `…:instance-profile/NAME` → `NAME`); a bare name is returned as is.

@@ -28,8 +28,8 @@ pub use aws::AwsSettings;
 pub use aws_config::SdkConfig;
 pub use cloudwatch::{AlarmError, AlarmState, Alarms};
 pub use deployment::{
-    Deployment, DeploymentError, Function, FunctionUrl, Mapping, ProfileRole, Rule, arn_name,
-    arn_scope,
+    Deployment, DeploymentError, Function, FunctionUrl, Mapping, ProfileRole, Rule,
+    SPOT_SERVICE_LINKED_ROLE, arn_name, arn_scope,
 };
 pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
 pub use dynamodb_feed::LogNudges;
