@@ -369,6 +369,13 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         .unwrap();
     orphans_alarm(vec![]).await.unwrap();
     iam.delete_role().role_name(spot_role).send().await.unwrap();
+    lambda
+        .update_function_configuration()
+        .function_name(names.function("scaleup"))
+        .timeout(60)
+        .send()
+        .await
+        .unwrap();
 
     let (code, text) = doctor.run(&["doctor", "--aws"]);
     assert_eq!(code, Some(1), "{text}");
@@ -403,6 +410,13 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
     warned(
         "alarm notifications",
         &format!("{} (does not notify the topic)", names.orphans_alarm()),
+    );
+    warned(
+        &format!("queue {}", names.scaleup_queue()),
+        &format!(
+            "visibility timeout 330 s is under six times {}'s timeout (60 s)",
+            names.function("scaleup")
+        ),
     );
     warned(
         "spot service-linked role",

@@ -327,10 +327,14 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
     let names = jitr_aws::AwsNames::new(target.prefix.clone());
     let mut alarm_names = Vec::new();
     let mut queue_arns = std::collections::BTreeMap::new();
+    let mut visibility = std::collections::BTreeMap::new();
     for name in names.queues() {
         match jitr_aws::SqsQueue::find(&config, &name).await {
             Ok(Some(queue)) => {
                 queue_arns.insert(name.clone(), queue.pair().arn.clone());
+                if let Ok(Some(secs)) = queue.visibility_timeout().await {
+                    visibility.insert(name.clone(), secs);
+                }
                 alarm_names.push(jitr_aws::Alarms::dlq_alarm_name(&queue.pair().dlq_name));
                 let short = name
                     .strip_prefix(&format!("{}-", names.prefix()))
@@ -349,7 +353,7 @@ async fn check_aws(target: &super::AwsTarget) -> DoctorReport {
         Ok(states) => report.alarms(&alarm_names, &states),
         Err(e) => report.config(Level::Error, format!("alarms: {e}")),
     }
-    check_lambda_deployment(&mut report, &config, &names, &queue_arns).await;
+    check_lambda_deployment(&mut report, &config, &names, &queue_arns, &visibility).await;
     let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
     let compute = jitr_aws::Ec2Compute::new(&config, vec![]).with_deployment(names.prefix());
     report
@@ -387,6 +391,7 @@ async fn check_lambda_deployment(
     config: &jitr_aws::SdkConfig,
     names: &jitr_aws::AwsNames,
     queue_arns: &std::collections::BTreeMap<String, String>,
+    visibility: &std::collections::BTreeMap<String, u64>,
 ) {
     use crate::runtime::LAMBDA_HANDLERS;
     let deployment = jitr_aws::Deployment::new(config);
@@ -467,7 +472,15 @@ async fn check_lambda_deployment(
             ),
         );
     }
-    check_invocations(report, &deployment, names, &functions, queue_arns).await;
+    check_invocations(
+        report,
+        &deployment,
+        names,
+        &functions,
+        queue_arns,
+        visibility,
+    )
+    .await;
     if let Some(webhook) = functions.get("webhook") {
         check_alarm_wiring(report, config, names, &webhook.arn).await;
     }
@@ -491,6 +504,7 @@ async fn check_invocations(
     names: &jitr_aws::AwsNames,
     functions: &std::collections::BTreeMap<&str, jitr_aws::Function>,
     queue_arns: &std::collections::BTreeMap<String, String>,
+    visibility: &std::collections::BTreeMap<String, u64>,
 ) {
     let stream = match deployment.table_stream(&names.events_table()).await {
         Ok(stream) => stream,
@@ -538,6 +552,27 @@ async fn check_invocations(
                 ),
                 Some(_) => report.push(Level::Ok, check, format!("enabled from {source}")),
             },
+        }
+        // AWS advises a queue's visibility timeout of at least six times its
+        // function's timeout: shorter, a message whose handler runs long (or
+        // waits for a throttled function) is delivered again meanwhile.
+        let queue = queue_of(names, handler);
+        let shown = queue.as_ref().and_then(|q| visibility.get(q));
+        let timeout = functions[handler]
+            .timeout_secs
+            .and_then(|t| u64::try_from(t).ok());
+        if let (Some(queue), Some(&shown), Some(timeout)) = (queue, shown, timeout) {
+            if shown < 6 * timeout {
+                report.push(
+                    Level::Warn,
+                    format!("queue {queue}"),
+                    format!(
+                        "visibility timeout {shown} s is under six times {name}'s timeout ({timeout} s): \
+                         a long run is delivered twice; set it to {} s or more",
+                        6 * timeout
+                    ),
+                );
+            }
         }
     }
     for handler in ["reaper", "rebalancer"] {

@@ -56,6 +56,8 @@ pub struct Function {
     pub last_update_status: Option<String>,
     /// Its environment variables.
     pub environment: BTreeMap<String, String>,
+    /// Its timeout, seconds.
+    pub timeout_secs: Option<i32>,
 }
 
 /// An event source mapping (a queue or a stream invoking a function).
@@ -159,6 +161,7 @@ impl Deployment {
                 .and_then(|e| e.variables())
                 .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default(),
+            timeout_secs: out.timeout(),
         }))
     }
 

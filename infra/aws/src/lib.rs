@@ -36,7 +36,7 @@ pub use dynamodb_feed::LogNudges;
 pub use ec2::{Ec2Compute, image_parameter};
 pub use eventbridge::{BusSetup, EventBridgeBus, ensure_ec2_events_rule};
 pub use names::AwsNames;
-pub use provision::{InitError, Resource, Setup, provision};
+pub use provision::{InitError, Resource, Setup, VISIBILITY_SECS, provision};
 pub use sqs::{QueuePair, SqsQueue};
 pub use ssm::{
     STANDARD_TIER_MAX_CHARS, SsmSecrets, TAG_INSTANCE_ARN, TierLimits, read_parameter, tier_for,

@@ -56,6 +56,11 @@ fn failed(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'st
     }
 }
 
+/// The queues' visibility timeouts, in the order of `AwsNames::queues`
+/// (scale-up, lifecycle, compensation, EC2 events): six times the template's
+/// function timeouts.
+pub const VISIBILITY_SECS: [u64; 4] = [330, 150, 330, 150];
+
 /// Creates the table, the queues with their DLQs, the bus and its rule, and the
 /// DLQ alarms.
 pub async fn provision(
@@ -81,7 +86,9 @@ pub async fn provision(
     let alarms = Alarms::new(config);
     let mut compensation = None;
     let mut ec2_events = None;
-    for (name, visibility) in names.queues().into_iter().zip([60, 30, 60, 30]) {
+    // Six times the template's function timeouts (55, 25, 55, 25 s), as AWS
+    // advises for a queue a function consumes.
+    for (name, visibility) in names.queues().into_iter().zip(VISIBILITY_SECS) {
         let (queue, existed) =
             SqsQueue::ensure(config, &name, max_receives, Duration::from_secs(visibility))
                 .await

@@ -125,6 +125,22 @@ impl SqsQueue {
         }))
     }
 
+    /// The queue's visibility timeout, seconds (`None`: SQS did not say).
+    pub async fn visibility_timeout(&self) -> Result<Option<u64>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.pair.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&self.pair.url, &e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// The URL of queue `name`; `None` when it does not exist.
     async fn queue_url(client: &Client, name: &str) -> Result<Option<String>, QueueError> {
         match client.get_queue_url().queue_name(name).send().await {

@@ -130,3 +130,36 @@ fn the_template_names_what_doctor_looks_for() {
     assert_eq!(alarms.len(), 16);
     assert_eq!(notifying, alarms.len(), "every alarm notifies the topic");
 }
+
+/// Each queue's visibility timeout is six times its function's timeout (AWS's
+/// advice for a queue a function consumes) and what `jitr init` creates.
+#[test]
+fn queue_visibility_is_six_times_the_function_timeout_and_inits_own() {
+    let number = |block: &str, key: &str| -> u64 {
+        block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {block}"))
+    };
+    for (i, (queue, function)) in [
+        ("ScaleupQueue", "ScaleupFunction"),
+        ("LifecycleQueue", "LifecycleFunction"),
+        ("CompensationQueue", "CompensateFunction"),
+        ("Ec2EventsQueue", "Ec2EventsFunction"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let visibility = number(&resource(queue), "VisibilityTimeout:");
+        let timeout = number(&resource(function), "Timeout:");
+        assert!(
+            visibility >= 6 * timeout,
+            "{queue}: {visibility} < 6 x {timeout}"
+        );
+        assert_eq!(
+            visibility,
+            jitr_aws::VISIBILITY_SECS[i],
+            "{queue}: jitr init"
+        );
+    }
+}
