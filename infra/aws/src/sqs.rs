@@ -387,12 +387,7 @@ impl Queue for SqsQueue {
     }
 
     async fn dead_letter(&self, message: &QueueMessage, reason: &str) -> Result<(), QueueError> {
-        let mut attributes: Vec<(&str, &str)> = message
-            .attributes
-            .iter()
-            .filter(|(k, _)| k.as_str() != DEAD_LETTER_REASON)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut attributes = message.attributes_but(DEAD_LETTER_REASON);
         attributes.push((DEAD_LETTER_REASON, reason));
         self.send(&self.pair.dlq_url, &message.body, None, &attributes)
             .await?;
@@ -466,12 +461,7 @@ impl Queue for SqsQueue {
                 self.release(&self.pair.dlq_url, &message.receipt).await?;
                 continue;
             }
-            let attributes: Vec<(&str, &str)> = message
-                .attributes
-                .iter()
-                .filter(|(k, _)| k.as_str() != DEAD_LETTER_REASON)
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let attributes = message.attributes_but(DEAD_LETTER_REASON);
             self.send(&self.pair.url, &message.body, None, &attributes)
                 .await?;
             self.delete(&self.pair.dlq_url, &message.receipt).await?;

@@ -56,6 +56,15 @@ impl QueueMessage {
             .unwrap_or(0)
     }
 
+    /// Its attributes, `key` left out (to be set anew, or dropped).
+    pub fn attributes_but(&self, key: &str) -> Vec<(&str, &str)> {
+        self.attributes
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// How many times its work was handed to a handler: its receives and the
     /// receives of the copies it was sent again as.
     pub fn deliveries(&self) -> u32 {
@@ -72,12 +81,7 @@ pub async fn send_again(
     after: Duration,
 ) -> Result<(), QueueError> {
     let waits = (message.waits() + 1).to_string();
-    let mut attributes: Vec<(&str, &str)> = message
-        .attributes
-        .iter()
-        .filter(|(k, _)| k.as_str() != WAITS)
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let mut attributes = message.attributes_but(WAITS);
     attributes.push((WAITS, &waits));
     queue
         .publish(&message.body, Some(after.min(MAX_DELAY)), &attributes)
