@@ -80,10 +80,20 @@ pub struct LaunchedView {
 impl LaunchedView {
     /// Whether the instance is in security group `id`.
     pub fn in_group(&self, id: &str) -> bool {
-        self.instance
-            .security_groups()
+        // EC2 lists the primary interface's groups as the instance's; moto
+        // lists them only on the interface when the launch named one.
+        let on_interfaces = self
+            .instance
+            .network_interfaces()
             .iter()
-            .any(|g| g.group_id() == Some(id))
+            .flat_map(|n| n.groups())
+            .any(|g| g.group_id() == Some(id));
+        on_interfaces
+            || self
+                .instance
+                .security_groups()
+                .iter()
+                .any(|g| g.group_id() == Some(id))
     }
 
     /// The instance profile's ARN ("" without one).

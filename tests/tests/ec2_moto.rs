@@ -307,6 +307,7 @@ async fn a_launch_requires_imdsv2_terminates_on_shutdown_and_carries_its_setting
         root_volume_gib: Some(64),
         tags: [("team".to_owned(), "ci".to_owned())].into(),
         architecture: None,
+        public_ip: false,
     };
     let script = jitr_handlers::app::bootstrap::Bootstrap::default().render();
     launch.user_data = Some(script.clone());
@@ -496,4 +497,56 @@ async fn a_server_error_after_the_launch_leaves_it_unknown_and_found_by_its_toke
         .unwrap()
         .expect("the instance EC2 launched is found by its token");
     assert_eq!(found.stream, Some(s));
+}
+
+/// Issue 24: a pool's `public_ip` decides the runner's public address,
+/// whatever its subnet's default: off by default (the subnet's routes, a NAT
+/// gateway, reach GitHub), on when asked.
+#[tokio::test]
+async fn a_public_ip_is_given_only_when_the_pool_asks_whatever_the_subnet_says() {
+    let config = jitr_e2e::aws::config().await;
+    let client = aws_sdk_ec2::Client::new(&config);
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .unwrap()
+        .to_owned();
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.42.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_owned();
+    client
+        .modify_subnet_attribute()
+        .subnet_id(&subnet)
+        .map_public_ip_on_launch(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ec2 = Ec2Compute::new(&config, vec![subnet.clone()]);
+    let mut public = Vec::new();
+    for (job, asked) in [(50, false), (51, true)] {
+        let mut launch = spec(&stream(job), Market::OnDemand);
+        launch.settings.public_ip = asked;
+        let id = ec2.launch(&launch).await.unwrap().instance_id.0;
+        let view = jitr_e2e::aws::describe_launched(&client, &id).await;
+        assert_eq!(view.instance.subnet_id(), Some(subnet.as_str()));
+        public.push(view.instance.public_ip_address().is_some());
+    }
+    assert_eq!(public, [false, true], "public address only when asked");
 }

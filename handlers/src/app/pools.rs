@@ -73,6 +73,7 @@ struct Defaults {
     instance_profile: Option<String>,
     metadata_hop_limit: Option<u8>,
     root_volume_gib: Option<u32>,
+    public_ip: Option<bool>,
     spot: Option<bool>,
     runner_dir: Option<String>,
     runner_url: Option<String>,
@@ -96,6 +97,7 @@ struct PoolEntry {
     instance_profile: Option<String>,
     metadata_hop_limit: Option<u8>,
     root_volume_gib: Option<u32>,
+    public_ip: Option<bool>,
     spot: Option<bool>,
     scope: Option<PoolScope>,
     runner_group: Option<String>,
@@ -330,6 +332,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 root_volume_gib: root,
                 tags,
                 architecture: Some(entry.architecture),
+                public_ip: entry.public_ip.or(defaults.public_ip).unwrap_or(false),
             },
         });
     }

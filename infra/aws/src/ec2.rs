@@ -9,9 +9,9 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType, MarketType,
-    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
-    VolumeType,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceType, MarketType, ResourceType,
+    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
@@ -275,9 +275,23 @@ impl Ec2Compute {
         let subnet = self
             .subnet_among(&settings.subnets, &spec.client_token)
             .or_else(|| self.subnet_for(&spec.client_token));
-        req = req.set_subnet_id(subnet.map(str::to_owned));
-        if !settings.security_groups.is_empty() {
-            req = req.set_security_group_ids(Some(settings.security_groups.clone()));
+        let groups =
+            (!settings.security_groups.is_empty()).then(|| settings.security_groups.clone());
+        match subnet {
+            // The primary interface, so that a public address is asked for
+            // (or refused) whatever the subnet's default.
+            Some(subnet) => {
+                req = req.network_interfaces(
+                    InstanceNetworkInterfaceSpecification::builder()
+                        .device_index(0)
+                        .subnet_id(subnet)
+                        .set_groups(groups)
+                        .associate_public_ip_address(settings.public_ip)
+                        .delete_on_termination(true)
+                        .build(),
+                );
+            }
+            None => req = req.set_security_group_ids(groups),
         }
         if let Some(profile) = &settings.instance_profile {
             let spec = IamInstanceProfileSpecification::builder();

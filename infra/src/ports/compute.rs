@@ -119,11 +119,16 @@ pub struct LaunchSettings {
     /// refused before RunInstances (none: not checked).
     #[serde(default)]
     pub architecture: Option<Architecture>,
+    /// Whether the instance gets a public IPv4 address, whatever its subnet's
+    /// default (no: it reaches GitHub through the subnet's routes, a NAT
+    /// gateway). Applies where a subnet is given; EC2's default subnet keeps
+    /// its own default.
+    pub public_ip: bool,
 }
 
 impl Default for LaunchSettings {
     /// No profile, the default security group and subnets, hop limit 1, the
-    /// image's root volume, no extra tags.
+    /// image's root volume, no extra tags, no public IP.
     fn default() -> Self {
         LaunchSettings {
             instance_profile: None,
@@ -133,6 +138,7 @@ impl Default for LaunchSettings {
             root_volume_gib: None,
             tags: std::collections::BTreeMap::new(),
             architecture: None,
+            public_ip: false,
         }
     }
 }
