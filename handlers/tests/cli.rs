@@ -470,6 +470,56 @@ fn config_check_passes_the_example_and_names_the_line_of_a_mistake() {
     );
 }
 
+/// Issue 24: `jitr config check --aws` refuses a pool that would launch
+/// without an instance profile (its runners could not read their JIT config),
+/// unless the deployment gives one (`JITR_INSTANCE_PROFILE`, as the template
+/// does).
+#[test]
+fn config_check_for_aws_refuses_a_pool_without_an_instance_profile() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pools.example.toml");
+    let check = |file: &str, stack_profile: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jitr"));
+        command.args(["config", "check", "--aws", file]);
+        command.env_remove("JITR_INSTANCE_PROFILE");
+        if let Some(profile) = stack_profile {
+            command.env("JITR_INSTANCE_PROFILE", profile);
+        }
+        command.output().expect("run jitr")
+    };
+    let out = check(example, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("pools.toml");
+    let original = std::fs::read_to_string(example).unwrap();
+    let without: String = original
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("instance_profile"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&bare, &without).unwrap();
+    let out = check(bare.to_str().unwrap(), None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("linux-arm64") && err.contains("cannot read their JIT config"),
+        "{err}"
+    );
+    // Without --aws the file is still valid; with the stack's profile too.
+    let out = jitr(&["config", "check", bare.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = check(bare.to_str().unwrap(), Some("jitr-runner"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Issue 11: `jitr bootstrap-script --config FILE --pool NAME` prints the user
 /// data that pool's instances get; an unknown pool is named with the ones there
 /// are (exit 2).

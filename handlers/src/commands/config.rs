@@ -16,7 +16,27 @@ pub enum Args {
     Check {
         /// The file (TOML; the schema is in `docs/pools.example.toml`).
         file: PathBuf,
+        /// Check it for an AWS deployment too: every pool needs an instance
+        /// profile (its own, `[defaults]`, or the stack's, given to the
+        /// functions as `JITR_INSTANCE_PROFILE`), or its runners cannot read
+        /// their JIT config.
+        #[arg(long)]
+        aws: bool,
     },
+}
+
+/// The pools of `config` that launch without an instance profile on AWS,
+/// where the deployment gives none (`stack_profile`).
+pub fn pools_without_profile<'a>(config: &'a Config, stack_profile: Option<&str>) -> Vec<&'a str> {
+    if stack_profile.is_some_and(|p| !p.is_empty()) {
+        return Vec::new();
+    }
+    config
+        .pools
+        .iter()
+        .filter(|p| p.launch.instance_profile.is_none())
+        .map(|p| p.name.as_str())
+        .collect()
 }
 
 /// Reads and validates `path`; the error names the file, line and column.
@@ -54,8 +74,21 @@ pub fn describe(config: &Config) -> String {
 /// Runs `jitr config`.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     match args {
-        Args::Check { file } => match load(&file) {
+        Args::Check { file, aws } => match load(&file) {
             Ok(config) => {
+                let stack_profile = std::env::var("JITR_INSTANCE_PROFILE").ok();
+                let missing = pools_without_profile(&config, stack_profile.as_deref());
+                if aws && !missing.is_empty() {
+                    eprintln!(
+                        "{}: on AWS, pools {} launch without an instance profile: their runners \
+                         cannot read their JIT config. Give `instance_profile` (in the pool or \
+                         [defaults]; the stack's RunnerInstanceProfile output), or set \
+                         JITR_INSTANCE_PROFILE as the template does for its functions",
+                        file.display(),
+                        missing.join(", ")
+                    );
+                    return Ok(ExitCode::from(2));
+                }
                 print!("{}", describe(&config));
                 println!("{}: {} pools, valid", file.display(), config.pools.len());
                 Ok(ExitCode::SUCCESS)
