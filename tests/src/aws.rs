@@ -151,3 +151,30 @@ pub async fn describe_launched(client: &aws_sdk_ec2::Client, id: &str) -> Launch
             }),
     }
 }
+
+/// A new VPC (10.42.0.0/16) with one subnet (10.42.1.0/24) on the emulator:
+/// their ids.
+pub async fn create_vpc_with_subnet(client: &aws_sdk_ec2::Client) -> (String, String) {
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .send()
+        .await
+        .expect("CreateVpc")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("a VPC id")
+        .to_owned();
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.42.1.0/24")
+        .send()
+        .await
+        .expect("CreateSubnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("a subnet id")
+        .to_owned();
+    (vpc, subnet)
+}

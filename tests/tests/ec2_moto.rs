@@ -506,27 +506,7 @@ async fn a_server_error_after_the_launch_leaves_it_unknown_and_found_by_its_toke
 async fn a_public_ip_is_given_only_when_the_pool_asks_whatever_the_subnet_says() {
     let config = jitr_e2e::aws::config().await;
     let client = aws_sdk_ec2::Client::new(&config);
-    let vpc = client
-        .create_vpc()
-        .cidr_block("10.42.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .and_then(|v| v.vpc_id())
-        .unwrap()
-        .to_owned();
-    let subnet = client
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("10.42.1.0/24")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .unwrap()
-        .to_owned();
+    let (_, subnet) = jitr_e2e::aws::create_vpc_with_subnet(&client).await;
     client
         .modify_subnet_attribute()
         .subnet_id(&subnet)

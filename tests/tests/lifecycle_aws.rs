@@ -217,27 +217,7 @@ async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
 async fn a_pools_job_launches_with_the_pools_settings_and_bootstrap() {
     let config = jitr_e2e::aws::config().await;
     let ec2 = aws_sdk_ec2::Client::new(&config);
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.42.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .and_then(|v| v.vpc_id())
-        .unwrap()
-        .to_owned();
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("10.42.1.0/24")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .unwrap()
-        .to_owned();
+    let (vpc, subnet) = jitr_e2e::aws::create_vpc_with_subnet(&ec2).await;
     let group = ec2
         .create_security_group()
         .group_name(jitr_e2e::aws::unique("jitr-pool"))
