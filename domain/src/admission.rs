@@ -79,10 +79,8 @@ pub enum AdmissionStep {
         stream: StreamId,
         /// Where.
         market: Market,
-        /// The instance type (its position in the pool's list, and its name).
-        instance_type: usize,
-        /// The instance type's name.
-        instance_type_name: String,
+        /// The instance type.
+        instance_type: String,
     },
     /// Send the runner's job back to the scale-up queue after `after_ms`: its
     /// own delivery mints the runner launched here, or resolves its launch.
@@ -624,8 +622,7 @@ impl AdmissionRound {
                 self.steps.push_back(AdmissionStep::Launch {
                     stream,
                     market,
-                    instance_type,
-                    instance_type_name: attempt.candidate.type_name(instance_type),
+                    instance_type: attempt.candidate.type_name(instance_type),
                 });
                 self.attempt = Some(attempt);
             }

@@ -216,12 +216,11 @@ fn when_round(
             AdmissionStep::Launch {
                 stream,
                 market,
-                instance_type_name,
-                ..
+                instance_type,
             } => {
-                let answer = ec2(&stream, market, &instance_type_name);
+                let answer = ec2(&stream, market, &instance_type);
                 round.record(result(answer, market));
-                Then::Launch(stream, market, type_name(&instance_type_name), answer)
+                Then::Launch(stream, market, type_name(&instance_type), answer)
             }
             AdmissionStep::HandOver { stream, after_ms } => Then::HandOver(stream, after_ms),
             AdmissionStep::Fail { stream, reason } => Then::Fail(stream, reason),

@@ -435,15 +435,14 @@ impl ScaleUp {
                 AdmissionStep::Launch {
                     stream,
                     market,
-                    instance_type_name,
-                    ..
+                    instance_type,
                 } => {
                     let Some(state) = heads.get_mut(&stream) else {
                         round.record(LaunchResult::Superseded);
                         continue;
                     };
                     let result = self
-                        .launch(&stream, state, market, instance_type_name, now)
+                        .launch(&stream, state, market, instance_type, now)
                         .await?;
                     round.record(result);
                 }
