@@ -25,10 +25,18 @@ use jitr_handlers::app::webhook::{JobMessage, sample_payload, sign};
 use jitr_infra::Queue;
 use serde_json::{Value, json};
 
+#[path = "support/iam.rs"]
+mod iam;
 #[path = "support/template.rs"]
 mod template;
 
 const SECRET: &str = "lambda-secret";
+/// The customer managed key the operator's secrets are encrypted under: the
+/// strict case, where the account's IAM policies decide who decrypts (under
+/// `aws/ssm`, the key's own policy lets any principal of the account decrypt
+/// through SSM).
+const SECRETS_KEY: &str =
+    "arn:aws:kms:us-east-1:123456789012:key/6f1b2c1e-3a4d-4e5f-8a9b-0c1d2e3f4a5b";
 
 /// What the function answered for one invocation.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +233,12 @@ struct Deployment {
     env: Vec<(String, String)>,
     config: jitr_aws::SdkConfig,
     names: jitr_aws::AwsNames,
+    /// The stack's parameters, as the template would be deployed for it.
+    stack: Vec<(String, String)>,
+    /// Values the template cannot name itself (physical ids).
+    attributes: Vec<(String, String)>,
+    /// What AWS knows of the resources made here, for the IAM evaluation.
+    facts: iam::Facts,
     _github: wiremock::MockServer,
 }
 
@@ -259,6 +273,26 @@ impl Deployment {
             .respond_with(ResponseTemplate::new(500).set_body_string("unavailable"))
             .mount(&github)
             .await;
+        // A definitive refusal: the launched runner fails, owed its termination.
+        Mock::given(method("POST"))
+            .and(path(
+                "/repos/acme/refused/actions/runners/generate-jitconfig",
+            ))
+            .respond_with(
+                ResponseTemplate::new(422).set_body_json(json!({"message": "Validation Failed"})),
+            )
+            .mount(&github)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(
+                "/repos/acme/gadgets/actions/runners/generate-jitconfig",
+            ))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+                "runner": {"id": 41, "name": "jitr-gadgets"},
+                "encoded_jit_config": "c2VjcmV0LWppdC1jb25maWc="
+            })))
+            .mount(&github)
+            .await;
         Mock::given(method("GET"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
                 "total_count": 0, "repositories": [], "runners": [], "jobs": [],
@@ -279,15 +313,89 @@ impl Deployment {
         let key = include_str!("../../infra/tests/fixtures/test-app-key.pem");
         let secret_parameter = format!("/{prefix}/webhook-secret");
         let key_parameter = format!("/{prefix}/github-app-key");
+        let mut facts = iam::Facts::default();
         for (name, value) in [(&secret_parameter, SECRET), (&key_parameter, key)] {
             ssm.put_parameter()
                 .name(name)
                 .value(value)
                 .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .key_id(SECRETS_KEY)
                 .send()
                 .await
                 .unwrap();
+            facts.parameters.insert(
+                name.clone(),
+                iam::Parameter {
+                    key: Some(SECRETS_KEY.into()),
+                    tags: Default::default(),
+                },
+            );
         }
+        // What the stack creates beside the tables and queues `jitr init`
+        // makes: the runners' network, their role and instance profile.
+        let ec2 = aws_sdk_ec2::Client::new(&config);
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block("10.61.0.0/16")
+            .send()
+            .await
+            .unwrap()
+            .vpc
+            .and_then(|v| v.vpc_id)
+            .unwrap();
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block("10.61.1.0/24")
+            .send()
+            .await
+            .unwrap()
+            .subnet
+            .and_then(|s| s.subnet_id)
+            .unwrap();
+        let group = ec2
+            .create_security_group()
+            .group_name(format!("{prefix}-runner"))
+            .description("jitr runner instances")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap()
+            .group_id
+            .unwrap();
+        let iam_client = aws_sdk_iam::Client::new(&config);
+        let runner_role = iam_client
+            .create_role()
+            .role_name(format!("{prefix}-runner"))
+            .assume_role_policy_document(
+                json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .role
+            .unwrap()
+            .arn;
+        let profile = iam_client
+            .create_instance_profile()
+            .instance_profile_name(format!("{prefix}-runner"))
+            .send()
+            .await
+            .unwrap()
+            .instance_profile
+            .unwrap()
+            .arn;
+        iam_client
+            .add_role_to_instance_profile()
+            .instance_profile_name(format!("{prefix}-runner"))
+            .role_name(format!("{prefix}-runner"))
+            .send()
+            .await
+            .unwrap();
+        facts.profiles.insert(profile.clone(), runner_role);
+        let ssm_prefix = format!("/{prefix}/runners");
         let env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -299,14 +407,48 @@ impl Deployment {
             ("JITR_GITHUB_PRIVATE_KEY_PARAMETER", key_parameter.as_str()),
             ("JITR_GITHUB_API", github.uri().as_str()),
             ("JITR_IMAGE", "ami-03cf127a"),
+            // As the template sets them.
+            ("JITR_SSM_PREFIX", ssm_prefix.as_str()),
+            ("JITR_INSTANCE_PROFILE", profile.as_str()),
+            ("JITR_SUBNETS", subnet.as_str()),
+            ("JITR_SECURITY_GROUPS", group.as_str()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        let stack = [
+            ("Prefix", prefix.as_str()),
+            ("GitHubAppId", "1"),
+            ("CodeBucket", "jitr-code"),
+            ("CodeKey", "jitr.zip"),
+            ("WebhookSecretParameter", secret_parameter.as_str()),
+            ("GitHubKeyParameter", key_parameter.as_str()),
+            ("RunnerImage", "ami-03cf127a"),
+            ("VpcId", vpc.as_str()),
+            ("Subnets", subnet.as_str()),
+            ("AlarmEmail", "ops@example.com"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let names = jitr_aws::AwsNames::new(prefix);
+        let attributes = vec![
+            ("RunnerSecurityGroup.GroupId".to_owned(), group),
+            (
+                "EventsTable.StreamArn".to_owned(),
+                format!(
+                    "arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-11-29T00:00:00.000",
+                    names.events_table()
+                ),
+            ),
+        ];
         Deployment {
             env,
             config,
-            names: jitr_aws::AwsNames::new(prefix),
+            names,
+            stack,
+            attributes,
+            facts,
             _github: github,
         }
     }
@@ -365,12 +507,16 @@ impl Deployment {
 }
 
 fn job(job_id: u64, labels: &[&str]) -> String {
+    job_in("widgets", job_id, labels)
+}
+
+fn job_in(repo: &str, job_id: u64, labels: &[&str]) -> String {
     serde_json::to_string(&JobMessage {
         delivery: format!("runtime-{job_id}"),
         action: "queued".into(),
         installation: 1,
         owner: "acme".into(),
-        repo: "widgets".into(),
+        repo: repo.into(),
         job_id,
         run_id: 77,
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
@@ -470,15 +616,28 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     // reported done — ADR-0018), a poison message (moved to the DLQ,
     // reported done) and a job no pool serves (done).
     let mut scaleup = Function::start("scaleup", env).await;
+    // And a job whose JIT config GitHub mints (handed over in SSM), and one
+    // whose mint GitHub refuses (the runner fails, owed its termination).
     let bodies = [
         job(1, &["self-hosted", "linux", "x64"]),
         "{not json".to_owned(),
         job(2, &["self-hosted", "windows"]),
+        job_in("gadgets", 4, &["self-hosted", "linux", "x64"]),
+        job_in("refused", 5, &["self-hosted", "linux", "x64"]),
     ];
     let (event, ids) = deployment.sqs_batch(&scaleup_queue, &bodies).await;
     let answer = scaleup.invoke(event).await;
     assert!(failed_ids(&answer).is_empty(), "{answer:?}");
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 5);
+    let store = jitr_aws::DynamoEventStore::new(&deployment.config, names.events_table());
+    let served = jitr_domain::StreamId::parse("acme/gadgets#4#1").unwrap();
+    let served_runner = jitr_infra::EventStore::head(&store, &served)
+        .await
+        .unwrap()
+        .expect("scale-up opened the runner")
+        .state
+        .runner_name
+        .expect("its JIT config was handed over");
     assert_eq!(scaleup_queue.dead_letter_depth().await.unwrap(), 1);
     // The waiting job comes back as a fresh message once its back-off
     // (5 s) is over, counted as one wait.
@@ -506,10 +665,20 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     let mut completed: JobMessage = serde_json::from_str(&job(3, &["self-hosted"])).unwrap();
     completed.action = "completed".into();
     completed.runner_name = Some("someone-elses-runner".into());
+    // And the served job's completion: its runner is owed a termination.
+    let mut served_done: JobMessage =
+        serde_json::from_str(&job_in("gadgets", 4, &["self-hosted", "linux", "x64"])).unwrap();
+    served_done.action = "completed".into();
+    served_done.conclusion = Some("success".into());
+    served_done.runner_name = Some(served_runner.clone());
     let (event, _) = deployment
         .sqs_batch(
             &lifecycle_queue,
-            &[serde_json::to_string(&completed).unwrap(), "[]".to_owned()],
+            &[
+                serde_json::to_string(&completed).unwrap(),
+                "[]".to_owned(),
+                serde_json::to_string(&served_done).unwrap(),
+            ],
         )
         .await;
     let answer = lifecycle.invoke(event).await;
@@ -518,7 +687,9 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     drop(lifecycle);
 
     // projector: a DynamoDB stream batch is a nudge to fold the log; the
-    // runner scale-up opened (failed mint: booting) is folded, nothing owed.
+    // runner whose mint GitHub answered 500 is booting, nothing owed; the one
+    // whose mint GitHub refused is owed its termination: published to
+    // EventBridge.
     let mut projector = Function::start("projector", env).await;
     let stream_batch = json!({
         "Records": [{
@@ -534,7 +705,7 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     });
     let answer = projector.invoke(stream_batch).await;
     assert!(
-        matches!(&answer, Answer::Response(r) if r["published"] == 0),
+        matches!(&answer, Answer::Response(r) if r["published"] == 1),
         "{answer:?}"
     );
     drop(projector);
@@ -543,7 +714,6 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     // wrapped in its envelope; for the launched runner it terminates the
     // instance on moto.
     let compensation_queue = deployment.queue(&names.compensation_queue()).await;
-    let store = jitr_aws::DynamoEventStore::new(&deployment.config, names.events_table());
     let stream = jitr_domain::StreamId::parse("acme/widgets#1#1").unwrap();
     let state = jitr_infra::EventStore::head(&store, &stream)
         .await
@@ -639,53 +809,108 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
         );
     }
 
-    // Every AWS operation each function called (recorded by the SDK clients'
-    // interceptor) is one its role in the deployment template allows.
+    // Every AWS request each function made (recorded by the SDK clients'
+    // interceptor), as AWS authorises it, is allowed by its role in the
+    // deployment template (ADR-0018).
+    let mut facts = deployment.facts.clone();
+    let mut requests = Vec::new();
     for handler in [
         "webhook",
         "scaleup",
         "lifecycle",
+        "projector",
         "compensate",
         "ec2-events",
-        "projector",
         "reaper",
         "rebalancer",
     ] {
         let recorded = std::fs::read_to_string(calls_file(handler))
             .unwrap_or_else(|e| panic!("{handler} recorded no AWS call: {e}"));
         let _ = std::fs::remove_file(calls_file(handler));
-        let role = template::role_of(handler);
-        let allowed = template::role_actions(&role);
-        for call in recorded.lines().collect::<std::collections::BTreeSet<_>>() {
-            for action in iam_actions(call) {
-                assert!(
-                    allowed.contains(&action),
-                    "{handler} called {call}, but {role} does not allow {action}"
-                );
-            }
-        }
+        let calls = iam::Call::read_all(&recorded);
+        facts
+            .instance_tags
+            .extend(instance_tags(&deployment.config, &calls).await);
+        requests.extend(iam::requests_of(
+            &template::role_of(handler),
+            &calls,
+            &mut facts,
+        ));
     }
+    let covered: std::collections::BTreeSet<&str> =
+        requests.iter().map(|r| r.action.as_str()).collect();
+    for action in [
+        "ssm:PutParameter",
+        "ssm:AddTagsToResource",
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "ec2:RunInstances",
+        "iam:PassRole",
+        "ec2:TerminateInstances",
+        "events:PutEvents",
+        "dynamodb:UpdateItem",
+    ] {
+        assert!(
+            covered.contains(action),
+            "the run made no {action} request: {covered:?}"
+        );
+    }
+    fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+        v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    let verdicts = iam::evaluate(
+        &pairs(&deployment.stack),
+        &pairs(&deployment.attributes),
+        &requests,
+    );
+    iam::assert_all_allowed(&verdicts);
+    let roles: std::collections::BTreeSet<&str> =
+        requests.iter().map(|r| r.role.as_str()).collect();
+    eprintln!(
+        "IAM: {} requests ({} distinct actions) of {} roles, all allowed as AWS evaluates them",
+        requests.len(),
+        covered.len(),
+        roles.len()
+    );
 }
 
-/// The IAM actions that authorise a recorded `Service:Operation` (a
-/// transaction is authorised item by item).
-fn iam_actions(call: &str) -> Vec<String> {
-    let (service, operation) = call.split_once(':').expect("Service:Operation");
-    let prefix = match service {
-        "DynamoDB" => "dynamodb",
-        "DynamoDB Streams" => "dynamodb",
-        "EC2" => "ec2",
-        "SQS" => "sqs",
-        "SSM" => "ssm",
-        "EventBridge" => "events",
-        "CloudWatch" => "cloudwatch",
-        other => panic!("an AWS service the template does not know: {other}"),
-    };
-    match operation {
-        "TransactWriteItems" => ["PutItem", "UpdateItem", "ConditionCheckItem", "DeleteItem"]
-            .iter()
-            .map(|op| format!("dynamodb:{op}"))
-            .collect(),
-        op => vec![format!("{prefix}:{op}")],
+/// The tags of every instance `calls` act on, as EC2 keeps them.
+async fn instance_tags(
+    config: &jitr_aws::SdkConfig,
+    calls: &[iam::Call],
+) -> std::collections::HashMap<String, std::collections::BTreeMap<String, String>> {
+    let ids: std::collections::BTreeSet<String> = calls
+        .iter()
+        .filter(|c| c.service == "EC2" && !c.operation.starts_with("Describe"))
+        .flat_map(|c| {
+            c.body
+                .as_deref()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| p.starts_with("InstanceId.") || p.starts_with("ResourceId."))
+                .filter_map(|p| p.split_once('=').map(|(_, v)| v.to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if ids.is_empty() {
+        return Default::default();
     }
+    let out = aws_sdk_ec2::Client::new(config)
+        .describe_instances()
+        .set_instance_ids(Some(ids.into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            let tags = i
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                .collect();
+            (i.instance_id().unwrap_or_default().to_owned(), tags)
+        })
+        .collect()
 }

@@ -7,9 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitr_handlers::app::bootstrap::Bootstrap;
+
+#[path = "../../handlers/tests/support/iam.rs"]
+mod iam;
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -114,6 +118,24 @@ async fn boot(
     config_after: Option<(Duration, String)>,
     wait_secs: u32,
 ) -> Run {
+    boot_via(
+        &jitr_e2e::aws::endpoint(),
+        prefix,
+        runner_exit,
+        config_after,
+        wait_secs,
+    )
+    .await
+}
+
+/// The same, the AWS CLI reaching AWS at `endpoint`.
+async fn boot_via(
+    endpoint: &str,
+    prefix: &str,
+    runner_exit: i32,
+    config_after: Option<(Duration, String)>,
+    wait_secs: u32,
+) -> Run {
     let imds = metadata_service().await;
     let dir = tempfile::tempdir().unwrap();
     let (records, runner, bin) = stand_ins(dir.path(), runner_exit);
@@ -149,7 +171,7 @@ async fn boot(
         .env("JITR_POWEROFF", bin.join("poweroff"))
         .env("JITR_CONFIG_POLL_SECS", "1")
         .env("JITR_CONFIG_WAIT_SECS", wait_secs.to_string())
-        .env("AWS_ENDPOINT_URL", jitr_e2e::aws::endpoint())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing");
     let out = tokio::time::timeout(Duration::from_secs(90), command.output())
@@ -354,4 +376,136 @@ fn the_instance_policy_allows_only_what_the_bootstrap_calls_on_its_own_parameter
     );
     assert!(role.contains("kms:ViaService: !Sub ssm.${AWS::Region}.amazonaws.com"));
     assert!(template.contains("JITR_SSM_PREFIX: !Sub /${Prefix}/runners"));
+}
+
+/// A proxy in front of moto that records each AWS JSON-protocol request the
+/// CLI makes (`X-Amz-Target`) as the SDK clients' recorder does.
+async fn recording_proxy(target: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let recorded = calls.clone();
+    let client = reqwest::Client::new();
+    let forward = move |request: axum::extract::Request| {
+        let (client, target, recorded) = (client.clone(), target.clone(), recorded.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let amz_target = parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some((service, operation)) = amz_target.split_once('.') {
+                let service = match service {
+                    "AmazonSSM" => "SSM",
+                    other => other,
+                };
+                recorded.lock().unwrap().push(
+                    serde_json::json!({
+                        "service": service,
+                        "operation": operation,
+                        "uri": parts.uri.to_string(),
+                        "body": String::from_utf8_lossy(&body),
+                    })
+                    .to_string(),
+                );
+            }
+            let mut forwarded =
+                client.request(parts.method.clone(), format!("{target}{}", parts.uri));
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "content-length" {
+                    forwarded = forwarded.header(name, value);
+                }
+            }
+            let answer = forwarded.body(body).send().await.unwrap();
+            let status = answer.status();
+            let content_type = answer.headers().get("content-type").cloned();
+            let bytes = answer.bytes().await.unwrap();
+            let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
+            *response.status_mut() = status;
+            if let Some(ct) = content_type {
+                response.headers_mut().insert("content-type", ct);
+            }
+            response
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, calls)
+}
+
+/// The template's runner role, as AWS evaluates it (`@cloud-copilot/iam-simulate`,
+/// `handlers/tests/support/iam.rs`), on what the bootstrap really called: its
+/// own JIT config — written and tagged by the SSM adapter as scale-up writes
+/// it — read and deleted, allowed; the same calls from another instance,
+/// denied.
+#[tokio::test]
+async fn the_runner_role_lets_the_bootstrap_read_and_delete_its_own_config_only() {
+    require_root();
+    let stack_prefix = jitr_e2e::aws::unique("runner-iam");
+    let ssm_prefix = format!("/{stack_prefix}/runners");
+    let config = jitr_e2e::aws::config().await;
+    let secrets = jitr_aws::SsmSecrets::new(&config, ssm_prefix.clone());
+    let name = jitr_infra::RunnerSecrets::put_jit_config(
+        &secrets,
+        &jitr_domain::InstanceId(INSTANCE.into()),
+        &jitr_infra::JitConfig::new("c2VjcmV0"),
+    )
+    .await
+    .unwrap();
+    let tags = aws_sdk_ssm::Client::new(&config)
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+        .unwrap()
+        .tag_list
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.value))
+        .collect();
+    let (proxy, calls) = recording_proxy(jitr_e2e::aws::endpoint()).await;
+    let run = boot_via(&proxy, &ssm_prefix, 0, None, 30).await;
+    assert_eq!(run.status, Some(0), "{}", run.log);
+    assert!(!parameter_exists(&name).await, "the script deletes it");
+    let recorded = calls.lock().unwrap().join("\n");
+    let calls = iam::Call::read_all(&recorded);
+    let operations: Vec<&str> = calls.iter().map(|c| c.operation.as_str()).collect();
+    assert_eq!(
+        operations,
+        ["GetParameter", "DeleteParameter"],
+        "{recorded}"
+    );
+
+    let facts_from = |caller: &str| iam::Facts {
+        parameters: [(
+            name.clone(),
+            iam::Parameter {
+                key: Some("alias/aws/ssm".into()),
+                tags: std::collections::BTreeMap::clone(&tags),
+            },
+        )]
+        .into(),
+        source_instance: Some(format!(
+            "arn:aws:ec2:us-east-1:123456789012:instance/{caller}"
+        )),
+        ..Default::default()
+    };
+    let stack = [("Prefix", stack_prefix.as_str())];
+    let own = iam::requests_of("RunnerRole", &calls, &mut facts_from(INSTANCE));
+    let verdicts = iam::evaluate(&stack, &[], &own);
+    iam::assert_all_allowed(&verdicts);
+    let others = iam::requests_of("RunnerRole", &calls, &mut facts_from("i-0ffffffffffffffff"));
+    let verdicts = iam::evaluate(&stack, &[], &others);
+    let ssm: Vec<&iam::Verdict> = verdicts
+        .iter()
+        .filter(|v| v.request.action.starts_with("ssm:"))
+        .collect();
+    assert_eq!(ssm.len(), 2);
+    for verdict in ssm {
+        assert!(!verdict.allowed(), "another instance: {verdict}");
+    }
 }

@@ -1,8 +1,10 @@
 //! Every AWS SDK client of the adapters is built here, so that a process can
-//! record the API operations it calls: with `JITR_RECORD_AWS_CALLS` naming a
-//! file, each call appends `Service:Operation` to it (tests compare what each
-//! Lambda handler calls with what its IAM role in the deployment template
-//! allows). Without the variable nothing is recorded.
+//! record the API requests it makes: with `JITR_RECORD_AWS_CALLS` naming a
+//! file, each call appends one JSON line to it — the service, the operation
+//! and the serialized request (its path and query, and its body with any
+//! parameter value redacted) — from which tests derive the IAM requests AWS
+//! evaluates against each Lambda handler's role in the deployment template.
+//! Without the variable nothing is recorded.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use aws_config::SdkConfig;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -18,7 +20,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// The variable naming the file calls are recorded in.
 pub const RECORD_CALLS: &str = "JITR_RECORD_AWS_CALLS";
 
-/// Appends each call's `Service:Operation` to a file.
+/// Appends each call, as a JSON line, to a file.
 #[derive(Debug, Clone)]
 pub struct CallRecorder {
     path: PathBuf,
@@ -38,21 +40,45 @@ impl Intercept for CallRecorder {
         "jitr-call-recorder"
     }
 
-    // Once per call (not per retry), when the operation's metadata is known.
-    fn read_before_serialization(
+    // Once per call (not per retry), once the request is serialized.
+    fn read_after_serialization(
         &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(call) = cfg.load::<Metadata>() {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            writeln!(file, "{}:{}", call.service(), call.name())?;
-        }
+        let Some(call) = cfg.load::<Metadata>() else {
+            return Ok(());
+        };
+        let request = context.request();
+        let body = request
+            .body()
+            .bytes()
+            .map(|b| redacted(&String::from_utf8_lossy(b)));
+        let line = serde_json::json!({
+            "service": call.service(),
+            "operation": call.name(),
+            "uri": request.uri(),
+            "body": body,
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(file, "{line}")?;
         Ok(())
+    }
+}
+
+/// A JSON body with its `Value` (an SSM parameter's, such as a JIT config)
+/// replaced: a recording never holds a secret.
+fn redacted(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut fields)) if fields.contains_key("Value") => {
+            fields.insert("Value".into(), "(redacted)".into());
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => body.to_owned(),
     }
 }
 
@@ -114,3 +140,21 @@ client!(
     iam,
     aws_sdk_iam
 );
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_recorded_parameter_value_is_redacted() {
+        let body =
+            r#"{"Name":"/jitr/runners/a/jit-config","Value":"c2VjcmV0","Type":"SecureString"}"#;
+        let recorded = redacted(body);
+        assert!(!recorded.contains("c2VjcmV0"), "{recorded}");
+        assert!(
+            recorded.contains("/jitr/runners/a/jit-config"),
+            "{recorded}"
+        );
+        assert_eq!(redacted("Action=RunInstances"), "Action=RunInstances");
+    }
+}
