@@ -50,6 +50,16 @@ if ! id -u "$JITR_RUNNER_USER" >/dev/null 2>&1; then
   useradd --create-home --shell /bin/bash "$JITR_RUNNER_USER" || { log "cannot create user $JITR_RUNNER_USER"; exit 1; }
   log "created user $JITR_RUNNER_USER"
 fi
+# `container:` jobs and docker steps need the docker group, where the image has it.
+if getent group docker >/dev/null 2>&1 && ! id -nG "$JITR_RUNNER_USER" | tr ' ' '\n' | grep -qx docker; then
+  usermod -aG docker "$JITR_RUNNER_USER" && log "added $JITR_RUNNER_USER to the docker group"
+fi
+if [ "${JITR_RUNNER_SUDO:-}" = 1 ]; then
+  sudoers="${JITR_SUDOERS_DIR:-/etc/sudoers.d}/90-jitr-runner"
+  echo "$JITR_RUNNER_USER ALL=(ALL) NOPASSWD:ALL" > "$sudoers" && chmod 0440 "$sudoers" \
+    && log "passwordless sudo for $JITR_RUNNER_USER (the pool's runner_sudo)" \
+    || { log "cannot grant sudo in $sudoers"; exit 1; }
+fi
 
 if [ -n "$JITR_RUNNER_URL" ]; then
   log "downloading the runner from $JITR_RUNNER_URL"

@@ -244,3 +244,66 @@ fn the_promise_and_every_function_are_alarmed() {
         "docs/deploy.md counts the template's {count} alarms"
     );
 }
+
+/// The runner image recipe (`infra/image/template.yaml`) builds with exactly
+/// the install script CI runs in a Debian chroot (`infra/image/check.sh`).
+#[test]
+fn the_image_recipe_embeds_the_install_script_ci_runs() {
+    let template = include_str!("../../infra/image/template.yaml");
+    let script = include_str!("../../infra/image/install-runner.sh");
+    let marker = "                    - |\n";
+    let start = template.find(marker).expect("the component's command") + marker.len();
+    let end = start
+        + template[start..]
+            .find("\n  RunnerRecipe:")
+            .expect("the recipe after the component");
+    let embedded: String = template[start..end]
+        .lines()
+        .map(|l| l.strip_prefix(&" ".repeat(22)).unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        embedded.trim_end(),
+        script.trim_end(),
+        "infra/image/template.yaml embeds another script than infra/image/install-runner.sh"
+    );
+    assert!(script.contains("RUNNER_SHA256_X64=") && script.contains("RUNNER_SHA256_ARM64="));
+    assert!(template.contains("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/"));
+}
+
+/// Every resource of a type CloudFormation tags carries the deployment's tag
+/// (the stack's own tags, `cloudformation deploy --tags`, come on top).
+#[test]
+fn every_taggable_resource_is_tagged_with_the_deployment() {
+    const TAGGABLE: [&str; 10] = [
+        "AWS::CloudWatch::Alarm",
+        "AWS::DynamoDB::Table",
+        "AWS::EC2::SecurityGroup",
+        "AWS::Events::EventBus",
+        "AWS::IAM::Role",
+        "AWS::Lambda::Function",
+        "AWS::Lambda::EventSourceMapping",
+        "AWS::Logs::LogGroup",
+        "AWS::SNS::Topic",
+        "AWS::SQS::Queue",
+    ];
+    let lines: Vec<&str> = template::TEMPLATE.lines().collect();
+    let mut tagged = 0;
+    for pair in lines.windows(2) {
+        let (header, kind) = (pair[0], pair[1].trim());
+        let Some(kind) = kind.strip_prefix("Type: ") else {
+            continue;
+        };
+        if !header.starts_with("  ") || header.starts_with("   ") || !TAGGABLE.contains(&kind) {
+            continue;
+        }
+        let id = header.trim().trim_end_matches(':');
+        let block = template::resource(id);
+        assert!(
+            block.contains(r#"Tags: [{ Key: "jitr:deployment", Value: !Ref Prefix }]"#),
+            "{id} ({kind}) has no jitr:deployment tag"
+        );
+        tagged += 1;
+    }
+    assert!(tagged >= 58, "{tagged} tagged resources");
+}

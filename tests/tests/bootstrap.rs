@@ -144,6 +144,7 @@ async fn boot_via(
         runner_dir: runner.display().to_string(),
         runner_user: RUNNER_USER.into(),
         runner_download: None,
+        runner_sudo: false,
     }
     .render();
     let script_file = dir.path().join("user-data.sh");

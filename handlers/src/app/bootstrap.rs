@@ -19,6 +19,10 @@ pub struct Bootstrap {
     /// Where to download the runner from when the image lacks it, and the
     /// archive's SHA-256 (both or neither).
     pub runner_download: Option<(String, String)>,
+    /// Whether the runner user may `sudo` without a password (a pool's
+    /// `runner_sudo`; off by default).
+    #[serde(default)]
+    pub runner_sudo: bool,
 }
 
 impl Default for Bootstrap {
@@ -30,6 +34,7 @@ impl Default for Bootstrap {
             runner_dir: "/opt/actions-runner".into(),
             runner_user: "runner".into(),
             runner_download: None,
+            runner_sudo: false,
         }
     }
 }
@@ -51,6 +56,7 @@ impl Bootstrap {
                 .runner_download
                 .clone()
                 .or_else(|| self.runner_download.clone()),
+            runner_sudo: pool.runner_sudo || self.runner_sudo,
             ..self.clone()
         }
     }
@@ -67,6 +73,7 @@ impl Bootstrap {
             ("JITR_RUNNER_USER", self.runner_user.as_str()),
             ("JITR_RUNNER_URL", url),
             ("JITR_RUNNER_SHA256", sha),
+            ("JITR_RUNNER_SUDO", if self.runner_sudo { "1" } else { "" }),
         ];
         let mut script = String::from("#!/bin/bash\n# Rendered by jitr: the runner bootstrap.\n");
         for (name, value) in settings {
@@ -91,6 +98,23 @@ mod tests {
         assert!(script.contains("JITR_RUNNER_DIR='/opt/arm-runner'\n"));
         let plain = Bootstrap::default().for_pool(&crate::app::policy::Pool::default_pool());
         assert_eq!(plain, Bootstrap::default());
+        assert!(plain.render().contains("JITR_RUNNER_SUDO=''\n"));
+    }
+
+    #[test]
+    fn passwordless_sudo_only_where_a_pool_asks() {
+        let pool = crate::app::policy::Pool {
+            runner_sudo: true,
+            ..crate::app::policy::Pool::default_pool()
+        };
+        let script = Bootstrap::default().for_pool(&pool).render();
+        assert!(script.contains("JITR_RUNNER_SUDO='1'\n"));
+        assert!(script.contains("NOPASSWD:ALL"));
+        assert!(
+            !Bootstrap::default()
+                .render()
+                .contains("JITR_RUNNER_SUDO='1'")
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Pool {
     /// Where its instances download the runner, and the archive's SHA-256
     /// (none: the deployment's setting).
     pub runner_download: Option<(String, String)>,
+    /// Whether its runner user may `sudo` without a password (default: no).
+    pub runner_sudo: bool,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
 }
@@ -83,6 +85,7 @@ impl Pool {
             max_vcpus: None,
             runner_dir: None,
             runner_download: None,
+            runner_sudo: false,
             launch: jitr_infra::LaunchSettings::default(),
         }
     }

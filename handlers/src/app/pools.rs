@@ -78,6 +78,7 @@ struct Defaults {
     runner_dir: Option<String>,
     runner_url: Option<String>,
     runner_sha256: Option<String>,
+    runner_sudo: Option<bool>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -105,6 +106,7 @@ struct PoolEntry {
     runner_dir: Option<String>,
     runner_url: Option<String>,
     runner_sha256: Option<String>,
+    runner_sudo: Option<bool>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -313,6 +315,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 .clone()
                 .or_else(|| defaults.runner_dir.clone()),
             runner_download,
+            runner_sudo: entry.runner_sudo.or(defaults.runner_sudo).unwrap_or(false),
             launch: LaunchSettings {
                 instance_profile: entry
                     .instance_profile
@@ -432,6 +435,21 @@ mod tests {
         assert!(e.message.contains("needs runner_sha256"), "{e}");
         let e = error(&format!("{POOL}scope = \"enterprise\"\n"));
         assert!(e.message.contains("unknown variant `enterprise`"), "{e}");
+    }
+
+    #[test]
+    fn sudo_is_granted_only_where_a_pool_or_the_defaults_say() {
+        let plain = parse(POOL).unwrap();
+        assert!(!plain.pools[0].runner_sudo);
+        let asked = parse(&format!("{POOL}runner_sudo = true\n")).unwrap();
+        assert!(asked.pools[0].runner_sudo);
+        let by_default = parse(&format!("[defaults]\nrunner_sudo = true\n\n{POOL}")).unwrap();
+        assert!(by_default.pools[0].runner_sudo);
+        let refused = parse(&format!(
+            "[defaults]\nrunner_sudo = true\n\n{POOL}runner_sudo = false\n"
+        ))
+        .unwrap();
+        assert!(!refused.pools[0].runner_sudo);
     }
 
     #[test]

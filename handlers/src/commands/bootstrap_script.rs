@@ -25,7 +25,8 @@ pub struct Args {
     #[arg(long, env = "JITR_RUNNER_SHA256", requires = "runner_url")]
     runner_sha256: Option<String>,
     /// A pool file: with --pool, the script that pool's instances get (its
-    /// runner_dir, runner_url and runner_sha256 over the flags above).
+    /// runner_dir, runner_url, runner_sha256 and runner_sudo over the flags
+    /// above).
     #[arg(long, requires = "pool")]
     config: Option<std::path::PathBuf>,
     /// The pool (of --config) whose script to print.
@@ -40,6 +41,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         runner_dir: args.runner_dir,
         runner_user: args.runner_user,
         runner_download: args.runner_url.zip(args.runner_sha256),
+        runner_sudo: false,
     };
     if let (Some(file), Some(name)) = (&args.config, &args.pool) {
         let config = match super::config::load(file) {

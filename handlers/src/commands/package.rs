@@ -228,7 +228,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     );
     let out = args.out.display();
     println!(
-        "wrote {out}: bootstrap = {} ({} for {}, glibc symbols up to 2.{}), {:.1} MB zipped",
+        "wrote {out}: bootstrap = {} ({} for {}, glibc symbols up to 2.{}), {:.1} MB zipped, SHA-256 {digest}",
         binary.display(),
         machine_name(facts.machine),
         args.arch.as_str(),

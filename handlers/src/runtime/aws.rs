@@ -335,12 +335,48 @@ pub fn policy_from(
             pool.launch.root_volume_gib.get_or_insert(gib);
         }
     }
+    if let Some(t) = var("JITR_RUNNER_TAGS") {
+        let tags = runner_tags(&t)?;
+        for pool in &mut policy.pools {
+            for (key, value) in &tags {
+                pool.launch
+                    .tags
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
+        }
+    }
     if let Some(i) = var("JITR_INSTALLATION_ID") {
         policy.installation_id = i.parse().map_err(|_| {
             SetupError::Invalid("JITR_INSTALLATION_ID", format!("{i:?} is not a number"))
         })?;
     }
     Ok(policy)
+}
+
+/// The deployment's tags for every instance and volume jitr launches
+/// (`key=value,key=value`), under each pool's own.
+fn runner_tags(text: &str) -> Result<Vec<(String, String)>, SetupError> {
+    let invalid = |why: String| SetupError::Invalid("JITR_RUNNER_TAGS", why);
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{pair:?} is not key=value")))?;
+            let key = key.trim();
+            if key.is_empty() || key.len() > 128 || value.len() > 256 {
+                return Err(invalid(format!(
+                    "{pair:?}: EC2 tag keys are 1-128 characters, values up to 256"
+                )));
+            }
+            if key.starts_with("jitr:") || key == "managed-by" || key.starts_with("aws:") {
+                return Err(invalid(format!("{key:?} is jitr's or AWS's own tag")));
+            }
+            Ok((key.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// Wires the AWS deployment whose resources are named from `prefix`.
@@ -443,5 +479,33 @@ image = "ami-0123456789abcdef0"
         assert_eq!(launch(1).instance_profile.as_deref(), Some("stack-profile"));
         assert_eq!(launch(1).security_groups, ["sg-stack"]);
         assert_eq!(launch(1).metadata_hop_limit, 3);
+    }
+
+    #[test]
+    fn the_deployments_runner_tags_go_under_each_pools_own() {
+        let file = r#"
+[[pool]]
+name = "tagged"
+labels = ["linux", "x64"]
+instance_types = ["c5.xlarge"]
+vcpus = 4
+image = "ami-0123456789abcdef0"
+tags = { team = "payments" }
+"#;
+        let env = |tags: &'static str| {
+            move |name: &'static str| (name == "JITR_RUNNER_TAGS").then(|| tags.to_owned())
+        };
+        let policy = policy_from(
+            Some(("pools.toml".into(), file.into())),
+            env("team=platform, cost-centre=ci-42"),
+        )
+        .unwrap();
+        let tags = &policy.pools[0].launch.tags;
+        assert_eq!(tags["team"], "payments", "the pool's own wins");
+        assert_eq!(tags["cost-centre"], "ci-42");
+        for bad in ["jitr:deployment=x", "no-equals", "=empty-key", "aws:x=y"] {
+            let e = policy_from(None, env(bad)).unwrap_err();
+            assert!(e.to_string().contains("JITR_RUNNER_TAGS"), "{bad}: {e}");
+        }
     }
 }
