@@ -200,6 +200,12 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
             .event_source_arn(arn)
             .batch_size(10)
             .function_response_types(FunctionResponseType::ReportBatchItemFailures)
+            // As the template bounds them.
+            .scaling_config(
+                aws_sdk_lambda::types::ScalingConfig::builder()
+                    .maximum_concurrency(if handler == "scaleup" { 10 } else { 5 })
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
@@ -328,6 +334,19 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
     );
     assert!(text.contains(&format!("5 alarms notify {topic}")), "{text}");
     assert!(
+        lines(&text, "image of pool default")[0].starts_with("ok")
+            && text.contains("ami-12c6146b, x86_64"),
+        "{text}"
+    );
+    // (Other tests' functions on the same moto may hold reservations.)
+    let concurrency = lines(&text, "Lambda concurrency")[0];
+    assert!(
+        concurrency.starts_with("ok")
+            && concurrency.contains("quota 1000 (")
+            && concurrency.contains("jitr may use 29 at once; reserved: none"),
+        "{text}"
+    );
+    assert!(
         text.contains(&format!(
             "{runner_arn} passable to EC2 by {scaleup_role} (pools default)"
         )),
@@ -369,10 +388,32 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         .unwrap();
     orphans_alarm(vec![]).await.unwrap();
     iam.delete_role().role_name(spot_role).send().await.unwrap();
+    let scaleup_now = jitr_aws::Deployment::new(&config)
+        .function(&names.function("scaleup"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut moved = Environment::builder();
+    for (k, v) in &scaleup_now.environment {
+        let v = if k == "JITR_IMAGE" {
+            "ami-0000000000000dead"
+        } else {
+            v
+        };
+        moved = moved.variables(k, v);
+    }
     lambda
         .update_function_configuration()
         .function_name(names.function("scaleup"))
         .timeout(60)
+        .environment(moved.build())
+        .send()
+        .await
+        .unwrap();
+    lambda
+        .put_function_concurrency()
+        .function_name(names.function("scaleup"))
+        .reserved_concurrent_executions(2)
         .send()
         .await
         .unwrap();
@@ -415,6 +456,14 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         &format!("queue {}", names.scaleup_queue()),
         &format!(
             "visibility timeout 330 s is under six times {}'s timeout (60 s)",
+            names.function("scaleup")
+        ),
+    );
+    warned("image of pool default", "InvalidAMIID.NotFound");
+    warned(
+        "Lambda concurrency",
+        &format!(
+            "{} reserves 2 but its queue's mapping invokes up to 10 at once",
             names.function("scaleup")
         ),
     );

@@ -481,6 +481,7 @@ async fn check_lambda_deployment(
         visibility,
     )
     .await;
+    check_concurrency(report, &deployment, names, &functions).await;
     if let Some(webhook) = functions.get("webhook") {
         check_alarm_wiring(report, config, names, &webhook.arn).await;
     }
@@ -491,6 +492,97 @@ async fn check_lambda_deployment(
             "runner role",
             "not checked: the scale-up function is missing",
         ),
+    }
+}
+
+/// Invocations jitr's functions may run at once besides the SQS mappings'
+/// bounds: the projector's stream shard, the reaper's and the rebalancer's
+/// schedules, and the webhook's deliveries (at least one).
+#[cfg(feature = "aws")]
+const UNMAPPED_CONCURRENCY: i32 = 4;
+
+/// Lambda's concurrency against what jitr's functions may use at once: the
+/// account's quota (a throttled SQS invocation returns its messages, which
+/// spends their receives), and each reservation against its mapping's bound.
+#[cfg(feature = "aws")]
+async fn check_concurrency(
+    report: &mut DoctorReport,
+    deployment: &jitr_aws::Deployment,
+    names: &jitr_aws::AwsNames,
+    functions: &std::collections::BTreeMap<&str, jitr_aws::Function>,
+) {
+    let check = "Lambda concurrency";
+    let account = match deployment.account_concurrency().await {
+        Ok(account) => account,
+        Err(e) => return report.push(Level::Warn, check, format!("not checked: {e}")),
+    };
+    let mut demand = UNMAPPED_CONCURRENCY;
+    let mut unbounded = Vec::new();
+    let mut reserved = Vec::new();
+    let mut problems = Vec::new();
+    for handler in functions.keys() {
+        let name = names.function(handler);
+        let bound = match queue_of(names, handler) {
+            None => None,
+            Some(_) => match deployment.mappings(&name).await {
+                Ok(mappings) => {
+                    let bound = mappings.iter().find_map(|m| m.maximum_concurrency);
+                    match bound {
+                        Some(b) => demand += b,
+                        None if !mappings.is_empty() => unbounded.push(name.clone()),
+                        None => {}
+                    }
+                    bound
+                }
+                Err(e) => return report.push(Level::Warn, check, format!("not checked: {e}")),
+            },
+        };
+        match deployment.reserved_concurrency(&name).await {
+            Ok(Some(r)) => {
+                reserved.push(format!("{name} {r}"));
+                if let Some(b) = bound.filter(|b| r < *b) {
+                    problems.push(format!(
+                        "{name} reserves {r} but its queue's mapping invokes up to {b} at once: \
+                         the rest are throttled and their messages come back, spending receives \
+                         (reserve at least {b}, or none)"
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return report.push(Level::Warn, check, format!("not checked: {e}")),
+        }
+    }
+    if account.limit < demand {
+        problems.push(format!(
+            "the account's quota is {} concurrent executions, and jitr's functions may use {demand} \
+             at once: throttled invocations return their messages, spending receives; ask for more \
+             (Service Quotas: AWS Lambda, Concurrent executions)",
+            account.limit
+        ));
+    }
+    if !unbounded.is_empty() {
+        problems.push(format!(
+            "{}: no MaximumConcurrency on the mapping, so a burst may take the account's whole quota",
+            unbounded.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        report.push(
+            Level::Ok,
+            check,
+            format!(
+                "quota {} ({} unreserved); jitr may use {demand} at once; reserved: {}",
+                account.limit,
+                account.unreserved,
+                if reserved.is_empty() {
+                    "none".to_owned()
+                } else {
+                    reserved.join(", ")
+                }
+            ),
+        );
+    } else {
+        report.push(Level::Warn, check, problems.join("; "));
     }
 }
 
@@ -738,6 +830,39 @@ async fn check_spot_role(
     }
 }
 
+/// Each pool's image exists (a parameter path resolved as the function
+/// resolves it) and is of the pool's architecture: otherwise each of its
+/// launches fails before RunInstances.
+#[cfg(feature = "aws")]
+async fn check_images(
+    report: &mut DoctorReport,
+    config: &jitr_aws::SdkConfig,
+    policy: &crate::app::policy::RunnerPolicy,
+) {
+    let ec2 = jitr_aws::Ec2Compute::new(config, Vec::new());
+    for pool in &policy.pools {
+        let check = format!("image of pool {}", pool.name);
+        let image = &pool.spec.image;
+        match ec2.check_image(image, pool.architecture).await {
+            Ok(ami) if ami == *image => report.push(
+                Level::Ok,
+                check,
+                format!("{ami}, {}", pool.architecture.as_str()),
+            ),
+            Ok(ami) => report.push(
+                Level::Ok,
+                check,
+                format!("{image} is {ami}, {}", pool.architecture.as_str()),
+            ),
+            Err(e) => report.push(
+                Level::Warn,
+                check,
+                format!("{e}: every launch of the pool fails (build one: docs/deploy.md, step 3)"),
+            ),
+        }
+    }
+}
+
 /// The profiles the scale-up function launches runners with exist, hold a role
 /// EC2 may assume, and the function's role may pass that role to EC2. The
 /// function's own configuration is read as it reads it at its cold start.
@@ -776,6 +901,7 @@ async fn check_runner_roles(
         }
     };
     check_spot_role(report, deployment, &policy).await;
+    check_images(report, config, &policy).await;
     let mut profiles: Vec<(String, Vec<String>)> = Vec::new();
     for pool in &policy.pools {
         match &pool.launch.instance_profile {

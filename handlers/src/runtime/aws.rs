@@ -213,7 +213,12 @@ pub fn policy_from(
         }
         policy.pools = config.pools;
         policy.quotas = config.quotas;
-        for pinned in ["JITR_IMAGE", "JITR_INSTANCE_TYPE", "JITR_VCPUS"] {
+        for pinned in [
+            "JITR_IMAGE",
+            "JITR_INSTANCE_TYPE",
+            "JITR_VCPUS",
+            "JITR_PUBLIC_IP",
+        ] {
             if var(pinned).is_some() {
                 return Err(SetupError::Invalid(
                     pinned,
@@ -226,6 +231,18 @@ pub fn policy_from(
     let default = &mut policy.pools[0];
     if let Some(image) = var("JITR_IMAGE") {
         default.spec.image = image;
+    }
+    if let Some(p) = var("JITR_PUBLIC_IP") {
+        default.launch.public_ip = match p.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(SetupError::Invalid(
+                    "JITR_PUBLIC_IP",
+                    format!("{other:?} is neither true nor false"),
+                ));
+            }
+        };
     }
     if let Some(t) = var("JITR_INSTANCE_TYPE") {
         default.spec.instance_type = t.clone();
@@ -482,7 +499,7 @@ image = "ami-0123456789abcdef0"
     }
 
     #[test]
-    fn the_deployments_runner_tags_go_under_each_pools_own() {
+    fn the_deployments_runner_tags_and_public_address_setting() {
         let file = r#"
 [[pool]]
 name = "tagged"
@@ -503,6 +520,24 @@ tags = { team = "payments" }
         let tags = &policy.pools[0].launch.tags;
         assert_eq!(tags["team"], "payments", "the pool's own wins");
         assert_eq!(tags["cost-centre"], "ci-42");
+        let public = |value: &'static str| {
+            move |name: &'static str| (name == "JITR_PUBLIC_IP").then(|| value.to_owned())
+        };
+        assert!(
+            policy_from(None, public("true")).unwrap().pools[0]
+                .launch
+                .public_ip
+        );
+        assert!(
+            !policy_from(None, public("false")).unwrap().pools[0]
+                .launch
+                .public_ip
+        );
+        assert!(policy_from(None, public("yes")).is_err());
+        assert!(
+            policy_from(Some(("pools.toml".into(), file.into())), public("true")).is_err(),
+            "a pool file says it per pool"
+        );
         for bad in ["jitr:deployment=x", "no-equals", "=empty-key", "aws:x=y"] {
             let e = policy_from(None, env(bad)).unwrap_err();
             assert!(e.to_string().contains("JITR_RUNNER_TAGS"), "{bad}: {e}");

@@ -69,6 +69,17 @@ pub struct Mapping {
     pub state: String,
     /// Whether the function may fail single messages of a batch.
     pub reports_batch_item_failures: bool,
+    /// The most concurrent invocations an SQS mapping makes (none: no bound).
+    pub maximum_concurrency: Option<i32>,
+}
+
+/// The account's Lambda concurrency in this region (GetAccountSettings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountConcurrency {
+    /// Concurrent executions the account may run at once (its quota).
+    pub limit: i32,
+    /// What no function has reserved.
+    pub unreserved: i32,
 }
 
 /// A function URL.
@@ -184,12 +195,42 @@ impl Deployment {
                 reports_batch_item_failures: m.function_response_types().iter().any(|t| {
                     *t == aws_sdk_lambda::types::FunctionResponseType::ReportBatchItemFailures
                 }),
+                maximum_concurrency: m.scaling_config().and_then(|c| c.maximum_concurrency()),
             }));
             marker = out.next_marker().map(str::to_owned);
             if marker.is_none() {
                 return Ok(mappings);
             }
         }
+    }
+
+    /// The concurrency function `name` reserves, if any.
+    pub async fn reserved_concurrency(&self, name: &str) -> Result<Option<i32>, DeploymentError> {
+        let out = self
+            .lambda
+            .get_function_concurrency()
+            .function_name(name)
+            .send()
+            .await
+            .map_err(|e| call_error("lambda:GetFunctionConcurrency", &e))?;
+        Ok(out.reserved_concurrent_executions())
+    }
+
+    /// The account's concurrency quota and what is left unreserved.
+    pub async fn account_concurrency(&self) -> Result<AccountConcurrency, DeploymentError> {
+        let out = self
+            .lambda
+            .get_account_settings()
+            .send()
+            .await
+            .map_err(|e| call_error("lambda:GetAccountSettings", &e))?;
+        let limit = out.account_limit();
+        Ok(AccountConcurrency {
+            limit: limit.map_or(0, |l| l.concurrent_executions()),
+            unreserved: limit
+                .and_then(|l| l.unreserved_concurrent_executions())
+                .unwrap_or(0),
+        })
     }
 
     /// Function `name`'s URL, if it has one.

@@ -221,6 +221,19 @@ impl Ec2Compute {
         Ok(facts)
     }
 
+    /// The AMI `image` stands for (an id, or an SSM parameter resolved now),
+    /// when EC2 has it and it is of architecture `wanted`: what every launch
+    /// checks first, asked ahead by `jitr doctor --aws` for each pool.
+    pub async fn check_image(
+        &self,
+        image: &str,
+        wanted: Architecture,
+    ) -> Result<String, LaunchFailure> {
+        let ami = self.image_id(image).await?;
+        self.check_architecture(&ami, wanted).await?;
+        Ok(ami)
+    }
+
     /// Refuses an image whose architecture is not the pool's: EC2 would launch
     /// it on a type of the image's architecture and the pool's jobs would run on
     /// the wrong CPU, or refuse every type of the pool's.
