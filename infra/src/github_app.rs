@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -80,6 +80,8 @@ pub struct GitHubApp {
     tokens: Arc<Mutex<HashMap<u64, CachedToken>>>,
     /// Rate limits are per installation (and one for the App's JWT: `None`).
     paused_until: Arc<Mutex<HashMap<Option<u64>, i64>>>,
+    /// Secondary rate limits met in a row, per installation.
+    strikes: Arc<Mutex<HashMap<Option<u64>, u32>>>,
     usage: Arc<Mutex<HashMap<u64, RequestUsage>>>,
     clock: Clock,
 }
@@ -123,6 +125,7 @@ impl GitHubApp {
             key,
             tokens: Arc::default(),
             paused_until: Arc::default(),
+            strikes: Arc::default(),
             usage: Arc::default(),
             clock: Arc::new(system_clock),
         })
@@ -175,6 +178,10 @@ impl GitHubApp {
             },
         );
         Ok(body.token)
+    }
+
+    fn lock_strikes(&self) -> std::sync::MutexGuard<'_, HashMap<Option<u64>, u32>> {
+        self.strikes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CachedToken>> {
@@ -255,36 +262,66 @@ impl GitHubApp {
                 }
             }
             if status.is_success() {
+                self.lock_strikes().remove(&installation);
                 return Ok(response);
-            }
-            let retry_after = header(&response, "retry-after");
-            let limited = status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::FORBIDDEN
-                    && (retry_after.is_some() || remaining == Some(0)));
-            if limited {
-                let wait = retry_after
-                    .or_else(|| reset.map(|r| r - (self.clock)()))
-                    .unwrap_or(60)
-                    .max(1) as u64;
-                let wait = Duration::from_secs(wait);
-                rate_limited += 1;
-                if wait > self.config.max_rate_limit_wait || rate_limited > 2 {
-                    return Err(GitHubError::RateLimited { retry_after: wait });
-                }
-                tracing::warn!(?wait, %url, "GitHub rate limit: waiting");
-                tokio::time::sleep(wait).await;
-                continue;
             }
             if status.is_server_error() && server_errors < 2 {
                 server_errors += 1;
                 tokio::time::sleep(Duration::from_millis(200 * server_errors)).await;
                 continue;
             }
+            let retry_after = header(&response, "retry-after");
             let text = response.text().await.unwrap_or_default();
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text.clone());
+            let now = (self.clock)();
+            // A limit that names no wait is a secondary one: the waits grow
+            // with each met in a row (reset by a success).
+            let named = retry_after.is_some() || remaining == Some(0);
+            let strikes = if named {
+                1
+            } else {
+                let mut strikes = self.lock_strikes();
+                let count = strikes.entry(installation).or_insert(0);
+                *count += 1;
+                *count
+            };
+            let wait = crate::ports::rate_limit_wait(
+                status.as_u16(),
+                retry_after,
+                remaining,
+                reset,
+                &message,
+                now,
+                strikes,
+            );
+            if let Some(wait) = wait {
+                rate_limited += 1;
+                let allowed = crate::deadline::allowed_wait(self.config.max_rate_limit_wait);
+                if wait > allowed || rate_limited > 2 {
+                    // Every request of the installation waits it out.
+                    self.paused_until
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(installation)
+                        .and_modify(|until| *until = (*until).max(now + wait.as_secs() as i64))
+                        .or_insert(now + wait.as_secs() as i64);
+                    tracing::warn!(?wait, %url, %message, "GitHub rate limit: handed back");
+                    return Err(GitHubError::RateLimited { retry_after: wait });
+                }
+                tracing::warn!(?wait, %url, %message, "GitHub rate limit: waiting");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if !named {
+                // Not a rate limit after all: no strike.
+                let mut strikes = self.lock_strikes();
+                if let Some(count) = strikes.get_mut(&installation) {
+                    *count = count.saturating_sub(1);
+                }
+            }
             let what = format!("{method} {path_or_url}: {message}");
             return Err(GitHubError::from_status(status.as_u16(), what, text));
         }
@@ -328,7 +365,7 @@ impl GitHubApp {
         let now = (self.clock)();
         if until > now {
             let wait = Duration::from_secs((until - now) as u64);
-            if wait > self.config.max_rate_limit_wait {
+            if wait > crate::deadline::allowed_wait(self.config.max_rate_limit_wait) {
                 return Err(GitHubError::RateLimited { retry_after: wait });
             }
             tokio::time::sleep(wait).await;

@@ -1,13 +1,14 @@
 //! Fault injection around a real GitHub adapter: behaviours GitHub documents
 //! that the stand-in does not play on its own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerGroup, RunnerScope,
+    RunnerGroup, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE, rate_limit_wait,
 };
 
 /// One injectable GitHub fault (until cleared).
@@ -22,12 +23,32 @@ pub enum GitHubFault {
     /// Runner deletions answer 502 (a GitHub server error: GitHub's REST
     /// documentation lists 5xx answers as retryable).
     DeletionsFail,
+    /// A JIT mint meets a secondary rate limit with probability 1/`one_in`
+    /// (drawn from `seed`): GitHub's documented 403 reply without
+    /// `retry-after` ("You have exceeded a secondary rate limit…"), read as the
+    /// REST adapter reads it.
+    SecondaryLimitedMints {
+        /// One mint in this many, on average.
+        one_in: u64,
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// SplitMix64: a draw from `x`, well spread for consecutive inputs.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A GitHub adapter with faults injected in front of it.
 pub struct FaultyGitHub {
     inner: Arc<dyn GitHub>,
     faults: Mutex<Vec<GitHubFault>>,
+    mints: AtomicU64,
+    limited: AtomicU64,
 }
 
 impl FaultyGitHub {
@@ -36,6 +57,8 @@ impl FaultyGitHub {
         FaultyGitHub {
             inner,
             faults: Mutex::default(),
+            mints: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
         }
     }
 
@@ -55,6 +78,11 @@ impl FaultyGitHub {
             .clear();
     }
 
+    /// Mints answered with a secondary rate limit so far.
+    pub fn limited_mints(&self) -> u64 {
+        self.limited.load(Ordering::SeqCst)
+    }
+
     fn has(&self, fault: GitHubFault) -> bool {
         self.faults
             .lock()
@@ -70,6 +98,27 @@ impl GitHub for FaultyGitHub {
         installation: u64,
         request: &JitRequest,
     ) -> Result<JitRunner, GitHubError> {
+        let one_in = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find_map(|f| match f {
+                GitHubFault::SecondaryLimitedMints { one_in, seed } => {
+                    Some(((*one_in).max(1), *seed))
+                }
+                _ => None,
+            });
+        if let Some((one_in, seed)) = one_in {
+            let n = self.mints.fetch_add(1, Ordering::SeqCst);
+            if splitmix(seed.wrapping_add(n)) % one_in == 0 {
+                self.limited.fetch_add(1, Ordering::SeqCst);
+                let retry_after =
+                    rate_limit_wait(403, None, None, None, SECONDARY_RATE_LIMIT_MESSAGE, 0, 1)
+                        .expect("GitHub's secondary limit reply is a rate limit");
+                return Err(GitHubError::RateLimited { retry_after });
+            }
+        }
         self.inner.generate_jit_config(installation, request).await
     }
 

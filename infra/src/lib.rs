@@ -12,12 +12,14 @@
 //! - [`emf_line`]: metrics as CloudWatch Embedded Metric Format lines.
 #![deny(missing_docs, unsafe_code)]
 
+pub mod deadline;
 pub mod ports;
 
 mod fault;
 #[cfg(feature = "github-app")]
 mod github_app;
 mod github_fault;
+mod github_pace;
 mod in_process_bus;
 mod local_queue;
 mod metrics;
@@ -29,6 +31,7 @@ pub use fault::{Fault, FaultyCompute};
 #[cfg(feature = "github-app")]
 pub use github_app::{API_VERSION, Clock, GITHUB_API, GitHubApp, GitHubAppConfig};
 pub use github_fault::{FaultyGitHub, GitHubFault};
+pub use github_pace::{CONTENT_PER_HOUR, CONTENT_PER_MINUTE, PaceStats, PacedGitHub};
 pub use in_process_bus::InProcessBus;
 pub use local_queue::LocalQueue;
 pub use metrics::{NAMESPACE, emf_line};

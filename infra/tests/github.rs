@@ -734,3 +734,97 @@ async fn runner_groups_are_listed_with_their_ids() {
     let names: Vec<(u64, &str)> = groups.iter().map(|g| (g.id, g.name.as_str())).collect();
     assert_eq!(names, [(1, "Default"), (7, "builders")]);
 }
+
+/// GitHub's reply to a burst of content-creating requests, as its REST
+/// documentation ("Rate limits for the REST API": secondary rate limits) shows
+/// it: 403, no `retry-after`, no exhausted primary limit.
+fn secondary_limit() -> ResponseTemplate {
+    ResponseTemplate::new(403).set_body_json(json!({
+        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+    }))
+}
+
+#[tokio::test]
+async fn a_secondary_rate_limit_without_retry_after_is_a_wait_that_grows() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_2nd", "2027-01-15T09:00:00Z", 1)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(secondary_limit())
+        .up_to_n_times(2)
+        .with_priority(1)
+        .expect(2)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(jit_created())
+        .with_priority(2)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let request = jit_request(repo(), 1);
+    let mint = || client.generate_jit_config(INSTALLATION, &request);
+    // GitHub: wait at least a minute, then exponentially longer.
+    match mint().await.unwrap_err() {
+        GitHubError::RateLimited { retry_after } => {
+            assert_eq!(retry_after, Duration::from_secs(60))
+        }
+        other => panic!("a secondary rate limit is not definitive: {other:?}"),
+    }
+    // Meanwhile the installation's requests wait without reaching GitHub.
+    assert!(matches!(
+        mint().await.unwrap_err(),
+        GitHubError::RateLimited { .. }
+    ));
+    world.clock.fetch_add(61, Ordering::SeqCst);
+    match mint().await.unwrap_err() {
+        GitHubError::RateLimited { retry_after } => {
+            assert_eq!(retry_after, Duration::from_secs(120))
+        }
+        other => panic!("{other:?}"),
+    }
+    world.clock.fetch_add(121, Ordering::SeqCst);
+    mint().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_never_waited_out_past_the_callers_deadline() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_dl", "2027-01-15T09:00:00Z", 1)
+        .await;
+    // A 429 without any header: GitHub documents it as a rate limit.
+    Mock::given(method("POST"))
+        .and(path(
+            "/repos/acme/widgets/actions/runners/generate-jitconfig",
+        ))
+        .respond_with(ResponseTemplate::new(429))
+        .mount(&world.server)
+        .await;
+    // The client may wait up to two minutes, but the Lambda invocation has 10 s.
+    let client = world.client_at(&world.server.uri(), Duration::from_secs(120));
+    let started = Instant::now();
+    let err = jitr_infra::deadline::within(
+        Instant::now() + Duration::from_secs(10),
+        client.generate_jit_config(INSTALLATION, &jit_request(repo(), 1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, GitHubError::RateLimited { retry_after } if retry_after >= Duration::from_secs(60)),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -412,3 +412,37 @@ async fn a_cancel_storm_kills_no_job_and_retires_the_spare_runners() {
     );
     assert_eq!(jobs.surplus_retired, report.surplus_runners_retired);
 }
+
+/// Issue 25: GitHub answers a third of the JIT mints with its secondary rate
+/// limit (the documented 403 without `retry-after`). A rate limit is a wait,
+/// never a failure: every job is served, no runner fails for it, and the
+/// content-creating requests stay within GitHub's documented budget (80 a
+/// minute, 500 an hour per installation).
+#[tokio::test]
+async fn a_burst_meeting_secondary_rate_limits_serves_every_job_within_githubs_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = jitr_handlers::commands::simulate::SimOptions {
+        github_secondary_one_in: Some(3),
+        ..Default::default()
+    };
+    let report =
+        jitr_handlers::commands::simulate::run_with(dir.path(), Scenario::Burst, 1, options)
+            .await
+            .unwrap();
+    assert_eq!(report.jobs_served, 500, "{report:?}");
+    let github = &report.github;
+    assert!(
+        github.secondary_limited_mints >= 150,
+        "a third of the mints met the limit: {github:?}"
+    );
+    assert_eq!(report.runners_failed_for_rate_limit, 0);
+    assert_eq!(report.scaleup_dead_letters, 0);
+    assert_eq!(report.jobs_killed_by_jitr, 0);
+    assert_eq!(report.orphan_vcpu_minutes, 0.0);
+    assert_eq!(report.premature_terminations, 0);
+    assert!(
+        github.max_per_minute <= jitr_infra::CONTENT_PER_MINUTE
+            && github.max_per_hour <= jitr_infra::CONTENT_PER_HOUR,
+        "{github:?}"
+    );
+}

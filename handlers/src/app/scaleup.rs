@@ -302,7 +302,9 @@ impl ScaleUp {
                         Ok(_) => {}
                         Err(e) if e.is_transient() => {
                             return Ok(Outcome::RetryAfter(
-                                Duration::from_secs(30),
+                                e.retry_after()
+                                    .unwrap_or_default()
+                                    .max(Duration::from_secs(30)),
                                 format!("{stream}: runner group not resolved yet ({e})"),
                             ));
                         }
@@ -840,9 +842,11 @@ impl ScaleUp {
         let jit = match minted {
             Ok(jit) => jit,
             Err(e) if e.is_transient() => {
-                // A rate limit, a 5xx, no answer: ask again later while the boot
-                // deadline allows; the runner is not failed for it.
-                let wait = Duration::from_millis(mint_backoff_ms(receives));
+                // A rate limit, a 5xx, no answer: ask again later (no sooner
+                // than GitHub asked) while the boot deadline allows; the runner
+                // is not failed for it.
+                let wait = Duration::from_millis(mint_backoff_ms(receives))
+                    .max(e.retry_after().unwrap_or_default());
                 let deadline = boot_deadline(&state);
                 if deadline.is_some_and(|d| now.plus_ms(wait.as_millis() as u64) < d) {
                     tracing::warn!(%stream, error = %e, ?wait, "JIT mint failed transiently: retrying");

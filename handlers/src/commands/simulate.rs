@@ -206,6 +206,24 @@ pub struct SimulationReport {
     /// Jobs whose runner's instance EC2 reclaimed while the job ran on it (GitHub
     /// fails such a job; no runner can save it).
     pub jobs_cut: u64,
+    /// Runners failed for a GitHub rate limit. Must be 0: a rate limit is a wait.
+    pub runners_failed_for_rate_limit: u64,
+    /// GitHub's content-creating requests (mints, removals) as paced per
+    /// installation, and the secondary rate limits met.
+    pub github: GitHubPacing,
+}
+
+/// What the run asked of GitHub's content-creating limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GitHubPacing {
+    /// Mints GitHub answered with a secondary rate limit (injected).
+    pub secondary_limited_mints: u64,
+    /// Requests the pacer deferred to stay under GitHub's windows.
+    pub deferred: u64,
+    /// Most content-creating requests sent in one minute (GitHub allows 80).
+    pub max_per_minute: usize,
+    /// Most sent in one hour (GitHub allows 500).
+    pub max_per_hour: usize,
 }
 
 /// How a run is set up besides its scenario and seed.
@@ -230,6 +248,9 @@ pub struct SimOptions {
     pub type_capacity: BTreeMap<String, u32>,
     /// How long after it happens EC2's event reaches jitr.
     pub event_delay_ms: u64,
+    /// One JIT mint in this many, drawn at random, meets GitHub's secondary
+    /// rate limit (a 403 without `retry-after`).
+    pub github_secondary_one_in: Option<u64>,
 }
 
 impl Default for SimOptions {
@@ -243,6 +264,7 @@ impl Default for SimOptions {
             pools: None,
             type_capacity: BTreeMap::new(),
             event_delay_ms: 0,
+            github_secondary_one_in: None,
         }
     }
 }
@@ -309,6 +331,7 @@ pub async fn run_with(
         pools,
         type_capacity,
         event_delay_ms,
+        github_secondary_one_in,
     } = options;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
@@ -362,6 +385,21 @@ pub async fn run_with(
     if matches!(scenario, Scenario::SeedIncident | Scenario::CloudChaos) {
         github.fail_mints_at_rate(0.25, seed);
     }
+    // GitHub as the App sees it: the stand-in, with the secondary rate limits
+    // asked for, behind the pacing every deployment has.
+    let limited = github_secondary_one_in.map(|one_in| {
+        let faulty = Arc::new(jitr_infra::FaultyGitHub::new(Arc::new(github.clone())));
+        faulty.inject(jitr_infra::GitHubFault::SecondaryLimitedMints { one_in, seed });
+        faulty
+    });
+    let paced = Arc::new(jitr_infra::PacedGitHub::new(
+        match &limited {
+            Some(faulty) => faulty.clone(),
+            None => Arc::new(github.clone()),
+        },
+        clock.clock(),
+    ));
+    ports.github = paced.clone();
     if !job_polls {
         let blind = jitr_infra::FaultyGitHub::new(ports.github.clone());
         blind.inject(jitr_infra::GitHubFault::JobsUnknown);
@@ -806,6 +844,7 @@ pub async fn run_with(
     };
     let mut freed_at: Vec<Timestamp> = Vec::new();
     let mut runners_failed = 0u64;
+    let mut failed_for_rate_limit = 0u64;
     let mut surplus_retired = 0u64;
     let mut idle_since: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
     let mut idle_until: BTreeMap<StreamId, Timestamp> = BTreeMap::new();
@@ -862,8 +901,9 @@ pub async fn run_with(
                     instance_id: Some(_),
                     ..
                 } => freed_at.push(*at),
-                RunnerEvent::Failed { stage, .. } => {
+                RunnerEvent::Failed { stage, reason, .. } => {
                     runners_failed += 1;
+                    failed_for_rate_limit += u64::from(reason.contains("rate limit"));
                     surplus_retired += u64::from(*stage == jitr_domain::FailureStage::Surplus);
                 }
                 _ => {}
@@ -1085,6 +1125,16 @@ pub async fn run_with(
         spot_interruptions_by_pool_type: interruptions_by_pool_type,
         relaunch_after_interruption_ms: Distribution::of(relaunched),
         jobs_cut: jobs.iter().filter(|j| j.cut && !j.killed).count() as u64,
+        runners_failed_for_rate_limit: failed_for_rate_limit,
+        github: {
+            let stats = paced.stats();
+            GitHubPacing {
+                secondary_limited_mints: limited.as_ref().map_or(0, |f| f.limited_mints()),
+                deferred: stats.deferred,
+                max_per_minute: stats.max_per_minute,
+                max_per_hour: stats.max_per_hour,
+            }
+        },
     })
 }
 
@@ -1327,6 +1377,7 @@ pub fn render(r: &SimulationReport) -> String {
          quota in use (waiting) {}\n\
          freed → next launch    {} frees, p50 {} ms, p99 {} ms, max {} ms (from Terminated); {} frees, p50 {} ms, p99 {} ms, max {} ms (from EC2's terminated)\n\
          spot interruptions     {}; jobs cut {}; warned → relaunched p50 {} ms, p99 {} ms, max {} ms ({} relaunches)\n\
+         GitHub content         {} secondary rate limits met, {} deferred; most {}/min (80 allowed), {}/h (500 allowed); runners failed for a rate limit {}\n\
          simulated time         {} s\n",
         r.scenario.name(),
         r.seed,
@@ -1429,6 +1480,11 @@ pub fn render(r: &SimulationReport) -> String {
         r.relaunch_after_interruption_ms.p99,
         r.relaunch_after_interruption_ms.max,
         r.relaunch_after_interruption_ms.count,
+        r.github.secondary_limited_mints,
+        r.github.deferred,
+        r.github.max_per_minute,
+        r.github.max_per_hour,
+        r.runners_failed_for_rate_limit,
         r.simulated_ms / 1000,
     )
 }
@@ -1469,6 +1525,10 @@ pub struct Args {
     /// reaches jitr (EventBridge delivers within seconds).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     event_delay: Duration,
+    /// One JIT mint in N (drawn from the seed) meets GitHub's secondary rate
+    /// limit (its documented 403 without `retry-after`).
+    #[arg(long, value_name = "N")]
+    github_secondary_limits: Option<u64>,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -1512,6 +1572,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         },
         type_capacity: args.type_capacity.iter().cloned().collect(),
         event_delay_ms: args.event_delay.as_millis() as u64,
+        github_secondary_one_in: args.github_secondary_limits,
     };
     let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {

@@ -127,7 +127,10 @@ async fn github_from_env(sdk: &jitr_aws::SdkConfig) -> Result<Arc<dyn GitHub>, S
         max_rate_limit_wait: Duration::from_secs(60),
     })
     .map_err(|e| SetupError::Invalid("JITR_GITHUB_PRIVATE_KEY", e.to_string()))?;
-    Ok(Arc::new(app))
+    Ok(Arc::new(jitr_infra::PacedGitHub::new(
+        Arc::new(app),
+        jitr_infra::system_clock(),
+    )))
 }
 
 /// The runner bootstrap from the environment: `JITR_RUNNER_DIR`,

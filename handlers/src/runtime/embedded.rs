@@ -69,7 +69,10 @@ impl Embedded {
         let ports = Ports {
             store: store.clone(),
             compute: Arc::new(cloud.clone()),
-            github: Arc::new(github.clone()),
+            github: Arc::new(jitr_infra::PacedGitHub::new(
+                Arc::new(github.clone()),
+                clock.clone(),
+            )),
             secrets: Arc::new(SimSecrets::open(data_dir.join("cloud.db"))?),
             scaleup_queue: queue("scaleup", 60)?,
             lifecycle_queue: queue("lifecycle", 30)?,

@@ -98,6 +98,16 @@ fn response(status: u16, body: String) -> LambdaFunctionUrlResponse {
     r
 }
 
+/// Runs `work` with the invocation's deadline as its task's: an adapter that
+/// would wait (a GitHub rate limit) past it hands the wait back instead.
+async fn within_deadline<F: std::future::Future>(deadline_ms: u64, work: F) -> F::Output {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    jitr_infra::deadline::within(std::time::Instant::now() + left, work).await
+}
+
 /// Runs `handler` under the Lambda runtime, wired from the environment (see
 /// [`crate::runtime::aws`]). Logs are JSON lines.
 pub async fn run(handler: &str) -> Result<(), LambdaError> {
@@ -121,7 +131,9 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             lambda_runtime::run(service_fn(
                 move |event: LambdaEvent<LambdaFunctionUrlRequest>| {
                     let hook = hook.clone();
-                    async move { Ok::<_, lambda_runtime::Error>(webhook(&hook, event.payload).await) }
+                    within_deadline(event.context.deadline, async move {
+                        Ok::<_, lambda_runtime::Error>(webhook(&hook, event.payload).await)
+                    })
                 },
             ))
             .await
@@ -138,11 +150,11 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             };
             lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
                 let (queue, consumer) = (queue.clone(), consumer.clone());
-                async move {
+                within_deadline(event.context.deadline, async move {
                     Ok::<_, lambda_runtime::Error>(
                         process_batch(&*queue, &event.payload.records, &*consumer, &now).await,
                     )
-                }
+                })
             }))
             .await
         }
@@ -150,9 +162,9 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             let projector = Arc::new(tokio::sync::Mutex::new(app.projector().await.map_err(
                 |e| LambdaError::Setup(format!("projector: {e}")),
             )?));
-            lambda_runtime::run(service_fn(move |_nudge: LambdaEvent<Value>| {
+            lambda_runtime::run(service_fn(move |nudge: LambdaEvent<Value>| {
                 let projector = projector.clone();
-                async move {
+                within_deadline(nudge.context.deadline, async move {
                     // Each stream record is a nudge: read the feed from the checkpoint.
                     let mut projector = projector.lock().await;
                     let at = now();
@@ -161,23 +173,27 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
                     // queue depths are SQS's own CloudWatch metrics.
                     crate::app::metrics::Snapshot::of_views(projector.views(), at).emit(at);
                     Ok::<_, lambda_runtime::Error>(json!({ "published": published.len() }))
-                }
+                })
             }))
             .await
         }
         "reaper" => {
             let reaper = app.reaper.clone();
-            lambda_runtime::run(service_fn(move |_tick: LambdaEvent<Value>| {
+            lambda_runtime::run(service_fn(move |tick: LambdaEvent<Value>| {
                 let reaper = reaper.clone();
-                async move { Ok::<_, lambda_runtime::Error>(serde_json::to_value(reaper.sweep(now()).await?)?) }
+                within_deadline(tick.context.deadline, async move {
+                    Ok::<_, lambda_runtime::Error>(serde_json::to_value(reaper.sweep(now()).await?)?)
+                })
             }))
             .await
         }
         "rebalancer" => {
             let rebalancer = app.rebalancer.clone();
-            lambda_runtime::run(service_fn(move |_tick: LambdaEvent<Value>| {
+            lambda_runtime::run(service_fn(move |tick: LambdaEvent<Value>| {
                 let rebalancer = rebalancer.clone();
-                async move { Ok::<_, lambda_runtime::Error>(serde_json::to_value(rebalancer.tick(now()).await?)?) }
+                within_deadline(tick.context.deadline, async move {
+                    Ok::<_, lambda_runtime::Error>(serde_json::to_value(rebalancer.tick(now()).await?)?)
+                })
             }))
             .await
         }

@@ -201,9 +201,18 @@ impl GitHubError {
         }
     }
 
+    /// The wait GitHub asked for, where it did (a rate limit).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GitHubError::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     /// Whether asking again later may succeed: rate limits, server errors,
     /// timeouts and no answer at all. 401, 403, 404, 409 and 422 are GitHub's
-    /// definitive answers (as are a bad key or a foreign link).
+    /// definitive answers (as are a bad key or a foreign link); a 403 that is a
+    /// rate limit is read as [`GitHubError::RateLimited`] by the adapter.
     pub fn is_transient(&self) -> bool {
         match self {
             GitHubError::RateLimited { .. }
@@ -213,6 +222,57 @@ impl GitHubError {
             _ => false,
         }
     }
+}
+
+/// The message GitHub answers a secondary rate limit with (REST API
+/// documentation, "Rate limits for the REST API").
+pub const SECONDARY_RATE_LIMIT_MESSAGE: &str =
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+
+/// The first wait after a secondary rate limit that names none: GitHub asks
+/// for at least a minute.
+pub const SECONDARY_WAIT: Duration = Duration::from_secs(60);
+/// The longest of the growing waits after repeated secondary limits.
+pub const SECONDARY_WAIT_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// What a GitHub answer says of its rate limits, as GitHub documents them
+/// ("Rate limits for the REST API", "Best practices for using the REST API"):
+/// the wait it asks for, or `None` when the answer is no rate limit.
+///
+/// - a 403 or 429 with `retry-after`: that many seconds;
+/// - with `x-ratelimit-remaining: 0`: until `x-ratelimit-reset` (the primary
+///   limit);
+/// - a 429, or a 403 whose message names a secondary rate limit (or GitHub's
+///   older "abuse detection"), without either header: at least a minute,
+///   doubling with each limit met in a row (`strikes`, from 1), at most
+///   [`SECONDARY_WAIT_MAX`];
+/// - any other 403 is not a rate limit (a permission GitHub refuses).
+pub fn rate_limit_wait(
+    status: u16,
+    retry_after: Option<i64>,
+    remaining: Option<i64>,
+    reset: Option<i64>,
+    message: &str,
+    now: i64,
+    strikes: u32,
+) -> Option<Duration> {
+    if status != 403 && status != 429 {
+        return None;
+    }
+    if let Some(secs) = retry_after {
+        return Some(Duration::from_secs(secs.max(1) as u64));
+    }
+    if remaining == Some(0) {
+        let secs = reset.map_or(SECONDARY_WAIT.as_secs() as i64, |r| r - now);
+        return Some(Duration::from_secs(secs.max(1) as u64));
+    }
+    let lower = message.to_ascii_lowercase();
+    let secondary = lower.contains("secondary rate limit") || lower.contains("abuse detection");
+    if status == 429 || secondary {
+        let doubled = SECONDARY_WAIT.saturating_mul(1 << strikes.saturating_sub(1).min(8));
+        return Some(doubled.min(SECONDARY_WAIT_MAX));
+    }
+    None
 }
 
 /// The GitHub calls jitr makes (the port; [`GitHubApp`] is the REST adapter).
@@ -337,5 +397,71 @@ impl GitHub for NoGitHub {
         _: u64,
     ) -> Result<Option<JobState>, GitHubError> {
         self.refused()
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_read_as_github_documents_them() {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        let now = 1_000;
+        // retry-after first, then the primary limit's reset.
+        assert_eq!(
+            secs(rate_limit_wait(403, Some(30), None, None, "", now, 1)),
+            Some(30)
+        );
+        assert_eq!(
+            secs(rate_limit_wait(429, None, Some(0), Some(1_600), "", now, 1)),
+            Some(600)
+        );
+        // A secondary limit without headers: a minute, doubling, capped.
+        let secondary = |strikes| {
+            secs(rate_limit_wait(
+                403,
+                None,
+                Some(4000),
+                None,
+                SECONDARY_RATE_LIMIT_MESSAGE,
+                now,
+                strikes,
+            ))
+        };
+        assert_eq!(secondary(1), Some(60));
+        assert_eq!(secondary(2), Some(120));
+        assert_eq!(secondary(3), Some(240));
+        assert_eq!(secondary(20), Some(900));
+        assert_eq!(
+            secs(rate_limit_wait(429, None, None, None, "", now, 1)),
+            Some(60)
+        );
+        assert_eq!(
+            secs(rate_limit_wait(
+                403,
+                None,
+                None,
+                None,
+                "You have triggered an abuse detection mechanism.",
+                now,
+                1
+            )),
+            Some(60)
+        );
+        // A permission refusal is no rate limit, nor is any other status.
+        assert_eq!(
+            rate_limit_wait(
+                403,
+                None,
+                Some(4999),
+                None,
+                "Resource not accessible by integration",
+                now,
+                1
+            ),
+            None
+        );
+        assert_eq!(rate_limit_wait(422, Some(5), None, None, "", now, 1), None);
     }
 }

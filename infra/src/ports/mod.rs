@@ -30,7 +30,8 @@ pub use event_store::{
 };
 pub use github::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RequestUsage,
-    Runner, RunnerGroup, RunnerScope,
+    Runner, RunnerGroup, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE, SECONDARY_WAIT,
+    SECONDARY_WAIT_MAX, rate_limit_wait,
 };
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, MAX_DELAY,
