@@ -123,6 +123,9 @@ defs! {
     /// Queued jobs no pool serves.
     JOBS_WITHOUT_POOL = "JobsWithoutPool", "jobs_without_pool", Counter, [],
         "Queued jobs whose labels no runner pool has";
+    /// Queued jobs of public repositories left alone (no pool opted in).
+    JOBS_FROM_PUBLIC_REPOSITORIES_IGNORED = "PublicRepositoryJobsIgnored", "public_repository_jobs_ignored", Counter, [],
+        "Queued jobs of public repositories left alone: no pool serves public repositories";
     /// Queued jobs the rebalancer found without a runner.
     JOBS_WITHOUT_RUNNER = "JobsWithoutRunner", "jobs_without_runner", Counter, [],
         "Queued jobs the rebalancer found without a runner";
@@ -420,6 +423,11 @@ pub fn github_budget_left(at: Timestamp, installation: u64, left: u64) {
 /// A queued job no runner pool serves (its labels are not all any pool's).
 pub fn no_pool(at: Timestamp) {
     record(at, &JOBS_WITHOUT_POOL, 1.0, &[]);
+}
+
+/// A queued job of a public repository left alone (no pool opted in).
+pub fn public_ignored(at: Timestamp) {
+    record(at, &JOBS_FROM_PUBLIC_REPOSITORIES_IGNORED, 1.0, &[]);
 }
 
 /// A webhook delivery refused with HTTP `status` (401, 400, 413).

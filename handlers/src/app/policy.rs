@@ -50,6 +50,9 @@ pub struct Pool {
     pub runner_download: Option<(String, String)>,
     /// Whether its runner user may `sudo` without a password (default: no).
     pub runner_sudo: bool,
+    /// Whether it serves public repositories' jobs (default: no; a fork's
+    /// pull request runs arbitrary code on its instances).
+    pub public_repositories: bool,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
 }
@@ -86,6 +89,7 @@ impl Pool {
             runner_dir: None,
             runner_download: None,
             runner_sudo: false,
+            public_repositories: false,
             launch: jitr_infra::LaunchSettings::default(),
         }
     }
@@ -124,8 +128,15 @@ pub struct RunnerPolicy {
     /// one organisation or account never touch each other's runners. None: the
     /// unscoped names of earlier versions.
     pub deployment: Option<String>,
-    /// Repositories served (`owner/repo`); empty: all.
+    /// Repositories served (`owner/repo`); empty: all, unless
+    /// [`RunnerPolicy::allowlist_only`].
     pub allowlist: Vec<String>,
+    /// Serve only the allow-listed repositories: an empty allow-list serves
+    /// none (`JITR_ALLOWLIST_ONLY`).
+    pub allowlist_only: bool,
+    /// Serve public repositories' jobs on every pool (`JITR_PUBLIC_REPOSITORIES`);
+    /// otherwise only on pools with `public_repositories = true`.
+    pub public_repositories: bool,
     /// The reaper leaves instances younger than this alone.
     pub reaper_grace_ms: u64,
     /// How long a surplus runner stays ready before it is retired
@@ -166,6 +177,8 @@ impl Default for RunnerPolicy {
             installation_id: 1,
             deployment: None,
             allowlist: Vec::new(),
+            allowlist_only: false,
+            public_repositories: false,
             reaper_grace_ms: 120_000,
             retire_grace_ms: jitr_domain::DEFAULT_RETIRE_GRACE_MS,
             job_poll_interval_ms: 300_000,
@@ -207,11 +220,17 @@ impl RunnerPolicy {
 
     /// Whether the repository is served.
     pub fn allows(&self, owner: &str, repo: &str) -> bool {
-        self.allowlist.is_empty()
+        (self.allowlist.is_empty() && !self.allowlist_only)
             || self
                 .allowlist
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(&format!("{owner}/{repo}")))
+    }
+
+    /// Whether a public repository's job with `labels` is served: the
+    /// deployment opted in, or the pool that would serve it did.
+    pub fn serves_public(&self, labels: &[String]) -> bool {
+        self.public_repositories || self.pool_for(labels).is_some_and(|p| p.public_repositories)
     }
 
     /// Whether the repository is named in the allowlist (an empty allowlist names

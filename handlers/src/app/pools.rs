@@ -107,6 +107,7 @@ struct PoolEntry {
     runner_url: Option<String>,
     runner_sha256: Option<String>,
     runner_sudo: Option<bool>,
+    public_repositories: Option<bool>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -316,6 +317,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 .or_else(|| defaults.runner_dir.clone()),
             runner_download,
             runner_sudo: entry.runner_sudo.or(defaults.runner_sudo).unwrap_or(false),
+            public_repositories: entry.public_repositories.unwrap_or(false),
             launch: LaunchSettings {
                 instance_profile: entry
                     .instance_profile

@@ -96,6 +96,23 @@ struct Owner {
 struct Repository {
     name: String,
     owner: Owner,
+    /// GitHub's `repository.private` (required in its webhook schema).
+    #[serde(default)]
+    private: Option<bool>,
+    /// `public`, `private` or `internal`, where GitHub sends it.
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+impl Repository {
+    /// Whether anyone may push a pull request to it (a fork's runs arbitrary
+    /// code): public, or not said to be private.
+    fn is_public(&self) -> bool {
+        match self.visibility.as_deref() {
+            Some(v) => v.eq_ignore_ascii_case("public"),
+            None => self.private != Some(true),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -281,6 +298,7 @@ impl Webhook {
             "in_progress" | "completed" => &self.lifecycle,
             other => return Reply::new(200, format!("ignored: action {other}")),
         };
+        let public = event.repository.is_public();
         let (owner, repo) = (event.repository.owner.login, event.repository.name);
         let job = JobRef {
             owner: owner.clone(),
@@ -300,7 +318,29 @@ impl Webhook {
         if !self.policy.allows(&owner, &repo) {
             return Reply::new(
                 200,
-                format!("ignored: {owner}/{repo} is not in the allowlist"),
+                if self.policy.allowlist.is_empty() {
+                    format!(
+                        "ignored: {owner}/{repo}: only allow-listed repositories are served, and the allow-list is empty"
+                    )
+                } else {
+                    format!("ignored: {owner}/{repo} is not in the allowlist")
+                },
+            );
+        }
+        if event.action == "queued"
+            && public
+            && !self.policy.serves_public(&event.workflow_job.labels)
+        {
+            // Trust by default: a public repository's jobs (a fork's pull
+            // request among them) run only where the operator opted in.
+            tracing::info!(%owner, %repo, "queued job of a public repository ignored");
+            crate::app::metrics::public_ignored(wall_clock());
+            return Reply::new(
+                200,
+                format!(
+                    "ignored: {owner}/{repo} is public (serve public repositories with \
+                     public_repositories = true on a pool, or JITR_PUBLIC_REPOSITORIES=true)"
+                ),
             );
         }
         if event.action == "queued" && self.policy.spec_for(&event.workflow_job.labels).is_none() {

@@ -83,6 +83,14 @@ pub struct Args {
     /// Serve only these repositories (owner/repo, repeatable; default: all).
     #[arg(long = "allow-repo")]
     allow_repos: Vec<String>,
+    /// Serve only the --allow-repo repositories: with none, serve nothing.
+    #[arg(long)]
+    allowlist_only: bool,
+    /// Serve public repositories' jobs on every pool (default: only on pools
+    /// with `public_repositories = true`; a fork's pull request runs arbitrary
+    /// code on the runner).
+    #[arg(long)]
+    public_repositories: bool,
     /// Run on AWS (DynamoDB, EC2, SQS, EventBridge, SSM, the GitHub App),
     /// configured from JITR_* variables; see the README.
     #[arg(long)]
@@ -107,6 +115,8 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     policy.deadlines.boot_timeout_ms = args.boot_timeout.as_millis() as u64;
     policy.deadlines.consistency_window_ms = args.consistency_window.as_millis() as u64;
     policy.allowlist = args.allow_repos.clone();
+    policy.allowlist_only = args.allowlist_only;
+    policy.public_repositories = args.public_repositories;
     policy.job_poll_interval_ms = args.job_poll_interval.as_millis() as u64;
     policy.retire_grace_ms = args.retire_grace.as_millis() as u64;
     policy.github_background_share_pct = args.github_background_share;

@@ -256,6 +256,23 @@ pub fn policy_from(
             .parse()
             .map_err(|_| SetupError::Invalid("JITR_VCPUS", format!("{v:?} is not a number")))?;
     }
+    for (name, flag) in [
+        ("JITR_ALLOWLIST_ONLY", &mut policy.allowlist_only),
+        ("JITR_PUBLIC_REPOSITORIES", &mut policy.public_repositories),
+    ] {
+        if let Some(v) = var(name) {
+            *flag = match v.as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(SetupError::Invalid(
+                        name,
+                        format!("{other:?} is neither true nor false"),
+                    ));
+                }
+            };
+        }
+    }
     if let Some(list) = var("JITR_ALLOWLIST") {
         policy.allowlist = list
             .split(',')
