@@ -66,6 +66,8 @@ pub enum Command {
     RecordToken {
         /// The runner's registered name.
         runner_name: String,
+        /// GitHub's id of the runner (`generate-jitconfig`'s `runner.id`).
+        runner_id: Option<u64>,
     },
     /// `workflow_job` `in_progress` naming this runner: GitHub gave it `job`.
     StartJob {

@@ -152,7 +152,10 @@ pub fn decide(
                 class,
             }])
         }
-        Command::RecordToken { runner_name } => {
+        Command::RecordToken {
+            runner_name,
+            runner_id,
+        } => {
             still_wanted(state)?;
             if state.termination_requested.is_some() {
                 return Err(DomainError::TerminationRequested);
@@ -164,7 +167,11 @@ pub fn decide(
                 Some(existing) => Err(DomainError::TokenAlreadyMinted {
                     runner_name: existing.clone(),
                 }),
-                None => Ok(vec![RunnerEvent::TokenMinted { at, runner_name }]),
+                None => Ok(vec![RunnerEvent::TokenMinted {
+                    at,
+                    runner_name,
+                    runner_id,
+                }]),
             }
         }
         Command::StartJob { ref job } | Command::ObserveJobStarted { ref job } => {
@@ -326,7 +333,7 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
             Some(launch) if launch.client_token == *client_token
                 && matches!(launch.outcome, LaunchOutcome::Rejected { .. })
         ),
-        Command::RecordToken { runner_name } => state.runner_name.as_ref() == Some(runner_name),
+        Command::RecordToken { runner_name, .. } => state.runner_name.as_ref() == Some(runner_name),
         Command::StartJob { job } | Command::ObserveJobStarted { job } => {
             state.job_started_at.is_some() && same_job(state, job.as_ref())
         }

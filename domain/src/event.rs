@@ -345,6 +345,11 @@ pub enum RunnerEvent {
         at: Timestamp,
         /// The runner's registered name.
         runner_name: String,
+        /// GitHub's id of the registration (`generate-jitconfig`'s
+        /// `runner.id`): it is looked up and removed by it. Absent in logs
+        /// written before issue 25.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner_id: Option<u64>,
     },
     /// GitHub gave this runner a job and it started (`workflow_job`
     /// `in_progress` naming the runner).

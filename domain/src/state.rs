@@ -193,6 +193,9 @@ pub struct RunnerState {
     pub launch: Option<Launch>,
     /// The runner's name, once its JIT config was minted.
     pub runner_name: Option<String>,
+    /// GitHub's id of its registration, where the log recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_id: Option<u64>,
     /// When the job started.
     pub job_started_at: Option<Timestamp>,
     /// When the job completed.
@@ -468,8 +471,13 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
                 });
             }
         }
-        RunnerEvent::TokenMinted { at, runner_name } => {
+        RunnerEvent::TokenMinted {
+            at,
+            runner_name,
+            runner_id,
+        } => {
             state.runner_name = Some(runner_name.clone());
+            state.runner_id = *runner_id;
             state.ready_at.get_or_insert(*at);
         }
         RunnerEvent::JobStarted { at, job, .. } => {

@@ -74,6 +74,7 @@ impl Runner {
         .then(RunnerEvent::TokenMinted {
             at: at(ready),
             runner_name: format!("jitr-{id}"),
+            runner_id: None,
         })
     }
 

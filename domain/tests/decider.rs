@@ -106,6 +106,7 @@ fn minted() -> RunnerEvent {
     RunnerEvent::TokenMinted {
         at: at(4),
         runner_name: "jitr-acme-42-1".into(),
+        runner_id: None,
     }
 }
 
@@ -274,6 +275,7 @@ fn token_minted_gives_ready() {
         .when(
             Command::RecordToken {
                 runner_name: "jitr-acme-42-1".into(),
+                runner_id: None,
             },
             at(4),
         )
@@ -830,6 +832,7 @@ fn work_after_failure_is_refused() {
         .when(
             Command::RecordToken {
                 runner_name: "r".into(),
+                runner_id: None,
             },
             at(8),
         )
@@ -885,6 +888,7 @@ fn a_token_without_an_instance_is_refused() {
         .when(
             Command::RecordToken {
                 runner_name: "r".into(),
+                runner_id: None,
             },
             at(8),
         )
@@ -900,6 +904,7 @@ fn a_second_token_name_is_refused() {
         .when(
             Command::RecordToken {
                 runner_name: "other".into(),
+                runner_id: None,
             },
             at(8),
         )
@@ -923,6 +928,7 @@ fn a_token_after_a_termination_request_is_refused() {
     .when(
         Command::RecordToken {
             runner_name: "r".into(),
+            runner_id: None,
         },
         at(8),
     )
@@ -1014,6 +1020,7 @@ fn any_command_after_terminal_is_refused_but_true_repeats() {
         },
         Command::RecordToken {
             runner_name: "r".into(),
+            runner_id: None,
         },
         Command::StartJob { job: None },
         Command::Fail {
@@ -1471,6 +1478,7 @@ fn a_runner_launched_after_waiting_boots_and_ages_from_its_launch() {
     running.push(RunnerEvent::TokenMinted {
         at: late(3_010),
         runner_name: "jitr-acme-42-1".into(),
+        runner_id: None,
     });
     running.push(RunnerEvent::JobStarted {
         at: late(3_050),

@@ -148,6 +148,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
         }],
         Op::Token(n) => vec![Command::RecordToken {
             runner_name: format!("runner-{n}"),
+            runner_id: None,
         }],
         Op::Start => vec![Command::StartJob { job: None }],
         Op::Complete => vec![Command::CompleteJob {

@@ -424,6 +424,19 @@ async fn decode<T: for<'de> Deserialize<'de>>(response: Response) -> Result<T, G
     serde_json::from_str(&text).map_err(|e| GitHubError::Decode(format!("{url}: {e}")))
 }
 
+/// A runner as GitHub's REST API describes one.
+fn runner_of(r: &Value) -> Result<Runner, GitHubError> {
+    Ok(Runner {
+        id: r["id"]
+            .as_u64()
+            .ok_or_else(|| GitHubError::Decode("runner without id".into()))?,
+        name: r["name"].as_str().unwrap_or_default().to_owned(),
+        status: r["status"].as_str().unwrap_or_default().to_owned(),
+        busy: r["busy"].as_bool().unwrap_or(false),
+        labels: labels(&r["labels"]),
+    })
+}
+
 fn labels(value: &Value) -> Vec<String> {
     value
         .as_array()
@@ -494,20 +507,21 @@ impl GitHub for GitHubApp {
         let runners = self
             .get_all(installation, &runners_path(scope), "runners")
             .await?;
-        runners
-            .into_iter()
-            .map(|r| {
-                Ok(Runner {
-                    id: r["id"]
-                        .as_u64()
-                        .ok_or_else(|| GitHubError::Decode("runner without id".into()))?,
-                    name: r["name"].as_str().unwrap_or_default().to_owned(),
-                    status: r["status"].as_str().unwrap_or_default().to_owned(),
-                    busy: r["busy"].as_bool().unwrap_or(false),
-                    labels: labels(&r["labels"]),
-                })
-            })
-            .collect()
+        runners.iter().map(runner_of).collect()
+    }
+
+    async fn get_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        let path = format!("{}/{runner_id}", runners_path(scope));
+        match self.call(installation, Method::GET, &path, None).await {
+            Ok(response) => runner_of(&decode::<Value>(response).await?).map(Some),
+            Err(GitHubError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn runner_groups(

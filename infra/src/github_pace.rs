@@ -139,6 +139,15 @@ impl GitHub for PacedGitHub {
         self.inner.find_runner(installation, scope, name).await
     }
 
+    async fn get_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        self.inner.get_runner(installation, scope, runner_id).await
+    }
+
     async fn runner_groups(
         &self,
         installation: u64,

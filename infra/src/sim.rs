@@ -1063,7 +1063,18 @@ impl GitHub for SimGitHub {
         installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
-        self.spend(installation)?;
+        // GitHub pages the listing (at most 100 a page): one request a page.
+        let count: u64 = self
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM gh_runners WHERE scope = ?1",
+                [scope_key(scope)],
+                |r| r.get(0),
+            )
+            .map_err(gh_sql)?;
+        for _ in 0..count.div_ceil(100).max(1) {
+            self.spend(installation)?;
+        }
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -1082,6 +1093,31 @@ impl GitHub for SimGitHub {
             })
             .map_err(gh_sql)?;
         rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
+    async fn get_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        self.spend(installation)?;
+        self.lock()
+            .query_row(
+                "SELECT id, name, labels, busy FROM gh_runners WHERE scope = ?1 AND id = ?2",
+                params![scope_key(scope), runner_id],
+                |r| {
+                    Ok(Runner {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        status: "online".into(),
+                        busy: r.get(3)?,
+                        labels: split_labels(&r.get::<_, String>(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(gh_sql)
     }
 
     async fn runner_groups(

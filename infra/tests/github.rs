@@ -828,3 +828,53 @@ async fn a_rate_limit_is_never_waited_out_past_the_callers_deadline() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_runner_is_read_by_its_id_in_one_request_each() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_id", "2027-01-15T09:00:00Z", 1)
+        .await;
+    let (accept, version) = github_headers();
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners/23"))
+        .and(accept)
+        .and(version)
+        .and(header("authorization", "Bearer ghs_id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": 23, "name": "jitr-42-1-abc", "os": "linux", "status": "online",
+            "busy": true, "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}]
+        })))
+        .expect(2)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners/24"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})))
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let runner = client
+        .get_runner(INSTALLATION, &repo(), 23)
+        .await
+        .unwrap()
+        .expect("registered");
+    assert_eq!((runner.id, runner.busy), (23, true));
+    assert_eq!(runner.name, "jitr-42-1-abc");
+    assert!(
+        client
+            .get_runner(INSTALLATION, &repo(), 24)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // By id and name: another runner under the id is not this one.
+    assert!(
+        client
+            .registration(INSTALLATION, &repo(), Some(23), "jitr-42-1-abc")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -267,6 +267,7 @@ mod tests {
                 RunnerEvent::TokenMinted {
                     at: Timestamp(10),
                     runner_name: "r1".into(),
+                    runner_id: None,
                 },
             ),
             (
@@ -274,6 +275,7 @@ mod tests {
                 RunnerEvent::TokenMinted {
                     at: Timestamp(10),
                     runner_name: "r2".into(),
+                    runner_id: None,
                 },
             ),
             (

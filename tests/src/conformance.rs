@@ -315,6 +315,7 @@ pub async fn heads_index_open_streams_and_instances<B: Backing>(backing: B) {
             &state,
             [Command::RecordToken {
                 runner_name: "jitr-runner-43".into(),
+                runner_id: None,
             }],
             at(1),
         )

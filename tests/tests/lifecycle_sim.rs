@@ -2028,3 +2028,51 @@ async fn without_the_spot_service_linked_role_runners_launch_on_demand() {
         "the second job goes on demand at once"
     );
 }
+
+/// Issue 25: a runner's registration is looked up and removed by the id
+/// GitHub gave it, never by walking the scope's listing. With 3,000 runners
+/// registered in the repository (30 pages of GitHub's listing), the
+/// compensation after a job spends at most 2 requests.
+#[tokio::test]
+async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() {
+    use jitr_infra::{GitHub, JitRequest, RunnerScope};
+    let mut world = World::new(SimSettings::default(), 4);
+    let scope = RunnerScope::Repo {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+    };
+    for n in 0..3_000 {
+        world
+            .github
+            .generate_jit_config(
+                1,
+                &JitRequest {
+                    scope: scope.clone(),
+                    name: format!("someone-elses-{n}"),
+                    runner_group_id: 1,
+                    labels: vec!["self-hosted".into()],
+                    work_folder: "_work".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    world.queued(1).await.unwrap();
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    assert!(head.state.runner_id.is_some(), "the id GitHub gave is kept");
+    world.advance(30);
+    world.lifecycle("in_progress", 1).await;
+    world.advance(300);
+    world.lifecycle("completed", 1).await;
+    world.advance(121);
+    let before = world.github.usage(1).sent;
+    let compensated = world.project_and_compensate().await;
+    assert_eq!(compensated.len(), 1);
+    let spent = world.github.usage(1).sent - before;
+    assert!(spent <= 2, "{spent} GitHub requests for one compensation");
+    assert!(
+        !world.github.is_registered(&head.state.runner_name.unwrap()),
+        "the registration is removed"
+    );
+    world.assert_no_leak().await;
+}

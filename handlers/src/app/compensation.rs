@@ -131,8 +131,19 @@ impl Compensation {
             let scope = self.policy.scope_of(request);
             let installation = self.policy.installation_for(state);
             let github = &self.ports.github;
-            if let Ok(Some(runner)) = github.find_runner(installation, &scope, name).await {
-                let _ = github.delete_runner(installation, &scope, runner.id).await;
+            // By the id GitHub gave it (one request; a runner that ran its job
+            // is gone already), else by its name.
+            let id = match state.runner_id {
+                Some(id) => Some(id),
+                None => github
+                    .find_runner(installation, &scope, name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.id),
+            };
+            if let Some(id) = id {
+                let _ = github.delete_runner(installation, &scope, id).await;
             }
         }
     }

@@ -206,7 +206,7 @@ impl JobWatch {
         let registered = self
             .ports
             .github
-            .find_runner(installation, &scope, &name)
+            .registration(installation, &scope, state.runner_id, &name)
             .await?
             .is_some();
         if registered {

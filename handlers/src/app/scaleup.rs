@@ -889,7 +889,10 @@ impl ScaleUp {
         let recorded = self
             .run(
                 stream,
-                Command::RecordToken { runner_name: name },
+                Command::RecordToken {
+                    runner_name: name,
+                    runner_id: Some(jit.runner_id),
+                },
                 now,
                 "token",
             )

@@ -292,7 +292,8 @@ impl Supply {
         let scope = self.policy.scope_of(request);
         let installation = self.policy.installation_for(state);
         let github = &self.ports.github;
-        let find = || github.find_runner(installation, &scope, &name);
+        let id = state.runner_id.filter(|_| state.runner_name.is_some());
+        let find = || github.registration(installation, &scope, id, &name);
         let Some(runner) = find().await? else {
             return Ok(Deregistration::Gone);
         };

@@ -109,6 +109,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
         &mut state,
         Command::RecordToken {
             runner_name: format!("jitr-bench-{job_id}"),
+            runner_id: None,
         },
         5,
     );

@@ -156,6 +156,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
         .await?;
     let name = |n: u64| Command::RecordToken {
         runner_name: format!("jitr-acme-widgets-{n}-1"),
+        runner_id: None,
     };
     script.run(s1, name(1), 20).await?;
     script.run(s1, Command::StartJob { job: None }, 30).await?;

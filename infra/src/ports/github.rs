@@ -311,6 +311,39 @@ pub trait GitHub: Send + Sync {
             .into_iter()
             .find(|r| r.name == name))
     }
+    /// A registration by GitHub's id (`GET …/actions/runners/{id}`, one
+    /// request); `None` when GitHub has none. Stand-ins may look it up in
+    /// the listing.
+    async fn get_runner(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: u64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        Ok(self
+            .list_runners(installation, scope)
+            .await?
+            .into_iter()
+            .find(|r| r.id == runner_id))
+    }
+    /// A runner's registration: by its id where the log recorded it (one
+    /// request, the name checked), else by its name (the whole listing: runners
+    /// minted before ids were recorded).
+    async fn registration(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        runner_id: Option<u64>,
+        name: &str,
+    ) -> Result<Option<Runner>, GitHubError> {
+        match runner_id {
+            Some(id) => Ok(self
+                .get_runner(installation, scope, id)
+                .await?
+                .filter(|r| r.name == name)),
+            None => self.find_runner(installation, scope, name).await,
+        }
+    }
     /// An organisation's runner groups (`GET /orgs/{org}/actions/runner-groups`).
     async fn runner_groups(
         &self,
