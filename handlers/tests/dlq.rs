@@ -46,6 +46,7 @@ fn queued(job_id: u64) -> String {
         conclusion: None,
         attempt: 1,
         avoid_spot: Vec::new(),
+        runner_id: None,
     })
     .unwrap()
 }

@@ -524,6 +524,7 @@ fn job_in(repo: &str, job_id: u64, labels: &[&str]) -> String {
         conclusion: None,
         attempt: 1,
         avoid_spot: Vec::new(),
+        runner_id: None,
     })
     .unwrap()
 }

@@ -228,6 +228,7 @@ impl World {
             conclusion: (action == "completed").then(|| "success".into()),
             attempt: 1,
             avoid_spot: Vec::new(),
+            runner_id: None,
         }
     }
 

@@ -126,6 +126,7 @@ fn queued(repo: &str, job_id: u64) -> JobMessage {
         conclusion: None,
         attempt: 1,
         avoid_spot: Vec::new(),
+        runner_id: None,
     }
 }
 

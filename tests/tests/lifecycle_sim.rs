@@ -2076,3 +2076,34 @@ async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() 
     );
     world.assert_no_leak().await;
 }
+
+/// Issue 25: a lifecycle event is authorised by the runner id GitHub sends
+/// (`workflow_job.runner_id`), not only by jitr's predictable runner name: a
+/// runner registered under jitr's name by someone else has another id, and an
+/// event naming it does not move jitr's runner.
+#[tokio::test]
+async fn a_lifecycle_event_naming_another_registration_under_jitrs_name_is_refused() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
+    let (name, ours) = (
+        head.state.runner_name.clone().unwrap(),
+        head.state.runner_id.unwrap(),
+    );
+    let mut impostor = world.message("in_progress", 1, Some(&name));
+    impostor.runner_id = Some(ours + 1000);
+    let outcome = world
+        .lifecycle
+        .handle(&impostor, world.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Done(m) if m.contains(&format!("jitr registered {name:?} as {ours}"))),
+        "{outcome:?}"
+    );
+    assert_eq!(world.status(1).await, RunnerStatus::Ready, "not moved");
+    let mut genuine = world.message("in_progress", 1, Some(&name));
+    genuine.runner_id = Some(ours);
+    world.lifecycle.handle(&genuine, world.now()).await.unwrap();
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+}

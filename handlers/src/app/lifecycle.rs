@@ -78,6 +78,18 @@ impl Lifecycle {
             crate::app::metrics::lifecycle_refused(now);
             return Ok(Err(format!("{} for runner {name:?}: {why}", job.action)));
         }
+        // A name can be taken by anyone who may register a runner in the
+        // scope; the id GitHub gave jitr's registration cannot.
+        if let (Some(named), Some(ours)) = (job.runner_id, state.runner_id) {
+            if named != ours {
+                tracing::warn!(%stream, runner = %name, named, ours, "lifecycle event for another registration under jitr's runner name refused");
+                crate::app::metrics::lifecycle_refused(now);
+                return Ok(Err(format!(
+                    "{} for runner {name:?}: GitHub names runner id {named}, jitr registered {name:?} as {ours}",
+                    job.action
+                )));
+            }
+        }
         Ok(Ok(stream))
     }
 

@@ -110,9 +110,10 @@ defs! {
     /// Lifecycle events recorded from a poll: webhooks that were lost.
     HEALED_BY_POLL = "LifecycleEventsFromPolls", "lifecycle_events_from_polls", Counter, [],
         "Lifecycle events recorded from job polls (webhooks that never came)";
-    /// Lifecycle events refused (a runner named from a repository it does not serve).
+    /// Lifecycle events refused (a runner named from a repository it does not
+    /// serve, or with another registration's id).
     LIFECYCLE_REFUSED = "LifecycleEventsRefused", "lifecycle_events_refused", Counter, [],
-        "Lifecycle events naming a runner from a repository it does not serve";
+        "Lifecycle events naming a runner from a repository it does not serve, or with another runner id";
     /// Surplus runners retired (withdrawn, or deregistered and terminated), and
     /// those GitHub refused to deregister because they were busy.
     SURPLUS_RUNNERS = "SurplusRunners", "surplus_runners", Counter, ["outcome" => "Outcome"],

@@ -316,6 +316,7 @@ impl Rebalancer {
                 conclusion: None,
                 attempt,
                 avoid_spot: Vec::new(),
+                runner_id: None,
             };
             let body = crate::app::scaleup::ScaleUpMessage::Job(message.clone()).encode();
             self.ports

@@ -936,6 +936,7 @@ mod tests {
             conclusion: None,
             attempt: 1,
             avoid_spot: Vec::new(),
+            runner_id: None,
         }
     }
 

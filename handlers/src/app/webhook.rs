@@ -52,6 +52,10 @@ pub struct JobMessage {
     /// reclaimed there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid_spot: Vec<String>,
+    /// GitHub's id of the runner the event names (`workflow_job.runner_id`):
+    /// lifecycle events are authorised by it where the log recorded the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_id: Option<u64>,
 }
 
 impl JobMessage {
@@ -79,6 +83,7 @@ impl JobMessage {
             conclusion: None,
             attempt: request.attempt,
             avoid_spot: request.spec.avoid_spot.clone(),
+            runner_id: None,
         }
     }
 }
@@ -127,6 +132,8 @@ struct WorkflowJob {
     #[serde(default)]
     labels: Vec<String>,
     runner_name: Option<String>,
+    #[serde(default)]
+    runner_id: Option<u64>,
     conclusion: Option<String>,
 }
 
@@ -372,6 +379,7 @@ impl Webhook {
             conclusion: event.workflow_job.conclusion,
             attempt: 1,
             avoid_spot: Vec::new(),
+            runner_id: event.workflow_job.runner_id,
         };
         let body = if message.action == "queued" {
             crate::app::scaleup::ScaleUpMessage::Job(message.clone()).encode()
@@ -418,7 +426,10 @@ pub fn sample_payload(
             "status": status,
             "conclusion": if action == "completed" { Some("success") } else { None },
             "labels": labels,
-            "runner_id": runner_name.map(|_| 1),
+            // The id GitHub gave the runner is not known to this sample:
+            // null, so that jitr checks the name alone (as for a runner
+            // minted before ids were recorded).
+            "runner_id": null,
             "runner_name": runner_name,
             "runner_group_id": runner_name.map(|_| 1),
             "runner_group_name": runner_name.map(|_| "Default"),

@@ -494,6 +494,7 @@ pub async fn reaper_scaling(
             conclusion: None,
             attempt: 1,
             avoid_spot: Vec::new(),
+            runner_id: None,
         };
         app.scaleup
             .handle(&job, 1, clock.now())

@@ -476,6 +476,7 @@ pub async fn run_with(
                 conclusion: None,
                 attempt: 1,
                 avoid_spot: Vec::new(),
+                runner_id: None,
             },
             // Lost `in_progress` webhooks matter for jobs that outlast the
             // 10-minute boot deadline: that scenario's jobs run longer.
