@@ -36,6 +36,9 @@ use crate::app::webhook::JobMessage;
 /// messages in flight across a stack update are handled by either version.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+// One is decoded per queue message and moved once: its size costs nothing
+// a box would save.
+#[allow(clippy::large_enum_variant)]
 pub enum ScaleUpMessage {
     /// A queued job wants a runner (or a runner's job is handed back).
     Job(JobMessage),
