@@ -399,13 +399,7 @@ fn recorded(
         position,
         reason,
     };
-    if schema != EVENT_SCHEMA {
-        return Err(corrupt(
-            &stream,
-            format!("event schema {schema}; this build reads schema {EVENT_SCHEMA}"),
-        ));
-    }
-    let event = serde_json::from_str(body).map_err(|e| corrupt(&stream, e.to_string()))?;
+    let event = crate::ports::decode_event(&stream, position, schema, body)?;
     let stream = StreamId::parse(&stream).map_err(|e| corrupt(&stream, e.to_string()))?;
     Ok(RecordedEvent {
         stream,

@@ -277,10 +277,11 @@ async fn an_unreadable_event_is_skipped_and_reported() {
     for job in 1..=3 {
         world.launch(job).await;
     }
-    // Runner 2's second event (position 5) can no longer be decoded.
+    // Runner 2's second event (position 5) can no longer be decoded: a known
+    // kind without its fields (an unknown kind is a newer jitr's, below).
     world
         .store
-        .execute_raw("UPDATE events SET body = '{\"type\":\"Unheard\"}' WHERE position = 5")
+        .execute_raw("UPDATE events SET body = '{\"type\":\"Launched\"}' WHERE position = 5")
         .await
         .unwrap();
     let mut projector = world.projector().await;
@@ -297,6 +298,112 @@ async fn an_unreadable_event_is_skipped_and_reported() {
     assert_eq!(positions, [5]);
     assert_eq!(replay.unreadable[0].stream, stream(2).to_string());
     assert_eq!(replay.events, 8);
+}
+
+/// Issue 25 (ADR-0019): an event kind this build does not know was written by
+/// a newer jitr (a rolling update, a rollback). The projector folds what is
+/// before it, checkpoints there and stops with a clear error — never skips it,
+/// never checkpoints past it — and so does every restart; the audit refuses to
+/// judge past it. Once the reader knows the kind (the newer binary), it goes on.
+#[tokio::test]
+async fn an_event_of_a_newer_jitr_stops_the_projector_before_it_never_past() {
+    let world = World::new();
+    for job in 1..=3 {
+        world.launch(job).await;
+    }
+    world
+        .store
+        .execute_raw(
+            "UPDATE events SET kind = 'RunnerHibernated', \
+             body = '{\"type\":\"RunnerHibernated\",\"at\":1,\"until\":2}' WHERE position = 5",
+        )
+        .await
+        .unwrap();
+    for _restart in 0..2 {
+        let mut projector = world.projector().await;
+        match projector.catch_up().await {
+            Err(jitr_handlers::app::projector::ProjectorError::NewerLog {
+                position, what, ..
+            }) => {
+                assert_eq!(position, 5);
+                assert!(what.contains("RunnerHibernated"), "{what}");
+            }
+            other => panic!("expected a stop before position 5: {other:?}"),
+        }
+        assert_eq!(projector.views().position, 4, "folded up to it");
+        assert!(projector.views().skipped.is_empty(), "never skipped");
+        let saved = world
+            .store
+            .load_checkpoint(CHECKPOINT)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.position, 4, "never checkpointed past it");
+    }
+    match jitr_handlers::commands::audit::replay(&*world.store, None, |_| {}).await {
+        Err(jitr_infra::StoreError::Newer { position: 5, .. }) => {}
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the audit judged past a newer event"),
+    }
+    // A field this build does not know is ignored: additive change is free.
+    world
+        .store
+        .execute_raw(
+            "UPDATE events SET kind = 'Launched', body = json_set(body, '$.hibernates', 1) \
+             WHERE position = 6",
+        )
+        .await
+        .unwrap();
+    // The reader that knows the kind (here: the event as this build writes it).
+    world
+        .store
+        .execute_raw("UPDATE events SET kind = (SELECT kind FROM events WHERE position = 2), body = (SELECT body FROM events WHERE position = 2) WHERE position = 5")
+        .await
+        .unwrap();
+    let mut projector = world.projector().await;
+    projector.catch_up().await.unwrap();
+    assert_eq!(projector.views().position, 9);
+}
+
+/// A checkpoint saved by a newer jitr (its views' schema is past this build's)
+/// is neither read as this build's views nor rebuilt over: the projector does
+/// not start, and says why.
+#[tokio::test]
+async fn a_checkpoint_of_a_newer_jitr_is_neither_read_nor_replaced() {
+    let world = World::new();
+    world.launch(1).await;
+    let newer = jitr_infra::Checkpoint {
+        position: 3,
+        snapshot: br#"{"schema": 99, "position": 3, "open": "a newer shape"}"#.to_vec(),
+        generation: 0,
+    };
+    world
+        .store
+        .save_checkpoint(CHECKPOINT, &newer)
+        .await
+        .unwrap();
+    let started = Projector::start(
+        world.store.clone(),
+        Arc::new(world.bus.clone()),
+        60_000,
+        "a",
+    )
+    .await;
+    match started {
+        Err(jitr_handlers::app::projector::ProjectorError::NewerCheckpoint { found: 99 }) => {}
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("started on a newer checkpoint"),
+    }
+    let kept = world
+        .store
+        .load_checkpoint(CHECKPOINT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kept.snapshot, newer.snapshot,
+        "left as the newer jitr saved it"
+    );
 }
 
 /// Issue 9: two projectors started on one log. One holds the lease and writes;

@@ -124,6 +124,10 @@ defs! {
     /// Queued jobs no pool serves.
     JOBS_WITHOUT_POOL = "JobsWithoutPool", "jobs_without_pool", Counter, [],
         "Queued jobs whose labels no runner pool has";
+    /// A reader stopped before what a newer jitr wrote (an event kind, an
+    /// event or checkpoint schema it does not know).
+    NEWER_LOG = "LogFromNewerVersion", "log_from_newer_version", Counter, [],
+        "Times a reader stopped before an event or checkpoint a newer jitr wrote (ADR-0019)";
     /// Queued jobs of public repositories left alone (no pool opted in).
     JOBS_FROM_PUBLIC_REPOSITORIES_IGNORED = "PublicRepositoryJobsIgnored", "public_repository_jobs_ignored", Counter, [],
         "Queued jobs of public repositories left alone: no pool serves public repositories";
@@ -424,6 +428,15 @@ pub fn github_budget_left(at: Timestamp, installation: u64, left: u64) {
 /// A queued job no runner pool serves (its labels are not all any pool's).
 pub fn no_pool(at: Timestamp) {
     record(at, &JOBS_WITHOUT_POOL, 1.0, &[]);
+}
+
+/// A reader stopped before what a newer jitr wrote (timestamped now: the
+/// readers that stop have no clock of their own).
+pub fn newer_log() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    record(Timestamp(now), &NEWER_LOG, 1.0, &[]);
 }
 
 /// A queued job of a public repository left alone (no pool opted in).

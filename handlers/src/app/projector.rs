@@ -43,6 +43,28 @@ pub enum ProjectorError {
     /// The saved checkpoint cannot be read.
     #[error("checkpoint {CHECKPOINT:?} is unreadable ({0}); delete it to rebuild from the log")]
     Snapshot(#[source] serde_json::Error),
+    /// The saved checkpoint was written by a newer jitr (ADR-0019): this one
+    /// neither reads nor replaces it.
+    #[error(
+        "checkpoint {CHECKPOINT:?} has views schema {found}; this jitr reads {VIEWS_SCHEMA}: it was saved by a newer jitr — run that version (a rollback by more than one version is not supported)"
+    )]
+    NewerCheckpoint {
+        /// The schema found.
+        found: u64,
+    },
+    /// The log holds an event of a newer jitr (ADR-0019): the views stop
+    /// before it, checkpointed there, until this jitr is replaced.
+    #[error(
+        "the log's event at position {position} ({stream}) was written by a newer jitr ({what}): projection stopped before it; run that version"
+    )]
+    NewerLog {
+        /// Its global position.
+        position: u64,
+        /// Its stream.
+        stream: String,
+        /// What this build does not know.
+        what: String,
+    },
 }
 
 /// Folds the feed and emits `TerminateRunner` commands, at least once each.
@@ -100,13 +122,26 @@ impl Projector {
     async fn reload(&mut self) -> Result<(), ProjectorError> {
         let (views, generation) = match self.store.load_checkpoint(CHECKPOINT).await? {
             Some(cp) => {
-                let views: RunnerViews =
+                // The schema first: a newer checkpoint may not parse as these
+                // views, and must not be rebuilt over.
+                #[derive(serde::Deserialize)]
+                struct Schema {
+                    #[serde(default)]
+                    schema: u64,
+                }
+                let Schema { schema } =
                     serde_json::from_slice(&cp.snapshot).map_err(ProjectorError::Snapshot)?;
-                if views.schema == VIEWS_SCHEMA {
+                if schema > u64::from(VIEWS_SCHEMA) {
+                    crate::app::metrics::newer_log();
+                    return Err(ProjectorError::NewerCheckpoint { found: schema });
+                }
+                if schema == u64::from(VIEWS_SCHEMA) {
+                    let views: RunnerViews =
+                        serde_json::from_slice(&cp.snapshot).map_err(ProjectorError::Snapshot)?;
                     (views, cp.generation)
                 } else {
                     tracing::warn!(
-                        schema = views.schema,
+                        schema,
                         "checkpoint of an older shape: rebuilding the views from the log"
                     );
                     (RunnerViews::default(), cp.generation)
@@ -150,9 +185,10 @@ impl Projector {
     /// a stall. Returns how many events were folded or skipped.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
         let mut folded = 0;
+        let mut stopped = None;
         loop {
             let page = read_feed_page(&*self.store, self.views.position, FEED_PAGE).await?;
-            if page.last.is_none() {
+            if page.last.is_none() && page.newer.is_none() {
                 break;
             }
             for r in &page.events {
@@ -169,6 +205,11 @@ impl Projector {
                 self.views.skip(unreadable.position);
             }
             folded += (page.events.len() + page.unreadable.len()) as u64;
+            if let Some(newer) = page.newer {
+                // Never past it: the checkpoint stays before it.
+                stopped = Some(newer);
+                break;
+            }
         }
         if folded > 0 {
             let snapshot = serde_json::to_vec(&self.views).map_err(ProjectorError::Snapshot)?;
@@ -191,6 +232,15 @@ impl Projector {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(newer) = stopped {
+            tracing::error!(position = newer.position, stream = %newer.stream, what = %newer.reason, "projection stopped before an event of a newer jitr");
+            crate::app::metrics::newer_log();
+            return Err(ProjectorError::NewerLog {
+                position: newer.position,
+                stream: newer.stream,
+                what: newer.reason,
+            });
         }
         Ok(folded)
     }

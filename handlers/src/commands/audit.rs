@@ -307,12 +307,21 @@ pub async fn replay<S: EventStore + ?Sized>(
     let mut after = 0;
     loop {
         let page = read_feed_page(store, after, FEED_PAGE).await?;
-        let Some(last) = page.last else { break };
-        after = last;
         for r in &page.events {
             replay.fold(r, horizon);
         }
         replay.unreadable.extend(page.unreadable);
+        if let Some(newer) = page.newer {
+            // What a newer jitr wrote cannot be judged here: an audit that
+            // skipped it would call its runners leaks, or miss them.
+            return Err(StoreError::Newer {
+                stream: newer.stream,
+                position: newer.position,
+                what: newer.reason,
+            });
+        }
+        let Some(last) = page.last else { break };
+        after = last;
         progress(after);
     }
     Ok(replay)

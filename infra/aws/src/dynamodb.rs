@@ -488,18 +488,7 @@ impl DynamoEventStore {
 
     fn recorded(item: Item) -> Result<RecordedEvent, StoreError> {
         let e: EventItem = serde_dynamo::from_item(item).map_err(|e| corrupt("?", e))?;
-        if e.schema != EVENT_SCHEMA {
-            return Err(StoreError::Corrupt {
-                stream: e.pk,
-                position: e.pos,
-                reason: format!("event schema {}; this build reads {EVENT_SCHEMA}", e.schema),
-            });
-        }
-        let event = serde_json::from_str(&e.body).map_err(|err| StoreError::Corrupt {
-            stream: e.pk.clone(),
-            position: e.pos,
-            reason: err.to_string(),
-        })?;
+        let event = jitr_infra::decode_event(&e.pk, e.pos, e.schema, &e.body)?;
         Ok(RecordedEvent {
             stream: StreamId::parse(&e.pk).map_err(|err| corrupt(&e.pk, err))?,
             seq: e.seq,

@@ -128,6 +128,20 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A stored event was written by a newer jitr (an event kind or schema this
+    /// build does not know, ADR-0019): its readers stop before it, never skip
+    /// it, until this build is replaced.
+    #[error(
+        "stored event at position {position} of stream {stream} was written by a newer jitr ({what}): upgrade this one to read past it"
+    )]
+    Newer {
+        /// The stream, as stored.
+        stream: String,
+        /// Its global position.
+        position: u64,
+        /// What this build does not know.
+        what: String,
+    },
     /// Another writer saved the checkpoint since it was loaded: reload it.
     #[error(
         "checkpoint {name:?} is at generation {found}, not the expected {expected}: another writer saved it"
@@ -281,8 +295,54 @@ pub struct FeedPage {
     /// Events skipped because they could not be read.
     pub unreadable: Vec<UnreadableEvent>,
     /// The last position this page covers (read or skipped); `None` at the end
-    /// of the feed.
+    /// of the feed (or when a newer jitr's event stands first).
     pub last: Option<u64>,
+    /// An event a newer jitr wrote, where the page stops: nothing past it is
+    /// read until this build is replaced.
+    pub newer: Option<UnreadableEvent>,
+}
+
+/// Reads a stored event's body as this build understands it (ADR-0019): a
+/// newer schema or an event kind this build does not know is
+/// [`StoreError::Newer`] (never skipped); anything else unreadable is
+/// [`StoreError::Corrupt`]. Fields this build does not know are ignored.
+pub fn decode_event(
+    stream: &str,
+    position: u64,
+    schema: u32,
+    body: &str,
+) -> Result<RunnerEvent, StoreError> {
+    let newer = |what: String| StoreError::Newer {
+        stream: stream.to_owned(),
+        position,
+        what,
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        stream: stream.to_owned(),
+        position,
+        reason,
+    };
+    if schema > EVENT_SCHEMA {
+        return Err(newer(format!(
+            "event schema {schema}; this build reads schema {EVENT_SCHEMA}"
+        )));
+    }
+    if schema < EVENT_SCHEMA {
+        return Err(corrupt(format!(
+            "event schema {schema}; this build reads schema {EVENT_SCHEMA}"
+        )));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_value(value.clone()).map_err(|e| {
+        let kind = value.get("type").and_then(|t| t.as_str());
+        match kind {
+            Some(kind) if e.to_string().starts_with("unknown variant") => {
+                newer(format!("event kind {kind}"))
+            }
+            _ => corrupt(e.to_string()),
+        }
+    })
 }
 
 /// Reads up to `limit` events after position `after`, like
@@ -301,6 +361,7 @@ pub async fn read_feed_page<S: EventStore + ?Sized>(
                 last: events.last().map(|e| e.position),
                 events,
                 unreadable: Vec::new(),
+                newer: None,
             });
         }
         Err(StoreError::Corrupt {
@@ -308,10 +369,47 @@ pub async fn read_feed_page<S: EventStore + ?Sized>(
             stream,
             reason,
         }) if position > after => (position, stream, reason),
+        Err(StoreError::Newer {
+            position,
+            stream,
+            what,
+        }) if position > after => {
+            tracing::error!(position, stream = %stream, %what, "event of a newer jitr: reading stops before it");
+            let events = events_before(store, after, position).await?;
+            return Ok(FeedPage {
+                last: events.last().map(|e| e.position),
+                events,
+                unreadable: Vec::new(),
+                newer: Some(UnreadableEvent {
+                    position,
+                    stream,
+                    reason: what,
+                }),
+            });
+        }
         Err(e) => return Err(e),
     };
     tracing::error!(position, stream = %stream, reason = %reason, "unreadable event skipped");
-    // The events before the unreadable one, one at a time (a rare path).
+    let events = events_before(store, after, position).await?;
+    Ok(FeedPage {
+        events,
+        unreadable: vec![UnreadableEvent {
+            position,
+            stream,
+            reason,
+        }],
+        last: Some(position),
+        newer: None,
+    })
+}
+
+/// The events after `after` and before the unreadable one at `position`, one
+/// at a time (a rare path).
+async fn events_before<S: EventStore + ?Sized>(
+    store: &S,
+    after: u64,
+    position: u64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut events = Vec::new();
     let mut cursor = after;
     while cursor < position {
@@ -323,19 +421,13 @@ pub async fn read_feed_page<S: EventStore + ?Sized>(
                 }
                 _ => break,
             },
-            Err(StoreError::Corrupt { position: p, .. }) if p == position => break,
+            Err(
+                StoreError::Corrupt { position: p, .. } | StoreError::Newer { position: p, .. },
+            ) if p == position => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(FeedPage {
-        events,
-        unreadable: vec![UnreadableEvent {
-            position,
-            stream,
-            reason,
-        }],
-        last: Some(position),
-    })
+    Ok(events)
 }
 
 /// The runner log as the application uses it: events and projection checkpoints.

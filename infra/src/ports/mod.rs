@@ -26,7 +26,7 @@ pub use ec2_events::{
 pub use event_store::{
     AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
     FeedPage, Lease, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead,
-    UnreadableEvent, UnreadableHead, read_feed_page,
+    UnreadableEvent, UnreadableHead, decode_event, read_feed_page,
 };
 pub use github::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RequestUsage,
