@@ -21,6 +21,13 @@ pub async fn within<F: Future>(deadline: Instant, future: F) -> F::Output {
     DEADLINE.scope(deadline, future).await
 }
 
+/// The time left before the task's deadline, where it has one.
+pub fn remaining() -> Option<Duration> {
+    DEADLINE
+        .try_with(|deadline| deadline.saturating_duration_since(Instant::now()))
+        .ok()
+}
+
 /// The longest a wait may be now: `max`, or less where the task's deadline
 /// (less [`MARGIN`]) comes sooner.
 pub fn allowed_wait(max: Duration) -> Duration {

@@ -204,8 +204,9 @@ impl SqliteEventStore {
 
     /// Runs raw SQL against the log, bypassing the domain: for tests that show the
     /// database itself refuses an invariant-breaking write.
-    pub async fn execute_raw(&self, sql: &'static str) -> Result<usize, StoreError> {
-        self.with_conn(move |conn| conn.execute(sql, []).map_err(map_write_error))
+    pub async fn execute_raw(&self, sql: impl Into<String>) -> Result<usize, StoreError> {
+        let sql = sql.into();
+        self.with_conn(move |conn| conn.execute(&sql, []).map_err(map_write_error))
             .await
     }
 }

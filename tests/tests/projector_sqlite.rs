@@ -481,3 +481,70 @@ async fn a_stale_writer_never_overwrites_a_newer_checkpoint() {
     a.catch_up().await.unwrap();
     assert_eq!(a.views().open.len(), 3);
 }
+
+/// Issue 25: a catch-up longer than its invocation (a backlog, a rebuild after
+/// a schema bump) saves as it goes and stops before the deadline; the next
+/// tick — a projector started afresh, as the next Lambda invocation is — goes
+/// on from there instead of starting over. 200,000 events, ticks boxed to a
+/// third of a second of folding.
+#[tokio::test]
+async fn a_long_catch_up_saves_as_it_goes_and_the_next_tick_goes_on_from_there() {
+    use jitr_handlers::app::projector::STOP_BEFORE_DEADLINE;
+    use std::time::{Duration, Instant};
+    let world = World::new();
+    world.launch(1).await;
+    world.command(1, fail_token(), at(5)).await;
+    world.terminated(1, at(6)).await;
+    let per_runner = world.store.read_stream(&stream(1)).await.unwrap().len() as u64;
+    let copies = 200_000 / per_runner + 1;
+    let copy = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {copies}) \
+             INSERT INTO events (stream, seq, kind, schema, at, body, command_id) \
+             SELECT 'acme/widgets#' || (1000000 + n.i) || '#1', e.seq, e.kind, e.schema, e.at, \
+                    e.body, e.command_id || '-' || n.i \
+             FROM n JOIN (SELECT * FROM events WHERE stream = '{}') e ORDER BY n.i, e.seq",
+        stream(1)
+    );
+    world.store.execute_raw(copy).await.unwrap();
+    let total = per_runner * (copies + 1);
+    assert!(total >= 200_000);
+    let boxed = || Instant::now() + STOP_BEFORE_DEADLINE + Duration::from_millis(300);
+    let mut first = world.projector().await;
+    jitr_infra::deadline::within(boxed(), first.tick(at(10)))
+        .await
+        .unwrap();
+    let reached = first.views().position;
+    assert!(
+        reached > 0 && reached < total,
+        "the first tick folded {reached} of {total} and stopped"
+    );
+    let saved = world
+        .store
+        .load_checkpoint(CHECKPOINT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.position, reached, "saved where it stopped");
+    drop(first);
+    let mut ticks = 1;
+    let mut position = reached;
+    while position < total {
+        let mut next = world.projector().await;
+        assert_eq!(
+            next.views().position,
+            position,
+            "goes on from the checkpoint"
+        );
+        jitr_infra::deadline::within(boxed(), next.tick(at(10)))
+            .await
+            .unwrap();
+        assert!(next.views().position > position, "every tick advances");
+        position = next.views().position;
+        ticks += 1;
+        assert!(ticks < 500, "{position} of {total} after {ticks} ticks");
+        if position == total {
+            world.assert_rebuilt_equals(&next).await;
+        }
+    }
+    assert!(ticks >= 2, "{ticks}");
+}

@@ -20,6 +20,15 @@ pub const CHECKPOINT: &str = "runner-views";
 /// Events read from the feed per page.
 pub const FEED_PAGE: usize = 10_000;
 
+/// The checkpoint is saved at least every this many events folded…
+pub const CHECKPOINT_EVERY_EVENTS: u64 = 50_000;
+/// …and at least this often while a catch-up runs.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A catch-up stops (saved) when its task's deadline is nearer than this: the
+/// compensation after it and the checkpoint's write must fit (a Lambda
+/// invocation's deadline; the next invocation goes on from the checkpoint).
+pub const STOP_BEFORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The lease that makes one projector the writer of the checkpoint and the
 /// emitter of compensation.
 pub const LEASE: &str = "projector";
@@ -185,6 +194,8 @@ impl Projector {
     /// a stall. Returns how many events were folded or skipped.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
         let mut folded = 0;
+        let mut unsaved = 0;
+        let mut saved_at = std::time::Instant::now();
         let mut stopped = None;
         loop {
             let page = read_feed_page(&*self.store, self.views.position, FEED_PAGE).await?;
@@ -204,34 +215,37 @@ impl Projector {
             for unreadable in &page.unreadable {
                 self.views.skip(unreadable.position);
             }
-            folded += (page.events.len() + page.unreadable.len()) as u64;
+            let read = (page.events.len() + page.unreadable.len()) as u64;
+            folded += read;
+            unsaved += read;
             if let Some(newer) = page.newer {
                 // Never past it: the checkpoint stays before it.
                 stopped = Some(newer);
                 break;
             }
-        }
-        if folded > 0 {
-            let snapshot = serde_json::to_vec(&self.views).map_err(ProjectorError::Snapshot)?;
-            let checkpoint = Checkpoint {
-                position: self.views.position,
-                snapshot,
-                generation: self.generation,
-            };
-            match self.store.save_checkpoint(CHECKPOINT, &checkpoint).await {
-                Ok(generation) => self.generation = generation,
-                Err(StoreError::CheckpointMoved { found, .. }) => {
-                    // Another projector saved meanwhile: its checkpoint stands;
-                    // carry on from it.
-                    tracing::warn!(
-                        generation = self.generation,
-                        found,
-                        "another projector saved the checkpoint: reloading it"
-                    );
-                    self.reload().await?;
-                }
-                Err(e) => return Err(e.into()),
+            // A long catch-up (a backlog, a rebuild after a schema bump) saves
+            // as it goes, and stops in time for the next invocation to go on
+            // from where it got.
+            let out_of_time =
+                jitr_infra::deadline::remaining().is_some_and(|left| left < STOP_BEFORE_DEADLINE);
+            if unsaved >= CHECKPOINT_EVERY_EVENTS
+                || saved_at.elapsed() >= CHECKPOINT_EVERY
+                || out_of_time
+            {
+                self.save().await?;
+                unsaved = 0;
+                saved_at = std::time::Instant::now();
             }
+            if out_of_time {
+                tracing::info!(
+                    position = self.views.position,
+                    "catch-up paused before the deadline; the next tick goes on from here"
+                );
+                break;
+            }
+        }
+        if unsaved > 0 {
+            self.save().await?;
         }
         if let Some(newer) = stopped {
             tracing::error!(position = newer.position, stream = %newer.stream, what = %newer.reason, "projection stopped before an event of a newer jitr");
@@ -243,6 +257,31 @@ impl Projector {
             });
         }
         Ok(folded)
+    }
+
+    /// Saves the views as the checkpoint (naming the generation it replaces).
+    async fn save(&mut self) -> Result<(), ProjectorError> {
+        let snapshot = serde_json::to_vec(&self.views).map_err(ProjectorError::Snapshot)?;
+        let checkpoint = Checkpoint {
+            position: self.views.position,
+            snapshot,
+            generation: self.generation,
+        };
+        match self.store.save_checkpoint(CHECKPOINT, &checkpoint).await {
+            Ok(generation) => self.generation = generation,
+            Err(StoreError::CheckpointMoved { found, .. }) => {
+                // Another projector saved meanwhile: its checkpoint stands;
+                // carry on from it.
+                tracing::warn!(
+                    generation = self.generation,
+                    found,
+                    "another projector saved the checkpoint: reloading it"
+                );
+                self.reload().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Records what is owed at `now` and puts the compensation on the bus:
