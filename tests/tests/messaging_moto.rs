@@ -478,3 +478,68 @@ async fn waiting_ten_times_spends_no_receive_and_never_reaches_the_dlq() {
     assert_eq!(queue.dead_letter_depth().await.unwrap(), 0);
     assert_eq!(queue.waiting().await.unwrap(), 0, "done: nothing left");
 }
+
+/// Issue 25: the dead-letter tools in passes that hide nothing long and send
+/// nothing twice. 30 dead letters: a redrive of 10 of them by id moves exactly
+/// those (the 20 others held out of sight during the pass, then back); a
+/// redrive of the rest moves each once; a purge of an empty queue is 0.
+#[tokio::test]
+async fn dead_letters_are_redriven_once_each_page_by_page() {
+    let config = config().await;
+    let (queue, _) = SqsQueue::ensure(&config, &unique("dlq-pass"), 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for n in 0..30 {
+        queue.publish(&format!("m-{n}"), None, &[]).await.unwrap();
+    }
+    let mut dead = 0;
+    while dead < 30 {
+        for message in queue.receive(10, Duration::from_secs(1)).await.unwrap() {
+            queue.dead_letter(&message, "poison").await.unwrap();
+            dead += 1;
+        }
+    }
+    let letters = queue.list_dead_letters(100).await.unwrap();
+    assert_eq!(letters.len(), 30, "each listed once");
+    let chosen: Vec<String> = letters.iter().take(10).map(|l| l.id.clone()).collect();
+    let chosen_bodies: std::collections::BTreeSet<String> =
+        letters.iter().take(10).map(|l| l.body.clone()).collect();
+
+    let drain = |queue: &SqsQueue| {
+        let queue = queue.clone();
+        async move {
+            let mut bodies = Vec::new();
+            loop {
+                let page = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+                if page.is_empty() {
+                    return bodies;
+                }
+                for m in page {
+                    queue.ack(&m).await.unwrap();
+                    bodies.push(m.body);
+                }
+            }
+        }
+    };
+    assert_eq!(queue.redrive(Some(&chosen)).await.unwrap(), 10);
+    let moved = drain(&queue).await;
+    assert_eq!(moved.len(), 10, "{moved:?}");
+    assert_eq!(
+        moved
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        chosen_bodies
+    );
+    assert_eq!(
+        queue.dead_letter_depth().await.unwrap(),
+        20,
+        "the rest back in sight"
+    );
+    assert_eq!(queue.redrive(None).await.unwrap(), 20);
+    let rest = drain(&queue).await;
+    let all: std::collections::BTreeSet<String> = moved.iter().chain(&rest).cloned().collect();
+    assert_eq!((rest.len(), all.len()), (20, 30), "each message once");
+    assert_eq!(queue.dead_letter_depth().await.unwrap(), 0);
+    assert_eq!(queue.purge_dead_letters().await.unwrap(), 0);
+}

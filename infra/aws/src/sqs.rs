@@ -10,6 +10,13 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 
 use jitr_infra::{DEAD_LETTER_REASON, DeadLetter, Queue, QueueError, QueueMessage};
 
+/// How long a dead-letter pass (list, redrive, purge) hides what it received:
+/// longer than any pass runs, so nothing reappears during one.
+const PASS_VISIBILITY: Duration = Duration::from_secs(15 * 60);
+/// How long one pass may run; the rest is left for the next (a clear bound on
+/// a large queue).
+const PASS_LIMIT: Duration = Duration::from_secs(10 * 60);
+
 /// Names and URLs of one queue and its DLQ.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuePair {
@@ -262,21 +269,36 @@ impl SqsQueue {
     /// Every message of the dead-letter queue, each hidden for a minute (SQS
     /// cannot list without receiving): pages of ten until a long poll of one
     /// second finds nothing more, or `max`.
+    /// Receives up to `max` dead letters (each once), hidden for
+    /// [`PASS_VISIBILITY`] so that none comes back while the pass runs; a pass
+    /// ends at `max`, at an empty receive, or after [`PASS_LIMIT`].
     async fn receive_all_dead(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
-        let mut all = Vec::new();
+        let started = std::time::Instant::now();
+        let mut all: Vec<QueueMessage> = Vec::new();
         while all.len() < max {
+            if started.elapsed() > PASS_LIMIT {
+                tracing::warn!(
+                    read = all.len(),
+                    "dead-letter pass stopped at its time limit"
+                );
+                break;
+            }
             let page = self
                 .receive_hidden(
                     &self.pair.dlq_url,
                     10,
                     Duration::from_secs(1),
-                    Some(Duration::from_secs(60)),
+                    Some(PASS_VISIBILITY),
                 )
                 .await?;
             if page.is_empty() {
                 break;
             }
-            all.extend(page);
+            for message in page {
+                if !all.iter().any(|m| m.id == message.id) {
+                    all.push(message);
+                }
+            }
         }
         Ok(all)
     }
@@ -454,29 +476,79 @@ impl Queue for SqsQueue {
     }
 
     async fn redrive(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
-        let received = self.receive_all_dead(usize::MAX).await?;
-        let mut moved = 0;
-        for message in received {
-            if ids.is_some_and(|ids| !ids.contains(&message.id)) {
-                self.release(&self.pair.dlq_url, &message.receipt).await?;
-                continue;
+        // Page by page: each message is sent back and deleted from the
+        // dead-letter queue before the next receive, so none is hidden long
+        // and none is sent twice (at least once only across a crash between
+        // the send and the delete). Those not asked for stay hidden until the
+        // pass ends, so they are not received again meanwhile.
+        let started = std::time::Instant::now();
+        let mut held = Vec::new();
+        let mut moved = 0u64;
+        let wanted = ids.map(<[String]>::len);
+        while wanted.is_none_or(|w| moved < w as u64) {
+            if started.elapsed() > PASS_LIMIT {
+                tracing::warn!(
+                    moved,
+                    "redrive stopped at its time limit: run it again for the rest"
+                );
+                break;
             }
-            let attributes = message.attributes_but(DEAD_LETTER_REASON);
-            self.send(&self.pair.url, &message.body, None, &attributes)
+            let page = self
+                .receive_hidden(
+                    &self.pair.dlq_url,
+                    10,
+                    Duration::from_secs(1),
+                    Some(PASS_VISIBILITY),
+                )
                 .await?;
-            self.delete(&self.pair.dlq_url, &message.receipt).await?;
-            moved += 1;
+            if page.is_empty() {
+                break;
+            }
+            for message in page {
+                if ids.is_some_and(|ids| !ids.contains(&message.id)) {
+                    held.push(message.receipt);
+                    continue;
+                }
+                let attributes = message.attributes_but(DEAD_LETTER_REASON);
+                self.send(&self.pair.url, &message.body, None, &attributes)
+                    .await?;
+                self.delete(&self.pair.dlq_url, &message.receipt).await?;
+                moved += 1;
+            }
+        }
+        for receipt in &held {
+            self.release(&self.pair.dlq_url, receipt).await?;
         }
         Ok(moved)
     }
 
     async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
         // Message by message rather than PurgeQueue: the count is exact and a
-        // second purge within 60 s is not refused.
-        let received = self.receive_all_dead(usize::MAX).await?;
-        for message in &received {
-            self.delete(&self.pair.dlq_url, &message.receipt).await?;
+        // second purge within 60 s is not refused. Page by page, each deleted
+        // before the next receive; bounded by [`PASS_LIMIT`].
+        let started = std::time::Instant::now();
+        let mut purged = 0u64;
+        while started.elapsed() <= PASS_LIMIT {
+            let page = self
+                .receive_hidden(
+                    &self.pair.dlq_url,
+                    10,
+                    Duration::from_secs(1),
+                    Some(PASS_VISIBILITY),
+                )
+                .await?;
+            if page.is_empty() {
+                return Ok(purged);
+            }
+            for message in &page {
+                self.delete(&self.pair.dlq_url, &message.receipt).await?;
+                purged += 1;
+            }
         }
-        Ok(received.len() as u64)
+        tracing::warn!(
+            purged,
+            "purge stopped at its time limit: run it again for the rest"
+        );
+        Ok(purged)
     }
 }
