@@ -283,10 +283,7 @@ impl GitHubApp {
             let strikes = if named {
                 1
             } else {
-                let mut strikes = self.lock_strikes();
-                let count = strikes.entry(installation).or_insert(0);
-                *count += 1;
-                *count
+                self.lock_strikes().get(&installation).copied().unwrap_or(0) + 1
             };
             let wait = crate::ports::rate_limit_wait(
                 status.as_u16(),
@@ -297,6 +294,9 @@ impl GitHubApp {
                 now,
                 strikes,
             );
+            if wait.is_some() && !named {
+                self.lock_strikes().insert(installation, strikes);
+            }
             if let Some(wait) = wait {
                 rate_limited += 1;
                 let allowed = crate::deadline::allowed_wait(self.config.max_rate_limit_wait);
@@ -314,13 +314,6 @@ impl GitHubApp {
                 tracing::warn!(?wait, %url, %message, "GitHub rate limit: waiting");
                 tokio::time::sleep(wait).await;
                 continue;
-            }
-            if !named {
-                // Not a rate limit after all: no strike.
-                let mut strikes = self.lock_strikes();
-                if let Some(count) = strikes.get_mut(&installation) {
-                    *count = count.saturating_sub(1);
-                }
             }
             let what = format!("{method} {path_or_url}: {message}");
             return Err(GitHubError::from_status(status.as_u16(), what, text));

@@ -198,6 +198,44 @@ mod tests {
     use crate::ports::NoGitHub;
     use std::sync::atomic::{AtomicI64, Ordering};
 
+    #[tokio::test]
+    async fn mints_and_removals_go_through_the_pacer_and_reads_do_not() {
+        let paced = PacedGitHub::new(Arc::new(NoGitHub), Arc::new(|| Timestamp(1_000_000)));
+        let scope = RunnerScope::Org { org: "acme".into() };
+        let request = JitRequest {
+            scope: scope.clone(),
+            name: "r".into(),
+            runner_group_id: 1,
+            labels: vec!["self-hosted".into()],
+            work_folder: "_work".into(),
+        };
+        for n in 0..CONTENT_PER_MINUTE {
+            // Reaches the adapter behind (which refuses: it holds no key).
+            let reached = if n % 2 == 0 {
+                paced.generate_jit_config(7, &request).await.map(|_| ())
+            } else {
+                paced.delete_runner(7, &scope, 1).await.map(|_| ())
+            };
+            assert!(
+                matches!(reached, Err(GitHubError::Unauthorized(_))),
+                "{reached:?}"
+            );
+        }
+        assert!(matches!(
+            paced.generate_jit_config(7, &request).await,
+            Err(GitHubError::RateLimited { .. })
+        ));
+        assert!(matches!(
+            paced.delete_runner(7, &scope, 1).await,
+            Err(GitHubError::RateLimited { .. })
+        ));
+        // Reads are not content-creating: they reach the adapter.
+        assert!(matches!(
+            paced.list_runners(7, &scope).await,
+            Err(GitHubError::Unauthorized(_))
+        ));
+    }
+
     #[test]
     fn content_requests_are_paced_under_githubs_minute_and_hour() {
         let now = Arc::new(AtomicI64::new(1_000_000));

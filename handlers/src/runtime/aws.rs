@@ -235,17 +235,8 @@ pub fn policy_from(
     if let Some(image) = var("JITR_IMAGE") {
         default.spec.image = image;
     }
-    if let Some(p) = var("JITR_PUBLIC_IP") {
-        default.launch.public_ip = match p.as_str() {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(SetupError::Invalid(
-                    "JITR_PUBLIC_IP",
-                    format!("{other:?} is neither true nor false"),
-                ));
-            }
-        };
+    if let Some(public) = flag(&var, "JITR_PUBLIC_IP")? {
+        default.launch.public_ip = public;
     }
     if let Some(t) = var("JITR_INSTANCE_TYPE") {
         default.spec.instance_type = t.clone();
@@ -256,22 +247,11 @@ pub fn policy_from(
             .parse()
             .map_err(|_| SetupError::Invalid("JITR_VCPUS", format!("{v:?} is not a number")))?;
     }
-    for (name, flag) in [
-        ("JITR_ALLOWLIST_ONLY", &mut policy.allowlist_only),
-        ("JITR_PUBLIC_REPOSITORIES", &mut policy.public_repositories),
-    ] {
-        if let Some(v) = var(name) {
-            *flag = match v.as_str() {
-                "true" => true,
-                "false" => false,
-                other => {
-                    return Err(SetupError::Invalid(
-                        name,
-                        format!("{other:?} is neither true nor false"),
-                    ));
-                }
-            };
-        }
+    if let Some(only) = flag(&var, "JITR_ALLOWLIST_ONLY")? {
+        policy.allowlist_only = only;
+    }
+    if let Some(public) = flag(&var, "JITR_PUBLIC_REPOSITORIES")? {
+        policy.public_repositories = public;
     }
     if let Some(list) = var("JITR_ALLOWLIST") {
         policy.allowlist = list
@@ -389,6 +369,22 @@ pub fn policy_from(
         })?;
     }
     Ok(policy)
+}
+
+/// A `true`/`false` variable, if set.
+fn flag(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<bool>, SetupError> {
+    match var(name).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(SetupError::Invalid(
+            name,
+            format!("{other:?} is neither true nor false"),
+        )),
+    }
 }
 
 /// The deployment's tags for every instance and volume jitr launches

@@ -269,12 +269,25 @@ impl SqsQueue {
     /// Every message of the dead-letter queue, each hidden for a minute (SQS
     /// cannot list without receiving): pages of ten until a long poll of one
     /// second finds nothing more, or `max`.
+    /// One page of a dead-letter pass: up to 10, hidden for [`PASS_VISIBILITY`]
+    /// (a 1-s long poll: a short poll may answer empty while messages wait).
+    async fn dead_page(&self) -> Result<Vec<QueueMessage>, QueueError> {
+        self.receive_hidden(
+            &self.pair.dlq_url,
+            10,
+            Duration::from_secs(1),
+            Some(PASS_VISIBILITY),
+        )
+        .await
+    }
+
     /// Receives up to `max` dead letters (each once), hidden for
     /// [`PASS_VISIBILITY`] so that none comes back while the pass runs; a pass
     /// ends at `max`, at an empty receive, or after [`PASS_LIMIT`].
     async fn receive_all_dead(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
         let started = std::time::Instant::now();
         let mut all: Vec<QueueMessage> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while all.len() < max {
             if started.elapsed() > PASS_LIMIT {
                 tracing::warn!(
@@ -283,19 +296,12 @@ impl SqsQueue {
                 );
                 break;
             }
-            let page = self
-                .receive_hidden(
-                    &self.pair.dlq_url,
-                    10,
-                    Duration::from_secs(1),
-                    Some(PASS_VISIBILITY),
-                )
-                .await?;
+            let page = self.dead_page().await?;
             if page.is_empty() {
                 break;
             }
             for message in page {
-                if !all.iter().any(|m| m.id == message.id) {
+                if seen.insert(message.id.clone()) {
                     all.push(message);
                 }
             }
@@ -493,14 +499,7 @@ impl Queue for SqsQueue {
                 );
                 break;
             }
-            let page = self
-                .receive_hidden(
-                    &self.pair.dlq_url,
-                    10,
-                    Duration::from_secs(1),
-                    Some(PASS_VISIBILITY),
-                )
-                .await?;
+            let page = self.dead_page().await?;
             if page.is_empty() {
                 break;
             }
@@ -529,14 +528,7 @@ impl Queue for SqsQueue {
         let started = std::time::Instant::now();
         let mut purged = 0u64;
         while started.elapsed() <= PASS_LIMIT {
-            let page = self
-                .receive_hidden(
-                    &self.pair.dlq_url,
-                    10,
-                    Duration::from_secs(1),
-                    Some(PASS_VISIBILITY),
-                )
-                .await?;
+            let page = self.dead_page().await?;
             if page.is_empty() {
                 return Ok(purged);
             }
