@@ -3,6 +3,7 @@
 //! emulator (and the simulator) cannot produce.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -74,6 +75,8 @@ pub struct FaultyCompute<C> {
     inner: C,
     rules: Mutex<Vec<Rule>>,
     clock: SimClock,
+    /// How far the cloud's clock is read ahead of the inner provider's.
+    cloud_ahead_ms: AtomicI64,
 }
 
 impl<C: Compute> FaultyCompute<C> {
@@ -83,7 +86,16 @@ impl<C: Compute> FaultyCompute<C> {
             inner,
             rules: Mutex::new(Vec::new()),
             clock: system_clock(),
+            cloud_ahead_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Time passes in the cloud: its clock, as jitr reads it
+    /// ([`Compute::cloud_time`]), is `by` ahead of the inner provider's from
+    /// now on (moto's clock, the host's, cannot be moved).
+    pub fn move_cloud_clock(&self, by: Duration) {
+        self.cloud_ahead_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
     /// Judges instance ages by `clock` (the simulator's, in deterministic runs).
@@ -264,6 +276,11 @@ impl<C: Compute> Compute for FaultyCompute<C> {
             .into_iter()
             .filter(|m| !self.younger(m.launched_at, window))
             .collect())
+    }
+
+    fn cloud_time(&self) -> Option<Timestamp> {
+        let ahead = self.cloud_ahead_ms.load(Ordering::SeqCst);
+        self.inner.cloud_time().map(|at| Timestamp(at.0 + ahead))
     }
 
     async fn retag(

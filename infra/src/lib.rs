@@ -15,6 +15,7 @@
 pub mod deadline;
 pub mod ports;
 
+mod cloud_clock;
 mod fault;
 #[cfg(feature = "github-app")]
 mod github_app;
@@ -27,6 +28,7 @@ mod queue_bus;
 mod sim;
 mod sqlite;
 
+pub use cloud_clock::CloudClock;
 pub use fault::{Fault, FaultyCompute};
 #[cfg(feature = "github-app")]
 pub use github_app::{API_VERSION, Clock, GITHUB_API, GitHubApp, GitHubAppConfig};

@@ -676,6 +676,11 @@ impl Compute for SimCloud {
         self.first_alive("WHERE client_token = ?1", &token.0)
     }
 
+    /// The simulator's own clock: it is the cloud's.
+    fn cloud_time(&self) -> Option<Timestamp> {
+        Some((self.clock)())
+    }
+
     async fn retag(
         &self,
         instance: &InstanceId,

@@ -530,3 +530,56 @@ async fn a_public_ip_is_given_only_when_the_pool_asks_whatever_the_subnet_says()
     }
     assert_eq!(public, [false, true], "public address only when asked");
 }
+
+/// Issue 25: the adapter reads EC2's time from its answers' `Date`, not from
+/// this host's clock. An endpoint answering DescribeInstances with a `Date`
+/// an hour ahead of this host moves the adapter's `cloud_time` an hour ahead.
+/// (The clock is process-wide; no other test of this file reads it.)
+#[tokio::test]
+async fn the_cloud_time_is_read_from_the_answers_date() {
+    use aws_smithy_types::DateTime;
+    use aws_smithy_types::date_time::Format;
+    const HOUR_MS: i64 = 3_600_000;
+    let ahead = || {
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(3_600);
+        DateTime::from(at).fmt(Format::HttpDate).unwrap()
+    };
+    let answer = move || async move {
+        axum::response::Response::builder()
+            .status(200)
+            .header("content-type", "text/xml")
+            .header("date", ahead())
+            .body(axum::body::Body::from(
+                "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                 <requestId>clock</requestId><reservationSet/></DescribeInstancesResponse>",
+            ))
+            .unwrap()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(answer))
+            .await
+            .unwrap();
+    });
+    let ec2 = Ec2Compute::new(
+        &jitr_aws::AwsSettings::emulator(format!("http://{address}"))
+            .load()
+            .await,
+        vec![],
+    );
+    let described = ec2.describe(&InstanceId("i-0clock".into())).await.unwrap();
+    assert_eq!(described, None);
+    let host = jitr_domain::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let cloud = ec2.cloud_time().expect("EC2 has answered");
+    let ahead_ms = cloud.0 - host.0;
+    assert!(
+        (HOUR_MS - 2_000..=HOUR_MS + 1_000).contains(&ahead_ms),
+        "EC2's clock is an hour ahead of this host's: {ahead_ms} ms"
+    );
+}

@@ -432,8 +432,10 @@ async fn one_instance_that_cannot_be_terminated_does_not_stop_the_sweep() {
     }
     aws.compute
         .inject(Fault::RefuseTermination(strays[0].clone()), None);
-    // Past the reaper's grace for instances just launched.
-    let later = now().plus_ms(aws.app.policy.reaper_grace_ms + 60_000);
+    // Past the reaper's grace for instances just launched, on EC2's clock.
+    let grace = aws.app.policy.reaper_grace_ms + 60_000;
+    aws.compute.move_cloud_clock(Duration::from_millis(grace));
+    let later = now().plus_ms(grace);
     let report = aws.app.reaper.sweep(later).await.unwrap();
     let mut terminated: Vec<_> = report
         .orphans_terminated
@@ -482,7 +484,10 @@ async fn an_instance_under_another_deployment_tag_is_found_by_id_and_retagged() 
         .unwrap();
     assert!(live(&aws).await.iter().all(|m| m.instance_id != instance));
 
-    let within_boot = started.plus_ms(aws.app.policy.reaper_grace_ms + 60_000);
+    // Time passes on EC2's clock as on the sweep's.
+    let grace = aws.app.policy.reaper_grace_ms + 60_000;
+    aws.compute.move_cloud_clock(Duration::from_millis(grace));
+    let within_boot = started.plus_ms(grace);
     let report = aws.app.reaper.sweep(within_boot).await.unwrap();
     assert!(report.found_gone.is_empty(), "{report:?}");
     assert_eq!(
@@ -500,7 +505,10 @@ async fn an_instance_under_another_deployment_tag_is_found_by_id_and_retagged() 
         "listed again under this deployment's tag"
     );
 
-    let past_boot = started.plus_ms(aws.app.policy.deadlines.boot_timeout_ms + 60_000);
+    let boot = aws.app.policy.deadlines.boot_timeout_ms + 60_000;
+    aws.compute
+        .move_cloud_clock(Duration::from_millis(boot - grace));
+    let past_boot = started.plus_ms(boot);
     let report = aws.app.reaper.sweep(past_boot).await.unwrap();
     assert_eq!(
         report.compensated,

@@ -339,6 +339,34 @@ async fn cloud_chaos_serves_every_job_and_never_closes_a_runner_early() {
     assert!(trusting.premature_terminations > 0, "{trusting:?}");
 }
 
+/// Issue 25: a compensating process whose clock is three minutes fast (or
+/// slow) judges the consistency window on EC2's clock, not its own: NotFound
+/// right after a launch stays "unknown", and no runner is closed while its
+/// instance runs. (On the host's clock a fast one took NotFound 30 s after a
+/// launch for NotFound after a two-minute window.)
+#[tokio::test]
+async fn cloud_chaos_with_a_skewed_compensating_clock_never_closes_a_runner_early() {
+    for skew_ms in [180_000, -180_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let report = run_with(
+            dir.path(),
+            Scenario::CloudChaos,
+            1,
+            SimOptions {
+                compensator_clock_skew_ms: skew_ms,
+                ..SimOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.compensator_clock_skew_ms, skew_ms);
+        assert_eq!(report.premature_terminations, 0, "{skew_ms}: {report:?}");
+        assert_eq!(report.jobs_served, report.jobs, "{skew_ms}: {report:?}");
+        assert_eq!(report.orphan_vcpu_minutes, 0.0, "{skew_ms}: {report:?}");
+        assert_eq!(report.instances_alive_at_end, 0, "{skew_ms}: {report:?}");
+    }
+}
+
 #[tokio::test]
 async fn audit_as_of_matches_the_simulators_record_of_live_instances() {
     let dir = tempfile::tempdir().unwrap();

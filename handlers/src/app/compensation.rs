@@ -109,6 +109,7 @@ impl Compensation {
             evidence,
         };
         let id = CommandId::new(format!("compensation:{stream}:stray:{}", stray.id));
+        let now = self.ports.now(now);
         dispatch(&*self.ports.store, stream, confirm, now, &id).await?;
         if let Err(e) = self.ports.secrets.delete_jit_config(&stray.id).await {
             tracing::warn!(%stream, error = %e, "JIT config not deleted");
@@ -155,6 +156,9 @@ impl Compensation {
         now: Timestamp,
     ) -> Result<Outcome, HandlerError> {
         let stream = &command.stream;
+        // Deadlines and the consistency window are judged on the cloud's
+        // clock, whatever this host's says (ADR-0021).
+        let now = self.ports.now(now);
         let Some(head) = self.ports.store.head(stream).await? else {
             return Ok(Outcome::Done(format!("{stream}: unknown stream")));
         };
@@ -295,6 +299,8 @@ impl Compensation {
                 ));
             }
         };
+        // The evidence was judged on the clock as EC2 answered: recorded on it.
+        let now = self.ports.now(now);
         self.record(
             command,
             Command::ConfirmTerminated {

@@ -83,6 +83,27 @@ impl Ports {
         ]
     }
 
+    /// The time jitr acts on: the cloud's clock once it has answered this
+    /// process ([`jitr_infra::Compute::cloud_time`]), else the process's own
+    /// `now`. Every process reads the same clock this way, so a time one host
+    /// writes (a launch, an intent) and another judges (the consistency
+    /// window, a deadline) are on one clock whatever the hosts' skew (ADR-0021).
+    pub fn now(&self, now: Timestamp) -> Timestamp {
+        match self.compute.cloud_time() {
+            Some(cloud) => {
+                let skew = now.0 - cloud.0;
+                if skew.abs() > SKEW_WARNING_MS {
+                    tracing::warn!(
+                        skew_ms = skew,
+                        "this host's clock is off the cloud's; acting on the cloud's"
+                    );
+                }
+                cloud
+            }
+            None => now,
+        }
+    }
+
     /// How the log must resolve the runner's pending launch intent, from what its
     /// client token finds in the cloud now (`None`: no launch is pending).
     pub async fn resolve_pending_launch(
@@ -98,7 +119,11 @@ impl Ports {
             .find_by_client_token(token)
             .await?
             .map(|m| m.found());
-        Ok(jitr_domain::resolve_pending_launch(state, found, now))
+        Ok(jitr_domain::resolve_pending_launch(
+            state,
+            found,
+            self.now(now),
+        ))
     }
 }
 
@@ -138,10 +163,13 @@ impl Ports {
             report,
             since,
             state.consistency_window_ms(),
-            now,
+            self.now(now),
         ))
     }
 }
+
+/// A host clock further than this from the cloud's is logged as skewed.
+const SKEW_WARNING_MS: i64 = 30_000;
 
 /// A fresh lease holder id: the host's name and a random suffix.
 fn holder_id() -> String {

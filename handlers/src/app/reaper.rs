@@ -198,6 +198,8 @@ impl Reaper {
             .into_iter()
             .filter(|i| i.state.is_live())
             .collect();
+        // Launch times are EC2's: the grace is judged on EC2's clock.
+        let now = self.ports.now(now);
         report.instances_seen = instances.len();
         let mut live: HashMap<InstanceId, ManagedInstance> = HashMap::new();
         let mut owed: HashSet<StreamId> = HashSet::new();

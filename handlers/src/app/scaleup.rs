@@ -483,6 +483,9 @@ impl ScaleUp {
             .clone()
             .expect("a waiting runner is requested");
         let pool = self.policy.pool_of(&request);
+        // The intent's and the launch's times are judged by other processes
+        // (the consistency window): written on the cloud's clock (ADR-0021).
+        let now = self.ports.now(now);
         let intended = self
             .run(
                 stream,
@@ -521,6 +524,7 @@ impl ScaleUp {
                 self.crash.check(CrashPoint::AfterRunInstances)?;
                 let vcpus = launched.vcpus;
                 let record = record_instance(state, token.clone(), launched.found());
+                let now = self.ports.now(now);
                 self.record_instance(stream, record, now, &format!("launched-{token}"))
                     .await?;
                 self.crash.check(CrashPoint::AfterLaunched)?;

@@ -134,6 +134,8 @@ pub struct SimulationReport {
     /// still ran the instance they declare gone (for `Terminated` without an
     /// instance: while an instance of the runner's launch ran). Must be 0.
     pub premature_terminations: u64,
+    /// How far the compensating process's clock was off the true time (ms).
+    pub compensator_clock_skew_ms: i64,
     /// Runners closed by a `Terminated`, by the evidence recorded in it.
     pub closed_by: BTreeMap<String, u64>,
     /// Stray instances recorded (RunInstances answers their runner could not take).
@@ -251,6 +253,9 @@ pub struct SimOptions {
     /// One JIT mint in this many, drawn at random, meets GitHub's secondary
     /// rate limit (a 403 without `retry-after`).
     pub github_secondary_one_in: Option<u64>,
+    /// How far the compensating process's clock (compensation and the
+    /// reaper) is off the true time, in ms (positive: fast).
+    pub compensator_clock_skew_ms: i64,
 }
 
 impl Default for SimOptions {
@@ -265,6 +270,7 @@ impl Default for SimOptions {
             type_capacity: BTreeMap::new(),
             event_delay_ms: 0,
             github_secondary_one_in: None,
+            compensator_clock_skew_ms: 0,
         }
     }
 }
@@ -332,10 +338,16 @@ pub async fn run_with(
         type_capacity,
         event_delay_ms,
         github_secondary_one_in,
+        compensator_clock_skew_ms: skew_ms,
     } = options;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = ManualClock::new(T0);
     let now = || clock.now();
+    // The compensating process's own clock: off the true time by the skew.
+    let compensator_now = || Timestamp(clock.now().0 + skew_ms);
+    // The log position at the end of each step, with the step's true time:
+    // events carry their writer's clock, these say when they were written.
+    let mut written_by: Vec<(u64, Timestamp)> = Vec::new();
     let settings = SimSettings {
         on_demand_vcpus: if scenario == Scenario::SpotStorm {
             64
@@ -708,7 +720,7 @@ pub async fn run_with(
                     &*app.compensation,
                     1,
                     Duration::ZERO,
-                    &now,
+                    &compensator_now,
                 )
                 .await?;
                 if drained == 0 {
@@ -720,7 +732,7 @@ pub async fn run_with(
         }
         if elapsed % 60_000 == 0 {
             if compensation {
-                if let Ok(sweep) = app.reaper.sweep(t).await {
+                if let Ok(sweep) = app.reaper.sweep(compensator_now()).await {
                     retagged += sweep.retagged.len() as u64;
                     sweep_errors += sweep.errors.len() as u64;
                 }
@@ -815,6 +827,7 @@ pub async fn run_with(
         {
             break;
         }
+        written_by.push((store.last_position().await?, t));
         clock.advance(STEP_MS);
         elapsed += STEP_MS;
     }
@@ -827,7 +840,11 @@ pub async fn run_with(
     let mut intents: BTreeMap<StreamId, ClientToken> = BTreeMap::new();
     let mut premature = 0u64;
     let mut strays = 0u64;
-    let ran = |at: Timestamp, pick: &dyn Fn(&jitr_infra::SimLifetime) -> bool| {
+    // Whether an instance `pick` chooses ran when the event at `position` was
+    // written (by the true clock, whatever its writer's said).
+    let ran = |position: u64, pick: &dyn Fn(&jitr_infra::SimLifetime) -> bool| {
+        let step = written_by.partition_point(|(head, _)| *head < position);
+        let at = written_by.get(step).map_or(end, |(_, t)| *t);
         lifetimes.iter().any(|l| pick(l) && l.ran_at(at))
     };
     let mut from_polls = 0u64;
@@ -963,22 +980,17 @@ pub async fn run_with(
                     false
                 }
                 RunnerEvent::Terminated {
-                    at,
                     instance_id: Some(id),
                     ..
                 }
                 | RunnerEvent::StrayTerminated {
-                    at,
-                    instance_id: id,
-                    ..
-                } => ran(*at, &|l| l.instance_id == *id),
+                    instance_id: id, ..
+                } => ran(r.position, &|l| l.instance_id == *id),
                 RunnerEvent::Terminated {
-                    at,
-                    instance_id: None,
-                    ..
+                    instance_id: None, ..
                 } => {
                     let token = intents.get(&r.stream);
-                    ran(*at, &|l| Some(&l.client_token) == token)
+                    ran(r.position, &|l| Some(&l.client_token) == token)
                 }
                 _ => false,
             };
@@ -1069,6 +1081,7 @@ pub async fn run_with(
         instances_alive_at_end: alive,
         consistency_window_ms: window_ms,
         premature_terminations: premature,
+        compensator_clock_skew_ms: skew_ms,
         closed_by,
         strays,
         retagged,
@@ -1363,7 +1376,7 @@ pub fn render(r: &SimulationReport) -> String {
          compensation latency   {} terminations, p50 {} ms, p99 {} ms, max {} ms\n\
          quota free again       {}\n\
          instances alive at end {}\n\
-         premature terminations {} (consistency window {} s)\n\
+         premature terminations {} (consistency window {} s, compensator's clock {:+} s)\n\
          closed on evidence     {}\n\
          stray instances        {}\n\
          reaper                 {} re-tagged, {} item errors swept past\n\
@@ -1414,6 +1427,7 @@ pub fn render(r: &SimulationReport) -> String {
         r.instances_alive_at_end,
         r.premature_terminations,
         r.consistency_window_ms / 1000,
+        r.compensator_clock_skew_ms / 1000,
         r.closed_by
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
@@ -1530,6 +1544,15 @@ pub struct Args {
     /// limit (its documented 403 without `retry-after`).
     #[arg(long, value_name = "N")]
     github_secondary_limits: Option<u64>,
+    /// Seconds the compensating process's clock (compensation and the
+    /// reaper) is off the true time: positive fast, negative slow.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    compensator_clock_skew: i64,
     /// Keep the simulated log here (for `jitr audit` / `history`); default: a
     /// scratch directory.
     #[arg(long)]
@@ -1574,6 +1597,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         type_capacity: args.type_capacity.iter().cloned().collect(),
         event_delay_ms: args.event_delay.as_millis() as u64,
         github_secondary_one_in: args.github_secondary_limits,
+        compensator_clock_skew_ms: args.compensator_clock_skew * 1000,
     };
     let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {

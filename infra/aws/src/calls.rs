@@ -5,6 +5,9 @@
 //! parameter value redacted) — from which tests derive the IAM requests AWS
 //! evaluates against each Lambda handler's role in the deployment template.
 //! Without the variable nothing is recorded.
+//!
+//! Every client also reads the `Date` of each answer into the process's
+//! [`cloud_clock`], the clock times judged across processes are read on.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,10 +15,55 @@ use std::path::PathBuf;
 use aws_config::SdkConfig;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::date_time::{DateTime, Format};
+use jitr_domain::Timestamp;
+use jitr_infra::CloudClock;
+
+static CLOUD_CLOCK: CloudClock = CloudClock::new();
+
+/// AWS's time, as this process's AWS answers tell it (their `Date` header).
+pub fn cloud_clock() -> &'static CloudClock {
+    &CLOUD_CLOCK
+}
+
+/// Reads the `Date` of every AWS answer into [`cloud_clock`].
+#[derive(Debug, Clone, Copy)]
+struct DateReader;
+
+impl Intercept for DateReader {
+    fn name(&self) -> &'static str {
+        "jitr-date-reader"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(at) = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(answer_date)
+        {
+            CLOUD_CLOCK.observe(at);
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP `Date` (RFC 7231's IMF-fixdate) as a timestamp.
+fn answer_date(header: &str) -> Option<Timestamp> {
+    let at = DateTime::from_str(header, Format::HttpDate).ok()?;
+    at.to_millis().ok().map(Timestamp)
+}
 
 /// The variable naming the file calls are recorded in.
 pub const RECORD_CALLS: &str = "JITR_RECORD_AWS_CALLS";
@@ -86,7 +134,7 @@ macro_rules! client {
     ($(#[$doc:meta])* $name:ident, $sdk:ident) => {
         $(#[$doc])*
         pub fn $name(config: &SdkConfig) -> $sdk::Client {
-            let mut builder = $sdk::config::Builder::from(config);
+            let mut builder = $sdk::config::Builder::from(config).interceptor(DateReader);
             if let Some(recorder) = CallRecorder::from_env() {
                 builder = builder.interceptor(recorder);
             }
@@ -143,7 +191,17 @@ client!(
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{Timestamp, answer_date, redacted};
+
+    #[test]
+    fn reads_an_http_date() {
+        // RFC 7231 section 7.1.1.1's example.
+        assert_eq!(
+            answer_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Timestamp(784_111_777_000))
+        );
+        assert_eq!(answer_date("yesterday"), None);
+    }
 
     #[test]
     fn a_recorded_parameter_value_is_redacted() {

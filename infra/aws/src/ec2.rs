@@ -456,6 +456,10 @@ impl Ec2Compute {
 
 #[async_trait]
 impl Compute for Ec2Compute {
+    fn cloud_time(&self) -> Option<Timestamp> {
+        crate::calls::cloud_clock().now()
+    }
+
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchedInstance, LaunchFailure> {
         let image = self.image_id(&spec.image).await?;
         if let Some(wanted) = spec.settings.architecture {

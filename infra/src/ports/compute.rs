@@ -387,6 +387,14 @@ pub trait Compute: Send + Sync {
         instance: &InstanceId,
     ) -> Result<Option<ManagedInstance>, ComputeError>;
 
+    /// The provider's time now, as its answers tell it (AWS: the `Date` of its
+    /// latest answer, carried forward), or `None` before it has answered. Times
+    /// judged across processes (the consistency window, deadlines) are judged
+    /// on this clock, not on the host's.
+    fn cloud_time(&self) -> Option<Timestamp> {
+        None
+    }
+
     /// Writes jitr's tags on `instance` again ([`TAG_MANAGED_BY`], the
     /// deployment's, [`TAG_RUNNER`], [`TAG_CLIENT_TOKEN`]), so that an instance
     /// found by its id but missing from the tag-filtered listing is listed again.
