@@ -517,6 +517,71 @@ async fn an_unreadable_head_does_not_stop_the_reaper() {
     assert_eq!(audit.unreadable_heads[0].0, "acme/widgets#1#1");
 }
 
+/// Issue 25 (ADR-0020): an instance whose stream a newer jitr wrote (an event
+/// kind and a status this build does not know) may run that jitr's job: it is
+/// left running while a runner of any version could live, and nothing is
+/// written to its stream. Past the longest a runner lives (max age, drain grace
+/// and the reaper's grace) the reaper terminates it all the same.
+#[tokio::test]
+async fn an_instance_of_a_stream_this_build_cannot_read_is_terminated_past_any_runners_life() {
+    let world = World::new(SimSettings::default(), 4);
+    world.queued(1).await.unwrap();
+    let stream = world.stream(1);
+    let instance = world.instance(1).await.expect("launched");
+    let seq = world.store.read_stream(&stream).await.unwrap().len() + 1;
+    world
+        .store
+        .execute_raw(format!(
+            "INSERT INTO events (stream, seq, kind, schema, at, body, command_id) \
+             VALUES ('{stream}', {seq}, 'hibernated', 1, {}, '{{}}', 'newer-jitr')",
+            world.now().0
+        ))
+        .await
+        .unwrap();
+    world
+        .store
+        .execute_raw(format!(
+            "UPDATE streams SET status = 'hibernating', version = {seq} WHERE stream = '{stream}'"
+        ))
+        .await
+        .unwrap();
+    let written = world.store.last_position().await.unwrap();
+
+    // Past the boot deadline, inside the longest life: left alone, reported.
+    world.advance(20 * 60);
+    let report = world.reap().await;
+    assert!(world.runs(&instance).await, "{report:?}");
+    assert!(report.orphans_terminated.is_empty(), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&instance.0) && e.contains("cannot be read here")),
+        "{report:?}"
+    );
+
+    let policy = &world.policy;
+    let longest =
+        policy.deadlines.max_age_ms + policy.deadlines.drain_grace_ms + policy.reaper_grace_ms;
+    world.advance(longest / 1000);
+    let report = world.reap().await;
+    assert_eq!(
+        report
+            .orphans_terminated
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        [&instance],
+        "{report:?}"
+    );
+    assert!(!world.runs(&instance).await);
+    assert_eq!(
+        world.store.last_position().await.unwrap(),
+        written,
+        "nothing written to a stream this build cannot read"
+    );
+}
+
 /// Issue 9, the incident's own path against EC2's eventual consistency: the JIT
 /// mint fails a second after launch while EC2 answers NotFound for the instance
 /// (and ignores the terminate call). NotFound is no evidence: no `Terminated` is

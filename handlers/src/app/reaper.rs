@@ -9,7 +9,7 @@ use jitr_domain::{
     Command, FailureStage, InstanceId, InstanceVerdict, StreamId, Timestamp, is_terminal,
     record_instance, record_launch, resume, terminate_runner,
 };
-use jitr_infra::{CommandId, ManagedInstance};
+use jitr_infra::{CommandId, ManagedInstance, StoreError};
 use serde::Serialize;
 
 use crate::app::Ports;
@@ -308,7 +308,16 @@ impl Reaper {
                 .await?;
             return Ok(None);
         };
-        let Some(head) = self.ports.store.head(&stream).await? else {
+        let head = match self.ports.store.head(&stream).await {
+            Ok(head) => head,
+            Err(unreadable @ (StoreError::Newer { .. } | StoreError::Corrupt { .. })) => {
+                self.unreadable_owner(report, instance, &stream, &unreadable, now)
+                    .await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(head) = head else {
             self.orphan(report, instance, format!("{stream} is unknown to the log"))
                 .await?;
             return Ok(None);
@@ -338,6 +347,39 @@ impl Reaper {
             return Ok(None);
         }
         Ok((!resume(&state, now).is_empty()).then_some(stream))
+    }
+
+    /// An instance whose stream this build cannot read (a newer jitr wrote it,
+    /// or it is damaged): what its runner does is unknown here, so the instance
+    /// is left to the jitr that can read it while any runner could still live.
+    /// Past the longest a runner lives (max age, drain grace and the reaper's
+    /// grace, on EC2's clock from its launch) it is terminated all the same,
+    /// and nothing is written to a stream this build does not understand
+    /// (ADR-0020): the jitr that reads it records the evidence.
+    async fn unreadable_owner(
+        &self,
+        report: &mut SweepReport,
+        instance: &ManagedInstance,
+        stream: &StreamId,
+        why: &StoreError,
+        now: Timestamp,
+    ) -> Result<(), HandlerError> {
+        let deadlines = &self.policy.deadlines;
+        let longest = deadlines.max_age_ms + deadlines.drain_grace_ms + self.policy.reaper_grace_ms;
+        let age = now.millis_since(instance.launched_at);
+        if age >= longest {
+            let why = format!(
+                "{stream} cannot be read here and the instance is {} min old, older than any runner lives: {why}",
+                age / 60_000
+            );
+            return self.orphan(report, instance, why).await;
+        }
+        report.errors.push(format!(
+            "instance {}: {stream} cannot be read here; left to the jitr that wrote it until it is {} min old: {why}",
+            instance.instance_id,
+            longest / 60_000
+        ));
+        Ok(())
     }
 
     /// One open runner: an instance the cloud says is gone, without `Terminated`,
