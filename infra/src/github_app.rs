@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::ports::{
     GitHub, GitHubError, JitConfig, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage,
-    Runner, RunnerGroup, RunnerScope,
+    Runner, RunnerGroup, RunnerPage, RunnerScope,
 };
 
 impl From<reqwest::Error> for GitHubError {
@@ -501,6 +501,30 @@ impl GitHub for GitHubApp {
             .get_all(installation, &runners_path(scope), "runners")
             .await?;
         runners.iter().map(runner_of).collect()
+    }
+
+    async fn runners_page(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        page: u32,
+    ) -> Result<RunnerPage, GitHubError> {
+        let path = format!(
+            "{}?per_page={PER_PAGE}&page={}",
+            runners_path(scope),
+            page.max(1)
+        );
+        let response = self.call(installation, Method::GET, &path, None).await?;
+        let more = next_link(&response).is_some();
+        let body: Value = decode(response).await?;
+        let runners = body
+            .get("runners")
+            .and_then(Value::as_array)
+            .ok_or_else(|| GitHubError::Decode(format!("{path}: no \"runners\" array")))?
+            .iter()
+            .map(runner_of)
+            .collect::<Result<_, _>>()?;
+        Ok(RunnerPage { runners, more })
     }
 
     async fn get_runner(

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerGroup, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE, rate_limit_wait,
+    RunnerGroup, RunnerPage, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE, rate_limit_wait,
 };
 
 /// One injectable GitHub fault (until cleared).
@@ -145,6 +145,15 @@ impl GitHub for FaultyGitHub {
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
         self.inner.list_runners(installation, scope).await
+    }
+
+    async fn runners_page(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        page: u32,
+    ) -> Result<RunnerPage, GitHubError> {
+        self.inner.runners_page(installation, scope, page).await
     }
 
     async fn get_runner(

@@ -21,7 +21,7 @@ use jitr_domain::Timestamp;
 
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerGroup, RunnerScope,
+    RunnerGroup, RunnerPage, RunnerScope,
 };
 use crate::sim::SimClock;
 
@@ -128,6 +128,15 @@ impl GitHub for PacedGitHub {
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError> {
         self.inner.list_runners(installation, scope).await
+    }
+
+    async fn runners_page(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        page: u32,
+    ) -> Result<RunnerPage, GitHubError> {
+        self.inner.runners_page(installation, scope, page).await
     }
 
     async fn find_runner(

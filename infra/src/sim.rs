@@ -23,8 +23,8 @@ use crate::ports::{
     LaunchedInstance, ManagedInstance, TerminateOutcome, architecture_mismatch,
 };
 use crate::ports::{
-    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RequestUsage, Runner,
-    RunnerGroup, RunnerScope,
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RUNNERS_PER_PAGE,
+    RequestUsage, Runner, RunnerGroup, RunnerPage, RunnerScope,
 };
 use crate::ports::{JitConfig, RunnerSecrets, SecretError};
 
@@ -776,6 +776,34 @@ fn gh_sql(e: rusqlite::Error) -> GitHubError {
 }
 
 impl SimGitHub {
+    /// At most `limit` of a scope's runners, by id, after the first `offset`.
+    fn runners_from(
+        &self,
+        scope: &RunnerScope,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<Runner>, GitHubError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, name, labels, busy FROM gh_runners WHERE scope = ?1
+                 ORDER BY id LIMIT ?2 OFFSET ?3",
+            )
+            .map_err(gh_sql)?;
+        let rows = stmt
+            .query_map(params![scope_key(scope), limit, offset], |r| {
+                Ok(Runner {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: "online".into(),
+                    busy: r.get(3)?,
+                    labels: split_labels(&r.get::<_, String>(2)?),
+                })
+            })
+            .map_err(gh_sql)?;
+        rows.collect::<Result<_, _>>().map_err(gh_sql)
+    }
+
     /// Opens (creating) the stand-in in `path` (shared with [`SimCloud`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ComputeError> {
         Ok(SimGitHub {
@@ -1080,24 +1108,23 @@ impl GitHub for SimGitHub {
         for _ in 0..count.div_ceil(100).max(1) {
             self.spend(installation)?;
         }
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, name, labels, busy FROM gh_runners WHERE scope = ?1 ORDER BY id",
-            )
-            .map_err(gh_sql)?;
-        let rows = stmt
-            .query_map([scope_key(scope)], |r| {
-                Ok(Runner {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    status: "online".into(),
-                    busy: r.get(3)?,
-                    labels: split_labels(&r.get::<_, String>(2)?),
-                })
-            })
-            .map_err(gh_sql)?;
-        rows.collect::<Result<_, _>>().map_err(gh_sql)
+        self.runners_from(scope, 0, u32::MAX)
+    }
+
+    async fn runners_page(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        page: u32,
+    ) -> Result<RunnerPage, GitHubError> {
+        self.spend(installation)?;
+        let per_page = RUNNERS_PER_PAGE as u32;
+        let offset = (page.max(1) - 1).saturating_mul(per_page);
+        // One more than a page: whether GitHub would link a next one.
+        let mut runners = self.runners_from(scope, offset, per_page + 1)?;
+        let more = runners.len() > RUNNERS_PER_PAGE;
+        runners.truncate(RUNNERS_PER_PAGE);
+        Ok(RunnerPage { runners, more })
     }
 
     async fn get_runner(

@@ -878,3 +878,58 @@ async fn a_runner_is_read_by_its_id_in_one_request_each() {
             .is_some()
     );
 }
+
+/// One page of a scope's runners is one request (`per_page=100&page=N`, as
+/// GitHub documents "List self-hosted runners for a repository"); GitHub's
+/// `Link: rel="next"` says whether another page follows.
+#[tokio::test]
+async fn one_page_of_runners_is_one_request_and_says_whether_more_follow() {
+    let world = World::new().await;
+    world
+        .token_endpoint("", "ghs_page", "2027-01-15T09:00:00Z", 1)
+        .await;
+    let runner = |id: u64| {
+        json!({"id": id, "name": format!("r{id}"), "os": "linux", "status": "online", "busy": false,
+               "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}]})
+    };
+    let next = format!(
+        "<{}/repos/acme/widgets/actions/runners?per_page=100&page=4>; rel=\"next\"",
+        world.server.uri()
+    );
+    let (accept, version) = github_headers();
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .and(query_param("per_page", "100"))
+        .and(query_param("page", "3"))
+        .and(accept)
+        .and(version)
+        .and(header("authorization", "Bearer ghs_page"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", next.as_str())
+                .set_body_json(json!({"total_count": 350, "runners": [runner(301), runner(302)]})),
+        )
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/actions/runners"))
+        .and(query_param("page", "4"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"total_count": 350, "runners": [runner(401)]})),
+        )
+        .expect(1)
+        .mount(&world.server)
+        .await;
+    let client = world.client();
+    let third = client.runners_page(INSTALLATION, &repo(), 3).await.unwrap();
+    assert_eq!(
+        third.runners.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [301, 302]
+    );
+    assert!(third.more);
+    let last = client.runners_page(INSTALLATION, &repo(), 4).await.unwrap();
+    assert_eq!(last.runners.len(), 1);
+    assert!(!last.more);
+}

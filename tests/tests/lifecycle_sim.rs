@@ -2142,6 +2142,109 @@ async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() 
     world.assert_no_leak().await;
 }
 
+/// Issue 25: the registration sweep pages GitHub's listing within the
+/// background request budget and resumes where it stopped. 3,000 registrations
+/// in the repository's scope (30 pages): 250 stale ones named by jitr, whose
+/// streams the log does not know, among 2,750 of someone else's. Each sweep
+/// reads at most 5 pages; the next goes on from the page after, in a new
+/// process too; with the budget spent it reads nothing and loses nothing.
+/// (Before: every sweep read all 30 pages.)
+#[tokio::test]
+async fn the_registration_sweep_pages_within_the_budget_and_resumes_where_it_stopped() {
+    use jitr_infra::{GitHub, JitRequest, RunnerScope};
+    let mut world = World::new(SimSettings::default(), 4);
+    let scope = RunnerScope::Repo {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+    };
+    let stale = |n: usize| n % 12 == 0;
+    let name = |n: usize| {
+        if stale(n) {
+            format!("{}{}-1", jitr_domain::runner_name_prefix(None), 900_000 + n)
+        } else {
+            format!("someone-elses-{n}")
+        }
+    };
+    for n in 0..3_000 {
+        world
+            .github
+            .generate_jit_config(
+                1,
+                &JitRequest {
+                    scope: scope.clone(),
+                    name: name(n),
+                    runner_group_id: 1,
+                    labels: vec!["self-hosted".into()],
+                    work_folder: "_work".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // An open runner of the scope, running its job: the scope is swept.
+    queued_on_github(&world, 1);
+    world.queued(1).await.unwrap();
+    let runner = world.runner_name(1).await.unwrap();
+    github_starts(&world, 1, &runner).await;
+    let remaining = |world: &World| {
+        (0..3_000)
+            .filter(|n| world.github.is_registered(&name(*n)))
+            .count()
+    };
+    // One sweep: the pages it read (every request but removals and job
+    // polls) and the registrations it removed.
+    async fn sweep(world: &World) -> (u64, usize) {
+        let before = world.github.usage(1).sent;
+        world.advance(60);
+        let report = world.reap().await;
+        let spent = world.github.usage(1).sent - before;
+        assert_eq!(
+            spent,
+            (report.registration_pages + report.registrations_removed + report.jobs_polled) as u64,
+            "{report:?}"
+        );
+        (
+            report.registration_pages as u64,
+            report.registrations_removed,
+        )
+    }
+
+    // Pages 1–5: the stale among the first 500 registrations (42, less those
+    // the sweep's own removals moved to an earlier page it had read).
+    let (pages, removed) = sweep(&world).await;
+    assert_eq!(pages, 5);
+    assert!((38..=42).contains(&removed), "{removed}");
+    // A new process goes on from page 6 (a sweep from page 1 would find the
+    // 4 stale ones the removals moved into page 5).
+    world = world.restart();
+    let (pages, removed) = sweep(&world).await;
+    assert_eq!(pages, 5);
+    assert!(removed >= 40, "went on from page 6: {removed} removed");
+
+    // The budget spent: nothing read, nothing lost; the next hour goes on.
+    world.app.budget.charge(1, world.now(), 10_000);
+    let report = {
+        world.advance(60);
+        world.reap().await
+    };
+    assert_eq!(report.registration_pages, 0, "{report:?}");
+    assert_eq!(report.registration_scopes_deferred, 1, "{report:?}");
+    world.advance(3_600);
+
+    // Passes go on, 5 pages a sweep, until every stale registration is gone
+    // and no one else's.
+    let mut sweeps = 0;
+    while remaining(&world) > 2_750 {
+        let (pages, _) = sweep(&world).await;
+        assert!(pages <= 5);
+        sweeps += 1;
+        assert!(sweeps <= 12, "{} stale left", remaining(&world) - 2_750);
+    }
+    assert_eq!(remaining(&world), 2_750);
+    assert!(world.github.is_registered(&runner));
+    assert_eq!(world.status(1).await, RunnerStatus::Running);
+}
+
 /// Issue 25: a lifecycle event is authorised by the runner id GitHub sends
 /// (`workflow_job.runner_id`), not only by jitr's predictable runner name: a
 /// runner registered under jitr's name by someone else has another id, and an

@@ -239,6 +239,7 @@ impl App {
             compensation.clone(),
             jobs.clone(),
             supply.clone(),
+            budget.clone(),
         ));
         let scaleup = Arc::new(ScaleUp::new(ports.clone(), policy.clone()));
         App {

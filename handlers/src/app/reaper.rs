@@ -2,17 +2,18 @@
 //! log's statuses say. Cost per sweep is O(live instances + open streams): it lists
 //! instances and open heads, never history.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use jitr_domain::{
     Command, FailureStage, InstanceId, InstanceVerdict, StreamId, Timestamp, is_terminal,
     record_instance, record_launch, resume, terminate_runner,
 };
-use jitr_infra::{CommandId, ManagedInstance, StoreError};
+use jitr_infra::{Checkpoint, CommandId, ManagedInstance, StoreError};
 use serde::Serialize;
 
 use crate::app::Ports;
+use crate::app::budget::RequestBudget;
 use crate::app::compensation::Compensation;
 use crate::app::dispatch::{current_state, dispatch};
 use crate::app::jobwatch::JobWatch;
@@ -44,6 +45,11 @@ pub struct SweepReport {
     pub polls_deferred: usize,
     /// GitHub registrations of closed or unknown jitr runners removed.
     pub registrations_removed: usize,
+    /// Pages of GitHub's runner listings read (one request each; at most
+    /// [`REGISTRATION_PAGES_PER_SWEEP`] per scope, within the background budget).
+    pub registration_pages: usize,
+    /// Scopes whose listing waits for a later sweep: the budget was spent.
+    pub registration_scopes_deferred: usize,
     /// Runners waiting for capacity (an admission round was asked for).
     pub waiting: usize,
     /// Surplus runners withdrawn, retired deregister-first, or kept busy.
@@ -63,16 +69,26 @@ pub struct Reaper {
     compensation: Arc<Compensation>,
     jobs: Arc<JobWatch>,
     supply: Arc<Supply>,
+    budget: Arc<RequestBudget>,
 }
 
+/// Pages of a scope's registrations (100 each) one sweep reads at most; the
+/// next sweep goes on from the page after.
+pub const REGISTRATION_PAGES_PER_SWEEP: u32 = 5;
+
+/// The checkpoint holding where the registration sweep goes on, per scope.
+pub const REGISTRATION_CURSOR: &str = "registration-sweep";
+
 impl Reaper {
-    /// A reaper over `ports`, compensating through `compensation`.
+    /// A reaper over `ports`, compensating through `compensation`; its GitHub
+    /// listings are background work, within `budget`.
     pub fn new(
         ports: Ports,
         policy: Arc<RunnerPolicy>,
         compensation: Arc<Compensation>,
         jobs: Arc<JobWatch>,
         supply: Arc<Supply>,
+        budget: Arc<RequestBudget>,
     ) -> Self {
         Reaper {
             ports,
@@ -80,6 +96,7 @@ impl Reaper {
             compensation,
             jobs,
             supply,
+            budget,
         }
     }
 
@@ -272,7 +289,7 @@ impl Reaper {
             }
             Err(e) => report.errors.push(format!("retiring surplus runners: {e}")),
         }
-        report.registrations_removed = self.sweep_registrations().await;
+        self.sweep_registrations(&mut report, now).await;
         if report.waiting > 0 {
             // The periodic admission round: capacity may have freed without a
             // `Terminated` (a quota raised, other software stopped).
@@ -291,7 +308,11 @@ impl Reaper {
             report.owed_terminations,
             report.oldest_owed_ms,
         );
-        crate::app::metrics::github_requests(now, "reaper", report.jobs_polled as u64);
+        crate::app::metrics::github_requests(
+            now,
+            "reaper",
+            (report.jobs_polled + report.registration_pages) as u64,
+        );
         Ok(report)
     }
 
@@ -469,13 +490,21 @@ impl Reaper {
     /// Removes GitHub registrations named by jitr whose stream is closed or
     /// unknown. A name an open runner has or registers under is never removed.
     /// If the open runners cannot be read, nothing is removed.
-    async fn sweep_registrations(&self) -> usize {
+    ///
+    /// The listing is paged as GitHub pages it: each sweep reads at most
+    /// [`REGISTRATION_PAGES_PER_SWEEP`] pages of a scope, each within the
+    /// background request budget, and the next sweep goes on from the page
+    /// after (kept in the [`REGISTRATION_CURSOR`] checkpoint, so a new process
+    /// resumes too). An organisation with 3,000 runners costs 5 requests a
+    /// sweep, not 30. Removals shift the pages after them: a registration they
+    /// skip is met on the next pass.
+    async fn sweep_registrations(&self, report: &mut SweepReport, now: Timestamp) {
         // Each scope is asked through the installation its runners came through.
         let mut scopes = Vec::new();
         let open = match self.ports.store.open_streams().await {
             Ok(open) if open.unreadable.is_empty() => open,
             // An open runner that cannot be read may own any name.
-            _ => return 0,
+            _ => return,
         };
         // Every name an open runner has or will register under, whatever its
         // state: a mint may be done before its `TokenMinted` is written, and the
@@ -506,38 +535,104 @@ impl Reaper {
                 scopes.push((self.policy.installation_id, scope));
             }
         }
-        let mut removed = 0;
+        let (mut cursor, generation) = self.registration_cursor().await;
         for (installation, scope) in scopes {
-            let Ok(runners) = self.ports.github.list_runners(installation, &scope).await else {
-                continue;
-            };
-            for runner in runners
-                .iter()
-                .filter(|r| self.policy.names_runner(&r.name) && !r.busy)
-                .filter(|r| !open_names.contains(&r.name))
-            {
-                let open = match self.ports.store.stream_of_runner(&runner.name).await {
-                    Ok(Some(stream)) => self
-                        .ports
-                        .store
-                        .head(&stream)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|h| h.open),
-                    Ok(None) => false,
-                    Err(_) => true,
+            let key = format!("{installation} {scope}");
+            let mut page = cursor.get(&key).copied().unwrap_or(1);
+            for _ in 0..REGISTRATION_PAGES_PER_SWEEP {
+                let listing = self.ports.github.runners_page(installation, &scope, page);
+                let listed = match self.budget.spend(installation, now, listing).await {
+                    None => {
+                        report.registration_scopes_deferred += 1;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        report
+                            .errors
+                            .push(format!("runner registrations of {scope}, page {page}: {e}"));
+                        break;
+                    }
+                    Some(Ok(listed)) => listed,
                 };
-                if !open
-                    && self
-                        .ports
-                        .github
-                        .delete_runner(installation, &scope, runner.id)
-                        .await
-                        .unwrap_or(false)
-                {
-                    removed += 1;
+                report.registration_pages += 1;
+                report.registrations_removed += self
+                    .remove_stale(installation, &scope, &listed.runners, &open_names)
+                    .await;
+                if !listed.more {
+                    page = 1;
+                    break;
                 }
+                page += 1;
+            }
+            cursor.insert(key, page);
+        }
+        let checkpoint = Checkpoint {
+            position: 0,
+            snapshot: serde_json::to_vec(&cursor).unwrap_or_default(),
+            generation,
+        };
+        if let Err(e) = self
+            .ports
+            .store
+            .save_checkpoint(REGISTRATION_CURSOR, &checkpoint)
+            .await
+        {
+            // The next sweep reads these pages again: nothing is lost.
+            tracing::warn!(error = %e, "registration sweep: where it stopped not saved");
+        }
+    }
+
+    /// Where the registration sweep goes on in each scope (`installation
+    /// scope` → page), and the checkpoint's generation.
+    async fn registration_cursor(&self) -> (BTreeMap<String, u32>, u64) {
+        match self.ports.store.load_checkpoint(REGISTRATION_CURSOR).await {
+            Ok(Some(saved)) => (
+                serde_json::from_slice(&saved.snapshot).unwrap_or_default(),
+                saved.generation,
+            ),
+            Ok(None) => (BTreeMap::new(), 0),
+            Err(e) => {
+                tracing::warn!(error = %e, "registration sweep: starting from the first pages");
+                (BTreeMap::new(), 0)
+            }
+        }
+    }
+
+    /// Removes those of `runners` that jitr named and no open runner owns.
+    async fn remove_stale(
+        &self,
+        installation: u64,
+        scope: &jitr_infra::RunnerScope,
+        runners: &[jitr_infra::Runner],
+        open_names: &HashSet<String>,
+    ) -> usize {
+        let mut removed = 0;
+        for runner in runners
+            .iter()
+            .filter(|r| self.policy.names_runner(&r.name) && !r.busy)
+            .filter(|r| !open_names.contains(&r.name))
+        {
+            let open = match self.ports.store.stream_of_runner(&runner.name).await {
+                Ok(Some(stream)) => self
+                    .ports
+                    .store
+                    .head(&stream)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|h| h.open),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if !open
+                && self
+                    .ports
+                    .github
+                    .delete_runner(installation, scope, runner.id)
+                    .await
+                    .unwrap_or(false)
+            {
+                removed += 1;
             }
         }
         removed

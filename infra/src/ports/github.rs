@@ -27,6 +27,16 @@ pub enum RunnerScope {
     },
 }
 
+impl std::fmt::Display for RunnerScope {
+    /// `owner/repo`, or `organization org`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunnerScope::Repo { owner, repo } => write!(f, "{owner}/{repo}"),
+            RunnerScope::Org { org } => write!(f, "organization {org}"),
+        }
+    }
+}
+
 /// A JIT runner to register.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JitRequest {
@@ -67,6 +77,19 @@ pub struct Runner {
     /// Label names.
     pub labels: Vec<String>,
 }
+
+/// One page of a scope's runner registrations, as GitHub lists them
+/// (`per_page=100`, numbered from 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerPage {
+    /// The runners of the page.
+    pub runners: Vec<Runner>,
+    /// Whether GitHub has a page after it (its `Link: rel="next"`).
+    pub more: bool,
+}
+
+/// Runners GitHub lists in one page.
+pub const RUNNERS_PER_PAGE: usize = 100;
 
 /// An organisation's runner group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +320,21 @@ pub trait GitHub: Send + Sync {
         installation: u64,
         scope: &RunnerScope,
     ) -> Result<Vec<Runner>, GitHubError>;
+    /// Page `page` (from 1) of a scope's runners: one request. Stand-ins may
+    /// cut it from the whole listing.
+    async fn runners_page(
+        &self,
+        installation: u64,
+        scope: &RunnerScope,
+        page: u32,
+    ) -> Result<RunnerPage, GitHubError> {
+        let all = self.list_runners(installation, scope).await?;
+        let start = (page.max(1) as usize - 1) * RUNNERS_PER_PAGE;
+        Ok(RunnerPage {
+            more: all.len() > start + RUNNERS_PER_PAGE,
+            runners: all.into_iter().skip(start).take(RUNNERS_PER_PAGE).collect(),
+        })
+    }
     /// The runner registered under `name` in a scope, if any (names are
     /// unique within a scope).
     async fn find_runner(

@@ -29,9 +29,9 @@ pub use event_store::{
     UnreadableEvent, UnreadableHead, decode_event, read_feed_page,
 };
 pub use github::{
-    GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RequestUsage,
-    Runner, RunnerGroup, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE, SECONDARY_WAIT,
-    SECONDARY_WAIT_MAX, rate_limit_wait,
+    GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RUNNERS_PER_PAGE,
+    RequestUsage, Runner, RunnerGroup, RunnerPage, RunnerScope, SECONDARY_RATE_LIMIT_MESSAGE,
+    SECONDARY_WAIT, SECONDARY_WAIT_MAX, rate_limit_wait,
 };
 pub use queue::{
     DEAD_LETTER_REASON, DEFAULT_MAX_RECEIVES, DLQ_ALARM_THRESHOLD, DeadLetter, MAX_DELAY,
