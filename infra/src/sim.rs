@@ -732,6 +732,17 @@ impl SimLifetime {
     }
 }
 
+/// A registration from its row (`id, name, labels, busy`).
+fn runner_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Runner> {
+    Ok(Runner {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        status: "online".into(),
+        busy: r.get(3)?,
+        labels: split_labels(&r.get::<_, String>(2)?),
+    })
+}
+
 /// The local GitHub stand-in: JIT configs, runner registrations, queued jobs.
 #[derive(Clone)]
 pub struct SimGitHub {
@@ -791,15 +802,7 @@ impl SimGitHub {
             )
             .map_err(gh_sql)?;
         let rows = stmt
-            .query_map(params![scope_key(scope), limit, offset], |r| {
-                Ok(Runner {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    status: "online".into(),
-                    busy: r.get(3)?,
-                    labels: split_labels(&r.get::<_, String>(2)?),
-                })
-            })
+            .query_map(params![scope_key(scope), limit, offset], runner_row)
             .map_err(gh_sql)?;
         rows.collect::<Result<_, _>>().map_err(gh_sql)
     }
@@ -1138,15 +1141,7 @@ impl GitHub for SimGitHub {
             .query_row(
                 "SELECT id, name, labels, busy FROM gh_runners WHERE scope = ?1 AND id = ?2",
                 params![scope_key(scope), runner_id],
-                |r| {
-                    Ok(Runner {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        status: "online".into(),
-                        busy: r.get(3)?,
-                        labels: split_labels(&r.get::<_, String>(2)?),
-                    })
-                },
+                runner_row,
             )
             .optional()
             .map_err(gh_sql)

@@ -2094,34 +2094,33 @@ async fn without_the_spot_service_linked_role_runners_launch_on_demand() {
     );
 }
 
+/// Registers runners named `names` in `acme/widgets`, as someone else would.
+async fn register_in_widgets(world: &World, names: impl Iterator<Item = String>) {
+    use jitr_infra::{GitHub, JitRequest, RunnerScope};
+    let scope = RunnerScope::Repo {
+        owner: "acme".into(),
+        repo: "widgets".into(),
+    };
+    for name in names {
+        let request = JitRequest {
+            scope: scope.clone(),
+            name,
+            runner_group_id: 1,
+            labels: vec!["self-hosted".into()],
+            work_folder: "_work".into(),
+        };
+        world.github.generate_jit_config(1, &request).await.unwrap();
+    }
+}
+
 /// Issue 25: a runner's registration is looked up and removed by the id
 /// GitHub gave it, never by walking the scope's listing. With 3,000 runners
 /// registered in the repository (30 pages of GitHub's listing), the
 /// compensation after a job spends at most 2 requests.
 #[tokio::test]
 async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() {
-    use jitr_infra::{GitHub, JitRequest, RunnerScope};
     let mut world = World::new(SimSettings::default(), 4);
-    let scope = RunnerScope::Repo {
-        owner: "acme".into(),
-        repo: "widgets".into(),
-    };
-    for n in 0..3_000 {
-        world
-            .github
-            .generate_jit_config(
-                1,
-                &JitRequest {
-                    scope: scope.clone(),
-                    name: format!("someone-elses-{n}"),
-                    runner_group_id: 1,
-                    labels: vec!["self-hosted".into()],
-                    work_folder: "_work".into(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    register_in_widgets(&world, (0..3_000).map(|n| format!("someone-elses-{n}"))).await;
     world.queued(1).await.unwrap();
     let head = world.store.head(&world.stream(1)).await.unwrap().unwrap();
     assert!(head.state.runner_id.is_some(), "the id GitHub gave is kept");
@@ -2151,12 +2150,8 @@ async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() 
 /// (Before: every sweep read all 30 pages.)
 #[tokio::test]
 async fn the_registration_sweep_pages_within_the_budget_and_resumes_where_it_stopped() {
-    use jitr_infra::{GitHub, JitRequest, RunnerScope};
+    use jitr_infra::GitHub;
     let mut world = World::new(SimSettings::default(), 4);
-    let scope = RunnerScope::Repo {
-        owner: "acme".into(),
-        repo: "widgets".into(),
-    };
     let stale = |n: usize| n % 12 == 0;
     let name = |n: usize| {
         if stale(n) {
@@ -2165,22 +2160,7 @@ async fn the_registration_sweep_pages_within_the_budget_and_resumes_where_it_sto
             format!("someone-elses-{n}")
         }
     };
-    for n in 0..3_000 {
-        world
-            .github
-            .generate_jit_config(
-                1,
-                &JitRequest {
-                    scope: scope.clone(),
-                    name: name(n),
-                    runner_group_id: 1,
-                    labels: vec!["self-hosted".into()],
-                    work_folder: "_work".into(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    register_in_widgets(&world, (0..3_000).map(name)).await;
     // An open runner of the scope, running its job: the scope is swept.
     queued_on_github(&world, 1);
     world.queued(1).await.unwrap();
