@@ -2119,6 +2119,7 @@ async fn register_in_widgets(world: &World, names: impl Iterator<Item = String>)
 /// compensation after a job spends at most 2 requests.
 #[tokio::test]
 async fn a_compensation_spends_at_most_two_github_requests_among_3000_runners() {
+    use jitr_infra::GitHub;
     let mut world = World::new(SimSettings::default(), 4);
     register_in_widgets(&world, (0..3_000).map(|n| format!("someone-elses-{n}"))).await;
     world.queued(1).await.unwrap();
