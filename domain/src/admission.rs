@@ -39,6 +39,9 @@ pub struct PoolLimits {
     pub instance_types: Vec<String>,
     /// Whether spot is tried first.
     pub spot: bool,
+    /// Idle runners it keeps beyond its queued demand at the round's moment
+    /// (ADR-0022): its runners within that floor are not withdrawn.
+    pub min_idle: usize,
 }
 
 impl PoolLimits {
@@ -363,7 +366,14 @@ impl AdmissionRound {
             ..RoundReport::default()
         };
         let mut steps = VecDeque::new();
-        for retirement in plan_withdrawals(open.iter().copied()) {
+        let floor = |name: &str| crate::supply::PoolFloor {
+            min_idle: pools
+                .iter()
+                .find(|p| p.name == name)
+                .map_or(0, |p| p.min_idle),
+            ..Default::default()
+        };
+        for retirement in plan_withdrawals(open.iter().copied(), floor) {
             if let Retirement::Withdraw { stream } = retirement {
                 report.admitted.insert(stream.clone(), Admitted::Withdrawn);
                 report.withdrawn += 1;

@@ -22,6 +22,7 @@ mod launch;
 mod resume;
 mod state;
 mod supply;
+mod warm;
 
 pub use admission::{
     AdmissionRound, AdmissionStep, Admitted, LaunchAttempt, LaunchResult, PoolLimits, PoolWaiting,
@@ -57,9 +58,10 @@ pub use state::{
     evolve, fold, is_terminal,
 };
 pub use supply::{
-    DEFAULT_RETIRE_GRACE_MS, PoolBalance, Retirement, plan_retirements, plan_withdrawals,
-    pool_balances,
+    DEFAULT_RETIRE_GRACE_MS, PoolBalance, PoolFloor, Retirement, plan_retirements,
+    plan_withdrawals, pool_balances,
 };
+pub use warm::{WarmPlan, WarmSchedule, WarmWindow, WindowError, plan_warmth};
 
 /// Runs `decide` and folds its events: the state after the command, and the events.
 pub fn execute(

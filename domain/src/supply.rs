@@ -64,6 +64,26 @@ impl Retirement {
     }
 }
 
+/// What a pool keeps of its untaken runners (ADR-0022): its warm floor now,
+/// and how long a ready runner beyond it stays before it retires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolFloor {
+    /// Idle runners kept beyond queued demand.
+    pub min_idle: usize,
+    /// How long a ready surplus runner stays before it is retired.
+    pub idle_grace_ms: u64,
+}
+
+impl Default for PoolFloor {
+    /// No warm floor; the default grace.
+    fn default() -> Self {
+        PoolFloor {
+            min_idle: 0,
+            idle_grace_ms: DEFAULT_RETIRE_GRACE_MS,
+        }
+    }
+}
+
 /// One pool's balance at a moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolBalance {
@@ -101,31 +121,36 @@ pub fn pool_balances<'a>(
 
 /// The surplus runners to retire at `now` among the `open` runners (every open
 /// runner of the pools concerned: demand is counted across them), at most one
-/// per unit of surplus per pool.
+/// per unit of surplus per pool; a pool keeps its `floor` (by pool name).
 pub fn plan_retirements<'a>(
     open: impl IntoIterator<Item = &'a RunnerState>,
     now: Timestamp,
-    grace_ms: u64,
+    floor: impl Fn(&str) -> PoolFloor,
 ) -> Vec<Retirement> {
-    plan(open, Some((now, grace_ms)))
+    plan(open, &floor, Some(now))
 }
 
 /// The surplus runners with nothing launched, to withdraw now (no GitHub call):
 /// the first part of [`plan_retirements`].
-pub fn plan_withdrawals<'a>(open: impl IntoIterator<Item = &'a RunnerState>) -> Vec<Retirement> {
-    plan(open, None)
+pub fn plan_withdrawals<'a>(
+    open: impl IntoIterator<Item = &'a RunnerState>,
+    floor: impl Fn(&str) -> PoolFloor,
+) -> Vec<Retirement> {
+    plan(open, &floor, None)
 }
 
-/// Withdrawals, then (given the moment and the grace) deregistrations.
+/// Withdrawals, then (given the moment) deregistrations.
 fn plan<'a>(
     open: impl IntoIterator<Item = &'a RunnerState>,
-    deregister: Option<(Timestamp, u64)>,
+    floor: &dyn Fn(&str) -> PoolFloor,
+    deregister: Option<Timestamp>,
 ) -> Vec<Retirement> {
     let open: Vec<&RunnerState> = open.into_iter().collect();
     let balances = pool_balances(open.iter().copied());
     let mut plan = Vec::new();
     for (pool, balance) in balances {
-        let mut surplus = balance.surplus();
+        let floor = floor(&pool);
+        let mut surplus = crate::warm::plan_warmth(&balance, floor.min_idle).surplus;
         if surplus == 0 {
             continue;
         }
@@ -155,9 +180,10 @@ fn plan<'a>(
                 surplus -= 1;
             }
         }
-        let Some((now, grace_ms)) = deregister else {
+        let Some(now) = deregister else {
             continue;
         };
+        let grace_ms = floor.idle_grace_ms;
         // Ready for the grace: deregistered first, the youngest first.
         let mut ready: Vec<(&RunnerState, Timestamp, String)> = open
             .iter()

@@ -30,6 +30,7 @@ fn linux() -> PoolLimits {
         max_vcpus: None,
         instance_types: vec!["c5.xlarge".into(), "c5a.xlarge".into()],
         spot: true,
+        min_idle: 0,
     }
 }
 
@@ -39,6 +40,7 @@ fn arm() -> PoolLimits {
         max_vcpus: None,
         instance_types: vec!["c7g.xlarge".into()],
         spot: true,
+        min_idle: 0,
     }
 }
 

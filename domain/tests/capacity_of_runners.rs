@@ -112,7 +112,7 @@ fn given_when_then(
 #[track_caller]
 fn plan(runners: &[&Runner], now: i64) -> Vec<Retirement> {
     let states: Vec<RunnerState> = runners.iter().map(|r| r.state()).collect();
-    plan_retirements(&states, at(now), DEFAULT_RETIRE_GRACE_MS)
+    plan_retirements(&states, at(now), |_| PoolFloor::default())
 }
 
 #[test]
@@ -335,4 +335,31 @@ fn the_youngest_spare_ready_runners_retire_first_one_per_unit_of_surplus() {
             },
         ]
     );
+}
+
+/// ADR-0022: a warm pool keeps its floor of idle runners. Three ready runners
+/// whose jobs were cancelled, floor 2: one retires. A pool's own idle grace
+/// (`max_idle_minutes`) holds the surplus until it has passed.
+#[test]
+fn a_warm_pool_retires_only_what_is_beyond_its_floor_after_its_idle_grace() {
+    let idle = |id: u64| {
+        Runner::for_job(id, "warm")
+            .ready(id, 1, 2)
+            .then(cancelled(3))
+    };
+    let (a, b, c) = (idle(1), idle(2), idle(3));
+    let states: Vec<RunnerState> = [&a, &b, &c].iter().map(|r| r.state()).collect();
+    let floor = |grace_s: u64| {
+        move |pool: &str| PoolFloor {
+            min_idle: if pool == "warm" { 2 } else { 0 },
+            idle_grace_ms: grace_s * 1000,
+        }
+    };
+    let retired = plan_retirements(&states, at(600), floor(60));
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert!(matches!(retired[0], Retirement::Deregister { .. }));
+    assert!(plan_retirements(&states, at(600), floor(1800)).is_empty());
+    assert_eq!(plan_retirements(&states, at(1803), floor(1800)).len(), 1);
+    // Without the floor all three are surplus.
+    assert_eq!(plan(&[&a, &b, &c], 600).len(), 3);
 }

@@ -55,6 +55,20 @@ pub struct Pool {
     pub public_repositories: bool,
     /// Profile, network, metadata, volume and tags of its instances.
     pub launch: jitr_infra::LaunchSettings,
+    /// The runners it keeps warm (ADR-0022; none by default).
+    #[serde(skip)]
+    pub warm: Warmth,
+}
+
+/// A pool's warm capacity (ADR-0022): idle runners kept registered with no
+/// job, so that a job starts without waiting for a boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Warmth {
+    /// How many, and when.
+    pub schedule: jitr_domain::WarmSchedule,
+    /// How long a ready runner beyond the floor stays before it is retired
+    /// (none: the deployment's retire grace).
+    pub max_idle_ms: Option<u64>,
 }
 
 impl Pool {
@@ -91,6 +105,17 @@ impl Pool {
             runner_sudo: false,
             public_repositories: false,
             launch: jitr_infra::LaunchSettings::default(),
+            warm: Warmth::default(),
+        }
+    }
+
+    /// What the pool keeps of its untaken runners at `now`: its warm floor,
+    /// and how long a ready runner beyond it stays (`grace_ms` unless the pool
+    /// says `max_idle_minutes`).
+    pub fn floor_at(&self, now: jitr_domain::Timestamp, grace_ms: u64) -> jitr_domain::PoolFloor {
+        jitr_domain::PoolFloor {
+            min_idle: self.warm.schedule.min_idle_at(now) as usize,
+            idle_grace_ms: self.warm.max_idle_ms.unwrap_or(grace_ms),
         }
     }
 }

@@ -18,6 +18,16 @@
 //! scope = "organization"           # register in the job's organisation …
 //! runner_group = "ci-builders"     # … in this runner group (by name)
 //!
+//! min_idle = 1                     # runners kept idle beyond queued jobs (ADR-0022)
+//! max_idle_minutes = 30            # a ready runner beyond the floor is retired after
+//!
+//! [[pool.warm]]                    # more while a window of the week holds
+//! days = "mon-fri"
+//! from = "08:00"
+//! to = "18:00"
+//! time_zone = "Europe/Berlin"
+//! min_idle = 10
+//!
 //! [quotas]                         # optional: the account's vCPU quotas for jitr
 //! on_demand_vcpus = 256            # (learnt from EC2's refusals when absent)
 //! spot_vcpus = 128
@@ -30,7 +40,7 @@ use jitr_infra::LaunchSettings;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::app::policy::{Architecture, Pool, PoolScope};
+use crate::app::policy::{Architecture, Pool, PoolScope, Warmth};
 
 /// A configuration file that cannot be used: where, and why.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -110,6 +120,21 @@ struct PoolEntry {
     public_repositories: Option<bool>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    min_idle: Option<u32>,
+    max_idle_minutes: Option<u64>,
+    #[serde(default)]
+    warm: Vec<WarmEntry>,
+}
+
+/// A `[[pool.warm]]` window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmEntry {
+    days: String,
+    from: String,
+    to: String,
+    time_zone: String,
+    min_idle: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +146,42 @@ struct File {
     pools: Vec<toml::Spanned<PoolEntry>>,
     #[serde(default)]
     quotas: Quotas,
+}
+
+/// A pool's warm capacity from its entry: its floor and windows, each able to
+/// fit the pool's `max_vcpus`.
+fn warmth(entry: &PoolEntry) -> Result<Warmth, String> {
+    let mut windows = Vec::new();
+    for (i, w) in entry.warm.iter().enumerate() {
+        let window =
+            jitr_domain::WarmWindow::parse(&w.days, &w.from, &w.to, &w.time_zone, w.min_idle)
+                .map_err(|e| format!("warm[{}]: {e}", i + 1))?;
+        windows.push(window);
+    }
+    let schedule = jitr_domain::WarmSchedule {
+        min_idle: entry.min_idle.unwrap_or(0),
+        windows,
+    };
+    let most = std::iter::once(schedule.min_idle)
+        .chain(schedule.windows.iter().map(|w| w.min_idle))
+        .max()
+        .unwrap_or(0);
+    if let Some(max) = entry.max_vcpus.filter(|max| most * entry.vcpus > *max) {
+        return Err(format!(
+            "min_idle: {most} idle runners of {} vCPUs need {} vCPUs, more than max_vcpus {max}",
+            entry.vcpus,
+            most * entry.vcpus
+        ));
+    }
+    let max_idle_ms = match entry.max_idle_minutes {
+        Some(0) => return Err("max_idle_minutes: at least 1".into()),
+        Some(minutes) => Some(minutes * 60_000),
+        None => None,
+    };
+    Ok(Warmth {
+        schedule,
+        max_idle_ms,
+    })
 }
 
 /// Line and column (1-based) of byte `offset` in `text`.
@@ -287,6 +348,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                     .into(),
             ));
         }
+        let warm = warmth(entry).map_err(fail)?;
         let mut tags = defaults.tags.clone();
         tags.extend(entry.tags.clone());
         if let Some(key) = tags
@@ -339,6 +401,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 architecture: Some(entry.architecture),
                 public_ip: entry.public_ip.or(defaults.public_ip).unwrap_or(false),
             },
+            warm,
         });
     }
     for (i, pool) in pools.iter().enumerate() {
@@ -401,6 +464,47 @@ mod tests {
     }
 
     const POOL: &str = "[[pool]]\nname = \"a\"\nlabels = [\"linux\"]\ninstance_types = [\"c7i.xlarge\"]\nvcpus = 4\nimage = \"ami-1\"\n";
+
+    #[test]
+    fn a_warm_pool_keeps_its_floor_and_its_windows() {
+        let text = format!(
+            "{POOL}min_idle = 1\nmax_idle_minutes = 30\n\
+             [[pool.warm]]\ndays = \"mon-fri\"\nfrom = \"08:00\"\nto = \"18:00\"\n\
+             time_zone = \"Europe/Berlin\"\nmin_idle = 10\n"
+        );
+        let pool = &parse(&text).unwrap().pools[0];
+        // Monday 2026-12-07, 09:00 and 20:00 in Berlin (UTC+1).
+        let monday = 1_796_601_600_000;
+        let at = |h: i64| jitr_domain::Timestamp(monday + (h - 1) * 3_600_000);
+        assert_eq!(pool.warm.schedule.min_idle_at(at(9)), 10);
+        assert_eq!(pool.warm.schedule.min_idle_at(at(20)), 1);
+        let floor = pool.floor_at(at(20), 60_000);
+        assert_eq!((floor.min_idle, floor.idle_grace_ms), (1, 30 * 60_000));
+        // Without warm settings: no floor, the deployment's grace.
+        let plain = &parse(POOL).unwrap().pools[0];
+        assert_eq!(
+            plain.floor_at(at(9), 60_000),
+            jitr_domain::PoolFloor::default()
+        );
+    }
+
+    #[test]
+    fn warm_settings_that_cannot_hold_say_why() {
+        let window = |days: &str, zone: &str| {
+            format!(
+                "{POOL}[[pool.warm]]\ndays = \"{days}\"\nfrom = \"08:00\"\nto = \"18:00\"\n\
+                 time_zone = \"{zone}\"\nmin_idle = 2\n"
+            )
+        };
+        let e = error(&window("weekdays", "UTC"));
+        assert!(e.message.contains("warm[1]: days"), "{e}");
+        let e = error(&window("mon-fri", "Berlin"));
+        assert!(e.message.contains("IANA time zone"), "{e}");
+        let e = error(&format!("{POOL}min_idle = 3\nmax_vcpus = 8\n"));
+        assert!(e.message.contains("more than max_vcpus 8"), "{e}");
+        let e = error(&format!("{POOL}max_idle_minutes = 0\n"));
+        assert!(e.message.contains("at least 1"), "{e}");
+    }
 
     #[test]
     fn errors_name_the_line_and_the_problem() {

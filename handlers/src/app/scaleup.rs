@@ -392,6 +392,7 @@ impl ScaleUp {
             max_vcpus: pool.max_vcpus,
             instance_types: pool.instance_types.clone(),
             spot: pool.spot,
+            min_idle: pool.warm.schedule.min_idle_at(now) as usize,
         };
         let pools: Vec<PoolLimits> = self.policy.pools.iter().map(limits).collect();
         let mut round = AdmissionRound::plan(

@@ -185,10 +185,18 @@ impl Supply {
 
     async fn plan(&self, now: Timestamp) -> Result<Vec<Retirement>, HandlerError> {
         let open = self.ports.store.open_streams().await?;
+        let grace_ms = self.policy.retire_grace_ms;
+        let floor = |name: &str| {
+            self.policy
+                .pools
+                .iter()
+                .find(|p| p.name == name)
+                .map_or_else(Default::default, |p| p.floor_at(now, grace_ms))
+        };
         Ok(jitr_domain::plan_retirements(
             open.heads.iter().map(|h| &h.state),
             now,
-            self.policy.retire_grace_ms,
+            floor,
         ))
     }
 
