@@ -50,6 +50,27 @@ pub struct JobRef {
     pub run_id: u64,
 }
 
+/// The job id of a warm runner's request (ADR-0022): GitHub's job ids start at
+/// 1, so it names no job.
+pub const WARM_JOB_ID: u64 = 0;
+
+impl JobRef {
+    /// The "job" a warm runner of `owner/repo` is requested for: none.
+    pub fn warmth(owner: &str, repo: &str) -> JobRef {
+        JobRef {
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+            job_id: WARM_JOB_ID,
+            run_id: 0,
+        }
+    }
+
+    /// Whether it names no job: a warm runner's.
+    pub fn is_warmth(&self) -> bool {
+        self.job_id == WARM_JOB_ID
+    }
+}
+
 /// One runner attempt's event stream: `{owner}/{repo}#{job_id}#{attempt}`.
 ///
 /// Deterministic, so a duplicate webhook for the same job lands on the same stream.

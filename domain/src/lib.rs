@@ -41,7 +41,8 @@ pub use event::{
     TerminationReason,
 };
 pub use ids::{
-    ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, runner_name_prefix,
+    ClientToken, InstallationId, InstanceId, JobRef, StreamId, Timestamp, WARM_JOB_ID,
+    runner_name_prefix,
 };
 pub use launch::{
     FoundInstance, INTENT_LOOK_AGAIN_MS, InstanceReport, InstanceVerdict, IntentResolution,

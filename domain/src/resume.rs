@@ -41,6 +41,11 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     if state.took_job() {
         return None;
     }
+    // A registered warm runner waits for whichever job GitHub gives it; its
+    // max age bounds it (ADR-0022).
+    if state.is_warm() && state.runner_name.is_some() {
+        return None;
+    }
     let stage = if state.instance_may_be_alive() {
         FailureStage::Boot
     } else {

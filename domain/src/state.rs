@@ -342,11 +342,17 @@ impl RunnerState {
             .or(self.request.as_ref().map(|r| &r.job))
     }
 
+    /// Whether it was requested for no job, to be warm capacity (ADR-0022).
+    pub fn is_warm(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| r.job.is_warmth())
+    }
+
     /// Whether the runner stands for a job that still waits: open, its demand
     /// neither ended (cancelled, taken) nor met (it took a job — started,
     /// completed, or busy on GitHub: one runner, one job).
     pub fn demand_queued(&self) -> bool {
         self.request.is_some()
+            && !self.is_warm()
             && !is_terminal(self)
             && self.demand_ended.is_none()
             && !self.took_job()

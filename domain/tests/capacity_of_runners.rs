@@ -363,3 +363,63 @@ fn a_warm_pool_retires_only_what_is_beyond_its_floor_after_its_idle_grace() {
     // Without the floor all three are surplus.
     assert_eq!(plan(&[&a, &b, &c], 600).len(), 3);
 }
+
+/// ADR-0022: a warm runner is requested for no job (job 0). It is supply,
+/// never demand; once registered it has no job-start deadline, only its max
+/// age; the job GitHub gives it is recorded as any runner's.
+#[test]
+fn a_warm_runner_is_supply_without_demand_and_waits_for_any_job() {
+    let warm_job = JobRef::warmth("acme", "widgets");
+    let stream = StreamId::for_job(&warm_job, 7).unwrap();
+    assert_eq!(stream.as_str(), "acme/widgets#0#7");
+    let mut warm = Runner::for_job(0, "warm");
+    if let RunnerEvent::Requested { attempt, .. } = &mut warm.events[0] {
+        *attempt = 7;
+    }
+    let token = ClientToken::derive(&stream, 1);
+    let warm = warm
+        .then(RunnerEvent::LaunchIntended {
+            at: at(1),
+            client_token: token.clone(),
+            market: Market::Spot,
+        })
+        .then(RunnerEvent::Launched {
+            at: at(1),
+            client_token: token,
+            instance_id: InstanceId("i-warm".into()),
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            market: Market::Spot,
+        })
+        .then(RunnerEvent::TokenMinted {
+            at: at(30),
+            runner_name: stream.runner_name(),
+            runner_id: Some(9),
+        });
+    let s = warm.state();
+    assert!(s.is_warm());
+    assert!(!s.demand_queued());
+    assert!(s.is_untaken_capacity());
+    let balance = &pool_balances([&s])["warm"];
+    assert_eq!((balance.demand, balance.supply), (0, 1));
+    // An hour idle: no boot deadline; past the max age (6 h): retired.
+    assert!(resume(&s, at(3_600)).is_empty());
+    let aged = resume(&s, at(6 * 3_600 + 1));
+    assert!(
+        matches!(
+            &aged[0],
+            Command::Fail {
+                stage: FailureStage::MaxAge,
+                ..
+            }
+        ),
+        "{aged:?}"
+    );
+    // A job taken: it runs as any runner does.
+    let running = warm.then(started(60, 42)).state();
+    assert_eq!(running.status(), RunnerStatus::Running);
+    assert_eq!(running.job_taken(), Some(&job(42)));
+    // A job's own runner not yet registered still has its boot deadline.
+    let cold = Runner::for_job(5, "warm").ready(5, 1, 2).state();
+    assert!(!resume(&cold, at(3_600)).is_empty());
+}
