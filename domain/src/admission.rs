@@ -247,6 +247,8 @@ struct Candidate {
     avoid_spot: Vec<String>,
     /// The type named by the request, for a runner of no pool.
     instance_type: String,
+    /// A warm runner (ADR-0022): launched after every job's runner.
+    warm: bool,
 }
 
 impl Candidate {
@@ -337,7 +339,10 @@ impl AdmissionRound {
                     counted.insert(&instance.id);
                 }
                 *held.repositories.entry(repository).or_default() += 1;
-            } else if state.wants_instance() && state.failure.is_none() && state.demand_queued() {
+            } else if state.wants_instance()
+                && state.failure.is_none()
+                && (state.demand_queued() || state.is_warm())
+            {
                 let Some(stream) = state.stream_id() else {
                     continue;
                 };
@@ -349,6 +354,7 @@ impl AdmissionRound {
                     vcpus: request.spec.vcpus,
                     avoid_spot: request.spec.avoid_spot.clone(),
                     instance_type: request.spec.instance_type.clone(),
+                    warm: state.is_warm(),
                 });
             }
         }
@@ -380,12 +386,16 @@ impl AdmissionRound {
                 steps.push_back(AdmissionStep::Withdraw { stream });
             }
         }
-        let order = fair_order(
+        let fair = fair_order(
             waiting,
             |c| c.repository.as_str(),
             |c| c.since,
             |repo| held.repositories.get(repo).copied().unwrap_or(0),
         );
+        // Jobs wait for capacity first; warm runners take what is left.
+        let (jobs, warm): (Vec<Candidate>, Vec<Candidate>) =
+            fair.into_iter().partition(|c| !c.warm);
+        let order: Vec<Candidate> = jobs.into_iter().chain(warm).collect();
         let waiting = order
             .iter()
             .map(|c| (c.pool_name().to_owned(), c.stream.clone(), c.since))

@@ -335,11 +335,13 @@ impl RunnerState {
     }
 
     /// The job the runner stands for: the one it was launched for, or the one
-    /// moved to it.
+    /// moved to it; none for a warm runner (ADR-0022), which stands for no job.
     pub fn demand_job(&self) -> Option<&JobRef> {
-        self.demand_moved_to
+        self.demand_moved_to.as_ref().or(self
+            .request
             .as_ref()
-            .or(self.request.as_ref().map(|r| &r.job))
+            .map(|r| &r.job)
+            .filter(|job| !job.is_warmth()))
     }
 
     /// Whether it was requested for no job, to be warm capacity (ADR-0022).
@@ -351,8 +353,7 @@ impl RunnerState {
     /// neither ended (cancelled, taken) nor met (it took a job — started,
     /// completed, or busy on GitHub: one runner, one job).
     pub fn demand_queued(&self) -> bool {
-        self.request.is_some()
-            && !self.is_warm()
+        self.demand_job().is_some()
             && !is_terminal(self)
             && self.demand_ended.is_none()
             && !self.took_job()

@@ -189,6 +189,12 @@ impl World {
     /// A process restart: a fresh application (no crash armed, nothing in memory)
     /// over the same log, cloud and queues.
     pub fn restart(self) -> Self {
+        self.restart_with(|_| {})
+    }
+
+    /// [`World::restart`] with the policy changed by `change` (an operator's
+    /// new configuration).
+    pub fn restart_with(self, change: impl FnOnce(&mut RunnerPolicy)) -> Self {
         let World {
             dir,
             clock,
@@ -200,7 +206,9 @@ impl World {
         } = self;
         let embedded =
             Embedded::over(dir.path(), store, cloud, github, clock.clock(), 10).expect("embedded");
-        World::assemble(dir, clock, embedded, RunnerPolicy::clone(&policy))
+        let mut policy = RunnerPolicy::clone(&policy);
+        change(&mut policy);
+        World::assemble(dir, clock, embedded, policy)
     }
 
     /// Now.

@@ -2256,3 +2256,67 @@ async fn a_lifecycle_event_naming_another_registration_under_jitrs_name_is_refus
     world.lifecycle.handle(&genuine, world.now()).await.unwrap();
     assert_eq!(world.status(1).await, RunnerStatus::Running);
 }
+
+/// Issue 26 (ADR-0022): a pool keeping two runners warm. With no webhook, one
+/// sweep asks for two runners of no job; they launch and register, idle. A
+/// queued job taken by one of them leaves two idle runners (the other warm one
+/// and the job's own, now spare): nothing more is launched. Lowering the floor
+/// to 0 retires the surplus deregister-first; the busy one is kept.
+#[tokio::test]
+async fn a_warm_pool_keeps_its_idle_runners_and_retires_them_when_the_floor_drops() {
+    use jitr_handlers::app::policy::Warmth;
+    let world = World::with_policy(|policy| {
+        policy.pools[0].warm = Warmth {
+            schedule: jitr_domain::WarmSchedule {
+                min_idle: 2,
+                windows: Vec::new(),
+            },
+            max_idle_ms: None,
+            warm_for: Some(("acme".into(), "widgets".into())),
+        };
+    });
+    let report = world.reap().await;
+    assert_eq!(report.warm_asked.len(), 2, "{report:?}");
+    world.drain_scaleup().await;
+    let mut warm = Vec::new();
+    for stream in &report.warm_asked {
+        let head = world.store.head(stream).await.unwrap().expect("requested");
+        assert!(head.state.is_warm());
+        assert_eq!(head.status, RunnerStatus::Ready, "{stream}");
+        let name = head.state.runner_name.clone().expect("registered");
+        assert!(world.github.is_registered(&name));
+        warm.push((stream.clone(), name));
+    }
+    assert_eq!(world.live_instances().await.len(), 2);
+    world.advance(60);
+    assert!(world.reap().await.warm_asked.is_empty(), "the floor holds");
+
+    // A job: its own runner launches; GitHub gives the job to a warm one.
+    queued_on_github(&world, 1);
+    world.queued(1).await.unwrap();
+    github_starts(&world, 1, &warm[0].1).await;
+    let taker = world.store.head(&warm[0].0).await.unwrap().unwrap();
+    assert_eq!(taker.status, RunnerStatus::Running);
+    world.advance(60);
+    let report = world.reap().await;
+    assert!(report.warm_asked.is_empty(), "two idle already: {report:?}");
+    assert!(report.surplus.retired.is_empty(), "{report:?}");
+    assert_eq!(world.live_instances().await.len(), 3);
+
+    // The floor lowered to 0: the two idle ones are surplus.
+    let world = world.restart_with(|policy| {
+        policy.pools[0].warm.schedule.min_idle = 0;
+    });
+    world.advance(120);
+    let report = world.reap().await;
+    assert_eq!(report.surplus.retired.len(), 2, "{report:?}");
+    assert!(!report.surplus.retired.contains(&warm[0].0));
+    assert!(
+        !world.github.is_registered(&warm[1].1),
+        "deregistered first"
+    );
+    assert_eq!(
+        world.store.head(&warm[0].0).await.unwrap().unwrap().status,
+        RunnerStatus::Running
+    );
+}

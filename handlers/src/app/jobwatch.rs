@@ -273,6 +273,12 @@ impl JobWatch {
         let Some(stream) = state.stream_id() else {
             return false;
         };
+        // A warm runner that took no job stands for none: there is no job to
+        // read (its lost `in_progress` shows when GitHub refuses to deregister
+        // it as busy, ADR-0022).
+        if state.is_warm() && !state.took_job() {
+            return false;
+        }
         let since = match state.status() {
             RunnerStatus::Requested if state.failure.is_none() => {
                 state.request.as_ref().map(|r| r.at)

@@ -69,6 +69,10 @@ pub struct Warmth {
     /// How long a ready runner beyond the floor stays before it is retired
     /// (none: the deployment's retire grace).
     pub max_idle_ms: Option<u64>,
+    /// The repository (owner, name) whose runners the warm ones are: they
+    /// register where its jobs' runners would (the repository, or its
+    /// organisation for an organisation pool).
+    pub warm_for: Option<(String, String)>,
 }
 
 impl Pool {

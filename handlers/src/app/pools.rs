@@ -18,6 +18,7 @@
 //! scope = "organization"           # register in the job's organisation …
 //! runner_group = "ci-builders"     # … in this runner group (by name)
 //!
+//! warm_for = "acme/widgets"        # warm runners register as this repository's would
 //! min_idle = 1                     # runners kept idle beyond queued jobs (ADR-0022)
 //! max_idle_minutes = 30            # a ready runner beyond the floor is retired after
 //!
@@ -122,6 +123,7 @@ struct PoolEntry {
     tags: BTreeMap<String, String>,
     min_idle: Option<u32>,
     max_idle_minutes: Option<u64>,
+    warm_for: Option<String>,
     #[serde(default)]
     warm: Vec<WarmEntry>,
 }
@@ -173,6 +175,28 @@ fn warmth(entry: &PoolEntry) -> Result<Warmth, String> {
             most * entry.vcpus
         ));
     }
+    let warm_for = match (&entry.warm_for, schedule.is_warm()) {
+        (Some(repository), _) => {
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            };
+            match repository.split_once('/') {
+                Some((owner, repo)) if valid(owner) && valid(repo) => {
+                    Some((owner.to_owned(), repo.to_owned()))
+                }
+                _ => return Err(format!("warm_for: {repository:?} is not owner/repository")),
+            }
+        }
+        (None, true) => {
+            return Err(
+                "warm_for: a warm pool names the repository its idle runners register as (owner/repository)"
+                    .into(),
+            );
+        }
+        (None, false) => None,
+    };
     let max_idle_ms = match entry.max_idle_minutes {
         Some(0) => return Err("max_idle_minutes: at least 1".into()),
         Some(minutes) => Some(minutes * 60_000),
@@ -181,6 +205,7 @@ fn warmth(entry: &PoolEntry) -> Result<Warmth, String> {
     Ok(Warmth {
         schedule,
         max_idle_ms,
+        warm_for,
     })
 }
 
@@ -468,7 +493,7 @@ mod tests {
     #[test]
     fn a_warm_pool_keeps_its_floor_and_its_windows() {
         let text = format!(
-            "{POOL}min_idle = 1\nmax_idle_minutes = 30\n\
+            "{POOL}min_idle = 1\nmax_idle_minutes = 30\nwarm_for = \"acme/widgets\"\n\
              [[pool.warm]]\ndays = \"mon-fri\"\nfrom = \"08:00\"\nto = \"18:00\"\n\
              time_zone = \"Europe/Berlin\"\nmin_idle = 10\n"
         );
@@ -496,6 +521,10 @@ mod tests {
                  time_zone = \"{zone}\"\nmin_idle = 2\n"
             )
         };
+        let e = error(&format!("{POOL}min_idle = 1\n"));
+        assert!(e.message.contains("warm_for"), "{e}");
+        let e = error(&format!("{POOL}min_idle = 1\nwarm_for = \"widgets\"\n"));
+        assert!(e.message.contains("not owner/repository"), "{e}");
         let e = error(&window("weekdays", "UTC"));
         assert!(e.message.contains("warm[1]: days"), "{e}");
         let e = error(&window("mon-fri", "Berlin"));

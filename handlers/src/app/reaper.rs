@@ -54,6 +54,8 @@ pub struct SweepReport {
     pub waiting: usize,
     /// Surplus runners withdrawn, retired deregister-first, or kept busy.
     pub surplus: RetireReport,
+    /// Warm runners asked for to keep the pools' floors (ADR-0022).
+    pub warm_asked: Vec<StreamId>,
     /// Open runners owed a termination when the sweep read them.
     pub owed_terminations: usize,
     /// The oldest of those, how long it had been owed (ms).
@@ -288,6 +290,10 @@ impl Reaper {
                 report.surplus = surplus;
             }
             Err(e) => report.errors.push(format!("retiring surplus runners: {e}")),
+        }
+        match self.supply.keep_warm(now).await {
+            Ok(asked) => report.warm_asked = asked,
+            Err(e) => report.errors.push(format!("keeping pools warm: {e}")),
         }
         self.sweep_registrations(&mut report, now).await;
         if report.waiting > 0 {

@@ -356,7 +356,7 @@ impl ScaleUp {
                             if !after.wants_instance() || after.instance_may_be_alive() {
                                 continue;
                             }
-                            if !after.demand_queued() {
+                            if !after.demand_queued() && !after.is_warm() {
                                 return Ok(Outcome::Done(format!(
                                     "{stream}: spare (its job was cancelled or taken by another runner): not launched"
                                 )));

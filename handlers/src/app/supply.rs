@@ -225,6 +225,71 @@ impl Supply {
         ))
     }
 
+    /// Keeps each warm pool's floor (ADR-0022): asks scale-up for the warm
+    /// runners that demand and the floor lack beyond the pool's supply (runners
+    /// booting count), as jobs of no job (job 0) of the pool's `warm_for`
+    /// repository. Their streams are named by this second and their order, so
+    /// two passes in the same second ask for the same runners and the log keeps
+    /// one of each. Returns the streams asked for.
+    pub async fn keep_warm(&self, now: Timestamp) -> Result<Vec<StreamId>, HandlerError> {
+        let warm: Vec<_> = self
+            .policy
+            .pools
+            .iter()
+            .filter(|p| p.warm.schedule.is_warm())
+            .collect();
+        if warm.is_empty() {
+            return Ok(Vec::new());
+        }
+        let open = self.ports.store.open_streams().await?;
+        let balances = jitr_domain::pool_balances(open.heads.iter().map(|h| &h.state));
+        let mut asked = Vec::new();
+        for pool in warm {
+            let Some((owner, repo)) = &pool.warm.warm_for else {
+                continue;
+            };
+            let floor = pool.warm.schedule.min_idle_at(now) as usize;
+            let balance = balances.get(&pool.name).cloned().unwrap_or_default();
+            let plan = jitr_domain::plan_warmth(&balance, floor);
+            let second = u32::try_from(now.0 / 1000).unwrap_or(u32::MAX);
+            for i in 0..plan.launch {
+                let attempt = second.wrapping_add(i as u32);
+                let job = JobRef::warmth(owner, repo);
+                let stream = match StreamId::for_job(&job, attempt) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::error!(pool = %pool.name, error = %e, "warm_for names no repository jitr can serve");
+                        break;
+                    }
+                };
+                let message = crate::app::webhook::JobMessage {
+                    delivery: format!("warm:{}:{stream}", pool.name),
+                    action: "queued".into(),
+                    installation: self.policy.installation_id,
+                    owner: owner.clone(),
+                    repo: repo.clone(),
+                    job_id: job.job_id,
+                    run_id: job.run_id,
+                    labels: std::iter::once(crate::app::policy::SELF_HOSTED.to_owned())
+                        .chain(pool.labels.iter().cloned())
+                        .collect(),
+                    runner_name: None,
+                    conclusion: None,
+                    attempt,
+                    avoid_spot: Vec::new(),
+                    runner_id: None,
+                };
+                let body = crate::app::scaleup::ScaleUpMessage::Job(message).encode();
+                self.ports.scaleup_queue.publish(&body, None, &[]).await?;
+                asked.push(stream);
+            }
+            if plan.launch > 0 {
+                tracing::info!(pool = %pool.name, floor, launch = plan.launch, "warm runners asked for");
+            }
+        }
+        Ok(asked)
+    }
+
     /// One pass: every surplus runner withdrawn or retired deregister-first.
     /// A failure for one runner is reported and the pass goes on.
     pub async fn retire_surplus(&self, now: Timestamp) -> Result<RetireReport, HandlerError> {
