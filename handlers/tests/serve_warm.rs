@@ -1,0 +1,155 @@
+//! Issue 26 on `jitr serve` (the embedded default) as a process, with a pool
+//! keeping two runners warm (`min_idle = 2`): with no webhook sent, two
+//! runners launch and register, idle. A queued job is taken by one of them;
+//! the pool is back at two idle within a boot time (the job's own runner, now
+//! spare, is one). Restarted with `min_idle = 0`, the idle runners are retired
+//! deregister-first and the busy one keeps its job.
+
+use std::time::{Duration, Instant};
+
+use jitr_domain::{FailureStage, RunnerStatus};
+use jitr_infra::{EventStore, SimGitHub, SqliteEventStore, StreamHead};
+
+#[path = "support/serve.rs"]
+mod support;
+use support::{free_port, post, sigterm, wait_until_up};
+
+const SECRET: &str = "warm-secret";
+
+fn pool_file(dir: &std::path::Path, min_idle: u32) -> std::path::PathBuf {
+    let file = dir.join(format!("pools-{min_idle}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[pool]]\nname = \"linux\"\nlabels = [\"linux\", \"x64\"]\n\
+             instance_types = [\"c5.xlarge\"]\nvcpus = 4\nimage = \"ami-0123456789abcdef0\"\n\
+             warm_for = \"acme/widgets\"\nmin_idle = {min_idle}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn start(dir: &std::path::Path, port: u16, min_idle: u32) -> std::process::Child {
+    let config = pool_file(dir, min_idle);
+    support::serve(
+        dir,
+        port,
+        SECRET,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sim-boot",
+            "1s",
+            "--retire-grace",
+            "2s",
+            "--sweep-interval",
+            "1s",
+        ],
+    )
+}
+
+/// Waits (up to 30 s) until the open runners satisfy `check`.
+async fn wait_for(
+    store: &SqliteEventStore,
+    what: &str,
+    check: impl Fn(&[StreamHead]) -> bool,
+) -> Vec<StreamHead> {
+    let started = Instant::now();
+    loop {
+        let open = store.open_streams().await.unwrap().heads;
+        if check(&open) {
+            return open;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never {what}: {:?}",
+            open.iter()
+                .map(|h| (h.stream.to_string(), h.status))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn idle(open: &[StreamHead]) -> Vec<&StreamHead> {
+    open.iter()
+        .filter(|h| h.status == RunnerStatus::Ready && !h.state.took_job())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = start(dir.path(), port, 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until_up(&http, &url).await;
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let github = SimGitHub::open(dir.path().join("cloud.db")).unwrap();
+
+    // No webhook: two warm runners, registered and idle.
+    let open = wait_for(&store, "two warm runners idle", |open| {
+        idle(open).len() == 2 && open.iter().all(|h| h.state.is_warm())
+    })
+    .await;
+    let names: Vec<String> = open
+        .iter()
+        .map(|h| h.state.runner_name.clone().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| github.is_registered(n)));
+
+    // A queued job, taken by a warm runner at once.
+    post(&http, &url, SECRET, "queued", 1, None).await;
+    github
+        .set_job_status("acme", "widgets", 1, "in_progress", Some(&names[0]))
+        .unwrap();
+    post(&http, &url, SECRET, "in_progress", 1, Some(&names[0])).await;
+    let busy = wait_for(&store, "the warm runner running job 1", |open| {
+        open.iter().any(|h| {
+            h.state.runner_name.as_deref() == Some(&names[0]) && h.status == RunnerStatus::Running
+        })
+    })
+    .await;
+    let taker = busy
+        .iter()
+        .find(|h| h.state.runner_name.as_deref() == Some(&names[0]))
+        .unwrap()
+        .stream
+        .clone();
+    // Back at two idle within a boot time: the other warm runner and the
+    // job's own, spare now.
+    wait_for(&store, "two idle again", |open| idle(open).len() == 2).await;
+    sigterm(&child);
+    child.wait().unwrap();
+
+    // The floor lowered to 0: the idle runners retire, deregistered first.
+    child = start(dir.path(), port, 0);
+    wait_until_up(&http, &url).await;
+    let open = wait_for(&store, "the idle runners retired and closed", |open| {
+        open.len() == 1
+    })
+    .await;
+    assert_eq!(open[0].stream, taker);
+    assert_eq!(open[0].status, RunnerStatus::Running);
+    assert!(!github.is_registered(&names[1]), "deregistered first");
+    let retired = store
+        .read_all(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                &r.event,
+                jitr_domain::RunnerEvent::Failed {
+                    stage: FailureStage::Surplus,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(retired, 2);
+    sigterm(&child);
+    child.wait().unwrap();
+}
