@@ -430,6 +430,23 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         });
     }
     for (i, pool) in pools.iter().enumerate() {
+        // Warm runners' streams are named by their repository: two pools
+        // warming one repository would share them (ADR-0022).
+        if let Some(earlier) = pool.warm.warm_for.as_ref().and_then(|repo| {
+            pools[..i]
+                .iter()
+                .find(|p| p.warm.warm_for.as_ref() == Some(repo))
+        }) {
+            let (line, column) = position(text, file.pools[i].span().start);
+            return Err(ConfigError {
+                line,
+                column,
+                message: format!(
+                    "pool {:?}: warm_for: pool {:?} keeps its warm runners there already",
+                    pool.name, earlier.name
+                ),
+            });
+        }
         if let Some(earlier) = pools[..i].iter().find(|p| {
             pool.labels
                 .iter()
@@ -531,6 +548,13 @@ mod tests {
         assert!(e.message.contains("IANA time zone"), "{e}");
         let e = error(&format!("{POOL}min_idle = 3\nmax_vcpus = 8\n"));
         assert!(e.message.contains("more than max_vcpus 8"), "{e}");
+        let warm = format!("{POOL}warm_for = \"acme/widgets\"\nmin_idle = 1\n");
+        let e = error(&format!("{warm}{}", warm.replace("\"a\"", "\"b\"")));
+        assert!(
+            e.message
+                .contains("pool \"a\" keeps its warm runners there"),
+            "{e}"
+        );
         let e = error(&format!("{POOL}max_idle_minutes = 0\n"));
         assert!(e.message.contains("at least 1"), "{e}");
     }
