@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use jitr_domain::{FailureStage, RunnerStatus};
 use jitr_infra::{EventStore, SimGitHub, SqliteEventStore, StreamHead};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
 #[path = "support/serve.rs"]
 mod support;
+use prometheus::parse;
 use support::{free_port, post, sigterm, wait_until_up};
 
 const SECRET: &str = "warm-secret";
@@ -94,6 +97,26 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
         idle(open).len() == 2 && open.iter().all(|h| h.state.is_warm())
     })
     .await;
+    // `/metrics` (parsed as Prometheus text): the floor and the runners asked.
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families = parse(&text);
+    let sample = |family: &str| {
+        families[family]
+            .samples
+            .iter()
+            .find(|(_, labels, _)| labels.get("pool").map(String::as_str) == Some("linux"))
+            .map(|(_, _, value)| *value)
+    };
+    assert_eq!(families["jitr_warm_floor"].kind, "gauge");
+    assert_eq!(sample("jitr_warm_floor"), Some(2.0), "{text}");
+    assert_eq!(sample("jitr_warm_runners_asked"), Some(2.0), "{text}");
     let names: Vec<String> = open
         .iter()
         .map(|h| h.state.runner_name.clone().unwrap())
@@ -152,4 +175,25 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
     assert_eq!(retired, 2);
     sigterm(&child);
     child.wait().unwrap();
+
+    // The audit: one job, taken by a warm runner; nothing owed or leaked.
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_jitr"))
+        .args(["audit", "--json", "--live", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&audit.stdout),
+            String::from_utf8_lossy(&audit.stderr)
+        )
+    });
+    assert_eq!(audit.status.code(), Some(0), "{report:#}");
+    let jobs = &report["jobs"];
+    assert_eq!(jobs["jobs"], 1, "job 0 is no job: {report:#}");
+    assert_eq!(jobs["warm_hits"], 1, "{report:#}");
+    assert_eq!(jobs["warm_runners"], 2, "{report:#}");
+    assert_eq!(jobs["killed_by_jitr"], 0, "{report:#}");
+    assert_eq!(jobs["surplus_retired"], 2, "{report:#}");
 }

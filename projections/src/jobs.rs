@@ -45,6 +45,8 @@ struct RunnerJobs {
     running: Option<JobKey>,
     /// When it became ready.
     ready_at: Option<Timestamp>,
+    /// Requested for no job, to be warm (ADR-0022).
+    warm: bool,
 }
 
 /// Every job of a log, and the spare runners retired.
@@ -57,6 +59,8 @@ pub struct JobBook {
     pub surplus_retired: u64,
     /// Their minutes registered and idle before retirement, in ms.
     pub surplus_idle_ms: u64,
+    /// Warm runners requested (for no job, ADR-0022).
+    pub warm_runners: u64,
 }
 
 /// The jobs' figures over a log.
@@ -78,6 +82,10 @@ pub struct JobFigures {
     pub surplus_retired: u64,
     /// Their idle runner-minutes before retirement.
     pub surplus_idle_runner_minutes: f64,
+    /// Warm runners requested (for no job, ADR-0022).
+    pub warm_runners: u64,
+    /// Jobs taken by a warm runner: they started without waiting for a boot.
+    pub warm_hits: u64,
 }
 
 impl JobBook {
@@ -85,6 +93,11 @@ impl JobBook {
     pub fn apply(&mut self, stream: &StreamId, event: &RunnerEvent) {
         let runner = self.runners.entry(stream.clone()).or_default();
         match event {
+            RunnerEvent::Requested { job, .. } if job.is_warmth() => {
+                // No job: capacity for whichever job GitHub gives it.
+                self.warm_runners += u64::from(!runner.warm);
+                runner.warm = true;
+            }
             RunnerEvent::Requested { job, .. } => {
                 let key = key_of(job);
                 runner.demand = Some(key.clone());
@@ -191,11 +204,14 @@ impl JobBook {
             surplus_retired: self.surplus_retired,
             surplus_idle_runner_minutes: (self.surplus_idle_ms as f64 / 60_000.0 * 100.0).round()
                 / 100.0,
+            warm_runners: self.warm_runners,
             ..JobFigures::default()
         };
+        let warm = |stream: &StreamId| self.runners.get(stream).is_some_and(|r| r.warm);
         for (key, record) in &self.jobs {
             if let Some((runner, _)) = &record.taken_by {
                 figures.taken += 1;
+                figures.warm_hits += u64::from(warm(runner));
                 if launched_for(runner).is_some_and(|d| d != *key) {
                     figures.served_by_other_runner += 1;
                 }
@@ -250,6 +266,50 @@ mod tests {
             installation: None,
             deployment: None,
         }
+    }
+
+    /// ADR-0022: a warm runner (job 0) is no job of the log; the job it takes
+    /// is a warm hit, and the job's own runner, spare, is retired.
+    #[test]
+    fn a_warm_runner_is_no_job_and_the_job_it_takes_is_a_warm_hit() {
+        let warm = StreamId::for_job(&JobRef::warmth("acme", "widgets"), 9).unwrap();
+        let warm_requested = match requested(1) {
+            RunnerEvent::Requested {
+                at,
+                labels,
+                spec,
+                deadlines,
+                ..
+            } => RunnerEvent::Requested {
+                at,
+                job: JobRef::warmth("acme", "widgets"),
+                attempt: 9,
+                labels,
+                spec,
+                deadlines,
+                installation: None,
+                deployment: None,
+            },
+            _ => unreachable!(),
+        };
+        let mut book = JobBook::default();
+        book.apply(&warm, &warm_requested);
+        book.apply(&stream(1), &requested(1));
+        book.apply(
+            &warm,
+            &RunnerEvent::JobStarted {
+                at: Timestamp(20),
+                source: JobSource::Webhook,
+                job: Some(job(1)),
+            },
+        );
+        let figures = book.figures();
+        assert_eq!(figures.jobs, 1, "job 0 is no job");
+        assert_eq!(
+            (figures.taken, figures.warm_runners, figures.warm_hits),
+            (1, 1, 1)
+        );
+        assert_eq!(figures.served_by_other_runner, 0);
     }
 
     /// Issue 23's scenario: job 2 on job 1's runner, job 1 cancelled while

@@ -143,6 +143,12 @@ defs! {
     /// Runners still waiting for capacity after the last admission round.
     RUNNERS_WAITING = "RunnersWaiting", "runners_waiting", Gauge, ["pool" => "Pool"],
         "Runners still waiting for capacity after the last admission round (0 for a pool none waits in)";
+    /// A warm pool's floor at the last sweep (ADR-0022).
+    WARM_FLOOR = "WarmFloor", "warm_floor", Gauge, ["pool" => "Pool"],
+        "Idle runners a warm pool keeps beyond queued jobs, at the last reaper sweep";
+    /// Warm runners asked for.
+    WARM_RUNNERS_ASKED = "WarmRunnersAsked", "warm_runners_asked", Counter, ["pool" => "Pool"],
+        "Warm runners (for no job) asked for to keep a pool's floor";
     /// The oldest waiting runner's wait.
     OLDEST_WAIT = "OldestWait", "oldest_wait_seconds", Gauge, ["pool" => "Pool"],
         "The oldest still-waiting runner's wait after the last admission round, seconds";
@@ -366,6 +372,14 @@ pub fn stray(at: Timestamp) {
 /// (or organisation) that runner does not serve.
 pub fn lifecycle_refused(at: Timestamp) {
     record(at, &LIFECYCLE_REFUSED, 1.0, &[]);
+}
+
+/// A warm pool's floor now, and the warm runners asked for to keep it.
+pub fn warm_floor(at: Timestamp, pool: &str, floor: usize, asked: usize) {
+    record(at, &WARM_FLOOR, floor as f64, &[pool]);
+    if asked > 0 {
+        record(at, &WARM_RUNNERS_ASKED, asked as f64, &[pool]);
+    }
 }
 
 /// Surplus runners retired, and kept because GitHub refused to deregister them.

@@ -286,6 +286,7 @@ impl Supply {
             if plan.launch > 0 {
                 tracing::info!(pool = %pool.name, floor, launch = plan.launch, "warm runners asked for");
             }
+            crate::app::metrics::warm_floor(now, &pool.name, floor, plan.launch);
         }
         Ok(asked)
     }

@@ -545,10 +545,12 @@ pub fn render(report: &AuditReport) -> String {
     let j = &report.jobs;
     let _ = writeln!(
         out,
-        "\njobs {}: {} taken by a runner, {} of them by a runner launched for another job; {} cancelled while queued\n  spare runners retired (deregistered first): {}, idle {:.1} runner-minutes before\n  jobs killed by jitr (runner failed or terminated while the job ran): {}",
+        "\njobs {}: {} taken by a runner, {} of them by a runner launched for another job, {} by a warm runner ({} warm runners launched); {} cancelled while queued\n  spare runners retired (deregistered first): {}, idle {:.1} runner-minutes before\n  jobs killed by jitr (runner failed or terminated while the job ran): {}",
         j.jobs,
         j.taken,
         j.served_by_other_runner,
+        j.warm_hits,
+        j.warm_runners,
         j.cancelled_queued,
         j.surplus_retired,
         j.surplus_idle_runner_minutes,
