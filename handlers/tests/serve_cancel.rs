@@ -4,7 +4,6 @@
 //! its boot deadline — until job 2 completes, then closes; the spare runner is
 //! retired deregister-first; nothing leaks and nothing is owed.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jitr_domain::{FailureStage, RunnerStatus, StreamId};
@@ -120,19 +119,8 @@ async fn a_cancelled_jobs_runner_running_another_job_is_never_terminated_under_i
     sigterm(&child);
     child.wait().unwrap();
     // Nothing owed, nothing leaked, no job killed.
-    let audit = Command::new(env!("CARGO_BIN_EXE_jitr"))
-        .args(["audit", "--json", "--live", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&audit.stdout),
-            String::from_utf8_lossy(&audit.stderr)
-        )
-    });
-    assert_eq!(audit.status.code(), Some(0), "{report:#}");
+    let (code, report) = support::audit_live(dir.path());
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["jobs"]["killed_by_jitr"], 0, "{report:#}");
     assert_eq!(report["jobs"]["served_by_other_runner"], 1, "{report:#}");
     assert_eq!(report["jobs"]["cancelled_queued"], 1, "{report:#}");

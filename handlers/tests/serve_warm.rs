@@ -177,19 +177,8 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
     child.wait().unwrap();
 
     // The audit: one job, taken by a warm runner; nothing owed or leaked.
-    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_jitr"))
-        .args(["audit", "--json", "--live", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&audit.stdout),
-            String::from_utf8_lossy(&audit.stderr)
-        )
-    });
-    assert_eq!(audit.status.code(), Some(0), "{report:#}");
+    let (code, report) = support::audit_live(dir.path());
+    assert_eq!(code, Some(0), "{report:#}");
     let jobs = &report["jobs"];
     assert_eq!(jobs["jobs"], 1, "job 0 is no job: {report:#}");
     assert_eq!(jobs["warm_hits"], 1, "{report:#}");

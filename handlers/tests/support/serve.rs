@@ -151,3 +151,20 @@ pub fn sigterm(child: &Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// `jitr audit --json --live` over `dir`: its exit code and its report.
+pub fn audit_live(dir: &std::path::Path) -> (Option<i32>, serde_json::Value) {
+    let audit = Command::new(env!("CARGO_BIN_EXE_jitr"))
+        .args(["audit", "--json", "--live", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&audit.stdout),
+            String::from_utf8_lossy(&audit.stderr)
+        )
+    });
+    (audit.status.code(), report)
+}
