@@ -185,4 +185,8 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
     assert_eq!(jobs["warm_runners"], 2, "{report:#}");
     assert_eq!(jobs["killed_by_jitr"], 0, "{report:#}");
     assert_eq!(jobs["surplus_retired"], 2, "{report:#}");
+    // The job started on a warm runner as soon as GitHub gave it: no boot.
+    let wait = &jobs["queued_to_started_ms"]["linux"];
+    assert_eq!(wait["count"], 1, "{report:#}");
+    assert!(wait["p50"].as_u64().unwrap() <= 5_000, "{report:#}");
 }

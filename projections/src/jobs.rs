@@ -24,6 +24,9 @@ fn key_of(job: &JobRef) -> JobKey {
 pub struct JobRecord {
     /// Runners launched for it (its demand).
     pub launched_for: Vec<StreamId>,
+    /// When its first runner was requested (its `queued` reached jitr), and
+    /// that runner's pool.
+    pub queued: Option<(Timestamp, String)>,
     /// The runner GitHub gave it to, and when it started.
     pub taken_by: Option<(StreamId, Timestamp)>,
     /// When it completed on that runner, and how.
@@ -86,6 +89,8 @@ pub struct JobFigures {
     pub warm_runners: u64,
     /// Jobs taken by a warm runner: they started without waiting for a boot.
     pub warm_hits: u64,
+    /// From a job's `queued` reaching jitr to its start, by its pool (ms).
+    pub queued_to_started_ms: BTreeMap<String, crate::accounting::Distribution>,
 }
 
 impl JobBook {
@@ -98,11 +103,14 @@ impl JobBook {
                 self.warm_runners += u64::from(!runner.warm);
                 runner.warm = true;
             }
-            RunnerEvent::Requested { job, .. } => {
+            RunnerEvent::Requested { job, at, spec, .. } => {
                 let key = key_of(job);
                 runner.demand = Some(key.clone());
                 runner.launched_for = Some(key.clone());
                 let record = self.jobs.entry(key).or_default();
+                record
+                    .queued
+                    .get_or_insert_with(|| (*at, spec.pool.clone().unwrap_or_default()));
                 if !record.launched_for.contains(stream) {
                     record.launched_for.push(stream.clone());
                 }
@@ -208,6 +216,19 @@ impl JobBook {
             ..JobFigures::default()
         };
         let warm = |stream: &StreamId| self.runners.get(stream).is_some_and(|r| r.warm);
+        let mut waits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for record in self.jobs.values() {
+            if let (Some((queued, pool)), Some((_, started))) = (&record.queued, &record.taken_by) {
+                waits
+                    .entry(pool.clone())
+                    .or_default()
+                    .push(started.millis_since(*queued));
+            }
+        }
+        figures.queued_to_started_ms = waits
+            .into_iter()
+            .map(|(pool, waits)| (pool, crate::accounting::Distribution::of(waits)))
+            .collect();
         for (key, record) in &self.jobs {
             if let Some((runner, _)) = &record.taken_by {
                 figures.taken += 1;
@@ -310,6 +331,12 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(figures.served_by_other_runner, 0);
+        let wait = &figures.queued_to_started_ms[""];
+        assert_eq!(
+            (wait.count, wait.p50),
+            (1, 20),
+            "queued at 0, started at 20"
+        );
     }
 
     /// Issue 23's scenario: job 2 on job 1's runner, job 1 cancelled while

@@ -556,6 +556,17 @@ pub fn render(report: &AuditReport) -> String {
         j.surplus_idle_runner_minutes,
         j.killed_by_jitr
     );
+    for (pool, wait) in &j.queued_to_started_ms {
+        let _ = writeln!(
+            out,
+            "  queued → started, pool {}: {} jobs, p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+            if pool.is_empty() { "-" } else { pool },
+            wait.count,
+            wait.p50 as f64 / 1000.0,
+            wait.p99 as f64 / 1000.0,
+            wait.max as f64 / 1000.0
+        );
+    }
     for (job, runner, why) in &j.killed {
         let _ = writeln!(out, "  ! job {job} on {runner}: {why}");
     }
