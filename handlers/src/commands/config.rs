@@ -64,6 +64,21 @@ pub fn describe(config: &Config) -> String {
                 ", on-demand"
             },
         ));
+        let warm = &pool.warm;
+        if let (Some((owner, repo)), true) = (&warm.warm_for, warm.schedule.is_warm()) {
+            out.push_str(&format!(
+                "     warm: {} idle as {owner}/{repo}'s runners{}{}\n",
+                warm.schedule.min_idle,
+                warm.schedule
+                    .windows
+                    .iter()
+                    .map(|w| format!("; {w}"))
+                    .collect::<String>(),
+                warm.max_idle_ms
+                    .map(|ms| format!("; beyond it retired after {} min idle", ms / 60_000))
+                    .unwrap_or_default(),
+            ));
+        }
     }
     for warning in &config.warnings {
         out.push_str(&format!("warning: {warning}\n"));
@@ -98,5 +113,26 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_pool_is_described_with_its_floor_and_windows() {
+        let text = "[[pool]]\nname = \"a\"\nlabels = [\"linux\"]\ninstance_types = [\"c7i.xlarge\"]\n\
+                    vcpus = 4\nimage = \"ami-1\"\nwarm_for = \"acme/widgets\"\nmin_idle = 1\n\
+                    [[pool.warm]]\ndays = \"sat,sun\"\nfrom = \"10:00\"\nto = \"12:00\"\n\
+                    time_zone = \"UTC\"\nmin_idle = 3\n";
+        let described = describe(&pools::parse(text).unwrap());
+        assert!(
+            described
+                .contains("warm: 1 idle as acme/widgets's runners; sat,sun 10:00-12:00 UTC: 3\n"),
+            "{described}"
+        );
+        let plain = describe(&pools::parse(&text[..text.find("warm_for").unwrap()]).unwrap());
+        assert!(!plain.contains("warm"), "{plain}");
     }
 }
