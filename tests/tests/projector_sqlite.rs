@@ -268,22 +268,29 @@ async fn a_deadline_missed_without_any_event_is_failed_and_compensated() {
     assert_eq!(world.status(7).await, RunnerStatus::Terminating);
 }
 
+/// Three runners launched, then runner 2's second event (position 5)
+/// rewritten with `set` (an SQL `SET` list).
+async fn three_runners_with_event_5(set: &str) -> World {
+    let world = World::new();
+    for job in 1..=3 {
+        world.launch(job).await;
+    }
+    world
+        .store
+        .execute_raw(format!("UPDATE events SET {set} WHERE position = 5"))
+        .await
+        .unwrap();
+    world
+}
+
 /// One unreadable event (a bug, a hand edit) never stalls the projector or the
 /// audit: it is skipped, counted and reported with its position; the runners
 /// around it are folded.
 #[tokio::test]
 async fn an_unreadable_event_is_skipped_and_reported() {
-    let world = World::new();
-    for job in 1..=3 {
-        world.launch(job).await;
-    }
     // Runner 2's second event (position 5) can no longer be decoded: a known
     // kind without its fields (an unknown kind is a newer jitr's, below).
-    world
-        .store
-        .execute_raw("UPDATE events SET body = '{\"type\":\"Launched\"}' WHERE position = 5")
-        .await
-        .unwrap();
+    let world = three_runners_with_event_5("body = '{\"type\":\"Launched\"}'").await;
     let mut projector = world.projector().await;
     assert_eq!(projector.catch_up().await.unwrap(), 9);
     assert_eq!(projector.views().position, 9);
@@ -307,18 +314,11 @@ async fn an_unreadable_event_is_skipped_and_reported() {
 /// judge past it. Once the reader knows the kind (the newer binary), it goes on.
 #[tokio::test]
 async fn an_event_of_a_newer_jitr_stops_the_projector_before_it_never_past() {
-    let world = World::new();
-    for job in 1..=3 {
-        world.launch(job).await;
-    }
-    world
-        .store
-        .execute_raw(
-            "UPDATE events SET kind = 'RunnerHibernated', \
-             body = '{\"type\":\"RunnerHibernated\",\"at\":1,\"until\":2}' WHERE position = 5",
-        )
-        .await
-        .unwrap();
+    let world = three_runners_with_event_5(
+        "kind = 'RunnerHibernated', \
+         body = '{\"type\":\"RunnerHibernated\",\"at\":1,\"until\":2}'",
+    )
+    .await;
     for _restart in 0..2 {
         let mut projector = world.projector().await;
         match projector.catch_up().await {
