@@ -41,9 +41,12 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     if state.took_job() {
         return None;
     }
-    // A registered warm runner waits for whichever job GitHub gives it; its
-    // max age bounds it (ADR-0022).
-    if state.is_warm() && state.runner_name.is_some() {
+    // A registered runner that stands for no job waits for whichever job
+    // GitHub gives it: a warm one, or a spare one whose job another runner
+    // took or its user cancelled. Its max age bounds it, and the reaper retires
+    // it beyond its pool's floor (ADR-0022).
+    let stands_for_no_job = state.is_warm() || state.demand_ended.is_some();
+    if stands_for_no_job && state.runner_name.is_some() {
         return None;
     }
     let stage = if state.instance_may_be_alive() {

@@ -419,7 +419,12 @@ fn a_warm_runner_is_supply_without_demand_and_waits_for_any_job() {
     let running = warm.then(started(60, 42)).state();
     assert_eq!(running.status(), RunnerStatus::Running);
     assert_eq!(running.job_taken(), Some(&job(42)));
-    // A job's own runner not yet registered still has its boot deadline.
-    let cold = Runner::for_job(5, "warm").ready(5, 1, 2).state();
-    assert!(!resume(&cold, at(3_600)).is_empty());
+    // A job's own runner whose job has not started keeps its boot deadline …
+    let cold = Runner::for_job(5, "warm").ready(5, 1, 2);
+    assert!(!resume(&cold.state(), at(3_600)).is_empty());
+    // … until the job goes elsewhere: then it is spare capacity, as a warm one
+    // (it counts toward the floor), bounded by its max age.
+    let spare = cold.then(cancelled(3)).state();
+    assert!(resume(&spare, at(3_600)).is_empty());
+    assert!(!resume(&spare, at(6 * 3_600 + 1)).is_empty());
 }

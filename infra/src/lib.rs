@@ -40,7 +40,7 @@ pub use metrics::{NAMESPACE, emf_line};
 pub use ports::*;
 pub use queue_bus::QueueBus;
 pub use sim::{
-    ManualClock, SPOT_NOTICE_MS, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets,
-    SimSettings, SpotInterruptions, system_clock,
+    BootTimes, ManualClock, SPOT_NOTICE_MS, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets,
+    SimSettings, SpotInterruptions, Spread, system_clock,
 };
 pub use sqlite::SqliteEventStore;

@@ -140,6 +140,10 @@ pub struct SimSettings {
     pub boot_ms: u64,
     /// From terminate to `terminated` (the vCPUs stay counted meanwhile).
     pub shutdown_ms: u64,
+    /// Boot times drawn per instance instead of `boot_ms` (none: `boot_ms`
+    /// for every instance).
+    #[serde(default)]
+    pub boot_times: Option<BootTimes>,
 }
 
 impl Default for SimSettings {
@@ -156,7 +160,77 @@ impl Default for SimSettings {
             event_delay_ms: 0,
             boot_ms: 20_000,
             shutdown_ms: 5_000,
+            boot_times: None,
         }
+    }
+}
+
+/// How long instances take from launch (or start) until their bootstrap runs,
+/// drawn per instance from log-normal distributions (issue 26).
+///
+/// The figures the scenarios use ([`BootTimes::measured`]) and where they come
+/// from are in `docs/simulator.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimes {
+    /// From RunInstances to the bootstrap running: EC2's `pending` to
+    /// `running`, then the operating system's boot from a volume whose blocks
+    /// are fetched from its snapshot as they are first read.
+    pub cold: Spread,
+    /// From StartInstances on a stopped instance to the bootstrap running: the
+    /// volume is already warm.
+    pub start: Spread,
+    /// Which draw each instance gets: the same seed, the same boot times.
+    pub seed: u64,
+}
+
+impl BootTimes {
+    /// The figures measured by others (see `docs/simulator.md`): a cold boot
+    /// p50 30 s, p99 75 s; a start from stopped p50 10 s, p99 25 s.
+    pub fn measured(seed: u64) -> Self {
+        BootTimes {
+            cold: Spread {
+                p50_ms: 30_000,
+                p99_ms: 75_000,
+            },
+            start: Spread {
+                p50_ms: 10_000,
+                p99_ms: 25_000,
+            },
+            seed,
+        }
+    }
+
+    /// The longest any draw can be.
+    fn longest_ms(&self) -> u64 {
+        self.cold.longest_ms().max(self.start.longest_ms())
+    }
+}
+
+/// A log-normal distribution given by its median and 99th percentile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Median.
+    pub p50_ms: u64,
+    /// 99th percentile (at least the median).
+    pub p99_ms: u64,
+}
+
+impl Spread {
+    /// The draw for the well-mixed hash `h`, within a quarter of the median
+    /// and three times the 99th percentile.
+    pub fn draw(&self, h: u64) -> u64 {
+        // Two uniform numbers in (0, 1) from the hash's halves; Box-Muller.
+        let u1 = ((h >> 32) as f64 + 0.5) / 4_294_967_296.0;
+        let u2 = ((h & 0xffff_ffff) as f64 + 0.5) / 4_294_967_296.0;
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        // The standard normal's 99th percentile.
+        let sigma = (self.p99_ms.max(self.p50_ms) as f64 / self.p50_ms.max(1) as f64).ln() / 2.326;
+        let ms = self.p50_ms as f64 * (sigma * z).exp();
+        (ms.round() as u64).clamp(self.p50_ms / 4, self.longest_ms())
+    }
+
+    fn longest_ms(&self) -> u64 {
+        3 * self.p99_ms.max(self.p50_ms)
     }
 }
 
@@ -297,9 +371,49 @@ impl SimCloud {
         match row.terminating_at {
             Some(t) if now >= t + self.settings.shutdown_ms as i64 => InstanceState::Terminated,
             Some(_) => InstanceState::ShuttingDown,
-            None if now < row.launched_at + self.settings.boot_ms as i64 => InstanceState::Pending,
+            None if now < row.launched_at + self.boot_ms(&row.id) => InstanceState::Pending,
             None => InstanceState::Running,
         }
+    }
+
+    /// How long the instance `id` takes from its launch to `running`.
+    fn boot_ms(&self, id: &str) -> i64 {
+        match &self.settings.boot_times {
+            Some(times) => {
+                let n = id
+                    .strip_prefix("sim-")
+                    .and_then(|n| u64::from_str_radix(n, 16).ok())
+                    .unwrap_or(0);
+                times.cold.draw(mix(times.seed ^ mix(n))) as i64
+            }
+            None => self.settings.boot_ms as i64,
+        }
+    }
+
+    /// The longest any instance takes to boot.
+    fn longest_boot_ms(&self) -> i64 {
+        self.settings
+            .boot_times
+            .map_or(self.settings.boot_ms, |t| t.longest_ms()) as i64
+    }
+
+    /// A filter for instances not yet terminated at `now` (they may still be
+    /// shutting down): the listing and quota reads skip the rest in SQL.
+    fn not_gone(&self, now: i64) -> String {
+        format!(
+            "(terminating_at IS NULL OR terminating_at > {})",
+            now - self.settings.shutdown_ms as i64
+        )
+    }
+
+    /// When the instance `id` is (or was) `running` after its launch: its
+    /// bootstrap runs from then on (None: no such instance).
+    pub fn running_at(&self, id: &InstanceId) -> Result<Option<Timestamp>, ComputeError> {
+        let conn = self.lock();
+        Ok(self
+            .rows(&conn, "WHERE id = ?1", Some(&id.0))?
+            .first()
+            .map(|r| Timestamp(r.launched_at + self.boot_ms(&r.id))))
     }
 
     fn rows(
@@ -376,7 +490,11 @@ impl SimCloud {
         let now = (self.clock)().0;
         let conn = self.lock();
         Ok(self
-            .rows(&conn, "WHERE market = ?1", Some(market_name(market)))?
+            .rows(
+                &conn,
+                &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
+                Some(market_name(market)),
+            )?
             .iter()
             .filter(|r| self.state(r, now) != InstanceState::Terminated)
             .map(|r| r.vcpus)
@@ -407,10 +525,7 @@ impl SimCloud {
     ) -> Result<Vec<(InstanceId, &'static str, Timestamp)>, ComputeError> {
         let delay = self.settings.event_delay_ms as i64;
         let (after, upto) = (Timestamp(after.0 - delay), Timestamp(upto.0 - delay));
-        let (boot, shutdown) = (
-            self.settings.boot_ms as i64,
-            self.settings.shutdown_ms as i64,
-        );
+        let (boot, shutdown) = (self.longest_boot_ms(), self.settings.shutdown_ms as i64);
         let filter = format!(
             "WHERE (launched_at > {a} - {boot} AND launched_at <= {b})
                 OR (terminating_at IS NOT NULL AND terminating_at > {a} - {shutdown}
@@ -424,7 +539,7 @@ impl SimCloud {
             let id = InstanceId(row.id.clone());
             let mut at = vec![
                 ("pending", row.launched_at),
-                ("running", row.launched_at + boot),
+                ("running", row.launched_at + self.boot_ms(&row.id)),
             ];
             if let Some(t) = row.terminating_at {
                 // Terminated while pending: never running.
@@ -557,7 +672,11 @@ impl Compute for SimCloud {
             }
         }
         let live: Vec<Row> = self
-            .rows(&conn, "WHERE market = ?1", Some(market_name(spec.market)))
+            .rows(
+                &conn,
+                &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
+                Some(market_name(spec.market)),
+            )
             .map_err(unknown)?
             .into_iter()
             .filter(|r| self.state(r, now) != InstanceState::Terminated)
@@ -580,7 +699,11 @@ impl Compute for SimCloud {
         }
         if let Some(cap) = self.settings.type_capacity.get(&spec.instance_type) {
             let of_type = self
-                .rows(&conn, "WHERE instance_type = ?1", Some(&spec.instance_type))
+                .rows(
+                    &conn,
+                    &format!("WHERE instance_type = ?1 AND {}", self.not_gone(now)),
+                    Some(&spec.instance_type),
+                )
                 .map_err(unknown)?
                 .into_iter()
                 .filter(|r| self.state(r, now) != InstanceState::Terminated)
@@ -662,7 +785,7 @@ impl Compute for SimCloud {
         let now = (self.clock)().0;
         let conn = self.lock();
         Ok(self
-            .rows(&conn, "", None)?
+            .rows(&conn, &format!("WHERE {}", self.not_gone(now)), None)?
             .iter()
             .map(|r| self.to_managed(r, now))
             .filter(|m| m.state != InstanceState::Terminated)

@@ -35,6 +35,9 @@ use crate::runtime::consumer::drain;
 use crate::runtime::embedded::Embedded;
 use crate::runtime::serve::ServeError;
 
+mod workday;
+pub use workday::{WarmSetting, WorkdayFigures};
+
 /// The scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -78,6 +81,13 @@ pub enum Scenario {
     /// runners take each other's jobs. No job may be killed by jitr, and every
     /// spare runner is retired deregister-first.
     CancelStorm,
+    /// A working day of one organisation (Tuesday, Europe/Berlin): a quiet
+    /// night with a nightly batch, a morning ramp, ~1.5 jobs a minute through
+    /// the day with ten merge bursts of 10–20 jobs, an evening tail. One
+    /// organisation pool of on-demand c5.xlarge; instances boot as measured
+    /// elsewhere (`docs/simulator.md`). `--warm` says how capacity is kept
+    /// warm; the report weighs the wait for a runner against the idle cost.
+    Workday,
 }
 
 impl Scenario {
@@ -92,6 +102,7 @@ impl Scenario {
             Scenario::Burst => "burst",
             Scenario::SpotStorm => "spot-storm",
             Scenario::CancelStorm => "cancel-storm",
+            Scenario::Workday => "workday",
         }
     }
 }
@@ -213,6 +224,10 @@ pub struct SimulationReport {
     /// GitHub's content-creating requests (mints, removals) as paced per
     /// installation, and the secondary rate limits met.
     pub github: GitHubPacing,
+    /// The `workday` scenario's figures: the wait for a runner against the
+    /// idle cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workday: Option<WorkdayFigures>,
 }
 
 /// What the run asked of GitHub's content-creating limits.
@@ -256,6 +271,8 @@ pub struct SimOptions {
     /// How far the compensating process's clock (compensation and the
     /// reaper) is off the true time, in ms (positive: fast).
     pub compensator_clock_skew_ms: i64,
+    /// How the `workday` scenario's pool keeps capacity warm.
+    pub warm: WarmSetting,
 }
 
 impl Default for SimOptions {
@@ -271,6 +288,7 @@ impl Default for SimOptions {
             event_delay_ms: 0,
             github_secondary_one_in: None,
             compensator_clock_skew_ms: 0,
+            warm: WarmSetting::default(),
         }
     }
 }
@@ -288,6 +306,8 @@ struct Job {
     cancelled_running: bool,
     /// It ran on a runner launched for another job.
     on_other_runner: bool,
+    /// The runner it ran on was online and idle when it was queued.
+    warm_hit: bool,
     started: Option<(String, Timestamp)>,
     /// The instance it runs on, once started.
     instance: Option<InstanceId>,
@@ -339,9 +359,12 @@ pub async fn run_with(
         event_delay_ms,
         github_secondary_one_in,
         compensator_clock_skew_ms: skew_ms,
+        warm,
     } = options;
+    let workday = scenario == Scenario::Workday;
+    let t0 = if workday { workday::MIDNIGHT } else { T0 };
     let mut rng = StdRng::seed_from_u64(seed);
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(t0);
     let now = || clock.now();
     // The compensating process's own clock: off the true time by the skew.
     let compensator_now = || Timestamp(clock.now().0 + skew_ms);
@@ -349,13 +372,14 @@ pub async fn run_with(
     // events carry their writer's clock, these say when they were written.
     let mut written_by: Vec<(u64, Timestamp)> = Vec::new();
     let settings = SimSettings {
-        on_demand_vcpus: if scenario == Scenario::SpotStorm {
-            64
-        } else {
-            32
+        on_demand_vcpus: match scenario {
+            Scenario::SpotStorm => 64,
+            Scenario::Workday => 256,
+            _ => 32,
         },
         spot_vcpus: match scenario {
             Scenario::SeedIncident => 8,
+            Scenario::Workday => 0,
             Scenario::Burst => 16,
             Scenario::SpotStorm => 128,
             Scenario::CancelStorm => 48,
@@ -378,6 +402,7 @@ pub async fn run_with(
             .collect(),
         boot_ms: 20_000,
         shutdown_ms: 5_000,
+        boot_times: workday.then(|| jitr_infra::BootTimes::measured(seed)),
     };
     let settings_quota = settings.on_demand_vcpus + settings.spot_vcpus;
     let Embedded {
@@ -441,6 +466,8 @@ pub async fn run_with(
         for pool in &mut policy.pools {
             pool.instance_types = vec!["c5.xlarge".into(), "c5a.xlarge".into(), "m5.xlarge".into()];
         }
+    } else if workday {
+        policy.pools = vec![workday::pool(policy.pools[0].clone(), warm)];
     }
     // Each job asks for the labels of a pool in turn.
     let job_labels: Vec<Vec<String>> = policy
@@ -457,16 +484,18 @@ pub async fn run_with(
 
     // The burst: 24 jobs of 4 vCPUs in the first two minutes; 96 vCPUs wanted
     // against 8 spot and 32 on-demand.
-    let count = match scenario {
-        Scenario::Burst => 500,
-        Scenario::SpotStorm => 150,
-        Scenario::CancelStorm => 120,
+    let day = workday.then(|| workday::arrivals(&mut rng));
+    let count = match (&day, scenario) {
+        (Some(day), _) => day.len() as u64,
+        (_, Scenario::Burst) => 500,
+        (_, Scenario::SpotStorm) => 150,
+        (_, Scenario::CancelStorm) => 120,
         _ => 24u64,
     };
-    let limit_ms = if scenario == Scenario::Burst {
-        BURST_LIMIT_MS
-    } else {
-        LIMIT_MS
+    let limit_ms = match scenario {
+        Scenario::Burst => BURST_LIMIT_MS,
+        Scenario::Workday => workday::DAY_MS + 2 * 3_600_000,
+        _ => LIMIT_MS,
     };
     let mut jobs: Vec<Job> = (1..=count)
         .map(|n| Job {
@@ -476,10 +505,10 @@ pub async fn run_with(
                 installation: 1,
                 owner: "acme".into(),
                 // The burst: 400 jobs of one repository, 100 of another.
-                repo: if scenario == Scenario::Burst && n > 400 {
-                    "docs".into()
-                } else {
-                    "release".into()
+                repo: match &day {
+                    Some(day) => day[n as usize - 1].repo.into(),
+                    None if scenario == Scenario::Burst && n > 400 => "docs".into(),
+                    None => "release".into(),
                 },
                 job_id: 5_000 + n,
                 run_id: 900,
@@ -498,11 +527,12 @@ pub async fn run_with(
                 rng.random_range(3..=10)
             } * 60_000,
             arrived: false,
-            arrived_at: T0,
+            arrived_at: t0,
             cancel_at_ms: None,
             cancelled_queued: false,
             cancelled_running: false,
             on_other_runner: false,
+            warm_hit: false,
             started: None,
             instance: None,
             cut: false,
@@ -516,7 +546,9 @@ pub async fn run_with(
     } else {
         120_000
     };
-    let arrivals: Vec<u64> = if scenario == Scenario::CancelStorm {
+    let arrivals: Vec<u64> = if let Some(day) = &day {
+        day.iter().map(|a| a.at_ms).collect()
+    } else if scenario == Scenario::CancelStorm {
         cancel_storm(&mut jobs, &mut rng)
     } else {
         jobs.iter()
@@ -645,11 +677,23 @@ pub async fn run_with(
         // launched for ("Using self-hosted runners in a workflow", routing
         // precedence); the oldest job first (a runner is online 30 s after it
         // is ready) — and complete.
-        let jitter = scenario == Scenario::CancelStorm;
+        let online = match scenario {
+            Scenario::CancelStorm => Online::Jitter,
+            Scenario::Workday => Online::AfterBoot,
+            _ => Online::Fixed,
+        };
         let mut idle =
-            idle_runners(&projector, &*store, &cloud, &github, &app.policy, t, jitter).await?;
+            idle_runners(&projector, &*store, &cloud, &github, &app.policy, t, online).await?;
+        // GitHub takes a moment to hand a job over: the workday models it
+        // (other scenarios hand it over within the step).
+        let dispatch_ms = if workday {
+            workday::GITHUB_DISPATCH_MS
+        } else {
+            0
+        };
         let mut queued: Vec<usize> = (0..jobs.len())
             .filter(|&i| jobs[i].arrived && jobs[i].started.is_none() && !jobs[i].completed)
+            .filter(|&i| t.millis_since(jobs[i].arrived_at) >= dispatch_ms)
             .collect();
         queued.sort_by_key(|&i| (jobs[i].arrived_at, jobs[i].message.job_id));
         for i in queued {
@@ -676,6 +720,7 @@ pub async fn run_with(
                 name: runner,
                 instance,
                 launched_for: own_job,
+                online_at,
                 ..
             } = idle.remove(at);
             let job = &mut jobs[i];
@@ -686,6 +731,7 @@ pub async fn run_with(
             let lost = lose_lifecycle(m.job_id, START);
             github_moves(&m, lost, &*lifecycle_queue, &github).await?;
             job.on_other_runner = own_job != m.job_id;
+            job.warm_hit = online_at <= job.arrived_at;
             job.started = Some((runner, t));
             job.instance = instance;
         }
@@ -834,7 +880,7 @@ pub async fn run_with(
 
     let end = now();
     let replayed = audit::replay(&*store, Some(end), |_| {}).await?;
-    let figures = replayed.ledger.figures(T0, end, 60_000);
+    let figures = replayed.ledger.figures(t0, end, 60_000);
     let mut launch_failures: BTreeMap<String, u64> = BTreeMap::new();
     let lifetimes = cloud.lifetimes()?;
     let mut intents: BTreeMap<StreamId, ClientToken> = BTreeMap::new();
@@ -1061,6 +1107,24 @@ pub async fn run_with(
             )
         })
         .collect();
+    let workday_figures = workday.then(|| {
+        let starts: Vec<(Timestamp, Timestamp, bool)> = jobs
+            .iter()
+            .filter_map(|j| Some((j.arrived_at, j.started.as_ref()?.1, j.warm_hit)))
+            .collect();
+        let instance_ms: u64 = lifetimes
+            .iter()
+            .map(|l| l.terminating_at.unwrap_or(end).millis_since(l.launched_at))
+            .sum();
+        let busy_ms: u64 = jobs
+            .iter()
+            .filter_map(|j| {
+                let started = j.started.as_ref()?.1;
+                Some(j.completed_at.unwrap_or(end).millis_since(started))
+            })
+            .sum();
+        workday::figures(warm, &starts, instance_ms, busy_ms, 0)
+    });
     Ok(SimulationReport {
         scenario,
         seed,
@@ -1077,7 +1141,7 @@ pub async fn run_with(
             (Some(l), Some(f)) => Some(f.millis_since(l)),
             _ => None,
         },
-        simulated_ms: end.millis_since(T0),
+        simulated_ms: end.millis_since(t0),
         instances_alive_at_end: alive,
         consistency_window_ms: window_ms,
         premature_terminations: premature,
@@ -1149,6 +1213,7 @@ pub async fn run_with(
                 max_per_hour: stats.max_per_hour,
             }
         },
+        workday: workday_figures,
     })
 }
 
@@ -1253,9 +1318,22 @@ struct IdleRunner {
     scope: RunnerScope,
 }
 
-/// How long after its JIT config is handed over a runner is online: 30 s; with
-/// `jitter`, 15–105 s by runner (the runner's start varies with the image, its
-/// caches and the network), so that runners come online out of launch order.
+/// When a runner is online, counted from the handover of its JIT config.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Online {
+    /// 30 s after it.
+    Fixed,
+    /// 15–105 s after it, by runner (the runner's start varies with the image,
+    /// its caches and the network), so that runners come online out of launch
+    /// order.
+    Jitter,
+    /// [`workday::RUNNER_START_MS`] after both the handover and its instance's
+    /// boot (drawn by the simulator).
+    AfterBoot,
+}
+
+/// How long after its JIT config is handed over a runner is online, for
+/// [`Online::Fixed`] and [`Online::Jitter`].
 fn online_after_ms(runner: &str, jitter: bool) -> u64 {
     if !jitter {
         return 30_000;
@@ -1278,7 +1356,7 @@ async fn idle_runners(
     github: &SimGitHub,
     policy: &RunnerPolicy,
     t: Timestamp,
-    jitter: bool,
+    online: Online,
 ) -> Result<Vec<IdleRunner>, ServeError> {
     let mut idle = Vec::new();
     // The projector's views (a step behind) say which runners may have a
@@ -1302,13 +1380,19 @@ async fn idle_runners(
         ) else {
             continue;
         };
-        let online_at = ready_at.plus_ms(online_after_ms(&name, jitter));
-        if t < online_at || !github.is_idle(&name) {
-            continue;
-        }
         let Some(instance) = head.instance_id.as_ref() else {
             continue;
         };
+        let online_at = match online {
+            Online::AfterBoot => {
+                let booted = cloud.running_at(instance)?.unwrap_or(ready_at);
+                ready_at.max(booted).plus_ms(workday::RUNNER_START_MS)
+            }
+            _ => ready_at.plus_ms(online_after_ms(&name, online == Online::Jitter)),
+        };
+        if t < online_at || !github.is_idle(&name) {
+            continue;
+        }
         let runs = jitr_infra::Compute::describe(cloud, instance)
             .await?
             .is_some_and(|m| m.state.is_live());
@@ -1365,7 +1449,7 @@ pub fn render(r: &SimulationReport) -> String {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    format!(
+    let mut out = format!(
         "scenario {} (seed {}), compensation {}\n\
          jobs served            {}/{}\n\
          orphans found          {}\n\
@@ -1501,7 +1585,39 @@ pub fn render(r: &SimulationReport) -> String {
         r.github.max_per_hour,
         r.runners_failed_for_rate_limit,
         r.simulated_ms / 1000,
-    )
+    );
+    if let Some(w) = &r.workday {
+        let d = |d: &Distribution| {
+            format!(
+                "{} jobs, p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+                d.count,
+                d.p50 as f64 / 1000.0,
+                d.p99 as f64 / 1000.0,
+                d.max as f64 / 1000.0
+            )
+        };
+        out.push_str(&format!(
+            "warm pool              {:?} ({} idle in working hours)\n\
+             queued → started       {}\n\
+             \x20 in working hours     {}\n\
+             \x20 outside them         {}\n\
+             warm hits              {} ({:.1} %)\n\
+             instance-minutes       {:.1} idle, {:.1} busy; {:.1} stopped volume-minutes\n\
+             idle cost              ${:.2}\n",
+            w.warm,
+            w.window_min_idle,
+            d(&w.queued_to_started_ms),
+            d(&w.queued_to_started_in_window_ms),
+            d(&w.queued_to_started_outside_window_ms),
+            w.warm_hits,
+            w.warm_hit_ratio * 100.0,
+            w.idle_instance_minutes,
+            w.busy_instance_minutes,
+            w.stopped_volume_minutes,
+            w.idle_cost_usd,
+        ));
+    }
+    out
 }
 
 /// `jitr simulate` arguments.
@@ -1544,6 +1660,9 @@ pub struct Args {
     /// limit (its documented 403 without `retry-after`).
     #[arg(long, value_name = "N")]
     github_secondary_limits: Option<u64>,
+    /// How the `workday` scenario's pool keeps capacity warm.
+    #[arg(long, value_enum, default_value_t = WarmSetting::Schedule)]
+    warm: WarmSetting,
     /// Seconds the compensating process's clock (compensation and the
     /// reaper) is off the true time: positive fast, negative slow.
     #[arg(
@@ -1598,6 +1717,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         event_delay_ms: args.event_delay.as_millis() as u64,
         github_secondary_one_in: args.github_secondary_limits,
         compensator_clock_skew_ms: args.compensator_clock_skew * 1000,
+        warm: args.warm,
     };
     let report = run_with(&dir, args.scenario, args.seed, options).await?;
     if args.json {
