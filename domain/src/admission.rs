@@ -42,6 +42,9 @@ pub struct PoolLimits {
     /// Idle runners it keeps beyond its queued demand at the round's moment
     /// (ADR-0022): its runners within that floor are not withdrawn.
     pub min_idle: usize,
+    /// Its floor is kept parked (a stopped pool): `min_idle` counts parked
+    /// runners, not idle ones.
+    pub stopped: bool,
 }
 
 impl PoolLimits {
@@ -372,12 +375,13 @@ impl AdmissionRound {
             ..RoundReport::default()
         };
         let mut steps = VecDeque::new();
-        let floor = |name: &str| crate::supply::PoolFloor {
-            min_idle: pools
-                .iter()
-                .find(|p| p.name == name)
-                .map_or(0, |p| p.min_idle),
-            ..Default::default()
+        let floor = |name: &str| {
+            let pool = pools.iter().find(|p| p.name == name);
+            crate::supply::PoolFloor {
+                min_idle: pool.map_or(0, |p| p.min_idle),
+                stopped: pool.is_some_and(|p| p.stopped),
+                ..Default::default()
+            }
         };
         for retirement in plan_withdrawals(open.iter().copied(), floor) {
             if let Retirement::Withdraw { stream } = retirement {

@@ -119,6 +119,19 @@ pub enum Command {
         /// The instance named by the warning.
         instance_id: InstanceId,
     },
+    /// Record that the runner's instance is stopped (EC2 says so), with no
+    /// JIT config: a stopped pool's runner parked for a job (ADR-0022).
+    Park {
+        /// The stopped instance.
+        instance_id: InstanceId,
+    },
+    /// Record that EC2 accepted the start of the parked instance.
+    Wake {
+        /// The started instance.
+        instance_id: InstanceId,
+        /// The queued job it was woken for.
+        for_job: Option<JobRef>,
+    },
     /// Record a failure.
     Fail {
         /// At which step.
@@ -158,6 +171,8 @@ impl Command {
             Command::MoveDemand { .. } => "MoveDemand",
             Command::RefuseDeregistration { .. } => "RefuseDeregistration",
             Command::WarnSpotInterruption { .. } => "WarnSpotInterruption",
+            Command::Park { .. } => "Park",
+            Command::Wake { .. } => "Wake",
             Command::Fail { .. } => "Fail",
             Command::Terminate { .. } => "Terminate",
             Command::ConfirmTerminated { .. } => "ConfirmTerminated",

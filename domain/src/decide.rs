@@ -3,7 +3,7 @@
 use crate::command::Command;
 use crate::error::DomainError;
 use crate::event::{FailureStage, JobSource, RunnerEvent};
-use crate::ids::{ClientToken, StreamId, Timestamp};
+use crate::ids::{ClientToken, InstanceId, StreamId, Timestamp};
 use crate::launch::evidence_holds;
 use crate::state::{LaunchOutcome, RunnerState, is_terminal};
 
@@ -233,13 +233,7 @@ pub fn decide(
             Ok(vec![RunnerEvent::DeregistrationRefused { at, reason }])
         }
         Command::WarnSpotInterruption { instance_id } => {
-            let expected = state.instance().map(|i| i.id.clone());
-            if expected.as_ref() != Some(&instance_id) {
-                return Err(DomainError::InstanceMismatch {
-                    expected,
-                    got: Some(instance_id),
-                });
-            }
+            same_instance(state, &instance_id)?;
             let job_started = state.job_started_at.is_some();
             let mut events = vec![RunnerEvent::SpotInterruptionWarned {
                 at,
@@ -256,6 +250,38 @@ pub fn decide(
                 });
             }
             Ok(events)
+        }
+        Command::Park { instance_id } => {
+            still_wanted(state)?;
+            if state.termination_requested.is_some() {
+                return Err(DomainError::TerminationRequested);
+            }
+            same_instance(state, &instance_id)?;
+            if !state.parks() {
+                return Err(DomainError::NotParkable("not a stopped pool's runner"));
+            }
+            if state.runner_name.is_some() || state.woken_at.is_some() {
+                return Err(DomainError::NotParkable("already woken for a job"));
+            }
+            Ok(vec![RunnerEvent::Parked { at, instance_id }])
+        }
+        Command::Wake {
+            instance_id,
+            for_job,
+        } => {
+            still_wanted(state)?;
+            if state.termination_requested.is_some() {
+                return Err(DomainError::TerminationRequested);
+            }
+            same_instance(state, &instance_id)?;
+            if state.parked_at.is_none() {
+                return Err(DomainError::NotParkable("not parked"));
+            }
+            Ok(vec![RunnerEvent::Woken {
+                at,
+                instance_id,
+                for_job,
+            }])
         }
         Command::Fail { stage, reason } => {
             if state.job_completed_at.is_some() {
@@ -312,6 +338,8 @@ pub fn decide(
 /// | `MoveDemand` | the runner stands for that job already |
 /// | `RefuseDeregistration` | the runner is known busy (refused before, or its job started) |
 /// | `WarnSpotInterruption` | a warning is recorded |
+/// | `Park` | the runner is parked (or was woken since) |
+/// | `Wake` | the runner was woken |
 /// | `Fail` | a failure is recorded (the first one stands) |
 /// | `Terminate` | a termination was requested |
 /// | `ConfirmTerminated` | `Terminated` is recorded for the same instance (or none), or the named stray is confirmed gone |
@@ -346,6 +374,8 @@ pub fn is_repeat(state: &RunnerState, command: &Command) -> bool {
             state.busy_since.is_some() || state.job_started_at.is_some()
         }
         Command::WarnSpotInterruption { .. } => state.spot_warned.is_some(),
+        Command::Park { .. } => state.parked_at.is_some(),
+        Command::Wake { .. } => state.woken_at.is_some(),
         Command::Fail { .. } => state.failure.is_some(),
         Command::Terminate { .. } => state.termination_requested.is_some(),
         Command::ConfirmTerminated { instance_id, .. } => {
@@ -381,6 +411,18 @@ fn source_of(command: &Command) -> JobSource {
 }
 
 /// Refuses work for a runner that has failed or whose job is over.
+/// The runner's instance is `instance_id`.
+fn same_instance(state: &RunnerState, instance_id: &InstanceId) -> Result<(), DomainError> {
+    let expected = state.instance().map(|i| i.id.clone());
+    if expected.as_ref() != Some(instance_id) {
+        return Err(DomainError::InstanceMismatch {
+            expected,
+            got: Some(instance_id.clone()),
+        });
+    }
+    Ok(())
+}
+
 fn still_wanted(state: &RunnerState) -> Result<(), DomainError> {
     if state.failure.is_some() {
         return Err(DomainError::AlreadyFailed);

@@ -91,6 +91,10 @@ pub enum DomainError {
     /// The runner has no GitHub registration.
     #[error("the runner has no GitHub registration")]
     NotRegistered,
+    /// Park or wake asked of a runner that cannot be parked or woken: not a
+    /// stopped pool's, already registered, or not parked.
+    #[error("the runner cannot be parked or woken: {0}")]
+    NotParkable(&'static str),
     /// A termination confirmed on evidence that does not prove it.
     #[error("{evidence:?} is no evidence here: {why}")]
     NoEvidence {
@@ -107,6 +111,7 @@ impl DomainError {
         match self {
             DomainError::InvalidStreamId(_) => "InvalidStreamId",
             DomainError::NotRequested => "NotRequested",
+            DomainError::NotParkable(_) => "NotParkable",
             DomainError::RequestMismatch => "RequestMismatch",
             DomainError::Terminal { .. } => "Terminal",
             DomainError::AlreadyFailed => "AlreadyFailed",

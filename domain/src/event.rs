@@ -172,6 +172,11 @@ pub struct InstanceSpec {
     /// of the same job was reclaimed there (EC2's interruption warning).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid_spot: Vec<String>,
+    /// A stopped pool's runner (ADR-0022): its instance boots once and is
+    /// stopped (`Parked`) with no JIT config; started (`Woken`) when a job
+    /// wants it, and only then minted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub park: bool,
 }
 
 /// The runner's deadlines, fixed when it is requested so that a replay needs no
@@ -404,6 +409,27 @@ pub enum RunnerEvent {
         /// GitHub's answer.
         reason: String,
     },
+    /// The runner's instance is stopped, as EC2 says (evidence), with no JIT
+    /// config: a stopped pool keeps it for a job (ADR-0022). Its vCPUs count
+    /// against no quota; its volume is kept.
+    Parked {
+        /// When.
+        at: Timestamp,
+        /// The stopped instance.
+        instance_id: InstanceId,
+    },
+    /// EC2 accepted the start of the parked instance: it boots again, and its
+    /// JIT config is minted next.
+    Woken {
+        /// When.
+        at: Timestamp,
+        /// The started instance.
+        instance_id: InstanceId,
+        /// The queued job it was woken for: the runner stands for it from now
+        /// on (the job's own runner stands aside, `DemandEnded`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_job: Option<JobRef>,
+    },
     /// The runner failed.
     Failed {
         /// When.
@@ -486,6 +512,8 @@ impl RunnerEvent {
             | RunnerEvent::DemandEnded { at, .. }
             | RunnerEvent::DemandMoved { at, .. }
             | RunnerEvent::DeregistrationRefused { at, .. }
+            | RunnerEvent::Parked { at, .. }
+            | RunnerEvent::Woken { at, .. }
             | RunnerEvent::Failed { at, .. }
             | RunnerEvent::TerminationRequested { at, .. }
             | RunnerEvent::StrayLaunched { at, .. }
@@ -508,6 +536,8 @@ impl RunnerEvent {
             RunnerEvent::DemandEnded { .. } => "DemandEnded",
             RunnerEvent::DemandMoved { .. } => "DemandMoved",
             RunnerEvent::DeregistrationRefused { .. } => "DeregistrationRefused",
+            RunnerEvent::Parked { .. } => "Parked",
+            RunnerEvent::Woken { .. } => "Woken",
             RunnerEvent::Failed { .. } => "Failed",
             RunnerEvent::TerminationRequested { .. } => "TerminationRequested",
             RunnerEvent::StrayLaunched { .. } => "StrayLaunched",

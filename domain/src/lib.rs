@@ -62,7 +62,7 @@ pub use supply::{
     DEFAULT_RETIRE_GRACE_MS, PoolBalance, PoolFloor, Retirement, plan_retirements,
     plan_withdrawals, pool_balances,
 };
-pub use warm::{WarmPlan, WarmSchedule, WarmWindow, WindowError, plan_warmth};
+pub use warm::{WarmPlan, WarmSchedule, WarmWindow, WindowError, plan_parking, plan_warmth};
 
 /// Runs `decide` and folds its events: the state after the command, and the events.
 pub fn execute(

@@ -24,6 +24,9 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     }
     let d = request.deadlines;
     let max_age = match d.max_wait_ms {
+        // A woken runner's life starts again at its start: a job it takes
+        // gets the whole max age, however long it was parked.
+        _ if state.woken_at.is_some() => state.woken_at.map(|w| w.plus_ms(d.max_age_ms)),
         // Waiting is not age: the instance's age counts from its launch.
         Some(_) => state
             .launch
@@ -47,6 +50,11 @@ pub fn missed_deadline(state: &RunnerState, now: Timestamp) -> Option<MissedDead
     // it beyond its pool's floor (ADR-0022).
     let stands_for_no_job = state.is_warm() || state.demand_ended.is_some();
     if stands_for_no_job && state.runner_name.is_some() {
+        return None;
+    }
+    // A parked runner waits, stopped, for a job to wake it: its max age bounds
+    // it. Until it is parked it has the boot deadline to be.
+    if state.is_parking() && state.parked_at.is_some() {
         return None;
     }
     let stage = if state.instance_may_be_alive() {
@@ -78,6 +86,9 @@ pub fn boot_deadline(state: &RunnerState) -> Option<Timestamp> {
     let request = state.request.as_ref()?;
     let d = request.deadlines;
     let alive = state.instance_may_be_alive();
+    if let Some(woken) = state.woken_at {
+        return Some(woken.plus_ms(d.boot_timeout_ms));
+    }
     Some(match (d.max_wait_ms, alive) {
         (Some(wait), false) => request.at.plus_ms(wait),
         (Some(_), true) => state

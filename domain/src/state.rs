@@ -235,6 +235,13 @@ pub struct RunnerState {
     /// When GitHub refused to delete the registration: the runner is busy.
     #[serde(default)]
     pub busy_since: Option<Timestamp>,
+    /// When its instance was found stopped with no JIT config (a stopped
+    /// pool's runner, ADR-0022).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_at: Option<Timestamp>,
+    /// When its parked instance was started for a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woken_at: Option<Timestamp>,
 }
 
 impl RunnerState {
@@ -363,7 +370,19 @@ impl RunnerState {
     /// and neither started, completed nor busy (waiting for capacity,
     /// launching, booting or ready).
     pub fn is_untaken_capacity(&self) -> bool {
-        self.wants_instance() && !self.took_job()
+        self.wants_instance() && !self.took_job() && !self.is_parking()
+    }
+
+    /// Whether the runner is a stopped pool's: parked until a job wants it.
+    pub fn parks(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| r.spec.park)
+    }
+
+    /// Whether the runner is a stopped pool's not yet woken (launching,
+    /// booting to be stopped, or parked): kept for a job, but no job can run
+    /// on it until it is started.
+    pub fn is_parking(&self) -> bool {
+        self.parks() && self.woken_at.is_none() && self.wants_instance()
     }
 
     /// The runner's status.
@@ -513,6 +532,17 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
         }
         RunnerEvent::DeregistrationRefused { at, .. } => {
             state.busy_since.get_or_insert(*at);
+        }
+        RunnerEvent::Parked { at, .. } => {
+            state.parked_at.get_or_insert(*at);
+        }
+        RunnerEvent::Woken { at, for_job, .. } => {
+            if state.woken_at.is_none() {
+                state.woken_at = Some(*at);
+                if for_job.is_some() {
+                    state.demand_moved_to.clone_from(for_job);
+                }
+            }
         }
         RunnerEvent::Failed { at, stage, reason } => {
             state.failure.get_or_insert_with(|| Failure {

@@ -40,13 +40,21 @@ pub enum Retirement {
         /// Its registered name.
         runner_name: String,
     },
+    /// Parked (a stopped pool's, never registered): close it (`Fail`
+    /// `surplus`); its stopped instance is terminated.
+    Discard {
+        /// The runner.
+        stream: StreamId,
+    },
 }
 
 impl Retirement {
     /// The runner it retires.
     pub fn stream(&self) -> &StreamId {
         match self {
-            Retirement::Withdraw { stream } | Retirement::Deregister { stream, .. } => stream,
+            Retirement::Withdraw { stream }
+            | Retirement::Deregister { stream, .. }
+            | Retirement::Discard { stream } => stream,
         }
     }
 
@@ -56,6 +64,7 @@ impl Retirement {
         let reason = match self {
             Retirement::Withdraw { .. } => "nothing was launched",
             Retirement::Deregister { .. } => "registration deleted",
+            Retirement::Discard { .. } => "parked beyond the floor, never registered",
         };
         Command::Fail {
             stage: FailureStage::Surplus,
@@ -68,10 +77,12 @@ impl Retirement {
 /// and how long a ready runner beyond it stays before it retires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolFloor {
-    /// Idle runners kept beyond queued demand.
+    /// Idle runners kept beyond queued demand (a stopped pool: parked ones).
     pub min_idle: usize,
     /// How long a ready surplus runner stays before it is retired.
     pub idle_grace_ms: u64,
+    /// The pool keeps its floor parked (stopped), not registered and idle.
+    pub stopped: bool,
 }
 
 impl Default for PoolFloor {
@@ -80,6 +91,7 @@ impl Default for PoolFloor {
         PoolFloor {
             min_idle: 0,
             idle_grace_ms: DEFAULT_RETIRE_GRACE_MS,
+            stopped: false,
         }
     }
 }
@@ -89,8 +101,11 @@ impl Default for PoolFloor {
 pub struct PoolBalance {
     /// Runners whose own job still waits.
     pub demand: usize,
-    /// Runners no job has taken yet.
+    /// Runners no job has taken yet (but parked ones).
     pub supply: usize,
+    /// A stopped pool's runners not yet woken: launching, booting to be
+    /// stopped, or parked.
+    pub parked: usize,
 }
 
 impl PoolBalance {
@@ -115,6 +130,7 @@ pub fn pool_balances<'a>(
             .or_default();
         balance.demand += usize::from(state.demand_queued());
         balance.supply += usize::from(state.is_untaken_capacity());
+        balance.parked += usize::from(state.is_parking());
     }
     pools
 }
@@ -150,7 +166,11 @@ fn plan<'a>(
     let mut plan = Vec::new();
     for (pool, balance) in balances {
         let floor = floor(&pool);
-        let mut surplus = crate::warm::plan_warmth(&balance, floor.min_idle).surplus;
+        if floor.stopped {
+            plan.extend(parked_surplus(&open, &pool, &balance, floor.min_idle));
+        }
+        let idle_floor = if floor.stopped { 0 } else { floor.min_idle };
+        let mut surplus = crate::warm::plan_warmth(&balance, idle_floor).surplus;
         if surplus == 0 {
             continue;
         }
@@ -208,6 +228,50 @@ fn plan<'a>(
                 });
                 surplus -= 1;
             }
+        }
+    }
+    plan
+}
+
+/// A stopped pool's parking runners beyond its floor: those with nothing
+/// launched are withdrawn (the youngest first), then parked ones discarded
+/// (the oldest first: the freshest images stay). One still booting to be
+/// parked is left to park.
+fn parked_surplus(
+    open: &[&RunnerState],
+    pool: &str,
+    balance: &PoolBalance,
+    floor: usize,
+) -> Vec<Retirement> {
+    let mut surplus = balance.parked.saturating_sub(floor);
+    let mut plan = Vec::new();
+    let mut parking: Vec<&RunnerState> = open
+        .iter()
+        .copied()
+        .filter(|s| s.is_parking())
+        .filter(|s| {
+            s.request
+                .as_ref()
+                .is_some_and(|r| r.spec.pool.as_deref().unwrap_or_default() == pool)
+        })
+        .collect();
+    parking.sort_by_key(|s| std::cmp::Reverse(s.request.as_ref().map(|r| r.at)));
+    for state in parking.iter().filter(|s| !s.instance_may_be_alive()) {
+        if surplus == 0 {
+            return plan;
+        }
+        if let Some(stream) = state.stream_id() {
+            plan.push(Retirement::Withdraw { stream });
+            surplus -= 1;
+        }
+    }
+    for state in parking.iter().rev().filter(|s| s.parked_at.is_some()) {
+        if surplus == 0 {
+            break;
+        }
+        if let Some(stream) = state.stream_id() {
+            plan.push(Retirement::Discard { stream });
+            surplus -= 1;
         }
     }
     plan

@@ -191,10 +191,19 @@ pub struct WarmPlan {
 /// The plan for a pool whose runners balance as `balance`, keeping `min_idle`
 /// runners idle beyond its queued demand.
 pub fn plan_warmth(balance: &PoolBalance, min_idle: usize) -> WarmPlan {
-    let wanted = balance.demand + min_idle;
+    plan_balance(balance.demand + min_idle, balance.supply)
+}
+
+/// A stopped pool's plan: its floor counts parked runners (and those booting
+/// to be parked), whatever the demand, which wakes them.
+pub fn plan_parking(balance: &PoolBalance, floor: usize) -> WarmPlan {
+    plan_balance(floor, balance.parked)
+}
+
+fn plan_balance(wanted: usize, have: usize) -> WarmPlan {
     WarmPlan {
-        launch: wanted.saturating_sub(balance.supply),
-        surplus: balance.supply.saturating_sub(wanted),
+        launch: wanted.saturating_sub(have),
+        surplus: have.saturating_sub(wanted),
     }
 }
 
@@ -283,7 +292,11 @@ mod tests {
 
     #[test]
     fn the_plan_launches_the_shortfall_and_frees_only_what_is_beyond_the_floor() {
-        let balance = |demand, supply| PoolBalance { demand, supply };
+        let balance = |demand, supply| PoolBalance {
+            demand,
+            supply,
+            parked: 0,
+        };
         assert_eq!(
             plan_warmth(&balance(0, 0), 2),
             WarmPlan {
@@ -308,7 +321,7 @@ mod tests {
         /// plus the floor.
         #[test]
         fn the_plan_meets_the_floor_exactly(demand in 0usize..50, supply in 0usize..80, floor in 0usize..20) {
-            let plan = plan_warmth(&PoolBalance { demand, supply }, floor);
+            let plan = plan_warmth(&PoolBalance { demand, supply, parked: 0 }, floor);
             prop_assert!(plan.launch == 0 || plan.surplus == 0);
             prop_assert_eq!(supply + plan.launch - plan.surplus, demand + floor);
         }

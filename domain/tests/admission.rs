@@ -31,6 +31,7 @@ fn linux() -> PoolLimits {
         instance_types: vec!["c5.xlarge".into(), "c5a.xlarge".into()],
         spot: true,
         min_idle: 0,
+        stopped: false,
     }
 }
 
@@ -41,6 +42,7 @@ fn arm() -> PoolLimits {
         instance_types: vec!["c7g.xlarge".into()],
         spot: true,
         min_idle: 0,
+        stopped: false,
     }
 }
 
@@ -67,6 +69,7 @@ impl Runner {
                     image: "ami".into(),
                     pool: Some(pool.into()),
                     avoid_spot: Vec::new(),
+                    park: false,
                 },
                 deadlines: Deadlines::default(),
                 installation: None,

@@ -42,6 +42,7 @@ impl Runner {
                     image: "ami".into(),
                     pool: Some(pool.into()),
                     avoid_spot: Vec::new(),
+                    park: false,
                 },
                 deadlines: Deadlines::default(),
                 installation: None,
@@ -247,7 +248,8 @@ fn without_surplus_nothing_retires() {
         balance["linux"],
         PoolBalance {
             demand: 1,
-            supply: 1
+            supply: 1,
+            parked: 0,
         }
     );
 }
@@ -353,6 +355,7 @@ fn a_warm_pool_retires_only_what_is_beyond_its_floor_after_its_idle_grace() {
         move |pool: &str| PoolFloor {
             min_idle: if pool == "warm" { 2 } else { 0 },
             idle_grace_ms: grace_s * 1000,
+            stopped: false,
         }
     };
     let retired = plan_retirements(&states, at(600), floor(60));

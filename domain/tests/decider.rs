@@ -42,6 +42,7 @@ fn spec() -> InstanceSpec {
         image: "ami-123".into(),
         pool: None,
         avoid_spot: Vec::new(),
+        park: false,
     }
 }
 

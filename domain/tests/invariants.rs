@@ -122,6 +122,7 @@ fn command_for(op: &Op, state: &RunnerState, now: Timestamp) -> Vec<Command> {
                 image: "ami-1".into(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             deadlines: Deadlines {
                 boot_timeout_ms: 300_000,

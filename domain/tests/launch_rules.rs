@@ -95,6 +95,7 @@ fn pending_within(
                 image: "ami-1".into(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             deadlines: Deadlines {
                 consistency_window_ms: window_ms,

@@ -1,5 +1,6 @@
 # --- jitr runner bootstrap -------------------------------------------------
-# Runs once as root at first boot (EC2 user data). It takes an IMDSv2 token,
+# Runs as root at first boot (EC2 user data), and in a stopped pool at every
+# boot (it installs itself in cloud-init's per-boot scripts). It takes an IMDSv2 token,
 # reads this instance's single-use JIT runner config from SSM and deletes it,
 # starts the GitHub Actions runner with it as an unprivileged user, and powers
 # the instance off when the runner exits, for any reason (the instance is
@@ -13,6 +14,20 @@ JITR_CONFIG_WAIT_SECS="${JITR_CONFIG_WAIT_SECS:-600}"
 JITR_CONFIG_POLL_SECS="${JITR_CONFIG_POLL_SECS:-5}"
 
 log() { echo "jitr-bootstrap: $*" >&2; }
+
+# A stopped pool's instance is stopped after its first boot and started again
+# for a job (ADR-0022). cloud-init runs user data once per instance, but every
+# script in its per-boot directory at every boot: the bootstrap installs itself
+# there, so a start reads the fresh JIT config jitr writes for it.
+if [ "${JITR_EVERY_BOOT:-}" = 1 ]; then
+  per_boot="${JITR_PER_BOOT_DIR:-/var/lib/cloud/scripts/per-boot}"
+  self="${BASH_SOURCE[0]}"
+  if [ "$(cd "$(dirname "$self")" && pwd)" != "$(mkdir -p "$per_boot" && cd "$per_boot" && pwd)" ]; then
+    install -m 0700 "$self" "$per_boot/jitr-bootstrap.sh" \
+      && log "installed in $per_boot: it runs again at every start" \
+      || log "cannot install in $per_boot: a start would not run the runner"
+  fi
+fi
 
 finish() {
   local code=$?

@@ -103,14 +103,15 @@ fn each_role_is_refused_what_its_grants_bound_and_allowed_what_they_grant() {
             ],
         )
     };
-    let terminate = |role: &str, tag: &Value| {
+    let on_instance = |role: &str, action: &str, tag: &Value| {
         request(
             role,
-            "ec2:TerminateInstances",
+            action,
             &instance,
             &[("aws:ResourceTag/jitr:deployment", tag.clone())],
         )
     };
+    let terminate = |role: &str, tag: &Value| on_instance(role, "ec2:TerminateInstances", tag);
     let webhook_secret = format!("/{PREFIX}/webhook-secret");
     let app_key = format!("/{PREFIX}/github-app-key");
     let read =
@@ -125,6 +126,20 @@ fn each_role_is_refused_what_its_grants_bound_and_allowed_what_they_grant() {
         (terminate("CompensateRole", &other), false),
         (terminate("ReaperRole", &other), false),
         (terminate("ScaleupRole", &own), false),
+        // A stopped pool (ADR-0022): scale-up starts, the reaper stops, and
+        // only this deployment's instances.
+        (on_instance("ScaleupRole", "ec2:StartInstances", &own), true),
+        (
+            on_instance("ScaleupRole", "ec2:StartInstances", &other),
+            false,
+        ),
+        (on_instance("ScaleupRole", "ec2:StopInstances", &own), false),
+        (on_instance("ReaperRole", "ec2:StopInstances", &own), true),
+        (
+            on_instance("ReaperRole", "ec2:StopInstances", &other),
+            false,
+        ),
+        (on_instance("ReaperRole", "ec2:StartInstances", &own), false),
         (read("WebhookRole", &webhook_secret), true),
         (decrypt("WebhookRole", &webhook_secret), true),
         (read("WebhookRole", &app_key), false),

@@ -141,6 +141,76 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
         .unwrap()
         .stream
         .clone();
+    // `/metrics`: one warm hit, and the job's wait for a runner observed.
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families = parse(&text);
+    let linux = |family: &str, sample: &str| {
+        families
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} in {:?}", families.keys()))
+            .samples
+            .iter()
+            .find(|(name, labels, _)| {
+                name == sample && labels.get("pool").map(String::as_str) == Some("linux")
+            })
+            .map(|(_, _, value)| *value)
+    };
+    assert_eq!(
+        linux("jitr_warm_hits", "jitr_warm_hits_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(families["jitr_job_start_wait_seconds"].kind, "histogram");
+    assert_eq!(
+        linux(
+            "jitr_job_start_wait_seconds",
+            "jitr_job_start_wait_seconds_count"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let waited = linux(
+        "jitr_job_start_wait_seconds",
+        "jitr_job_start_wait_seconds_sum",
+    )
+    .unwrap();
+    assert!(waited <= 5.0, "no boot: {waited} s");
+    assert!(
+        linux(
+            "jitr_idle_runner_seconds_before_job",
+            "jitr_idle_runner_seconds_before_job_total"
+        )
+        .is_some()
+    );
+    // The fleet page: the pool's job starts, one of them a warm hit.
+    let page = http
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let starts = &page[page
+        .find("<table id=\"starts\">")
+        .expect("the job starts table")..];
+    let row = &starts[starts.find("<tr><td>linux</td>").expect("linux's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let cells: Vec<&str> = row
+        .split("<td")
+        .skip(1)
+        .map(|c| c[c.find('>').unwrap() + 1..c.find("</td>").unwrap()].trim())
+        .collect();
+    assert_eq!(cells[1], "1", "one job started: {row}");
+    assert_eq!(cells[4], "1", "a warm hit: {row}");
+    assert!(cells[2].ends_with(" s") && cells[2] != "—", "{row}");
     // Back at two idle within a boot time: the other warm runner and the
     // job's own, spare now.
     wait_for(&store, "two idle again", |open| idle(open).len() == 2).await;

@@ -249,6 +249,24 @@ impl<C: Compute> Compute for FaultyCompute<C> {
         self.inner.terminate(instance).await
     }
 
+    async fn stop(&self, instance: &InstanceId) -> Result<(), ComputeError> {
+        self.delay().await;
+        self.inner.stop(instance).await
+    }
+
+    async fn start(&self, instance: &InstanceId) -> Result<(), LaunchFailure> {
+        self.delay().await;
+        // A start is refused as a launch is: the same injected refusals apply.
+        let fault = self.take(|f| matches!(f, Fault::RejectLaunch { market: None, .. }));
+        if let Some(Fault::RejectLaunch { code, .. }) = fault {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                code,
+                "injected by FaultyCompute",
+            )));
+        }
+        self.inner.start(instance).await
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
         self.delay().await;
         let untagged: Vec<InstanceId> = self

@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS instances (
     vcpus          INTEGER NOT NULL,
     launched_at    INTEGER NOT NULL,
     terminating_at INTEGER,
-    reclaim_at     INTEGER
+    reclaim_at     INTEGER,
+    stopped_at     INTEGER,
+    started_at     INTEGER
 );
 CREATE TABLE IF NOT EXISTS gh_runners (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -252,6 +254,19 @@ pub struct SpotInterruptions {
 /// EC2's notice before it reclaims a spot instance: two minutes.
 pub const SPOT_NOTICE_MS: u64 = 120_000;
 
+/// Whether an instance in `state` counts against its market's vCPU quota:
+/// EC2 counts running instances' vCPUs, not a stopped one's.
+fn holds_quota(state: InstanceState) -> bool {
+    !matches!(state, InstanceState::Terminated | InstanceState::Stopped)
+}
+
+/// The number in a simulated instance id (`sim-…`).
+fn instance_number(id: &str) -> u64 {
+    id.strip_prefix("sim-")
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
+        .unwrap_or(0)
+}
+
 /// A well-mixed 64-bit hash (splitmix64), for seeded choices.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -284,6 +299,8 @@ fn open(path: &Path) -> Result<Connection, ComputeError> {
         ("gh_jobs", "runner_name", "TEXT"),
         ("instances", "reclaim_at", "INTEGER"),
         ("gh_runners", "busy", "INTEGER NOT NULL DEFAULT 0"),
+        ("instances", "stopped_at", "INTEGER"),
+        ("instances", "started_at", "INTEGER"),
     ] {
         let has: i64 = conn
             .query_row(
@@ -325,6 +342,24 @@ struct Row {
     vcpus: u32,
     launched_at: i64,
     terminating_at: Option<i64>,
+    /// Last told to stop (kept after a start: the later of the two wins).
+    stopped_at: Option<i64>,
+    /// Last started from stopped.
+    started_at: Option<i64>,
+}
+
+impl Row {
+    /// Stopped (or stopping) since, unless started again after.
+    fn stopped_since(&self) -> Option<i64> {
+        self.stopped_at
+            .filter(|stopped| self.started_at.is_none_or(|started| started < *stopped))
+    }
+
+    /// Started again after a stop, since.
+    fn restarted_at(&self) -> Option<i64> {
+        self.started_at
+            .filter(|started| self.stopped_at.is_some_and(|stopped| stopped <= *started))
+    }
 }
 
 fn market_name(m: Market) -> &'static str {
@@ -371,21 +406,38 @@ impl SimCloud {
         match row.terminating_at {
             Some(t) if now >= t + self.settings.shutdown_ms as i64 => InstanceState::Terminated,
             Some(_) => InstanceState::ShuttingDown,
-            None if now < row.launched_at + self.boot_ms(&row.id) => InstanceState::Pending,
-            None => InstanceState::Running,
+            None => match (row.stopped_since(), row.restarted_at()) {
+                (Some(s), _) if now >= s + self.settings.shutdown_ms as i64 => {
+                    InstanceState::Stopped
+                }
+                (Some(_), _) => InstanceState::Stopping,
+                (None, Some(started)) if now < started + self.start_ms(&row.id) => {
+                    InstanceState::Pending
+                }
+                (None, Some(_)) => InstanceState::Running,
+                (None, None) if now < row.launched_at + self.boot_ms(&row.id) => {
+                    InstanceState::Pending
+                }
+                (None, None) => InstanceState::Running,
+            },
+        }
+    }
+
+    /// How long the instance `id` takes from a start (from stopped) to `running`.
+    fn start_ms(&self, id: &str) -> i64 {
+        match &self.settings.boot_times {
+            Some(times) => times
+                .start
+                .draw(mix(times.seed ^ mix(instance_number(id)) ^ 1))
+                as i64,
+            None => self.settings.boot_ms as i64,
         }
     }
 
     /// How long the instance `id` takes from its launch to `running`.
     fn boot_ms(&self, id: &str) -> i64 {
         match &self.settings.boot_times {
-            Some(times) => {
-                let n = id
-                    .strip_prefix("sim-")
-                    .and_then(|n| u64::from_str_radix(n, 16).ok())
-                    .unwrap_or(0);
-                times.cold.draw(mix(times.seed ^ mix(n))) as i64
-            }
+            Some(times) => times.cold.draw(mix(times.seed ^ mix(instance_number(id)))) as i64,
             None => self.settings.boot_ms as i64,
         }
     }
@@ -413,7 +465,28 @@ impl SimCloud {
         Ok(self
             .rows(&conn, "WHERE id = ?1", Some(&id.0))?
             .first()
-            .map(|r| Timestamp(r.launched_at + self.boot_ms(&r.id))))
+            .map(|r| match r.restarted_at() {
+                Some(started) => Timestamp(started + self.start_ms(&r.id)),
+                None => Timestamp(r.launched_at + self.boot_ms(&r.id)),
+            }))
+    }
+
+    /// Milliseconds instances spent stopped (their volumes kept) up to `upto`.
+    pub fn stopped_ms(&self, upto: Timestamp) -> Result<u64, ComputeError> {
+        let conn = self.lock();
+        let shutdown = self.settings.shutdown_ms as i64;
+        Ok(self
+            .rows(&conn, "WHERE stopped_at IS NOT NULL", None)?
+            .iter()
+            .filter_map(|r| {
+                let from = r.stopped_at? + shutdown;
+                let until = [r.restarted_at(), r.terminating_at, Some(upto.0)]
+                    .into_iter()
+                    .flatten()
+                    .min()?;
+                Some(until.saturating_sub(from).max(0) as u64)
+            })
+            .sum())
     }
 
     fn rows(
@@ -434,7 +507,8 @@ impl SimCloud {
             .map_err(sql_err)?;
         }
         let sql = format!(
-            "SELECT id, stream, client_token, market, instance_type, vcpus, launched_at, terminating_at
+            "SELECT id, stream, client_token, market, instance_type, vcpus, launched_at, terminating_at,
+                    stopped_at, started_at
              FROM instances {filter} ORDER BY launched_at, id"
         );
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
@@ -448,6 +522,8 @@ impl SimCloud {
                 vcpus: r.get(5)?,
                 launched_at: r.get(6)?,
                 terminating_at: r.get(7)?,
+                stopped_at: r.get(8)?,
+                started_at: r.get(9)?,
             })
         };
         let rows = match arg {
@@ -496,7 +572,7 @@ impl SimCloud {
                 Some(market_name(market)),
             )?
             .iter()
-            .filter(|r| self.state(r, now) != InstanceState::Terminated)
+            .filter(|r| holds_quota(self.state(r, now)))
             .map(|r| r.vcpus)
             .sum())
     }
@@ -679,7 +755,7 @@ impl Compute for SimCloud {
             )
             .map_err(unknown)?
             .into_iter()
-            .filter(|r| self.state(r, now) != InstanceState::Terminated)
+            .filter(|r| holds_quota(self.state(r, now)))
             .collect();
         let used: u32 = live.iter().map(|r| r.vcpus).sum();
         let (quota, code) = match spec.market {
@@ -706,7 +782,7 @@ impl Compute for SimCloud {
                 )
                 .map_err(unknown)?
                 .into_iter()
-                .filter(|r| self.state(r, now) != InstanceState::Terminated)
+                .filter(|r| holds_quota(self.state(r, now)))
                 .count();
             if of_type as u32 >= *cap {
                 return Err(LaunchFailure::Rejected(LaunchError::new(
@@ -779,6 +855,91 @@ impl Compute for SimCloud {
             .map_err(sql_err)?;
         }
         Ok(TerminateOutcome::Terminating)
+    }
+
+    async fn stop(&self, instance: &InstanceId) -> Result<(), ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        let Some(row) = self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
+            .into_iter()
+            .next()
+        else {
+            return Err(ComputeError::Unavailable(
+                format!("InvalidInstanceID.NotFound: {instance}").into(),
+            ));
+        };
+        match self.state(&row, now) {
+            InstanceState::Stopping | InstanceState::Stopped => Ok(()),
+            InstanceState::Pending | InstanceState::Running => {
+                conn.execute(
+                    "UPDATE instances SET stopped_at = ?2 WHERE id = ?1",
+                    params![instance.0, now],
+                )
+                .map_err(sql_err)?;
+                Ok(())
+            }
+            state => Err(ComputeError::Unavailable(
+                format!("IncorrectInstanceState: {instance} is {state:?}").into(),
+            )),
+        }
+    }
+
+    async fn start(&self, instance: &InstanceId) -> Result<(), LaunchFailure> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        let unknown = |e: ComputeError| LaunchFailure::Unknown(Box::new(e));
+        let Some(row) = self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))
+            .map_err(unknown)?
+            .into_iter()
+            .next()
+        else {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance}' does not exist"),
+            )));
+        };
+        match self.state(&row, now) {
+            InstanceState::Pending | InstanceState::Running => return Ok(()),
+            InstanceState::Stopped => {}
+            state => {
+                return Err(LaunchFailure::Rejected(LaunchError::new(
+                    "IncorrectInstanceState",
+                    format!("{instance} is {state:?}, not stopped"),
+                )));
+            }
+        }
+        let used: u32 = self
+            .rows(
+                &conn,
+                &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
+                Some(market_name(row.market)),
+            )
+            .map_err(unknown)?
+            .iter()
+            .filter(|r| holds_quota(self.state(r, now)))
+            .map(|r| r.vcpus)
+            .sum();
+        let (quota, code) = match row.market {
+            Market::Spot => (self.settings.spot_vcpus, "MaxSpotInstanceCountExceeded"),
+            Market::OnDemand => (self.settings.on_demand_vcpus, "VcpuLimitExceeded"),
+        };
+        if used + row.vcpus > quota {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                code,
+                format!(
+                    "{used} vCPUs in use of a {quota} vCPU quota; {} more to start",
+                    row.vcpus
+                ),
+            )));
+        }
+        conn.execute(
+            "UPDATE instances SET started_at = ?2 WHERE id = ?1",
+            params![instance.0, now],
+        )
+        .map_err(|e| unknown(sql_err(e)))?;
+        Ok(())
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {

@@ -427,6 +427,7 @@ mod tests {
                     image: "ami".into(),
                     pool: None,
                     avoid_spot: Vec::new(),
+                    park: false,
                 },
                 deadlines: Deadlines::default(),
                 installation: None,

@@ -50,6 +50,8 @@ struct RunnerJobs {
     ready_at: Option<Timestamp>,
     /// Requested for no job, to be warm (ADR-0022).
     warm: bool,
+    /// Parked (stopped) since, not yet woken or closed.
+    parked_since: Option<Timestamp>,
 }
 
 /// Every job of a log, and the spare runners retired.
@@ -64,6 +66,13 @@ pub struct JobBook {
     pub surplus_idle_ms: u64,
     /// Warm runners requested (for no job, ADR-0022).
     pub warm_runners: u64,
+    /// A stopped pool's runners parked, and woken for a job.
+    pub parked: u64,
+    /// Of them, woken for a job.
+    pub woken: u64,
+    /// Their instances' minutes stopped (their volumes kept) until woken or
+    /// terminated, in ms.
+    pub parked_ms: u64,
 }
 
 /// The jobs' figures over a log.
@@ -89,6 +98,13 @@ pub struct JobFigures {
     pub warm_runners: u64,
     /// Jobs taken by a warm runner: they started without waiting for a boot.
     pub warm_hits: u64,
+    /// A stopped pool's runners parked (their instances stopped, volumes kept).
+    pub parked_runners: u64,
+    /// Of them, started for a job.
+    pub parked_runners_woken: u64,
+    /// Minutes their instances were stopped until woken or terminated (the
+    /// volume-minutes they cost; still parked ones are not counted yet).
+    pub parked_volume_minutes: f64,
     /// From a job's `queued` reaching jitr to its start, by its pool (ms).
     pub queued_to_started_ms: BTreeMap<String, crate::accounting::Distribution>,
 }
@@ -117,6 +133,16 @@ impl JobBook {
             }
             RunnerEvent::TokenMinted { at, .. } => {
                 runner.ready_at.get_or_insert(*at);
+            }
+            RunnerEvent::Parked { at, .. } if runner.parked_since.is_none() => {
+                self.parked += 1;
+                runner.parked_since = Some(*at);
+            }
+            RunnerEvent::Woken { at, .. } => {
+                if let Some(since) = runner.parked_since.take() {
+                    self.woken += 1;
+                    self.parked_ms += at.millis_since(since);
+                }
             }
             RunnerEvent::JobStarted { at, job, .. } => {
                 let Some(key) = job.as_ref().map(key_of).or(runner.demand.clone()) else {
@@ -178,10 +204,13 @@ impl JobBook {
                     Self::kill(&mut self.jobs, runner, *at, "termination requested".into());
                 }
             }
-            RunnerEvent::Terminated { .. } => {
+            RunnerEvent::Terminated { at, .. } => {
                 // The instance is gone: whatever ran on it ended with it (a
                 // cut by EC2 when nothing of jitr's came before).
                 runner.running = None;
+                if let Some(since) = runner.parked_since.take() {
+                    self.parked_ms += at.millis_since(since);
+                }
             }
             _ => {}
         }
@@ -213,6 +242,9 @@ impl JobBook {
             surplus_idle_runner_minutes: (self.surplus_idle_ms as f64 / 60_000.0 * 100.0).round()
                 / 100.0,
             warm_runners: self.warm_runners,
+            parked_runners: self.parked,
+            parked_runners_woken: self.woken,
+            parked_volume_minutes: (self.parked_ms as f64 / 60_000.0 * 100.0).round() / 100.0,
             ..JobFigures::default()
         };
         let warm = |stream: &StreamId| self.runners.get(stream).is_some_and(|r| r.warm);
@@ -282,6 +314,7 @@ mod tests {
                 image: "ami".into(),
                 pool: None,
                 avoid_spot: vec![],
+                park: false,
             },
             deadlines: Default::default(),
             installation: None,

@@ -60,6 +60,7 @@ fn history(id: u64, path: Path) -> Vec<RunnerEvent> {
                 image: "ami-1".into(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             deadlines: Deadlines::default(),
             installation: None,

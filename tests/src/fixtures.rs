@@ -45,6 +45,7 @@ pub fn request(job_id: u64) -> Command {
             image: "ami-0jitr".into(),
             pool: None,
             avoid_spot: Vec::new(),
+            park: false,
         },
         deadlines: Deadlines {
             boot_timeout_ms: 600_000,

@@ -451,6 +451,7 @@ fn policy_for(vcpus: u32) -> RunnerPolicy {
             image: "ami-sim".into(),
             pool: None,
             avoid_spot: Vec::new(),
+            park: false,
         },
         ..Pool::default_pool()
     };

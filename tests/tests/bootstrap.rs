@@ -136,19 +136,9 @@ async fn boot_via(
     config_after: Option<(Duration, String)>,
     wait_secs: u32,
 ) -> Run {
-    let imds = metadata_service().await;
     let dir = tempfile::tempdir().unwrap();
     let (records, runner, bin) = stand_ins(dir.path(), runner_exit);
-    let script = Bootstrap {
-        ssm_prefix: prefix.into(),
-        runner_dir: runner.display().to_string(),
-        runner_user: RUNNER_USER.into(),
-        runner_download: None,
-        runner_sudo: false,
-    }
-    .render();
-    let script_file = dir.path().join("user-data.sh");
-    std::fs::write(&script_file, script).unwrap();
+    let script_file = user_data(dir.path(), prefix, &runner, false);
     if let Some((delay, config)) = config_after {
         let name = format!("{prefix}/{INSTANCE}/jit-config");
         tokio::spawn(async move {
@@ -156,6 +146,42 @@ async fn boot_via(
             put_parameter(&name, &config).await;
         });
     }
+    let (status, log) = execute(&script_file, dir.path(), &bin, endpoint, wait_secs).await;
+    Run {
+        status,
+        log,
+        records,
+        _dir: dir,
+    }
+}
+
+/// Renders the bootstrap into `dir` as the user-data file, the runner in
+/// `runner`; `every_boot` as a stopped pool's.
+fn user_data(dir: &Path, prefix: &str, runner: &Path, every_boot: bool) -> PathBuf {
+    let script = Bootstrap {
+        ssm_prefix: prefix.into(),
+        runner_dir: runner.display().to_string(),
+        runner_user: RUNNER_USER.into(),
+        runner_download: None,
+        runner_sudo: false,
+        every_boot,
+    }
+    .render();
+    let script_file = dir.join("user-data.sh");
+    std::fs::write(&script_file, script).unwrap();
+    script_file
+}
+
+/// Runs `script` as root at boot, with the stand-ins of `bin` on the path, the
+/// per-boot scripts in `dir/per-boot`: its exit status and its log.
+async fn execute(
+    script: &Path,
+    dir: &Path,
+    bin: &Path,
+    endpoint: &str,
+    wait_secs: u32,
+) -> (Option<i32>, String) {
+    let imds = metadata_service().await;
     let cli_dir = aws_cli().parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -164,10 +190,11 @@ async fn boot_via(
     );
     let mut command = tokio::process::Command::new("bash");
     command
-        .arg(&script_file)
+        .arg(script)
         .env_clear()
         .env("PATH", path)
-        .env("HOME", dir.path())
+        .env("HOME", dir)
+        .env("JITR_PER_BOOT_DIR", dir.join("per-boot"))
         .env("JITR_IMDS_ENDPOINT", imds.uri())
         .env("JITR_POWEROFF", bin.join("poweroff"))
         .env("JITR_CONFIG_POLL_SECS", "1")
@@ -193,12 +220,10 @@ async fn boot_via(
             );
         }
     }
-    Run {
-        status: out.status.code(),
-        log: String::from_utf8_lossy(&out.stderr).into_owned(),
-        records,
-        _dir: dir,
-    }
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn put_parameter(name: &str, value: &str) {
@@ -291,6 +316,50 @@ async fn the_instance_powers_off_when_the_runner_fails_or_no_config_comes() {
     assert!(run.record("poweroff").is_some(), "{}", run.log);
     assert!(run.log.contains("no JIT config after"), "{}", run.log);
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Issue 26 (ADR-0022): a stopped pool's instance. At its first boot no JIT
+/// config is written (jitr stops it once booted); the script installs itself
+/// among cloud-init's per-boot scripts. At the start that follows, that copy
+/// runs, reads the fresh JIT config jitr wrote, and starts the runner with it.
+#[tokio::test]
+async fn a_stopped_pools_bootstrap_runs_again_at_every_start() {
+    require_root();
+    let prefix = format!("/{}", jitr_e2e::aws::unique("bootstrap-stopped"));
+    let dir = tempfile::tempdir().unwrap();
+    let (records, runner, bin) = stand_ins(dir.path(), 0);
+    let endpoint = jitr_e2e::aws::endpoint();
+    let first_boot = user_data(dir.path(), &prefix, &runner, true);
+    // First boot: nothing to run yet (here it gives up; jitr stops it first).
+    let (status, log) = execute(&first_boot, dir.path(), &bin, &endpoint, 2).await;
+    assert_eq!(status, Some(1), "{log}");
+    assert!(log.contains("installed in"), "{log}");
+    assert!(
+        !records.join("args").exists(),
+        "no runner at the first boot"
+    );
+    let per_boot = dir.path().join("per-boot/jitr-bootstrap.sh");
+    let installed = std::fs::read_to_string(&per_boot).expect("installed per boot");
+    assert!(installed.contains("JITR_EVERY_BOOT='1'"));
+    // The start: jitr wrote a fresh config; the per-boot copy runs it.
+    let config = "c3RvcHBlZC1wb29s".to_owned();
+    put_parameter(&format!("{prefix}/{INSTANCE}/jit-config"), &config).await;
+    let (status, log) = execute(&per_boot, dir.path(), &bin, &endpoint, 10).await;
+    assert_eq!(status, Some(0), "{log}");
+    assert!(!log.contains("installed in"), "already per boot: {log}");
+    assert_eq!(
+        std::fs::read_to_string(records.join("args"))
+            .ok()
+            .as_deref(),
+        Some(format!("--jitconfig\n{config}\n").as_str()),
+        "{log}"
+    );
+    // A first boot's script of a pool that is not stopped installs nothing.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (_, plain_runner, plain_bin) = stand_ins(plain_dir.path(), 0);
+    let plain = user_data(plain_dir.path(), &prefix, &plain_runner, false);
+    let (_, log) = execute(&plain, plain_dir.path(), &plain_bin, &endpoint, 1).await;
+    assert!(!plain_dir.path().join("per-boot").exists(), "{log}");
 }
 
 /// The runner instance's documented policy (`docs/runner-instance-policy.json`,

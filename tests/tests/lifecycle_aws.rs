@@ -27,6 +27,8 @@ struct Aws {
     /// when a test moves it, so a window does not depend on how fast moto is.
     fault_clock: jitr_infra::ManualClock,
     app: App,
+    /// The deployment's prefix (its SSM parameters are under `/{prefix}`).
+    prefix: String,
 }
 
 async fn aws() -> Aws {
@@ -109,6 +111,7 @@ async fn aws_with(policy: RunnerPolicy) -> Aws {
         compute,
         fault_clock,
         app: App::new(ports, policy, Vec::new()),
+        prefix: names.prefix().to_string(),
     }
 }
 
@@ -563,4 +566,176 @@ async fn not_found_right_after_launch_is_no_evidence_on_ec2() {
         head.state.terminated_by,
         Some(jitr_domain::TerminationEvidence::ReportedTerminated)
     );
+}
+
+/// Issue 26 (ADR-0022): a stopped pool on moto's EC2 and SSM. The warm runner
+/// is launched and not minted; after its preparation time the reaper stops it
+/// and records it `Parked` once EC2 says `stopped`; a queued job starts it
+/// (EC2 `running` again), it is given a fresh JIT config in SSM for that
+/// instance, and after its job it is terminated on EC2's evidence.
+#[tokio::test]
+async fn a_stopped_pools_runner_is_launched_stopped_started_minted_and_terminated_on_ec2() {
+    use jitr_handlers::app::policy::Warmth;
+    use jitr_infra::InstanceState;
+    let mut policy = RunnerPolicy::default();
+    policy.pools[0].spec.image = "ami-03cf127a".into();
+    policy.pools[0].spot = false;
+    policy.deadlines.drain_grace_ms = 0;
+    policy.pools[0].warm = Warmth {
+        schedule: jitr_domain::WarmSchedule {
+            min_idle: 1,
+            windows: Vec::new(),
+        },
+        max_idle_ms: None,
+        warm_for: Some(("acme".into(), "widgets".into())),
+        stopped: true,
+    };
+    let aws = aws_with(policy).await;
+    let scaleup = aws.app.ports.scaleup_queue.clone();
+    let drain_scaleup = || async {
+        let mut handled = 0;
+        for _ in 0..5 {
+            handled += drain(
+                &*scaleup,
+                &*aws.app.scaleup,
+                10,
+                Duration::from_secs(1),
+                &now,
+            )
+            .await
+            .unwrap();
+        }
+        handled
+    };
+
+    let report = aws.app.reaper.sweep(now()).await.unwrap();
+    assert_eq!(report.warm_asked.len(), 1, "{report:?}");
+    let warm = report.warm_asked[0].clone();
+    assert!(drain_scaleup().await >= 1);
+    let head = aws.store.head(&warm).await.unwrap().unwrap();
+    assert!(head.state.is_parking(), "{:?}", head.state);
+    assert!(
+        head.state.runner_name.is_none(),
+        "not minted before it is parked"
+    );
+    let instance = head.instance_id.clone().expect("launched on EC2");
+
+    // Its first boot done (EC2's clock moved past the preparation time): the
+    // reaper stops it, then records it parked on EC2's word.
+    let prepare = Duration::from_millis(jitr_handlers::app::supply::PREPARE_MS + 10_000);
+    aws.compute.move_cloud_clock(prepare);
+    let later = Timestamp(now().0 + prepare.as_millis() as i64);
+    let report = aws.app.reaper.sweep(later).await.unwrap();
+    assert_eq!(report.stopping, vec![warm.clone()], "{report:?}");
+    let state = |m: Option<jitr_infra::ManagedInstance>| m.map(|m| m.state);
+    let stopped = state(aws.compute.describe(&instance).await.unwrap());
+    assert!(
+        matches!(
+            stopped,
+            Some(InstanceState::Stopping | InstanceState::Stopped)
+        ),
+        "{stopped:?}"
+    );
+    let mut parked = false;
+    for _ in 0..5 {
+        let report = aws.app.reaper.sweep(later).await.unwrap();
+        if report.parked.contains(&warm) {
+            parked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(parked, "Parked recorded once EC2 said stopped");
+
+    // A queued job starts it; it stands for the job and is minted.
+    let outcome = aws
+        .app
+        .scaleup
+        .handle(&queued("widgets", 1), 1, later)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+    drain_scaleup().await;
+    let woken = aws.store.head(&warm).await.unwrap().unwrap();
+    assert!(woken.state.woken_at.is_some(), "{:?}", woken.state);
+    assert_eq!(woken.status, RunnerStatus::Ready, "minted after the start");
+    let started = state(aws.compute.describe(&instance).await.unwrap());
+    assert!(
+        matches!(
+            started,
+            Some(InstanceState::Pending | InstanceState::Running)
+        ),
+        "{started:?}"
+    );
+    let config = jitr_e2e::aws::config().await;
+    let parameter = aws_sdk_ssm::Client::new(&config)
+        .get_parameter()
+        .name(format!("/{}/{}/jit-config", aws.prefix, instance.0))
+        .with_decryption(true)
+        .send()
+        .await
+        .expect("a fresh JIT config for the started instance");
+    assert_eq!(
+        parameter.parameter().and_then(|p| p.value()),
+        Some("secret")
+    );
+    let own = StreamId::parse("acme/widgets#1#1").unwrap();
+    let own = aws.store.head(&own).await.unwrap().unwrap();
+    assert!(
+        own.instance_id.is_none(),
+        "the job's own runner launched nothing"
+    );
+
+    // The job runs on it and completes: its instance is terminated.
+    let name = woken.state.runner_name.clone().unwrap();
+    for (action, conclusion) in [("in_progress", None), ("completed", Some("success"))] {
+        let mut message = queued("widgets", 1);
+        message.action = action.into();
+        message.runner_name = Some(name.clone());
+        message.conclusion = conclusion.map(str::to_owned);
+        aws.app.lifecycle.handle(&message, later).await.unwrap();
+    }
+    let mut projector = aws.app.projector().await.unwrap();
+    projector.tick(Timestamp(later.0 + 1_000)).await.unwrap();
+    let compensation = aws.app.ports.compensation_queue.clone();
+    for _ in 0..10 {
+        let n = drain(
+            &*compensation,
+            &*aws.app.compensation,
+            10,
+            Duration::from_secs(1),
+            &now,
+        )
+        .await
+        .unwrap();
+        if n > 0 {
+            break;
+        }
+    }
+    let gone = state(aws.compute.describe(&instance).await.unwrap());
+    assert!(
+        matches!(
+            gone,
+            None | Some(InstanceState::ShuttingDown | InstanceState::Terminated)
+        ),
+        "{gone:?}"
+    );
+    let kinds: Vec<&str> = aws
+        .store
+        .read_stream(&warm)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    for kind in [
+        "Launched",
+        "Parked",
+        "Woken",
+        "TokenMinted",
+        "JobCompleted",
+        "TerminationRequested",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
 }

@@ -2273,6 +2273,7 @@ async fn a_warm_pool_keeps_its_idle_runners_and_retires_them_when_the_floor_drop
             },
             max_idle_ms: None,
             warm_for: Some(("acme".into(), "widgets".into())),
+            stopped: false,
         };
     });
     let report = world.reap().await;
@@ -2319,4 +2320,132 @@ async fn a_warm_pool_keeps_its_idle_runners_and_retires_them_when_the_floor_drop
         world.store.head(&warm[0].0).await.unwrap().unwrap().status,
         RunnerStatus::Running
     );
+}
+
+/// Issue 26 (ADR-0022): a stopped pool. One sweep asks for a runner of no job;
+/// it launches and is not minted. Once it has run for the preparation time the
+/// reaper stops it, and records `Parked` when EC2 says it is stopped (its vCPUs
+/// free). A queued job wakes it: EC2 starts it, it stands for the job and is
+/// minted; the job's own runner stands aside with nothing launched. The floor
+/// asks for a new parked runner. It runs the job and is terminated as any
+/// runner is.
+#[tokio::test]
+async fn a_stopped_pool_parks_a_booted_runner_and_wakes_it_for_a_job() {
+    use jitr_handlers::app::policy::Warmth;
+    use jitr_handlers::app::supply::PREPARE_MS;
+    let world = World::with_policy(|policy| {
+        policy.pools[0].warm = Warmth {
+            schedule: jitr_domain::WarmSchedule {
+                min_idle: 1,
+                windows: Vec::new(),
+            },
+            max_idle_ms: None,
+            warm_for: Some(("acme".into(), "widgets".into())),
+            stopped: true,
+        };
+    });
+    let report = world.reap().await;
+    assert_eq!(report.warm_asked.len(), 1, "{report:?}");
+    let parked = report.warm_asked[0].clone();
+    world.drain_scaleup().await;
+    let head = world.store.head(&parked).await.unwrap().unwrap();
+    assert!(head.state.is_parking(), "{:?}", head.state);
+    assert_eq!(head.status, RunnerStatus::Booting, "launched, not minted");
+    let instance = head.instance_id.clone().expect("launched");
+    assert!(!world.github.is_registered(&parked.runner_name()));
+    // Booting: left to finish its first boot; the floor counts it.
+    world.advance(30);
+    let report = world.reap().await;
+    assert!(
+        report.stopping.is_empty() && report.warm_asked.is_empty(),
+        "{report:?}"
+    );
+    world.advance(PREPARE_MS / 1000);
+    assert_eq!(world.reap().await.stopping, vec![parked.clone()]);
+    world.advance(10);
+    let report = world.reap().await;
+    assert_eq!(report.parked, vec![parked.clone()], "{report:?}");
+    assert!(report.warm_asked.is_empty(), "the floor holds: {report:?}");
+    assert_eq!(
+        world.cloud.vcpus_in_use(jitr_domain::Market::Spot).unwrap(),
+        0
+    );
+    assert_eq!(
+        world
+            .cloud
+            .vcpus_in_use(jitr_domain::Market::OnDemand)
+            .unwrap(),
+        0
+    );
+    // Parked for hours: no deadline but its max age.
+    world.advance(3 * 3600);
+    let report = world.reap().await;
+    assert!(report.surplus.withdrawn.is_empty(), "{report:?}");
+    assert_eq!(
+        world
+            .store
+            .head(&parked)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .failure,
+        None
+    );
+
+    // A job wakes it; the job's own runner stands aside, nothing launched.
+    queued_on_github(&world, 1);
+    world.queued(1).await.unwrap();
+    world.drain_scaleup().await;
+    let woken = world.store.head(&parked).await.unwrap().unwrap();
+    assert!(woken.state.woken_at.is_some());
+    assert_eq!(woken.status, RunnerStatus::Ready, "minted after the start");
+    assert_eq!(woken.state.demand_job().map(|j| j.job_id), Some(1));
+    assert!(world.runs(&instance).await, "started again");
+    assert_eq!(world.status(1).await, RunnerStatus::Failed, "stood aside");
+    assert!(world.instance(1).await.is_none(), "nothing launched for it");
+    let name = woken.state.runner_name.clone().unwrap();
+    assert!(world.github.is_registered(&name));
+    // The floor asks for another parked runner.
+    world.advance(60);
+    assert_eq!(world.reap().await.warm_asked.len(), 1);
+
+    // The job runs on it and completes; its instance is terminated.
+    github_starts(&world, 1, &name).await;
+    assert_eq!(
+        world.store.head(&parked).await.unwrap().unwrap().status,
+        RunnerStatus::Running
+    );
+}
+
+/// Issue 26 (ADR-0022): a stopped instance is still an instance. One that no
+/// open stream owns (a stream the log never saw, stopped by hand) holds no
+/// vCPU quota, but it is a leak all the same: the reaper terminates it.
+#[tokio::test]
+async fn a_stopped_instance_no_stream_owns_is_terminated_as_a_leak() {
+    let world = World::new(SimSettings::default(), 2);
+    let stream = world.stream(99);
+    let spec = LaunchSpec {
+        client_token: ClientToken::derive(&stream, 1),
+        stream,
+        market: Market::OnDemand,
+        instance_type: "c5.xlarge".into(),
+        vcpus: 4,
+        image: "ami-sim".into(),
+        user_data: None,
+        settings: Default::default(),
+    };
+    let instance = world.cloud.launch(&spec).await.unwrap().instance_id;
+    world.advance(30);
+    world.cloud.stop(&instance).await.unwrap();
+    world.advance(10);
+    let listed = world.live_instances().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, jitr_infra::InstanceState::Stopped);
+    assert_eq!(world.cloud.vcpus_in_use(Market::OnDemand).unwrap(), 0);
+    world.advance(121);
+    let report = world.reap().await;
+    let terminated: Vec<_> = report.orphans_terminated.iter().map(|(id, _)| id).collect();
+    assert_eq!(terminated, vec![&instance], "{report:?}");
+    assert!(world.live_instances().await.is_empty());
 }

@@ -514,3 +514,54 @@ async fn a_workday_with_a_warm_schedule_starts_jobs_in_seconds_in_working_hours(
         "{report:?}"
     );
 }
+
+/// Issue 26: the same day with a stopped pool (`warm_state = "stopped"`): its
+/// instances booted once and stopped in working hours, started for jobs. Its
+/// volumes are the idle cost it keeps; nothing is killed, leaked or closed
+/// early, and no parked instance outlives the day.
+#[tokio::test]
+async fn a_workday_with_a_stopped_pool_wakes_parked_runners_and_leaks_none() {
+    use jitr_handlers::commands::simulate::WarmSetting;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SimOptions {
+        warm: WarmSetting::Stopped,
+        ..SimOptions::default()
+    };
+    let report = run_with(dir.path(), Scenario::Workday, 1, options)
+        .await
+        .unwrap();
+    let day = report.workday.clone().expect("workday figures");
+    assert_eq!(report.jobs_served, report.jobs, "{report:?}");
+    assert_eq!(report.jobs_killed_by_jitr, 0);
+    assert_eq!(report.orphan_vcpu_minutes, 0.0);
+    assert_eq!(report.premature_terminations, 0);
+    assert_eq!(report.instances_alive_at_end, 0, "parked ones retired too");
+    assert!(day.parked_runners_woken > 500, "{day:?}");
+    assert!(day.stopped_volume_minutes > 0.0, "{day:?}");
+    // A woken runner starts its job after a start from stopped, not a boot.
+    assert!(day.queued_to_started_in_window_ms.p50 <= 20_000, "{day:?}");
+    // The audit, from the log alone, counts the parked runners and their
+    // stopped minutes as the simulator saw them.
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let jobs = audit::replay(&store, None, |_| {})
+        .await
+        .unwrap()
+        .jobs
+        .figures();
+    assert_eq!(jobs.parked_runners_woken, day.parked_runners_woken);
+    assert!(jobs.parked_runners >= jobs.parked_runners_woken);
+    assert_eq!(jobs.killed_by_jitr, 0);
+    // The log counts from `Parked`, recorded at the reaper's sweep after the
+    // stop (each sweep a minute apart): never more than the simulator saw
+    // stopped, and short of it by at most a sweep per parked runner.
+    let stopped = day.stopped_volume_minutes;
+    let logged = jobs.parked_volume_minutes;
+    assert!(
+        logged > 0.0 && logged <= stopped,
+        "{logged} against {stopped}"
+    );
+    assert!(
+        stopped - logged <= jobs.parked_runners as f64 * 1.0 + 0.01,
+        "the log's parked minutes {logged} against the simulator's stopped minutes {stopped}"
+    );
+}

@@ -23,6 +23,10 @@ pub struct Bootstrap {
     /// `runner_sudo`; off by default).
     #[serde(default)]
     pub runner_sudo: bool,
+    /// The script runs at every boot, not only the first (a stopped pool's
+    /// instance starts again for each job: ADR-0022).
+    #[serde(default)]
+    pub every_boot: bool,
 }
 
 impl Default for Bootstrap {
@@ -35,6 +39,7 @@ impl Default for Bootstrap {
             runner_user: "runner".into(),
             runner_download: None,
             runner_sudo: false,
+            every_boot: false,
         }
     }
 }
@@ -57,6 +62,7 @@ impl Bootstrap {
                 .clone()
                 .or_else(|| self.runner_download.clone()),
             runner_sudo: pool.runner_sudo || self.runner_sudo,
+            every_boot: pool.warm.stopped || self.every_boot,
             ..self.clone()
         }
     }
@@ -74,6 +80,7 @@ impl Bootstrap {
             ("JITR_RUNNER_URL", url),
             ("JITR_RUNNER_SHA256", sha),
             ("JITR_RUNNER_SUDO", if self.runner_sudo { "1" } else { "" }),
+            ("JITR_EVERY_BOOT", if self.every_boot { "1" } else { "" }),
         ];
         let mut script = String::from("#!/bin/bash\n# Rendered by jitr: the runner bootstrap.\n");
         for (name, value) in settings {

@@ -45,7 +45,13 @@ impl Lifecycle {
         let id = CommandId::new(format!("lifecycle:{}:{stream}:{name}", job.delivery));
         Ok(
             match dispatch(&*self.ports.store, stream, command, now, &id).await? {
-                Dispatched::Appended { state, .. } => {
+                Dispatched::Appended { state, events } => {
+                    if events
+                        .iter()
+                        .any(|e| matches!(e, jitr_domain::RunnerEvent::JobStarted { .. }))
+                    {
+                        self.job_started_metrics(&state, job, now).await;
+                    }
                     format!("{stream}: {name}, now {}", state.status())
                 }
                 Dispatched::MovedOn { refusal, .. } => {
@@ -56,6 +62,42 @@ impl Lifecycle {
                 }
             },
         )
+    }
+
+    /// A job started on the runner in `state` (ADR-0022): the time the job
+    /// waited since jitr heard it was queued (its first runner's request), the
+    /// runner's idle time before it, and whether it was a warm runner's.
+    async fn job_started_metrics(
+        &self,
+        state: &jitr_domain::RunnerState,
+        job: &JobMessage,
+        now: Timestamp,
+    ) {
+        let pool = state
+            .request
+            .as_ref()
+            .and_then(|r| r.spec.pool.clone())
+            .unwrap_or_default();
+        let job_ref = JobRef {
+            owner: job.owner.clone(),
+            repo: job.repo.clone(),
+            job_id: job.job_id,
+            run_id: job.run_id,
+        };
+        let queued_at = match StreamId::for_job(&job_ref, 1) {
+            Ok(first) => crate::app::dispatch::current_state(&*self.ports.store, &first)
+                .await
+                .ok()
+                .and_then(|s| s.request.map(|r| r.at)),
+            Err(_) => None,
+        };
+        crate::app::metrics::job_started(
+            now,
+            &pool,
+            queued_at.map(|q| now.millis_since(q)),
+            state.ready_at.map(|ready| now.millis_since(ready)),
+            state.is_warm(),
+        );
     }
 
     /// The stream of the runner GitHub named, if it is one of jitr's and the

@@ -149,6 +149,15 @@ defs! {
     /// Warm runners asked for.
     WARM_RUNNERS_ASKED = "WarmRunnersAsked", "warm_runners_asked", Counter, ["pool" => "Pool"],
         "Warm runners (for no job) asked for to keep a pool's floor";
+    /// From a job's `queued` reaching jitr to its start, by pool.
+    JOB_START_WAIT = "JobStartWait", "job_start_wait", Seconds, ["pool" => "Pool"],
+        "From a job's queued webhook reaching jitr to the job starting on a runner, by pool";
+    /// Runners' idle time before the job they took.
+    IDLE_RUNNER_SECONDS = "IdleRunnerSecondsBeforeJob", "idle_runner_seconds_before_job", Counter, ["pool" => "Pool"],
+        "Seconds runners were registered and idle before the job they took, by pool";
+    /// Jobs a warm runner took.
+    WARM_HITS = "WarmHits", "warm_hits", Counter, ["pool" => "Pool"],
+        "Jobs taken by a warm runner (requested for no job), by pool";
     /// The oldest waiting runner's wait.
     OLDEST_WAIT = "OldestWait", "oldest_wait_seconds", Gauge, ["pool" => "Pool"],
         "The oldest still-waiting runner's wait after the last admission round, seconds";
@@ -379,6 +388,63 @@ pub fn warm_floor(at: Timestamp, pool: &str, floor: usize, asked: usize) {
     record(at, &WARM_FLOOR, floor as f64, &[pool]);
     if asked > 0 {
         record(at, &WARM_RUNNERS_ASKED, asked as f64, &[pool]);
+    }
+}
+
+/// Job starts this process saw, by pool (for the fleet page).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobStarts {
+    /// Jobs started.
+    pub jobs: u64,
+    /// Their waits since jitr heard them queued (the latest
+    /// [`RECENT_STARTS`] of them), ms.
+    pub recent_waits_ms: std::collections::VecDeque<u64>,
+    /// Those taken by a warm runner.
+    pub warm_hits: u64,
+    /// Runners' idle time before the jobs they took, ms.
+    pub idle_ms: u64,
+}
+
+/// How many recent waits a pool keeps for the fleet page's percentiles.
+pub const RECENT_STARTS: usize = 1_000;
+
+static STARTS: LazyLock<Mutex<BTreeMap<String, JobStarts>>> = LazyLock::new(Mutex::default);
+
+/// The job starts this process saw, by pool.
+pub fn job_starts() -> BTreeMap<String, JobStarts> {
+    STARTS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A job started: how long it waited since jitr heard it queued, how long its
+/// runner was idle before, whether the runner was a warm one.
+pub fn job_started(
+    at: Timestamp,
+    pool: &str,
+    waited_ms: Option<u64>,
+    idle_ms: Option<u64>,
+    warm: bool,
+) {
+    {
+        let mut starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = starts.entry(pool.to_owned()).or_default();
+        entry.jobs += 1;
+        entry.warm_hits += u64::from(warm);
+        entry.idle_ms += idle_ms.unwrap_or(0);
+        if let Some(ms) = waited_ms {
+            if entry.recent_waits_ms.len() == RECENT_STARTS {
+                entry.recent_waits_ms.pop_front();
+            }
+            entry.recent_waits_ms.push_back(ms);
+        }
+    }
+    if let Some(ms) = waited_ms {
+        record(at, &JOB_START_WAIT, ms as f64 / 1000.0, &[pool]);
+    }
+    if let Some(ms) = idle_ms {
+        record(at, &IDLE_RUNNER_SECONDS, (ms / 1000) as f64, &[pool]);
+    }
+    if warm {
+        record(at, &WARM_HITS, 1.0, &[pool]);
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Warmth {
     /// register where its jobs' runners would (the repository, or its
     /// organisation for an organisation pool).
     pub warm_for: Option<(String, String)>,
+    /// The floor is kept parked: instances booted once and stopped, started
+    /// when a job wants one (`warm_state = "stopped"`).
+    pub stopped: bool,
 }
 
 impl Pool {
@@ -98,6 +101,7 @@ impl Pool {
                 image: "ami-jitr-runner".into(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             architecture: Architecture::X86_64,
             spot: true,
@@ -120,6 +124,7 @@ impl Pool {
         jitr_domain::PoolFloor {
             min_idle: self.warm.schedule.min_idle_at(now) as usize,
             idle_grace_ms: self.warm.max_idle_ms.unwrap_or(grace_ms),
+            stopped: self.warm.stopped,
         }
     }
 }

@@ -124,6 +124,7 @@ struct PoolEntry {
     min_idle: Option<u32>,
     max_idle_minutes: Option<u64>,
     warm_for: Option<String>,
+    warm_state: Option<String>,
     #[serde(default)]
     warm: Vec<WarmEntry>,
 }
@@ -202,10 +203,26 @@ fn warmth(entry: &PoolEntry) -> Result<Warmth, String> {
         Some(minutes) => Some(minutes * 60_000),
         None => None,
     };
+    let stopped = match entry.warm_state.as_deref() {
+        None | Some("running") => false,
+        Some("stopped") if !schedule.is_warm() => {
+            return Err(
+                "warm_state: a stopped pool keeps a floor (min_idle or [[pool.warm]]) of stopped instances"
+                    .into(),
+            );
+        }
+        Some("stopped") => true,
+        Some(other) => {
+            return Err(format!(
+                "warm_state: {other:?} is not \"running\" (idle registered runners) or \"stopped\" (instances booted once and stopped)"
+            ));
+        }
+    };
     Ok(Warmth {
         schedule,
         max_idle_ms,
         warm_for,
+        stopped,
     })
 }
 
@@ -392,6 +409,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 image: entry.image.clone(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             architecture: entry.architecture,
             spot: entry.spot.or(defaults.spot).unwrap_or(true),

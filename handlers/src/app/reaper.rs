@@ -56,6 +56,10 @@ pub struct SweepReport {
     pub surplus: RetireReport,
     /// Warm runners asked for to keep the pools' floors (ADR-0022).
     pub warm_asked: Vec<StreamId>,
+    /// A stopped pool's runners found stopped and recorded `Parked`.
+    pub parked: Vec<StreamId>,
+    /// A stopped pool's booted runners asked to stop.
+    pub stopping: Vec<StreamId>,
     /// Open runners owed a termination when the sweep read them.
     pub owed_terminations: usize,
     /// The oldest of those, how long it had been owed (ms).
@@ -290,6 +294,14 @@ impl Reaper {
                 report.surplus = surplus;
             }
             Err(e) => report.errors.push(format!("retiring surplus runners: {e}")),
+        }
+        match self.supply.park_booted(now).await {
+            Ok(parking) => {
+                report.errors.extend(parking.errors);
+                report.parked = parking.parked;
+                report.stopping = parking.stopping;
+            }
+            Err(e) => report.errors.push(format!("parking booted runners: {e}")),
         }
         match self.supply.keep_warm(now).await {
             Ok(asked) => report.warm_asked = asked,

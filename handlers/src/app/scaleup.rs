@@ -255,8 +255,12 @@ impl ScaleUp {
                 )));
             }
         };
+        let pool = self.policy.pool_for(&job.labels);
+        let stopped_pool = pool.is_some_and(|p| p.warm.stopped);
+        // A stopped pool's warm runner is launched to be parked (ADR-0022).
+        spec.park = stopped_pool && job_ref.is_warmth();
         let request = Command::Request {
-            job: job_ref,
+            job: job_ref.clone(),
             attempt: job.attempt,
             labels: job.labels.clone(),
             spec,
@@ -265,6 +269,11 @@ impl ScaleUp {
             deployment: self.policy.deployment.clone(),
         };
         self.run(&stream, request, now, "request").await?;
+        if stopped_pool && !job_ref.is_warmth() {
+            if let Some(woken) = self.wake_parked(&stream, now).await? {
+                tracing::info!(%stream, %woken, "a parked runner woken for the job");
+            }
+        }
 
         loop {
             let state = self.state(&stream).await?;
@@ -370,7 +379,112 @@ impl ScaleUp {
                 }
             }
         }
+        if self.state(&stream).await?.is_parking() {
+            return Ok(Outcome::Done(format!(
+                "{stream}: launched to be parked (stopped) until a job wakes it"
+            )));
+        }
         self.mint(&stream, job, receives, now).await
+    }
+
+    /// A stopped pool (ADR-0022): starts one of its parked runners for the
+    /// job of `stream` while nothing is launched for it yet. The woken runner
+    /// stands for the job from then on, the job's own runner stands aside
+    /// (`DemandEnded`: admission withdraws it, nothing launched), and the woken
+    /// one is handed over to be minted. A start EC2 refuses (the quota, no
+    /// capacity) leaves the runner parked and the job to its own runner.
+    /// Returns the woken runner.
+    async fn wake_parked(
+        &self,
+        stream: &StreamId,
+        now: Timestamp,
+    ) -> Result<Option<StreamId>, HandlerError> {
+        let state = self.state(stream).await?;
+        let Some(request) = state.request.as_ref() else {
+            return Ok(None);
+        };
+        if !state.demand_queued() || state.launch.is_some() {
+            return Ok(None);
+        }
+        let scope = self.policy.scope_of(request);
+        let open = self.ports.store.open_streams().await?;
+        // A delivery before this one woke a runner for the job and stopped
+        // short of standing the job's own aside: finish that.
+        let already =
+            open.heads.iter().map(|h| &h.state).find(|s| {
+                s.woken_at.is_some() && s.parks() && s.demand_job() == Some(&request.job)
+            });
+        if let Some(woken) = already {
+            return self.stand_aside(stream, woken, now).await;
+        }
+        let mut parked: Vec<&RunnerState> = open
+            .heads
+            .iter()
+            .map(|h| &h.state)
+            .filter(|s| s.is_parking() && s.parked_at.is_some())
+            .filter(|s| {
+                s.request.as_ref().is_some_and(|r| {
+                    r.spec.pool == request.spec.pool && self.policy.scope_of(r) == scope
+                })
+            })
+            .collect();
+        // The longest parked first: the oldest image goes before it ages out.
+        parked.sort_by_key(|s| s.parked_at);
+        for candidate in parked {
+            let (Some(warm), Some(instance)) = (candidate.stream_id(), candidate.instance()) else {
+                continue;
+            };
+            let instance_id = instance.id.clone();
+            match self.ports.compute.start(&instance_id).await {
+                Ok(()) => {}
+                Err(LaunchFailure::Rejected(e)) => {
+                    tracing::info!(%warm, instance = %instance_id, code = %e.code, "parked runner not started: EC2 refused");
+                    return Ok(None);
+                }
+                Err(LaunchFailure::Unknown(e)) => {
+                    // It may have started: the next job (or its max age) settles it.
+                    tracing::warn!(%warm, instance = %instance_id, error = %e, "parked runner's start unanswered");
+                    return Ok(None);
+                }
+            }
+            let wake = Command::Wake {
+                instance_id,
+                for_job: request.job.clone().into(),
+            };
+            match self.run(&warm, wake, now, &format!("wake-{stream}")).await {
+                Ok(Dispatched::Appended { .. }) => {}
+                // Another job woke it first: it stands for that one.
+                Ok(_) | Err(DispatchError::Refused { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let woken = self.state(&warm).await?;
+            return self.stand_aside(stream, &woken, now).await;
+        }
+        Ok(None)
+    }
+
+    /// The job's own runner (`stream`) stands aside for the runner `woken`
+    /// for it, which is handed over to be minted.
+    async fn stand_aside(
+        &self,
+        stream: &StreamId,
+        woken: &RunnerState,
+        now: Timestamp,
+    ) -> Result<Option<StreamId>, HandlerError> {
+        let Some(warm) = woken.stream_id() else {
+            return Ok(None);
+        };
+        let taken_by = woken
+            .runner_name_to_register()
+            .unwrap_or_else(|| warm.runner_name());
+        let aside = Command::EndDemand {
+            ending: jitr_domain::DemandEnding::TakenBy {
+                runner_name: taken_by,
+            },
+        };
+        self.run(stream, aside, now, "woke-parked").await?;
+        self.hand_over(woken, Duration::ZERO).await?;
+        Ok(Some(warm))
     }
 
     /// One admission round (ADR-0014): `jitr_domain::AdmissionRound` plans it
@@ -393,6 +507,7 @@ impl ScaleUp {
             instance_types: pool.instance_types.clone(),
             spot: pool.spot,
             min_idle: pool.warm.schedule.min_idle_at(now) as usize,
+            stopped: pool.warm.stopped,
         };
         let pools: Vec<PoolLimits> = self.policy.pools.iter().map(limits).collect();
         let mut round = AdmissionRound::plan(

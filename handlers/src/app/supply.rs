@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use jitr_domain::{Command, DemandEnding, JobRef, Retirement, RunnerState, StreamId, Timestamp};
-use jitr_infra::{CommandId, GitHubError};
+use jitr_infra::{CommandId, GitHubError, InstanceState};
 use serde::Serialize;
 
 use crate::app::Ports;
@@ -31,6 +31,22 @@ const MAX_DEMAND_HOPS: usize = 32;
 
 /// Runner attempts of one job looked at.
 const MAX_ATTEMPTS: u32 = 8;
+
+/// How long a stopped pool's instance runs after its launch before it is
+/// stopped: its first boot done and its image's volume read, so that a start
+/// finds it warm (ADR-0022).
+pub const PREPARE_MS: u64 = 120_000;
+
+/// What one parking pass did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Parking {
+    /// Found stopped and recorded `Parked`.
+    pub parked: Vec<StreamId>,
+    /// Asked to stop.
+    pub stopping: Vec<StreamId>,
+    /// Per-runner failures.
+    pub errors: Vec<String>,
+}
 
 /// Whether two references name the same job (the run id aside).
 fn same_job(a: &JobRef, b: &JobRef) -> bool {
@@ -205,24 +221,69 @@ impl Supply {
     pub async fn withdraw_surplus(&self, now: Timestamp) -> Result<Vec<StreamId>, HandlerError> {
         let mut withdrawn = Vec::new();
         for step in self.plan(now).await? {
-            if let Retirement::Withdraw { stream } = step {
-                if self.withdraw(&stream, now).await? {
-                    withdrawn.push(stream);
-                }
+            if matches!(step, Retirement::Withdraw { .. }) && self.close(&step, now).await? {
+                withdrawn.push(step.stream().clone());
             }
         }
         Ok(withdrawn)
     }
 
-    async fn withdraw(&self, stream: &StreamId, now: Timestamp) -> Result<bool, HandlerError> {
-        let fail = Retirement::Withdraw {
-            stream: stream.clone(),
-        }
-        .command();
+    /// Closes a runner with nothing registered (`Fail` `surplus`); whether
+    /// this call recorded it.
+    async fn close(&self, step: &Retirement, now: Timestamp) -> Result<bool, HandlerError> {
         Ok(matches!(
-            self.record(stream, fail, now).await?,
+            self.record(step.stream(), step.command(), now).await?,
             Dispatched::Appended { .. }
         ))
+    }
+
+    /// A stopped pool's runners launched to be parked (ADR-0022): one whose
+    /// instance has run for [`PREPARE_MS`] (its image's first boot done, its
+    /// volume read) is asked to stop; one EC2 says is stopped is recorded
+    /// `Parked` (EC2's word is the evidence). A runner already given its JIT
+    /// config is never stopped. Failures are reported and the pass goes on.
+    pub async fn park_booted(&self, now: Timestamp) -> Result<Parking, HandlerError> {
+        let mut parking = Parking::default();
+        let open = self.ports.store.open_streams().await?;
+        let cloud_now = self.ports.now(now);
+        for state in open.heads.iter().map(|h| &h.state) {
+            if !state.is_parking() || state.parked_at.is_some() || state.runner_name.is_some() {
+                continue;
+            }
+            let (Some(stream), Some(instance)) = (state.stream_id(), state.instance()) else {
+                continue;
+            };
+            // NotFound right after a launch is no evidence of anything: later.
+            let described = match self.ports.compute.describe(&instance.id).await {
+                Ok(Some(described)) => described,
+                Ok(None) => continue,
+                Err(e) => {
+                    parking.errors.push(format!("runner {stream}: {e}"));
+                    continue;
+                }
+            };
+            match described.state {
+                InstanceState::Stopped => {
+                    let park = Command::Park {
+                        instance_id: instance.id.clone(),
+                    };
+                    match self.record(&stream, park, now).await {
+                        Ok(_) => parking.parked.push(stream),
+                        Err(e) => parking.errors.push(format!("runner {stream}: {e}")),
+                    }
+                }
+                InstanceState::Running
+                    if cloud_now.millis_since(described.launched_at) >= PREPARE_MS =>
+                {
+                    match self.ports.compute.stop(&instance.id).await {
+                        Ok(()) => parking.stopping.push(stream),
+                        Err(e) => parking.errors.push(format!("runner {stream}: {e}")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(parking)
     }
 
     /// Keeps each warm pool's floor (ADR-0022): asks scale-up for the warm
@@ -250,7 +311,11 @@ impl Supply {
             };
             let floor = pool.warm.schedule.min_idle_at(now) as usize;
             let balance = balances.get(&pool.name).cloned().unwrap_or_default();
-            let plan = jitr_domain::plan_warmth(&balance, floor);
+            let plan = if pool.warm.stopped {
+                jitr_domain::plan_parking(&balance, floor)
+            } else {
+                jitr_domain::plan_warmth(&balance, floor)
+            };
             let second = u32::try_from(now.0 / 1000).unwrap_or(u32::MAX);
             for i in 0..plan.launch {
                 let attempt = second.wrapping_add(i as u32);
@@ -298,11 +363,15 @@ impl Supply {
         for step in self.plan(now).await? {
             let stream = step.stream().clone();
             let done = match step {
-                Retirement::Withdraw { stream } => self.withdraw(&stream, now).await.map(|w| {
-                    if w {
-                        report.withdrawn.push(stream);
-                    }
-                }),
+                // A parked runner has no registration: failing it owes its
+                // stopped instance's termination, as a withdrawn one's.
+                Retirement::Withdraw { .. } | Retirement::Discard { .. } => {
+                    self.close(&step, now).await.map(|w| {
+                        if w {
+                            report.withdrawn.push(stream.clone());
+                        }
+                    })
+                }
                 Retirement::Deregister { stream, .. } => {
                     self.retire(&stream, now).await.map(|kept| match kept {
                         Deregistration::Gone => report.retired.push(stream),

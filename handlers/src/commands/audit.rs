@@ -556,6 +556,13 @@ pub fn render(report: &AuditReport) -> String {
         j.surplus_idle_runner_minutes,
         j.killed_by_jitr
     );
+    if j.parked_runners > 0 {
+        let _ = writeln!(
+            out,
+            "  stopped pools: {} runners parked, {} woken for a job, {:.1} volume-minutes stopped",
+            j.parked_runners, j.parked_runners_woken, j.parked_volume_minutes
+        );
+    }
     for (pool, wait) in &j.queued_to_started_ms {
         let _ = writeln!(
             out,

@@ -79,6 +79,7 @@ pub fn lifecycle(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) 
                 image: "ami-bench".into(),
                 pool: None,
                 avoid_spot: Vec::new(),
+                park: false,
             },
             deadlines: Deadlines::default(),
             installation: None,

@@ -42,6 +42,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         runner_user: args.runner_user,
         runner_download: args.runner_url.zip(args.runner_sha256),
         runner_sudo: false,
+        every_boot: false,
     };
     if let (Some(file), Some(name)) = (&args.config, &args.pool) {
         let config = match super::config::load(file) {

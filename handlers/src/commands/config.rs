@@ -67,8 +67,13 @@ pub fn describe(config: &Config) -> String {
         let warm = &pool.warm;
         if let (Some((owner, repo)), true) = (&warm.warm_for, warm.schedule.is_warm()) {
             out.push_str(&format!(
-                "     warm: {} idle as {owner}/{repo}'s runners{}{}\n",
+                "     warm: {} {} as {owner}/{repo}'s runners{}{}\n",
                 warm.schedule.min_idle,
+                if warm.stopped {
+                    "stopped (started for a job)"
+                } else {
+                    "idle"
+                },
                 warm.schedule
                     .windows
                     .iter()

@@ -138,6 +138,7 @@ pub async fn run(store: Arc<SqliteEventStore>, now: Timestamp) -> Result<DemoSum
                         image: "ami-0jitrdemo".into(),
                         pool: None,
                         avoid_spot: Vec::new(),
+                        park: false,
                     },
                     deadlines: Deadlines::default(),
                     installation: None,

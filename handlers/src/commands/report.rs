@@ -77,6 +77,20 @@ pub fn describe(event: &RunnerEvent) -> String {
             market.as_str()
         ),
         RunnerEvent::TokenMinted { runner_name, .. } => format!("runner {runner_name}"),
+        RunnerEvent::Parked { instance_id, .. } => {
+            format!("{instance_id} stopped, no JIT config: parked for a job")
+        }
+        RunnerEvent::Woken {
+            instance_id,
+            for_job,
+            ..
+        } => format!(
+            "{instance_id} started{}",
+            for_job
+                .as_ref()
+                .map(|j| format!(" for job {} of {}/{}", j.job_id, j.owner, j.repo))
+                .unwrap_or_default()
+        ),
         RunnerEvent::JobStarted { source, job, .. } => {
             format!("{}{}", assigned(job.as_ref()), polled(*source))
         }

@@ -919,6 +919,7 @@ pub async fn run_with(
     let mut instance_type_of: BTreeMap<StreamId, String> = BTreeMap::new();
     // Warnings before the job started: the job and the attempt that follows.
     let mut relaunch_wanted: Vec<(StreamId, Timestamp)> = Vec::new();
+    let mut woken = 0u64;
     let mut after = 0;
     loop {
         let page = store.read_all(after, 10_000).await?;
@@ -965,6 +966,7 @@ pub async fn run_with(
                     instance_id: Some(_),
                     ..
                 } => freed_at.push(*at),
+                RunnerEvent::Woken { .. } => woken += 1,
                 RunnerEvent::Failed { stage, reason, .. } => {
                     runners_failed += 1;
                     failed_for_rate_limit += u64::from(reason.contains("rate limit"));
@@ -1123,7 +1125,10 @@ pub async fn run_with(
                 Some(j.completed_at.unwrap_or(end).millis_since(started))
             })
             .sum();
-        workday::figures(warm, &starts, instance_ms, busy_ms, 0)
+        let stopped_ms = cloud.stopped_ms(end).unwrap_or(0);
+        // A stopped instance costs its volume, not instance time.
+        let instance_ms = instance_ms.saturating_sub(stopped_ms);
+        workday::figures(warm, &starts, instance_ms, busy_ms, stopped_ms, woken)
     });
     Ok(SimulationReport {
         scenario,
@@ -1601,7 +1606,7 @@ pub fn render(r: &SimulationReport) -> String {
              queued → started       {}\n\
              \x20 in working hours     {}\n\
              \x20 outside them         {}\n\
-             warm hits              {} ({:.1} %)\n\
+             warm hits              {} ({:.1} %); {} parked runners woken\n\
              instance-minutes       {:.1} idle, {:.1} busy; {:.1} stopped volume-minutes\n\
              idle cost              ${:.2}\n",
             w.warm,
@@ -1611,6 +1616,7 @@ pub fn render(r: &SimulationReport) -> String {
             d(&w.queued_to_started_outside_window_ms),
             w.warm_hits,
             w.warm_hit_ratio * 100.0,
+            w.parked_runners_woken,
             w.idle_instance_minutes,
             w.busy_instance_minutes,
             w.stopped_volume_minutes,

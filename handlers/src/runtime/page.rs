@@ -67,6 +67,25 @@ pub struct PoolRow {
     pub vcpus: u32,
 }
 
+/// Jobs started on one pool's runners since this process started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartRow {
+    /// The pool.
+    pub pool: String,
+    /// Jobs started.
+    pub jobs: u64,
+    /// Queued → started over the latest starts: median and 99th percentile.
+    pub p50: String,
+    /// See `p50`.
+    pub p99: String,
+    /// Jobs a warm runner took.
+    pub warm_hits: u64,
+    /// Runner-minutes idle before the jobs they took.
+    pub idle_minutes: String,
+    /// The pool's runners parked (a stopped pool) now.
+    pub parked: u32,
+}
+
 /// One open runner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunnerRow {
@@ -143,6 +162,7 @@ pub struct FleetPage {
     position: u64,
     markets: Vec<MarketRow>,
     pools: Vec<PoolRow>,
+    starts: Vec<StartRow>,
     owed: Vec<OwedRow>,
     statuses: Vec<String>,
     pool_names: Vec<String>,
@@ -170,6 +190,43 @@ pub struct EventRow {
     offset: String,
     kind: &'static str,
     what: String,
+}
+
+/// The job starts this process saw, and each pool's parked runners.
+fn start_rows(parked: &BTreeMap<String, u32>) -> Vec<StartRow> {
+    let starts = crate::app::metrics::job_starts();
+    let mut pools: Vec<&String> = starts.keys().chain(parked.keys()).collect();
+    pools.sort();
+    pools.dedup();
+    pools
+        .into_iter()
+        .map(|pool| {
+            let s = starts.get(pool).cloned().unwrap_or_default();
+            let waits = jitr_projections::accounting::Distribution::of(
+                s.recent_waits_ms.iter().copied().collect(),
+            );
+            let seconds = |ms: u64| {
+                if waits.count == 0 {
+                    "—".to_owned()
+                } else {
+                    format!("{:.1} s", ms as f64 / 1000.0)
+                }
+            };
+            StartRow {
+                pool: if pool.is_empty() {
+                    "-".into()
+                } else {
+                    pool.clone()
+                },
+                jobs: s.jobs,
+                p50: seconds(waits.p50),
+                p99: seconds(waits.p99),
+                warm_hits: s.warm_hits,
+                idle_minutes: format!("{:.1}", s.idle_ms as f64 / 60_000.0),
+                parked: parked.get(pool).copied().unwrap_or(0),
+            }
+        })
+        .collect()
 }
 
 /// The link to a runner's timeline (its id percent-encoded: it holds `/` and
@@ -223,9 +280,14 @@ impl FleetPage {
             },
         ];
         let mut by_pool: BTreeMap<(String, &'static str), (u32, u32)> = BTreeMap::new();
+        let mut parked: BTreeMap<String, u32> = BTreeMap::new();
         let mut runners = Vec::new();
         for (stream, state) in &views.open {
             let pool = pool_of(state).to_owned();
+            let is_parked = state.is_parking() && state.parked_at.is_some();
+            if is_parked {
+                *parked.entry(pool.clone()).or_default() += 1;
+            }
             let alive = state.instance_may_be_alive();
             if let (true, Some(instance)) = (alive, state.instance()) {
                 let entry = by_pool
@@ -234,7 +296,11 @@ impl FleetPage {
                 entry.0 += 1;
                 entry.1 += instance.vcpus;
             }
-            let status = state.status().as_str().to_owned();
+            let status = if is_parked {
+                "parked".to_owned()
+            } else {
+                state.status().as_str().to_owned()
+            };
             if (!filter.status.is_empty() && filter.status != status)
                 || (!filter.pool.is_empty() && filter.pool != pool)
             {
@@ -296,6 +362,7 @@ impl FleetPage {
                     vcpus,
                 })
                 .collect(),
+            starts: start_rows(&parked),
             owed,
             statuses: RunnerStatus::ALL
                 .iter()

@@ -46,6 +46,7 @@ pub async fn runner_failed_after_launch(
                 image: "ami-jitr-runner".into(),
                 pool: pool.map(str::to_owned),
                 avoid_spot: Vec::new(),
+                park: false,
             },
             deadlines: Deadlines::default(),
             installation: None,

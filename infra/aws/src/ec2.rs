@@ -548,6 +548,39 @@ impl Compute for Ec2Compute {
         }
     }
 
+    async fn stop(&self, instance: &InstanceId) -> Result<(), ComputeError> {
+        self.client
+            .stop_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| compute_error(&e, e.to_string()))
+    }
+
+    async fn start(&self, instance: &InstanceId) -> Result<(), LaunchFailure> {
+        match self
+            .client
+            .start_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.code().map(str::to_owned);
+                let message = e.message().unwrap_or_default().to_owned();
+                Err(run_instances_failure(
+                    code.as_deref(),
+                    &message,
+                    status,
+                    e.into(),
+                ))
+            }
+        }
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError> {
         let mut filters = vec![
             filter(&format!("tag:{TAG_MANAGED_BY}"), &[MANAGED_BY]),

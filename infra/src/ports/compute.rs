@@ -359,6 +359,14 @@ pub trait Compute: Send + Sync {
     /// Every jitr instance in any state but `terminated`.
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, ComputeError>;
 
+    /// Stops a running instance, keeping its volume (a stopped pool parks it:
+    /// ADR-0022). Stopping one already stopping or stopped changes nothing.
+    async fn stop(&self, instance: &InstanceId) -> Result<(), ComputeError>;
+
+    /// Starts a stopped instance. EC2 refuses as it refuses a launch (the
+    /// vCPU quota, `InsufficientInstanceCapacity`): the instance stays stopped.
+    async fn start(&self, instance: &InstanceId) -> Result<(), LaunchFailure>;
+
     /// The instance, if it is one [`Compute::list_managed`] would list (a jitr
     /// instance of this deployment, not `terminated`): one described instance,
     /// not the fleet. `None` also while EC2's listing does not show it yet.

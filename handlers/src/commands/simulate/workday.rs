@@ -51,6 +51,9 @@ pub enum WarmSetting {
     /// Runners kept registered and idle on the working-hours schedule.
     #[default]
     Schedule,
+    /// Instances booted once and stopped on the working-hours schedule,
+    /// started when a job wants one (`warm_state = "stopped"`).
+    Stopped,
 }
 
 /// The working-hours window.
@@ -71,13 +74,14 @@ pub fn pool(mut pool: Pool, warm: WarmSetting) -> Pool {
     pool.spot = false;
     pool.warm = match warm {
         WarmSetting::Off => Warmth::default(),
-        WarmSetting::Schedule => Warmth {
+        WarmSetting::Schedule | WarmSetting::Stopped => Warmth {
             schedule: WarmSchedule {
                 min_idle: 0,
                 windows: vec![window()],
             },
             max_idle_ms: None,
             warm_for: Some((WARM_FOR.0.into(), WARM_FOR.1.into())),
+            stopped: warm == WarmSetting::Stopped,
         },
     };
     pool
@@ -158,6 +162,8 @@ pub struct WorkdayFigures {
     pub queued_to_started_outside_window_ms: Distribution,
     /// Jobs that found a runner online and idle when they were queued.
     pub warm_hits: u64,
+    /// Parked runners started for a job (a stopped pool).
+    pub parked_runners_woken: u64,
     /// Warm hits per job started.
     pub warm_hit_ratio: f64,
     /// Minutes instances ran with no job on them (booting, idle, draining).
@@ -178,6 +184,7 @@ pub fn figures(
     instance_ms: u64,
     busy_ms: u64,
     stopped_ms: u64,
+    woken: u64,
 ) -> WorkdayFigures {
     let wait = |keep: &dyn Fn(Timestamp) -> bool| {
         Distribution::of(
@@ -199,12 +206,13 @@ pub fn figures(
         warm,
         window_min_idle: match warm {
             WarmSetting::Off => 0,
-            WarmSetting::Schedule => WINDOW_MIN_IDLE,
+            WarmSetting::Schedule | WarmSetting::Stopped => WINDOW_MIN_IDLE,
         },
         queued_to_started_ms: wait(&|_| true),
         queued_to_started_in_window_ms: wait(&in_window),
         queued_to_started_outside_window_ms: wait(&|at| !in_window(at)),
         warm_hits: hits,
+        parked_runners_woken: woken,
         warm_hit_ratio: if starts.is_empty() {
             0.0
         } else {
@@ -255,6 +263,7 @@ mod tests {
             3 * 3_600_000,
             3_600_000,
             730 * 3_600_000,
+            0,
         );
         assert_eq!(f.warm_hits, 1);
         assert_eq!(f.warm_hit_ratio, 0.5);
