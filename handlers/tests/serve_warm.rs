@@ -75,6 +75,24 @@ async fn wait_for(
     }
 }
 
+/// The body of a GET of `url`.
+async fn body(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `/metrics`, and its families as the Prometheus project's parser reads them.
+async fn metrics(
+    http: &reqwest::Client,
+    url: &str,
+) -> (
+    String,
+    std::collections::BTreeMap<String, prometheus::Family>,
+) {
+    let text = body(http, &format!("{url}/metrics")).await;
+    let families = parse(&text);
+    (text, families)
+}
+
 fn idle(open: &[StreamHead]) -> Vec<&StreamHead> {
     open.iter()
         .filter(|h| h.status == RunnerStatus::Ready && !h.state.took_job())
@@ -98,15 +116,7 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
     })
     .await;
     // `/metrics` (parsed as Prometheus text): the floor and the runners asked.
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let families = parse(&text);
+    let (text, families) = metrics(&http, &url).await;
     let sample = |family: &str| {
         families[family]
             .samples
@@ -142,15 +152,7 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
         .stream
         .clone();
     // `/metrics`: one warm hit, and the job's wait for a runner observed.
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let families = parse(&text);
+    let (text, families) = metrics(&http, &url).await;
     let linux = |family: &str, sample: &str| {
         families
             .get(family)
@@ -190,14 +192,7 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
         .is_some()
     );
     // The fleet page: the pool's job starts, one of them a warm hit.
-    let page = http
-        .get(format!("{url}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = body(&http, &format!("{url}/")).await;
     let starts = &page[page
         .find("<table id=\"starts\">")
         .expect("the job starts table")..];

@@ -566,15 +566,48 @@ impl SimCloud {
         let now = (self.clock)().0;
         let conn = self.lock();
         Ok(self
+            .holding_quota(&conn, market, now)?
+            .iter()
+            .map(|r| r.vcpus)
+            .sum())
+    }
+
+    /// The instances of `market` that count against its quota at `now`.
+    fn holding_quota(
+        &self,
+        conn: &Connection,
+        market: Market,
+        now: i64,
+    ) -> Result<Vec<Row>, ComputeError> {
+        Ok(self
             .rows(
-                &conn,
+                conn,
                 &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
                 Some(market_name(market)),
             )?
-            .iter()
+            .into_iter()
             .filter(|r| holds_quota(self.state(r, now)))
-            .map(|r| r.vcpus)
-            .sum())
+            .collect())
+    }
+
+    /// EC2's refusal when `more` vCPUs of `market` would pass its quota, with
+    /// `live` holding it (a launch and a start are refused alike).
+    fn within_quota(&self, live: &[Row], market: Market, more: u32) -> Result<(), LaunchFailure> {
+        let used: u32 = live.iter().map(|r| r.vcpus).sum();
+        let (quota, code) = match market {
+            Market::Spot => (self.settings.spot_vcpus, "MaxSpotInstanceCountExceeded"),
+            Market::OnDemand => (self.settings.on_demand_vcpus, "VcpuLimitExceeded"),
+        };
+        if used + more > quota {
+            return Err(LaunchFailure::Rejected(LaunchError::new(
+                code,
+                format!(
+                    "{used} vCPUs in use of a {quota} vCPU {} quota; {more} more requested",
+                    market.as_str()
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// The instances that were alive (launched, not yet told to terminate) at `at`:
@@ -747,32 +780,10 @@ impl Compute for SimCloud {
                 )));
             }
         }
-        let live: Vec<Row> = self
-            .rows(
-                &conn,
-                &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
-                Some(market_name(spec.market)),
-            )
-            .map_err(unknown)?
-            .into_iter()
-            .filter(|r| holds_quota(self.state(r, now)))
-            .collect();
-        let used: u32 = live.iter().map(|r| r.vcpus).sum();
-        let (quota, code) = match spec.market {
-            Market::Spot => (self.settings.spot_vcpus, "MaxSpotInstanceCountExceeded"),
-            Market::OnDemand => (self.settings.on_demand_vcpus, "VcpuLimitExceeded"),
-        };
-        if used + spec.vcpus > quota {
-            return Err(LaunchFailure::Rejected(LaunchError::new(
-                code,
-                format!(
-                    "{} vCPUs in use of a {quota} vCPU {} quota; {} more requested",
-                    used,
-                    spec.market.as_str(),
-                    spec.vcpus
-                ),
-            )));
-        }
+        let live = self
+            .holding_quota(&conn, spec.market, now)
+            .map_err(unknown)?;
+        self.within_quota(&live, spec.market, spec.vcpus)?;
         if let Some(cap) = self.settings.type_capacity.get(&spec.instance_type) {
             let of_type = self
                 .rows(
@@ -910,30 +921,10 @@ impl Compute for SimCloud {
                 )));
             }
         }
-        let used: u32 = self
-            .rows(
-                &conn,
-                &format!("WHERE market = ?1 AND {}", self.not_gone(now)),
-                Some(market_name(row.market)),
-            )
-            .map_err(unknown)?
-            .iter()
-            .filter(|r| holds_quota(self.state(r, now)))
-            .map(|r| r.vcpus)
-            .sum();
-        let (quota, code) = match row.market {
-            Market::Spot => (self.settings.spot_vcpus, "MaxSpotInstanceCountExceeded"),
-            Market::OnDemand => (self.settings.on_demand_vcpus, "VcpuLimitExceeded"),
-        };
-        if used + row.vcpus > quota {
-            return Err(LaunchFailure::Rejected(LaunchError::new(
-                code,
-                format!(
-                    "{used} vCPUs in use of a {quota} vCPU quota; {} more to start",
-                    row.vcpus
-                ),
-            )));
-        }
+        let live = self
+            .holding_quota(&conn, row.market, now)
+            .map_err(unknown)?;
+        self.within_quota(&live, row.market, row.vcpus)?;
         conn.execute(
             "UPDATE instances SET started_at = ?2 WHERE id = ?1",
             params![instance.0, now],

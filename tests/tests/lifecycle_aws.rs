@@ -147,6 +147,27 @@ async fn live(aws: &Aws) -> Vec<jitr_infra::ManagedInstance> {
         .collect()
 }
 
+/// Drains the compensation queue (as `jitr serve --aws`'s consumer loop does)
+/// until a delivery arrives from EventBridge, at most ten tries; how many.
+async fn compensate(aws: &Aws) -> usize {
+    let queue = aws.app.ports.compensation_queue.clone();
+    for _ in 0..10 {
+        let delivered = drain(
+            &*queue,
+            &*aws.app.compensation,
+            10,
+            Duration::from_secs(1),
+            &now,
+        )
+        .await
+        .unwrap();
+        if delivered > 0 {
+            return delivered;
+        }
+    }
+    0
+}
+
 /// Seed criterion (a) on AWS: the JIT mint fails after RunInstances; the
 /// projector's TerminateRunner travels EventBridge → SQS to compensation, which
 /// terminates the EC2 instance; only then is the runner `failed`.
@@ -173,22 +194,7 @@ async fn a_mint_failure_is_compensated_through_eventbridge_and_ec2() {
     assert_eq!(published.len(), 1);
     // EventBridge's rule delivers it to the compensation queue; the consumer loop
     // (as `jitr serve --aws` runs it) terminates the instance.
-    let queue = aws.app.ports.compensation_queue.clone();
-    let mut delivered = 0;
-    for _ in 0..10 {
-        delivered = drain(
-            &*queue,
-            &*aws.app.compensation,
-            10,
-            Duration::from_secs(1),
-            &now,
-        )
-        .await
-        .unwrap();
-        if delivered > 0 {
-            break;
-        }
-    }
+    let delivered = compensate(&aws).await;
     assert_eq!(
         delivered, 1,
         "TerminateRunner reached the compensation queue"
@@ -697,21 +703,7 @@ async fn a_stopped_pools_runner_is_launched_stopped_started_minted_and_terminate
     }
     let mut projector = aws.app.projector().await.unwrap();
     projector.tick(Timestamp(later.0 + 1_000)).await.unwrap();
-    let compensation = aws.app.ports.compensation_queue.clone();
-    for _ in 0..10 {
-        let n = drain(
-            &*compensation,
-            &*aws.app.compensation,
-            10,
-            Duration::from_secs(1),
-            &now,
-        )
-        .await
-        .unwrap();
-        if n > 0 {
-            break;
-        }
-    }
+    compensate(&aws).await;
     let gone = state(aws.compute.describe(&instance).await.unwrap());
     assert!(
         matches!(
