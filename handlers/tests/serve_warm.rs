@@ -250,6 +250,14 @@ async fn a_warm_pool_serves_a_job_at_once_and_keeps_its_floor() {
     assert_eq!(jobs["warm_runners"], 2, "{report:#}");
     assert_eq!(jobs["killed_by_jitr"], 0, "{report:#}");
     assert_eq!(jobs["surplus_retired"], 2, "{report:#}");
+    // The audit reports the runners' idle time before their jobs (here under
+    // a second: the job was posted as soon as the runners were idle).
+    assert!(
+        jobs["idle_before_job_runner_minutes"]
+            .as_f64()
+            .is_some_and(|m| m < 1.0),
+        "{report:#}"
+    );
     // The job started on a warm runner as soon as GitHub gave it: no boot.
     let wait = &jobs["queued_to_started_ms"]["linux"];
     assert_eq!(wait["count"], 1, "{report:#}");

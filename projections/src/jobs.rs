@@ -66,6 +66,8 @@ pub struct JobBook {
     pub surplus_idle_ms: u64,
     /// Warm runners requested (for no job, ADR-0022).
     pub warm_runners: u64,
+    /// Runners' time registered and idle before the job they took, in ms.
+    pub idle_before_job_ms: u64,
     /// A stopped pool's runners parked, and woken for a job.
     pub parked: u64,
     /// Of them, woken for a job.
@@ -96,6 +98,9 @@ pub struct JobFigures {
     pub surplus_idle_runner_minutes: f64,
     /// Warm runners requested (for no job, ADR-0022).
     pub warm_runners: u64,
+    /// Runner-minutes registered and idle before the job each runner took
+    /// (with the spare runners' above: what idle capacity cost).
+    pub idle_before_job_runner_minutes: f64,
     /// Jobs taken by a warm runner: they started without waiting for a boot.
     pub warm_hits: u64,
     /// A stopped pool's runners parked (their instances stopped, volumes kept).
@@ -148,6 +153,11 @@ impl JobBook {
                 let Some(key) = job.as_ref().map(key_of).or(runner.demand.clone()) else {
                     return;
                 };
+                if runner.running.is_none() {
+                    if let Some(ready) = runner.ready_at {
+                        self.idle_before_job_ms += at.millis_since(ready);
+                    }
+                }
                 runner.running = Some(key.clone());
                 let record = self.jobs.entry(key).or_default();
                 record.taken_by.get_or_insert((stream.clone(), *at));
@@ -242,6 +252,9 @@ impl JobBook {
             surplus_idle_runner_minutes: (self.surplus_idle_ms as f64 / 60_000.0 * 100.0).round()
                 / 100.0,
             warm_runners: self.warm_runners,
+            idle_before_job_runner_minutes: (self.idle_before_job_ms as f64 / 60_000.0 * 100.0)
+                .round()
+                / 100.0,
             parked_runners: self.parked,
             parked_runners_woken: self.woken,
             parked_volume_minutes: (self.parked_ms as f64 / 60_000.0 * 100.0).round() / 100.0,
@@ -431,6 +444,8 @@ mod tests {
         assert_eq!(figures.cancelled_queued, 1);
         assert_eq!(figures.surplus_retired, 1);
         assert_eq!(figures.surplus_idle_runner_minutes, 1.0);
+        // Runner 1 was ready at 10 ms and took job 2 at 20 ms.
+        assert_eq!(book.idle_before_job_ms, 10);
         assert_eq!(figures.killed_by_jitr, 0);
         // Today's main: runner 1 terminated for job 1's cancellation.
         book.apply(

@@ -556,6 +556,11 @@ pub fn render(report: &AuditReport) -> String {
         j.surplus_idle_runner_minutes,
         j.killed_by_jitr
     );
+    let _ = writeln!(
+        out,
+        "  runners idle before the job they took: {:.1} runner-minutes",
+        j.idle_before_job_runner_minutes
+    );
     if j.parked_runners > 0 {
         let _ = writeln!(
             out,
