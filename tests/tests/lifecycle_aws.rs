@@ -337,6 +337,16 @@ image = "ami-03cf127a"
         );
         assert!(view.requires_imdsv2());
         assert_eq!(view.shutdown_behavior.as_deref(), Some("terminate"));
+        // Cost allocation tags: the pool and the repository.
+        let tag = |key: &str| {
+            launched
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(key))
+                .and_then(|t| t.value())
+        };
+        assert_eq!(tag("jitr:pool"), Some(pool.name.as_str()));
+        assert_eq!(tag("jitr:repository"), Some("acme/widgets"));
         let script = view.user_data.expect("user data");
         assert_eq!(script, bootstrap.for_pool(pool).render(), "{}", pool.name);
         if pool.name == "linux-arm64" {

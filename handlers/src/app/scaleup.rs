@@ -633,7 +633,25 @@ impl ScaleUp {
                 .bootstrap
                 .as_ref()
                 .map(|b| pool.map_or_else(|| b.clone(), |p| b.for_pool(p)).render()),
-            settings: pool.map(|p| p.launch.clone()).unwrap_or_default(),
+            settings: {
+                let mut settings: jitr_infra::LaunchSettings =
+                    pool.map(|p| p.launch.clone()).unwrap_or_default();
+                // For Cost Explorer: what each instance and volume was for
+                // (a pool's own tags of these names stand).
+                let job = &request.job;
+                for (key, value) in [
+                    (jitr_infra::TAG_POOL, pool.map(|p| p.name.clone())),
+                    (
+                        jitr_infra::TAG_REPOSITORY,
+                        Some(format!("{}/{}", job.owner, job.repo)),
+                    ),
+                ] {
+                    if let Some(value) = value {
+                        settings.tags.entry(key.to_owned()).or_insert(value);
+                    }
+                }
+                settings
+            },
         };
         match self.ports.compute.launch(&launch_spec).await {
             Ok(launched) => {

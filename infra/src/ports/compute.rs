@@ -20,6 +20,11 @@ pub const TAG_RUNNER: &str = "jitr:runner";
 pub const TAG_DEPLOYMENT: &str = "jitr:deployment";
 /// Tag holding the launch's client token.
 pub const TAG_CLIENT_TOKEN: &str = "jitr:client-token";
+/// Tag naming the runner's pool, for cost allocation (Cost Explorer).
+pub const TAG_POOL: &str = "jitr:pool";
+/// Tag naming the repository (`owner/repo`) the runner was launched for, for
+/// cost allocation.
+pub const TAG_REPOSITORY: &str = "jitr:repository";
 
 /// A CPU architecture, as EC2 names it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
