@@ -3,14 +3,21 @@
 //! completed or cancelled — and what jitr did to the runners: spare runners
 //! retired, and jobs killed by jitr (a job whose runner jitr failed or asked to
 //! terminate while the job ran on it; must be 0 but for the maximum age).
-//! Folded event by event, one small record per job and per runner.
+//!
+//! Folded event by event and bounded by what is open (ADR-0023): a runner's
+//! record goes when its stream closes, a job's once it has ended and no open
+//! runner refers to it; what they add to the figures is tallied then. The
+//! figures count what happened in the book's [`Window`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jitr_domain::{
     DemandEnding, FailureStage, JobRef, RunnerEvent, StreamId, TerminationReason, Timestamp,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::accounting::Distribution;
+use crate::books::Window;
 
 /// A job's identity: owner, repository, job id.
 pub type JobKey = (String, String, u64);
@@ -20,8 +27,10 @@ fn key_of(job: &JobRef) -> JobKey {
 }
 
 /// One job, as the log tells it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// When the log first heard of it (the window counts it by this moment).
+    pub first_at: Timestamp,
     /// Runners launched for it (its demand).
     pub launched_for: Vec<StreamId>,
     /// When its first runner was requested (its `queued` reached jitr), and
@@ -29,16 +38,42 @@ pub struct JobRecord {
     pub queued: Option<(Timestamp, String)>,
     /// The runner GitHub gave it to, and when it started.
     pub taken_by: Option<(StreamId, Timestamp)>,
+    /// That runner was warm (requested for no job).
+    pub taken_warm: bool,
+    /// That runner was launched for another job.
+    pub taken_by_other: bool,
     /// When it completed on that runner, and how.
     pub completed: Option<(Timestamp, Option<String>)>,
     /// When its user cancelled it while queued.
     pub cancelled_queued: Option<Timestamp>,
     /// When jitr failed or asked to terminate its runner while it ran, and why.
     pub killed_by_jitr: Option<(Timestamp, String)>,
+    /// Open runners that refer to it (launched for it, standing for it, or
+    /// running it).
+    open_runners: u32,
 }
 
-/// What the log says of a runner's jobs.
-#[derive(Clone, Debug, Default)]
+impl JobRecord {
+    fn ended_at(&self) -> Option<Timestamp> {
+        self.completed
+            .as_ref()
+            .map(|(at, _)| *at)
+            .or(self.cancelled_queued)
+    }
+}
+
+/// How long after its end a job no open runner refers to is retired. In a
+/// log written as it happened, the runners' events that name a job are
+/// minutes apart (a queue's delay); in a log whose streams were copied one
+/// after the other they may be further apart, and a job retired before
+/// another runner's event named it would be counted twice.
+pub const RETIRE_AFTER_MS: u64 = 6 * 3_600_000;
+
+/// How often (in the log's time) the book looks for jobs to retire.
+const RETIRE_EVERY_MS: i64 = 3_600_000;
+
+/// What the log says of an open runner's jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct RunnerJobs {
     /// The job it stands for (launched for, or moved to it).
     demand: Option<JobKey>,
@@ -52,32 +87,71 @@ struct RunnerJobs {
     warm: bool,
     /// Parked (stopped) since, not yet woken or closed.
     parked_since: Option<Timestamp>,
+    /// The jobs it refers to.
+    refers_to: Vec<JobKey>,
 }
 
-/// Every job of a log, and the spare runners retired.
-#[derive(Clone, Debug, Default)]
+/// Jobs retired from the book, as they count in the window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RetiredJobs {
+    jobs: u64,
+    taken: u64,
+    warm_hits: u64,
+    served_by_other_runner: u64,
+    cancelled_queued: u64,
+    killed: Vec<(JobKey, StreamId, String)>,
+    waits: BTreeMap<String, Vec<u64>>,
+}
+
+impl RetiredJobs {
+    fn add(&mut self, key: &JobKey, record: &JobRecord) {
+        self.jobs += 1;
+        if let Some((runner, started)) = &record.taken_by {
+            self.taken += 1;
+            self.warm_hits += u64::from(record.taken_warm);
+            self.served_by_other_runner += u64::from(record.taken_by_other);
+            if let Some((queued, pool)) = &record.queued {
+                self.waits
+                    .entry(pool.clone())
+                    .or_default()
+                    .push(started.millis_since(*queued));
+            }
+            if let Some((_, why)) = &record.killed_by_jitr {
+                self.killed.push((key.clone(), runner.clone(), why.clone()));
+            }
+        }
+        self.cancelled_queued += u64::from(record.cancelled_queued.is_some());
+    }
+}
+
+/// What happened to runners in the window, counted as it happened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RunnerTally {
+    surplus_retired: u64,
+    surplus_idle_ms: u64,
+    warm_runners: u64,
+    idle_before_job_ms: u64,
+    parked: u64,
+    woken: u64,
+    parked_ms: u64,
+}
+
+/// The open jobs and runners of a log, and what the closed ones added to the
+/// window's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobBook {
-    /// By job.
+    /// Open jobs, by job.
+    #[serde(with = "as_pairs")]
     pub jobs: BTreeMap<JobKey, JobRecord>,
-    runners: HashMap<StreamId, RunnerJobs>,
-    /// Runners retired as surplus (`Failed` `surplus`).
-    pub surplus_retired: u64,
-    /// Their minutes registered and idle before retirement, in ms.
-    pub surplus_idle_ms: u64,
-    /// Warm runners requested (for no job, ADR-0022).
-    pub warm_runners: u64,
-    /// Runners' time registered and idle before the job they took, in ms.
-    pub idle_before_job_ms: u64,
-    /// A stopped pool's runners parked, and woken for a job.
-    pub parked: u64,
-    /// Of them, woken for a job.
-    pub woken: u64,
-    /// Their instances' minutes stopped (their volumes kept) until woken or
-    /// terminated, in ms.
-    pub parked_ms: u64,
+    runners: BTreeMap<StreamId, RunnerJobs>,
+    window: Window,
+    tally: RunnerTally,
+    retired: RetiredJobs,
+    /// The latest moment of any event folded.
+    latest: Option<Timestamp>,
 }
 
-/// The jobs' figures over a log.
+/// The jobs' figures over a window of the log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct JobFigures {
     /// Jobs the log knows (a runner was launched for them, or ran them).
@@ -111,62 +185,144 @@ pub struct JobFigures {
     /// volume-minutes they cost; still parked ones are not counted yet).
     pub parked_volume_minutes: f64,
     /// From a job's `queued` reaching jitr to its start, by its pool (ms).
-    pub queued_to_started_ms: BTreeMap<String, crate::accounting::Distribution>,
+    pub queued_to_started_ms: BTreeMap<String, Distribution>,
+}
+
+/// A map whose keys are not strings, saved as a list of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+fn minutes(ms: u64) -> f64 {
+    (ms as f64 / 60_000.0 * 100.0).round() / 100.0
 }
 
 impl JobBook {
+    /// An empty book whose figures count what happens in `window`.
+    pub fn new(window: Window) -> Self {
+        JobBook {
+            window,
+            ..JobBook::default()
+        }
+    }
+
+    /// Counts from now on what happens in `window`, from nothing: the open
+    /// jobs and runners stay (a snapshot's, ADR-0023).
+    pub fn open_window(&mut self, window: Window) {
+        self.window = window;
+        self.tally = RunnerTally::default();
+        self.retired = RetiredJobs::default();
+    }
+
+    /// Runner-time registered and idle before the job each runner took, in
+    /// the window, in ms.
+    pub fn idle_before_job_ms(&self) -> u64 {
+        self.tally.idle_before_job_ms
+    }
+
+    fn record<'a>(
+        jobs: &'a mut BTreeMap<JobKey, JobRecord>,
+        runner: &mut RunnerJobs,
+        key: &JobKey,
+        at: Timestamp,
+    ) -> &'a mut JobRecord {
+        let record = jobs.entry(key.clone()).or_insert_with(|| JobRecord {
+            first_at: at,
+            launched_for: Vec::new(),
+            queued: None,
+            taken_by: None,
+            taken_warm: false,
+            taken_by_other: false,
+            completed: None,
+            cancelled_queued: None,
+            killed_by_jitr: None,
+            open_runners: 0,
+        });
+        if !runner.refers_to.contains(key) {
+            runner.refers_to.push(key.clone());
+            record.open_runners += 1;
+        }
+        record
+    }
+
     /// Folds one event of `stream`.
     pub fn apply(&mut self, stream: &StreamId, event: &RunnerEvent) {
+        let at = event.at();
+        let hour = |t: Timestamp| t.0.div_euclid(RETIRE_EVERY_MS);
+        if self.latest.is_none_or(|l| hour(at) > hour(l)) {
+            self.latest = Some(at);
+            self.retire_ended(at);
+        }
+        let counts = self.window.holds(at);
+        let tally = &mut self.tally;
         let runner = self.runners.entry(stream.clone()).or_default();
         match event {
             RunnerEvent::Requested { job, .. } if job.is_warmth() => {
                 // No job: capacity for whichever job GitHub gives it.
-                self.warm_runners += u64::from(!runner.warm);
+                tally.warm_runners += u64::from(!runner.warm && counts);
                 runner.warm = true;
             }
-            RunnerEvent::Requested { job, at, spec, .. } => {
+            RunnerEvent::Requested { job, spec, .. } => {
                 let key = key_of(job);
                 runner.demand = Some(key.clone());
                 runner.launched_for = Some(key.clone());
-                let record = self.jobs.entry(key).or_default();
+                let record = Self::record(&mut self.jobs, runner, &key, at);
                 record
                     .queued
-                    .get_or_insert_with(|| (*at, spec.pool.clone().unwrap_or_default()));
+                    .get_or_insert_with(|| (at, spec.pool.clone().unwrap_or_default()));
                 if !record.launched_for.contains(stream) {
                     record.launched_for.push(stream.clone());
                 }
             }
-            RunnerEvent::TokenMinted { at, .. } => {
-                runner.ready_at.get_or_insert(*at);
+            RunnerEvent::TokenMinted { .. } => {
+                runner.ready_at.get_or_insert(at);
             }
-            RunnerEvent::Parked { at, .. } if runner.parked_since.is_none() => {
-                self.parked += 1;
-                runner.parked_since = Some(*at);
+            RunnerEvent::Parked { .. } if runner.parked_since.is_none() => {
+                tally.parked += u64::from(counts);
+                runner.parked_since = Some(at);
             }
-            RunnerEvent::Woken { at, .. } => {
+            RunnerEvent::Woken { .. } => {
                 if let Some(since) = runner.parked_since.take() {
-                    self.woken += 1;
-                    self.parked_ms += at.millis_since(since);
+                    if counts {
+                        tally.woken += 1;
+                        tally.parked_ms += at.millis_since(since);
+                    }
                 }
             }
-            RunnerEvent::JobStarted { at, job, .. } => {
+            RunnerEvent::JobStarted { job, .. } => {
                 let Some(key) = job.as_ref().map(key_of).or(runner.demand.clone()) else {
                     return;
                 };
-                if runner.running.is_none() {
+                if runner.running.is_none() && counts {
                     if let Some(ready) = runner.ready_at {
-                        self.idle_before_job_ms += at.millis_since(ready);
+                        tally.idle_before_job_ms += at.millis_since(ready);
                     }
                 }
                 runner.running = Some(key.clone());
-                let record = self.jobs.entry(key).or_default();
-                record.taken_by.get_or_insert((stream.clone(), *at));
+                Self::take(&mut self.jobs, runner, stream, &key, at);
             }
             RunnerEvent::JobCompleted {
-                at,
-                job,
-                conclusion,
-                ..
+                job, conclusion, ..
             } => {
                 let key = job
                     .as_ref()
@@ -175,55 +331,77 @@ impl JobBook {
                     .or(runner.demand.clone());
                 runner.running = None;
                 let Some(key) = key else { return };
-                let record = self.jobs.entry(key).or_default();
-                record.taken_by.get_or_insert((stream.clone(), *at));
-                record.completed.get_or_insert((*at, conclusion.clone()));
+                let record = Self::take(&mut self.jobs, runner, stream, &key, at);
+                record.completed.get_or_insert((at, conclusion.clone()));
             }
             RunnerEvent::DemandMoved { job, .. } => {
-                runner.demand = Some(key_of(job));
+                let key = key_of(job);
+                Self::record(&mut self.jobs, runner, &key, at);
+                runner.demand = Some(key);
             }
             RunnerEvent::DemandEnded {
-                at,
                 ending: DemandEnding::Cancelled,
+                ..
             } => {
                 if let Some(key) = runner.demand.clone() {
-                    let record = self.jobs.entry(key).or_default();
+                    let record = Self::record(&mut self.jobs, runner, &key, at);
                     if record.taken_by.is_none() {
-                        record.cancelled_queued.get_or_insert(*at);
+                        record.cancelled_queued.get_or_insert(at);
                     }
                 }
             }
-            RunnerEvent::Failed { at, stage, .. } => {
-                if *stage == FailureStage::Surplus {
-                    self.surplus_retired += 1;
+            RunnerEvent::Failed { stage, .. } => {
+                if *stage == FailureStage::Surplus && counts {
+                    tally.surplus_retired += 1;
                     if let Some(ready) = runner.ready_at {
-                        self.surplus_idle_ms += at.millis_since(ready);
+                        tally.surplus_idle_ms += at.millis_since(ready);
                     }
                 }
                 if *stage != FailureStage::SpotInterrupted {
                     let why = format!("failed ({})", stage.as_str());
-                    Self::kill(&mut self.jobs, runner, *at, why);
+                    Self::kill(&mut self.jobs, runner, at, why);
                 }
             }
-            RunnerEvent::TerminationRequested { at, reason, .. } => {
+            RunnerEvent::TerminationRequested { reason, .. } => {
                 let by_ec2 = *reason
                     == TerminationReason::Failure {
                         stage: FailureStage::SpotInterrupted,
                     };
                 if !by_ec2 {
-                    Self::kill(&mut self.jobs, runner, *at, "termination requested".into());
+                    Self::kill(&mut self.jobs, runner, at, "termination requested".into());
                 }
             }
-            RunnerEvent::Terminated { at, .. } => {
+            RunnerEvent::Terminated { .. } => {
                 // The instance is gone: whatever ran on it ended with it (a
                 // cut by EC2 when nothing of jitr's came before).
                 runner.running = None;
                 if let Some(since) = runner.parked_since.take() {
-                    self.parked_ms += at.millis_since(since);
+                    if counts {
+                        tally.parked_ms += at.millis_since(since);
+                    }
                 }
             }
             _ => {}
         }
+    }
+
+    /// Records that `stream` took `key` (the first runner to do so keeps it).
+    fn take<'a>(
+        jobs: &'a mut BTreeMap<JobKey, JobRecord>,
+        runner: &mut RunnerJobs,
+        stream: &StreamId,
+        key: &JobKey,
+        at: Timestamp,
+    ) -> &'a mut JobRecord {
+        let warm = runner.warm;
+        let other = runner.launched_for.as_ref().is_some_and(|d| d != key);
+        let record = Self::record(jobs, runner, key, at);
+        if record.taken_by.is_none() {
+            record.taken_by = Some((stream.clone(), at));
+            record.taken_warm = warm;
+            record.taken_by_other = other;
+        }
+        record
     }
 
     fn kill(
@@ -233,67 +411,84 @@ impl JobBook {
         why: String,
     ) {
         let Some(key) = &runner.running else { return };
-        let record = jobs.entry(key.clone()).or_default();
+        let Some(record) = jobs.get_mut(key) else {
+            return;
+        };
         if record.completed.is_none() {
             record.killed_by_jitr.get_or_insert((at, why));
         }
     }
 
-    /// The figures over every job folded.
-    pub fn figures(&self) -> JobFigures {
-        let launched_for = |stream: &StreamId| {
-            self.runners
-                .get(stream)
-                .and_then(|r| r.launched_for.clone())
+    /// Forgets the closed runner `stream`: the jobs it referred to may retire.
+    pub fn runner_closed(&mut self, stream: &StreamId) {
+        let Some(runner) = self.runners.remove(stream) else {
+            return;
         };
-        let mut figures = JobFigures {
-            jobs: self.jobs.len() as u64,
-            surplus_retired: self.surplus_retired,
-            surplus_idle_runner_minutes: (self.surplus_idle_ms as f64 / 60_000.0 * 100.0).round()
-                / 100.0,
-            warm_runners: self.warm_runners,
-            idle_before_job_runner_minutes: (self.idle_before_job_ms as f64 / 60_000.0 * 100.0)
-                .round()
-                / 100.0,
-            parked_runners: self.parked,
-            parked_runners_woken: self.woken,
-            parked_volume_minutes: (self.parked_ms as f64 / 60_000.0 * 100.0).round() / 100.0,
-            ..JobFigures::default()
-        };
-        let warm = |stream: &StreamId| self.runners.get(stream).is_some_and(|r| r.warm);
-        let mut waits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for record in self.jobs.values() {
-            if let (Some((queued, pool)), Some((_, started))) = (&record.queued, &record.taken_by) {
-                waits
-                    .entry(pool.clone())
-                    .or_default()
-                    .push(started.millis_since(*queued));
+        for key in runner.refers_to {
+            if let Some(record) = self.jobs.get_mut(&key) {
+                record.open_runners = record.open_runners.saturating_sub(1);
             }
         }
-        figures.queued_to_started_ms = waits
-            .into_iter()
-            .map(|(pool, waits)| (pool, crate::accounting::Distribution::of(waits)))
+    }
+
+    /// Retires the jobs that ended [`RETIRE_AFTER_MS`] before `now` and no
+    /// open runner refers to: what they add to the window is tallied.
+    fn retire_ended(&mut self, now: Timestamp) {
+        let before = Timestamp(now.0.saturating_sub(RETIRE_AFTER_MS as i64));
+        let done: Vec<JobKey> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| r.open_runners == 0 && r.ended_at().is_some_and(|e| e <= before))
+            .map(|(k, _)| k.clone())
             .collect();
-        for (key, record) in &self.jobs {
-            if let Some((runner, _)) = &record.taken_by {
-                figures.taken += 1;
-                figures.warm_hits += u64::from(warm(runner));
-                if launched_for(runner).is_some_and(|d| d != *key) {
-                    figures.served_by_other_runner += 1;
-                }
-            }
-            figures.cancelled_queued += u64::from(record.cancelled_queued.is_some());
-            if let (Some((_, why)), Some((runner, _))) = (&record.killed_by_jitr, &record.taken_by)
-            {
-                figures.killed_by_jitr += 1;
-                figures.killed.push((
-                    format!("{}/{}#{}", key.0, key.1, key.2),
-                    runner.clone(),
-                    why.clone(),
-                ));
+        for key in done {
+            let record = self.jobs.remove(&key).expect("present");
+            if self.window.holds(record.first_at) {
+                self.retired.add(&key, &record);
             }
         }
-        figures
+    }
+
+    /// Open runners and jobs the book holds.
+    pub fn open(&self) -> (usize, usize) {
+        (self.runners.len(), self.jobs.len())
+    }
+
+    /// The figures over the window: the retired jobs' and the open ones'.
+    pub fn figures(&self) -> JobFigures {
+        let mut all = self.retired.clone();
+        for (key, record) in &self.jobs {
+            if self.window.holds(record.first_at) {
+                all.add(key, record);
+            }
+        }
+        all.killed.sort();
+        let t = &self.tally;
+        JobFigures {
+            jobs: all.jobs,
+            taken: all.taken,
+            served_by_other_runner: all.served_by_other_runner,
+            cancelled_queued: all.cancelled_queued,
+            killed_by_jitr: all.killed.len() as u64,
+            killed: all
+                .killed
+                .into_iter()
+                .map(|(key, runner, why)| (format!("{}/{}#{}", key.0, key.1, key.2), runner, why))
+                .collect(),
+            surplus_retired: t.surplus_retired,
+            surplus_idle_runner_minutes: minutes(t.surplus_idle_ms),
+            warm_runners: t.warm_runners,
+            idle_before_job_runner_minutes: minutes(t.idle_before_job_ms),
+            warm_hits: all.warm_hits,
+            parked_runners: t.parked,
+            parked_runners_woken: t.woken,
+            parked_volume_minutes: minutes(t.parked_ms),
+            queued_to_started_ms: all
+                .waits
+                .into_iter()
+                .map(|(pool, waits)| (pool, Distribution::of(waits)))
+                .collect(),
+        }
     }
 }
 
@@ -445,7 +640,7 @@ mod tests {
         assert_eq!(figures.surplus_retired, 1);
         assert_eq!(figures.surplus_idle_runner_minutes, 1.0);
         // Runner 1 was ready at 10 ms and took job 2 at 20 ms.
-        assert_eq!(book.idle_before_job_ms, 10);
+        assert_eq!(book.idle_before_job_ms(), 10);
         assert_eq!(figures.killed_by_jitr, 0);
         // Today's main: runner 1 terminated for job 1's cancellation.
         book.apply(

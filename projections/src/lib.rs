@@ -5,6 +5,9 @@
 //! checkpoint; nothing here does I/O.
 #![deny(missing_docs, unsafe_code)]
 
+pub mod books;
+#[cfg(test)]
+mod books_tests;
 pub mod jobs;
 
 use std::collections::{BTreeMap, HashMap};
@@ -174,9 +177,15 @@ impl RunnerViews {
 
     /// Folds one event at global `position`. Positions at or below the current one
     /// were seen already and are skipped, so a redelivered feed is harmless.
-    pub fn apply(&mut self, position: u64, stream: &StreamId, event: &RunnerEvent) {
+    /// Returns the runner's final state when the event closed it.
+    pub fn apply(
+        &mut self,
+        position: u64,
+        stream: &StreamId,
+        event: &RunnerEvent,
+    ) -> Option<RunnerState> {
         if position <= self.position {
-            return;
+            return None;
         }
         self.position = position;
         match event {
@@ -232,7 +241,7 @@ impl RunnerViews {
                 ) {
                     self.after_close += 1;
                 }
-                return;
+                return None;
             }
         };
         let state = evolve(state, event);
@@ -244,8 +253,10 @@ impl RunnerViews {
                 .or_default()
                 .entry(state.status())
                 .or_insert(0) += 1;
+            Some(state)
         } else {
             self.open.insert(stream.clone(), state);
+            None
         }
     }
 

@@ -47,14 +47,12 @@ async fn the_same_events_give_the_same_audit_on_dynamodb_and_sqlite() {
             deadline_ms: 60_000,
             orphan_grace_ms: 60_000,
         };
-        let on_sqlite = audit::judge(
-            &audit::replay(&sqlite, Some(as_of), |_| {}).await.unwrap(),
-            window,
-        );
-        let on_dynamo = audit::judge(
-            &audit::replay(&dynamo, Some(as_of), |_| {}).await.unwrap(),
-            window,
-        );
+        let on_sqlite = audit::audit(&sqlite, window, Some(as_of), false, |_| {})
+            .await
+            .unwrap();
+        let on_dynamo = audit::audit(&dynamo, window, Some(as_of), false, |_| {})
+            .await
+            .unwrap();
         assert!(on_sqlite.events > 100);
         assert_eq!(
             serde_json::to_value(&on_sqlite).unwrap(),

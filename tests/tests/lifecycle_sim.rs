@@ -342,17 +342,15 @@ async fn quota_refusals_are_learnt_once_and_the_job_waits_without_giving_up() {
     assert_eq!(world.status(1).await, RunnerStatus::Requested);
     // The audit shows the wait, per pool.
     use jitr_handlers::commands::audit;
-    let report = audit::judge(
-        &audit::replay(&*world.store, Some(world.now()), |_| {})
-            .await
-            .unwrap(),
-        audit::AuditWindow {
-            since: None,
-            as_of: world.now(),
-            deadline_ms: 60_000,
-            orphan_grace_ms: 60_000,
-        },
-    );
+    let window = audit::AuditWindow {
+        since: None,
+        as_of: world.now(),
+        deadline_ms: 60_000,
+        orphan_grace_ms: 60_000,
+    };
+    let report = audit::audit(&*world.store, window, Some(world.now()), false, |_| {})
+        .await
+        .unwrap();
     assert_eq!(report.waiting.len(), 1, "{:?}", report.waiting);
     assert_eq!(report.waiting[0].runners, 1);
     assert_eq!(report.waiting[0].vcpus, 4);
@@ -505,7 +503,7 @@ async fn an_unreadable_head_does_not_stop_the_reaper() {
         deadline_ms: 60_000,
         orphan_grace_ms: 60_000,
     };
-    let audit = jitr_handlers::commands::audit::audit(&*world.store, window, None, |_| {})
+    let audit = jitr_handlers::commands::audit::audit(&*world.store, window, None, false, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -1608,17 +1606,15 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
 
     // The audit names the cut job and the replaced runner.
     use jitr_handlers::commands::audit;
-    let report = audit::judge(
-        &audit::replay(&*world.store, Some(world.now()), |_| {})
-            .await
-            .unwrap(),
-        audit::AuditWindow {
-            since: None,
-            as_of: world.now(),
-            deadline_ms: 60_000,
-            orphan_grace_ms: 60_000,
-        },
-    );
+    let window = audit::AuditWindow {
+        since: None,
+        as_of: world.now(),
+        deadline_ms: 60_000,
+        orphan_grace_ms: 60_000,
+    };
+    let report = audit::audit(&*world.store, window, Some(world.now()), false, |_| {})
+        .await
+        .unwrap();
     let seen: Vec<(StreamId, bool)> = report
         .spot_interruptions
         .iter()

@@ -12,6 +12,7 @@ use jitr_e2e::fixtures::{at, fail_token, instance, launched, stream};
 use jitr_handlers::app::dispatch::{Dispatched, dispatch};
 use jitr_handlers::app::projector::{CHECKPOINT, Projector};
 use jitr_infra::{CheckpointStore, CommandId, EventStore, InProcessBus, SqliteEventStore};
+use jitr_projections::books::Window;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 struct World {
@@ -53,10 +54,11 @@ impl World {
 
     /// `projector`'s views equal a rebuild of the whole log from scratch.
     async fn assert_rebuilt_equals(&self, projector: &Projector) {
-        let rebuilt = jitr_handlers::commands::audit::replay(&*self.store, None, |_| {})
-            .await
-            .unwrap();
-        assert_eq!(&rebuilt.views, projector.views());
+        let rebuilt =
+            jitr_handlers::commands::audit::replay(&*self.store, Window::default(), None, |_| {})
+                .await
+                .unwrap();
+        assert_eq!(rebuilt.views(), projector.views());
     }
 
     /// Runner `job` launched at `at(0)`.
@@ -298,13 +300,14 @@ async fn an_unreadable_event_is_skipped_and_reported() {
     for job in [1, 3] {
         assert!(projector.views().open.contains_key(&stream(job)), "{job}");
     }
-    let replay = jitr_handlers::commands::audit::replay(&*world.store, None, |_| {})
-        .await
-        .unwrap();
+    let replay =
+        jitr_handlers::commands::audit::replay(&*world.store, Window::default(), None, |_| {})
+            .await
+            .unwrap();
     let positions: Vec<u64> = replay.unreadable.iter().map(|u| u.position).collect();
     assert_eq!(positions, [5]);
     assert_eq!(replay.unreadable[0].stream, stream(2).to_string());
-    assert_eq!(replay.events, 8);
+    assert_eq!(replay.books.events, 8);
 }
 
 /// Issue 25 (ADR-0019): an event kind this build does not know was written by
@@ -340,7 +343,9 @@ async fn an_event_of_a_newer_jitr_stops_the_projector_before_it_never_past() {
             .unwrap();
         assert_eq!(saved.position, 4, "never checkpointed past it");
     }
-    match jitr_handlers::commands::audit::replay(&*world.store, None, |_| {}).await {
+    match jitr_handlers::commands::audit::replay(&*world.store, Window::default(), None, |_| {})
+        .await
+    {
         Err(jitr_infra::StoreError::Newer { position: 5, .. }) => {}
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("the audit judged past a newer event"),

@@ -5,6 +5,7 @@ use jitr_domain::{InstanceId, Timestamp};
 use jitr_handlers::commands::audit;
 use jitr_handlers::commands::simulate::{Scenario, SimOptions, run, run_with};
 use jitr_infra::{ManualClock, SimCloud, SimSettings, SqliteEventStore};
+use jitr_projections::books::Window;
 
 const T0: i64 = 1_777_868_520_000;
 
@@ -269,7 +270,9 @@ async fn lost_lifecycle_webhooks_kill_no_job_and_keep_no_idle_instance() {
     assert_eq!(report.instances_alive_at_end, 0, "{report:?}");
     // The audit tells the polls from the webhooks.
     let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-    let replayed = audit::replay(&store, None, |_| {}).await.unwrap();
+    let replayed = audit::replay(&store, Window::default(), None, |_| {})
+        .await
+        .unwrap();
     let sources = &replayed.ledger.lifecycle_sources;
     let count = |k: &str| sources.get(k).copied().unwrap_or(0);
     assert_eq!(
@@ -382,7 +385,9 @@ async fn audit_as_of_matches_the_simulators_record_of_live_instances() {
     .unwrap();
     for secs in [90.5, 400.5, 800.5] {
         let at = Timestamp(T0 + (secs * 1000.0) as i64);
-        let replayed = audit::replay(&store, Some(at), |_| {}).await.unwrap();
+        let replayed = audit::replay(&store, Window::default(), Some(at), |_| {})
+            .await
+            .unwrap();
         let mut from_log: Vec<InstanceId> = replayed
             .ledger
             .live()
@@ -427,8 +432,10 @@ async fn a_cancel_storm_kills_no_job_and_retires_the_spare_runners() {
     assert!(report.surplus_runners_retired > 0, "{report:?}");
     assert_eq!(report.scaleup_dead_letters, 0, "{report:?}");
     let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-    let replayed = audit::replay(&store, None, |_| {}).await.unwrap();
-    let jobs = replayed.jobs.figures();
+    let replayed = audit::replay(&store, Window::default(), None, |_| {})
+        .await
+        .unwrap();
+    let jobs = replayed.books.jobs.figures();
     assert_eq!(jobs.killed_by_jitr, 0, "{jobs:?}");
     assert_eq!(
         jobs.served_by_other_runner, report.jobs_served_by_other_runner,
@@ -543,9 +550,10 @@ async fn a_workday_with_a_stopped_pool_wakes_parked_runners_and_leaks_none() {
     // The audit, from the log alone, counts the parked runners and their
     // stopped minutes as the simulator saw them.
     let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-    let jobs = audit::replay(&store, None, |_| {})
+    let jobs = audit::replay(&store, Window::default(), None, |_| {})
         .await
         .unwrap()
+        .books
         .jobs
         .figures();
     assert_eq!(jobs.parked_runners_woken, day.parked_runners_woken);

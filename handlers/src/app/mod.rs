@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+pub mod books;
 pub mod bootstrap;
 pub mod budget;
 pub mod compensation;

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use jitr_domain::{InstanceId, Market, RunnerStatus, StreamId, TerminationReason, Timestamp};
-use jitr_infra::{EventStore, StoreError, UnreadableEvent, read_feed_page};
+use jitr_infra::{CheckpointStore, EventStore, StoreError, UnreadableEvent, read_feed_page};
 use jitr_projections::accounting::{LeakFigures, Ledger};
-use jitr_projections::jobs::{JobBook, JobFigures};
+use jitr_projections::books::{Books, StrayRecord, Window};
+use jitr_projections::jobs::JobFigures;
 use jitr_projections::{Fleet, RunnerViews};
 use serde::Serialize;
 
+use crate::app::books::{self, SnapshotEntry};
 use crate::app::projector::FEED_PAGE;
 use crate::commands::report::{reason, rfc3339, span};
 
@@ -57,31 +59,35 @@ pub struct AuditReport {
     pub orphan_grace_ms: u64,
     /// What the window cost: orphan and owed vCPU-minutes, compensation latency.
     pub leaks: LeakFigures,
-    /// Failed runners by failure stage.
+    /// Runners failed in the window, by failure stage.
     pub failures: BTreeMap<String, u64>,
-    /// Runners closed by a `Terminated`, by the evidence that closed them:
+    /// Runners closed by a `Terminated` in the window, by the evidence that closed them:
     /// `reported-terminated` (EC2 described the instance shutting down or
     /// terminated), `not-found-after-window`, `token-found-nothing`,
     /// `nothing-launched`, and `unrecorded` (written before evidence was kept).
     pub closed_by: BTreeMap<String, u64>,
-    /// Jobs started and completed, by where jitr learnt it: `webhook`, or `poll`
+    /// Jobs started and completed in the window, by where jitr learnt it: `webhook`, or `poll`
     /// (GitHub asked because the webhook was lost), e.g. `started-poll`.
     pub lifecycle_sources: BTreeMap<String, u64>,
     /// Runners waiting for capacity at `as_of`, per pool (ADR-0014).
     pub waiting: Vec<WaitingPool>,
-    /// EC2's spot interruption warnings for runners' instances: which jobs
+    /// EC2's spot interruption warnings in the window: which jobs
     /// were cut, which runners were replaced before their job started.
     pub spot_interruptions: Vec<SpotInterruption>,
     /// Instances that may be alive at `as_of`, per the log.
     pub live_instances: Vec<LiveInstance>,
-    /// Instances RunInstances returned that their runner could not take, and
-    /// whether each was confirmed gone (a live one is also in `owed`).
+    /// Instances RunInstances returned that their runner could not take, alive
+    /// in the window, and whether each was confirmed gone (a live one is also
+    /// in `owed`).
     pub strays: Vec<StrayInstance>,
     /// The log checked against the cloud (`--live`).
     pub live_check: Option<LiveCheck>,
-    /// Jobs (ADR-0017): served by another job's runner, cancelled while
-    /// queued, killed by jitr (must be 0), spare runners retired.
+    /// Jobs first seen in the window (ADR-0017): served by another job's
+    /// runner, cancelled while queued, killed by jitr (must be 0), spare
+    /// runners retired.
     pub jobs: JobFigures,
+    /// The snapshot the audit started from (ADR-0023); none: the first event.
+    pub snapshot: Option<SnapshotEntry>,
 }
 
 /// A runner whose spot instance EC2 warned it would reclaim.
@@ -251,66 +257,51 @@ impl AuditReport {
     }
 }
 
-/// A replayed log: views, leak ledger, and what it covered.
+/// A replayed log: the audit's books, the leak ledger of every runner (for
+/// the HTML report's history), and the events that could not be read.
 pub struct Replay {
-    /// Runner views at the horizon.
-    pub views: RunnerViews,
-    /// Leak accounting at the horizon.
+    /// The audit's books at the horizon.
+    pub books: Books,
+    /// Every runner's account at the horizon.
     pub ledger: Ledger,
-    /// Jobs at the horizon.
-    pub jobs: JobBook,
-    /// Events folded.
-    pub events: u64,
-    /// First and last event moments seen (all of the log).
-    pub covers: Option<(Timestamp, Timestamp)>,
     /// Events that could not be read, skipped.
     pub unreadable: Vec<UnreadableEvent>,
 }
 
 impl Replay {
-    fn empty() -> Self {
-        Replay {
-            views: RunnerViews::default(),
-            ledger: Ledger::default(),
-            jobs: JobBook::default(),
-            events: 0,
-            covers: None,
-            unreadable: Vec::new(),
-        }
-    }
-
-    /// Folds one event (in global position order), unless it is past `horizon`.
-    fn fold(&mut self, r: &jitr_infra::RecordedEvent, horizon: Option<Timestamp>) {
-        let at = r.event.at();
-        self.covers = Some(
-            self.covers
-                .map_or((at, at), |(a, b)| (a.min(at), b.max(at))),
-        );
-        self.ledger.apply(&r.stream, &r.event, horizon);
-        if horizon.is_some_and(|h| at > h) {
-            return;
-        }
-        self.views.apply(r.position, &r.stream, &r.event);
-        self.jobs.apply(&r.stream, &r.event);
-        self.events += 1;
+    /// Runner views at the horizon.
+    pub fn views(&self) -> &RunnerViews {
+        &self.books.views
     }
 }
 
-/// Replays the whole log up to `horizon` (None: everything), page by page from
-/// the feed; `progress` hears each page's last position.
-pub async fn replay<S: EventStore + ?Sized>(
+/// One item of the feed: an event, or one that could not be read.
+pub enum FeedItem<'a> {
+    /// An event.
+    Event(&'a jitr_infra::RecordedEvent),
+    /// An event that could not be read, skipped.
+    Unreadable(UnreadableEvent),
+}
+
+/// Reads the feed after `after` page by page, handing each item to `fold` in
+/// position order; `progress` hears each page's last position. Stops with
+/// [`StoreError::Newer`] at an event of a newer jitr.
+pub async fn read_feed<S: EventStore + ?Sized>(
     store: &S,
-    horizon: Option<Timestamp>,
+    mut after: u64,
+    mut fold: impl FnMut(FeedItem<'_>),
     mut progress: impl FnMut(u64),
-) -> Result<Replay, StoreError> {
-    let mut replay = Replay::empty();
-    let mut after = 0;
+) -> Result<(), StoreError> {
     loop {
         let page = read_feed_page(store, after, FEED_PAGE).await?;
+        let mut unreadable = page.unreadable.into_iter().peekable();
         for r in &page.events {
-            replay.fold(r, horizon);
+            while let Some(u) = unreadable.next_if(|u| u.position < r.position) {
+                fold(FeedItem::Unreadable(u));
+            }
+            fold(FeedItem::Event(r));
         }
-        replay.unreadable.extend(page.unreadable);
+        unreadable.for_each(|u| fold(FeedItem::Unreadable(u)));
         if let Some(newer) = page.newer {
             // What a newer jitr wrote cannot be judged here: an audit that
             // skipped it would call its runners leaks, or miss them.
@@ -324,7 +315,42 @@ pub async fn replay<S: EventStore + ?Sized>(
         after = last;
         progress(after);
     }
-    Ok(replay)
+    Ok(())
+}
+
+/// Replays the whole log up to `horizon` (None: everything) into books
+/// counting `window`, and every runner's account; `progress` hears each
+/// page's last position.
+pub async fn replay<S: EventStore + ?Sized>(
+    store: &S,
+    window: Window,
+    horizon: Option<Timestamp>,
+    progress: impl FnMut(u64),
+) -> Result<Replay, StoreError> {
+    let mut books = Books::new(window);
+    let mut ledger = Ledger::default();
+    let mut unreadable = Vec::new();
+    read_feed(
+        store,
+        0,
+        |item| match item {
+            FeedItem::Event(r) => {
+                books.fold(r.position, &r.stream, &r.event, horizon);
+                ledger.apply(&r.stream, &r.event, horizon);
+            }
+            FeedItem::Unreadable(u) => {
+                books.pass_over(u.position);
+                unreadable.push(u);
+            }
+        },
+        progress,
+    )
+    .await?;
+    Ok(Replay {
+        books,
+        ledger,
+        unreadable,
+    })
 }
 
 /// Runners closed by a `Terminated`, per kind of evidence (by its name).
@@ -336,10 +362,23 @@ pub fn closed_by(ledger: &Ledger) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Judges a replay for `window`.
-pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
+impl AuditWindow {
+    /// What the books count for this window: from `since` (else the
+    /// beginning) to `as_of`.
+    pub fn books_window(&self) -> Window {
+        Window {
+            since: self.since.unwrap_or(Timestamp(i64::MIN)),
+            until: self.as_of,
+            grace_ms: self.orphan_grace_ms,
+        }
+    }
+}
+
+/// Judges `books`, folded for `window` (see [`AuditWindow::books_window`]).
+pub fn judge(books: &Books, unreadable: &[UnreadableEvent], window: AuditWindow) -> AuditReport {
+    debug_assert_eq!(books.window(), window.books_window());
     let now = window.as_of;
-    let views = &replay.views;
+    let views = &books.views;
     let owed: Vec<OwedTermination> = views
         .open_leaks(now)
         .into_iter()
@@ -361,20 +400,12 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         .collect();
     let since = window
         .since
-        .or(replay.covers.map(|(first, _)| first))
+        .or(books.covers.map(|(first, _)| first))
         .unwrap_or(now);
-    let leaks = replay.ledger.figures(since, now, window.orphan_grace_ms);
-    let failures = replay
-        .ledger
-        .failures()
-        .into_iter()
-        .map(|(stage, n)| (stage.as_str().to_owned(), n))
-        .collect();
-    let strays = replay
-        .ledger
+    let strays = books
         .strays()
         .into_iter()
-        .map(|(stream, stray)| StrayInstance {
+        .map(|StrayRecord { stream, stray }| StrayInstance {
             stream,
             instance_id: stray.id,
             vcpus: stray.vcpus,
@@ -384,9 +415,7 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
                 .map(|(at, evidence)| (rfc3339(at), evidence.as_str().to_owned())),
         })
         .collect();
-    let closed_by = closed_by(&replay.ledger);
-    let live_instances = replay
-        .ledger
+    let live_instances = books
         .live()
         .into_iter()
         .map(|(stream, instance_id, market, vcpus)| LiveInstance {
@@ -415,23 +444,22 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         entry.vcpus += u64::from(request.spec.vcpus);
         entry.oldest_wait_ms = entry.oldest_wait_ms.max(now.millis_since(request.at));
     }
-    let spot_interruptions = replay
-        .ledger
-        .spot_interruptions()
+    let spot_interruptions = books
+        .spot_warnings()
         .into_iter()
-        .map(|(stream, instance, at, job_cut)| SpotInterruption {
-            stream,
-            instance_id: instance.as_ref().map(|i| i.id.clone()),
-            instance_type: instance.map(|i| i.instance_type),
-            at: rfc3339(at),
-            job_cut,
+        .map(|w| SpotInterruption {
+            stream: w.stream,
+            instance_id: w.instance.as_ref().map(|(id, _)| id.clone()),
+            instance_type: w.instance.map(|(_, t)| t),
+            at: rfc3339(w.at),
+            job_cut: w.job_cut,
         })
         .collect();
     AuditReport {
-        schema: 8,
+        schema: 9,
         as_of: rfc3339(now),
         as_of_ms: now.0,
-        events: replay.events,
+        events: books.events,
         runners: views.open.len() as u64 + views.closed_count(),
         by_status: views.by_status(),
         fleet: views.fleet(),
@@ -439,21 +467,22 @@ pub fn judge(replay: &Replay, window: AuditWindow) -> AuditReport {
         owed,
         deadline_ms: window.deadline_ms,
         events_after_close: views.after_close,
-        unreadable_events: replay.unreadable.clone(),
+        unreadable_events: unreadable.to_vec(),
         unreadable_heads: Vec::new(),
-        log_covers: replay.covers.map(|(a, b)| (rfc3339(a), rfc3339(b))),
+        log_covers: books.covers.map(|(a, b)| (rfc3339(a), rfc3339(b))),
         window: (rfc3339(since), rfc3339(now)),
         orphan_grace_ms: window.orphan_grace_ms,
-        leaks,
-        failures,
-        closed_by,
-        lifecycle_sources: replay.ledger.lifecycle_sources.clone(),
+        leaks: books.leak_figures(),
+        failures: books.failures().clone(),
+        closed_by: books.closed_by().clone(),
+        lifecycle_sources: books.lifecycle_sources().clone(),
         waiting: waiting.into_values().collect(),
         spot_interruptions,
         live_instances,
         strays,
         live_check: None,
-        jobs: replay.jobs.figures(),
+        jobs: books.jobs.figures(),
+        snapshot: None,
     }
 }
 
@@ -466,6 +495,13 @@ pub fn render(report: &AuditReport) -> String {
         "jitr audit as of {}: {} runners, {} events",
         report.as_of, report.runners, report.events
     );
+    if let Some(snapshot) = &report.snapshot {
+        let _ = writeln!(
+            out,
+            "from the snapshot of {} (position {}, {} open runners): the events after it were read",
+            snapshot.day, snapshot.position, snapshot.open_runners
+        );
+    }
     let _ = writeln!(out, "\nrunners by status");
     for (status, n) in &report.by_status {
         let note = match status {
@@ -714,10 +750,14 @@ pub struct Args {
     /// How long a termination may stay owed before the audit fails.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     deadline: Duration,
-    /// Start of the window the leak figures cover (RFC 3339; default: the first
-    /// event).
+    /// Start of the window the figures cover (RFC 3339; default: the first
+    /// event). The audit starts from the last snapshot before it (`jitr
+    /// snapshot`, ADR-0023) and reads only the events after that.
     #[arg(long, value_parser = super::parse_moment)]
     since: Option<Timestamp>,
+    /// Replay from the first event even when a snapshot would do.
+    #[arg(long)]
+    full: bool,
     /// End of the window (RFC 3339; default: now).
     #[arg(long, value_parser = super::parse_moment, conflicts_with = "as_of")]
     until: Option<Timestamp>,
@@ -815,7 +855,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            return print_audit(&store, args.json, window, horizon, cloud, html).await;
+            return print_audit(&store, args.json, window, horizon, cloud, html, !args.full).await;
         }
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
@@ -838,75 +878,123 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_audit(&store, args.json, window, horizon, cloud, html).await
+    print_audit(&store, args.json, window, horizon, cloud, html, !args.full).await
 }
 
-/// Replays `store` up to `horizon` and judges it; reports the open runners whose
-/// head cannot be read too. `progress` hears each page's last position.
-pub async fn audit<S: EventStore + ?Sized>(
+/// Audits `store` for `window` up to `horizon`: from the last snapshot before
+/// `window.since` when there is one (and `from_snapshot`), else from the first
+/// event, holding only what is open (ADR-0023); reports the open runners
+/// whose head cannot be read too. `progress` hears each page's last position.
+pub async fn audit<S: EventStore + CheckpointStore + ?Sized>(
     store: &S,
     window: AuditWindow,
     horizon: Option<Timestamp>,
+    from_snapshot: bool,
     progress: impl FnMut(u64),
 ) -> Result<AuditReport, StoreError> {
-    Ok(replay_and_judge(store, window, horizon, progress).await?.1)
+    let snapshot = match window.since {
+        Some(since) if from_snapshot => books::latest_before(store, since).await?,
+        _ => None,
+    };
+    let (entry, mut books, mut unreadable) = match snapshot {
+        Some((entry, snapshot)) => (Some(entry), snapshot.books, snapshot.unreadable),
+        None => (None, Books::new(Window::none()), Vec::new()),
+    };
+    books.open_window(window.books_window());
+    read_feed(
+        store,
+        books.position,
+        |item| match item {
+            FeedItem::Event(r) => books.fold(r.position, &r.stream, &r.event, horizon),
+            FeedItem::Unreadable(u) => {
+                books.pass_over(u.position);
+                unreadable.push(u);
+            }
+        },
+        progress,
+    )
+    .await?;
+    let mut report = judge(&books, &unreadable, window);
+    report.snapshot = entry;
+    report.unreadable_heads = unreadable_heads(store).await?;
+    Ok(report)
 }
 
-/// [`audit`], with the replay it judged.
-async fn replay_and_judge<S: EventStore + ?Sized>(
+async fn unreadable_heads<S: EventStore + ?Sized>(
     store: &S,
-    window: AuditWindow,
-    horizon: Option<Timestamp>,
-    progress: impl FnMut(u64),
-) -> Result<(Replay, AuditReport), StoreError> {
-    let replayed = replay(store, horizon, progress).await?;
-    let mut report = judge(&replayed, window);
-    report.unreadable_heads = store
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(store
         .open_streams()
         .await?
         .unreadable
         .into_iter()
         .map(|u| (u.key, u.reason))
-        .collect();
-    Ok((replayed, report))
+        .collect())
+}
+
+/// Writes the HTML report of a whole replay.
+fn write_html(
+    replayed: &Replay,
+    report: &AuditReport,
+    window: AuditWindow,
+    html: HtmlReport,
+) -> anyhow::Result<()> {
+    let covers = replayed.books.covers;
+    let since = window
+        .since
+        .or(covers.map(|(first, _)| first))
+        .unwrap_or(window.as_of);
+    // A live log's chart ends now; an old one's (a simulation's, a copy's) at
+    // its last event, unless --until says otherwise.
+    let until = html.until.unwrap_or_else(|| match covers {
+        Some((_, last)) if window.as_of.millis_since(last) > 86_400_000 => last,
+        _ => window.as_of,
+    });
+    let series = replayed
+        .ledger
+        .vcpu_series(since, until, 400, window.orphan_grace_ms);
+    let owed = replayed.ledger.owed_records(until);
+    let page = super::audit_html::render(report, &series, &owed, html.quotas)
+        .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
+    std::fs::write(&html.path, page)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.path.display()))?;
+    eprintln!("wrote {}", html.path.display());
+    Ok(())
 }
 
 /// Replays `store` up to `horizon`, judges it, optionally against the cloud's
 /// instances, and prints the report; exit 1 when it fails.
-pub async fn print_audit<S: EventStore + ?Sized>(
+pub async fn print_audit<S: EventStore + CheckpointStore + ?Sized>(
     store: &S,
     json: bool,
     window: AuditWindow,
     horizon: Option<Timestamp>,
     cloud: Option<Vec<jitr_infra::ManagedInstance>>,
     html: Option<HtmlReport>,
+    from_snapshot: bool,
 ) -> anyhow::Result<ExitCode> {
     let total = store.last_position().await?;
     let bar = super::progress_bar(total, json && total < 100_000);
-    let (replayed, mut report) =
-        replay_and_judge(store, window, horizon, |p| bar.set_position(p)).await?;
+    let mut report = match html {
+        // The HTML report draws every runner's history: a whole replay.
+        Some(html) => {
+            let replayed = replay(store, window.books_window(), horizon, |p| {
+                bar.set_position(p)
+            })
+            .await?;
+            let mut report = judge(&replayed.books, &replayed.unreadable, window);
+            report.unreadable_heads = unreadable_heads(store).await?;
+            write_html(&replayed, &report, window, html)?;
+            report
+        }
+        None => {
+            audit(store, window, horizon, from_snapshot, |p| {
+                bar.set_position(p)
+            })
+            .await?
+        }
+    };
     bar.finish_and_clear();
-    if let Some(html) = html {
-        let since = window
-            .since
-            .or(replayed.covers.map(|(first, _)| first))
-            .unwrap_or(window.as_of);
-        // A live log's chart ends now; an old one's (a simulation's, a
-        // copy's) at its last event, unless --until says otherwise.
-        let until = html.until.unwrap_or_else(|| match replayed.covers {
-            Some((_, last)) if window.as_of.millis_since(last) > 86_400_000 => last,
-            _ => window.as_of,
-        });
-        let series = replayed
-            .ledger
-            .vcpu_series(since, until, 400, window.orphan_grace_ms);
-        let owed = replayed.ledger.owed_records(until);
-        let page = super::audit_html::render(&report, &series, &owed, html.quotas)
-            .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
-        std::fs::write(&html.path, page)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.path.display()))?;
-        eprintln!("wrote {}", html.path.display());
-    }
     if let Some(cloud) = cloud {
         report.live_check = Some(cross_check(&report, &cloud, window.as_of, 120_000));
     }

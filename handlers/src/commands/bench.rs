@@ -15,6 +15,7 @@ use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
 use serde::Serialize;
 
 use crate::commands::audit::replay;
+use jitr_projections::books::Window;
 
 /// Sizes of one benchmark run.
 #[derive(Clone, Copy, Debug)]
@@ -222,7 +223,10 @@ pub async fn run(
     }
     progress("replay: reading it back into the views");
     let start = Instant::now();
-    let replayed = replay(&store, None, |_| {}).await?.events;
+    let replayed = replay(&store, Window::default(), None, |_| {})
+        .await?
+        .books
+        .events;
     let replay_elapsed = start.elapsed();
 
     Ok(BenchReport {
@@ -421,7 +425,7 @@ pub async fn write_history(dir: &std::path::Path, events: u64) -> Result<u64, St
 }
 
 /// A runner that failed after launch and was terminated 90 s later.
-fn failed_late(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) {
+pub fn failed_late(job_id: u64, start: Timestamp) -> (StreamId, Vec<RunnerEvent>) {
     let (stream, mut history) = lifecycle(job_id, start);
     history.truncate(3);
     let mut state = fold(&history);

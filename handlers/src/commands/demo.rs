@@ -318,7 +318,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         deadline_ms: super::audit::DEFAULT_DEADLINE_MS,
         orphan_grace_ms: super::audit::DEFAULT_DEADLINE_MS,
     };
-    let code = super::audit::print_audit(&*store, false, window, None, None, None).await?;
+    let code = super::audit::print_audit(&*store, false, window, None, None, None, true).await?;
     println!(
         "\nnext: jitr history --data-dir {} '{}'",
         data_dir.display(),

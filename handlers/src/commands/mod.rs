@@ -29,6 +29,7 @@ pub mod report;
 pub mod send_webhook;
 pub mod serve;
 pub mod simulate;
+pub mod snapshot;
 
 /// The log file inside a data directory.
 pub const LOG_FILE: &str = "events.db";
@@ -102,6 +103,10 @@ pub enum Command {
     /// `--features aws` as `bootstrap` in a zip, checked for the functions'
     /// architecture and Lambda's glibc; print how to deploy it.
     Package(package::Args),
+    /// Close the books: save a snapshot of the audit's books for every UTC day
+    /// that is over (ADR-0023), so that `jitr audit --since` reads only the
+    /// events after the last one before its window. `--list` lists them.
+    Snapshot(snapshot::Args),
     /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
     ///
     /// Build with --release for meaningful figures.
@@ -138,6 +143,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::command(args).await,
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
+        Command::Snapshot(args) => snapshot::command(args).await,
         Command::Config(args) => config::command(args).await,
         Command::Dlq(args) => dlq::command(args).await,
         Command::BootstrapScript(args) => bootstrap_script::command(args).await,

@@ -879,7 +879,13 @@ pub async fn run_with(
     }
 
     let end = now();
-    let replayed = audit::replay(&*store, Some(end), |_| {}).await?;
+    let replayed = audit::replay(
+        &*store,
+        jitr_projections::books::Window::everything(end, 60_000),
+        Some(end),
+        |_| {},
+    )
+    .await?;
     let figures = replayed.ledger.figures(t0, end, 60_000);
     let mut launch_failures: BTreeMap<String, u64> = BTreeMap::new();
     let lifetimes = cloud.lifetimes()?;
