@@ -43,4 +43,4 @@ pub use sim::{
     BootTimes, ManualClock, SPOT_NOTICE_MS, SimClock, SimCloud, SimGitHub, SimLifetime, SimSecrets,
     SimSettings, SpotInterruptions, Spread, system_clock,
 };
-pub use sqlite::SqliteEventStore;
+pub use sqlite::{EncodedAppend, SqliteEventStore};

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS streams (
     state             TEXT    NOT NULL,
     CHECK (open = 1 OR terminated = 1 OR instance_possible = 0),
     CHECK (status NOT IN ('completed', 'failed') OR open = 0)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS streams_open ON streams (stream) WHERE open = 1;
 CREATE INDEX IF NOT EXISTS streams_instance ON streams (instance_id) WHERE instance_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS streams_runner ON streams (runner_name) WHERE runner_name IS NOT NULL;
@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
+
+/// The page cache of a connection that bulk-writes, KiB.
+const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 
 /// The SQLite event log. Cheap to clone; each clone shares one connection.
 /// Two `SqliteEventStore`s opened on the same file are two independent writers.
@@ -150,6 +153,36 @@ impl SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
         })
+    }
+
+    /// Writes whole new streams in one transaction, each as one append at
+    /// version 0 would (positions in the order given): the bulk writer of
+    /// imports and benchmarks. Nothing is written when any stream exists or
+    /// any command id was used ([`StoreError::Refused`]). Blocks.
+    pub fn import_new_streams(&self, streams: &[EncodedAppend]) -> Result<u64, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Refused("connection lock poisoned".into()))?;
+        // The indexes' pages stay in memory across a bulk write's batches.
+        conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
+            .map_err(unavailable)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let mut written = 0;
+        for stream in streams {
+            if stream.first_seq != 1 {
+                return Err(StoreError::Refused(format!(
+                    "{}: not a new stream's first events",
+                    stream.stream
+                )));
+            }
+            stream.write(&tx, false)?;
+            written += stream.len() as u64;
+        }
+        tx.commit().map_err(map_write_error)?;
+        Ok(written)
     }
 
     /// The file behind this log.
@@ -270,6 +303,138 @@ fn map_write_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Events of one stream encoded as rows, with the head they leave: the CPU
+/// half of an append, which the bulk writer runs on another thread than the
+/// SQLite half.
+pub struct EncodedAppend {
+    stream: StreamId,
+    first_seq: u64,
+    events: Vec<(&'static str, i64, String)>,
+    command_id: CommandId,
+    version: u64,
+    status: &'static str,
+    instance_id: Option<String>,
+    instance_possible: bool,
+    terminated: bool,
+    open: bool,
+    updated_at: i64,
+    state: String,
+    runner_name: Option<String>,
+}
+
+impl EncodedAppend {
+    /// Encodes `events` appended after version `actual` of `stream`, whose
+    /// state at that version is `state`.
+    pub fn new(
+        stream: &StreamId,
+        actual: u64,
+        mut state: RunnerState,
+        events: &[RunnerEvent],
+        command_id: &CommandId,
+    ) -> Result<Self, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::NothingToAppend);
+        }
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_string(event).map_err(unavailable)?;
+            rows.push((event.kind(), event.at().0, body));
+            state = evolve(state, event);
+        }
+        Ok(EncodedAppend {
+            stream: stream.clone(),
+            first_seq: actual + 1,
+            events: rows,
+            command_id: command_id.clone(),
+            version: actual + events.len() as u64,
+            status: state.status().as_str(),
+            instance_id: state.instance().map(|i| i.id.0.clone()),
+            instance_possible: matches!(
+                state.launch.as_ref().map(|l| &l.outcome),
+                Some(LaunchOutcome::Pending | LaunchOutcome::Launched(_))
+            ),
+            terminated: state.terminated_at.is_some(),
+            open: !is_terminal(&state),
+            updated_at: events.last().map(|e| e.at().0).unwrap_or_default(),
+            state: serde_json::to_string(&state).map_err(unavailable)?,
+            runner_name: state.runner_name.clone(),
+        })
+    }
+
+    /// Events encoded.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event is encoded (never: [`EncodedAppend::new`] refuses).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Writes the rows: the events, the head (inserted, or updated when
+    /// `upsert`), the command. Returns the new version.
+    fn write(&self, tx: &rusqlite::Transaction<'_>, upsert: bool) -> Result<u64, StoreError> {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (stream, seq, kind, schema, at, body, command_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(unavailable)?;
+        for (i, (kind, at, body)) in self.events.iter().enumerate() {
+            insert
+                .execute(params![
+                    self.stream.as_str(),
+                    self.first_seq + i as u64,
+                    kind,
+                    EVENT_SCHEMA,
+                    at,
+                    body,
+                    self.command_id.0,
+                ])
+                .map_err(map_write_error)?;
+        }
+        let head_sql = if upsert {
+            "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
+                                  terminated, open, updated_at, state, runner_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (stream) DO UPDATE SET
+                 version = excluded.version, status = excluded.status,
+                 instance_id = excluded.instance_id, instance_possible = excluded.instance_possible,
+                 terminated = excluded.terminated, open = excluded.open,
+                 updated_at = excluded.updated_at, state = excluded.state,
+                 runner_name = excluded.runner_name"
+        } else {
+            "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
+                                  terminated, open, updated_at, state, runner_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        };
+        tx.prepare_cached(head_sql)
+            .map_err(unavailable)?
+            .execute(params![
+                self.stream.as_str(),
+                self.version,
+                self.status,
+                self.instance_id,
+                self.instance_possible,
+                self.terminated,
+                self.open,
+                self.updated_at,
+                self.state,
+                self.runner_name,
+            ])
+            .map_err(map_write_error)?;
+        tx.prepare_cached("INSERT INTO commands (command_id, stream, version) VALUES (?1, ?2, ?3)")
+            .map_err(unavailable)?
+            .execute(params![
+                self.command_id.0,
+                self.stream.as_str(),
+                self.version
+            ])
+            .map_err(map_write_error)?;
+        Ok(self.version)
+    }
+}
+
 fn append_blocking(
     conn: &mut Connection,
     stream: &StreamId,
@@ -307,7 +472,7 @@ fn append_blocking(
         )
         .optional()
         .map_err(unavailable)?;
-    let (actual, mut state) = match head {
+    let (actual, state) = match head {
         Some((version, json)) => (
             version,
             serde_json::from_str::<RunnerState>(&json).map_err(|e| StoreError::Corrupt {
@@ -325,65 +490,8 @@ fn append_blocking(
             actual,
         });
     }
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (stream, seq, kind, schema, at, body, command_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(unavailable)?;
-        for (i, event) in events.iter().enumerate() {
-            let body = serde_json::to_string(event).map_err(unavailable)?;
-            insert
-                .execute(params![
-                    stream.as_str(),
-                    actual + i as u64 + 1,
-                    event.kind(),
-                    EVENT_SCHEMA,
-                    event.at().0,
-                    body,
-                    command_id.0,
-                ])
-                .map_err(map_write_error)?;
-            state = evolve(state, event);
-        }
-    }
-    let version = actual + events.len() as u64;
-    let instance_possible = matches!(
-        state.launch.as_ref().map(|l| &l.outcome),
-        Some(LaunchOutcome::Pending | LaunchOutcome::Launched(_))
-    );
-    let updated_at = events.last().map(|e| e.at().0).unwrap_or_default();
-    let state_json = serde_json::to_string(&state).map_err(unavailable)?;
-    tx.execute(
-        "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
-                              terminated, open, updated_at, state, runner_name)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (stream) DO UPDATE SET
-             version = excluded.version, status = excluded.status,
-             instance_id = excluded.instance_id, instance_possible = excluded.instance_possible,
-             terminated = excluded.terminated, open = excluded.open,
-             updated_at = excluded.updated_at, state = excluded.state,
-             runner_name = excluded.runner_name",
-        params![
-            stream.as_str(),
-            version,
-            state.status().as_str(),
-            state.instance().map(|i| i.id.0.as_str()),
-            instance_possible,
-            state.terminated_at.is_some(),
-            !is_terminal(&state),
-            updated_at,
-            state_json,
-            state.runner_name.as_deref(),
-        ],
-    )
-    .map_err(map_write_error)?;
-    tx.execute(
-        "INSERT INTO commands (command_id, stream, version) VALUES (?1, ?2, ?3)",
-        params![command_id.0, stream.as_str(), version],
-    )
-    .map_err(map_write_error)?;
+    let version =
+        EncodedAppend::new(stream, actual, state, events, command_id)?.write(&tx, true)?;
     tx.commit().map_err(map_write_error)?;
     Ok(AppendOutcome::Appended { version })
 }

@@ -22,7 +22,7 @@ use crate::accounting::{Distribution, LeakFigures};
 use crate::jobs::JobBook;
 
 /// The shape of [`Books`] as saved; a snapshot of another shape is not used.
-pub const BOOKS_SCHEMA: u32 = 1;
+pub const BOOKS_SCHEMA: u32 = 2;
 
 /// The span of time whose happenings the figures count, both ends included,
 /// and how long after its termination became owed an instance counts as
@@ -97,9 +97,46 @@ pub struct SpotWarning {
     pub job_cut: bool,
 }
 
+/// What an instance's time is charged to: its runner's repository and pool,
+/// its type and market.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UsageKey {
+    /// `owner/repo` of the job the runner was launched for (warm runners: the
+    /// repository they wait for).
+    pub repository: String,
+    /// The runner's pool (`default` before pools were recorded).
+    pub pool: String,
+    /// The instance type.
+    pub instance_type: String,
+    /// Spot or on-demand.
+    pub market: Market,
+}
+
+/// The instance time of `state`'s instance in `window` until `end`: from
+/// `Launched` to `end`, less the time it was parked (stopped, ADR-0022).
+fn instance_time(state: &RunnerState, window: &Window, end: Timestamp) -> Option<(UsageKey, u64)> {
+    let instance = state.instance()?;
+    let request = state.request.as_ref()?;
+    let mut ms = window.overlap(instance.launched_at, end);
+    if let Some(parked) = state.parked_at {
+        let woken = state.woken_at.unwrap_or(end).min(end);
+        ms = ms.saturating_sub(window.overlap(parked, woken));
+    }
+    let key = UsageKey {
+        repository: format!("{}/{}", request.job.owner, request.job.repo),
+        pool: crate::pool_of(state).to_owned(),
+        instance_type: instance.instance_type.clone(),
+        market: instance.market,
+    };
+    Some((key, ms))
+}
+
 /// What happened in the window, counted as it happened.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Tally {
+    /// Instance time of closed runners, ms.
+    #[serde(with = "crate::jobs::as_pairs")]
+    instance_ms: BTreeMap<UsageKey, u64>,
     owed_vcpu_ms: u64,
     orphan_vcpu_ms: u64,
     orphans: u64,
@@ -342,6 +379,26 @@ impl Books {
         if let Some(warning) = self.spot_warning(stream, state) {
             self.tally.spot_warnings.push(warning);
         }
+        let end = state.terminated_at.unwrap_or(at);
+        if let Some((key, ms)) = instance_time(state, &self.window, end).filter(|(_, ms)| *ms > 0) {
+            *self.tally.instance_ms.entry(key).or_default() += ms;
+        }
+    }
+
+    /// Instance time in the window, ms, by what it is charged to: the closed
+    /// runners' and, until the window's end, the open ones'.
+    pub fn usage(&self) -> BTreeMap<UsageKey, u64> {
+        let mut usage = self.tally.instance_ms.clone();
+        for state in self.views.open.values() {
+            if !state.instance_may_be_alive() {
+                continue;
+            }
+            if let Some((key, ms)) = instance_time(state, &self.window, self.window.until) {
+                *usage.entry(key).or_default() += ms;
+            }
+        }
+        usage.retain(|_, ms| *ms > 0);
+        usage
     }
 
     fn spot_warning(&self, stream: &StreamId, state: &RunnerState) -> Option<SpotWarning> {

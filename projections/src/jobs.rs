@@ -51,6 +51,8 @@ pub struct JobRecord {
     /// Open runners that refer to it (launched for it, standing for it, or
     /// running it).
     open_runners: u32,
+    /// When a runner's event last named it.
+    last_at: Timestamp,
 }
 
 impl JobRecord {
@@ -68,6 +70,11 @@ impl JobRecord {
 /// after the other they may be further apart, and a job retired before
 /// another runner's event named it would be counted twice.
 pub const RETIRE_AFTER_MS: u64 = 6 * 3_600_000;
+
+/// How long a job that has not ended, and that no open runner refers to, is
+/// kept after a runner's event last named it: GitHub fails a job that no
+/// runner took within 24 hours.
+pub const RETIRE_UNENDED_AFTER_MS: u64 = 30 * 3_600_000;
 
 /// How often (in the log's time) the book looks for jobs to retire.
 const RETIRE_EVERY_MS: i64 = 3_600_000;
@@ -189,7 +196,7 @@ pub struct JobFigures {
 }
 
 /// A map whose keys are not strings, saved as a list of pairs.
-mod as_pairs {
+pub(crate) mod as_pairs {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -257,7 +264,9 @@ impl JobBook {
             cancelled_queued: None,
             killed_by_jitr: None,
             open_runners: 0,
+            last_at: at,
         });
+        record.last_at = record.last_at.max(at);
         if !runner.refers_to.contains(key) {
             runner.refers_to.push(key.clone());
             record.open_runners += 1;
@@ -431,14 +440,23 @@ impl JobBook {
         }
     }
 
-    /// Retires the jobs that ended [`RETIRE_AFTER_MS`] before `now` and no
-    /// open runner refers to: what they add to the window is tallied.
+    /// Retires the jobs no open runner refers to that ended
+    /// [`RETIRE_AFTER_MS`] before `now`, or were last named
+    /// [`RETIRE_UNENDED_AFTER_MS`] before it without ending: what they add to
+    /// the window is tallied.
     fn retire_ended(&mut self, now: Timestamp) {
-        let before = Timestamp(now.0.saturating_sub(RETIRE_AFTER_MS as i64));
+        let ago = |ms: u64| Timestamp(now.0.saturating_sub(ms as i64));
+        let (ended_before, named_before) = (ago(RETIRE_AFTER_MS), ago(RETIRE_UNENDED_AFTER_MS));
         let done: Vec<JobKey> = self
             .jobs
             .iter()
-            .filter(|(_, r)| r.open_runners == 0 && r.ended_at().is_some_and(|e| e <= before))
+            .filter(|(_, r)| {
+                r.open_runners == 0
+                    && match r.ended_at() {
+                        Some(end) => end <= ended_before,
+                        None => r.last_at <= named_before,
+                    }
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in done {
@@ -655,5 +673,33 @@ mod tests {
         assert_eq!(figures.killed_by_jitr, 1);
         assert_eq!(figures.killed[0].0, "acme/widgets#2");
         assert_eq!(figures.killed[0].1, stream(1));
+    }
+
+    /// ADR-0023: the book holds open jobs only. A job that ended, or that
+    /// never ended and that nothing names any more, is retired once the log
+    /// has moved on, and still counts in the figures.
+    #[test]
+    fn retired_jobs_leave_the_book_and_stay_in_the_figures() {
+        let mut book = JobBook::default();
+        let failed = RunnerEvent::Failed {
+            at: Timestamp(1_000),
+            stage: FailureStage::Launch,
+            reason: "quota".into(),
+        };
+        book.apply(&stream(1), &requested(1));
+        book.apply(&stream(1), &failed);
+        book.runner_closed(&stream(1));
+        book.apply(&stream(2), &requested(2));
+        assert_eq!(book.open(), (1, 2), "runner 2; jobs 1 and 2");
+        let later = RunnerEvent::TokenMinted {
+            at: Timestamp(RETIRE_UNENDED_AFTER_MS as i64 + 3_600_000),
+            runner_name: "r2".into(),
+            runner_id: None,
+        };
+        book.apply(&stream(2), &later);
+        assert_eq!(book.open(), (1, 1), "job 1 retired, job 2 open");
+        let figures = book.figures();
+        assert_eq!(figures.jobs, 2);
+        assert_eq!(figures.taken, 0);
     }
 }

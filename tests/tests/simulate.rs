@@ -150,6 +150,79 @@ async fn a_burst_of_500_jobs_waits_for_capacity_and_is_served_fairly() {
         docs.p50 * 2 < release.p50 && docs.max < release.max,
         "the small repository shares the capacity: docs {docs:?}, release {release:?}"
     );
+    burst_cost_is_instance_time_times_prices(dir.path()).await;
+}
+
+/// Issue 27: `jitr cost` over the burst's log equals the instance time read
+/// off the events here (each runner's `Launched` to its `Terminated`) times
+/// the prices, by repository and in all.
+async fn burst_cost_is_instance_time_times_prices(dir: &std::path::Path) {
+    use jitr_domain::{Market, RunnerEvent};
+    use jitr_handlers::commands::cost::{GroupBy, Prices, price, usage};
+    use jitr_infra::EventStore;
+    use std::collections::BTreeMap;
+
+    let store = SqliteEventStore::open(dir.join("events.db")).unwrap();
+    let events = store.read_all(0, 1_000_000).await.unwrap();
+    let mut prices = Prices::default();
+    let mut launched: BTreeMap<jitr_domain::StreamId, (String, String, Market, i64)> =
+        BTreeMap::new();
+    let mut repository = BTreeMap::new();
+    let mut expected: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for r in &events {
+        match &r.event {
+            RunnerEvent::Requested { job, .. } => {
+                repository.insert(r.stream.clone(), format!("{}/{}", job.owner, job.repo));
+            }
+            RunnerEvent::Launched {
+                at,
+                instance_type,
+                market,
+                ..
+            } => {
+                let repo = repository[&r.stream].clone();
+                launched.insert(
+                    r.stream.clone(),
+                    (repo, instance_type.clone(), *market, at.0),
+                );
+                let hourly = 0.1 + instance_type.len() as f64 / 100.0;
+                match market {
+                    Market::OnDemand => prices.on_demand.insert(instance_type.clone(), hourly),
+                    Market::Spot => prices.spot.insert(instance_type.clone(), hourly / 3.0),
+                };
+            }
+            RunnerEvent::Terminated { at, .. } => {
+                if let Some((repo, instance_type, market, from)) = launched.remove(&r.stream) {
+                    let seconds = (at.0 - from) as f64 / 1000.0;
+                    let hourly = prices.hourly(market, &instance_type).unwrap();
+                    let line = expected.entry(repo).or_default();
+                    line.0 += seconds;
+                    line.1 += seconds / 3600.0 * hourly;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(launched.is_empty(), "every instance terminated");
+    let until = events.iter().map(|r| r.event.at()).max().unwrap();
+    let window = jitr_projections::books::Window::everything(until, 60_000);
+    let (usage, _) = usage(&store, window, |_| {}).await.unwrap();
+    let report = price(
+        &usage,
+        &prices,
+        GroupBy::Repo,
+        (String::new(), String::new()),
+    );
+    assert!(report.unpriced.is_empty(), "{:?}", report.unpriced);
+    assert_eq!(report.lines.len(), expected.len());
+    for line in &report.lines {
+        let (seconds, usd) = expected[&line.group];
+        assert!((line.instance_seconds - seconds).abs() < 1e-6, "{line:?}");
+        assert!((line.usd - usd).abs() < 1e-9, "{line:?} against {usd}");
+    }
+    let total: f64 = expected.values().map(|(_, usd)| usd).sum();
+    assert!(total > 1.0, "{total}");
+    assert!((report.total.usd - total).abs() < 1e-9);
 }
 
 /// Issue 12, spot interruptions: EC2 reclaims 30 % of spot instances with its

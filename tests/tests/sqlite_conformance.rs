@@ -106,3 +106,76 @@ async fn an_older_checkpoint_table_is_migrated() {
     };
     assert_eq!(store.save_checkpoint("views", &next).await.unwrap(), 2);
 }
+
+/// The bulk writer (ADR-0023) writes what appends write: the same feed, heads
+/// and command records; a stream that exists refuses the whole batch.
+#[tokio::test]
+async fn the_bulk_writer_writes_what_appends_write() {
+    use jitr_domain::RunnerState;
+    use jitr_infra::EncodedAppend;
+    let life = |job: u64| (stream(job), launched(job, at(job as i64)).1);
+    let lives: Vec<_> = (1..=3).map(life).collect();
+    let by_append = SqliteBacking::new();
+    let appended = by_append.open().await;
+    for (i, (s, events)) in lives.iter().enumerate() {
+        appended
+            .append(s, 0, events, &CommandId::new(format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    let by_import = SqliteBacking::new();
+    let imported = by_import.open().await;
+    let encoded = |lives: &[(jitr_domain::StreamId, Vec<jitr_domain::RunnerEvent>)]| {
+        lives
+            .iter()
+            .enumerate()
+            .map(|(i, (s, events))| {
+                EncodedAppend::new(
+                    s,
+                    0,
+                    RunnerState::default(),
+                    events,
+                    &CommandId::new(format!("c{i}")),
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let written = imported.import_new_streams(&encoded(&lives)).unwrap();
+    assert_eq!(
+        written,
+        lives.iter().map(|(_, e)| e.len() as u64).sum::<u64>()
+    );
+    assert_eq!(
+        imported.read_all(0, 100).await.unwrap(),
+        appended.read_all(0, 100).await.unwrap()
+    );
+    for (s, _) in &lives {
+        assert_eq!(
+            imported.head(s).await.unwrap(),
+            appended.head(s).await.unwrap()
+        );
+    }
+    // The command ids were recorded: a retried append is a duplicate.
+    let (s, events) = &lives[0];
+    let again = imported
+        .append(s, 0, events, &CommandId::new("c0"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, jitr_infra::AppendOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
+    // A batch naming an existing stream writes nothing.
+    let fresh = life(9);
+    let mut batch = encoded(std::slice::from_ref(&fresh));
+    batch.extend(encoded(&lives[1..2]));
+    let before = imported.last_position().await.unwrap();
+    let refused = imported.import_new_streams(&batch);
+    assert!(
+        matches!(refused, Err(StoreError::Refused(_))),
+        "{refused:?}"
+    );
+    assert_eq!(imported.last_position().await.unwrap(), before);
+    assert!(imported.head(&fresh.0).await.unwrap().is_none());
+}

@@ -685,9 +685,18 @@ pub struct Args {
     /// `jitr audit` on it), instead of benchmarking.
     #[arg(long)]
     write_history: Option<PathBuf>,
-    /// Events for --write-history.
+    /// Events for --write-history and --history.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Write a year of synthetic history (--events events over --days days,
+    /// 40 repositories, three pools) into this new data directory with the
+    /// bulk writer, close its books, and measure the writer, the replay and
+    /// the snapshots (ADR-0023).
+    #[arg(long, value_name = "DIR")]
+    history: Option<PathBuf>,
+    /// Days of history for --history.
+    #[arg(long, default_value_t = 365)]
+    days: u64,
     /// Measure the reaper's sweep at 50 live runners as the history of closed
     /// runners grows 1× → 10× → 100× (from 1,000).
     #[arg(long)]
@@ -712,6 +721,27 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             "wrote {written} events to {}",
             dir.join(super::LOG_FILE).display()
         );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(dir) = args.history {
+        std::fs::create_dir_all(&dir)?;
+        if dir.join(super::LOG_FILE).exists() {
+            anyhow::bail!("{} already holds a log", dir.display());
+        }
+        if cfg!(debug_assertions) {
+            eprintln!(
+                "warning: a debug build; use `cargo run --release -p jitr-handlers -- bench`"
+            );
+        }
+        let report = super::bench_history::run(&dir, args.events, args.days.max(1), |stage| {
+            eprintln!("bench: {stage}")
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", super::bench_history::render(&report, &dir));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;

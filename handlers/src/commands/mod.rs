@@ -16,8 +16,10 @@ use jitr_infra::SqliteEventStore;
 pub mod audit;
 pub mod audit_html;
 pub mod bench;
+pub mod bench_history;
 pub mod bootstrap_script;
 pub mod config;
+pub mod cost;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;
@@ -103,6 +105,10 @@ pub enum Command {
     /// `--features aws` as `bootstrap` in a zip, checked for the functions'
     /// architecture and Lambda's glibc; print how to deploy it.
     Package(package::Args),
+    /// What the runners' instances cost, by repository, pool, instance type
+    /// or market, over a window: instance time from the log times the prices
+    /// of a prices file (ADR-0023).
+    Cost(cost::Args),
     /// Close the books: save a snapshot of the audit's books for every UTC day
     /// that is over (ADR-0023), so that `jitr audit --since` reads only the
     /// events after the last one before its window. `--list` lists them.
@@ -144,6 +150,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Init(args) => init::command(args).await,
         Command::Bench(args) => bench::command(args).await,
         Command::Snapshot(args) => snapshot::command(args).await,
+        Command::Cost(args) => cost::command(args).await,
         Command::Config(args) => config::command(args).await,
         Command::Dlq(args) => dlq::command(args).await,
         Command::BootstrapScript(args) => bootstrap_script::command(args).await,

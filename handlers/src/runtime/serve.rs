@@ -42,6 +42,9 @@ pub enum ServeError {
     Projector(#[from] crate::app::projector::ProjectorError),
 }
 
+/// How often `serve` looks for a day whose books to close.
+const BOOKS_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often things happen.
 #[derive(Clone, Copy, Debug)]
 pub struct Cadence {
@@ -404,6 +407,22 @@ pub async fn run(
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "rebalancer failed"),
+            }
+        }
+    });
+
+    // Closing the books (ADR-0023): each UTC day's snapshot, soon after it ends.
+    let store = app.ports.store.clone();
+    every(&mut tasks, BOOKS_EVERY, stop.clone(), move || {
+        let store = store.clone();
+        async move {
+            match crate::app::books::close_books(&*store, now(), |_| {}).await {
+                Ok(saved) => {
+                    for e in saved {
+                        tracing::info!(day = %e.day, position = e.position, bytes = e.bytes, "books closed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "closing the books failed"),
             }
         }
     });

@@ -332,6 +332,10 @@ pub fn decode_event(
             "event schema {schema}; this build reads schema {EVENT_SCHEMA}"
         )));
     }
+    // The common case at once; what fails is parsed again to say why.
+    if let Ok(event) = serde_json::from_str::<RunnerEvent>(body) {
+        return Ok(event);
+    }
     let value: serde_json::Value =
         serde_json::from_str(body).map_err(|e| corrupt(e.to_string()))?;
     serde_json::from_value(value.clone()).map_err(|e| {
