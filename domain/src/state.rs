@@ -65,6 +65,30 @@ pub struct Stray {
     pub gone: Option<(Timestamp, TerminationEvidence)>,
 }
 
+impl Stray {
+    /// The stray a `StrayLaunched` records, not yet gone; none for any other
+    /// event.
+    pub fn launched(event: &RunnerEvent) -> Option<Stray> {
+        match event {
+            RunnerEvent::StrayLaunched {
+                at,
+                client_token,
+                instance_id,
+                instance_type,
+                vcpus,
+            } => Some(Stray {
+                client_token: client_token.clone(),
+                id: instance_id.clone(),
+                instance_type: instance_type.clone(),
+                vcpus: *vcpus,
+                recorded_at: *at,
+                gone: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// How the latest launch intent was resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
@@ -554,22 +578,9 @@ pub fn evolve(mut state: RunnerState, event: &RunnerEvent) -> RunnerState {
         RunnerEvent::TerminationRequested { at, reason, .. } => {
             state.termination_requested.get_or_insert((*at, *reason));
         }
-        RunnerEvent::StrayLaunched {
-            at,
-            client_token,
-            instance_id,
-            instance_type,
-            vcpus,
-        } => {
+        RunnerEvent::StrayLaunched { instance_id, .. } => {
             if !state.strays.iter().any(|s| s.id == *instance_id) {
-                state.strays.push(Stray {
-                    client_token: client_token.clone(),
-                    id: instance_id.clone(),
-                    instance_type: instance_type.clone(),
-                    vcpus: *vcpus,
-                    recorded_at: *at,
-                    gone: None,
-                });
+                state.strays.extend(Stray::launched(event));
             }
         }
         RunnerEvent::SpotInterruptionWarned {

@@ -325,26 +325,15 @@ impl Books {
 
     fn fold_stray(&mut self, stream: &StreamId, event: &RunnerEvent) {
         match event {
-            RunnerEvent::StrayLaunched {
-                at,
-                client_token,
-                instance_id,
-                instance_type,
-                vcpus,
-            } => {
-                self.strays_open
-                    .entry(instance_id.clone())
-                    .or_insert_with(|| StrayRecord {
-                        stream: stream.clone(),
-                        stray: Stray {
-                            client_token: client_token.clone(),
-                            id: instance_id.clone(),
-                            instance_type: instance_type.clone(),
-                            vcpus: *vcpus,
-                            recorded_at: *at,
-                            gone: None,
-                        },
-                    });
+            RunnerEvent::StrayLaunched { instance_id, .. } => {
+                if let Some(stray) = Stray::launched(event) {
+                    self.strays_open
+                        .entry(instance_id.clone())
+                        .or_insert_with(|| StrayRecord {
+                            stream: stream.clone(),
+                            stray,
+                        });
+                }
             }
             RunnerEvent::StrayTerminated {
                 at,

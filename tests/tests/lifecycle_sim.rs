@@ -341,21 +341,12 @@ async fn quota_refusals_are_learnt_once_and_the_job_waits_without_giving_up() {
     assert_eq!(probes.len(), 2);
     assert_eq!(world.status(1).await, RunnerStatus::Requested);
     // The audit shows the wait, per pool.
-    use jitr_handlers::commands::audit;
-    let window = audit::AuditWindow {
-        since: None,
-        as_of: world.now(),
-        deadline_ms: 60_000,
-        orphan_grace_ms: 60_000,
-    };
-    let report = audit::audit(&*world.store, window, Some(world.now()), false, |_| {})
-        .await
-        .unwrap();
+    let report = audit_now(&world).await;
     assert_eq!(report.waiting.len(), 1, "{:?}", report.waiting);
     assert_eq!(report.waiting[0].runners, 1);
     assert_eq!(report.waiting[0].vcpus, 4);
     assert_eq!(report.waiting[0].oldest_wait_ms, 19 * 60_000);
-    assert!(audit::render(&report).contains("waiting for capacity: pool"));
+    assert!(jitr_handlers::commands::audit::render(&report).contains("waiting for capacity: pool"));
     world.assert_no_leak().await;
 }
 
@@ -1605,16 +1596,7 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
     assert_eq!(world.drain_scaleup().await, 0, "no new attempt");
 
     // The audit names the cut job and the replaced runner.
-    use jitr_handlers::commands::audit;
-    let window = audit::AuditWindow {
-        since: None,
-        as_of: world.now(),
-        deadline_ms: 60_000,
-        orphan_grace_ms: 60_000,
-    };
-    let report = audit::audit(&*world.store, window, Some(world.now()), false, |_| {})
-        .await
-        .unwrap();
+    let report = audit_now(&world).await;
     let seen: Vec<(StreamId, bool)> = report
         .spot_interruptions
         .iter()
@@ -1628,7 +1610,7 @@ async fn a_spot_interruption_before_the_job_started_relaunches_and_after_it_is_r
             (attempt(3, 1), true)
         ]
     );
-    let table = audit::render(&report);
+    let table = jitr_handlers::commands::audit::render(&report);
     assert!(
         table.contains("spot interruptions: 3 (1 before the job started, relaunched; 2 jobs cut)"),
         "{table}"
@@ -2444,4 +2426,18 @@ async fn a_stopped_instance_no_stream_owns_is_terminated_as_a_leak() {
     let terminated: Vec<_> = report.orphans_terminated.iter().map(|(id, _)| id).collect();
     assert_eq!(terminated, vec![&instance], "{report:?}");
     assert!(world.live_instances().await.is_empty());
+}
+
+/// The audit of the whole log as of the world's clock.
+async fn audit_now(world: &World) -> jitr_handlers::commands::audit::AuditReport {
+    use jitr_handlers::commands::audit;
+    let window = audit::AuditWindow {
+        since: None,
+        as_of: world.now(),
+        deadline_ms: 60_000,
+        orphan_grace_ms: 60_000,
+    };
+    audit::audit(&*world.store, window, Some(world.now()), false, |_| {})
+        .await
+        .unwrap()
 }
