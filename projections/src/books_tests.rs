@@ -10,18 +10,10 @@ use proptest::prelude::*;
 
 use crate::accounting::Ledger;
 use crate::books::{Books, Window};
+use crate::tests::job;
 
 const T0: i64 = 1_777_868_520_000;
 const HOUR: i64 = 3_600_000;
-
-fn job(id: u64) -> JobRef {
-    JobRef {
-        owner: "acme".into(),
-        repo: "widgets".into(),
-        job_id: id,
-        run_id: 1,
-    }
-}
 
 /// One step of a runner's life: a command, chosen by number, after a gap.
 #[derive(Clone, Debug)]

@@ -513,16 +513,8 @@ impl JobBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::job;
     use jitr_domain::JobSource;
-
-    fn job(id: u64) -> JobRef {
-        JobRef {
-            owner: "acme".into(),
-            repo: "widgets".into(),
-            job_id: id,
-            run_id: 1,
-        }
-    }
 
     fn stream(id: u64) -> StreamId {
         StreamId::for_job(&job(id), 1).unwrap()

@@ -12,7 +12,8 @@ fn at(secs: i64) -> Timestamp {
     Timestamp(T0 + secs * 1000)
 }
 
-fn job(id: u64) -> JobRef {
+/// A job of `acme/widgets` (the projections' tests share it).
+pub(crate) fn job(id: u64) -> JobRef {
     JobRef {
         owner: "acme".into(),
         repo: "widgets".into(),
