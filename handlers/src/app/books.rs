@@ -68,13 +68,14 @@ fn corrupt(name: &str, reason: impl ToString) -> StoreError {
     }
 }
 
-/// The UTC day `at` falls in, and the first moment of the next.
-fn day_of(at: Timestamp) -> (String, Timestamp) {
-    let start = at.0.div_euclid(DAY_MS) * DAY_MS;
-    (
-        rfc3339(Timestamp(start))[..10].to_owned(),
-        Timestamp(start + DAY_MS),
-    )
+/// The UTC day `at` falls in (`2026-12-04`).
+fn day_name(at: Timestamp) -> String {
+    rfc3339(Timestamp(at.0.div_euclid(DAY_MS) * DAY_MS))[..10].to_owned()
+}
+
+/// The first moment of the UTC day after the one `at` falls in.
+fn day_end(at: Timestamp) -> Timestamp {
+    Timestamp((at.0.div_euclid(DAY_MS) + 1) * DAY_MS)
 }
 
 async fn load_index<S: CheckpointStore + ?Sized>(store: &S) -> Result<(Index, u64), StoreError> {
@@ -156,8 +157,8 @@ pub async fn close_books<S: EventStore + CheckpointStore + ?Sized>(
 ) -> Result<Vec<SnapshotEntry>, StoreError> {
     let (mut index, generation) = load_index(store).await?;
     // Yesterday closed already: no day after it is over.
-    let (today, _) = day_of(now);
-    let (yesterday, _) = day_of(Timestamp(now.0 - DAY_MS));
+    let today = day_name(now);
+    let yesterday = day_name(Timestamp(now.0 - DAY_MS));
     if index
         .snapshots
         .last()
@@ -178,7 +179,7 @@ pub async fn close_books<S: EventStore + CheckpointStore + ?Sized>(
         let Some((_, last_at)) = snapshot.books.covers else {
             return;
         };
-        let (day, _) = day_of(last_at);
+        let day = day_name(last_at);
         let done = |d: &str| {
             index.snapshots.last().is_some_and(|e| e.day.as_str() >= d)
                 || closed.last().is_some_and(|(e, _)| e.day.as_str() >= d)
@@ -206,8 +207,8 @@ pub async fn close_books<S: EventStore + CheckpointStore + ?Sized>(
             FeedItem::Event(r) => {
                 // The first event of a later day closes the day before it.
                 if let Some((_, last_at)) = snapshot.books.covers {
-                    let (_, day_end) = day_of(last_at);
-                    if r.event.at() >= day_end && day_end <= now {
+                    let end = day_end(last_at);
+                    if r.event.at() >= end && end <= now {
                         close(&snapshot, &mut closed);
                     }
                 }
@@ -223,7 +224,7 @@ pub async fn close_books<S: EventStore + CheckpointStore + ?Sized>(
     )
     .await?;
     if let Some((_, last_at)) = snapshot.books.covers {
-        if day_of(last_at).1 <= now {
+        if day_end(last_at) <= now {
             close(&snapshot, &mut closed);
         }
     }

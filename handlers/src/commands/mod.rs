@@ -45,7 +45,8 @@ pub enum Command {
     /// a workflow job id (every runner attempt for the job).
     /// Exit status 2 when nothing in the log matches.
     History(history::Args),
-    /// Replay the whole log: runners by status, the fleet, and every runner owed a
+    /// Audit the log (with --since, from the last snapshot before the window):
+    /// runners by status, the fleet, and every runner owed a
     /// termination.
     ///
     /// Exit status 1 when an instance has been owed a termination for longer than
