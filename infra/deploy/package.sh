@@ -42,8 +42,10 @@ build() {
     arm64) triple=aarch64-unknown-linux-gnu ;;
     x86_64) triple=x86_64-unknown-linux-gnu ;;
   esac
-  if [ "$host" = "$arch" ]; then
-    # Native: the host's glibc decides (jitr package refuses newer than 2.34).
+  if [ "$host" = "$arch" ] && ! command -v cargo-zigbuild >/dev/null; then
+    # Native without zig: the host's glibc decides (jitr package refuses
+    # newer than 2.34; Debian 12's is 2.36 and the query engine links
+    # hypot@GLIBC_2.35).
     cargo build "${release[@]}" --locked -p jitr-handlers --features aws --bin jitr >&2
     echo "$target_dir/$profile/jitr"
   elif command -v cargo-zigbuild >/dev/null; then

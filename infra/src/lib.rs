@@ -12,6 +12,7 @@
 //! - [`emf_line`]: metrics as CloudWatch Embedded Metric Format lines.
 #![deny(missing_docs, unsafe_code)]
 
+pub mod archive;
 pub mod deadline;
 pub mod ports;
 

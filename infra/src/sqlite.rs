@@ -18,8 +18,8 @@ use jitr_domain::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::ports::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, Lease,
-    OpenStreams, RecordedEvent, StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, ClosedStream, CommandId, EVENT_SCHEMA, EventStore,
+    ExpiringLog, Lease, OpenStreams, RecordedEvent, StoreError, StreamHead,
 };
 
 const SCHEMA: &str = r#"
@@ -697,11 +697,97 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn last_position(&self) -> Result<u64, StoreError> {
+        // The sequence remembers positions whose events were archived away.
         self.with_conn(move |conn| {
-            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                r.get(0)
-            })
+            conn.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(position) FROM events), 0),
+                            COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))",
+                [],
+                |r| r.get(0),
+            )
             .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ExpiringLog for SqliteEventStore {
+    async fn closed_before(&self, before: Timestamp) -> Result<Vec<ClosedStream>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT stream, version, updated_at FROM streams
+                     WHERE open = 0 AND updated_at < ?1 ORDER BY updated_at, stream",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([before.0], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(unavailable)?;
+            rows.map(|row| {
+                let (stream, version, at) = row.map_err(unavailable)?;
+                Ok(ClosedStream {
+                    stream: StreamId::parse(&stream).map_err(|e| StoreError::Corrupt {
+                        stream,
+                        position: 0,
+                        reason: e.to_string(),
+                    })?,
+                    version,
+                    closed_at: Timestamp(at),
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn expire(&self, streams: &[ClosedStream], _now: Timestamp) -> Result<u64, StoreError> {
+        let streams = streams.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let mut events = 0;
+            for closed in &streams {
+                let stream = closed.stream.as_str();
+                let refused = |what: String| StoreError::Refused(format!("{stream}: {what}"));
+                let heads = tx
+                    .prepare_cached(
+                        "DELETE FROM streams WHERE stream = ?1 AND open = 0 AND version = ?2",
+                    )
+                    .map_err(unavailable)?
+                    .execute(params![stream, closed.version])
+                    .map_err(map_write_error)?;
+                if heads != 1 {
+                    return Err(refused(format!(
+                        "not closed at version {}: not let go",
+                        closed.version
+                    )));
+                }
+                tx.prepare_cached(
+                    "DELETE FROM commands WHERE command_id IN
+                     (SELECT command_id FROM events WHERE stream = ?1)",
+                )
+                .map_err(unavailable)?
+                .execute([stream])
+                .map_err(map_write_error)?;
+                let deleted = tx
+                    .prepare_cached("DELETE FROM events WHERE stream = ?1")
+                    .map_err(unavailable)?
+                    .execute([stream])
+                    .map_err(map_write_error)? as u64;
+                if deleted != closed.version {
+                    return Err(refused(format!(
+                        "holds {deleted} events, not its version {}: not let go",
+                        closed.version
+                    )));
+                }
+                events += deleted;
+            }
+            tx.commit().map_err(map_write_error)?;
+            Ok(events)
         })
         .await
     }

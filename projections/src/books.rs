@@ -114,7 +114,11 @@ pub struct UsageKey {
 
 /// The instance time of `state`'s instance in `window` until `end`: from
 /// `Launched` to `end`, less the time it was parked (stopped, ADR-0022).
-fn instance_time(state: &RunnerState, window: &Window, end: Timestamp) -> Option<(UsageKey, u64)> {
+pub(crate) fn instance_time(
+    state: &RunnerState,
+    window: &Window,
+    end: Timestamp,
+) -> Option<(UsageKey, u64)> {
     let instance = state.instance()?;
     let request = state.request.as_ref()?;
     let mut ms = window.overlap(instance.launched_at, end);
@@ -195,7 +199,7 @@ impl Default for Books {
 }
 
 /// Whether `state`'s instance holds vCPUs, and how many.
-fn vcpus(state: &RunnerState) -> u64 {
+pub(crate) fn vcpus(state: &RunnerState) -> u64 {
     u64::from(
         state
             .instance()

@@ -9,6 +9,7 @@ pub mod books;
 #[cfg(test)]
 mod books_tests;
 pub mod jobs;
+pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -21,7 +21,8 @@ pub const INDEX: &str = "books/index";
 /// Unreadable events a snapshot keeps (all are counted in its views).
 const UNREADABLE_KEPT: usize = 100;
 
-const DAY_MS: i64 = 86_400_000;
+/// A day, in ms.
+pub const DAY_MS: i64 = 86_400_000;
 
 /// One snapshot, as the index lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +70,7 @@ fn corrupt(name: &str, reason: impl ToString) -> StoreError {
 }
 
 /// The UTC day `at` falls in (`2026-12-04`).
-fn day_name(at: Timestamp) -> String {
+pub fn day_name(at: Timestamp) -> String {
     rfc3339(Timestamp(at.0.div_euclid(DAY_MS) * DAY_MS))[..10].to_owned()
 }
 

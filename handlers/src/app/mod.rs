@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+pub mod archive;
 pub mod books;
 pub mod bootstrap;
 pub mod budget;

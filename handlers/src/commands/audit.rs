@@ -321,7 +321,7 @@ pub async fn read_feed<S: EventStore + ?Sized>(
 /// Replays the whole log up to `horizon` (None: everything) into books
 /// counting `window`, and every runner's account; `progress` hears each
 /// page's last position.
-pub async fn replay<S: EventStore + ?Sized>(
+pub async fn replay<S: EventStore + CheckpointStore + ?Sized>(
     store: &S,
     window: Window,
     horizon: Option<Timestamp>,
@@ -330,6 +330,7 @@ pub async fn replay<S: EventStore + ?Sized>(
     let mut books = Books::new(window);
     let mut ledger = Ledger::default();
     let mut unreadable = Vec::new();
+    crate::app::archive::require_whole_feed(store, 0).await?;
     read_feed(
         store,
         0,
@@ -758,6 +759,8 @@ pub struct Args {
     /// Replay from the first event even when a snapshot would do.
     #[arg(long)]
     full: bool,
+    #[command(flatten)]
+    archive: super::ArchiveChoice,
     /// End of the window (RFC 3339; default: now).
     #[arg(long, value_parser = super::parse_moment, conflicts_with = "as_of")]
     until: Option<Timestamp>,
@@ -860,7 +863,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         #[cfg(not(feature = "aws"))]
         return Err(super::without_aws());
     }
-    let store = super::open_existing(&args.data.path)?;
+    let store = args.archive.open(&args.data.path).await?;
     let cloud = if args.live {
         let cloud_db = args.data.path.join("cloud.db");
         if !cloud_db.is_file() {
@@ -901,6 +904,7 @@ pub async fn audit<S: EventStore + CheckpointStore + ?Sized>(
         None => (None, Books::new(Window::none()), Vec::new()),
     };
     books.open_window(window.books_window());
+    crate::app::archive::require_whole_feed(store, books.position).await?;
     read_feed(
         store,
         books.position,

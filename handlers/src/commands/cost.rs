@@ -179,6 +179,7 @@ pub async fn usage<S: EventStore + CheckpointStore + ?Sized>(
         None => (None, Books::new(Window::none())),
     };
     books.open_window(window);
+    crate::app::archive::require_whole_feed(store, books.position).await?;
     read_feed(
         store,
         books.position,
@@ -213,6 +214,8 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    archive: super::ArchiveChoice,
 }
 
 /// Prices the window's instance time and prints it.
@@ -224,7 +227,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         until,
         grace_ms: super::audit::DEFAULT_DEADLINE_MS,
     };
-    let store = super::open_existing(&args.data.path)?;
+    let store = args.archive.open(&args.data.path).await?;
     let total = store.last_position().await?;
     let bar = super::progress_bar(total, args.json);
     let (usage, snapshot) = usage(&store, window, |p| bar.set_position(p)).await?;

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jitr_domain::Timestamp;
 use jitr_infra::SqliteEventStore;
 
+pub mod archive;
 pub mod audit;
 pub mod audit_html;
 pub mod bench;
@@ -114,6 +115,12 @@ pub enum Command {
     /// that is over (ADR-0023), so that `jitr audit --since` reads only the
     /// events after the last one before its window. `--list` lists them.
     Snapshot(snapshot::Args),
+    /// The archive (ADR-0024): `run` moves closed runners past the retention
+    /// from the log to Parquet files (DATA_DIR/archive), counted before the
+    /// log lets them go; `list`; `report` (orphan vCPU-minutes and cost per
+    /// repository) and `sql` query it with an embedded engine.
+    #[command(subcommand)]
+    Archive(archive::Args),
     /// Measure the core: in-memory fold, SQLite replay, SQLite append latency.
     ///
     /// Build with --release for meaningful figures.
@@ -152,6 +159,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::command(args).await,
         Command::Snapshot(args) => snapshot::command(args).await,
         Command::Cost(args) => cost::command(args).await,
+        Command::Archive(args) => archive::command(args).await,
         Command::Config(args) => config::command(args).await,
         Command::Dlq(args) => dlq::command(args).await,
         Command::BootstrapScript(args) => bootstrap_script::command(args).await,
@@ -242,6 +250,43 @@ pub fn open_existing(data_dir: &Path) -> Result<SqliteEventStore> {
         );
     }
     SqliteEventStore::open_read_only(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Where the embedded default's archive is, for commands that read it.
+#[derive(clap::Args, Debug)]
+pub struct ArchiveChoice {
+    /// Read the archive too (DATA_DIR/archive, or --archive-dir): the feed
+    /// merges its events with the log's (ADR-0024). Without it, a window
+    /// reaching back into archived days is refused.
+    #[arg(long)]
+    pub archive: bool,
+    /// The archive's directory.
+    #[arg(long, value_name = "DIR", requires = "archive")]
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl ArchiveChoice {
+    /// The log at `data_dir`, merged with its archive when chosen.
+    pub async fn open(
+        &self,
+        data_dir: &Path,
+    ) -> Result<jitr_infra::archive::ArchivedLog<SqliteEventStore>> {
+        use jitr_infra::archive::{ArchiveObjects, ArchivedLog, LocalArchive};
+        let hot = open_existing(data_dir)?;
+        if !self.archive {
+            return Ok(ArchivedLog::hot_only(hot));
+        }
+        let dir = self
+            .archive_dir
+            .clone()
+            .unwrap_or_else(|| archive::default_dir(data_dir));
+        if !dir.is_dir() {
+            bail!("--archive: no archive at {}", dir.display());
+        }
+        let objects: std::sync::Arc<dyn ArchiveObjects> =
+            std::sync::Arc::new(LocalArchive::new(dir));
+        Ok(ArchivedLog::open(hot, objects).await?)
+    }
 }
 
 /// A progress bar on stderr for `len` events (hidden when quiet or not a terminal).

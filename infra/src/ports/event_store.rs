@@ -157,6 +157,19 @@ pub enum StoreError {
     /// The backend failed (I/O, locking, network).
     #[error("event log unavailable: {0}")]
     Unavailable(#[source] BoxError),
+    /// A read from `position` needs events the log let go to its archive
+    /// (ADR-0024): read the log merged with the archive.
+    #[error(
+        "the events of runners closed on {day} and later (from position {position}) were archived to {location}: read with --archive, or start the window after the archived days"
+    )]
+    Archived {
+        /// The first archived day the read needs.
+        day: String,
+        /// Its first position.
+        position: u64,
+        /// Where the archive is.
+        location: String,
+    },
 }
 
 /// The runner event log.
@@ -204,6 +217,12 @@ pub trait EventStore: Send + Sync {
 
     /// The global position of the newest event (0 for an empty log).
     async fn last_position(&self) -> Result<u64, StoreError>;
+
+    /// Whether the feed holds the archived events too (an `ArchivedLog`,
+    /// ADR-0024); a hot log's feed lacks what was archived.
+    fn feeds_archive(&self) -> bool {
+        false
+    }
 }
 
 /// Where projections keep their progress.
@@ -438,3 +457,27 @@ async fn events_before<S: EventStore + ?Sized>(
 pub trait RunnerLog: EventStore + CheckpointStore {}
 
 impl<T: EventStore + CheckpointStore + ?Sized> RunnerLog for T {}
+
+/// A closed stream, as the archiver finds it (ADR-0024).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedStream {
+    /// The stream.
+    pub stream: StreamId,
+    /// Its version: the events it holds.
+    pub version: u64,
+    /// When its last event happened.
+    pub closed_at: Timestamp,
+}
+
+/// A hot log whose closed streams move to the archive (ADR-0024).
+#[async_trait]
+pub trait ExpiringLog: EventStore {
+    /// Closed streams whose last event happened before `before`, oldest first.
+    async fn closed_before(&self, before: Timestamp) -> Result<Vec<ClosedStream>, StoreError>;
+
+    /// Lets `streams` go, which the archive holds: their events, heads and
+    /// command ids leave the hot log (SQLite at once; DynamoDB by TTL, after
+    /// `now`). All or nothing: refused unless each stream is closed, at the
+    /// version given, with that many events. Returns the events let go.
+    async fn expire(&self, streams: &[ClosedStream], now: Timestamp) -> Result<u64, StoreError>;
+}

@@ -25,9 +25,9 @@ pub use ec2_events::{
     encode_spot_interruption, encode_state_change,
 };
 pub use event_store::{
-    AppendOutcome, BoxError, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore,
-    FeedPage, Lease, OpenStreams, RecordedEvent, RunnerLog, StoreError, StreamHead,
-    UnreadableEvent, UnreadableHead, decode_event, read_feed_page,
+    AppendOutcome, BoxError, Checkpoint, CheckpointStore, ClosedStream, CommandId, EVENT_SCHEMA,
+    EventStore, ExpiringLog, FeedPage, Lease, OpenStreams, RecordedEvent, RunnerLog, StoreError,
+    StreamHead, UnreadableEvent, UnreadableHead, decode_event, read_feed_page,
 };
 pub use github::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, NoGitHub, QueuedJob, RUNNERS_PER_PAGE,

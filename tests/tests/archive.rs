@@ -1,0 +1,277 @@
+//! The archive (ADR-0024): closed runners past the retention move from the
+//! hot log to Parquet parts, counted before the log lets them go; an audit of
+//! archive + hot tail gives what a replay of the whole log gave, and the
+//! embedded engine's report gives each archived runner's instance time and
+//! orphan time as the raw events do.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use jitr_domain::{RunnerEvent, StreamId, Timestamp};
+use jitr_handlers::app::archive::{ArchiveRunError, archive, load_index};
+use jitr_handlers::commands::archive::report;
+use jitr_handlers::commands::audit::{self, AuditWindow};
+use jitr_handlers::commands::bench_history::synthetic_life;
+use jitr_handlers::commands::cost::Prices;
+use jitr_infra::archive::{ArchiveError, ArchiveObjects, ArchivedLog, LocalArchive, parquet_bytes};
+use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
+
+/// 2026-03-01T00:00:00Z.
+const DAY0: i64 = 1_772_323_200_000;
+const DAY: i64 = 86_400_000;
+const DAYS: i64 = 40;
+const GRACE_MS: u64 = 60_000;
+
+/// A runner every 25 minutes for 40 days; one more, requested on day 0,
+/// whose last event comes on the last day (it closes late, so stays hot).
+fn lives() -> Vec<(StreamId, Vec<RunnerEvent>)> {
+    let every = 25 * 60_000;
+    (0..(DAYS * DAY / every) as u64)
+        .map(|n| synthetic_life(n, Timestamp(DAY0 + 60_000 + n as i64 * every)))
+        .collect()
+}
+
+fn window(since: Option<Timestamp>, as_of: Timestamp) -> AuditWindow {
+    AuditWindow {
+        since,
+        as_of,
+        deadline_ms: 60_000,
+        orphan_grace_ms: GRACE_MS,
+    }
+}
+
+async fn write(store: &SqliteEventStore, lives: &[(StreamId, Vec<RunnerEvent>)]) {
+    for (stream, events) in lives {
+        store
+            .append(stream, 0, events, &CommandId::new(stream.to_string()))
+            .await
+            .unwrap();
+    }
+}
+
+fn json(report: &audit::AuditReport) -> serde_json::Value {
+    serde_json::to_value(report).unwrap()
+}
+
+fn at_of(events: &[RunnerEvent], kind: &str) -> Option<i64> {
+    events.iter().find(|e| e.kind() == kind).map(|e| e.at().0)
+}
+
+/// Per repository, from the raw events: instance ms (`Launched` to
+/// `Terminated`) and orphan vCPU-ms (a failure after launch owes the
+/// termination from the failure on; past the grace it is orphaned).
+fn expected(lives: &[&(StreamId, Vec<RunnerEvent>)]) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (_, events) in lives {
+        let (repository, vcpus) = match &events[0] {
+            RunnerEvent::Requested { job, spec, .. } => {
+                (format!("{}/{}", job.owner, job.repo), u64::from(spec.vcpus))
+            }
+            other => panic!("a life starts with its request: {other:?}"),
+        };
+        let line = out.entry(repository).or_default();
+        let (Some(launched), Some(terminated)) =
+            (at_of(events, "Launched"), at_of(events, "Terminated"))
+        else {
+            continue;
+        };
+        line.0 += (terminated - launched) as u64;
+        if let Some(failed) = at_of(events, "Failed").filter(|f| *f > launched) {
+            line.1 += vcpus * ((terminated - failed) as u64).saturating_sub(GRACE_MS);
+        }
+    }
+    out
+}
+
+/// An archive whose objects read back one row short: the count check must
+/// catch it before the log lets anything go.
+struct ShortReads(LocalArchive);
+
+#[async_trait]
+impl ArchiveObjects for ShortReads {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), ArchiveError> {
+        self.0.put(key, body).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let body = self.0.get(key).await?;
+        let mut reader = ParquetRecordBatchReaderBuilder::try_new(body)?.build()?;
+        let batch = reader.next().expect("a batch")?;
+        parquet_bytes(&batch.slice(0, batch.num_rows() - 1))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {
+        self.0.list(prefix).await
+    }
+
+    fn location(&self) -> String {
+        self.0.location()
+    }
+}
+
+#[tokio::test]
+async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let lives = lives();
+    // One runner closes late: its first events on day 0, its last on day 39.
+    let (late_stream, late_events) = lives[7].clone();
+    let late_cut = late_events.len() - 1;
+    let mut written = lives.clone();
+    written[7].1.truncate(late_cut);
+    write(&store, &written).await;
+    let end = Timestamp(DAY0 + DAYS * DAY);
+    let mut late_last = late_events[late_cut].clone();
+    match &mut late_last {
+        RunnerEvent::Terminated { at, .. } => *at = Timestamp(end.0 - DAY + 3_600_000),
+        other => panic!("a life ends with its termination: {other:?}"),
+    }
+    store
+        .append(
+            &late_stream,
+            late_cut as u64,
+            &[late_last],
+            &CommandId::new("late"),
+        )
+        .await
+        .unwrap();
+    let total = store.last_position().await.unwrap();
+    let before = audit::audit(&store, window(None, end), None, false, |_| {})
+        .await
+        .unwrap();
+    assert!(before.leaks.orphans > 0, "the history has orphans");
+    let mid = Timestamp(DAY0 + 10 * DAY);
+    let before_mid = audit::audit(&store, window(Some(mid), end), None, false, |_| {})
+        .await
+        .unwrap();
+
+    // The count check: a part that reads back short stops the run, and the
+    // log lets nothing go.
+    let short = ShortReads(LocalArchive::new(dir.path().join("short")));
+    let refused = archive(&store, &short, end, 15 * DAY as u64, |_| {}).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ArchiveRunError::Archive(ArchiveError::CountMismatch { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(load_index(&store).await.unwrap().0.parts, vec![]);
+    assert_eq!(
+        json(
+            &audit::audit(&store, window(None, end), None, false, |_| {})
+                .await
+                .unwrap()
+        ),
+        json(&before),
+        "nothing was let go"
+    );
+
+    // Archived with a 15-day retention: days 0..24 move, the rest stays hot.
+    let objects = LocalArchive::new(dir.path().join("archive"));
+    let run = archive(&store, &objects, end, 15 * DAY as u64, |_| {})
+        .await
+        .unwrap();
+    let cutoff = Timestamp(end.0 - 15 * DAY);
+    let archived_lives: Vec<_> = lives
+        .iter()
+        .filter(|(s, e)| e.last().unwrap().at() < cutoff && *s != late_stream)
+        .collect();
+    let archived_events: u64 = archived_lives.iter().map(|(_, e)| e.len() as u64).sum();
+    assert_eq!(
+        run.parts.iter().map(|p| p.events).sum::<u64>(),
+        archived_events
+    );
+    assert_eq!(
+        run.parts.iter().map(|p| p.runners).sum::<u64>(),
+        archived_lives.len() as u64
+    );
+    let days: std::collections::BTreeSet<&str> = run.parts.iter().map(|p| p.day.as_str()).collect();
+    assert_eq!(days.len(), 25, "{days:?}");
+    assert!(run.deferred_days.is_empty());
+    let hot: u64 = store
+        .read_all(0, 1_000_000)
+        .await
+        .unwrap()
+        .len()
+        .try_into()
+        .unwrap();
+    assert_eq!(hot + archived_events, total, "the log let the archived go");
+    assert!(store.head(&late_stream).await.unwrap().is_some());
+    assert_eq!(store.last_position().await.unwrap(), total);
+    // A second run finds nothing more to archive.
+    let again = archive(&store, &objects, end, 15 * DAY as u64, |_| {})
+        .await
+        .unwrap();
+    assert!(again.parts.is_empty(), "{:?}", again.parts);
+
+    // The hot log alone refuses a window that reaches into the archive…
+    match audit::audit(&store, window(None, end), None, false, |_| {}).await {
+        Err(StoreError::Archived { day, .. }) => assert_eq!(day, "2026-03-01"),
+        other => panic!("{other:?}"),
+    }
+    // …and answers one that starts after it, from a snapshot.
+    let recent = Timestamp(end.0 - 5 * DAY);
+    let hot_recent = audit::audit(&store, window(Some(recent), end), None, true, |_| {})
+        .await
+        .unwrap();
+    let mut whole_recent =
+        audit::audit(&store, window(Some(recent), end), None, false, |_| {}).await;
+    assert!(matches!(whole_recent, Err(StoreError::Archived { .. })));
+
+    // Archive + hot tail: the whole replay's figures, from the first event
+    // and from a snapshot inside the archived days.
+    let objects: Arc<dyn ArchiveObjects> = Arc::new(objects);
+    let merged = ArchivedLog::open(store.clone(), objects.clone())
+        .await
+        .unwrap();
+    let after = audit::audit(&merged, window(None, end), None, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(json(&after), json(&before));
+    assert_eq!(merged.archived_events(), archived_events);
+    let merged = ArchivedLog::open(store.clone(), objects.clone())
+        .await
+        .unwrap();
+    let mut after_mid = audit::audit(&merged, window(Some(mid), end), None, true, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        after_mid.snapshot.take().map(|s| s.day),
+        Some("2026-03-10".to_owned())
+    );
+    assert_eq!(json(&after_mid), json(&before_mid));
+    whole_recent = audit::audit(&merged, window(Some(recent), end), None, false, |_| {}).await;
+    let mut hot_recent = hot_recent;
+    hot_recent.snapshot = None;
+    assert_eq!(json(&whole_recent.unwrap()), json(&hot_recent));
+
+    // The engine's report over the archived runners: instance time and
+    // orphan time per repository, as the raw events give them.
+    let report = report(
+        &dir.path().join("archive"),
+        &Prices::default(),
+        None,
+        None,
+        GRACE_MS,
+    )
+    .await
+    .unwrap();
+    let found: BTreeMap<String, (u64, u64)> = report
+        .iter()
+        .map(|l| (l.repository.clone(), (l.instance_ms, l.orphan_vcpu_ms)))
+        .collect();
+    let want = expected(&archived_lives);
+    assert_eq!(found, want);
+    assert!(
+        want.values().map(|v| v.1).sum::<u64>() > 0,
+        "orphans archived"
+    );
+    assert_eq!(
+        report.iter().map(|l| l.runners).sum::<u64>(),
+        archived_lives.len() as u64
+    );
+}
