@@ -41,7 +41,7 @@ fn every_variable_the_template_passes_is_read_and_every_needed_one_passed() {
     let functions = function_environments();
     assert_eq!(
         functions.len(),
-        8,
+        jitr_handlers::runtime::LAMBDA_HANDLERS.len(),
         "one function per handler: {functions:?}"
     );
     let needed = [
@@ -59,8 +59,14 @@ fn every_variable_the_template_passes_is_read_and_every_needed_one_passed() {
                 "{function} is given {var}, which the wiring never reads"
             );
         }
-        for var in needed {
-            assert!(vars.contains(var), "{function} lacks {var}");
+        // The archiver is wired from the log and its bucket alone (no App).
+        let needs: &[&str] = if function == "ArchiverFunction" {
+            &["JITR_PREFIX", "JITR_ARCHIVE_BUCKET"]
+        } else {
+            &needed
+        };
+        for var in needs {
+            assert!(vars.contains(*var), "{function} lacks {var}");
         }
         // Secrets by name only.
         for secret in ["JITR_WEBHOOK_SECRET", "JITR_GITHUB_PRIVATE_KEY"] {
@@ -81,6 +87,7 @@ fn adapter_operations() -> BTreeSet<String> {
         include_str!("../../infra/aws/src/sqs.rs"),
         include_str!("../../infra/aws/src/ssm.rs"),
         include_str!("../../infra/aws/src/eventbridge.rs"),
+        include_str!("../../infra/aws/src/s3.rs"),
     ];
     let mut ops = BTreeSet::new();
     for source in sources {
@@ -106,7 +113,8 @@ fn adapter_operations() -> BTreeSet<String> {
 /// alongside a call (tags at launch, the instance profile's role, the
 /// SecureString's key, the items of a transaction) and what Lambda's own
 /// pollers and log agent call with the function's role.
-const IMPLICIT: [(&str, &str); 13] = [
+const IMPLICIT: [(&str, &str); 14] = [
+    ("s3:ListBucket", "ListObjectsV2"),
     ("ec2:CreateTags", "RunInstances with TagSpecifications"),
     (
         "iam:PassRole",
@@ -178,7 +186,9 @@ fn each_function_reads_only_the_secrets_it_needs() {
     for (handler, _) in functions_by_handler() {
         let vars = template::variables_of(&handler);
         let role = template::resource(&role_of(&handler));
-        let calls_github = !matches!(handler.as_str(), "webhook" | "projector");
+        let calls_github = !matches!(handler.as_str(), "webhook" | "projector" | "archiver");
+        // The archiver is not wired with the App at all: nothing to say.
+        let wired_with_app = handler != "archiver";
         assert_eq!(
             vars.contains("JITR_GITHUB_PRIVATE_KEY_PARAMETER"),
             calls_github,
@@ -186,7 +196,7 @@ fn each_function_reads_only_the_secrets_it_needs() {
         );
         assert_eq!(
             vars.contains("JITR_GITHUB_WITHOUT_KEY"),
-            !calls_github,
+            wired_with_app && !calls_github,
             "{handler}: says it holds no key"
         );
         assert_eq!(role.contains("GitHubKeyPolicy"), calls_github, "{handler}");
@@ -275,7 +285,8 @@ fn the_image_recipe_embeds_the_install_script_ci_runs() {
 /// (the stack's own tags, `cloudformation deploy --tags`, come on top).
 #[test]
 fn every_taggable_resource_is_tagged_with_the_deployment() {
-    const TAGGABLE: [&str; 10] = [
+    const TAGGABLE: [&str; 12] = [
+        "AWS::Athena::WorkGroup",
         "AWS::CloudWatch::Alarm",
         "AWS::DynamoDB::Table",
         "AWS::EC2::SecurityGroup",
@@ -284,6 +295,7 @@ fn every_taggable_resource_is_tagged_with_the_deployment() {
         "AWS::Lambda::Function",
         "AWS::Lambda::EventSourceMapping",
         "AWS::Logs::LogGroup",
+        "AWS::S3::Bucket",
         "AWS::SNS::Topic",
         "AWS::SQS::Queue",
     ];
@@ -306,4 +318,52 @@ fn every_taggable_resource_is_tagged_with_the_deployment() {
         tagged += 1;
     }
     assert!(tagged >= 58, "{tagged} tagged resources");
+}
+
+/// Athena's tables (ADR-0024) read the columns the archiver writes, in its
+/// order, with Athena's types, partitioned by `day` as the parts are.
+#[test]
+fn the_archive_tables_read_what_the_archiver_writes() {
+    use arrow_schema::DataType;
+    let athena = |t: &DataType| match t {
+        DataType::Int64 => "bigint",
+        DataType::Int32 => "int",
+        DataType::Utf8 => "string",
+        DataType::Timestamp(_, _) => "timestamp",
+        other => panic!("no Athena type for {other}"),
+    };
+    for (logical, schema, table) in [
+        (
+            "ArchiveEventsTable",
+            jitr_infra::archive::events_schema(),
+            jitr_infra::archive::EVENTS,
+        ),
+        (
+            "ArchiveRunnersTable",
+            jitr_handlers::app::archive::runners_schema(),
+            jitr_infra::archive::RUNNERS,
+        ),
+    ] {
+        let block = template::resource(logical);
+        let columns: Vec<(String, String)> = block
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- { Name: "))
+            .filter_map(|rest| {
+                let (name, kind) = rest.strip_suffix(" }")?.split_once(", Type: ")?;
+                Some((name.to_owned(), kind.to_owned()))
+            })
+            .collect();
+        let written: Vec<(String, String)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), athena(f.data_type()).to_owned()))
+            .collect();
+        assert_eq!(columns, written, "{logical}");
+        assert!(block.contains(&format!("Name: {table}\n")), "{logical}");
+        assert!(block.contains("PartitionKeys: [{ Name: day, Type: string }]"));
+        assert!(
+            block.contains(&format!("/{table}/day=${{!day}}")),
+            "{logical}"
+        );
+    }
 }

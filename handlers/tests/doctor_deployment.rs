@@ -234,12 +234,16 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         .send()
         .await
         .unwrap();
-    for handler in ["reaper", "rebalancer"] {
+    for (handler, rate) in [
+        ("reaper", "rate(1 minute)"),
+        ("rebalancer", "rate(1 minute)"),
+        ("archiver", "rate(1 hour)"),
+    ] {
         let rule = names.schedule_rule(handler);
         events
             .put_rule()
             .name(&rule)
-            .schedule_expression("rate(1 minute)")
+            .schedule_expression(rate)
             .state(aws_sdk_eventbridge::types::RuleState::Enabled)
             .send()
             .await
@@ -308,7 +312,7 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
     let (code, text) = doctor.run(&["doctor", "--aws"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains("8 of 8 present, active, each running its own handler"),
+        text.contains("9 of 9 present, active, each running its own handler"),
         "{text}"
     );
     assert!(
@@ -472,7 +476,7 @@ async fn doctor_checks_a_template_deployment_and_names_what_is_missing() {
         "create-service-linked-role --aws-service-name spot.amazonaws.com",
     );
     // What still holds is still said to hold.
-    assert!(text.contains("6 of 8 present"), "{text}");
+    assert!(text.contains("7 of 9 present"), "{text}");
     assert!(
         lines(&text, &format!("mapping {}", names.function("projector")))[0].starts_with("ok"),
         "{text}"

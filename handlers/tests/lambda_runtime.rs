@@ -395,6 +395,19 @@ impl Deployment {
             .await
             .unwrap();
         facts.profiles.insert(profile.clone(), runner_role);
+        // The archive's bucket (ADR-0024).
+        let bucket = format!("{prefix}-archive");
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        )
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+        facts.archive_bucket = Some(bucket.clone());
         let ssm_prefix = format!("/{prefix}/runners");
         let env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -412,6 +425,8 @@ impl Deployment {
             ("JITR_INSTANCE_PROFILE", profile.as_str()),
             ("JITR_SUBNETS", subnet.as_str()),
             ("JITR_SECURITY_GROUPS", group.as_str()),
+            ("JITR_ARCHIVE_BUCKET", bucket.as_str()),
+            ("JITR_ARCHIVE_RETENTION_DAYS", "15"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -427,6 +442,7 @@ impl Deployment {
             ("VpcId", vpc.as_str()),
             ("Subnets", subnet.as_str()),
             ("AlarmEmail", "ops@example.com"),
+            ("ArchiveRetentionDays", "15"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -434,6 +450,10 @@ impl Deployment {
         let names = jitr_aws::AwsNames::new(prefix);
         let attributes = vec![
             ("RunnerSecurityGroup.GroupId".to_owned(), group),
+            (
+                "ArchiveBucket.Arn".to_owned(),
+                format!("arn:aws:s3:::{bucket}"),
+            ),
             (
                 "EventsTable.StreamArn".to_owned(),
                 format!(
@@ -546,6 +566,25 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
     let deployment = Deployment::new().await;
     let env = &deployment.env;
     let names = &deployment.names;
+
+    // Runners that closed 60 days ago, first in the log, for the archiver.
+    let log = jitr_aws::DynamoEventStore::new(&deployment.config, names.events_table());
+    let old = jitr_handlers::runtime::now().0 - 60 * 86_400_000;
+    for n in 0..3 {
+        let (stream, events) = jitr_handlers::commands::bench_history::synthetic_life(
+            n,
+            jitr_domain::Timestamp(old + n as i64 * 3_600_000),
+        );
+        jitr_infra::EventStore::append(
+            &log,
+            &stream,
+            0,
+            &events,
+            &jitr_infra::CommandId::new(format!("archived-{n}")),
+        )
+        .await
+        .unwrap();
+    }
 
     // webhook: a function URL request; a bad signature is 401, a good one
     // 202 and the job on the scale-up queue.
@@ -810,6 +849,17 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
         );
     }
 
+    // archiver: the runners closed 60 days ago move to the bucket, counted,
+    // then their items get their TTL (ADR-0024).
+    let mut archiver = Function::start("archiver", env).await;
+    let answer = archiver.invoke(scheduled.clone()).await;
+    assert!(
+        matches!(&answer, Answer::Response(r)
+            if r["parts"].as_array().is_some_and(|p| !p.is_empty())
+                && r["stopped_early"] == json!(false)),
+        "archiver: {answer:?}"
+    );
+
     // Every AWS request each function made (recorded by the SDK clients'
     // interceptor), as AWS authorises it, is allowed by its role in the
     // deployment template (ADR-0018).
@@ -824,6 +874,7 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
         "ec2-events",
         "reaper",
         "rebalancer",
+        "archiver",
     ] {
         let recorded = std::fs::read_to_string(calls_file(handler))
             .unwrap_or_else(|e| panic!("{handler} recorded no AWS call: {e}"));
@@ -850,6 +901,8 @@ async fn every_handler_answers_the_runtime_api_with_aws_event_shapes() {
         "ec2:TerminateInstances",
         "events:PutEvents",
         "dynamodb:UpdateItem",
+        "s3:PutObject",
+        "s3:GetObject",
     ] {
         assert!(
             covered.contains(action),

@@ -549,10 +549,12 @@ impl<S: EventStore> EventStore for ArchivedLog<S> {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let hot = self.hot.read_all(after, limit).await?;
         let Some(objects) = self.objects.as_deref() else {
-            return Ok(hot);
+            return self.hot.read_all(after, limit).await;
         };
+        // Gaps in the hot log are archived events, or (DynamoDB) events not
+        // yet visible: the merge fills the first and stops before the second.
+        let hot = self.hot.read_all_with_gaps(after, limit).await?;
         // A full hot page ends where the next one starts: archived rows past
         // it wait for that page.
         let bound = if hot.len() >= limit {
@@ -598,6 +600,12 @@ impl<S: EventStore> EventStore for ArchivedLog<S> {
                 (None, None) => None,
             };
             let Some(event) = event else { break };
+            if event.position != after + 1 + out.len() as u64 {
+                // Neither the hot log nor the archive has the position before
+                // it yet: read again from here later.
+                *guard = None;
+                break;
+            }
             cursor.after = event.position;
             out.push(event);
         }

@@ -2,21 +2,23 @@
 //! hot log to Parquet parts, counted before the log lets them go; an audit of
 //! archive + hot tail gives what a replay of the whole log gave, and the
 //! embedded engine's report gives each archived runner's instance time and
-//! orphan time as the raw events do.
+//! orphan time as the raw events do. On AWS: S3 and DynamoDB's TTL (moto).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
+use jitr_aws::{DynamoEventStore, S3Archive, TTL_ATTRIBUTE};
 use jitr_domain::{RunnerEvent, StreamId, Timestamp};
-use jitr_handlers::app::archive::{ArchiveRunError, archive, load_index};
+use jitr_handlers::app::archive::{ArchiveRunError, archive, archived_log, load_index};
 use jitr_handlers::commands::archive::report;
 use jitr_handlers::commands::audit::{self, AuditWindow};
 use jitr_handlers::commands::bench_history::synthetic_life;
 use jitr_handlers::commands::cost::Prices;
 use jitr_infra::archive::{ArchiveError, ArchiveObjects, ArchivedLog, LocalArchive, parquet_bytes};
-use jitr_infra::{CommandId, EventStore, SqliteEventStore, StoreError};
+use jitr_infra::{CommandId, EventStore, ExpiringLog, SqliteEventStore, StoreError};
 
 /// 2026-03-01T00:00:00Z.
 const DAY0: i64 = 1_772_323_200_000;
@@ -151,7 +153,7 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
     // The count check: a part that reads back short stops the run, and the
     // log lets nothing go.
     let short = ShortReads(LocalArchive::new(dir.path().join("short")));
-    let refused = archive(&store, &short, end, 15 * DAY as u64, |_| {}).await;
+    let refused = archive(&store, &short, end, 15 * DAY as u64, None, |_| {}).await;
     assert!(
         matches!(
             refused,
@@ -172,7 +174,7 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
 
     // Archived with a 15-day retention: days 0..24 move, the rest stays hot.
     let objects = LocalArchive::new(dir.path().join("archive"));
-    let run = archive(&store, &objects, end, 15 * DAY as u64, |_| {})
+    let run = archive(&store, &objects, end, 15 * DAY as u64, None, |_| {})
         .await
         .unwrap();
     let cutoff = Timestamp(end.0 - 15 * DAY);
@@ -203,7 +205,7 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
     assert!(store.head(&late_stream).await.unwrap().is_some());
     assert_eq!(store.last_position().await.unwrap(), total);
     // A second run finds nothing more to archive.
-    let again = archive(&store, &objects, end, 15 * DAY as u64, |_| {})
+    let again = archive(&store, &objects, end, 15 * DAY as u64, None, |_| {})
         .await
         .unwrap();
     assert!(again.parts.is_empty(), "{:?}", again.parts);
@@ -273,5 +275,150 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
     assert_eq!(
         report.iter().map(|l| l.runners).sum::<u64>(),
         archived_lives.len() as u64
+    );
+}
+
+/// Every item of `table` that has the TTL attribute, as `(pk, sk)`.
+async fn expiring_items(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .filter_expression("attribute_exists(#t)")
+            .expression_attribute_names("#t", TTL_ATTRIBUTE)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        for item in out.items() {
+            let key = |k: &str| item[k].as_s().unwrap().clone();
+            found.push((key("pk"), key("sk")));
+        }
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    found.sort();
+    found
+}
+
+/// On AWS: the archive in S3 (moto), the hot log on DynamoDB. The count
+/// check comes first; only then do the archived streams' items get their
+/// TTL, and an audit through the archive gives the whole log's figures both
+/// before DynamoDB deletes them and after (moto does not expire items: the
+/// test deletes what TTL would, as AWS documents it).
+#[tokio::test]
+async fn on_s3_and_dynamodb_expiry_waits_for_the_count_and_the_audit_is_the_whole_logs() {
+    let config = jitr_e2e::aws::config().await;
+    let table = jitr_e2e::aws::unique("jitr-archive");
+    let store = DynamoEventStore::new(&config, table.clone());
+    store.create_table().await.unwrap();
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = jitr_e2e::aws::unique("jitr-archive").to_lowercase();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    // moto copies its table at every transaction: a runner every 8 hours.
+    let every = 8 * 3_600_000;
+    let lives: Vec<_> = (0..(30 * DAY / every) as u64)
+        .map(|n| synthetic_life(n, Timestamp(DAY0 + 60_000 + n as i64 * every)))
+        .collect();
+    for (stream, events) in &lives {
+        store
+            .append(stream, 0, events, &CommandId::new(stream.to_string()))
+            .await
+            .unwrap();
+    }
+    let end = Timestamp(DAY0 + 30 * DAY);
+    let before = audit::audit(&store, window(None, end), None, false, |_| {})
+        .await
+        .unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let short = ShortReads(LocalArchive::new(scratch.path()));
+    let refused = archive(&store, &short, end, 15 * DAY as u64, None, |_| {}).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let dynamo = aws_sdk_dynamodb::Client::new(&config);
+    assert_eq!(
+        expiring_items(&dynamo, &table).await,
+        vec![],
+        "nothing expires"
+    );
+
+    let objects = S3Archive::new(&config, &bucket, "history");
+    let run = archive(&store, &objects, end, 15 * DAY as u64, None, |_| {})
+        .await
+        .unwrap();
+    let cutoff = Timestamp(end.0 - 15 * DAY);
+    let archived: Vec<_> = lives
+        .iter()
+        .filter(|(_, e)| e.last().unwrap().at() < cutoff)
+        .collect();
+    assert!(!archived.is_empty() && archived.len() < lives.len());
+    assert_eq!(
+        run.parts.iter().map(|p| p.runners).sum::<u64>(),
+        archived.len() as u64
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("history/events/day=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.contents().len(), run.parts.len());
+    // Each archived stream's events, command ids and head carry the TTL, and
+    // nothing else does.
+    let mut want: Vec<(String, String)> = Vec::new();
+    for (stream, events) in &archived {
+        want.push((stream.to_string(), "HEAD".into()));
+        want.push((format!("#cmd#{stream}"), "CMD".into()));
+        for seq in 1..=events.len() {
+            want.push((stream.to_string(), format!("EV#{seq:012}")));
+        }
+    }
+    want.sort();
+    assert_eq!(expiring_items(&dynamo, &table).await, want);
+    assert!(
+        store.closed_before(end).await.unwrap().len() == lives.len() - archived.len(),
+        "archived heads left the closed index"
+    );
+
+    let objects: Arc<dyn ArchiveObjects> = Arc::new(objects);
+    // Before DynamoDB deletes them, the feed through the archive reads each
+    // event once.
+    let merged = archived_log(store.clone(), objects.clone()).await.unwrap();
+    let through = audit::audit(&merged, window(None, end), None, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(json(&through), json(&before));
+    // DynamoDB's TTL deletes the expired items.
+    for (pk, sk) in &want {
+        dynamo
+            .delete_item()
+            .table_name(&table)
+            .key("pk", AttributeValue::S(pk.clone()))
+            .key("sk", AttributeValue::S(sk.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    match audit::audit(&store, window(None, end), None, false, |_| {}).await {
+        Err(StoreError::Archived { .. }) => {}
+        other => panic!("the hot log alone is refused: {other:?}"),
+    }
+    let merged = archived_log(store.clone(), objects.clone()).await.unwrap();
+    let after = audit::audit(&merged, window(None, end), None, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(json(&after), json(&before));
+    assert_eq!(
+        merged.archived_events(),
+        archived.iter().map(|(_, e)| e.len() as u64).sum::<u64>()
     );
 }

@@ -18,7 +18,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use jitr_domain::Timestamp;
 use jitr_infra::archive::{
-    ArchiveError, ArchiveObjects, EVENTS, PartKey, RUNNERS, events_batch, put_checked,
+    ArchiveError, ArchiveObjects, ArchivedLog, EVENTS, PartKey, RUNNERS, events_batch, put_checked,
 };
 use jitr_infra::{
     Checkpoint, CheckpointStore, ClosedStream, EventStore, ExpiringLog, RecordedEvent, StoreError,
@@ -135,6 +135,9 @@ pub struct ArchiveRun {
     pub parts: Vec<ArchivedPart>,
     /// Days left in the hot log because no snapshot holds all their events yet.
     pub deferred_days: Vec<String>,
+    /// Whether the run stopped at its time limit with days left to archive
+    /// (the next run goes on from there).
+    pub stopped_early: bool,
 }
 
 /// The archive's index, and its generation.
@@ -173,6 +176,25 @@ pub async fn require_whole_feed<S: EventStore + CheckpointStore + ?Sized>(
             location: index.location.clone(),
         }),
     }
+}
+
+/// `hot` merged with its archive in `objects`, once every part the index
+/// lists is found there (else a gap would read as a log that ends early).
+pub async fn archived_log<S: EventStore + CheckpointStore>(
+    hot: S,
+    objects: Arc<dyn ArchiveObjects>,
+) -> Result<ArchivedLog<S>, StoreError> {
+    let log = ArchivedLog::open(hot, objects.clone()).await?;
+    let (index, _) = load_index(log.hot()).await?;
+    let found: std::collections::HashSet<String> = log.parts().iter().map(PartKey::key).collect();
+    if let Some(missing) = index.parts.iter().find(|p| !found.contains(&p.key(EVENTS))) {
+        return Err(StoreError::Refused(format!(
+            "the archive at {} lacks {}, which its index lists (the log let those events go)",
+            objects.location(),
+            missing.key(EVENTS)
+        )));
+    }
+    Ok(log)
 }
 
 /// The schema of the `runners` table.
@@ -254,13 +276,15 @@ pub fn runners_batch(records: &[RunnerRecord]) -> Result<RecordBatch, ArchiveErr
 }
 
 /// Archives every day whose runners all closed `retention_ms` before `now`
-/// (whole UTC days), closing the books first; `progress` hears the events
-/// archived so far.
+/// (whole UTC days), closing the books first; starts no part after
+/// `stop_after` (a Lambda's deadline); `progress` hears the events archived
+/// so far.
 pub async fn archive<S: ExpiringLog + CheckpointStore + ?Sized>(
     store: &S,
     objects: &dyn ArchiveObjects,
     now: Timestamp,
     retention_ms: u64,
+    stop_after: Option<std::time::Instant>,
     mut progress: impl FnMut(u64),
 ) -> Result<ArchiveRun, ArchiveRunError> {
     if retention_ms < MIN_RETENTION_MS {
@@ -285,19 +309,43 @@ pub async fn archive<S: ExpiringLog + CheckpointStore + ?Sized>(
     }
     let mut archived = 0;
     for (day, streams) in days {
-        match archive_day(store, objects, &day, &streams, held, now).await? {
-            Some(parts) => {
+        if past(stop_after) {
+            run.stopped_early = true;
+            break;
+        }
+        match archive_day(store, objects, &day, &streams, held, now, stop_after).await? {
+            DayRun::Archived(parts) => {
                 archived += parts.iter().map(|p| p.events).sum::<u64>();
-                progress(archived);
                 run.parts.extend(parts);
             }
-            None => run.deferred_days.push(day),
+            DayRun::Stopped(parts) => {
+                run.parts.extend(parts);
+                run.stopped_early = true;
+                break;
+            }
+            DayRun::Deferred => run.deferred_days.push(day),
         }
+        progress(archived);
     }
     Ok(run)
 }
 
-/// Archives one day's closed streams; none when a snapshot does not hold all
+/// Whether the time limit has passed.
+fn past(stop_after: Option<std::time::Instant>) -> bool {
+    stop_after.is_some_and(|t| std::time::Instant::now() >= t)
+}
+
+/// What became of one day.
+enum DayRun {
+    /// All its streams are archived, in these parts.
+    Archived(Vec<ArchivedPart>),
+    /// The time limit came first: these parts are archived, the rest waits.
+    Stopped(Vec<ArchivedPart>),
+    /// No snapshot holds all its events yet.
+    Deferred,
+}
+
+/// Archives one day's closed streams, unless a snapshot does not hold all
 /// their events yet (position `held`).
 async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
     store: &S,
@@ -306,7 +354,8 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
     streams: &[ClosedStream],
     held: u64,
     now: Timestamp,
-) -> Result<Option<Vec<ArchivedPart>>, ArchiveRunError> {
+    stop_after: Option<std::time::Instant>,
+) -> Result<DayRun, ArchiveRunError> {
     let mut parts = Vec::new();
     let mut chunk: Vec<&ClosedStream> = Vec::new();
     let mut chunk_events = 0;
@@ -323,6 +372,9 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
         chunks.push(chunk);
     }
     for chunk in chunks {
+        if past(stop_after) {
+            return Ok(DayRun::Stopped(parts));
+        }
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut records = Vec::with_capacity(chunk.len());
         for closed in &chunk {
@@ -345,7 +397,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
             continue;
         };
         if last.position > held {
-            return Ok(None);
+            return Ok(DayRun::Deferred);
         }
         let part = ArchivedPart {
             day: day.to_owned(),
@@ -379,7 +431,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
         }
         parts.push(part);
     }
-    Ok(Some(parts))
+    Ok(DayRun::Archived(parts))
 }
 
 /// Lists `part` in the archive's index (before the hot log lets it go).

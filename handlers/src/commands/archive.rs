@@ -68,6 +68,15 @@ pub fn default_dir(data_dir: &Path) -> PathBuf {
 pub struct RunArgs {
     #[command(flatten)]
     place: Where,
+    /// Archive the AWS deployment (DynamoDB log) to its S3 bucket instead:
+    /// its items get their TTL only after the count check.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    target: super::AwsTarget,
+    /// With --aws: the archive's S3 bucket (the stack's `ArchiveBucket` output).
+    #[arg(long, env = "JITR_ARCHIVE_BUCKET")]
+    bucket: Option<String>,
     /// How long a closed runner stays in the log (at least 15 days).
     #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
     retention: std::time::Duration,
@@ -115,27 +124,51 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let now = args.now.unwrap_or_else(crate::runtime::now);
+    let retention_ms = args.retention.as_millis() as u64;
+    if args.aws {
+        #[cfg(feature = "aws")]
+        {
+            let Some(bucket) = &args.bucket else {
+                anyhow::bail!(
+                    "--aws needs --bucket (or JITR_ARCHIVE_BUCKET): the stack's ArchiveBucket output"
+                );
+            };
+            let config = args.target.settings().load().await;
+            let names = jitr_aws::AwsNames::new(args.target.prefix.clone());
+            let store = jitr_aws::DynamoEventStore::new(&config, names.events_table());
+            let objects = jitr_aws::S3Archive::new(&config, bucket, "");
+            return run_on(&store, &objects, now, retention_ms, args.place.json).await;
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(super::without_aws());
+    }
     let path = args.place.data.path.join(super::LOG_FILE);
     if !path.is_file() {
         anyhow::bail!("no jitr log at {}", path.display());
     }
     let store = SqliteEventStore::open(&path)?;
     let objects = LocalArchive::new(args.place.archive_dir());
-    let now = args.now.unwrap_or_else(crate::runtime::now);
+    run_on(&store, &objects, now, retention_ms, args.place.json).await
+}
+
+async fn run_on<S: jitr_infra::ExpiringLog + jitr_infra::CheckpointStore>(
+    store: &S,
+    objects: &dyn ArchiveObjects,
+    now: Timestamp,
+    retention_ms: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
-    if args.place.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let done = archive(
-        &store,
-        &objects,
-        now,
-        args.retention.as_millis() as u64,
-        |n| bar.set_message(format!("{n} events archived")),
-    )
+    let done = archive(store, objects, now, retention_ms, None, |n| {
+        bar.set_message(format!("{n} events archived"))
+    })
     .await?;
     bar.finish_and_clear();
-    if args.place.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
         print!("{}", render_run(&done, &objects.location()));

@@ -858,6 +858,11 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
+            if let Some(objects) = args.archive.s3(&config)? {
+                let log = crate::app::archive::archived_log(store, objects).await?;
+                return print_audit(&log, args.json, window, horizon, cloud, html, !args.full)
+                    .await;
+            }
             return print_audit(&store, args.json, window, horizon, cloud, html, !args.full).await;
         }
         #[cfg(not(feature = "aws"))]

@@ -697,6 +697,11 @@ pub struct Args {
     /// Days of history for --history.
     #[arg(long, default_value_t = 365)]
     days: u64,
+    /// With --history: archive every this many days as the history is
+    /// written (90-day retention, DIR/archive, ADR-0024), so the log holds
+    /// only the last months.
+    #[arg(long, value_name = "DAYS", requires = "history")]
+    archive_every: Option<u64>,
     /// Measure the reaper's sweep at 50 live runners as the history of closed
     /// runners grows 1× → 10× → 100× (from 1,000).
     #[arg(long)]
@@ -733,9 +738,13 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
                 "warning: a debug build; use `cargo run --release -p jitr-handlers -- bench`"
             );
         }
-        let report = super::bench_history::run(&dir, args.events, args.days.max(1), |stage| {
-            eprintln!("bench: {stage}")
-        })
+        let report = super::bench_history::run(
+            &dir,
+            args.events,
+            args.days.max(1),
+            args.archive_every,
+            |stage| eprintln!("bench: {stage}"),
+        )
         .await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -10,11 +10,13 @@ use jitr_domain::{
     Command, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market, RunnerEvent,
     RunnerState, StreamId, TerminationEvidence, TerminationReason, Timestamp, execute,
 };
+use jitr_infra::archive::LocalArchive;
 use jitr_infra::{CommandId, EncodedAppend, EventStore, SqliteEventStore, StoreError};
 use jitr_projections::RunnerViews;
 use serde::Serialize;
 
-use crate::app::books::close_books;
+use crate::app::archive::archive;
+use crate::app::books::{close_books, snapshots};
 use crate::commands::audit::{FeedItem, read_feed};
 
 /// 2026-01-01T00:00:00Z: the synthetic year's first day.
@@ -193,6 +195,57 @@ pub struct HistoryReport {
     pub largest_snapshot_bytes: u64,
     /// The last day's first moment (for `audit --since`), RFC 3339.
     pub last_day: String,
+    /// The archive, when the history was archived as it was written.
+    pub archive: Option<ArchiveFigures>,
+}
+
+/// What archiving during the write measured (ADR-0024).
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchiveFigures {
+    /// Days between archiver runs.
+    pub every_days: u64,
+    /// Retention, days.
+    pub retention_days: u64,
+    /// Events moved to the archive (and deleted from the log).
+    pub events: u64,
+    /// Parts written per table.
+    pub parts: u64,
+    /// Archiver runs (each closes the books first, then archives).
+    pub runs: u64,
+    /// Events archived per second of the runs.
+    pub events_per_sec: f64,
+    /// The archive's size, bytes per archived event (both tables).
+    pub bytes_per_event: f64,
+    /// Events left in the log.
+    pub hot_events: u64,
+}
+
+/// What the generator hands the writer.
+enum Piece {
+    /// Lives to write.
+    Lives(Vec<EncodedAppend>),
+    /// Every life of this day (from 0) has been handed over.
+    DayOver(u64),
+}
+
+/// A day's runners past the retention are archived this many days after it.
+const BENCH_RETENTION_DAYS: u64 = 90;
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_bytes(&path)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
 }
 
 fn per_sec(n: u64, elapsed: Duration) -> f64 {
@@ -200,11 +253,14 @@ fn per_sec(n: u64, elapsed: Duration) -> f64 {
 }
 
 /// Writes about `events` events of history over `days` days into a new log
-/// in `dir`, then measures it; `progress` hears what it does.
+/// in `dir`, then measures it; with `archive_every`, every that many days the
+/// days past a 90-day retention move to `dir/archive` as the write goes on
+/// (ADR-0024). `progress` hears what it does.
 pub async fn run(
     dir: &Path,
     events: u64,
     days: u64,
+    archive_every: Option<u64>,
     mut progress: impl FnMut(String),
 ) -> Result<HistoryReport, StoreError> {
     let path = dir.join(super::LOG_FILE);
@@ -214,11 +270,20 @@ pub async fn run(
     let spacing = DAY_MS / per_day;
     let started = Instant::now();
     // One thread generates and encodes lives, this one writes them.
-    let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<EncodedAppend>>(4);
+    let (sender, batches) = std::sync::mpsc::sync_channel::<Piece>(4);
+    let marks_days = archive_every.is_some();
     let generator = std::thread::spawn(move || -> Result<(), StoreError> {
         let (mut planned, mut n) = (0u64, 0u64);
         let mut batch = Vec::with_capacity(BATCH);
         'days: for day in 0..days {
+            if marks_days && day > 0 {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if (!full.is_empty() && sender.send(Piece::Lives(full)).is_err())
+                    || sender.send(Piece::DayOver(day - 1)).is_err()
+                {
+                    return Ok(());
+                }
+            }
             for i in 0..per_day {
                 if planned >= events {
                     break 'days;
@@ -236,34 +301,67 @@ pub async fn run(
                 n += 1;
                 if batch.len() == BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if sender.send(full).is_err() {
+                    if sender.send(Piece::Lives(full)).is_err() {
                         return Ok(());
                     }
                 }
             }
         }
         if !batch.is_empty() {
-            let _ = sender.send(batch);
+            let _ = sender.send(Piece::Lives(batch));
         }
         Ok(())
     });
     let (mut written, mut runners) = (0u64, 0u64);
     let mut reported = 0u64;
-    for batch in batches {
+    let objects = LocalArchive::new(dir.join("archive"));
+    let mut archiving = Duration::ZERO;
+    let (mut archived, mut parts, mut runs) = (0u64, 0u64, 0u64);
+    for piece in batches {
+        let batch = match piece {
+            Piece::Lives(batch) => batch,
+            Piece::DayOver(day) => {
+                let every = archive_every.unwrap_or(u64::MAX).max(1);
+                if (day + 1) % every == 0 && day + 1 > BENCH_RETENTION_DAYS {
+                    let at = Instant::now();
+                    let now = YEAR_START.plus_ms((day + 1) * DAY_MS);
+                    let run = archive(
+                        &store,
+                        &objects,
+                        now,
+                        BENCH_RETENTION_DAYS * DAY_MS,
+                        None,
+                        |_| {},
+                    )
+                    .await
+                    .map_err(|e| StoreError::Refused(format!("archiving: {e}")))?;
+                    archiving += at.elapsed();
+                    archived += run.parts.iter().map(|p| p.events).sum::<u64>();
+                    parts += run.parts.len() as u64;
+                    runs += 1;
+                    progress(format!(
+                        "archive: day {}, {archived} events archived, {:.0} events/s",
+                        day + 1,
+                        per_sec(archived, archiving)
+                    ));
+                }
+                continue;
+            }
+        };
         written += store.import_new_streams(&batch)?;
         runners += batch.len() as u64;
         if written / 10_000_000 > reported {
             reported = written / 10_000_000;
             progress(format!(
                 "writer: {written} events, {:.0} events/s",
-                per_sec(written, started.elapsed())
+                per_sec(written, started.elapsed().saturating_sub(archiving))
             ));
         }
     }
     generator
         .join()
         .map_err(|_| StoreError::Refused("the generator panicked".into()))??;
-    let writer = per_sec(written, started.elapsed());
+    let writer = per_sec(written, started.elapsed().saturating_sub(archiving));
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(dir.join(format!("{}-wal", super::LOG_FILE)))
             .map(|m| m.len())
@@ -287,11 +385,16 @@ pub async fn run(
     .await?;
     let replay = per_sec(replayed, started.elapsed());
 
-    progress("closing the books of every day".into());
+    progress("closing the books of the days left".into());
     let started = Instant::now();
     let end = YEAR_START.plus_ms(days * DAY_MS);
+    // The archiver's runs closed the books up to their last day already.
+    let from = snapshots(&store).await?.last().map_or(0, |e| e.position);
     let saved = close_books(&store, end, |_| {}).await?;
-    let close = per_sec(store.last_position().await?, started.elapsed());
+    let close = per_sec(
+        store.last_position().await?.saturating_sub(from),
+        started.elapsed(),
+    );
     let last_day = YEAR_START.plus_ms((days - 1) * DAY_MS);
     Ok(HistoryReport {
         events: written,
@@ -304,6 +407,16 @@ pub async fn run(
         snapshots: saved.len() as u64,
         largest_snapshot_bytes: saved.iter().map(|e| e.bytes).max().unwrap_or(0),
         last_day: super::report::rfc3339(last_day),
+        archive: archive_every.map(|every| ArchiveFigures {
+            every_days: every,
+            retention_days: BENCH_RETENTION_DAYS,
+            events: archived,
+            parts,
+            runs,
+            events_per_sec: per_sec(archived, archiving),
+            bytes_per_event: dir_bytes(&dir.join("archive")) as f64 / archived.max(1) as f64,
+            hot_events: replayed,
+        }),
     })
 }
 
@@ -314,9 +427,10 @@ pub fn render(r: &HistoryReport, dir: &Path) -> String {
          writer (generate + bulk write)   {:>12.0} events/s, {:.0} bytes/event on disk\n\
          replay SQLite → runner views     {:>12.0} events/s\n\
          close the books (every day)      {:>12.0} events/s, {} snapshots, the largest {} bytes\n\
+         {archive}\
          time the audits with:\n  \
          /usr/bin/time -f \"%e s, %M KB\" jitr audit --data-dir {dir} --since {day} --now {day_end}\n  \
-         /usr/bin/time -f \"%e s, %M KB\" jitr audit --data-dir {dir} --since {day} --now {day_end} --full\n",
+         /usr/bin/time -f \"%e s, %M KB\" jitr audit --data-dir {dir} --since {day} --now {day_end} --full{archive_flag}\n",
         r.events,
         r.runners,
         r.days,
@@ -329,5 +443,20 @@ pub fn render(r: &HistoryReport, dir: &Path) -> String {
         dir = dir.display(),
         day = r.last_day,
         day_end = super::report::rfc3339(Timestamp(YEAR_START.0 + (r.days * DAY_MS) as i64)),
+        archive = r.archive.as_ref().map_or(String::new(), |a| format!(
+            "archive every {} days, {}-day retention: {} events in {} parts over {} runs, \
+             {:.0} events/s, {:.1} bytes/event; {} events left in the log\n  \
+             /usr/bin/time -f \"%e s, %M KB\" jitr archive report --data-dir {dir} --prices PRICES.toml\n",
+            a.every_days,
+            a.retention_days,
+            a.events,
+            a.parts,
+            a.runs,
+            a.events_per_sec,
+            a.bytes_per_event,
+            a.hot_events,
+            dir = dir.display(),
+        )),
+        archive_flag = if r.archive.is_some() { " --archive" } else { "" },
     )
 }

@@ -667,7 +667,7 @@ async fn check_invocations(
             }
         }
     }
-    for handler in ["reaper", "rebalancer"] {
+    for handler in ["reaper", "rebalancer", "archiver"] {
         let Some(function) = functions.get(handler) else {
             continue;
         };

@@ -263,6 +263,9 @@ pub struct ArchiveChoice {
     /// The archive's directory.
     #[arg(long, value_name = "DIR", requires = "archive")]
     pub archive_dir: Option<PathBuf>,
+    /// With --aws: the archive's S3 bucket (the stack's `ArchiveBucket` output).
+    #[arg(long, env = "JITR_ARCHIVE_BUCKET", requires = "archive")]
+    pub bucket: Option<String>,
 }
 
 impl ArchiveChoice {
@@ -285,7 +288,28 @@ impl ArchiveChoice {
         }
         let objects: std::sync::Arc<dyn ArchiveObjects> =
             std::sync::Arc::new(LocalArchive::new(dir));
-        Ok(ArchivedLog::open(hot, objects).await?)
+        Ok(crate::app::archive::archived_log(hot, objects).await?)
+    }
+}
+
+#[cfg(feature = "aws")]
+impl ArchiveChoice {
+    /// The S3 archive chosen for an AWS deployment, if any.
+    pub fn s3(
+        &self,
+        config: &jitr_aws::SdkConfig,
+    ) -> Result<Option<std::sync::Arc<dyn jitr_infra::archive::ArchiveObjects>>> {
+        if !self.archive {
+            return Ok(None);
+        }
+        let Some(bucket) = &self.bucket else {
+            bail!(
+                "--archive with --aws needs --bucket (or JITR_ARCHIVE_BUCKET): the stack's ArchiveBucket output"
+            );
+        };
+        Ok(Some(std::sync::Arc::new(jitr_aws::S3Archive::new(
+            config, bucket, "",
+        ))))
     }
 }
 

@@ -112,6 +112,9 @@ async fn within_deadline<F: std::future::Future>(deadline_ms: u64, work: F) -> F
 /// [`crate::runtime::aws`]). Logs are JSON lines.
 pub async fn run(handler: &str) -> Result<(), LambdaError> {
     let prefix = std::env::var("JITR_PREFIX").unwrap_or_else(|_| "jitr".into());
+    if handler == "archiver" {
+        return archiver(&prefix).await;
+    }
     let wired = super::aws::from_env(AwsSettings::default(), &prefix).await?;
     let mut app = wired.app;
     if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
@@ -204,6 +207,69 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             )));
         }
     }
+    .map_err(|e| LambdaError::Runtime(e.to_string()))
+}
+
+/// The archiver (ADR-0024), on a schedule: closes the books, then archives
+/// the days past the retention to `JITR_ARCHIVE_BUCKET` (retention
+/// `JITR_ARCHIVE_RETENTION_DAYS`, default 90), starting no part in the last
+/// minute (a quarter, of a short one) before the invocation's deadline; the
+/// next invocation goes on. It
+/// needs no GitHub App key: only the log and the bucket.
+async fn archiver(prefix: &str) -> Result<(), LambdaError> {
+    use crate::app::archive::{DEFAULT_RETENTION_MS, archive};
+    let bucket = std::env::var("JITR_ARCHIVE_BUCKET").map_err(|_| {
+        LambdaError::Setup(
+            "JITR_ARCHIVE_BUCKET is not set: the archiver has nowhere to write".into(),
+        )
+    })?;
+    let retention_ms = match std::env::var("JITR_ARCHIVE_RETENTION_DAYS") {
+        Ok(days) => days.parse::<u64>().map(|d| d * 86_400_000).map_err(|e| {
+            LambdaError::Setup(format!("JITR_ARCHIVE_RETENTION_DAYS={days:?}: {e}"))
+        })?,
+        Err(_) => DEFAULT_RETENTION_MS,
+    };
+    let config = AwsSettings::default().load().await;
+    let names = jitr_aws::AwsNames::new(prefix.to_owned());
+    let store = Arc::new(jitr_aws::DynamoEventStore::new(
+        &config,
+        names.events_table(),
+    ));
+    let objects = Arc::new(jitr_aws::S3Archive::new(&config, bucket, ""));
+    lambda_runtime::run(service_fn(move |tick: LambdaEvent<Value>| {
+        let (store, objects) = (store.clone(), objects.clone());
+        async move {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            // The last minute (a quarter, of a short invocation) is kept for
+            // the part in flight.
+            let time_left = tick.context.deadline.saturating_sub(now_ms);
+            let left = std::time::Duration::from_millis(
+                time_left.saturating_sub(60_000.min(time_left / 4)),
+            );
+            let stop_after = std::time::Instant::now() + left;
+            let run = archive(
+                &*store,
+                &*objects,
+                now(),
+                retention_ms,
+                Some(stop_after),
+                |_| {},
+            )
+            .await?;
+            tracing::info!(
+                parts = run.parts.len(),
+                events = run.parts.iter().map(|p| p.events).sum::<u64>(),
+                snapshots = run.snapshots.len(),
+                deferred = run.deferred_days.len(),
+                stopped_early = run.stopped_early,
+                "archived"
+            );
+            Ok::<_, lambda_runtime::Error>(serde_json::to_value(&run)?)
+        }
+    }))
+    .await
     .map_err(|e| LambdaError::Runtime(e.to_string()))
 }
 

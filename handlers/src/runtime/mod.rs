@@ -16,7 +16,7 @@ pub mod page;
 pub mod serve;
 
 /// The handlers `jitr lambda` runs.
-pub const LAMBDA_HANDLERS: [&str; 8] = [
+pub const LAMBDA_HANDLERS: [&str; 9] = [
     "webhook",
     "scaleup",
     "lifecycle",
@@ -25,6 +25,7 @@ pub const LAMBDA_HANDLERS: [&str; 8] = [
     "ec2-events",
     "reaper",
     "rebalancer",
+    "archiver",
 ];
 
 /// The moment, from the system clock: the one place the runtimes read it.

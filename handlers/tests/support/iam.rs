@@ -140,6 +140,9 @@ pub struct Facts {
     pub profiles: HashMap<String, String>,
     /// `ec2:SourceInstanceARN`, when the caller is an instance's role.
     pub source_instance: Option<String>,
+    /// The archive's bucket: an S3 request's serialized path names only the
+    /// key when the bucket goes in the host.
+    pub archive_bucket: Option<String>,
 }
 
 /// One authorisation request.
@@ -479,6 +482,36 @@ pub fn requests(role: &str, call: &Call, facts: &Facts) -> Vec<Request> {
             }
         }
         "CloudWatch" => add(&format!("cloudwatch:{op}"), "*".into(), BTreeMap::new()),
+        "S3" => {
+            let bucket = facts.archive_bucket.as_deref().unwrap_or_else(|| {
+                panic!("{}: which bucket (Facts::archive_bucket)", call.describe())
+            });
+            let (path, query) = call.uri.split_once('?').unwrap_or((&call.uri, ""));
+            let path = path.trim_start_matches('/');
+            let key = path
+                .strip_prefix(bucket)
+                .map_or(path, |k| k.trim_start_matches('/'));
+            match op {
+                "PutObject" | "GetObject" => add(
+                    &format!("s3:{op}"),
+                    format!("arn:aws:s3:::{bucket}/{}", decode(key)),
+                    BTreeMap::new(),
+                ),
+                "ListObjectsV2" => {
+                    let prefix = query
+                        .split('&')
+                        .find_map(|p| p.strip_prefix("prefix="))
+                        .map(decode)
+                        .unwrap_or_default();
+                    add(
+                        "s3:ListBucket",
+                        format!("arn:aws:s3:::{bucket}"),
+                        BTreeMap::from([("s3:prefix".to_owned(), json!(prefix))]),
+                    )
+                }
+                other => panic!("{}: S3 {other} is not modelled", call.describe()),
+            }
+        }
         other => panic!(
             "{}: the IAM evaluation does not model {other} yet: add it to support/iam.rs",
             call.describe()

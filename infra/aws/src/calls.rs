@@ -189,6 +189,18 @@ client!(
     aws_sdk_iam
 );
 
+/// An S3 client; with an endpoint configured (an emulator, a VPC endpoint)
+/// the bucket goes in the path.
+pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let mut builder = aws_sdk_s3::config::Builder::from(config)
+        .interceptor(DateReader)
+        .force_path_style(config.endpoint_url().is_some());
+    if let Some(recorder) = CallRecorder::from_env() {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Timestamp, answer_date, redacted};

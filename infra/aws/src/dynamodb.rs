@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::error_code;
 use jitr_infra::{
-    AppendOutcome, Checkpoint, CheckpointStore, CommandId, EVENT_SCHEMA, EventStore, Lease,
-    OpenStreams, RecordedEvent, StoreError, StreamHead,
+    AppendOutcome, Checkpoint, CheckpointStore, ClosedStream, CommandId, EVENT_SCHEMA, EventStore,
+    ExpiringLog, Lease, OpenStreams, RecordedEvent, StoreError, StreamHead,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -46,6 +46,15 @@ pub const OPEN_INDEX: &str = "open-runners";
 pub const INSTANCE_INDEX: &str = "by-instance";
 /// GSI serving `stream_of_runner`.
 pub const RUNNER_INDEX: &str = "by-runner";
+/// GSI of closed heads by when they closed, serving `closed_before` (sparse:
+/// a head leaves it once archived, ADR-0024).
+pub const CLOSED_INDEX: &str = "closed";
+const CLOSED: &str = "CLOSED";
+/// The attribute DynamoDB's TTL reads (epoch seconds). A stream's items get
+/// it only once the archive holds them and its count matched.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// Items one `TransactWriteItems` may hold.
+const TRANSACT_ITEMS: usize = 100;
 /// Checkpoint snapshots are split into chunks below DynamoDB's 400 KB item limit.
 const CHUNK_BYTES: usize = 300 * 1024;
 /// Bounded retries for throttling, transaction conflicts and feed-counter races.
@@ -184,6 +193,8 @@ impl HeadWrite {
             ("#iid".to_owned(), "instance_id".to_owned()),
             ("#rn".to_owned(), "runner_name".to_owned()),
             ("#ti".to_owned(), "terminated_instance".to_owned()),
+            ("#closed".to_owned(), "closed".to_owned()),
+            ("#closed_at".to_owned(), "closed_at".to_owned()),
         ]);
         let mut values: Item = HashMap::from([
             (":v".to_owned(), n(self.version)),
@@ -213,6 +224,8 @@ impl HeadWrite {
             values.insert(":open".into(), s(OPEN));
         } else {
             remove.push("#open");
+            set.push("#closed = :closed, #closed_at = :upd");
+            values.insert(":closed".into(), s(CLOSED));
         }
         match &self.instance_id {
             Some(id) => {
@@ -354,10 +367,13 @@ impl DynamoEventStore {
             .attribute_definitions(attr("open_flag", ScalarAttributeType::S)?)
             .attribute_definitions(attr("instance_id", ScalarAttributeType::S)?)
             .attribute_definitions(attr("runner_name", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("closed", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("closed_at", ScalarAttributeType::N)?)
             .global_secondary_indexes(index(FEED_INDEX, "feed", Some("pos"))?)
             .global_secondary_indexes(index(OPEN_INDEX, "open_flag", Some("pk"))?)
             .global_secondary_indexes(index(INSTANCE_INDEX, "instance_id", None)?)
             .global_secondary_indexes(index(RUNNER_INDEX, "runner_name", None)?)
+            .global_secondary_indexes(index(CLOSED_INDEX, "closed", Some("closed_at"))?)
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
@@ -368,10 +384,46 @@ impl DynamoEventStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(TableSetup::Created),
+            Ok(_) => {
+                self.enable_ttl().await?;
+                Ok(TableSetup::Created)
+            }
             Err(e) if error_code(&e).0 == "ResourceInUseException" => Ok(TableSetup::Existed),
             Err(e) => Err(sdk_unavailable(e)),
         }
+    }
+
+    /// Turns on TTL expiry of [`TTL_ATTRIBUTE`] once the table is active
+    /// (items carry it only once archived, ADR-0024).
+    async fn enable_ttl(&self) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{TableStatus, TimeToLiveSpecification};
+        for _ in 0..120 {
+            let table = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(sdk_unavailable)?;
+            if table.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .enabled(true)
+                    .build()
+                    .map_err(unavailable)?,
+            )
+            .send()
+            .await
+            .map_err(sdk_unavailable)?;
+        Ok(())
     }
 
     /// Writes a head directly, bypassing the domain (and this adapter's own check):
@@ -416,6 +468,23 @@ impl DynamoEventStore {
             .await
             .map_err(sdk_unavailable)?;
         Ok(out.item().cloned())
+    }
+
+    /// Up to `limit` items of the feed index after position `after`.
+    async fn feed_items(&self, after: u64, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.query_all(
+            || {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(FEED_INDEX)
+                    .key_condition_expression("feed = :f AND pos > :after")
+                    .expression_attribute_values(":f", s(FEED_PARTITION))
+                    .expression_attribute_values(":after", n(after))
+            },
+            Some(limit.max(1)),
+        )
+        .await
     }
 
     async fn feed_counter(&self) -> Result<u64, StoreError> {
@@ -614,31 +683,27 @@ impl EventStore for DynamoEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let items = self
-            .query_all(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .index_name(FEED_INDEX)
-                        .key_condition_expression("feed = :f AND pos > :after")
-                        .expression_attribute_values(":f", s(FEED_PARTITION))
-                        .expression_attribute_values(":after", n(after))
-                },
-                Some(limit.max(1)),
-            )
-            .await?;
         // The index is eventually consistent: keep only the gap-free prefix, so a
         // reader never skips a position that becomes visible later.
-        let mut out = Vec::with_capacity(items.len());
-        for (next, item) in (after + 1..).zip(items) {
-            let r = Self::recorded(item)?;
-            if r.position != next {
-                break;
-            }
-            out.push(r);
-        }
-        Ok(out)
+        let items = self.feed_items(after, limit).await?;
+        let position = |item: &Item| match item.get("pos") {
+            Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+            _ => None,
+        };
+        (after + 1..)
+            .zip(items)
+            .take_while(|(next, item)| position(item) == Some(*next))
+            .map(|(_, item)| Self::recorded(item))
+            .collect()
+    }
+
+    async fn read_all_with_gaps(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let items = self.feed_items(after, limit).await?;
+        items.into_iter().map(Self::recorded).collect()
     }
 
     async fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
@@ -1127,5 +1192,135 @@ impl DynamoEventStore {
         Err(StoreError::Unavailable(
             "batch write: items still unprocessed".into(),
         ))
+    }
+}
+
+#[async_trait]
+impl ExpiringLog for DynamoEventStore {
+    async fn closed_before(&self, before: Timestamp) -> Result<Vec<ClosedStream>, StoreError> {
+        let items = self
+            .query_all(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(CLOSED_INDEX)
+                        .key_condition_expression("#c = :c AND closed_at < :before")
+                        .expression_attribute_names("#c", "closed")
+                        .expression_attribute_values(":c", s(CLOSED))
+                        .expression_attribute_values(":before", n(before.0))
+                },
+                None,
+            )
+            .await?;
+        items
+            .into_iter()
+            .map(|item| {
+                let head: HeadItem = serde_dynamo::from_item(item).map_err(|e| corrupt("?", e))?;
+                Ok(ClosedStream {
+                    stream: StreamId::parse(&head.pk).map_err(|e| corrupt(&head.pk, e))?,
+                    version: head.version,
+                    closed_at: Timestamp(head.updated_at),
+                })
+            })
+            .collect()
+    }
+
+    /// Sets [`TTL_ATTRIBUTE`] on each stream's events, command ids and head,
+    /// one stream at a time (its head last, under the version archived and
+    /// still closed), after counting its events; the head leaves the
+    /// `closed` index. DynamoDB deletes the items within days; until then a
+    /// feed read through the archive reads each event once.
+    async fn expire(&self, streams: &[ClosedStream], now: Timestamp) -> Result<u64, StoreError> {
+        let expires = n(now.0.div_euclid(1000));
+        let mut expired = 0;
+        for closed in streams {
+            let pk = closed.stream.as_str();
+            let items = self
+                .query_all(
+                    || {
+                        self.client
+                            .query()
+                            .table_name(&self.table)
+                            .key_condition_expression("pk = :pk AND begins_with(sk, :ev)")
+                            .expression_attribute_values(":pk", s(pk))
+                            .expression_attribute_values(":ev", s("EV#"))
+                            .consistent_read(true)
+                    },
+                    None,
+                )
+                .await?;
+            if items.len() as u64 != closed.version {
+                return Err(StoreError::Refused(format!(
+                    "{pk}: holds {} events, not its version {}: not let go",
+                    items.len(),
+                    closed.version
+                )));
+            }
+            let mut keys: Vec<(String, String)> = Vec::new();
+            for item in &items {
+                let e: EventItem =
+                    serde_dynamo::from_item(item.clone()).map_err(|e| corrupt(pk, e))?;
+                keys.push((e.pk, e.sk));
+                let command = (command_pk(&CommandId::new(e.cmd)), "CMD".to_owned());
+                if !keys.contains(&command) {
+                    keys.push(command);
+                }
+            }
+            let expire = |(pk, sk): &(String, String)| -> Result<TransactWriteItem, StoreError> {
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .key("sk", s(sk))
+                    .update_expression("SET #ttl = :t")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+                    .expression_attribute_values(":t", expires.clone())
+                    .build()
+                    .map_err(unavailable)?;
+                Ok(TransactWriteItem::builder().update(update).build())
+            };
+            let head = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(HEAD))
+                .update_expression("SET #ttl = :t REMOVE #c")
+                .condition_expression("version = :v AND attribute_not_exists(open_flag)")
+                .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+                .expression_attribute_names("#c", "closed")
+                .expression_attribute_values(":t", expires.clone())
+                .expression_attribute_values(":v", n(closed.version))
+                .build()
+                .map_err(unavailable)?;
+            let mut writes = keys.iter().map(expire).collect::<Result<Vec<_>, _>>()?;
+            writes.push(TransactWriteItem::builder().update(head).build());
+            // The head goes in the last transaction: a stream still listed as
+            // closed is expired again by the next run, never half forgotten.
+            let batches: Vec<Vec<TransactWriteItem>> = writes
+                .chunks(TRANSACT_ITEMS)
+                .map(<[TransactWriteItem]>::to_vec)
+                .collect();
+            for batch in batches {
+                let result = self
+                    .client
+                    .transact_write_items()
+                    .set_transact_items(Some(batch))
+                    .send()
+                    .await;
+                if let Err(e) = result {
+                    return Err(match e.into_service_error() {
+                        TransactWriteItemsError::TransactionCanceledException(_) => {
+                            StoreError::Refused(format!(
+                                "{pk}: not closed at version {}, or an item is gone: not let go",
+                                closed.version
+                            ))
+                        }
+                        other => unavailable(other),
+                    });
+                }
+            }
+            expired += closed.version;
+        }
+        Ok(expired)
     }
 }

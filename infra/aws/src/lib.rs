@@ -21,6 +21,7 @@ mod eventbridge;
 pub mod iam_policy;
 mod names;
 mod provision;
+mod s3;
 mod sqs;
 mod ssm;
 
@@ -31,12 +32,13 @@ pub use deployment::{
     Deployment, DeploymentError, Function, FunctionUrl, Mapping, ProfileRole, Rule,
     SPOT_SERVICE_LINKED_ROLE, arn_name, arn_scope,
 };
-pub use dynamodb::{DynamoEventStore, HeadWrite, TableSetup};
+pub use dynamodb::{DynamoEventStore, HeadWrite, TTL_ATTRIBUTE, TableSetup};
 pub use dynamodb_feed::LogNudges;
 pub use ec2::{Ec2Compute, image_parameter};
 pub use eventbridge::{BusSetup, EventBridgeBus, ensure_ec2_events_rule};
 pub use names::AwsNames;
 pub use provision::{InitError, Resource, Setup, VISIBILITY_SECS, provision};
+pub use s3::S3Archive;
 pub use sqs::{QueuePair, SqsQueue};
 pub use ssm::{
     STANDARD_TIER_MAX_CHARS, SsmSecrets, TAG_INSTANCE_ARN, TierLimits, read_parameter, tier_for,

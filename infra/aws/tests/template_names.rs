@@ -86,7 +86,7 @@ fn the_template_names_what_doctor_looks_for() {
             (id, handler)
         })
         .collect();
-    assert_eq!(functions.len(), 8, "{functions:?}");
+    assert_eq!(functions.len(), 9, "{functions:?}");
     for (id, handler) in &functions {
         assert!(
             resource(id).contains(&format!("FunctionName: !Sub {}", names.function(handler))),
@@ -96,6 +96,7 @@ fn the_template_names_what_doctor_looks_for() {
     for (handler, rule) in [
         ("reaper", "ReaperSchedule"),
         ("rebalancer", "RebalancerSchedule"),
+        ("archiver", "ArchiverSchedule"),
     ] {
         let block = resource(rule);
         let function = &functions.iter().find(|(_, h)| h == handler).unwrap().0;
@@ -127,8 +128,8 @@ fn the_template_names_what_doctor_looks_for() {
         .count();
     // Four dead-letter queues, orphans reaped, launch configuration errors,
     // a log from a newer version, the owed termination, the projector behind,
-    // and each of 8 functions.
-    assert_eq!(alarms.len(), 17);
+    // and each of 9 functions.
+    assert_eq!(alarms.len(), 18);
     assert_eq!(notifying, alarms.len(), "every alarm notifies the topic");
 }
 

@@ -218,6 +218,18 @@ pub trait EventStore: Send + Sync {
     /// The global position of the newest event (0 for an empty log).
     async fn last_position(&self) -> Result<u64, StoreError>;
 
+    /// The feed after `after` as far as it is stored, gaps included: where
+    /// [`Self::read_all`] stops before a position not yet visible (DynamoDB's
+    /// index), this reads past it. For a reader that fills the gaps left by
+    /// archived events from the archive (ADR-0024).
+    async fn read_all_with_gaps(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all(after, limit).await
+    }
+
     /// Whether the feed holds the archived events too (an `ArchivedLog`,
     /// ADR-0024); a hot log's feed lacks what was archived.
     fn feeds_archive(&self) -> bool {
