@@ -470,6 +470,23 @@ impl DynamoEventStore {
         Ok(out.item().cloned())
     }
 
+    /// Every event item of `stream`, in order (a consistent read).
+    async fn event_items(&self, stream: &StreamId) -> Result<Vec<Item>, StoreError> {
+        self.query_all(
+            || {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :ev)")
+                    .expression_attribute_values(":pk", s(stream.as_str()))
+                    .expression_attribute_values(":ev", s("EV#"))
+                    .consistent_read(true)
+            },
+            None,
+        )
+        .await
+    }
+
     /// Up to `limit` items of the feed index after position `after`.
     async fn feed_items(&self, after: u64, limit: usize) -> Result<Vec<Item>, StoreError> {
         self.query_all(
@@ -665,20 +682,7 @@ impl EventStore for DynamoEventStore {
     }
 
     async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
-        let items = self
-            .query_all(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk AND begins_with(sk, :ev)")
-                        .expression_attribute_values(":pk", s(stream.as_str()))
-                        .expression_attribute_values(":ev", s("EV#"))
-                        .consistent_read(true)
-                },
-                None,
-            )
-            .await?;
+        let items = self.event_items(stream).await?;
         items.into_iter().map(Self::recorded).collect()
     }
 
@@ -1236,20 +1240,7 @@ impl ExpiringLog for DynamoEventStore {
         let mut expired = 0;
         for closed in streams {
             let pk = closed.stream.as_str();
-            let items = self
-                .query_all(
-                    || {
-                        self.client
-                            .query()
-                            .table_name(&self.table)
-                            .key_condition_expression("pk = :pk AND begins_with(sk, :ev)")
-                            .expression_attribute_values(":pk", s(pk))
-                            .expression_attribute_values(":ev", s("EV#"))
-                            .consistent_read(true)
-                    },
-                    None,
-                )
-                .await?;
+            let items = self.event_items(&closed.stream).await?;
             if items.len() as u64 != closed.version {
                 return Err(StoreError::Refused(format!(
                     "{pk}: holds {} events, not its version {}: not let go",
