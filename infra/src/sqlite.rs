@@ -53,8 +53,6 @@ CREATE TABLE IF NOT EXISTS streams (
     CHECK (status NOT IN ('completed', 'failed') OR open = 0)
 );
 CREATE INDEX IF NOT EXISTS streams_open ON streams (stream) WHERE open = 1;
-CREATE INDEX IF NOT EXISTS streams_instance ON streams (instance_id) WHERE instance_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS streams_runner ON streams (runner_name) WHERE runner_name IS NOT NULL;
 CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY,
     stream     TEXT    NOT NULL,
@@ -74,12 +72,37 @@ CREATE TABLE IF NOT EXISTS leases (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
 
+/// The heads' look-up indexes (part of the schema; a bulk import may drop
+/// them for its duration).
+const HEAD_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS streams_instance ON streams (instance_id) WHERE instance_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS streams_runner ON streams (runner_name) WHERE runner_name IS NOT NULL;
+"#;
+
 /// Rows a feed read makes room for at once.
 const FEED_READ_RESERVE: usize = 10_000;
 
 /// How much of the log file SQLite reads through a memory map instead of
 /// copying each page out of the kernel (measured: 15 % of a replay's time).
 const MMAP_BYTES: i64 = 1 << 36;
+
+/// Events one `INSERT` writes at most (7 parameters each, well under
+/// SQLite's 32,766).
+const EVENTS_PER_INSERT: usize = 256;
+
+/// The `INSERT` of `rows` events.
+fn events_insert(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (stream, seq, kind, schema, at, body, command_id) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?)");
+    }
+    sql
+}
 
 /// The page cache of a connection that bulk-writes, KiB.
 const IMPORT_CACHE_KIB: i64 = 256 * 1024;
@@ -111,6 +134,8 @@ impl SqliteEventStore {
             .map_err(unavailable)?;
         migrate(&conn)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(HEAD_INDEXES).map_err(unavailable)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -194,6 +219,26 @@ impl SqliteEventStore {
         }
         tx.commit().map_err(map_write_error)?;
         Ok(written)
+    }
+
+    /// Drops the heads' look-up indexes by instance id and runner name
+    /// (random keys, the slowest part of a bulk import into a new log);
+    /// [`Self::build_head_indexes`] builds them again, as does any `open`.
+    pub fn drop_head_indexes(&self) -> Result<(), StoreError> {
+        self.batch("DROP INDEX IF EXISTS streams_instance; DROP INDEX IF EXISTS streams_runner;")
+    }
+
+    /// Builds the heads' look-up indexes (after [`Self::drop_head_indexes`]).
+    pub fn build_head_indexes(&self) -> Result<(), StoreError> {
+        self.batch(HEAD_INDEXES)
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Refused("connection lock poisoned".into()))?
+            .execute_batch(sql)
+            .map_err(unavailable)
     }
 
     /// The file behind this log.
@@ -385,24 +430,26 @@ impl EncodedAppend {
     /// Writes the rows: the events, the head (inserted, or updated when
     /// `upsert`), the command. Returns the new version.
     fn write(&self, tx: &rusqlite::Transaction<'_>, upsert: bool) -> Result<u64, StoreError> {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (stream, seq, kind, schema, at, body, command_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(unavailable)?;
-        for (i, (kind, at, body)) in self.events.iter().enumerate() {
-            insert
-                .execute(params![
-                    self.stream.as_str(),
-                    self.first_seq + i as u64,
-                    kind,
-                    EVENT_SCHEMA,
-                    at,
-                    body,
-                    self.command_id.0,
-                ])
-                .map_err(map_write_error)?;
+        // One statement for a stream's events (a batch of them), not one each.
+        for (batch, rows) in self.events.chunks(EVENTS_PER_INSERT).enumerate() {
+            let mut insert = tx
+                .prepare_cached(&events_insert(rows.len()))
+                .map_err(unavailable)?;
+            for (i, (kind, at, body)) in rows.iter().enumerate() {
+                let seq = self.first_seq + (batch * EVENTS_PER_INSERT + i) as u64;
+                let base = i * 7;
+                let bind = |stmt: &mut rusqlite::CachedStatement<'_>| -> rusqlite::Result<()> {
+                    stmt.raw_bind_parameter(base + 1, self.stream.as_str())?;
+                    stmt.raw_bind_parameter(base + 2, seq)?;
+                    stmt.raw_bind_parameter(base + 3, kind)?;
+                    stmt.raw_bind_parameter(base + 4, EVENT_SCHEMA)?;
+                    stmt.raw_bind_parameter(base + 5, at)?;
+                    stmt.raw_bind_parameter(base + 6, body)?;
+                    stmt.raw_bind_parameter(base + 7, &self.command_id.0)
+                };
+                bind(&mut insert).map_err(unavailable)?;
+            }
+            insert.raw_execute().map_err(map_write_error)?;
         }
         let head_sql = if upsert {
             "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
@@ -507,6 +554,26 @@ fn append_blocking(
     Ok(AppendOutcome::Appended { version })
 }
 
+/// Every event of `stream`, in order.
+fn stream_blocking(conn: &Connection, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, seq, schema, body FROM events
+             WHERE stream = ?1 ORDER BY seq",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([stream.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+        })
+        .map_err(unavailable)?;
+    rows.map(|row| {
+        let (position, seq, schema, body) = row.map_err(unavailable)?;
+        recorded(position, stream.as_str(), seq, schema, &body)
+    })
+    .collect()
+}
+
 fn recorded(
     position: u64,
     stream: &str,
@@ -595,25 +662,8 @@ impl EventStore for SqliteEventStore {
 
     async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.clone();
-        self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT position, seq, schema, body FROM events
-                     WHERE stream = ?1 ORDER BY seq",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map([stream.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
-                })
-                .map_err(unavailable)?;
-            rows.map(|row| {
-                let (position, seq, schema, body) = row.map_err(unavailable)?;
-                recorded(position, stream.as_str(), seq, schema, &body)
-            })
-            .collect()
-        })
-        .await
+        self.with_conn(move |conn| stream_blocking(conn, &stream))
+            .await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -739,6 +789,21 @@ impl ExpiringLog for SqliteEventStore {
                 })
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn read_closed(
+        &self,
+        streams: &[ClosedStream],
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        // One trip off the executor for them all, not one per stream.
+        let streams = streams.to_vec();
+        self.with_conn(move |conn| {
+            streams
+                .iter()
+                .map(|closed| stream_blocking(conn, &closed.stream))
+                .collect()
         })
         .await
     }

@@ -51,12 +51,20 @@ pub struct RunnerRecord {
 impl RunnerRecord {
     /// The record of a closed stream's events, in order; none when the
     /// events do not close it.
-    pub fn of(stream: &StreamId, events: &[RunnerEvent]) -> Option<RunnerRecord> {
+    pub fn of<'a>(
+        stream: &StreamId,
+        events: impl IntoIterator<Item = &'a RunnerEvent>,
+    ) -> Option<RunnerRecord> {
         let mut state = RunnerState::default();
         let mut owed_ms = None;
         let mut closed_at = None;
+        let mut count = 0u64;
         // Events after the one that closed it change nothing (as in the views).
         for event in events {
+            count += 1;
+            if closed_at.is_some() {
+                continue;
+            }
             if let RunnerEvent::Terminated { at, .. } = event {
                 if state.instance_may_be_alive() {
                     owed_ms = termination_owed(&state, *at).map(|(owed, _)| at.millis_since(owed));
@@ -65,7 +73,6 @@ impl RunnerRecord {
             state = evolve(state, event);
             if jitr_domain::is_terminal(&state) {
                 closed_at = Some(event.at());
-                break;
             }
         }
         let closed_at = closed_at?;
@@ -94,7 +101,7 @@ impl RunnerRecord {
             status: state.status().as_str(),
             failure_stage: state.failure.as_ref().map(|f| f.stage.as_str()),
             closed_by: state.terminated_by.map(|e| e.as_str()),
-            events: events.len() as u64,
+            events: count,
         })
     }
 

@@ -357,7 +357,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
     stop_after: Option<std::time::Instant>,
 ) -> Result<DayRun, ArchiveRunError> {
     let mut parts = Vec::new();
-    let mut chunk: Vec<&ClosedStream> = Vec::new();
+    let mut chunk: Vec<ClosedStream> = Vec::new();
     let mut chunk_events = 0;
     let mut chunks = Vec::new();
     for stream in streams {
@@ -366,7 +366,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
             chunk_events = 0;
         }
         chunk_events += stream.version;
-        chunk.push(stream);
+        chunk.push(stream.clone());
     }
     if !chunk.is_empty() {
         chunks.push(chunk);
@@ -377,8 +377,8 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
         }
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut records = Vec::with_capacity(chunk.len());
-        for closed in &chunk {
-            let read = store.read_stream(&closed.stream).await?;
+        let lives = store.read_closed(&chunk).await?;
+        for (closed, read) in chunk.iter().zip(lives) {
             if read.len() as u64 != closed.version {
                 return Err(ArchiveRunError::StreamShort {
                     stream: closed.stream.to_string(),
@@ -386,8 +386,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
                     version: closed.version,
                 });
             }
-            let lived: Vec<_> = read.iter().map(|r| r.event.clone()).collect();
-            if let Some(record) = RunnerRecord::of(&closed.stream, &lived) {
+            if let Some(record) = RunnerRecord::of(&closed.stream, read.iter().map(|r| &r.event)) {
                 records.push(record);
             }
             events.extend(read);
@@ -420,8 +419,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
             .into());
         }
         list(store, objects, &part).await?;
-        let owned: Vec<ClosedStream> = chunk.into_iter().cloned().collect();
-        let let_go = store.expire(&owned, now).await?;
+        let let_go = store.expire(&chunk, now).await?;
         if let_go != versions {
             return Err(StoreError::Refused(format!(
                 "{}: the hot log let {let_go} events go, {versions} were archived",

@@ -270,6 +270,8 @@ pub async fn run(
     let spacing = DAY_MS / per_day;
     let started = Instant::now();
     // One thread generates and encodes lives, this one writes them.
+    // A new log: its heads' random-key indexes are built once, at the end.
+    store.drop_head_indexes()?;
     let (sender, batches) = std::sync::mpsc::sync_channel::<Piece>(4);
     let marks_days = archive_every.is_some();
     let generator = std::thread::spawn(move || -> Result<(), StoreError> {
@@ -350,6 +352,8 @@ pub async fn run(
         };
         written += store.import_new_streams(&batch)?;
         runners += batch.len() as u64;
+        // Freed on another thread: the writing thread only writes.
+        std::thread::spawn(move || drop(batch));
         if written / 10_000_000 > reported {
             reported = written / 10_000_000;
             progress(format!(
@@ -361,6 +365,7 @@ pub async fn run(
     generator
         .join()
         .map_err(|_| StoreError::Refused("the generator panicked".into()))??;
+    store.build_head_indexes()?;
     let writer = per_sec(written, started.elapsed().saturating_sub(archiving));
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(dir.join(format!("{}-wal", super::LOG_FILE)))

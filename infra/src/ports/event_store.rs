@@ -487,6 +487,19 @@ pub trait ExpiringLog: EventStore {
     /// Closed streams whose last event happened before `before`, oldest first.
     async fn closed_before(&self, before: Timestamp) -> Result<Vec<ClosedStream>, StoreError>;
 
+    /// The events of each of `streams`, in their order (in one read where
+    /// the log can).
+    async fn read_closed(
+        &self,
+        streams: &[ClosedStream],
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        let mut read = Vec::with_capacity(streams.len());
+        for closed in streams {
+            read.push(self.read_stream(&closed.stream).await?);
+        }
+        Ok(read)
+    }
+
     /// Lets `streams` go, which the archive holds: their events, heads and
     /// command ids leave the hot log (SQLite at once; DynamoDB by TTL, after
     /// `now`). All or nothing: refused unless each stream is closed, at the
