@@ -276,6 +276,20 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
         report.iter().map(|l| l.runners).sum::<u64>(),
         archived_lives.len() as u64
     );
+
+    // An archive that lost a part its index lists is refused, not read as
+    // a log that ends early.
+    let part = &run.parts[run.parts.len() / 2];
+    let path = dir.path().join("archive").join(part.key("events"));
+    let aside = dir.path().join("aside.parquet");
+    std::fs::rename(&path, &aside).unwrap();
+    match archived_log(store.clone(), objects.clone()).await {
+        Err(StoreError::Refused(why)) => assert!(why.contains(&part.key("events")), "{why}"),
+        Ok(_) => panic!("an archive without {} was read", part.key("events")),
+        Err(other) => panic!("{other:?}"),
+    }
+    std::fs::rename(&aside, &path).unwrap();
+    assert!(archived_log(store.clone(), objects.clone()).await.is_ok());
 }
 
 /// Every item of `table` that has the TTL attribute, as `(pk, sk)`.

@@ -323,7 +323,11 @@ pub async fn archive<S: ExpiringLog + CheckpointStore + ?Sized>(
                 run.stopped_early = true;
                 break;
             }
-            DayRun::Deferred => run.deferred_days.push(day),
+            DayRun::Deferred(parts) => {
+                archived += parts.iter().map(|p| p.events).sum::<u64>();
+                run.parts.extend(parts);
+                run.deferred_days.push(day);
+            }
         }
         progress(archived);
     }
@@ -341,8 +345,9 @@ enum DayRun {
     Archived(Vec<ArchivedPart>),
     /// The time limit came first: these parts are archived, the rest waits.
     Stopped(Vec<ArchivedPart>),
-    /// No snapshot holds all its events yet.
-    Deferred,
+    /// No snapshot holds all the events of its streams after these parts
+    /// (archived already) yet: the rest waits.
+    Deferred(Vec<ArchivedPart>),
 }
 
 /// Archives one day's closed streams, unless a snapshot does not hold all
@@ -396,7 +401,7 @@ async fn archive_day<S: ExpiringLog + CheckpointStore + ?Sized>(
             continue;
         };
         if last.position > held {
-            return Ok(DayRun::Deferred);
+            return Ok(DayRun::Deferred(parts));
         }
         let part = ArchivedPart {
             day: day.to_owned(),
