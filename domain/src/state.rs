@@ -26,10 +26,10 @@ pub struct RunnerRequest {
     /// The runner's deadlines.
     pub deadlines: Deadlines,
     /// The App installation the job came through (None in older logs).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation: Option<InstallationId>,
     /// The deployment that serves it (None: no named deployment).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
 }
 
@@ -227,6 +227,7 @@ pub struct RunnerState {
     /// The job's conclusion.
     pub conclusion: Option<String>,
     /// The failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     /// When a termination was first issued, and why.
     pub termination_requested: Option<(Timestamp, TerminationReason)>,
@@ -235,15 +236,15 @@ pub struct RunnerState {
     /// What proved it.
     pub terminated_by: Option<TerminationEvidence>,
     /// Instances returned for launches the stream could not take.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub strays: Vec<Stray>,
     /// EC2's spot interruption warning for the runner's instance: when, and
     /// whether the job had started (so the job was cut).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_warned: Option<(Timestamp, bool)>,
     /// The job GitHub gave the runner, once one started or completed on it
     /// (None with a start recorded: an older log, the runner's own job).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_job: Option<JobRef>,
     /// When the JIT config was handed over (the runner could take a job from
     /// then on).
@@ -251,13 +252,13 @@ pub struct RunnerState {
     pub ready_at: Option<Timestamp>,
     /// The job the runner stands for, when another than the one it was
     /// launched for (moved to it, `DemandMoved`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand_moved_to: Option<JobRef>,
     /// When and how the job the runner stands for stopped wanting one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand_ended: Option<(Timestamp, DemandEnding)>,
     /// When GitHub refused to delete the registration: the runner is busy.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy_since: Option<Timestamp>,
     /// When its instance was found stopped with no JIT config (a stopped
     /// pool's runner, ADR-0022).

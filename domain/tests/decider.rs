@@ -1245,6 +1245,46 @@ fn events_round_trip_through_json() {
     }
 }
 
+/// A head's state leaves out its empty fields (ADR-0020: a smaller head, the
+/// same state), and the state an older build wrote with them as `null` reads
+/// the same.
+#[test]
+fn a_state_is_written_without_its_empty_fields_and_read_either_way() {
+    let state = fold(&[requested(), intended(1, Market::Spot), launched(), minted()]);
+    let json = serde_json::to_value(&state).unwrap();
+    for empty in [
+        "failure",
+        "strays",
+        "spot_warned",
+        "assigned_job",
+        "demand_moved_to",
+        "demand_ended",
+        "busy_since",
+    ] {
+        assert!(json.get(empty).is_none(), "{empty} written: {json}");
+    }
+    assert!(json["request"].get("installation").is_none(), "{json}");
+    assert_eq!(
+        serde_json::from_value::<RunnerState>(json.clone()).unwrap(),
+        state
+    );
+    let mut older = json;
+    for empty in [
+        "failure",
+        "spot_warned",
+        "assigned_job",
+        "demand_moved_to",
+        "demand_ended",
+        "busy_since",
+    ] {
+        older[empty] = serde_json::Value::Null;
+    }
+    older["strays"] = serde_json::json!([]);
+    older["request"]["installation"] = serde_json::Value::Null;
+    older["request"]["deployment"] = serde_json::Value::Null;
+    assert_eq!(serde_json::from_value::<RunnerState>(older).unwrap(), state);
+}
+
 #[test]
 fn a_request_for_a_repository_github_cannot_name_is_refused() {
     let Command::Request {

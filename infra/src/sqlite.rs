@@ -7,6 +7,7 @@
 //! the database refuses what the domain refuses. See ADR-0002.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,20 +89,70 @@ const MMAP_BYTES: i64 = 1 << 36;
 
 /// Events one `INSERT` writes at most (7 parameters each, well under
 /// SQLite's 32,766).
-const EVENTS_PER_INSERT: usize = 256;
+const ROWS_PER_INSERT: usize = 256;
 
-/// The `INSERT` of `rows` events.
-fn events_insert(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (stream, seq, kind, schema, at, body, command_id) VALUES ",
-    );
+/// The events table's columns, in the order [`bind_event`] binds them.
+const EVENT_COLUMNS: &str = "events (stream, seq, kind, schema, at, body, command_id)";
+/// The heads' columns, in the order [`EncodedAppend::bind_head`] binds them.
+const HEAD_COLUMNS: &str = "streams (stream, version, status, instance_id, instance_possible,
+    terminated, open, updated_at, state, runner_name)";
+/// The command records' columns.
+const COMMAND_COLUMNS: &str = "commands (command_id, stream, version)";
+
+/// `INSERT INTO {columns} VALUES` with `rows` rows of `width` parameters.
+fn multi_insert(columns: &str, width: usize, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {columns} VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?,?)");
+        sql.push('(');
+        for j in 0..width {
+            sql.push_str(if j == 0 { "?" } else { ",?" });
+        }
+        sql.push(')');
     }
     sql
+}
+
+/// Inserts `rows` into `columns`, [`ROWS_PER_INSERT`] to a statement;
+/// `bind` binds one row's `width` values from the parameter index given.
+fn insert_rows<T>(
+    tx: &rusqlite::Transaction<'_>,
+    columns: &str,
+    width: usize,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = tx
+            .prepare_cached(&multi_insert(columns, width, chunk.len()))
+            .map_err(unavailable)?;
+        for (i, row) in chunk.iter().enumerate() {
+            bind(&mut insert, i * width + 1, row).map_err(unavailable)?;
+        }
+        insert.raw_execute().map_err(map_write_error)?;
+    }
+    Ok(())
+}
+
+/// One event row: its stream's append, its index in the append.
+type EventRow<'a> = (&'a EncodedAppend, usize);
+
+/// Binds one event row from parameter `at`.
+fn bind_event(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    &(append, i): &EventRow<'_>,
+) -> rusqlite::Result<()> {
+    let (kind, time, body) = &append.events[i];
+    stmt.raw_bind_parameter(at, append.stream.as_str())?;
+    stmt.raw_bind_parameter(at + 1, append.first_seq + i as u64)?;
+    stmt.raw_bind_parameter(at + 2, kind)?;
+    stmt.raw_bind_parameter(at + 3, EVENT_SCHEMA)?;
+    stmt.raw_bind_parameter(at + 4, time)?;
+    stmt.raw_bind_parameter(at + 5, body)?;
+    stmt.raw_bind_parameter(at + 6, &append.command_id.0)
 }
 
 /// The page cache of a connection that bulk-writes, KiB.
@@ -113,6 +164,36 @@ const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 pub struct SqliteEventStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    import: Arc<AtomicU8>,
+}
+
+/// No bulk import under way.
+const NOT_IMPORTING: u8 = 0;
+/// A bulk import into this new log is under way (ADR-0023).
+const IMPORTING: u8 = 1;
+/// A batch of the import failed: the log is unfinished for good.
+const IMPORT_FAILED: u8 = 2;
+
+/// The `meta` key whose presence marks a log whose bulk import did not finish.
+const UNFINISHED_IMPORT: &str = "unfinished_import";
+
+/// Refuses a log whose bulk import did not finish (its pages were written
+/// without a journal: it may be incomplete or torn).
+fn refuse_unfinished_import(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let unfinished: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)",
+            [UNFINISHED_IMPORT],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    if unfinished {
+        return Err(StoreError::Refused(format!(
+            "{}: a bulk import into this log did not finish; delete the file and import again",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -134,11 +215,13 @@ impl SqliteEventStore {
             .map_err(unavailable)?;
         migrate(&conn)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        refuse_unfinished_import(&conn, &path)?;
         conn.execute_batch(HEAD_INDEXES).map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            import: Arc::default(),
         })
     }
 
@@ -169,6 +252,7 @@ impl SqliteEventStore {
                     path.display()
                 )));
             }
+            refuse_unfinished_import(&conn, &path)?;
             Ok(conn)
         };
         let live = Connection::open_with_flags(&path, flags)
@@ -188,57 +272,152 @@ impl SqliteEventStore {
         Ok(SqliteEventStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            import: Arc::default(),
         })
+    }
+
+    /// Starts a bulk import into this log, which must be new (no event, no
+    /// stream, no checkpoint): until [`Self::finish_import`] the log is
+    /// marked unfinished (any `open` refuses it), [`Self::import_new_streams`]
+    /// writes without a journal and without syncing, and the heads' random-key
+    /// indexes are gone (built once at the end). Other writes keep an
+    /// in-memory rollback journal, so a refused one still writes nothing. A
+    /// crash, or a batch the import refuses, leaves a log to delete.
+    pub fn begin_import(&self) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        let used: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM streams)
+                     OR EXISTS (SELECT 1 FROM checkpoints)
+                     OR EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        if used {
+            return Err(StoreError::Refused(format!(
+                "{}: a bulk import writes only into a new log",
+                self.path.display()
+            )));
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, 'yes')",
+            [UNFINISHED_IMPORT],
+        )
+        .map_err(unavailable)?;
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS streams_instance; DROP INDEX IF EXISTS streams_runner;
+             PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;",
+        )
+        .map_err(unavailable)?;
+        self.import.store(IMPORTING, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Ends a bulk import that wrote every batch: builds the heads' indexes,
+    /// syncs the file, returns to the write-ahead log and marks the log whole.
+    pub fn finish_import(&self) -> Result<(), StoreError> {
+        match self.import.load(Ordering::SeqCst) {
+            IMPORTING => {}
+            IMPORT_FAILED => {
+                return Err(StoreError::Refused(format!(
+                    "{}: a batch of this import failed; the log is unfinished: delete it",
+                    self.path.display()
+                )));
+            }
+            _ => return Err(StoreError::Refused("no bulk import under way".into())),
+        }
+        let conn = self.lock()?;
+        // Built in a rollback-journal transaction synced in full: its commit
+        // syncs the pages the import wrote unsynced too.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(unavailable)?;
+        conn.execute_batch(&format!("BEGIN; {HEAD_INDEXES} COMMIT;"))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.execute("DELETE FROM meta WHERE key = ?1", [UNFINISHED_IMPORT])
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        self.import.store(NOT_IMPORTING, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Refused("connection lock poisoned".into()))
     }
 
     /// Writes whole new streams in one transaction, each as one append at
     /// version 0 would (positions in the order given): the bulk writer of
     /// imports and benchmarks. Nothing is written when any stream exists or
-    /// any command id was used ([`StoreError::Refused`]). Blocks.
+    /// any command id was used ([`StoreError::Refused`]), except during a
+    /// bulk import ([`Self::begin_import`]), which such a refusal ends,
+    /// leaving an unfinished log. Blocks.
     pub fn import_new_streams(&self, streams: &[EncodedAppend]) -> Result<u64, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Refused("connection lock poisoned".into()))?;
+        let mut conn = self.lock()?;
+        let importing = match self.import.load(Ordering::SeqCst) {
+            IMPORT_FAILED => {
+                return Err(StoreError::Refused(format!(
+                    "{}: a batch of this import failed; the log is unfinished: delete it",
+                    self.path.display()
+                )));
+            }
+            state => state == IMPORTING,
+        };
         // The indexes' pages stay in memory across a bulk write's batches.
         conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
             .map_err(unavailable)?;
+        if importing {
+            conn.pragma_update(None, "journal_mode", "OFF")
+                .map_err(unavailable)?;
+        }
+        let written = Self::write_new_streams(&mut conn, streams);
+        if importing {
+            if written.is_err() {
+                // Without a journal nothing was rolled back.
+                self.import.store(IMPORT_FAILED, Ordering::SeqCst);
+            }
+            conn.pragma_update(None, "journal_mode", "MEMORY")
+                .map_err(unavailable)?;
+        }
+        written
+    }
+
+    fn write_new_streams(
+        conn: &mut Connection,
+        streams: &[EncodedAppend],
+    ) -> Result<u64, StoreError> {
+        if let Some(stream) = streams.iter().find(|s| s.first_seq != 1) {
+            return Err(StoreError::Refused(format!(
+                "{}: not a new stream's first events",
+                stream.stream
+            )));
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
+        // Many streams' rows to a statement, events in the order given.
         let mut written = 0;
-        for stream in streams {
-            if stream.first_seq != 1 {
-                return Err(StoreError::Refused(format!(
-                    "{}: not a new stream's first events",
-                    stream.stream
-                )));
+        let mut rows: Vec<EventRow<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
+        let mut first = 0;
+        for (n, stream) in streams.iter().enumerate() {
+            rows.extend((0..stream.events.len()).map(|i| (stream, i)));
+            if rows.len() < ROWS_PER_INSERT && n + 1 < streams.len() {
+                continue;
             }
-            stream.write(&tx, false)?;
-            written += stream.len() as u64;
+            let group = &streams[first..=n];
+            insert_rows(&tx, EVENT_COLUMNS, 7, &rows, bind_event)?;
+            insert_rows(&tx, HEAD_COLUMNS, 10, group, EncodedAppend::bind_head)?;
+            insert_rows(&tx, COMMAND_COLUMNS, 3, group, EncodedAppend::bind_command)?;
+            written += rows.len() as u64;
+            rows.clear();
+            first = n + 1;
         }
         tx.commit().map_err(map_write_error)?;
         Ok(written)
-    }
-
-    /// Drops the heads' look-up indexes by instance id and runner name
-    /// (random keys, the slowest part of a bulk import into a new log);
-    /// [`Self::build_head_indexes`] builds them again, as does any `open`.
-    pub fn drop_head_indexes(&self) -> Result<(), StoreError> {
-        self.batch("DROP INDEX IF EXISTS streams_instance; DROP INDEX IF EXISTS streams_runner;")
-    }
-
-    /// Builds the heads' look-up indexes (after [`Self::drop_head_indexes`]).
-    pub fn build_head_indexes(&self) -> Result<(), StoreError> {
-        self.batch(HEAD_INDEXES)
-    }
-
-    fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        self.conn
-            .lock()
-            .map_err(|_| StoreError::Refused("connection lock poisoned".into()))?
-            .execute_batch(sql)
-            .map_err(unavailable)
     }
 
     /// The file behind this log.
@@ -430,66 +609,61 @@ impl EncodedAppend {
     /// Writes the rows: the events, the head (inserted, or updated when
     /// `upsert`), the command. Returns the new version.
     fn write(&self, tx: &rusqlite::Transaction<'_>, upsert: bool) -> Result<u64, StoreError> {
-        // One statement for a stream's events (a batch of them), not one each.
-        for (batch, rows) in self.events.chunks(EVENTS_PER_INSERT).enumerate() {
-            let mut insert = tx
-                .prepare_cached(&events_insert(rows.len()))
+        // One statement for a stream's events, not one each.
+        let rows: Vec<EventRow<'_>> = (0..self.events.len()).map(|i| (self, i)).collect();
+        insert_rows(tx, EVENT_COLUMNS, 7, &rows, bind_event)?;
+        let one = std::slice::from_ref(self);
+        if upsert {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
+                                          terminated, open, updated_at, state, runner_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (stream) DO UPDATE SET
+                         version = excluded.version, status = excluded.status,
+                         instance_id = excluded.instance_id,
+                         instance_possible = excluded.instance_possible,
+                         terminated = excluded.terminated, open = excluded.open,
+                         updated_at = excluded.updated_at, state = excluded.state,
+                         runner_name = excluded.runner_name",
+                )
                 .map_err(unavailable)?;
-            for (i, (kind, at, body)) in rows.iter().enumerate() {
-                let seq = self.first_seq + (batch * EVENTS_PER_INSERT + i) as u64;
-                let base = i * 7;
-                let bind = |stmt: &mut rusqlite::CachedStatement<'_>| -> rusqlite::Result<()> {
-                    stmt.raw_bind_parameter(base + 1, self.stream.as_str())?;
-                    stmt.raw_bind_parameter(base + 2, seq)?;
-                    stmt.raw_bind_parameter(base + 3, kind)?;
-                    stmt.raw_bind_parameter(base + 4, EVENT_SCHEMA)?;
-                    stmt.raw_bind_parameter(base + 5, at)?;
-                    stmt.raw_bind_parameter(base + 6, body)?;
-                    stmt.raw_bind_parameter(base + 7, &self.command_id.0)
-                };
-                bind(&mut insert).map_err(unavailable)?;
-            }
-            insert.raw_execute().map_err(map_write_error)?;
-        }
-        let head_sql = if upsert {
-            "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
-                                  terminated, open, updated_at, state, runner_name)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (stream) DO UPDATE SET
-                 version = excluded.version, status = excluded.status,
-                 instance_id = excluded.instance_id, instance_possible = excluded.instance_possible,
-                 terminated = excluded.terminated, open = excluded.open,
-                 updated_at = excluded.updated_at, state = excluded.state,
-                 runner_name = excluded.runner_name"
+            Self::bind_head(&mut stmt, 1, self).map_err(unavailable)?;
+            stmt.raw_execute().map_err(map_write_error)?;
         } else {
-            "INSERT INTO streams (stream, version, status, instance_id, instance_possible,
-                                  terminated, open, updated_at, state, runner_name)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        };
-        tx.prepare_cached(head_sql)
-            .map_err(unavailable)?
-            .execute(params![
-                self.stream.as_str(),
-                self.version,
-                self.status,
-                self.instance_id,
-                self.instance_possible,
-                self.terminated,
-                self.open,
-                self.updated_at,
-                self.state,
-                self.runner_name,
-            ])
-            .map_err(map_write_error)?;
-        tx.prepare_cached("INSERT INTO commands (command_id, stream, version) VALUES (?1, ?2, ?3)")
-            .map_err(unavailable)?
-            .execute(params![
-                self.command_id.0,
-                self.stream.as_str(),
-                self.version
-            ])
-            .map_err(map_write_error)?;
+            insert_rows(tx, HEAD_COLUMNS, 10, one, Self::bind_head)?;
+        }
+        insert_rows(tx, COMMAND_COLUMNS, 3, one, Self::bind_command)?;
         Ok(self.version)
+    }
+
+    /// Binds the head this append leaves from parameter `at`.
+    fn bind_head(
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        at: usize,
+        head: &Self,
+    ) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(at, head.stream.as_str())?;
+        stmt.raw_bind_parameter(at + 1, head.version)?;
+        stmt.raw_bind_parameter(at + 2, head.status)?;
+        stmt.raw_bind_parameter(at + 3, &head.instance_id)?;
+        stmt.raw_bind_parameter(at + 4, head.instance_possible)?;
+        stmt.raw_bind_parameter(at + 5, head.terminated)?;
+        stmt.raw_bind_parameter(at + 6, head.open)?;
+        stmt.raw_bind_parameter(at + 7, head.updated_at)?;
+        stmt.raw_bind_parameter(at + 8, &head.state)?;
+        stmt.raw_bind_parameter(at + 9, &head.runner_name)
+    }
+
+    /// Binds the record of this append's command from parameter `at`.
+    fn bind_command(
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        at: usize,
+        append: &Self,
+    ) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(at, &append.command_id.0)?;
+        stmt.raw_bind_parameter(at + 1, append.stream.as_str())?;
+        stmt.raw_bind_parameter(at + 2, append.version)
     }
 }
 

@@ -179,3 +179,98 @@ async fn the_bulk_writer_writes_what_appends_write() {
     assert_eq!(imported.last_position().await.unwrap(), before);
     assert!(imported.head(&fresh.0).await.unwrap().is_none());
 }
+
+/// A bulk import (ADR-0023) writes without a journal: until it finishes the
+/// log is refused by any `open`, a refused batch ends it for good, and a
+/// finished one is the log appends would have written, indexes included.
+#[tokio::test]
+async fn a_bulk_import_is_finished_or_refused() {
+    use jitr_domain::RunnerState;
+    use jitr_infra::EncodedAppend;
+    let life = |job: u64| (stream(job), launched(job, at(job as i64)).1);
+    let encoded = |lives: &[(jitr_domain::StreamId, Vec<jitr_domain::RunnerEvent>)]| {
+        lives
+            .iter()
+            .map(|(s, events)| {
+                EncodedAppend::new(
+                    s,
+                    0,
+                    RunnerState::default(),
+                    events,
+                    &CommandId::new(s.to_string()),
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let unfinished = |opened: Result<SqliteEventStore, StoreError>| match opened {
+        Err(StoreError::Refused(why)) => assert!(why.contains("did not finish"), "{why}"),
+        Ok(_) => panic!("an unfinished import was opened"),
+        Err(other) => panic!("{other:?}"),
+    };
+    let lives: Vec<_> = (1..=4).map(life).collect();
+
+    let by_append = SqliteBacking::new();
+    let appended = by_append.open().await;
+    for (s, events) in &lives {
+        appended
+            .append(s, 0, events, &CommandId::new(s.to_string()))
+            .await
+            .unwrap();
+    }
+    // Only into a new log.
+    assert!(matches!(
+        appended.begin_import(),
+        Err(StoreError::Refused(_))
+    ));
+
+    let backing = SqliteBacking::new();
+    let path = backing.dir.path().join("events.db");
+    let imported = backing.open().await;
+    imported.begin_import().unwrap();
+    imported.import_new_streams(&encoded(&lives[..2])).unwrap();
+    unfinished(SqliteEventStore::open(&path));
+    unfinished(SqliteEventStore::open_read_only(&path));
+    imported.import_new_streams(&encoded(&lives[2..])).unwrap();
+    imported.finish_import().unwrap();
+    drop(imported);
+    let reopened = SqliteEventStore::open_read_only(&path).unwrap();
+    assert_eq!(
+        reopened.read_all(0, 100).await.unwrap(),
+        appended.read_all(0, 100).await.unwrap()
+    );
+    let instance = jitr_domain::fold(&lives[3].1)
+        .instance()
+        .unwrap()
+        .id
+        .clone();
+    assert_eq!(
+        reopened.stream_of_instance(&instance).await.unwrap(),
+        Some(lives[3].0.clone())
+    );
+    let reopened = SqliteEventStore::open(&path).unwrap();
+    for (s, _) in &lives {
+        assert_eq!(
+            reopened.head(s).await.unwrap(),
+            appended.head(s).await.unwrap()
+        );
+    }
+
+    // A batch the import refuses ends it: the log stays unfinished.
+    let backing = SqliteBacking::new();
+    let path = backing.dir.path().join("events.db");
+    let failed = backing.open().await;
+    failed.begin_import().unwrap();
+    failed.import_new_streams(&encoded(&lives[..2])).unwrap();
+    assert!(failed.import_new_streams(&encoded(&lives[1..3])).is_err());
+    assert!(matches!(
+        failed.import_new_streams(&encoded(&lives[3..])),
+        Err(StoreError::Refused(_))
+    ));
+    assert!(matches!(
+        failed.finish_import(),
+        Err(StoreError::Refused(_))
+    ));
+    drop(failed);
+    unfinished(SqliteEventStore::open(&path));
+}

@@ -185,6 +185,9 @@ pub struct HistoryReport {
     pub writer_events_per_sec: f64,
     /// The log's size on disk, bytes per event.
     pub bytes_per_event: f64,
+    /// Of the writer's time, seconds spent finishing the import (syncing
+    /// the file, building the heads' indexes).
+    pub finish_import_secs: f64,
     /// Replay from SQLite into the runner views, events/s.
     pub replay_events_per_sec: f64,
     /// Closing the books of every day (one pass over the log), events/s.
@@ -270,8 +273,8 @@ pub async fn run(
     let spacing = DAY_MS / per_day;
     let started = Instant::now();
     // One thread generates and encodes lives, this one writes them.
-    // A new log: its heads' random-key indexes are built once, at the end.
-    store.drop_head_indexes()?;
+    // A new log, written as a bulk import (ADR-0023).
+    store.begin_import()?;
     let (sender, batches) = std::sync::mpsc::sync_channel::<Piece>(4);
     let marks_days = archive_every.is_some();
     let generator = std::thread::spawn(move || -> Result<(), StoreError> {
@@ -365,7 +368,9 @@ pub async fn run(
     generator
         .join()
         .map_err(|_| StoreError::Refused("the generator panicked".into()))??;
-    store.build_head_indexes()?;
+    let finishing = Instant::now();
+    store.finish_import()?;
+    let finish_import_secs = finishing.elapsed().as_secs_f64();
     let writer = per_sec(written, started.elapsed().saturating_sub(archiving));
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(dir.join(format!("{}-wal", super::LOG_FILE)))
@@ -407,6 +412,7 @@ pub async fn run(
         days,
         writer_events_per_sec: writer,
         bytes_per_event: bytes as f64 / written.max(1) as f64,
+        finish_import_secs,
         replay_events_per_sec: replay,
         close_books_events_per_sec: close,
         snapshots: saved.len() as u64,
@@ -429,7 +435,8 @@ pub async fn run(
 pub fn render(r: &HistoryReport, dir: &Path) -> String {
     format!(
         "history: {} events, {} runners over {} days\n\
-         writer (generate + bulk write)   {:>12.0} events/s, {:.0} bytes/event on disk\n\
+         writer (generate + bulk write)   {:>12.0} events/s, {:.0} bytes/event on disk, \
+         {:.1} s of it to sync and index\n\
          replay SQLite → runner views     {:>12.0} events/s\n\
          close the books (every day)      {:>12.0} events/s, {} snapshots, the largest {} bytes\n\
          {archive}\
@@ -441,6 +448,7 @@ pub fn render(r: &HistoryReport, dir: &Path) -> String {
         r.days,
         r.writer_events_per_sec,
         r.bytes_per_event,
+        r.finish_import_secs,
         r.replay_events_per_sec,
         r.close_books_events_per_sec,
         r.snapshots,
