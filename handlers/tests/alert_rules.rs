@@ -36,7 +36,7 @@ fn promtool(args: &[&str]) -> String {
 fn exposed() -> BTreeSet<String> {
     ALL.iter()
         .flat_map(|def| match def.kind {
-            Kind::Counter => vec![format!("jitr_{}_total", def.prom)],
+            Kind::Counter | Kind::Sum => vec![format!("jitr_{}_total", def.prom)],
             Kind::Gauge => vec![format!("jitr_{}", def.prom)],
             Kind::Seconds => ["_bucket", "_sum", "_count"]
                 .iter()

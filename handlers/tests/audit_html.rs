@@ -15,6 +15,8 @@ use browser::{browse, screenshots};
 
 const ON_DEMAND_QUOTA: u64 = 32;
 const SPOT_QUOTA: u64 = 8;
+const PRICES: &str = "[on-demand]\n\"c5.xlarge\" = 0.17\n[spot]\n\"c5.xlarge\" = 0.068\n";
+const UNTIL: &str = "2026-05-04T07:22:00Z";
 
 fn jitr(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_jitr"))
@@ -62,8 +64,15 @@ fn report(dir: &std::path::Path, compensated: bool) -> (String, std::path::PathB
     )
     .unwrap();
     let (on_demand, spot) = (ON_DEMAND_QUOTA.to_string(), SPOT_QUOTA.to_string());
+    let prices = dir.join("prices.toml");
+    std::fs::write(&prices, PRICES).unwrap();
     let quotas = if compensated {
-        vec!["--config", pools.to_str().unwrap()]
+        vec![
+            "--config",
+            pools.to_str().unwrap(),
+            "--prices",
+            prices.to_str().unwrap(),
+        ]
     } else {
         vec!["--on-demand-quota", &on_demand, "--spot-quota", &spot]
     };
@@ -71,7 +80,7 @@ fn report(dir: &std::path::Path, compensated: bool) -> (String, std::path::PathB
     let mut args = vec!["audit", "--data-dir", data_s, "--html", html_s];
     args.extend(quotas);
     // The simulation's end: T0 of `jitr simulate` plus its three hours.
-    args.extend(["--until", "2026-05-04T07:22:00Z"]);
+    args.extend(["--until", UNTIL]);
     let audit = jitr(&args);
     assert!(
         audit.status.code() == Some(0) || audit.status.code() == Some(1),
@@ -131,6 +140,41 @@ fn the_seed_incidents_audit_shows_the_death_spiral_without_compensation_and_none
     assert!(band_max(&flat, "on_demand", "legitimate") > 0, "jobs ran");
     assert!(!with.contains("never terminated"));
     assert!(!with.contains("runners waiting for capacity"));
+    // Instance time and cost by repository: `jitr cost`'s figures for the
+    // same window; without prices, hours only.
+    let cost = jitr(&[
+        "cost",
+        "--data-dir",
+        dir.path().join("with").to_str().unwrap(),
+        "--prices",
+        dir.path().join("prices.toml").to_str().unwrap(),
+        "--until",
+        UNTIL,
+        "--by",
+        "repo",
+        "--json",
+    ]);
+    assert!(
+        cost.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cost.stderr)
+    );
+    let cost: Value = serde_json::from_slice(&cost.stdout).unwrap();
+    let repositories = flat["by_repository"].as_array().unwrap();
+    assert_eq!(repositories.len(), cost["lines"].as_array().unwrap().len());
+    for line in cost["lines"].as_array().unwrap() {
+        let drawn = repositories
+            .iter()
+            .find(|r| r["repository"] == line["group"])
+            .unwrap_or_else(|| panic!("{} not drawn", line["group"]));
+        let hours = line["instance_seconds"].as_f64().unwrap() / 3600.0;
+        assert!((drawn["instance_hours"].as_f64().unwrap() - hours).abs() < 1e-9);
+        let usd = line["usd"].as_f64().unwrap();
+        assert!(usd > 0.0);
+        assert!((drawn["usd"].as_f64().unwrap() - usd).abs() < 1e-9);
+    }
+    let unpriced = spiral["by_repository"].as_array().unwrap();
+    assert!(!unpriced.is_empty() && unpriced.iter().all(|r| r["usd"].is_null()));
 
     // As a browser renders them: the charts' SVG, the tables, no script run.
     let shots = screenshots();
@@ -155,6 +199,19 @@ fn the_seed_incidents_audit_shows_the_death_spiral_without_compensation_and_none
         }
         assert!(dom.contains("id=\"owed-runners\""));
         assert!(dom.contains("id=\"failures\""));
+        let bars = dom
+            .split("id=\"chart-repositories\"")
+            .nth(1)
+            .expect("the repositories' chart");
+        assert!(
+            bars.trim_start_matches('>')
+                .trim_start()
+                .starts_with("<svg")
+        );
+        assert_eq!(
+            dom.matches("<tr class=\"repository\">").count(),
+            chart_data(text)["by_repository"].as_array().unwrap().len()
+        );
         assert_eq!(
             dom.matches("<tr class=\"owed\">").count(),
             text.matches("<tr class=\"owed\">").count()

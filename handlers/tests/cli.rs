@@ -605,3 +605,58 @@ fn package_writes_a_zip_whose_bootstrap_is_the_binary_for_its_architecture() {
         "{said}"
     );
 }
+
+/// `jitr prices` reuses a prices file that is young enough and prices every
+/// type asked for, without asking AWS; one that lacks a type is written
+/// again from AWS, and a failure there leaves the file as it was.
+#[test]
+fn prices_reuses_a_fresh_file_and_asks_aws_only_for_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prices.toml");
+    let text = "[on-demand]\n\"c5.xlarge\" = 0.17\n\n[spot]\n\"c5.xlarge\" = 0.07\n";
+    std::fs::write(&file, text).unwrap();
+    let out = file.to_str().unwrap();
+    // Nothing answers on this endpoint: a request to it would fail.
+    let nowhere = ["--endpoint", "http://127.0.0.1:9", "--region", "us-east-1"];
+    let mut args = vec!["prices", "--out", out, "--instance-type", "c5.xlarge"];
+    args.extend(nowhere);
+    let reused = jitr(&args);
+    assert!(
+        reused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reused.stderr)
+    );
+    assert!(String::from_utf8_lossy(&reused.stderr).contains("reused"));
+    assert!(String::from_utf8_lossy(&reused.stdout).contains("\"c5.xlarge\" = 0.17"));
+
+    let mut args = vec!["prices", "--out", out, "--instance-type", "m5.large"];
+    args.extend(nowhere);
+    let asked = jitr(&args);
+    assert!(!asked.status.success());
+    // (A build without AWS support says so instead.)
+    let why = String::from_utf8_lossy(&asked.stderr);
+    assert!(
+        why.contains("Price List") || why.contains("without AWS support"),
+        "{why}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    let stale = jitr(
+        &[
+            "prices",
+            "--out",
+            out,
+            "--instance-type",
+            "c5.xlarge",
+            "--max-age",
+            "0s",
+        ]
+        .into_iter()
+        .chain(nowhere)
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        !stale.status.success(),
+        "a file older than --max-age is not reused"
+    );
+}

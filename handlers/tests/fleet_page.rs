@@ -161,6 +161,8 @@ async fn the_fleet_page_and_a_timeline_render_in_a_browser_without_scripts() {
         "{queues}"
     );
     assert!(!dom.contains(SECRET), "no secret on the page");
+    // No runner with an instance closed yet: no bars.
+    assert!(dom.contains("id=\"repositories-none\""), "{dom}");
 
     // The filter, as a form submits it.
     let running = browse(&format!("{url}/?status=running&pool="), "--dump-dom");

@@ -47,6 +47,13 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "[on-demand]\n\"c5.xlarge\" = 0.17\n[spot]\n\"c5.xlarge\" = 0.068\n",
+    )
+    .unwrap();
+    let hourly = |market: &str| if market == "spot" { 0.068 } else { 0.17 };
     // 8 on-demand and 8 spot vCPUs: four 4-vCPU runners at once, so the
     // quota refuses some launches and jobs wait.
     let mut child = support::serve(
@@ -64,6 +71,8 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
             "1s",
             "--sweep-interval",
             "2s",
+            "--prices",
+            prices.to_str().unwrap(),
         ],
     );
     wait_until_up(&http, &url).await;
@@ -107,11 +116,20 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
     // What the log says.
     let mut launched: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut terminated: BTreeMap<String, f64> = BTreeMap::new();
+    // Instance time by (repository, market): each runner's Launched to its
+    // Terminated.
+    let mut repository_of = BTreeMap::new();
+    let mut launch_of = BTreeMap::new();
+    let mut instance_seconds: BTreeMap<(String, String), f64> = BTreeMap::new();
     for record in store.read_all(0, 1_000_000).await.unwrap() {
         match record.event {
+            RunnerEvent::Requested { ref job, .. } => {
+                repository_of.insert(record.stream.clone(), format!("{}/{}", job.owner, job.repo));
+            }
             RunnerEvent::Launched {
                 market,
                 instance_type,
+                at,
                 ..
             } => {
                 let market = match market {
@@ -119,13 +137,20 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
                     Market::OnDemand => "on-demand",
                 };
                 *launched.entry((market.into(), instance_type)).or_default() += 1.0;
+                launch_of.insert(record.stream.clone(), (market, at));
             }
-            RunnerEvent::Terminated { evidence, .. } => {
+            RunnerEvent::Terminated { evidence, at, .. } => {
                 *terminated.entry(evidence.as_str().into()).or_default() += 1.0;
+                if let Some((market, launched_at)) = launch_of.get(&record.stream) {
+                    *instance_seconds
+                        .entry((repository_of[&record.stream].clone(), (*market).into()))
+                        .or_default() += at.millis_since(*launched_at) as f64 / 1000.0;
+                }
             }
             _ => {}
         }
     }
+    assert!(!instance_seconds.is_empty());
     assert!(!launched.is_empty() && !terminated.is_empty());
 
     // The projector folds the log within its tick: scrape until it shows
@@ -151,8 +176,37 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
         assert!(scraped.elapsed() < Duration::from_secs(10), "{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The fleet page's bars: the same figures by repository.
+    let page = http
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        // Askama writes `/` as an entity.
+        .replace("&#x2f;", "/")
+        .replace("&#47;", "/");
     sigterm(&child);
     child.wait().unwrap();
+    assert!(page.contains("<svg id=\"chart-repositories\""), "{page}");
+    let mut by_repository: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for ((repository, market), seconds) in &instance_seconds {
+        let line = by_repository.entry(repository).or_default();
+        line.0 += seconds / 3600.0;
+        line.1 += seconds / 3600.0 * hourly(market);
+    }
+    for (repository, (hours, usd)) in &by_repository {
+        let row = format!(
+            "<tr class=\"repository\"><td>{repository}</td><td class=\"n\">{hours:.2}</td><td class=\"n\">{usd:.2}</td></tr>"
+        );
+        assert!(page.contains(&row), "{row} in\n{page}");
+    }
+    assert_eq!(
+        page.matches("<tr class=\"repository\">").count(),
+        by_repository.len()
+    );
     let (content_type, text) = response;
     assert!(
         content_type.starts_with("application/openmetrics-text; version=1.0.0"),
@@ -178,6 +232,8 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
         ("jitr_instances", "gauge"),
         ("jitr_vcpus", "gauge"),
         ("jitr_vcpu_quota", "gauge"),
+        ("jitr_instance_seconds", "counter"),
+        ("jitr_cost_usd", "counter"),
     ] {
         let found = families
             .get(family)
@@ -224,6 +280,33 @@ async fn metrics_are_prometheus_text_and_count_what_the_log_says() {
             "{evidence}"
         );
     }
+    // Instance time and its cost: the log's, at the prices serve was given.
+    for ((repository, market), seconds) in &instance_seconds {
+        let with = [
+            ("repository", repository.as_str()),
+            ("pool", "default"),
+            ("instance_type", "c5.xlarge"),
+            ("market", market.as_str()),
+        ];
+        let found = sum(
+            &families,
+            "jitr_instance_seconds",
+            "jitr_instance_seconds_total",
+            &with,
+        );
+        assert!(
+            (found - seconds).abs() < 1e-6,
+            "{with:?}: {found} vs {seconds}"
+        );
+        let usd = sum(&families, "jitr_cost_usd", "jitr_cost_usd_total", &with);
+        let want = seconds / 3600.0 * hourly(market);
+        assert!((usd - want).abs() < 1e-9, "{with:?}: ${usd} vs ${want}");
+    }
+    assert_eq!(
+        families["jitr_cost_usd"].samples.len(),
+        instance_seconds.len(),
+        "{text}"
+    );
     let runners: f64 = sum(&families, "jitr_runners", "jitr_runners", &[]);
     assert_eq!(runners, JOBS as f64, "one runner per job, all closed");
     assert_eq!(

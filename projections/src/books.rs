@@ -114,7 +114,7 @@ pub struct UsageKey {
 
 /// The instance time of `state`'s instance in `window` until `end`: from
 /// `Launched` to `end`, less the time it was parked (stopped, ADR-0022).
-pub(crate) fn instance_time(
+pub fn instance_time(
     state: &RunnerState,
     window: &Window,
     end: Timestamp,

@@ -31,6 +31,8 @@ pub enum Kind {
     Gauge,
     /// A distribution of seconds (`jitr_…_seconds`).
     Seconds,
+    /// Only goes up, by fractions (`jitr_…_total`: seconds, dollars).
+    Sum,
 }
 
 /// One metric's definition: its names and labels in both outputs.
@@ -203,6 +205,13 @@ defs! {
     /// Messages in each queue's dead-letter queue.
     DEAD_LETTERS = "DeadLetters", "dead_letters", Gauge, ["queue" => "Queue"],
         "Messages in each queue's dead-letter queue (alarm above 5)";
+    /// Instance time of the runners that closed while this process folded
+    /// the log (ADR-0023).
+    INSTANCE_SECONDS = "InstanceSeconds", "instance_seconds", Sum, ["repository", "pool" => "Pool", "instance_type", "market" => "Market"],
+        "Instance-seconds (Launched to Terminated, less time parked) of runners that closed since this process started, by repository, pool, instance type and market";
+    /// That instance time times the prices `serve --prices` was given.
+    COST_USD = "CostUsd", "cost_usd", Sum, ["repository", "pool" => "Pool", "instance_type", "market" => "Market"],
+        "USD of the instance time of runners that closed since this process started, at the prices serve was given (types without a price are left out)";
 }
 
 type Labels = Vec<(String, String)>;
@@ -213,6 +222,7 @@ enum Series {
     Counter(Family<Labels, Counter>),
     Gauge(Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>),
     Seconds(Family<Labels, Histogram>),
+    Sum(Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>),
 }
 
 fn latency_buckets() -> Histogram {
@@ -227,6 +237,7 @@ static SERIES: LazyLock<Mutex<BTreeMap<&'static str, Series>>> = LazyLock::new(|
         let series = match def.kind {
             Kind::Counter => Series::Counter(Family::default()),
             Kind::Gauge => Series::Gauge(Family::default()),
+            Kind::Sum => Series::Sum(Family::default()),
             Kind::Seconds => {
                 Series::Seconds(Family::new_with_constructor(latency_buckets as fn() -> _))
             }
@@ -237,6 +248,7 @@ static SERIES: LazyLock<Mutex<BTreeMap<&'static str, Series>>> = LazyLock::new(|
                 Series::Counter(f) => drop(f.get_or_create(&Vec::new())),
                 Series::Gauge(f) => drop(f.get_or_create(&Vec::new())),
                 Series::Seconds(f) => drop(f.get_or_create(&Vec::new())),
+                Series::Sum(f) => drop(f.get_or_create(&Vec::new())),
             }
         }
         all.insert(def.prom, series);
@@ -275,6 +287,9 @@ pub fn record(at: Timestamp, def: &Def, value: f64, values: &[&str]) {
             family.get_or_create(&set).set(value);
         }
         Series::Seconds(family) => family.get_or_create(&set).observe(value),
+        Series::Sum(family) => {
+            family.get_or_create(&set).inc_by(value.max(0.0));
+        }
     }
     let dimensions: Vec<(&str, &str)> = def
         .labels
@@ -292,6 +307,87 @@ fn emit_emf(at: Timestamp, dimensions: &[(&str, &str)], metrics: &[(&str, f64, &
     } else {
         tracing::debug!(target: "jitr::metrics", "{line}");
     }
+}
+
+/// The prices `jitr serve --prices` was given ([`COST_USD`]).
+static PRICES: std::sync::OnceLock<crate::commands::cost::Prices> = std::sync::OnceLock::new();
+
+/// Prices the instance time [`runner_closed`] records from now on (once per
+/// process; a second call changes nothing and says so).
+pub fn set_prices(prices: crate::commands::cost::Prices) -> bool {
+    PRICES.set(prices).is_ok()
+}
+
+/// Records the instance time (and its cost, where priced) of a runner the
+/// projector saw close at `at`; a close before `since` (this process's
+/// start: a replay of older history) is left out, so the counters hold what
+/// happened while the process ran.
+pub fn runner_closed(at: Timestamp, since: Timestamp, state: &jitr_domain::RunnerState) {
+    if at < since {
+        return;
+    }
+    let end = state.terminated_at.unwrap_or(at);
+    let Some((key, ms)) = jitr_projections::books::instance_time(
+        state,
+        &jitr_projections::books::Window::default(),
+        end,
+    ) else {
+        return;
+    };
+    if ms == 0 {
+        return;
+    }
+    let seconds = ms as f64 / 1000.0;
+    let hourly = PRICES
+        .get()
+        .and_then(|p| p.hourly(key.market, &key.instance_type));
+    {
+        let mut repositories = CLOSED_BY_REPOSITORY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let line = repositories.entry(key.repository.clone()).or_default();
+        line.seconds += seconds;
+        match hourly {
+            Some(hourly) => line.usd += seconds / 3600.0 * hourly,
+            None => line.unpriced_seconds += seconds,
+        }
+    }
+    let values = [
+        key.repository.as_str(),
+        key.pool.as_str(),
+        key.instance_type.as_str(),
+        key.market.as_str(),
+    ];
+    record(at, &INSTANCE_SECONDS, seconds, &values);
+    if let Some(hourly) = hourly {
+        record(at, &COST_USD, seconds / 3600.0 * hourly, &values);
+    }
+}
+
+/// One repository's runners closed since the process started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepositoryCost {
+    /// Instance-seconds.
+    pub seconds: f64,
+    /// USD of those with a price.
+    pub usd: f64,
+    /// Instance-seconds without a price.
+    pub unpriced_seconds: f64,
+}
+
+static CLOSED_BY_REPOSITORY: LazyLock<Mutex<BTreeMap<String, RepositoryCost>>> =
+    LazyLock::new(Mutex::default);
+
+/// Instance time and cost of the runners closed since the process started,
+/// by repository (the fleet page's bars), and whether prices were given.
+pub fn closed_by_repository() -> (BTreeMap<String, RepositoryCost>, bool) {
+    (
+        CLOSED_BY_REPOSITORY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        PRICES.get().is_some(),
+    )
 }
 
 /// The owed terminations among the open runners as the reaper read them, as
@@ -647,6 +743,10 @@ pub fn render_prometheus(snapshot: &Snapshot) -> String {
                 registry.register(name, def.help, family);
             }
             (Some(Series::Counter(f)), _) => registry.register(name, def.help, f.clone()),
+            (Some(Series::Sum(f)), _) if def.prom.ends_with("_seconds") => {
+                registry.register_with_unit(name, def.help, Unit::Seconds, f.clone());
+            }
+            (Some(Series::Sum(f)), _) => registry.register(name, def.help, f.clone()),
             (Some(Series::Gauge(f)), _) => register(&mut registry, def, name, f.clone()),
             (Some(Series::Seconds(f)), _) => {
                 registry.register_with_unit(name, def.help, Unit::Seconds, f.clone());
@@ -764,7 +864,7 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
         for def in ALL {
             let kind = match def.kind {
-                Kind::Counter => "counter",
+                Kind::Counter | Kind::Sum => "counter",
                 Kind::Gauge => "gauge",
                 Kind::Seconds => "histogram",
             };

@@ -96,6 +96,9 @@ pub struct Projector {
     wake: Option<Arc<dyn jitr_infra::Queue>>,
     /// A `Terminated` of an instance was folded since the last wake.
     freed: bool,
+    /// Runners closing from then on are counted in the instance-time and
+    /// cost metrics (none: not counted).
+    count_closed_since: Option<jitr_domain::Timestamp>,
 }
 
 impl Projector {
@@ -121,6 +124,7 @@ impl Projector {
             leader: false,
             wake: None,
             freed: false,
+            count_closed_since: None,
         };
         projector.reload().await?;
         Ok(projector)
@@ -171,6 +175,13 @@ impl Projector {
         self
     }
 
+    /// Counts the instance time (and cost) of the runners that close at or
+    /// after `since` (the process's start) in the metrics as they are folded.
+    pub fn counting_closed_since(mut self, since: jitr_domain::Timestamp) -> Self {
+        self.count_closed_since = Some(since);
+        self
+    }
+
     /// Whether this projector held the lease at its last tick.
     pub fn is_leader(&self) -> bool {
         self.leader
@@ -210,7 +221,10 @@ impl Projector {
                         ..
                     } | jitr_domain::RunnerEvent::StrayTerminated { .. }
                 );
-                self.views.apply(r.position, &r.stream, &r.event);
+                let closed = self.views.apply(r.position, &r.stream, &r.event);
+                if let (Some(state), Some(since)) = (closed, self.count_closed_since) {
+                    crate::app::metrics::runner_closed(r.event.at(), since, &state);
+                }
             }
             for unreadable in &page.unreadable {
                 self.views.skip(unreadable.position);

@@ -797,6 +797,10 @@ pub struct Args {
     /// --on-demand-quota / --spot-quota do not.
     #[arg(long, value_name = "FILE", requires = "html")]
     config: Option<std::path::PathBuf>,
+    /// Prices (TOML, as `jitr cost --prices` reads): the HTML report's
+    /// chart of instance time by repository also gives its cost.
+    #[arg(long, value_name = "FILE", requires = "html")]
+    prices: Option<std::path::PathBuf>,
 }
 
 /// Where and how to write the HTML report.
@@ -805,6 +809,8 @@ pub struct HtmlReport {
     pub path: std::path::PathBuf,
     /// The quotas to draw.
     pub quotas: super::audit_html::Quotas,
+    /// The prices of the instance time, when given.
+    pub prices: Option<super::cost::Prices>,
     /// The chart ends here when given (else at the last event).
     pub until: Option<Timestamp>,
 }
@@ -833,8 +839,14 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             .find(|(m, _)| *m == market)
             .map(|(_, vcpus)| *vcpus)
     };
+    let prices = args
+        .prices
+        .as_deref()
+        .map(super::cost::Prices::load)
+        .transpose()?;
     let html = args.html.clone().map(|path| HtmlReport {
         path,
+        prices,
         quotas: super::audit_html::Quotas {
             on_demand: args
                 .on_demand_quota
@@ -963,7 +975,9 @@ fn write_html(
         .ledger
         .vcpu_series(since, until, 400, window.orphan_grace_ms);
     let owed = replayed.ledger.owed_records(until);
-    let page = super::audit_html::render(report, &series, &owed, html.quotas)
+    let by_repository =
+        super::audit_html::by_repository(&replayed.books.usage(), html.prices.as_ref());
+    let page = super::audit_html::render(report, &series, &owed, &by_repository, html.quotas)
         .map_err(|e| anyhow::anyhow!("drawing the charts: {e}"))?;
     std::fs::write(&html.path, page)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.path.display()))?;

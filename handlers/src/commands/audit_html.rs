@@ -2,7 +2,8 @@
 //! fleet's vCPUs over time per market, stacked legitimate / owed within the
 //! grace / orphaned, with the quota as a line (SVG drawn by `plotters`,
 //! inline); failures by stage; every runner that was ever owed a termination
-//! with its compensation latency. The data behind the charts is embedded as
+//! with its compensation latency; instance time (and cost) by repository. The
+//! data behind the charts is embedded as
 //! JSON (`<script type="application/json" id="chart-data">`, never run).
 
 use jitr_domain::{Market, Timestamp};
@@ -10,7 +11,10 @@ use jitr_projections::accounting::{OwedRecord, VcpuBands, VcpuSample};
 use plotters::prelude::*;
 use serde::Serialize;
 
+use jitr_projections::books::UsageKey;
+
 use super::audit::AuditReport;
+use super::cost::Prices;
 use super::report::rfc3339;
 
 /// The quotas drawn as lines (vCPUs), when known.
@@ -22,11 +26,131 @@ pub struct Quotas {
     pub spot: Option<u32>,
 }
 
+/// One repository's instance time in the window, and its cost when priced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RepositoryUsage {
+    /// `owner/repo`, or `others` for the rest past the chart's bars.
+    pub repository: String,
+    /// Instance-hours.
+    pub instance_hours: f64,
+    /// USD, when prices were given (instance time without a price counts 0).
+    pub usd: Option<f64>,
+}
+
+/// Bars the repository chart draws; the rest are summed as `others`.
+const REPOSITORY_BARS: usize = 15;
+
+/// Instance time (and cost, with `prices`) by repository, the largest first:
+/// [`REPOSITORY_BARS`] of them, then `others`.
+pub fn by_repository(
+    usage: &std::collections::BTreeMap<UsageKey, u64>,
+    prices: Option<&Prices>,
+) -> Vec<RepositoryUsage> {
+    let mut repositories: std::collections::BTreeMap<&str, RepositoryUsage> =
+        std::collections::BTreeMap::new();
+    for (key, ms) in usage {
+        let hours = *ms as f64 / 3_600_000.0;
+        let line = repositories
+            .entry(&key.repository)
+            .or_insert_with(|| RepositoryUsage {
+                repository: key.repository.clone(),
+                instance_hours: 0.0,
+                usd: prices.map(|_| 0.0),
+            });
+        line.instance_hours += hours;
+        if let (Some(usd), Some(hourly)) = (
+            line.usd.as_mut(),
+            prices.and_then(|p| p.hourly(key.market, &key.instance_type)),
+        ) {
+            *usd += hours * hourly;
+        }
+    }
+    let mut lines: Vec<RepositoryUsage> = repositories.into_values().collect();
+    let weight = |l: &RepositoryUsage| l.usd.unwrap_or(l.instance_hours);
+    lines.sort_by(|a, b| {
+        weight(b)
+            .total_cmp(&weight(a))
+            .then(a.repository.cmp(&b.repository))
+    });
+    if lines.len() > REPOSITORY_BARS {
+        let rest = lines.split_off(REPOSITORY_BARS - 1);
+        lines.push(RepositoryUsage {
+            repository: format!("others ({})", rest.len()),
+            instance_hours: rest.iter().map(|l| l.instance_hours).sum(),
+            usd: prices.map(|_| rest.iter().filter_map(|l| l.usd).sum()),
+        });
+    }
+    lines
+}
+
+/// The repositories' bars as an SVG document: cost when priced, else
+/// instance-hours.
+fn repository_chart(lines: &[RepositoryUsage]) -> Result<String, String> {
+    let priced = lines.iter().any(|l| l.usd.is_some());
+    let value = |l: &RepositoryUsage| {
+        if priced {
+            l.usd.unwrap_or(0.0)
+        } else {
+            l.instance_hours
+        }
+    };
+    let top = lines.iter().map(value).fold(0.0, f64::max).max(1e-9) * 1.25;
+    let rows = lines.len().max(1);
+    let mut svg = String::new();
+    {
+        let height = 60 + 26 * rows as u32;
+        let root = SVGBackend::with_string(&mut svg, (960, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                if priced {
+                    "Cost by repository (USD)"
+                } else {
+                    "Instance-hours by repository"
+                },
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(220)
+            .build_cartesian_2d(0f64..top, 0f64..rows as f64)
+            .map_err(|e| e.to_string())?;
+        let names: Vec<String> = lines.iter().map(|l| l.repository.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .light_line_style(WHITE)
+            .y_labels(rows * 2 + 1)
+            .y_label_formatter(&|y: &f64| {
+                // Labels sit at the bars' middles (i + 0.5), the largest on top.
+                let middle = y - y.floor();
+                let row = rows.checked_sub(1 + y.floor() as usize);
+                match row {
+                    Some(i) if (middle - 0.5).abs() < 1e-6 => names[i].clone(),
+                    _ => String::new(),
+                }
+            })
+            .x_desc(if priced { "USD" } else { "instance-hours" })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(lines.iter().enumerate().map(|(i, l)| {
+                let y = (rows - 1 - i) as f64;
+                Rectangle::new([(0.0, y + 0.15), (value(l), y + 0.85)], LEGITIMATE.filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 /// What the charts show, as embedded in the file.
 #[derive(Debug, Serialize)]
 pub struct ChartData<'a> {
     /// The samples.
     pub series: &'a [VcpuSample],
+    /// Instance time (and cost) by repository.
+    pub by_repository: &'a [RepositoryUsage],
     /// The quotas.
     pub quotas: Quotas,
     /// The orphan grace, ms.
@@ -134,12 +258,15 @@ pub fn render(
     report: &AuditReport,
     series: &[VcpuSample],
     owed: &[OwedRecord],
+    by_repository: &[RepositoryUsage],
     quotas: Quotas,
 ) -> Result<String, String> {
     let on_demand = market_chart("On-demand vCPUs", series, |s| s.on_demand, quotas.on_demand)?;
     let spot = market_chart("Spot vCPUs", series, |s| s.spot, quotas.spot)?;
+    let repositories = repository_chart(by_repository)?;
     let data = serde_json::to_string(&ChartData {
         series,
+        by_repository,
         quotas,
         orphan_grace_ms: report.orphan_grace_ms,
     })
@@ -182,6 +309,21 @@ pub fn render(
     html.push_str("</div>\n<div id=\"chart-spot\">");
     html.push_str(&spot);
     html.push_str("</div>\n");
+    html.push_str("<h2>Instance time by repository</h2>\n<div id=\"chart-repositories\">");
+    html.push_str(&repositories);
+    html.push_str("</div>\n<table id=\"repositories\">\n<tr><th>repository</th><th class=\"n\">instance-hours</th><th class=\"n\">USD</th></tr>\n");
+    if by_repository.is_empty() {
+        html.push_str("<tr><td colspan=\"3\">none</td></tr>\n");
+    }
+    for line in by_repository {
+        html.push_str(&format!(
+            "<tr class=\"repository\"><td>{}</td><td class=\"n\">{:.2}</td><td class=\"n\">{}</td></tr>\n",
+            escape(&line.repository),
+            line.instance_hours,
+            line.usd.map_or_else(|| "—".to_owned(), |usd| format!("{usd:.2}")),
+        ));
+    }
+    html.push_str("</table>\n");
     html.push_str("<h2>Failures by stage</h2>\n<table id=\"failures\">\n<tr><th>stage</th><th class=\"n\">runners</th></tr>\n");
     if report.failures.is_empty() {
         html.push_str("<tr><td colspan=\"2\">none</td></tr>\n");

@@ -28,6 +28,7 @@ pub mod history;
 pub mod init;
 pub mod lambda;
 pub mod package;
+pub mod prices;
 pub mod report;
 pub mod send_webhook;
 pub mod serve;
@@ -111,6 +112,11 @@ pub enum Command {
     /// or market, over a window: instance time from the log times the prices
     /// of a prices file (ADR-0023).
     Cost(cost::Args),
+    /// Write the prices file `cost`, `serve --prices`, `audit --prices` and
+    /// `archive report` read, from AWS: on-demand from the Price List API,
+    /// spot from DescribeSpotPriceHistory; reused while younger than
+    /// --max-age.
+    Prices(prices::Args),
     /// Close the books: save a snapshot of the audit's books for every UTC day
     /// that is over (ADR-0023), so that `jitr audit --since` reads only the
     /// events after the last one before its window. `--list` lists them.
@@ -159,6 +165,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::command(args).await,
         Command::Snapshot(args) => snapshot::command(args).await,
         Command::Cost(args) => cost::command(args).await,
+        Command::Prices(args) => prices::command(args).await,
         Command::Archive(args) => archive::command(args).await,
         Command::Config(args) => config::command(args).await,
         Command::Dlq(args) => dlq::command(args).await,

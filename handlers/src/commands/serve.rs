@@ -54,6 +54,10 @@ pub struct Args {
     /// for `linux`/`x64` jobs. On AWS: `JITR_CONFIG`.
     #[arg(long, env = "JITR_CONFIG")]
     config: Option<PathBuf>,
+    /// Prices (TOML, as `jitr cost --prices` reads): `/metrics` then counts
+    /// the cost of the runners that close, `jitr_cost_usd_total`.
+    #[arg(long, env = "JITR_PRICES")]
+    prices: Option<PathBuf>,
     /// Reaper and rebalancer period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sweep_interval: Duration,
@@ -101,6 +105,9 @@ pub struct Args {
 
 /// Serves until SIGTERM or Ctrl-C.
 pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &args.prices {
+        crate::app::metrics::set_prices(super::cost::Prices::load(file)?);
+    }
     if args.aws {
         return serve_aws(args).await;
     }

@@ -162,9 +162,12 @@ pub async fn run(handler: &str) -> Result<(), LambdaError> {
             .await
         }
         "projector" => {
-            let projector = Arc::new(tokio::sync::Mutex::new(app.projector().await.map_err(
-                |e| LambdaError::Setup(format!("projector: {e}")),
-            )?));
+            let projector = Arc::new(tokio::sync::Mutex::new(
+                app.projector()
+                    .await
+                    .map_err(|e| LambdaError::Setup(format!("projector: {e}")))?
+                    .counting_closed_since(now()),
+            ));
             lambda_runtime::run(service_fn(move |nudge: LambdaEvent<Value>| {
                 let projector = projector.clone();
                 within_deadline(nudge.context.deadline, async move {

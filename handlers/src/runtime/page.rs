@@ -154,6 +154,71 @@ pub struct Filter {
     pub pool: String,
 }
 
+/// One repository's bar on the fleet page.
+pub struct RepositoryRow {
+    repository: String,
+    hours: String,
+    usd: String,
+    /// The bar's top, px.
+    y: u32,
+    /// The label's baseline, px.
+    text_y: u32,
+    /// The bar's width, px.
+    width: u32,
+    /// Where the value is written, px.
+    value_x: u32,
+    /// What the bar measures, as written beside it.
+    value: String,
+}
+
+/// Bars of the repository chart: the costliest (or longest-running) first.
+const REPOSITORY_BARS: usize = 15;
+/// The widest bar, px.
+const BAR_WIDTH: f64 = 560.0;
+/// Where bars start, px (the repository's name is left of it).
+const BAR_X: u32 = 260;
+
+/// The repositories' bars and the chart's height: cost when priced, else
+/// instance-hours.
+fn repository_rows(
+    closed: &BTreeMap<String, crate::app::metrics::RepositoryCost>,
+    priced: bool,
+) -> (Vec<RepositoryRow>, u32) {
+    let value = |c: &crate::app::metrics::RepositoryCost| if priced { c.usd } else { c.seconds };
+    let mut lines: Vec<(&String, &crate::app::metrics::RepositoryCost)> = closed.iter().collect();
+    lines.sort_by(|a, b| value(b.1).total_cmp(&value(a.1)).then(a.0.cmp(b.0)));
+    lines.truncate(REPOSITORY_BARS);
+    let top = lines.first().map_or(0.0, |l| value(l.1)).max(1e-9);
+    let rows = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (repository, cost))| {
+            let width = (value(cost) / top * BAR_WIDTH).round() as u32;
+            let hours = cost.seconds / 3600.0;
+            RepositoryRow {
+                repository: (*repository).clone(),
+                hours: format!("{hours:.2}"),
+                usd: if priced {
+                    format!("{:.2}", cost.usd)
+                } else {
+                    "—".into()
+                },
+                y: 6 + 26 * i as u32,
+                text_y: 20 + 26 * i as u32,
+                width,
+                value_x: BAR_X + width + 8,
+                value: if priced {
+                    format!("${:.2}", cost.usd)
+                } else {
+                    format!("{hours:.2} h")
+                },
+            }
+        })
+        .collect::<Vec<_>>();
+    let height = 12 + 26 * rows.len() as u32;
+    (rows, height)
+}
+
 /// The fleet page.
 #[derive(Template)]
 #[template(path = "fleet.html")]
@@ -171,6 +236,10 @@ pub struct FleetPage {
     counts: Vec<(String, String, u64)>,
     runners: Vec<RunnerRow>,
     queues: Vec<QueueRow>,
+    repositories: Vec<RepositoryRow>,
+    repositories_height: u32,
+    repositories_priced: bool,
+    bar_x: u32,
 }
 
 /// A runner's timeline page.
@@ -258,6 +327,8 @@ impl FleetPage {
         queues: Vec<QueueRow>,
         filter: Filter,
     ) -> Self {
+        let (closed, repositories_priced) = crate::app::metrics::closed_by_repository();
+        let (repositories, repositories_height) = repository_rows(&closed, repositories_priced);
         let fleet = views.fleet();
         let markets = vec![
             MarketRow {
@@ -363,6 +434,10 @@ impl FleetPage {
                 })
                 .collect(),
             starts: start_rows(&parked),
+            repositories,
+            repositories_height,
+            repositories_priced,
+            bar_x: BAR_X,
             owed,
             statuses: RunnerStatus::ALL
                 .iter()

@@ -343,7 +343,7 @@ pub async fn run(
     let views: SharedViews;
     {
         let mut stop = stop.clone();
-        let mut projector = app.projector().await?;
+        let mut projector = app.projector().await?.counting_closed_since(now());
         views = Arc::new(std::sync::RwLock::new(Arc::new(projector.views().clone())));
         let shared = views.clone();
         tasks.spawn(async move {

@@ -188,6 +188,11 @@ client!(
     iam,
     aws_sdk_iam
 );
+client!(
+    /// An AWS Price List Query API client.
+    pricing,
+    aws_sdk_pricing
+);
 
 /// An S3 client; with an endpoint configured (an emulator, a VPC endpoint)
 /// the bucket goes in the path.

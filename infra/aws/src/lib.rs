@@ -20,6 +20,7 @@ mod ec2;
 mod eventbridge;
 pub mod iam_policy;
 mod names;
+pub mod pricing;
 mod provision;
 mod s3;
 mod sqs;
