@@ -13,7 +13,7 @@ use bytes::Bytes;
 use jitr_aws::{DynamoEventStore, S3Archive, TTL_ATTRIBUTE};
 use jitr_domain::{RunnerEvent, StreamId, Timestamp};
 use jitr_handlers::app::archive::{ArchiveRunError, archive, archived_log, load_index};
-use jitr_handlers::commands::archive::report;
+use jitr_handlers::commands::archive::{hot_runners, report};
 use jitr_handlers::commands::audit::{self, AuditWindow};
 use jitr_handlers::commands::bench_history::synthetic_life;
 use jitr_handlers::commands::cost::Prices;
@@ -62,8 +62,9 @@ fn at_of(events: &[RunnerEvent], kind: &str) -> Option<i64> {
 }
 
 /// Per repository, from the raw events: instance ms (`Launched` to
-/// `Terminated`) and orphan vCPU-ms (a failure after launch owes the
-/// termination from the failure on; past the grace it is orphaned).
+/// `Terminated`) and orphan vCPU-ms (a failure after launch, or a
+/// termination asked for, owes the termination from then on; past the grace
+/// it is orphaned).
 fn expected(lives: &[&(StreamId, Vec<RunnerEvent>)]) -> BTreeMap<String, (u64, u64)> {
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (_, events) in lives {
@@ -80,8 +81,10 @@ fn expected(lives: &[&(StreamId, Vec<RunnerEvent>)]) -> BTreeMap<String, (u64, u
             continue;
         };
         line.0 += (terminated - launched) as u64;
-        if let Some(failed) = at_of(events, "Failed").filter(|f| *f > launched) {
-            line.1 += vcpus * ((terminated - failed) as u64).saturating_sub(GRACE_MS);
+        let failed = at_of(events, "Failed").filter(|f| *f > launched);
+        let asked = at_of(events, "TerminationRequested");
+        if let Some(owed) = failed.into_iter().chain(asked).min() {
+            line.1 += vcpus * ((terminated - owed) as u64).saturating_sub(GRACE_MS);
         }
     }
     out
@@ -135,7 +138,7 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
         .append(
             &late_stream,
             late_cut as u64,
-            &[late_last],
+            std::slice::from_ref(&late_last),
             &CommandId::new("late"),
         )
         .await
@@ -259,6 +262,7 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
         None,
         None,
         GRACE_MS,
+        None,
     )
     .await
     .unwrap();
@@ -275,6 +279,37 @@ async fn archive_and_hot_tail_audit_as_the_whole_log_did() {
     assert_eq!(
         report.iter().map(|l| l.runners).sum::<u64>(),
         archived_lives.len() as u64
+    );
+
+    // With the log's closed runners not archived yet: every closed runner.
+    let mut whole = lives.clone();
+    whole[7].1.truncate(late_cut);
+    whole[7].1.push(late_last.clone());
+    let closed: Vec<_> = whole
+        .iter()
+        .filter(|(_, e)| jitr_domain::is_terminal(&jitr_domain::fold(e)))
+        .collect();
+    let hot = hot_runners(&store, |_| {}).await.unwrap();
+    let from_log: usize = hot.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(from_log + archived_lives.len(), closed.len());
+    let all = jitr_handlers::commands::archive::report(
+        &dir.path().join("archive"),
+        &Prices::default(),
+        None,
+        None,
+        GRACE_MS,
+        Some(hot),
+    )
+    .await
+    .unwrap();
+    let found: BTreeMap<String, (u64, u64)> = all
+        .iter()
+        .map(|l| (l.repository.clone(), (l.instance_ms, l.orphan_vcpu_ms)))
+        .collect();
+    assert_eq!(found, expected(&closed));
+    assert_eq!(
+        all.iter().map(|l| l.runners).sum::<u64>(),
+        closed.len() as u64
     );
 
     // An archive that lost a part its index lists is refused, not read as

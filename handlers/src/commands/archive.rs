@@ -102,6 +102,10 @@ pub struct ReportArgs {
     /// An instance counts as orphaned this long after its termination became owed.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     orphan_grace: std::time::Duration,
+    /// Only the archive: leave out the runners closed in the log that are
+    /// not archived yet (by default they are added, read from the log).
+    #[arg(long)]
+    archive_only: bool,
 }
 
 /// `jitr archive sql` arguments.
@@ -231,8 +235,14 @@ async fn list(place: Where) -> anyhow::Result<ExitCode> {
 }
 
 /// A session over the archive at `dir`: `events` and `runners`, partitioned
-/// by `day`, and `prices` when given.
-pub async fn session(dir: &Path, prices: Option<&Prices>) -> anyhow::Result<SessionContext> {
+/// by `day`, and `prices` when given. With `hot` (the log's closed runners
+/// not archived yet, [`hot_runners`]), `runners` is the archived ones and
+/// those.
+pub async fn session(
+    dir: &Path,
+    prices: Option<&Prices>,
+    hot: Option<Vec<RecordBatch>>,
+) -> anyhow::Result<SessionContext> {
     let ctx = SessionContext::new();
     for table in [EVENTS, RUNNERS] {
         let path = dir.join(table);
@@ -244,9 +254,25 @@ pub async fn session(dir: &Path, prices: Option<&Prices>) -> anyhow::Result<Sess
         }
         let options = ParquetReadOptions::default()
             .table_partition_cols(vec![("day".to_owned(), DataType::Utf8)]);
-        ctx.register_parquet(table, path.to_string_lossy().as_ref(), options)
+        let name = if table == RUNNERS && hot.is_some() {
+            "archived_runners"
+        } else {
+            table
+        };
+        ctx.register_parquet(name, path.to_string_lossy().as_ref(), options)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
+    }
+    if let Some(hot) = hot {
+        ctx.register_table(
+            "hot_runners",
+            Arc::new(MemTable::try_new(runners_with_day_schema(), vec![hot])?),
+        )?;
+        ctx.sql(
+            "CREATE VIEW runners AS \
+             SELECT * FROM archived_runners UNION ALL SELECT * FROM hot_runners",
+        )
+        .await?;
     }
     if let Some(prices) = prices {
         let schema = Arc::new(Schema::new(vec![
@@ -328,15 +354,96 @@ pub struct RepositoryLine {
     pub unpriced_ms: u64,
 }
 
-/// Runs the report's query over the archive at `dir`.
+/// Rows of the `runners` table a batch of [`hot_runners`] holds at most.
+const HOT_BATCH_ROWS: usize = 100_000;
+
+/// The `runners` table's schema with its partition column `day`.
+fn runners_with_day_schema() -> Arc<Schema> {
+    let mut fields: Vec<Field> = crate::app::archive::runners_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("day", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// `records` as rows of the `runners` table with its `day` column.
+fn runners_with_day(
+    records: &[jitr_projections::record::RunnerRecord],
+) -> anyhow::Result<RecordBatch> {
+    let batch = crate::app::archive::runners_batch(records)?;
+    let days: StringArray = records
+        .iter()
+        .map(|r| Some(crate::app::books::day_name(r.closed_at)))
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(days));
+    Ok(RecordBatch::try_new(runners_with_day_schema(), columns)?)
+}
+
+/// The closed runners of `log` (a hot log: the archived ones are gone from
+/// it), as rows of the archive's `runners` table with its `day` column: the
+/// tail a report adds to the archived days. Reads the log once, keeping only
+/// the open streams' events and batches of [`HOT_BATCH_ROWS`] rows.
+pub async fn hot_runners<S: jitr_infra::EventStore + ?Sized>(
+    log: &S,
+    progress: impl FnMut(u64),
+) -> anyhow::Result<Vec<RecordBatch>> {
+    use std::collections::HashMap;
+
+    use jitr_domain::{RunnerEvent, RunnerState, StreamId, evolve, is_terminal};
+    use jitr_projections::record::RunnerRecord;
+
+    use crate::commands::audit::{FeedItem, read_feed};
+
+    let mut open: HashMap<StreamId, (RunnerState, Vec<RunnerEvent>)> = HashMap::new();
+    let mut records = Vec::with_capacity(HOT_BATCH_ROWS);
+    let mut batches = Vec::new();
+    let mut failed = None;
+    read_feed(
+        log,
+        0,
+        |item| {
+            let FeedItem::Event(r) = item else { return };
+            let (state, events) = open.entry(r.stream.clone()).or_default();
+            *state = evolve(std::mem::take(state), &r.event);
+            events.push(r.event.clone());
+            if !is_terminal(state) {
+                return;
+            }
+            if let Some((_, events)) = open.remove(&r.stream) {
+                records.extend(RunnerRecord::of(&r.stream, &events));
+            }
+            if records.len() >= HOT_BATCH_ROWS && failed.is_none() {
+                match runners_with_day(&records) {
+                    Ok(batch) => batches.push(batch),
+                    Err(e) => failed = Some(e),
+                }
+                records.clear();
+            }
+        },
+        progress,
+    )
+    .await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    batches.push(runners_with_day(&records)?);
+    Ok(batches)
+}
+
+/// Runs the report's query over the archive at `dir`, and over `hot` (the
+/// log's closed runners not archived yet) when given.
 pub async fn report(
     dir: &Path,
     prices: &Prices,
     since: Option<&str>,
     until: Option<&str>,
     grace_ms: u64,
+    hot: Option<Vec<RecordBatch>>,
 ) -> anyhow::Result<Vec<RepositoryLine>> {
-    let ctx = session(dir, Some(prices)).await?;
+    let ctx = session(dir, Some(prices), hot).await?;
     let batches = ctx
         .sql(&report_sql(since, until, grace_ms))
         .await?
@@ -402,12 +509,24 @@ async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
         super::parse_moment(&format!("{day}T00:00:00Z"))
             .map_err(|e| anyhow::anyhow!("{day:?} is not a day (2026-01-31): {e}"))?;
     }
+    let hot = if args.archive_only {
+        None
+    } else {
+        let log = SqliteEventStore::open_read_only(args.place.data.path.join(super::LOG_FILE))?;
+        let total = jitr_infra::EventStore::last_position(&log).await?;
+        let bar = super::progress_bar(total, args.place.json);
+        let hot = hot_runners(&log, |p| bar.set_position(p)).await?;
+        bar.finish_and_clear();
+        Some(hot)
+    };
+    let from_log: usize = hot.iter().flatten().map(RecordBatch::num_rows).sum();
     let lines = report(
         &args.place.archive_dir(),
         &prices,
         args.since.as_deref(),
         args.until.as_deref(),
         args.orphan_grace.as_millis() as u64,
+        hot,
     )
     .await?;
     if args.place.json {
@@ -415,9 +534,14 @@ async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "runners closed {} .. {}, from the archive",
+        "runners closed {} .. {}, from the archive{}",
         args.since.as_deref().unwrap_or("the first day"),
-        args.until.as_deref().unwrap_or("the last day")
+        args.until.as_deref().unwrap_or("the last day"),
+        if args.archive_only {
+            String::new()
+        } else {
+            format!(" and the log ({from_log} runners closed there, not archived yet)")
+        }
     );
     println!(
         "  {:<32} {:>9} {:>14} {:>18} {:>12}",
@@ -442,7 +566,7 @@ async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn sql_command(args: SqlArgs) -> anyhow::Result<ExitCode> {
-    let ctx = session(&args.place.archive_dir(), None).await?;
+    let ctx = session(&args.place.archive_dir(), None, None).await?;
     let batches = ctx.sql(&args.query).await?.collect().await?;
     if args.place.json {
         let mut rows = Vec::new();
