@@ -277,9 +277,7 @@ pub async fn run(
         / sample as f64;
     // 0.2 % over: the writer stops at `events`, minutes before the last
     // day's end, rather than short of it.
-    let per_day = (events as f64 * 1.002 / mean / days as f64)
-        .ceil()
-        .max(1.0) as u64;
+    let per_day = (events as f64 * 1.002 / mean / days as f64).ceil().max(1.0) as u64;
     let spacing = DAY_MS / per_day;
     let started = Instant::now();
     // One thread generates and encodes lives, this one writes them.
