@@ -288,12 +288,28 @@ pub enum FeedItem<'a> {
 /// [`StoreError::Newer`] at an event of a newer jitr.
 pub async fn read_feed<S: EventStore + ?Sized>(
     store: &S,
-    mut after: u64,
+    after: u64,
     mut fold: impl FnMut(FeedItem<'_>),
     mut progress: impl FnMut(u64),
 ) -> Result<(), StoreError> {
+    use std::future::Future as _;
+    use std::task::{Context, Poll, Waker};
+
+    let mut page = read_feed_page(store, after, FEED_PAGE).await?;
     loop {
-        let page = read_feed_page(store, after, FEED_PAGE).await?;
+        // The next page is asked for before this one is folded: a store
+        // that reads on another thread (SQLite's blocking pool) reads it
+        // while this thread folds.
+        let mut next = page
+            .last
+            .filter(|_| page.newer.is_none())
+            .map(|last| Box::pin(read_feed_page(store, last, FEED_PAGE)));
+        let early = next.as_mut().and_then(|next| {
+            match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(read) => Some(read),
+                Poll::Pending => None,
+            }
+        });
         let mut unreadable = page.unreadable.into_iter().peekable();
         for r in &page.events {
             while let Some(u) = unreadable.next_if(|u| u.position < r.position) {
@@ -311,9 +327,14 @@ pub async fn read_feed<S: EventStore + ?Sized>(
                 what: newer.reason,
             });
         }
-        let Some(last) = page.last else { break };
-        after = last;
-        progress(after);
+        let (Some(last), Some(next)) = (page.last, next) else {
+            break;
+        };
+        progress(last);
+        page = match early {
+            Some(read) => read?,
+            None => next.await?,
+        };
     }
     Ok(())
 }
