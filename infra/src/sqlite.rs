@@ -87,7 +87,7 @@ const FEED_READ_RESERVE: usize = 10_000;
 /// copying each page out of the kernel (measured: 15 % of a replay's time).
 const MMAP_BYTES: i64 = 1 << 36;
 
-/// Events one `INSERT` writes at most (7 parameters each, well under
+/// Rows one `INSERT` writes at most (at most 10 parameters each: well under
 /// SQLite's 32,766).
 const ROWS_PER_INSERT: usize = 256;
 
@@ -320,10 +320,7 @@ impl SqliteEventStore {
         match self.import.load(Ordering::SeqCst) {
             IMPORTING => {}
             IMPORT_FAILED => {
-                return Err(StoreError::Refused(format!(
-                    "{}: a batch of this import failed; the log is unfinished: delete it",
-                    self.path.display()
-                )));
+                return Err(self.import_failed());
             }
             _ => return Err(StoreError::Refused("no bulk import under way".into())),
         }
@@ -344,6 +341,14 @@ impl SqliteEventStore {
         Ok(())
     }
 
+    /// The refusal of a write after a batch of the import failed.
+    fn import_failed(&self) -> StoreError {
+        StoreError::Refused(format!(
+            "{}: a batch of this import failed; the log is unfinished: delete it",
+            self.path.display()
+        ))
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()
@@ -360,10 +365,7 @@ impl SqliteEventStore {
         let mut conn = self.lock()?;
         let importing = match self.import.load(Ordering::SeqCst) {
             IMPORT_FAILED => {
-                return Err(StoreError::Refused(format!(
-                    "{}: a batch of this import failed; the log is unfinished: delete it",
-                    self.path.display()
-                )));
+                return Err(self.import_failed());
             }
             state => state == IMPORTING,
         };
