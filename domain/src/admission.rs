@@ -23,6 +23,7 @@ use crate::ids::{InstanceId, StreamId, Timestamp};
 use crate::launch::{LaunchChoices, NextLaunch, Refusal, market_unusable, next_launch};
 use crate::state::{RunnerRequest, RunnerState};
 use crate::supply::{Retirement, plan_withdrawals};
+use crate::wait::{MarketBlock, Wait, WaitReason};
 
 /// How long a runner whose launch's outcome is unknown waits before its own
 /// delivery resolves the intent by its token.
@@ -108,7 +109,7 @@ pub enum AdmissionStep {
         /// The runner.
         stream: StreamId,
         /// Why, with how many runners are ahead of it.
-        why: String,
+        why: Wait,
     },
 }
 
@@ -149,7 +150,7 @@ pub enum Admitted {
         vcpus: u32,
     },
     /// Still waiting, and why.
-    Waiting(String),
+    Waiting(Wait),
     /// Failed: it cannot be launched.
     Failed(String),
     /// Its launch's outcome is unknown.
@@ -202,6 +203,21 @@ pub struct RoundReport {
     pub wake_at: Option<Timestamp>,
     /// Each runner the round decided on.
     pub admitted: BTreeMap<StreamId, Admitted>,
+    /// Every runner still waiting after it, in the round's order.
+    pub still_waiting: Vec<StillWaiting>,
+}
+
+/// A runner still waiting after a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StillWaiting {
+    /// Its pool (empty: none).
+    pub pool: String,
+    /// The runner.
+    pub stream: StreamId,
+    /// When it was requested.
+    pub since: Timestamp,
+    /// Why, when the round reached it (none: the executor stopped before).
+    pub reason: Option<WaitReason>,
 }
 
 impl RoundReport {
@@ -288,6 +304,16 @@ struct Attempt {
     launching: Option<(Market, usize)>,
     /// EC2's last refusal: code and message.
     last_refusal: Option<(String, String)>,
+    /// Why each market it may use is closed so far, the latest per market.
+    blocks: Vec<MarketBlock>,
+}
+
+impl Attempt {
+    fn blocked(&mut self, block: MarketBlock) {
+        self.blocks.retain(|b| b.market() != block.market());
+        self.blocks.push(block);
+        self.blocks.sort_by_key(MarketBlock::market);
+    }
 }
 
 /// One admission round, planned and carried out step by step.
@@ -302,7 +328,7 @@ pub struct AdmissionRound {
     steps: VecDeque<AdmissionStep>,
     attempt: Option<Attempt>,
     /// Pools waiting whole for the rest of the round, and why.
-    blocked: HashMap<String, String>,
+    blocked: HashMap<String, WaitReason>,
     /// Every waiting runner, by pool, with its request time.
     waiting: Vec<(String, StreamId, Timestamp)>,
     report: RoundReport,
@@ -484,7 +510,7 @@ impl AdmissionRound {
                 self.report
                     .attempts
                     .push(attempted(&class_name, Some(code.clone())));
-                *self.report.refused.entry(pool).or_default() += 1;
+                *self.report.refused.entry(pool.clone()).or_default() += 1;
                 let types = attempt.candidate.choices().instance_types;
                 // No probe past another ceiling after a refusal.
                 for other in std::mem::take(&mut attempt.probing) {
@@ -499,14 +525,30 @@ impl AdmissionRound {
                 });
                 if class == LaunchErrorClass::Quota {
                     // A vCPU quota is the market's, whatever the type.
-                    self.ledger
-                        .quota_refused(market, self.held.market(market), self.now);
+                    let used = self.held.market(market);
+                    self.ledger.quota_refused(market, used, self.now);
                     close(&mut attempt.refusals, market, types);
+                    attempt.blocked(self.ledger.block(&pool, market, used, self.now));
                 } else if market_unusable(&code) {
                     // The account cannot use the market at all: the other
                     // market is tried, this one not again for a while.
                     self.ledger.market_unusable(market, self.now);
                     close(&mut attempt.refusals, market, types);
+                    attempt.blocked(MarketBlock::Unusable {
+                        market,
+                        code: Some(code.clone()),
+                    });
+                } else if class == LaunchErrorClass::Capacity {
+                    attempt.blocked(MarketBlock::Capacity {
+                        market,
+                        code: Some(code.clone()),
+                        until: None,
+                    });
+                } else {
+                    attempt.blocked(MarketBlock::Refused {
+                        market,
+                        code: code.clone(),
+                    });
                 }
                 attempt.last_refusal = Some((code, message));
                 self.attempt = Some(attempt);
@@ -532,14 +574,20 @@ impl AdmissionRound {
         }
         // Runners not taken up (the executor stopped early) are still waiting.
         for (pool, stream, since) in &self.waiting {
-            if matches!(
-                self.report.admitted.get(stream),
-                None | Some(Admitted::Waiting(_))
-            ) {
-                let entry = self.report.pools.entry(pool.clone()).or_default();
-                entry.runners += 1;
-                entry.oldest_ms = entry.oldest_ms.max(self.now.millis_since(*since));
-            }
+            let reason = match self.report.admitted.get(stream) {
+                None => None,
+                Some(Admitted::Waiting(wait)) => Some(wait.reason.clone()),
+                Some(_) => continue,
+            };
+            let entry = self.report.pools.entry(pool.clone()).or_default();
+            entry.runners += 1;
+            entry.oldest_ms = entry.oldest_ms.max(self.now.millis_since(*since));
+            self.report.still_waiting.push(StillWaiting {
+                pool: pool.clone(),
+                stream: stream.clone(),
+                since: *since,
+                reason,
+            });
         }
         if self.report.launched < self.report.waiting {
             self.report.wake_at = self
@@ -559,8 +607,8 @@ impl AdmissionRound {
         self.report.admitted.insert(stream.clone(), admitted);
     }
 
-    fn wait(&mut self, stream: StreamId, why: String, ahead: usize) {
-        let why = format!("{why}; {ahead} ahead");
+    fn wait(&mut self, stream: StreamId, reason: WaitReason, ahead: usize) {
+        let why = Wait { reason, ahead };
         self.decided(&stream, Admitted::Waiting(why.clone()));
         self.steps.push_back(AdmissionStep::Wait { stream, why });
     }
@@ -575,7 +623,11 @@ impl AdmissionRound {
         if let Some(max) = candidate.pool.as_ref().and_then(|p| p.max_vcpus) {
             let used = self.held.pool(&pool);
             if used + candidate.vcpus > max {
-                let why = format!("pool {pool} at its vCPU budget ({used} of {max})");
+                let why = WaitReason::PoolBudget {
+                    pool: pool.clone(),
+                    used,
+                    max,
+                };
                 self.blocked.insert(pool, why.clone());
                 self.wait(candidate.stream, why, ahead);
                 return;
@@ -598,6 +650,7 @@ impl AdmissionRound {
         }
         let refused_before = self.report.refused.get(&pool).copied().unwrap_or(0);
         let mut probing = Vec::new();
+        let mut blocks = Vec::new();
         for market in [Market::Spot, Market::OnDemand] {
             let used = self.held.market(market);
             match self
@@ -608,7 +661,12 @@ impl AdmissionRound {
                 // One refusal per pool and round is enough to learn from: no
                 // probe past a ceiling after one.
                 Admission::Probe if refused_before == 0 => probing.push(market),
-                Admission::Probe | Admission::Full => close(&mut refusals, market, types),
+                Admission::Probe | Admission::Full => {
+                    close(&mut refusals, market, types);
+                    if market == Market::OnDemand || candidate.choices().spot {
+                        blocks.push(self.ledger.block(&pool, market, used, self.now));
+                    }
+                }
             }
         }
         let known = refusals.len();
@@ -620,6 +678,7 @@ impl AdmissionRound {
             probing,
             launching: None,
             last_refusal: None,
+            blocks,
         });
     }
 
@@ -670,10 +729,8 @@ impl AdmissionRound {
                         self.ledger.capacity_refused(&pool, market, self.now);
                     }
                 }
-                let why = if tried.is_empty() {
-                    "no market has room".to_owned()
-                } else {
-                    format!("launch refused: {}", last_code())
+                let why = WaitReason::Markets {
+                    blocks: attempt.blocks.clone(),
                 };
                 self.blocked.insert(pool, why.clone());
                 self.wait(stream, why, attempt.ahead);

@@ -111,6 +111,8 @@ pub struct CapacityLedger {
     /// role), until when: not tried again before (a freed instance does not
     /// end it; a launch there does).
     pub unusable: BTreeMap<Market, Timestamp>,
+    /// Markets whose ceiling the pool file configured (not learnt).
+    pub configured: std::collections::BTreeSet<Market>,
 }
 
 /// Whether a launch of `vcpus` may go to a market now.
@@ -132,6 +134,7 @@ impl CapacityLedger {
         let mut ledger = CapacityLedger::default();
         for (market, vcpus) in ceilings {
             ledger.markets.entry(market).or_default().ceiling = Some(vcpus);
+            ledger.configured.insert(market);
         }
         ledger
     }
@@ -168,6 +171,45 @@ impl CapacityLedger {
                 Admission::Probe
             }
             Some(_) => Admission::Full,
+        }
+    }
+
+    /// Why `market` takes no launch more for `pool` (where jitr holds
+    /// `used`) at `now`, as the ledger knows it.
+    pub fn block(
+        &self,
+        pool: &str,
+        market: Market,
+        used: u32,
+        now: Timestamp,
+    ) -> crate::wait::MarketBlock {
+        use crate::wait::MarketBlock;
+        if self.unusable.get(&market).is_some_and(|u| now < *u) {
+            return MarketBlock::Unusable { market, code: None };
+        }
+        if let Some(pause) = self
+            .pools
+            .get(&(pool.to_owned(), market))
+            .filter(|p| p.holds(now))
+        {
+            return MarketBlock::Capacity {
+                market,
+                code: None,
+                until: pause.until,
+            };
+        }
+        let quota = self.markets.get(&market).copied().unwrap_or_default();
+        match (
+            quota.pause.until.filter(|_| quota.pause.holds(now)),
+            quota.ceiling,
+        ) {
+            (Some(until), _) => MarketBlock::QuotaPaused { market, until },
+            (None, ceiling) => MarketBlock::Quota {
+                market,
+                used,
+                ceiling: ceiling.unwrap_or(used),
+                configured: self.configured.contains(&market),
+            },
         }
     }
 

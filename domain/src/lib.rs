@@ -22,11 +22,12 @@ mod launch;
 mod resume;
 mod state;
 mod supply;
+mod wait;
 mod warm;
 
 pub use admission::{
     AdmissionRound, AdmissionStep, Admitted, LaunchAttempt, LaunchResult, PoolLimits, PoolWaiting,
-    RoundReport, ShuttingDownInstance, UNKNOWN_LAUNCH_LOOK_AGAIN_MS,
+    RoundReport, ShuttingDownInstance, StillWaiting, UNKNOWN_LAUNCH_LOOK_AGAIN_MS,
 };
 pub use capacity::{
     Admission, CapacityLedger, FIRST_CAPACITY_PAUSE_MS, FIRST_PAUSE_MS, MAX_PAUSE_MS, MarketQuota,
@@ -62,6 +63,7 @@ pub use supply::{
     DEFAULT_RETIRE_GRACE_MS, PoolBalance, PoolFloor, Retirement, plan_retirements,
     plan_withdrawals, pool_balances,
 };
+pub use wait::{MarketBlock, Wait, WaitReason};
 pub use warm::{WarmPlan, WarmSchedule, WarmWindow, WindowError, plan_parking, plan_warmth};
 
 /// Runs `decide` and folds its events: the state after the command, and the events.

@@ -229,7 +229,7 @@ fn when_round(
             }
             AdmissionStep::HandOver { stream, after_ms } => Then::HandOver(stream, after_ms),
             AdmissionStep::Fail { stream, reason } => Then::Fail(stream, reason),
-            AdmissionStep::Wait { stream, why } => Then::Wait(stream, why),
+            AdmissionStep::Wait { stream, why } => Then::Wait(stream, why.to_string()),
         });
     }
     let (ledger, report) = round.finish();
@@ -372,7 +372,7 @@ fn no_capacity_of_any_type_anywhere_the_pool_waits_whole_and_its_markets_pause()
     });
     // Then every type on every market is tried once, for the first runner
     // only; the pool waits whole; arm is served.
-    let why = "launch refused: InsufficientInstanceCapacity";
+    let why = "no capacity (spot, on-demand: InsufficientInstanceCapacity on every type)";
     assert_eq!(
         steps,
         [
@@ -416,7 +416,7 @@ fn a_pool_at_its_vcpu_budget_waits_without_calling_ec2() {
         ],
     );
     let (steps, _, report) = when_round(given, 10, |s, m, t| panic!("launched {s} {m:?} {t}"));
-    let why = "pool linux at its vCPU budget (8 of 8)";
+    let why = "pool linux at its vCPU budget (8/8)";
     assert_eq!(
         steps,
         [
@@ -444,11 +444,17 @@ fn a_known_full_market_is_not_called_and_a_full_account_waits_until_a_pause_ends
         steps,
         [Then::Wait(
             stream("r", 3),
-            "no market has room; 0 ahead".into()
+            "quota full (spot 4/4, on-demand 4/4); 0 ahead".into()
         )]
     );
     // Nothing pauses: the round that frees capacity wakes it.
     assert_eq!(report.wake_at, None);
+    // The runner still waits, with its reason as a kind metrics count by.
+    let [still] = report.still_waiting.as_slice() else {
+        panic!("{:?}", report.still_waiting)
+    };
+    assert_eq!(still.stream, stream("r", 3));
+    assert_eq!(still.reason.as_ref().map(|r| r.kind()), Some("quota"));
 }
 
 #[test]
@@ -485,11 +491,12 @@ fn instances_shutting_down_hold_their_vcpus_unless_a_runner_still_holds_them() {
     again.ledger = CapacityLedger::with_ceilings([(Spot, 0), (OnDemand, 8)]);
     again.shutting_down = vec![shutting("i-gone")];
     let (steps, _, _) = when_round(again, 10, always(Ok));
+    // 4 held by the runner, 4 by the instance shutting down: 8 of 8.
     assert_eq!(
         steps,
         [Then::Wait(
             stream("r", 2),
-            "no market has room; 0 ahead".into()
+            "quota full (spot 0/0, on-demand 8/8); 0 ahead".into()
         )]
     );
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use crate::ports::{
-    Compute, ComputeError, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
+    Compute, ComputeError, ConsoleOutput, LaunchError, LaunchFailure, LaunchSpec, LaunchedInstance,
     ManagedInstance, TerminateOutcome,
 };
 use crate::sim::{SimClock, system_clock};
@@ -320,6 +320,14 @@ impl<C: Compute> Compute for FaultyCompute<C> {
     ) -> Result<Option<ManagedInstance>, ComputeError> {
         self.delay().await;
         self.inner.find_by_client_token(token).await
+    }
+
+    async fn console_output(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ConsoleOutput>, ComputeError> {
+        self.delay().await;
+        self.inner.console_output(instance).await
     }
 
     async fn describe(

@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::ports::{
-    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSpec,
-    LaunchedInstance, ManagedInstance, TerminateOutcome, architecture_mismatch,
+    Architecture, Compute, ComputeError, ConsoleOutput, InstanceState, LaunchError, LaunchFailure,
+    LaunchSpec, LaunchedInstance, ManagedInstance, TerminateOutcome, architecture_mismatch,
 };
 use crate::ports::{
     GitHub, GitHubError, JitRequest, JitRunner, JobState, QueuedJob, RUNNERS_PER_PAGE,
@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS gh_runners (
 CREATE TABLE IF NOT EXISTS jit_configs (
     instance TEXT PRIMARY KEY,
     config   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consoles (
+    instance     TEXT PRIMARY KEY,
+    boot_ms      INTEGER NOT NULL,
+    config_chars INTEGER
 );
 CREATE TABLE IF NOT EXISTS gh_jobs (
     owner  TEXT    NOT NULL,
@@ -330,6 +335,86 @@ pub struct SimCloud {
     settings: SimSettings,
     clock: SimClock,
     next_id: Arc<AtomicU64>,
+}
+
+/// How long the bootstrap waits for its JIT config (`JITR_CONFIG_WAIT_SECS`).
+const CONFIG_WAIT_MS: i64 = 600_000;
+/// How often it looks (`JITR_CONFIG_POLL_SECS`).
+const CONFIG_POLL_MS: i64 = 5_000;
+
+/// The stand-in console of an instance at `now`: what jitr's bootstrap
+/// (`handlers/assets/bootstrap.sh`) prints, in its words, from what the
+/// simulator knows: when it booted, whether a JIT config was put for it (and
+/// its length, never its text), when it was told to stop or terminate. None
+/// before it booted: EC2 has captured nothing yet.
+fn sim_console(row: &Row, boot_ms: i64, config_chars: Option<i64>, now: i64) -> Option<String> {
+    let booted = row.launched_at + boot_ms;
+    if now < booted {
+        return None;
+    }
+    let ended = [row.terminating_at, row.stopped_since()]
+        .into_iter()
+        .flatten()
+        .min();
+    let until = ended.unwrap_or(now).min(now);
+    let seconds = |at: i64| (at - row.launched_at).max(0) as f64 / 1000.0;
+    let mut lines = vec![
+        "[    0.000000] Linux version 6.1.0-jitr-sim (the jitr EC2 simulator)".to_owned(),
+        format!(
+            "[{:>12.6}] cloud-init[612]: running 'modules:final': user data (the jitr bootstrap)",
+            seconds(booted)
+        ),
+    ];
+    let id = &row.id;
+    let parameter = format!("/jitr/{id}/jit-config");
+    lines.push(format!(
+        "jitr-bootstrap: instance {id} in sim-local-1; JIT config at {parameter}"
+    ));
+    let not_found = format!(
+        "An error occurred (ParameterNotFound) when calling the GetParameter operation: Parameter {parameter} not found."
+    );
+    match config_chars {
+        Some(chars) => {
+            lines.push(format!(
+                "jitr-bootstrap: JIT config read ({chars} characters)"
+            ));
+            lines.push("jitr-bootstrap: JIT config parameter deleted".into());
+            lines.push("jitr-bootstrap: starting the runner as runner".into());
+            lines.push("√ Connected to GitHub".into());
+            lines.push(format!("{} Listening for Jobs", rfc3339_seconds(booted)));
+        }
+        None => {
+            let waited = ((until - booted).max(0) / CONFIG_POLL_MS) * CONFIG_POLL_MS;
+            let waited = waited.min(CONFIG_WAIT_MS);
+            let mut at = 0;
+            while at < waited {
+                lines.push(format!(
+                    "jitr-bootstrap: JIT config not there yet ({}s): {not_found}",
+                    at / 1000
+                ));
+                at += if at < 30_000 { CONFIG_POLL_MS } else { 60_000 };
+            }
+            if waited >= CONFIG_WAIT_MS {
+                lines.push(format!(
+                    "jitr-bootstrap: no JIT config after {}s: {not_found}",
+                    waited / 1000
+                ));
+                lines.push("jitr-bootstrap: done (exit 1): powering off".into());
+            }
+        }
+    }
+    if let Some(end) = ended.filter(|end| *end <= now) {
+        lines.push(format!("[{:>12.6}] reboot: Power down", seconds(end)));
+    }
+    Some(lines.join("\n") + "\n")
+}
+
+/// `2026-05-04 04:22:00Z`, as the runner prints its moments.
+fn rfc3339_seconds(ms: i64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace('T', " ")
 }
 
 /// A row of the instances table.
@@ -837,6 +922,13 @@ impl Compute for SimCloud {
             ],
         )
         .map_err(|e| unknown(sql_err(e)))?;
+        // What its console will say depends on when it boots: kept for a
+        // reader with other settings (`jitr logs`).
+        conn.execute(
+            "INSERT OR REPLACE INTO consoles (instance, boot_ms) VALUES (?1, ?2)",
+            params![id, self.boot_ms(&id)],
+        )
+        .map_err(|e| unknown(sql_err(e)))?;
         Ok(LaunchedInstance {
             instance_id: InstanceId(id),
             instance_type: spec.instance_type.clone(),
@@ -954,6 +1046,37 @@ impl Compute for SimCloud {
     /// The simulator's own clock: it is the cloud's.
     fn cloud_time(&self) -> Option<Timestamp> {
         Some((self.clock)())
+    }
+
+    async fn console_output(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ConsoleOutput>, ComputeError> {
+        let now = (self.clock)().0;
+        let conn = self.lock();
+        let Some(row) = self
+            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let (boot_ms, config_chars): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT boot_ms, config_chars FROM consoles WHERE instance = ?1",
+                [&instance.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql_err)?
+            .unwrap_or((self.boot_ms(&row.id), None));
+        Ok(
+            sim_console(&row, boot_ms, config_chars, now).map(|text| ConsoleOutput {
+                instance_id: instance.clone(),
+                text,
+                captured_at: Some(Timestamp(now)),
+            }),
+        )
     }
 
     async fn retag(
@@ -1599,15 +1722,20 @@ impl RunnerSecrets for SimSecrets {
         instance: &InstanceId,
         config: &JitConfig,
     ) -> Result<String, SecretError> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .execute(
-                "INSERT INTO jit_configs (instance, config) VALUES (?1, ?2)
-                 ON CONFLICT (instance) DO UPDATE SET config = excluded.config",
-                params![instance.0, config.expose()],
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT INTO jit_configs (instance, config) VALUES (?1, ?2)
+             ON CONFLICT (instance) DO UPDATE SET config = excluded.config",
+            params![instance.0, config.expose()],
+        )
+        // The console says how long the config was, never what.
+        .and_then(|_| {
+            conn.execute(
+                "UPDATE consoles SET config_chars = ?2 WHERE instance = ?1",
+                params![instance.0, config.expose().chars().count() as i64],
             )
-            .map_err(|e| SecretError(Box::new(e)))?;
+        })
+        .map_err(|e| SecretError(Box::new(e)))?;
         Ok(format!("sim:{}", instance.0))
     }
 

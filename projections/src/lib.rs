@@ -10,6 +10,7 @@ pub mod books;
 mod books_tests;
 pub mod jobs;
 pub mod record;
+pub mod series;
 
 use std::collections::{BTreeMap, HashMap};
 

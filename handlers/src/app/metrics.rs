@@ -143,8 +143,8 @@ defs! {
     UNREADABLE_HEADS = "UnreadableHeads", "unreadable_heads", Gauge, [],
         "Open runner heads that could not be read at the last sweep";
     /// Runners still waiting for capacity after the last admission round.
-    RUNNERS_WAITING = "RunnersWaiting", "runners_waiting", Gauge, ["pool" => "Pool"],
-        "Runners still waiting for capacity after the last admission round (0 for a pool none waits in)";
+    RUNNERS_WAITING = "RunnersWaiting", "runners_waiting", Gauge, ["pool" => "Pool", "reason"],
+        "Runners (and queued jobs no pool serves) waiting, by pool and reason: no-pool, pool-budget, quota, capacity, market-unusable, refused, rate-limit, dependency, queued";
     /// A warm pool's floor at the last sweep (ADR-0022).
     WARM_FLOOR = "WarmFloor", "warm_floor", Gauge, ["pool" => "Pool"],
         "Idle runners a warm pool keeps beyond queued jobs, at the last reaper sweep";
@@ -441,8 +441,74 @@ pub fn vcpu_quota(at: Timestamp, market: Market, source: &str, vcpus: u32) {
 /// Runners of `pool` waiting for capacity at an admission round, and the
 /// oldest one's wait.
 pub fn pool_waiting(at: Timestamp, pool: &str, waiting: usize, oldest_ms: u64) {
-    record(at, &RUNNERS_WAITING, waiting as f64, &[pool]);
+    // CloudWatch counts a pool's waiting runners whatever the reason;
+    // `/metrics` has them by reason ([`Snapshot::waiting`]).
+    emit_emf(
+        at,
+        &[("Pool", pool)],
+        &[(RUNNERS_WAITING.emf, waiting as f64, "Count")],
+    );
     record(at, &OLDEST_WAIT, oldest_ms as f64 / 1000.0, &[pool]);
+}
+
+/// How long GitHub keeps a job queued that no runner takes.
+const QUEUED_AT_MOST_MS: u64 = 24 * 3_600_000;
+
+/// A job: owner, repository, job id.
+type JobKey = (String, String, u64);
+
+/// Queued jobs no pool serves.
+static UNSERVED: LazyLock<Mutex<BTreeMap<JobKey, UnservedJob>>> = LazyLock::new(Mutex::default);
+
+/// A queued job no pool serves: it waits (on GitHub) until a runner of its
+/// labels appears, or it is cancelled.
+pub fn job_unserved(job: &jitr_domain::JobRef, labels: &[String], at: Timestamp) {
+    let mut unserved = UNSERVED.lock().unwrap_or_else(|p| p.into_inner());
+    unserved.retain(|_, j| at.millis_since(j.since) < QUEUED_AT_MOST_MS);
+    unserved.insert(
+        (job.owner.clone(), job.repo.clone(), job.job_id),
+        UnservedJob {
+            repository: format!("{}/{}", job.owner, job.repo),
+            job_id: job.job_id,
+            labels: labels.to_vec(),
+            since: at,
+        },
+    );
+}
+
+/// A job left GitHub's queue (started or completed, cancelled included).
+pub fn job_left_queue(job: &jitr_domain::JobRef) {
+    UNSERVED.lock().unwrap_or_else(|p| p.into_inner()).remove(&(
+        job.owner.clone(),
+        job.repo.clone(),
+        job.job_id,
+    ));
+}
+
+/// A queued job no pool serves, still queued as far as this process heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnservedJob {
+    /// `owner/repo`.
+    pub repository: String,
+    /// GitHub's job id.
+    pub job_id: u64,
+    /// Its labels.
+    pub labels: Vec<String>,
+    /// When its `queued` came.
+    pub since: Timestamp,
+}
+
+/// The queued jobs no pool serves, oldest first, at `now` (GitHub fails a
+/// job queued for a day).
+pub fn unserved_jobs(now: Timestamp) -> Vec<UnservedJob> {
+    let unserved = UNSERVED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut jobs: Vec<UnservedJob> = unserved
+        .values()
+        .filter(|j| now.millis_since(j.since) < QUEUED_AT_MOST_MS)
+        .cloned()
+        .collect();
+    jobs.sort_by_key(|j| (j.since, j.job_id));
+    jobs
 }
 
 /// EC2's spot interruption warning for a runner's instance, by pool, type and
@@ -646,6 +712,8 @@ pub struct Snapshot {
     /// Per queue: (name, waiting, dead letters); a queue that could not be
     /// read is left out.
     pub queues: Vec<(String, u64, u64)>,
+    /// Runners (and queued jobs no pool serves) waiting, by (pool, reason).
+    pub waiting: Vec<(String, String, u64)>,
 }
 
 impl Snapshot {
@@ -689,6 +757,7 @@ impl Snapshot {
                 .map_or(0.0, |ms| ms as f64 / 1000.0),
             skipped_events: views.skipped_count,
             queues: Vec::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -784,6 +853,7 @@ fn is_snapshot(def: &Def) -> bool {
         SKIPPED_EVENTS.prom,
         QUEUE_MESSAGES.prom,
         DEAD_LETTERS.prom,
+        RUNNERS_WAITING.prom,
     ]
     .contains(&def.prom)
 }
@@ -819,6 +889,10 @@ fn fill_gauge(
             .queues
             .iter()
             .for_each(|(q, _, dead)| set(&[q], *dead as f64)),
+        "runners_waiting" => s
+            .waiting
+            .iter()
+            .for_each(|(pool, reason, n)| set(&[pool, reason], *n as f64)),
         _ => {}
     }
 }
@@ -858,6 +932,7 @@ mod tests {
             terminations: vec![("state-change".into(), 1)],
             fleet: vec![("spot".into(), 1, 4)],
             queues: vec![("scaleup".into(), 0, 0)],
+            waiting: vec![("linux".into(), "quota".into(), 2)],
             ..Snapshot::default()
         };
         let text = render_prometheus(&snapshot);

@@ -99,6 +99,8 @@ pub struct Projector {
     /// Runners closing from then on are counted in the instance-time and
     /// cost metrics (none: not counted).
     count_closed_since: Option<jitr_domain::Timestamp>,
+    /// The fleet over time, folded beside the views (none: not kept).
+    series: Option<jitr_projections::series::FleetSeries>,
 }
 
 impl Projector {
@@ -125,6 +127,7 @@ impl Projector {
             wake: None,
             freed: false,
             count_closed_since: None,
+            series: None,
         };
         projector.reload().await?;
         Ok(projector)
@@ -162,6 +165,9 @@ impl Projector {
             }
             None => (RunnerViews::default(), 0),
         };
+        if let Some(series) = self.series.as_mut() {
+            series.reseat(&views);
+        }
         self.views = views;
         self.generation = generation;
         self.policy = CompensationPolicy::new(self.reemit_after_ms);
@@ -180,6 +186,20 @@ impl Projector {
     pub fn counting_closed_since(mut self, since: jitr_domain::Timestamp) -> Self {
         self.count_closed_since = Some(since);
         self
+    }
+
+    /// Keeps the fleet over time ([`jitr_projections::series`]) from here
+    /// on: its levels start at the views' open runners.
+    pub fn keeping_series(mut self) -> Self {
+        self.series = Some(jitr_projections::series::FleetSeries::from_views(
+            &self.views,
+        ));
+        self
+    }
+
+    /// The fleet over time, when kept.
+    pub fn series(&self) -> Option<&jitr_projections::series::FleetSeries> {
+        self.series.as_ref()
     }
 
     /// Whether this projector held the lease at its last tick.
@@ -221,7 +241,16 @@ impl Projector {
                         ..
                     } | jitr_domain::RunnerEvent::StrayTerminated { .. }
                 );
-                let closed = self.views.apply(r.position, &r.stream, &r.event);
+                let closed = match self.series.as_mut() {
+                    Some(series) => jitr_projections::series::apply_with_series(
+                        &mut self.views,
+                        series,
+                        r.position,
+                        &r.stream,
+                        &r.event,
+                    ),
+                    None => self.views.apply(r.position, &r.stream, &r.event),
+                };
                 if let (Some(state), Some(since)) = (closed, self.count_closed_since) {
                     crate::app::metrics::runner_closed(r.event.at(), since, &state);
                 }

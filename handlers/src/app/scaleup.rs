@@ -18,7 +18,7 @@ use jitr_domain::{
     AdmissionRound, AdmissionStep, Admitted, CapacityLedger, Command, FailureStage, InstallationId,
     InstanceId, IntentResolution, JobRef, LaunchOutcome, LaunchResult, Market, MarketQuota,
     PoolLimits, Retirement, RoundReport, RunnerEvent, RunnerState, ShuttingDownInstance, StreamId,
-    Timestamp, UNKNOWN_LAUNCH_LOOK_AGAIN_MS, boot_deadline, record_instance,
+    Timestamp, UNKNOWN_LAUNCH_LOOK_AGAIN_MS, WaitReason, boot_deadline, record_instance,
 };
 use jitr_infra::{CommandId, GitHubError, JitRequest, LaunchFailure, LaunchSpec};
 
@@ -138,6 +138,24 @@ struct Memory {
     /// [`SHUTDOWN_HOLD_MS`]).
     shutting_down: HashMap<InstanceId, ShuttingDown>,
     stats: AdmissionStats,
+    /// Runners still waiting for capacity after the last round, and why.
+    waiting: std::collections::BTreeMap<StreamId, WaitingRunner>,
+    /// Runners held back by GitHub (its rate limit, a runner group not
+    /// resolved yet), and why.
+    held_back: std::collections::BTreeMap<StreamId, WaitingRunner>,
+}
+
+/// A runner waiting, as this process last saw it, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingRunner {
+    /// The runner.
+    pub stream: StreamId,
+    /// Its pool (empty: none).
+    pub pool: String,
+    /// When it was requested.
+    pub since: Timestamp,
+    /// Why it waits.
+    pub reason: WaitReason,
 }
 
 /// The scale-up handler.
@@ -311,8 +329,9 @@ impl ScaleUp {
                     let installation = self.policy.installation_for(&state);
                     let scope = self.policy.scope_of(request);
                     match self.runner_group(&state, installation, &scope).await {
-                        Ok(_) => {}
+                        Ok(_) => self.release(&stream),
                         Err(e) if e.is_transient() => {
+                            self.hold_back(&state, github_wait("the runner group", &e, now));
                             return Ok(Outcome::RetryAfter(
                                 e.retry_after()
                                     .unwrap_or_default()
@@ -720,6 +739,25 @@ impl ScaleUp {
             }
         }
         let mut memory = self.memory();
+        let waiting = report
+            .still_waiting
+            .iter()
+            .map(|w| {
+                let reason = w
+                    .reason
+                    .clone()
+                    .or_else(|| memory.waiting.get(&w.stream).map(|e| e.reason.clone()))
+                    .unwrap_or(WaitReason::Queued);
+                let entry = WaitingRunner {
+                    stream: w.stream.clone(),
+                    pool: w.pool.clone(),
+                    since: w.since,
+                    reason,
+                };
+                (w.stream.clone(), entry)
+            })
+            .collect();
+        memory.waiting = waiting;
         let stats = &mut memory.stats;
         stats.rounds += 1;
         stats.launched += report.launched as u64;
@@ -732,6 +770,43 @@ impl ScaleUp {
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `state`'s runner waits on GitHub for `reason`.
+    fn hold_back(&self, state: &RunnerState, reason: WaitReason) {
+        let (Some(stream), Some(request)) = (state.stream_id(), state.request.as_ref()) else {
+            return;
+        };
+        let pool = request.spec.pool.clone().unwrap_or_default();
+        self.memory().held_back.insert(
+            stream.clone(),
+            WaitingRunner {
+                stream,
+                pool,
+                since: request.at,
+                reason,
+            },
+        );
+    }
+
+    /// `stream`'s runner no longer waits on GitHub.
+    fn release(&self, stream: &StreamId) {
+        self.memory().held_back.remove(stream);
+    }
+
+    /// Every runner this process last saw waiting, and why: for capacity
+    /// after the last admission round, and on GitHub.
+    pub fn waiting(&self) -> Vec<WaitingRunner> {
+        let memory = self.memory();
+        let mut all: Vec<WaitingRunner> = memory.waiting.values().cloned().collect();
+        all.extend(
+            memory
+                .held_back
+                .values()
+                .filter(|w| !memory.waiting.contains_key(&w.stream))
+                .cloned(),
+        );
+        all
     }
 
     /// The instances still shutting down whose vCPUs count (those EC2 said
@@ -981,8 +1056,12 @@ impl ScaleUp {
                 .await;
         }
         let jit = match minted {
-            Ok(jit) => jit,
+            Ok(jit) => {
+                self.release(stream);
+                jit
+            }
             Err(e) if e.is_transient() => {
+                self.hold_back(&state, github_wait("the JIT config", &e, now));
                 // A rate limit, a 5xx, no answer: ask again later (no sooner
                 // than GitHub asked) while the boot deadline allows; the runner
                 // is not failed for it.
@@ -1050,6 +1129,19 @@ impl ScaleUp {
             "{stream}: runner {} on {}",
             jit.name, instance.id
         )))
+    }
+}
+
+/// Why a runner waits on GitHub's transient error `e` for `what`.
+fn github_wait(what: &str, e: &GitHubError, now: Timestamp) -> WaitReason {
+    match e {
+        GitHubError::RateLimited { retry_after } => WaitReason::RateLimited {
+            what: what.to_owned(),
+            until: Some(now.plus_ms(retry_after.as_millis() as u64)),
+        },
+        other => WaitReason::Dependency {
+            what: format!("{what} (GitHub: {other})"),
+        },
     }
 }
 

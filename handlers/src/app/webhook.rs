@@ -350,9 +350,13 @@ impl Webhook {
                 ),
             );
         }
+        if event.action != "queued" {
+            crate::app::metrics::job_left_queue(&job);
+        }
         if event.action == "queued" && self.policy.spec_for(&event.workflow_job.labels).is_none() {
             tracing::info!(%owner, %repo, labels = ?event.workflow_job.labels, "queued job no pool serves");
             crate::app::metrics::no_pool(wall_clock());
+            crate::app::metrics::job_unserved(&job, &event.workflow_job.labels, wall_clock());
             return Reply::new(
                 200,
                 format!(

@@ -117,6 +117,30 @@ pub struct WaitingPool {
     pub vcpus: u64,
     /// How long the oldest has waited, in ms.
     pub oldest_wait_ms: u64,
+    /// Runners by why they wait, as the log tells it: the last refusal of
+    /// their last launch (`quota: VcpuLimitExceeded on on-demand`), or none
+    /// (`not launched yet`: the admission round's reason — a quota known
+    /// full, the pool's budget — is on the fleet page and in `/metrics`).
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// Why a waiting runner waits, as its log tells it.
+fn wait_in_log(state: &jitr_domain::RunnerState) -> String {
+    match state.launch.as_ref() {
+        Some(jitr_domain::Launch {
+            market,
+            outcome: jitr_domain::LaunchOutcome::Rejected { code, class },
+            ..
+        }) => {
+            let kind = match class {
+                jitr_domain::LaunchErrorClass::Quota => "quota",
+                jitr_domain::LaunchErrorClass::Capacity => "capacity",
+                _ => "refused",
+            };
+            format!("{kind}: {code} on {}", market.as_str())
+        }
+        _ => "not launched yet".to_owned(),
+    }
 }
 
 /// The log against what the cloud runs now.
@@ -461,7 +485,9 @@ pub fn judge(books: &Books, unreadable: &[UnreadableEvent], window: AuditWindow)
             runners: 0,
             vcpus: 0,
             oldest_wait_ms: 0,
+            reasons: BTreeMap::new(),
         });
+        *entry.reasons.entry(wait_in_log(state)).or_default() += 1;
         entry.runners += 1;
         entry.vcpus += u64::from(request.spec.vcpus);
         entry.oldest_wait_ms = entry.oldest_wait_ms.max(now.millis_since(request.at));
@@ -683,6 +709,9 @@ pub fn render(report: &AuditReport) -> String {
             pool.vcpus,
             pool.oldest_wait_ms / 1000
         );
+        for (reason, n) in &pool.reasons {
+            let _ = writeln!(out, "    {n} waiting: {reason}");
+        }
     }
     if !report.spot_interruptions.is_empty() {
         let cut: Vec<&SpotInterruption> = report

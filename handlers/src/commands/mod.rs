@@ -27,6 +27,7 @@ pub mod doctor;
 pub mod history;
 pub mod init;
 pub mod lambda;
+pub mod logs;
 pub mod package;
 pub mod prices;
 pub mod report;
@@ -47,6 +48,13 @@ pub enum Command {
     /// a workflow job id (every runner attempt for the job).
     /// Exit status 2 when nothing in the log matches.
     History(history::Args),
+    /// Print a runner's boot log: its instance's console output (EC2
+    /// GetConsoleOutput, the latest; the simulator's console on the embedded
+    /// default), where the bootstrap logs each step.
+    ///
+    /// KEY is as `history` takes it. Exit status 2 when nothing in the log
+    /// matches.
+    Logs(logs::Args),
     /// Audit the log (with --since, from the last snapshot before the window):
     /// runners by status, the fleet, and every runner owed a
     /// termination.
@@ -154,6 +162,7 @@ impl Command {
 pub async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::History(args) => history::command(args).await,
+        Command::Logs(args) => logs::command(args).await,
         Command::Audit(args) => audit::command(args).await,
         Command::Demo(args) => demo::command(args).await,
         Command::Serve(args) => serve::command(args).await,

@@ -143,6 +143,93 @@ pub struct QueueRow {
     pub reasons: Vec<String>,
 }
 
+/// One runner (or queued job no pool serves) waiting, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingRow {
+    /// The runner's stream id, or the job (`owner/repo job ID`).
+    pub what: String,
+    /// The runner's timeline page (none for a job).
+    pub href: Option<String>,
+    /// Its pool (`-`: none).
+    pub pool: String,
+    /// The reason's kind (`quota`, `no-pool`, …).
+    pub kind: &'static str,
+    /// The reason in words.
+    pub reason: String,
+    /// How long it has waited.
+    pub waited: String,
+}
+
+/// What waits now: each runner the scale-up last saw waiting that the views
+/// still show without a JIT config (a runner that moved on is left out),
+/// then each queued job no pool serves.
+pub fn waiting_now(
+    views: &RunnerViews,
+    runners: &[crate::app::scaleup::WaitingRunner],
+    jobs: &[crate::app::metrics::UnservedJob],
+    now: Timestamp,
+) -> Vec<(WaitingRow, jitr_domain::WaitReason)> {
+    let mut rows = Vec::new();
+    for w in runners {
+        let still = views.open.get(&w.stream).is_some_and(|s| {
+            s.runner_name.is_none() && s.failure.is_none() && s.termination_requested.is_none()
+        });
+        if !still {
+            continue;
+        }
+        let stream = w.stream.to_string();
+        rows.push((
+            WaitingRow {
+                href: Some(runner_href(&stream)),
+                what: stream,
+                pool: if w.pool.is_empty() {
+                    "-".into()
+                } else {
+                    w.pool.clone()
+                },
+                kind: w.reason.kind(),
+                reason: w.reason.to_string(),
+                waited: duration(now.millis_since(w.since)),
+            },
+            w.reason.clone(),
+        ));
+    }
+    for job in jobs {
+        let reason = jitr_domain::WaitReason::NoPool {
+            labels: job.labels.clone(),
+        };
+        rows.push((
+            WaitingRow {
+                what: format!("{} job {}", job.repository, job.job_id),
+                href: None,
+                pool: "-".into(),
+                kind: reason.kind(),
+                reason: reason.to_string(),
+                waited: duration(now.millis_since(job.since)),
+            },
+            reason,
+        ));
+    }
+    rows
+}
+
+/// Waiting runners and jobs counted by (pool, reason kind), as
+/// `jitr_runners_waiting` has them.
+pub fn waiting_counts(
+    rows: &[(WaitingRow, jitr_domain::WaitReason)],
+) -> Vec<(String, String, u64)> {
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (row, _) in rows {
+        *counts
+            .entry((row.pool.clone(), row.kind.to_owned()))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((pool, kind), n)| (pool, kind, n))
+        .collect()
+}
+
 /// Which runners the page lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct Filter {
@@ -236,10 +323,27 @@ pub struct FleetPage {
     counts: Vec<(String, String, u64)>,
     runners: Vec<RunnerRow>,
     queues: Vec<QueueRow>,
+    waiting: Vec<WaitingRow>,
     repositories: Vec<RepositoryRow>,
     repositories_height: u32,
     repositories_priced: bool,
     bar_x: u32,
+}
+
+/// Lines of a runner's console its page shows.
+pub const CONSOLE_LINES: usize = 40;
+
+/// What a runner's page says of its instance's console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Its last lines.
+    Tail(String),
+    /// Nothing launched.
+    NoInstance,
+    /// The provider has none (not booted yet, or gone too long ago).
+    NotCaptured,
+    /// It could not be read.
+    NotRead(String),
 }
 
 /// A runner's timeline page.
@@ -250,6 +354,8 @@ pub struct RunnerPage {
     status: String,
     instance: String,
     events: Vec<EventRow>,
+    console: Option<String>,
+    console_note: String,
 }
 
 /// One event of a timeline page.
@@ -325,8 +431,14 @@ impl FleetPage {
         quotas: &Quotas,
         pool_names: Vec<String>,
         queues: Vec<QueueRow>,
+        waiting: Vec<(WaitingRow, jitr_domain::WaitReason)>,
         filter: Filter,
     ) -> Self {
+        let reasons: BTreeMap<&str, &str> = waiting
+            .iter()
+            .filter(|(row, _)| row.href.is_some())
+            .map(|(row, _)| (row.what.as_str(), row.reason.as_str()))
+            .collect();
         let (closed, repositories_priced) = crate::app::metrics::closed_by_repository();
         let (repositories, repositories_height) = repository_rows(&closed, repositories_priced);
         let fleet = views.fleet();
@@ -378,6 +490,10 @@ impl FleetPage {
                 continue;
             }
             let stream = stream.to_string();
+            let status = match reasons.get(stream.as_str()) {
+                Some(reason) => format!("waiting: {reason}"),
+                None => status,
+            };
             runners.push(RunnerRow {
                 href: runner_href(&stream),
                 stream,
@@ -453,15 +569,31 @@ impl FleetPage {
                 .collect(),
             runners,
             queues,
+            waiting: waiting.into_iter().map(|(row, _)| row).collect(),
         }
     }
 }
 
 impl RunnerPage {
-    /// The page of one runner's timeline.
-    pub fn of(timeline: &Timeline) -> Self {
+    /// The page of one runner's timeline, with its console's tail.
+    pub fn of(timeline: &Timeline, console: Console) -> Self {
         let start = timeline.events.first().map(|e| e.event.at());
+        let (console, console_note) = match console {
+            Console::Tail(text) => (
+                Some(text),
+                format!("the last {CONSOLE_LINES} lines (`jitr logs` prints it all)"),
+            ),
+            Console::NoInstance => (None, "no instance was launched".to_owned()),
+            Console::NotCaptured => (
+                None,
+                "none captured (EC2 captures it after boot, and keeps it a while after termination)"
+                    .to_owned(),
+            ),
+            Console::NotRead(e) => (None, format!("not read: {e}")),
+        };
         RunnerPage {
+            console,
+            console_note,
             stream: timeline.stream.to_string(),
             status: timeline.status.to_string(),
             instance: timeline

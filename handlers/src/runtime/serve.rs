@@ -185,6 +185,7 @@ struct Observed {
     store: Arc<dyn jitr_infra::RunnerLog>,
     policy: Arc<RunnerPolicy>,
     scaleup: Arc<crate::app::scaleup::ScaleUp>,
+    compute: Arc<dyn jitr_infra::Compute>,
 }
 
 impl Observed {
@@ -210,10 +211,25 @@ impl Observed {
         depths
     }
 
+    /// What waits now, and why.
+    fn waiting(
+        &self,
+        views: &jitr_projections::RunnerViews,
+    ) -> Vec<(super::page::WaitingRow, jitr_domain::WaitReason)> {
+        let at = now();
+        super::page::waiting_now(
+            views,
+            &self.scaleup.waiting(),
+            &crate::app::metrics::unserved_jobs(at),
+            at,
+        )
+    }
+
     /// The figures of now: the views' and each queue's depths.
     async fn snapshot(&self) -> crate::app::metrics::Snapshot {
         let views = self.views();
         let mut snapshot = crate::app::metrics::Snapshot::of_views(&views, now());
+        snapshot.waiting = super::page::waiting_counts(&self.waiting(&views));
         for (name, _, waiting, dead) in self.depths().await {
             snapshot.queues.push((name.to_owned(), waiting, dead));
         }
@@ -245,8 +261,10 @@ async fn fleet_route(
             reasons,
         });
     }
+    let views = observed.views();
+    let waiting = observed.waiting(&views);
     let page = super::page::FleetPage::of(
-        &observed.views(),
+        &views,
         now(),
         &super::page::Quotas {
             known: observed.scaleup.quotas(),
@@ -259,6 +277,7 @@ async fn fleet_route(
             .map(|p| p.name.clone())
             .collect(),
         queues,
+        waiting,
         filter,
     );
     html(page.render())
@@ -280,7 +299,19 @@ async fn runner_route(
     };
     match crate::commands::history::timelines(&*observed.store, &stream_id.to_string()).await {
         Ok(found) => match found.first() {
-            Some(timeline) => html(super::page::RunnerPage::of(timeline).render()),
+            Some(timeline) => {
+                let console = match &timeline.instance_id {
+                    None => super::page::Console::NoInstance,
+                    Some(instance) => match observed.compute.console_output(instance).await {
+                        Ok(Some(output)) => {
+                            super::page::Console::Tail(output.tail(super::page::CONSOLE_LINES))
+                        }
+                        Ok(None) => super::page::Console::NotCaptured,
+                        Err(e) => super::page::Console::NotRead(e.to_string()),
+                    },
+                };
+                html(super::page::RunnerPage::of(timeline, console).render())
+            }
             None => (
                 StatusCode::NOT_FOUND,
                 format!("no runner {stream} in the log"),
@@ -434,6 +465,7 @@ pub async fn run(
         store: app.ports.store.clone(),
         policy: app.policy.clone(),
         scaleup: app.scaleup.clone(),
+        compute: app.ports.compute.clone(),
     });
     let router = Router::new()
         .route("/webhook", post(webhook_route))

@@ -16,9 +16,9 @@ use aws_sdk_ec2::types::{
 use jitr_domain::{ClientToken, InstanceId, Market, StreamId, Timestamp};
 
 use jitr_infra::{
-    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings,
-    LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
-    TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, architecture_mismatch,
+    Architecture, Compute, ComputeError, ConsoleOutput, InstanceState, LaunchError, LaunchFailure,
+    LaunchSettings, LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN,
+    TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_RUNNER, TerminateOutcome, architecture_mismatch,
 };
 
 /// States `list_managed` asks for: all but `terminated`.
@@ -641,6 +641,43 @@ impl Compute for Ec2Compute {
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
             Err(e) => Err(compute_error(&e, e.to_string())),
         }
+    }
+
+    async fn console_output(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ConsoleOutput>, ComputeError> {
+        // The latest output needs a Nitro instance; on others EC2 answers
+        // UnsupportedOperation and keeps the output of the last boot.
+        let mut latest = true;
+        let out = loop {
+            match self
+                .client
+                .get_console_output()
+                .instance_id(&instance.0)
+                .latest(latest)
+                .send()
+                .await
+            {
+                Ok(out) => break out,
+                Err(e) if latest && e.code() == Some("UnsupportedOperation") => latest = false,
+                Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => return Ok(None),
+                Err(e) => return Err(compute_error(&e, e.to_string())),
+            }
+        };
+        let Some(encoded) = out.output().filter(|o| !o.is_empty()) else {
+            return Ok(None);
+        };
+        let bytes = aws_smithy_types::base64::decode(encoded.trim()).map_err(|e| {
+            ComputeError::Unavailable(format!("GetConsoleOutput: not base64: {e}").into())
+        })?;
+        Ok(Some(ConsoleOutput {
+            instance_id: instance.clone(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            captured_at: out
+                .timestamp()
+                .map(|t| Timestamp(t.to_millis().unwrap_or(0))),
+        }))
     }
 
     async fn retag(

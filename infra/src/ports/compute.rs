@@ -339,6 +339,27 @@ impl ManagedInstance {
     }
 }
 
+/// What an instance wrote to its serial console, as the provider keeps it
+/// (EC2 `GetConsoleOutput`). jitr's bootstrap logs every step there and never
+/// the JIT config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleOutput {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// The text, decoded.
+    pub text: String,
+    /// When the provider captured it, when it says.
+    pub captured_at: Option<Timestamp>,
+}
+
+impl ConsoleOutput {
+    /// Its last `lines` lines.
+    pub fn tail(&self, lines: usize) -> String {
+        let all: Vec<&str> = self.text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
 /// A compute call failed without an answer about the instance.
 #[derive(Debug, Error)]
 pub enum ComputeError {
@@ -407,6 +428,14 @@ pub trait Compute: Send + Sync {
     fn cloud_time(&self) -> Option<Timestamp> {
         None
     }
+
+    /// The instance's console output, the latest the provider has (EC2
+    /// `GetConsoleOutput`); `None` when it has none (an unknown id, or nothing
+    /// captured yet).
+    async fn console_output(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<ConsoleOutput>, ComputeError>;
 
     /// Writes jitr's tags on `instance` again ([`TAG_MANAGED_BY`], the
     /// deployment's, [`TAG_RUNNER`], [`TAG_CLIENT_TOKEN`]), so that an instance

@@ -15,10 +15,10 @@ pub use bus::{
     encode_terminate_runner,
 };
 pub use compute::{
-    Architecture, Compute, ComputeError, InstanceState, LaunchError, LaunchFailure, LaunchSettings,
-    LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN, TAG_DEPLOYMENT,
-    TAG_MANAGED_BY, TAG_POOL, TAG_REPOSITORY, TAG_RUNNER, TerminateOutcome, architecture_mismatch,
-    classify,
+    Architecture, Compute, ComputeError, ConsoleOutput, InstanceState, LaunchError, LaunchFailure,
+    LaunchSettings, LaunchSpec, LaunchedInstance, MANAGED_BY, ManagedInstance, TAG_CLIENT_TOKEN,
+    TAG_DEPLOYMENT, TAG_MANAGED_BY, TAG_POOL, TAG_REPOSITORY, TAG_RUNNER, TerminateOutcome,
+    architecture_mismatch, classify,
 };
 pub use ec2_events::{
     EC2_SOURCE, Ec2Event, Ec2EventError, SPOT_INTERRUPTION, STATE_CHANGE, decode_ec2_event,
