@@ -349,17 +349,26 @@ const CONFIG_POLL_MS: i64 = 5_000;
 /// before it booted: EC2 has captured nothing yet.
 fn sim_console(row: &Row, boot_ms: i64, config_chars: Option<i64>, now: i64) -> Option<String> {
     let booted = row.launched_at + boot_ms;
-    if now < booted {
-        return None;
-    }
     let ended = [row.terminating_at, row.stopped_since()]
         .into_iter()
         .flatten()
         .min();
-    let until = ended.unwrap_or(now).min(now);
     let seconds = |at: i64| (at - row.launched_at).max(0) as f64 / 1000.0;
+    let kernel = "[    0.000000] Linux version 6.1.0-jitr-sim (the jitr EC2 simulator)";
+    match ended {
+        // Stopped or terminated before its bootstrap ran.
+        Some(end) if end < booted && end <= now => {
+            return Some(format!(
+                "{kernel}\n[{:>12.6}] reboot: Power down\n",
+                seconds(end)
+            ));
+        }
+        _ if now < booted => return None,
+        _ => {}
+    }
+    let until = ended.unwrap_or(now).min(now);
     let mut lines = vec![
-        "[    0.000000] Linux version 6.1.0-jitr-sim (the jitr EC2 simulator)".to_owned(),
+        kernel.to_owned(),
         format!(
             "[{:>12.6}] cloud-init[612]: running 'modules:final': user data (the jitr bootstrap)",
             seconds(booted)

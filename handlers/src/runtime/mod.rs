@@ -8,6 +8,7 @@ use jitr_domain::Timestamp;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod chart;
 pub mod consumer;
 pub mod embedded;
 #[cfg(feature = "aws")]

@@ -239,7 +239,16 @@ pub struct Filter {
     /// Only this pool, when not empty.
     #[serde(default)]
     pub pool: String,
+    /// The charts' window, hours (default [`DEFAULT_HOURS`], at most
+    /// [`MAX_HOURS`]).
+    #[serde(default)]
+    pub hours: Option<u32>,
 }
+
+/// The charts' window unless the query says otherwise, hours.
+pub const DEFAULT_HOURS: u32 = 6;
+/// The longest window the series keeps, hours.
+pub const MAX_HOURS: u32 = 24;
 
 /// One repository's bar on the fleet page.
 pub struct RepositoryRow {
@@ -324,6 +333,9 @@ pub struct FleetPage {
     runners: Vec<RunnerRow>,
     queues: Vec<QueueRow>,
     waiting: Vec<WaitingRow>,
+    charts: Vec<String>,
+    hours: u32,
+    hour_choices: Vec<u32>,
     repositories: Vec<RepositoryRow>,
     repositories_height: u32,
     repositories_priced: bool,
@@ -422,18 +434,60 @@ fn duration(ms: u64) -> String {
     }
 }
 
+/// What the serving process knows besides the views.
+pub struct Known<'a> {
+    /// The quotas.
+    pub quotas: Quotas,
+    /// The configured pools' names.
+    pub pool_names: Vec<String>,
+    /// The queues' depths, read just before.
+    pub queues: Vec<QueueRow>,
+    /// What waits, and why ([`waiting_now`]).
+    pub waiting: Vec<(WaitingRow, jitr_domain::WaitReason)>,
+    /// The fleet over time, when kept.
+    pub series: Option<&'a jitr_projections::series::FleetSeries>,
+}
+
 impl FleetPage {
-    /// The page of `views` at `now`: `quotas` as the process knows them,
-    /// `queues` the depths read just before, `filter` from the query string.
-    pub fn of(
-        views: &RunnerViews,
-        now: Timestamp,
-        quotas: &Quotas,
-        pool_names: Vec<String>,
-        queues: Vec<QueueRow>,
-        waiting: Vec<(WaitingRow, jitr_domain::WaitReason)>,
-        filter: Filter,
-    ) -> Self {
+    /// The page of `views` at `now`, with what the process `known`, and
+    /// `filter` from the query string.
+    pub fn of(views: &RunnerViews, now: Timestamp, known: Known<'_>, filter: Filter) -> Self {
+        let Known {
+            quotas,
+            pool_names,
+            queues,
+            waiting,
+            series,
+        } = known;
+        let quotas = &quotas;
+        let hours = filter.hours.unwrap_or(DEFAULT_HOURS).clamp(1, MAX_HOURS);
+        let ceiling = |market: Market| {
+            quotas
+                .known
+                .get(&market)
+                .and_then(|q| q.ceiling)
+                .or_else(|| {
+                    quotas
+                        .configured
+                        .iter()
+                        .find(|(m, _)| *m == market)
+                        .map(|(_, v)| *v)
+                })
+        };
+        let charts = series.map_or_else(Vec::new, |series| {
+            super::chart::fleet_charts(
+                series,
+                now,
+                hours,
+                super::chart::QuotaLines {
+                    spot: ceiling(Market::Spot),
+                    on_demand: ceiling(Market::OnDemand),
+                },
+            )
+            .iter()
+            .map(super::chart::Chart::svg)
+            .collect()
+        });
         let reasons: BTreeMap<&str, &str> = waiting
             .iter()
             .filter(|(row, _)| row.href.is_some())
@@ -570,6 +624,9 @@ impl FleetPage {
             runners,
             queues,
             waiting: waiting.into_iter().map(|(row, _)| row).collect(),
+            charts,
+            hours,
+            hour_choices: vec![1, 3, 6, 12, 24],
         }
     }
 }

@@ -178,9 +178,13 @@ async fn webhook_route(
 /// The runner views as the projector last folded them.
 type SharedViews = Arc<std::sync::RwLock<Arc<jitr_projections::RunnerViews>>>;
 
+/// The fleet over time as the projector last folded it.
+type SharedSeries = Arc<std::sync::RwLock<Arc<jitr_projections::series::FleetSeries>>>;
+
 /// What the read-only endpoints show: the projector's views and the queues.
 struct Observed {
     views: SharedViews,
+    series: SharedSeries,
     queues: [(&'static str, Arc<dyn Queue>); 4],
     store: Arc<dyn jitr_infra::RunnerLog>,
     policy: Arc<RunnerPolicy>,
@@ -262,22 +266,30 @@ async fn fleet_route(
         });
     }
     let views = observed.views();
+    let series = observed
+        .series
+        .read()
+        .map(|s| s.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
     let waiting = observed.waiting(&views);
     let page = super::page::FleetPage::of(
         &views,
         now(),
-        &super::page::Quotas {
-            known: observed.scaleup.quotas(),
-            configured: observed.policy.quotas.clone(),
+        super::page::Known {
+            quotas: super::page::Quotas {
+                known: observed.scaleup.quotas(),
+                configured: observed.policy.quotas.clone(),
+            },
+            pool_names: observed
+                .policy
+                .pools
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            queues,
+            waiting,
+            series: Some(&series),
         },
-        observed
-            .policy
-            .pools
-            .iter()
-            .map(|p| p.name.clone())
-            .collect(),
-        queues,
-        waiting,
         filter,
     );
     html(page.render())
@@ -372,11 +384,20 @@ pub async fn run(
         tasks.spawn(consume(queue, consumer, stop.clone()));
     }
     let views: SharedViews;
+    let series: SharedSeries;
     {
         let mut stop = stop.clone();
-        let mut projector = app.projector().await?.counting_closed_since(now());
+        let mut projector = app
+            .projector()
+            .await?
+            .counting_closed_since(now())
+            .keeping_series();
         views = Arc::new(std::sync::RwLock::new(Arc::new(projector.views().clone())));
+        series = Arc::new(std::sync::RwLock::new(Arc::new(
+            projector.series().cloned().unwrap_or_default(),
+        )));
         let shared = views.clone();
+        let shared_series = series.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(cadence.projector);
             loop {
@@ -391,6 +412,9 @@ pub async fn run(
                             .map_or(true, |v| v.position != projector.views().position);
                         if moved && let Ok(mut v) = shared.write() {
                             *v = Arc::new(projector.views().clone());
+                        }
+                        if moved && let (Some(s), Ok(mut shared)) = (projector.series(), shared_series.write()) {
+                            *shared = Arc::new(s.clone());
                         }
                     }
                 }
@@ -461,6 +485,7 @@ pub async fn run(
     let webhook = app.webhook.clone();
     let observed = Arc::new(Observed {
         views,
+        series,
         queues: app.ports.queues(),
         store: app.ports.store.clone(),
         policy: app.policy.clone(),
