@@ -271,13 +271,13 @@ pub fn fleet_charts(
             "vCPUs in use per market (the most in each minute), against the quota",
             vec![
                 Line {
-                    id: "vcpus-spot",
+                    id: "line-vcpus-spot",
                     label: "spot".into(),
                     color: "#f58518",
                     points: most(|m| m.most.spot_vcpus),
                 },
                 Line {
-                    id: "vcpus-on-demand",
+                    id: "line-vcpus-on-demand",
                     label: "on-demand".into(),
                     color: "#4c78a8",
                     points: most(|m| m.most.on_demand_vcpus),
@@ -289,7 +289,7 @@ pub fn fleet_charts(
             "chart-waiting",
             "Runners waiting for an instance",
             vec![Line {
-                id: "runners-waiting",
+                id: "line-waiting",
                 label: "waiting".into(),
                 color: "#b279a2",
                 points: most(|m| m.most.waiting),
@@ -301,13 +301,13 @@ pub fn fleet_charts(
             "Job waits, request to start (seconds)",
             vec![
                 Line {
-                    id: "job-wait-p50",
+                    id: "line-job-wait-p50",
                     label: "p50".into(),
                     color: "#54a24b",
                     points: waits(|d| d.p50),
                 },
                 Line {
-                    id: "job-wait-p99",
+                    id: "line-job-wait-p99",
                     label: "p99".into(),
                     color: "#e45756",
                     points: waits(|d| d.p99),
@@ -319,7 +319,7 @@ pub fn fleet_charts(
             "chart-owed",
             "Owed terminations (a flat zero is the promise kept)",
             vec![Line {
-                id: "owed-terminations",
+                id: "line-owed",
                 label: "owed".into(),
                 color: "#e45756",
                 points: most(|m| m.most.owed),
