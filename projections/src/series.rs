@@ -20,6 +20,10 @@ pub const MINUTE_MS: i64 = 60_000;
 /// How much history is kept: a day.
 pub const KEPT_MS: i64 = 24 * 3_600_000;
 
+/// A termination owed longer than this is overdue: past the time the
+/// compensation takes (the audit's orphan grace, 60 s).
+pub const OVERDUE_AFTER_MS: u64 = 60_000;
+
 /// What one runner adds to the levels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Share {
@@ -103,6 +107,10 @@ pub struct Minute {
     pub most: Levels,
     /// The levels at its end.
     pub end: Levels,
+    /// The most terminations owed for longer than [`OVERDUE_AFTER_MS`]
+    /// within it (judged at its events and its end; for the last minute
+    /// kept, at its latest event).
+    pub overdue: u32,
     /// Waits (request → job started, ms) of the jobs that started in it on
     /// the runners launched for them (warm runners' jobs are not counted).
     pub job_waits_ms: Vec<u64>,
@@ -113,6 +121,8 @@ pub struct Minute {
 pub struct FleetSeries {
     levels: Levels,
     minutes: VecDeque<Minute>,
+    /// Since when each runner owing a termination has owed it.
+    owed_since: std::collections::HashMap<jitr_domain::StreamId, Timestamp>,
 }
 
 fn minute_of(at: Timestamp) -> Timestamp {
@@ -124,19 +134,36 @@ impl FleetSeries {
     /// runners); its minutes start at the next event.
     pub fn from_views(views: &RunnerViews) -> Self {
         let mut levels = Levels::default();
-        for state in views.open.values() {
-            levels.add(Share::of(Some(state)));
+        let mut owed_since = std::collections::HashMap::new();
+        for (stream, state) in &views.open {
+            let share = Share::of(Some(state));
+            levels.add(share);
+            if share.owed > 0 {
+                // When it began is in the log before the checkpoint: from
+                // the failure or the request to terminate, as the state says.
+                let since = state
+                    .failure
+                    .as_ref()
+                    .map(|f| f.at)
+                    .or(state.termination_requested.as_ref().map(|(at, _)| *at));
+                if let Some(since) = since {
+                    owed_since.insert(stream.clone(), since);
+                }
+            }
         }
         FleetSeries {
             levels,
             minutes: VecDeque::new(),
+            owed_since,
         }
     }
 
     /// The levels start again where `views` are (another projector's
     /// checkpoint was loaded); the minutes are kept.
     pub fn reseat(&mut self, views: &RunnerViews) {
-        self.levels = FleetSeries::from_views(views).levels;
+        let fresh = FleetSeries::from_views(views);
+        self.levels = fresh.levels;
+        self.owed_since = fresh.owed_since;
     }
 
     /// The levels now.
@@ -149,10 +176,20 @@ impl FleetSeries {
         &self.minutes
     }
 
-    /// Folds `event`, which took a runner from `before` to `after` (each
-    /// [`Share::of`] its state), and whose state after is `state`.
+    /// Terminations owed at `at` for longer than [`OVERDUE_AFTER_MS`].
+    fn overdue_at(&self, at: Timestamp) -> u32 {
+        self.owed_since
+            .values()
+            .filter(|since| at.millis_since(**since) > OVERDUE_AFTER_MS)
+            .count() as u32
+    }
+
+    /// Folds `event` of `stream`, which took the runner from `before` to
+    /// `after` (each [`Share::of`] its state), and whose state after is
+    /// `state`.
     pub fn observe(
         &mut self,
+        stream: &jitr_domain::StreamId,
         before: Share,
         after: Share,
         event: &RunnerEvent,
@@ -161,6 +198,7 @@ impl FleetSeries {
         self.levels.sub(before);
         self.levels.add(after);
         let levels = self.levels;
+        // The minutes before this event's are closed as the debts stood.
         let minute = self.minute_at(event.at());
         minute.most.max(levels);
         if let (RunnerEvent::JobStarted { at, .. }, Some(state)) = (event, state) {
@@ -169,6 +207,19 @@ impl FleetSeries {
             }
         }
         minute.end = levels;
+        match (before.owed, after.owed) {
+            (0, 1) => {
+                self.owed_since.insert(stream.clone(), event.at());
+            }
+            (_, 0) => {
+                self.owed_since.remove(stream);
+            }
+            _ => {}
+        }
+        let overdue = self.overdue_at(event.at());
+        if let Some(minute) = self.minutes.back_mut() {
+            minute.overdue = minute.overdue.max(overdue);
+        }
     }
 
     /// The minute of `at` (the last one, for an event older than it),
@@ -179,13 +230,21 @@ impl FleetSeries {
         match last {
             Some(last) if start <= last => {}
             Some(last) if start.0 - last.0 <= KEPT_MS => {
+                // The minute that ends, then each carried on, are judged
+                // overdue at their ends.
+                let overdue = self.overdue_at(Timestamp(last.0 + MINUTE_MS - 1));
+                if let Some(m) = self.minutes.back_mut() {
+                    m.overdue = m.overdue.max(overdue);
+                }
                 let carried = self.minutes.back().map(|m| m.end).unwrap_or_default();
                 let mut next = Timestamp(last.0 + MINUTE_MS);
                 while next <= start {
+                    let overdue = self.overdue_at(Timestamp(next.0 + MINUTE_MS - 1));
                     self.minutes.push_back(Minute {
                         at: next,
                         most: carried,
                         end: carried,
+                        overdue,
                         job_waits_ms: Vec::new(),
                     });
                     next = Timestamp(next.0 + MINUTE_MS);
@@ -197,6 +256,7 @@ impl FleetSeries {
                     at: start,
                     most: self.levels,
                     end: self.levels,
+                    overdue: 0,
                     job_waits_ms: Vec::new(),
                 });
             }
@@ -232,6 +292,7 @@ impl FleetSeries {
                 at: next,
                 most: carried,
                 end: carried,
+                overdue: self.overdue_at(Timestamp(next.0 + MINUTE_MS - 1).min(until)),
                 job_waits_ms: Vec::new(),
             });
             next = Timestamp(next.0 + MINUTE_MS);
@@ -260,7 +321,7 @@ pub fn apply_with_series(
     } else {
         Share::of(state)
     };
-    series.observe(before, after, event, state);
+    series.observe(stream, before, after, event, state);
     closed
 }
 
@@ -371,7 +432,9 @@ mod tests {
             .collect();
         assert_eq!(waits, [180_000, 180_000]);
         assert_eq!(series.levels(), Levels::default());
-        assert!(minutes.iter().all(|m| m.most.owed == 0));
+        // Each runner owed its termination from the drain grace's end to
+        // its Terminated, within the minute: never overdue.
+        assert!(minutes.iter().all(|m| m.overdue == 0));
     }
 
     #[test]
@@ -396,8 +459,11 @@ mod tests {
         apply_with_series(&mut views, &mut series, position, &a, &events[6]);
         let minutes = series.window(at(0, 0), at(7, 0));
         let owed: Vec<u32> = minutes.iter().map(|m| m.most.owed).collect();
-        // Owed from its failure (minute 4) to its termination (minute 6).
+        // Owed from its failure (minute 4) to its termination (minute 6),
+        // overdue from a minute after the failure until then.
         assert_eq!(owed, [0, 0, 0, 0, 1, 1, 1, 0]);
+        let overdue: Vec<u32> = minutes.iter().map(|m| m.overdue).collect();
+        assert_eq!(overdue, [0, 0, 0, 0, 0, 1, 1, 0]);
         // A day later, the first minutes are gone.
         let (b, later) = life(2, 24 * 60 + 3, Market::Spot);
         apply_with_series(&mut views, &mut series, position + 1, &b, &later[0]);

@@ -711,6 +711,107 @@ pub struct Args {
     /// 100,000.
     #[arg(long)]
     checkpoint: bool,
+    /// Measure the fleet page (issue 28): this many runner lives spread over
+    /// its 6-hour window are folded with the live series, then the page is
+    /// rendered 21 times; prints its size and the median render time.
+    #[arg(long, value_name = "RUNNERS")]
+    fleet_page: Option<u64>,
+}
+
+/// What `jitr bench --fleet-page` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FleetPageReport {
+    /// Runner lives in the window.
+    pub runners: u64,
+    /// Events folded.
+    pub events: u64,
+    /// Folding them with the series, ms.
+    pub fold_ms: f64,
+    /// Runners open at the window's end (rows of the runners table).
+    pub open_runners: usize,
+    /// The page's size, bytes.
+    pub page_bytes: usize,
+    /// Of which the charts' SVG.
+    pub chart_bytes: usize,
+    /// Render time (views to HTML), median of 21, ms.
+    pub render_median_ms: f64,
+    /// The slowest render, ms.
+    pub render_max_ms: f64,
+}
+
+/// `runners` lives of [`lifecycle`] (9 minutes each) started evenly over six
+/// hours and folded with the live series up to the window's end; the fleet
+/// page of those six hours rendered.
+pub fn fleet_page(runners: u64) -> FleetPageReport {
+    use askama::Template;
+    use jitr_projections::series::{FleetSeries, apply_with_series};
+    let t0 = Timestamp(1_800_000_000_000);
+    let window_ms = 6 * 3_600_000u64;
+    let mut events: Vec<(StreamId, RunnerEvent)> = Vec::new();
+    for i in 0..runners {
+        let (stream, log) = lifecycle(i + 1, t0.plus_ms(i * window_ms / runners.max(1)));
+        events.extend(log.into_iter().map(|e| (stream.clone(), e)));
+    }
+    // The page's moment: the window's end, with the last lives still open.
+    let now = t0.plus_ms(window_ms);
+    events.retain(|(_, e)| e.at() <= now);
+    events.sort_by_key(|(_, e)| e.at());
+    let started = Instant::now();
+    let mut views = jitr_projections::RunnerViews::default();
+    let mut series = FleetSeries::default();
+    for (position, (stream, event)) in events.iter().enumerate() {
+        apply_with_series(&mut views, &mut series, position as u64 + 1, stream, event);
+    }
+    let fold_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let render = || {
+        crate::runtime::page::FleetPage::of(
+            &views,
+            now,
+            crate::runtime::page::Known {
+                quotas: crate::runtime::page::Quotas {
+                    known: Default::default(),
+                    configured: vec![(Market::Spot, 2048), (Market::OnDemand, 256)],
+                },
+                pool_names: vec!["default".into()],
+                queues: Vec::new(),
+                waiting: Vec::new(),
+                series: Some(&series),
+            },
+            crate::runtime::page::Filter {
+                hours: Some(6),
+                ..Default::default()
+            },
+        )
+        .render()
+        .expect("the page renders")
+    };
+    let page = render();
+    let chart_bytes = page
+        .match_indices("<svg id=\"chart-")
+        .map(|(start, _)| {
+            page[start..]
+                .find("</svg>")
+                .map_or(0, |end| end + "</svg>".len())
+        })
+        .sum();
+    let mut times: Vec<f64> = (0..21)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(render());
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    FleetPageReport {
+        runners,
+        events: events.len() as u64,
+        fold_ms,
+        open_runners: views.open.len(),
+        page_bytes: page.len(),
+        chart_bytes,
+        render_median_ms: times[times.len() / 2],
+        render_max_ms: times[times.len() - 1],
+    }
 }
 
 /// Runs the benchmark asked for and prints its figures.
@@ -750,6 +851,26 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", super::bench_history::render(&report, &dir));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(runners) = args.fleet_page {
+        let report = fleet_page(runners);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "fleet page, {} runners ({} events) in its 6-hour window: folded with the series in {:.0} ms; \
+                 {} open runners listed; page {} bytes (charts {} bytes); render median {:.2} ms, max {:.2} ms (21 renders)",
+                report.runners,
+                report.events,
+                report.fold_ms,
+                report.open_runners,
+                report.page_bytes,
+                report.chart_bytes,
+                report.render_median_ms,
+                report.render_max_ms
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }

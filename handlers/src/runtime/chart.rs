@@ -91,11 +91,7 @@ impl Chart {
             .flat_map(|l| l.points.iter().map(|(_, v)| *v))
             .chain(self.rules.iter().map(|r| r.value))
             .fold(0.0, f64::max);
-        let scale_max = if top_value <= 0.0 {
-            1.0
-        } else {
-            top_value * 1.1
-        };
+        let scale_max = nice_ceiling(top_value * 1.05);
         let span = (self.until.0 - self.since.0).max(1) as f64;
         let x = |at: Timestamp| LEFT + (at.0 - self.since.0) as f64 / span * (RIGHT - LEFT);
         let y = |v: f64| BOTTOM - v / scale_max * (BOTTOM - TOP);
@@ -184,6 +180,20 @@ impl Chart {
         svg.push_str("</svg>");
         svg
     }
+}
+
+/// The least of 1, 2, 2.5, 5 × 10^k at or above `v` (at least 1): the top
+/// of a value axis.
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 1.0 {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|n| *n >= v)
+        .unwrap_or(10.0 * magnitude)
 }
 
 fn askama_escape(text: &str) -> String {
@@ -317,14 +327,36 @@ pub fn fleet_charts(
         ),
         chart(
             "chart-owed",
-            "Owed terminations (a flat zero is the promise kept)",
-            vec![Line {
-                id: "line-owed",
-                label: "owed".into(),
-                color: "#e45756",
-                points: most(|m| m.most.owed),
-            }],
+            "Owed terminations: a flat zero past 60 s is the promise kept",
+            vec![
+                Line {
+                    id: "line-owed",
+                    label: "owed (in flight)".into(),
+                    color: "#bab0ac",
+                    points: most(|m| m.most.owed),
+                },
+                Line {
+                    id: "line-overdue",
+                    label: "owed over 60 s".into(),
+                    color: "#e45756",
+                    points: most(|m| m.overdue),
+                },
+            ],
             vec![],
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_axes_end_at_round_numbers() {
+        let tops: Vec<f64> = [0.0, 0.5, 3.3, 33.6, 536.0, 20_179.0]
+            .iter()
+            .map(|v| nice_ceiling(*v))
+            .collect();
+        assert_eq!(tops, [1.0, 1.0, 5.0, 50.0, 1000.0, 25_000.0]);
+    }
 }
