@@ -23,8 +23,12 @@ use jitr_infra::{
     Compute, EventStore, FaultyGitHub, GitHubFault, SimSettings, SqliteEventStore, system_clock,
 };
 
+#[path = "support/aws.rs"]
+mod aws;
 #[path = "support/browser.rs"]
 mod browser;
+#[path = "support/owed.rs"]
+mod owed;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -442,4 +446,96 @@ async fn the_jit_config_appears_nowhere_for_a_runner_failed_at_each_stage() {
 
     // Every config the simulated GitHub mints starts so (`sim-jit-ID-NAME`).
     assert!(!produced.contains("sim-jit-"), "a JIT config leaked");
+}
+
+/// On moto: `jitr logs --aws` finds the runner's instance in the DynamoDB
+/// log and prints what EC2's GetConsoleOutput answers for it (moto's canned
+/// console); an instance EC2 does not know has none.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitr_logs_prints_get_console_output_of_the_runners_instance_on_moto() {
+    let prefix = aws::prefix("logs");
+    let init = aws::jitr(&prefix, &["init"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let config = jitr_aws::AwsSettings::emulator(aws::endpoint())
+        .load()
+        .await;
+    let ec2 = jitr_aws::Ec2Compute::new(&config, vec![]);
+    let stream = jitr_domain::StreamId::parse("acme/widgets#41#1").unwrap();
+    let launched = ec2
+        .launch(&jitr_infra::LaunchSpec {
+            stream: stream.clone(),
+            client_token: jitr_domain::ClientToken::derive(&stream, 1),
+            market: Market::OnDemand,
+            instance_type: "c5.xlarge".into(),
+            vcpus: 4,
+            image: "ami-03cf127a".into(),
+            user_data: None,
+            settings: Default::default(),
+        })
+        .await
+        .unwrap();
+    let console = ec2
+        .console_output(&launched.instance_id)
+        .await
+        .unwrap()
+        .expect("moto has a console for its instance");
+    assert_eq!(console.instance_id, launched.instance_id);
+    assert!(
+        console.text.starts_with("Linux version 2.6.16-xenU"),
+        "{}",
+        console.text
+    );
+    let store =
+        jitr_aws::DynamoEventStore::new(&config, jitr_aws::AwsNames::new(&prefix).events_table());
+    owed::runner_failed_after_launch(
+        &store,
+        ("acme", "widgets", 41),
+        &launched.instance_id.0,
+        Some("default"),
+        jitr_domain::Timestamp(1_800_000_000_000),
+    )
+    .await;
+    for key in ["acme/widgets#41#1", &launched.instance_id.0, "41"] {
+        let out = aws::jitr(&prefix, &["logs", "--aws", key]);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            printed.starts_with(&format!(
+                "== acme/widgets#41#1 (terminating), instance {}\n",
+                launched.instance_id
+            )),
+            "{printed}"
+        );
+        assert!(printed.contains("Linux version 2.6.16-xenU"), "{printed}");
+        assert!(
+            printed.contains("Kernel command line: root=/dev/sda1"),
+            "{printed}"
+        );
+    }
+    // --tail keeps the last lines; an unknown runner exits 2.
+    let tail = aws::jitr(&prefix, &["logs", "--aws", "--tail", "1", "41"]);
+    assert_eq!(
+        String::from_utf8_lossy(&tail.stdout),
+        format!(
+            "== acme/widgets#41#1 (terminating), instance {}\nEnabling fast FPU save and restore... done.\n",
+            launched.instance_id
+        )
+    );
+    let unknown = aws::jitr(&prefix, &["logs", "--aws", "acme/widgets#99#1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(
+        ec2.console_output(&jitr_domain::InstanceId("i-0000000000000dead".into()))
+            .await
+            .unwrap(),
+        None
+    );
 }

@@ -8,13 +8,13 @@ use jitr_domain::{
     Command as RunnerCommand, Deadlines, FailureStage, InstanceId, InstanceSpec, JobRef, Market,
     RunnerState, StreamId, Timestamp, execute,
 };
-use jitr_infra::{CommandId, EventStore, SqliteEventStore};
+use jitr_infra::{CommandId, EventStore};
 
 /// Appends to `store`, at `at`, a runner of `owner/repo` job `job_id` (pool
 /// `pool`) whose on-demand instance `instance` (4 vCPUs) was launched and
 /// whose token mint then failed. Returns its stream.
-pub async fn runner_failed_after_launch(
-    store: &SqliteEventStore,
+pub async fn runner_failed_after_launch<S: EventStore + ?Sized>(
+    store: &S,
     (owner, repo, job_id): (&str, &str, u64),
     instance: &str,
     pool: Option<&str>,
