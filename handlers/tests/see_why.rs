@@ -294,6 +294,17 @@ async fn a_job_without_capacity_of_any_type_says_so() {
         1.0,
     )
     .await;
+    // The audit, from the log alone, gives the refusal its log records.
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_jitr"))
+        .args(["audit", "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        printed.contains("1 waiting: capacity: InsufficientInstanceCapacity on on-demand"),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

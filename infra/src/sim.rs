@@ -496,6 +496,14 @@ impl SimCloud {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The instance's row, if the simulator ever launched it.
+    fn row(&self, conn: &Connection, instance: &InstanceId) -> Result<Option<Row>, ComputeError> {
+        Ok(self
+            .rows(conn, "WHERE id = ?1", Some(&instance.0))?
+            .into_iter()
+            .next())
+    }
+
     fn state(&self, row: &Row, now: i64) -> InstanceState {
         match row.terminating_at {
             Some(t) if now >= t + self.settings.shutdown_ms as i64 => InstanceState::Terminated,
@@ -949,11 +957,7 @@ impl Compute for SimCloud {
     async fn terminate(&self, instance: &InstanceId) -> Result<TerminateOutcome, ComputeError> {
         let now = (self.clock)().0;
         let conn = self.lock();
-        let Some(row) = self
-            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
-            .into_iter()
-            .next()
-        else {
+        let Some(row) = self.row(&conn, instance)? else {
             return Ok(TerminateOutcome::AlreadyGone);
         };
         if self.state(&row, now) == InstanceState::Terminated {
@@ -972,11 +976,7 @@ impl Compute for SimCloud {
     async fn stop(&self, instance: &InstanceId) -> Result<(), ComputeError> {
         let now = (self.clock)().0;
         let conn = self.lock();
-        let Some(row) = self
-            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
-            .into_iter()
-            .next()
-        else {
+        let Some(row) = self.row(&conn, instance)? else {
             return Err(ComputeError::Unavailable(
                 format!("InvalidInstanceID.NotFound: {instance}").into(),
             ));
@@ -1063,11 +1063,7 @@ impl Compute for SimCloud {
     ) -> Result<Option<ConsoleOutput>, ComputeError> {
         let now = (self.clock)().0;
         let conn = self.lock();
-        let Some(row) = self
-            .rows(&conn, "WHERE id = ?1", Some(&instance.0))?
-            .into_iter()
-            .next()
-        else {
+        let Some(row) = self.row(&conn, instance)? else {
             return Ok(None);
         };
         let (boot_ms, config_chars): (i64, Option<i64>) = conn

@@ -932,18 +932,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
     }
     let store = args.archive.open(&args.data.path).await?;
     let cloud = if args.live {
-        let cloud_db = args.data.path.join("cloud.db");
-        if !cloud_db.is_file() {
-            anyhow::bail!(
-                "--live: no simulated cloud at {} (jitr serve creates it)",
-                cloud_db.display()
-            );
-        }
-        let sim = jitr_infra::SimCloud::open(
-            &cloud_db,
-            jitr_infra::SimSettings::default(),
-            jitr_infra::system_clock(),
-        )?;
+        let sim = super::open_sim_cloud(&args.data.path, "--live")?;
         Some(jitr_infra::Compute::list_managed(&sim).await?)
     } else {
         None

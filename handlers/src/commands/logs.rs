@@ -44,18 +44,7 @@ pub async fn command(args: Args) -> anyhow::Result<ExitCode> {
         return Err(super::without_aws());
     }
     let store = super::open_existing(&args.data.path)?;
-    let cloud_db = args.data.path.join("cloud.db");
-    if !cloud_db.is_file() {
-        anyhow::bail!(
-            "no simulated cloud at {} (jitr serve creates it)",
-            cloud_db.display()
-        );
-    }
-    let sim = jitr_infra::SimCloud::open(
-        &cloud_db,
-        jitr_infra::SimSettings::default(),
-        jitr_infra::system_clock(),
-    )?;
+    let sim = super::open_sim_cloud(&args.data.path, "jitr logs")?;
     let log = args.data.path.join(super::LOG_FILE);
     print_logs(
         &store,

@@ -268,6 +268,23 @@ pub fn open_existing(data_dir: &Path) -> Result<SqliteEventStore> {
     SqliteEventStore::open_read_only(&path).with_context(|| format!("opening {}", path.display()))
 }
 
+/// The simulated cloud of the embedded default in `data_dir`, for a command
+/// that reads it (`what` names the command in the error when there is none).
+pub fn open_sim_cloud(data_dir: &Path, what: &str) -> Result<jitr_infra::SimCloud> {
+    let cloud_db = data_dir.join("cloud.db");
+    if !cloud_db.is_file() {
+        bail!(
+            "{what}: no simulated cloud at {} (jitr serve creates it)",
+            cloud_db.display()
+        );
+    }
+    Ok(jitr_infra::SimCloud::open(
+        &cloud_db,
+        jitr_infra::SimSettings::default(),
+        jitr_infra::system_clock(),
+    )?)
+}
+
 /// Where the embedded default's archive is, for commands that read it.
 #[derive(clap::Args, Debug)]
 pub struct ArchiveChoice {

@@ -145,14 +145,7 @@ impl Chart {
                 y = y(rule.value),
                 color = rule.color,
             );
-            let _ = write!(
-                svg,
-                "<text x=\"{}\" y=\"{legend_y:.1}\" font-size=\"11\" fill=\"{}\">- - {}</text>",
-                RIGHT + 10.0,
-                rule.color,
-                askama_escape(&rule.label)
-            );
-            legend_y += 16.0;
+            legend(&mut svg, &mut legend_y, "- -", rule.color, &rule.label);
         }
         for line in &self.lines {
             let points: Vec<String> = line
@@ -168,18 +161,22 @@ impl Chart {
                 points = points.join(" "),
                 color = line.color,
             );
-            let _ = write!(
-                svg,
-                "<text x=\"{}\" y=\"{legend_y:.1}\" font-size=\"11\" fill=\"{}\">— {}</text>",
-                RIGHT + 10.0,
-                line.color,
-                askama_escape(&line.label)
-            );
-            legend_y += 16.0;
+            legend(&mut svg, &mut legend_y, "—", line.color, &line.label);
         }
         svg.push_str("</svg>");
         svg
     }
+}
+
+/// One legend entry right of the plot, at `y` (moved down for the next).
+fn legend(svg: &mut String, y: &mut f64, mark: &str, color: &str, label: &str) {
+    let _ = write!(
+        svg,
+        "<text x=\"{}\" y=\"{y:.1}\" font-size=\"11\" fill=\"{color}\">{mark} {}</text>",
+        RIGHT + 10.0,
+        askama_escape(label)
+    );
+    *y += 16.0;
 }
 
 /// The least of 1, 2, 2.5, 5 × 10^k at or above `v` (at least 1): the top
