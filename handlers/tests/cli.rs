@@ -99,6 +99,26 @@ fn a_missing_log_is_a_clear_error_not_a_new_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no jitr log at"));
     assert!(!dir.path().join("events.db").exists());
+    // The archive's report adds the log's closed runners: without a log it
+    // says how to read the archive alone.
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, "[on-demand]\n\"c5.xlarge\" = 0.17\n").unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let out = jitr(&[
+        "archive",
+        "report",
+        "--data-dir",
+        data_dir,
+        "--prices",
+        prices.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no jitr log at") && said.contains("--archive-only"),
+        "{said}"
+    );
+    assert!(!dir.path().join("events.db").exists());
 }
 
 #[test]

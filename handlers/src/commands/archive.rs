@@ -512,7 +512,16 @@ async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let hot = if args.archive_only {
         None
     } else {
-        let log = SqliteEventStore::open_read_only(args.place.data.path.join(super::LOG_FILE))?;
+        let path = args.place.data.path.join(super::LOG_FILE);
+        if !path.is_file() {
+            anyhow::bail!(
+                "no jitr log at {}: the report adds the runners closed in the log and not \
+                 archived yet; point --data-dir at the log, or give --archive-only to read \
+                 the archive alone",
+                path.display()
+            );
+        }
+        let log = SqliteEventStore::open_read_only(&path)?;
         let total = jitr_infra::EventStore::last_position(&log).await?;
         let bar = super::progress_bar(total, args.place.json);
         let hot = hot_runners(&log, |p| bar.set_position(p)).await?;
