@@ -65,7 +65,13 @@ pub fn by_repository(
             *usd += hours * hourly;
         }
     }
-    let mut lines: Vec<RepositoryUsage> = repositories.into_values().collect();
+    top_repositories(repositories.into_values().collect())
+}
+
+/// `lines` the largest first (by cost where priced, else instance-hours):
+/// [`REPOSITORY_BARS`] of them, the rest summed as `others (N)`.
+pub fn top_repositories(mut lines: Vec<RepositoryUsage>) -> Vec<RepositoryUsage> {
+    let priced = lines.iter().any(|l| l.usd.is_some());
     let weight = |l: &RepositoryUsage| l.usd.unwrap_or(l.instance_hours);
     lines.sort_by(|a, b| {
         weight(b)
@@ -77,7 +83,7 @@ pub fn by_repository(
         lines.push(RepositoryUsage {
             repository: format!("others ({})", rest.len()),
             instance_hours: rest.iter().map(|l| l.instance_hours).sum(),
-            usd: prices.map(|_| rest.iter().filter_map(|l| l.usd).sum()),
+            usd: priced.then(|| rest.iter().filter_map(|l| l.usd).sum()),
         });
     }
     lines

@@ -267,46 +267,49 @@ pub struct RepositoryRow {
     value: String,
 }
 
-/// Bars of the repository chart: the costliest (or longest-running) first.
-const REPOSITORY_BARS: usize = 15;
 /// The widest bar, px.
 const BAR_WIDTH: f64 = 560.0;
 /// Where bars start, px (the repository's name is left of it).
 const BAR_X: u32 = 260;
 
 /// The repositories' bars and the chart's height: cost when priced, else
-/// instance-hours.
+/// instance-hours; the costliest first, the rest past the chart's bars as
+/// `others (N)` (as `audit --html` draws them).
 fn repository_rows(
     closed: &BTreeMap<String, crate::app::metrics::RepositoryCost>,
     priced: bool,
 ) -> (Vec<RepositoryRow>, u32) {
-    let value = |c: &crate::app::metrics::RepositoryCost| if priced { c.usd } else { c.seconds };
-    let mut lines: Vec<(&String, &crate::app::metrics::RepositoryCost)> = closed.iter().collect();
-    lines.sort_by(|a, b| value(b.1).total_cmp(&value(a.1)).then(a.0.cmp(b.0)));
-    lines.truncate(REPOSITORY_BARS);
-    let top = lines.first().map_or(0.0, |l| value(l.1)).max(1e-9);
+    use crate::commands::audit_html::{RepositoryUsage, top_repositories};
+    let lines = top_repositories(
+        closed
+            .iter()
+            .map(|(repository, cost)| RepositoryUsage {
+                repository: repository.clone(),
+                instance_hours: cost.seconds / 3600.0,
+                usd: priced.then_some(cost.usd),
+            })
+            .collect(),
+    );
+    let value = |l: &RepositoryUsage| l.usd.unwrap_or(l.instance_hours);
+    let top = lines.iter().map(value).fold(0.0, f64::max).max(1e-9);
     let rows = lines
         .iter()
         .enumerate()
-        .map(|(i, (repository, cost))| {
-            let width = (value(cost) / top * BAR_WIDTH).round() as u32;
-            let hours = cost.seconds / 3600.0;
+        .map(|(i, line)| {
+            let width = (value(line) / top * BAR_WIDTH).round() as u32;
             RepositoryRow {
-                repository: (*repository).clone(),
-                hours: format!("{hours:.2}"),
-                usd: if priced {
-                    format!("{:.2}", cost.usd)
-                } else {
-                    "—".into()
-                },
+                repository: line.repository.clone(),
+                hours: format!("{:.2}", line.instance_hours),
+                usd: line
+                    .usd
+                    .map_or_else(|| "—".into(), |usd| format!("{usd:.2}")),
                 y: 6 + 26 * i as u32,
                 text_y: 20 + 26 * i as u32,
                 width,
                 value_x: BAR_X + width + 8,
-                value: if priced {
-                    format!("${:.2}", cost.usd)
-                } else {
-                    format!("{hours:.2} h")
+                value: match line.usd {
+                    Some(usd) => format!("${usd:.2}"),
+                    None => format!("{:.2} h", line.instance_hours),
                 },
             }
         })
@@ -672,5 +675,41 @@ impl RunnerPage {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::metrics::RepositoryCost;
+
+    #[test]
+    fn repositories_past_the_charts_bars_are_summed_as_others() {
+        let closed: BTreeMap<String, RepositoryCost> = (1..=20)
+            .map(|i| {
+                (
+                    format!("acme/repo-{i:02}"),
+                    RepositoryCost {
+                        seconds: 3600.0 * f64::from(i),
+                        usd: 0.5 * f64::from(i),
+                        unpriced_seconds: 0.0,
+                    },
+                )
+            })
+            .collect();
+        let (rows, height) = repository_rows(&closed, true);
+        assert_eq!(rows.len(), 15);
+        assert_eq!(rows[0].repository, "acme/repo-20");
+        // 14 bars, then the 6 smallest (1..=6: 21 h, $10.50) as one.
+        assert_eq!(rows[14].repository, "others (6)");
+        assert_eq!(
+            (rows[14].hours.as_str(), rows[14].usd.as_str()),
+            ("21.00", "10.50")
+        );
+        assert!(rows.iter().all(|r| r.width <= BAR_WIDTH as u32));
+        assert_eq!(height, 12 + 26 * 15);
+        let (unpriced, _) = repository_rows(&closed, false);
+        assert_eq!(unpriced[0].value, "20.00 h");
+        assert_eq!(unpriced[14].usd, "—");
     }
 }
